@@ -1,0 +1,3 @@
+import LoRA
+try BLAS.load()
+print(BLAS.coreName, BLAS.initialCoreName, BLAS.config)
