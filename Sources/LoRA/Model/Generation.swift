@@ -1,0 +1,147 @@
+import Foundation
+
+/// How to pick tokens. The processors run in transformers' order:
+/// repetition penalty, temperature, top-k, top-p, then sampling.
+public struct SamplingParams: Sendable, Equatable {
+    public var maxNewTokens = 64
+    /// 0 means greedy (argmax).
+    public var temperature: Float = 1.0
+    /// 0 disables top-k.
+    public var topK = 0
+    /// 1 disables top-p (nucleus) filtering.
+    public var topP: Float = 1.0
+    /// 1 disables the penalty (transformers' RepetitionPenaltyLogitsProcessor).
+    public var repetitionPenalty: Float = 1.0
+    public var seed: UInt64 = 0
+    /// Stop when the model emits `<|endoftext|>` (the config's eos id).
+    public var stopAtEndOfText = true
+    /// Stop once the generated text contains one of these (it is kept, as transformers does).
+    public var stopStrings: [String] = []
+
+    public init() {}
+
+    public static var greedy: SamplingParams { var p = SamplingParams(); p.temperature = 0; return p }
+
+    public func validate() throws {
+        guard maxNewTokens >= 0 else { throw LoraError.invalidArgument("max_new_tokens must be >= 0") }
+        guard temperature.isFinite, temperature >= 0 else { throw LoraError.invalidArgument("temperature must be a finite number >= 0") }
+        guard topK >= 0 else { throw LoraError.invalidArgument("top_k must be >= 0") }
+        guard topP.isFinite, topP > 0, topP <= 1 else { throw LoraError.invalidArgument("top_p must be in (0, 1]") }
+        guard repetitionPenalty.isFinite, repetitionPenalty > 0 else { throw LoraError.invalidArgument("repetition_penalty must be a finite number > 0") }
+    }
+}
+
+public enum StopReason: String, Sendable {
+    case maxNewTokens = "max_new_tokens"
+    case endOfText = "end_of_text"
+    case stopString = "stop_string"
+    /// The sequence reached n_positions (generation is truncated there).
+    case contextFull = "context_full"
+    /// The token callback asked to stop.
+    case callback
+}
+
+public struct GenerationResult: Sendable {
+    /// The new tokens (not the prompt).
+    public var tokens: [TokenID]
+    /// The new tokens decoded (empty without a tokenizer).
+    public var text: String
+    public var stopReason: StopReason
+}
+
+extension Model {
+    /// Generates after `prompt` with a KV cache. `onToken(id, textPiece)` is
+    /// called on the calling thread for each new token; return false to stop.
+    /// The prompt must be shorter than n_positions; generation stops at
+    /// n_positions (`.contextFull`).
+    public func generate(prompt: [TokenID], params: SamplingParams = SamplingParams(),
+                         onToken: ((TokenID, String) -> Bool)? = nil) throws -> GenerationResult {
+        try params.validate()
+        guard !prompt.isEmpty else { throw LoraError.invalidArgument("empty prompt") }
+        guard prompt.count < config.nPositions else {
+            throw LoraError.invalidArgument("prompt of \(prompt.count) tokens does not fit n_positions (\(config.nPositions)) with room for a new token")
+        }
+        try prompt.withUnsafeBufferPointer { try checkTokens($0) }
+        let total = min(config.nPositions, prompt.count + params.maxNewTokens)
+        let session = try InferenceSession(model: self, batch: 1, capacity: max(total, prompt.count))
+        var rng = SplitMix64(seed: params.seed)
+        var decoder = tokenizer.map { StreamingDecoder(tokenizer: $0) }
+        var sequence = prompt
+        var newTokens: [TokenID] = []
+        var text = ""
+        var reason = StopReason.maxNewTokens
+        if params.maxNewTokens == 0 { return GenerationResult(tokens: [], text: "", stopReason: .maxNewTokens) }
+        var logits = try session.forward(prompt, batch: 1, lastOnly: true)
+        let eos = config.eosTokenID.flatMap { TokenID(exactly: $0) } ?? tokenizer?.endOfTextID
+        while true {
+            let next = Sampler.pick(logits: &logits, history: sequence, params: params, rng: &rng)
+            sequence.append(next)
+            newTokens.append(next)
+            let piece = try decoder?.push(next) ?? ""
+            text += piece
+            if let onToken, !onToken(next, piece) { reason = .callback; break }
+            if params.stopAtEndOfText, let eos, next == eos { reason = .endOfText; break }
+            if !params.stopStrings.isEmpty, params.stopStrings.contains(where: { !$0.isEmpty && text.contains($0) }) {
+                reason = .stopString; break
+            }
+            if newTokens.count >= params.maxNewTokens { reason = .maxNewTokens; break }
+            if sequence.count >= config.nPositions { reason = .contextFull; break }
+            logits = try session.forward([next], batch: 1, lastOnly: true)
+        }
+        if var d = decoder { text += d.finish() }
+        return GenerationResult(tokens: newTokens, text: text, stopReason: reason)
+    }
+
+    /// Generates from a text prompt (needs a tokenizer).
+    public func generate(_ prompt: String, params: SamplingParams = SamplingParams(),
+                         onToken: ((TokenID, String) -> Bool)? = nil) throws -> GenerationResult {
+        guard let tokenizer else { throw LoraError.invalidArgument("the model has no tokenizer") }
+        return try generate(prompt: tokenizer.encode(prompt), params: params, onToken: onToken)
+    }
+}
+
+/// Token selection over one row of logits.
+enum Sampler {
+    static func pick(logits: inout [Float], history: [TokenID], params: SamplingParams, rng: inout SplitMix64) -> TokenID {
+        let V = logits.count
+        if params.repetitionPenalty != 1 {
+            var seen = Set<TokenID>()
+            for t in history where seen.insert(t).inserted && Int(t) < V {
+                let v = logits[Int(t)]
+                logits[Int(t)] = v < 0 ? v * params.repetitionPenalty : v / params.repetitionPenalty
+            }
+        }
+        if params.temperature == 0 {
+            var best = 0
+            for i in 1..<V where logits[i] > logits[best] { best = i }
+            return TokenID(best)
+        }
+        // Candidates sorted by logit, descending (stable on index for ties).
+        var idx = Array(0..<V)
+        let inv = 1 / params.temperature
+        for i in 0..<V { logits[i] *= inv }
+        idx.sort { logits[$0] != logits[$1] ? logits[$0] > logits[$1] : $0 < $1 }
+        var keep = V
+        if params.topK > 0 { keep = min(keep, params.topK) }
+        let mx = logits[idx[0]]
+        var probs = [Double](repeating: 0, count: keep)
+        var sum = 0.0
+        for j in 0..<keep { let p = Foundation.exp(Double(logits[idx[j]] - mx)); probs[j] = p; sum += p }
+        if params.topP < 1 {
+            var cum = 0.0
+            var cut = keep
+            for j in 0..<keep {
+                cum += probs[j] / sum
+                if cum >= Double(params.topP) { cut = j + 1; break }
+            }
+            keep = max(1, cut)
+            sum = probs[0..<keep].reduce(0, +)
+        }
+        var u = rng.nextDouble() * sum
+        for j in 0..<keep {
+            u -= probs[j]
+            if u < 0 { return TokenID(idx[j]) }
+        }
+        return TokenID(idx[keep - 1])
+    }
+}

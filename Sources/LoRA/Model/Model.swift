@@ -1,0 +1,267 @@
+import Foundation
+
+/// A GPT-2 language model: config, weights, optional tokenizer.
+/// Inference on one model may run from several threads at once, each with
+/// its own `InferenceSession`; changing weights (merge) needs exclusive use.
+public final class Model: @unchecked Sendable {
+    public let config: GPT2Config
+    public let weights: GPT2Weights
+    public let tokenizer: Tokenizer?
+    /// The directory the model was loaded from, if any.
+    public let directory: String?
+
+    public init(config: GPT2Config, weights: GPT2Weights, tokenizer: Tokenizer? = nil, directory: String? = nil) throws {
+        try BLAS.load()
+        self.config = config
+        self.weights = weights
+        self.tokenizer = tokenizer
+        self.directory = directory
+    }
+
+    /// Loads `config.json` + `model.safetensors` (and the tokenizer files when
+    /// present) from a Hugging Face model directory.
+    public static func load(directory: String) throws -> Model {
+        try BLAS.load()
+        let dir = directory.hasSuffix("/") ? String(directory.dropLast()) : directory
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
+            throw LoraError.io(path: dir, reason: "not a directory")
+        }
+        let config = try GPT2Config.load(path: dir + "/config.json")
+        let file = try SafeTensorsFile(path: dir + "/model.safetensors")
+        let weights = try GPT2Weights(config: config)
+        try weights.load(from: file)
+        var tokenizer: Tokenizer? = nil
+        let fm = FileManager.default
+        if fm.fileExists(atPath: dir + "/tokenizer.json") || fm.fileExists(atPath: dir + "/vocab.json") {
+            tokenizer = try Tokenizer.load(directory: dir)
+            if let t = tokenizer, t.vocabSize > config.vocabSize {
+                throw LoraError.invalidFile(path: dir, reason: "the tokenizer has \(t.vocabSize) tokens but the model's vocab_size is \(config.vocabSize)")
+            }
+        }
+        return try Model(config: config, weights: weights, tokenizer: tokenizer, directory: dir)
+    }
+
+    /// A model with random weights N(0, std²) (benchmarks, tests).
+    public static func random(config: GPT2Config, seed: UInt64 = 0, std: Float = 0.02) throws -> Model {
+        let w = try GPT2Weights(config: config)
+        var rng = SplitMix64(seed: seed)
+        let b = w.block.base
+        for i in 0..<w.block.count { b[i] = rng.nextGaussian() * std }
+        for l in w.layers {
+            for i in 0..<config.nEmbd { l.ln1W[i] = 1 + 0.1 * l.ln1W[i]; l.ln2W[i] = 1 + 0.1 * l.ln2W[i] }
+        }
+        for i in 0..<config.nEmbd { w.lnfW[i] = 1 + 0.1 * w.lnfW[i] }
+        return try Model(config: config, weights: w)
+    }
+
+    public var parameterCount: Int { weights.layout.totalCount }
+
+    func checkTokens(_ ids: UnsafeBufferPointer<TokenID>) throws {
+        for (i, t) in ids.enumerated() where t < 0 || Int(t) >= config.vocabSize {
+            throw LoraError.invalidArgument("token id \(t) at index \(i) is out of range 0..<\(config.vocabSize)")
+        }
+    }
+
+    /// Logits [T, vocab] for one sequence (no cache).
+    public func logits(_ ids: [TokenID]) throws -> [Float] {
+        guard !ids.isEmpty else { throw LoraError.invalidArgument("empty token sequence") }
+        let session = try InferenceSession(model: self, batch: 1, capacity: ids.count)
+        return try session.forward(ids, batch: 1, lastOnly: false)
+    }
+
+    /// Logits [B, T, vocab] for sequences of different lengths, padded to the
+    /// longest. Left padding gives each row the positions it would have alone
+    /// (as transformers' generate computes them); with right padding positions
+    /// run from 0. Logits at padding positions are zeros.
+    public func logits(batch: [[TokenID]], padding: Padding = .left) throws -> [Float] {
+        guard !batch.isEmpty, batch.allSatisfy({ !$0.isEmpty }) else {
+            throw LoraError.invalidArgument("empty batch or empty sequence")
+        }
+        let T = batch.map(\.count).max() ?? 0
+        let (ids, mask) = Model.pad(batch, to: T, padding: padding)
+        let session = try InferenceSession(model: self, batch: batch.count, capacity: T)
+        var out = try session.forward(ids, batch: batch.count, attentionMask: mask, lastOnly: false)
+        let V = config.vocabSize
+        for i in 0..<mask.count where mask[i] == 0 {
+            for v in 0..<V { out[i * V + v] = 0 }
+        }
+        return out
+    }
+
+    public enum Padding: Sendable { case left, right }
+
+    /// Pads sequences to length T with token 0; mask 1 for real tokens.
+    static func pad(_ batch: [[TokenID]], to T: Int, padding: Padding) -> ([TokenID], [Int32]) {
+        var ids = [TokenID](repeating: 0, count: batch.count * T)
+        var mask = [Int32](repeating: 0, count: batch.count * T)
+        for (b, seq) in batch.enumerated() {
+            let start = padding == .left ? T - seq.count : 0
+            for (i, t) in seq.enumerated() {
+                ids[b * T + start + i] = t
+                mask[b * T + start + i] = 1
+            }
+        }
+        return (ids, mask)
+    }
+}
+
+/// Buffers for running a model: the KV cache for `batch` rows of up to
+/// `capacity` positions, and scratch space. One session per thread.
+public final class InferenceSession: @unchecked Sendable {
+    public let model: Model
+    public let batch: Int
+    public let capacity: Int
+    /// Positions already in the cache.
+    public private(set) var length = 0
+
+    let kCache: FloatBlock   // [layer, B, H, capacity, hd]
+    let vCache: FloatBlock
+    /// Key mask [B, capacity]: 1 for real tokens, 0 for padding.
+    let keyMask: FloatBlock
+    /// Next position id per row (the count of real tokens so far).
+    var nextPosition: [Int32]
+    var maxTokens: Int
+    var x, ln, qkv, att, proj, fc, probs: FloatBlock
+
+    public init(model: Model, batch: Int, capacity: Int) throws {
+        let c = model.config
+        guard batch >= 1 else { throw LoraError.invalidArgument("batch must be at least 1") }
+        guard capacity >= 1, capacity <= c.nPositions else {
+            throw LoraError.invalidArgument("sequence capacity \(capacity) must be within 1...n_positions (\(c.nPositions))")
+        }
+        self.model = model
+        self.batch = batch
+        self.capacity = capacity
+        let perLayer = batch * capacity * c.nEmbd
+        kCache = try FloatBlock(count: c.nLayer * perLayer)
+        vCache = try FloatBlock(count: c.nLayer * perLayer)
+        keyMask = try FloatBlock(count: batch * capacity)
+        nextPosition = [Int32](repeating: 0, count: batch)
+        maxTokens = 0
+        x = try FloatBlock(count: 0); ln = x; qkv = x; att = x; proj = x; fc = x
+        probs = try FloatBlock(count: capacity * capacity)
+    }
+
+    /// Forgets the cache.
+    public func reset() { length = 0; for b in 0..<batch { nextPosition[b] = 0 } }
+
+    func ensureScratch(tokens n: Int) throws {
+        guard n > maxTokens else { return }
+        let c = model.config
+        x = try FloatBlock(count: n * c.nEmbd)
+        ln = try FloatBlock(count: n * c.nEmbd)
+        qkv = try FloatBlock(count: n * 3 * c.nEmbd)
+        att = try FloatBlock(count: n * c.nEmbd)
+        proj = try FloatBlock(count: n * c.nEmbd)
+        fc = try FloatBlock(count: n * c.innerSize)
+        maxTokens = n
+    }
+
+    /// Runs `ids` [batch, T] through the model after what is cached, appends
+    /// to the cache, and returns logits: [batch, T, vocab], or [batch, vocab]
+    /// for the last position only. `attentionMask` [batch, T] marks padding (0).
+    public func forward(_ ids: [TokenID], batch B: Int, attentionMask: [Int32]? = nil, lastOnly: Bool) throws -> [Float] {
+        guard B == batch else { throw LoraError.invalidArgument("batch \(B) does not match the session's \(batch)") }
+        guard !ids.isEmpty, ids.count % B == 0 else { throw LoraError.invalidArgument("token count \(ids.count) is not a multiple of the batch \(B)") }
+        let T = ids.count / B
+        guard length + T <= capacity else {
+            throw LoraError.invalidArgument("sequence of \(length + T) tokens exceeds the session capacity \(capacity) (n_positions \(model.config.nPositions))")
+        }
+        if let m = attentionMask, m.count != ids.count {
+            throw LoraError.invalidArgument("attention mask has \(m.count) entries, expected \(ids.count)")
+        }
+        try ids.withUnsafeBufferPointer { try model.checkTokens($0) }
+        let c = model.config
+        let V = c.vocabSize
+        var positions = [Int32](repeating: 0, count: ids.count)
+        for b in 0..<B {
+            for t in 0..<T {
+                let real = attentionMask.map { $0[b * T + t] != 0 } ?? true
+                keyMask.base[b * capacity + length + t] = real ? 1 : 0
+                // As transformers: cumsum(mask) - 1, and 1 at padding.
+                positions[b * T + t] = real ? nextPosition[b] : 1
+                if real { nextPosition[b] += 1 }
+            }
+        }
+        try ensureScratch(tokens: B * T)
+        let rows = lastOnly ? B : B * T
+        var logits = [Float](repeating: 0, count: rows * V)
+        ids.withUnsafeBufferPointer { idp in
+            positions.withUnsafeBufferPointer { pp in
+                logits.withUnsafeMutableBufferPointer { lp in
+                    run(ids: idp.baseAddress!, positions: pp.baseAddress!, B: B, T: T, lastOnly: lastOnly, logits: lp.baseAddress!)
+                }
+            }
+        }
+        length += T
+        return logits
+    }
+
+    private func run(ids: UnsafePointer<TokenID>, positions: UnsafePointer<Int32>, B: Int, T: Int, lastOnly: Bool, logits: FloatPtr) {
+        let c = model.config
+        let w = model.weights
+        let C = c.nEmbd, F = c.innerSize, H = c.nHead, hd = c.headDim
+        let n = B * T
+        let eps = Float(c.layerNormEpsilon)
+        let past = length
+        let L = past + T
+        let x = self.x.base, ln = self.ln.base, qkv = self.qkv.base, att = self.att.base
+        let proj = self.proj.base, fc = self.fc.base, probs = self.probs.base
+        let anyPadding = (0..<B).contains { b in (0..<L).contains { keyMask.base[b * capacity + $0] == 0 } }
+
+        embeddingForward(out: x, ids: ids, positions: positions, wte: w.wte, wpe: w.wpe, n: n, C: C)
+        for l in 0..<c.nLayer {
+            let lw = w.layers[l]
+            layerNormForward(out: ln, mean: nil, rstd: nil, inp: x, weight: lw.ln1W, bias: lw.ln1B, rows: n, C: C, eps: eps)
+            matmulForward(out: qkv, inp: ln, weight: lw.attnW, bias: lw.attnB, M: n, K: C, N: 3 * C)
+            // Append k, v to the cache: [B, H, capacity, hd] per layer.
+            let kc = kCache.base + l * batch * capacity * C
+            let vc = vCache.base + l * batch * capacity * C
+            for b in 0..<B {
+                for t in 0..<T {
+                    let src = qkv + (b * T + t) * 3 * C
+                    for h in 0..<H {
+                        let dst = (b * H + h) * capacity * hd + (past + t) * hd
+                        (kc + dst).update(from: src + C + h * hd, count: hd)
+                        (vc + dst).update(from: src + 2 * C + h * hd, count: hd)
+                    }
+                }
+            }
+            var scale: Float = c.scaleAttnWeights ? 1 / Float(hd).squareRoot() : 1
+            if c.scaleAttnByInverseLayerIdx { scale /= Float(l + 1) }
+            for b in 0..<B {
+                for h in 0..<H {
+                    let kv = (b * H + h) * capacity * hd
+                    attentionForward(out: att + b * T * C + h * hd, ldo: C, probs: probs,
+                                     q: qkv + b * T * 3 * C + h * hd, ldq: 3 * C,
+                                     k: kc + kv, ldk: hd, v: vc + kv, ldv: hd,
+                                     T: T, L: L, past: past, hd: hd, scale: scale,
+                                     keyMask: anyPadding ? UnsafePointer(keyMask.base + b * capacity) : nil)
+                }
+            }
+            matmulForward(out: proj, inp: att, weight: lw.attnProjW, bias: lw.attnProjB, M: n, K: C, N: C)
+            addForward(out: x, a: x, b: proj, n: n * C)
+            layerNormForward(out: ln, mean: nil, rstd: nil, inp: x, weight: lw.ln2W, bias: lw.ln2B, rows: n, C: C, eps: eps)
+            matmulForward(out: fc, inp: ln, weight: lw.fcW, bias: lw.fcB, M: n, K: C, N: F)
+            activationForward(c.activation, out: fc, inp: fc, n: n * F)
+            matmulForward(out: proj, inp: fc, weight: lw.mlpProjW, bias: lw.mlpProjB, M: n, K: F, N: C)
+            addForward(out: x, a: x, b: proj, n: n * C)
+        }
+        let V = c.vocabSize
+        if lastOnly {
+            for b in 0..<B {
+                layerNormForward(out: ln + b * C, mean: nil, rstd: nil, inp: x + (b * T + T - 1) * C,
+                                 weight: w.lnfW, bias: w.lnfB, rows: 1, C: C, eps: eps)
+            }
+            if B == 1 {
+                gemv(transA: false, rows: V, cols: C, alpha: 1, A: w.lmHead, lda: C, x: ln, beta: 0, y: logits)
+            } else {
+                gemm(transA: false, transB: true, M: B, N: V, K: C, alpha: 1, A: ln, lda: C, B: w.lmHead, ldb: C, beta: 0, C: logits, ldc: V)
+            }
+        } else {
+            layerNormForward(out: ln, mean: nil, rstd: nil, inp: x, weight: w.lnfW, bias: w.lnfB, rows: n, C: C, eps: eps)
+            gemm(transA: false, transB: true, M: n, N: V, K: C, alpha: 1, A: ln, lda: C, B: w.lmHead, ldb: C, beta: 0, C: logits, ldc: V)
+        }
+    }
+}

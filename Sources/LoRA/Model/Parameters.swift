@@ -1,0 +1,145 @@
+import Foundation
+
+/// Where one named tensor sits in a parameter block.
+public struct TensorSlot: Sendable, Equatable {
+    public let name: String
+    public let shape: [Int]
+    public let offset: Int
+    public var count: Int { shape.reduce(1, *) }
+}
+
+/// The tensors of GPT2LMHeadModel in one contiguous layout, named as in
+/// transformers' state dict without the `transformer.` prefix.
+public struct GPT2Layout: Sendable {
+    public let slots: [TensorSlot]
+    public let totalCount: Int
+    private let index: [String: Int]
+
+    public init(config c: GPT2Config) {
+        var slots: [TensorSlot] = []
+        var off = 0
+        func add(_ name: String, _ shape: [Int]) {
+            slots.append(TensorSlot(name: name, shape: shape, offset: off))
+            off += shape.reduce(1, *)
+        }
+        let e = c.nEmbd, f = c.innerSize
+        add("wte.weight", [c.vocabSize, e])
+        add("wpe.weight", [c.nPositions, e])
+        for l in 0..<c.nLayer {
+            add("h.\(l).ln_1.weight", [e]); add("h.\(l).ln_1.bias", [e])
+            add("h.\(l).attn.c_attn.weight", [e, 3 * e]); add("h.\(l).attn.c_attn.bias", [3 * e])
+            add("h.\(l).attn.c_proj.weight", [e, e]); add("h.\(l).attn.c_proj.bias", [e])
+            add("h.\(l).ln_2.weight", [e]); add("h.\(l).ln_2.bias", [e])
+            add("h.\(l).mlp.c_fc.weight", [e, f]); add("h.\(l).mlp.c_fc.bias", [f])
+            add("h.\(l).mlp.c_proj.weight", [f, e]); add("h.\(l).mlp.c_proj.bias", [e])
+        }
+        add("ln_f.weight", [e]); add("ln_f.bias", [e])
+        if !c.tieWordEmbeddings { add("lm_head.weight", [c.vocabSize, e]) }
+        self.slots = slots
+        self.totalCount = off
+        var idx: [String: Int] = [:]
+        for (i, s) in slots.enumerated() { idx[s.name] = i }
+        self.index = idx
+    }
+
+    public subscript(name: String) -> TensorSlot? { index[name].map { slots[$0] } }
+}
+
+/// One allocation of Floats, zero-filled, freed with the owner.
+public final class FloatBlock: @unchecked Sendable {
+    public let base: FloatPtr
+    public let count: Int
+
+    public init(count: Int) throws {
+        guard count >= 0, count <= Int.max / 4 else { throw LoraError.invalidArgument("allocation of \(count) floats is too large") }
+        guard let raw = malloc(max(count, 1) * MemoryLayout<Float>.stride) else {
+            throw LoraError.invalidArgument("out of memory allocating \(count * 4) bytes")
+        }
+        base = raw.bindMemory(to: Float.self, capacity: max(count, 1))
+        base.initialize(repeating: 0, count: max(count, 1))
+        self.count = count
+    }
+    deinit { free(base) }
+
+    public var buffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: base, count: count) }
+    public func zero() { base.update(repeating: 0, count: count) }
+}
+
+/// Pointers to one transformer block's weights.
+public struct LayerWeights {
+    public let ln1W, ln1B, attnW, attnB, attnProjW, attnProjB: FloatPtr
+    public let ln2W, ln2B, fcW, fcB, mlpProjW, mlpProjB: FloatPtr
+}
+
+/// GPT-2's weights in one block, viewed through the layout.
+public final class GPT2Weights: @unchecked Sendable {
+    public let config: GPT2Config
+    public let layout: GPT2Layout
+    public let block: FloatBlock
+    public let layers: [LayerWeights]
+    public let wte, wpe, lnfW, lnfB: FloatPtr
+    /// The LM head [vocab, n_embd]: wte when tied.
+    public let lmHead: FloatPtr
+
+    public init(config: GPT2Config) throws {
+        try config.validate()
+        self.config = config
+        let layout = GPT2Layout(config: config)
+        self.layout = layout
+        let block = try FloatBlock(count: layout.totalCount)
+        self.block = block
+        func p(_ n: String) -> FloatPtr { block.base + (layout[n]?.offset ?? 0) }
+        wte = p("wte.weight"); wpe = p("wpe.weight")
+        lnfW = p("ln_f.weight"); lnfB = p("ln_f.bias")
+        lmHead = config.tieWordEmbeddings ? p("wte.weight") : p("lm_head.weight")
+        layers = (0..<config.nLayer).map { l in
+            LayerWeights(ln1W: p("h.\(l).ln_1.weight"), ln1B: p("h.\(l).ln_1.bias"),
+                         attnW: p("h.\(l).attn.c_attn.weight"), attnB: p("h.\(l).attn.c_attn.bias"),
+                         attnProjW: p("h.\(l).attn.c_proj.weight"), attnProjB: p("h.\(l).attn.c_proj.bias"),
+                         ln2W: p("h.\(l).ln_2.weight"), ln2B: p("h.\(l).ln_2.bias"),
+                         fcW: p("h.\(l).mlp.c_fc.weight"), fcB: p("h.\(l).mlp.c_fc.bias"),
+                         mlpProjW: p("h.\(l).mlp.c_proj.weight"), mlpProjB: p("h.\(l).mlp.c_proj.bias"))
+        }
+    }
+
+    public func pointer(_ name: String) -> FloatPtr? { layout[name].map { block.base + $0.offset } }
+
+    /// Fills the weights from a safetensors file saved by transformers
+    /// (`transformer.` prefix, tied head absent) or in the hub's layout (no
+    /// prefix, `attn.bias` mask buffers). Every expected tensor must be
+    /// present with the configured shape.
+    public func load(from file: SafeTensorsFile) throws {
+        var found: [String: TensorInfo] = [:]
+        for info in file.tensors {
+            var name = info.name
+            if name.hasPrefix("transformer.") { name.removeFirst("transformer.".count) }
+            if name.hasSuffix(".attn.bias") || name.hasSuffix(".attn.masked_bias") || name.hasSuffix(".crossattention.bias") {
+                continue
+            }
+            if name == "lm_head.weight" && config.tieWordEmbeddings { continue }
+            guard layout[name] != nil else { continue }  // unexpected keys are ignored, as transformers does
+            if found[name] != nil {
+                throw LoraError.invalidFile(path: file.path, reason: "tensor \(name) appears twice (with and without the transformer. prefix)")
+            }
+            found[name] = info
+        }
+        for slot in layout.slots {
+            guard let info = found[slot.name] else {
+                throw LoraError.invalidFile(path: file.path, reason: "missing tensor \(slot.name)")
+            }
+            guard info.shape == slot.shape else {
+                throw LoraError.invalidFile(path: file.path, reason: "tensor \(slot.name) has shape \(info.shape), the config needs \(slot.shape)")
+            }
+            try file.copyFloats(info, into: block.base + slot.offset)
+        }
+    }
+
+    /// The state dict as transformers saves it (`transformer.` prefix, no tied head), F32.
+    public func tensorsForSaving() -> [TensorData] {
+        layout.slots.map { slot in
+            let name = slot.name == "lm_head.weight" ? slot.name : "transformer." + slot.name
+            return TensorData(name: name, shape: slot.shape,
+                              floats: UnsafeBufferPointer(start: block.base + slot.offset, count: slot.count))
+        }
+    }
+}

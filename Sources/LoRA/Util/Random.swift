@@ -1,0 +1,33 @@
+/// SplitMix64: a small seeded generator whose whole state is one UInt64, so
+/// it can be saved in checkpoints and resumed bit for bit.
+public struct SplitMix64: RandomNumberGenerator, Sendable, Equatable {
+    public var state: UInt64
+
+    public init(seed: UInt64) { state = seed }
+
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E3779B97F4A7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9
+        z = (z ^ (z >> 27)) &* 0x94D049BB133111EB
+        return z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1) with 24 random bits.
+    public mutating func nextFloat() -> Float { Float(next() >> 40) * (1.0 / 16777216.0) }
+
+    /// Uniform in [0, 1) with 53 random bits.
+    public mutating func nextDouble() -> Double { Double(next() >> 11) * (1.0 / 9007199254740992.0) }
+
+    /// Standard normal (Box–Muller).
+    public mutating func nextGaussian() -> Float {
+        var u1 = nextDouble()
+        if u1 < 1e-300 { u1 = 1e-300 }
+        let u2 = nextDouble()
+        return Float((-2 * _log(u1)).squareRoot() * _cos(2 * Double.pi * u2))
+    }
+}
+
+import Foundation
+@inline(__always) private func _log(_ x: Double) -> Double { Foundation.log(x) }
+@inline(__always) private func _cos(_ x: Double) -> Double { Foundation.cos(x) }
