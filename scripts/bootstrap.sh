@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what liblora needs on Debian/Ubuntu, only what is missing
+# (idempotent). Run as root, or with sudo available.
+set -euo pipefail
+
+packages=(libopenblas-dev liblapacke-dev pkg-config fortunes valgrind make gcc g++)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    SUDO=""
+    if [[ $(id -u) != 0 ]]; then
+        command -v sudo >/dev/null || { echo "bootstrap: need root to install: ${missing[*]}" >&2; exit 1; }
+        SUDO=sudo
+    fi
+    echo "bootstrap: installing ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v swift >/dev/null; then
+    for d in /opt/swift/usr/bin /usr/share/swift/usr/bin; do
+        [[ -x $d/swift ]] && export PATH="$d:$PATH"
+    done
+fi
+command -v swift >/dev/null || { echo "bootstrap: the Swift toolchain (6.0 or later) is not on PATH" >&2; exit 1; }
+pkg-config --exists openblas lapacke || { echo "bootstrap: pkg-config cannot find openblas/lapacke" >&2; exit 1; }
