@@ -155,7 +155,7 @@ private func load(_ route: TokenizerLoadRoute) throws -> Tokenizer {
 
     @Test func roundTripRandomScalars() throws {
         let tokenizer = try load(.vocabAndMerges)
-        var rng = SplitMix64(seed: 42)
+        var rng = TokenizerTestRNG(seed: 42)
         // Ranges that exercise every class and UTF-8 length, plus the special token.
         let ranges: [ClosedRange<UInt32>] = [0x00...0x7F, 0x80...0x7FF, 0x2000...0x206F, 0x3000...0x30FF,
                                              0xAC00...0xD7A3, 0xE000...0xFFFF, 0x1F300...0x1FAFF, 0x10000...0x10FFFF]
@@ -391,7 +391,7 @@ private func load(_ route: TokenizerLoadRoute) throws -> Tokenizer {
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
         let path = dir.appendingPathComponent("tokenizer.json").path
-        var rng = SplitMix64(seed: 7)
+        var rng = TokenizerTestRNG(seed: 7)
         var loaded = 0
         for round in 0..<300 {
             var bytes = original
@@ -484,7 +484,7 @@ private func byteChar(_ b: UInt8) -> String {
 }
 
 /// A small deterministic random generator for the property tests.
-private struct SplitMix64: RandomNumberGenerator {
+private struct TokenizerTestRNG: RandomNumberGenerator {
     var state: UInt64
     init(seed: UInt64) { state = seed }
     mutating func next() -> UInt64 {
