@@ -22,6 +22,6 @@ let package = Package(
         .target(name: "LoRA", dependencies: ["CLoraSupport"]),
         .target(name: "LoraCAPI", dependencies: ["LoRA"]),
         .executableTarget(name: "LoraBench", dependencies: ["LoRA"]),
-        .testTarget(name: "LoRATests", dependencies: ["LoRA", "CLoraSupport"]),
+        .testTarget(name: "LoRATests", dependencies: ["LoRA", "CLoraSupport"], exclude: ["Fixtures"]),
     ]
 )

@@ -44,24 +44,24 @@ public func embeddingForward(out: FloatPtr, ids: UnsafePointer<Int32>, positions
 public func activationForward(_ act: Activation, out: FloatPtr, inp: ConstFloatPtr, n: Int) {
     switch act {
     case .geluNew, .geluPytorchTanh, .geluFast:
-        // 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
-        let k = Vec(repeating: 0.7978845608028654)
+        // 0.5·x·(1 + tanh(u)) = x·sigmoid(2u), u = √(2/π)·(x + 0.044715·x³)
+        let k2 = Vec(repeating: 2 * 0.7978845608028654)
         vmap(out, inp, n) { x in
-            let u = k * (x + Vec(repeating: 0.044715) * x * x * x)
-            return Vec(repeating: 0.5) * x * (Vec(repeating: 1) + vtanh(u))
+            let u2 = k2 * (x + Vec(repeating: 0.044715) * x * x * x)
+            return x * vsigmoid(u2)
         }
     case .gelu, .geluPython:
         for i in 0..<n { let x = inp[i]; out[i] = 0.5 * x * (1 + erf(x * 0.7071067811865476)) }
     case .quickGelu:
-        vmap(out, inp, n) { x in x / (Vec(repeating: 1) + vexp(Vec(repeating: -1.702) * x)) }
+        vmap(out, inp, n) { x in x * vsigmoid(Vec(repeating: 1.702) * x) }
     case .relu:
         for i in 0..<n { out[i] = max(inp[i], 0) }
     case .silu, .swish:
-        vmap(out, inp, n) { x in x / (Vec(repeating: 1) + vexp(-x)) }
+        vmap(out, inp, n) { x in x * vsigmoid(x) }
     case .tanh:
         vmap(out, inp, n) { vtanh($0) }
     case .sigmoid:
-        vmap(out, inp, n) { x in Vec(repeating: 1) / (Vec(repeating: 1) + vexp(-x)) }
+        vmap(out, inp, n) { vsigmoid($0) }
     case .linear:
         if UnsafePointer(out) != inp { out.update(from: inp, count: n) }
     }
