@@ -10,6 +10,16 @@ public final class Model: @unchecked Sendable {
     /// The directory the model was loaded from, if any.
     public let directory: String?
 
+    /// An adapter attached to the model, applied in every forward pass while enabled.
+    public struct Attachment {
+        public let adapter: Adapter
+        public var scale: Float
+        public var enabled: Bool
+    }
+    /// Attached adapters, applied in order. Change them only while no
+    /// inference or training runs on this model.
+    public private(set) var attachments: [Attachment] = []
+
     public init(config: GPT2Config, weights: GPT2Weights, tokenizer: Tokenizer? = nil, directory: String? = nil) throws {
         try BLAS.load()
         self.config = config
@@ -56,6 +66,48 @@ public final class Model: @unchecked Sendable {
     }
 
     public var parameterCount: Int { weights.layout.totalCount }
+
+    /// Attaches an adapter (several may be attached; each is applied while enabled).
+    public func attach(_ adapter: Adapter, scale: Float = 1) throws {
+        guard adapter.modelConfig.nEmbd == config.nEmbd, adapter.modelConfig.innerSize == config.innerSize,
+              adapter.modelConfig.nLayer == config.nLayer else {
+            throw LoraError.invalidArgument("adapter \(adapter.name) was made for another model shape")
+        }
+        guard scale.isFinite else { throw LoraError.invalidArgument("adapter scale must be finite") }
+        guard !attachments.contains(where: { $0.adapter === adapter }) else {
+            throw LoraError.invalidArgument("adapter \(adapter.name) is already attached")
+        }
+        attachments.append(Attachment(adapter: adapter, scale: scale, enabled: true))
+    }
+
+    public func detach(_ adapter: Adapter) throws {
+        guard let i = attachments.firstIndex(where: { $0.adapter === adapter }) else {
+            throw LoraError.invalidArgument("adapter \(adapter.name) is not attached")
+        }
+        attachments.remove(at: i)
+    }
+
+    public func setScale(_ adapter: Adapter, _ scale: Float) throws {
+        guard scale.isFinite else { throw LoraError.invalidArgument("adapter scale must be finite") }
+        guard let i = attachments.firstIndex(where: { $0.adapter === adapter }) else {
+            throw LoraError.invalidArgument("adapter \(adapter.name) is not attached")
+        }
+        attachments[i].scale = scale
+    }
+
+    public func setEnabled(_ adapter: Adapter, _ enabled: Bool) throws {
+        guard let i = attachments.firstIndex(where: { $0.adapter === adapter }) else {
+            throw LoraError.invalidArgument("adapter \(adapter.name) is not attached")
+        }
+        attachments[i].enabled = enabled
+    }
+
+    var activeLoRA: [ActiveLoRA] {
+        attachments.filter { $0.enabled && $0.scale != 0 }.map { ActiveLoRA(adapter: $0.adapter, scale: $0.scale) }
+    }
+
+    /// The largest rank among enabled adapters (0 without any).
+    var maxActiveRank: Int { activeLoRA.flatMap { $0.adapter.slots.map(\.r) }.max() ?? 0 }
 
     func checkTokens(_ ids: UnsafeBufferPointer<TokenID>) throws {
         for (i, t) in ids.enumerated() where t < 0 || Int(t) >= config.vocabSize {
@@ -122,7 +174,7 @@ public final class InferenceSession: @unchecked Sendable {
     /// Next position id per row (the count of real tokens so far).
     var nextPosition: [Int32]
     var maxTokens: Int
-    var x, ln, qkv, att, proj, fc, probs: FloatBlock
+    var x, ln, qkv, att, proj, fc, probs, loraU: FloatBlock
 
     public init(model: Model, batch: Int, capacity: Int) throws {
         let c = model.config
@@ -139,7 +191,7 @@ public final class InferenceSession: @unchecked Sendable {
         keyMask = try FloatBlock(count: batch * capacity)
         nextPosition = [Int32](repeating: 0, count: batch)
         maxTokens = 0
-        x = try FloatBlock(count: 0); ln = x; qkv = x; att = x; proj = x; fc = x
+        x = try FloatBlock(count: 0); ln = x; qkv = x; att = x; proj = x; fc = x; loraU = x
         probs = try FloatBlock(count: capacity * capacity)
     }
 
@@ -156,6 +208,7 @@ public final class InferenceSession: @unchecked Sendable {
         proj = try FloatBlock(count: n * c.nEmbd)
         fc = try FloatBlock(count: n * c.innerSize)
         maxTokens = n
+        loraU = try FloatBlock(count: 0)
     }
 
     /// Runs `ids` [batch, T] through the model after what is cached, appends
@@ -187,10 +240,11 @@ public final class InferenceSession: @unchecked Sendable {
         try ensureScratch(tokens: B * T)
         let rows = lastOnly ? B : B * T
         var logits = [Float](repeating: 0, count: rows * V)
-        ids.withUnsafeBufferPointer { idp in
-            positions.withUnsafeBufferPointer { pp in
-                logits.withUnsafeMutableBufferPointer { lp in
-                    run(ids: idp.baseAddress!, positions: pp.baseAddress!, B: B, T: T, lastOnly: lastOnly, logits: lp.baseAddress!)
+        try ids.withUnsafeBufferPointer { idp in
+            try positions.withUnsafeBufferPointer { pp in
+                try logits.withUnsafeMutableBufferPointer { lp in
+                    guard let i = idp.baseAddress, let p = pp.baseAddress, let o = lp.baseAddress else { return }
+                    try run(ids: i, positions: p, B: B, T: T, lastOnly: lastOnly, logits: o)
                 }
             }
         }
@@ -198,55 +252,32 @@ public final class InferenceSession: @unchecked Sendable {
         return logits
     }
 
-    private func run(ids: UnsafePointer<TokenID>, positions: UnsafePointer<Int32>, B: Int, T: Int, lastOnly: Bool, logits: FloatPtr) {
+    private func run(ids: UnsafePointer<TokenID>, positions: UnsafePointer<Int32>, B: Int, T: Int, lastOnly: Bool, logits: FloatPtr) throws {
         let c = model.config
         let w = model.weights
-        let C = c.nEmbd, F = c.innerSize, H = c.nHead, hd = c.headDim
+        let C = c.nEmbd
         let n = B * T
         let eps = Float(c.layerNormEpsilon)
         let past = length
         let L = past + T
-        let x = self.x.base, ln = self.ln.base, qkv = self.qkv.base, att = self.att.base
-        let proj = self.proj.base, fc = self.fc.base, probs = self.probs.base
+        let x = self.x.base, ln = self.ln.base
         let anyPadding = (0..<B).contains { b in (0..<L).contains { keyMask.base[b * capacity + $0] == 0 } }
+        let rank = model.maxActiveRank
+        if loraU.count < n * rank { loraU = try FloatBlock(count: n * rank) }
+        let lora = rank == 0 ? LoRAContext.none
+            : LoRAContext(active: model.activeLoRA, scratch: loraU.base, saveU: nil, dropout: nil, trainable: nil)
+        let acts = LayerActs(input: x, ln1: ln, ln1Mean: nil, ln1Rstd: nil, qkv: qkv.base, att: att.base,
+                             probs: probs.base, probsPerHead: false, res2: x, ln2: ln, ln2Mean: nil, ln2Rstd: nil,
+                             fcPre: fc.base, fcAct: fc.base, res3: x, proj: proj.base)
+        let mask = keyMask.base, cap = capacity
+        let keyMaskOf: ((Int) -> ConstFloatPtr?)? = anyPadding ? { b in UnsafePointer(mask + b * cap) } : nil
 
         embeddingForward(out: x, ids: ids, positions: positions, wte: w.wte, wpe: w.wpe, n: n, C: C)
         for l in 0..<c.nLayer {
-            let lw = w.layers[l]
-            layerNormForward(out: ln, mean: nil, rstd: nil, inp: x, weight: lw.ln1W, bias: lw.ln1B, rows: n, C: C, eps: eps)
-            matmulForward(out: qkv, inp: ln, weight: lw.attnW, bias: lw.attnB, M: n, K: C, N: 3 * C)
-            // Append k, v to the cache: [B, H, capacity, hd] per layer.
-            let kc = kCache.base + l * batch * capacity * C
-            let vc = vCache.base + l * batch * capacity * C
-            for b in 0..<B {
-                for t in 0..<T {
-                    let src = qkv + (b * T + t) * 3 * C
-                    for h in 0..<H {
-                        let dst = (b * H + h) * capacity * hd + (past + t) * hd
-                        (kc + dst).update(from: src + C + h * hd, count: hd)
-                        (vc + dst).update(from: src + 2 * C + h * hd, count: hd)
-                    }
-                }
-            }
-            var scale: Float = c.scaleAttnWeights ? 1 / Float(hd).squareRoot() : 1
-            if c.scaleAttnByInverseLayerIdx { scale /= Float(l + 1) }
-            for b in 0..<B {
-                for h in 0..<H {
-                    let kv = (b * H + h) * capacity * hd
-                    attentionForward(out: att + b * T * C + h * hd, ldo: C, probs: probs,
-                                     q: qkv + b * T * 3 * C + h * hd, ldq: 3 * C,
-                                     k: kc + kv, ldk: hd, v: vc + kv, ldv: hd,
-                                     T: T, L: L, past: past, hd: hd, scale: scale,
-                                     keyMask: anyPadding ? UnsafePointer(keyMask.base + b * capacity) : nil)
-                }
-            }
-            matmulForward(out: proj, inp: att, weight: lw.attnProjW, bias: lw.attnProjB, M: n, K: C, N: C)
-            addForward(out: x, a: x, b: proj, n: n * C)
-            layerNormForward(out: ln, mean: nil, rstd: nil, inp: x, weight: lw.ln2W, bias: lw.ln2B, rows: n, C: C, eps: eps)
-            matmulForward(out: fc, inp: ln, weight: lw.fcW, bias: lw.fcB, M: n, K: C, N: F)
-            activationForward(c.activation, out: fc, inp: fc, n: n * F)
-            matmulForward(out: proj, inp: fc, weight: lw.mlpProjW, bias: lw.mlpProjB, M: n, K: F, N: C)
-            addForward(out: x, a: x, b: proj, n: n * C)
+            let perLayer = batch * capacity * C
+            model.layerForward(l, acts, B: B, T: T, past: past,
+                               kv: .cache(k: kCache.base + l * perLayer, v: vCache.base + l * perLayer, capacity: capacity),
+                               keyMask: keyMaskOf, lora: lora)
         }
         let V = c.vocabSize
         if lastOnly {
