@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Writes the LoRA fixtures under Tests/LoRATests/Fixtures/lora/ with PEFT + torch.
+
+Needs torch, transformers, peft (pip install torch transformers peft); the
+Swift tests only read the files. Uses the base model Fixtures/gpt2-a written by
+make_fixtures.py. Deterministic (PYTHONHASHSEED is pinned for PEFT's
+set-ordered target_modules).
+
+  lora/all/        PEFT adapter on all four Conv1D types (target c_attn, c_proj,
+                   c_fc), r=4, alpha=8, random non-zero A and B.
+  lora/pattern/    rsLoRA, non-integer alpha 6.5, rank_pattern and alpha_pattern.
+  lora/layers/     regex-free targeting with layers_to_transform=[1].
+  lora/expected.safetensors:
+      logits.<name>          logits [T, V] of `ids` with that adapter alone
+      logits.both            with `all` and `pattern` active together
+      batch.ids / batch.labels   an uneven batch (right padded, -100 labels)
+      loss.<name>, grad.<name>.<PEFT key>   loss and gradient of every LoRA tensor
+      train.batch<k>.ids     20 batches; train.losses [20]; train.lr [20]
+      train.final.<PEFT key> the `all` adapter after 20 AdamW steps
+"""
+import os
+import subprocess
+import sys
+
+if os.environ.get("PYTHONHASHSEED") != "0":
+    os.environ["PYTHONHASHSEED"] = "0"
+    sys.exit(subprocess.call([sys.executable] + sys.argv))
+
+import shutil
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import save_file
+from transformers import GPT2LMHeadModel, get_cosine_schedule_with_warmup
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Tests", "LoRATests", "Fixtures")
+OUT = os.path.join(ROOT, "lora")
+BASE = "gpt2-a"  # relative to ROOT (the script runs there), so configs carry no machine path
+
+
+def base():
+    m = GPT2LMHeadModel.from_pretrained(BASE, attn_implementation="eager").eval()
+    return m
+
+
+def randomize_lora(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+
+
+def peft_key(name):
+    # model parameter name -> saved key (adapter name removed)
+    return name.replace(".default", "")
+
+
+CONFIGS = {
+    "all": dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"]),
+    "pattern": dict(r=4, lora_alpha=6.5, use_rslora=True, target_modules=["c_attn", "attn.c_proj", "mlp.c_fc"],
+                    rank_pattern={"h.1.attn.c_attn": 2, "mlp.c_fc": 6}, alpha_pattern={"attn.c_proj": 3}),
+    "layers": dict(r=3, lora_alpha=5, target_modules=["c_fc", "c_attn"], layers_to_transform=[1]),
+}
+
+
+def make(name, seed):
+    model = get_peft_model(base(), LoraConfig(task_type="CAUSAL_LM", lora_dropout=0.0, **CONFIGS[name]))
+    randomize_lora(model, seed)
+    model.eval()
+    return model
+
+
+def main():
+    os.chdir(ROOT)
+    shutil.rmtree(OUT, ignore_errors=True)
+    os.makedirs(OUT)
+    g = torch.Generator().manual_seed(11)
+    V = 101
+    exp = {}
+    ids = torch.randint(0, V, (1, 13), generator=g)
+    exp["ids"] = ids[0].clone()
+
+    # Uneven batch: lengths 13, 7, 10, right padded; some labels masked too.
+    lengths = [13, 7, 10]
+    T = max(lengths)
+    bids = torch.zeros((3, T), dtype=torch.long)
+    labels = torch.full((3, T), -100, dtype=torch.long)
+    mask = torch.zeros((3, T), dtype=torch.long)
+    for b, n in enumerate(lengths):
+        s = torch.randint(0, V, (n,), generator=g)
+        bids[b, :n] = s
+        labels[b, :n] = s
+        mask[b, :n] = 1
+    labels[0, 3] = -100
+    labels[2, 5:7] = -100
+    exp["batch.ids"] = bids
+    exp["batch.labels"] = labels
+
+    models = {}
+    for i, name in enumerate(CONFIGS):
+        model = make(name, 100 + i)
+        models[name] = model
+        model.save_pretrained(os.path.join(OUT, name))
+        with torch.no_grad():
+            exp[f"logits.{name}"] = model(ids).logits[0].float().clone()
+        model.zero_grad()
+        out = model(input_ids=bids, attention_mask=mask, labels=labels)
+        out.loss.backward()
+        exp[f"loss.{name}"] = out.loss.detach().reshape(1).clone()
+        for pname, p in model.named_parameters():
+            if p.requires_grad:
+                exp[f"grad.{name}.{peft_key(pname)}"] = p.grad.detach().clone()
+
+    # Two adapters active at once (PEFT sums them).
+    both = PeftModel.from_pretrained(base(), os.path.join(OUT, "all"), adapter_name="all")
+    both.load_adapter(os.path.join(OUT, "pattern"), adapter_name="pattern")
+    both.base_model.set_adapter(["all", "pattern"])
+    both.eval()
+    with torch.no_grad():
+        exp["logits.both"] = both(ids).logits[0].float().clone()
+
+    # 20 AdamW steps with warmup + cosine, weight decay, clipping.
+    model = make("all", 100)
+    model.eval()  # GPT-2's own dropouts off; LoRA dropout is 0
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=2e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)
+    sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=3, num_training_steps=20)
+    losses, lrs = [], []
+    for k in range(20):
+        batch = torch.randint(0, V, (2, 12), generator=g)
+        exp[f"train.batch{k}.ids"] = batch
+        out = model(input_ids=batch, labels=batch)
+        opt.zero_grad()
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, max_norm=1.0)
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+        losses.append(out.loss.item())
+    exp["train.losses"] = torch.tensor(losses, dtype=torch.float64)
+    exp["train.lr"] = torch.tensor(lrs, dtype=torch.float64)
+    for pname, p in model.named_parameters():
+        if p.requires_grad:
+            exp[f"train.final.{peft_key(pname)}"] = p.detach().clone()
+
+    save_file({k: v.contiguous() for k, v in exp.items()}, os.path.join(OUT, "expected.safetensors"),
+              metadata={"format": "pt"})
+    for name in CONFIGS:
+        readme = os.path.join(OUT, name, "README.md")
+        if os.path.exists(readme):
+            os.remove(readme)
+    print("LoRA fixtures written to", os.path.normpath(OUT))
+
+
+if __name__ == "__main__":
+    main()
