@@ -1,0 +1,194 @@
+import Foundation
+
+/// Hyperparameters, named after transformers' TrainingArguments.
+public struct TrainingConfig: Sendable, Equatable {
+    public var learningRate: Double = 2e-4
+    public var weightDecay: Double = 0
+    public var adamBeta1: Double = 0.9
+    public var adamBeta2: Double = 0.999
+    public var adamEpsilon: Double = 1e-8
+    public var lrScheduler: LRScheduler = .linear
+    public var warmupSteps = 0
+    /// Optimizer steps in the whole run (the schedules need it).
+    public var maxSteps = 100
+    public var gradientAccumulationSteps = 1
+    /// nil disables clipping.
+    public var maxGradNorm: Double? = 1.0
+    public var batchSize = 4
+    /// Tokens per sequence.
+    public var blockSize = 256
+    public var seed: UInt64 = 42
+    public var gradientCheckpointing = false
+
+    public init() {}
+
+    public func validate(model: GPT2Config) throws {
+        func bad(_ m: String) -> LoraError { .invalidArgument(m) }
+        guard learningRate.isFinite, learningRate >= 0 else { throw bad("learning_rate must be a finite number >= 0") }
+        guard weightDecay.isFinite, weightDecay >= 0 else { throw bad("weight_decay must be a finite number >= 0") }
+        guard adamBeta1.isFinite, (0..<1).contains(adamBeta1), adamBeta2.isFinite, (0..<1).contains(adamBeta2) else {
+            throw bad("adam betas must be in [0, 1)")
+        }
+        guard adamEpsilon.isFinite, adamEpsilon > 0 else { throw bad("adam_epsilon must be > 0") }
+        guard warmupSteps >= 0, maxSteps >= 1 else { throw bad("max_steps must be >= 1 and warmup_steps >= 0") }
+        guard gradientAccumulationSteps >= 1 else { throw bad("gradient_accumulation_steps must be >= 1") }
+        if let g = maxGradNorm { guard g.isFinite, g > 0 else { throw bad("max_grad_norm must be a finite number > 0") } }
+        guard batchSize >= 1, batchSize <= 1 << 16 else { throw bad("batch_size must be in 1...65536") }
+        guard blockSize >= 2 else { throw bad("block_size must be >= 2") }
+        guard blockSize <= model.nPositions else { throw bad("block_size \(blockSize) exceeds the model's n_positions (\(model.nPositions))") }
+    }
+}
+
+/// Trains an adapter (LoRA) or the whole model (full fine-tuning) with AdamW.
+/// A trainer owns its gradient and optimizer state; the model and adapter
+/// must not be used by anything else while it runs.
+public final class Trainer: @unchecked Sendable {
+    public let model: Model
+    public let adapter: Adapter?
+    public let config: TrainingConfig
+    let pass: TrainingPass
+    let optimizer: AdamW
+    let m: FloatBlock
+    let v: FloatBlock
+    let decayRanges: [Range<Int>]
+    /// Optimizer steps taken.
+    public internal(set) var step = 0
+    /// Micro-batches accumulated since the last optimizer step.
+    public private(set) var pendingMicroBatches = 0
+    var rng: SplitMix64
+
+    /// The parameters being trained.
+    var params: FloatBlock { adapter?.params ?? model.weights.block }
+
+    public init(model: Model, adapter: Adapter?, config: TrainingConfig) throws {
+        try config.validate(model: model.config)
+        guard model.config.nLayer >= 1 else { throw LoraError.invalidArgument("training needs at least one layer") }
+        if let adapter {
+            guard adapter.modelConfig.nEmbd == model.config.nEmbd, adapter.modelConfig.nLayer == model.config.nLayer,
+                  adapter.modelConfig.innerSize == model.config.innerSize else {
+                throw LoraError.invalidArgument("adapter \(adapter.name) was made for another model shape")
+            }
+        }
+        self.model = model
+        self.adapter = adapter
+        self.config = config
+        pass = try TrainingPass(model: model, target: adapter.map { .adapter($0) } ?? .fullModel,
+                                batch: config.batchSize, block: config.blockSize, checkpointing: config.gradientCheckpointing)
+        optimizer = AdamW(beta1: config.adamBeta1, beta2: config.adamBeta2, eps: config.adamEpsilon, weightDecay: config.weightDecay)
+        let count = adapter?.params.count ?? model.weights.block.count
+        m = try FloatBlock(count: count)
+        v = try FloatBlock(count: count)
+        if adapter != nil {
+            decayRanges = [0..<count]
+        } else {
+            // transformers' Trainer: no decay for biases and LayerNorm weights.
+            decayRanges = model.weights.layout.slots
+                .filter { !$0.name.hasSuffix(".bias") && !$0.name.contains("ln_") }
+                .map { $0.offset..<($0.offset + $0.count) }
+        }
+        rng = SplitMix64(seed: config.seed)
+        pass.gradients.zero()
+    }
+
+    /// The learning rate of optimizer step k (0-based).
+    public func learningRate(at k: Int) -> Double {
+        config.learningRate * config.lrScheduler.multiplier(step: k, warmup: config.warmupSteps, total: config.maxSteps)
+    }
+
+    /// The accumulated gradient (laid out like the trained parameters).
+    public var gradients: UnsafeMutableBufferPointer<Float> { pass.gradients.buffer }
+
+    /// Next-token targets from HF-style labels: targets[t] = labels[t + 1], the last −100.
+    static func shiftedTargets(_ labels: [[Int32]], T: Int) -> [Int32] {
+        var out = [Int32](repeating: -100, count: labels.count * T)
+        for (b, row) in labels.enumerated() {
+            for t in 0..<(T - 1) where t + 1 < row.count { out[b * T + t] = row[t + 1] }
+        }
+        return out
+    }
+
+    /// Pads rows on the right to the longest (padding labels are ignored).
+    static func padRight(_ ids: [[TokenID]], _ labels: [[Int32]]?) throws -> (ids: [TokenID], labels: [[Int32]], T: Int) {
+        guard !ids.isEmpty, ids.allSatisfy({ !$0.isEmpty }) else { throw LoraError.invalidArgument("empty batch or sequence") }
+        if let labels {
+            guard labels.count == ids.count, zip(labels, ids).allSatisfy({ $0.count == $1.count }) else {
+                throw LoraError.invalidArgument("labels must have the shape of the token ids")
+            }
+        }
+        let T = ids.map(\.count).max() ?? 0
+        var flat = [TokenID](repeating: 0, count: ids.count * T)
+        var labs: [[Int32]] = []
+        for (b, row) in ids.enumerated() {
+            for (t, id) in row.enumerated() { flat[b * T + t] = id }
+            var l = labels?[b] ?? row.map { Int32($0) }
+            l += [Int32](repeating: -100, count: T - row.count)
+            labs.append(l)
+        }
+        return (flat, labs, T)
+    }
+
+    /// Counts the targets a batch contributes (for normalising accumulated gradients).
+    public static func targetCount(ids: [[TokenID]], labels: [[Int32]]?) -> Int {
+        var n = 0
+        for (b, row) in ids.enumerated() {
+            let l = labels?[b] ?? row.map { Int32($0) }
+            for t in 1..<max(1, l.count) where l[t] >= 0 { n += 1 }
+        }
+        return n
+    }
+
+    /// Adds the gradient of (summed loss / normalizer) over one micro-batch.
+    /// Returns the batch's summed loss and target count.
+    @discardableResult
+    public func accumulate(ids: [[TokenID]], labels: [[Int32]]? = nil, normalizer: Int? = nil) throws -> (loss: Double, tokens: Int) {
+        let (flat, labs, T) = try Trainer.padRight(ids, labels)
+        let targets = Trainer.shiftedTargets(labs, T: T)
+        let count = targets.filter { $0 >= 0 }.count
+        let norm = normalizer ?? count
+        pass.dropoutSeed = rng.next()
+        let r = try pass.run(ids: flat, targets: targets, B: ids.count, T: T, gradScale: norm > 0 ? 1 / Float(norm) : 0)
+        pendingMicroBatches += 1
+        return r
+    }
+
+    /// Clips, applies AdamW with the scheduled learning rate, zeroes the
+    /// gradients. Throws (and leaves the parameters untouched) when the
+    /// gradient is not finite. Returns the gradient norm before clipping.
+    @discardableResult
+    public func optimizerStep() throws -> Double {
+        let g = pass.gradients
+        let norm = clipGradNorm(g.base, count: g.count, maxNorm: config.maxGradNorm)
+        guard norm.isFinite else {
+            g.zero()
+            pendingMicroBatches = 0
+            throw LoraError.numerical("gradient is not finite at step \(step + 1); parameters left unchanged")
+        }
+        optimizer.update(params: params.base, grads: g.base, m: m.base, v: v.base, count: g.count,
+                         decay: decayRanges, lr: learningRate(at: step), t: step + 1)
+        g.zero()
+        pendingMicroBatches = 0
+        step += 1
+        return norm
+    }
+
+    /// One optimizer step on one batch (HF labels; nil: the ids). Returns the mean loss.
+    @discardableResult
+    public func step(ids: [[TokenID]], labels: [[Int32]]? = nil) throws -> Double {
+        let r = try accumulate(ids: ids, labels: labels)
+        guard r.tokens > 0 else { throw LoraError.invalidArgument("the batch has no target token (all labels are -100)") }
+        let mean = r.loss / Double(r.tokens)
+        guard mean.isFinite else {
+            pass.gradients.zero(); pendingMicroBatches = 0
+            throw LoraError.numerical("loss is not finite at step \(step + 1); parameters left unchanged")
+        }
+        try optimizerStep()
+        return mean
+    }
+
+    /// Mean loss over a batch without touching gradients.
+    public func loss(ids: [[TokenID]], labels: [[Int32]]? = nil) throws -> (loss: Double, tokens: Int) {
+        let (flat, labs, T) = try Trainer.padRight(ids, labels)
+        let targets = Trainer.shiftedTargets(labs, T: T)
+        return try pass.run(ids: flat, targets: targets, B: ids.count, T: T, gradScale: nil)
+    }
+}

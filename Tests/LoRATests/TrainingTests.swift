@@ -1,0 +1,97 @@
+import Foundation
+import Testing
+import LoRA
+
+/// Per-tensor ‖g − g_ref‖₂ / ‖g_ref‖₂: the issue's bound for gradients (float32 sums in different orders).
+let gradientRelativeTolerance = 1e-4
+/// Losses and final adapter weights after 20 AdamW steps: absolute, as the issue states.
+let trajectoryTolerance: Float = 1e-4
+
+func relativeL2(_ a: UnsafeBufferPointer<Float>, _ b: [Float]) -> Double {
+    var num = 0.0, den = 0.0
+    for i in 0..<b.count { let d = Double(a[i]) - Double(b[i]); num += d * d; den += Double(b[i]) * Double(b[i]) }
+    return (num / max(den, 1e-30)).squareRoot()
+}
+
+@Suite struct TrainingTests {
+    let expected: SafeTensorsFile
+    init() throws { expected = try SafeTensorsFile(path: Fixtures.path("lora/expected.safetensors")) }
+
+    func batch() throws -> (ids: [[TokenID]], labels: [[Int32]]) {
+        let ids = try expected.ints("batch.ids"), labels = try expected.ints("batch.labels")
+        let shape = try #require(expected["batch.ids"]).shape
+        let lengths = [13, 7, 10]   // as written by make_lora_fixtures.py
+        var rows: [[TokenID]] = [], labs: [[Int32]] = []
+        for b in 0..<shape[0] {
+            rows.append((0..<lengths[b]).map { TokenID(ids[b * shape[1] + $0]) })
+            labs.append((0..<lengths[b]).map { Int32(labels[b * shape[1] + $0]) })
+        }
+        return (rows, labs)
+    }
+
+    @Test(arguments: ["all", "pattern", "layers"], [false, true])
+    func gradientsMatchPEFT(name: String, checkpointing: Bool) throws {
+        let model = try Model.load(directory: Fixtures.path("gpt2-a"))
+        let adapter = try Adapter.load(directory: Fixtures.path("lora/\(name)"), modelConfig: model.config)
+        var cfg = TrainingConfig(); cfg.batchSize = 3; cfg.blockSize = 16; cfg.gradientCheckpointing = checkpointing
+        let trainer = try Trainer(model: model, adapter: adapter, config: cfg)
+        let (ids, labels) = try batch()
+        let r = try trainer.accumulate(ids: ids, labels: labels)
+        let want = try expected.floats("loss.\(name)")[0]
+        #expect(abs(Float(r.loss / Double(r.tokens)) - want) < trajectoryTolerance)
+        let g = trainer.gradients
+        for s in adapter.slots {
+            for (suffix, off, count) in [("lora_A", s.offsetA, s.countA), ("lora_B", s.offsetB, s.countB)] {
+                let ref = try expected.floats("grad.\(name).base_model.model.\(s.moduleName).\(suffix).weight")
+                let rel = relativeL2(UnsafeBufferPointer(rebasing: g[off..<(off + count)]), ref)
+                #expect(rel < gradientRelativeTolerance, "\(name) \(s.moduleName) \(suffix): relative L2 error \(rel)")
+            }
+        }
+    }
+
+    @Test func twentyAdamWStepsMatchTorch() throws {
+        let model = try Model.load(directory: Fixtures.path("gpt2-a"))
+        let adapter = try Adapter.load(directory: Fixtures.path("lora/all"), modelConfig: model.config)
+        var cfg = TrainingConfig()
+        cfg.learningRate = 5e-3; cfg.weightDecay = 0.05; cfg.lrScheduler = .cosine; cfg.warmupSteps = 3; cfg.maxSteps = 20
+        cfg.maxGradNorm = 1.0; cfg.batchSize = 2; cfg.blockSize = 12
+        let trainer = try Trainer(model: model, adapter: adapter, config: cfg)
+        let losses = try expected.floats("train.losses")
+        let lrs = try expected.floats("train.lr")
+        let shape = try #require(expected["train.batch0.ids"]).shape
+        for k in 0..<20 {
+            let flat = try expected.ints("train.batch\(k).ids")
+            let ids = (0..<shape[0]).map { b in (0..<shape[1]).map { TokenID(flat[b * shape[1] + $0]) } }
+            #expect(abs(Float(trainer.learningRate(at: k)) - lrs[k]) < 1e-9)
+            let loss = try trainer.step(ids: ids)
+            #expect(abs(Float(loss) - losses[k]) < trajectoryTolerance, "step \(k): loss \(loss) vs \(losses[k])")
+        }
+        var worst: Float = 0
+        for s in adapter.slots {
+            for (suffix, p, count) in [("lora_A", adapter.A(s), s.countA), ("lora_B", adapter.B(s), s.countB)] {
+                let ref = try expected.floats("train.final.base_model.model.\(s.moduleName).\(suffix).weight")
+                for i in 0..<count { worst = max(worst, abs(p[i] - ref[i])) }
+            }
+        }
+        #expect(worst < trajectoryTolerance, "final adapter max |Δ| = \(worst)")
+    }
+}
+
+@Suite struct FullFineTuningTests {
+    @Test(arguments: [false, true])
+    func gradientsOfEveryWeightMatchTorch(checkpointing: Bool) throws {
+        let expected = try SafeTensorsFile(path: Fixtures.path("lora/expected.safetensors"))
+        let model = try Model.load(directory: Fixtures.path("gpt2-a"))
+        var cfg = TrainingConfig(); cfg.batchSize = 3; cfg.blockSize = 16; cfg.gradientCheckpointing = checkpointing
+        let trainer = try Trainer(model: model, adapter: nil, config: cfg)
+        let (ids, labels) = try TrainingTests().batch()
+        let r = try trainer.accumulate(ids: ids, labels: labels)
+        #expect(abs(Float(r.loss / Double(r.tokens)) - (try expected.floats("loss.full")[0])) < trajectoryTolerance)
+        let g = trainer.gradients
+        for slot in model.weights.layout.slots {
+            let ref = try expected.floats("grad.full.transformer.\(slot.name)")
+            let rel = relativeL2(UnsafeBufferPointer(rebasing: g[slot.offset..<(slot.offset + slot.count)]), ref)
+            #expect(rel < gradientRelativeTolerance, "\(slot.name): relative L2 error \(rel)")
+        }
+    }
+}
