@@ -111,3 +111,33 @@ import LoRA
         expectError(try Fixtures.tempDir(), "adapter_config.json")
     }
 }
+
+@Suite struct MergeTests {
+    @Test func mergeMatchesOnTheFlyAndUnmergeRestoresTheBase() throws {
+        let expected = try SafeTensorsFile(path: Fixtures.path("lora/expected.safetensors"))
+        let model = try Model.load(directory: Fixtures.path("gpt2-a"))
+        let before = Array(model.weights.block.buffer)
+        let adapter = try Adapter.load(directory: Fixtures.path("lora/pattern"), modelConfig: model.config)
+        try model.merge(adapter)
+        let ids = try expected.ints("ids").tokenIDs
+        #expect(maxAbsDiff(try model.logits(ids), try expected.floats("logits.pattern")) < logitsTolerance)
+        try model.unmerge(adapter)
+        var num = 0.0, den = 0.0
+        for (i, w) in model.weights.block.buffer.enumerated() { num += Double(w - before[i]) * Double(w - before[i]); den += Double(before[i]) * Double(before[i]) }
+        #expect((num / den).squareRoot() < 1e-6, "unmerge leaves relative error \((num / den).squareRoot())")
+        // Still attached and applied on the fly after unmerge.
+        #expect(maxAbsDiff(try model.logits(ids), try expected.floats("logits.pattern")) < logitsTolerance)
+    }
+
+    @Test func exportedMergedModelReloads() throws {
+        let expected = try SafeTensorsFile(path: Fixtures.path("lora/expected.safetensors"))
+        let model = try Model.load(directory: Fixtures.path("gpt2-a"))
+        try model.merge(try Adapter.load(directory: Fixtures.path("lora/all"), modelConfig: model.config))
+        let dir = try Fixtures.tempDir()
+        try model.save(directory: dir)
+        let reloaded = try Model.load(directory: dir)
+        let ids = try expected.ints("ids").tokenIDs
+        #expect(maxAbsDiff(try reloaded.logits(ids), try expected.floats("logits.all")) < logitsTolerance)
+        #expect(try GPT2Config.load(path: dir + "/config.json") == model.config)
+    }
+}

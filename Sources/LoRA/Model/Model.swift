@@ -15,6 +15,8 @@ public final class Model: @unchecked Sendable {
         public let adapter: Adapter
         public var scale: Float
         public var enabled: Bool
+        /// Folded into the base weights (see `merge`): not applied on the fly.
+        public internal(set) var merged = false
     }
     /// Attached adapters, applied in order. Change them only while no
     /// inference or training runs on this model.
@@ -80,30 +82,38 @@ public final class Model: @unchecked Sendable {
         attachments.append(Attachment(adapter: adapter, scale: scale, enabled: true))
     }
 
+    /// Detaches an adapter; a merged one is unmerged first.
     public func detach(_ adapter: Adapter) throws {
         guard let i = attachments.firstIndex(where: { $0.adapter === adapter }) else {
             throw LoraError.invalidArgument("adapter \(adapter.name) is not attached")
         }
+        if attachments[i].merged { try unmerge(adapter) }
         attachments.remove(at: i)
     }
 
     public func setScale(_ adapter: Adapter, _ scale: Float) throws {
         guard scale.isFinite else { throw LoraError.invalidArgument("adapter scale must be finite") }
-        guard let i = attachments.firstIndex(where: { $0.adapter === adapter }) else {
-            throw LoraError.invalidArgument("adapter \(adapter.name) is not attached")
-        }
+        let i = try unmergedAttachment(adapter)
         attachments[i].scale = scale
     }
 
     public func setEnabled(_ adapter: Adapter, _ enabled: Bool) throws {
-        guard let i = attachments.firstIndex(where: { $0.adapter === adapter }) else {
-            throw LoraError.invalidArgument("adapter \(adapter.name) is not attached")
-        }
+        let i = try unmergedAttachment(adapter)
         attachments[i].enabled = enabled
     }
 
+    private func unmergedAttachment(_ adapter: Adapter) throws -> Int {
+        guard let i = attachments.firstIndex(where: { $0.adapter === adapter }) else {
+            throw LoraError.invalidArgument("adapter \(adapter.name) is not attached")
+        }
+        guard !attachments[i].merged else { throw LoraError.invalidArgument("adapter \(adapter.name) is merged; unmerge it first") }
+        return i
+    }
+
+    func setMerged(_ i: Int, _ merged: Bool) { attachments[i].merged = merged }
+
     var activeLoRA: [ActiveLoRA] {
-        attachments.filter { $0.enabled && $0.scale != 0 }.map { ActiveLoRA(adapter: $0.adapter, scale: $0.scale) }
+        attachments.filter { $0.enabled && $0.scale != 0 && !$0.merged }.map { ActiveLoRA(adapter: $0.adapter, scale: $0.scale) }
     }
 
     /// The largest rank among enabled adapters (0 without any).

@@ -1,0 +1,338 @@
+/*
+ * lora.h — the C interface of liblora: GPT-2 inference and LoRA fine-tuning
+ * on the CPU. This header is the whole contract; what is not declared here
+ * is not API.
+ *
+ * Conventions
+ * - Every fallible function returns a lora_status (LORA_OK = 0). On failure,
+ *   lora_last_error() gives a message for the calling thread, valid until
+ *   that thread's next liblora call; lora_status_string() gives the code's
+ *   fixed name. Status values are never renumbered.
+ * - Handles are opaque and created through an out-parameter placed first;
+ *   *out is set to NULL on failure. Each handle type has one *_free function
+ *   that accepts NULL. Using a handle after freeing it is undefined behaviour
+ *   (it cannot be detected).
+ * - Parameter structs start with `uint32_t struct_size`. Fill them with the
+ *   matching lora_*_default_params() (which sets struct_size to the size this
+ *   header declares), then change fields. Pass them by pointer; NULL means
+ *   defaults. The library reads only the fields covered by struct_size, so a
+ *   program built against an older, smaller struct keeps working; a
+ *   struct_size larger than the library knows is rejected
+ *   (LORA_INVALID_ARGUMENT). New fields are only ever appended.
+ * - Variable-size results go into caller buffers with a capacity; when the
+ *   buffer is too small the call returns LORA_BUFFER_TOO_SMALL and writes the
+ *   size it needs to *needed (when non-NULL). The library never returns memory
+ *   that the caller must free.
+ * - Strings are NUL-terminated UTF-8 unless a length is given.
+ * - Threads: different handles may be used from different threads at the
+ *   same time. One lora_model may run lora_logits/lora_generate from several
+ *   threads at once, but attaching, detaching, scaling, merging adapters or
+ *   training must not overlap any other use of that model. A lora_trainer is
+ *   used by one thread at a time. Callbacks run on the thread that called the
+ *   function that takes them.
+ * - Lifetimes: an adapter must not outlive the model it was created or loaded
+ *   for; a trainer must not outlive its model or adapter. Free in reverse
+ *   order of creation.
+ */
+#ifndef LORA_H
+#define LORA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LORA_VERSION_MAJOR 0
+#define LORA_VERSION_MINOR 1
+#define LORA_VERSION_PATCH 0
+/* MAJOR * 10000 + MINOR * 100 + PATCH */
+#define LORA_VERSION_NUMBER (LORA_VERSION_MAJOR * 10000 + LORA_VERSION_MINOR * 100 + LORA_VERSION_PATCH)
+/* The ABI version: the library's SONAME is liblora.so.<LORA_ABI_VERSION>. */
+#define LORA_ABI_VERSION 1
+
+/* ---- Status codes ------------------------------------------------------ */
+
+typedef int32_t lora_status;
+#define LORA_OK                  0
+#define LORA_ERROR               1  /* an internal error (a bug: please report) */
+#define LORA_INVALID_ARGUMENT    2  /* NULL pointer, out-of-range value, bad struct_size, ... */
+#define LORA_INVALID_FILE        3  /* a file is malformed or does not fit the model */
+#define LORA_IO_ERROR            4  /* a file or directory cannot be read or written */
+#define LORA_UNSUPPORTED         5  /* the input asks for a feature liblora lacks */
+#define LORA_BUFFER_TOO_SMALL    6  /* *needed tells the size required */
+#define LORA_ABORTED             7  /* a callback asked to stop */
+#define LORA_NUMERICAL_ERROR     8  /* NaN/inf loss or weights, LAPACK non-convergence */
+#define LORA_BACKEND_ERROR       9  /* OpenBLAS/LAPACKE missing or failing */
+#define LORA_WRONG_STATE        10  /* a call out of order (e.g. detaching an adapter not attached) */
+
+/* The fixed name of a status ("LORA_OK", ...); "LORA_UNKNOWN_STATUS" otherwise. Never NULL. */
+const char *lora_status_string(lora_status status);
+/* The message of the calling thread's last failure ("" if none). Owned by the
+ * library; valid until the thread's next liblora call. Never NULL. */
+const char *lora_last_error(void);
+
+/* ---- Versions ---------------------------------------------------------- */
+
+const char *lora_version_string(void);   /* "0.1.0" */
+uint32_t lora_version_number(void);      /* LORA_VERSION_NUMBER of the library */
+uint32_t lora_abi_version(void);         /* LORA_ABI_VERSION of the library */
+
+/* ---- Models ------------------------------------------------------------ */
+
+typedef struct lora_model lora_model;
+typedef struct lora_adapter lora_adapter;
+typedef struct lora_trainer lora_trainer;
+
+typedef struct lora_model_params {
+    uint32_t struct_size;
+    /* OpenBLAS threads for the whole process (0: leave OpenBLAS's choice). */
+    int32_t n_threads;
+} lora_model_params;
+
+void lora_model_default_params(lora_model_params *params);
+
+/* Loads a Hugging Face GPT-2 directory (config.json, model.safetensors,
+ * and vocab.json + merges.txt or tokenizer.json when present).
+ * Errors: LORA_INVALID_ARGUMENT (NULL), LORA_IO_ERROR, LORA_INVALID_FILE,
+ * LORA_UNSUPPORTED, LORA_BACKEND_ERROR. */
+lora_status lora_model_load(lora_model **out, const char *path, const lora_model_params *params);
+void lora_model_free(lora_model *model);
+
+typedef struct lora_model_info {
+    uint32_t struct_size;      /* set by the caller (sizeof) */
+    int32_t n_vocab;
+    int32_t n_positions;
+    int32_t n_embd;
+    int32_t n_layer;
+    int32_t n_head;
+    int32_t n_inner;
+    int64_t n_params;
+    int32_t has_tokenizer;     /* 1 when tokenize/detokenize/text generation work */
+    int32_t eos_token;         /* -1 when none */
+    char blas_core[32];        /* the OpenBLAS kernel set in use, e.g. "SkylakeX" */
+} lora_model_info;
+
+/* Fills *info (up to info->struct_size). Errors: LORA_INVALID_ARGUMENT. */
+lora_status lora_model_get_info(const lora_model *model, lora_model_info *info);
+
+/* ---- Tokens ------------------------------------------------------------ */
+
+/* Encodes text_len bytes of UTF-8 (special tokens such as <|endoftext|> are
+ * matched in the text). Writes up to `capacity` ids; *n_tokens receives the
+ * count needed. Errors: LORA_INVALID_ARGUMENT (NULL, invalid UTF-8),
+ * LORA_WRONG_STATE (no tokenizer), LORA_BUFFER_TOO_SMALL. */
+lora_status lora_tokenize(const lora_model *model, const char *text, size_t text_len,
+                          int32_t *tokens, size_t capacity, size_t *n_tokens);
+
+/* Decodes ids to UTF-8 (invalid byte sequences become U+FFFD) into buf,
+ * NUL-terminated; *needed receives the byte count without the NUL.
+ * Errors: LORA_INVALID_ARGUMENT (id out of range), LORA_WRONG_STATE,
+ * LORA_BUFFER_TOO_SMALL (capacity < *needed + 1). */
+lora_status lora_detokenize(const lora_model *model, const int32_t *tokens, size_t n_tokens,
+                            char *buf, size_t capacity, size_t *needed);
+
+/* ---- Logits ------------------------------------------------------------ */
+
+/* Logits [n_tokens, n_vocab] of one sequence (1 <= n_tokens <= n_positions)
+ * with the attached, enabled adapters. `capacity` counts floats.
+ * Errors: LORA_INVALID_ARGUMENT (token out of range, too long),
+ * LORA_BUFFER_TOO_SMALL. */
+lora_status lora_logits(const lora_model *model, const int32_t *tokens, size_t n_tokens,
+                        float *logits, size_t capacity);
+
+/* Logits [n_seqs, max_len, n_vocab] of sequences of different lengths,
+ * padded to the longest (left padding when left_padding != 0, positions as
+ * transformers' generate computes them; padding positions get zeros).
+ * seqs[i] points to lens[i] ids. Errors: as lora_logits. */
+lora_status lora_logits_batch(const lora_model *model, const int32_t *const *seqs, const size_t *lens,
+                              size_t n_seqs, int32_t left_padding, float *logits, size_t capacity);
+
+/* ---- Generation -------------------------------------------------------- */
+
+typedef struct lora_sampling_params {
+    uint32_t struct_size;
+    int32_t max_new_tokens;        /* default 64 */
+    float temperature;             /* 0: greedy; default 1 */
+    int32_t top_k;                 /* 0: off */
+    float top_p;                   /* 1: off */
+    float repetition_penalty;      /* 1: off */
+    uint64_t seed;                 /* same seed, same text */
+    int32_t stop_at_eos;           /* default 1 */
+    const char *const *stop_strings;  /* n_stop_strings UTF-8 strings (may be NULL) */
+    size_t n_stop_strings;
+} lora_sampling_params;
+
+void lora_sampling_default_params(lora_sampling_params *params);
+
+/* Called for each new token with its text piece (UTF-8, possibly empty while
+ * a multi-byte character is incomplete; not NUL-terminated). Return 0 to
+ * continue, non-zero to stop (the call then returns LORA_ABORTED). Runs on
+ * the calling thread. */
+typedef int32_t (*lora_token_callback)(int32_t token, const char *piece, size_t piece_len, void *user_data);
+
+/* Generates after a text prompt; writes the new text (NUL-terminated) into
+ * out (may be NULL with capacity 0 to stream only); *needed receives its
+ * byte length. Generation never runs past n_positions.
+ * Errors: LORA_INVALID_ARGUMENT (bad params, prompt too long),
+ * LORA_WRONG_STATE (no tokenizer), LORA_ABORTED, LORA_BUFFER_TOO_SMALL
+ * (the text was generated and streamed, but does not fit out). */
+lora_status lora_generate(const lora_model *model, const char *prompt, const lora_sampling_params *params,
+                          lora_token_callback callback, void *user_data,
+                          char *out, size_t capacity, size_t *needed);
+
+/* The same from token ids; writes the new ids into out_tokens.
+ * *n_out receives the count. */
+lora_status lora_generate_tokens(const lora_model *model, const int32_t *prompt, size_t n_prompt,
+                                 const lora_sampling_params *params,
+                                 lora_token_callback callback, void *user_data,
+                                 int32_t *out_tokens, size_t capacity, size_t *n_out);
+
+/* ---- Adapters ---------------------------------------------------------- */
+
+#define LORA_INIT_DEFAULT   0  /* PEFT's default: A kaiming-uniform, B zeros */
+#define LORA_INIT_GAUSSIAN  1  /* A ~ N(0, 1/r^2), B zeros */
+#define LORA_INIT_RANDOM    2  /* A and B random (not a no-op; for tests) */
+
+typedef struct lora_adapter_params {
+    uint32_t struct_size;
+    int32_t r;                  /* default 8 */
+    float lora_alpha;           /* default 8 */
+    float lora_dropout;         /* default 0, in [0, 1) */
+    /* Comma-separated module names or suffixes ("c_attn,attn.c_proj,mlp.c_fc"),
+     * matched as PEFT matches target_modules; or a full-match regular
+     * expression when target_modules_regex != 0. NULL: "c_attn". */
+    const char *target_modules;
+    int32_t target_modules_regex;
+    int32_t use_rslora;         /* scaling alpha/sqrt(r) instead of alpha/r */
+    int32_t init;               /* LORA_INIT_* */
+    uint64_t seed;
+    const int32_t *layers_to_transform;  /* NULL: every layer */
+    size_t n_layers_to_transform;
+} lora_adapter_params;
+
+void lora_adapter_default_params(lora_adapter_params *params);
+
+/* A new adapter for `model`'s shape (not attached). Errors:
+ * LORA_INVALID_ARGUMENT (r <= 0, NaN alpha, unknown target module, ...),
+ * LORA_UNSUPPORTED (a target LoRA cannot adapt, e.g. wte). */
+lora_status lora_adapter_create(lora_adapter **out, const lora_model *model, const lora_adapter_params *params);
+
+/* Loads a PEFT adapter directory (adapter_config.json +
+ * adapter_model.safetensors) for `model`'s shape (not attached). Errors:
+ * LORA_IO_ERROR, LORA_INVALID_FILE (shapes do not fit, keys without the
+ * base_model.model. prefix, ...), LORA_UNSUPPORTED (use_dora, ...). */
+lora_status lora_adapter_load(lora_adapter **out, const lora_model *model, const char *path);
+
+/* Saves in PEFT's layout into directory `path` (created if needed; each file
+ * written atomically). Errors: LORA_IO_ERROR, LORA_NUMERICAL_ERROR (NaN weights). */
+lora_status lora_adapter_save(const lora_adapter *adapter, const char *path);
+
+/* Frees an adapter; detach it from its model first (freeing an attached
+ * adapter detaches it when the model is still alive). */
+void lora_adapter_free(lora_adapter *adapter);
+
+/* Trainable parameter count (A and B of every adapted module); -1 for NULL. */
+int64_t lora_adapter_n_params(const lora_adapter *adapter);
+
+/* Applies the adapter in every forward pass of the model, times `scale`.
+ * Several adapters may be attached. Errors: LORA_INVALID_ARGUMENT (other
+ * model shape, non-finite scale), LORA_WRONG_STATE (already attached). */
+lora_status lora_model_attach(lora_model *model, lora_adapter *adapter, float scale);
+/* Errors: LORA_WRONG_STATE (not attached). */
+lora_status lora_model_detach(lora_model *model, lora_adapter *adapter);
+/* Changes an attached adapter's scale (0 disables it). */
+lora_status lora_model_set_adapter_scale(lora_model *model, lora_adapter *adapter, float scale);
+
+/* ---- Training ---------------------------------------------------------- */
+
+#define LORA_SCHEDULER_CONSTANT              0
+#define LORA_SCHEDULER_CONSTANT_WITH_WARMUP  1
+#define LORA_SCHEDULER_LINEAR                2
+#define LORA_SCHEDULER_COSINE                3
+
+typedef struct lora_trainer_params {
+    uint32_t struct_size;
+    float learning_rate;            /* default 2e-4 */
+    float weight_decay;             /* default 0 */
+    float adam_beta1, adam_beta2;   /* 0.9, 0.999 */
+    float adam_epsilon;             /* 1e-8 */
+    int32_t lr_scheduler;           /* LORA_SCHEDULER_*; default linear */
+    int32_t warmup_steps;
+    int32_t max_steps;              /* default 100 */
+    int32_t gradient_accumulation_steps;  /* default 1 */
+    float max_grad_norm;            /* default 1; <= 0 disables clipping */
+    int32_t batch_size;             /* default 4 */
+    int32_t block_size;             /* tokens per sequence; default 256 (at most n_positions) */
+    uint64_t seed;
+    int32_t gradient_checkpointing; /* recompute activations in backward: less memory, slower */
+} lora_trainer_params;
+
+void lora_trainer_default_params(lora_trainer_params *params);
+
+/* A trainer for `adapter` on `model` (adapter NULL: full fine-tuning of every
+ * weight). The adapter is attached while training if it is not already.
+ * Errors: LORA_INVALID_ARGUMENT (bad hyperparameters, block_size > n_positions). */
+lora_status lora_trainer_create(lora_trainer **out, lora_model *model, lora_adapter *adapter,
+                                const lora_trainer_params *params);
+void lora_trainer_free(lora_trainer *trainer);
+
+typedef struct lora_train_progress {
+    int32_t step;
+    int32_t max_steps;
+    float loss;
+    float learning_rate;
+    float grad_norm;
+    float tokens_per_second;
+    float validation_loss;          /* NaN when this step did not evaluate */
+} lora_train_progress;
+
+/* Called after each optimizer step on the calling thread. Return 0 to go on,
+ * non-zero to stop (the call returns LORA_ABORTED after a consistent step). */
+typedef int32_t (*lora_progress_callback)(const lora_train_progress *progress, void *user_data);
+
+typedef struct lora_train_params {
+    uint32_t struct_size;
+    float validation_fraction;      /* split off for evaluation; default 0 */
+    int32_t eval_steps;             /* evaluate every N steps (0: at the end only) */
+    int32_t save_steps;             /* checkpoint every N steps (0: never) */
+    const char *checkpoint_dir;     /* where checkpoint-<step>/ go */
+    int32_t skip_bad_records;       /* 1: skip bad JSONL records; 0: fail on them */
+} lora_train_params;
+
+void lora_train_default_params(lora_train_params *params);
+
+/* Trains until max_steps on text files (.txt: packed blocks) and JSONL files
+ * ({"text"} or {"prompt", "completion"} records). Errors:
+ * LORA_IO_ERROR, LORA_INVALID_FILE (bad record, with its line), LORA_ABORTED,
+ * LORA_NUMERICAL_ERROR (NaN/inf loss: names the step; weights keep their last
+ * good values). */
+lora_status lora_trainer_train(lora_trainer *trainer, const char *const *data_paths, size_t n_paths,
+                               const lora_train_params *params,
+                               lora_progress_callback callback, void *user_data);
+
+/* One optimizer step on caller tokens [batch, seq_len]; labels (same shape,
+ * -100 = ignored, NULL = the tokens) follow transformers (shifted inside).
+ * *loss receives the mean loss. Errors: LORA_INVALID_ARGUMENT,
+ * LORA_NUMERICAL_ERROR. */
+lora_status lora_trainer_step(lora_trainer *trainer, const int32_t *tokens, const int32_t *labels,
+                              int32_t batch, int32_t seq_len, float *loss);
+
+/* Mean loss and perplexity of the model (with its enabled adapters) on a
+ * data file. */
+lora_status lora_trainer_evaluate(lora_trainer *trainer, const char *data_path, float *loss, float *perplexity);
+
+/* Writes a checkpoint (weights, AdamW moments, step, RNG state) into
+ * `dir`/checkpoint-<step>, atomically. */
+lora_status lora_trainer_save_checkpoint(lora_trainer *trainer, const char *dir);
+/* Restores a checkpoint directory written with the same trainer params.
+ * Errors: LORA_INVALID_FILE (other settings or shapes). */
+lora_status lora_trainer_resume(lora_trainer *trainer, const char *checkpoint_path);
+/* Optimizer steps taken so far; -1 for NULL. */
+int32_t lora_trainer_get_step(const lora_trainer *trainer);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LORA_H */
