@@ -5,7 +5,10 @@
 /// Strict where the reference readers are strict (serde_json): invalid UTF-8,
 /// lone surrogates, control characters in strings, trailing garbage and
 /// nesting deeper than `maxDepth` are errors; nothing traps.
-public indirect enum JSONValue: Equatable, Sendable {
+///
+/// Not `indirect`: arrays and objects already keep their elements out of line,
+/// and a box per value made large files (tokenizer.json) slower to read.
+public enum JSONValue: Equatable, Sendable {
     case null
     case bool(Bool)
     /// A number with its literal text, so integers stay exact.
@@ -26,6 +29,19 @@ public indirect enum JSONValue: Equatable, Sendable {
     public var intValue: Int? { if case .number(let n) = self { return n.int } else { return nil } }
 
     public subscript(key: String) -> JSONValue? { objectValue?[key] }
+
+    /// The kind of value with its article ("a string", "an object", "null"),
+    /// for error messages such as "must be an integer, not a string".
+    public var kindName: String {
+        switch self {
+        case .null: return "null"
+        case .bool: return "a boolean"
+        case .number: return "a number"
+        case .string: return "a string"
+        case .array: return "an array"
+        case .object: return "an object"
+        }
+    }
 }
 
 public struct JSONNumber: Equatable, Sendable {
@@ -62,15 +78,33 @@ public struct JSONObject: Equatable, Sendable {
     public private(set) var members: [(key: String, value: JSONValue)]
     private var index: [String: Int]
     public private(set) var hasDuplicateKeys = false
+    /// The key of each member that repeated an earlier key, in file order
+    /// (empty unless `hasDuplicateKeys`), so a strict reader can name it.
+    public private(set) var duplicateKeys: [String] = []
 
     public init(_ members: [(String, JSONValue)] = []) {
         self.members = []
         self.index = [:]
+        self.members.reserveCapacity(members.count)
+        self.index.reserveCapacity(members.count)
         for (k, v) in members { append(k, v) }
+    }
+    /// What the parser builds: the same object as appending `parsed` one by
+    /// one, without copying the members when no key repeats.
+    init(parsed: [(key: String, value: JSONValue)]) {
+        var index: [String: Int] = [:]
+        index.reserveCapacity(parsed.count)
+        for (i, member) in parsed.enumerated() where index.updateValue(i, forKey: member.key) != nil {
+            self = JSONObject(parsed.map { ($0.key, $0.value) })
+            return
+        }
+        self.members = parsed
+        self.index = index
     }
     public mutating func append(_ key: String, _ value: JSONValue) {
         if let i = index[key] {
             hasDuplicateKeys = true
+            duplicateKeys.append(key)
             members[i].value = value
         } else {
             index[key] = members.count
@@ -159,9 +193,10 @@ public enum JSON {
 
         mutating func object(depth: Int) throws -> JSONValue {
             pos += 1
-            var obj = JSONObject()
+            // Members are collected first so that the object's index is sized once.
+            var members: [(key: String, value: JSONValue)] = []
             skipSpace()
-            if pos < buf.count, buf[pos] == UInt8(ascii: "}") { pos += 1; return .object(obj) }
+            if pos < buf.count, buf[pos] == UInt8(ascii: "}") { pos += 1; return .object(JSONObject()) }
             while true {
                 skipSpace()
                 guard pos < buf.count, buf[pos] == UInt8(ascii: "\"") else { throw error("expected a string key") }
@@ -170,11 +205,11 @@ public enum JSON {
                 guard pos < buf.count, buf[pos] == UInt8(ascii: ":") else { throw error("expected ':'") }
                 pos += 1
                 skipSpace()
-                obj.append(key, try value(depth: depth + 1))
+                members.append((key: key, value: try value(depth: depth + 1)))
                 skipSpace()
                 guard pos < buf.count else { throw error("unexpected end in object") }
                 if buf[pos] == UInt8(ascii: ",") { pos += 1; continue }
-                if buf[pos] == UInt8(ascii: "}") { pos += 1; return .object(obj) }
+                if buf[pos] == UInt8(ascii: "}") { pos += 1; return .object(JSONObject(parsed: members)) }
                 throw error("expected ',' or '}'")
             }
         }
@@ -215,7 +250,23 @@ public enum JSON {
 
         mutating func string() throws -> String {
             pos += 1  // opening quote
-            var out: [UInt8] = []
+            // Fast path, the common case: no escape before the closing quote, so
+            // the string is validated straight from the input.
+            let start = pos
+            while pos < buf.count {
+                let c = buf[pos]
+                if c == UInt8(ascii: "\"") {
+                    pos += 1
+                    guard let s = String(validating: UnsafeBufferPointer(rebasing: buf[start..<(pos - 1)]), as: UTF8.self) else {
+                        throw error("string is not valid UTF-8")
+                    }
+                    return s
+                }
+                if c == UInt8(ascii: "\\") { break }
+                if c < 0x20 { throw error("control character in string") }
+                pos += 1
+            }
+            var out = Array(UnsafeBufferPointer(rebasing: buf[start..<pos]))
             while true {
                 guard pos < buf.count else { throw error("unterminated string") }
                 let c = buf[pos]
@@ -239,13 +290,15 @@ public enum JSON {
                         var cp = try hex4()
                         if (0xD800...0xDBFF).contains(cp) {
                             guard pos + 2 <= buf.count, buf[pos] == UInt8(ascii: "\\"), buf[pos + 1] == UInt8(ascii: "u")
-                            else { throw error("lone leading surrogate in \\u escape") }
+                            else { throw error("lone surrogate \\u\(JSON.hex4(UInt16(cp))): a leading surrogate without a trailing one") }
                             pos += 2
                             let lo = try hex4()
-                            guard (0xDC00...0xDFFF).contains(lo) else { throw error("invalid surrogate pair") }
+                            guard (0xDC00...0xDFFF).contains(lo) else {
+                                throw error("lone surrogate \\u\(JSON.hex4(UInt16(cp))): a leading surrogate followed by \\u\(JSON.hex4(UInt16(lo))), not a trailing one")
+                            }
                             cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00)
                         } else if (0xDC00...0xDFFF).contains(cp) {
-                            throw error("lone trailing surrogate in \\u escape")
+                            throw error("lone surrogate \\u\(JSON.hex4(UInt16(cp))): a trailing surrogate without a leading one")
                         }
                         guard let scalar = Unicode.Scalar(cp) else { throw error("invalid code point") }
                         out.append(contentsOf: Array(String(Character(scalar)).utf8))

@@ -62,11 +62,18 @@ enum TokenizerFiles {
         return bytes
     }
 
-    static func parseJSON(_ bytes: [UInt8], path: String) throws -> TokenizerJSON {
+    /// Parses a whole file with the project's strict reader (`JSON.parse`).
+    ///
+    /// Duplicate keys: `JSONValue` lookups return the last one, as serde_json's
+    /// maps do in tokenizers; the readers below refuse them where tokenizers
+    /// refuses them or where taking the last would hide a broken file.
+    static func parseJSON(_ bytes: [UInt8], path: String) throws -> JSONValue {
         do {
-            return try TokenizerJSON.parse(bytes)
-        } catch {
+            return try JSON.parse(bytes)
+        } catch let error as JSONParseError {
             throw LoraError.invalidFile(path: path, reason: error.description)
+        } catch {
+            throw LoraError.invalidFile(path: path, reason: "invalid JSON: \(error)")
         }
     }
 
@@ -86,17 +93,33 @@ enum TokenizerFiles {
         return d
     }
 
-    /// A JSON object of token string → non-negative integer id, ids unique.
-    static func parseVocab(_ json: TokenizerJSON, path: String, field: String) throws -> [[UInt8]: TokenID] {
-        guard case .object(let members) = json else {
+    /// A JSON object of token string → non-negative integer id, tokens and ids unique.
+    ///
+    /// A token that appears twice is an error. (tokenizers keeps the last id
+    /// silently, which leaves the first id without a token.)
+    static func parseVocab(_ json: JSONValue, path: String, field: String) throws -> [[UInt8]: TokenID] {
+        guard case .object(let object) = json else {
             throw LoraError.invalidFile(path: path, reason: "\(field) must be a JSON object of token → id, not \(json.kindName)")
+        }
+        let members = object.members
+        if let key = object.duplicateKeys.first {
+            // JSONObject matches keys as Swift strings, that is up to canonical
+            // equivalence, so "é" and "e\u{301}" collide there although they are
+            // two tokens for tokenizers. Refuse them, saying so.
+            if let kept = members.first(where: { $0.key == key })?.key, !kept.utf8.elementsEqual(key.utf8) {
+                func scalars(_ s: String) -> String { s.unicodeScalars.map { $0.escaped(asASCII: true) }.joined() }
+                throw LoraError.invalidFile(
+                    path: path,
+                    reason: "\(field): tokens \"\(scalars(kept))\" and \"\(scalars(key))\" are canonically equivalent spellings, which are not supported")
+            }
+            throw LoraError.invalidFile(path: path, reason: "\(field): token \(quoted(key)) appears twice")
         }
         var vocab: [[UInt8]: TokenID] = [:]
         vocab.reserveCapacity(members.count)
         var seenIDs = Set<TokenID>()
         seenIDs.reserveCapacity(members.count)
         for (key, value) in members {
-            guard let id = value.integerValue else {
+            guard let id = value.intValue else {
                 throw LoraError.invalidFile(path: path, reason: "\(field): the id of \(quoted(key)) must be an integer, not \(value.kindName)")
             }
             guard id >= 0, id <= maxTokenID, let id32 = TokenID(exactly: id) else {
@@ -152,8 +175,13 @@ enum TokenizerFiles {
         var d = TokenizerDefinition()
         d.mergesAreLines = false
 
-        guard let model = json["model"], case .object = model else {
+        guard let model = json["model"], case .object(let modelObject) = model else {
             throw invalid("missing \"model\" object")
+        }
+        // tokenizers refuses a repeated model "type"; other repeated keys of the
+        // model, and of the top level and the components, take the last value as there.
+        if modelObject.duplicateKeys.contains("type") {
+            throw invalid("model: duplicate field \"type\"")
         }
         if let type = model["type"], !type.isNull {
             guard let name = type.stringValue else { throw invalid("model.type must be a string") }
@@ -162,10 +190,10 @@ enum TokenizerFiles {
             }
         }
         if let dropout = model["dropout"], !dropout.isNull {
-            guard case .number(let text) = dropout, let p = Double(text) else {
-                throw invalid("model.dropout must be a number or null")
+            guard case .number(let p) = dropout else {
+                throw invalid("model.dropout must be a number or null, not \(dropout.kindName)")
             }
-            if p > 0 { throw invalid("BPE dropout (\(text)) is not supported") }
+            if p.double > 0 { throw invalid("BPE dropout (\(p.text)) is not supported") }
         }
         for field in ["continuing_subword_prefix", "end_of_word_suffix"] {
             if let value = model[field], !value.isNull {
@@ -236,7 +264,10 @@ enum TokenizerFiles {
         return d
     }
 
-    static func parseAddedTokens(_ json: TokenizerJSON, path: String) throws -> [AddedTokenDefinition] {
+    /// The fields of an added token; tokenizers refuses any of them repeated.
+    static let addedTokenFields: Set<String> = ["id", "content", "single_word", "lstrip", "rstrip", "normalized", "special"]
+
+    static func parseAddedTokens(_ json: JSONValue, path: String) throws -> [AddedTokenDefinition] {
         func invalid(_ reason: String) -> LoraError { .invalidFile(path: path, reason: reason) }
         guard case .array(let items) = json else {
             throw invalid("added_tokens must be an array, not \(json.kindName)")
@@ -245,8 +276,11 @@ enum TokenizerFiles {
         var contentByID: [TokenID: String] = [:]
         for (index, item) in items.enumerated() {
             let context = "added_tokens[\(index)]"
-            guard case .object = item else { throw invalid("\(context) must be an object") }
-            guard let id = item["id"]?.integerValue else { throw invalid("\(context).id must be an integer") }
+            guard case .object(let object) = item else { throw invalid("\(context) must be an object, not \(item.kindName)") }
+            if let key = object.duplicateKeys.first(where: addedTokenFields.contains) {
+                throw invalid("\(context): duplicate field \(quoted(key))")
+            }
+            guard let id = item["id"]?.intValue else { throw invalid("\(context).id must be an integer") }
             guard id >= 0, id <= maxTokenID, let id32 = TokenID(exactly: id) else {
                 throw invalid("\(context).id \(id) is outside 0...\(maxTokenID)")
             }
@@ -269,7 +303,7 @@ enum TokenizerFiles {
         return tokens
     }
 
-    static func optionalBool(_ object: TokenizerJSON, _ key: String, default value: Bool,
+    static func optionalBool(_ object: JSONValue, _ key: String, default value: Bool,
                              path: String, context: String) throws -> Bool {
         guard let field = object[key], !field.isNull else { return value }
         guard let flag = field.boolValue else {
@@ -279,7 +313,7 @@ enum TokenizerFiles {
     }
 
     /// The "type" of a component object, for messages; "?" when it has none.
-    static func typeName(_ json: TokenizerJSON) -> String {
+    static func typeName(_ json: JSONValue) -> String {
         json["type"]?.stringValue ?? "?"
     }
 
