@@ -72,11 +72,23 @@ public struct JSONNumber: Equatable, Sendable {
     }
 }
 
-/// A JSON object: ordered members with lookup by key (the last duplicate wins,
-/// as in Python; `hasDuplicateKeys` tells strict readers to refuse).
+/// A key compared byte for byte (UTF-8), as Python and serde compare keys:
+/// Swift's String equality is canonical equivalence ("é" == "e\u{301}").
+struct ExactKey: Hashable {
+    let string: String
+    static func == (a: ExactKey, b: ExactKey) -> Bool { a.string.utf8.elementsEqual(b.string.utf8) }
+    func hash(into h: inout Hasher) {
+        var s = string
+        s.withUTF8 { h.combine(bytes: UnsafeRawBufferPointer($0)) }
+    }
+}
+
+/// A JSON object: ordered members with lookup by key, keys compared byte for
+/// byte (the last duplicate wins, as in Python; `hasDuplicateKeys` tells
+/// strict readers to refuse).
 public struct JSONObject: Equatable, Sendable {
     public private(set) var members: [(key: String, value: JSONValue)]
-    private var index: [String: Int]
+    private var index: [ExactKey: Int]
     public private(set) var hasDuplicateKeys = false
     /// The key of each member that repeated an earlier key, in file order
     /// (empty unless `hasDuplicateKeys`), so a strict reader can name it.
@@ -92,9 +104,9 @@ public struct JSONObject: Equatable, Sendable {
     /// What the parser builds: the same object as appending `parsed` one by
     /// one, without copying the members when no key repeats.
     init(parsed: [(key: String, value: JSONValue)]) {
-        var index: [String: Int] = [:]
+        var index: [ExactKey: Int] = [:]
         index.reserveCapacity(parsed.count)
-        for (i, member) in parsed.enumerated() where index.updateValue(i, forKey: member.key) != nil {
+        for (i, member) in parsed.enumerated() where index.updateValue(i, forKey: ExactKey(string: member.key)) != nil {
             self = JSONObject(parsed.map { ($0.key, $0.value) })
             return
         }
@@ -102,23 +114,23 @@ public struct JSONObject: Equatable, Sendable {
         self.index = index
     }
     public mutating func append(_ key: String, _ value: JSONValue) {
-        if let i = index[key] {
+        if let i = index[ExactKey(string: key)] {
             hasDuplicateKeys = true
             duplicateKeys.append(key)
             members[i].value = value
         } else {
-            index[key] = members.count
+            index[ExactKey(string: key)] = members.count
             members.append((key, value))
         }
     }
     public subscript(key: String) -> JSONValue? {
-        get { index[key].map { members[$0].value } }
+        get { index[ExactKey(string: key)].map { members[$0].value } }
         set {
             if let v = newValue { append(key, v) }
-            else if let i = index[key] {
+            else if let i = index[ExactKey(string: key)] {
                 members.remove(at: i)
                 index = [:]
-                for (j, m) in members.enumerated() { index[m.key] = j }
+                for (j, m) in members.enumerated() { index[ExactKey(string: m.key)] = j }
             }
         }
     }
@@ -126,7 +138,7 @@ public struct JSONObject: Equatable, Sendable {
     public var count: Int { members.count }
     public static func == (a: JSONObject, b: JSONObject) -> Bool {
         a.members.count == b.members.count
-            && zip(a.members, b.members).allSatisfy { $0.key == $1.key && $0.value == $1.value }
+            && zip(a.members, b.members).allSatisfy { $0.key.utf8.elementsEqual($1.key.utf8) && $0.value == $1.value }
     }
 }
 

@@ -103,15 +103,6 @@ enum TokenizerFiles {
         }
         let members = object.members
         if let key = object.duplicateKeys.first {
-            // JSONObject matches keys as Swift strings, that is up to canonical
-            // equivalence, so "é" and "e\u{301}" collide there although they are
-            // two tokens for tokenizers. Refuse them, saying so.
-            if let kept = members.first(where: { $0.key == key })?.key, !kept.utf8.elementsEqual(key.utf8) {
-                func scalars(_ s: String) -> String { s.unicodeScalars.map { $0.escaped(asASCII: true) }.joined() }
-                throw LoraError.invalidFile(
-                    path: path,
-                    reason: "\(field): tokens \"\(scalars(kept))\" and \"\(scalars(key))\" are canonically equivalent spellings, which are not supported")
-            }
             throw LoraError.invalidFile(path: path, reason: "\(field): token \(quoted(key)) appears twice")
         }
         var vocab: [[UInt8]: TokenID] = [:]
