@@ -11,12 +11,12 @@ let package = Package(
         .executable(name: "lora-bench", targets: ["LoraBench"]),
     ],
     targets: [
-        // Headers only; the libraries are loaded at run time (see CLoraSupport/blas.c).
-        .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas",
-                       providers: [.apt(["libopenblas-dev"])]),
-        .systemLibrary(name: "CLAPACKE", pkgConfig: "lapacke",
-                       providers: [.apt(["liblapacke-dev"])]),
-        .target(name: "CLoraSupport", dependencies: ["COpenBLAS", "CLAPACKE"],
+        // OpenBLAS and LAPACKE are not linked: CLoraSupport loads them at run
+        // time (dlopen) after choosing OpenBLAS's kernel set, which is only
+        // possible before the library's constructor runs. Their ABI is
+        // declared in CLoraSupport/blas_abi.h, checked against the system
+        // headers by scripts/check_blas_abi.c (run by scripts/test.sh).
+        .target(name: "CLoraSupport",
                 cSettings: [.unsafeFlags(["-O3"])],
                 linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("m")]),
         .target(name: "LoRA", dependencies: ["CLoraSupport"]),

@@ -5,6 +5,9 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 export PATH="/opt/swift/usr/bin:$PATH"
 
+echo "== BLAS/LAPACKE ABI declarations vs system headers"
+cc -fsyntax-only -Wall -Werror $(pkg-config --cflags openblas lapacke) -ISources/CLoraSupport scripts/check_blas_abi.c
+
 echo "== swift build"
 swift build --build-tests
 echo "== swift test"

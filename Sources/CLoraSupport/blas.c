@@ -10,8 +10,7 @@
 #define _GNU_SOURCE
 #include "lora_support.h"
 
-#include <cblas.h>
-#include <lapacke.h>
+#include "blas_abi.h"
 
 #include <dlfcn.h>
 #include <math.h>
@@ -20,15 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef __typeof__(cblas_sgemm) sgemm_fn;
-typedef __typeof__(cblas_sgemv) sgemv_fn;
-typedef char *corename_fn(void);
-typedef char *config_fn(void);
-typedef int get_threads_fn(void);
-typedef void set_threads_fn(int);
-typedef __typeof__(LAPACKE_sgesdd) sgesdd_fn;
-typedef __typeof__(LAPACKE_sgeqrf) sgeqrf_fn;
-typedef __typeof__(LAPACKE_sorgqr) sorgqr_fn;
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static int load_status = 1;
@@ -116,7 +106,7 @@ static int sgemm_agrees(void) {
     unsigned s = 12345u;
     for (int i = 0; i < M * K; i++) { s = s * 1103515245u + 12345u; a[i] = (float)((s >> 9) % 2001) / 1000.0f - 1.0f; }
     for (int i = 0; i < K * N; i++) { s = s * 1103515245u + 12345u; b[i] = (float)((s >> 9) % 2001) / 1000.0f - 1.0f; }
-    p_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, a, K, b, N, 0.0f, c, N);
+    p_sgemm(LB_ROW_MAJOR, LB_NO_TRANS, LB_NO_TRANS, M, N, K, 1.0f, a, K, b, N, 0.0f, c, N);
     for (int i = 0; i < M; i++)
         for (int j = 0; j < N; j++) {
             double ref = 0;
@@ -208,27 +198,27 @@ void lb_set_num_threads(int n) { if (!lb_load() && p_set_threads && n > 0) p_set
 void lb_sgemm(int transA, int transB, int m, int n, int k, float alpha,
               const float *a, int lda, const float *b, int ldb,
               float beta, float *c, int ldc) {
-    p_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+    p_sgemm(LB_ROW_MAJOR, transA ? LB_TRANS : LB_NO_TRANS, transB ? LB_TRANS : LB_NO_TRANS,
             m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 void lb_sgemv(int transA, int m, int n, float alpha, const float *a, int lda,
               const float *x, float beta, float *y) {
-    p_sgemv(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, m, n, alpha, a, lda, x, 1, beta, y, 1);
+    p_sgemv(LB_ROW_MAJOR, transA ? LB_TRANS : LB_NO_TRANS, m, n, alpha, a, lda, x, 1, beta, y, 1);
 }
 
 int lb_sgesdd(char jobz, int m, int n, float *a, int lda, float *s,
               float *u, int ldu, float *vt, int ldvt) {
     if (lb_load() || !p_sgesdd) return -1000;
-    return p_sgesdd(LAPACK_ROW_MAJOR, jobz, m, n, a, lda, s, u, ldu, vt, ldvt);
+    return p_sgesdd(LB_ROW_MAJOR, jobz, m, n, a, lda, s, u, ldu, vt, ldvt);
 }
 
 int lb_sgeqrf(int m, int n, float *a, int lda, float *tau) {
     if (lb_load() || !p_sgeqrf) return -1000;
-    return p_sgeqrf(LAPACK_ROW_MAJOR, m, n, a, lda, tau);
+    return p_sgeqrf(LB_ROW_MAJOR, m, n, a, lda, tau);
 }
 
 int lb_sorgqr(int m, int n, int k, float *a, int lda, const float *tau) {
     if (lb_load() || !p_sorgqr) return -1000;
-    return p_sorgqr(LAPACK_ROW_MAJOR, m, n, k, a, lda, tau);
+    return p_sorgqr(LB_ROW_MAJOR, m, n, k, a, lda, tau);
 }
