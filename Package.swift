@@ -1,5 +1,8 @@
 // swift-tools-version: 6.0
 import PackageDescription
+import Foundation
+
+let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().path
 
 let package = Package(
     name: "liblora",
@@ -20,7 +23,12 @@ let package = Package(
                 cSettings: [.unsafeFlags(["-O3"])],
                 linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("m")]),
         .target(name: "LoRA", dependencies: ["CLoraSupport"]),
-        .target(name: "LoraCAPI", dependencies: ["LoRA"]),
+        // include/lora.h, compiled for the C ABI target (Sources/CLoraABI/include/lora.h links to it).
+        .target(name: "CLoraABI"),
+        // The @_cdecl entry points of liblora.so: validate, convert, call the core.
+        .target(name: "LoraCAPI", dependencies: ["LoRA", "CLoraABI", "CLoraSupport"],
+                linkerSettings: [.unsafeFlags(["-Xlinker", "--version-script=\(packageRoot)/Sources/LoraCAPI/exports.map",
+                                               "-Xlinker", "-soname=liblora.so.1"])]),
         .executableTarget(name: "LoraBench", dependencies: ["LoRA"]),
         .testTarget(name: "LoRATests", dependencies: ["LoRA", "CLoraSupport"], exclude: ["Fixtures"]),
     ]

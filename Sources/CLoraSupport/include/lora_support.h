@@ -56,3 +56,13 @@ LB_HIDDEN int lb_sorgqr(int m, int n, int k, float *a, int lda, const float *tau
 }
 #endif
 #endif
+
+// Thread-local last error message of the C ABI (copied, truncated to 4 KiB).
+#ifdef __cplusplus
+extern "C" {
+#endif
+LB_HIDDEN void lb_set_error(const char *message);
+LB_HIDDEN const char *lb_get_error(void);
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,127 @@
+import Foundation
+import Testing
+import LoRA
+
+@Suite struct TrainingLoopTests {
+    func examples(_ n: Int, seed: UInt64, vocab: Int = 101, length: Int = 12) -> Dataset {
+        var rng = SplitMix64(seed: seed)
+        return Dataset(examples: (0..<n).map { _ in
+            TrainingExample(ids: (0..<length).map { _ in TokenID(rng.next() % UInt64(vocab)) })
+        })
+    }
+
+    func setup(dropout: Double = 0.1) throws -> (Model, Adapter, TrainingConfig) {
+        let model = try Model.load(directory: Fixtures.path("gpt2-a"))
+        var lc = LoraConfig(); lc.r = 4; lc.loraAlpha = 8; lc.loraDropout = dropout
+        lc.targetModules = .names(["c_attn", "c_proj", "c_fc"])
+        let adapter = try Adapter(config: lc, modelConfig: model.config)
+        try adapter.initialize(seed: 3)
+        var tc = TrainingConfig()
+        tc.learningRate = 1e-2; tc.maxSteps = 10; tc.warmupSteps = 2; tc.lrScheduler = .cosine
+        tc.batchSize = 3; tc.blockSize = 12; tc.gradientAccumulationSteps = 2; tc.seed = 9
+        return (model, adapter, tc)
+    }
+
+    func bytes(_ a: Adapter) -> [Float] { Array(a.params.buffer) }
+
+    @Test func resumeReproducesTheUninterruptedRunBitForBit() throws {
+        let data = examples(20, seed: 1)
+        // 10 steps straight.
+        let (m1, a1, tc) = try setup()
+        let t1 = try Trainer(model: m1, adapter: a1, config: tc)
+        var losses1: [Double] = []
+        try t1.train(data) { losses1.append($0.loss); return true }
+        // 5 steps with checkpoints, then a fresh process-like resume for the rest.
+        let dir = try Fixtures.tempDir()
+        let (m2, a2, _) = try setup()
+        var opts = TrainingRunOptions(); opts.saveSteps = 5; opts.checkpointDirectory = dir
+        let t2 = try Trainer(model: m2, adapter: a2, config: tc)
+        var losses2: [Double] = []
+        do {
+            try t2.train(data, options: opts) { r in losses2.append(r.loss); return r.step < 5 }
+            Issue.record("the callback did not stop the run")
+        } catch LoraError.aborted {}
+        let ckpt = try #require(Checkpoint.latest(root: dir))
+        #expect(ckpt.hasSuffix("checkpoint-5"))
+        let (m3, a3, _) = try setup()
+        let t3 = try Trainer(model: m3, adapter: a3, config: tc)
+        let progress = try Checkpoint.restore(t3, from: ckpt)
+        #expect(progress.step == 5)
+        try t3.train(data, from: progress) { losses2.append($0.loss); return true }
+        #expect(losses1 == losses2)
+        #expect(bytes(a1) == bytes(a3))
+        // The saved adapters are byte-identical too.
+        let d1 = try Fixtures.tempDir(), d3 = try Fixtures.tempDir()
+        try a1.save(directory: d1); try a3.save(directory: d3)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: d1 + "/adapter_model.safetensors"))
+                == Data(contentsOf: URL(fileURLWithPath: d3 + "/adapter_model.safetensors")))
+    }
+
+    @Test func trainingLowersTheLossAndEvaluates() throws {
+        let (model, adapter, tc0) = try setup(dropout: 0)
+        var tc = tc0
+        tc.maxSteps = 30; tc.learningRate = 3e-2; tc.gradientAccumulationSteps = 1
+        // A tiny, learnable language: repeated patterns.
+        let data = Dataset(examples: (0..<12).map { i in TrainingExample(ids: (0..<12).map { TokenID(($0 + i) % 7) }) })
+        let trainer = try Trainer(model: model, adapter: adapter, config: tc)
+        let before = try trainer.evaluate(data)
+        var reports: [TrainingReport] = []
+        var opts = TrainingRunOptions(); opts.evalSteps = 10
+        try trainer.train(data, validation: data, options: opts) { reports.append($0); return true }
+        let after = try trainer.evaluate(data)
+        #expect(after.loss < before.loss * 0.5, "loss \(before.loss) → \(after.loss)")
+        #expect(abs(after.perplexity - Foundation.exp(after.loss)) < 1e-9)
+        #expect(reports.count == 30)
+        #expect(reports.filter { $0.validationLoss != nil }.map(\.step) == [10, 20, 30])
+        #expect(reports.allSatisfy { $0.tokensPerSecond > 0 && $0.learningRate >= 0 })
+    }
+
+    @Test func nonFiniteLossStopsWithTheStepAndKeepsTheLastGoodWeights() throws {
+        let (model, adapter, tc0) = try setup(dropout: 0)
+        var tc = tc0
+        tc.maxSteps = 6; tc.gradientAccumulationSteps = 1
+        let data = examples(6, seed: 2)
+        let trainer = try Trainer(model: model, adapter: adapter, config: tc)
+        var snapshot: [Float] = []
+        do {
+            try trainer.train(data) { r in
+                if r.step == 3 {
+                    snapshot = Array(adapter.params.buffer)
+                    // Poison a base weight: the next forward pass gives NaN.
+                    model.weights.lnfW[0] = .nan
+                }
+                return true
+            }
+            Issue.record("training went on with a NaN loss")
+        } catch LoraError.numerical(let m) {
+            #expect(m.contains("step 4"), "\(m)")
+        }
+        #expect(Array(adapter.params.buffer) == snapshot)
+        #expect(trainer.step == 3)
+    }
+
+    @Test func badTrainingInputsAreErrors() throws {
+        let (model, adapter, tc) = try setup()
+        let trainer = try Trainer(model: model, adapter: adapter, config: tc)
+        #expect(throws: LoraError.self) { try trainer.train(Dataset(examples: [])) }
+        #expect(throws: LoraError.self) { try trainer.step(ids: [[1, 2, 300]]) }
+        #expect(throws: LoraError.self) { try trainer.step(ids: [[1, 2, 3]], labels: [[-100, -100, -100]]) }
+        #expect(throws: LoraError.self) { try trainer.step(ids: [Array(repeating: 1, count: 13)]) }
+        var bad = tc; bad.blockSize = 33
+        #expect(throws: LoraError.self) { try Trainer(model: model, adapter: adapter, config: bad) }
+        bad = tc; bad.learningRate = .nan
+        #expect(throws: LoraError.self) { try Trainer(model: model, adapter: adapter, config: bad) }
+        var lc = LoraConfig(); lc.r = 0
+        #expect(throws: LoraError.self) { try Adapter(config: lc, modelConfig: model.config) }
+        lc = LoraConfig(); lc.loraAlpha = .nan
+        #expect(throws: LoraError.self) { try Adapter(config: lc, modelConfig: model.config) }
+        lc = LoraConfig(); lc.targetModules = .names(["q_proj"])
+        #expect(throws: LoraError.self) { try Adapter(config: lc, modelConfig: model.config) }
+        // A checkpoint from other settings is refused.
+        let dir = try Fixtures.tempDir()
+        let path = try Checkpoint.save(trainer, progress: TrainingProgress(), root: dir)
+        var other = tc; other.learningRate = 5e-3
+        let t2 = try Trainer(model: model, adapter: adapter, config: other)
+        #expect(throws: LoraError.self) { try Checkpoint.restore(t2, from: path) }
+    }
+}
