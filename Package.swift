@@ -26,7 +26,7 @@ let package = Package(
         // include/lora.h, compiled for the C ABI target (Sources/CLoraABI/include/lora.h links to it).
         .target(name: "CLoraABI"),
         // The @_cdecl entry points of liblora.so: validate, convert, call the core.
-        .target(name: "LoraCAPI", dependencies: ["LoRA", "CLoraABI", "CLoraSupport"],
+        .target(name: "LoraCAPI", dependencies: ["LoRA", "CLoraABI", "CLoraSupport"], exclude: ["exports.map"],
                 linkerSettings: [.unsafeFlags(["-Xlinker", "--version-script=\(packageRoot)/Sources/LoraCAPI/exports.map",
                                                "-Xlinker", "-soname=liblora.so.1"])]),
         .executableTarget(name: "LoraBench", dependencies: ["LoRA"]),

@@ -245,6 +245,20 @@ lora_status lora_model_detach(lora_model *model, lora_adapter *adapter);
 /* Changes an attached adapter's scale (0 disables it). */
 lora_status lora_model_set_adapter_scale(lora_model *model, lora_adapter *adapter, float scale);
 
+/* Folds an adapter into the base weights (W += scale * s * (B A)^T). It stays
+ * attached but is no longer applied on the fly; an adapter not attached yet
+ * is attached merged. Errors: LORA_WRONG_STATE (already merged),
+ * LORA_NUMERICAL_ERROR (the result would not be finite; nothing changed). */
+lora_status lora_model_merge(lora_model *model, lora_adapter *adapter);
+/* Takes a merged adapter back out (to float rounding); it is applied on the
+ * fly again. Errors: LORA_WRONG_STATE (not merged). */
+lora_status lora_model_unmerge(lora_model *model, lora_adapter *adapter);
+/* Writes the model, merged adapters folded in, as a Hugging Face checkpoint
+ * directory (config.json, model.safetensors, the tokenizer files it was
+ * loaded with), each file atomically. Errors: LORA_IO_ERROR,
+ * LORA_NUMERICAL_ERROR. */
+lora_status lora_model_save(const lora_model *model, const char *path);
+
 /* ---- Training ---------------------------------------------------------- */
 
 #define LORA_SCHEDULER_CONSTANT              0

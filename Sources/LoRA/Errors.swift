@@ -14,6 +14,8 @@ public enum LoraError: Error, CustomStringConvertible, Equatable {
     case numerical(String)
     /// Work stopped by a callback.
     case aborted
+    /// A call out of order (an adapter not attached, already merged, ...).
+    case wrongState(String)
 
     public var description: String {
         switch self {
@@ -24,6 +26,7 @@ public enum LoraError: Error, CustomStringConvertible, Equatable {
         case .backend(let m): return m
         case .numerical(let m): return m
         case .aborted: return "aborted by callback"
+        case .wrongState(let m): return m
         }
     }
 }

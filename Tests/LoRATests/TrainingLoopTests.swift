@@ -47,7 +47,7 @@ import LoRA
         let t3 = try Trainer(model: m3, adapter: a3, config: tc)
         let progress = try Checkpoint.restore(t3, from: ckpt)
         #expect(progress.step == 5)
-        try t3.train(data, from: progress) { losses2.append($0.loss); return true }
+        try t3.train(data) { losses2.append($0.loss); return true }
         #expect(losses1 == losses2)
         #expect(bytes(a1) == bytes(a3))
         // The saved adapters are byte-identical too.
@@ -119,7 +119,7 @@ import LoRA
         #expect(throws: LoraError.self) { try Adapter(config: lc, modelConfig: model.config) }
         // A checkpoint from other settings is refused.
         let dir = try Fixtures.tempDir()
-        let path = try Checkpoint.save(trainer, progress: TrainingProgress(), root: dir)
+        let path = try Checkpoint.save(trainer, root: dir)
         var other = tc; other.learningRate = 5e-3
         let t2 = try Trainer(model: model, adapter: adapter, config: other)
         #expect(throws: LoraError.self) { try Checkpoint.restore(t2, from: path) }

@@ -7,7 +7,7 @@ extension Model {
     /// Refuses (and changes nothing) if the result would not be finite.
     public func merge(_ adapter: Adapter) throws {
         if let i = attachments.firstIndex(where: { $0.adapter === adapter }) {
-            guard !attachments[i].merged else { throw LoraError.invalidArgument("adapter \(adapter.name) is already merged") }
+            guard !attachments[i].merged else { throw LoraError.wrongState("adapter \(adapter.name) is already merged") }
             let scale = attachments[i].enabled ? attachments[i].scale : 0
             try applyDelta(adapter, factor: scale, check: true)
             setMerged(i, true)
@@ -21,7 +21,7 @@ extension Model {
     /// and applies it on the fly again.
     public func unmerge(_ adapter: Adapter) throws {
         guard let i = attachments.firstIndex(where: { $0.adapter === adapter }), attachments[i].merged else {
-            throw LoraError.invalidArgument("adapter \(adapter.name) is not merged")
+            throw LoraError.wrongState("adapter \(adapter.name) is not merged")
         }
         let scale = attachments[i].enabled ? attachments[i].scale : 0
         try applyDelta(adapter, factor: -scale, check: false)

@@ -77,7 +77,7 @@ public final class Model: @unchecked Sendable {
         }
         guard scale.isFinite else { throw LoraError.invalidArgument("adapter scale must be finite") }
         guard !attachments.contains(where: { $0.adapter === adapter }) else {
-            throw LoraError.invalidArgument("adapter \(adapter.name) is already attached")
+            throw LoraError.wrongState("adapter \(adapter.name) is already attached")
         }
         attachments.append(Attachment(adapter: adapter, scale: scale, enabled: true))
     }
@@ -85,7 +85,7 @@ public final class Model: @unchecked Sendable {
     /// Detaches an adapter; a merged one is unmerged first.
     public func detach(_ adapter: Adapter) throws {
         guard let i = attachments.firstIndex(where: { $0.adapter === adapter }) else {
-            throw LoraError.invalidArgument("adapter \(adapter.name) is not attached")
+            throw LoraError.wrongState("adapter \(adapter.name) is not attached")
         }
         if attachments[i].merged { try unmerge(adapter) }
         attachments.remove(at: i)
@@ -104,9 +104,9 @@ public final class Model: @unchecked Sendable {
 
     private func unmergedAttachment(_ adapter: Adapter) throws -> Int {
         guard let i = attachments.firstIndex(where: { $0.adapter === adapter }) else {
-            throw LoraError.invalidArgument("adapter \(adapter.name) is not attached")
+            throw LoraError.wrongState("adapter \(adapter.name) is not attached")
         }
-        guard !attachments[i].merged else { throw LoraError.invalidArgument("adapter \(adapter.name) is merged; unmerge it first") }
+        guard !attachments[i].merged else { throw LoraError.wrongState("adapter \(adapter.name) is merged; unmerge it first") }
         return i
     }
 

@@ -25,9 +25,10 @@ public enum Checkpoint {
     public static let stateFile = "trainer_state.safetensors"
     static let prefix = "checkpoint-"
 
-    /// Writes a checkpoint of `trainer` at `progress` into `root/checkpoint-<step>`; returns its path.
+    /// Writes a checkpoint of `trainer` (at its current progress) into `root/checkpoint-<step>`; returns its path.
     @discardableResult
-    public static func save(_ trainer: Trainer, progress: TrainingProgress, root: String) throws -> String {
+    public static func save(_ trainer: Trainer, root: String) throws -> String {
+        let progress = trainer.progress
         let fm = FileManager.default
         do { try fm.createDirectory(atPath: root, withIntermediateDirectories: true) }
         catch { throw LoraError.io(path: root, reason: "cannot create directory: \(error.localizedDescription)") }
@@ -92,6 +93,7 @@ public enum Checkpoint {
 
     /// Restores weights, AdamW moments and progress from `path` into
     /// `trainer` (which must have been created with the same configuration).
+    @discardableResult
     public static func restore(_ trainer: Trainer, from path: String) throws -> TrainingProgress {
         let statePath = path + "/" + stateFile
         let f = try SafeTensorsFile(path: statePath)
@@ -119,9 +121,7 @@ public enum Checkpoint {
         } else {
             try trainer.model.weights.load(from: SafeTensorsFile(path: path + "/model.safetensors"))
         }
-        trainer.step = step
-        trainer.rng = SplitMix64(seed: 0)
-        trainer.rng.state = rng
+        trainer.restore(p)
         return p
     }
 }

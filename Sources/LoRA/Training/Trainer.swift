@@ -53,6 +53,18 @@ public final class Trainer: @unchecked Sendable {
     let decayRanges: [Range<Int>]
     /// Optimizer steps taken.
     public internal(set) var step = 0
+    /// Data position of `train` (epoch, next index in the epoch's order).
+    var epoch = 0
+    var offset = 0
+    /// Where the run stands: step, data position, RNG (what a checkpoint saves).
+    public var progress: TrainingProgress {
+        var p = TrainingProgress()
+        p.step = step; p.epoch = epoch; p.offset = offset; p.rngState = rng.state
+        return p
+    }
+    func restore(_ p: TrainingProgress) {
+        step = p.step; epoch = p.epoch; offset = p.offset; rng.state = p.rngState
+    }
     /// Micro-batches accumulated since the last optimizer step.
     public private(set) var pendingMicroBatches = 0
     var rng: SplitMix64

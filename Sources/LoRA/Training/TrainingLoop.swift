@@ -50,23 +50,22 @@ extension Trainer {
         return EvaluationResult(loss: total / Double(tokens), tokens: tokens)
     }
 
-    /// Trains until `config.maxSteps`, from `progress` (a fresh run or a
-    /// restored checkpoint). The callback runs on the calling thread after
+    /// Trains until `config.maxSteps`, from where the trainer stands (a fresh
+    /// run, earlier calls, or a restored checkpoint). The callback runs on the calling thread after
     /// each step; returning false stops the run after that step (throws
     /// `LoraError.aborted`, state consistent). A non-finite loss or gradient
     /// stops with an error naming the step; the parameters keep their last
     /// good values.
     @discardableResult
     public func train(_ data: Dataset, validation: Dataset? = nil, options: TrainingRunOptions = TrainingRunOptions(),
-                      from start: TrainingProgress? = nil,
                       progress callback: ((TrainingReport) -> Bool)? = nil) throws -> TrainingProgress {
         guard !data.examples.isEmpty else { throw LoraError.invalidArgument("the training set is empty") }
         guard data.tokenCount > 0 else { throw LoraError.invalidArgument("the training set has no target token") }
         if options.saveSteps > 0, options.checkpointDirectory == nil {
             throw LoraError.invalidArgument("save_steps needs a checkpoint directory")
         }
-        var p = start ?? TrainingProgress()
-        if start == nil { p.rngState = rng.state } else { rng.state = p.rngState; step = p.step }
+        var p = progress
+        defer { epoch = p.epoch; offset = p.offset }
         var order = data.order(epoch: p.epoch, seed: config.seed)
         func nextBatch() -> [TrainingExample] {
             var batch: [TrainingExample] = []
@@ -124,7 +123,8 @@ extension Trainer {
             }
             if options.saveSteps > 0, let dir = options.checkpointDirectory,
                step % options.saveSteps == 0 || step == config.maxSteps {
-                report.checkpoint = try Checkpoint.save(self, progress: p, root: dir)
+                epoch = p.epoch; offset = p.offset
+                report.checkpoint = try Checkpoint.save(self, root: dir)
                 Checkpoint.prune(root: dir, keep: options.saveTotalLimit)
             }
             if let callback, !callback(report) { throw LoraError.aborted }

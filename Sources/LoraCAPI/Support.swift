@@ -1,0 +1,171 @@
+// The thin layer between include/lora.h and the Swift core: handles, status
+// codes, the thread-local error, params structs read up to struct_size.
+import CLoraABI
+import CLoraSupport
+import Foundation
+import LoRA
+
+/// Errors that exist only at the C boundary.
+enum CError: Error {
+    case bufferTooSmall(String)
+}
+
+func statusOf(_ error: Error) -> lora_status {
+    switch error {
+    case let e as LoraError:
+        switch e {
+        case .invalidArgument: return LORA_INVALID_ARGUMENT
+        case .invalidFile: return LORA_INVALID_FILE
+        case .io: return LORA_IO_ERROR
+        case .unsupported: return LORA_UNSUPPORTED
+        case .backend: return LORA_BACKEND_ERROR
+        case .numerical: return LORA_NUMERICAL_ERROR
+        case .aborted: return LORA_ABORTED
+        case .wrongState: return LORA_WRONG_STATE
+        }
+    case CError.bufferTooSmall: return LORA_BUFFER_TOO_SMALL
+    default: return LORA_ERROR
+    }
+}
+
+func messageOf(_ error: Error) -> String {
+    if case CError.bufferTooSmall(let m) = error { return m }
+    return "\(error)"
+}
+
+/// Runs an entry point: clears the thread's error, maps a thrown error to its status and message.
+@inline(__always)
+func guarded(_ body: () throws -> Void) -> lora_status {
+    lb_set_error(nil)
+    do {
+        try body()
+        return LORA_OK
+    } catch {
+        lb_set_error(messageOf(error))
+        return statusOf(error)
+    }
+}
+
+func invalid(_ m: String) -> LoraError { .invalidArgument(m) }
+
+/// Reads a params struct: NULL → defaults; struct_size bytes from the caller
+/// over the defaults; a struct_size larger than this library's struct is an error.
+func readParams<T>(_ p: UnsafePointer<T>?, defaults: T, name: String) throws -> T {
+    guard let p else { return defaults }
+    let size = Int(UnsafeRawPointer(p).load(as: UInt32.self))
+    guard size >= MemoryLayout<UInt32>.size else {
+        throw invalid("\(name).struct_size \(size) is too small; fill the struct with \(name.replacingOccurrences(of: "lora_", with: "lora_"))'s default_params function")
+    }
+    guard size <= MemoryLayout<T>.size else {
+        throw invalid("\(name).struct_size \(size) is larger than this library's \(MemoryLayout<T>.size) bytes (header newer than the library?)")
+    }
+    var out = defaults
+    withUnsafeMutableBytes(of: &out) { dst in
+        dst.copyMemory(from: UnsafeRawBufferPointer(start: UnsafeRawPointer(p), count: size))
+    }
+    return out
+}
+
+func string(_ p: UnsafePointer<CChar>?, _ what: String) throws -> String {
+    guard let p else { throw invalid("\(what) is NULL") }
+    guard let s = String(validatingCString: p) else { throw invalid("\(what) is not valid UTF-8") }
+    return s
+}
+
+func out<T>(_ p: UnsafeMutablePointer<T>?, _ what: String) throws -> UnsafeMutablePointer<T> {
+    guard let p else { throw invalid("\(what) is NULL") }
+    return p
+}
+
+func finite(_ x: Float, _ what: String) throws -> Float {
+    guard x.isFinite else { throw invalid("\(what) must be a finite number") }
+    return x
+}
+
+func count(_ n: Int, _ what: String, max: Int = 1 << 40) throws -> Int {
+    guard n >= 0, n <= max else { throw invalid("\(what) \(n) is out of range") }
+    return n
+}
+
+// MARK: handles
+
+final class ModelBox {
+    let model: Model
+    init(_ m: Model) { model = m }
+}
+
+final class AdapterBox {
+    let adapter: Adapter
+    weak var model: ModelBox?
+    init(_ a: Adapter, model: ModelBox) { adapter = a; self.model = model }
+}
+
+final class TrainerBox {
+    let trainer: Trainer
+    let model: ModelBox
+    let adapter: AdapterBox?
+    init(_ t: Trainer, model: ModelBox, adapter: AdapterBox?) { trainer = t; self.model = model; self.adapter = adapter }
+}
+
+func box<T: AnyObject>(_ p: OpaquePointer?, _ type: T.Type, _ what: String) throws -> T {
+    guard let p else { throw invalid("\(what) is NULL") }
+    return Unmanaged<T>.fromOpaque(UnsafeRawPointer(p)).takeUnretainedValue()
+}
+
+func retain<T: AnyObject>(_ object: T) -> OpaquePointer {
+    OpaquePointer(Unmanaged.passRetained(object).toOpaque())
+}
+
+func release<T: AnyObject>(_ p: OpaquePointer?, _ type: T.Type) {
+    guard let p else { return }
+    Unmanaged<T>.fromOpaque(UnsafeRawPointer(p)).release()
+}
+
+/// Copies UTF-8 text into a caller buffer with a terminating NUL.
+func writeText(_ text: String, _ buf: UnsafeMutablePointer<CChar>?, _ capacity: Int, _ needed: UnsafeMutablePointer<Int>?) throws {
+    let bytes = Array(text.utf8)
+    needed?.pointee = bytes.count
+    guard let buf, capacity >= bytes.count + 1 else {
+        if buf == nil && capacity == 0 && needed != nil { throw CError.bufferTooSmall("the text needs \(bytes.count + 1) bytes") }
+        throw CError.bufferTooSmall("the text needs \(bytes.count + 1) bytes (with the NUL), the buffer holds \(capacity)")
+    }
+    for (i, b) in bytes.enumerated() { buf[i] = CChar(bitPattern: b) }
+    buf[bytes.count] = 0
+}
+
+// MARK: status and versions
+
+@_cdecl("lora_status_string")
+public func lora_status_string(_ status: lora_status) -> UnsafePointer<CChar> {
+    let name: StaticString
+    switch status {
+    case LORA_OK: name = "LORA_OK"
+    case LORA_ERROR: name = "LORA_ERROR"
+    case LORA_INVALID_ARGUMENT: name = "LORA_INVALID_ARGUMENT"
+    case LORA_INVALID_FILE: name = "LORA_INVALID_FILE"
+    case LORA_IO_ERROR: name = "LORA_IO_ERROR"
+    case LORA_UNSUPPORTED: name = "LORA_UNSUPPORTED"
+    case LORA_BUFFER_TOO_SMALL: name = "LORA_BUFFER_TOO_SMALL"
+    case LORA_ABORTED: name = "LORA_ABORTED"
+    case LORA_NUMERICAL_ERROR: name = "LORA_NUMERICAL_ERROR"
+    case LORA_BACKEND_ERROR: name = "LORA_BACKEND_ERROR"
+    case LORA_WRONG_STATE: name = "LORA_WRONG_STATE"
+    default: name = "LORA_UNKNOWN_STATUS"
+    }
+    return UnsafeRawPointer(name.utf8Start).assumingMemoryBound(to: CChar.self)
+}
+
+@_cdecl("lora_last_error")
+public func lora_last_error() -> UnsafePointer<CChar> { lb_get_error() }
+
+@_cdecl("lora_version_string")
+public func lora_version_string() -> UnsafePointer<CChar> {
+    let v: StaticString = "0.1.0"
+    return UnsafeRawPointer(v.utf8Start).assumingMemoryBound(to: CChar.self)
+}
+
+@_cdecl("lora_version_number")
+public func lora_version_number() -> UInt32 { UInt32(LORA_VERSION_MAJOR * 10000 + LORA_VERSION_MINOR * 100 + LORA_VERSION_PATCH) }
+
+@_cdecl("lora_abi_version")
+public func lora_abi_version() -> UInt32 { UInt32(LORA_ABI_VERSION) }
