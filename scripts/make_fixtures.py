@@ -117,7 +117,7 @@ def save_hub_layout(model, directory):
 
 
 def main():
-    for d in ("gpt2-a", "gpt2-a-f16", "gpt2-a-bf16", "gpt2-b", "expected"):
+    for d in ("gpt2-a", "gpt2-a-f16", "gpt2-a-bf16", "gpt2-b", "gpt2-tok", "expected"):
         shutil.rmtree(os.path.join(ROOT, d), ignore_errors=True)
     os.makedirs(os.path.join(ROOT, "expected"), exist_ok=True)
 
@@ -141,7 +141,25 @@ def main():
     save_hub_layout(b, os.path.join(ROOT, "gpt2-b"))
     expected(b, 2, os.path.join(ROOT, "expected", "gpt2-b.safetensors"))
 
-    for d in ("gpt2-a", "gpt2-a-f16", "gpt2-a-bf16", "gpt2-b"):
+    # A tiny model with the fixture tokenizer (make_tokenizer_fixtures.py), for
+    # the C and Python hosts: text in, text out. Expected logits of one text.
+    tok_dir = os.path.join(ROOT, "tokenizer")
+    from transformers import GPT2TokenizerFast
+    tok = GPT2TokenizerFast.from_pretrained(tok_dir)
+    t = build(dict(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                   bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id), seed=3, std=0.15)
+    tdir = os.path.join(ROOT, "gpt2-tok")
+    t.save_pretrained(tdir)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(os.path.join(tok_dir, name), os.path.join(tdir, name))
+    text = "Hello, world! The quick brown fox jumps over the lazy dog."
+    ids = torch.tensor([tok.encode(text)])
+    with torch.no_grad():
+        logits = t(input_ids=ids).logits[0].float()
+    save_file({"ids": ids[0].clone(), "logits": logits.contiguous()},
+              os.path.join(ROOT, "expected", "gpt2-tok.safetensors"), metadata={"format": "pt", "text": text})
+
+    for d in ("gpt2-a", "gpt2-a-f16", "gpt2-a-bf16", "gpt2-b", "gpt2-tok"):
         gc = os.path.join(ROOT, d, "generation_config.json")
         if os.path.exists(gc):
             os.remove(gc)

@@ -113,3 +113,20 @@ let logitsTolerance: Float = 1e-4
         #expect(GPT2Layout(config: GPT2Config()).totalCount == 124_439_808)
     }
 }
+
+@Suite struct TextModelTests {
+    @Test func textToLogitsMatchesTransformers() throws {
+        let model = try Model.load(directory: Fixtures.path("gpt2-tok"))
+        let exp = try Fixtures.expected("gpt2-tok")
+        let text = try #require(exp.metadata?["text"])
+        let ids = try #require(model.tokenizer).encode(text)
+        #expect(ids == (try exp.ints("ids")).tokenIDs)
+        #expect(maxAbsDiff(try model.logits(ids), try exp.floats("logits")) < logitsTolerance)
+        var p = SamplingParams(); p.maxNewTokens = 8; p.seed = 1; p.stopAtEndOfText = false
+        var streamed = ""
+        let r = try model.generate("Hello", params: p) { _, piece in streamed += piece; return true }
+        #expect(r.tokens.count == 8)
+        #expect(streamed == r.text)
+        #expect(try model.tokenizer!.decode(r.tokens) == r.text)
+    }
+}
