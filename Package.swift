@@ -11,7 +11,12 @@ let package = Package(
         .library(name: "LoRA", targets: ["LoRA"]),
         // liblora.so: the C ABI declared by include/lora.h.
         .library(name: "lora", type: .dynamic, targets: ["LoraCAPI"]),
-        .executable(name: "lora-bench", targets: ["LoraBench"]),
+        // The `lora` command line (named lora-cli: SwiftPM skips an executable
+        // named like the library product; scripts/install.sh links it as `lora`).
+        .executable(name: "lora-cli", targets: ["LoraCLI"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     ],
     targets: [
         // OpenBLAS and LAPACKE are not linked: CLoraSupport loads them at run
@@ -29,7 +34,9 @@ let package = Package(
         .target(name: "LoraCAPI", dependencies: ["LoRA", "CLoraABI", "CLoraSupport"], exclude: ["exports.map"],
                 linkerSettings: [.unsafeFlags(["-Xlinker", "--version-script=\(packageRoot)/Sources/LoraCAPI/exports.map",
                                                "-Xlinker", "-soname=liblora.so.1"])]),
-        .executableTarget(name: "LoraBench", dependencies: ["LoRA"]),
+        .executableTarget(name: "LoraCLI", dependencies: [
+            "LoRA", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
         .testTarget(name: "LoRATests", dependencies: ["LoRA", "CLoraSupport"], exclude: ["Fixtures"]),
     ]
 )

@@ -72,7 +72,8 @@ public final class Trainer: @unchecked Sendable {
     /// The parameters being trained.
     var params: FloatBlock { adapter?.params ?? model.weights.block }
 
-    public init(model: Model, adapter: Adapter?, config: TrainingConfig) throws {
+    /// `evaluationOnly` allocates no gradient or optimizer state (for `evaluate`/`loss` only).
+    public init(model: Model, adapter: Adapter?, config: TrainingConfig, evaluationOnly: Bool = false) throws {
         try config.validate(model: model.config)
         guard model.config.nLayer >= 1 else { throw LoraError.invalidArgument("training needs at least one layer") }
         if let adapter {
@@ -84,10 +85,10 @@ public final class Trainer: @unchecked Sendable {
         self.model = model
         self.adapter = adapter
         self.config = config
-        pass = try TrainingPass(model: model, target: adapter.map { .adapter($0) } ?? .fullModel,
+        pass = try TrainingPass(model: model, target: evaluationOnly ? .none : adapter.map { .adapter($0) } ?? .fullModel,
                                 batch: config.batchSize, block: config.blockSize, checkpointing: config.gradientCheckpointing)
         optimizer = AdamW(beta1: config.adamBeta1, beta2: config.adamBeta2, eps: config.adamEpsilon, weightDecay: config.weightDecay)
-        let count = adapter?.params.count ?? model.weights.block.count
+        let count = evaluationOnly ? 0 : adapter?.params.count ?? model.weights.block.count
         m = try FloatBlock(count: count)
         v = try FloatBlock(count: count)
         if adapter != nil {

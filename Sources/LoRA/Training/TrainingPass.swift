@@ -6,6 +6,8 @@ public enum TrainingTarget {
     case adapter(Adapter)
     /// Every weight of the model (full fine-tuning; the tied embedding counted once).
     case fullModel
+    /// Nothing: forward passes only (evaluation).
+    case none
 }
 
 /// Forward and backward through the whole network for batches of up to
@@ -62,6 +64,9 @@ final class TrainingPass {
             let g = try GPT2Weights(config: c)
             fullGrads = g
             gradients = g.block
+        case .none:
+            gradients = try FloatBlock(count: 0)
+            fullGrads = nil
         }
 
         // Per-layer activations: ln1(+2 stats) qkv att probs res2 ln2(+2) fcPre fcAct res3.
@@ -182,6 +187,7 @@ final class TrainingPass {
         let count = targets.reduce(0) { $0 + ($1 >= 0 && Int($1) < V ? 1 : 0) }
         for t in targets where t >= V { throw LoraError.invalidArgument("label \(t) is out of range 0..<\(V)") }
         let backward = gradScale != nil
+        if backward, case .none = target { throw LoraError.invalidArgument("this pass was built for evaluation only") }
         if backward { dres.update(repeating: 0, count: n * C) }
         var loss = 0.0
         try targets.withUnsafeBufferPointer { tp in

@@ -1,0 +1,101 @@
+import ArgumentParser
+import Foundation
+import LoRA
+
+/// Speed of the engine on a GPT-2 124M-shaped model with random weights, one
+/// JSON line per measurement (medians). Compare with scripts/bench_transformers.py
+/// and scripts/bench_peft.py run on the same machine (scripts/bench.sh runs both).
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Benchmark inference or LoRA training on a GPT-2 124M-shaped model (random weights).",
+        discussion: "Run one measurement per process so that peak RSS is its own. OPENBLAS_NUM_THREADS is overridden by --threads.")
+
+    @Argument(help: "inference or train") var kind = "inference"
+    @Option(help: "OpenBLAS threads.") var threads = 2
+    @Option(help: "Prompt tokens (inference).") var prompt = 512
+    @Option(help: "Decoded tokens (inference).") var decode = 128
+    @Option(help: "Batch size (train).") var batch = 4
+    @Option(help: "Block size (train).") var block = 256
+    @Option(help: "LoRA rank (train).") var r = 8
+    @Option(help: "Timed training steps.") var steps = 5
+    @Option(help: "Repeats (inference).") var repeats = 3
+    @Flag(help: "Gradient checkpointing (train).") var gradientCheckpointing = false
+
+    func run() throws {
+        try Lora.run {
+            guard threads >= 1, prompt >= 1, prompt <= 1024, decode >= 1, batch >= 1, block >= 2, block <= 1024, r >= 1, steps >= 1, repeats >= 1 else {
+                throw LoraError.invalidArgument("bench options out of range")
+            }
+            try BLAS.load()
+            BLAS.threads = threads
+            switch kind {
+            case "inference": try inference()
+            case "train": try train()
+            default: throw LoraError.invalidArgument("bench kind must be inference or train")
+            }
+        }
+    }
+
+    func median(_ xs: [Double]) -> Double { let s = xs.sorted(); return s[s.count / 2] }
+    func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) * 1e-9 }
+    func peakRSSGiB() -> Double {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        return Double(usage.ru_maxrss) * 1024 / 1073741824
+    }
+
+    func inference() throws {
+        let model = try Model.random(config: GPT2Config(), seed: 1)
+        var rng = SplitMix64(seed: 3)
+        let ids = (0..<prompt).map { _ in TokenID(rng.next() % 50257) }
+        var prefill: [Double] = []
+        for _ in 0..<repeats {
+            let s = try InferenceSession(model: model, batch: 1, capacity: prompt)
+            let t0 = now()
+            _ = try s.forward(ids, batch: 1, lastOnly: false)
+            prefill.append(Double(prompt) / (now() - t0))
+        }
+        var dec: [Double] = []
+        for _ in 0..<repeats {
+            let s = try InferenceSession(model: model, batch: 1, capacity: min(1024, 16 + decode))
+            _ = try s.forward(Array(ids.prefix(16)), batch: 1, lastOnly: true)
+            var tok: TokenID = 50
+            let t0 = now()
+            for _ in 0..<min(decode, 1024 - 16) {
+                let l = try s.forward([tok], batch: 1, lastOnly: true)
+                var best = 0
+                for i in 1..<l.count where l[i] > l[best] { best = i }
+                tok = TokenID(best)
+            }
+            dec.append(Double(min(decode, 1024 - 16)) / (now() - t0))
+        }
+        say(String(format: "{\"engine\":\"liblora\",\"bench\":\"prefill\",\"core\":\"%@\",\"threads\":%d,\"tokens\":%d,\"tokens_per_s\":%.1f}",
+                     BLAS.coreName, threads, prompt, median(prefill)))
+        say(String(format: "{\"engine\":\"liblora\",\"bench\":\"decode\",\"core\":\"%@\",\"threads\":%d,\"tokens\":%d,\"tokens_per_s\":%.1f}",
+                     BLAS.coreName, threads, decode, median(dec)))
+    }
+
+    func train() throws {
+        let model = try Model.random(config: GPT2Config(), seed: 1)
+        var lc = LoraConfig()
+        lc.r = r; lc.loraAlpha = 16; lc.targetModules = .names(["c_attn", "attn.c_proj", "mlp.c_fc"])
+        let adapter = try Adapter(config: lc, modelConfig: model.config)
+        try adapter.initialize(seed: 1)
+        var tc = TrainingConfig()
+        tc.batchSize = batch; tc.blockSize = block; tc.learningRate = 1e-4; tc.maxSteps = steps + 1
+        tc.gradientCheckpointing = gradientCheckpointing
+        let trainer = try Trainer(model: model, adapter: adapter, config: tc)
+        var rng = SplitMix64(seed: 5)
+        func makeBatch() -> [[TokenID]] { (0..<batch).map { _ in (0..<block).map { _ in TokenID(rng.next() % 50257) } } }
+        _ = try trainer.step(ids: makeBatch())  // warm-up
+        var rates: [Double] = []
+        for _ in 0..<steps {
+            let ids = makeBatch()
+            let t0 = now()
+            _ = try trainer.step(ids: ids)
+            rates.append(Double(batch * block) / (now() - t0))
+        }
+        say(String(format: "{\"engine\":\"liblora\",\"bench\":\"lora_train\",\"core\":\"%@\",\"threads\":%d,\"batch\":%d,\"block\":%d,\"r\":%d,\"trainable\":%d,\"tokens_per_s\":%.1f,\"peak_rss_gib\":%.3f}",
+                     BLAS.coreName, threads, batch, block, r, adapter.parameterCount, median(rates), peakRSSGiB()))
+    }
+}
