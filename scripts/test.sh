@@ -8,7 +8,8 @@ export PATH="/opt/swift/usr/bin:$PATH"
 echo "== BLAS/LAPACKE ABI declarations vs system headers"
 cc -fsyntax-only -Wall -Werror $(pkg-config --cflags openblas lapacke) -ISources/CLoraSupport scripts/check_blas_abi.c
 
-echo "== swift build"
+echo "== swift build (debug, with tests) and the release command line"
 swift build --build-tests
+swift build -c release --product lora-cli
 echo "== swift test"
-swift test --skip-build
+LORA_CLI="$PWD/.build/release/lora-cli" swift test --skip-build

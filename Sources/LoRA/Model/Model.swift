@@ -54,6 +54,28 @@ public final class Model: @unchecked Sendable {
         return try Model(config: config, weights: weights, tokenizer: tokenizer, directory: dir)
     }
 
+    /// A fresh model initialised as transformers' GPT2PreTrainedModel does:
+    /// weights N(0, 0.02²) (the residual projections c_proj N(0, (0.02/√(2·n_layer))²)),
+    /// biases 0, LayerNorm weight 1 and bias 0.
+    public static func initialized(config: GPT2Config, seed: UInt64, tokenizer: Tokenizer? = nil) throws -> Model {
+        let w = try GPT2Weights(config: config)
+        var rng = SplitMix64(seed: seed)
+        let projStd = 0.02 / Float(2 * config.nLayer).squareRoot()
+        for slot in w.layout.slots {
+            let p = w.block.base + slot.offset
+            let n = slot.count
+            if slot.name.hasSuffix(".bias") {
+                p.update(repeating: 0, count: n)
+            } else if slot.name.contains("ln_") {
+                p.update(repeating: 1, count: n)
+            } else {
+                let std: Float = slot.name.hasSuffix("c_proj.weight") ? projStd : 0.02
+                for i in 0..<n { p[i] = rng.nextGaussian() * std }
+            }
+        }
+        return try Model(config: config, weights: w, tokenizer: tokenizer)
+    }
+
     /// A model with random weights N(0, std²) (benchmarks, tests).
     public static func random(config: GPT2Config, seed: UInt64 = 0, std: Float = 0.02) throws -> Model {
         let w = try GPT2Weights(config: config)

@@ -58,3 +58,24 @@ enum ByteLevel {
         return out
     }
 }
+
+extension Tokenizer {
+    /// Writes a byte-level tokenizer with no merges in GPT-2's file format:
+    /// `vocab.json` with the 256 byte tokens in GPT-2's id order (the printable
+    /// bytes first, as `bytes_to_unicode` lists them) plus `<|endoftext|>` = 256,
+    /// and a `merges.txt` holding only its `#version` line. transformers'
+    /// GPT2Tokenizer loads these files as they are.
+    public static func writeByteLevel(directory: String) throws {
+        var order: [Int] = []
+        for b in 0..<256 where ByteLevel.scalarForByte[b] == UInt32(b) { order.append(b) }
+        for b in 0..<256 where ByteLevel.scalarForByte[b] != UInt32(b) { order.append(b) }
+        var vocab = JSONObject()
+        for (id, b) in order.enumerated() {
+            guard let scalar = Unicode.Scalar(ByteLevel.scalarForByte[b]) else { continue }
+            vocab.append(String(Character(scalar)), .number(JSONNumber(id)))
+        }
+        vocab.append("<|endoftext|>", .number(JSONNumber(256)))
+        try AtomicFile.write(JSON.compact(.object(vocab)) + "\n", to: directory + "/vocab.json")
+        try AtomicFile.write("#version: 0.2\n", to: directory + "/merges.txt")
+    }
+}

@@ -1,0 +1,153 @@
+import Foundation
+import Testing
+import LoRA
+
+/// Runs the `lora` command line: $LORA_CLI (scripts/test.sh points it at a
+/// release build) or lora-cli next to the test binary.
+struct CLI {
+    static let path: String = {
+        if let p = ProcessInfo.processInfo.environment["LORA_CLI"], !p.isEmpty { return p }
+        let dir = URL(fileURLWithPath: ProcessInfo.processInfo.arguments[0]).deletingLastPathComponent()
+        return dir.appendingPathComponent("lora-cli").path
+    }()
+
+    struct Result { var status: Int32; var out: String; var err: String }
+
+    static func run(_ args: [String], stdin: String? = nil) throws -> Result {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: path)
+        p.arguments = args
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        if let stdin {
+            let i = Pipe()
+            p.standardInput = i
+            try p.run()
+            i.fileHandleForWriting.write(Data(stdin.utf8))
+            try i.fileHandleForWriting.close()
+        } else {
+            p.standardInput = FileHandle.nullDevice
+            try p.run()
+        }
+        let o = out.fileHandleForReading.readDataToEndOfFile()
+        let e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return Result(status: p.terminationStatus, out: String(decoding: o, as: UTF8.self), err: String(decoding: e, as: UTF8.self))
+    }
+}
+
+@Suite(.serialized) struct CLITests {
+    let model = Fixtures.path("gpt2-tok")
+
+    func text() throws -> String {
+        let dir = try Fixtures.tempDir()
+        let lines = (0..<40).map { "Line \($0): the quick brown fox jumps over the lazy dog, and the dog sleeps.\n%\n" }
+        try lines.joined().write(toFile: dir + "/data.txt", atomically: true, encoding: .utf8)
+        return dir + "/data.txt"
+    }
+
+    /// One clear line on stderr and a non-zero exit.
+    func expectFailure(_ args: [String], mentioning fragment: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let r = try CLI.run(args)
+        #expect(r.status != 0, "\(args) succeeded", sourceLocation: sourceLocation)
+        let lines = r.err.split(separator: "\n").filter { !$0.isEmpty }
+        #expect(lines.count >= 1 && lines[0].contains(fragment), "stderr: \(r.err)", sourceLocation: sourceLocation)
+        #expect(!r.err.contains("Fatal error") && !r.err.contains("Stack dump"), sourceLocation: sourceLocation)
+    }
+
+    @Test func helpEverywhere() throws {
+        for sub in ["", "train", "generate", "eval", "merge", "inspect", "tokenize", "bench", "demo", "init-model"] {
+            let r = try CLI.run(sub.isEmpty ? ["--help"] : [sub, "--help"])
+            #expect(r.status == 0 && r.out.contains("USAGE"), "\(sub) --help")
+        }
+    }
+
+    @Test func trainGenerateEvalMergeInspectTokenize() throws {
+        let data = try text()
+        let out = try Fixtures.tempDir() + "/run"
+        var r = try CLI.run(["train", "--model", model, data, "--output-dir", out, "--max-steps", "6", "--block-size", "32",
+                             "--batch-size", "2", "--learning-rate", "1e-2", "--r", "4", "--validation-split", "0.2", "--eval-steps", "3"])
+        #expect(r.status == 0, "train: \(r.err)")
+        #expect(r.out.contains("step 6/6"))
+        for f in ["adapter_config.json", "adapter_model.safetensors", "metrics.jsonl", "loss.svg"] {
+            #expect(FileManager.default.fileExists(atPath: out + "/" + f), "\(f) missing")
+        }
+        let metrics = try String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+        #expect(metrics.count == 6)
+        #expect(try String(contentsOfFile: out + "/loss.svg", encoding: .utf8).hasPrefix("<svg"))
+        // Resume from the final checkpoint with more steps is refused (other settings), same settings works.
+        r = try CLI.run(["train", "--model", model, data, "--output-dir", out, "--max-steps", "6", "--block-size", "32",
+                         "--batch-size", "2", "--learning-rate", "1e-2", "--r", "4", "--validation-split", "0.2", "--eval-steps", "3", "--resume"])
+        #expect(r.status == 0 && r.out.contains("resumed from"), "resume: \(r.err)")
+
+        r = try CLI.run(["generate", "--model", model, "--adapter", out + ":0.5", "--max-new-tokens", "5", "--seed", "3", "Hello"])
+        #expect(r.status == 0 && r.out.hasPrefix("Hello"), "generate: \(r.err)")
+        let a = try CLI.run(["generate", "--model", model, "--max-new-tokens", "5", "--seed", "3", "--temperature", "0"], stdin: "Hello")
+        let b = try CLI.run(["generate", "--model", model, "--max-new-tokens", "5", "--seed", "3", "--temperature", "0", "Hello"])
+        #expect(a.status == 0 && a.out == b.out)
+
+        r = try CLI.run(["eval", "--model", model, "--adapter", out, data, "--block-size", "32"])
+        #expect(r.status == 0 && r.out.contains("perplexity"), "eval: \(r.err)")
+
+        let merged = try Fixtures.tempDir() + "/merged"
+        r = try CLI.run(["merge", "--model", model, "--adapter", out, "--output-dir", merged])
+        #expect(r.status == 0, "merge: \(r.err)")
+        let m1 = try Model.load(directory: model)
+        try m1.attach(try Adapter.load(directory: out, modelConfig: m1.config))
+        let ids: [TokenID] = try #require(m1.tokenizer).encode("the quick brown fox")
+        #expect(maxAbsDiff(try m1.logits(ids), try Model.load(directory: merged).logits(ids)) < 1e-4)
+
+        r = try CLI.run(["inspect", out])
+        #expect(r.status == 0 && r.out.contains("PEFT LoRA adapter") && r.out.contains("lora_A.weight"))
+        r = try CLI.run(["inspect", model])
+        #expect(r.status == 0 && r.out.contains("GPT-2 model"))
+        r = try CLI.run(["inspect", out + "/adapter_model.safetensors"])
+        #expect(r.status == 0 && r.out.contains("tensors"))
+
+        r = try CLI.run(["tokenize", "--model", model, "Hello world"])
+        #expect(r.status == 0)
+        let decoded = try CLI.run(["tokenize", "--model", model, "--decode", r.out.trimmingCharacters(in: .whitespacesAndNewlines)])
+        #expect(decoded.out == "Hello world\n")
+    }
+
+    @Test func badInputIsOneLineAndNonZero() throws {
+        let data = try text()
+        try expectFailure(["generate", "--model", "/nonexistent", "x"], mentioning: "/nonexistent")
+        try expectFailure(["train", "--model", model, "/nonexistent.txt", "--max-steps", "1"], mentioning: "/nonexistent.txt")
+        try expectFailure(["train", "--model", model, data, "--target-modules", "q_proj", "--max-steps", "1", "--block-size", "32"], mentioning: "q_proj")
+        try expectFailure(["train", "--model", model, data, "--learning-rate", "nan", "--max-steps", "1", "--block-size", "32"], mentioning: "learning_rate")
+        try expectFailure(["train", "--model", model, data, "--block-size", "65"], mentioning: "block-size")
+        try expectFailure(["train", "--model", model, data, "--r", "0", "--block-size", "32"], mentioning: "r must be")
+        try expectFailure(["generate", "--model", model, "--top-p", "2", "x"], mentioning: "top_p")
+        try expectFailure(["generate", "--model", model, "--adapter", "/nonexistent", "x"], mentioning: "adapter_config.json")
+        try expectFailure(["inspect", "/nonexistent"], mentioning: "/nonexistent")
+        try expectFailure(["tokenize", "--model", model, "--decode", "12", "x"], mentioning: "not a token id")
+        let r = try CLI.run(["train", "--max-steps", "abc"])
+        #expect(r.status != 0)
+    }
+
+    @Test func demoRunsEndToEnd() throws {
+        // The shipped model with a release build of the CLI (scripts/test.sh), the small test model otherwise.
+        let shipped = URL(fileURLWithPath: Fixtures.root).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("models/fortunes-gpt2").path
+        let release = ProcessInfo.processInfo.environment["LORA_CLI"] != nil
+        let m = release && FileManager.default.fileExists(atPath: shipped + "/model.safetensors") ? shipped : model
+        let data = try Fixtures.tempDir() + "/startrek"
+        var quotes = ""
+        for i in 0..<60 { quotes += "Quote number \(i) about the ship.\n\t\t-- Kirk, \"Episode \(i % 7)\", stardate \(1000 + i).\(i % 10)\n%\n" }
+        try quotes.write(toFile: data, atomically: true, encoding: .utf8)
+        let out = try Fixtures.tempDir()
+        let r = try CLI.run(["demo", "--model", m, "--data", data, "--output-dir", out, "--max-steps", "12", "--block-size", "64",
+                             "--batch-size", "4", "--max-new-tokens", "8", "--r", "4"])
+        #expect(r.status == 0, "demo failed: \(r.err)\n\(r.out)")
+        #expect(r.out.contains("held-out loss before") && r.out.contains("held-out loss after"))
+        // A valid PEFT adapter that loads onto the model; the merged model matches base + adapter (the demo checks it too).
+        let model = try Model.load(directory: m)
+        let adapter = try Adapter.load(directory: out + "/adapter", modelConfig: model.config)
+        #expect(adapter.config.r == 4)
+        try model.attach(adapter)
+        let ids: [TokenID] = try #require(model.tokenizer).encode("-- Kirk, \"Episode 3\"")
+        #expect(maxAbsDiff(try model.logits(ids), try Model.load(directory: out + "/merged").logits(ids)) < 1e-4)
+    }
+}
