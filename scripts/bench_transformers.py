@@ -33,7 +33,7 @@ def main():
             t0 = time.perf_counter()
             model(ids, use_cache=False)
             pre.append(a.prompt / (time.perf_counter() - t0))
-        print(json.dumps({"bench": "prefill", "tokens": a.prompt, "tokens_per_s": round(statistics.median(pre), 1)}))
+        print(json.dumps({"engine": "transformers", "bench": "prefill", "tokens": a.prompt, "tokens_per_s": round(statistics.median(pre), 1)}))
         dec = []
         for _ in range(a.repeat):
             out = model(ids[:, :16], use_cache=True)
@@ -45,7 +45,7 @@ def main():
                 past = out.past_key_values
                 tok = out.logits[:, -1:].argmax(-1)
             dec.append(a.decode / (time.perf_counter() - t0))
-        print(json.dumps({"bench": "decode", "tokens": a.decode, "tokens_per_s": round(statistics.median(dec), 1)}))
+        print(json.dumps({"engine": "transformers", "bench": "decode", "tokens": a.decode, "tokens_per_s": round(statistics.median(dec), 1)}))
 
 
 if __name__ == "__main__":
