@@ -33,7 +33,7 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 def find(engine, bench, **kw):
     for r in rows:
-        if r.get("engine", "liblora") == engine and r["bench"] == bench and all(r.get(k) == v for k, v in kw.items()):
+        if r.get("engine", "liblora") == engine and r.get("bench") == bench and all(r.get(k) == v for k, v in kw.items()):
             return r
 print()
 print(f"{'measurement':34} {'liblora':>10} {'reference':>10} {'ratio':>7}")
