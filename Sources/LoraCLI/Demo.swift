@@ -90,8 +90,15 @@ struct Demo: ParsableCommand {
         try m.save(directory: mergedDir)
         let merged = try Model.load(directory: mergedDir)
         let diff = zip(withAdapter, try merged.logits(probe)).reduce(Float(0)) { max($0, abs($1.0 - $1.1)) }
+        // Compress: keep 95% of each module's ΔW energy.
+        let (small, reports) = try adapter.compressed(to: .energy(0.95), name: "startrek-compressed")
+        let compressedDir = outputDir + "/adapter-compressed"
+        try small.save(directory: compressedDir)
+        let ranks = reports.map(\.newRank)
+        let worst = reports.map(\.relativeError).max() ?? 0
         say("")
         say("adapter (PEFT layout):     \(adapterDir)  (adapter_config.json, adapter_model.safetensors, loss.svg)")
+        say("compressed (95% energy):   \(compressedDir)  (ranks \(ranks.min() ?? 0)–\(ranks.max() ?? 0) instead of \(r); \(adapter.parameterCount) → \(small.parameterCount) parameters; worst relative error \(String(format: "%.3f", worst)))")
         say("merged model (HF layout):  \(mergedDir)  (max |logit difference| vs base + adapter: \(String(format: "%.2e", diff)))")
         say("metrics:                   \(outputDir)/metrics.jsonl")
         say(String(format: "done in %.0f s", Date().timeIntervalSince(started)))
