@@ -12,7 +12,7 @@ struct Lora: ParsableCommand {
             adapters are PEFT directories (adapter_config.json, adapter_model.safetensors).
             Without --model, commands use the small GPT-2 that ships with liblora (\(Defaults.modelDescription)).
             """,
-        subcommands: [Demo.self, Train.self, Generate.self, Eval.self, Merge.self, Compress.self, Inspect.self, Tokenize.self, Bench.self, InitModel.self],
+        subcommands: [Demo.self, Train.self, Generate.self, Eval.self, Merge.self, Compress.self, Combine.self, Extract.self, Inspect.self, Tokenize.self, Bench.self, InitModel.self],
         defaultSubcommand: nil)
 
     /// Runs a command body: errors become one line on stderr and exit code 1.

@@ -1,0 +1,70 @@
+import ArgumentParser
+import Foundation
+import LoRA
+
+struct Combine: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Combine adapters with weights (PEFT add_weighted_adapter: cat, linear, svd).")
+
+    @Argument(help: "Adapters as DIR[:WEIGHT] (weight 1 when omitted).") var adapters: [String]
+    @Option(help: "Model directory the adapters belong to (default: the embedded model).") var model: String?
+    @Option(help: "cat (exact, rank Σr), linear (weighted A's and B's), svd (weighted ΔW truncated to --svd-rank).")
+    var combinationType = "svd"
+    @Option(help: "Rank of the svd result (default: the largest input rank).") var svdRank: Int?
+    @Option(help: "Clamp the svd factors at this quantile of their values.") var svdClamp: Double?
+    @Option(help: "Output directory.") var outputDir: String
+
+    func run() throws {
+        try Lora.run {
+            guard !adapters.isEmpty else { throw LoraError.invalidArgument("give at least one adapter") }
+            let config = try GPT2Config.load(path: (model ?? Defaults.modelDirectory) + "/config.json")
+            let inputs = try adapters.map { spec -> (adapter: Adapter, weight: Double) in
+                let (dir, w) = try AdapterSpec.parse(spec)
+                return (try Adapter.load(directory: dir, modelConfig: config, name: dir), Double(w))
+            }
+            let method: CombinationMethod
+            switch combinationType {
+            case "cat": method = .cat
+            case "linear": method = .linear
+            case "svd": method = .svd(rank: svdRank, clamp: svdClamp)
+            default: throw LoraError.invalidArgument("--combination-type must be cat, linear or svd")
+            }
+            let t0 = Date()
+            let out = try Adapter.combine(inputs, method: method)
+            try out.save(directory: outputDir)
+            say(String(format: "combined %d adapters (%@) into rank %d in %.3f s: %@", inputs.count, combinationType as NSString,
+                       out.config.r, Date().timeIntervalSince(t0), outputDir as NSString))
+        }
+    }
+}
+
+struct Extract: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Extract a LoRA adapter from a fully fine-tuned model (SVD of each ΔW).")
+
+    @Option(help: "The base model directory.") var base: String
+    @Option(help: "The fine-tuned model directory (same architecture).") var tuned: String
+    @Option(help: "Comma-separated target modules.") var targetModules = "c_attn"
+    @Option(help: "Rank for every module.") var rank: Int?
+    @Option(help: "Per module, keep this fraction of ΔW's energy.") var energy: Double?
+    @Option(help: "Output directory.") var outputDir: String
+
+    func run() throws {
+        try Lora.run {
+            let target: RankTarget
+            switch (rank, energy) {
+            case (let k?, nil): target = .fixed(k)
+            case (nil, let e?): target = .energy(e)
+            default: throw LoraError.invalidArgument("give exactly one of --rank and --energy")
+            }
+            let b = try Model.load(directory: base), t = try Model.load(directory: tuned)
+            let t0 = Date()
+            let (a, reports) = try Adapter.extract(base: b, tuned: t, targetModules: .names(targetModules.split(separator: ",").map(String.init)),
+                                                   rank: target)
+            let seconds = Date().timeIntervalSince(t0)
+            try a.save(directory: outputDir)
+            for r in reports { say(String(format: "%@  rank %d  energy %.4f%%  rel. error %.3e", r.moduleName as NSString, r.newRank, 100 * r.retainedEnergy, r.relativeError)) }
+            say(String(format: "extracted %d modules in %.2f s: %@", reports.count, seconds, outputDir as NSString))
+        }
+    }
+}
