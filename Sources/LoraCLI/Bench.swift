@@ -10,7 +10,7 @@ struct Bench: ParsableCommand {
         abstract: "Benchmark inference or LoRA training on a GPT-2 124M-shaped model (random weights).",
         discussion: "Run one measurement per process so that peak RSS is its own. OPENBLAS_NUM_THREADS is overridden by --threads.")
 
-    @Argument(help: "inference or train") var kind = "inference"
+    @Argument(help: "inference, train or svd") var kind = "inference"
     @Option(help: "OpenBLAS threads.") var threads = 2
     @Option(help: "Prompt tokens (inference).") var prompt = 512
     @Option(help: "Decoded tokens (inference).") var decode = 128
@@ -31,7 +31,8 @@ struct Bench: ParsableCommand {
             switch kind {
             case "inference": try inference()
             case "train": try train()
-            default: throw LoraError.invalidArgument("bench kind must be inference or train")
+            case "svd": try svd()
+            default: throw LoraError.invalidArgument("bench kind must be inference, train or svd")
             }
         }
     }
@@ -97,5 +98,36 @@ struct Bench: ParsableCommand {
         }
         say(String(format: "{\"engine\":\"liblora\",\"bench\":\"lora_train\",\"core\":\"%@\",\"threads\":%d,\"batch\":%d,\"block\":%d,\"r\":%d,\"trainable\":%d,\"tokens_per_s\":%.1f,\"peak_rss_gib\":%.3f}",
                      BLAS.coreName, threads, batch, block, r, adapter.parameterCount, median(rates), peakRSSGiB()))
+    }
+
+    /// The adapter algebra on GPT-2 124M shapes: compress r=64 (all four module
+    /// types, 12 layers) to r=16; combine two r=64 adapters by svd to r=16;
+    /// extract a rank-16 c_attn adapter from a full fine-tune (dense SVDs).
+    func svd() throws {
+        let config = GPT2Config()
+        func randomAdapter(seed: UInt64) throws -> Adapter {
+            var lc = LoraConfig(); lc.r = 64; lc.loraAlpha = 128
+            lc.targetModules = .names(["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"])
+            lc.initLoraWeights = .random
+            let a = try Adapter(config: lc, modelConfig: config)
+            try a.initialize(seed: seed)
+            return a
+        }
+        let a = try randomAdapter(seed: 1), b = try randomAdapter(seed: 2)
+        var t0 = now()
+        _ = try a.compressed(to: .fixed(16))
+        let compress = now() - t0
+        t0 = now()
+        _ = try Adapter.combine([(adapter: a, weight: 0.5), (adapter: b, weight: 0.5)], method: .svd(rank: 16, clamp: nil))
+        let combine = now() - t0
+        let base = try Model.random(config: config, seed: 1)
+        let tuned = try Model.random(config: config, seed: 1)
+        var rng = SplitMix64(seed: 9)
+        for l in tuned.weights.layers { for i in 0..<(768 * 2304) { l.attnW[i] += 0.001 * rng.nextGaussian() } }
+        t0 = now()
+        _ = try Adapter.extract(base: base, tuned: tuned, targetModules: .names(["c_attn"]), rank: .fixed(16))
+        let extract = now() - t0
+        say(String(format: "{\"engine\":\"liblora\",\"bench\":\"svd\",\"core\":\"%@\",\"threads\":%d,\"compress_r64_to_r16_48_modules_s\":%.3f,\"combine_svd_2xr64_to_r16_48_modules_s\":%.3f,\"extract_r16_c_attn_12_layers_s\":%.3f}",
+                     BLAS.coreName, threads, compress, combine, extract))
     }
 }
