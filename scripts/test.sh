@@ -13,3 +13,6 @@ swift build --build-tests
 swift build -c release --product lora-cli
 echo "== swift test"
 LORA_CLI="$PWD/.build/release/lora-cli" swift test --skip-build
+
+echo "== crash safety: SIGKILL during training and checkpointing, resume bit-exact"
+bash Tests/crash/kill_test.sh .build/release/lora-cli 20

@@ -17,6 +17,8 @@ struct Lora: ParsableCommand {
 
     /// Runs a command body: errors become one line on stderr and exit code 1.
     static func run(_ body: () throws -> Void) throws {
+        // Past a file-size limit, writes then fail with EFBIG (a clear error) instead of killing the process.
+        signal(SIGXFSZ, SIG_IGN)
         do { try body() } catch let e as LoraError {
             FileHandle.standardError.write(Data("lora: error: \(e)\n".utf8))
             throw ExitCode(1)

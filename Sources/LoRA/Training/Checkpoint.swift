@@ -34,7 +34,10 @@ public enum Checkpoint {
         catch { throw LoraError.io(path: root, reason: "cannot create directory: \(error.localizedDescription)") }
         let final = root + "/" + prefix + String(progress.step)
         let tmp = root + "/." + prefix + String(progress.step) + ".tmp-\(getpid())"
-        try? fm.removeItem(atPath: tmp)
+        // Temporary directories left by a run that was killed while saving.
+        for name in (try? fm.contentsOfDirectory(atPath: root)) ?? [] where name.hasPrefix("." + prefix) && name.contains(".tmp-") {
+            try? fm.removeItem(atPath: root + "/" + name)
+        }
         do {
             try fm.createDirectory(atPath: tmp, withIntermediateDirectories: false)
             if let adapter = trainer.adapter {
