@@ -212,8 +212,12 @@ public func lora_generate(_ model: OpaquePointer?, _ prompt: UnsafePointer<CChar
         var stopped = false
         let r = try m.generate(prompt: ids, params: s, onToken: tokenCallback(callback, user, stopped: &stopped))
         needed?.pointee = r.text.utf8.count
+        if stopped {
+            // A stop from the callback wins over a short buffer; the text is written when it fits.
+            if outText != nil, cap > r.text.utf8.count { try writeText(r.text, outText, cap, needed) }
+            throw LoraError.aborted
+        }
         if outText != nil || cap > 0 { try writeText(r.text, outText, cap, needed) }
-        if stopped { throw LoraError.aborted }
     }
 }
 
@@ -230,6 +234,7 @@ public func lora_generate_tokens(_ model: OpaquePointer?, _ prompt: UnsafePointe
         var stopped = false
         let r = try m.generate(prompt: ids, params: s, onToken: tokenCallback(callback, user, stopped: &stopped))
         nOut?.pointee = r.tokens.count
+        if stopped && r.tokens.count > cap { throw LoraError.aborted }
         if r.tokens.count > cap { throw CError.bufferTooSmall("\(r.tokens.count) tokens do not fit a buffer of \(cap)") }
         if !r.tokens.isEmpty {
             guard let outTokens else { throw invalid("out_tokens is NULL") }

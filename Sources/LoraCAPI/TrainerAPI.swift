@@ -97,6 +97,7 @@ public func lora_trainer_train(_ trainer: OpaquePointer?, _ paths: UnsafePointer
         let files = try (0..<n).map { try string(paths[$0], "data_paths[\($0)]") }
         let p = try readParams(params, defaults: defaultTrainParams, name: "lora_train_params")
         let fraction = Double(try finite(p.validation_fraction, "validation_fraction"))
+        guard fraction >= 0, fraction < 1 else { throw invalid("validation_fraction must be in [0, 1)") }
         var data = try loadData(tb, files, skipBad: p.skip_bad_records != 0)
         var validation: Dataset? = nil
         if fraction > 0 {

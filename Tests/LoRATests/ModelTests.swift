@@ -128,5 +128,12 @@ let logitsTolerance: Float = 1e-4
         #expect(r.tokens.count == 8)
         #expect(streamed == r.text)
         #expect(try model.tokenizer!.decode(r.tokens) == r.text)
+        // Ending inside a multi-byte character: the last piece carries the held-back bytes.
+        for seed in [94, 129, 144] as [UInt64] {
+            var q = SamplingParams(); q.maxNewTokens = 3; q.seed = seed; q.stopAtEndOfText = false
+            var pieces = ""
+            let g = try model.generate("日本", params: q) { _, piece in pieces += piece; return true }
+            #expect(pieces == g.text, "seed \(seed)")
+        }
     }
 }

@@ -20,6 +20,61 @@ public enum RankTarget: Sendable {
     case energy(Double)
 }
 
+extension RankTarget {
+    func validate() throws {
+        switch self {
+        case .fixed(let k): guard k >= 1 else { throw LoraError.invalidArgument("rank must be >= 1, got \(k)") }
+        case .energy(let e): guard e.isFinite, e > 0, e <= 1 else { throw LoraError.invalidArgument("energy threshold must be in (0, 1], got \(e)") }
+        }
+    }
+
+    /// The rank this target picks for singular values `s` (descending), at most `limit`,
+    /// with the report of what it keeps.
+    func pick(_ s: [Float], limit: Int, moduleName: String, oldRank: Int) -> CompressionReport {
+        let sq = s.map { Double($0) * Double($0) }
+        let total = sq.reduce(0, +)
+        var k: Int
+        switch self {
+        case .fixed(let n): k = n
+        case .energy(let e):
+            k = limit
+            var acc = 0.0
+            for (i, v) in sq.enumerated() {
+                acc += v
+                if total == 0 || acc >= e * total - 1e-12 * total { k = i + 1; break }
+            }
+        }
+        k = max(1, min(k, limit))
+        let kept = sq.prefix(k).reduce(0, +)
+        return CompressionReport(moduleName: moduleName, oldRank: oldRank, newRank: k,
+                                 retainedEnergy: total > 0 ? kept / total : 1,
+                                 relativeError: total > 0 ? max(0, (total - kept) / total).squareRoot() : 0,
+                                 singularValues: Array(s.prefix(max(k, min(s.count, 64)))))
+    }
+}
+
+extension LoraConfig {
+    /// Per-module ranks with scaling 1 everywhere: r (and lora_alpha) = the
+    /// most common rank, the others as rank_pattern/alpha_pattern by full
+    /// module name; explicit module names as targets.
+    mutating func setRanks(_ ranks: [(moduleName: String, rank: Int)]) {
+        let counts = Dictionary(ranks.map { ($0.rank, 1) }, uniquingKeysWith: +)
+        let base = counts.max { $0.value != $1.value ? $0.value < $1.value : $0.key < $1.key }?.key ?? 1
+        r = base
+        loraAlpha = Double(base)
+        useRSLoRA = false
+        rankPattern = []
+        alphaPattern = []
+        for (name, k) in ranks where k != base {
+            rankPattern.append((name, k))
+            alphaPattern.append((name, Double(k)))
+        }
+        targetModules = .names(ranks.map(\.moduleName))
+        layersToTransform = nil
+        excludeModules = nil
+    }
+}
+
 extension Adapter {
     /// The best low-rank approximation of each module's ΔW = scale·B·A,
     /// computed without forming the out×in matrix: QR of B and of Aᵀ, SVD of
@@ -27,14 +82,9 @@ extension Adapter {
     /// scaling 1 in every module (lora_alpha = r, per-module ranks written as
     /// rank_pattern/alpha_pattern) so PEFT loads it as it is.
     public func compressed(to target: RankTarget, name: String? = nil) throws -> (Adapter, [CompressionReport]) {
-        if case .fixed(let k) = target {
-            guard k >= 1 else { throw LoraError.invalidArgument("rank must be >= 1, got \(k)") }
-            if let s = slots.first(where: { $0.r < k }) {
-                throw LoraError.invalidArgument("rank \(k) exceeds the rank \(s.r) of \(s.moduleName)")
-            }
-        }
-        if case .energy(let e) = target {
-            guard e.isFinite, e > 0, e <= 1 else { throw LoraError.invalidArgument("energy threshold must be in (0, 1], got \(e)") }
+        try target.validate()
+        if case .fixed(let k) = target, let s = slots.first(where: { $0.r < k }) {
+            throw LoraError.invalidArgument("rank \(k) exceeds the rank \(s.r) of \(s.moduleName)")
         }
         // Factor every module.
         struct Factored { var slot: LoraSlot; var qb: [Float]; var qa: [Float]; var svd: SVDResult }
@@ -59,46 +109,10 @@ extension Adapter {
             } }
             factored.append(Factored(slot: s, qb: qb, qa: qa, svd: try Linalg.svd(core, m: r, n: r)))
         }
-        // Ranks.
-        var ranks: [Int] = []
-        var reports: [CompressionReport] = []
-        for f in factored {
-            let sq = f.svd.s.map { Double($0) * Double($0) }
-            let total = sq.reduce(0, +)
-            var k: Int
-            switch target {
-            case .fixed(let n): k = n
-            case .energy(let e):
-                k = f.slot.r
-                var acc = 0.0
-                for (i, v) in sq.enumerated() {
-                    acc += v
-                    if total == 0 || acc >= e * total - 1e-12 * total { k = i + 1; break }
-                }
-            }
-            k = max(1, min(k, f.slot.r))
-            ranks.append(k)
-            let kept = sq.prefix(k).reduce(0, +)
-            reports.append(CompressionReport(moduleName: f.slot.moduleName, oldRank: f.slot.r, newRank: k,
-                                             retainedEnergy: total > 0 ? kept / total : 1,
-                                             relativeError: total > 0 ? max(0, (total - kept) / total).squareRoot() : 0,
-                                             singularValues: f.svd.s))
-        }
-        // The new adapter: r = the most common rank, patterns for the others, alpha = rank (scaling 1).
+        let reports = factored.map { target.pick($0.svd.s, limit: $0.slot.r, moduleName: $0.slot.moduleName, oldRank: $0.slot.r) }
+        let ranks = reports.map(\.newRank)
         var c = config
-        let counts = Dictionary(ranks.map { ($0, 1) }, uniquingKeysWith: +)
-        let baseRank = counts.max { $0.value != $1.value ? $0.value < $1.value : $0.key < $1.key }?.key ?? 1
-        c.r = baseRank
-        c.loraAlpha = Double(baseRank)
-        c.useRSLoRA = false
-        c.rankPattern = []
-        c.alphaPattern = []
-        for (f, k) in zip(factored, ranks) where k != baseRank {
-            c.rankPattern.append((f.slot.moduleName, k))
-            c.alphaPattern.append((f.slot.moduleName, Double(k)))
-        }
-        c.targetModules = .names(slots.map(\.moduleName))
-        c.layersToTransform = nil
+        c.setRanks(reports.map { ($0.moduleName, $0.newRank) })
         let out = try Adapter(config: c, modelConfig: modelConfig, name: name ?? self.name)
         for (f, k) in zip(factored, ranks) {
             guard let ns = out.slot(layer: f.slot.layer, target: f.slot.target), ns.r == k, abs(ns.scaling - 1) < 1e-6 else {

@@ -14,15 +14,7 @@ extension Adapter {
         probe.targetModules = targetModules
         probe.r = 1
         let modules = try LoraTargeting.resolve(probe, model: base.config)
-        let cap: Int
-        switch rank {
-        case .fixed(let k):
-            guard k >= 1 else { throw LoraError.invalidArgument("rank must be >= 1") }
-            cap = k
-        case .energy(let e):
-            guard e.isFinite, e > 0, e <= 1 else { throw LoraError.invalidArgument("energy threshold must be in (0, 1]") }
-            cap = Int.max
-        }
+        try rank.validate()
         var factors: [(layer: Int, target: LoraTarget, k: Int, svd: SVDResult)] = []
         var reports: [CompressionReport] = []
         for (layer, target, _, _) in modules {
@@ -31,34 +23,15 @@ extension Adapter {
             var delta = [Float](repeating: 0, count: outF * inF)
             for i in 0..<inF { for o in 0..<outF { delta[o * inF + i] = wt[i * outF + o] - wb[i * outF + o] } }
             let svd = try Linalg.svd(delta, m: outF, n: inF)
-            let sq = svd.s.map { Double($0) * Double($0) }
-            let total = sq.reduce(0, +)
-            var k = min(cap, svd.k)
-            if case .energy(let e) = rank {
-                var acc = 0.0
-                k = svd.k
-                for (i, v) in sq.enumerated() {
-                    acc += v
-                    if total == 0 || acc >= e * total - 1e-12 * total { k = i + 1; break }
-                }
-            }
-            guard k <= svd.k else { throw LoraError.invalidArgument("rank \(k) exceeds the dimensions of \(LoraTarget.moduleName(layer: layer, target))") }
-            let kept = sq.prefix(k).reduce(0, +)
-            reports.append(CompressionReport(moduleName: LoraTarget.moduleName(layer: layer, target), oldRank: svd.k, newRank: k,
-                                             retainedEnergy: total > 0 ? kept / total : 1,
-                                             relativeError: total > 0 ? max(0, (total - kept) / total).squareRoot() : 0,
-                                             singularValues: Array(svd.s.prefix(max(k, min(svd.k, 64))))))
+            let name = LoraTarget.moduleName(layer: layer, target)
+            if case .fixed(let k) = rank, k > svd.k { throw LoraError.invalidArgument("rank \(k) exceeds the dimensions of \(name)") }
+            let report = rank.pick(svd.s, limit: svd.k, moduleName: name, oldRank: svd.k)
+            reports.append(report)
+            let k = report.newRank
             factors.append((layer, target, k, svd))
         }
-        let counts = Dictionary(factors.map { ($0.k, 1) }, uniquingKeysWith: +)
-        let baseRank = counts.max { $0.value != $1.value ? $0.value < $1.value : $0.key < $1.key }?.key ?? 1
         var c = LoraConfig()
-        c.r = baseRank; c.loraAlpha = Double(baseRank)
-        c.targetModules = .names(factors.map { LoraTarget.moduleName(layer: $0.layer, $0.target) })
-        for f in factors where f.k != baseRank {
-            let n = LoraTarget.moduleName(layer: f.layer, f.target)
-            c.rankPattern.append((n, f.k)); c.alphaPattern.append((n, Double(f.k)))
-        }
+        c.setRanks(factors.map { (LoraTarget.moduleName(layer: $0.layer, $0.target), $0.k) })
         c.baseModelNameOrPath = base.directory
         let out = try Adapter(config: c, modelConfig: base.config, name: name)
         for f in factors {

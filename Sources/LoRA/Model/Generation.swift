@@ -77,18 +77,24 @@ extension Model {
             let next = Sampler.pick(logits: &logits, history: sequence, params: params, rng: &rng)
             sequence.append(next)
             newTokens.append(next)
-            let piece = try decoder?.push(next) ?? ""
+            var piece = try decoder?.push(next) ?? ""
             text += piece
-            if let onToken, !onToken(next, piece) { reason = .callback; break }
-            if params.stopAtEndOfText, let eos, next == eos { reason = .endOfText; break }
-            if !params.stopStrings.isEmpty, params.stopStrings.contains(where: { !$0.isEmpty && text.contains($0) }) {
-                reason = .stopString; break
+            var stop: StopReason? = nil
+            if params.stopAtEndOfText, let eos, next == eos { stop = .endOfText }
+            else if !params.stopStrings.isEmpty, params.stopStrings.contains(where: { !$0.isEmpty && text.contains($0) }) { stop = .stopString }
+            else if newTokens.count >= params.maxNewTokens { stop = .maxNewTokens }
+            else if sequence.count >= config.nPositions { stop = .contextFull }
+            if stop != nil, var d = decoder {
+                // The last piece carries any bytes held back for an incomplete character.
+                let tail = d.finish()
+                decoder = d
+                piece += tail
+                text += tail
             }
-            if newTokens.count >= params.maxNewTokens { reason = .maxNewTokens; break }
-            if sequence.count >= config.nPositions { reason = .contextFull; break }
+            if let onToken, !onToken(next, piece) { reason = .callback; break }
+            if let stop { reason = stop; break }
             logits = try session.forward([next], batch: 1, lastOnly: true)
         }
-        if var d = decoder { text += d.finish() }
         return GenerationResult(tokens: newTokens, text: text, stopReason: reason)
     }
 

@@ -127,6 +127,10 @@ public final class Trainer: @unchecked Sendable {
             guard labels.count == ids.count, zip(labels, ids).allSatisfy({ $0.count == $1.count }) else {
                 throw LoraError.invalidArgument("labels must have the shape of the token ids")
             }
+            // As torch's cross-entropy with ignore_index=-100: other negative labels are errors.
+            for row in labels { for l in row where l < 0 && l != -100 {
+                throw LoraError.invalidArgument("label \(l) is negative; use -100 to ignore a position")
+            } }
         }
         let T = ids.map(\.count).max() ?? 0
         var flat = [TokenID](repeating: 0, count: ids.count * T)
