@@ -217,3 +217,22 @@ def test_openblas_coretype_is_not_set_by_the_binding(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "<unset>"
+
+
+def test_every_header_function_has_a_prototype():
+    """Each function declared in lora.h has argtypes/restype in lora._capi, next to its C prototype."""
+    import re
+    if not HEADER.exists():
+        pytest.skip("no header")
+    text = re.sub(r"/\*.*?\*/", "", HEADER.read_text(), flags=re.S)
+    declared = set(re.findall(r"\b(lora_[a-z0-9_]+)\s*\(", text))
+    declared -= {"lora_token_callback", "lora_progress_callback"}  # function pointer typedefs
+    assert len(declared) >= 38
+    source = (PYTHON_DIR / "lora" / "_capi.py").read_text()
+    for name in sorted(declared):
+        f = getattr(C, name, None)
+        assert f is not None, f"{name} is not bound"
+        assert f.argtypes is not None, f"{name} has no argtypes"
+        assert re.search(rf"^# .*\b{name}\(", source, flags=re.M), f"{name}: no C prototype comment"
+        status_fn = re.search(rf"lora_status\s+{name}\s*\(", text) is not None
+        assert (f.errcheck is not None) == status_fn, f"{name}: errcheck iff it returns lora_status"
