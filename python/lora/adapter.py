@@ -1,0 +1,129 @@
+"""lora.Adapter: a LoRA adapter for one model (lora_adapter)."""
+from __future__ import annotations
+
+from ctypes import byref
+
+from . import _capi as C
+from ._convert import cpath, cstring, flag, int32, int32_array, real, uint64
+from ._owner import Owner
+from .model import Model
+
+_INITS = {
+    "default": C.LORA_INIT_DEFAULT,    # PEFT's default: A kaiming-uniform, B zeros
+    "kaiming": C.LORA_INIT_DEFAULT,
+    "gaussian": C.LORA_INIT_GAUSSIAN,  # A ~ N(0, 1/r^2), B zeros
+    "random": C.LORA_INIT_RANDOM,      # A and B random (not a no-op; for tests)
+}
+
+
+def _init_value(init) -> int:
+    if init is True:
+        return C.LORA_INIT_DEFAULT
+    if isinstance(init, str):
+        try:
+            return _INITS[init.lower()]
+        except KeyError:
+            raise ValueError(f"init must be one of {sorted(_INITS)}, got {init!r}") from None
+    if isinstance(init, int) and not isinstance(init, bool):
+        return int32(init, "init")   # a LORA_INIT_* value; the library checks it
+    raise ValueError(f"init must be 'default', 'gaussian' or 'random', got {init!r}")
+
+
+class Adapter(Owner):
+    """A LoRA adapter for a model's shape. Create with :meth:`create` or :meth:`load`.
+
+    The adapter keeps its model alive; closing the model closes the adapter.
+    Closing an attached adapter detaches it. Closing an adapter closes its trainers.
+    """
+
+    _kind = "Adapter"
+    _close_rank = 1
+
+    def __init__(self, handle, model: Model):
+        if not isinstance(handle, C.lora_adapter_p) or not handle:
+            raise TypeError("use lora.Adapter.create(model, ...) or lora.Adapter.load(model, path)")
+        super().__init__(handle, C.lora_adapter_free)
+        self.model = model     # an adapter must not outlive its model
+        model._dependents.add(self)
+
+    @staticmethod
+    def _model_handle(model):
+        if not isinstance(model, Model):
+            raise TypeError(f"expected a lora.Model, got {type(model).__name__}")
+        return model._require()
+
+    @classmethod
+    def create(cls, model: Model, r: int = 8, alpha: float = 8.0, dropout: float = 0.0,
+               target_modules=("c_attn",), use_rslora: bool = False, init="default", seed: int = 0,
+               layers_to_transform=None) -> "Adapter":
+        """A new adapter for model's shape (not attached).
+
+        target_modules: a list of module names or suffixes matched as PEFT does
+        ("c_attn", "attn.c_proj", "mlp.c_fc", ...), or a single string taken as
+        a full-match regular expression (PEFT's meaning of a string).
+        init: "default" (A kaiming-uniform, B zeros), "gaussian" or "random".
+        layers_to_transform: None (every layer), an int or a list of layer indices.
+        """
+        mh = cls._model_handle(model)
+        p = C.lora_adapter_params()
+        C.lora_adapter_default_params(byref(p))
+        p.r = int32(r, "r")
+        p.lora_alpha = real(alpha, "alpha")
+        p.lora_dropout = real(dropout, "dropout")
+        if isinstance(target_modules, (str, bytes)):
+            targets = cstring(target_modules, "target_modules")
+            p.target_modules_regex = 1
+        else:
+            names = [cstring(t, "target module") for t in target_modules]
+            for t in names:
+                if b"," in t:
+                    raise ValueError(f"target module name {t.decode()!r} contains a comma")
+            targets = b",".join(names)
+            p.target_modules_regex = 0
+        p.target_modules = targets
+        p.use_rslora = flag(use_rslora)
+        p.init = _init_value(init)
+        p.seed = uint64(seed, "seed")
+        layers = None
+        if layers_to_transform is not None:
+            if isinstance(layers_to_transform, int):
+                layers_to_transform = [layers_to_transform]
+            layers, n = int32_array(layers_to_transform, "layers_to_transform")
+            p.layers_to_transform = layers
+            p.n_layers_to_transform = n
+        h = C.lora_adapter_p()
+        C.lora_adapter_create(byref(h), mh, byref(p))
+        del layers, targets
+        return cls(h, model)
+
+    @classmethod
+    def load(cls, model: Model, path) -> "Adapter":
+        """Loads a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)."""
+        mh = cls._model_handle(model)
+        h = C.lora_adapter_p()
+        C.lora_adapter_load(byref(h), mh, cpath(path))
+        return cls(h, model)
+
+    def save(self, path) -> None:
+        """Saves in PEFT's layout into directory path (created if needed)."""
+        C.lora_adapter_save(self._require(), cpath(path))
+
+    @property
+    def n_params(self) -> int:
+        """Trainable parameter count (A and B of every adapted module)."""
+        return int(C.lora_adapter_n_params(self._require()))
+
+    @property
+    def attached(self) -> bool:
+        return not self.closed and self in self.model._attached
+
+    def _on_close(self) -> None:
+        # lora_adapter_free detaches an attached adapter from its (live) model.
+        self.model._attached.discard(self)
+        self.model._dependents.discard(self)
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return "<lora.Adapter (closed)>"
+        return f"<lora.Adapter n_params={self.n_params}{' attached' if self.attached else ''}>"
+

@@ -1,0 +1,361 @@
+"""lora.Model: a GPT-2 checkpoint loaded by liblora (lora_model)."""
+from __future__ import annotations
+
+import ctypes
+import os
+from ctypes import POINTER, byref, c_char_p, c_size_t
+from dataclasses import asdict, dataclass, fields
+
+from . import _capi as C
+from ._convert import (
+    FloatOutput,
+    cpath,
+    cstring,
+    cstring_array,
+    flag,
+    int32,
+    int32_array,
+    real,
+    uint64,
+)
+from ._owner import Owner
+from .errors import AbortedError, BufferTooSmallError, LoraError
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """lora_model_info as a frozen dataclass; also readable as a mapping (info["n_vocab"])."""
+
+    n_vocab: int
+    n_positions: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_inner: int
+    n_params: int
+    has_tokenizer: bool
+    eos_token: int | None   # None when the model has none (-1 in C)
+    blas_core: str
+
+    def __getitem__(self, key: str):
+        if key not in self.keys():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def keys(self):
+        return [f.name for f in fields(self)]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class _TokenRelay:
+    """The lora_token_callback handed to C: forwards to on_token, never lets an exception cross into C."""
+
+    def __init__(self, on_token=None):
+        if on_token is not None and not callable(on_token):
+            raise TypeError(f"on_token must be callable, got {type(on_token).__name__}")
+        self.on_token = on_token
+        self.pieces: list[bytes] = []
+        self.error: BaseException | None = None
+        self.stopped = False
+        # Referenced by this object for as long as C may call it (the duration of the call).
+        self.c_callback = C.lora_token_callback(self._call)
+
+    def _call(self, token, piece, piece_len, user_data):
+        try:
+            data = ctypes.string_at(piece, piece_len) if piece_len else b""
+            self.pieces.append(data)
+            if self.on_token is not None:
+                r = self.on_token(int(token), data.decode("utf-8", "replace"))
+                if r is not None and not r:
+                    self.stopped = True
+                    return 1
+            return 0
+        except BaseException as e:  # noqa: BLE001 - re-raised after the C call returns
+            self.error = e
+            self.stopped = True
+            return 1
+
+    def raise_pending(self) -> None:
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err
+
+
+def _aborted(function: str) -> AbortedError:
+    return AbortedError(C.LORA_ABORTED, "LORA_ABORTED", "the token callback asked to stop", function)
+
+
+class Model(Owner):
+    """A GPT-2 model loaded from a Hugging Face directory. Create with :meth:`Model.load`.
+
+    Closing a model first closes its trainers and adapters (they must not
+    outlive it). Attached adapters are kept referenced by the model.
+    """
+
+    _kind = "Model"
+    _close_rank = 2
+
+    def __init__(self, handle, path: str):
+        if not isinstance(handle, C.lora_model_p) or not handle:
+            raise TypeError("use lora.Model.load(path) to create a Model")
+        super().__init__(handle, C.lora_model_free)
+        self.path = path
+        self._attached: set = set()   # adapters attached (possibly merged): kept alive while attached
+        self._info: ModelInfo | None = None
+
+    # ---- lifetime ------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path, n_threads: int = 0) -> "Model":
+        """Loads a GPT-2 directory (config.json, model.safetensors, tokenizer files when present).
+
+        n_threads: OpenBLAS threads for the whole process (0 leaves OpenBLAS's choice).
+        """
+        p = C.lora_model_params()
+        C.lora_model_default_params(byref(p))
+        p.n_threads = int32(n_threads, "n_threads")
+        h = C.lora_model_p()
+        C.lora_model_load(byref(h), cpath(path), byref(p))
+        return cls(h, os.fspath(path) if not isinstance(path, bytes) else os.fsdecode(path))
+
+    def _on_close(self) -> None:
+        # Attached adapters not registered as dependents anymore (GC cleared the
+        # weak set) are still referenced here: free them before the model.
+        for a in list(self._attached):
+            a.close()
+        self._attached.clear()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<lora.Model {self.path!r} ({state})>"
+
+    # ---- information ------------------------------------------------------------
+
+    @property
+    def info(self) -> ModelInfo:
+        if self._info is None:
+            i = C.lora_model_info()
+            i.struct_size = ctypes.sizeof(C.lora_model_info)
+            C.lora_model_get_info(self._require(), byref(i))
+            self._info = ModelInfo(
+                n_vocab=i.n_vocab, n_positions=i.n_positions, n_embd=i.n_embd, n_layer=i.n_layer,
+                n_head=i.n_head, n_inner=i.n_inner, n_params=i.n_params,
+                has_tokenizer=bool(i.has_tokenizer),
+                eos_token=None if i.eos_token < 0 else i.eos_token,
+                blas_core=i.blas_core.decode("utf-8", "replace"),
+            )
+        else:
+            self._require()
+        return self._info
+
+    @property
+    def adapters(self) -> tuple:
+        """The adapters attached to this model (merged ones included)."""
+        return tuple(self._attached)
+
+    # ---- tokens -------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of text (special tokens such as <|endoftext|> are matched)."""
+        h = self._require()
+        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        # Every token covers at least one byte, so len(data) ids always fit.
+        capacity = max(1, len(data))
+        n = c_size_t(0)
+        while True:
+            buf = (ctypes.c_int32 * capacity)()
+            try:
+                C.lora_tokenize(h, data, len(data), buf, capacity, byref(n))
+            except BufferTooSmallError:
+                capacity = max(n.value, capacity * 2)
+                continue
+            return buf[: n.value]
+
+    def detokenize(self, ids) -> str:
+        """The text of token ids (invalid UTF-8 sequences become U+FFFD)."""
+        h = self._require()
+        arr, n = int32_array(ids, "ids")
+        capacity = 16 * n + 64
+        needed = c_size_t(0)
+        while True:
+            buf = ctypes.create_string_buffer(capacity)
+            try:
+                C.lora_detokenize(h, arr, n, buf, capacity, byref(needed))
+            except BufferTooSmallError:
+                capacity = max(needed.value + 1, capacity * 2)
+                continue
+            return buf.raw[: needed.value].decode("utf-8", "replace")
+
+    # ---- logits ---------------------------------------------------------------------
+
+    def logits(self, ids):
+        """Logits [len(ids), n_vocab] (float32 numpy array; nested lists without numpy)."""
+        h = self._require()
+        arr, n = int32_array(ids, "ids")
+        out = FloatOutput((n, self.info.n_vocab))
+        C.lora_logits(h, arr, n, out.pointer, out.size)
+        return out.result()
+
+    def logits_batch(self, seqs, left_padding: bool = True):
+        """Logits [len(seqs), longest, n_vocab] of sequences padded to the longest.
+
+        Left padding (the default) places positions as transformers' generate
+        does; padding positions hold zeros.
+        """
+        h = self._require()
+        if isinstance(seqs, (str, bytes)):
+            raise TypeError("seqs must be a list of token id sequences")
+        arrays = [int32_array(s, f"seqs[{i}]") for i, s in enumerate(seqs)]
+        n = len(arrays)
+        ptrs = (POINTER(ctypes.c_int32) * max(1, n))()
+        lens = (c_size_t * max(1, n))()
+        for i, (a, length) in enumerate(arrays):
+            ptrs[i] = ctypes.cast(a, POINTER(ctypes.c_int32))
+            lens[i] = length
+        longest = max((length for _, length in arrays), default=0)
+        out = FloatOutput((n, longest, self.info.n_vocab))
+        C.lora_logits_batch(h, ptrs, lens, n, flag(left_padding), out.pointer, out.size)
+        return out.result()
+
+    # ---- generation ----------------------------------------------------------------------
+
+    def _sampling(self, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop_at_eos, stop):
+        p = C.lora_sampling_params()
+        C.lora_sampling_default_params(byref(p))
+        p.max_new_tokens = int32(max_new_tokens, "max_new_tokens")
+        p.temperature = real(temperature, "temperature")
+        p.top_k = int32(top_k, "top_k")
+        p.top_p = real(top_p, "top_p")
+        p.repetition_penalty = real(repetition_penalty, "repetition_penalty")
+        p.seed = uint64(seed, "seed")
+        p.stop_at_eos = flag(stop_at_eos)
+        keep = None
+        if stop is not None:
+            if isinstance(stop, (str, bytes)):
+                stop = [stop]
+            items = [cstring(s, "stop string") for s in stop]
+            if items:
+                arr = cstring_array(items)
+                p.stop_strings = ctypes.cast(arr, POINTER(c_char_p))
+                p.n_stop_strings = len(items)
+                keep = (arr, items)
+        return p, keep
+
+    def generate(self, prompt: str, max_new_tokens: int = 64, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int = 0, stop_at_eos: bool = True,
+                 stop=None, on_token=None) -> str:
+        """Generates text after a prompt and returns the new text.
+
+        temperature 0 is greedy; the same seed gives the same text. ``stop`` is
+        a string or a list of strings (generation stops once the text contains
+        one; it is kept). ``on_token(token_id, piece)`` streams each new token's
+        text piece; it returns True/None to go on, False to stop (the call then
+        raises LoraError with status LORA_ABORTED, ``partial_text`` holding the
+        text so far). An exception raised by on_token stops generation and is
+        re-raised here.
+        """
+        h = self._require()
+        prompt_b = cstring(prompt, "prompt")
+        # `keep` holds the stop strings referenced by params for the duration of the call.
+        params, keep = self._sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
+                                      stop_at_eos, stop)
+        n_new = max(0, min(params.max_new_tokens, self.info.n_positions))
+        capacity = 256 + 64 * n_new
+        relay = _TokenRelay(on_token)
+        out = ctypes.create_string_buffer(capacity)
+        needed = c_size_t(0)
+        try:
+            C.lora_generate(h, prompt_b, byref(params), relay.c_callback, None, out, capacity, byref(needed))
+        except BufferTooSmallError:
+            relay.raise_pending()
+            if relay.stopped:
+                raise _aborted("lora_generate") from None
+            joined = b"".join(relay.pieces)
+            if len(joined) == needed.value:
+                return joined.decode("utf-8", "replace")
+            # The pieces miss the decoder's final flush: generate again (same seed,
+            # same text) into a buffer of the size now known, without re-streaming.
+            capacity = needed.value + 1
+            out = ctypes.create_string_buffer(capacity)
+            again = _TokenRelay(None)
+            C.lora_generate(h, prompt_b, byref(params), again.c_callback, None, out, capacity, byref(needed))
+        except LoraError as e:
+            relay.raise_pending()
+            if isinstance(e, AbortedError):
+                e.partial_text = out.raw[: min(needed.value, capacity - 1)].decode("utf-8", "replace")
+            raise
+        relay.raise_pending()
+        return out.raw[: needed.value].decode("utf-8", "replace")
+
+    def generate_tokens(self, ids, max_new_tokens: int = 64, temperature: float = 1.0, top_k: int = 0,
+                        top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int = 0,
+                        stop_at_eos: bool = True, stop=None, on_token=None) -> list[int]:
+        """Generates after prompt token ids and returns the new ids (see :meth:`generate`)."""
+        h = self._require()
+        arr, n = int32_array(ids, "ids")
+        # `keep` holds the stop strings referenced by params for the duration of the call.
+        params, keep = self._sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
+                                      stop_at_eos, stop)
+        capacity = max(1, min(params.max_new_tokens, self.info.n_positions))
+        relay = _TokenRelay(on_token)
+        out = (ctypes.c_int32 * capacity)()
+        n_out = c_size_t(0)
+        try:
+            C.lora_generate_tokens(h, arr, n, byref(params), relay.c_callback, None, out, capacity, byref(n_out))
+        except BufferTooSmallError:  # not expected: the capacity covers max_new_tokens
+            relay.raise_pending()
+            if relay.stopped:
+                raise _aborted("lora_generate_tokens") from None
+            capacity = n_out.value
+            out = (ctypes.c_int32 * capacity)()
+            again = _TokenRelay(None)
+            C.lora_generate_tokens(h, arr, n, byref(params), again.c_callback, None, out, capacity, byref(n_out))
+        except LoraError as e:
+            relay.raise_pending()
+            if isinstance(e, AbortedError):
+                e.partial_tokens = out[: min(n_out.value, capacity)]
+            raise
+        relay.raise_pending()
+        return out[: n_out.value]
+
+    # ---- adapters ----------------------------------------------------------------------------
+
+    def _adapter_handle(self, adapter):
+        from .adapter import Adapter
+        if not isinstance(adapter, Adapter):
+            raise TypeError(f"expected a lora.Adapter, got {type(adapter).__name__}")
+        return adapter._require()
+
+    def attach(self, adapter, scale: float = 1.0) -> None:
+        """Applies the adapter in every forward pass, times scale."""
+        h = self._require()
+        C.lora_model_attach(h, self._adapter_handle(adapter), real(scale, "scale"))
+        self._attached.add(adapter)
+
+    def detach(self, adapter) -> None:
+        """Stops applying an attached adapter (LORA_WRONG_STATE if it is not attached)."""
+        h = self._require()
+        C.lora_model_detach(h, self._adapter_handle(adapter))
+        self._attached.discard(adapter)
+
+    def set_adapter_scale(self, adapter, scale: float) -> None:
+        """Changes an attached adapter's scale (0 disables it)."""
+        h = self._require()
+        C.lora_model_set_adapter_scale(h, self._adapter_handle(adapter), real(scale, "scale"))
+
+    def merge(self, adapter) -> None:
+        """Folds the adapter into the base weights (attaching it merged if needed)."""
+        h = self._require()
+        C.lora_model_merge(h, self._adapter_handle(adapter))
+        self._attached.add(adapter)
+
+    def unmerge(self, adapter) -> None:
+        """Takes a merged adapter back out of the weights (it is applied on the fly again)."""
+        h = self._require()
+        C.lora_model_unmerge(h, self._adapter_handle(adapter))
+
+    def save(self, path) -> None:
+        """Writes a Hugging Face checkpoint directory (merged adapters folded in)."""
+        C.lora_model_save(self._require(), cpath(path))

@@ -1,0 +1,222 @@
+"""lora.Trainer: LoRA (or full) fine-tuning of a model (lora_trainer)."""
+from __future__ import annotations
+
+import math
+import os
+from ctypes import byref, c_char_p, c_float
+
+from . import _capi as C
+from ._convert import cpath, flag, int32, int32_matrix, real, uint64
+from ._owner import Owner
+from .adapter import Adapter
+from .errors import LoraError
+from .model import Model
+
+_SCHEDULERS = {
+    "constant": C.LORA_SCHEDULER_CONSTANT,
+    "constant_with_warmup": C.LORA_SCHEDULER_CONSTANT_WITH_WARMUP,
+    "linear": C.LORA_SCHEDULER_LINEAR,
+    "cosine": C.LORA_SCHEDULER_COSINE,
+}
+
+
+def _scheduler_value(s) -> int:
+    if isinstance(s, str):
+        try:
+            return _SCHEDULERS[s.lower()]
+        except KeyError:
+            raise ValueError(f"lr_scheduler must be one of {sorted(_SCHEDULERS)}, got {s!r}") from None
+    if isinstance(s, int) and not isinstance(s, bool):
+        return int32(s, "lr_scheduler")  # a LORA_SCHEDULER_* value; the library checks it
+    raise ValueError(f"lr_scheduler must be one of {sorted(_SCHEDULERS)}, got {s!r}")
+
+
+def _progress_dict(p) -> dict:
+    v = p.validation_loss
+    return {
+        "step": p.step,
+        "max_steps": p.max_steps,
+        "loss": p.loss,
+        "learning_rate": p.learning_rate,
+        "grad_norm": p.grad_norm,
+        "tokens_per_second": p.tokens_per_second,
+        # NaN in C when this step did not evaluate.
+        "validation_loss": None if math.isnan(v) else v,
+    }
+
+
+class _ProgressRelay:
+    """The lora_progress_callback handed to C: never lets an exception cross into C."""
+
+    def __init__(self, on_progress):
+        if on_progress is not None and not callable(on_progress):
+            raise TypeError(f"on_progress must be callable, got {type(on_progress).__name__}")
+        self.on_progress = on_progress
+        self.last: dict | None = None
+        self.error: BaseException | None = None
+        # Referenced by this object for as long as C may call it (the duration of the call).
+        self.c_callback = C.lora_progress_callback(self._call)
+
+    def _call(self, progress, user_data):
+        try:
+            d = _progress_dict(progress.contents)
+            self.last = d
+            if self.on_progress is not None:
+                r = self.on_progress(dict(d))
+                if r is not None and not r:
+                    return 1
+            return 0
+        except BaseException as e:  # noqa: BLE001 - re-raised after the C call returns
+            self.error = e
+            return 1
+
+    def raise_pending(self) -> None:
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err
+
+
+class Trainer(Owner):
+    """Trains an adapter (or, with adapter None, every weight) of a model.
+
+    The adapter is attached while training if it is not already. The trainer
+    keeps its model and adapter alive; closing either closes the trainer.
+    """
+
+    _kind = "Trainer"
+    _close_rank = 0
+
+    def __init__(self, model: Model, adapter: Adapter | None = None, learning_rate: float = 2e-4,
+                 weight_decay: float = 0.0, lr_scheduler="linear", warmup_steps: int = 0, max_steps: int = 100,
+                 gradient_accumulation_steps: int = 1, max_grad_norm: float = 1.0, batch_size: int = 4,
+                 block_size: int = 256, seed: int = 42, gradient_checkpointing: bool = False,
+                 adam_beta1: float = 0.9, adam_beta2: float = 0.999, adam_epsilon: float = 1e-8):
+        self._handle = None   # so close()/__del__ are safe if the checks below raise
+        if not isinstance(model, Model):
+            raise TypeError(f"expected a lora.Model, got {type(model).__name__}")
+        if adapter is not None and not isinstance(adapter, Adapter):
+            raise TypeError(f"expected a lora.Adapter or None, got {type(adapter).__name__}")
+        mh = model._require()
+        ah = adapter._require() if adapter is not None else None
+        p = C.lora_trainer_params()
+        C.lora_trainer_default_params(byref(p))
+        p.learning_rate = real(learning_rate, "learning_rate")
+        p.weight_decay = real(weight_decay, "weight_decay")
+        p.adam_beta1 = real(adam_beta1, "adam_beta1")
+        p.adam_beta2 = real(adam_beta2, "adam_beta2")
+        p.adam_epsilon = real(adam_epsilon, "adam_epsilon")
+        p.lr_scheduler = _scheduler_value(lr_scheduler)
+        p.warmup_steps = int32(warmup_steps, "warmup_steps")
+        p.max_steps = int32(max_steps, "max_steps")
+        p.gradient_accumulation_steps = int32(gradient_accumulation_steps, "gradient_accumulation_steps")
+        p.max_grad_norm = real(max_grad_norm if max_grad_norm is not None else 0.0, "max_grad_norm")
+        p.batch_size = int32(batch_size, "batch_size")
+        p.block_size = int32(block_size, "block_size")
+        p.seed = uint64(seed, "seed")
+        p.gradient_checkpointing = flag(gradient_checkpointing)
+        h = C.lora_trainer_p()
+        C.lora_trainer_create(byref(h), mh, ah, byref(p))
+        super().__init__(h, C.lora_trainer_free)
+        # A trainer must not outlive its model or adapter.
+        self.model = model
+        self.adapter = adapter
+        self.batch_size = p.batch_size
+        self.block_size = p.block_size
+        model._dependents.add(self)
+        if adapter is not None:
+            adapter._dependents.add(self)
+            model._attached.add(adapter)   # lora_trainer_create attached it if it was not
+
+    def _on_close(self) -> None:
+        self.model._dependents.discard(self)
+        if self.adapter is not None:
+            self.adapter._dependents.discard(self)
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return "<lora.Trainer (closed)>"
+        kind = "full" if self.adapter is None else "lora"
+        return f"<lora.Trainer {kind} step={self.step_count}>"
+
+    @property
+    def step_count(self) -> int:
+        """Optimizer steps taken so far."""
+        return int(C.lora_trainer_get_step(self._require()))
+
+    def step(self, input_ids, labels=None) -> float:
+        """One optimizer step on a batch [batch, seq_len] of token ids; returns the mean loss.
+
+        input_ids: a list of equal-length lists or a 2-D integer numpy array
+        (batch <= batch_size, 2 <= seq_len <= block_size). labels: the same
+        shape, -100 for ignored positions, None to use input_ids (shifted
+        inside, as transformers does).
+        """
+        h = self._require()
+        tokens, b, t = int32_matrix(input_ids, "input_ids")
+        labs = None
+        if labels is not None:
+            labs, lb, lt = int32_matrix(labels, "labels")
+            if (lb, lt) != (b, t):
+                raise ValueError(f"labels have shape [{lb}, {lt}], input_ids [{b}, {t}]")
+        loss = c_float(0.0)
+        C.lora_trainer_step(h, tokens, labs, int32(b, "batch"), int32(t, "seq_len"), byref(loss))
+        return float(loss.value)
+
+    def train(self, data_path_or_paths, validation_fraction: float = 0.0, eval_steps: int = 0,
+              save_steps: int = 0, checkpoint_dir=None, skip_bad_records: bool = False, on_progress=None):
+        """Trains until max_steps on .txt and .jsonl files.
+
+        on_progress(dict) runs after each optimizer step with step, max_steps,
+        loss, learning_rate, grad_norm, tokens_per_second and validation_loss
+        (None when the step did not evaluate); returning False stops training
+        (LoraError with status LORA_ABORTED). An exception raised by
+        on_progress stops training and is re-raised here. Returns the last
+        progress dict (None when no step ran).
+        """
+        h = self._require()
+        if isinstance(data_path_or_paths, (str, bytes, os.PathLike)):
+            paths = [cpath(data_path_or_paths, "data path")]
+        else:
+            paths = [cpath(p, "data path") for p in data_path_or_paths]
+        arr = (c_char_p * max(1, len(paths)))(*paths)
+        p = C.lora_train_params()
+        C.lora_train_default_params(byref(p))
+        p.validation_fraction = real(validation_fraction, "validation_fraction")
+        p.eval_steps = int32(eval_steps, "eval_steps")
+        p.save_steps = int32(save_steps, "save_steps")
+        ckpt = cpath(checkpoint_dir, "checkpoint_dir") if checkpoint_dir is not None else None
+        p.checkpoint_dir = ckpt
+        p.skip_bad_records = flag(skip_bad_records)
+        relay = _ProgressRelay(on_progress)
+        try:
+            C.lora_trainer_train(h, arr, len(paths), byref(p), relay.c_callback, None)
+        except LoraError:
+            relay.raise_pending()
+            raise
+        relay.raise_pending()
+        return relay.last
+
+    def evaluate(self, data_path, return_perplexity: bool = False):
+        """Mean loss of the model (with its enabled adapters) on a data file;
+        (loss, perplexity) when return_perplexity is true."""
+        loss = c_float(0.0)
+        ppl = c_float(0.0)
+        C.lora_trainer_evaluate(self._require(), cpath(data_path, "data_path"), byref(loss), byref(ppl))
+        if return_perplexity:
+            return float(loss.value), float(ppl.value)
+        return float(loss.value)
+
+    def perplexity(self, data_path) -> float:
+        """Perplexity on a data file (exp of the mean loss)."""
+        return self.evaluate(data_path, return_perplexity=True)[1]
+
+    def save_checkpoint(self, dir) -> str:
+        """Writes dir/checkpoint-<step> (weights, AdamW moments, step, RNG state); returns its path."""
+        h = self._require()
+        C.lora_trainer_save_checkpoint(h, cpath(dir, "dir"))
+        return os.path.join(os.fsdecode(os.fspath(dir)), f"checkpoint-{self.step_count}")
+
+    def resume(self, checkpoint_path) -> None:
+        """Restores a checkpoint directory written with the same trainer settings."""
+        C.lora_trainer_resume(self._require(), cpath(checkpoint_path, "checkpoint_path"))
+

@@ -1,0 +1,466 @@
+"""Model: info, tokens, logits (vs transformers' fixtures), generation, errors."""
+import math
+import os
+
+import pytest
+
+import lora
+from conftest import fixture
+from helpers import LOGITS_TOLERANCE, flatten, max_abs_diff, np, read_safetensors, shape_of
+
+
+# ---- info ----------------------------------------------------------------------
+
+def test_info(tok_model):
+    i = tok_model.info
+    assert (i.n_vocab, i.n_positions, i.n_embd, i.n_layer, i.n_head, i.n_inner) == (1201, 64, 32, 2, 2, 128)
+    assert i.has_tokenizer is True
+    assert i.eos_token == 1200
+    assert isinstance(i.blas_core, str) and i.blas_core
+    # wte + wpe + 2 blocks + ln_f (tied head counted once)
+    E, V, P, I = 32, 1201, 64, 128
+    block = 2 * 2 * E + (E * 3 * E + 3 * E) + (E * E + E) + (E * I + I) + (I * E + E)
+    assert i.n_params == V * E + P * E + 2 * block + 2 * E
+    assert i["n_vocab"] == 1201 and i.as_dict()["n_layer"] == 2
+    assert set(i.keys()) == {"n_vocab", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "n_params",
+                             "has_tokenizer", "eos_token", "blas_core"}
+
+
+def test_info_without_tokenizer(model_a):
+    i = model_a.info
+    assert i.has_tokenizer is False
+    assert (i.n_vocab, i.n_embd) == (101, 48)
+
+
+# ---- load errors -------------------------------------------------------------------
+
+def test_load_missing_directory_is_io_error(tmp_path):
+    with pytest.raises(lora.LoraError) as ei:
+        lora.Model.load(str(tmp_path / "does-not-exist"))
+    assert ei.value.status == lora.LORA_IO_ERROR
+
+
+def test_load_malformed_config_is_invalid_file(tmp_path):
+    d = tmp_path / "bad"
+    d.mkdir()
+    (d / "config.json").write_text("{ not json")
+    (d / "model.safetensors").write_bytes(b"\0" * 16)
+    with pytest.raises(lora.LoraError) as ei:
+        lora.Model.load(d)
+    assert ei.value.status == lora.LORA_INVALID_FILE
+
+
+def test_load_bad_arguments():
+    with pytest.raises(ValueError):
+        lora.Model.load("a\0b")
+    with pytest.raises(TypeError):
+        lora.Model.load(42)
+    with pytest.raises(lora.LoraError) as ei:
+        lora.Model.load(fixture("gpt2-tok"), n_threads=-1)
+    assert ei.value.status == lora.LORA_INVALID_ARGUMENT
+    with pytest.raises(OverflowError):
+        lora.Model.load(fixture("gpt2-tok"), n_threads=2 ** 40)
+
+
+def test_load_accepts_pathlike_and_threads():
+    from pathlib import Path
+    with lora.Model.load(Path(fixture("gpt2-tok")), n_threads=1) as m:
+        assert m.info.n_vocab == 1201
+
+
+# ---- tokens ------------------------------------------------------------------------------
+
+def test_tokenize_matches_transformers_fixture(tok_model):
+    meta, t = read_safetensors(fixture("expected", "gpt2-tok.safetensors"))
+    assert tok_model.tokenize(meta["text"]) == t["ids"].values()
+
+
+@pytest.mark.parametrize("text", [
+    "Hello, world!",
+    "  leading and trailing spaces  ",
+    "line\nbreaks\r\nand\ttabs",
+    "café naïve Ünïcödé",
+    "日本語のテキスト",
+    "emoji 🎉🚀 and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
+    "special <|endoftext|> token",
+    "",
+])
+def test_tokenize_detokenize_round_trip(tok_model, text):
+    ids = tok_model.tokenize(text)
+    assert all(isinstance(i, int) and 0 <= i < 1201 for i in ids)
+    assert tok_model.detokenize(ids) == text
+
+
+def test_special_token_is_one_id(tok_model):
+    ids = tok_model.tokenize("<|endoftext|>")
+    assert ids == [tok_model.info.eos_token]
+
+
+def test_detokenize_accepts_tuples_generators_and_arrays(tok_model):
+    ids = tok_model.tokenize("Hello, world!")
+    text = tok_model.detokenize(ids)
+    assert tok_model.detokenize(tuple(ids)) == text
+    assert tok_model.detokenize(i for i in ids) == text
+    if np is not None:
+        assert tok_model.detokenize(np.array(ids, dtype=np.int64)) == text
+
+
+def test_detokenize_partial_utf8_becomes_replacement_char(tok_model):
+    ids = tok_model.tokenize("日")
+    # Bytes of one character split over tokens: a prefix alone is invalid UTF-8.
+    if len(ids) > 1:
+        assert "\ufffd" in tok_model.detokenize(ids[:1])
+
+
+def test_long_detokenize_grows_its_buffer(tok_model):
+    text = "🎉" * 200 + " end"
+    ids = tok_model.tokenize(text)
+    assert tok_model.detokenize(ids) == text
+
+
+def test_token_errors(tok_model, model_a):
+    with pytest.raises(lora.LoraError) as ei:
+        tok_model.detokenize([5000])
+    assert ei.value.status == lora.LORA_INVALID_ARGUMENT
+    with pytest.raises(lora.LoraError) as ei:
+        tok_model.detokenize([-1])
+    assert ei.value.status == lora.LORA_INVALID_ARGUMENT
+    with pytest.raises(OverflowError):
+        tok_model.detokenize([2 ** 40])
+    with pytest.raises(TypeError):
+        tok_model.detokenize([1.5])
+    with pytest.raises(TypeError):
+        tok_model.detokenize("abc")
+    with pytest.raises(lora.LoraError) as ei:
+        model_a.tokenize("hi")
+    assert ei.value.status == lora.LORA_WRONG_STATE
+    assert isinstance(ei.value, lora.WrongStateError)
+    with pytest.raises(lora.LoraError) as ei:
+        model_a.detokenize([1, 2])
+    assert ei.value.status == lora.LORA_WRONG_STATE
+
+
+# ---- logits ------------------------------------------------------------------------------------
+
+def test_logits_match_transformers_fixture(tok_model):
+    meta, t = read_safetensors(fixture("expected", "gpt2-tok.safetensors"))
+    ids = t["ids"].values()
+    got = tok_model.logits(ids)
+    assert shape_of(got) == tuple(t["logits"].shape) == (len(ids), 1201)
+    assert max_abs_diff(got, t["logits"].values()) < LOGITS_TOLERANCE
+
+
+@pytest.mark.parametrize("name", ["gpt2-a", "gpt2-b", "gpt2-a-f16", "gpt2-a-bf16"])
+def test_other_models_match_transformers_fixtures(name):
+    """Logits of single sequences, padded batches (both sides) and greedy generation."""
+    meta, t = read_safetensors(fixture("expected", f"{name}.safetensors"))
+    with lora.Model.load(fixture(name)) as m:
+        k = 0
+        while f"seq{k}.ids" in t:
+            got = m.logits(t[f"seq{k}.ids"].values())
+            assert max_abs_diff(got, t[f"seq{k}.logits"].values()) < LOGITS_TOLERANCE, f"seq{k}"
+            k += 1
+        assert k > 0
+        for side in ("left", "right"):
+            ids, mask = t[f"batch_{side}.ids"].rows(), t[f"batch_{side}.mask"].rows()
+            seqs = [[i for i, keep in zip(r, mr) if keep] for r, mr in zip(ids, mask)]
+            got = m.logits_batch(seqs, left_padding=(side == "left"))
+            assert max_abs_diff(got, t[f"batch_{side}.logits"].values()) < LOGITS_TOLERANCE, side
+        k = 0
+        while f"greedy{k}.prompt" in t:
+            prompt, want = t[f"greedy{k}.prompt"].values(), t[f"greedy{k}.output"].values()
+            new = m.generate_tokens(prompt, max_new_tokens=len(want) - len(prompt), temperature=0,
+                                    stop_at_eos=False)
+            assert prompt + new == want, f"greedy{k}"
+            k += 1
+
+
+def test_logits_types(tok_model):
+    out = tok_model.logits([1, 2, 3])
+    if np is not None:
+        assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (3, 1201)
+    else:
+        assert isinstance(out, list) and len(out) == 3 and all(len(r) == 1201 for r in out)
+        assert isinstance(out[0][0], float)
+
+
+def test_logits_errors(tok_model):
+    for bad in ([], [1201], [-5], [0] * 65):
+        with pytest.raises(lora.LoraError) as ei:
+            tok_model.logits(bad)
+        assert ei.value.status == lora.LORA_INVALID_ARGUMENT, bad
+    tok_model.logits([0] * 64)  # exactly n_positions is fine
+
+
+def test_logits_batch_padding(tok_model):
+    a = tok_model.tokenize("The quick brown fox jumps")
+    b = tok_model.tokenize("Hello")
+    V = 1201
+    for left in (True, False):
+        out = tok_model.logits_batch([a, b], left_padding=left)
+        assert shape_of(out) == (2, len(a), V)
+        assert max_abs_diff(out[0], tok_model.logits(a)) < LOGITS_TOLERANCE
+        pad = len(a) - len(b)
+        rows = out[1][pad:] if left else out[1][:len(b)]
+        padding = out[1][:pad] if left else out[1][len(b):]
+        assert max_abs_diff(rows, tok_model.logits(b)) < LOGITS_TOLERANCE
+        assert all(v == 0.0 for v in flatten(padding))
+
+
+def test_logits_batch_errors(tok_model):
+    with pytest.raises(lora.LoraError) as ei:
+        tok_model.logits_batch([])
+    assert ei.value.status == lora.LORA_INVALID_ARGUMENT
+    with pytest.raises(lora.LoraError) as ei:
+        tok_model.logits_batch([[1, 2], []])
+    assert ei.value.status == lora.LORA_INVALID_ARGUMENT
+    with pytest.raises(lora.LoraError) as ei:
+        tok_model.logits_batch([[1, 2], [0] * 65])
+    assert ei.value.status == lora.LORA_INVALID_ARGUMENT
+
+
+# ---- generation -------------------------------------------------------------------------
+
+def test_generation_is_deterministic_with_a_seed(tok_model):
+    kw = dict(max_new_tokens=20, temperature=0.9, top_k=50, top_p=0.95, stop_at_eos=False)
+    a = tok_model.generate("Hello, world!", seed=7, **kw)
+    b = tok_model.generate("Hello, world!", seed=7, **kw)
+    assert a == b and a
+    others = {tok_model.generate("Hello, world!", seed=s, **kw) for s in range(1, 6)}
+    assert len(others | {a}) > 1, "different seeds should (almost surely) give different text"
+
+
+def test_greedy_generation_matches_argmax_of_logits(tok_model):
+    prompt = tok_model.tokenize("The quick brown")
+    out = tok_model.generate_tokens(prompt, max_new_tokens=5, temperature=0, stop_at_eos=False)
+    seq = list(prompt)
+    for t in out:
+        row = flatten(tok_model.logits(seq)[len(seq) - 1])
+        assert t == max(range(len(row)), key=row.__getitem__)
+        seq.append(t)
+
+
+def test_streaming_pieces_concatenate_to_the_result(tok_model):
+    for seed in range(5):
+        pieces, ids = [], []
+
+        def on_token(token_id, piece):
+            assert isinstance(token_id, int) and isinstance(piece, str)
+            ids.append(token_id)
+            pieces.append(piece)
+
+        text = tok_model.generate("Once upon a time", max_new_tokens=24, seed=seed, stop_at_eos=False,
+                                  on_token=on_token)
+        assert len(ids) == 24
+        assert "".join(pieces) == text, f"seed {seed}"
+
+
+@pytest.mark.xfail(reason="liblora: lora_generate appends the streaming decoder's final flush (U+FFFD for an "
+                          "incomplete UTF-8 tail) to the text without passing it to the token callback",
+                   strict=False)
+def test_streaming_pieces_concatenate_when_generation_ends_mid_character(tok_model):
+    mismatches = []
+    for seed in range(150):
+        pieces = []
+        text = tok_model.generate("日本", max_new_tokens=3, seed=seed, stop_at_eos=False,
+                                  on_token=lambda t, p: pieces.append(p))
+        if "".join(pieces) != text:
+            mismatches.append((seed, pieces, text))
+    assert not mismatches, mismatches[:3]
+
+
+def test_text_and_token_generation_agree(tok_model):
+    kw = dict(max_new_tokens=16, seed=3, temperature=0.8, stop_at_eos=False)
+    text = tok_model.generate("Hello, world!", **kw)
+    ids = tok_model.generate_tokens(tok_model.tokenize("Hello, world!"), **kw)
+    assert len(ids) == 16
+    assert tok_model.detokenize(ids) == text
+    if np is not None:
+        assert tok_model.generate_tokens(np.array(tok_model.tokenize("Hello, world!")), **kw) == ids
+
+
+def test_on_token_ids_match_generate_tokens(tok_model):
+    seen = []
+    ids = tok_model.generate_tokens([1, 2, 3], max_new_tokens=8, seed=1, stop_at_eos=False,
+                                    on_token=lambda t, p: seen.append(t))
+    assert seen == ids
+
+
+def test_max_new_tokens_zero(tok_model):
+    assert tok_model.generate("Hello", max_new_tokens=0) == ""
+    assert tok_model.generate_tokens([1, 2], max_new_tokens=0) == []
+
+
+def test_generation_stops_at_n_positions(tok_model):
+    prompt = [5] * 60
+    out = tok_model.generate_tokens(prompt, max_new_tokens=100, seed=1, stop_at_eos=False)
+    assert len(out) == 4
+
+
+def test_stop_strings(tok_model):
+    full = tok_model.generate("The quick brown", max_new_tokens=30, temperature=0, stop_at_eos=False)
+    assert len(full) > 6
+    stop = full[3:6]
+    short = tok_model.generate("The quick brown", max_new_tokens=30, temperature=0, stop_at_eos=False,
+                               stop=[stop, "never-appears-xyz"])
+    assert stop in short and full.startswith(short) and len(short) <= len(full)
+    assert tok_model.generate("The quick brown", max_new_tokens=30, temperature=0, stop_at_eos=False,
+                              stop=stop) == short
+
+
+def test_callback_stop_is_aborted(tok_model):
+    pieces = []
+
+    def on_token(token_id, piece):
+        pieces.append(piece)
+        return len(pieces) < 3
+
+    with pytest.raises(lora.LoraError) as ei:
+        tok_model.generate("Hello", max_new_tokens=20, seed=1, stop_at_eos=False, on_token=on_token)
+    assert ei.value.status == lora.LORA_ABORTED and ei.value.status_name == "LORA_ABORTED"
+    assert isinstance(ei.value, lora.AbortedError)
+    assert len(pieces) == 3
+    assert ei.value.partial_text == "".join(pieces)
+
+    got = []
+    with pytest.raises(lora.AbortedError) as ei:
+        tok_model.generate_tokens([1, 2], max_new_tokens=20, seed=1, stop_at_eos=False,
+                                  on_token=lambda t, p: got.append(t) or len(got) < 2)
+    assert ei.value.partial_tokens == got and len(got) == 2
+
+
+def test_callback_returning_true_or_none_continues(tok_model):
+    n = []
+    tok_model.generate("Hi", max_new_tokens=5, stop_at_eos=False, on_token=lambda t, p: n.append(t) or True)
+    assert len(n) == 5
+
+
+def test_exception_in_callback_propagates(tok_model):
+    calls = []
+
+    class Boom(Exception):
+        pass
+
+    def on_token(token_id, piece):
+        calls.append(token_id)
+        raise Boom("from the callback")
+
+    with pytest.raises(Boom, match="from the callback"):
+        tok_model.generate("Hello", max_new_tokens=20, stop_at_eos=False, on_token=on_token)
+    assert len(calls) == 1, "generation must stop at the first exception"
+    with pytest.raises(KeyError):
+        tok_model.generate_tokens([1, 2, 3], max_new_tokens=5, on_token=lambda t, p: {}[t])
+    # The model is still usable afterwards.
+    assert len(tok_model.generate_tokens([1, 2, 3], max_new_tokens=3, stop_at_eos=False)) == 3
+
+
+@pytest.mark.parametrize("kw", [
+    dict(temperature=math.nan), dict(temperature=-1.0), dict(top_p=0.0), dict(top_p=1.5),
+    dict(top_k=-1), dict(max_new_tokens=-1), dict(repetition_penalty=0.0), dict(repetition_penalty=math.inf),
+])
+def test_bad_sampling_params(tok_model, kw):
+    with pytest.raises(lora.LoraError) as ei:
+        tok_model.generate("Hello", **kw)
+    assert ei.value.status == lora.LORA_INVALID_ARGUMENT
+    with pytest.raises(lora.LoraError) as ei:
+        tok_model.generate_tokens([1, 2], **kw)
+    assert ei.value.status == lora.LORA_INVALID_ARGUMENT
+
+
+def test_python_side_argument_errors(tok_model):
+    with pytest.raises(OverflowError):
+        tok_model.generate("Hello", seed=-1)
+    with pytest.raises(OverflowError):
+        tok_model.generate("Hello", max_new_tokens=2 ** 31)
+    with pytest.raises(TypeError):
+        tok_model.generate("Hello", max_new_tokens=1.5)
+    with pytest.raises(ValueError):
+        tok_model.generate("Hel\0lo")
+    with pytest.raises(TypeError):
+        tok_model.generate(123)
+
+
+def test_generation_errors(tok_model, model_a):
+    with pytest.raises(lora.LoraError) as ei:
+        tok_model.generate("", max_new_tokens=3)
+    assert ei.value.status == lora.LORA_INVALID_ARGUMENT
+    with pytest.raises(lora.LoraError) as ei:
+        tok_model.generate_tokens([1] * 64, max_new_tokens=3)
+    assert ei.value.status == lora.LORA_INVALID_ARGUMENT
+    with pytest.raises(lora.LoraError) as ei:
+        model_a.generate("Hello")
+    assert ei.value.status == lora.LORA_WRONG_STATE
+    # Token generation works without a tokenizer (pieces are empty).
+    pieces = []
+    out = model_a.generate_tokens([1, 2, 3], max_new_tokens=4, stop_at_eos=False,
+                                  on_token=lambda t, p: pieces.append(p))
+    assert len(out) == 4 and pieces == [""] * 4
+
+
+def test_save_and_reload(tok_model, tmp_path):
+    out = tmp_path / "saved"
+    tok_model.save(out)
+    assert (out / "config.json").exists() and (out / "model.safetensors").exists()
+    with lora.Model.load(out) as again:
+        assert again.info.has_tokenizer
+        ids = tok_model.tokenize("Hello, world!")
+        assert again.tokenize("Hello, world!") == ids
+        assert max_abs_diff(again.logits(ids), tok_model.logits(ids)) == 0.0
+
+
+def test_save_to_unwritable_place_is_io_error(tok_model, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(lora.LoraError) as ei:
+        tok_model.save(blocker / "sub")
+    assert ei.value.status == lora.LORA_IO_ERROR
+
+
+def test_numpy_mode_is_what_the_run_asked_for():
+    from lora import _convert
+    assert _convert.has_numpy() == (np is not None)
+    assert _convert.has_numpy() != bool(os.environ.get("LORA_TEST_NO_NUMPY"))
+
+
+def test_liblora_calls_inside_a_callback(tok_model):
+    """A callback may call the library (even failing calls); the outer status and message stay right."""
+    decoded = []
+
+    def on_token(token_id, piece):
+        decoded.append(tok_model.detokenize([token_id]))
+        try:
+            tok_model.detokenize([99999])
+        except lora.LoraError:
+            pass
+        return len(decoded) < 4
+
+    with pytest.raises(lora.AbortedError) as ei:
+        tok_model.generate("Hello", max_new_tokens=10, seed=5, stop_at_eos=False, on_token=on_token)
+    assert len(decoded) == 4
+    assert "99999" not in ei.value.message
+    with pytest.raises(TypeError):
+        tok_model.generate("Hello", on_token="not callable")
+
+
+def test_concurrent_logits_and_generation(tok_model):
+    """One model may run logits/generate from several threads at once (ctypes releases the GIL)."""
+    import threading
+    ids = tok_model.tokenize("The quick brown fox jumps over the lazy dog.")
+    want_logits = flatten(tok_model.logits(ids))
+    want_text = tok_model.generate("Hello", max_new_tokens=12, seed=9, stop_at_eos=False)
+    errors = []
+
+    def work():
+        try:
+            for _ in range(5):
+                assert flatten(tok_model.logits(ids)) == want_logits
+                assert tok_model.generate("Hello", max_new_tokens=12, seed=9, stop_at_eos=False) == want_text
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
