@@ -16,3 +16,7 @@ LORA_CLI="$PWD/.build/release/lora-cli" swift test --skip-build
 
 echo "== crash safety: SIGKILL during training and checkpointing, resume bit-exact"
 bash Tests/crash/kill_test.sh .build/release/lora-cli 20
+
+echo "== Python binding (ctypes) with pytest"
+swift build --product lora
+LORA_LIBRARY="$PWD/.build/debug/liblora.so" bash python/run_tests.sh

@@ -115,9 +115,6 @@ def test_last_error_is_per_call(tok_model):
     assert C.lora_last_error() == b""
 
 
-@pytest.mark.xfail(reason="liblora: when the token callback stops and the output buffer is too small, "
-                          "lora_generate/lora_generate_tokens return LORA_BUFFER_TOO_SMALL instead of LORA_ABORTED",
-                   strict=False)
 def test_callback_stop_wins_over_a_small_buffer(tok_model):
     cb = C.lora_token_callback(lambda t, p, n, u: 1)
     p = C.lora_sampling_params()
