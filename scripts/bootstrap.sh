@@ -3,7 +3,7 @@
 # (idempotent). Run as root, or with sudo available.
 set -euo pipefail
 
-packages=(libopenblas-dev liblapacke-dev pkg-config fortunes valgrind make gcc g++)
+packages=(libopenblas-dev liblapacke-dev pkg-config fortunes valgrind make gcc g++ python3)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -26,3 +26,13 @@ if ! command -v swift >/dev/null; then
 fi
 command -v swift >/dev/null || { echo "bootstrap: the Swift toolchain (6.0 or later) is not on PATH" >&2; exit 1; }
 pkg-config --exists openblas lapacke || { echo "bootstrap: pkg-config cannot find openblas/lapacke" >&2; exit 1; }
+
+# The Python binding's tests: a venv-capable python3 with pip, pytest and setuptools.
+if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
+    SUDO=""; [[ $(id -u) != 0 ]] && SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv python3-pip >/dev/null
+fi
+if ! python3 -c "import pytest, setuptools" 2>/dev/null; then
+    python3 -m pip install --quiet pytest setuptools 2>/dev/null || python3 -m pip install --quiet --break-system-packages pytest setuptools
+fi
