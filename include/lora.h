@@ -215,7 +215,9 @@ typedef struct lora_adapter_params {
 void lora_adapter_default_params(lora_adapter_params *params);
 
 /* A new adapter for `model`'s shape (not attached). Errors:
- * LORA_INVALID_ARGUMENT (r <= 0, NaN alpha, unknown target module, ...),
+ * LORA_INVALID_ARGUMENT (r <= 0, NaN alpha, target modules that match no
+ * module of the model (as PEFT: names that match nothing are ignored when
+ * others match), ...),
  * LORA_UNSUPPORTED (a target LoRA cannot adapt, e.g. wte). */
 lora_status lora_adapter_create(lora_adapter **out, const lora_model *model, const lora_adapter_params *params);
 
@@ -278,7 +280,7 @@ typedef struct lora_trainer_params {
     int32_t gradient_accumulation_steps;  /* default 1 */
     float max_grad_norm;            /* default 1; <= 0 disables clipping */
     int32_t batch_size;             /* default 4 */
-    int32_t block_size;             /* tokens per sequence; default 256 (at most n_positions) */
+    int32_t block_size;             /* tokens per sequence; default 256; must be at most n_positions */
     uint64_t seed;
     int32_t gradient_checkpointing; /* recompute activations in backward: less memory, slower */
 } lora_trainer_params;
@@ -287,7 +289,8 @@ void lora_trainer_default_params(lora_trainer_params *params);
 
 /* A trainer for `adapter` on `model` (adapter NULL: full fine-tuning of every
  * weight). The adapter is attached while training if it is not already.
- * Errors: LORA_INVALID_ARGUMENT (bad hyperparameters, block_size > n_positions). */
+ * Errors: LORA_INVALID_ARGUMENT (bad hyperparameters, block_size > n_positions,
+ * activations that would not fit the machine's memory). */
 lora_status lora_trainer_create(lora_trainer **out, lora_model *model, lora_adapter *adapter,
                                 const lora_trainer_params *params);
 void lora_trainer_free(lora_trainer *trainer);

@@ -20,3 +20,6 @@ bash Tests/crash/kill_test.sh .build/release/lora-cli 20
 echo "== Python binding (ctypes) with pytest"
 swift build --product lora
 LORA_LIBRARY="$PWD/.build/debug/liblora.so" bash python/run_tests.sh
+
+echo "== C API: header as C++, export list, Tests/C/test_capi.c, examples-c, valgrind"
+bash Tests/C/run.sh .build/debug

@@ -125,6 +125,7 @@ func release<T: AnyObject>(_ p: OpaquePointer?, _ type: T.Type) {
 func writeText(_ text: String, _ buf: UnsafeMutablePointer<CChar>?, _ capacity: Int, _ needed: UnsafeMutablePointer<Int>?) throws {
     let bytes = Array(text.utf8)
     needed?.pointee = bytes.count
+    if buf == nil && capacity > 0 { throw invalid("the output buffer is NULL but its capacity is \(capacity)") }
     guard let buf, capacity >= bytes.count + 1 else {
         if buf == nil && capacity == 0 && needed != nil { throw CError.bufferTooSmall("the text needs \(bytes.count + 1) bytes") }
         throw CError.bufferTooSmall("the text needs \(bytes.count + 1) bytes (with the NUL), the buffer holds \(capacity)")

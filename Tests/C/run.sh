@@ -122,7 +122,7 @@ test_capi() {
 }
 
 examples() {
-    env -u LD_LIBRARY_PATH make -s -C examples-c LIBDIR="$(dirname "$LIB")" BIN="$WORK/examples" \
+    env -u LD_LIBRARY_PATH make -s -C examples-c VALGRIND= LIBDIR="$(dirname "$LIB")" BIN="$WORK/examples" \
         OUT="$WORK/examples/adapter" STEPS="$STEPS" run &&
         [[ -s $WORK/examples/adapter/adapter_model.safetensors && -s $WORK/examples/adapter/adapter_config.json ]]
 }

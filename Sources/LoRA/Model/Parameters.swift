@@ -50,8 +50,18 @@ public final class FloatBlock: @unchecked Sendable {
     public let base: FloatPtr
     public let count: Int
 
+    /// Physical memory in bytes (allocations beyond it are refused up front:
+    /// with overcommit they would succeed and kill the process when touched).
+    public static let physicalMemory: Int = {
+        let pages = sysconf(Int32(_SC_PHYS_PAGES)), size = sysconf(Int32(_SC_PAGESIZE))
+        return pages > 0 && size > 0 ? pages * size : Int.max
+    }()
+
     public init(count: Int) throws {
         guard count >= 0, count <= Int.max / 4 else { throw LoraError.invalidArgument("allocation of \(count) floats is too large") }
+        guard count * 4 <= FloatBlock.physicalMemory else {
+            throw LoraError.invalidArgument("a buffer of \(count * 4 >> 20) MiB exceeds the machine's memory (\(FloatBlock.physicalMemory >> 20) MiB)")
+        }
         guard let raw = malloc(max(count, 1) * MemoryLayout<Float>.stride) else {
             throw LoraError.invalidArgument("out of memory allocating \(count * 4) bytes")
         }

@@ -72,6 +72,11 @@ final class TrainingPass {
         // Per-layer activations: ln1(+2 stats) qkv att probs res2 ln2(+2) fcPre fcAct res3.
         let perLayerFull = n * C + 2 * n + 3 * n * C + n * C + batch * H * block * block + n * C + n * C + 2 * n + 2 * n * F + n * C
         let stored = checkpointing ? (c.nLayer + 1) * n * C + perLayerFull : n * C + c.nLayer * perLayerFull
+        // Everything this pass will hold, checked before the first allocation.
+        let estimate = (stored + 3 * n * C + 7 * n * C + n * F + block * block) * 4
+        guard estimate <= FloatBlock.physicalMemory else {
+            throw LoraError.invalidArgument("batch \(batch) × block \(block) needs about \(estimate >> 30) GiB of activations, more than the machine's \(FloatBlock.physicalMemory >> 30) GiB; lower batch_size or block_size, or use gradient checkpointing")
+        }
         store = try FloatBlock(count: stored + n * C /*proj*/ + n * C + 2 * n /*lnf*/)
         var p = store.base
         func take(_ k: Int) -> FloatPtr { defer { p += k }; return p }
