@@ -7,10 +7,10 @@ import LoRA
 /// and scripts/bench_peft.py run on the same machine (scripts/bench.sh runs both).
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Benchmark inference or LoRA training on a GPT-2 124M-shaped model (random weights).",
+        abstract: "Benchmark inference, LoRA training, the adapter algebra or PiSSA/OLoRA initialisation on a GPT-2 124M-shaped model (random weights).",
         discussion: "Run one measurement per process so that peak RSS is its own. OPENBLAS_NUM_THREADS is overridden by --threads.")
 
-    @Argument(help: "inference, train or svd") var kind = "inference"
+    @Argument(help: "inference, train, svd or init") var kind = "inference"
     @Option(help: "OpenBLAS threads.") var threads = 2
     @Option(help: "Prompt tokens (inference).") var prompt = 512
     @Option(help: "Decoded tokens (inference).") var decode = 128
@@ -18,7 +18,8 @@ struct Bench: ParsableCommand {
     @Option(help: "Block size (train).") var block = 256
     @Option(help: "LoRA rank (train).") var r = 8
     @Option(help: "Timed training steps.") var steps = 5
-    @Option(help: "Repeats (inference).") var repeats = 3
+    @Option(help: "Repeats (inference, init).") var repeats = 3
+    @Option(help: "init: pissa, pissa_niter_N or olora, on c_attn of every layer.") var initLoraWeights = "pissa_niter_4"
     @Flag(help: "Gradient checkpointing (train).") var gradientCheckpointing = false
 
     func run() throws {
@@ -32,7 +33,8 @@ struct Bench: ParsableCommand {
             case "inference": try inference()
             case "train": try train()
             case "svd": try svd()
-            default: throw LoraError.invalidArgument("bench kind must be inference, train or svd")
+            case "init": try initialization()
+            default: throw LoraError.invalidArgument("bench kind must be inference, train, svd or init")
             }
         }
     }
@@ -129,5 +131,27 @@ struct Bench: ParsableCommand {
         let extract = now() - t0
         say(String(format: "{\"engine\":\"liblora\",\"bench\":\"svd\",\"core\":\"%@\",\"threads\":%d,\"compress_r64_to_r16_48_modules_s\":%.3f,\"combine_svd_2xr64_to_r16_48_modules_s\":%.3f,\"extract_r16_c_attn_12_layers_s\":%.3f}",
                      BLAS.coreName, threads, compress, combine, extract))
+    }
+
+    /// Adapter initialisation from the base weights (c_attn of all layers): seconds, median of `repeats`.
+    func initialization() throws {
+        var lc = LoraConfig()
+        lc.r = r; lc.loraAlpha = Double(2 * r); lc.targetModules = .names(["c_attn"])
+        guard let i = LoraConfig.Initialization(peftName: initLoraWeights), i != .gaussian else {
+            throw LoraError.invalidArgument("--init-lora-weights must be pissa, pissa_niter_N or olora")
+        }
+        lc.initLoraWeights = i
+        var times: [Double] = []
+        var modules = 0
+        for i in 0..<repeats {
+            let model = try Model.random(config: GPT2Config(), seed: UInt64(1 + i))
+            let adapter = try Adapter(config: lc, modelConfig: model.config)
+            let t0 = now()
+            try adapter.initialize(from: model, seed: 1)
+            times.append(now() - t0)
+            modules = adapter.slots.count
+        }
+        say(String(format: "{\"engine\":\"liblora\",\"bench\":\"init\",\"init\":\"%@\",\"core\":\"%@\",\"threads\":%d,\"modules\":%d,\"r\":%d,\"seconds\":%.3f,\"min_seconds\":%.3f}",
+                     initLoraWeights, BLAS.coreName, threads, modules, r, median(times), times.min() ?? 0))
     }
 }

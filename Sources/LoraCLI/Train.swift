@@ -10,7 +10,8 @@ struct LoraOptions: ParsableArguments {
     var targetModules = "c_attn,attn.c_proj,mlp.c_fc"
     @Option(help: "Comma-separated layer indices to adapt (default: all).") var layersToTransform: String?
     @Flag(help: "rsLoRA scaling alpha/sqrt(r).") var useRslora = false
-    @Option(help: "Initialisation: default, gaussian.") var initLoraWeights = "default"
+    @Option(help: "Initialisation: default, gaussian, pissa, pissa_niter_N, olora (PiSSA/OLoRA change the base weights in memory; the adapter is saved converted for the original base).")
+    var initLoraWeights = "default"
 
     func config(baseModel: String) throws -> LoraConfig {
         var c = LoraConfig()
@@ -25,8 +26,11 @@ struct LoraOptions: ParsableArguments {
         c.useRSLoRA = useRslora
         switch initLoraWeights {
         case "default", "true": c.initLoraWeights = .kaiming
-        case "gaussian": c.initLoraWeights = .gaussian
-        default: throw LoraError.invalidArgument("--init-lora-weights must be default or gaussian")
+        case let name:
+            guard let i = LoraConfig.Initialization(peftName: name) else {
+                throw LoraError.invalidArgument("--init-lora-weights must be default, gaussian, pissa, pissa_niter_N or olora")
+            }
+            c.initLoraWeights = i
         }
         c.baseModelNameOrPath = baseModel
         return c
@@ -100,6 +104,8 @@ struct Train: ParsableCommand {
     @Flag(help: "Skip bad JSONL records (with a warning) instead of failing.") var skipBadRecords = false
     @Flag(help: "Resume from the newest checkpoint in --output-dir/checkpoints.") var resume = false
     @Option(help: "OpenBLAS threads (0: OpenBLAS's default).") var threads = 0
+    @Flag(help: "With PiSSA/OLoRA, also save the unconverted adapter (for the residual base) in --output-dir/unconverted.")
+    var saveUnconvertedAdapter = false
 
     func run() throws {
         try Lora.run { try train() }
@@ -131,7 +137,7 @@ struct Train: ParsableCommand {
         var adapter: Adapter? = nil
         if !fullFinetune {
             let a = try Adapter(config: try lora.config(baseModel: modelDir), modelConfig: m.config)
-            try a.initialize(seed: optim.seed)
+            try a.initialize(from: m, seed: optim.seed)
             try m.attach(a)
             adapter = a
         }
@@ -159,7 +165,15 @@ struct Train: ParsableCommand {
         opts.saveTotalLimit = saveTotalLimit
         try trainer.train(trainSet, validation: validation, options: opts) { printer.report($0); return true }
         printer.finish()
-        if let adapter {
+        if let adapter, adapter.initialParams != nil {
+            // PiSSA/OLoRA trained on the residual base: save it as a plain LoRA for the original base.
+            try adapter.convertedForOriginalBase().save(directory: outputDir)
+            say("adapter converted for the original base (r \(adapter.config.r) → \(2 * adapter.config.r)) and saved to \(outputDir)")
+            if saveUnconvertedAdapter {
+                try adapter.save(directory: outputDir + "/unconverted")
+                say("unconverted adapter (for the residual base) saved to \(outputDir)/unconverted")
+            }
+        } else if let adapter {
             try adapter.save(directory: outputDir)
             say("adapter saved to \(outputDir) (adapter_config.json, adapter_model.safetensors)")
         } else {

@@ -111,6 +111,37 @@ struct CLI {
         #expect(decoded.out == "Hello world\n")
     }
 
+    /// `lora train --init-lora-weights pissa_niter_2`: the saved adapter is the
+    /// converted one (rank 2r, for the original base), the unconverted one is
+    /// kept on request, and both describe the same model.
+    @Test func trainWithPiSSASavesTheConvertedAdapter() throws {
+        let data = try text(), dir = try Fixtures.tempDir()
+        let out = dir + "/run"
+        let r = try CLI.run(["train", "--model", model, data, "--output-dir", out, "--max-steps", "3",
+                             "--block-size", "32", "--batch-size", "2", "--learning-rate", "1e-2", "--r", "4",
+                             "--init-lora-weights", "pissa_niter_2", "--save-unconverted-adapter", "--seed", "5"])
+        #expect(r.status == 0, "train: \(r.err)")
+        let base = try Model.load(directory: model)
+        let converted = try Adapter.load(directory: out, modelConfig: base.config)
+        let raw = try Adapter.load(directory: out + "/unconverted", modelConfig: base.config)
+        #expect(converted.config.r == 8 && converted.config.initLoraWeights == .kaiming)
+        #expect(raw.config.r == 4 && raw.config.initLoraWeights == .pissa(niter: 2))
+        let ids: [TokenID] = try #require(base.tokenizer).encode("the quick brown fox")
+        // The residual model, rebuilt with the same seed, + the unconverted adapter...
+        let residual = try Model.load(directory: model)
+        let again = try Adapter(config: raw.config, modelConfig: base.config)
+        try again.initialize(from: residual, seed: 5)
+        again.params.base.update(from: raw.params.base, count: raw.params.count)
+        try residual.attach(again)
+        // ...equals the original base + the converted adapter.
+        try base.attach(converted)
+        #expect(maxAbsDiff(try base.logits(ids), try residual.logits(ids)) < logitsTolerance)
+
+        let bad = try CLI.run(["train", "--model", model, data, "--output-dir", out, "--max-steps", "1",
+                               "--block-size", "32", "--init-lora-weights", "pissa_niter_x"])
+        #expect(bad.status != 0 && bad.err.contains("--init-lora-weights"), "\(bad.err)")
+    }
+
     @Test func badInputIsOneLineAndNonZero() throws {
         let data = try text()
         try expectFailure(["generate", "--model", "/nonexistent", "x"], mentioning: "/nonexistent")

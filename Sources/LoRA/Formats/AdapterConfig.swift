@@ -23,6 +23,18 @@ public struct LoraConfig: Sendable, Equatable {
         /// `"olora"`: from the QR decomposition of W.
         case olora
 
+        /// PEFT's string values: "gaussian", "pissa", "pissa_niter_N" (N ≥ 0), "olora"; nil for any other.
+        public init?(peftName s: String) {
+            switch s {
+            case "gaussian": self = .gaussian
+            case "pissa": self = .pissa(niter: nil)
+            case "olora": self = .olora
+            default:
+                guard s.hasPrefix("pissa_niter_"), let n = Int(s.dropFirst("pissa_niter_".count)), n >= 0 else { return nil }
+                self = .pissa(niter: n)
+            }
+        }
+
         public var json: JSONValue {
             switch self {
             case .kaiming: return .bool(true)
@@ -199,14 +211,10 @@ public struct LoraConfig: Sendable, Equatable {
         if v == .bool(true) { return .kaiming }
         if v == .bool(false) { return .random }
         guard let s = v.stringValue else { throw LoraError.invalidFile(path: path, reason: "init_lora_weights must be a boolean or a string") }
-        switch s {
-        case "gaussian": return .gaussian
-        case "pissa": return .pissa(niter: nil)
-        case "olora": return .olora
-        default:
-            if s.hasPrefix("pissa_niter_"), let n = Int(s.dropFirst("pissa_niter_".count)), n >= 0 { return .pissa(niter: n) }
+        guard let i = Initialization(peftName: s) else {
             throw LoraError.unsupported("\(path): init_lora_weights \"\(s)\" is not implemented")
         }
+        return i
     }
 
     public static func load(path: String) throws -> LoraConfig {

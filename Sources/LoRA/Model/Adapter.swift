@@ -143,6 +143,9 @@ public final class Adapter: @unchecked Sendable {
     /// All A and B matrices.
     public let params: FloatBlock
     public var name: String
+    /// A0 and B0 as PiSSA/OLoRA set them (laid out like `params`), kept by
+    /// `initialize(from:seed:)` for `convertedForOriginalBase()`; nil otherwise.
+    public internal(set) var initialParams: FloatBlock?
     /// slotIndex[layer * 4 + target] → index into slots.
     let slotIndex: [Int?]
 
@@ -179,13 +182,15 @@ public final class Adapter: @unchecked Sendable {
     public var parameterCount: Int { params.count }
 
     /// Fresh weights as PEFT initialises them (`init_lora_weights` true,
-    /// "gaussian" or false), from a seeded generator.
+    /// "gaussian" or false), from a seeded generator. PiSSA and OLoRA read
+    /// and change the base weights: use `initialize(from:seed:)` for them.
     public func initialize(seed: UInt64) throws {
         switch config.initLoraWeights {
         case .pissa, .olora:
-            throw LoraError.unsupported("init_lora_weights \(JSON.compact(config.initLoraWeights.json)) needs the base weights (not implemented yet)")
+            throw LoraError.invalidArgument("init_lora_weights \(JSON.compact(config.initLoraWeights.json)) needs the base model: use initialize(from:seed:)")
         default: break
         }
+        initialParams = nil
         var rng = SplitMix64(seed: seed)
         for s in slots {
             let a = A(s), b = B(s)
