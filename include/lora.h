@@ -194,6 +194,16 @@ lora_status lora_generate_tokens(const lora_model *model, const int32_t *prompt,
 #define LORA_INIT_DEFAULT   0  /* PEFT's default: A kaiming-uniform, B zeros */
 #define LORA_INIT_GAUSSIAN  1  /* A ~ N(0, 1/r^2), B zeros */
 #define LORA_INIT_RANDOM    2  /* A and B random (not a no-op; for tests) */
+/* PiSSA: the top-r singular triplets of each base weight go into A and B and
+ * the model's base weights become the residual W - scale*B*A (the model's
+ * output is unchanged). pissa_niter > 0 uses a randomised SVD with that many
+ * subspace iterations (PEFT's "pissa_niter_N"). The model is modified: save
+ * the adapter for the original base with the conversion done by `lora train
+ * --init-lora-weights pissa` (the C API saves the raw adapter). */
+#define LORA_INIT_PISSA     3
+/* OLoRA: A and B from the QR decomposition of each base weight (done on the
+ * [out, in] weight, as PEFT intends); the base weights become the residual. */
+#define LORA_INIT_OLORA     4
 
 typedef struct lora_adapter_params {
     uint32_t struct_size;
@@ -210,16 +220,19 @@ typedef struct lora_adapter_params {
     uint64_t seed;
     const int32_t *layers_to_transform;  /* NULL: every layer */
     size_t n_layers_to_transform;
+    int32_t pissa_niter;        /* LORA_INIT_PISSA: 0 full SVD, N > 0 randomised SVD with N iterations (added in 0.1.0) */
 } lora_adapter_params;
 
 void lora_adapter_default_params(lora_adapter_params *params);
 
-/* A new adapter for `model`'s shape (not attached). Errors:
+/* A new adapter for `model`'s shape (not attached). With LORA_INIT_PISSA or
+ * LORA_INIT_OLORA the model's base weights are replaced by the residual (so
+ * this takes the model mutably, like attach). Errors:
  * LORA_INVALID_ARGUMENT (r <= 0, NaN alpha, target modules that match no
  * module of the model (as PEFT: names that match nothing are ignored when
  * others match), ...),
  * LORA_UNSUPPORTED (a target LoRA cannot adapt, e.g. wte). */
-lora_status lora_adapter_create(lora_adapter **out, const lora_model *model, const lora_adapter_params *params);
+lora_status lora_adapter_create(lora_adapter **out, lora_model *model, const lora_adapter_params *params);
 
 /* Loads a PEFT adapter directory (adapter_config.json +
  * adapter_model.safetensors) for `model`'s shape (not attached). Errors:

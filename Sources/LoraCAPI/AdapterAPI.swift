@@ -7,7 +7,8 @@ var defaultAdapterParams: lora_adapter_params {
     return lora_adapter_params(struct_size: UInt32(MemoryLayout<lora_adapter_params>.size), r: Int32(d.r),
                                lora_alpha: Float(d.loraAlpha), lora_dropout: Float(d.loraDropout),
                                target_modules: nil, target_modules_regex: 0, use_rslora: 0,
-                               `init`: LORA_INIT_DEFAULT, seed: 0, layers_to_transform: nil, n_layers_to_transform: 0)
+                               `init`: LORA_INIT_DEFAULT, seed: 0, layers_to_transform: nil, n_layers_to_transform: 0,
+                               pissa_niter: 0)
 }
 
 @_cdecl("lora_adapter_default_params")
@@ -38,6 +39,10 @@ public func lora_adapter_create(_ outp: UnsafeMutablePointer<OpaquePointer?>?, _
         case LORA_INIT_DEFAULT: c.initLoraWeights = .kaiming
         case LORA_INIT_GAUSSIAN: c.initLoraWeights = .gaussian
         case LORA_INIT_RANDOM: c.initLoraWeights = .random
+        case LORA_INIT_PISSA:
+            guard p.pissa_niter >= 0 else { throw invalid("pissa_niter must be >= 0") }
+            c.initLoraWeights = .pissa(niter: p.pissa_niter > 0 ? Int(p.pissa_niter) : nil)
+        case LORA_INIT_OLORA: c.initLoraWeights = .olora
         default: throw invalid("init \(p.`init`) is not a LORA_INIT_* value")
         }
         let n = try count(p.n_layers_to_transform, "n_layers_to_transform", max: 1 << 16)
@@ -47,7 +52,10 @@ public func lora_adapter_create(_ outp: UnsafeMutablePointer<OpaquePointer?>?, _
         }
         c.baseModelNameOrPath = mb.model.directory
         let adapter = try Adapter(config: c, modelConfig: mb.model.config)
-        try adapter.initialize(seed: p.seed)
+        switch c.initLoraWeights {
+        case .pissa, .olora: try adapter.initialize(from: mb.model, seed: p.seed)
+        default: try adapter.initialize(seed: p.seed)
+        }
         o.pointee = retain(AdapterBox(adapter, model: mb))
     }
 }

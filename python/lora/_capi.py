@@ -135,6 +135,8 @@ LORA_WRONG_STATE = 10
 LORA_INIT_DEFAULT = 0
 LORA_INIT_GAUSSIAN = 1
 LORA_INIT_RANDOM = 2
+LORA_INIT_PISSA = 3
+LORA_INIT_OLORA = 4
 
 LORA_SCHEDULER_CONSTANT = 0
 LORA_SCHEDULER_CONSTANT_WITH_WARMUP = 1
@@ -195,6 +197,7 @@ class lora_adapter_params(Structure):
         ("seed", c_uint64),
         ("layers_to_transform", POINTER(c_int32)),  # const int32_t *
         ("n_layers_to_transform", c_size_t),
+        ("pissa_niter", c_int32),
     ]
 
 
@@ -339,7 +342,7 @@ lora_generate_tokens = _fn("lora_generate_tokens", lora_status,
 
 # void lora_adapter_default_params(lora_adapter_params *params);
 lora_adapter_default_params = _fn("lora_adapter_default_params", None, [POINTER(lora_adapter_params)])
-# lora_status lora_adapter_create(lora_adapter **out, const lora_model *model, const lora_adapter_params *params);
+# lora_status lora_adapter_create(lora_adapter **out, lora_model *model, const lora_adapter_params *params);
 lora_adapter_create = _fn("lora_adapter_create", lora_status,
                           [POINTER(lora_adapter_p), lora_model_p, POINTER(lora_adapter_params)], check=True)
 # lora_status lora_adapter_load(lora_adapter **out, const lora_model *model, const char *path);

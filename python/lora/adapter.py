@@ -13,6 +13,8 @@ _INITS = {
     "kaiming": C.LORA_INIT_DEFAULT,
     "gaussian": C.LORA_INIT_GAUSSIAN,  # A ~ N(0, 1/r^2), B zeros
     "random": C.LORA_INIT_RANDOM,      # A and B random (not a no-op; for tests)
+    "pissa": C.LORA_INIT_PISSA,        # principal singular triplets; the model's weights become the residual
+    "olora": C.LORA_INIT_OLORA,        # QR of the base weights; the model's weights become the residual
 }
 
 
@@ -55,13 +57,15 @@ class Adapter(Owner):
     @classmethod
     def create(cls, model: Model, r: int = 8, alpha: float = 8.0, dropout: float = 0.0,
                target_modules=("c_attn",), use_rslora: bool = False, init="default", seed: int = 0,
-               layers_to_transform=None) -> "Adapter":
+               layers_to_transform=None, pissa_niter: int = 0) -> "Adapter":
         """A new adapter for model's shape (not attached).
 
         target_modules: a list of module names or suffixes matched as PEFT does
         ("c_attn", "attn.c_proj", "mlp.c_fc", ...), or a single string taken as
         a full-match regular expression (PEFT's meaning of a string).
-        init: "default" (A kaiming-uniform, B zeros), "gaussian" or "random".
+        init: "default" (A kaiming-uniform, B zeros), "gaussian", "random",
+        "pissa" or "olora" (these two replace the model's base weights by the
+        residual; pissa_niter > 0 uses PEFT's fast randomised SVD).
         layers_to_transform: None (every layer), an int or a list of layer indices.
         """
         mh = cls._model_handle(model)
@@ -84,6 +88,7 @@ class Adapter(Owner):
         p.use_rslora = flag(use_rslora)
         p.init = _init_value(init)
         p.seed = uint64(seed, "seed")
+        p.pissa_niter = int32(pissa_niter, "pissa_niter")
         layers = None
         if layers_to_transform is not None:
             if isinstance(layers_to_transform, int):

@@ -247,3 +247,14 @@ def test_merge_attaches_an_unattached_adapter(model_a):
     model_a.unmerge(a)
     assert max_abs_diff(model_a.logits(ids), merged) < MERGE_TOLERANCE
     model_a.detach(a)  # it was attached by merge
+
+
+def test_pissa_and_olora_keep_the_output_at_step_0():
+    for init, niter in (("pissa", 0), ("pissa", 4), ("olora", 0)):
+        with lora.Model.load(fixture("gpt2-tok")) as model:
+            ids = model.tokenize("the quick brown fox")
+            before = model.logits(ids)
+            a = lora.Adapter.create(model, r=4, alpha=8, target_modules=["c_attn", "mlp.c_fc"], init=init, pissa_niter=niter)
+            model.attach(a)
+            after = model.logits(ids)
+            assert max_abs_diff(before, after) < 1e-4, (init, niter)
