@@ -1284,7 +1284,7 @@ static void test_adapter_create(void) {
     BAD_ADAPTER(lora_dropout, 1.0f, LORA_INVALID_ARGUMENT);
     BAD_ADAPTER(lora_dropout, -0.5f, LORA_INVALID_ARGUMENT);
     BAD_ADAPTER(lora_dropout, NAN, LORA_INVALID_ARGUMENT);
-    BAD_ADAPTER(init, 3, LORA_INVALID_ARGUMENT);
+    BAD_ADAPTER(init, 5, LORA_INVALID_ARGUMENT);
     BAD_ADAPTER(init, -1, LORA_INVALID_ARGUMENT);
     BAD_ADAPTER(target_modules, "no_such_module", LORA_INVALID_ARGUMENT);
     BAD_ADAPTER(target_modules, "wte", LORA_UNSUPPORTED);
