@@ -15,7 +15,7 @@ struct Demo: ParsableCommand {
     @Option(help: "Model directory (default: the embedded model).") var model: String?
     @Option(help: "Star Trek quotes file.") var data = "/usr/share/games/fortunes/startrek"
     @Option(help: "Where the adapter, merged model and logs go.") var outputDir = "lora-demo"
-    @Option(help: "Optimizer steps.") var maxSteps = 300
+    @Option(help: "Optimizer steps.") var maxSteps = 250
     @Option(help: "Tokens per sequence.") var blockSize = 128
     @Option(help: "Sequences per step.") var batchSize = 8
     @Option(help: "LoRA rank.") var r = 16
@@ -43,18 +43,18 @@ struct Demo: ParsableCommand {
         say("data: \(data): \(train.examples.count) training blocks, \(heldOut.examples.count) held-out blocks of \(block) tokens")
 
         var lc = LoraConfig()
-        lc.r = r; lc.loraAlpha = Double(2 * r); lc.loraDropout = 0.05
+        lc.r = r; lc.loraAlpha = Double(2 * r); lc.loraDropout = 0.1
         lc.targetModules = .names(["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"])
         lc.baseModelNameOrPath = modelDir
         let adapter = try Adapter(config: lc, modelConfig: m.config, name: "startrek")
         try adapter.initialize(seed: seed)
         var tc = TrainingConfig()
-        tc.learningRate = 3e-3; tc.lrScheduler = .cosine; tc.warmupSteps = min(20, maxSteps / 10); tc.maxSteps = maxSteps
+        tc.learningRate = 1.5e-3; tc.lrScheduler = .cosine; tc.warmupSteps = min(20, maxSteps / 10); tc.maxSteps = maxSteps
         tc.batchSize = batchSize; tc.blockSize = block; tc.seed = seed; tc.weightDecay = 0.01
         try m.attach(adapter)
         let trainer = try Trainer(model: m, adapter: adapter, config: tc)
 
-        let prompts = ["Captain,", "Spock:", "The Enterprise"]
+        let prompts = ["Captain,", "Logic is", "There is"]
         var sampling = SamplingParams()
         sampling.maxNewTokens = maxNewTokens; sampling.temperature = 0.7; sampling.topP = 0.9; sampling.seed = seed
 

@@ -13,7 +13,8 @@ public struct SamplingParams: Sendable, Equatable {
     /// 1 disables the penalty (transformers' RepetitionPenaltyLogitsProcessor).
     public var repetitionPenalty: Float = 1.0
     public var seed: UInt64 = 0
-    /// Stop when the model emits `<|endoftext|>` (the config's eos id).
+    /// Stop when the model emits `<|endoftext|>` (the config's eos id). The
+    /// token is returned in `tokens` but its text is not added to `text`.
     public var stopAtEndOfText = true
     /// Stop once the generated text contains one of these (it is kept, as transformers does).
     public var stopStrings: [String] = []
@@ -77,11 +78,13 @@ extension Model {
             let next = Sampler.pick(logits: &logits, history: sequence, params: params, rng: &rng)
             sequence.append(next)
             newTokens.append(next)
-            var piece = try decoder?.push(next) ?? ""
-            text += piece
             var stop: StopReason? = nil
             if params.stopAtEndOfText, let eos, next == eos { stop = .endOfText }
-            else if !params.stopStrings.isEmpty, params.stopStrings.contains(where: { !$0.isEmpty && text.contains($0) }) { stop = .stopString }
+            // The end-of-text token ends the text; its own text ("<|endoftext|>") is not part of it.
+            var piece = stop == .endOfText ? "" : (try decoder?.push(next) ?? "")
+            text += piece
+            if stop != nil {
+            } else if !params.stopStrings.isEmpty, params.stopStrings.contains(where: { !$0.isEmpty && text.contains($0) }) { stop = .stopString }
             else if newTokens.count >= params.maxNewTokens { stop = .maxNewTokens }
             else if sequence.count >= config.nPositions { stop = .contextFull }
             if stop != nil, var d = decoder {
