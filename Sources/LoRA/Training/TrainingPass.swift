@@ -54,7 +54,9 @@ final class TrainingPass {
         self.block = block
         self.checkpointing = checkpointing
         let n = batch * block, C = c.nEmbd, F = c.innerSize, H = c.nHead
-        self.chunkRows = max(1, min(n, (1 << 21) / max(c.vocabSize, 1)))   // ~8 MB of logits
+        // 256 rows per chunk (51 MB of logits for GPT-2): fewer rows make each
+        // product re-pack the whole [vocab, n_embd] head for little work.
+        self.chunkRows = max(1, min(n, 256))
 
         switch target {
         case .adapter(let a):
