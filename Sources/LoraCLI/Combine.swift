@@ -45,18 +45,12 @@ struct Extract: ParsableCommand {
     @Option(help: "The base model directory.") var base: String
     @Option(help: "The fine-tuned model directory (same architecture).") var tuned: String
     @Option(help: "Comma-separated target modules.") var targetModules = "c_attn"
-    @Option(help: "Rank for every module.") var rank: Int?
-    @Option(help: "Per module, keep this fraction of ΔW's energy.") var energy: Double?
+    @OptionGroup var ranks: RankOptions
     @Option(help: "Output directory.") var outputDir: String
 
     func run() throws {
         try Lora.run {
-            let target: RankTarget
-            switch (rank, energy) {
-            case (let k?, nil): target = .fixed(k)
-            case (nil, let e?): target = .energy(e)
-            default: throw LoraError.invalidArgument("give exactly one of --rank and --energy")
-            }
+            let target = try ranks.target()
             let b = try Model.load(directory: base), t = try Model.load(directory: tuned)
             let t0 = Date()
             let (a, reports) = try Adapter.extract(base: b, tuned: t, targetModules: .names(targetModules.split(separator: ",").map(String.init)),

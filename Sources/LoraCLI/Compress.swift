@@ -9,18 +9,12 @@ struct Compress: ParsableCommand {
 
     @Argument(help: "PEFT adapter directory.") var adapter: String
     @Option(help: "Model directory the adapter belongs to (default: the embedded model).") var model: String?
-    @Option(help: "New rank for every module.") var rank: Int?
-    @Option(help: "Per module, keep this fraction of ΔW's energy (e.g. 0.99).") var energy: Double?
+    @OptionGroup var ranks: RankOptions
     @Option(help: "Output directory for the compressed adapter.") var outputDir: String
 
     func run() throws {
         try Lora.run {
-            let target: RankTarget
-            switch (rank, energy) {
-            case (let k?, nil): target = .fixed(k)
-            case (nil, let e?): target = .energy(e)
-            default: throw LoraError.invalidArgument("give exactly one of --rank and --energy")
-            }
+            let target = try ranks.target()
             let config = try GPT2Config.load(path: (model ?? Defaults.modelDirectory) + "/config.json")
             let a = try Adapter.load(directory: adapter, modelConfig: config)
             let t0 = Date()
@@ -33,6 +27,20 @@ struct Compress: ParsableCommand {
                 say(pad(r.moduleName, 34) + String(format: " %5d %5d %8.4f%% %10.2e", r.oldRank, r.newRank, 100 * r.retainedEnergy, r.relativeError))
             }
             say(String(format: "%d → %d parameters in %.3f s; saved to %@", a.parameterCount, b.parameterCount, seconds, outputDir as NSString))
+        }
+    }
+}
+
+/// --rank k or --energy fraction (compress, extract).
+struct RankOptions: ParsableArguments {
+    @Option(help: "The same rank for every module.") var rank: Int?
+    @Option(help: "Per module, the smallest rank keeping this fraction of ΔW's energy (e.g. 0.99).") var energy: Double?
+
+    func target() throws -> RankTarget {
+        switch (rank, energy) {
+        case (let k?, nil): return .fixed(k)
+        case (nil, let e?): return .energy(e)
+        default: throw LoraError.invalidArgument("give exactly one of --rank and --energy")
         }
     }
 }
