@@ -80,7 +80,7 @@ struct Demo: ParsableCommand {
 
         let adapterDir = outputDir + "/adapter"
         try adapter.save(directory: adapterDir)
-        try AtomicFile.write(lossCurveSVG(train: printer.trainLoss, validation: printer.validationLoss,
+        try AtomicFile.write(lossCurveSVG(train: printer.trainLoss, validation: [(0, before.loss)] + printer.validationLoss,
                                           title: "liblora demo: LoRA on Star Trek quotes"), to: adapterDir + "/loss.svg")
         // Merge and check: the merged checkpoint must give base + adapter's logits.
         let probe = Array(tok.encode("-- Kirk, \"The Trouble with Tribbles\", stardate 4523.3").prefix(m.config.nPositions))
