@@ -117,6 +117,12 @@ import LoRA
         #expect(throws: LoraError.self) { try Adapter(config: lc, modelConfig: model.config) }
         lc = LoraConfig(); lc.targetModules = .names(["q_proj"])
         #expect(throws: LoraError.self) { try Adapter(config: lc, modelConfig: model.config) }
+        // A batch whose activations cannot fit the machine is refused before allocating.
+        var tiny = GPT2Config(); tiny.vocabSize = 10; tiny.nEmbd = 16; tiny.nHead = 1; tiny.nLayer = 1; tiny.nPositions = 1024
+        let small = try Model.random(config: tiny, seed: 1)
+        var huge = TrainingConfig(); huge.batchSize = 65536; huge.blockSize = 1024
+        do { _ = try Trainer(model: small, adapter: nil, config: huge); Issue.record("accepted") }
+        catch { #expect("\(error)".contains("GiB")) }
         // A checkpoint from other settings is refused.
         let dir = try Fixtures.tempDir()
         let path = try Checkpoint.save(trainer, root: dir)

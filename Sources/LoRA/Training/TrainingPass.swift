@@ -53,6 +53,17 @@ final class TrainingPass {
         self.maxBatch = batch
         self.block = block
         self.checkpointing = checkpointing
+        // The size check runs in floating point first: absurd batch × block
+        // values must give an error, not an integer overflow.
+        do {
+            let nd = Double(batch) * Double(block), Cd = Double(c.nEmbd), Fd = Double(c.innerSize)
+            let perLayer = nd * (8 * Cd + 2 * Fd + 4) + Double(batch) * Double(c.nHead) * Double(block) * Double(block)
+            let layers = checkpointing ? Double(c.nLayer + 1) * nd * Cd + perLayer : Double(c.nLayer) * perLayer + nd * Cd
+            let bytes = 4 * (layers + nd * (10 * Cd + Fd) + Double(block) * Double(block))
+            guard bytes <= Double(FloatBlock.physicalMemory) else {
+                throw LoraError.invalidArgument("batch \(batch) × block \(block) needs about \(Int(bytes / 1073741824)) GiB of activations, more than the machine's \(FloatBlock.physicalMemory >> 30) GiB; lower batch_size or block_size, or use gradient checkpointing")
+            }
+        }
         let n = batch * block, C = c.nEmbd, F = c.innerSize, H = c.nHead
         // 256 rows per chunk (51 MB of logits for GPT-2): fewer rows make each
         // product re-pack the whole [vocab, n_embd] head for little work.
@@ -74,11 +85,6 @@ final class TrainingPass {
         // Per-layer activations: ln1(+2 stats) qkv att probs res2 ln2(+2) fcPre fcAct res3.
         let perLayerFull = n * C + 2 * n + 3 * n * C + n * C + batch * H * block * block + n * C + n * C + 2 * n + 2 * n * F + n * C
         let stored = checkpointing ? (c.nLayer + 1) * n * C + perLayerFull : n * C + c.nLayer * perLayerFull
-        // Everything this pass will hold, checked before the first allocation.
-        let estimate = (stored + 3 * n * C + 7 * n * C + n * F + block * block) * 4
-        guard estimate <= FloatBlock.physicalMemory else {
-            throw LoraError.invalidArgument("batch \(batch) × block \(block) needs about \(estimate >> 30) GiB of activations, more than the machine's \(FloatBlock.physicalMemory >> 30) GiB; lower batch_size or block_size, or use gradient checkpointing")
-        }
         store = try FloatBlock(count: stored + n * C /*proj*/ + n * C + 2 * n /*lnf*/)
         var p = store.base
         func take(_ k: Int) -> FloatPtr { defer { p += k }; return p }
