@@ -217,6 +217,11 @@ public final class InferenceSession: @unchecked Sendable {
         self.model = model
         self.batch = batch
         self.capacity = capacity
+        // Cache sizes in floating point first: huge batches must be an error, not an overflow.
+        let cacheFloats = Double(c.nLayer) * Double(batch) * Double(capacity) * Double(c.nEmbd)
+        guard 8 * cacheFloats <= Double(FloatBlock.physicalMemory) else {
+            throw LoraError.invalidArgument("a KV cache for batch \(batch) × \(capacity) positions does not fit the machine's memory")
+        }
         let perLayer = batch * capacity * c.nEmbd
         kCache = try FloatBlock(count: c.nLayer * perLayer)
         vCache = try FloatBlock(count: c.nLayer * perLayer)
