@@ -274,6 +274,47 @@ lora_status lora_model_unmerge(lora_model *model, lora_adapter *adapter);
  * LORA_NUMERICAL_ERROR. */
 lora_status lora_model_save(const lora_model *model, const char *path);
 
+/* ---- Adapter algebra (LAPACK) ------------------------------------------- */
+
+/* The best lower-rank approximation of each module's delta scale*B*A (QR of B
+ * and A^T, SVD of the small core; never an out x in matrix). rank > 0: that
+ * rank everywhere (at most each module's rank); rank == 0: per module the
+ * smallest rank keeping `energy` (in (0, 1]) of the delta's squared singular
+ * values, written as PEFT rank_pattern/alpha_pattern. The new adapter has
+ * scaling 1 (lora_alpha = r), belongs to the same model, is not attached.
+ * *max_relative_error (may be NULL) receives the largest relative Frobenius
+ * error over the modules. Errors: LORA_INVALID_ARGUMENT (rank above a
+ * module's rank, energy out of range), LORA_NUMERICAL_ERROR (NaN weights,
+ * LAPACK non-convergence). */
+lora_status lora_adapter_compress(lora_adapter **out, const lora_adapter *adapter, int32_t rank, float energy,
+                                  float *max_relative_error);
+
+#define LORA_COMBINE_CAT     0  /* rank = sum of ranks; exactly sum w_i * delta_i */
+#define LORA_COMBINE_LINEAR  1  /* weighted sums of the A's and of the B's (equal ranks) */
+#define LORA_COMBINE_SVD     2  /* sum w_i * delta_i truncated to svd_rank by SVD */
+
+/* PEFT's add_weighted_adapter: combines n adapters of one model with
+ * weights. svd_rank <= 0: the largest input rank; svd_clamp <= 0: no clamp.
+ * The result has scaling 1 and no rsLoRA. Errors: LORA_INVALID_ARGUMENT
+ * (adapters of different models, unequal ranks for linear, bad method). */
+lora_status lora_adapter_combine(lora_adapter **out, const lora_adapter *const *adapters, const float *weights,
+                                 size_t n_adapters, int32_t method, int32_t svd_rank, float svd_clamp);
+
+/* A LoRA adapter approximating a full fine-tune: per module of
+ * target_modules (comma-separated, as lora_adapter_params; NULL: "c_attn"),
+ * the truncated SVD of tuned - base; rank or energy as lora_adapter_compress.
+ * The adapter belongs to `base`. Errors: LORA_INVALID_ARGUMENT (models of
+ * different configs), LORA_NUMERICAL_ERROR. */
+lora_status lora_adapter_extract(lora_adapter **out, const lora_model *base, const lora_model *tuned,
+                                 const char *target_modules, int32_t rank, float energy,
+                                 float *max_relative_error);
+
+/* A PiSSA/OLoRA adapter (created with LORA_INIT_PISSA/OLORA, then trained)
+ * as a plain LoRA of rank 2r for the original, unmodified base model
+ * (PEFT's path_initial_model_for_weight_conversion). Errors:
+ * LORA_INVALID_ARGUMENT (not a PiSSA/OLoRA adapter created in this process). */
+lora_status lora_adapter_convert_for_original_base(lora_adapter **out, const lora_adapter *adapter);
+
 /* ---- Training ---------------------------------------------------------- */
 
 #define LORA_SCHEDULER_CONSTANT              0

@@ -355,6 +355,27 @@ lora_adapter_free = _fn("lora_adapter_free", None, [lora_adapter_p])
 # int64_t lora_adapter_n_params(const lora_adapter *adapter);
 lora_adapter_n_params = _fn("lora_adapter_n_params", c_int64, [lora_adapter_p])
 
+# lora_status lora_adapter_compress(lora_adapter **out, const lora_adapter *adapter, int32_t rank, float energy,
+#                                   float *max_relative_error);
+lora_adapter_compress = _fn("lora_adapter_compress", lora_status,
+                            [POINTER(lora_adapter_p), lora_adapter_p, c_int32, c_float, POINTER(c_float)], check=True)
+LORA_COMBINE_CAT = 0
+LORA_COMBINE_LINEAR = 1
+LORA_COMBINE_SVD = 2
+# lora_status lora_adapter_combine(lora_adapter **out, const lora_adapter *const *adapters, const float *weights,
+#                                  size_t n_adapters, int32_t method, int32_t svd_rank, float svd_clamp);
+lora_adapter_combine = _fn("lora_adapter_combine", lora_status,
+                           [POINTER(lora_adapter_p), POINTER(lora_adapter_p), POINTER(c_float), c_size_t, c_int32,
+                            c_int32, c_float], check=True)
+# lora_status lora_adapter_extract(lora_adapter **out, const lora_model *base, const lora_model *tuned,
+#                                  const char *target_modules, int32_t rank, float energy, float *max_relative_error);
+lora_adapter_extract = _fn("lora_adapter_extract", lora_status,
+                           [POINTER(lora_adapter_p), lora_model_p, lora_model_p, c_char_p, c_int32, c_float,
+                            POINTER(c_float)], check=True)
+# lora_status lora_adapter_convert_for_original_base(lora_adapter **out, const lora_adapter *adapter);
+lora_adapter_convert_for_original_base = _fn("lora_adapter_convert_for_original_base", lora_status,
+                                             [POINTER(lora_adapter_p), lora_adapter_p], check=True)
+
 # lora_status lora_model_attach(lora_model *model, lora_adapter *adapter, float scale);
 lora_model_attach = _fn("lora_model_attach", lora_status, [lora_model_p, lora_adapter_p, c_float], check=True)
 # lora_status lora_model_detach(lora_model *model, lora_adapter *adapter);

@@ -1,7 +1,7 @@
 """lora.Adapter: a LoRA adapter for one model (lora_adapter)."""
 from __future__ import annotations
 
-from ctypes import byref
+from ctypes import byref, c_float
 
 from . import _capi as C
 from ._convert import cpath, cstring, flag, int32, int32_array, real, uint64
@@ -108,6 +108,54 @@ class Adapter(Owner):
         h = C.lora_adapter_p()
         C.lora_adapter_load(byref(h), mh, cpath(path))
         return cls(h, model)
+
+    @staticmethod
+    def _rank_args(rank, energy):
+        if (rank is None) == (energy is None):
+            raise ValueError("give exactly one of rank and energy")
+        return (int32(rank, "rank"), 0.0) if rank is not None else (0, real(energy, "energy"))
+
+    def compress(self, rank=None, energy=None):
+        """The optimal lower-rank adapter (per module: rank, or the smallest rank
+        keeping `energy` of the delta). Returns (adapter, max_relative_error)."""
+        r, e = self._rank_args(rank, energy)
+        h = C.lora_adapter_p()
+        err = c_float()
+        C.lora_adapter_compress(byref(h), self._require(), r, e, byref(err))
+        return Adapter(h, self.model), float(err.value)
+
+    @classmethod
+    def combine(cls, adapters, weights, method="svd", svd_rank=0, svd_clamp=0.0) -> "Adapter":
+        """PEFT's add_weighted_adapter: method "cat", "linear" or "svd"."""
+        adapters = list(adapters)
+        weights = [real(w, "weight") for w in weights]
+        if not adapters or len(adapters) != len(weights):
+            raise ValueError("give as many weights as adapters (at least one)")
+        methods = {"cat": C.LORA_COMBINE_CAT, "linear": C.LORA_COMBINE_LINEAR, "svd": C.LORA_COMBINE_SVD}
+        if method not in methods:
+            raise ValueError(f"method must be one of {sorted(methods)}")
+        handles = (C.lora_adapter_p * len(adapters))(*[a._require() for a in adapters])
+        ws = (c_float * len(weights))(*weights)
+        h = C.lora_adapter_p()
+        C.lora_adapter_combine(byref(h), handles, ws, len(adapters), methods[method], int32(svd_rank, "svd_rank"),
+                               real(svd_clamp, "svd_clamp"))
+        return cls(h, adapters[0].model)
+
+    @classmethod
+    def extract(cls, base: Model, tuned: Model, target_modules=("c_attn",), rank=None, energy=None):
+        """A LoRA adapter approximating tuned − base (SVD per module). Returns (adapter, max_relative_error)."""
+        r, e = cls._rank_args(rank, energy)
+        names = b",".join(cstring(t, "target module") for t in target_modules)
+        h = C.lora_adapter_p()
+        err = c_float()
+        C.lora_adapter_extract(byref(h), cls._model_handle(base), cls._model_handle(tuned), names, r, e, byref(err))
+        return cls(h, base), float(err.value)
+
+    def convert_for_original_base(self) -> "Adapter":
+        """A PiSSA/OLoRA adapter as a plain rank-2r LoRA for the unmodified base (to save)."""
+        h = C.lora_adapter_p()
+        C.lora_adapter_convert_for_original_base(byref(h), self._require())
+        return Adapter(h, self.model)
 
     def save(self, path) -> None:
         """Saves in PEFT's layout into directory path (created if needed)."""

@@ -258,3 +258,44 @@ def test_pissa_and_olora_keep_the_output_at_step_0():
             model.attach(a)
             after = model.logits(ids)
             assert max_abs_diff(before, after) < 1e-4, (init, niter)
+
+
+def test_adapter_algebra_through_the_c_abi(tmp_path):
+    with lora.Model.load(fixture("gpt2-a")) as model:
+        a = lora.Adapter.load(model, fixture("lora", "all"))
+        b = lora.Adapter.load(model, fixture("combine", "all2"))
+        small, err = a.compress(rank=2)
+        assert small.n_params == a.n_params // 2 and 0 < err < 1
+        same, err0 = a.compress(rank=4)
+        assert err0 < 1e-5
+        kept, _ = a.compress(energy=0.99)
+        kept.save(tmp_path / "kept")
+        with pytest.raises(lora.LoraError):
+            a.compress(rank=5)
+        with pytest.raises(ValueError):
+            a.compress()
+        cat = lora.Adapter.combine([a, b], [0.6, 0.5], method="cat")
+        assert cat.n_params == a.n_params + b.n_params
+        svd = lora.Adapter.combine([a, b], [0.6, 0.5], method="svd", svd_rank=3)
+        lin = lora.Adapter.combine([a, b], [0.6, 0.5], method="linear")
+        assert svd.n_params < cat.n_params and lin.n_params == a.n_params
+        ids = [1, 5, 9, 33]
+        model.attach(a)
+        want = model.logits(ids)
+        model.detach(a)
+        model.attach(same)
+        assert max_abs_diff(model.logits(ids), want) < 1e-4
+        model.detach(same)
+        with lora.Model.load(fixture("gpt2-a")) as tuned:
+            t = lora.Adapter.load(tuned, fixture("lora", "all"))
+            tuned.merge(t)
+            ex, err = lora.Adapter.extract(model, tuned, ["c_attn", "c_proj", "c_fc"], rank=4)
+            assert err < 1e-3
+            model.attach(ex)
+            assert max_abs_diff(model.logits(ids), want) < 1e-3
+        with pytest.raises(lora.LoraError):
+            a.convert_for_original_base()
+    with lora.Model.load(fixture("gpt2-a")) as model:
+        p = lora.Adapter.create(model, r=4, alpha=8, target_modules=["c_attn"], init="pissa")
+        conv = p.convert_for_original_base()
+        assert conv.n_params == 2 * p.n_params
