@@ -141,3 +141,21 @@ import LoRA
         #expect(try GPT2Config.load(path: dir + "/config.json") == model.config)
     }
 }
+
+@Suite struct MergedExportTests {
+    /// The export `lora merge` wrote (committed), loaded by transformers: its logits equal base + adapter.
+    @Test func transformersLoadsTheMergedExport() throws {
+        let lora = try SafeTensorsFile(path: Fixtures.path("lora/expected.safetensors"))
+        let fromTransformers = try SafeTensorsFile(path: Fixtures.path("merge/expected.safetensors")).floats("logits")
+        #expect(maxAbsDiff(fromTransformers, try lora.floats("logits.all")) < logitsTolerance)
+        // Exporting again gives the same bytes.
+        let model = try Model.load(directory: Fixtures.path("gpt2-a"))
+        try model.merge(try Adapter.load(directory: Fixtures.path("lora/all"), modelConfig: model.config))
+        let dir = try Fixtures.tempDir()
+        try model.save(directory: dir)
+        for f in ["model.safetensors", "config.json"] {
+            #expect(try Data(contentsOf: URL(fileURLWithPath: dir + "/" + f))
+                    == Data(contentsOf: URL(fileURLWithPath: Fixtures.path("merge/export/" + f))), "\(f) differs")
+        }
+    }
+}
