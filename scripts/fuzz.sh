@@ -6,7 +6,7 @@
 # Builds every harness once (-sanitize=fuzzer,address, scratch path
 # .build-fuzz), then runs the harness for `seconds` (default 30) on a scratch
 # copy of its seed corpus fuzz/corpus/<harness> (the committed corpus is not
-# touched), one worker. A crash, trap, sanitizer report, timeout or leak stops
+# touched), one worker, with the dictionary fuzz/dict/<harness>.dict. A crash, trap, sanitizer report, timeout or leak stops
 # the run; its input is kept as fuzz-artifacts/<harness>/crash-* (or leak-*,
 # timeout-*, oom-*; with the run's log, fuzz.log; the directory is emptied
 # when that harness runs again) and the script exits non-zero. `all` runs every harness
@@ -56,13 +56,15 @@ run_one() {
     log=$out/fuzz.log
     rm -rf "$corpus" "$out"; mkdir -p "$corpus" "$out"
     cp fuzz/corpus/"$h"/* "$corpus"/
+    local dict=()
+    [[ -f fuzz/dict/$h.dict ]] && dict=(-dict="$root/fuzz/dict/$h.dict")
     echo "== fuzz: $h for ${seconds}s (log: $log)"
     # ASan: leaks are not checked per input (Swift globals and caches would
     # be reported); everything else aborts the run.
     ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:abort_on_error=1:symbolize=1} \
     "$exe" -max_total_time="$seconds" -print_final_stats=1 \
         -rss_limit_mb="${FUZZ_RSS_MB:-2048}" -timeout="${FUZZ_TIMEOUT:-10}" \
-        -artifact_prefix="$out/" "$@" "$corpus" >"$log" 2>&1
+        -artifact_prefix="$out/" "${dict[@]}" "$@" "$corpus" >"$log" 2>&1
     status=$?
     grep -E "^(#[0-9]+[[:space:]]+(INITED|DONE)|stat::number_of_executed_units|stat::average_exec_per_sec|stat::peak_rss_mb)" "$log" | sed "s/^/   $h: /"
     if ((status != 0)); then
