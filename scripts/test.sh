@@ -21,6 +21,9 @@ echo "== the Swift suite under AddressSanitizer"
 swift build --build-tests --sanitize=address --scratch-path .build-asan
 ASAN_OPTIONS=detect_leaks=0 swift test --skip-build --sanitize=address --scratch-path .build-asan
 
+echo "== fuzzing: every harness for 15 s (a crash fails; inputs kept in fuzz-artifacts/)"
+bash scripts/fuzz.sh all 15
+
 echo "== crash safety: SIGKILL during training and checkpointing, resume bit-exact"
 bash Tests/crash/kill_test.sh .build/release/lora-cli 20
 

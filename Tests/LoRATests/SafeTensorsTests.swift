@@ -56,6 +56,20 @@ import LoRA
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["a.safetensors"])
     }
 
+    @Test func dataOffsetsNearIntMaxAreRejectedWithoutOverflow() throws {
+        // Found by fuzz/harnesses (FuzzSafetensors): tensors that tile the data
+        // section up to an end offset near Int.max made the truncation check
+        // (end + header size) overflow and trap instead of throwing.
+        var entries: [String] = []
+        var offset = 0
+        for (i, size) in (Array(repeating: 1 << 59, count: 15) + [(1 << 59) - 5]).enumerated() {
+            entries.append(#""t\#(i + 10)": {"dtype": "U8", "shape": [\#(size)], "data_offsets": [\#(offset), \#(offset + size)]}"#)
+            offset += size
+        }
+        #expect(offset == Int.max - 4)
+        try expectInvalid(file(header: "{" + entries.joined(separator: ", ") + "}", data: []), "file is truncated")
+    }
+
     @Test func acceptsWhatTheReferenceAccepts() throws {
         // Leading/trailing white space, no metadata, header length not a multiple of 8, extra fields.
         let h = #"  {"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"foo":1}} "#

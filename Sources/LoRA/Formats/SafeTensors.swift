@@ -216,11 +216,15 @@ public final class SafeTensorsFile: @unchecked Sendable {
             }
             last = info.end
         }
-        guard last + 8 + n == bytes.count else {
-            if last + 8 + n > bytes.count {
-                throw fail("file is truncated: tensors need \(last + 8 + n) bytes, the file has \(bytes.count)")
+        // `last` may be close to Int.max: compare with the data section's size
+        // (>= 0, checked above) rather than add the header's.
+        let dataSize = bytes.count - 8 - n
+        guard last == dataSize else {
+            if last > dataSize {
+                let needed = last.addingReportingOverflow(8 + n)
+                throw fail("file is truncated: tensors need \(needed.overflow ? "more than \(Int.max)" : "\(needed.partialValue)") bytes, the file has \(bytes.count)")
             }
-            throw fail("\(bytes.count - last - 8 - n) trailing bytes after the last tensor")
+            throw fail("\(dataSize - last) trailing bytes after the last tensor")
         }
         return Parsed(metadata: metadata, tensors: infos, dataStart: 8 + n)
     }
