@@ -142,6 +142,39 @@ struct CLI {
         #expect(bad.status != 0 && bad.err.contains("--init-lora-weights"), "\(bad.err)")
     }
 
+    @Test func compressCombineExtractInitModel() throws {
+        let a = Fixtures.path("gpt2-a"), all = Fixtures.path("lora/all"), pattern = Fixtures.path("lora/pattern")
+        let out = try Fixtures.tempDir()
+        var r = try CLI.run(["compress", all, "--model", a, "--rank", "2", "--output-dir", out + "/small"])
+        #expect(r.status == 0 && r.out.contains("6144 → 3072 parameters"), "compress: \(r.err)")
+        r = try CLI.run(["compress", all, "--model", a, "--energy", "0.9", "--output-dir", out + "/energy"])
+        #expect(r.status == 0, "compress --energy: \(r.err)")
+        r = try CLI.run(["combine", "--model", a, all + ":0.7", pattern + ":0.3", "--combination-type", "svd", "--svd-rank", "3",
+                         "--output-dir", out + "/mix"])
+        #expect(r.status == 0 && r.out.contains("rank 3"), "combine: \(r.err)")
+        let c = try GPT2Config.load(path: a + "/config.json")
+        #expect(try Adapter.load(directory: out + "/mix", modelConfig: c).config.r == 3)
+        let merged = out + "/merged"
+        r = try CLI.run(["merge", "--model", a, "--adapter", all, "--output-dir", merged])
+        #expect(r.status == 0)
+        r = try CLI.run(["extract", "--base", a, "--tuned", merged, "--target-modules", "c_attn,c_proj,c_fc", "--rank", "4",
+                         "--output-dir", out + "/ex"])
+        #expect(r.status == 0 && r.out.contains("extracted 8 modules"), "extract: \(r.err)")
+        r = try CLI.run(["init-model", out + "/fresh", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--n-positions", "32"])
+        #expect(r.status == 0, "init-model: \(r.err)")
+        let fresh = try Model.load(directory: out + "/fresh")
+        #expect(fresh.config.vocabSize == 257 && fresh.tokenizer?.vocabSize == 257)
+        try expectFailure(["compress", all, "--model", a, "--rank", "5", "--output-dir", out + "/bad"], mentioning: "exceeds")
+        try expectFailure(["combine", "--model", a, all, "--combination-type", "ties", "--output-dir", out + "/bad"], mentioning: "combination-type")
+        try expectFailure(["extract", "--base", a, "--tuned", Fixtures.path("gpt2-b"), "--rank", "2", "--output-dir", out + "/bad"], mentioning: "different configs")
+    }
+
+    @Test(.enabled(if: ProcessInfo.processInfo.environment["LORA_CLI"] != nil, "needs the release CLI (scripts/test.sh)"))
+    func benchPrintsJSON() throws {
+        let r = try CLI.run(["bench", "inference", "--prompt", "8", "--decode", "2", "--repeats", "1", "--threads", "1"])
+        #expect(r.status == 0 && r.out.contains("\"bench\":\"prefill\"") && r.out.contains("\"bench\":\"decode\""), "bench: \(r.err)")
+    }
+
     @Test func badInputIsOneLineAndNonZero() throws {
         let data = try text()
         try expectFailure(["generate", "--model", "/nonexistent", "x"], mentioning: "/nonexistent")
