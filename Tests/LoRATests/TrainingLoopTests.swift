@@ -131,3 +131,40 @@ import LoRA
         #expect(throws: LoraError.self) { try Checkpoint.restore(t2, from: path) }
     }
 }
+
+@Suite struct CancellationTests {
+    final class Flag: @unchecked Sendable {
+        private let lock = NSLock()
+        private var value = false
+        func set() { lock.lock(); value = true; lock.unlock() }
+        var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
+    }
+
+    /// Another thread asks to stop; the progress callback (on the training
+    /// thread) sees it and training stops after a consistent step.
+    @Test func cancellingFromAnotherThreadStopsTrainingCleanly() throws {
+        let model = try Model.load(directory: Fixtures.path("gpt2-a"))
+        var lc = LoraConfig(); lc.r = 4; lc.targetModules = .names(["c_attn"])
+        let adapter = try Adapter(config: lc, modelConfig: model.config)
+        try adapter.initialize(seed: 1)
+        var tc = TrainingConfig(); tc.maxSteps = 100_000; tc.batchSize = 2; tc.blockSize = 12
+        let trainer = try Trainer(model: model, adapter: adapter, config: tc)
+        let data = Dataset(examples: (0..<8).map { i in TrainingExample(ids: (0..<12).map { TokenID(($0 * 5 + i) % 101) }) })
+        let stop = Flag(), done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var outcome: Error? = nil
+        nonisolated(unsafe) var reports = 0
+        let t = Thread {
+            do { try trainer.train(data) { _ in reports += 1; return !stop.isSet } } catch { outcome = error }
+            done.signal()
+        }
+        t.start()
+        Thread.sleep(forTimeInterval: 0.3)
+        stop.set()
+        #expect(done.wait(timeout: .now() + 30) == .success, "training did not stop")
+        #expect(outcome as? LoraError == .aborted)
+        #expect(trainer.step == reports && reports > 0 && reports < 100_000)
+        // The trainer is still usable after a cancelled run.
+        _ = try trainer.step(ids: [data.examples[0].ids])
+        #expect(trainer.step == reports + 1)
+    }
+}
