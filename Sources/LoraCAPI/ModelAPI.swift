@@ -72,7 +72,7 @@ public func lora_tokenize(_ model: OpaquePointer?, _ text: UnsafePointer<CChar>?
         let m = try box(model, ModelBox.self, "model").model
         let n = try count(textLen, "text_len")
         let cap = try count(capacity, "capacity")
-        guard let text, n > 0 || true else { throw invalid("text is NULL") }
+        guard let text else { throw invalid("text is NULL") }
         let bytes = UnsafeBufferPointer(start: UnsafeRawPointer(text).assumingMemoryBound(to: UInt8.self), count: n)
         guard let s = String(validating: bytes, as: UTF8.self) else { throw invalid("text is not valid UTF-8") }
         let ids = try tokenizer(m).encode(s)
