@@ -87,7 +87,11 @@ typedef struct lora_trainer lora_trainer;
 
 typedef struct lora_model_params {
     uint32_t struct_size;
-    /* OpenBLAS threads for the whole process (0: leave OpenBLAS's choice). */
+    /* Compute threads for the whole process (0: keep the current count, at
+     * first OPENBLAS_NUM_THREADS or the CPU count). liblora splits products,
+     * element-wise kernels and attention heads across its own workers and
+     * runs OpenBLAS single-threaded (it calls openblas_set_num_threads(1)
+     * when it loads OpenBLAS, which a host sharing that OpenBLAS sees too). */
     int32_t n_threads;
 } lora_model_params;
 

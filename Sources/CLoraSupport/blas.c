@@ -15,6 +15,7 @@
 #include <dlfcn.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,9 @@ static char load_error[512] = "OpenBLAS not loaded yet";
 static char core_initial[64] = "";
 static char core_now[64] = "";
 static int core_chosen = 0;
+// Worker threads of liblora's own kernels (OpenBLAS itself runs single-threaded).
+static _Atomic int compute_threads = 1;
+static _Thread_local int in_parallel_region = 0;
 
 static sgemm_fn *p_sgemm;
 static sgemv_fn *p_sgemv;
@@ -174,6 +178,12 @@ static void do_load(void) {
         p_sgeqrf = (sgeqrf_fn *)dlsym(l, "LAPACKE_sgeqrf");
         p_sorgqr = (sorgqr_fn *)dlsym(l, "LAPACKE_sorgqr");
     }
+    // liblora splits every product across its own workers (concurrent
+    // single-threaded calls): OpenBLAS's threads would only spin while the
+    // element-wise kernels and attention run in parallel.
+    int t = p_get_threads ? p_get_threads() : 1;
+    atomic_store(&compute_threads, t < 1 ? 1 : (t > LB_MAX_THREADS ? LB_MAX_THREADS : t));
+    if (p_set_threads) p_set_threads(1);
     load_status = 0;
     load_error[0] = 0;
 }
@@ -192,8 +202,16 @@ const char *lb_openblas_config(void) {
     const char *c = p_config();
     return c ? c : "";
 }
-int lb_get_num_threads(void) { return (lb_load() || !p_get_threads) ? 1 : p_get_threads(); }
-void lb_set_num_threads(int n) { if (!lb_load() && p_set_threads && n > 0) p_set_threads(n); }
+int lb_get_num_threads(void) { lb_load(); return atomic_load_explicit(&compute_threads, memory_order_relaxed); }
+void lb_set_num_threads(int n) {
+    lb_load();
+    if (n > 0) atomic_store(&compute_threads, n > LB_MAX_THREADS ? LB_MAX_THREADS : n);
+}
+int lb_compute_threads(void) {
+    return in_parallel_region ? 1 : atomic_load_explicit(&compute_threads, memory_order_relaxed);
+}
+int lb_enter_parallel(void) { int was = in_parallel_region; in_parallel_region = 1; return was; }
+void lb_leave_parallel(int was) { in_parallel_region = was; }
 
 void lb_sgemm(int transA, int transB, int m, int n, int k, float alpha,
               const float *a, int lda, const float *b, int ldb,

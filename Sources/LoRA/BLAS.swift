@@ -18,6 +18,9 @@ public enum BLAS {
     /// and OpenBLAS chose an older one than the CPU supports).
     public static var coreWasChosen: Bool { lb_core_was_chosen() != 0 }
     public static var config: String { String(cString: lb_openblas_config()) }
+    /// Worker threads of the kernels, for the whole process. Starts at
+    /// OpenBLAS's own choice (OPENBLAS_NUM_THREADS or the CPU count); OpenBLAS
+    /// itself then runs single-threaded and liblora splits the work.
     public static var threads: Int {
         get { Int(lb_get_num_threads()) }
         set { lb_set_num_threads(Int32(clamping: newValue)) }

@@ -125,7 +125,8 @@ public func lora_logits(_ model: OpaquePointer?, _ tokens: UnsafePointer<Int32>?
         let need = ids.count.multipliedReportingOverflow(by: m.config.vocabSize)
         guard !need.overflow else { throw invalid("n_tokens is too large") }
         if need.partialValue > cap { throw CError.bufferTooSmall("logits need \(need.partialValue) floats, the buffer holds \(cap)") }
-        try copyFloats(try m.logits(ids), logits, cap)
+        guard let logits else { throw invalid("logits is NULL") }
+        try m.logits(ids, into: UnsafeMutableBufferPointer(start: logits, count: need.partialValue))
     }
 }
 

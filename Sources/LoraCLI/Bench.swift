@@ -8,10 +8,10 @@ import LoRA
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmark inference, LoRA training, the adapter algebra or PiSSA/OLoRA initialisation on a GPT-2 124M-shaped model (random weights).",
-        discussion: "Run one measurement per process so that peak RSS is its own. OPENBLAS_NUM_THREADS is overridden by --threads.")
+        discussion: "Run one measurement per process so that peak RSS is its own. --threads sets the compute threads (OPENBLAS_NUM_THREADS is ignored).")
 
     @Argument(help: "inference, train, svd or init") var kind = "inference"
-    @Option(help: "OpenBLAS threads.") var threads = 2
+    @Option(help: "Compute threads.") var threads = 2
     @Option(help: "Prompt tokens (inference).") var prompt = 512
     @Option(help: "Decoded tokens (inference).") var decode = 128
     @Option(help: "Batch size (train).") var batch = 4
@@ -52,10 +52,12 @@ struct Bench: ParsableCommand {
         var rng = SplitMix64(seed: 3)
         let ids = (0..<prompt).map { _ in TokenID(rng.next() % 50257) }
         var prefill: [Double] = []
+        // Logits for every position into one buffer, as lora_logits does with the caller's.
+        var logits = [Float](repeating: 0, count: prompt * model.config.vocabSize)
         for _ in 0..<repeats {
             let s = try InferenceSession(model: model, batch: 1, capacity: prompt)
             let t0 = now()
-            _ = try s.forward(ids, batch: 1, lastOnly: false)
+            try logits.withUnsafeMutableBufferPointer { try s.forward(ids, batch: 1, lastOnly: false, into: $0) }
             prefill.append(Double(prompt) / (now() - t0))
         }
         var dec: [Double] = []

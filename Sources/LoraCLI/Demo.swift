@@ -21,7 +21,7 @@ struct Demo: ParsableCommand {
     @Option(help: "LoRA rank.") var r = 16
     @Option(help: "Random seed.") var seed: UInt64 = 1
     @Option(help: "Tokens per sample.") var maxNewTokens = 160
-    @Option(help: "OpenBLAS threads (0: OpenBLAS's default).") var threads = 0
+    @Option(help: "Compute threads (0: OPENBLAS_NUM_THREADS or the CPU count).") var threads = 0
 
     func run() throws {
         try Lora.run { try demo() }

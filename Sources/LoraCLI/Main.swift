@@ -45,7 +45,7 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .customLong("adapter"), help: "A PEFT adapter directory to apply, optionally with a scale: DIR[:SCALE]. Repeatable.")
     var adapters: [String] = []
 
-    @Option(name: .long, help: "OpenBLAS threads (0: OpenBLAS's default).")
+    @Option(name: .long, help: "Compute threads (0: OPENBLAS_NUM_THREADS or the CPU count).")
     var threads: Int = 0
 
     func load() throws -> Model {

@@ -103,7 +103,7 @@ struct Train: ParsableCommand {
     @Option(help: "Checkpoints kept.") var saveTotalLimit = 2
     @Flag(help: "Skip bad JSONL records (with a warning) instead of failing.") var skipBadRecords = false
     @Flag(help: "Resume from the newest checkpoint in --output-dir/checkpoints.") var resume = false
-    @Option(help: "OpenBLAS threads (0: OpenBLAS's default).") var threads = 0
+    @Option(help: "Compute threads (0: OPENBLAS_NUM_THREADS or the CPU count).") var threads = 0
     @Flag(help: "With PiSSA/OLoRA, also save the unconverted adapter (for the residual base) in --output-dir/unconverted.")
     var saveUnconvertedAdapter = false
 

@@ -111,7 +111,8 @@ class Model(Owner):
     def load(cls, path, n_threads: int = 0) -> "Model":
         """Loads a GPT-2 directory (config.json, model.safetensors, tokenizer files when present).
 
-        n_threads: OpenBLAS threads for the whole process (0 leaves OpenBLAS's choice).
+        n_threads: compute threads for the whole process (0 keeps the current
+            count: OPENBLAS_NUM_THREADS or the CPU count at first).
         """
         p = C.lora_model_params()
         C.lora_model_default_params(byref(p))

@@ -27,8 +27,19 @@ LB_HIDDEN const char *lb_corename_initial(void);
 // 1 when liblora chose the core (set OPENBLAS_CORETYPE), 0 otherwise.
 LB_HIDDEN int lb_core_was_chosen(void);
 LB_HIDDEN const char *lb_openblas_config(void);
+// Worker threads of liblora's kernels, for the whole process. Set at load
+// from OpenBLAS's own choice (OPENBLAS_NUM_THREADS or the CPU count); OpenBLAS
+// is then switched to one thread: liblora splits products itself.
+#define LB_MAX_THREADS 256
 LB_HIDDEN int lb_get_num_threads(void);
 LB_HIDDEN void lb_set_num_threads(int n);
+// The worker count a kernel may use now: 1 inside a parallel region (no
+// nesting), lb_get_num_threads() otherwise. Does not load OpenBLAS.
+LB_HIDDEN int lb_compute_threads(void);
+// Marks the calling thread as running inside a parallel region; returns the
+// previous mark for lb_leave_parallel.
+LB_HIDDEN int lb_enter_parallel(void);
+LB_HIDDEN void lb_leave_parallel(int was);
 
 // Pure decision function (testable): the OPENBLAS_CORETYPE liblora would
 // set for a CPU with these features when OpenBLAS reports `reported`, or
@@ -45,6 +56,46 @@ LB_HIDDEN void lb_sgemm(int transA, int transB, int m, int n, int k, float alpha
 // y[m or n] = alpha * op(A) * x + beta * y, A is [m, n] row-major.
 LB_HIDDEN void lb_sgemv(int transA, int m, int n, float alpha, const float *a, int lda,
                         const float *x, float beta, float *y);
+
+// Element-wise kernels (kernels.c), dispatched to AVX-512 / AVX2 / baseline
+// code for the CPU at the first call.
+#define LB_KERNELS_BASELINE 1
+#define LB_KERNELS_AVX2 3
+#define LB_KERNELS_AVX512 4
+// The instruction set the kernels use: the CPU's best (LB_KERNELS_*).
+LB_HIDDEN int lb_kernels_level(void);
+// out[n] = x·sigmoid(2·√(2/π)·(x + 0.044715x³))  (gelu_new); out may alias inp.
+LB_HIDDEN void lb_gelu_tanh_forward(float *out, const float *inp, size_t n);
+// d[n] *= gelu_new′(pre[n]).
+LB_HIDDEN void lb_gelu_tanh_backward(float *d, const float *pre, size_t n);
+// Softmax of row[0..<n] in place; 0 (and zeros) when every entry is -inf.
+LB_HIDDEN int lb_softmax(float *row, int n);
+// Cross-entropy of one row of logits against `target` (in 0..<V): returns
+// the loss in nats and replaces the row by grad_scale·(softmax − onehot).
+LB_HIDDEN double lb_cross_entropy_row(float *row, int V, int target, float grad_scale);
+// LayerNorm of rows of C (biased variance); mean/rstd[rows] may be NULL.
+LB_HIDDEN void lb_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                                    const float *weight, const float *bias, size_t rows, int C, float eps);
+// dinp[rows, C] += ∂L/∂x of LayerNorm given dout, the input and its saved mean/rstd.
+LB_HIDDEN void lb_layernorm_backward_input(float *dinp, const float *dout, const float *inp, const float *weight,
+                                           const float *mean, const float *rstd, size_t rows, int C);
+// out[n] = a[n] + b[n]; out may alias a or b.
+LB_HIDDEN void lb_add(float *out, const float *a, const float *b, size_t n);
+
+// One instruction set's versions of the kernels above (tests compare them).
+typedef struct lb_kernel_set {
+    void (*gelu_tanh_forward)(float *out, const float *inp, size_t n);
+    void (*gelu_tanh_backward)(float *d, const float *pre, size_t n);
+    int (*softmax)(float *row, int n);
+    double (*cross_entropy_row)(float *row, int V, int target, float grad_scale);
+    void (*layernorm_forward)(float *out, float *mean, float *rstd, const float *inp, const float *weight,
+                              const float *bias, size_t rows, int C, float eps);
+    void (*layernorm_backward_input)(float *dinp, const float *dout, const float *inp, const float *weight,
+                                     const float *mean, const float *rstd, size_t rows, int C);
+    void (*add)(float *out, const float *a, const float *b, size_t n);
+} lb_kernel_set;
+// The set for a level, or NULL when this CPU cannot run it.
+LB_HIDDEN const lb_kernel_set *lb_kernels_for(int level);
 
 // LAPACKE (row-major). Return LAPACK's info.
 LB_HIDDEN int lb_sgesdd(char jobz, int m, int n, float *a, int lda, float *s,

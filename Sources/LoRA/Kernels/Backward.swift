@@ -1,3 +1,4 @@
+import CLoraSupport
 import Foundation
 
 // Backward kernels. Gradients carry a `d` prefix and come first; unless a
@@ -17,9 +18,11 @@ public func matmulBackward(dinp: FloatPtr?, dweight: FloatPtr?, dbias: FloatPtr?
              beta: 1, C: dweight, ldc: N)
     }
     if let dbias {
-        for m in 0..<M {
-            let row = dout + m * N
-            for n in 0..<N { dbias[n] += row[n] }
+        parallelChunks(N, minChunk: 64, align: 16) { _, cols in
+            for m in 0..<M {
+                let row = dout + m * N
+                for n in cols { dbias[n] += row[n] }
+            }
         }
     }
 }
@@ -28,25 +31,17 @@ public func matmulBackward(dinp: FloatPtr?, dweight: FloatPtr?, dbias: FloatPtr?
 public func layerNormBackward(dinp: FloatPtr, dweight: FloatPtr?, dbias: FloatPtr?,
                               dout: ConstFloatPtr, inp: ConstFloatPtr, weight: ConstFloatPtr,
                               mean: ConstFloatPtr, rstd: ConstFloatPtr, rows: Int, C: Int) {
-    for r in 0..<rows {
-        let dy = dout + r * C, x = inp + r * C, dx = dinp + r * C
-        let m = mean[r], s = rstd[r]
-        var dnormMean: Float = 0, dnormNormMean: Float = 0
-        for i in 0..<C {
-            let norm = (x[i] - m) * s
-            let dnorm = weight[i] * dy[i]
-            dnormMean += dnorm
-            dnormNormMean += dnorm * norm
-        }
-        dnormMean /= Float(C)
-        dnormNormMean /= Float(C)
-        for i in 0..<C {
-            let norm = (x[i] - m) * s
-            let dnorm = weight[i] * dy[i]
-            dx[i] += s * (dnorm - dnormMean - norm * dnormNormMean)
-        }
-        if let dweight, let dbias {
-            for i in 0..<C {
+    parallelChunks(rows, minChunk: max(1, 8192 / max(C, 1))) { _, range in
+        let r0 = range.lowerBound
+        lb_layernorm_backward_input(dinp + r0 * C, dout + r0 * C, inp + r0 * C, weight, mean + r0, rstd + r0, range.count, Int32(C))
+    }
+    // Parameter gradients: sums over rows, split by columns (same order as one thread).
+    guard let dweight, let dbias else { return }
+    parallelChunks(C, minChunk: 64, align: 16) { _, cols in
+        for r in 0..<rows {
+            let dy = dout + r * C, x = inp + r * C
+            let m = mean[r], s = rstd[r]
+            for i in cols {
                 dweight[i] += dy[i] * (x[i] - m) * s
                 dbias[i] += dy[i]
             }
@@ -56,21 +51,15 @@ public func layerNormBackward(dinp: FloatPtr, dweight: FloatPtr?, dbias: FloatPt
 
 /// d[n] = d[n] · act′(pre[n])  (in place: d holds ∂L/∂act(pre) on entry, ∂L/∂pre on exit).
 public func activationBackward(_ act: Activation, d: FloatPtr, pre: ConstFloatPtr, n: Int) {
+    parallelChunks(n, minChunk: elementwiseChunk, align: 16) { _, r in
+        activationBackwardSerial(act, d: d + r.lowerBound, pre: pre + r.lowerBound, n: r.count)
+    }
+}
+
+func activationBackwardSerial(_ act: Activation, d: FloatPtr, pre: ConstFloatPtr, n: Int) {
     switch act {
     case .geluNew, .geluPytorchTanh, .geluFast:
-        let k = Vec(repeating: 0.7978845608028654), c = Vec(repeating: 0.044715)
-        var i = 0
-        while i < n {
-            let m = min(16, n - i)
-            var x = Vec(repeating: 0), g = Vec(repeating: 0)
-            if m == 16 { x = vload(pre + i); g = vload(d + i) } else { for j in 0..<m { x[j] = pre[i + j]; g[j] = d[i + j] } }
-            let t = vtanh(k * (x + c * x * x * x))
-            let dudx = k * (Vec(repeating: 1) + Vec(repeating: 3) * c * x * x)
-            let grad = Vec(repeating: 0.5) * (Vec(repeating: 1) + t) + Vec(repeating: 0.5) * x * (Vec(repeating: 1) - t * t) * dudx
-            let r = g * grad
-            if m == 16 { vstore(r, d + i) } else { for j in 0..<m { d[i + j] = r[j] } }
-            i += 16
-        }
+        lb_gelu_tanh_backward(d, pre, n)
     case .gelu, .geluPython:
         for i in 0..<n {
             let x = pre[i]
@@ -132,26 +121,24 @@ public func attentionBackward(dq: FloatPtr, ldq: Int, dk: FloatPtr, dv: FloatPtr
 /// rows whose target is negative (ignored) get zeros. Returns the summed loss (nats).
 public func crossEntropyForwardBackward(logits: FloatPtr, targets: UnsafePointer<Int32>, rows: Int, V: Int,
                                         gradScale: Float) -> Double {
-    var total = 0.0
-    for r in 0..<rows {
-        let row = logits + r * V
-        let t = Int(targets[r])
-        if t < 0 || t >= V {
-            row.update(repeating: 0, count: V)
-            continue
+    // Per-row losses summed in row order afterwards: the total does not depend on the split.
+    var rowLoss = [Double](repeating: 0, count: rows)
+    rowLoss.withUnsafeMutableBufferPointer { lossBuf in
+        guard let losses = lossBuf.baseAddress else { return }
+        parallelChunks(rows, minChunk: 1) { _, range in
+            for r in range {
+                let row = logits + r * V
+                let t = Int(targets[r])
+                if t < 0 || t >= V {
+                    row.update(repeating: 0, count: V)
+                    continue
+                }
+                losses[r] = lb_cross_entropy_row(row, Int32(V), Int32(t), gradScale)
+            }
         }
-        var mx = -Float.infinity
-        for i in 0..<V where row[i] > mx { mx = row[i] }
-        let target = row[t]
-        let m = Vec(repeating: mx)
-        vmap(row, row, V) { vexp($0 - m) }
-        var sum = 0.0
-        for i in 0..<V { sum += Double(row[i]) }
-        total += Double(mx) + Foundation.log(sum) - Double(target)
-        let s = Vec(repeating: Float(Double(gradScale) / sum))
-        vmap(row, row, V) { $0 * s }
-        row[t] -= gradScale
     }
+    var total = 0.0
+    for l in rowLoss { total += l }
     return total
 }
 

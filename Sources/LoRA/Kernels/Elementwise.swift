@@ -1,3 +1,4 @@
+import CLoraSupport
 import Foundation
 
 // Forward kernels over flat buffers. Shapes are in the comment above each.
@@ -8,48 +9,48 @@ import Foundation
 public func layerNormForward(out: FloatPtr, mean: FloatPtr?, rstd: FloatPtr?,
                              inp: ConstFloatPtr, weight: ConstFloatPtr, bias: ConstFloatPtr,
                              rows: Int, C: Int, eps: Float) {
-    for r in 0..<rows {
-        let x = inp + r * C
-        let y = out + r * C
-        var sum: Float = 0
-        for i in 0..<C { sum += x[i] }
-        let m = sum / Float(C)
-        var v: Float = 0
-        for i in 0..<C { let d = x[i] - m; v += d * d }
-        let s = 1 / (v / Float(C) + eps).squareRoot()
-        for i in 0..<C { y[i] = (x[i] - m) * s * weight[i] + bias[i] }
-        mean?[r] = m
-        rstd?[r] = s
+    parallelChunks(rows, minChunk: max(1, 8192 / max(C, 1))) { _, range in
+        lb_layernorm_forward(out + range.lowerBound * C, mean.map { $0 + range.lowerBound }, rstd.map { $0 + range.lowerBound },
+                             inp + range.lowerBound * C, weight, bias, range.count, Int32(C), eps)
     }
 }
 
 /// out[n] = a[n] + b[n]   (out may alias a)
 public func addForward(out: FloatPtr, a: ConstFloatPtr, b: ConstFloatPtr, n: Int) {
-    for i in 0..<n { out[i] = a[i] + b[i] }
+    parallelChunks(n, minChunk: elementwiseChunk, align: 16) { _, r in
+        lb_add(out + r.lowerBound, a + r.lowerBound, b + r.lowerBound, r.count)
+    }
 }
+
+/// Element-wise kernels split into chunks of at least this many entries.
+let elementwiseChunk = 1 << 15
 
 /// out[B·T, C] = wte[ids[b,t], :] + wpe[pos[b,t], :]
 /// ids and positions must be in range (the model checks them).
 public func embeddingForward(out: FloatPtr, ids: UnsafePointer<Int32>, positions: UnsafePointer<Int32>,
                              wte: ConstFloatPtr, wpe: ConstFloatPtr, n: Int, C: Int) {
-    for i in 0..<n {
-        let t = wte + Int(ids[i]) * C
-        let p = wpe + Int(positions[i]) * C
-        let y = out + i * C
-        for c in 0..<C { y[c] = t[c] + p[c] }
+    parallelChunks(n, minChunk: 16) { _, r in
+        for i in r {
+            let t = wte + Int(ids[i]) * C
+            let p = wpe + Int(positions[i]) * C
+            let y = out + i * C
+            for c in 0..<C { y[c] = t[c] + p[c] }
+        }
     }
 }
 
 /// out[n] = act(inp[n])  (out may alias inp)
 public func activationForward(_ act: Activation, out: FloatPtr, inp: ConstFloatPtr, n: Int) {
+    parallelChunks(n, minChunk: elementwiseChunk, align: 16) { _, r in
+        activationForwardSerial(act, out: out + r.lowerBound, inp: inp + r.lowerBound, n: r.count)
+    }
+}
+
+func activationForwardSerial(_ act: Activation, out: FloatPtr, inp: ConstFloatPtr, n: Int) {
     switch act {
     case .geluNew, .geluPytorchTanh, .geluFast:
         // 0.5·x·(1 + tanh(u)) = x·sigmoid(2u), u = √(2/π)·(x + 0.044715·x³)
-        let k2 = Vec(repeating: 2 * 0.7978845608028654)
-        vmap(out, inp, n) { x in
-            let u2 = k2 * (x + Vec(repeating: 0.044715) * x * x * x)
-            return x * vsigmoid(u2)
-        }
+        lb_gelu_tanh_forward(out, inp, n)
     case .gelu, .geluPython:
         for i in 0..<n { let x = inp[i]; out[i] = 0.5 * x * (1 + erf(x * 0.7071067811865476)) }
     case .quickGelu:
@@ -71,17 +72,5 @@ public func activationForward(_ act: Activation, out: FloatPtr, inp: ConstFloatP
 /// Returns false (and writes zeros) when every entry is -inf (a fully masked row).
 @discardableResult
 public func softmaxInPlace(_ row: FloatPtr, n: Int) -> Bool {
-    var mx = -Float.infinity
-    for i in 0..<n where row[i] > mx { mx = row[i] }
-    if mx == -.infinity {
-        row.update(repeating: 0, count: n)
-        return false
-    }
-    let m = Vec(repeating: mx)
-    vmap(row, row, n) { vexp($0 - m) }
-    var sum: Float = 0
-    for i in 0..<n { sum += row[i] }
-    let inv = 1 / sum
-    for i in 0..<n { row[i] *= inv }
-    return true
+    lb_softmax(row, Int32(n)) != 0
 }

@@ -6,35 +6,52 @@ import CLoraSupport
 public typealias FloatPtr = UnsafeMutablePointer<Float>
 public typealias ConstFloatPtr = UnsafePointer<Float>
 
+/// Products smaller than this many multiply-adds run on one thread.
+let parallelGemmWork = 1 << 20
+
 /// out[M, N] = inp[M, K] · W[K, N] + bias[N]   (GPT-2 Conv1D, W is [in, out]).
 /// With `accumulate`, adds to out instead of overwriting it.
 /// M == 1 uses sgemv (2.3x faster than sgemm with M = 1 on OpenBLAS).
-@inline(__always)
 public func matmulForward(out: FloatPtr, inp: ConstFloatPtr, weight: ConstFloatPtr, bias: ConstFloatPtr?,
                           M: Int, K: Int, N: Int, accumulate: Bool = false) {
     if M == 0 || N == 0 { return }
-    var beta: Float = accumulate ? 1 : 0
-    if let bias {
-        if accumulate {
-            for m in 0..<M { let row = out + m * N; for n in 0..<N { row[n] += bias[n] } }
-        } else {
-            for m in 0..<M { (out + m * N).update(from: bias, count: N) }
+    if M == 1 {
+        if let bias {
+            if accumulate { for n in 0..<N { out[n] += bias[n] } } else { out.update(from: bias, count: N) }
         }
-        beta = 1
-    }
-    if K == 0 {
-        if beta == 0 { out.update(repeating: 0, count: M * N) }
+        let beta: Float = (accumulate || bias != nil) ? 1 : 0
+        if K == 0 { if beta == 0 { out.update(repeating: 0, count: N) }; return }
+        gemv(transA: true, rows: K, cols: N, alpha: 1, A: weight, lda: N, x: inp, beta: beta, y: out)
         return
     }
-    if M == 1 {
-        lb_sgemv(1, Int32(K), Int32(N), 1, weight, Int32(N), inp, beta, out)
-    } else {
-        lb_sgemm(0, 0, Int32(M), Int32(N), Int32(K), 1, inp, Int32(K), weight, Int32(N), beta, out, Int32(N))
+    // Split the columns (each worker packs all of inp, a share of W) or, for
+    // narrow outputs, the rows; the bias is written by the worker that owns it.
+    let splitRows = M > N
+    let (count, align) = splitRows ? (M, 16) : (N, 16)
+    let work = M * N * max(K, 1)
+    parallelChunks(count, minChunk: work >= parallelGemmWork ? 16 : .max, align: align) { _, r in
+        let m0 = splitRows ? r.lowerBound : 0, m1 = splitRows ? r.upperBound : M
+        let n0 = splitRows ? 0 : r.lowerBound, n1 = splitRows ? N : r.upperBound
+        var beta: Float = accumulate ? 1 : 0
+        if let bias {
+            for m in m0..<m1 {
+                let row = out + m * N
+                if accumulate { for n in n0..<n1 { row[n] += bias[n] } } else { (row + n0).update(from: bias + n0, count: n1 - n0) }
+            }
+            beta = 1
+        }
+        if K == 0 {
+            if beta == 0 { for m in m0..<m1 { (out + m * N + n0).update(repeating: 0, count: n1 - n0) } }
+            return
+        }
+        lb_sgemm(0, 0, Int32(m1 - m0), Int32(n1 - n0), Int32(K), 1, inp + m0 * K, Int32(K),
+                 weight + n0, Int32(N), beta, out + m0 * N + n0, Int32(N))
     }
 }
 
 /// C[M, N] = alpha · op(A) · op(B) + beta · C with explicit row strides.
-@inline(__always)
+/// Large products are split across the workers along M or N (the larger),
+/// never along K.
 public func gemm(transA: Bool, transB: Bool, M: Int, N: Int, K: Int, alpha: Float,
                  A: ConstFloatPtr, lda: Int, B: ConstFloatPtr, ldb: Int,
                  beta: Float, C: FloatPtr, ldc: Int) {
@@ -44,13 +61,41 @@ public func gemm(transA: Bool, transB: Bool, M: Int, N: Int, K: Int, alpha: Floa
         else if beta != 1 { for m in 0..<M { for n in 0..<N { C[m * ldc + n] *= beta } } }
         return
     }
-    lb_sgemm(transA ? 1 : 0, transB ? 1 : 0, Int32(M), Int32(N), Int32(K), alpha, A, Int32(lda), B, Int32(ldb), beta, C, Int32(ldc))
+    let ta: Int32 = transA ? 1 : 0, tb: Int32 = transB ? 1 : 0
+    if M * N * K < parallelGemmWork || computeThreads <= 1 {
+        lb_sgemm(ta, tb, Int32(M), Int32(N), Int32(K), alpha, A, Int32(lda), B, Int32(ldb), beta, C, Int32(ldc))
+        return
+    }
+    let splitRows = M > N
+    parallelChunks(splitRows ? M : N, minChunk: 16, align: 16) { _, r in
+        let len = Int32(r.count)
+        if splitRows {
+            let a = transA ? A + r.lowerBound : A + r.lowerBound * lda
+            lb_sgemm(ta, tb, len, Int32(N), Int32(K), alpha, a, Int32(lda), B, Int32(ldb), beta, C + r.lowerBound * ldc, Int32(ldc))
+        } else {
+            let b = transB ? B + r.lowerBound * ldb : B + r.lowerBound
+            lb_sgemm(ta, tb, Int32(M), len, Int32(K), alpha, A, Int32(lda), b, Int32(ldb), beta, C + r.lowerBound, Int32(ldc))
+        }
+    }
 }
 
 /// y[rows] = alpha · A[rows, cols] · x[cols] + beta · y  (or Aᵀ·x with `transA`, giving y[cols]).
-@inline(__always)
+/// Large products are split across the workers along y.
 public func gemv(transA: Bool, rows: Int, cols: Int, alpha: Float, A: ConstFloatPtr, lda: Int,
                  x: ConstFloatPtr, beta: Float, y: FloatPtr) {
     if rows == 0 || cols == 0 { return }
-    lb_sgemv(transA ? 1 : 0, Int32(rows), Int32(cols), alpha, A, Int32(lda), x, beta, y)
+    let ta: Int32 = transA ? 1 : 0
+    if rows * cols < 1 << 16 || computeThreads <= 1 {
+        lb_sgemv(ta, Int32(rows), Int32(cols), alpha, A, Int32(lda), x, beta, y)
+        return
+    }
+    parallelChunks(transA ? cols : rows, minChunk: 64, align: 16) { _, r in
+        let len = Int32(r.count)
+        if transA {
+            // y[r] = A[:, r]ᵀ · x
+            lb_sgemv(1, Int32(rows), len, alpha, A + r.lowerBound, Int32(lda), x, beta, y + r.lowerBound)
+        } else {
+            lb_sgemv(0, len, Int32(cols), alpha, A + r.lowerBound * lda, Int32(lda), x, beta, y + r.lowerBound)
+        }
+    }
 }

@@ -15,9 +15,10 @@ struct LayerActs {
     var qkv: FloatPtr
     /// Attention output before c_proj [n, C].
     var att: FloatPtr
-    /// Training: [B, H, T, L] kept for backward. Inference: one [T, L] scratch.
+    /// Training: [B, H, T, L] kept for backward (probsSlots 0). Inference:
+    /// probsSlots scratch areas of [T, L], one per attention worker.
     var probs: FloatPtr
-    var probsPerHead: Bool
+    var probsSlots: Int
     /// input + attention projection [n, C] (may alias input).
     var res2: FloatPtr
     var ln2: FloatPtr
@@ -106,9 +107,11 @@ extension Model {
                 }
             }
         }
-        for b in 0..<B {
-            let mask = keyMask?(b)
-            for h in 0..<H {
+        // Heads run in parallel, each single-threaded.
+        let slotSize = T * L
+        parallelChunks(B * H, maxWorkers: a.probsSlots == 0 ? .max : a.probsSlots) { worker, heads in
+            for bh in heads {
+                let b = bh / H, h = bh % H
                 let k: FloatPtr, v: FloatPtr, ldk: Int
                 switch kv {
                 case .inline:
@@ -123,10 +126,10 @@ extension Model {
                     ldk = hd
                 }
                 attentionForward(out: a.att + b * T * C + h * hd, ldo: C,
-                                 probs: a.probsPerHead ? a.probs + (b * H + h) * T * L : a.probs,
+                                 probs: a.probsSlots == 0 ? a.probs + bh * slotSize : a.probs + worker * slotSize,
                                  q: a.qkv + b * T * 3 * C + h * hd, ldq: 3 * C,
                                  k: k, ldk: ldk, v: v, ldv: ldk,
-                                 T: T, L: L, past: past, hd: hd, scale: scale, keyMask: mask)
+                                 T: T, L: L, past: past, hd: hd, scale: scale, keyMask: keyMask?(b))
             }
         }
         matmulForward(out: a.proj, inp: a.att, weight: lw.attnProjW, bias: lw.attnProjB, M: n, K: C, N: C)

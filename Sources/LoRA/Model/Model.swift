@@ -154,6 +154,13 @@ public final class Model: @unchecked Sendable {
         return try session.forward(ids, batch: 1, lastOnly: false)
     }
 
+    /// As `logits(_:)`, written into `out` (exactly ids.count × vocab floats).
+    public func logits(_ ids: [TokenID], into out: UnsafeMutableBufferPointer<Float>) throws {
+        guard !ids.isEmpty else { throw LoraError.invalidArgument("empty token sequence") }
+        let session = try InferenceSession(model: self, batch: 1, capacity: ids.count)
+        try session.forward(ids, batch: 1, lastOnly: false, into: out)
+    }
+
     /// Logits [B, T, vocab] for sequences of different lengths, padded to the
     /// longest. Left padding gives each row the positions it would have alone
     /// (as transformers' generate computes them); with right padding positions
@@ -207,6 +214,7 @@ public final class InferenceSession: @unchecked Sendable {
     var nextPosition: [Int32]
     var maxTokens: Int
     var x, ln, qkv, att, proj, fc, probs, loraU: FloatBlock
+    let probSlots: Int
 
     public init(model: Model, batch: Int, capacity: Int) throws {
         let c = model.config
@@ -229,7 +237,9 @@ public final class InferenceSession: @unchecked Sendable {
         nextPosition = [Int32](repeating: 0, count: batch)
         maxTokens = 0
         x = try FloatBlock(count: 0); ln = x; qkv = x; att = x; proj = x; fc = x; loraU = x
-        probs = try FloatBlock(count: capacity * capacity)
+        // One [capacity, capacity] attention scratch per worker (heads run in parallel).
+        probSlots = max(1, min(computeThreads, 16))
+        probs = try FloatBlock(count: probSlots * capacity * capacity)
     }
 
     /// Forgets the cache.
@@ -249,9 +259,11 @@ public final class InferenceSession: @unchecked Sendable {
     }
 
     /// Runs `ids` [batch, T] through the model after what is cached, appends
-    /// to the cache, and returns logits: [batch, T, vocab], or [batch, vocab]
-    /// for the last position only. `attentionMask` [batch, T] marks padding (0).
-    public func forward(_ ids: [TokenID], batch B: Int, attentionMask: [Int32]? = nil, lastOnly: Bool) throws -> [Float] {
+    /// to the cache, and writes logits into `logits`: [batch, T, vocab], or
+    /// [batch, vocab] for the last position only (exactly that many floats).
+    /// `attentionMask` [batch, T] marks padding (0).
+    public func forward(_ ids: [TokenID], batch B: Int, attentionMask: [Int32]? = nil, lastOnly: Bool,
+                        into logits: UnsafeMutableBufferPointer<Float>) throws {
         guard B == batch else { throw LoraError.invalidArgument("batch \(B) does not match the session's \(batch)") }
         guard !ids.isEmpty, ids.count % B == 0 else { throw LoraError.invalidArgument("token count \(ids.count) is not a multiple of the batch \(B)") }
         let T = ids.count / B
@@ -264,6 +276,10 @@ public final class InferenceSession: @unchecked Sendable {
         try ids.withUnsafeBufferPointer { try model.checkTokens($0) }
         let c = model.config
         let V = c.vocabSize
+        let rows = lastOnly ? B : ids.count
+        guard logits.count == rows * V else {
+            throw LoraError.invalidArgument("logits buffer holds \(logits.count) floats, expected \(rows) × \(V)")
+        }
         var positions = [Int32](repeating: 0, count: ids.count)
         for b in 0..<B {
             for t in 0..<T {
@@ -275,18 +291,24 @@ public final class InferenceSession: @unchecked Sendable {
             }
         }
         try ensureScratch(tokens: B * T)
-        let rows = lastOnly ? B : B * T
-        var logits = [Float](repeating: 0, count: rows * V)
         try ids.withUnsafeBufferPointer { idp in
             try positions.withUnsafeBufferPointer { pp in
-                try logits.withUnsafeMutableBufferPointer { lp in
-                    guard let i = idp.baseAddress, let p = pp.baseAddress, let o = lp.baseAddress else { return }
-                    try run(ids: i, positions: p, B: B, T: T, lastOnly: lastOnly, logits: o)
-                }
+                guard let i = idp.baseAddress, let p = pp.baseAddress, let o = logits.baseAddress else { return }
+                try run(ids: i, positions: p, B: B, T: T, lastOnly: lastOnly, logits: o)
             }
         }
         length += T
-        return logits
+    }
+
+    /// As `forward(_:batch:attentionMask:lastOnly:into:)`, returning the logits.
+    public func forward(_ ids: [TokenID], batch B: Int, attentionMask: [Int32]? = nil, lastOnly: Bool) throws -> [Float] {
+        guard B >= 1, ids.count % B == 0 else { throw LoraError.invalidArgument("token count \(ids.count) is not a multiple of the batch \(B)") }
+        let count = (lastOnly ? B : ids.count) * model.config.vocabSize
+        // Uninitialised: every entry is written by the head's product.
+        return try [Float](unsafeUninitializedCapacity: count) { buf, initialized in
+            try forward(ids, batch: B, attentionMask: attentionMask, lastOnly: lastOnly, into: buf)
+            initialized = count
+        }
     }
 
     private func run(ids: UnsafePointer<TokenID>, positions: UnsafePointer<Int32>, B: Int, T: Int, lastOnly: Bool, logits: FloatPtr) throws {
@@ -304,7 +326,7 @@ public final class InferenceSession: @unchecked Sendable {
         let lora = rank == 0 ? LoRAContext.none
             : LoRAContext(active: model.activeLoRA, scratch: loraU.base, saveU: nil, dropout: nil, trainable: nil)
         let acts = LayerActs(input: x, ln1: ln, ln1Mean: nil, ln1Rstd: nil, qkv: qkv.base, att: att.base,
-                             probs: probs.base, probsPerHead: false, res2: x, ln2: ln, ln2Mean: nil, ln2Rstd: nil,
+                             probs: probs.base, probsSlots: probSlots, res2: x, ln2: ln, ln2Mean: nil, ln2Rstd: nil,
                              fcPre: fc.base, fcAct: fc.base, res3: x, proj: proj.base)
         let mask = keyMask.base, cap = capacity
         let keyMaskOf: ((Int) -> ConstFloatPtr?)? = anyPadding ? { b in UnsafePointer(mask + b * cap) } : nil

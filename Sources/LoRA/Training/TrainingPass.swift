@@ -33,6 +33,7 @@ final class TrainingPass {
     private var lnf, lnfMean, lnfRstd: FloatPtr
     private let logitsChunk: FloatBlock
     private let dres, dln, datt, dqkv, dfc, dprobs: FloatPtr
+    private let dprobSlots: Int
     private let backwardStore: FloatBlock
     private var uOffsets: [Int: FloatPtr] = [:]
     private let uStore: FloatBlock
@@ -59,7 +60,7 @@ final class TrainingPass {
             let nd = Double(batch) * Double(block), Cd = Double(c.nEmbd), Fd = Double(c.innerSize)
             let perLayer = nd * (8 * Cd + 2 * Fd + 4) + Double(batch) * Double(c.nHead) * Double(block) * Double(block)
             let layers = checkpointing ? Double(c.nLayer + 1) * nd * Cd + perLayer : Double(c.nLayer) * perLayer + nd * Cd
-            let bytes = 4 * (layers + nd * (10 * Cd + Fd) + Double(block) * Double(block))
+            let bytes = 4 * (layers + nd * (10 * Cd + Fd) + 16 * Double(block) * Double(block))
             guard bytes <= Double(FloatBlock.physicalMemory) else {
                 throw LoraError.invalidArgument("batch \(batch) × block \(block) needs about \(Int(bytes / 1073741824)) GiB of activations, more than the machine's \(FloatBlock.physicalMemory >> 30) GiB; lower batch_size or block_size, or use gradient checkpointing")
             }
@@ -95,7 +96,7 @@ final class TrainingPass {
             let probs = take(batch * H * block * block), res2 = take(n * C), ln2 = take(n * C), m2 = take(n), r2 = take(n)
             let fcPre = take(n * F), fcAct = take(n * F)
             return LayerActs(input: input, ln1: ln1, ln1Mean: m1, ln1Rstd: r1, qkv: qkv, att: att, probs: probs,
-                             probsPerHead: true, res2: res2, ln2: ln2, ln2Mean: m2, ln2Rstd: r2,
+                             probsSlots: 0, res2: res2, ln2: ln2, ln2Mean: m2, ln2Rstd: r2,
                              fcPre: fcPre, fcAct: fcAct, res3: res3, proj: proj)
         }
         if checkpointing {
@@ -116,11 +117,13 @@ final class TrainingPass {
             }
         }
         logitsChunk = try FloatBlock(count: chunkRows * c.vocabSize)
-        backwardStore = try FloatBlock(count: 3 * n * C + 3 * n * C + n * F + block * block)
+        // One [block, block] attention scratch per worker (heads run in parallel).
+        dprobSlots = max(1, min(computeThreads, 16))
+        backwardStore = try FloatBlock(count: 3 * n * C + 3 * n * C + n * F + dprobSlots * block * block)
         var q = backwardStore.base
         func takeB(_ k: Int) -> FloatPtr { defer { q += k }; return q }
         dres = takeB(n * C); dln = takeB(n * C); datt = takeB(n * C); dqkv = takeB(3 * n * C); dfc = takeB(n * F)
-        dprobs = takeB(block * block)
+        dprobs = takeB(dprobSlots * block * block)
 
         // LoRA: u = x̃·Aᵀ kept per trainable slot; scratch for the rest.
         var uCount = 0, maxRank = model.maxActiveRank, maxIn = 0
@@ -270,12 +273,15 @@ final class TrainingPass {
         dqkv.update(repeating: 0, count: n * 3 * C)
         var scale: Float = c.scaleAttnWeights ? 1 / Float(hd).squareRoot() : 1
         if c.scaleAttnByInverseLayerIdx { scale /= Float(l + 1) }
-        for b in 0..<B {
-            for h in 0..<H {
+        // Heads in parallel: each writes its own columns of dqkv.
+        let dprobs = self.dprobs
+        parallelChunks(B * H, maxWorkers: dprobSlots) { worker, heads in
+            for bh in heads {
+                let b = bh / H, h = bh % H
                 let base = b * T * 3 * C + h * hd
                 attentionBackward(dq: dqkv + base, ldq: 3 * C, dk: dqkv + base + C, dv: dqkv + base + 2 * C, ldk: 3 * C,
-                                  dprobs: dprobs, dout: datt + b * T * C + h * hd, ldo: C,
-                                  probs: a.probs + (b * H + h) * T * T,
+                                  dprobs: dprobs + worker * T * T, dout: datt + b * T * C + h * hd, ldo: C,
+                                  probs: a.probs + bh * T * T,
                                   q: a.qkv + base, k: a.qkv + base + C, v: a.qkv + base + 2 * C,
                                   T: T, L: T, past: 0, hd: hd, scale: scale)
             }

@@ -1,0 +1,127 @@
+import Foundation
+import Testing
+import CLoraSupport
+@testable import LoRA
+
+/// The element-wise C kernels exist in three instruction sets (baseline,
+/// AVX2+FMA, AVX-512); each set this CPU can run is checked against
+/// double-precision references, on lengths that exercise the vector tails.
+@Suite struct ElementwiseKernelTests {
+    static let levels: [Int32] = [LB_KERNELS_BASELINE, LB_KERNELS_AVX2, LB_KERNELS_AVX512]
+
+    func sets() -> [(Int32, lb_kernel_set)] {
+        Self.levels.compactMap { l in lb_kernels_for(l).map { (l, $0.pointee) } }
+    }
+
+    @Test func theBestSetIsInUse() {
+        let level = lb_kernels_level()
+        #expect(lb_kernels_for(level) != nil)
+        // The CPU's best set: no higher level is runnable.
+        for l in Self.levels where l > level { #expect(lb_kernels_for(l) == nil) }
+        #expect(sets().count >= 1)
+    }
+
+    @Test func geluForwardAndBackward() {
+        let n = 1001
+        let x = (0..<n).map { Float($0 - 500) * 0.024 }   // -12 ... 12
+        for (level, k) in sets() {
+            var y = [Float](repeating: 0, count: n)
+            k.gelu_tanh_forward(&y, x, n)
+            var d = [Float](repeating: 0.5, count: n)
+            k.gelu_tanh_backward(&d, x, n)
+            var worstY = 0.0, worstD = 0.0
+            for i in 0..<n {
+                let v = Double(x[i]), c = (2 / Double.pi).squareRoot()
+                let u = c * (v + 0.044715 * v * v * v)
+                let t = Foundation.tanh(u)
+                let ref = 0.5 * v * (1 + t)
+                let dref = 0.5 * (0.5 * (1 + t) + 0.5 * v * (1 - t * t) * c * (1 + 3 * 0.044715 * v * v))
+                worstY = max(worstY, abs(Double(y[i]) - ref) / max(1, abs(ref)))
+                worstD = max(worstD, abs(Double(d[i]) - dref))
+            }
+            #expect(worstY < 1e-6, "level \(level): gelu error \(worstY)")
+            #expect(worstD < 1e-6, "level \(level): gelu′ error \(worstD)")
+        }
+    }
+
+    @Test func softmaxRows() {
+        var rng = SplitMix64(seed: 4)
+        for (level, k) in sets() {
+            for n in [1, 15, 16, 17, 300] {
+                var row = (0..<n).map { _ in (rng.nextFloat() - 0.5) * 30 }
+                if n > 2 { row[1] = -.infinity }
+                let src = row
+                #expect(k.softmax(&row, Int32(n)) == 1)
+                let mx = src.map(Double.init).max() ?? 0
+                let z = src.reduce(0.0) { $0 + Foundation.exp(Double($1) - mx) }
+                let worst = (0..<n).map { abs(Double(row[$0]) - Foundation.exp(Double(src[$0]) - mx) / z) }.max() ?? 0
+                #expect(worst < 1e-6, "level \(level) n \(n): softmax error \(worst)")
+            }
+            var masked = [Float](repeating: -.infinity, count: 19)
+            #expect(k.softmax(&masked, 19) == 0)
+            #expect(masked.allSatisfy { $0 == 0 })
+        }
+    }
+
+    @Test func crossEntropyRow() {
+        var rng = SplitMix64(seed: 5)
+        for (level, k) in sets() {
+            for V in [33, 1000] {
+                let logits = (0..<V).map { _ in (rng.nextFloat() - 0.5) * 20 }
+                let target = V / 3
+                var row = logits
+                let loss = k.cross_entropy_row(&row, Int32(V), Int32(target), 0.25)
+                let mx = logits.map(Double.init).max() ?? 0
+                let z = logits.reduce(0.0) { $0 + Foundation.exp(Double($1) - mx) }
+                let want = mx + Foundation.log(z) - Double(logits[target])
+                #expect(abs(loss - want) < 1e-5 * max(1, want), "level \(level) V \(V): loss \(loss) vs \(want)")
+                var worst = 0.0
+                for i in 0..<V {
+                    let g = 0.25 * (Foundation.exp(Double(logits[i]) - mx) / z - (i == target ? 1 : 0))
+                    worst = max(worst, abs(Double(row[i]) - g))
+                }
+                #expect(worst < 1e-7, "level \(level) V \(V): gradient error \(worst)")
+            }
+        }
+    }
+
+    @Test func layerNormForwardAndInputGradient() {
+        let rows = 3, C = 255
+        var rng = SplitMix64(seed: 6)
+        let x = (0..<rows * C).map { _ in rng.nextFloat() * 4 - 1 }
+        let w = (0..<C).map { _ in rng.nextFloat() + 0.5 }, b = (0..<C).map { _ in rng.nextFloat() - 0.5 }
+        let dy = (0..<rows * C).map { _ in rng.nextFloat() - 0.5 }
+        for (level, k) in sets() {
+            var y = [Float](repeating: 0, count: rows * C), mean = [Float](repeating: 0, count: rows), rstd = mean
+            k.layernorm_forward(&y, &mean, &rstd, x, w, b, rows, Int32(C), 1e-5)
+            var dx = [Float](repeating: 1, count: rows * C)   // accumulates
+            k.layernorm_backward_input(&dx, dy, x, w, mean, rstd, rows, Int32(C))
+            var worstY = 0.0, worstD = 0.0
+            for r in 0..<rows {
+                let xs = (0..<C).map { Double(x[r * C + $0]) }
+                let m = xs.reduce(0, +) / Double(C)
+                let v = xs.reduce(0) { $0 + ($1 - m) * ($1 - m) } / Double(C)
+                let s = 1 / (v + 1e-5).squareRoot()
+                let norm = xs.map { ($0 - m) * s }
+                let dn = (0..<C).map { Double(w[$0]) * Double(dy[r * C + $0]) }
+                let dnMean = dn.reduce(0, +) / Double(C)
+                let dnNorm = zip(dn, norm).reduce(0) { $0 + $1.0 * $1.1 } / Double(C)
+                for i in 0..<C {
+                    worstY = max(worstY, abs(Double(y[r * C + i]) - (norm[i] * Double(w[i]) + Double(b[i]))))
+                    worstD = max(worstD, abs(Double(dx[r * C + i]) - (1 + s * (dn[i] - dnMean - norm[i] * dnNorm))))
+                }
+            }
+            #expect(worstY < 1e-5, "level \(level): LayerNorm error \(worstY)")
+            #expect(worstD < 1e-5, "level \(level): LayerNorm input-gradient error \(worstD)")
+        }
+    }
+
+    @Test func add() {
+        let a = (0..<37).map { Float($0) * 0.5 }, b = (0..<37).map { Float($0) * -0.25 + 1 }
+        for (level, k) in sets() {
+            var out = [Float](repeating: 0, count: 37)
+            k.add(&out, a, b, 37)
+            #expect(out == zip(a, b).map { $0 + $1 }, "level \(level)")
+        }
+    }
+}
