@@ -43,7 +43,8 @@
 
 #define KERNEL_SET(sfx)                                                                   \
     {                                                                                     \
-        lb_gelu_tanh_forward_##sfx, lb_gelu_tanh_backward_##sfx, lb_softmax_##sfx,        \
+        lb_gelu_tanh_forward_##sfx, lb_gelu_tanh_backward_##sfx, lb_softmax_lse_##sfx,    \
+        lb_exp_shift_##sfx,                                                               \
         lb_cross_entropy_row_##sfx, lb_layernorm_forward_##sfx,                           \
         lb_layernorm_backward_input_##sfx, lb_add_##sfx,                                  \
     }
@@ -86,7 +87,8 @@ int lb_kernels_level(void) {
 
 void lb_gelu_tanh_forward(float *out, const float *inp, size_t n) { kernels()->gelu_tanh_forward(out, inp, n); }
 void lb_gelu_tanh_backward(float *d, const float *pre, size_t n) { kernels()->gelu_tanh_backward(d, pre, n); }
-int lb_softmax(float *row, int n) { return kernels()->softmax(row, n); }
+float lb_softmax_lse(float *row, int n) { return kernels()->softmax_lse(row, n); }
+void lb_exp_shift(float *row, int n, float c) { kernels()->exp_shift(row, n, c); }
 double lb_cross_entropy_row(float *row, int V, int target, float grad_scale) {
     return kernels()->cross_entropy_row(row, V, target, grad_scale);
 }

@@ -132,15 +132,23 @@ static inline __attribute__((always_inline)) KT void K(scale_row)(float *row, in
 }
 
 KT
-static int K(lb_softmax)(float *row, int n) {
+static float K(lb_softmax_lse)(float *row, int n) {
     float m = K(row_max)(row, n);
     if (m == -INFINITY) {
         memset(row, 0, (size_t)n * sizeof(float));
-        return 0;
+        return -INFINITY;
     }
     double sum = K(exp_shift_sum)(row, n, m);
     K(scale_row)(row, n, (float)(1.0 / sum));
-    return 1;
+    return (float)((double)m + log(sum));
+}
+
+KT
+static void K(lb_exp_shift)(float *row, int n, float c) {
+    const K(vf) cv = K(vsplat)(c);
+    int i = 0;
+    for (; i + VW <= n; i += VW) K(vst)(row + i, K(vexp)(K(vld)(row + i) - cv));
+    if (i < n) K(vst_part)(row + i, K(vexp)(K(vld_part)(row + i, n - i, 0) - cv), n - i);
 }
 
 KT

@@ -51,15 +51,28 @@ import CLoraSupport
                 var row = (0..<n).map { _ in (rng.nextFloat() - 0.5) * 30 }
                 if n > 2 { row[1] = -.infinity }
                 let src = row
-                #expect(k.softmax(&row, Int32(n)) == 1)
+                let lse = k.softmax_lse(&row, Int32(n))
                 let mx = src.map(Double.init).max() ?? 0
                 let z = src.reduce(0.0) { $0 + Foundation.exp(Double($1) - mx) }
+                #expect(abs(Double(lse) - (mx + Foundation.log(z))) < 1e-5 * max(1, abs(mx)), "level \(level) n \(n): lse")
                 let worst = (0..<n).map { abs(Double(row[$0]) - Foundation.exp(Double(src[$0]) - mx) / z) }.max() ?? 0
                 #expect(worst < 1e-6, "level \(level) n \(n): softmax error \(worst)")
             }
             var masked = [Float](repeating: -.infinity, count: 19)
-            #expect(k.softmax(&masked, 19) == 0)
+            #expect(k.softmax_lse(&masked, 19) == -.infinity)
             #expect(masked.allSatisfy { $0 == 0 })
+            // exp(x − c): the recomputation of attention probabilities from their log-sum-exp.
+            for n in [3, 16, 35] {
+                var row = (0..<n).map { Float($0) * 0.37 - 4 }
+                row[1] = -.infinity
+                let src = row
+                k.exp_shift(&row, Int32(n), 1.5)
+                let worst = (0..<n).map { i -> Double in
+                    let want = Foundation.exp(Double(src[i]) - 1.5)
+                    return abs(Double(row[i]) - want) / max(want, 1e-30)
+                }.max() ?? 0
+                #expect(worst < 1e-6, "level \(level) n \(n): exp_shift relative error \(worst)")
+            }
         }
     }
 

@@ -226,7 +226,7 @@ private func expectGradient(_ name: String, _ x: Buffer, at indices: [Int], anal
     }
 
     /// Beyond training's use: cached keys before the queries, and a key mask
-    /// (the probabilities saved by the forward carry the mask into backward).
+    /// (backward recomputes the weights with the same mask).
     @Test(arguments: [(3, 2), (70, 5)])
     func attentionBackwardWithPastAndMask(T: Int, past: Int) throws {
         try checkAttentionBackward(T: T, past: past, scaled: true, masked: true)
@@ -243,11 +243,12 @@ private func expectGradient(_ name: String, _ x: Buffer, at indices: [Int], anal
         let qOff = past * 3 * C + h * hd, kOff = C + h * hd, vOff = 2 * C + h * hd
         let mask: Buffer? = masked ? Buffer((0..<L).map { $0 % 3 == 1 ? 0 : 1 }) : nil
         let r = gaussian(T * hd, &rng)
-        let out = Buffer(count: T * C), probs = Buffer(count: T * L)
+        let out = Buffer(count: T * C), probs = Buffer(count: T * L), lse = Buffer(count: T)
         func forward() {
             attentionForward(out: out.p + h * hd, ldo: C, probs: probs.p,
                              q: qkv.p + qOff, ldq: 3 * C, k: qkv.p + kOff, ldk: 3 * C, v: qkv.p + vOff, ldv: 3 * C,
-                             T: T, L: L, past: past, hd: hd, scale: scale, keyMask: mask.map { UnsafePointer($0.p) })
+                             T: T, L: L, past: past, hd: hd, scale: scale, keyMask: mask.map { UnsafePointer($0.p) },
+                             lse: lse.p)
         }
         func loss() -> Double {
             forward()
@@ -263,11 +264,11 @@ private func expectGradient(_ name: String, _ x: Buffer, at indices: [Int], anal
         let dout = Buffer(doutValues)
         let dqkv0 = gaussian(L * 3 * C, &rng)
         let dqkv = Buffer(dqkv0)
-        let dprobs = Buffer(count: T * L, value: 1e3)  // scratch: stale contents must not matter
+        let scratch = Buffer(count: attentionBackwardScratch(T: T, L: L), value: 1e3)  // stale contents must not matter
         attentionBackward(dq: dqkv.p + qOff, ldq: 3 * C, dk: dqkv.p + kOff, dv: dqkv.p + vOff, ldk: 3 * C,
-                               dprobs: dprobs.p, dout: dout.p + h * hd, ldo: C, probs: probs.p,
-                               q: qkv.p + qOff, k: qkv.p + kOff, v: qkv.p + vOff,
-                               T: T, L: L, past: past, hd: hd, scale: scale)
+                          scratch: scratch.p, dout: dout.p + h * hd, ldo: C, lse: lse.p,
+                          q: qkv.p + qOff, k: qkv.p + kOff, v: qkv.p + vOff,
+                          T: T, L: L, past: past, hd: hd, scale: scale, keyMask: mask.map { UnsafePointer($0.p) })
         let grad = added(dqkv, dqkv0)
 
         func entries(_ off: Int, rows: Int) -> [Int] {
@@ -432,16 +433,19 @@ struct AttentionCase: Sendable, CustomTestStringConvertible {
         let mask = c.hidden.map { hidden in Buffer((0..<L).map { hidden.contains($0) ? 0 : 1 }) }
         let sentinel: Float = 7
         let out = Buffer(count: T * C, value: sentinel)
-        let probs = Buffer(gaussian(T * L, &rng))
+        let probs = Buffer(gaussian(T * L, &rng)), lse = Buffer(gaussian(T, &rng))
         attentionForward(out: out.p + h * hd, ldo: C, probs: probs.p,
                          q: q.p + h * hd, ldq: 3 * C, k: kv.p + h * hd, ldk: 2 * C, v: kv.p + C + h * hd, ldv: 2 * C,
-                         T: T, L: L, past: past, hd: hd, scale: scale, keyMask: mask.map { UnsafePointer($0.p) })
+                         T: T, L: L, past: past, hd: hd, scale: scale, keyMask: mask.map { UnsafePointer($0.p) },
+                         lse: lse.p)
 
-        var worstOut = 0.0, worstProb = 0.0
+        var worstOut = 0.0, worstProb = 0.0, worstLSE = 0.0
         for i in 0..<T {
             let visible = (0..<min(past + i + 1, L)).filter { c.hidden?.contains($0) != true }
             var p = [Double](repeating: 0, count: L)
-            if !visible.isEmpty {
+            if visible.isEmpty {
+                #expect(lse[i] == -.infinity, "\(c.testDescription): row \(i) sees no key, lse \(lse[i])")
+            } else {
                 var s = [Double](repeating: 0, count: L)
                 for j in visible {
                     for d in 0..<hd { s[j] += Double(q[i * 3 * C + h * hd + d]) * Double(kv[j * 2 * C + h * hd + d]) }
@@ -451,6 +455,7 @@ struct AttentionCase: Sendable, CustomTestStringConvertible {
                 var sum = 0.0
                 for j in visible { p[j] = Foundation.exp(s[j] - mx); sum += p[j] }
                 for j in visible { p[j] /= sum }
+                worstLSE = max(worstLSE, abs(Double(lse[i]) - (mx + Foundation.log(sum))))
             }
             for j in 0..<L { worstProb = max(worstProb, abs(Double(probs[i * L + j]) - p[j])) }
             for d in 0..<hd {
@@ -461,6 +466,7 @@ struct AttentionCase: Sendable, CustomTestStringConvertible {
         }
         #expect(worstProb < attentionReferenceTolerance, "\(c.testDescription): probs max |Δ| \(worstProb)")
         #expect(worstOut < attentionReferenceTolerance, "\(c.testDescription): out max |Δ| \(worstOut)")
+        #expect(worstLSE < attentionReferenceTolerance, "\(c.testDescription): lse max |Δ| \(worstLSE)")
         let stray = (0..<T * C).filter { ($0 % C) / hd != h && out[$0] != sentinel }
         #expect(stray.isEmpty, "\(c.testDescription): other heads' output columns were written")
     }

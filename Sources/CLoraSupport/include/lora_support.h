@@ -68,8 +68,11 @@ LB_HIDDEN int lb_kernels_level(void);
 LB_HIDDEN void lb_gelu_tanh_forward(float *out, const float *inp, size_t n);
 // d[n] *= gelu_new′(pre[n]).
 LB_HIDDEN void lb_gelu_tanh_backward(float *d, const float *pre, size_t n);
-// Softmax of row[0..<n] in place; 0 (and zeros) when every entry is -inf.
-LB_HIDDEN int lb_softmax(float *row, int n);
+// Softmax of row[0..<n] in place; returns log Σ exp(row) (the row's
+// log-sum-exp), or -inf (and zeros) when every entry is -inf.
+LB_HIDDEN float lb_softmax_lse(float *row, int n);
+// row[i] = exp(row[i] − c) (-inf entries give 0).
+LB_HIDDEN void lb_exp_shift(float *row, int n, float c);
 // Cross-entropy of one row of logits against `target` (in 0..<V): returns
 // the loss in nats and replaces the row by grad_scale·(softmax − onehot).
 LB_HIDDEN double lb_cross_entropy_row(float *row, int V, int target, float grad_scale);
@@ -86,7 +89,8 @@ LB_HIDDEN void lb_add(float *out, const float *a, const float *b, size_t n);
 typedef struct lb_kernel_set {
     void (*gelu_tanh_forward)(float *out, const float *inp, size_t n);
     void (*gelu_tanh_backward)(float *d, const float *pre, size_t n);
-    int (*softmax)(float *row, int n);
+    float (*softmax_lse)(float *row, int n);
+    void (*exp_shift)(float *row, int n, float c);
     double (*cross_entropy_row)(float *row, int V, int target, float grad_scale);
     void (*layernorm_forward)(float *out, float *mean, float *rstd, const float *inp, const float *weight,
                               const float *bias, size_t rows, int C, float eps);

@@ -72,5 +72,5 @@ func activationForwardSerial(_ act: Activation, out: FloatPtr, inp: ConstFloatPt
 /// Returns false (and writes zeros) when every entry is -inf (a fully masked row).
 @discardableResult
 public func softmaxInPlace(_ row: FloatPtr, n: Int) -> Bool {
-    lb_softmax(row, Int32(n)) != 0
+    lb_softmax_lse(row, Int32(n)) != -.infinity
 }

@@ -15,10 +15,11 @@ struct LayerActs {
     var qkv: FloatPtr
     /// Attention output before c_proj [n, C].
     var att: FloatPtr
-    /// Training: [B, H, T, L] kept for backward (probsSlots 0). Inference:
-    /// probsSlots scratch areas of [T, L], one per attention worker.
+    /// probsSlots scratch areas of [T, L] for the attention weights, one per attention worker.
     var probs: FloatPtr
     var probsSlots: Int
+    /// Training: [B, H, T] log-sum-exp of each attention row, kept for backward.
+    var lse: FloatPtr?
     /// input + attention projection [n, C] (may alias input).
     var res2: FloatPtr
     var ln2: FloatPtr
@@ -109,7 +110,7 @@ extension Model {
         }
         // Heads run in parallel, each single-threaded.
         let slotSize = T * L
-        parallelChunks(B * H, maxWorkers: a.probsSlots == 0 ? .max : a.probsSlots) { worker, heads in
+        parallelChunks(B * H, maxWorkers: a.probsSlots) { worker, heads in
             for bh in heads {
                 let b = bh / H, h = bh % H
                 let k: FloatPtr, v: FloatPtr, ldk: Int
@@ -126,10 +127,11 @@ extension Model {
                     ldk = hd
                 }
                 attentionForward(out: a.att + b * T * C + h * hd, ldo: C,
-                                 probs: a.probsSlots == 0 ? a.probs + bh * slotSize : a.probs + worker * slotSize,
+                                 probs: a.probs + worker * slotSize,
                                  q: a.qkv + b * T * 3 * C + h * hd, ldq: 3 * C,
                                  k: k, ldk: ldk, v: v, ldv: ldk,
-                                 T: T, L: L, past: past, hd: hd, scale: scale, keyMask: keyMask?(b))
+                                 T: T, L: L, past: past, hd: hd, scale: scale, keyMask: keyMask?(b),
+                                 lse: a.lse.map { $0 + bh * T })
             }
         }
         matmulForward(out: a.proj, inp: a.att, weight: lw.attnProjW, bias: lw.attnProjB, M: n, K: C, N: C)

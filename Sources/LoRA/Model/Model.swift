@@ -326,7 +326,7 @@ public final class InferenceSession: @unchecked Sendable {
         let lora = rank == 0 ? LoRAContext.none
             : LoRAContext(active: model.activeLoRA, scratch: loraU.base, saveU: nil, dropout: nil, trainable: nil)
         let acts = LayerActs(input: x, ln1: ln, ln1Mean: nil, ln1Rstd: nil, qkv: qkv.base, att: att.base,
-                             probs: probs.base, probsSlots: probSlots, res2: x, ln2: ln, ln2Mean: nil, ln2Rstd: nil,
+                             probs: probs.base, probsSlots: probSlots, lse: nil, res2: x, ln2: ln, ln2Mean: nil, ln2Rstd: nil,
                              fcPre: fc.base, fcAct: fc.base, res3: x, proj: proj.base)
         let mask = keyMask.base, cap = capacity
         let keyMaskOf: ((Int) -> ConstFloatPtr?)? = anyPadding ? { b in UnsafePointer(mask + b * cap) } : nil

@@ -32,8 +32,12 @@ final class TrainingPass {
     private var layerActs: [LayerActs] = []
     private var lnf, lnfMean, lnfRstd: FloatPtr
     private let logitsChunk: FloatBlock
-    private let dres, dln, datt, dqkv, dfc, dprobs: FloatPtr
-    private let dprobSlots: Int
+    private let dres, dln, datt, dqkv, dfc: FloatPtr
+    /// Attention scratch, one area per worker: the weights of a head in
+    /// forward, recomputed blocks of them in backward.
+    private let attnScratch: FloatBlock
+    private let attnSlots: Int
+    private let attnSlotSize: Int
     private let backwardStore: FloatBlock
     private var uOffsets: [Int: FloatPtr] = [:]
     private let uStore: FloatBlock
@@ -58,7 +62,7 @@ final class TrainingPass {
         // values must give an error, not an integer overflow.
         do {
             let nd = Double(batch) * Double(block), Cd = Double(c.nEmbd), Fd = Double(c.innerSize)
-            let perLayer = nd * (8 * Cd + 2 * Fd + 4) + Double(batch) * Double(c.nHead) * Double(block) * Double(block)
+            let perLayer = nd * (8 * Cd + 2 * Fd + 4) + Double(batch) * Double(c.nHead) * Double(block)
             let layers = checkpointing ? Double(c.nLayer + 1) * nd * Cd + perLayer : Double(c.nLayer) * perLayer + nd * Cd
             let bytes = 4 * (layers + nd * (10 * Cd + Fd) + 16 * Double(block) * Double(block))
             guard bytes <= Double(FloatBlock.physicalMemory) else {
@@ -83,20 +87,24 @@ final class TrainingPass {
             fullGrads = nil
         }
 
-        // Per-layer activations: ln1(+2 stats) qkv att probs res2 ln2(+2) fcPre fcAct res3.
-        let perLayerFull = n * C + 2 * n + 3 * n * C + n * C + batch * H * block * block + n * C + n * C + 2 * n + 2 * n * F + n * C
+        // Per-layer activations: ln1(+2 stats) qkv att lse res2 ln2(+2) fcPre fcAct res3.
+        // Attention weights are not kept: backward recomputes them from lse [B, H, T].
+        let perLayerFull = n * C + 2 * n + 3 * n * C + n * C + batch * H * block + n * C + n * C + 2 * n + 2 * n * F + n * C
         let stored = checkpointing ? (c.nLayer + 1) * n * C + perLayerFull : n * C + c.nLayer * perLayerFull
         store = try FloatBlock(count: stored + n * C /*proj*/ + n * C + 2 * n /*lnf*/)
+        let slots = max(1, min(computeThreads, 16)), slotSize = max(block * block, attentionBackwardScratch(T: block, L: block))
+        let scratch = try FloatBlock(count: slots * slotSize)
+        attnSlots = slots; attnSlotSize = slotSize; attnScratch = scratch
         var p = store.base
         func take(_ k: Int) -> FloatPtr { defer { p += k }; return p }
         let proj = take(n * C)
         lnf = take(n * C); lnfMean = take(n); lnfRstd = take(n)
         func layerSet(input: FloatPtr, res3: FloatPtr) -> LayerActs {
             let ln1 = take(n * C), m1 = take(n), r1 = take(n), qkv = take(3 * n * C), att = take(n * C)
-            let probs = take(batch * H * block * block), res2 = take(n * C), ln2 = take(n * C), m2 = take(n), r2 = take(n)
+            let lse = take(batch * H * block), res2 = take(n * C), ln2 = take(n * C), m2 = take(n), r2 = take(n)
             let fcPre = take(n * F), fcAct = take(n * F)
-            return LayerActs(input: input, ln1: ln1, ln1Mean: m1, ln1Rstd: r1, qkv: qkv, att: att, probs: probs,
-                             probsSlots: 0, res2: res2, ln2: ln2, ln2Mean: m2, ln2Rstd: r2,
+            return LayerActs(input: input, ln1: ln1, ln1Mean: m1, ln1Rstd: r1, qkv: qkv, att: att, probs: scratch.base,
+                             probsSlots: slots, lse: lse, res2: res2, ln2: ln2, ln2Mean: m2, ln2Rstd: r2,
                              fcPre: fcPre, fcAct: fcAct, res3: res3, proj: proj)
         }
         if checkpointing {
@@ -117,13 +125,10 @@ final class TrainingPass {
             }
         }
         logitsChunk = try FloatBlock(count: chunkRows * c.vocabSize)
-        // One [block, block] attention scratch per worker (heads run in parallel).
-        dprobSlots = max(1, min(computeThreads, 16))
-        backwardStore = try FloatBlock(count: 3 * n * C + 3 * n * C + n * F + dprobSlots * block * block)
+        backwardStore = try FloatBlock(count: 3 * n * C + 3 * n * C + n * F)
         var q = backwardStore.base
         func takeB(_ k: Int) -> FloatPtr { defer { q += k }; return q }
         dres = takeB(n * C); dln = takeB(n * C); datt = takeB(n * C); dqkv = takeB(3 * n * C); dfc = takeB(n * F)
-        dprobs = takeB(dprobSlots * block * block)
 
         // LoRA: u = x̃·Aᵀ kept per trainable slot; scratch for the rest.
         var uCount = 0, maxRank = model.maxActiveRank, maxIn = 0
@@ -274,16 +279,16 @@ final class TrainingPass {
         var scale: Float = c.scaleAttnWeights ? 1 / Float(hd).squareRoot() : 1
         if c.scaleAttnByInverseLayerIdx { scale /= Float(l + 1) }
         // Heads in parallel: each writes its own columns of dqkv.
-        let dprobs = self.dprobs
-        parallelChunks(B * H, maxWorkers: dprobSlots) { worker, heads in
+        let scratch = attnScratch.base, slotSize = attnSlotSize
+        parallelChunks(B * H, maxWorkers: attnSlots) { worker, heads in
             for bh in heads {
                 let b = bh / H, h = bh % H
                 let base = b * T * 3 * C + h * hd
                 attentionBackward(dq: dqkv + base, ldq: 3 * C, dk: dqkv + base + C, dv: dqkv + base + 2 * C, ldk: 3 * C,
-                                  dprobs: dprobs + worker * T * T, dout: datt + b * T * C + h * hd, ldo: C,
-                                  probs: a.probs + bh * T * T,
+                                  scratch: scratch + worker * slotSize, dout: datt + b * T * C + h * hd, ldo: C,
+                                  lse: a.lse! + bh * T,
                                   q: a.qkv + base, k: a.qkv + base + C, v: a.qkv + base + 2 * C,
-                                  T: T, L: T, past: 0, hd: hd, scale: scale)
+                                  T: T, L: T, past: 0, hd: hd, scale: scale, keyMask: nil)
             }
         }
         matmulBackward(dinp: dln, dweight: gw?.attnW, dbias: gw?.attnB, dout: dqkv, inp: a.ln1, weight: lw.attnW, M: n, K: C, N: 3 * C, accumulate: false)
