@@ -44,7 +44,7 @@
 #define KERNEL_SET(sfx)                                                                   \
     {                                                                                     \
         lb_gelu_tanh_forward_##sfx, lb_gelu_tanh_backward_##sfx, lb_softmax_lse_##sfx,    \
-        lb_exp_shift_##sfx,                                                               \
+        lb_exp_shift_##sfx, lb_softmax_backward_##sfx,                                    \
         lb_cross_entropy_row_##sfx, lb_layernorm_forward_##sfx,                           \
         lb_layernorm_backward_input_##sfx, lb_add_##sfx,                                  \
     }
@@ -89,6 +89,7 @@ void lb_gelu_tanh_forward(float *out, const float *inp, size_t n) { kernels()->g
 void lb_gelu_tanh_backward(float *d, const float *pre, size_t n) { kernels()->gelu_tanh_backward(d, pre, n); }
 float lb_softmax_lse(float *row, int n) { return kernels()->softmax_lse(row, n); }
 void lb_exp_shift(float *row, int n, float c) { kernels()->exp_shift(row, n, c); }
+void lb_softmax_backward(float *dp, const float *p, int n, float scale) { kernels()->softmax_backward(dp, p, n, scale); }
 double lb_cross_entropy_row(float *row, int V, int target, float grad_scale) {
     return kernels()->cross_entropy_row(row, V, target, grad_scale);
 }

@@ -144,6 +144,18 @@ static float K(lb_softmax_lse)(float *row, int n) {
 }
 
 KT
+static void K(lb_softmax_backward)(float *dp, const float *p, int n, float scale) {
+    K(vf) acc = K(vsplat)(0);
+    int i = 0;
+    for (; i + VW <= n; i += VW) acc += K(vld)(p + i) * K(vld)(dp + i);
+    float dot = K(hsum)(acc);
+    for (; i < n; i++) dot += p[i] * dp[i];
+    const K(vf) dv = K(vsplat)(dot), sv = K(vsplat)(scale);
+    for (i = 0; i + VW <= n; i += VW) K(vst)(dp + i, K(vld)(p + i) * (K(vld)(dp + i) - dv) * sv);
+    for (; i < n; i++) dp[i] = p[i] * (dp[i] - dot) * scale;
+}
+
+KT
 static void K(lb_exp_shift)(float *row, int n, float c) {
     const K(vf) cv = K(vsplat)(c);
     int i = 0;

@@ -76,6 +76,24 @@ import CLoraSupport
         }
     }
 
+    @Test func softmaxBackwardRow() {
+        var rng = SplitMix64(seed: 8)
+        for (level, k) in sets() {
+            for n in [1, 16, 41] {
+                let p = (0..<n).map { _ in rng.nextFloat() }, d = (0..<n).map { _ in rng.nextFloat() - 0.5 }
+                var dp = d
+                k.softmax_backward(&dp, p, Int32(n), 0.125)
+                let dot = (0..<n).reduce(0.0) { $0 + Double(p[$1]) * Double(d[$1]) }
+                var worst = 0.0
+                for i in 0..<n {
+                    let want: Double = 0.125 * Double(p[i]) * (Double(d[i]) - dot)
+                    worst = max(worst, abs(Double(dp[i]) - want))
+                }
+                #expect(worst < 1e-6, "level \(level) n \(n): error \(worst)")
+            }
+        }
+    }
+
     @Test func crossEntropyRow() {
         var rng = SplitMix64(seed: 5)
         for (level, k) in sets() {

@@ -73,6 +73,8 @@ LB_HIDDEN void lb_gelu_tanh_backward(float *d, const float *pre, size_t n);
 LB_HIDDEN float lb_softmax_lse(float *row, int n);
 // row[i] = exp(row[i] − c) (-inf entries give 0).
 LB_HIDDEN void lb_exp_shift(float *row, int n, float c);
+// Softmax backward of one row: dp[i] = scale · p[i] · (dp[i] − Σ_j p[j]·dp[j]).
+LB_HIDDEN void lb_softmax_backward(float *dp, const float *p, int n, float scale);
 // Cross-entropy of one row of logits against `target` (in 0..<V): returns
 // the loss in nats and replaces the row by grad_scale·(softmax − onehot).
 LB_HIDDEN double lb_cross_entropy_row(float *row, int V, int target, float grad_scale);
@@ -91,6 +93,7 @@ typedef struct lb_kernel_set {
     void (*gelu_tanh_backward)(float *d, const float *pre, size_t n);
     float (*softmax_lse)(float *row, int n);
     void (*exp_shift)(float *row, int n, float c);
+    void (*softmax_backward)(float *dp, const float *p, int n, float scale);
     double (*cross_entropy_row)(float *row, int V, int target, float grad_scale);
     void (*layernorm_forward)(float *out, float *mean, float *rstd, const float *inp, const float *weight,
                               const float *bias, size_t rows, int C, float eps);

@@ -125,12 +125,7 @@ public func attentionBackward(dq: FloatPtr, ldq: Int, dk: FloatPtr, dv: FloatPtr
         gemm(transA: false, transB: true, M: rows, N: keys, K: hd, alpha: 1, A: dout + i0 * ldo, lda: ldo,
              B: v, ldb: ldk, beta: 0, C: dP, ldc: L)
         // dS = P ⊙ (dP − Σ_j P·dP) · scale
-        for i in 0..<rows {
-            let p = P + i * L, dp = dP + i * L
-            var dot: Float = 0
-            for j in 0..<keys { dot += p[j] * dp[j] }
-            for j in 0..<keys { dp[j] = p[j] * (dp[j] - dot) * scale }
-        }
+        for i in 0..<rows { lb_softmax_backward(dP + i * L, P + i * L, Int32(keys), scale) }
         // dQ += dS · K ;  dK[keys] += dSᵀ · Q
         gemm(transA: false, transB: false, M: rows, N: hd, K: keys, alpha: 1, A: dP, lda: L, B: k, ldb: ldk,
              beta: 1, C: dq + i0 * ldq, ldc: ldq)

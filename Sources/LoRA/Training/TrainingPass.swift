@@ -239,11 +239,14 @@ final class TrainingPass {
         let g = fullGrads
         layerNormBackward(dinp: dres, dweight: g?.lnfW, dbias: g?.lnfB, dout: dln, inp: xFinal, weight: w.lnfW,
                           mean: lnfMean, rstd: lnfRstd, rows: n, C: C)
-        for l in stride(from: c.nLayer - 1, through: 0, by: -1) {
+        // LoRA: nothing below the lowest adapted layer needs a gradient, nor
+        // does that layer's input (the embeddings are frozen).
+        let lowest = trainableAdapter.map { a in a.slots.map(\.layer).min() ?? c.nLayer } ?? 0
+        for l in stride(from: c.nLayer - 1, through: lowest, by: -1) {
             if checkpointing {
                 model.layerForward(l, layerActs[l], B: B, T: T, past: 0, kv: .inline, keyMask: nil, lora: lora)
             }
-            layerBackward(l, layerActs[l], B: B, T: T, lora: lora)
+            layerBackward(l, layerActs[l], B: B, T: T, lora: lora, needInputGradient: g != nil || l > lowest)
         }
         if let g {
             ids.withUnsafeBufferPointer { idp in
@@ -255,8 +258,9 @@ final class TrainingPass {
         return (loss, count)
     }
 
-    /// Backward through one block: dres holds ∂L/∂output on entry, ∂L/∂input on exit.
-    private func layerBackward(_ l: Int, _ a: LayerActs, B: Int, T: Int, lora: LoRAContext) {
+    /// Backward through one block: dres holds ∂L/∂output on entry, ∂L/∂input on
+    /// exit (unless `needInputGradient` is false: then only parameter gradients).
+    private func layerBackward(_ l: Int, _ a: LayerActs, B: Int, T: Int, lora: LoRAContext, needInputGradient: Bool) {
         let c = model.config
         let lw = model.weights.layers[l]
         let gw = fullGrads?.layers[l]
@@ -291,26 +295,32 @@ final class TrainingPass {
                                   T: T, L: T, past: 0, hd: hd, scale: scale, keyMask: nil)
             }
         }
-        matmulBackward(dinp: dln, dweight: gw?.attnW, dbias: gw?.attnB, dout: dqkv, inp: a.ln1, weight: lw.attnW, M: n, K: C, N: 3 * C, accumulate: false)
-        loraBackward(lora, layer: l, target: .attnCAttn, x: a.ln1, dy: dqkv, dx: dln, n: n)
+        matmulBackward(dinp: needInputGradient ? dln : nil, dweight: gw?.attnW, dbias: gw?.attnB, dout: dqkv, inp: a.ln1,
+                       weight: lw.attnW, M: n, K: C, N: 3 * C, accumulate: false)
+        loraBackward(lora, layer: l, target: .attnCAttn, x: a.ln1, dy: dqkv, dx: needInputGradient ? dln : nil, n: n)
+        guard needInputGradient else { return }
         layerNormBackward(dinp: dres, dweight: gw?.ln1W, dbias: gw?.ln1B, dout: dln, inp: a.input, weight: lw.ln1W,
                           mean: a.ln1Mean!, rstd: a.ln1Rstd!, rows: n, C: C)
     }
 
     /// Backward through the LoRA branches of one module: dx += ∂L/∂x, and the
     /// trainable adapter's dA, dB accumulate into `gradients`.
-    private func loraBackward(_ lora: LoRAContext, layer: Int, target: LoraTarget, x: ConstFloatPtr, dy: ConstFloatPtr, dx: FloatPtr, n: Int) {
+    /// dx nil: the input gradient is not needed.
+    private func loraBackward(_ lora: LoRAContext, layer: Int, target: LoraTarget, x: ConstFloatPtr, dy: ConstFloatPtr, dx: FloatPtr?, n: Int) {
         for act in lora.active {
             let adapter = act.adapter
             guard let s = adapter.slot(layer: layer, target: target) else { continue }
+            if dx == nil && adapter !== trainableAdapter { continue }
             let scale = act.scale * s.scaling
             let du = loraScratch.base
             // du = s · dy · B
             gemm(transA: false, transB: false, M: n, N: s.r, K: s.outFeatures, alpha: scale, A: dy, lda: s.outFeatures,
                  B: adapter.B(s), ldb: s.r, beta: 0, C: du, ldc: s.r)
             guard adapter === trainableAdapter else {
-                gemm(transA: false, transB: false, M: n, N: s.inFeatures, K: s.r, alpha: 1, A: du, lda: s.r,
-                     B: adapter.A(s), ldb: s.inFeatures, beta: 1, C: dx, ldc: s.inFeatures)
+                if let dx {
+                    gemm(transA: false, transB: false, M: n, N: s.inFeatures, K: s.r, alpha: 1, A: du, lda: s.r,
+                         B: adapter.A(s), ldb: s.inFeatures, beta: 1, C: dx, ldc: s.inFeatures)
+                }
                 continue
             }
             let idx = slotIndex(s)
@@ -328,14 +338,18 @@ final class TrainingPass {
                 gemm(transA: true, transB: false, M: s.r, N: s.inFeatures, K: n, alpha: 1, A: du, lda: s.r,
                      B: xt, ldb: s.inFeatures, beta: 1, C: gA, ldc: s.inFeatures)
                 // dx += (du · A) ⊙ f   (x̃ scratch reused for du·A)
-                gemm(transA: false, transB: false, M: n, N: s.inFeatures, K: s.r, alpha: 1, A: du, lda: s.r,
-                     B: adapter.A(s), ldb: s.inFeatures, beta: 0, C: xt, ldc: s.inFeatures)
-                for i in 0..<count { dx[i] += xt[i] * f[i] }
+                if let dx {
+                    gemm(transA: false, transB: false, M: n, N: s.inFeatures, K: s.r, alpha: 1, A: du, lda: s.r,
+                         B: adapter.A(s), ldb: s.inFeatures, beta: 0, C: xt, ldc: s.inFeatures)
+                    for i in 0..<count { dx[i] += xt[i] * f[i] }
+                }
             } else {
                 gemm(transA: true, transB: false, M: s.r, N: s.inFeatures, K: n, alpha: 1, A: du, lda: s.r,
                      B: x, ldb: s.inFeatures, beta: 1, C: gA, ldc: s.inFeatures)
-                gemm(transA: false, transB: false, M: n, N: s.inFeatures, K: s.r, alpha: 1, A: du, lda: s.r,
-                     B: adapter.A(s), ldb: s.inFeatures, beta: 1, C: dx, ldc: s.inFeatures)
+                if let dx {
+                    gemm(transA: false, transB: false, M: n, N: s.inFeatures, K: s.r, alpha: 1, A: du, lda: s.r,
+                         B: adapter.A(s), ldb: s.inFeatures, beta: 1, C: dx, ldc: s.inFeatures)
+                }
             }
         }
     }
