@@ -52,12 +52,12 @@ struct Bench: ParsableCommand {
         var rng = SplitMix64(seed: 3)
         let ids = (0..<prompt).map { _ in TokenID(rng.next() % 50257) }
         var prefill: [Double] = []
-        // Logits for every position into one buffer, as lora_logits does with the caller's.
+        // Logits for every position into one buffer, as lora_logits does with
+        // the caller's (no KV cache kept, as transformers' use_cache=False).
         var logits = [Float](repeating: 0, count: prompt * model.config.vocabSize)
         for _ in 0..<repeats {
-            let s = try InferenceSession(model: model, batch: 1, capacity: prompt)
             let t0 = now()
-            try logits.withUnsafeMutableBufferPointer { try s.forward(ids, batch: 1, lastOnly: false, into: $0) }
+            try logits.withUnsafeMutableBufferPointer { try model.logits(ids, into: $0) }
             prefill.append(Double(prompt) / (now() - t0))
         }
         var dec: [Double] = []

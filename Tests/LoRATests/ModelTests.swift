@@ -65,6 +65,17 @@ let logitsTolerance: Float = 1e-4
         var inc: [Float] = try session.forward(Array(ids[0..<4]), batch: 1, lastOnly: false)
         for t in 4..<ids.count { inc += try session.forward([ids[t]], batch: 1, lastOnly: false) }
         #expect(maxAbsDiff(full, inc) < 1e-5)
+        // model.logits runs without a cache (keys and values straight from the
+        // projections); a cached session gives the same logits.
+        let cached = try InferenceSession(model: model, batch: 1, capacity: ids.count)
+        #expect(maxAbsDiff(full, try cached.forward(ids, batch: 1, lastOnly: false)) < 1e-6)
+        // A session without a cache runs one call only.
+        let once = try InferenceSession(model: model, batch: 1, capacity: ids.count, keepsCache: false)
+        _ = try once.forward(Array(ids[0..<4]), batch: 1, lastOnly: true)
+        #expect(throws: LoraError.self) { try once.forward([ids[4]], batch: 1, lastOnly: true) }
+        // A buffer of the wrong size is refused before anything is computed.
+        var small = [Float](repeating: 0, count: 3)
+        #expect(throws: LoraError.self) { try small.withUnsafeMutableBufferPointer { try model.logits(ids, into: $0) } }
     }
 
     @Test func samplingIsSeededAndStopsAtLimits() throws {

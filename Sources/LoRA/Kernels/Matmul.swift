@@ -27,9 +27,8 @@ public func matmulForward(out: FloatPtr, inp: ConstFloatPtr, weight: ConstFloatP
     // Split the columns (each worker packs all of inp, a share of W) or, for
     // narrow outputs, the rows; the bias is written by the worker that owns it.
     let splitRows = M > N
-    let (count, align) = splitRows ? (M, 16) : (N, 16)
     let work = M * N * max(K, 1)
-    parallelChunks(count, minChunk: work >= parallelGemmWork ? 16 : .max, align: align) { _, r in
+    parallelChunks(splitRows ? M : N, minChunk: work >= parallelGemmWork ? 16 : .max, align: 16) { _, r in
         let m0 = splitRows ? r.lowerBound : 0, m1 = splitRows ? r.upperBound : M
         let n0 = splitRows ? 0 : r.lowerBound, n1 = splitRows ? N : r.upperBound
         var beta: Float = accumulate ? 1 : 0

@@ -150,14 +150,14 @@ public final class Model: @unchecked Sendable {
     /// Logits [T, vocab] for one sequence (no cache).
     public func logits(_ ids: [TokenID]) throws -> [Float] {
         guard !ids.isEmpty else { throw LoraError.invalidArgument("empty token sequence") }
-        let session = try InferenceSession(model: self, batch: 1, capacity: ids.count)
+        let session = try InferenceSession(model: self, batch: 1, capacity: ids.count, keepsCache: false)
         return try session.forward(ids, batch: 1, lastOnly: false)
     }
 
     /// As `logits(_:)`, written into `out` (exactly ids.count × vocab floats).
     public func logits(_ ids: [TokenID], into out: UnsafeMutableBufferPointer<Float>) throws {
         guard !ids.isEmpty else { throw LoraError.invalidArgument("empty token sequence") }
-        let session = try InferenceSession(model: self, batch: 1, capacity: ids.count)
+        let session = try InferenceSession(model: self, batch: 1, capacity: ids.count, keepsCache: false)
         try session.forward(ids, batch: 1, lastOnly: false, into: out)
     }
 
@@ -171,7 +171,7 @@ public final class Model: @unchecked Sendable {
         }
         let T = batch.map(\.count).max() ?? 0
         let (ids, mask) = Model.pad(batch, to: T, padding: padding)
-        let session = try InferenceSession(model: self, batch: batch.count, capacity: T)
+        let session = try InferenceSession(model: self, batch: batch.count, capacity: T, keepsCache: false)
         var out = try session.forward(ids, batch: batch.count, attentionMask: mask, lastOnly: false)
         let V = config.vocabSize
         for i in 0..<mask.count where mask[i] == 0 {
@@ -206,8 +206,11 @@ public final class InferenceSession: @unchecked Sendable {
     /// Positions already in the cache.
     public private(set) var length = 0
 
-    let kCache: FloatBlock   // [layer, B, H, capacity, hd]
+    let kCache: FloatBlock   // [layer, B, H, capacity, hd] (empty without a cache)
     let vCache: FloatBlock
+    /// False: one forward call only, keys and values read from the layer's own
+    /// projections (no cache to fill: the logits of a whole sequence).
+    public let keepsCache: Bool
     /// Key mask [B, capacity]: 1 for real tokens, 0 for padding.
     let keyMask: FloatBlock
     /// Next position id per row (the count of real tokens so far).
@@ -216,7 +219,7 @@ public final class InferenceSession: @unchecked Sendable {
     var x, ln, qkv, att, proj, fc, probs, loraU: FloatBlock
     let probSlots: Int
 
-    public init(model: Model, batch: Int, capacity: Int) throws {
+    public init(model: Model, batch: Int, capacity: Int, keepsCache: Bool = true) throws {
         let c = model.config
         guard batch >= 1 else { throw LoraError.invalidArgument("batch must be at least 1") }
         guard capacity >= 1, capacity <= c.nPositions else {
@@ -231,8 +234,9 @@ public final class InferenceSession: @unchecked Sendable {
             throw LoraError.invalidArgument("a KV cache for batch \(batch) × \(capacity) positions does not fit the machine's memory")
         }
         let perLayer = batch * capacity * c.nEmbd
-        kCache = try FloatBlock(count: c.nLayer * perLayer)
-        vCache = try FloatBlock(count: c.nLayer * perLayer)
+        self.keepsCache = keepsCache
+        kCache = try FloatBlock(count: keepsCache ? c.nLayer * perLayer : 0)
+        vCache = try FloatBlock(count: keepsCache ? c.nLayer * perLayer : 0)
         keyMask = try FloatBlock(count: batch * capacity)
         nextPosition = [Int32](repeating: 0, count: batch)
         maxTokens = 0
@@ -267,6 +271,9 @@ public final class InferenceSession: @unchecked Sendable {
         guard B == batch else { throw LoraError.invalidArgument("batch \(B) does not match the session's \(batch)") }
         guard !ids.isEmpty, ids.count % B == 0 else { throw LoraError.invalidArgument("token count \(ids.count) is not a multiple of the batch \(B)") }
         let T = ids.count / B
+        guard keepsCache || length == 0 else {
+            throw LoraError.invalidArgument("this session keeps no KV cache: it runs one forward call")
+        }
         guard length + T <= capacity else {
             throw LoraError.invalidArgument("sequence of \(length + T) tokens exceeds the session capacity \(capacity) (n_positions \(model.config.nPositions))")
         }
@@ -335,7 +342,7 @@ public final class InferenceSession: @unchecked Sendable {
         for l in 0..<c.nLayer {
             let perLayer = batch * capacity * C
             model.layerForward(l, acts, B: B, T: T, past: past,
-                               kv: .cache(k: kCache.base + l * perLayer, v: vCache.base + l * perLayer, capacity: capacity),
+                               kv: keepsCache ? .cache(k: kCache.base + l * perLayer, v: vCache.base + l * perLayer, capacity: capacity) : .inline,
                                keyMask: keyMaskOf, lora: lora)
         }
         let V = c.vocabSize
