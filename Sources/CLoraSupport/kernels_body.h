@@ -5,7 +5,6 @@ typedef float K(vf) __attribute__((vector_size(VW * 4)));
 typedef int K(vi) __attribute__((vector_size(VW * 4)));
 
 static inline __attribute__((always_inline)) KT K(vf) K(vsplat)(float x) { K(vf) z = {0}; return z + x; }
-static inline __attribute__((always_inline)) KT K(vi) K(isplat)(int x) { K(vi) z = {0}; return z + x; }
 static inline __attribute__((always_inline)) KT K(vf) K(vld)(const float *p) { K(vf) v; memcpy(&v, p, sizeof v); return v; }
 static inline __attribute__((always_inline)) KT void K(vst)(float *p, K(vf) v) { memcpy(p, &v, sizeof v); }
 // Loads n < VW floats, the rest of the lanes set to `fill`.

@@ -67,10 +67,3 @@ func activationForwardSerial(_ act: Activation, out: FloatPtr, inp: ConstFloatPt
         if UnsafePointer(out) != inp { out.update(from: inp, count: n) }
     }
 }
-
-/// In place softmax over row[0..<n]; entries at and after `n` are untouched.
-/// Returns false (and writes zeros) when every entry is -inf (a fully masked row).
-@discardableResult
-public func softmaxInPlace(_ row: FloatPtr, n: Int) -> Bool {
-    lb_softmax_lse(row, Int32(n)) != -.infinity
-}
