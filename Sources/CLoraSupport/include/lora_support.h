@@ -40,6 +40,12 @@ LB_HIDDEN int lb_compute_threads(void);
 // previous mark for lb_leave_parallel.
 LB_HIDDEN int lb_enter_parallel(void);
 LB_HIDDEN void lb_leave_parallel(int was);
+// Runs fn(ctx, c) for every c in 0..<chunks on liblora's worker threads and
+// the calling thread (pool.c), returning when all are done. Inside a
+// parallel region, or while another thread's job runs, the caller runs every
+// chunk itself. fn must not throw or longjmp.
+typedef void (*lb_chunk_fn)(void *ctx, int chunk);
+LB_HIDDEN void lb_parallel_run(int chunks, lb_chunk_fn fn, void *ctx);
 
 // Pure decision function (testable): the OPENBLAS_CORETYPE liblora would
 // set for a CPU with these features when OpenBLAS reports `reported`, or
