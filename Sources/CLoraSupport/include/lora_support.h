@@ -63,6 +63,22 @@ LB_HIDDEN void lb_sgemm(int transA, int transB, int m, int n, int k, float alpha
 LB_HIDDEN void lb_sgemv(int transA, int m, int n, float alpha, const float *a, int lda,
                         const float *x, float beta, float *y);
 
+// Matrix–vector products for decode (gemv.c), AVX-512 or AVX2+FMA code
+// picked for the CPU (1 from lb_gemv_available), a plain loop otherwise.
+// beta0: 1 writes y, 0 adds to it. Each output's sum runs in the same order
+// whatever [n0, n1) or [r0, r1) a call covers.
+LB_HIDDEN int lb_gemv_available(void);
+// y[n] (+)= Σ_k x[k]·W[k·ldw + n] for n in [n0, n1)   (W is [K, ≥n1]).
+LB_HIDDEN void lb_gemv_cols(float *y, const float *x, const float *W, int K, int ldw, int n0, int n1, int beta0);
+// y[r] (+)= Σ_c W[r·ldw + c]·x[c] for r in [r0, r1)   (W is [≥r1, C]).
+LB_HIDDEN void lb_gemv_rows(float *y, const float *x, const float *W, int C, int ldw, int r0, int r1, int beta0);
+// The same at one instruction-set level (LB_KERNELS_*; a level above the
+// CPU's falls back to the next it has). Tests compare the levels.
+LB_HIDDEN void lb_gemv_cols_at(int level, float *y, const float *x, const float *W, int K, int ldw, int n0, int n1,
+                               int beta0);
+LB_HIDDEN void lb_gemv_rows_at(int level, float *y, const float *x, const float *W, int C, int ldw, int r0, int r1,
+                               int beta0);
+
 // Element-wise kernels (kernels.c), dispatched to AVX-512 / AVX2 / baseline
 // code for the CPU at the first call.
 #define LB_KERNELS_BASELINE 1

@@ -83,6 +83,21 @@ public func gemm(transA: Bool, transB: Bool, M: Int, N: Int, K: Int, alpha: Floa
 public func gemv(transA: Bool, rows: Int, cols: Int, alpha: Float, A: ConstFloatPtr, lda: Int,
                  x: ConstFloatPtr, beta: Float, y: FloatPtr) {
     if rows == 0 || cols == 0 { return }
+    if alpha == 1, beta == 0 || beta == 1, lb_gemv_available() != 0 {
+        // liblora's own kernels (CLoraSupport/gemv.c): streaming at the
+        // memory bandwidth, where OpenBLAS's sgemv reached 75–85% of it.
+        let beta0: Int32 = beta == 0 ? 1 : 0
+        let outputs = transA ? cols : rows
+        let minChunk = rows * cols < 1 << 16 ? Int.max : 64
+        parallelChunks(outputs, minChunk: minChunk, align: 16) { _, r in
+            if transA {
+                lb_gemv_cols(y, x, A, Int32(rows), Int32(lda), Int32(r.lowerBound), Int32(r.upperBound), beta0)
+            } else {
+                lb_gemv_rows(y, x, A, Int32(cols), Int32(lda), Int32(r.lowerBound), Int32(r.upperBound), beta0)
+            }
+        }
+        return
+    }
     let ta: Int32 = transA ? 1 : 0
     if rows * cols < 1 << 16 || computeThreads <= 1 {
         lb_sgemv(ta, Int32(rows), Int32(cols), alpha, A, Int32(lda), x, beta, y)
