@@ -10,7 +10,7 @@ struct Bench: ParsableCommand {
         abstract: "Benchmark inference, LoRA training, the adapter algebra or PiSSA/OLoRA initialisation on a GPT-2 124M-shaped model (random weights).",
         discussion: "Run one measurement per process so that peak RSS is its own. --threads sets the compute threads (OPENBLAS_NUM_THREADS is ignored).")
 
-    @Argument(help: "inference, train, svd or init") var kind = "inference"
+    @Argument(help: "inference, train, bound, svd or init") var kind = "inference"
     @Option(help: "Compute threads.") var threads = 2
     @Option(help: "Prompt tokens (inference).") var prompt = 512
     @Option(help: "Decoded tokens (inference).") var decode = 128
@@ -32,9 +32,10 @@ struct Bench: ParsableCommand {
             switch kind {
             case "inference": try inference()
             case "train": try train()
+            case "bound": try bound()
             case "svd": try svd()
             case "init": try initialization()
-            default: throw LoraError.invalidArgument("bench kind must be inference, train, svd or init")
+            default: throw LoraError.invalidArgument("bench kind must be inference, train, bound, svd or init")
             }
         }
     }
@@ -74,10 +75,13 @@ struct Bench: ParsableCommand {
             }
             dec.append(Double(min(decode, 1024 - 16)) / (now() - t0))
         }
-        say(String(format: "{\"engine\":\"liblora\",\"bench\":\"prefill\",\"core\":\"%@\",\"threads\":%d,\"tokens\":%d,\"tokens_per_s\":%.1f}",
-                     BLAS.coreName, threads, prompt, median(prefill)))
-        say(String(format: "{\"engine\":\"liblora\",\"bench\":\"decode\",\"core\":\"%@\",\"threads\":%d,\"tokens\":%d,\"tokens_per_s\":%.1f}",
-                     BLAS.coreName, threads, decode, median(dec)))
+        // The machine's bounds, measured after the runs (same process, same kernels).
+        let pb = try MachineBound.prefill(model.config, M: prompt, threads: threads).tokensPerS
+        let db = try MachineBound.decode(model)
+        say(String(format: "{\"engine\":\"liblora\",\"bench\":\"prefill\",\"core\":\"%@\",\"threads\":%d,\"tokens\":%d,\"tokens_per_s\":%.1f,\"bound_tokens_per_s\":%.1f,\"fraction_of_bound\":%.3f}",
+                     BLAS.coreName, threads, prompt, median(prefill), pb, median(prefill) / pb))
+        say(String(format: "{\"engine\":\"liblora\",\"bench\":\"decode\",\"core\":\"%@\",\"threads\":%d,\"tokens\":%d,\"tokens_per_s\":%.1f,\"bound_tokens_per_s\":%.1f,\"weights_gb_per_s\":%.1f,\"fraction_of_bound\":%.3f}",
+                     BLAS.coreName, threads, decode, median(dec), db.tokensPerS, db.gbPerS, median(dec) / db.tokensPerS))
     }
 
     func train() throws {
@@ -100,8 +104,33 @@ struct Bench: ParsableCommand {
             _ = try trainer.step(ids: ids)
             rates.append(Double(batch * block) / (now() - t0))
         }
-        say(String(format: "{\"engine\":\"liblora\",\"bench\":\"lora_train\",\"core\":\"%@\",\"threads\":%d,\"batch\":%d,\"block\":%d,\"r\":%d,\"trainable\":%d,\"tokens_per_s\":%.1f,\"peak_rss_gib\":%.3f}",
-                     BLAS.coreName, threads, batch, block, r, adapter.parameterCount, median(rates), peakRSSGiB()))
+        let rss = peakRSSGiB()
+        let tb = try MachineBound.training(model.config, M: batch * block, threads: threads)
+        let sorted = rates.sorted()
+        say(String(format: "{\"engine\":\"liblora\",\"bench\":\"lora_train\",\"core\":\"%@\",\"threads\":%d,\"batch\":%d,\"block\":%d,\"r\":%d,\"trainable\":%d,\"tokens_per_s\":%.1f,\"min_tokens_per_s\":%.1f,\"max_tokens_per_s\":%.1f,\"peak_rss_gib\":%.3f,\"bound_tokens_per_s\":%.1f,\"fraction_of_bound\":%.3f}",
+                     BLAS.coreName, threads, batch, block, r, adapter.parameterCount, median(rates), sorted.first ?? 0, sorted.last ?? 0, rss, tb, median(rates) / tb))
+    }
+
+    /// The machine's own limits on GPT-2 124M's products: GFLOP/s per shape
+    /// on 1 and `threads` workers (M = prompt), the bounds they imply, and the
+    /// weight sweep that bounds decode.
+    func bound() throws {
+        let config = GPT2Config()
+        for t in Set([1, threads]).sorted() {
+            let p = try MachineBound.prefill(config, M: prompt, threads: t)
+            let shapes = MachineBound.shapes(config).map { String(format: "\"%@\":%.1f", $0.name, p.shapes[$0.name] ?? 0) }.joined(separator: ",")
+            let train = try MachineBound.training(config, M: batch * block, threads: t)
+            say(String(format: "{\"engine\":\"liblora\",\"bench\":\"bound\",\"core\":\"%@\",\"threads\":%d,\"M\":%d,\"sgemm_gflop_per_s\":{%@},\"prefill_bound_tokens_per_s\":%.1f,\"train_M\":%d,\"lora_train_bound_tokens_per_s\":%.1f}",
+                         BLAS.coreName, t, prompt, shapes, p.tokensPerS, batch * block, train))
+        }
+        let model = try Model.random(config: config, seed: 1)
+        for t in Set([1, threads]).sorted() {
+            BLAS.threads = t
+            let d = try MachineBound.decode(model)
+            say(String(format: "{\"engine\":\"liblora\",\"bench\":\"bound\",\"core\":\"%@\",\"threads\":%d,\"weights_gb_per_s\":%.1f,\"decode_bound_tokens_per_s\":%.1f}",
+                         BLAS.coreName, t, d.gbPerS, d.tokensPerS))
+        }
+        BLAS.threads = threads
     }
 
     /// The adapter algebra on GPT-2 124M shapes: compress r=64 (all four module
