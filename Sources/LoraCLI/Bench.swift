@@ -105,7 +105,7 @@ struct Bench: ParsableCommand {
             rates.append(Double(batch * block) / (now() - t0))
         }
         let rss = peakRSSGiB()
-        let tb = try MachineBound.training(model.config, M: batch * block, threads: threads)
+        let tb = try MachineBound.training(model.config, batch: batch, block: block, threads: threads)
         let sorted = rates.sorted()
         say(String(format: "{\"engine\":\"liblora\",\"bench\":\"lora_train\",\"core\":\"%@\",\"threads\":%d,\"batch\":%d,\"block\":%d,\"r\":%d,\"trainable\":%d,\"tokens_per_s\":%.1f,\"min_tokens_per_s\":%.1f,\"max_tokens_per_s\":%.1f,\"peak_rss_gib\":%.3f,\"bound_tokens_per_s\":%.1f,\"fraction_of_bound\":%.3f}",
                      BLAS.coreName, threads, batch, block, r, adapter.parameterCount, median(rates), sorted.first ?? 0, sorted.last ?? 0, rss, tb, median(rates) / tb))
@@ -119,7 +119,7 @@ struct Bench: ParsableCommand {
         for t in Set([1, threads]).sorted() {
             let p = try MachineBound.prefill(config, M: prompt, threads: t)
             let shapes = MachineBound.shapes(config).map { String(format: "\"%@\":%.1f", $0.name, p.shapes[$0.name] ?? 0) }.joined(separator: ",")
-            let train = try MachineBound.training(config, M: batch * block, threads: t)
+            let train = try MachineBound.training(config, batch: batch, block: block, threads: t)
             say(String(format: "{\"engine\":\"liblora\",\"bench\":\"bound\",\"core\":\"%@\",\"threads\":%d,\"M\":%d,\"sgemm_gflop_per_s\":{%@},\"prefill_bound_tokens_per_s\":%.1f,\"train_M\":%d,\"lora_train_bound_tokens_per_s\":%.1f}",
                          BLAS.coreName, t, prompt, shapes, p.tokensPerS, batch * block, train))
         }

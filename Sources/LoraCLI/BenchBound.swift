@@ -7,9 +7,11 @@ import LoRA
 /// - prefill: the time of one forward pass's products (the four Conv1D
 ///   shapes × layers and the LM head) at M = the prompt's tokens;
 /// - LoRA training: those products plus the backward data-gradient
-///   products (dX = dY·Wᵀ, same FLOPs), at M = batch × block; attention and
-///   the LoRA products are left out (≈ 3% of a step at T = 256), so the bound
-///   is slightly optimistic;
+///   products (dX = dY·Wᵀ, same FLOPs), at M = batch × block;
+/// - causal attention in both: 2 products of 2·(T/2)·C FLOPs per token and
+///   layer forward, 4 more backward (dP, dV, dQ, dK), at the mean rate of
+///   the measured products (attention's 64-wide heads run slower, so the
+///   bound stays optimistic); the LoRA products are left out (≈ 1%);
 /// - decode: one sweep of every weight matrix by the decode GEMV (bytes
 ///   read per token / time), i.e. the memory bandwidth as decode sees it.
 struct MachineBound {
@@ -45,11 +47,11 @@ struct MachineBound {
             let y = try FloatBlock(count: M * max(s.K, s.N))
             for i in 0..<a.count { a.base[i] = Float(i % 7) * 0.01 }
             for i in 0..<w.count { w.base[i] = Float(i % 5) * 0.01 }
-            let fwd = best(2) {
+            let fwd = best(3) {
                 gemm(transA: false, transB: false, M: M, N: s.N, K: s.K, alpha: 1, A: a.base, lda: s.K,
                      B: w.base, ldb: s.N, beta: 0, C: y.base, ldc: s.N)
             }
-            let bwd = backward ? best(2) {
+            let bwd = backward ? best(3) {
                 gemm(transA: false, transB: true, M: M, N: s.K, K: s.N, alpha: 1, A: a.base, lda: s.N,
                      B: w.base, ldb: s.N, beta: 0, C: y.base, ldc: s.K)
             } : 0
@@ -58,19 +60,35 @@ struct MachineBound {
         return out
     }
 
-    /// Prefill bound in tokens/s at M tokens, with per-shape GFLOP/s.
+    /// Causal attention FLOPs of M tokens in sequences of T: `products`
+    /// products of 2·(T/2)·C per token and layer.
+    static func attentionFLOPs(_ c: GPT2Config, M: Int, T: Int, products: Int) -> Double {
+        Double(products) * 2 * Double(T) / 2 * Double(c.nEmbd) * Double(c.nLayer) * Double(M)
+    }
+
+    /// Seconds of `flops` at the mean rate of the measured products.
+    static func atMeanRate(_ flops: Double, _ times: [(Shape, Double, Double)], M: Int, backward: Bool) -> Double {
+        let f = times.reduce(0.0) { $0 + 2 * Double(M * $1.0.K * $1.0.N * $1.0.perModel) * (backward ? 2 : 1) }
+        let t = times.reduce(0.0) { $0 + ($1.1 + $1.2) * Double($1.0.perModel) }
+        return flops / (f / t)
+    }
+
+    /// Prefill bound in tokens/s for one sequence of M tokens, with per-shape GFLOP/s.
     static func prefill(_ c: GPT2Config, M: Int, threads: Int) throws -> (tokensPerS: Double, shapes: [String: Double]) {
         let times = try productTimes(c, M: M, threads: threads, backward: false)
         let total = times.reduce(0.0) { $0 + $1.1 * Double($1.0.perModel) }
+            + atMeanRate(attentionFLOPs(c, M: M, T: M, products: 2), times, M: M, backward: false)
         var rates: [String: Double] = [:]
         for (s, t, _) in times { rates[s.name] = 2 * Double(M * s.K * s.N) / t / 1e9 }
         return (Double(M) / total, rates)
     }
 
-    /// LoRA training bound in tokens/s at M = batch × block tokens a step.
-    static func training(_ c: GPT2Config, M: Int, threads: Int) throws -> Double {
+    /// LoRA training bound in tokens/s for a step of `batch` sequences of `block` tokens.
+    static func training(_ c: GPT2Config, batch: Int, block: Int, threads: Int) throws -> Double {
+        let M = batch * block
         let times = try productTimes(c, M: M, threads: threads, backward: true)
         let total = times.reduce(0.0) { $0 + ($1.1 + $1.2) * Double($1.0.perModel) }
+            + atMeanRate(attentionFLOPs(c, M: M, T: block, products: 6), times, M: M, backward: true)
         return Double(M) / total
     }
 
