@@ -15,7 +15,7 @@ public func lora_adapter_compress(_ outp: UnsafeMutablePointer<OpaquePointer?>?,
     return guarded {
         let o = try out(outp, "out")
         let ab = try box(adapter, AdapterBox.self, "adapter")
-        guard let mb = ab.model else { throw LoraError.wrongState("the adapter's model was freed") }
+        guard let mb = ab.model else { throw LoRAError.wrongState("the adapter's model was freed") }
         let (a, reports) = try ab.adapter.compressed(to: try rankTarget(rank, energy))
         maxError?.pointee = Float(reports.map(\.relativeError).max() ?? 0)
         o.pointee = retain(AdapterBox(a, model: mb))
@@ -73,7 +73,7 @@ public func lora_adapter_convert_for_original_base(_ outp: UnsafeMutablePointer<
     return guarded {
         let o = try out(outp, "out")
         let ab = try box(adapter, AdapterBox.self, "adapter")
-        guard let mb = ab.model else { throw LoraError.wrongState("the adapter's model was freed") }
+        guard let mb = ab.model else { throw LoRAError.wrongState("the adapter's model was freed") }
         guard ab.adapter.initialParams != nil else {
             throw invalid("the adapter was not initialised with PiSSA or OLoRA in this process")
         }

@@ -72,10 +72,10 @@ let logitsTolerance: Float = 1e-4
         // A session without a cache runs one call only.
         let once = try InferenceSession(model: model, batch: 1, capacity: ids.count, keepsCache: false)
         _ = try once.forward(Array(ids[0..<4]), batch: 1, lastOnly: true)
-        #expect(throws: LoraError.self) { try once.forward([ids[4]], batch: 1, lastOnly: true) }
+        #expect(throws: LoRAError.self) { try once.forward([ids[4]], batch: 1, lastOnly: true) }
         // A buffer of the wrong size is refused before anything is computed.
         var small = [Float](repeating: 0, count: 3)
-        #expect(throws: LoraError.self) { try small.withUnsafeMutableBufferPointer { try model.logits(ids, into: $0) } }
+        #expect(throws: LoRAError.self) { try small.withUnsafeMutableBufferPointer { try model.logits(ids, into: $0) } }
     }
 
     @Test func samplingIsSeededAndStopsAtLimits() throws {
@@ -107,15 +107,15 @@ let logitsTolerance: Float = 1e-4
 
     @Test func badInputsThrow() throws {
         let model = try Model.load(directory: Fixtures.path("gpt2-a"))
-        #expect(throws: LoraError.self) { try model.logits([0, 101]) }
-        #expect(throws: LoraError.self) { try model.logits([-1]) }
-        #expect(throws: LoraError.self) { try model.logits([]) }
-        #expect(throws: LoraError.self) { try model.logits(Array(repeating: 1, count: 33)) }
-        #expect(throws: LoraError.self) { try model.generate(prompt: Array(repeating: 1, count: 32)) }
+        #expect(throws: LoRAError.self) { try model.logits([0, 101]) }
+        #expect(throws: LoRAError.self) { try model.logits([-1]) }
+        #expect(throws: LoRAError.self) { try model.logits([]) }
+        #expect(throws: LoRAError.self) { try model.logits(Array(repeating: 1, count: 33)) }
+        #expect(throws: LoRAError.self) { try model.generate(prompt: Array(repeating: 1, count: 32)) }
         var p = SamplingParams(); p.topP = 0
-        #expect(throws: LoraError.self) { try model.generate(prompt: [1], params: p) }
+        #expect(throws: LoRAError.self) { try model.generate(prompt: [1], params: p) }
         p = SamplingParams(); p.temperature = .nan
-        #expect(throws: LoraError.self) { try model.generate(prompt: [1], params: p) }
+        #expect(throws: LoRAError.self) { try model.generate(prompt: [1], params: p) }
     }
 
     @Test func parameterCountMatchesGPT2Small() throws {

@@ -51,16 +51,16 @@ public final class SafeTensorsFile: @unchecked Sendable {
     public init(path: String) throws {
         self.path = path
         let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw LoraError.io(path: path, reason: String(cString: strerror(errno))) }
+        guard fd >= 0 else { throw LoRAError.io(path: path, reason: String(cString: strerror(errno))) }
         defer { close(fd) }
         var st = stat()
-        guard fstat(fd, &st) == 0 else { throw LoraError.io(path: path, reason: String(cString: strerror(errno))) }
-        guard (st.st_mode & S_IFMT) == S_IFREG else { throw LoraError.invalidFile(path: path, reason: "not a regular file") }
+        guard fstat(fd, &st) == 0 else { throw LoRAError.io(path: path, reason: String(cString: strerror(errno))) }
+        guard (st.st_mode & S_IFMT) == S_IFREG else { throw LoRAError.invalidFile(path: path, reason: "not a regular file") }
         let size = Int(st.st_size)
         var mapped: UnsafeRawPointer? = nil
         if size > 0 {
             let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0)
-            guard let p, p != MAP_FAILED else { throw LoraError.io(path: path, reason: "mmap failed: \(String(cString: strerror(errno)))") }
+            guard let p, p != MAP_FAILED else { throw LoRAError.io(path: path, reason: "mmap failed: \(String(cString: strerror(errno)))") }
             mapped = UnsafeRawPointer(p)
         }
         do {
@@ -95,7 +95,7 @@ public final class SafeTensorsFile: @unchecked Sendable {
     /// Zero-copy access to an F32 tensor (the mapping is 4-byte aligned when
     /// the writer followed the reference layout; otherwise nil).
     public func withF32<R>(_ name: String, _ body: (UnsafeBufferPointer<Float>) throws -> R) throws -> R? {
-        guard let info = self[name] else { throw LoraError.invalidFile(path: path, reason: "missing tensor \(name)") }
+        guard let info = self[name] else { throw LoRAError.invalidFile(path: path, reason: "missing tensor \(name)") }
         guard info.dtype == .F32 else { return nil }
         let raw = rawBytes(info)
         guard let start = raw.baseAddress, Int(bitPattern: start) % 4 == 0 else {
@@ -125,12 +125,12 @@ public final class SafeTensorsFile: @unchecked Sendable {
         case .F64:
             for i in 0..<n { out[i] = Float(raw.loadUnaligned(fromByteOffset: 8 * i, as: Double.self)) }
         default:
-            throw LoraError.invalidFile(path: path, reason: "tensor \(info.name) has dtype \(info.dtype.rawValue), expected a float type (F32, F16, BF16)")
+            throw LoRAError.invalidFile(path: path, reason: "tensor \(info.name) has dtype \(info.dtype.rawValue), expected a float type (F32, F16, BF16)")
         }
     }
 
     public func floats(_ name: String) throws -> [Float] {
-        guard let info = self[name] else { throw LoraError.invalidFile(path: path, reason: "missing tensor \(name)") }
+        guard let info = self[name] else { throw LoRAError.invalidFile(path: path, reason: "missing tensor \(name)") }
         var out = [Float](repeating: 0, count: info.count)
         try out.withUnsafeMutableBufferPointer { b in
             if let p = b.baseAddress { try copyFloats(info, into: p) }
@@ -140,7 +140,7 @@ public final class SafeTensorsFile: @unchecked Sendable {
 
     /// An integer tensor (I64, I32, U8, I8, I16, U16, U32, BOOL) as Int.
     public func ints(_ name: String) throws -> [Int] {
-        guard let info = self[name] else { throw LoraError.invalidFile(path: path, reason: "missing tensor \(name)") }
+        guard let info = self[name] else { throw LoRAError.invalidFile(path: path, reason: "missing tensor \(name)") }
         let raw = rawBytes(info)
         let n = info.count
         switch info.dtype {
@@ -152,14 +152,14 @@ public final class SafeTensorsFile: @unchecked Sendable {
         case .I8: return (0..<n).map { Int(raw.load(fromByteOffset: $0, as: Int8.self)) }
         case .U8, .BOOL: return (0..<n).map { Int(raw[$0]) }
         default:
-            throw LoraError.invalidFile(path: path, reason: "tensor \(name) has dtype \(info.dtype.rawValue), expected an integer type")
+            throw LoRAError.invalidFile(path: path, reason: "tensor \(name) has dtype \(info.dtype.rawValue), expected an integer type")
         }
     }
 
     struct Parsed { var metadata: [String: String]?; var tensors: [TensorInfo]; var dataStart: Int }
 
     static func parseHeader(_ bytes: UnsafeRawBufferPointer, path: String) throws -> Parsed {
-        func fail(_ r: String) -> LoraError { .invalidFile(path: path, reason: r) }
+        func fail(_ r: String) -> LoRAError { .invalidFile(path: path, reason: r) }
         guard bytes.count >= 8 else { throw fail("file too small for a safetensors header (\(bytes.count) bytes)") }
         let n64 = UInt64(littleEndian: bytes.loadUnaligned(as: UInt64.self))
         guard n64 <= UInt64(maxHeaderSize) else { throw fail("header length \(n64) exceeds the limit of \(maxHeaderSize) bytes") }
@@ -255,17 +255,17 @@ public enum SafeTensorsWriter {
     public static func serialize(_ tensors: [TensorData], metadata: [String: String]? = ["format": "pt"]) throws -> [UInt8] {
         var seen = Set<String>()
         for t in tensors {
-            guard seen.insert(t.name).inserted else { throw LoraError.invalidArgument("duplicate tensor name \(t.name)") }
-            guard t.name != "__metadata__" else { throw LoraError.invalidArgument("a tensor cannot be named __metadata__") }
+            guard seen.insert(t.name).inserted else { throw LoRAError.invalidArgument("duplicate tensor name \(t.name)") }
+            guard t.name != "__metadata__" else { throw LoRAError.invalidArgument("a tensor cannot be named __metadata__") }
             var bits = t.dtype.bits
             for d in t.shape {
-                guard d >= 0 else { throw LoraError.invalidArgument("tensor \(t.name): negative dimension") }
+                guard d >= 0 else { throw LoRAError.invalidArgument("tensor \(t.name): negative dimension") }
                 let (m, o) = bits.multipliedReportingOverflow(by: d)
-                guard !o else { throw LoraError.invalidArgument("tensor \(t.name): shape overflows") }
+                guard !o else { throw LoRAError.invalidArgument("tensor \(t.name): shape overflows") }
                 bits = m
             }
             guard bits % 8 == 0, bits / 8 == t.bytes.count else {
-                throw LoraError.invalidArgument("tensor \(t.name): \(t.bytes.count) bytes do not match shape \(t.shape) of \(t.dtype.rawValue)")
+                throw LoRAError.invalidArgument("tensor \(t.name): \(t.bytes.count) bytes do not match shape \(t.shape) of \(t.dtype.rawValue)")
             }
         }
         let sorted = tensors.sorted { a, b in
@@ -290,7 +290,7 @@ public enum SafeTensorsWriter {
         }
         var json = Array(JSON.compact(.object(header)).utf8)
         while json.count % 8 != 0 { json.append(0x20) }
-        guard json.count <= SafeTensorsFile.maxHeaderSize else { throw LoraError.invalidArgument("safetensors header too large") }
+        guard json.count <= SafeTensorsFile.maxHeaderSize else { throw LoRAError.invalidArgument("safetensors header too large") }
         var out: [UInt8] = []
         out.reserveCapacity(8 + json.count + offset)
         withUnsafeBytes(of: UInt64(json.count).littleEndian) { out.append(contentsOf: $0) }

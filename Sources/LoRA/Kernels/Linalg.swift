@@ -12,18 +12,18 @@ public struct SVDResult {
 
 public enum Linalg {
     static func check(_ info: Int32, _ what: String) throws {
-        if info == -1000 { throw LoraError.backend("LAPACKE is not available (install liblapacke; scripts/bootstrap.sh does)") }
-        if info < 0 { throw LoraError.invalidArgument("\(what): LAPACK rejected argument \(-info)") }
-        if info > 0 { throw LoraError.numerical("\(what) did not converge (LAPACK info \(info))") }
+        if info == -1000 { throw LoRAError.backend("LAPACKE is not available (install liblapacke; scripts/bootstrap.sh does)") }
+        if info < 0 { throw LoRAError.invalidArgument("\(what): LAPACK rejected argument \(-info)") }
+        if info > 0 { throw LoRAError.numerical("\(what) did not converge (LAPACK info \(info))") }
     }
 
     static func checkFinite(_ a: [Float], _ what: String) throws {
-        for x in a where !x.isFinite { throw LoraError.numerical("\(what): the matrix holds NaN or infinite values") }
+        for x in a where !x.isFinite { throw LoRAError.numerical("\(what): the matrix holds NaN or infinite values") }
     }
 
     /// Thin SVD of a [m, n] row-major (sgesdd).
     public static func svd(_ a: [Float], m: Int, n: Int) throws -> SVDResult {
-        guard m >= 1, n >= 1, a.count == m * n else { throw LoraError.invalidArgument("svd: bad shape [\(m), \(n)]") }
+        guard m >= 1, n >= 1, a.count == m * n else { throw LoRAError.invalidArgument("svd: bad shape [\(m), \(n)]") }
         try checkFinite(a, "svd")
         try BLAS.load()
         let k = min(m, n)
@@ -47,7 +47,7 @@ public enum Linalg {
     /// with orthonormal columns, R [k, n] upper triangular (trapezoidal when
     /// m < n). LAPACK's Householder signs, as torch.linalg.qr.
     public static func qr(_ a: [Float], m: Int, n: Int) throws -> (q: [Float], r: [Float]) {
-        guard m >= 1, n >= 1, a.count == m * n else { throw LoraError.invalidArgument("qr: bad shape [\(m), \(n)]") }
+        guard m >= 1, n >= 1, a.count == m * n else { throw LoRAError.invalidArgument("qr: bad shape [\(m), \(n)]") }
         try checkFinite(a, "qr")
         try BLAS.load()
         let k = min(m, n)
@@ -80,11 +80,11 @@ public enum Linalg {
     /// otherwise its error shrinks like (σ_{q+1}/σ_q)^(2·niter+1).
     public static func svdLowRank(_ a: [Float], m: Int, n: Int, rank q: Int, niter: Int,
                                   rng: inout SplitMix64) throws -> SVDResult {
-        guard m >= 1, n >= 1, a.count == m * n else { throw LoraError.invalidArgument("svdLowRank: bad shape [\(m), \(n)]") }
+        guard m >= 1, n >= 1, a.count == m * n else { throw LoRAError.invalidArgument("svdLowRank: bad shape [\(m), \(n)]") }
         guard q >= 1, q <= min(m, n) else {
-            throw LoraError.invalidArgument("svdLowRank: rank \(q) must be in 1...\(min(m, n)) for a [\(m), \(n)] matrix")
+            throw LoRAError.invalidArgument("svdLowRank: rank \(q) must be in 1...\(min(m, n)) for a [\(m), \(n)] matrix")
         }
-        guard niter >= 0 else { throw LoraError.invalidArgument("svdLowRank: niter must be >= 0") }
+        guard niter >= 0 else { throw LoRAError.invalidArgument("svdLowRank: niter must be >= 0") }
         try checkFinite(a, "svdLowRank")
         try BLAS.load()
         // T = a (m ≥ n) or aᵀ (m < n): tall, [rows, cols].

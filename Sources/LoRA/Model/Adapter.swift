@@ -1,7 +1,7 @@
 import Foundation
 
 /// The four GPT-2 Conv1D layers LoRA can adapt.
-public enum LoraTarget: Int, CaseIterable, Sendable {
+public enum LoRATarget: Int, CaseIterable, Sendable {
     case attnCAttn, attnCProj, mlpCFC, mlpCProj
 
     /// The module's name inside a block: `attn.c_attn`, ...
@@ -24,13 +24,13 @@ public enum LoraTarget: Int, CaseIterable, Sendable {
         }
     }
 
-    public static func moduleName(layer: Int, _ t: LoraTarget) -> String { "transformer.h.\(layer).\(t.suffix)" }
+    public static func moduleName(layer: Int, _ t: LoRATarget) -> String { "transformer.h.\(layer).\(t.suffix)" }
 }
 
 /// One adapted module: its place, rank, scaling and where A and B live.
-public struct LoraSlot: Sendable, Equatable {
+public struct LoRASlot: Sendable, Equatable {
     public let layer: Int
-    public let target: LoraTarget
+    public let target: LoRATarget
     /// PEFT's module name, e.g. `transformer.h.0.attn.c_attn`.
     public let moduleName: String
     public let r: Int
@@ -46,10 +46,10 @@ public struct LoraSlot: Sendable, Equatable {
     public var countB: Int { outFeatures * r }
 }
 
-/// Which modules a LoraConfig adapts in a GPT-2 model, with PEFT's matching
+/// Which modules a LoRAConfig adapts in a GPT-2 model, with PEFT's matching
 /// rules (target_modules as names/suffixes or a full-match regex,
 /// exclude_modules, layers_to_transform, rank/alpha patterns).
-public enum LoraTargeting {
+public enum LoRATargeting {
     /// Every module name of GPT2LMHeadModel, as PEFT walks them.
     static func allModuleNames(_ c: GPT2Config) -> [(name: String, kind: String)] {
         var names: [(String, String)] = [("transformer", "GPT2Model"), ("transformer.wte", "Embedding"),
@@ -69,11 +69,11 @@ public enum LoraTargeting {
 
     static func regex(_ pattern: String) throws -> Regex<AnyRegexOutput> {
         do { return try Regex(pattern) } catch {
-            throw LoraError.invalidArgument("invalid regular expression \"\(pattern)\": \(error)")
+            throw LoRAError.invalidArgument("invalid regular expression \"\(pattern)\": \(error)")
         }
     }
 
-    static func matches(_ targets: LoraConfig.Targets, _ name: String) throws -> Bool {
+    static func matches(_ targets: LoRAConfig.Targets, _ name: String) throws -> Bool {
         switch targets {
         case .regex(let p): return try regex(p).wholeMatch(in: name) != nil
         case .names(let list): return list.contains { name == $0 || name.hasSuffix("." + $0) }
@@ -102,10 +102,10 @@ public enum LoraTargeting {
     }
 
     /// The adapted modules, in (layer, target) order.
-    public static func resolve(_ config: LoraConfig, model c: GPT2Config) throws -> [(layer: Int, target: LoraTarget, r: Int, alpha: Double)] {
+    public static func resolve(_ config: LoRAConfig, model c: GPT2Config) throws -> [(layer: Int, target: LoRATarget, r: Int, alpha: Double)] {
         try config.validate()
         let targets = config.targetModules ?? .names(["c_attn"])
-        var out: [(Int, LoraTarget, Int, Double)] = []
+        var out: [(Int, LoRATarget, Int, Double)] = []
         for (name, kind) in allModuleNames(c) {
             if let ex = config.excludeModules, try matches(ex, name) { continue }
             guard try matches(targets, name) else { continue }
@@ -113,10 +113,10 @@ public enum LoraTargeting {
                 guard let idx = layerIndex(name, patterns: config.layersPattern), layers.contains(idx) else { continue }
             }
             guard kind == "Conv1D",
-                  let target = LoraTarget.allCases.first(where: { name.hasSuffix("." + $0.suffix) }),
+                  let target = LoRATarget.allCases.first(where: { name.hasSuffix("." + $0.suffix) }),
                   let layer = layerIndex(name, patterns: nil)
             else {
-                throw LoraError.unsupported("target module \(name) (\(kind)): LoRA is implemented for attn.c_attn, attn.c_proj, mlp.c_fc and mlp.c_proj")
+                throw LoRAError.unsupported("target module \(name) (\(kind)): LoRA is implemented for attn.c_attn, attn.c_proj, mlp.c_fc and mlp.c_proj")
             }
             let r = try patternValue(config.rankPattern, name) ?? config.r
             let alpha = try patternValue(config.alphaPattern, name) ?? config.loraAlpha
@@ -128,7 +128,7 @@ public enum LoraTargeting {
             case .names(let n): desc = n.joined(separator: ", ")
             case .regex(let r): desc = r
             }
-            throw LoraError.invalidArgument("target modules {\(desc)} not found in the base model (GPT-2 has attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj in layers 0..<\(c.nLayer))")
+            throw LoRAError.invalidArgument("target modules {\(desc)} not found in the base model (GPT-2 has attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj in layers 0..<\(c.nLayer))")
         }
         return out.sorted { ($0.0, $0.1.rawValue) < ($1.0, $1.1.rawValue) }
     }
@@ -137,9 +137,9 @@ public enum LoraTargeting {
 /// A LoRA adapter for a GPT-2 shape: the config, the adapted modules and all
 /// A/B matrices in one parameter block.
 public final class Adapter: @unchecked Sendable {
-    public let config: LoraConfig
+    public let config: LoRAConfig
     public let modelConfig: GPT2Config
-    public let slots: [LoraSlot]
+    public let slots: [LoRASlot]
     /// All A and B matrices.
     public let params: FloatBlock
     public var name: String
@@ -150,14 +150,14 @@ public final class Adapter: @unchecked Sendable {
     let slotIndex: [Int?]
 
     /// An adapter with zeroed A and B for `modelConfig`.
-    public init(config: LoraConfig, modelConfig: GPT2Config, name: String = "default") throws {
-        let resolved = try LoraTargeting.resolve(config, model: modelConfig)
-        var slots: [LoraSlot] = []
+    public init(config: LoRAConfig, modelConfig: GPT2Config, name: String = "default") throws {
+        let resolved = try LoRATargeting.resolve(config, model: modelConfig)
+        var slots: [LoRASlot] = []
         var off = 0
         for (layer, target, r, alpha) in resolved {
             let (fin, fout) = target.shape(modelConfig)
             let scaling = config.useRSLoRA ? alpha / Double(r).squareRoot() : alpha / Double(r)
-            let slot = LoraSlot(layer: layer, target: target, moduleName: LoraTarget.moduleName(layer: layer, target),
+            let slot = LoRASlot(layer: layer, target: target, moduleName: LoRATarget.moduleName(layer: layer, target),
                                 r: r, alpha: alpha, scaling: Float(scaling), inFeatures: fin, outFeatures: fout,
                                 offsetA: off, offsetB: off + r * fin)
             off += r * fin + fout * r
@@ -173,12 +173,12 @@ public final class Adapter: @unchecked Sendable {
         self.slotIndex = idx
     }
 
-    public func slot(layer: Int, target: LoraTarget) -> LoraSlot? {
+    public func slot(layer: Int, target: LoRATarget) -> LoRASlot? {
         slotIndex[layer * 4 + target.rawValue].map { slots[$0] }
     }
 
-    public func A(_ s: LoraSlot) -> FloatPtr { params.base + s.offsetA }
-    public func B(_ s: LoraSlot) -> FloatPtr { params.base + s.offsetB }
+    public func A(_ s: LoRASlot) -> FloatPtr { params.base + s.offsetA }
+    public func B(_ s: LoRASlot) -> FloatPtr { params.base + s.offsetB }
     public var parameterCount: Int { params.count }
 
     /// Fresh weights as PEFT initialises them (`init_lora_weights` true,
@@ -187,7 +187,7 @@ public final class Adapter: @unchecked Sendable {
     public func initialize(seed: UInt64) throws {
         switch config.initLoraWeights {
         case .pissa, .olora:
-            throw LoraError.invalidArgument("init_lora_weights \(JSON.compact(config.initLoraWeights.json)) needs the base model: use initialize(from:seed:)")
+            throw LoRAError.invalidArgument("init_lora_weights \(JSON.compact(config.initLoraWeights.json)) needs the base model: use initialize(from:seed:)")
         default: break
         }
         initialParams = nil
@@ -233,14 +233,14 @@ public final class Adapter: @unchecked Sendable {
 
     /// Saves `adapter_config.json` + `adapter_model.safetensors` into `directory`
     /// (created if needed), each written atomically.
-    public func save(directory: String, config override: LoraConfig? = nil) throws {
+    public func save(directory: String, config override: LoRAConfig? = nil) throws {
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         } catch {
-            throw LoraError.io(path: directory, reason: "cannot create directory: \(error.localizedDescription)")
+            throw LoRAError.io(path: directory, reason: "cannot create directory: \(error.localizedDescription)")
         }
         for i in 0..<params.count where !params.base[i].isFinite {
-            throw LoraError.numerical("adapter \(name) holds NaN or infinite weights; not saved")
+            throw LoRAError.numerical("adapter \(name) holds NaN or infinite weights; not saved")
         }
         try SafeTensorsWriter.write(tensors(), to: directory + "/" + Adapter.weightsFile)
         try AtomicFile.write((override ?? config).json(), to: directory + "/" + Adapter.configFile)
@@ -249,19 +249,19 @@ public final class Adapter: @unchecked Sendable {
     /// Loads a PEFT adapter directory for a model of shape `modelConfig`.
     public static func load(directory: String, modelConfig: GPT2Config, name: String = "default") throws -> Adapter {
         let cfgPath = directory + "/" + configFile
-        let config = try LoraConfig.load(path: cfgPath)
+        let config = try LoRAConfig.load(path: cfgPath)
         let wPath = directory + "/" + weightsFile
         guard FileManager.default.fileExists(atPath: wPath) else {
             if FileManager.default.fileExists(atPath: directory + "/adapter_model.bin") {
-                throw LoraError.unsupported("\(directory)/adapter_model.bin: pickle weights; save the adapter with safe_serialization=True")
+                throw LoRAError.unsupported("\(directory)/adapter_model.bin: pickle weights; save the adapter with safe_serialization=True")
             }
-            throw LoraError.io(path: wPath, reason: "file not found")
+            throw LoRAError.io(path: wPath, reason: "file not found")
         }
         let file = try SafeTensorsFile(path: wPath)
         let adapter: Adapter
         do { adapter = try Adapter(config: config, modelConfig: modelConfig, name: name) }
-        catch let LoraError.invalidArgument(m) { throw LoraError.invalidFile(path: cfgPath, reason: m) }
-        var expected: [String: (LoraSlot, Bool)] = [:]
+        catch let LoRAError.invalidArgument(m) { throw LoRAError.invalidFile(path: cfgPath, reason: m) }
+        var expected: [String: (LoRASlot, Bool)] = [:]
         for s in adapter.slots {
             expected[keyPrefix + s.moduleName + ".lora_A.weight"] = (s, true)
             expected[keyPrefix + s.moduleName + ".lora_B.weight"] = (s, false)
@@ -269,24 +269,24 @@ public final class Adapter: @unchecked Sendable {
         var seen = Set<String>()
         for info in file.tensors {
             guard info.name.hasPrefix(keyPrefix) else {
-                throw LoraError.invalidFile(path: wPath, reason: "tensor \(info.name) lacks the base_model.model. prefix PEFT writes (PEFT would silently skip it)")
+                throw LoRAError.invalidFile(path: wPath, reason: "tensor \(info.name) lacks the base_model.model. prefix PEFT writes (PEFT would silently skip it)")
             }
             if info.name.hasSuffix(".lora_magnitude_vector") || info.name.contains(".lora_magnitude_vector.") {
-                throw LoraError.unsupported("\(wPath): \(info.name) is a DoRA magnitude (use_dora)")
+                throw LoRAError.unsupported("\(wPath): \(info.name) is a DoRA magnitude (use_dora)")
             }
-            if info.name.hasSuffix(".lora_B.bias") { throw LoraError.unsupported("\(wPath): \(info.name) (lora_bias)") }
+            if info.name.hasSuffix(".lora_B.bias") { throw LoRAError.unsupported("\(wPath): \(info.name) (lora_bias)") }
             guard let (slot, isA) = expected[info.name] else {
-                throw LoraError.invalidFile(path: wPath, reason: "tensor \(info.name) does not belong to a module the config targets")
+                throw LoRAError.invalidFile(path: wPath, reason: "tensor \(info.name) does not belong to a module the config targets")
             }
             let shape = isA ? [slot.r, slot.inFeatures] : [slot.outFeatures, slot.r]
             guard info.shape == shape else {
-                throw LoraError.invalidFile(path: wPath, reason: "tensor \(info.name) has shape \(info.shape), the base model needs \(shape)")
+                throw LoRAError.invalidFile(path: wPath, reason: "tensor \(info.name) has shape \(info.shape), the base model needs \(shape)")
             }
             try file.copyFloats(info, into: isA ? adapter.A(slot) : adapter.B(slot))
             seen.insert(info.name)
         }
         if let missing = expected.keys.sorted().first(where: { !seen.contains($0) }) {
-            throw LoraError.invalidFile(path: wPath, reason: "missing tensor \(missing)")
+            throw LoRAError.invalidFile(path: wPath, reason: "missing tensor \(missing)")
         }
         return adapter
     }

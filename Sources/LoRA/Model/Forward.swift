@@ -56,17 +56,17 @@ struct LoRAContext {
     /// [n, maxRank] scratch when u is not kept.
     var scratch: FloatPtr?
     /// Training hook: the buffer that keeps u for a trainable slot (nil: use scratch).
-    var saveU: ((LoraSlot) -> FloatPtr?)?
+    var saveU: ((LoRASlot) -> FloatPtr?)?
     /// Training hook: dropout applied to the LoRA input of a trainable slot,
     /// writing x̃ into a scratch and returning it (nil: no dropout).
-    var dropout: ((LoraSlot, ConstFloatPtr, Int) -> ConstFloatPtr)?
+    var dropout: ((LoRASlot, ConstFloatPtr, Int) -> ConstFloatPtr)?
     /// The adapter being trained (dropout and saved u apply to it only).
     var trainable: Adapter?
 
     static var none: LoRAContext { LoRAContext(active: [], scratch: nil, saveU: nil, dropout: nil, trainable: nil) }
 
     /// y[n, out] += Σ scale·s · (x̃·Aᵀ)·Bᵀ over the adapters that adapt (layer, target).
-    func apply(layer: Int, target: LoraTarget, x: ConstFloatPtr, y: FloatPtr, n: Int) {
+    func apply(layer: Int, target: LoRATarget, x: ConstFloatPtr, y: FloatPtr, n: Int) {
         for a in active {
             guard let s = a.adapter.slot(layer: layer, target: target) else { continue }
             let isTrainable = trainable === a.adapter

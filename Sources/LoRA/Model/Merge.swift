@@ -7,7 +7,7 @@ extension Model {
     /// Refuses (and changes nothing) if the result would not be finite.
     public func merge(_ adapter: Adapter) throws {
         if let i = attachments.firstIndex(where: { $0.adapter === adapter }) {
-            guard !attachments[i].merged else { throw LoraError.wrongState("adapter \(adapter.name) is already merged") }
+            guard !attachments[i].merged else { throw LoRAError.wrongState("adapter \(adapter.name) is already merged") }
             let scale = attachments[i].enabled ? attachments[i].scale : 0
             try applyDelta(adapter, factor: scale, check: true)
             setMerged(i, true)
@@ -21,7 +21,7 @@ extension Model {
     /// and applies it on the fly again.
     public func unmerge(_ adapter: Adapter) throws {
         guard let i = attachments.firstIndex(where: { $0.adapter === adapter }), attachments[i].merged else {
-            throw LoraError.wrongState("adapter \(adapter.name) is not merged")
+            throw LoRAError.wrongState("adapter \(adapter.name) is not merged")
         }
         let scale = attachments[i].enabled ? attachments[i].scale : 0
         try applyDelta(adapter, factor: -scale, check: false)
@@ -40,19 +40,19 @@ extension Model {
                 tmp.base.update(from: w, count: n)
                 delta(adapter, s, factor: factor, into: tmp.base)
                 for i in 0..<n where !tmp.base[i].isFinite {
-                    throw LoraError.numerical("merging adapter \(adapter.name) gives non-finite weights in \(s.moduleName)")
+                    throw LoRAError.numerical("merging adapter \(adapter.name) gives non-finite weights in \(s.moduleName)")
                 }
             }
         }
         for s in adapter.slots { delta(adapter, s, factor: factor, into: weightPointer(layer: s.layer, target: s.target)) }
     }
 
-    private func delta(_ adapter: Adapter, _ s: LoraSlot, factor: Float, into w: FloatPtr) {
+    private func delta(_ adapter: Adapter, _ s: LoRASlot, factor: Float, into w: FloatPtr) {
         gemm(transA: true, transB: true, M: s.inFeatures, N: s.outFeatures, K: s.r, alpha: factor * s.scaling,
              A: adapter.A(s), lda: s.inFeatures, B: adapter.B(s), ldb: s.r, beta: 1, C: w, ldc: s.outFeatures)
     }
 
-    func weightPointer(layer: Int, target: LoraTarget) -> FloatPtr {
+    func weightPointer(layer: Int, target: LoRATarget) -> FloatPtr {
         let lw = weights.layers[layer]
         switch target {
         case .attnCAttn: return lw.attnW
@@ -69,9 +69,9 @@ extension Model {
     public func save(directory: String) throws {
         let fm = FileManager.default
         do { try fm.createDirectory(atPath: directory, withIntermediateDirectories: true) }
-        catch { throw LoraError.io(path: directory, reason: "cannot create directory: \(error.localizedDescription)") }
+        catch { throw LoRAError.io(path: directory, reason: "cannot create directory: \(error.localizedDescription)") }
         for i in 0..<weights.block.count where !weights.block.base[i].isFinite {
-            throw LoraError.numerical("the model holds NaN or infinite weights; not saved")
+            throw LoRAError.numerical("the model holds NaN or infinite weights; not saved")
         }
         try SafeTensorsWriter.write(weights.tensorsForSaving(), to: directory + "/model.safetensors")
         try AtomicFile.write(config.json(), to: directory + "/config.json")

@@ -37,7 +37,7 @@ public final class Model: @unchecked Sendable {
         let dir = directory.hasSuffix("/") ? String(directory.dropLast()) : directory
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
-            throw LoraError.io(path: dir, reason: "not a directory")
+            throw LoRAError.io(path: dir, reason: "not a directory")
         }
         let config = try GPT2Config.load(path: dir + "/config.json")
         let file = try SafeTensorsFile(path: dir + "/model.safetensors")
@@ -48,7 +48,7 @@ public final class Model: @unchecked Sendable {
         if fm.fileExists(atPath: dir + "/tokenizer.json") || fm.fileExists(atPath: dir + "/vocab.json") {
             tokenizer = try Tokenizer.load(directory: dir)
             if let t = tokenizer, t.vocabSize > config.vocabSize {
-                throw LoraError.invalidFile(path: dir, reason: "the tokenizer has \(t.vocabSize) tokens but the model's vocab_size is \(config.vocabSize)")
+                throw LoRAError.invalidFile(path: dir, reason: "the tokenizer has \(t.vocabSize) tokens but the model's vocab_size is \(config.vocabSize)")
             }
         }
         return try Model(config: config, weights: weights, tokenizer: tokenizer, directory: dir)
@@ -95,11 +95,11 @@ public final class Model: @unchecked Sendable {
     public func attach(_ adapter: Adapter, scale: Float = 1) throws {
         guard adapter.modelConfig.nEmbd == config.nEmbd, adapter.modelConfig.innerSize == config.innerSize,
               adapter.modelConfig.nLayer == config.nLayer else {
-            throw LoraError.invalidArgument("adapter \(adapter.name) was made for another model shape")
+            throw LoRAError.invalidArgument("adapter \(adapter.name) was made for another model shape")
         }
-        guard scale.isFinite else { throw LoraError.invalidArgument("adapter scale must be finite") }
+        guard scale.isFinite else { throw LoRAError.invalidArgument("adapter scale must be finite") }
         guard !attachments.contains(where: { $0.adapter === adapter }) else {
-            throw LoraError.wrongState("adapter \(adapter.name) is already attached")
+            throw LoRAError.wrongState("adapter \(adapter.name) is already attached")
         }
         attachments.append(Attachment(adapter: adapter, scale: scale, enabled: true))
     }
@@ -107,14 +107,14 @@ public final class Model: @unchecked Sendable {
     /// Detaches an adapter; a merged one is unmerged first.
     public func detach(_ adapter: Adapter) throws {
         guard let i = attachments.firstIndex(where: { $0.adapter === adapter }) else {
-            throw LoraError.wrongState("adapter \(adapter.name) is not attached")
+            throw LoRAError.wrongState("adapter \(adapter.name) is not attached")
         }
         if attachments[i].merged { try unmerge(adapter) }
         attachments.remove(at: i)
     }
 
     public func setScale(_ adapter: Adapter, _ scale: Float) throws {
-        guard scale.isFinite else { throw LoraError.invalidArgument("adapter scale must be finite") }
+        guard scale.isFinite else { throw LoRAError.invalidArgument("adapter scale must be finite") }
         let i = try unmergedAttachment(adapter)
         attachments[i].scale = scale
     }
@@ -126,9 +126,9 @@ public final class Model: @unchecked Sendable {
 
     private func unmergedAttachment(_ adapter: Adapter) throws -> Int {
         guard let i = attachments.firstIndex(where: { $0.adapter === adapter }) else {
-            throw LoraError.wrongState("adapter \(adapter.name) is not attached")
+            throw LoRAError.wrongState("adapter \(adapter.name) is not attached")
         }
-        guard !attachments[i].merged else { throw LoraError.wrongState("adapter \(adapter.name) is merged; unmerge it first") }
+        guard !attachments[i].merged else { throw LoRAError.wrongState("adapter \(adapter.name) is merged; unmerge it first") }
         return i
     }
 
@@ -143,20 +143,20 @@ public final class Model: @unchecked Sendable {
 
     func checkTokens(_ ids: UnsafeBufferPointer<TokenID>) throws {
         for (i, t) in ids.enumerated() where t < 0 || Int(t) >= config.vocabSize {
-            throw LoraError.invalidArgument("token id \(t) at index \(i) is out of range 0..<\(config.vocabSize)")
+            throw LoRAError.invalidArgument("token id \(t) at index \(i) is out of range 0..<\(config.vocabSize)")
         }
     }
 
     /// Logits [T, vocab] for one sequence (no cache).
     public func logits(_ ids: [TokenID]) throws -> [Float] {
-        guard !ids.isEmpty else { throw LoraError.invalidArgument("empty token sequence") }
+        guard !ids.isEmpty else { throw LoRAError.invalidArgument("empty token sequence") }
         let session = try InferenceSession(model: self, batch: 1, capacity: ids.count, keepsCache: false)
         return try session.forward(ids, batch: 1, lastOnly: false)
     }
 
     /// As `logits(_:)`, written into `out` (exactly ids.count × vocab floats).
     public func logits(_ ids: [TokenID], into out: UnsafeMutableBufferPointer<Float>) throws {
-        guard !ids.isEmpty else { throw LoraError.invalidArgument("empty token sequence") }
+        guard !ids.isEmpty else { throw LoRAError.invalidArgument("empty token sequence") }
         let session = try InferenceSession(model: self, batch: 1, capacity: ids.count, keepsCache: false)
         try session.forward(ids, batch: 1, lastOnly: false, into: out)
     }
@@ -167,7 +167,7 @@ public final class Model: @unchecked Sendable {
     /// run from 0. Logits at padding positions are zeros.
     public func logits(batch: [[TokenID]], padding: Padding = .left) throws -> [Float] {
         guard !batch.isEmpty, batch.allSatisfy({ !$0.isEmpty }) else {
-            throw LoraError.invalidArgument("empty batch or empty sequence")
+            throw LoRAError.invalidArgument("empty batch or empty sequence")
         }
         let T = batch.map(\.count).max() ?? 0
         let (ids, mask) = Model.pad(batch, to: T, padding: padding)
@@ -221,9 +221,9 @@ public final class InferenceSession: @unchecked Sendable {
 
     public init(model: Model, batch: Int, capacity: Int, keepsCache: Bool = true) throws {
         let c = model.config
-        guard batch >= 1 else { throw LoraError.invalidArgument("batch must be at least 1") }
+        guard batch >= 1 else { throw LoRAError.invalidArgument("batch must be at least 1") }
         guard capacity >= 1, capacity <= c.nPositions else {
-            throw LoraError.invalidArgument("sequence capacity \(capacity) must be within 1...n_positions (\(c.nPositions))")
+            throw LoRAError.invalidArgument("sequence capacity \(capacity) must be within 1...n_positions (\(c.nPositions))")
         }
         self.model = model
         self.batch = batch
@@ -231,7 +231,7 @@ public final class InferenceSession: @unchecked Sendable {
         // Cache sizes in floating point first: huge batches must be an error, not an overflow.
         let cacheFloats = Double(c.nLayer) * Double(batch) * Double(capacity) * Double(c.nEmbd)
         guard 8 * cacheFloats <= Double(FloatBlock.physicalMemory) else {
-            throw LoraError.invalidArgument("a KV cache for batch \(batch) × \(capacity) positions does not fit the machine's memory")
+            throw LoRAError.invalidArgument("a KV cache for batch \(batch) × \(capacity) positions does not fit the machine's memory")
         }
         let perLayer = batch * capacity * c.nEmbd
         self.keepsCache = keepsCache
@@ -268,24 +268,24 @@ public final class InferenceSession: @unchecked Sendable {
     /// `attentionMask` [batch, T] marks padding (0).
     public func forward(_ ids: [TokenID], batch B: Int, attentionMask: [Int32]? = nil, lastOnly: Bool,
                         into logits: UnsafeMutableBufferPointer<Float>) throws {
-        guard B == batch else { throw LoraError.invalidArgument("batch \(B) does not match the session's \(batch)") }
-        guard !ids.isEmpty, ids.count % B == 0 else { throw LoraError.invalidArgument("token count \(ids.count) is not a multiple of the batch \(B)") }
+        guard B == batch else { throw LoRAError.invalidArgument("batch \(B) does not match the session's \(batch)") }
+        guard !ids.isEmpty, ids.count % B == 0 else { throw LoRAError.invalidArgument("token count \(ids.count) is not a multiple of the batch \(B)") }
         let T = ids.count / B
         guard keepsCache || length == 0 else {
-            throw LoraError.invalidArgument("this session keeps no KV cache: it runs one forward call")
+            throw LoRAError.invalidArgument("this session keeps no KV cache: it runs one forward call")
         }
         guard length + T <= capacity else {
-            throw LoraError.invalidArgument("sequence of \(length + T) tokens exceeds the session capacity \(capacity) (n_positions \(model.config.nPositions))")
+            throw LoRAError.invalidArgument("sequence of \(length + T) tokens exceeds the session capacity \(capacity) (n_positions \(model.config.nPositions))")
         }
         if let m = attentionMask, m.count != ids.count {
-            throw LoraError.invalidArgument("attention mask has \(m.count) entries, expected \(ids.count)")
+            throw LoRAError.invalidArgument("attention mask has \(m.count) entries, expected \(ids.count)")
         }
         try ids.withUnsafeBufferPointer { try model.checkTokens($0) }
         let c = model.config
         let V = c.vocabSize
         let rows = lastOnly ? B : ids.count
         guard logits.count == rows * V else {
-            throw LoraError.invalidArgument("logits buffer holds \(logits.count) floats, expected \(rows) × \(V)")
+            throw LoRAError.invalidArgument("logits buffer holds \(logits.count) floats, expected \(rows) × \(V)")
         }
         var positions = [Int32](repeating: 0, count: ids.count)
         for b in 0..<B {
@@ -309,7 +309,7 @@ public final class InferenceSession: @unchecked Sendable {
 
     /// As `forward(_:batch:attentionMask:lastOnly:into:)`, returning the logits.
     public func forward(_ ids: [TokenID], batch B: Int, attentionMask: [Int32]? = nil, lastOnly: Bool) throws -> [Float] {
-        guard B >= 1, ids.count % B == 0 else { throw LoraError.invalidArgument("token count \(ids.count) is not a multiple of the batch \(B)") }
+        guard B >= 1, ids.count % B == 0 else { throw LoRAError.invalidArgument("token count \(ids.count) is not a multiple of the batch \(B)") }
         let count = (lastOnly ? B : ids.count) * model.config.vocabSize
         // Uninitialised: every entry is written by the head's product.
         return try [Float](unsafeUninitializedCapacity: count) { buf, initialized in

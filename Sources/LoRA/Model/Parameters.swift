@@ -58,12 +58,12 @@ public final class FloatBlock: @unchecked Sendable {
     }()
 
     public init(count: Int) throws {
-        guard count >= 0, count <= Int.max / 4 else { throw LoraError.invalidArgument("allocation of \(count) floats is too large") }
+        guard count >= 0, count <= Int.max / 4 else { throw LoRAError.invalidArgument("allocation of \(count) floats is too large") }
         guard count * 4 <= FloatBlock.physicalMemory else {
-            throw LoraError.invalidArgument("a buffer of \(count * 4 >> 20) MiB exceeds the machine's memory (\(FloatBlock.physicalMemory >> 20) MiB)")
+            throw LoRAError.invalidArgument("a buffer of \(count * 4 >> 20) MiB exceeds the machine's memory (\(FloatBlock.physicalMemory >> 20) MiB)")
         }
         guard let raw = malloc(max(count, 1) * MemoryLayout<Float>.stride) else {
-            throw LoraError.invalidArgument("out of memory allocating \(count * 4) bytes")
+            throw LoRAError.invalidArgument("out of memory allocating \(count * 4) bytes")
         }
         base = raw.bindMemory(to: Float.self, capacity: max(count, 1))
         base.initialize(repeating: 0, count: max(count, 1))
@@ -129,16 +129,16 @@ public final class GPT2Weights: @unchecked Sendable {
             if name == "lm_head.weight" && config.tieWordEmbeddings { continue }
             guard layout[name] != nil else { continue }  // unexpected keys are ignored, as transformers does
             if found[name] != nil {
-                throw LoraError.invalidFile(path: file.path, reason: "tensor \(name) appears twice (with and without the transformer. prefix)")
+                throw LoRAError.invalidFile(path: file.path, reason: "tensor \(name) appears twice (with and without the transformer. prefix)")
             }
             found[name] = info
         }
         for slot in layout.slots {
             guard let info = found[slot.name] else {
-                throw LoraError.invalidFile(path: file.path, reason: "missing tensor \(slot.name)")
+                throw LoRAError.invalidFile(path: file.path, reason: "missing tensor \(slot.name)")
             }
             guard info.shape == slot.shape else {
-                throw LoraError.invalidFile(path: file.path, reason: "tensor \(slot.name) has shape \(info.shape), the config needs \(slot.shape)")
+                throw LoRAError.invalidFile(path: file.path, reason: "tensor \(slot.name) has shape \(info.shape), the config needs \(slot.shape)")
             }
             try file.copyFloats(info, into: block.base + slot.offset)
         }

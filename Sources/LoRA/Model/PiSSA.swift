@@ -36,21 +36,21 @@ extension Adapter {
         let isPiSSA = config.initLoraWeights != .olora
         let mc = model.config
         guard mc.nEmbd == modelConfig.nEmbd, mc.innerSize == modelConfig.innerSize, mc.nLayer == modelConfig.nLayer else {
-            throw LoraError.invalidArgument("adapter \(name) was made for another model shape (n_embd \(modelConfig.nEmbd), n_inner \(modelConfig.innerSize), n_layer \(modelConfig.nLayer)); the model has (\(mc.nEmbd), \(mc.innerSize), \(mc.nLayer))")
+            throw LoRAError.invalidArgument("adapter \(name) was made for another model shape (n_embd \(modelConfig.nEmbd), n_inner \(modelConfig.innerSize), n_layer \(modelConfig.nLayer)); the model has (\(mc.nEmbd), \(mc.innerSize), \(mc.nLayer))")
         }
         if model.attachments.contains(where: { $0.adapter === self && $0.merged }) {
-            throw LoraError.wrongState("adapter \(name) is merged into the model; unmerge it before initialising it")
+            throw LoRAError.wrongState("adapter \(name) is merged into the model; unmerge it before initialising it")
         }
         var rng = SplitMix64(seed: seed)
         var factors: [(a: [Float], b: [Float])] = []
         for s in slots {
             let r = s.r, inF = s.inFeatures, outF = s.outFeatures
             guard r <= min(inF, outF) else {
-                throw LoraError.invalidArgument("\(s.moduleName): r = \(r) exceeds min(in, out) = \(min(inF, outF)); \(isPiSSA ? "PiSSA takes r singular vectors" : "OLoRA takes r columns of Q") of its [\(outF), \(inF)] weight")
+                throw LoRAError.invalidArgument("\(s.moduleName): r = \(r) exceeds min(in, out) = \(min(inF, outF)); \(isPiSSA ? "PiSSA takes r singular vectors" : "OLoRA takes r columns of Q") of its [\(outF), \(inF)] weight")
             }
             if isPiSSA {
                 guard s.scaling.isFinite, s.scaling > 0 else {
-                    throw LoraError.invalidArgument("\(s.moduleName): PiSSA needs a positive scaling (lora_alpha > 0), got \(s.scaling)")
+                    throw LoRAError.invalidArgument("\(s.moduleName): PiSSA needs a positive scaling (lora_alpha > 0), got \(s.scaling)")
                 }
             }
             // W [out, in] from the Conv1D weight [in, out].
@@ -61,7 +61,7 @@ extension Adapter {
                 for o in 0..<outF { w[o * inF + i] = row[o] }
             }
             if w.contains(where: { !$0.isFinite }) {
-                throw LoraError.numerical("\(s.moduleName): the base weight holds NaN or infinite values")
+                throw LoRAError.numerical("\(s.moduleName): the base weight holds NaN or infinite values")
             }
             var a = [Float](repeating: 0, count: r * inF), b = [Float](repeating: 0, count: outF * r)
             if isPiSSA {
@@ -81,7 +81,7 @@ extension Adapter {
                 }
             }
             if a.contains(where: { !$0.isFinite }) || b.contains(where: { !$0.isFinite }) {
-                throw LoraError.numerical("\(s.moduleName): the \(isPiSSA ? "SVD" : "QR") of the base weight gave non-finite factors")
+                throw LoRAError.numerical("\(s.moduleName): the \(isPiSSA ? "SVD" : "QR") of the base weight gave non-finite factors")
             }
             factors.append((a, b))
         }
@@ -116,18 +116,18 @@ extension Adapter {
                     && abs(p.scaling - q.scaling) <= 1e-6 * abs(q.scaling)
             }
             guard same else {
-                throw LoraError.invalidArgument("the initial adapter \(initial.name) does not have the modules, ranks and scalings of \(name)")
+                throw LoRAError.invalidArgument("the initial adapter \(initial.name) does not have the modules, ranks and scalings of \(name)")
             }
             start = { i in (initial.A(initial.slots[i]), initial.B(initial.slots[i])) }
         } else if let p = initialParams {
             start = { [slots] i in (p.base + slots[i].offsetA, p.base + slots[i].offsetB) }
         } else {
-            throw LoraError.wrongState("adapter \(name) has no initial weights: it was not initialised by initialize(from:seed:) with PiSSA or OLoRA; pass the initial adapter")
+            throw LoRAError.wrongState("adapter \(name) has no initial weights: it was not initialised by initialize(from:seed:) with PiSSA or OLoRA; pass the initial adapter")
         }
         for block in [params, initial?.params ?? initialParams] {
             guard let block else { continue }
             for i in 0..<block.count where !block.base[i].isFinite {
-                throw LoraError.numerical("adapter \(name) or its initial weights hold NaN or infinite values")
+                throw LoRAError.numerical("adapter \(name) or its initial weights hold NaN or infinite values")
             }
         }
         var c = config
@@ -141,7 +141,7 @@ extension Adapter {
         for (index, s) in slots.enumerated() {
             guard let ns = out.slot(layer: s.layer, target: s.target), ns.r == 2 * s.r,
                   abs(ns.scaling - s.scaling) <= 1e-6 * abs(s.scaling) else {
-                throw LoraError.invalidArgument("internal: converted module \(s.moduleName) did not get rank \(2 * s.r) and scaling \(s.scaling)")
+                throw LoRAError.invalidArgument("internal: converted module \(s.moduleName) did not get rank \(2 * s.r) and scaling \(s.scaling)")
             }
             let (a0, b0) = start(index)
             let r = s.r, inF = s.inFeatures

@@ -49,9 +49,9 @@ final class TrainingPass {
 
     init(model: Model, target: TrainingTarget, batch: Int, block: Int, checkpointing: Bool) throws {
         let c = model.config
-        guard batch >= 1, block >= 2 else { throw LoraError.invalidArgument("batch must be >= 1 and block size >= 2") }
+        guard batch >= 1, block >= 2 else { throw LoRAError.invalidArgument("batch must be >= 1 and block size >= 2") }
         guard block <= c.nPositions else {
-            throw LoraError.invalidArgument("block size \(block) exceeds n_positions (\(c.nPositions))")
+            throw LoRAError.invalidArgument("block size \(block) exceeds n_positions (\(c.nPositions))")
         }
         self.model = model
         self.target = target
@@ -66,7 +66,7 @@ final class TrainingPass {
             let layers = checkpointing ? Double(c.nLayer + 1) * nd * Cd + perLayer : Double(c.nLayer) * perLayer + nd * Cd
             let bytes = 4 * (layers + nd * (10 * Cd + Fd) + 16 * Double(block) * Double(block))
             guard bytes <= Double(FloatBlock.physicalMemory) else {
-                throw LoraError.invalidArgument("batch \(batch) × block \(block) needs about \(Int(bytes / 1073741824)) GiB of activations, more than the machine's \(FloatBlock.physicalMemory >> 30) GiB; lower batch_size or block_size, or use gradient checkpointing")
+                throw LoRAError.invalidArgument("batch \(batch) × block \(block) needs about \(Int(bytes / 1073741824)) GiB of activations, more than the machine's \(FloatBlock.physicalMemory >> 30) GiB; lower batch_size or block_size, or use gradient checkpointing")
             }
         }
         let n = batch * block, C = c.nEmbd, F = c.innerSize, H = c.nHead
@@ -156,7 +156,7 @@ final class TrainingPass {
         return f
     }
 
-    private func slotIndex(_ s: LoraSlot) -> Int { trainableAdapter?.slotIndex[s.layer * 4 + s.target.rawValue] ?? 0 }
+    private func slotIndex(_ s: LoRASlot) -> Int { trainableAdapter?.slotIndex[s.layer * 4 + s.target.rawValue] ?? 0 }
 
     private func loraContext() -> LoRAContext {
         var ctx = LoRAContext(active: model.activeLoRA, scratch: loraScratch.base, saveU: nil, dropout: nil, trainable: trainableAdapter)
@@ -183,7 +183,7 @@ final class TrainingPass {
     /// number of counted targets.
     func run(ids: [TokenID], targets: [Int32], B: Int, T: Int, gradScale: Float?) throws -> (loss: Double, tokens: Int) {
         guard B >= 1, B <= maxBatch, T >= 1, T <= block, ids.count == B * T, targets.count == B * T else {
-            throw LoraError.invalidArgument("batch [\(B), \(T)] does not fit the trainer's [\(maxBatch), \(block)]")
+            throw LoRAError.invalidArgument("batch [\(B), \(T)] does not fit the trainer's [\(maxBatch), \(block)]")
         }
         try ids.withUnsafeBufferPointer { try model.checkTokens($0) }
         let c = model.config, w = model.weights
@@ -206,9 +206,9 @@ final class TrainingPass {
         layerNormForward(out: lnf, mean: lnfMean, rstd: lnfRstd, inp: xFinal, weight: w.lnfW, bias: w.lnfB, rows: n, C: C, eps: eps)
 
         let count = targets.reduce(0) { $0 + ($1 >= 0 && Int($1) < V ? 1 : 0) }
-        for t in targets where t >= V { throw LoraError.invalidArgument("label \(t) is out of range 0..<\(V)") }
+        for t in targets where t >= V { throw LoRAError.invalidArgument("label \(t) is out of range 0..<\(V)") }
         let backward = gradScale != nil
-        if backward, case .none = target { throw LoraError.invalidArgument("this pass was built for evaluation only") }
+        if backward, case .none = target { throw LoRAError.invalidArgument("this pass was built for evaluation only") }
         if backward { dres.update(repeating: 0, count: n * C) }
         var loss = 0.0
         try targets.withUnsafeBufferPointer { tp in
@@ -220,7 +220,7 @@ final class TrainingPass {
                 gemm(transA: false, transB: true, M: rows, N: V, K: C, alpha: 1, A: lnf + r0 * C, lda: C,
                      B: w.lmHead, ldb: C, beta: 0, C: chunk, ldc: V)
                 let partial = crossEntropyForwardBackward(logits: chunk, targets: tbase + r0, rows: rows, V: V, gradScale: gradScale ?? 0)
-                guard partial.isFinite else { throw LoraError.numerical("loss is not finite") }
+                guard partial.isFinite else { throw LoRAError.numerical("loss is not finite") }
                 loss += partial
                 if backward {
                     // dlnf = dlogits · W_head (into dln), dW_head += dlogitsᵀ · lnf
@@ -306,7 +306,7 @@ final class TrainingPass {
     /// Backward through the LoRA branches of one module: dx += ∂L/∂x, and the
     /// trainable adapter's dA, dB accumulate into `gradients`.
     /// dx nil: the input gradient is not needed.
-    private func loraBackward(_ lora: LoRAContext, layer: Int, target: LoraTarget, x: ConstFloatPtr, dy: ConstFloatPtr, dx: FloatPtr?, n: Int) {
+    private func loraBackward(_ lora: LoRAContext, layer: Int, target: LoRATarget, x: ConstFloatPtr, dy: ConstFloatPtr, dx: FloatPtr?, n: Int) {
         for act in lora.active {
             let adapter = act.adapter
             guard let s = adapter.slot(layer: layer, target: target) else { continue }
