@@ -1,21 +1,5 @@
 import Foundation
 
-/// The activation functions GPT2Config accepts (transformers' ACT2FN names).
-public enum Activation: String, CaseIterable, Sendable {
-    case geluNew = "gelu_new"
-    case gelu = "gelu"
-    case geluPytorchTanh = "gelu_pytorch_tanh"
-    case geluFast = "gelu_fast"
-    case geluPython = "gelu_python"
-    case quickGelu = "quick_gelu"
-    case relu = "relu"
-    case silu = "silu"
-    case swish = "swish"
-    case tanh = "tanh"
-    case sigmoid = "sigmoid"
-    case linear = "linear"
-}
-
 /// GPT-2's `config.json`, with GPT2Config's defaults for missing keys.
 public struct GPT2Config: Sendable, Equatable {
     public var vocabSize = 50257

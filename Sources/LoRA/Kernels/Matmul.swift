@@ -98,3 +98,26 @@ public func gemv(transA: Bool, rows: Int, cols: Int, alpha: Float, A: ConstFloat
         }
     }
 }
+
+/// dinp[M, K] (+)= dout[M, N] · W[K, N]ᵀ;  dweight[K, N] += inpᵀ · dout;  dbias[N] += Σ_m dout.
+/// `accumulate` false overwrites dinp.
+public func matmulBackward(dinp: FloatPtr?, dweight: FloatPtr?, dbias: FloatPtr?,
+                           dout: ConstFloatPtr, inp: ConstFloatPtr, weight: ConstFloatPtr,
+                           M: Int, K: Int, N: Int, accumulate: Bool) {
+    if let dinp {
+        gemm(transA: false, transB: true, M: M, N: K, K: N, alpha: 1, A: dout, lda: N, B: weight, ldb: N,
+             beta: accumulate ? 1 : 0, C: dinp, ldc: K)
+    }
+    if let dweight {
+        gemm(transA: true, transB: false, M: K, N: N, K: M, alpha: 1, A: inp, lda: K, B: dout, ldb: N,
+             beta: 1, C: dweight, ldc: N)
+    }
+    if let dbias {
+        parallelChunks(N, minChunk: 64, align: 16) { _, cols in
+            for m in 0..<M {
+                let row = dout + m * N
+                for n in cols { dbias[n] += row[n] }
+            }
+        }
+    }
+}
