@@ -32,7 +32,7 @@ public func lora_adapter_create(_ outp: UnsafeMutablePointer<OpaquePointer?>?, _
             let s = try string(t, "target_modules")
             c.targetModules = p.target_modules_regex != 0
                 ? .regex(s)
-                : .names(s.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty })
+                : .names(list: s)
         }
         c.useRSLoRA = p.use_rslora != 0
         switch p.`init` {

@@ -57,11 +57,9 @@ public func lora_adapter_extract(_ outp: UnsafeMutablePointer<OpaquePointer?>?, 
     return guarded {
         let o = try out(outp, "out")
         let bb = try box(base, ModelBox.self, "base"), tb = try box(tuned, ModelBox.self, "tuned")
-        var names = ["c_attn"]
-        if let targets {
-            names = try string(targets, "target_modules").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-        }
-        let (a, reports) = try Adapter.extract(base: bb.model, tuned: tb.model, targetModules: .names(names), rank: try rankTarget(rank, energy))
+        var names = LoRAConfig.Targets.names(["c_attn"])
+        if let targets { names = .names(list: try string(targets, "target_modules")) }
+        let (a, reports) = try Adapter.extract(base: bb.model, tuned: tb.model, targetModules: names, rank: try rankTarget(rank, energy))
         maxError?.pointee = Float(reports.map(\.relativeError).max() ?? 0)
         o.pointee = retain(AdapterBox(a, model: bb))
     }

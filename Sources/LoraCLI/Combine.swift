@@ -53,7 +53,7 @@ struct Extract: ParsableCommand {
             let target = try ranks.target()
             let b = try Model.load(directory: base), t = try Model.load(directory: tuned)
             let t0 = Date()
-            let (a, reports) = try Adapter.extract(base: b, tuned: t, targetModules: .names(targetModules.split(separator: ",").map(String.init)),
+            let (a, reports) = try Adapter.extract(base: b, tuned: t, targetModules: .names(list: targetModules),
                                                    rank: target)
             let seconds = Date().timeIntervalSince(t0)
             try a.save(directory: outputDir)

@@ -16,7 +16,7 @@ struct LoRAOptions: ParsableArguments {
     func config(baseModel: String) throws -> LoRAConfig {
         var c = LoRAConfig()
         c.r = r; c.loraAlpha = loraAlpha; c.loraDropout = loraDropout
-        c.targetModules = .names(targetModules.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty })
+        c.targetModules = .names(list: targetModules)
         if let l = layersToTransform {
             c.layersToTransform = try l.split(separator: ",").map {
                 guard let i = Int($0.trimmingCharacters(in: .whitespaces)) else { throw LoRAError.invalidArgument("--layers-to-transform: not an integer: \($0)") }

@@ -93,10 +93,7 @@ public final class Model: @unchecked Sendable {
 
     /// Attaches an adapter (several may be attached; each is applied while enabled).
     public func attach(_ adapter: Adapter, scale: Float = 1) throws {
-        guard adapter.modelConfig.nEmbd == config.nEmbd, adapter.modelConfig.innerSize == config.innerSize,
-              adapter.modelConfig.nLayer == config.nLayer else {
-            throw LoRAError.invalidArgument("adapter \(adapter.name) was made for another model shape")
-        }
+        try adapter.checkFits(config)
         guard scale.isFinite else { throw LoRAError.invalidArgument("adapter scale must be finite") }
         guard !attachments.contains(where: { $0.adapter === adapter }) else {
             throw LoRAError.wrongState("adapter \(adapter.name) is already attached")
@@ -331,7 +328,7 @@ public final class InferenceSession: @unchecked Sendable {
         let rank = model.maxActiveRank
         if loraU.count < n * rank { loraU = try FloatBlock(count: n * rank) }
         let lora = rank == 0 ? LoRAContext.none
-            : LoRAContext(active: model.activeLoRA, scratch: loraU.base, saveU: nil, dropout: nil, trainable: nil)
+            : LoRAContext(active: model.activeLoRA, scratch: loraU.base, training: nil)
         let acts = LayerActs(input: x, ln1: ln, ln1Mean: nil, ln1Rstd: nil, qkv: qkv.base, att: att.base,
                              probs: probs.base, probsSlots: probSlots, lse: nil, res2: x, ln2: ln, ln2Mean: nil, ln2Rstd: nil,
                              fcPre: fc.base, fcAct: fc.base, res3: x, proj: proj.base)

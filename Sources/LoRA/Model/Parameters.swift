@@ -143,13 +143,4 @@ public final class GPT2Weights: @unchecked Sendable {
             try file.copyFloats(info, into: block.base + slot.offset)
         }
     }
-
-    /// The state dict as transformers saves it (`transformer.` prefix, no tied head), F32.
-    public func tensorsForSaving() -> [TensorData] {
-        layout.slots.map { slot in
-            let name = slot.name == "lm_head.weight" ? slot.name : "transformer." + slot.name
-            return TensorData(name: name, shape: slot.shape,
-                              floats: UnsafeBufferPointer(start: block.base + slot.offset, count: slot.count))
-        }
-    }
 }

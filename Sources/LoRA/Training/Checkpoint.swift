@@ -43,8 +43,7 @@ public enum Checkpoint {
             if let adapter = trainer.adapter {
                 try adapter.save(directory: tmp)
             } else {
-                try SafeTensorsWriter.write(trainer.model.weights.tensorsForSaving(), to: tmp + "/model.safetensors")
-                try AtomicFile.write(trainer.model.config.json(), to: tmp + "/config.json")
+                try HFExport.write(trainer.model.weights, to: tmp)
             }
             let n = trainer.m.count
             let meta: [String: String] = [
@@ -122,7 +121,7 @@ public enum Checkpoint {
             }
             adapter.params.base.update(from: loaded.params.base, count: loaded.params.count)
         } else {
-            try trainer.model.weights.load(from: SafeTensorsFile(path: path + "/model.safetensors"))
+            try trainer.model.weights.load(from: SafeTensorsFile(path: path + "/" + HFExport.weightsFile))
         }
         trainer.restore(p)
         return p

@@ -76,12 +76,7 @@ public final class Trainer: @unchecked Sendable {
     public init(model: Model, adapter: Adapter?, config: TrainerParams, evaluationOnly: Bool = false) throws {
         try config.validate(model: model.config)
         guard model.config.nLayer >= 1 else { throw LoRAError.invalidArgument("training needs at least one layer") }
-        if let adapter {
-            guard adapter.modelConfig.nEmbd == model.config.nEmbd, adapter.modelConfig.nLayer == model.config.nLayer,
-                  adapter.modelConfig.innerSize == model.config.innerSize else {
-                throw LoRAError.invalidArgument("adapter \(adapter.name) was made for another model shape")
-            }
-        }
+        try adapter?.checkFits(model.config)
         self.model = model
         self.adapter = adapter
         self.config = config

@@ -39,7 +39,8 @@ final class TrainingPass {
     private let attnSlots: Int
     private let attnSlotSize: Int
     private let backwardStore: FloatBlock
-    private var uOffsets: [Int: FloatPtr] = [:]
+    /// u [n, r] of each slot of the trained adapter.
+    private var uPointers: [FloatPtr] = []
     private let uStore: FloatBlock
     private let loraScratch: FloatBlock   // [n, maxRank] for frozen adapters and du
     private let dropoutX: FloatBlock      // [n, maxIn]: x̃
@@ -138,7 +139,7 @@ final class TrainingPass {
         uStore = try FloatBlock(count: uCount)
         if case .adapter(let a) = target {
             var u = uStore.base
-            for (i, s) in a.slots.enumerated() { uOffsets[i] = u; u += n * s.r }
+            for s in a.slots { uPointers.append(u); u += n * s.r }
         }
         loraScratch = try FloatBlock(count: n * maxRank)
         let dropoutCount = (target.adapterDropout > 0) ? n * maxIn : 0
@@ -146,33 +147,23 @@ final class TrainingPass {
         dropoutD = try FloatBlock(count: dropoutCount)
     }
 
-    var trainableAdapter: Adapter? { if case .adapter(let a) = target { return a } else { return nil } }
-
-    /// Keep factors (0 or 1/(1−p)) of one slot's dropout mask, regenerated identically in backward.
-    private func dropoutFactors(_ slotIndex: Int, count: Int, p: Float) -> FloatPtr {
-        var rng = SplitMix64(seed: dropoutSeed ^ (UInt64(slotIndex + 1) &* 0x9E3779B97F4A7C15))
-        let f = dropoutD.base, keep = 1 / (1 - p)
-        for i in 0..<count { f[i] = rng.nextFloat() < p ? 0 : keep }
-        return f
+    /// The backward buffers, with layer l's weight gradients in full fine-tuning.
+    private func layerGrads(_ l: Int) -> LayerGrads {
+        LayerGrads(dres: dres, dln: dln, datt: datt, dqkv: dqkv, dfc: dfc, attnScratch: attnScratch.base,
+                   attnSlots: attnSlots, attnSlotSize: attnSlotSize, weights: fullGrads?.layers[l])
     }
 
-    private func slotIndex(_ s: LoRASlot) -> Int { trainableAdapter?.slotIndex[s.layer * 4 + s.target.rawValue] ?? 0 }
+    var trainableAdapter: Adapter? { if case .adapter(let a) = target { return a } else { return nil } }
 
+    /// The branches that run in this pass: the model's enabled adapters,
+    /// plus the trained one (scale 1 when it is not attached) with its buffers.
     private func loraContext() -> LoRAContext {
-        var ctx = LoRAContext(active: model.activeLoRA, scratch: loraScratch.base, saveU: nil, dropout: nil, trainable: trainableAdapter)
+        var ctx = LoRAContext(active: model.activeLoRA, scratch: loraScratch.base, training: nil)
         if let a = trainableAdapter {
             if !ctx.active.contains(where: { $0.adapter === a }) { ctx.active.append(ActiveLoRA(adapter: a, scale: 1)) }
-            ctx.saveU = { [unowned self] s in self.uOffsets[self.slotIndex(s)] }
             let p = Float(a.config.loraDropout)
-            if p > 0 {
-                ctx.dropout = { [unowned self] s, x, n in
-                    let count = n * s.inFeatures
-                    let f = self.dropoutFactors(self.slotIndex(s), count: count, p: p)
-                    let xt = self.dropoutX.base
-                    for i in 0..<count { xt[i] = x[i] * f[i] }
-                    return UnsafePointer(xt)
-                }
-            }
+            let dropout = p > 0 ? LoRADropout(p: p, seed: dropoutSeed, mask: dropoutD.base, input: dropoutX.base) : nil
+            ctx.training = LoRATrainingBuffers(adapter: a, u: uPointers, gradients: gradients.base, dropout: dropout)
         }
         return ctx
     }
@@ -246,7 +237,7 @@ final class TrainingPass {
             if checkpointing {
                 model.layerForward(l, layerActs[l], B: B, T: T, past: 0, kv: .inline, keyMask: nil, lora: lora)
             }
-            layerBackward(l, layerActs[l], B: B, T: T, lora: lora, needInputGradient: g != nil || l > lowest)
+            model.layerBackward(l, layerActs[l], layerGrads(l), B: B, T: T, lora: lora, needInputGradient: g != nil || l > lowest)
         }
         if let g {
             ids.withUnsafeBufferPointer { idp in
@@ -256,102 +247,6 @@ final class TrainingPass {
             }
         }
         return (loss, count)
-    }
-
-    /// Backward through one block: dres holds ∂L/∂output on entry, ∂L/∂input on
-    /// exit (unless `needInputGradient` is false: then only parameter gradients).
-    private func layerBackward(_ l: Int, _ a: LayerActs, B: Int, T: Int, lora: LoRAContext, needInputGradient: Bool) {
-        let c = model.config
-        let lw = model.weights.layers[l]
-        let gw = fullGrads?.layers[l]
-        let C = c.nEmbd, F = c.innerSize, H = c.nHead, hd = c.headDim
-        let n = B * T
-
-        // MLP projection.
-        matmulBackward(dinp: dfc, dweight: gw?.mlpProjW, dbias: gw?.mlpProjB, dout: dres, inp: a.fcAct, weight: lw.mlpProjW, M: n, K: F, N: C, accumulate: false)
-        loraBackward(lora, layer: l, target: .mlpCProj, x: a.fcAct, dy: dres, dx: dfc, n: n)
-        activationBackward(c.activation, d: dfc, pre: a.fcPre, n: n * F)
-        matmulBackward(dinp: dln, dweight: gw?.fcW, dbias: gw?.fcB, dout: dfc, inp: a.ln2, weight: lw.fcW, M: n, K: C, N: F, accumulate: false)
-        loraBackward(lora, layer: l, target: .mlpCFC, x: a.ln2, dy: dfc, dx: dln, n: n)
-        layerNormBackward(dinp: dres, dweight: gw?.ln2W, dbias: gw?.ln2B, dout: dln, inp: a.res2, weight: lw.ln2W,
-                          mean: a.ln2Mean!, rstd: a.ln2Rstd!, rows: n, C: C)
-
-        // Attention projection and attention.
-        matmulBackward(dinp: datt, dweight: gw?.attnProjW, dbias: gw?.attnProjB, dout: dres, inp: a.att, weight: lw.attnProjW, M: n, K: C, N: C, accumulate: false)
-        loraBackward(lora, layer: l, target: .attnCProj, x: a.att, dy: dres, dx: datt, n: n)
-        dqkv.update(repeating: 0, count: n * 3 * C)
-        var scale: Float = c.scaleAttnWeights ? 1 / Float(hd).squareRoot() : 1
-        if c.scaleAttnByInverseLayerIdx { scale /= Float(l + 1) }
-        // Heads in parallel: each writes its own columns of dqkv.
-        let scratch = attnScratch.base, slotSize = attnSlotSize
-        parallelChunks(B * H, maxWorkers: attnSlots) { worker, heads in
-            for bh in heads {
-                let b = bh / H, h = bh % H
-                let base = b * T * 3 * C + h * hd
-                attentionBackward(dq: dqkv + base, ldq: 3 * C, dk: dqkv + base + C, dv: dqkv + base + 2 * C, ldk: 3 * C,
-                                  scratch: scratch + worker * slotSize, dout: datt + b * T * C + h * hd, ldo: C,
-                                  lse: a.lse! + bh * T,
-                                  q: a.qkv + base, k: a.qkv + base + C, v: a.qkv + base + 2 * C,
-                                  T: T, L: T, past: 0, hd: hd, scale: scale, keyMask: nil)
-            }
-        }
-        matmulBackward(dinp: needInputGradient ? dln : nil, dweight: gw?.attnW, dbias: gw?.attnB, dout: dqkv, inp: a.ln1,
-                       weight: lw.attnW, M: n, K: C, N: 3 * C, accumulate: false)
-        loraBackward(lora, layer: l, target: .attnCAttn, x: a.ln1, dy: dqkv, dx: needInputGradient ? dln : nil, n: n)
-        guard needInputGradient else { return }
-        layerNormBackward(dinp: dres, dweight: gw?.ln1W, dbias: gw?.ln1B, dout: dln, inp: a.input, weight: lw.ln1W,
-                          mean: a.ln1Mean!, rstd: a.ln1Rstd!, rows: n, C: C)
-    }
-
-    /// Backward through the LoRA branches of one module: dx += ∂L/∂x, and the
-    /// trainable adapter's dA, dB accumulate into `gradients`.
-    /// dx nil: the input gradient is not needed.
-    private func loraBackward(_ lora: LoRAContext, layer: Int, target: LoRATarget, x: ConstFloatPtr, dy: ConstFloatPtr, dx: FloatPtr?, n: Int) {
-        for act in lora.active {
-            let adapter = act.adapter
-            guard let s = adapter.slot(layer: layer, target: target) else { continue }
-            if dx == nil && adapter !== trainableAdapter { continue }
-            let scale = act.scale * s.scaling
-            let du = loraScratch.base
-            // du = s · dy · B
-            gemm(transA: false, transB: false, M: n, N: s.r, K: s.outFeatures, alpha: scale, A: dy, lda: s.outFeatures,
-                 B: adapter.B(s), ldb: s.r, beta: 0, C: du, ldc: s.r)
-            guard adapter === trainableAdapter else {
-                if let dx {
-                    gemm(transA: false, transB: false, M: n, N: s.inFeatures, K: s.r, alpha: 1, A: du, lda: s.r,
-                         B: adapter.A(s), ldb: s.inFeatures, beta: 1, C: dx, ldc: s.inFeatures)
-                }
-                continue
-            }
-            let idx = slotIndex(s)
-            guard let u = uOffsets[idx] else { continue }
-            let gA = gradients.base + s.offsetA, gB = gradients.base + s.offsetB
-            // dB += s · dyᵀ · u
-            gemm(transA: true, transB: false, M: s.outFeatures, N: s.r, K: n, alpha: scale, A: dy, lda: s.outFeatures,
-                 B: u, ldb: s.r, beta: 1, C: gB, ldc: s.r)
-            let p = Float(adapter.config.loraDropout)
-            if p > 0 {
-                let count = n * s.inFeatures
-                let f = dropoutFactors(idx, count: count, p: p)
-                let xt = dropoutX.base
-                for i in 0..<count { xt[i] = x[i] * f[i] }
-                gemm(transA: true, transB: false, M: s.r, N: s.inFeatures, K: n, alpha: 1, A: du, lda: s.r,
-                     B: xt, ldb: s.inFeatures, beta: 1, C: gA, ldc: s.inFeatures)
-                // dx += (du · A) ⊙ f   (x̃ scratch reused for du·A)
-                if let dx {
-                    gemm(transA: false, transB: false, M: n, N: s.inFeatures, K: s.r, alpha: 1, A: du, lda: s.r,
-                         B: adapter.A(s), ldb: s.inFeatures, beta: 0, C: xt, ldc: s.inFeatures)
-                    for i in 0..<count { dx[i] += xt[i] * f[i] }
-                }
-            } else {
-                gemm(transA: true, transB: false, M: s.r, N: s.inFeatures, K: n, alpha: 1, A: du, lda: s.r,
-                     B: x, ldb: s.inFeatures, beta: 1, C: gA, ldc: s.inFeatures)
-                if let dx {
-                    gemm(transA: false, transB: false, M: n, N: s.inFeatures, K: s.r, alpha: 1, A: du, lda: s.r,
-                         B: adapter.A(s), ldb: s.inFeatures, beta: 1, C: dx, ldc: s.inFeatures)
-                }
-            }
-        }
     }
 }
 

@@ -34,10 +34,7 @@ extension Adapter {
         case .olora: niter = nil
         }
         let isPiSSA = config.initLoraWeights != .olora
-        let mc = model.config
-        guard mc.nEmbd == modelConfig.nEmbd, mc.innerSize == modelConfig.innerSize, mc.nLayer == modelConfig.nLayer else {
-            throw LoRAError.invalidArgument("adapter \(name) was made for another model shape (n_embd \(modelConfig.nEmbd), n_inner \(modelConfig.innerSize), n_layer \(modelConfig.nLayer)); the model has (\(mc.nEmbd), \(mc.innerSize), \(mc.nLayer))")
-        }
+        try checkFits(model.config)
         if model.attachments.contains(where: { $0.adapter === self && $0.merged }) {
             throw LoRAError.wrongState("adapter \(name) is merged into the model; unmerge it before initialising it")
         }

@@ -1,0 +1,88 @@
+import Foundation
+
+/// A LoRA adapter for a GPT-2 shape: the config, the adapted modules and all
+/// A/B matrices in one parameter block.
+public final class Adapter: @unchecked Sendable {
+    public let config: LoRAConfig
+    public let modelConfig: GPT2Config
+    public let slots: [LoRASlot]
+    /// All A and B matrices.
+    public let params: FloatBlock
+    public var name: String
+    /// A0 and B0 as PiSSA/OLoRA set them (laid out like `params`), kept by
+    /// `initialize(from:seed:)` for `convertedForOriginalBase()`; nil otherwise.
+    public internal(set) var initialParams: FloatBlock?
+    /// slotIndex[layer * 4 + target] → index into slots.
+    let slotIndex: [Int?]
+
+    /// An adapter with zeroed A and B for `modelConfig`.
+    public init(config: LoRAConfig, modelConfig: GPT2Config, name: String = "default") throws {
+        let resolved = try LoRATargeting.resolve(config, model: modelConfig)
+        var slots: [LoRASlot] = []
+        var off = 0
+        for (layer, target, r, alpha) in resolved {
+            let (fin, fout) = target.shape(modelConfig)
+            let scaling = config.useRSLoRA ? alpha / Double(r).squareRoot() : alpha / Double(r)
+            let slot = LoRASlot(layer: layer, target: target, moduleName: LoRATarget.moduleName(layer: layer, target),
+                                r: r, alpha: alpha, scaling: Float(scaling), inFeatures: fin, outFeatures: fout,
+                                offsetA: off, offsetB: off + r * fin)
+            off += r * fin + fout * r
+            slots.append(slot)
+        }
+        self.config = config
+        self.modelConfig = modelConfig
+        self.slots = slots
+        self.params = try FloatBlock(count: off)
+        self.name = name
+        var idx = [Int?](repeating: nil, count: modelConfig.nLayer * 4)
+        for (i, s) in slots.enumerated() { idx[s.layer * 4 + s.target.rawValue] = i }
+        self.slotIndex = idx
+    }
+
+    /// Throws unless the adapter was made for a model of this shape (n_embd, n_inner, n_layer).
+    public func checkFits(_ c: GPT2Config) throws {
+        guard c.nEmbd == modelConfig.nEmbd, c.innerSize == modelConfig.innerSize, c.nLayer == modelConfig.nLayer else {
+            throw LoRAError.invalidArgument("adapter \(name) was made for another model shape (n_embd \(modelConfig.nEmbd), n_inner \(modelConfig.innerSize), n_layer \(modelConfig.nLayer)); the model has (\(c.nEmbd), \(c.innerSize), \(c.nLayer))")
+        }
+    }
+
+    public func slot(layer: Int, target: LoRATarget) -> LoRASlot? {
+        slotIndex[layer * 4 + target.rawValue].map { slots[$0] }
+    }
+
+    public func A(_ s: LoRASlot) -> FloatPtr { params.base + s.offsetA }
+    public func B(_ s: LoRASlot) -> FloatPtr { params.base + s.offsetB }
+    public var parameterCount: Int { params.count }
+
+    /// Fresh weights as PEFT initialises them (`init_lora_weights` true,
+    /// "gaussian" or false), from a seeded generator. PiSSA and OLoRA read
+    /// and change the base weights: use `initialize(from:seed:)` for them.
+    public func initialize(seed: UInt64) throws {
+        switch config.initLoraWeights {
+        case .pissa, .olora:
+            throw LoRAError.invalidArgument("init_lora_weights \(JSON.compact(config.initLoraWeights.json)) needs the base model: use initialize(from:seed:)")
+        default: break
+        }
+        initialParams = nil
+        var rng = SplitMix64(seed: seed)
+        for s in slots {
+            let a = A(s), b = B(s)
+            switch config.initLoraWeights {
+            case .kaiming, .pissa, .olora:
+                // kaiming_uniform_(a=√5): U(-1/√in, 1/√in); B = 0.
+                let bound = 1 / Float(s.inFeatures).squareRoot()
+                for i in 0..<s.countA { a[i] = (2 * rng.nextFloat() - 1) * bound }
+                b.update(repeating: 0, count: s.countB)
+            case .gaussian:
+                let std = 1 / Float(s.r)
+                for i in 0..<s.countA { a[i] = rng.nextGaussian() * std }
+                b.update(repeating: 0, count: s.countB)
+            case .random:
+                // nn.Linear's default: U(-1/√fan_in, 1/√fan_in) for both.
+                let ba = 1 / Float(s.inFeatures).squareRoot(), bb = 1 / Float(s.r).squareRoot()
+                for i in 0..<s.countA { a[i] = (2 * rng.nextFloat() - 1) * ba }
+                for i in 0..<s.countB { b[i] = (2 * rng.nextFloat() - 1) * bb }
+            }
+        }
+    }
+}
