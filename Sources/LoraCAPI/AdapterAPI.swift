@@ -52,10 +52,7 @@ public func lora_adapter_create(_ outp: UnsafeMutablePointer<OpaquePointer?>?, _
         }
         c.baseModelNameOrPath = mb.model.directory
         let adapter = try Adapter(config: c, modelConfig: mb.model.config)
-        switch c.initLoraWeights {
-        case .pissa, .olora: try adapter.initialize(from: mb.model, seed: p.seed)
-        default: try adapter.initialize(seed: p.seed)
-        }
+        try adapter.initialize(from: mb.model, seed: p.seed)
         o.pointee = retain(AdapterBox(adapter, model: mb))
     }
 }

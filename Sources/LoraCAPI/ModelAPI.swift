@@ -186,7 +186,7 @@ func samplingParams(_ p: UnsafePointer<lora_sampling_params>?) throws -> Samplin
 }
 
 /// Wraps a C token callback for the core; a non-zero return stops generation.
-func tokenCallback(_ cb: lora_token_callback?, _ user: UnsafeMutableRawPointer?, stopped: UnsafeMutablePointer<Bool>) -> ((TokenID, String) -> Bool)? {
+func tokenCallback(_ cb: lora_token_callback?, _ user: UnsafeMutableRawPointer?, stopped: UnsafeMutablePointer<Bool>) -> ((TokenID, String) -> CallbackAction)? {
     guard let cb else { return nil }
     return { id, piece in
         var bytes = Array(piece.utf8)
@@ -195,7 +195,7 @@ func tokenCallback(_ cb: lora_token_callback?, _ user: UnsafeMutableRawPointer?,
             b.baseAddress!.withMemoryRebound(to: CChar.self, capacity: b.count) { cb(id, $0, b.count - 1, user) }
         }
         if r != 0 { stopped.pointee = true }
-        return r == 0
+        return r == 0 ? .continue : .stop
     }
 }
 

@@ -111,12 +111,12 @@ public func lora_trainer_train(_ trainer: OpaquePointer?, _ paths: UnsafePointer
         opts.saveSteps = Int(p.save_steps)
         if let d = p.checkpoint_dir { opts.checkpointDirectory = try string(d, "checkpoint_dir") }
         try tb.trainer.train(data, validation: validation, options: opts) { r in
-            guard let callback else { return true }
+            guard let callback else { return .continue }
             var c = lora_train_progress(step: Int32(r.step), max_steps: Int32(r.maxSteps), loss: Float(r.loss),
                                         learning_rate: Float(r.learningRate), grad_norm: Float(r.gradNorm),
                                         tokens_per_second: Float(r.tokensPerSecond),
                                         validation_loss: r.validationLoss.map(Float.init) ?? .nan)
-            return callback(&c, user) == 0
+            return callback(&c, user) == 0 ? .continue : .stop
         }
     }
 }

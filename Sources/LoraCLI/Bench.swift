@@ -85,7 +85,7 @@ struct Bench: ParsableCommand {
         var lc = LoRAConfig()
         lc.r = r; lc.loraAlpha = 16; lc.targetModules = .names(["c_attn", "attn.c_proj", "mlp.c_fc"])
         let adapter = try Adapter(config: lc, modelConfig: model.config)
-        try adapter.initialize(seed: 1)
+        try adapter.initialize(from: model, seed: 1)
         var tc = TrainerParams()
         tc.batchSize = batch; tc.blockSize = block; tc.learningRate = 1e-4; tc.maxSteps = steps + 1
         tc.gradientCheckpointing = gradientCheckpointing

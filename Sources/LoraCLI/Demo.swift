@@ -47,7 +47,7 @@ struct Demo: ParsableCommand {
         lc.targetModules = .names(["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"])
         lc.baseModelNameOrPath = modelDir
         let adapter = try Adapter(config: lc, modelConfig: m.config, name: "startrek")
-        try adapter.initialize(seed: seed)
+        try adapter.initialize(from: m, seed: seed)
         var tc = TrainerParams()
         tc.learningRate = 1.5e-3; tc.lrScheduler = .cosine; tc.warmupSteps = min(20, maxSteps / 10); tc.maxSteps = maxSteps
         tc.batchSize = batchSize; tc.blockSize = block; tc.seed = seed; tc.weightDecay = 0.01
@@ -68,7 +68,7 @@ struct Demo: ParsableCommand {
         try FileManager.default.createDirectory(atPath: outputDir, withIntermediateDirectories: true)
         let printer = try ProgressPrinter(logPath: outputDir + "/metrics.jsonl")
         var opts = TrainParams(); opts.evalSteps = max(1, maxSteps / 5)
-        try trainer.train(train, validation: heldOut, options: opts) { printer.report($0); return true }
+        try trainer.train(train, validation: heldOut, options: opts) { printer.report($0); return .continue }
         let after = try trainer.evaluate(heldOut)
         say(String(format: "held-out loss after:  %.4f (perplexity %.2f)", after.loss, after.perplexity))
 

@@ -36,7 +36,7 @@ struct Generate: ParsableCommand {
             }
             guard !text.isEmpty else { throw LoRAError.invalidArgument("empty prompt") }
             flushStdout(text)
-            _ = try m.generate(text, params: sampling.params) { _, piece in flushStdout(piece); return true }
+            _ = try m.generate(text, params: sampling.params) { _, piece in flushStdout(piece); return .continue }
             flushStdout("\n")
         }
     }

@@ -163,7 +163,7 @@ struct Train: ParsableCommand {
         opts.saveSteps = saveSteps > 0 ? saveSteps : tc.maxSteps
         opts.checkpointDirectory = ckptDir
         opts.saveTotalLimit = saveTotalLimit
-        try trainer.train(trainSet, validation: validation, options: opts) { printer.report($0); return true }
+        try trainer.train(trainSet, validation: validation, options: opts) { printer.report($0); return .continue }
         printer.finish()
         if let adapter, adapter.initialParams != nil {
             // PiSSA/OLoRA trained on the residual base: save it as a plain LoRA for the original base.

@@ -30,7 +30,7 @@ import LoRA
         let (m1, a1, tc) = try setup()
         let t1 = try Trainer(model: m1, adapter: a1, config: tc)
         var losses1: [Double] = []
-        try t1.train(data) { losses1.append($0.loss); return true }
+        try t1.train(data) { losses1.append($0.loss); return .continue }
         // 5 steps with checkpoints, then a fresh process-like resume for the rest.
         let dir = try Fixtures.tempDir()
         let (m2, a2, _) = try setup()
@@ -38,7 +38,7 @@ import LoRA
         let t2 = try Trainer(model: m2, adapter: a2, config: tc)
         var losses2: [Double] = []
         do {
-            try t2.train(data, options: opts) { r in losses2.append(r.loss); return r.step < 5 }
+            try t2.train(data, options: opts) { r in losses2.append(r.loss); return r.step < 5 ? .continue : .stop }
             Issue.record("the callback did not stop the run")
         } catch LoRAError.aborted {}
         let ckpt = try #require(Checkpoint.latest(root: dir))
@@ -47,7 +47,7 @@ import LoRA
         let t3 = try Trainer(model: m3, adapter: a3, config: tc)
         let progress = try Checkpoint.restore(t3, from: ckpt)
         #expect(progress.step == 5)
-        try t3.train(data) { losses2.append($0.loss); return true }
+        try t3.train(data) { losses2.append($0.loss); return .continue }
         #expect(losses1 == losses2)
         #expect(bytes(a1) == bytes(a3))
         // The saved adapters are byte-identical too.
@@ -67,7 +67,7 @@ import LoRA
         let before = try trainer.evaluate(data)
         var reports: [TrainProgress] = []
         var opts = TrainParams(); opts.evalSteps = 10
-        try trainer.train(data, validation: data, options: opts) { reports.append($0); return true }
+        try trainer.train(data, validation: data, options: opts) { reports.append($0); return .continue }
         let after = try trainer.evaluate(data)
         #expect(after.loss < before.loss * 0.5, "loss \(before.loss) → \(after.loss)")
         #expect(abs(after.perplexity - Foundation.exp(after.loss)) < 1e-9)
@@ -90,7 +90,7 @@ import LoRA
                     // Poison a base weight: the next forward pass gives NaN.
                     model.weights.lnfW[0] = .nan
                 }
-                return true
+                return .continue
             }
             Issue.record("training went on with a NaN loss")
         } catch LoRAError.numerical(let m) {
@@ -154,7 +154,7 @@ import LoRA
         nonisolated(unsafe) var outcome: Error? = nil
         nonisolated(unsafe) var reports = 0
         let t = Thread {
-            do { try trainer.train(data) { _ in reports += 1; return !stop.isSet } } catch { outcome = error }
+            do { try trainer.train(data) { _ in reports += 1; return stop.isSet ? .stop : .continue } } catch { outcome = error }
             done.signal()
         }
         t.start()

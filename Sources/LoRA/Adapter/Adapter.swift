@@ -54,10 +54,37 @@ public final class Adapter: @unchecked Sendable {
     public func B(_ s: LoRASlot) -> FloatPtr { params.base + s.offsetB }
     public var parameterCount: Int { params.count }
 
+    /// Fresh weights for any `init_lora_weights`. True, "gaussian" and false
+    /// are `initialize(seed:)` and leave the model alone; "pissa",
+    /// "pissa_niter_N" and "olora" read each adapted module's base weight W
+    /// [out, in] and replace it, in `model`, by the residual W − s·B·A:
+    ///
+    /// - pissa: W = U·S·Vh (thin SVD); A = diag(√(S_r/s))·Vh_r [r, in],
+    ///   B = U_r·diag(√(S_r/s)) [out, r], so s·B·A is W's best rank-r part.
+    /// - pissa_niter_N: the same from a randomized SVD (`Linalg.svdLowRank`,
+    ///   N subspace iterations, test matrix from SplitMix64(`seed`)).
+    /// - olora: Q, R = qr(W); B = Q[:, :r], A = R[:r].
+    ///
+    /// The adapter is not attached. A0 and B0 are kept in `initialParams` for
+    /// `convertedForOriginalBase()`. Everything is computed before anything
+    /// changes: on error neither the model nor the adapter is modified.
+    /// Calling it twice on one model decomposes the residual again (as PEFT
+    /// does with two PiSSA adapters).
+    /// The one initialiser of an adapter's weights, for every kind.
+    public func initialize(from model: Model, seed: UInt64) throws {
+        switch config.initLoraWeights {
+        case .kaiming, .gaussian, .random:
+            try checkFits(model.config)
+            try initialize(seed: seed)
+        case .pissa, .olora:
+            try initializeFromBase(model, seed: seed)
+        }
+    }
+
     /// Fresh weights as PEFT initialises them (`init_lora_weights` true,
     /// "gaussian" or false), from a seeded generator. PiSSA and OLoRA read
     /// and change the base weights: use `initialize(from:seed:)` for them.
-    public func initialize(seed: UInt64) throws {
+    package func initialize(seed: UInt64) throws {
         switch config.initLoraWeights {
         case .pissa, .olora:
             throw LoRAError.invalidArgument("init_lora_weights \(JSON.compact(config.initLoraWeights.json)) needs the base model: use initialize(from:seed:)")

@@ -52,11 +52,11 @@ public struct GenerationResult: Sendable {
 
 extension Model {
     /// Generates after `prompt` with a KV cache. `onToken(id, textPiece)` is
-    /// called on the calling thread for each new token; return false to stop.
+    /// called on the calling thread for each new token; return `.stop` to stop.
     /// The prompt must be shorter than n_positions; generation stops at
     /// n_positions (`.contextFull`).
     public func generate(prompt: [TokenID], params: SamplingParams = SamplingParams(),
-                         onToken: ((TokenID, String) -> Bool)? = nil) throws -> GenerationResult {
+                         onToken: ((TokenID, String) -> CallbackAction)? = nil) throws -> GenerationResult {
         try params.validate()
         guard !prompt.isEmpty else { throw LoRAError.invalidArgument("empty prompt") }
         guard prompt.count < config.nPositions else {
@@ -94,7 +94,7 @@ extension Model {
                 piece += tail
                 text += tail
             }
-            if let onToken, !onToken(next, piece) { reason = .callback; break }
+            if let onToken, onToken(next, piece) == .stop { reason = .callback; break }
             if let stop { reason = stop; break }
             logits = try session.forward([next], batch: 1, lastOnly: true)
         }
@@ -103,7 +103,7 @@ extension Model {
 
     /// Generates from a text prompt (needs a tokenizer).
     public func generate(_ prompt: String, params: SamplingParams = SamplingParams(),
-                         onToken: ((TokenID, String) -> Bool)? = nil) throws -> GenerationResult {
+                         onToken: ((TokenID, String) -> CallbackAction)? = nil) throws -> GenerationResult {
         guard let tokenizer else { throw LoRAError.invalidArgument("the model has no tokenizer") }
         return try generate(prompt: tokenizer.encode(prompt), params: params, onToken: onToken)
     }

@@ -52,13 +52,13 @@ extension Trainer {
 
     /// Trains until `config.maxSteps`, from where the trainer stands (a fresh
     /// run, earlier calls, or a restored checkpoint). The callback runs on the calling thread after
-    /// each step; returning false stops the run after that step (throws
+    /// each step; returning `.stop` stops the run after that step (throws
     /// `LoRAError.aborted`, state consistent). A non-finite loss or gradient
     /// stops with an error naming the step; the parameters keep their last
     /// good values.
     @discardableResult
     public func train(_ data: Dataset, validation: Dataset? = nil, options: TrainParams = TrainParams(),
-                      progress callback: ((TrainProgress) -> Bool)? = nil) throws -> TrainerState {
+                      progress callback: ((TrainProgress) -> CallbackAction)? = nil) throws -> TrainerState {
         guard !data.examples.isEmpty else { throw LoRAError.invalidArgument("the training set is empty") }
         guard data.tokenCount > 0 else { throw LoRAError.invalidArgument("the training set has no target token") }
         if options.saveSteps > 0, options.checkpointDirectory == nil {
@@ -127,7 +127,7 @@ extension Trainer {
                 report.checkpoint = try Checkpoint.save(self, root: dir)
                 Checkpoint.prune(root: dir, keep: options.saveTotalLimit)
             }
-            if let callback, !callback(report) { throw LoRAError.aborted }
+            if let callback, callback(report) == .stop { throw LoRAError.aborted }
         }
         return p
     }

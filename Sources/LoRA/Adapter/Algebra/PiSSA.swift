@@ -8,28 +8,11 @@ import Foundation
 // are transposed on the way in and out.
 
 extension Adapter {
-    /// Fresh weights for any `init_lora_weights`. True, "gaussian" and false
-    /// are `initialize(seed:)` and leave the model alone; "pissa",
-    /// "pissa_niter_N" and "olora" read each adapted module's base weight W
-    /// [out, in] and replace it, in `model`, by the residual W − s·B·A:
-    ///
-    /// - pissa: W = U·S·Vh (thin SVD); A = diag(√(S_r/s))·Vh_r [r, in],
-    ///   B = U_r·diag(√(S_r/s)) [out, r], so s·B·A is W's best rank-r part.
-    /// - pissa_niter_N: the same from a randomized SVD (`Linalg.svdLowRank`,
-    ///   N subspace iterations, test matrix from SplitMix64(`seed`)).
-    /// - olora: Q, R = qr(W); B = Q[:, :r], A = R[:r].
-    ///
-    /// The adapter is not attached. A0 and B0 are kept in `initialParams` for
-    /// `convertedForOriginalBase()`. Everything is computed before anything
-    /// changes: on error neither the model nor the adapter is modified.
-    /// Calling it twice on one model decomposes the residual again (as PEFT
-    /// does with two PiSSA adapters).
-    public func initialize(from model: Model, seed: UInt64) throws {
+    /// PiSSA / OLoRA initialisation from the base weights (see `initialize(from:seed:)`).
+    func initializeFromBase(_ model: Model, seed: UInt64) throws {
         let niter: Int?
         switch config.initLoraWeights {
-        case .kaiming, .gaussian, .random:
-            try initialize(seed: seed)
-            return
+        case .kaiming, .gaussian, .random: return try initialize(seed: seed)
         case .pissa(let n): niter = n
         case .olora: niter = nil
         }
