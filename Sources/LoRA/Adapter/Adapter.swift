@@ -2,16 +2,22 @@ import Foundation
 
 /// A LoRA adapter for a GPT-2 shape: the config, the adapted modules and all
 /// A/B matrices in one parameter block.
+///
+/// Thread safety (why `@unchecked Sendable`): A and B are mutable without a
+/// lock. Any number of threads may read an adapter (forward passes of the
+/// models it is attached to, `save`, compression, combination) while nothing
+/// writes it; initialising, loading into it or training it needs exclusive
+/// use, as do the model calls that change attachments (see `Model`).
 public final class Adapter: @unchecked Sendable {
     public let config: LoRAConfig
     public let modelConfig: GPT2Config
     public let slots: [LoRASlot]
     /// All A and B matrices.
-    public let params: FloatBlock
+    package let params: FloatBlock
     public var name: String
     /// A0 and B0 as PiSSA/OLoRA set them (laid out like `params`), kept by
     /// `initialize(from:seed:)` for `convertedForOriginalBase()`; nil otherwise.
-    public internal(set) var initialParams: FloatBlock?
+    package internal(set) var initialParams: FloatBlock?
     /// slotIndex[layer * 4 + target] → index into slots.
     let slotIndex: [Int?]
 
@@ -50,8 +56,8 @@ public final class Adapter: @unchecked Sendable {
         slotIndex[layer * 4 + target.rawValue].map { slots[$0] }
     }
 
-    public func A(_ s: LoRASlot) -> FloatPtr { params.base + s.offsetA }
-    public func B(_ s: LoRASlot) -> FloatPtr { params.base + s.offsetB }
+    package func A(_ s: LoRASlot) -> FloatPtr { params.base + s.offsetA }
+    package func B(_ s: LoRASlot) -> FloatPtr { params.base + s.offsetB }
     public var parameterCount: Int { params.count }
 
     /// Fresh weights for any `init_lora_weights`. True, "gaussian" and false

@@ -35,7 +35,7 @@ public struct LoRAConfig: Sendable, Equatable {
             }
         }
 
-        public var json: JSONValue {
+        package var json: JSONValue {
             switch self {
             case .kaiming: return .bool(true)
             case .random: return .bool(false)

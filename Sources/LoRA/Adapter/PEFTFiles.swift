@@ -10,7 +10,7 @@ extension Adapter {
     static let keyPrefix = "base_model.model."
 
     /// The tensors PEFT writes: `base_model.model.<module>.lora_A.weight` [r, in], `lora_B.weight` [out, r].
-    public func tensors() -> [TensorData] {
+    package func tensors() -> [TensorData] {
         var out: [TensorData] = []
         for s in slots {
             out.append(TensorData(name: Adapter.keyPrefix + s.moduleName + ".lora_A.weight", shape: [s.r, s.inFeatures],

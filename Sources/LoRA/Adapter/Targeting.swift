@@ -40,7 +40,7 @@ extension LoRAConfig.Targets {
 /// Which modules a LoRAConfig adapts in a GPT-2 model, with PEFT's matching
 /// rules (target_modules as names/suffixes or a full-match regex,
 /// exclude_modules, layers_to_transform, rank/alpha patterns).
-public enum LoRATargeting {
+package enum LoRATargeting {
     /// Every module name of GPT2LMHeadModel, as PEFT walks them.
     static func allModuleNames(_ c: GPT2Config) -> [(name: String, kind: String)] {
         var names: [(String, String)] = [("transformer", "GPT2Model"), ("transformer.wte", "Embedding"),
@@ -93,7 +93,7 @@ public enum LoRATargeting {
     }
 
     /// The adapted modules, in (layer, target) order.
-    public static func resolve(_ config: LoRAConfig, model c: GPT2Config) throws -> [(layer: Int, target: LoRATarget, r: Int, alpha: Double)] {
+    package static func resolve(_ config: LoRAConfig, model c: GPT2Config) throws -> [(layer: Int, target: LoRATarget, r: Int, alpha: Double)] {
         try config.validate()
         let targets = config.targetModules ?? .names(["c_attn"])
         var out: [(Int, LoRATarget, Int, Double)] = []

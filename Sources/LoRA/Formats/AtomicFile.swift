@@ -6,16 +6,16 @@ import Glibc
 /// Whole-file writes that never leave a half-written file: the bytes go to a
 /// temporary file in the same directory, are flushed to disk, and the file is
 /// renamed over the destination (then the directory is flushed too).
-public enum AtomicFile {
-    public static func write(_ bytes: [UInt8], to path: String) throws {
+package enum AtomicFile {
+    package static func write(_ bytes: [UInt8], to path: String) throws {
         try bytes.withUnsafeBytes { try write(raw: $0, to: path) }
     }
 
-    public static func write(_ text: String, to path: String) throws {
+    package static func write(_ text: String, to path: String) throws {
         try write(Array(text.utf8), to: path)
     }
 
-    public static func write(raw: UnsafeRawBufferPointer, to path: String) throws {
+    package static func write(raw: UnsafeRawBufferPointer, to path: String) throws {
         let url = URL(fileURLWithPath: path)
         let dir = url.deletingLastPathComponent().path
         let tmp = dir + "/." + url.lastPathComponent + ".tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"

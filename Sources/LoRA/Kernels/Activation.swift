@@ -39,7 +39,7 @@ extension Activation {
 }
 
 /// out[n] = act(inp[n])  (out may alias inp)
-public func activationForward(_ act: Activation, out: FloatPtr, inp: ConstFloatPtr, n: Int) {
+package func activationForward(_ act: Activation, out: FloatPtr, inp: ConstFloatPtr, n: Int) {
     let kind = act.kernel
     parallelChunks(n, minChunk: elementwiseChunk, align: 16) { _, r in
         lb_activation_forward(kind, out + r.lowerBound, inp + r.lowerBound, r.count)
@@ -47,7 +47,7 @@ public func activationForward(_ act: Activation, out: FloatPtr, inp: ConstFloatP
 }
 
 /// d[n] = d[n] · act′(pre[n])  (in place: d holds ∂L/∂act(pre) on entry, ∂L/∂pre on exit).
-public func activationBackward(_ act: Activation, d: FloatPtr, pre: ConstFloatPtr, n: Int) {
+package func activationBackward(_ act: Activation, d: FloatPtr, pre: ConstFloatPtr, n: Int) {
     let kind = act.kernel
     parallelChunks(n, minChunk: elementwiseChunk, align: 16) { _, r in
         lb_activation_backward(kind, d + r.lowerBound, pre + r.lowerBound, r.count)

@@ -13,7 +13,7 @@ let attentionBlock = 64
 /// lse[T], when given, receives each row's log-sum-exp of the visible scaled
 /// scores (-inf for a row that sees no key): all backward needs to recompute
 /// the weights, instead of keeping probs.
-public func attentionForward(out: FloatPtr, ldo: Int, probs: FloatPtr,
+package func attentionForward(out: FloatPtr, ldo: Int, probs: FloatPtr,
                              q: ConstFloatPtr, ldq: Int, k: ConstFloatPtr, ldk: Int, v: ConstFloatPtr, ldv: Int,
                              T: Int, L: Int, past: Int, hd: Int, scale: Float, keyMask: ConstFloatPtr?,
                              lse: FloatPtr? = nil) {
@@ -52,14 +52,14 @@ func attentionSoftmaxRows(probs: FloatPtr, rows: Range<Int>, L: Int, past: Int, 
 }
 
 /// The scratch attentionBackward needs: two blocks of rows of scores.
-public func attentionBackwardScratch(T: Int, L: Int) -> Int { 2 * min(T, attentionBlock) * L }
+package func attentionBackwardScratch(T: Int, L: Int) -> Int { 2 * min(T, attentionBlock) * L }
 
 /// Attention backward for one (batch row, head), the inverse of attentionForward.
 /// Accumulates dq[T, hd], dk[L, hd], dv[L, hd] (strided). The attention
 /// weights are recomputed block by block from q, k and the forward's
 /// log-sum-exp lse[T] (flash-attention style: no [T, L] weights kept);
 /// scratch holds attentionBackwardScratch(T:L:) floats.
-public func attentionBackward(dq: FloatPtr, ldq: Int, dk: FloatPtr, dv: FloatPtr, ldk: Int, scratch: FloatPtr,
+package func attentionBackward(dq: FloatPtr, ldq: Int, dk: FloatPtr, dv: FloatPtr, ldk: Int, scratch: FloatPtr,
                               dout: ConstFloatPtr, ldo: Int, lse: ConstFloatPtr,
                               q: ConstFloatPtr, k: ConstFloatPtr, v: ConstFloatPtr,
                               T: Int, L: Int, past: Int, hd: Int, scale: Float, keyMask: ConstFloatPtr?) {

@@ -2,7 +2,7 @@
 
 /// out[B·T, C] = wte[ids[b,t], :] + wpe[pos[b,t], :]
 /// ids and positions must be in range (the model checks them).
-public func embeddingForward(out: FloatPtr, ids: UnsafePointer<Int32>, positions: UnsafePointer<Int32>,
+package func embeddingForward(out: FloatPtr, ids: UnsafePointer<Int32>, positions: UnsafePointer<Int32>,
                              wte: ConstFloatPtr, wpe: ConstFloatPtr, n: Int, C: Int) {
     parallelChunks(n, minChunk: 16) { _, r in
         for i in r {
@@ -15,7 +15,7 @@ public func embeddingForward(out: FloatPtr, ids: UnsafePointer<Int32>, positions
 }
 
 /// dwte[ids[i]] += dout[i]; dwpe[positions[i]] += dout[i]  (rows of C).
-public func embeddingBackward(dwte: FloatPtr, dwpe: FloatPtr, dout: ConstFloatPtr,
+package func embeddingBackward(dwte: FloatPtr, dwpe: FloatPtr, dout: ConstFloatPtr,
                               ids: UnsafePointer<Int32>, positions: UnsafePointer<Int32>, n: Int, C: Int) {
     for i in 0..<n {
         let d = dout + i * C

@@ -6,7 +6,7 @@ import CLoraSupport
 /// out[rows, C] = LayerNorm(inp[rows, C]) · weight[C] + bias[C]
 /// (biased variance, as torch.nn.LayerNorm). mean/rstd[rows] are saved for
 /// backward when given.
-public func layerNormForward(out: FloatPtr, mean: FloatPtr?, rstd: FloatPtr?,
+package func layerNormForward(out: FloatPtr, mean: FloatPtr?, rstd: FloatPtr?,
                              inp: ConstFloatPtr, weight: ConstFloatPtr, bias: ConstFloatPtr,
                              rows: Int, C: Int, eps: Float) {
     parallelChunks(rows, minChunk: max(1, 8192 / max(C, 1))) { _, range in
@@ -16,7 +16,7 @@ public func layerNormForward(out: FloatPtr, mean: FloatPtr?, rstd: FloatPtr?,
 }
 
 /// LayerNorm backward (rows of C): dinp += ∂L/∂x; dweight, dbias += (when given).
-public func layerNormBackward(dinp: FloatPtr, dweight: FloatPtr?, dbias: FloatPtr?,
+package func layerNormBackward(dinp: FloatPtr, dweight: FloatPtr?, dbias: FloatPtr?,
                               dout: ConstFloatPtr, inp: ConstFloatPtr, weight: ConstFloatPtr,
                               mean: ConstFloatPtr, rstd: ConstFloatPtr, rows: Int, C: Int) {
     parallelChunks(rows, minChunk: max(1, 8192 / max(C, 1))) { _, range in

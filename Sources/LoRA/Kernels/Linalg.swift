@@ -2,15 +2,15 @@ import CLoraSupport
 
 // Dense factorisations through LAPACKE (row-major), for the adapter algebra.
 
-public struct SVDResult {
+package struct SVDResult {
     /// U [m, k], S [k] (descending), Vt [k, n] with k = min(m, n).
-    public var u: [Float]
-    public var s: [Float]
-    public var vt: [Float]
-    public let m: Int, n: Int, k: Int
+    package var u: [Float]
+    package var s: [Float]
+    package var vt: [Float]
+    package let m: Int, n: Int, k: Int
 }
 
-public enum Linalg {
+package enum Linalg {
     static func check(_ info: Int32, _ what: String) throws {
         if info == -1000 { throw LoRAError.backend("LAPACKE is not available (install liblapacke; scripts/bootstrap.sh does)") }
         if info < 0 { throw LoRAError.invalidArgument("\(what): LAPACK rejected argument \(-info)") }
@@ -22,7 +22,7 @@ public enum Linalg {
     }
 
     /// Thin SVD of a [m, n] row-major (sgesdd).
-    public static func svd(_ a: [Float], m: Int, n: Int) throws -> SVDResult {
+    package static func svd(_ a: [Float], m: Int, n: Int) throws -> SVDResult {
         guard m >= 1, n >= 1, a.count == m * n else { throw LoRAError.invalidArgument("svd: bad shape [\(m), \(n)]") }
         try checkFinite(a, "svd")
         try BLAS.load()
@@ -46,7 +46,7 @@ public enum Linalg {
     /// Thin QR of a [m, n] row-major (sgeqrf + sorgqr), k = min(m, n): Q [m, k]
     /// with orthonormal columns, R [k, n] upper triangular (trapezoidal when
     /// m < n). LAPACK's Householder signs, as torch.linalg.qr.
-    public static func qr(_ a: [Float], m: Int, n: Int) throws -> (q: [Float], r: [Float]) {
+    package static func qr(_ a: [Float], m: Int, n: Int) throws -> (q: [Float], r: [Float]) {
         guard m >= 1, n >= 1, a.count == m * n else { throw LoRAError.invalidArgument("qr: bad shape [\(m), \(n)]") }
         try checkFinite(a, "qr")
         try BLAS.load()
@@ -78,7 +78,7 @@ public enum Linalg {
     /// Qᵀ·a [q, cols]. Returns U [m, q], S [q] (descending), Vt [q, n].
     /// Without oversampling the subspace is exact only for a rank-q matrix;
     /// otherwise its error shrinks like (σ_{q+1}/σ_q)^(2·niter+1).
-    public static func svdLowRank(_ a: [Float], m: Int, n: Int, rank q: Int, niter: Int,
+    package static func svdLowRank(_ a: [Float], m: Int, n: Int, rank q: Int, niter: Int,
                                   rng: inout SplitMix64) throws -> SVDResult {
         guard m >= 1, n >= 1, a.count == m * n else { throw LoRAError.invalidArgument("svdLowRank: bad shape [\(m), \(n)]") }
         guard q >= 1, q <= min(m, n) else {

@@ -3,8 +3,8 @@ import CLoraSupport
 // Matrix products over row-major buffers, through OpenBLAS.
 // Kernels know nothing of models: buffers and shapes only.
 
-public typealias FloatPtr = UnsafeMutablePointer<Float>
-public typealias ConstFloatPtr = UnsafePointer<Float>
+package typealias FloatPtr = UnsafeMutablePointer<Float>
+package typealias ConstFloatPtr = UnsafePointer<Float>
 
 /// Products smaller than this many multiply-adds run on one thread.
 let parallelGemmWork = 1 << 20
@@ -12,7 +12,7 @@ let parallelGemmWork = 1 << 20
 /// out[M, N] = inp[M, K] · W[K, N] + bias[N]   (GPT-2 Conv1D, W is [in, out]).
 /// With `accumulate`, adds to out instead of overwriting it.
 /// M == 1 uses sgemv (2.3x faster than sgemm with M = 1 on OpenBLAS).
-public func matmulForward(out: FloatPtr, inp: ConstFloatPtr, weight: ConstFloatPtr, bias: ConstFloatPtr?,
+package func matmulForward(out: FloatPtr, inp: ConstFloatPtr, weight: ConstFloatPtr, bias: ConstFloatPtr?,
                           M: Int, K: Int, N: Int, accumulate: Bool = false) {
     if M == 0 || N == 0 { return }
     if M == 1 {
@@ -51,7 +51,7 @@ public func matmulForward(out: FloatPtr, inp: ConstFloatPtr, weight: ConstFloatP
 /// C[M, N] = alpha · op(A) · op(B) + beta · C with explicit row strides.
 /// Large products are split across the workers along M or N (the larger),
 /// never along K.
-public func gemm(transA: Bool, transB: Bool, M: Int, N: Int, K: Int, alpha: Float,
+package func gemm(transA: Bool, transB: Bool, M: Int, N: Int, K: Int, alpha: Float,
                  A: ConstFloatPtr, lda: Int, B: ConstFloatPtr, ldb: Int,
                  beta: Float, C: FloatPtr, ldc: Int) {
     if M == 0 || N == 0 { return }
@@ -80,7 +80,7 @@ public func gemm(transA: Bool, transB: Bool, M: Int, N: Int, K: Int, alpha: Floa
 
 /// y[rows] = alpha · A[rows, cols] · x[cols] + beta · y  (or Aᵀ·x with `transA`, giving y[cols]).
 /// Large products are split across the workers along y.
-public func gemv(transA: Bool, rows: Int, cols: Int, alpha: Float, A: ConstFloatPtr, lda: Int,
+package func gemv(transA: Bool, rows: Int, cols: Int, alpha: Float, A: ConstFloatPtr, lda: Int,
                  x: ConstFloatPtr, beta: Float, y: FloatPtr) {
     if rows == 0 || cols == 0 { return }
     let ta: Int32 = transA ? 1 : 0
@@ -101,7 +101,7 @@ public func gemv(transA: Bool, rows: Int, cols: Int, alpha: Float, A: ConstFloat
 
 /// dinp[M, K] (+)= dout[M, N] · W[K, N]ᵀ;  dweight[K, N] += inpᵀ · dout;  dbias[N] += Σ_m dout.
 /// `accumulate` false overwrites dinp.
-public func matmulBackward(dinp: FloatPtr?, dweight: FloatPtr?, dbias: FloatPtr?,
+package func matmulBackward(dinp: FloatPtr?, dweight: FloatPtr?, dbias: FloatPtr?,
                            dout: ConstFloatPtr, inp: ConstFloatPtr, weight: ConstFloatPtr,
                            M: Int, K: Int, N: Int, accumulate: Bool) {
     if let dinp {

@@ -4,7 +4,7 @@ import CLoraSupport
 // gradient flows to both inputs unchanged), so there is no backward kernel.
 
 /// out[n] = a[n] + b[n]   (out may alias a)
-public func addForward(out: FloatPtr, a: ConstFloatPtr, b: ConstFloatPtr, n: Int) {
+package func addForward(out: FloatPtr, a: ConstFloatPtr, b: ConstFloatPtr, n: Int) {
     parallelChunks(n, minChunk: elementwiseChunk, align: 16) { _, r in
         lb_add(out + r.lowerBound, a + r.lowerBound, b + r.lowerBound, r.count)
     }

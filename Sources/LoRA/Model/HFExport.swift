@@ -20,7 +20,7 @@ enum HFExport {
 
 extension GPT2Weights {
     /// The state dict as transformers saves it (`transformer.` prefix, no tied head), F32.
-    public func tensorsForSaving() -> [TensorData] {
+    package func tensorsForSaving() -> [TensorData] {
         layout.slots.map { slot in
             let name = slot.name == "lm_head.weight" ? slot.name : "transformer." + slot.name
             return TensorData(name: name, shape: slot.shape,

@@ -1,11 +1,18 @@
 import Foundation
 
 /// A GPT-2 language model: config, weights, optional tokenizer.
-/// Inference on one model may run from several threads at once, each with
-/// its own `InferenceSession`; changing weights (merge) needs exclusive use.
+///
+/// Thread safety (why `@unchecked Sendable`): the weights and the attached
+/// adapters are mutable state without a lock. Reading calls (`logits`,
+/// `generate`, `InferenceSession.forward`) may run from several threads at
+/// once: each has its own buffers and only reads the model. Calls that change
+/// the model (`attach`, `detach`, `setScale`, `setEnabled`, `merge`,
+/// `unmerge`, PiSSA/OLoRA initialisation, training) need exclusive use: no
+/// other call on this model may run meanwhile. Two threads sharing one
+/// model for logits and generation are tested from C (Tests/C/test_capi.c).
 public final class Model: @unchecked Sendable {
     public let config: GPT2Config
-    public let weights: GPT2Weights
+    package let weights: GPT2Weights
     public let tokenizer: Tokenizer?
     /// The directory the model was loaded from, if any.
     public let directory: String?
@@ -22,7 +29,7 @@ public final class Model: @unchecked Sendable {
     /// inference or training runs on this model.
     public private(set) var attachments: [Attachment] = []
 
-    public init(config: GPT2Config, weights: GPT2Weights, tokenizer: Tokenizer? = nil, directory: String? = nil) throws {
+    package init(config: GPT2Config, weights: GPT2Weights, tokenizer: Tokenizer? = nil, directory: String? = nil) throws {
         try BLAS.load()
         self.config = config
         self.weights = weights
@@ -195,8 +202,9 @@ public final class Model: @unchecked Sendable {
 }
 
 /// Buffers for running a model: the KV cache for `batch` rows of up to
-/// `capacity` positions, and scratch space. One session per thread.
-public final class InferenceSession: @unchecked Sendable {
+/// `capacity` positions, and scratch space. One session per thread: it is
+/// not Sendable, so the compiler keeps it from being shared.
+public final class InferenceSession {
     public let model: Model
     public let batch: Int
     public let capacity: Int

@@ -42,6 +42,11 @@ public struct TrainerParams: Sendable, Equatable {
 /// Trains an adapter (LoRA) or the whole model (full fine-tuning) with AdamW.
 /// A trainer owns its gradient and optimizer state; the model and adapter
 /// must not be used by anything else while it runs.
+///
+/// Thread safety (why `@unchecked Sendable`): a trainer may be handed to
+/// another thread and run there (a training thread cancelled from the UI
+/// thread through its progress callback is the tested case), but it is used
+/// by one thread at a time: its buffers and state have no lock.
 public final class Trainer: @unchecked Sendable {
     public let model: Model
     public let adapter: Adapter?

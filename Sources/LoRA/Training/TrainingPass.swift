@@ -1,7 +1,7 @@
 import Foundation
 
 /// What a training pass computes gradients for.
-public enum TrainingTarget {
+package enum TrainingTarget {
     /// One adapter's A and B (the base weights stay frozen, with no gradient buffers).
     case adapter(Adapter)
     /// Every weight of the model (full fine-tuning; the tied embedding counted once).
