@@ -1,4 +1,6 @@
-// One GPT-2 transformer block, forward and backward side by side. Forward is
+// The GPT-2 transformer, forward and backward side by side: one block
+// (layerForward/layerBackward) and, for training, the whole stack from the
+// embeddings to the final LayerNorm (trunkForward/trunkBackward). Forward is
 // shared by inference (one set of scratch buffers for every layer, residual
 // stream updated in place, K/V copied into a cache) and training (per-layer
 // buffers kept for backward, K/V read straight from qkv).
@@ -41,6 +43,13 @@ enum KVPlacement {
     case inline
     /// From a cache [B, H, capacity, hd] for this layer, after appending this call's K/V at `past`.
     case cache(k: FloatPtr, v: FloatPtr, capacity: Int)
+}
+
+/// What the training forward keeps for backward: each block's activations
+/// and the final LayerNorm's output, mean and rstd [n, C], [n], [n].
+struct TrunkActs {
+    var layers: [LayerActs]
+    var lnf, lnfMean, lnfRstd: FloatPtr
 }
 
 /// Gradient buffers of a block's backward for n = B·T rows.
@@ -174,5 +183,54 @@ extension Model {
         guard needInputGradient else { return }
         layerNormBackward(dinp: dres, dweight: gw?.ln1W, dbias: gw?.ln1B, dout: dln, inp: a.input, weight: lw.ln1W,
                           mean: a.ln1Mean!, rstd: a.ln1Rstd!, rows: n, C: C)
+    }
+
+    /// Training forward through the stack: embeddings, every block (K/V read
+    /// from qkv), the final LayerNorm into acts.lnf (with its mean/rstd).
+    /// Returns the final LayerNorm's input (the last block's output).
+    func trunkForward(ids: [TokenID], positions: [Int32], _ acts: TrunkActs, B: Int, T: Int, lora: LoRAContext) -> ConstFloatPtr {
+        let c = config, w = weights
+        let n = B * T, C = c.nEmbd
+        ids.withUnsafeBufferPointer { idp in
+            positions.withUnsafeBufferPointer { pp in
+                embeddingForward(out: acts.layers[0].input, ids: idp.baseAddress!, positions: pp.baseAddress!,
+                                 wte: w.wte, wpe: w.wpe, n: n, C: C)
+            }
+        }
+        for l in 0..<c.nLayer {
+            layerForward(l, acts.layers[l], B: B, T: T, past: 0, kv: .inline, keyMask: nil, lora: lora)
+        }
+        let xFinal = c.nLayer > 0 ? acts.layers[c.nLayer - 1].res3 : acts.layers[0].input
+        layerNormForward(out: acts.lnf, mean: acts.lnfMean, rstd: acts.lnfRstd, inp: xFinal, weight: w.lnfW, bias: w.lnfB,
+                         rows: n, C: C, eps: Float(c.layerNormEpsilon))
+        return UnsafePointer(xFinal)
+    }
+
+    /// Backward through the stack, the inverse of trunkForward: g.dln holds
+    /// ∂L/∂(final LayerNorm output) on entry. Blocks run down to `lowest`
+    /// (below it nothing needs a gradient); with `recompute` (gradient
+    /// checkpointing) each block's forward runs again first. `full`: every
+    /// weight's gradient accumulates there (full fine-tuning), embeddings included.
+    func trunkBackward(ids: [TokenID], positions: [Int32], _ acts: TrunkActs, xFinal: ConstFloatPtr, _ g: LayerGrads,
+                       full: GPT2Weights?, lowest: Int, recompute: Bool, B: Int, T: Int, lora: LoRAContext) {
+        let c = config, w = weights
+        let n = B * T, C = c.nEmbd
+        layerNormBackward(dinp: g.dres, dweight: full?.lnfW, dbias: full?.lnfB, dout: g.dln, inp: xFinal, weight: w.lnfW,
+                          mean: acts.lnfMean, rstd: acts.lnfRstd, rows: n, C: C)
+        for l in stride(from: c.nLayer - 1, through: lowest, by: -1) {
+            if recompute {
+                layerForward(l, acts.layers[l], B: B, T: T, past: 0, kv: .inline, keyMask: nil, lora: lora)
+            }
+            var gl = g
+            gl.weights = full?.layers[l]
+            layerBackward(l, acts.layers[l], gl, B: B, T: T, lora: lora, needInputGradient: full != nil || l > lowest)
+        }
+        if let full {
+            ids.withUnsafeBufferPointer { idp in
+                positions.withUnsafeBufferPointer { pp in
+                    embeddingBackward(dwte: full.wte, dwpe: full.wpe, dout: g.dres, ids: idp.baseAddress!, positions: pp.baseAddress!, n: n, C: C)
+                }
+            }
+        }
     }
 }

@@ -10,10 +10,11 @@ package enum TrainingTarget {
     case none
 }
 
-/// Forward and backward through the whole network for batches of up to
-/// [batch, block] tokens: activations kept for backward in buffers sized once,
-/// gradients accumulated into `gradients`. Cross-entropy is computed in
-/// chunks of rows so the [B·T, vocab] logits never exist at once.
+/// The buffers of a training pass for batches of up to [batch, block] tokens
+/// (activations kept for backward, sized once; gradients) and its loss:
+/// Model.trunkForward/trunkBackward (Model/Block.swift) run the network,
+/// this file computes the LM head and cross-entropy in chunks of rows so
+/// the [B·T, vocab] logits never exist at once.
 final class TrainingPass {
     let model: Model
     let target: TrainingTarget
@@ -147,10 +148,10 @@ final class TrainingPass {
         dropoutD = try FloatBlock(count: dropoutCount)
     }
 
-    /// The backward buffers, with layer l's weight gradients in full fine-tuning.
-    private func layerGrads(_ l: Int) -> LayerGrads {
+    /// The backward buffers (weight gradients are set per layer by trunkBackward).
+    private func layerGrads() -> LayerGrads {
         LayerGrads(dres: dres, dln: dln, datt: datt, dqkv: dqkv, dfc: dfc, attnScratch: attnScratch.base,
-                   attnSlots: attnSlots, attnSlotSize: attnSlotSize, weights: fullGrads?.layers[l])
+                   attnSlots: attnSlots, attnSlotSize: attnSlotSize, weights: nil)
     }
 
     var trainableAdapter: Adapter? { if case .adapter(let a) = target { return a } else { return nil } }
@@ -179,22 +180,10 @@ final class TrainingPass {
         try ids.withUnsafeBufferPointer { try model.checkTokens($0) }
         let c = model.config, w = model.weights
         let n = B * T, C = c.nEmbd, V = c.vocabSize
-        let eps = Float(c.layerNormEpsilon)
         let positions = (0..<n).map { Int32($0 % T) }
         let lora = loraContext()
-        // Probabilities per (b, h) are [T, T]: re-stride the per-layer views for this T.
-        ids.withUnsafeBufferPointer { idp in
-            positions.withUnsafeBufferPointer { pp in
-                embeddingForward(out: layerActs[0].input, ids: idp.baseAddress!, positions: pp.baseAddress!,
-                                 wte: w.wte, wpe: w.wpe, n: n, C: C)
-            }
-        }
-        for l in 0..<c.nLayer {
-            model.layerForward(l, layerActs[l], B: B, T: T, past: 0, kv: .inline, keyMask: nil, lora: lora)
-        }
-        let last = layerActs[c.nLayer - 1].res3
-        let xFinal = c.nLayer > 0 ? last : layerActs[0].input
-        layerNormForward(out: lnf, mean: lnfMean, rstd: lnfRstd, inp: xFinal, weight: w.lnfW, bias: w.lnfB, rows: n, C: C, eps: eps)
+        let acts = TrunkActs(layers: layerActs, lnf: lnf, lnfMean: lnfMean, lnfRstd: lnfRstd)
+        let xFinal = model.trunkForward(ids: ids, positions: positions, acts, B: B, T: T, lora: lora)
 
         let count = targets.reduce(0) { $0 + ($1 >= 0 && Int($1) < V ? 1 : 0) }
         for t in targets where t >= V { throw LoRAError.invalidArgument("label \(t) is out of range 0..<\(V)") }
@@ -227,25 +216,11 @@ final class TrainingPass {
         }
         guard backward else { return (loss, count) }
 
-        let g = fullGrads
-        layerNormBackward(dinp: dres, dweight: g?.lnfW, dbias: g?.lnfB, dout: dln, inp: xFinal, weight: w.lnfW,
-                          mean: lnfMean, rstd: lnfRstd, rows: n, C: C)
         // LoRA: nothing below the lowest adapted layer needs a gradient, nor
         // does that layer's input (the embeddings are frozen).
         let lowest = trainableAdapter.map { a in a.slots.map(\.layer).min() ?? c.nLayer } ?? 0
-        for l in stride(from: c.nLayer - 1, through: lowest, by: -1) {
-            if checkpointing {
-                model.layerForward(l, layerActs[l], B: B, T: T, past: 0, kv: .inline, keyMask: nil, lora: lora)
-            }
-            model.layerBackward(l, layerActs[l], layerGrads(l), B: B, T: T, lora: lora, needInputGradient: g != nil || l > lowest)
-        }
-        if let g {
-            ids.withUnsafeBufferPointer { idp in
-                positions.withUnsafeBufferPointer { pp in
-                    embeddingBackward(dwte: g.wte, dwpe: g.wpe, dout: dres, ids: idp.baseAddress!, positions: pp.baseAddress!, n: n, C: C)
-                }
-            }
-        }
+        model.trunkBackward(ids: ids, positions: positions, acts, xFinal: xFinal, layerGrads(), full: fullGrads,
+                            lowest: lowest, recompute: checkpointing, B: B, T: T, lora: lora)
         return (loss, count)
     }
 }
