@@ -23,9 +23,9 @@ struct Bench: ParsableCommand {
     @Flag(help: "Gradient checkpointing (train).") var gradientCheckpointing = false
 
     func run() throws {
-        try Lora.run {
+        try LoRACommand.run {
             guard threads >= 1, prompt >= 1, prompt <= 1024, decode >= 1, batch >= 1, block >= 2, block <= 1024, r >= 1, steps >= 1, repeats >= 1 else {
-                throw LoraError.invalidArgument("bench options out of range")
+                throw LoRAError.invalidArgument("bench options out of range")
             }
             try BLAS.load()
             BLAS.threads = threads
@@ -35,7 +35,7 @@ struct Bench: ParsableCommand {
             case "bound": try bound()
             case "svd": try svd()
             case "init": try initialization()
-            default: throw LoraError.invalidArgument("bench kind must be inference, train, bound, svd or init")
+            default: throw LoRAError.invalidArgument("bench kind must be inference, train, bound, svd or init")
             }
         }
     }
@@ -86,11 +86,11 @@ struct Bench: ParsableCommand {
 
     func train() throws {
         let model = try Model.random(config: GPT2Config(), seed: 1)
-        var lc = LoraConfig()
+        var lc = LoRAConfig()
         lc.r = r; lc.loraAlpha = 16; lc.targetModules = .names(["c_attn", "attn.c_proj", "mlp.c_fc"])
         let adapter = try Adapter(config: lc, modelConfig: model.config)
-        try adapter.initialize(seed: 1)
-        var tc = TrainingConfig()
+        try adapter.initialize(from: model, seed: 1)
+        var tc = TrainerParams()
         tc.batchSize = batch; tc.blockSize = block; tc.learningRate = 1e-4; tc.maxSteps = steps + 1
         tc.gradientCheckpointing = gradientCheckpointing
         let trainer = try Trainer(model: model, adapter: adapter, config: tc)
@@ -139,7 +139,7 @@ struct Bench: ParsableCommand {
     func svd() throws {
         let config = GPT2Config()
         func randomAdapter(seed: UInt64) throws -> Adapter {
-            var lc = LoraConfig(); lc.r = 64; lc.loraAlpha = 128
+            var lc = LoRAConfig(); lc.r = 64; lc.loraAlpha = 128
             lc.targetModules = .names(["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"])
             lc.initLoraWeights = .random
             let a = try Adapter(config: lc, modelConfig: config)
@@ -166,10 +166,10 @@ struct Bench: ParsableCommand {
 
     /// Adapter initialisation from the base weights (c_attn of all layers): seconds, median of `repeats`.
     func initialization() throws {
-        var lc = LoraConfig()
+        var lc = LoRAConfig()
         lc.r = r; lc.loraAlpha = Double(2 * r); lc.targetModules = .names(["c_attn"])
-        guard let i = LoraConfig.Initialization(peftName: initLoraWeights), i != .gaussian else {
-            throw LoraError.invalidArgument("--init-lora-weights must be pissa, pissa_niter_N or olora")
+        guard let i = LoRAConfig.Initialization(peftName: initLoraWeights), i != .gaussian else {
+            throw LoRAError.invalidArgument("--init-lora-weights must be pissa, pissa_niter_N or olora")
         }
         lc.initLoraWeights = i
         var times: [Double] = []

@@ -108,6 +108,20 @@ LB_HIDDEN void lb_layernorm_backward_input(float *dinp, const float *dout, const
                                            const float *mean, const float *rstd, size_t rows, int C);
 // out[n] = a[n] + b[n]; out may alias a or b.
 LB_HIDDEN void lb_add(float *out, const float *a, const float *b, size_t n);
+// Activation functions, one value per formula (the Swift `Activation` maps
+// transformers' names onto them).
+#define LB_ACT_GELU_TANH 0   // x·sigmoid(2·√(2/π)·(x + 0.044715x³)): gelu_new, gelu_pytorch_tanh, gelu_fast
+#define LB_ACT_GELU_ERF 1    // 0.5·x·(1 + erf(x/√2)): gelu, gelu_python
+#define LB_ACT_QUICK_GELU 2  // x·sigmoid(1.702x)
+#define LB_ACT_RELU 3
+#define LB_ACT_SILU 4        // x·sigmoid(x): silu, swish
+#define LB_ACT_TANH 5
+#define LB_ACT_SIGMOID 6
+#define LB_ACT_LINEAR 7
+// out[n] = act(inp[n]); out may alias inp.
+LB_HIDDEN void lb_activation_forward(int act, float *out, const float *inp, size_t n);
+// d[n] *= act′(pre[n]).
+LB_HIDDEN void lb_activation_backward(int act, float *d, const float *pre, size_t n);
 
 // One instruction set's versions of the kernels above (tests compare them).
 typedef struct lb_kernel_set {
@@ -122,6 +136,8 @@ typedef struct lb_kernel_set {
     void (*layernorm_backward_input)(float *dinp, const float *dout, const float *inp, const float *weight,
                                      const float *mean, const float *rstd, size_t rows, int C);
     void (*add)(float *out, const float *a, const float *b, size_t n);
+    void (*activation_forward)(int act, float *out, const float *inp, size_t n);
+    void (*activation_backward)(int act, float *d, const float *pre, size_t n);
 } lb_kernel_set;
 // The set for a level, or NULL when this CPU cannot run it.
 LB_HIDDEN const lb_kernel_set *lb_kernels_for(int level);
