@@ -46,6 +46,10 @@ final class TrainingPass {
     private let dropoutD: FloatBlock      // [n, maxIn]: keep factors / dx̃
     /// Seed of the dropout masks of the current pass.
     var dropoutSeed: UInt64 = 0
+    /// Index of this pass's first example in the global micro-batch (data-parallel ranks; 0 in one process).
+    var dropoutRowOffset = 0
+    /// The sequence length of the current pass (dropout masks are indexed by block position).
+    private var currentT = 0
 
     init(model: Model, target: TrainingTarget, batch: Int, block: Int, checkpointing: Bool) throws {
         let c = model.config
@@ -149,10 +153,20 @@ final class TrainingPass {
     var trainableAdapter: Adapter? { if case .adapter(let a) = target { return a } else { return nil } }
 
     /// Keep factors (0 or 1/(1−p)) of one slot's dropout mask, regenerated identically in backward.
-    private func dropoutFactors(_ slotIndex: Int, count: Int, p: Float) -> FloatPtr {
-        var rng = SplitMix64(seed: dropoutSeed ^ (UInt64(slotIndex + 1) &* 0x9E3779B97F4A7C15))
+    /// Element i of token t of example b is draw number ((b + dropoutRowOffset)·block + t)·inFeatures + i
+    /// of the slot's SplitMix64 stream (a counter-based generator: a draw is reached by adding to the
+    /// state), so the mask does not depend on padding or on how a batch is split across ranks.
+    private func dropoutFactors(_ slotIndex: Int, count: Int, inFeatures: Int, p: Float) -> FloatPtr {
+        let start = dropoutSeed ^ (UInt64(slotIndex + 1) &* 0x9E3779B97F4A7C15)
         let f = dropoutD.base, keep = 1 / (1 - p)
-        for i in 0..<count { f[i] = rng.nextFloat() < p ? 0 : keep }
+        let T = max(currentT, 1), rows = count / max(inFeatures, 1)
+        for row in 0..<rows {
+            let b = row / T, t = row % T
+            let draw = UInt64((b + dropoutRowOffset) * block + t) &* UInt64(inFeatures)
+            var rng = SplitMix64(seed: start &+ draw &* 0x9E3779B97F4A7C15)
+            let fr = f + row * inFeatures
+            for i in 0..<inFeatures { fr[i] = rng.nextFloat() < p ? 0 : keep }
+        }
         return f
     }
 
@@ -167,7 +181,7 @@ final class TrainingPass {
             if p > 0 {
                 ctx.dropout = { [unowned self] s, x, n in
                     let count = n * s.inFeatures
-                    let f = self.dropoutFactors(self.slotIndex(s), count: count, p: p)
+                    let f = self.dropoutFactors(self.slotIndex(s), count: count, inFeatures: s.inFeatures, p: p)
                     let xt = self.dropoutX.base
                     for i in 0..<count { xt[i] = x[i] * f[i] }
                     return UnsafePointer(xt)
@@ -189,6 +203,7 @@ final class TrainingPass {
         let c = model.config, w = model.weights
         let n = B * T, C = c.nEmbd, V = c.vocabSize
         let eps = Float(c.layerNormEpsilon)
+        currentT = T
         let positions = (0..<n).map { Int32($0 % T) }
         let lora = loraContext()
         // Probabilities per (b, h) are [T, T]: re-stride the per-layer views for this T.
@@ -332,7 +347,7 @@ final class TrainingPass {
             let p = Float(adapter.config.loraDropout)
             if p > 0 {
                 let count = n * s.inFeatures
-                let f = dropoutFactors(idx, count: count, p: p)
+                let f = dropoutFactors(idx, count: count, inFeatures: s.inFeatures, p: p)
                 let xt = dropoutX.base
                 for i in 0..<count { xt[i] = x[i] * f[i] }
                 gemm(transA: true, transB: false, M: s.r, N: s.inFeatures, K: n, alpha: 1, A: du, lda: s.r,
