@@ -109,7 +109,7 @@ enum DistributedRun {
         guard let r = current else { return try body() }
         var failure: Error?
         do { try body() } catch { failure = error }
-        try r.agree(localError: failure)
+        try r.agree(localError: failure, task: "read its data")
     }
 
     /// Optimizer steps for --num-train-epochs: one step consumes per-rank batch × ranks × accumulation examples.

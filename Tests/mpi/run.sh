@@ -110,7 +110,7 @@ else fail "different adapter configs: $(cat "$work/models.log")"; fi
 # 11. A rank that cannot read its data: every rank stops with a message, no hang.
 t0=$SECONDS
 if mpmd nodata "$work/data.jsonl" --max-steps 2 ";;" "$work/missing.jsonl" --max-steps 2; then fail "a missing data file on rank 1 was not detected"
-elif grep -q "rank 1 of 2: .*missing.jsonl" "$work/nodata.log" && grep -q "rank 0 of 2: rank 1 failed" "$work/nodata.log"; then
+elif grep -q "rank 1 of 2: .*missing.jsonl" "$work/nodata.log" && grep -q "rank 0 of 2: rank 1 failed to read its data" "$work/nodata.log"; then
     pass "missing data on rank 1: every rank stops ($((SECONDS - t0)) s)"
 else fail "missing data on rank 1: $(cat "$work/nodata.log")"; fi
 # 12. SIGKILL of one rank: the job ends within the bound, the checkpoint resumes to the uninterrupted result.

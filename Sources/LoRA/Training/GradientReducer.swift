@@ -58,14 +58,14 @@ extension GradientReducer {
     /// Every rank calls this after a step that can fail locally (reading its
     /// data): if any rank failed, all of them throw, naming the ranks.
     /// `localError` is this rank's own failure (rethrown as is on this rank).
-    public func agree(localError: Error?) throws {
+    public func agree(localError: Error?, task: String = "prepare") throws {
         var flags = [Float](repeating: 0, count: worldSize)
         if localError != nil { flags[rank] = 1 }
         try flags.withUnsafeMutableBufferPointer { try sumOverRanks($0) }
         if let localError { throw localError }
         let failed = flags.indices.filter { flags[$0] != 0 }
         if !failed.isEmpty {
-            throw LoraError.invalidArgument("rank\(failed.count > 1 ? "s" : "") \(failed.map(String.init).joined(separator: ", ")) failed to prepare (see \(failed.count > 1 ? "their" : "its") message); every rank stops")
+            throw LoraError.invalidArgument("rank\(failed.count > 1 ? "s" : "") \(failed.map(String.init).joined(separator: ", ")) failed to \(task) (see \(failed.count > 1 ? "their" : "its") message); every rank stops")
         }
     }
 }
