@@ -105,11 +105,11 @@ enum DistributedRun {
     }
 
     /// Every rank calls this after loading its data: if one failed, all stop with a message.
-    static func agree(_ body: () throws -> Void) throws {
+    static func agree(task: String = "read its data", _ body: () throws -> Void) throws {
         guard let r = current else { return try body() }
         var failure: Error?
         do { try body() } catch { failure = error }
-        try r.agree(localError: failure, task: "read its data")
+        try r.agree(localError: failure, task: task)
     }
 
     /// Optimizer steps for --num-train-epochs: one step consumes per-rank batch × ranks × accumulation examples.

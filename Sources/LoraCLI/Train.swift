@@ -152,11 +152,11 @@ struct Train: ParsableCommand {
         let fm = FileManager.default
         try? fm.createDirectory(atPath: outputDir, withIntermediateDirectories: true)
         let ckptDir = outputDir + "/checkpoints"
-        if resume {
+        if resume { try DistributedRun.agree(task: "read its checkpoint") {
             guard let latest = Checkpoint.latest(root: ckptDir) else { throw LoraError.invalidArgument("--resume: no checkpoint in \(ckptDir)") }
             try Checkpoint.restore(trainer, from: latest)
             say("resumed from \(latest) at step \(trainer.step)")
-        }
+        } }
         let startStep = trainer.step
         let what = adapter.map { "LoRA r=\($0.config.r) on \($0.slots.count) modules, \($0.parameterCount) trainable parameters" }
             ?? "all \(m.parameterCount) weights"

@@ -113,6 +113,16 @@ if mpmd nodata "$work/data.jsonl" --max-steps 2 ";;" "$work/missing.jsonl" --max
 elif grep -q "rank 1 of 2: .*missing.jsonl" "$work/nodata.log" && grep -q "rank 0 of 2: rank 1 failed to read its data" "$work/nodata.log"; then
     pass "missing data on rank 1: every rank stops ($((SECONDS - t0)) s)"
 else fail "missing data on rank 1: $(cat "$work/nodata.log")"; fi
+# 11b. --resume where rank 1 has no checkpoint (no shared file system): every rank stops, naming it.
+if [[ -d $work/full2/checkpoints ]]; then
+    mkdir -p "$work/ck0/checkpoints" "$work/ck1"; cp -r "$work/full2/checkpoints/checkpoint-4" "$work/ck0/checkpoints/"
+    if timeout -k 5 60 mpirun -np 1 "$lora" "${common[@]}" "${rr[@]}" --batch-size 2 --resume --output-dir "$work/ck0" \
+            : -np 1 "$lora" "${common[@]}" "${rr[@]}" --batch-size 2 --resume --output-dir "$work/ck1" > "$work/ck.log" 2>&1; then
+        fail "a rank without the checkpoint was not detected"
+    elif grep -q "rank 1 of 2: --resume: no checkpoint" "$work/ck.log" && grep -q "rank 1 failed to read its checkpoint" "$work/ck.log"; then
+        pass "--resume with the checkpoint missing on rank 1: every rank stops"
+    else fail "checkpoint missing on rank 1: $(cat "$work/ck.log")"; fi
+fi
 # 12. SIGKILL of one rank: the job ends within the bound, the checkpoint resumes to the uninterrupted result.
 k=("$work/data.jsonl" --max-steps 400 --lora-dropout 0.1 --save-steps 2 --save-total-limit 2 --batch-size 2 --block-size 32)
 runN 2 kill-straight "${k[@]}" || fail "SIGKILL: the uninterrupted run failed"

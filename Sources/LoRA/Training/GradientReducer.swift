@@ -174,8 +174,11 @@ extension Trainer {
     func reduceStep(_ reducer: GradientReducer, meanLoss: Double) throws -> Double {
         let g = pass.gradients
         let n = g.count
-        if reductionBuffer == nil || reductionBuffer!.count != n + 2 { reductionBuffer = try FloatBlock(count: n + 2) }
-        guard let buf = reductionBuffer else { return meanLoss }
+        let buf: FloatBlock
+        if let b = reductionBuffer, b.count == n + 2 { buf = b } else {
+            buf = try FloatBlock(count: n + 2)
+            reductionBuffer = buf
+        }
         buf.base.update(from: g.base, count: n)
         let hi = Float(meanLoss)
         buf.base[n] = hi
