@@ -419,7 +419,9 @@ typedef int32_t (*lora_gradient_reducer)(float *buffer, size_t count, void *user
 /* Makes `trainer` rank `rank` of `world_size` data-parallel processes, each
  * with the same model, adapter, params and data. lora_trainer_train then:
  * checks at the start that all ranks agree (a digest of settings, weights and
- * data; otherwise LORA_INVALID_ARGUMENT on every rank, naming what differs);
+ * data; otherwise LORA_INVALID_ARGUMENT on every rank, naming what differs)
+ * and at the end that they hold the same parameters (LORA_NUMERICAL_ERROR if
+ * the reducer gave ranks different sums);
  * takes each global batch of batch_size × world_size × gradient_accumulation_steps
  * examples from the one-process data order, this rank computing its slice;
  * calls `reduce` once per optimizer step on one contiguous buffer (the

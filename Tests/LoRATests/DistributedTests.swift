@@ -10,10 +10,16 @@ final class ThreadReducer: @unchecked Sendable {
     private var sum: [Float] = []
     private var arrived = 0, departed = 0, filled = 0, emptied = 0
 
-    init(worldSize: Int) { self.worldSize = worldSize }
+    /// Added to rank r's result × r: a transport that gives ranks different sums.
+    let skew: Float
+
+    init(worldSize: Int, skew: Float = 0) { self.worldSize = worldSize; self.skew = skew }
 
     func rank(_ r: Int) throws -> GradientReducer {
-        try FunctionGradientReducer(rank: r, worldSize: worldSize) { [self] buffer in allReduce(buffer) }
+        try FunctionGradientReducer(rank: r, worldSize: worldSize) { [self] buffer in
+            allReduce(buffer)
+            if skew != 0, buffer.count > 100 { buffer[0] += skew * Float(r) }
+        }
     }
 
     /// Two barriers: all ranks add their buffer, then all copy the sum out.
@@ -59,8 +65,8 @@ final class Results: @unchecked Sendable {
     }
 
     /// Runs `world` ranks on threads; returns each rank's losses and adapter.
-    func runRanks(_ world: Int, data: Dataset, seeds: [UInt64]? = nil) -> [Result<([Double], [Float]), Error>] {
-        let reducer = ThreadReducer(worldSize: world)
+    func runRanks(_ world: Int, data: Dataset, seeds: [UInt64]? = nil, skew: Float = 0) -> [Result<([Double], [Float]), Error>] {
+        let reducer = ThreadReducer(worldSize: world, skew: skew)
         let results = Results()
         let group = DispatchGroup()
         let make = self
@@ -114,6 +120,14 @@ final class Results: @unchecked Sendable {
         for r in ranks {
             guard case .failure(let e) = r else { Issue.record("a rank trained with another seed"); continue }
             #expect("\(e)".contains("were started with different training settings"))
+        }
+    }
+
+    /// A transport whose sums differ between ranks is caught at the end of training.
+    @Test func ranksThatDivergeAreCaught() {
+        for r in runRanks(2, data: examples(7), skew: 1e-3) {
+            guard case .failure(let e) = r else { Issue.record("diverged ranks were not detected"); continue }
+            #expect("\(e)".contains("parameters diverged"))
         }
     }
 }

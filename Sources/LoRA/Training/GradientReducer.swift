@@ -140,6 +140,27 @@ extension Trainer {
         add("training data") { $0.add(data) }
         add("validation data") { d in if let validation { d.add(validation) } }
         add("resume point (step, epoch, offset)") { d in d.add(UInt64(step)); d.add(UInt64(epoch)); d.add(UInt64(offset)); d.add(rng.state) }
+        let differ = try differingDigests(reducer, digests)
+        guard differ.isEmpty else {
+            throw LoraError.invalidArgument("the ranks were started with different \(differ.map { names[$0] }.joined(separator: "; ")); start every rank with the same model, adapter options, data files, seed and settings")
+        }
+    }
+
+    /// After training: every rank must hold the same parameters. MPI does not
+    /// promise that an all-reduce gives every rank bit-identical sums; this
+    /// catches a transport that does not.
+    func checkRanksInSync(_ reducer: GradientReducer) throws {
+        var d = Digest64()
+        d.add(params.base, count: params.count)
+        d.add(m.base, count: m.count)
+        d.add(v.base, count: v.count)
+        guard try differingDigests(reducer, [d.h]).isEmpty else {
+            throw LoraError.numerical("the ranks' parameters diverged: the gradient reducer did not give every rank the same sums")
+        }
+    }
+
+    /// Indices of the digests that are not equal on every rank (the same answer on every rank).
+    private func differingDigests(_ reducer: GradientReducer, _ digests: [UInt64]) throws -> [Int] {
         var buf = [Float](repeating: 0, count: 2 + digests.count * 16)
         buf[0] = 1; buf[1] = Float(reducer.rank)
         for (k, h) in digests.enumerated() {
@@ -154,16 +175,11 @@ extension Trainer {
         guard Double(buf[0]) == n, Double(buf[1]) == n * (n - 1) / 2 else {
             throw LoraError.invalidArgument("the ranks disagree about the world size or their ranks (\(Int(buf[0])) ranks answered, expected \(reducer.worldSize))")
         }
-        var differ: [String] = []
-        for k in digests.indices {
-            let same = (0..<8).allSatisfy { j in
+        return digests.indices.filter { k in
+            !(0..<8).allSatisfy { j in
                 let s = Double(buf[2 + k * 16 + 2 * j]), q = Double(buf[2 + k * 16 + 2 * j + 1])
                 return n * q == s * s
             }
-            if !same { differ.append(names[k]) }
-        }
-        guard differ.isEmpty else {
-            throw LoraError.invalidArgument("the ranks were started with different \(differ.joined(separator: "; ")); start every rank with the same model, adapter options, data files, seed and settings")
         }
     }
 

@@ -146,6 +146,7 @@ extension Trainer {
             }
             if let callback, !callback(report) { throw LoraError.aborted }
         }
+        if let ranks { try checkRanksInSync(ranks) }
         return p
     }
 }
