@@ -407,6 +407,36 @@ lora_status lora_trainer_resume(lora_trainer *trainer, const char *checkpoint_pa
 /* Optimizer steps taken so far; -1 for NULL. */
 int32_t lora_trainer_get_step(const lora_trainer *trainer);
 
+/* ---- Data-parallel training --------------------------------------------- */
+
+/* The host's all-reduce: replace every element of buffer[0, count) by its sum
+ * over all ranks (MPI_Allreduce with MPI_SUM in place, for instance), then
+ * return 0. Every rank is called in the same order with the same count. Runs
+ * on the thread that called lora_trainer_train. Non-zero stops the training
+ * (lora_trainer_train returns LORA_ABORTED). */
+typedef int32_t (*lora_gradient_reducer)(float *buffer, size_t count, void *user_data);
+
+/* Makes `trainer` rank `rank` of `world_size` data-parallel processes, each
+ * with the same model, adapter, params and data. lora_trainer_train then:
+ * checks at the start that all ranks agree (a digest of settings, weights and
+ * data; otherwise LORA_INVALID_ARGUMENT on every rank, naming what differs)
+ * and at the end that they hold the same parameters (LORA_NUMERICAL_ERROR if
+ * the reducer gave ranks different sums);
+ * takes each global batch of batch_size × world_size × gradient_accumulation_steps
+ * examples from the one-process data order, this rank computing its slice;
+ * calls `reduce` once per optimizer step on one contiguous buffer (the
+ * gradients of the trained parameters, prescaled so that their sum is the
+ * global gradient, then 2 floats of the step's loss) before clipping and AdamW;
+ * shares out validation batches and reduces their sums; writes checkpoints on
+ * rank 0 only. The result equals one process with batch_size × world_size
+ * (up to the summation order). lora_trainer_step ignores the reducer.
+ * reduce NULL (or world_size 1): one process again. A checkpoint records the
+ * global batch, so it resumes with any rank count that keeps it.
+ * Errors: LORA_INVALID_ARGUMENT (NULL trainer, world_size < 1 or > 65536,
+ * rank outside [0, world_size)). */
+lora_status lora_trainer_set_gradient_reducer(lora_trainer *trainer, int32_t rank, int32_t world_size,
+                                              lora_gradient_reducer reduce, void *user_data);
+
 #ifdef __cplusplus
 }
 #endif

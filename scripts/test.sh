@@ -27,7 +27,12 @@ bash scripts/fuzz.sh all 15
 echo "== crash safety: SIGKILL during training and checkpointing, resume bit-exact"
 bash Tests/crash/kill_test.sh .build/release/lora-cli 20
 
-echo "== Python binding (ctypes) with pytest"
+echo "== data-parallel training under Open MPI: equivalence with one process, resume, faults (Tests/mpi)"
+bash Tests/mpi/run.sh .build/release/lora-cli
+echo "== data-parallel training across two network namespaces over TCP"
+bash Tests/mpi/netns.sh .build/release/lora-cli
+
+echo "== Python binding (ctypes) with pytest (with the mpi4py example under mpirun)"
 swift build --product lora
 LORA_LIBRARY="$PWD/.build/debug/liblora.so" bash python/run_tests.sh
 

@@ -166,3 +166,21 @@ public func lora_trainer_resume(_ trainer: OpaquePointer?, _ path: UnsafePointer
         try Checkpoint.restore(tb.trainer, from: try string(path, "checkpoint_path"))
     }
 }
+
+@_cdecl("lora_trainer_set_gradient_reducer")
+public func lora_trainer_set_gradient_reducer(_ trainer: OpaquePointer?, _ rank: Int32, _ worldSize: Int32,
+                                              _ reduce: lora_gradient_reducer?, _ user: UnsafeMutableRawPointer?) -> lora_status {
+    guarded {
+        let tb = try box(trainer, TrainerBox.self, "trainer")
+        guard let reduce else {
+            tb.trainer.gradientReducer = nil
+            return
+        }
+        let r = try FunctionGradientReducer(rank: Int(rank), worldSize: Int(worldSize)) { buffer in
+            guard let base = buffer.baseAddress else { return }
+            let status = reduce(base, buffer.count, user)
+            guard status == 0 else { throw LoRAError.aborted }
+        }
+        tb.trainer.gradientReducer = r
+    }
+}

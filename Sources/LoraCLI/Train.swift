@@ -106,9 +106,11 @@ struct Train: ParsableCommand {
     @Option(help: "Compute threads (0: OPENBLAS_NUM_THREADS or the CPU count).") var threads = 0
     @Flag(help: "With PiSSA/OLoRA, also save the unconverted adapter (for the residual base) in --output-dir/unconverted.")
     var saveUnconvertedAdapter = false
+    @Option(help: "Data-parallel training: auto (MPI when started by mpirun), mpi, none. See README, Distributed training.")
+    var distributed: String?
 
     func run() throws {
-        try LoRACommand.run { try train() }
+        try LoRACommand.run { try DistributedRun.run(option: distributed) { try train() } }
     }
 
     func train() throws {
@@ -123,9 +125,11 @@ struct Train: ParsableCommand {
         }
         var dopts = DatasetOptions(blockSize: block)
         dopts.badRecords = skipBadRecords ? .skip : .reject
-        var trainSet = try Dataset.load(paths: data, tokenizer: tok, options: dopts)
-        for w in trainSet.warnings { stderrLine("warning: \(w)") }
+        var trainSet = Dataset(examples: [])
         var validation: Dataset? = nil
+        try DistributedRun.agree {  // under MPI: a rank that cannot read its data stops every rank
+        trainSet = try Dataset.load(paths: data, tokenizer: tok, options: dopts)
+        for w in trainSet.warnings where DistributedRun.isRoot { stderrLine("warning: \(w)") }
         if !validationFile.isEmpty {
             validation = try Dataset.load(paths: validationFile, tokenizer: tok, options: dopts)
         } else if validationSplit > 0 {
@@ -133,7 +137,9 @@ struct Train: ParsableCommand {
             trainSet = s.train
             validation = s.validation
         }
-        let tc = try optim.config(model: m, examples: trainSet.examples.count)
+        }
+        var tc = try optim.config(model: m, examples: trainSet.examples.count)
+        tc.maxSteps = DistributedRun.maxSteps(tc, optim: optim, examples: trainSet.examples.count)
         var adapter: Adapter? = nil
         if !fullFinetune {
             let a = try Adapter(config: try lora.config(baseModel: modelDir), modelConfig: m.config)
@@ -142,22 +148,25 @@ struct Train: ParsableCommand {
             adapter = a
         }
         let trainer = try Trainer(model: m, adapter: adapter, config: tc)
+        trainer.gradientReducer = DistributedRun.current
         let fm = FileManager.default
         try? fm.createDirectory(atPath: outputDir, withIntermediateDirectories: true)
         let ckptDir = outputDir + "/checkpoints"
-        if resume {
+        if resume { try DistributedRun.agree(task: "read its checkpoint") {
             guard let latest = Checkpoint.latest(root: ckptDir) else { throw LoRAError.invalidArgument("--resume: no checkpoint in \(ckptDir)") }
             try Checkpoint.restore(trainer, from: latest)
             say("resumed from \(latest) at step \(trainer.step)")
-        }
+        } }
+        let startStep = trainer.step
         let what = adapter.map { "LoRA r=\($0.config.r) on \($0.slots.count) modules, \($0.parameterCount) trainable parameters" }
             ?? "all \(m.parameterCount) weights"
         say("training \(what); \(trainSet.examples.count) sequences (\(trainSet.tokenCount) tokens) of up to \(tc.blockSize); \(tc.maxSteps) steps of \(tc.batchSize)×\(tc.gradientAccumulationSteps); OpenBLAS \(BLAS.coreName)")
+        DistributedRun.announce(tc)
         if let v = validation, trainer.step == 0 {
             let e = try trainer.evaluate(v)
             say(String(format: "validation loss before training: %.4f (perplexity %.2f)", e.loss, e.perplexity))
         }
-        let printer = try ProgressPrinter(logPath: outputDir + "/metrics.jsonl")
+        let printer = try ProgressPrinter(logPath: DistributedRun.isRoot ? outputDir + "/metrics.jsonl" : nil)
         var opts = TrainParams()
         opts.evalSteps = evalSteps
         opts.saveSteps = saveSteps > 0 ? saveSteps : tc.maxSteps
@@ -165,6 +174,8 @@ struct Train: ParsableCommand {
         opts.saveTotalLimit = saveTotalLimit
         try trainer.train(trainSet, validation: validation, options: opts) { printer.report($0); return .continue }
         printer.finish()
+        DistributedRun.summary(steps: tc.maxSteps - startStep)
+        guard DistributedRun.isRoot else { return }
         if let adapter, adapter.initialParams != nil {
             // PiSSA/OLoRA trained on the residual base: save it as a plain LoRA for the original base.
             try adapter.convertedForOriginalBase().save(directory: outputDir)

@@ -432,6 +432,14 @@ static void test_defaults(void) {
     CHECK(1, "");
 }
 
+/* A lora_gradient_reducer whose transport has failed: counts its calls. */
+static int32_t failing_reducer(float *buffer, size_t count, void *user_data) {
+    (void)buffer;
+    (void)count;
+    ++*(int *)user_data;
+    return 7;
+}
+
 /* ---- Handles and NULL -------------------------------------------------- */
 
 static void test_free_null(void) {
@@ -1445,6 +1453,19 @@ static void test_trainer_errors(void) {
                   lora_last_error());
         }
         CHECK(lora_trainer_get_step(t) == 0, "failed calls took steps: %d", lora_trainer_get_step(t));
+        {
+            /* Data parallel: bad ranks are refused; a reducer that fails stops the run before any step. */
+            int calls = 0;
+            EXPECT(lora_trainer_set_gradient_reducer(NULL, 0, 2, failing_reducer, &calls), LORA_INVALID_ARGUMENT);
+            EXPECT(lora_trainer_set_gradient_reducer(t, 2, 2, failing_reducer, &calls), LORA_INVALID_ARGUMENT);
+            EXPECT(lora_trainer_set_gradient_reducer(t, -1, 2, failing_reducer, &calls), LORA_INVALID_ARGUMENT);
+            EXPECT(lora_trainer_set_gradient_reducer(t, 0, 0, failing_reducer, &calls), LORA_INVALID_ARGUMENT);
+            EXPECT(lora_trainer_set_gradient_reducer(t, 0, 2, failing_reducer, &calls), LORA_OK);
+            EXPECT(lora_trainer_train(t, paths, 1, &rp, NULL, NULL), LORA_ABORTED);
+            CHECK(calls == 1 && lora_trainer_get_step(t) == 0, "failing reducer: %d calls, step %d", calls,
+                  lora_trainer_get_step(t));
+            EXPECT(lora_trainer_set_gradient_reducer(t, 0, 1, NULL, NULL), LORA_OK); /* one process again */
+        }
 
         /* A callback that stops after the first step. */
         progress_log log;

@@ -249,6 +249,8 @@ class lora_train_params(Structure):
 lora_token_callback = CFUNCTYPE(c_int32, c_int32, POINTER(c_char), c_size_t, c_void_p)
 # typedef int32_t (*lora_progress_callback)(const lora_train_progress *progress, void *user_data);
 lora_progress_callback = CFUNCTYPE(c_int32, POINTER(lora_train_progress), c_void_p)
+# typedef int32_t (*lora_gradient_reducer)(float *buffer, size_t count, void *user_data);
+lora_gradient_reducer = CFUNCTYPE(c_int32, POINTER(c_float), c_size_t, c_void_p)
 
 # ---- Prototypes -------------------------------------------------------------
 
@@ -422,4 +424,9 @@ lora_trainer_save_checkpoint = _fn("lora_trainer_save_checkpoint", lora_status,
 lora_trainer_resume = _fn("lora_trainer_resume", lora_status, [lora_trainer_p, c_char_p], check=True)
 # int32_t lora_trainer_get_step(const lora_trainer *trainer);
 lora_trainer_get_step = _fn("lora_trainer_get_step", c_int32, [lora_trainer_p])
+# lora_status lora_trainer_set_gradient_reducer(lora_trainer *trainer, int32_t rank, int32_t world_size,
+#                                               lora_gradient_reducer reduce, void *user_data);
+lora_trainer_set_gradient_reducer = _fn("lora_trainer_set_gradient_reducer", lora_status,
+                                        [lora_trainer_p, c_int32, c_int32, lora_gradient_reducer, c_void_p],
+                                        check=True)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import ctypes
 from ctypes import byref, c_char_p, c_float
 
 from . import _capi as C
@@ -65,6 +66,37 @@ class _ProgressRelay:
                 r = self.on_progress(dict(d))
                 if r is not None and not r:
                     return 1
+            return 0
+        except BaseException as e:  # noqa: BLE001 - re-raised after the C call returns
+            self.error = e
+            return 1
+
+    def raise_pending(self) -> None:
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err
+
+
+class _ReducerRelay:
+    """The lora_gradient_reducer handed to C: gives `reduce` the buffer as a
+    float32 numpy array (a ctypes float array without numpy), in place; an
+    exception stops training and is re-raised by Trainer.train."""
+
+    def __init__(self, reduce):
+        if not callable(reduce):
+            raise TypeError(f"reduce must be callable, got {type(reduce).__name__}")
+        self.reduce = reduce
+        self.error: BaseException | None = None
+        self.c_callback = C.lora_gradient_reducer(self._call)
+
+    def _call(self, buffer, count, user_data):
+        try:
+            try:
+                import numpy as np
+                view = np.ctypeslib.as_array(buffer, shape=(count,))
+            except ImportError:
+                view = (c_float * count).from_address(ctypes.addressof(buffer.contents))
+            self.reduce(view)
             return 0
         except BaseException as e:  # noqa: BLE001 - re-raised after the C call returns
             self.error = e
@@ -188,13 +220,34 @@ class Trainer(Owner):
         p.checkpoint_dir = ckpt
         p.skip_bad_records = flag(skip_bad_records)
         relay = _ProgressRelay(on_progress)
+        reducer = getattr(self, "_reducer", None)
         try:
             C.lora_trainer_train(h, arr, len(paths), byref(p), relay.c_callback, None)
         except LoraError:
             relay.raise_pending()
+            if reducer is not None:
+                reducer.raise_pending()
             raise
         relay.raise_pending()
         return relay.last
+
+    def set_gradient_reducer(self, rank: int, world_size: int, reduce) -> None:
+        """Makes this trainer rank `rank` of `world_size` data-parallel
+        processes (lora_trainer_set_gradient_reducer). `reduce(buffer)` must
+        replace every element of the float32 buffer by its sum over all ranks,
+        in place; with mpi4py: ``comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)``.
+        `train` then shards each global batch (batch_size × world_size ×
+        gradient_accumulation_steps) and writes checkpoints on rank 0 only.
+        reduce None: one process again."""
+        h = self._require()
+        if reduce is None:
+            C.lora_trainer_set_gradient_reducer(h, 0, 1, C.lora_gradient_reducer(), None)
+            self._reducer = None
+            return
+        relay = _ReducerRelay(reduce)
+        C.lora_trainer_set_gradient_reducer(h, int32(rank, "rank"), int32(world_size, "world_size"),
+                                            relay.c_callback, None)
+        self._reducer = relay   # referenced while C may call it
 
     def evaluate(self, data_path, return_perplexity: bool = False):
         """Mean loss of the model (with its enabled adapters) on a data file;

@@ -50,7 +50,7 @@ public enum Checkpoint {
                 "format": "pt",
                 "step": String(progress.step), "epoch": String(progress.epoch), "offset": String(progress.offset),
                 "rng_state": String(progress.rngState),
-                "config": trainer.config.fingerprint,
+                "config": trainer.checkpointFingerprint,
             ]
             try SafeTensorsWriter.write([
                 TensorData(name: "exp_avg", shape: [n], floats: UnsafeBufferPointer(start: trainer.m.base, count: n)),
@@ -101,8 +101,8 @@ public enum Checkpoint {
         let f = try SafeTensorsFile(path: statePath)
         func fail(_ r: String) -> LoRAError { .invalidFile(path: statePath, reason: r) }
         guard let md = f.metadata else { throw fail("no metadata") }
-        guard md["config"] == trainer.config.fingerprint else {
-            throw fail("the checkpoint was written with other training settings (\(md["config"] ?? "?")); resume with the same ones")
+        guard md["config"] == trainer.checkpointFingerprint else {
+            throw fail("the checkpoint was written with other training settings (\(md["config"] ?? "?"); the batch there is the global batch, per-rank batch × ranks); resume with the same ones")
         }
         var p = TrainerState()
         guard let step = md["step"].flatMap(Int.init), let epoch = md["epoch"].flatMap(Int.init),

@@ -73,6 +73,11 @@ public final class Trainer: @unchecked Sendable {
     /// Micro-batches accumulated since the last optimizer step.
     public private(set) var pendingMicroBatches = 0
     var rng: SplitMix64
+    /// Data-parallel training: the host's all-reduce and this process's rank
+    /// (see `GradientReducer`); nil or a world of 1: one process.
+    public var gradientReducer: GradientReducer?
+    /// Gradients + step statistics, summed over ranks in one call.
+    var reductionBuffer: FloatBlock?
 
     /// The parameters being trained.
     var params: FloatBlock { adapter?.params ?? model.weights.block }
