@@ -167,7 +167,7 @@ enum DistributedRun {
 
     /// mpirun ends the surviving ranks with SIGTERM when one dies: say so.
     static func installTerminationMessage(rank: Int) {
-        let text = "lora: rank \(rank): stopped by the MPI launcher (another rank exited or was killed); resume from the last checkpoint with --resume\n"
+        let text = "lora: rank \(rank): stopped by the MPI launcher (another rank exited or was killed, or the job was interrupted); resume from the last checkpoint with --resume\n"
         terminationMessage = strdup(text)
         terminationLength = text.utf8.count
         signal(SIGTERM) { _ in
