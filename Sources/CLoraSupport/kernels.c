@@ -6,9 +6,9 @@
 // softmax, LayerNorm, cross-entropy) and would otherwise cost a noticeable
 // share of a forward or training step.
 //
-// exp is the same range reduction and polynomial as VectorMath.swift's vexp
-// (within 2 ulp of expf); results may differ from the Swift kernels in the
-// last bits (FMA contraction, summation order), not more.
+// They are the only implementation of these functions: the Swift core
+// calls them for every activation, softmax, LayerNorm and cross-entropy.
+// exp is a Cephes-style range reduction and polynomial, within 2 ulp of expf.
 #include "lora_support.h"
 
 #include <math.h>
@@ -47,6 +47,7 @@
         lb_exp_shift_##sfx, lb_softmax_backward_##sfx,                                    \
         lb_cross_entropy_row_##sfx, lb_layernorm_forward_##sfx,                           \
         lb_layernorm_backward_input_##sfx, lb_add_##sfx,                                  \
+        lb_activation_forward_##sfx, lb_activation_backward_##sfx,                        \
     }
 static const lb_kernel_set set_base = KERNEL_SET(base);
 #if defined(__x86_64__)
@@ -102,3 +103,5 @@ void lb_layernorm_backward_input(float *dinp, const float *dout, const float *in
     kernels()->layernorm_backward_input(dinp, dout, inp, weight, mean, rstd, rows, C);
 }
 void lb_add(float *out, const float *a, const float *b, size_t n) { kernels()->add(out, a, b, n); }
+void lb_activation_forward(int act, float *out, const float *inp, size_t n) { kernels()->activation_forward(act, out, inp, n); }
+void lb_activation_backward(int act, float *d, const float *pre, size_t n) { kernels()->activation_backward(act, d, pre, n); }

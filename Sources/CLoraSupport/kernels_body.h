@@ -88,6 +88,81 @@ static void K(lb_gelu_tanh_backward)(float *d, const float *pre, size_t n) {
     }
 }
 
+// 1 / (1 + exp(−x)) and tanh(x) = 1 − 2/(exp(2x) + 1) (absolute error ≈ 1e-7).
+static inline __attribute__((always_inline)) KT K(vf) K(vsigmoid)(K(vf) x) {
+    return K(vsplat)(1.0f) / (K(vsplat)(1.0f) + K(vexp)(-x));
+}
+static inline __attribute__((always_inline)) KT K(vf) K(vtanh)(K(vf) x) {
+    return K(vsplat)(1.0f) - K(vsplat)(2.0f) / (K(vexp)(x + x) + K(vsplat)(1.0f));
+}
+
+// The other activations (LB_ACT_*), forward: f(x), and backward: f′(x).
+static inline __attribute__((always_inline)) KT K(vf) K(vact)(int act, K(vf) x) {
+    switch (act) {
+    case LB_ACT_QUICK_GELU: return x * K(vsigmoid)(K(vsplat)(1.702f) * x);
+    case LB_ACT_RELU: return K(vsel)(x > K(vsplat)(0), x, K(vsplat)(0));
+    case LB_ACT_SILU: return x * K(vsigmoid)(x);
+    case LB_ACT_TANH: return K(vtanh)(x);
+    case LB_ACT_SIGMOID: return K(vsigmoid)(x);
+    default: return x;
+    }
+}
+static inline __attribute__((always_inline)) KT K(vf) K(vact_grad)(int act, K(vf) x) {
+    const K(vf) one = K(vsplat)(1.0f);
+    switch (act) {
+    case LB_ACT_QUICK_GELU: {
+        K(vf) s = K(vsigmoid)(K(vsplat)(1.702f) * x);
+        return s + K(vsplat)(1.702f) * x * s * (one - s);
+    }
+    case LB_ACT_RELU: return K(vsel)(x > K(vsplat)(0), one, K(vsplat)(0));
+    case LB_ACT_SILU: { K(vf) s = K(vsigmoid)(x); return s * (one + x * (one - s)); }
+    case LB_ACT_TANH: { K(vf) t = K(vtanh)(x); return one - t * t; }
+    case LB_ACT_SIGMOID: { K(vf) s = K(vsigmoid)(x); return s * (one - s); }
+    default: return one;
+    }
+}
+
+KT
+static void K(lb_activation_forward)(int act, float *out, const float *inp, size_t n) {
+    switch (act) {
+    case LB_ACT_GELU_TANH: K(lb_gelu_tanh_forward)(out, inp, n); return;
+    case LB_ACT_GELU_ERF:
+        // 0.5·x·(1 + erf(x/√2)): no vector erf; the scalar libm one.
+        for (size_t i = 0; i < n; i++) out[i] = 0.5f * inp[i] * (1.0f + erff(inp[i] * 0.7071067811865476f));
+        return;
+    case LB_ACT_LINEAR:
+        if (out != inp) memmove(out, inp, n * sizeof(float));
+        return;
+    default: break;
+    }
+    size_t i = 0;
+    for (; i + VW <= n; i += VW) K(vst)(out + i, K(vact)(act, K(vld)(inp + i)));
+    if (i < n) K(vst_part)(out + i, K(vact)(act, K(vld_part)(inp + i, (int)(n - i), 0)), (int)(n - i));
+}
+
+KT
+static void K(lb_activation_backward)(int act, float *d, const float *pre, size_t n) {
+    switch (act) {
+    case LB_ACT_GELU_TANH: K(lb_gelu_tanh_backward)(d, pre, n); return;
+    case LB_ACT_GELU_ERF:
+        for (size_t i = 0; i < n; i++) {
+            float x = pre[i];
+            float cdf = 0.5f * (1.0f + erff(x * 0.7071067811865476f));
+            float pdf = expf(-0.5f * x * x) * 0.3989422804014327f;
+            d[i] *= cdf + x * pdf;
+        }
+        return;
+    case LB_ACT_LINEAR: return;
+    default: break;
+    }
+    size_t i = 0;
+    for (; i + VW <= n; i += VW) K(vst)(d + i, K(vld)(d + i) * K(vact_grad)(act, K(vld)(pre + i)));
+    if (i < n) {
+        int m = (int)(n - i);
+        K(vst_part)(d + i, K(vld_part)(d + i, m, 0) * K(vact_grad)(act, K(vld_part)(pre + i, m, 0)), m);
+    }
+}
+
 static inline __attribute__((always_inline)) KT float K(row_max)(const float *x, int n) {
     K(vf) acc = K(vsplat)(-INFINITY);
     int i = 0;

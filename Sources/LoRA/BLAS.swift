@@ -6,7 +6,7 @@ public enum BLAS {
     /// Loads OpenBLAS and LAPACKE once; throws when they are missing or wrong.
     public static func load() throws {
         if lb_load() != 0 {
-            throw LoraError.backend(String(cString: lb_load_error()))
+            throw LoRAError.backend(String(cString: lb_load_error()))
         }
     }
 

@@ -1,5 +1,5 @@
 /// Every error the Swift core throws. The C ABI maps each case to a status code.
-public enum LoraError: Error, CustomStringConvertible, Equatable {
+public enum LoRAError: Error, CustomStringConvertible, Equatable {
     /// A file is malformed or does not fit (message names the file and the problem).
     case invalidFile(path: String, reason: String)
     /// A file or directory could not be read or written.

@@ -3,7 +3,7 @@ import Foundation
 import LoRA
 
 var defaultAdapterParams: lora_adapter_params {
-    let d = LoraConfig()
+    let d = LoRAConfig()
     return lora_adapter_params(struct_size: UInt32(MemoryLayout<lora_adapter_params>.size), r: Int32(d.r),
                                lora_alpha: Float(d.loraAlpha), lora_dropout: Float(d.loraDropout),
                                target_modules: nil, target_modules_regex: 0, use_rslora: 0,
@@ -24,7 +24,7 @@ public func lora_adapter_create(_ outp: UnsafeMutablePointer<OpaquePointer?>?, _
         let o = try out(outp, "out")
         let mb = try box(model, ModelBox.self, "model")
         let p = try readParams(params, defaults: defaultAdapterParams, name: "lora_adapter_params")
-        var c = LoraConfig()
+        var c = LoRAConfig()
         c.r = Int(p.r)
         c.loraAlpha = Double(try finite(p.lora_alpha, "lora_alpha"))
         c.loraDropout = Double(try finite(p.lora_dropout, "lora_dropout"))
@@ -32,7 +32,7 @@ public func lora_adapter_create(_ outp: UnsafeMutablePointer<OpaquePointer?>?, _
             let s = try string(t, "target_modules")
             c.targetModules = p.target_modules_regex != 0
                 ? .regex(s)
-                : .names(s.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty })
+                : .names(list: s)
         }
         c.useRSLoRA = p.use_rslora != 0
         switch p.`init` {
@@ -52,10 +52,7 @@ public func lora_adapter_create(_ outp: UnsafeMutablePointer<OpaquePointer?>?, _
         }
         c.baseModelNameOrPath = mb.model.directory
         let adapter = try Adapter(config: c, modelConfig: mb.model.config)
-        switch c.initLoraWeights {
-        case .pissa, .olora: try adapter.initialize(from: mb.model, seed: p.seed)
-        default: try adapter.initialize(seed: p.seed)
-        }
+        try adapter.initialize(from: mb.model, seed: p.seed)
         o.pointee = retain(AdapterBox(adapter, model: mb))
     }
 }

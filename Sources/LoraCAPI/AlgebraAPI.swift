@@ -15,7 +15,7 @@ public func lora_adapter_compress(_ outp: UnsafeMutablePointer<OpaquePointer?>?,
     return guarded {
         let o = try out(outp, "out")
         let ab = try box(adapter, AdapterBox.self, "adapter")
-        guard let mb = ab.model else { throw LoraError.wrongState("the adapter's model was freed") }
+        guard let mb = ab.model else { throw LoRAError.wrongState("the adapter's model was freed") }
         let (a, reports) = try ab.adapter.compressed(to: try rankTarget(rank, energy))
         maxError?.pointee = Float(reports.map(\.relativeError).max() ?? 0)
         o.pointee = retain(AdapterBox(a, model: mb))
@@ -57,11 +57,9 @@ public func lora_adapter_extract(_ outp: UnsafeMutablePointer<OpaquePointer?>?, 
     return guarded {
         let o = try out(outp, "out")
         let bb = try box(base, ModelBox.self, "base"), tb = try box(tuned, ModelBox.self, "tuned")
-        var names = ["c_attn"]
-        if let targets {
-            names = try string(targets, "target_modules").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-        }
-        let (a, reports) = try Adapter.extract(base: bb.model, tuned: tb.model, targetModules: .names(names), rank: try rankTarget(rank, energy))
+        var names = LoRAConfig.Targets.names(["c_attn"])
+        if let targets { names = .names(list: try string(targets, "target_modules")) }
+        let (a, reports) = try Adapter.extract(base: bb.model, tuned: tb.model, targetModules: names, rank: try rankTarget(rank, energy))
         maxError?.pointee = Float(reports.map(\.relativeError).max() ?? 0)
         o.pointee = retain(AdapterBox(a, model: bb))
     }
@@ -73,7 +71,7 @@ public func lora_adapter_convert_for_original_base(_ outp: UnsafeMutablePointer<
     return guarded {
         let o = try out(outp, "out")
         let ab = try box(adapter, AdapterBox.self, "adapter")
-        guard let mb = ab.model else { throw LoraError.wrongState("the adapter's model was freed") }
+        guard let mb = ab.model else { throw LoRAError.wrongState("the adapter's model was freed") }
         guard ab.adapter.initialParams != nil else {
             throw invalid("the adapter was not initialised with PiSSA or OLoRA in this process")
         }

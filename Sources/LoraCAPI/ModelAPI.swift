@@ -61,7 +61,7 @@ public func lora_model_get_info(_ model: OpaquePointer?, _ info: UnsafeMutablePo
 // MARK: tokens
 
 func tokenizer(_ m: Model) throws -> Tokenizer {
-    guard let t = m.tokenizer else { throw LoraError.wrongState("the model has no tokenizer (vocab.json + merges.txt or tokenizer.json)") }
+    guard let t = m.tokenizer else { throw LoRAError.wrongState("the model has no tokenizer (vocab.json + merges.txt or tokenizer.json)") }
     return t
 }
 
@@ -186,7 +186,7 @@ func samplingParams(_ p: UnsafePointer<lora_sampling_params>?) throws -> Samplin
 }
 
 /// Wraps a C token callback for the core; a non-zero return stops generation.
-func tokenCallback(_ cb: lora_token_callback?, _ user: UnsafeMutableRawPointer?, stopped: UnsafeMutablePointer<Bool>) -> ((TokenID, String) -> Bool)? {
+func tokenCallback(_ cb: lora_token_callback?, _ user: UnsafeMutableRawPointer?, stopped: UnsafeMutablePointer<Bool>) -> ((TokenID, String) -> CallbackAction)? {
     guard let cb else { return nil }
     return { id, piece in
         var bytes = Array(piece.utf8)
@@ -195,7 +195,7 @@ func tokenCallback(_ cb: lora_token_callback?, _ user: UnsafeMutableRawPointer?,
             b.baseAddress!.withMemoryRebound(to: CChar.self, capacity: b.count) { cb(id, $0, b.count - 1, user) }
         }
         if r != 0 { stopped.pointee = true }
-        return r == 0
+        return r == 0 ? .continue : .stop
     }
 }
 
@@ -216,7 +216,7 @@ public func lora_generate(_ model: OpaquePointer?, _ prompt: UnsafePointer<CChar
         if stopped {
             // A stop from the callback wins over a short buffer; the text is written when it fits.
             if outText != nil, cap > r.text.utf8.count { try writeText(r.text, outText, cap, needed) }
-            throw LoraError.aborted
+            throw LoRAError.aborted
         }
         if outText != nil || cap > 0 { try writeText(r.text, outText, cap, needed) }
     }
@@ -235,12 +235,12 @@ public func lora_generate_tokens(_ model: OpaquePointer?, _ prompt: UnsafePointe
         var stopped = false
         let r = try m.generate(prompt: ids, params: s, onToken: tokenCallback(callback, user, stopped: &stopped))
         nOut?.pointee = r.tokens.count
-        if stopped && r.tokens.count > cap { throw LoraError.aborted }
+        if stopped && r.tokens.count > cap { throw LoRAError.aborted }
         if r.tokens.count > cap { throw CError.bufferTooSmall("\(r.tokens.count) tokens do not fit a buffer of \(cap)") }
         if !r.tokens.isEmpty {
             guard let outTokens else { throw invalid("out_tokens is NULL") }
             for (k, t) in r.tokens.enumerated() { outTokens[k] = t }
         }
-        if stopped { throw LoraError.aborted }
+        if stopped { throw LoRAError.aborted }
     }
 }

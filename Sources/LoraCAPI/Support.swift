@@ -12,7 +12,7 @@ enum CError: Error {
 
 func statusOf(_ error: Error) -> lora_status {
     switch error {
-    case let e as LoraError:
+    case let e as LoRAError:
         switch e {
         case .invalidArgument: return LORA_INVALID_ARGUMENT
         case .invalidFile: return LORA_INVALID_FILE
@@ -46,7 +46,7 @@ func guarded(_ body: () throws -> Void) -> lora_status {
     }
 }
 
-func invalid(_ m: String) -> LoraError { .invalidArgument(m) }
+func invalid(_ m: String) -> LoRAError { .invalidArgument(m) }
 
 /// Reads a params struct: NULL → defaults; struct_size bytes from the caller
 /// over the defaults; a struct_size larger than this library's struct is an error.

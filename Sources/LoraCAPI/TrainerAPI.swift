@@ -3,7 +3,7 @@ import Foundation
 import LoRA
 
 var defaultTrainerParams: lora_trainer_params {
-    let d = TrainingConfig()
+    let d = TrainerParams()
     return lora_trainer_params(struct_size: UInt32(MemoryLayout<lora_trainer_params>.size),
                                learning_rate: Float(d.learningRate), weight_decay: Float(d.weightDecay),
                                adam_beta1: Float(d.adamBeta1), adam_beta2: Float(d.adamBeta2), adam_epsilon: Float(d.adamEpsilon),
@@ -38,7 +38,7 @@ public func lora_trainer_create(_ outp: UnsafeMutablePointer<OpaquePointer?>?, _
         let ab = try adapter.map { try box($0, AdapterBox.self, "adapter") }
         if let ab { guard ab.model === mb else { throw invalid("the adapter belongs to another model handle") } }
         let p = try readParams(params, defaults: defaultTrainerParams, name: "lora_trainer_params")
-        var c = TrainingConfig()
+        var c = TrainerParams()
         c.learningRate = Double(try finite(p.learning_rate, "learning_rate"))
         c.weightDecay = Double(try finite(p.weight_decay, "weight_decay"))
         c.adamBeta1 = Double(try finite(p.adam_beta1, "adam_beta1"))
@@ -79,7 +79,7 @@ public func lora_trainer_get_step(_ trainer: OpaquePointer?) -> Int32 {
 
 func loadData(_ tb: TrainerBox, _ paths: [String], skipBad: Bool) throws -> Dataset {
     guard let tok = tb.model.model.tokenizer else {
-        throw LoraError.wrongState("the model has no tokenizer; use lora_trainer_step with token ids")
+        throw LoRAError.wrongState("the model has no tokenizer; use lora_trainer_step with token ids")
     }
     var o = DatasetOptions(blockSize: tb.trainer.config.blockSize)
     o.badRecords = skipBad ? .skip : .reject
@@ -105,18 +105,18 @@ public func lora_trainer_train(_ trainer: OpaquePointer?, _ paths: UnsafePointer
             data = s.train
             validation = s.validation
         }
-        var opts = TrainingRunOptions()
+        var opts = TrainParams()
         guard p.eval_steps >= 0, p.save_steps >= 0 else { throw invalid("eval_steps and save_steps must be >= 0") }
         opts.evalSteps = Int(p.eval_steps)
         opts.saveSteps = Int(p.save_steps)
         if let d = p.checkpoint_dir { opts.checkpointDirectory = try string(d, "checkpoint_dir") }
         try tb.trainer.train(data, validation: validation, options: opts) { r in
-            guard let callback else { return true }
+            guard let callback else { return .continue }
             var c = lora_train_progress(step: Int32(r.step), max_steps: Int32(r.maxSteps), loss: Float(r.loss),
                                         learning_rate: Float(r.learningRate), grad_norm: Float(r.gradNorm),
                                         tokens_per_second: Float(r.tokensPerSecond),
                                         validation_loss: r.validationLoss.map(Float.init) ?? .nan)
-            return callback(&c, user) == 0
+            return callback(&c, user) == 0 ? .continue : .stop
         }
     }
 }
@@ -179,7 +179,7 @@ public func lora_trainer_set_gradient_reducer(_ trainer: OpaquePointer?, _ rank:
         let r = try FunctionGradientReducer(rank: Int(rank), worldSize: Int(worldSize)) { buffer in
             guard let base = buffer.baseAddress else { return }
             let status = reduce(base, buffer.count, user)
-            guard status == 0 else { throw LoraError.aborted }
+            guard status == 0 else { throw LoRAError.aborted }
         }
         tb.trainer.gradientReducer = r
     }

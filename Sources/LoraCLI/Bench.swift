@@ -10,7 +10,7 @@ struct Bench: ParsableCommand {
         abstract: "Benchmark inference, LoRA training, the adapter algebra or PiSSA/OLoRA initialisation on a GPT-2 124M-shaped model (random weights).",
         discussion: "Run one measurement per process so that peak RSS is its own. --threads sets the compute threads (OPENBLAS_NUM_THREADS is ignored).")
 
-    @Argument(help: "inference, train, svd or init") var kind = "inference"
+    @Argument(help: "inference, train, bound, svd or init") var kind = "inference"
     @Option(help: "Compute threads.") var threads = 2
     @Option(help: "Prompt tokens (inference).") var prompt = 512
     @Option(help: "Decoded tokens (inference).") var decode = 128
@@ -23,18 +23,19 @@ struct Bench: ParsableCommand {
     @Flag(help: "Gradient checkpointing (train).") var gradientCheckpointing = false
 
     func run() throws {
-        try Lora.run {
+        try LoRACommand.run {
             guard threads >= 1, prompt >= 1, prompt <= 1024, decode >= 1, batch >= 1, block >= 2, block <= 1024, r >= 1, steps >= 1, repeats >= 1 else {
-                throw LoraError.invalidArgument("bench options out of range")
+                throw LoRAError.invalidArgument("bench options out of range")
             }
             try BLAS.load()
             BLAS.threads = threads
             switch kind {
             case "inference": try inference()
             case "train": try train()
+            case "bound": try bound()
             case "svd": try svd()
             case "init": try initialization()
-            default: throw LoraError.invalidArgument("bench kind must be inference, train, svd or init")
+            default: throw LoRAError.invalidArgument("bench kind must be inference, train, bound, svd or init")
             }
         }
     }
@@ -74,19 +75,22 @@ struct Bench: ParsableCommand {
             }
             dec.append(Double(min(decode, 1024 - 16)) / (now() - t0))
         }
-        say(String(format: "{\"engine\":\"liblora\",\"bench\":\"prefill\",\"core\":\"%@\",\"threads\":%d,\"tokens\":%d,\"tokens_per_s\":%.1f}",
-                     BLAS.coreName, threads, prompt, median(prefill)))
-        say(String(format: "{\"engine\":\"liblora\",\"bench\":\"decode\",\"core\":\"%@\",\"threads\":%d,\"tokens\":%d,\"tokens_per_s\":%.1f}",
-                     BLAS.coreName, threads, decode, median(dec)))
+        // The machine's bounds, measured after the runs (same process, same kernels).
+        let pb = try MachineBound.prefill(model.config, M: prompt, threads: threads).tokensPerS
+        let db = try MachineBound.decode(model)
+        say(String(format: "{\"engine\":\"liblora\",\"bench\":\"prefill\",\"core\":\"%@\",\"threads\":%d,\"tokens\":%d,\"tokens_per_s\":%.1f,\"bound_tokens_per_s\":%.1f,\"fraction_of_bound\":%.3f}",
+                     BLAS.coreName, threads, prompt, median(prefill), pb, median(prefill) / pb))
+        say(String(format: "{\"engine\":\"liblora\",\"bench\":\"decode\",\"core\":\"%@\",\"threads\":%d,\"tokens\":%d,\"tokens_per_s\":%.1f,\"bound_tokens_per_s\":%.1f,\"weights_gb_per_s\":%.1f,\"fraction_of_bound\":%.3f}",
+                     BLAS.coreName, threads, decode, median(dec), db.tokensPerS, db.gbPerS, median(dec) / db.tokensPerS))
     }
 
     func train() throws {
         let model = try Model.random(config: GPT2Config(), seed: 1)
-        var lc = LoraConfig()
+        var lc = LoRAConfig()
         lc.r = r; lc.loraAlpha = 16; lc.targetModules = .names(["c_attn", "attn.c_proj", "mlp.c_fc"])
         let adapter = try Adapter(config: lc, modelConfig: model.config)
-        try adapter.initialize(seed: 1)
-        var tc = TrainingConfig()
+        try adapter.initialize(from: model, seed: 1)
+        var tc = TrainerParams()
         tc.batchSize = batch; tc.blockSize = block; tc.learningRate = 1e-4; tc.maxSteps = steps + 1
         tc.gradientCheckpointing = gradientCheckpointing
         let trainer = try Trainer(model: model, adapter: adapter, config: tc)
@@ -100,8 +104,33 @@ struct Bench: ParsableCommand {
             _ = try trainer.step(ids: ids)
             rates.append(Double(batch * block) / (now() - t0))
         }
-        say(String(format: "{\"engine\":\"liblora\",\"bench\":\"lora_train\",\"core\":\"%@\",\"threads\":%d,\"batch\":%d,\"block\":%d,\"r\":%d,\"trainable\":%d,\"tokens_per_s\":%.1f,\"peak_rss_gib\":%.3f}",
-                     BLAS.coreName, threads, batch, block, r, adapter.parameterCount, median(rates), peakRSSGiB()))
+        let rss = peakRSSGiB()
+        let tb = try MachineBound.training(model.config, batch: batch, block: block, threads: threads)
+        let sorted = rates.sorted()
+        say(String(format: "{\"engine\":\"liblora\",\"bench\":\"lora_train\",\"core\":\"%@\",\"threads\":%d,\"batch\":%d,\"block\":%d,\"r\":%d,\"trainable\":%d,\"tokens_per_s\":%.1f,\"min_tokens_per_s\":%.1f,\"max_tokens_per_s\":%.1f,\"peak_rss_gib\":%.3f,\"bound_tokens_per_s\":%.1f,\"fraction_of_bound\":%.3f}",
+                     BLAS.coreName, threads, batch, block, r, adapter.parameterCount, median(rates), sorted.first ?? 0, sorted.last ?? 0, rss, tb, median(rates) / tb))
+    }
+
+    /// The machine's own limits on GPT-2 124M's products: GFLOP/s per shape
+    /// on 1 and `threads` workers (M = prompt), the bounds they imply, and the
+    /// weight sweep that bounds decode.
+    func bound() throws {
+        let config = GPT2Config()
+        for t in Set([1, threads]).sorted() {
+            let p = try MachineBound.prefill(config, M: prompt, threads: t)
+            let shapes = MachineBound.shapes(config).map { String(format: "\"%@\":%.1f", $0.name, p.shapes[$0.name] ?? 0) }.joined(separator: ",")
+            let train = try MachineBound.training(config, batch: batch, block: block, threads: t)
+            say(String(format: "{\"engine\":\"liblora\",\"bench\":\"bound\",\"core\":\"%@\",\"threads\":%d,\"M\":%d,\"sgemm_gflop_per_s\":{%@},\"prefill_bound_tokens_per_s\":%.1f,\"train_M\":%d,\"lora_train_bound_tokens_per_s\":%.1f}",
+                         BLAS.coreName, t, prompt, shapes, p.tokensPerS, batch * block, train))
+        }
+        let model = try Model.random(config: config, seed: 1)
+        for t in Set([1, threads]).sorted() {
+            BLAS.threads = t
+            let d = try MachineBound.decode(model)
+            say(String(format: "{\"engine\":\"liblora\",\"bench\":\"bound\",\"core\":\"%@\",\"threads\":%d,\"weights_gb_per_s\":%.1f,\"decode_bound_tokens_per_s\":%.1f}",
+                         BLAS.coreName, t, d.gbPerS, d.tokensPerS))
+        }
+        BLAS.threads = threads
     }
 
     /// The adapter algebra on GPT-2 124M shapes: compress r=64 (all four module
@@ -110,7 +139,7 @@ struct Bench: ParsableCommand {
     func svd() throws {
         let config = GPT2Config()
         func randomAdapter(seed: UInt64) throws -> Adapter {
-            var lc = LoraConfig(); lc.r = 64; lc.loraAlpha = 128
+            var lc = LoRAConfig(); lc.r = 64; lc.loraAlpha = 128
             lc.targetModules = .names(["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"])
             lc.initLoraWeights = .random
             let a = try Adapter(config: lc, modelConfig: config)
@@ -137,10 +166,10 @@ struct Bench: ParsableCommand {
 
     /// Adapter initialisation from the base weights (c_attn of all layers): seconds, median of `repeats`.
     func initialization() throws {
-        var lc = LoraConfig()
+        var lc = LoRAConfig()
         lc.r = r; lc.loraAlpha = Double(2 * r); lc.targetModules = .names(["c_attn"])
-        guard let i = LoraConfig.Initialization(peftName: initLoraWeights), i != .gaussian else {
-            throw LoraError.invalidArgument("--init-lora-weights must be pissa, pissa_niter_N or olora")
+        guard let i = LoRAConfig.Initialization(peftName: initLoraWeights), i != .gaussian else {
+            throw LoRAError.invalidArgument("--init-lora-weights must be pissa, pissa_niter_N or olora")
         }
         lc.initLoraWeights = i
         var times: [Double] = []

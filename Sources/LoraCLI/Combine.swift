@@ -15,8 +15,8 @@ struct Combine: ParsableCommand {
     @Option(help: "Output directory.") var outputDir: String
 
     func run() throws {
-        try Lora.run {
-            guard !adapters.isEmpty else { throw LoraError.invalidArgument("give at least one adapter") }
+        try LoRACommand.run {
+            guard !adapters.isEmpty else { throw LoRAError.invalidArgument("give at least one adapter") }
             let config = try GPT2Config.load(path: (model ?? Defaults.modelDirectory) + "/config.json")
             let inputs = try adapters.map { spec -> (adapter: Adapter, weight: Double) in
                 let (dir, w) = try AdapterSpec.parse(spec)
@@ -27,7 +27,7 @@ struct Combine: ParsableCommand {
             case "cat": method = .cat
             case "linear": method = .linear
             case "svd": method = .svd(rank: svdRank, clamp: svdClamp)
-            default: throw LoraError.invalidArgument("--combination-type must be cat, linear or svd")
+            default: throw LoRAError.invalidArgument("--combination-type must be cat, linear or svd")
             }
             let t0 = Date()
             let out = try Adapter.combine(inputs, method: method)
@@ -49,11 +49,11 @@ struct Extract: ParsableCommand {
     @Option(help: "Output directory.") var outputDir: String
 
     func run() throws {
-        try Lora.run {
+        try LoRACommand.run {
             let target = try ranks.target()
             let b = try Model.load(directory: base), t = try Model.load(directory: tuned)
             let t0 = Date()
-            let (a, reports) = try Adapter.extract(base: b, tuned: t, targetModules: .names(targetModules.split(separator: ",").map(String.init)),
+            let (a, reports) = try Adapter.extract(base: b, tuned: t, targetModules: .names(list: targetModules),
                                                    rank: target)
             let seconds = Date().timeIntervalSince(t0)
             try a.save(directory: outputDir)

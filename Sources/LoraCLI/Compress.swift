@@ -13,7 +13,7 @@ struct Compress: ParsableCommand {
     @Option(help: "Output directory for the compressed adapter.") var outputDir: String
 
     func run() throws {
-        try Lora.run {
+        try LoRACommand.run {
             let target = try ranks.target()
             let config = try GPT2Config.load(path: (model ?? Defaults.modelDirectory) + "/config.json")
             let a = try Adapter.load(directory: adapter, modelConfig: config)
@@ -40,7 +40,7 @@ struct RankOptions: ParsableArguments {
         switch (rank, energy) {
         case (let k?, nil): return .fixed(k)
         case (nil, let e?): return .energy(e)
-        default: throw LoraError.invalidArgument("give exactly one of --rank and --energy")
+        default: throw LoRAError.invalidArgument("give exactly one of --rank and --energy")
         }
     }
 }

@@ -24,31 +24,31 @@ struct Demo: ParsableCommand {
     @Option(help: "Compute threads (0: OPENBLAS_NUM_THREADS or the CPU count).") var threads = 0
 
     func run() throws {
-        try Lora.run { try demo() }
+        try LoRACommand.run { try demo() }
     }
 
     func demo() throws {
         let started = Date()
         let modelDir = model ?? Defaults.modelDirectory
         guard FileManager.default.fileExists(atPath: data) else {
-            throw LoraError.io(path: data, reason: "not found: install Debian's fortunes package (scripts/bootstrap.sh does)")
+            throw LoRAError.io(path: data, reason: "not found: install Debian's fortunes package (scripts/bootstrap.sh does)")
         }
         let m = try Model.load(directory: modelDir)
         if threads > 0 { BLAS.threads = threads }
-        guard let tok = m.tokenizer else { throw LoraError.invalidArgument("\(modelDir) has no tokenizer") }
+        guard let tok = m.tokenizer else { throw LoRAError.invalidArgument("\(modelDir) has no tokenizer") }
         let block = min(blockSize, m.config.nPositions)
         let all = try Dataset.load(paths: [data], tokenizer: tok, options: DatasetOptions(blockSize: block))
         let (train, heldOut) = try all.split(validationFraction: 0.1, seed: seed)
         say("liblora demo — \(URL(fileURLWithPath: modelDir).lastPathComponent): \(m.config.nLayer) layers, n_embd \(m.config.nEmbd), \(m.parameterCount) parameters; OpenBLAS \(BLAS.coreName)")
         say("data: \(data): \(train.examples.count) training blocks, \(heldOut.examples.count) held-out blocks of \(block) tokens")
 
-        var lc = LoraConfig()
+        var lc = LoRAConfig()
         lc.r = r; lc.loraAlpha = Double(2 * r); lc.loraDropout = 0.1
         lc.targetModules = .names(["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"])
         lc.baseModelNameOrPath = modelDir
         let adapter = try Adapter(config: lc, modelConfig: m.config, name: "startrek")
-        try adapter.initialize(seed: seed)
-        var tc = TrainingConfig()
+        try adapter.initialize(from: m, seed: seed)
+        var tc = TrainerParams()
         tc.learningRate = 1.5e-3; tc.lrScheduler = .cosine; tc.warmupSteps = min(20, maxSteps / 10); tc.maxSteps = maxSteps
         tc.batchSize = batchSize; tc.blockSize = block; tc.seed = seed; tc.weightDecay = 0.01
         try m.attach(adapter)
@@ -67,8 +67,8 @@ struct Demo: ParsableCommand {
         say("training LoRA r=\(r) on attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj (\(adapter.parameterCount) parameters) for \(maxSteps) steps of \(batchSize)×\(block) tokens")
         try FileManager.default.createDirectory(atPath: outputDir, withIntermediateDirectories: true)
         let printer = try ProgressPrinter(logPath: outputDir + "/metrics.jsonl")
-        var opts = TrainingRunOptions(); opts.evalSteps = max(1, maxSteps / 5)
-        try trainer.train(train, validation: heldOut, options: opts) { printer.report($0); return true }
+        var opts = TrainParams(); opts.evalSteps = max(1, maxSteps / 5)
+        try trainer.train(train, validation: heldOut, options: opts) { printer.report($0); return .continue }
         let after = try trainer.evaluate(heldOut)
         say(String(format: "held-out loss after:  %.4f (perplexity %.2f)", after.loss, after.perplexity))
 
@@ -102,8 +102,8 @@ struct Demo: ParsableCommand {
         say("merged model (HF layout):  \(mergedDir)  (max |logit difference| vs base + adapter: \(String(format: "%.2e", diff)))")
         say("metrics:                   \(outputDir)/metrics.jsonl")
         say(String(format: "done in %.0f s", Date().timeIntervalSince(started)))
-        guard after.loss < before.loss else { throw LoraError.numerical("held-out loss did not fall (\(before.loss) → \(after.loss))") }
-        guard diff < 1e-3 else { throw LoraError.numerical("the merged model's logits differ from base + adapter by \(diff)") }
+        guard after.loss < before.loss else { throw LoRAError.numerical("held-out loss did not fall (\(before.loss) → \(after.loss))") }
+        guard diff < 1e-3 else { throw LoRAError.numerical("the merged model's logits differ from base + adapter by \(diff)") }
     }
 
     func indent(_ s: String) -> String { s.split(separator: "\n", omittingEmptySubsequences: false).map { "    " + $0 }.joined(separator: "\n") }

@@ -28,15 +28,15 @@ struct Generate: ParsableCommand {
     @Argument(help: "The prompt (default: read standard input).") var prompt: String?
 
     func run() throws {
-        try Lora.run {
+        try LoRACommand.run {
             let m = try model.load()
             let text: String
             if let prompt { text = prompt } else {
                 text = String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
             }
-            guard !text.isEmpty else { throw LoraError.invalidArgument("empty prompt") }
+            guard !text.isEmpty else { throw LoRAError.invalidArgument("empty prompt") }
             flushStdout(text)
-            _ = try m.generate(text, params: sampling.params) { _, piece in flushStdout(piece); return true }
+            _ = try m.generate(text, params: sampling.params) { _, piece in flushStdout(piece); return .continue }
             flushStdout("\n")
         }
     }
@@ -49,11 +49,11 @@ struct Tokenize: ParsableCommand {
     @Argument(help: "Text (or ids with --decode).") var input: [String] = []
 
     func run() throws {
-        try Lora.run {
+        try LoRACommand.run {
             let tok = try Tokenizer.load(directory: model ?? Defaults.modelDirectory)
             if decode {
                 let ids = try input.flatMap { $0.split(whereSeparator: { $0 == "," || $0 == " " }) }.map { s -> TokenID in
-                    guard let v = TokenID(s) else { throw LoraError.invalidArgument("not a token id: \(s)") }
+                    guard let v = TokenID(s) else { throw LoRAError.invalidArgument("not a token id: \(s)") }
                     return v
                 }
                 say(try tok.decode(ids))

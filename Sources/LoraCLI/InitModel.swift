@@ -15,7 +15,7 @@ struct InitModel: ParsableCommand {
     @Option var seed: UInt64 = 1
 
     func run() throws {
-        try Lora.run {
+        try LoRACommand.run {
             var c = GPT2Config()
             c.nLayer = nLayer; c.nEmbd = nEmbd; c.nHead = nHead; c.nPositions = nPositions
             c.vocabSize = 257; c.bosTokenID = 256; c.eosTokenID = 256

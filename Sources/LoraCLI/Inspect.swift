@@ -8,14 +8,14 @@ struct Inspect: ParsableCommand {
     @Flag(help: "List every tensor (default: at most 40).") var all = false
 
     func run() throws {
-        try Lora.run {
+        try LoRACommand.run {
             var isDir: ObjCBool = false
             guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
-                throw LoraError.io(path: path, reason: "no such file or directory")
+                throw LoRAError.io(path: path, reason: "no such file or directory")
             }
             if !isDir.boolValue { try tensors(path); return }
             if FileManager.default.fileExists(atPath: path + "/" + Adapter.configFile) {
-                let c = try LoraConfig.load(path: path + "/" + Adapter.configFile)
+                let c = try LoRAConfig.load(path: path + "/" + Adapter.configFile)
                 say("PEFT LoRA adapter: \(path)")
                 say("  r \(c.r), lora_alpha \(c.loraAlpha), dropout \(c.loraDropout), rslora \(c.useRSLoRA)")
                 say("  target_modules \(describe(c.targetModules)), layers_to_transform \(c.layersToTransform.map { "\($0)" } ?? "all")")
@@ -31,12 +31,12 @@ struct Inspect: ParsableCommand {
                 if let t = try? Tokenizer.load(directory: path) { say("  tokenizer: \(t.vocabSize) tokens") }
                 try tensors(path + "/model.safetensors")
             } else {
-                throw LoraError.invalidArgument("\(path) holds neither adapter_config.json nor config.json")
+                throw LoRAError.invalidArgument("\(path) holds neither adapter_config.json nor config.json")
             }
         }
     }
 
-    func describe(_ t: LoraConfig.Targets?) -> String {
+    func describe(_ t: LoRAConfig.Targets?) -> String {
         switch t {
         case nil: return "default (c_attn)"
         case .names(let n)?: return n.joined(separator: ", ")

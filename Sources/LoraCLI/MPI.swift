@@ -30,7 +30,7 @@ final class MPIReducer: GradientReducer, @unchecked Sendable {
     init() throws {
         var provided: Int32 = 0
         let rc = MPI_Init_thread(nil, nil, cmpi_thread_funneled(), &provided)
-        guard rc == cmpi_success() else { throw LoraError.backend("MPI_Init_thread failed (\(MPIReducer.describe(rc)))") }
+        guard rc == cmpi_success() else { throw LoRAError.backend("MPI_Init_thread failed (\(MPIReducer.describe(rc)))") }
         _ = cmpi_errors_return()
         var r: Int32 = 0, s: Int32 = 0
         MPI_Comm_rank(cmpi_comm_world(), &r)
@@ -50,7 +50,7 @@ final class MPIReducer: GradientReducer, @unchecked Sendable {
     func sumOverRanks(_ buffer: UnsafeMutableBufferPointer<Float>) throws {
         guard let base = buffer.baseAddress, buffer.count > 0 else { return }
         guard let n = Int32(exactly: buffer.count) else {
-            throw LoraError.invalidArgument("a reduction of \(buffer.count) floats exceeds MPI's int count")
+            throw LoRAError.invalidArgument("a reduction of \(buffer.count) floats exceeds MPI's int count")
         }
         let t0 = DispatchTime.now().uptimeNanoseconds
         let rc = cmpi_allreduce_sum_float(base, n)
@@ -60,7 +60,7 @@ final class MPIReducer: GradientReducer, @unchecked Sendable {
         calls += 1
         timings.append((buffer.count, dt))
         guard rc == cmpi_success() else {
-            throw LoraError.backend("MPI_Allreduce failed on rank \(rank) (\(MPIReducer.describe(rc))): another rank has probably stopped")
+            throw LoRAError.backend("MPI_Allreduce failed on rank \(rank) (\(MPIReducer.describe(rc))): another rank has probably stopped")
         }
     }
 
@@ -87,7 +87,7 @@ enum DistributedRun {
         case .none: return nil
         case .mpi:
             guard underMPIRun else {
-                throw LoraError.invalidArgument("--distributed mpi: this process was not started by mpirun (OMPI_COMM_WORLD_SIZE is not set); run `mpirun -np N lora train ...`")
+                throw LoRAError.invalidArgument("--distributed mpi: this process was not started by mpirun (OMPI_COMM_WORLD_SIZE is not set); run `mpirun -np N lora train ...`")
             }
         }
         let r = try MPIReducer()
@@ -117,13 +117,13 @@ enum DistributedRun {
     }
 
     /// Optimizer steps for --num-train-epochs: one step consumes per-rank batch × ranks × accumulation examples.
-    static func maxSteps(_ tc: TrainingConfig, optim: OptimOptions, examples: Int) -> Int {
+    static func maxSteps(_ tc: TrainerParams, optim: OptimOptions, examples: Int) -> Int {
         guard let r = current, optim.maxSteps == nil else { return tc.maxSteps }
         let perStep = max(1, optim.batchSize * optim.gradientAccumulationSteps * r.worldSize)
         return max(1, Int((Double(examples) * optim.numTrainEpochs / Double(perStep)).rounded(.up)))
     }
 
-    static func announce(_ tc: TrainingConfig) {
+    static func announce(_ tc: TrainerParams) {
         guard let r = current else { return }
         say("data-parallel over MPI: \(r.worldSize) ranks × batch \(tc.batchSize) × accumulation \(tc.gradientAccumulationSteps) = global batch \(r.worldSize * tc.batchSize * tc.gradientAccumulationSteps)")
     }

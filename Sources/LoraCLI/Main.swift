@@ -3,7 +3,7 @@ import Foundation
 import LoRA
 
 @main
-struct Lora: ParsableCommand {
+struct LoRACommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lora",
         abstract: "Fine-tune GPT-2 with LoRA and run it, on the CPU.",
@@ -19,7 +19,7 @@ struct Lora: ParsableCommand {
     static func run(_ body: () throws -> Void) throws {
         // Past a file-size limit, writes then fail with EFBIG (a clear error) instead of killing the process.
         signal(SIGXFSZ, SIG_IGN)
-        do { try body() } catch let e as LoraError {
+        do { try body() } catch let e as LoRAError {
             FileHandle.standardError.write(Data("lora: error: \(e)\n".utf8))
             throw ExitCode(1)
         }
@@ -49,7 +49,7 @@ struct ModelOptions: ParsableArguments {
     var threads: Int = 0
 
     func load() throws -> Model {
-        if threads < 0 { throw LoraError.invalidArgument("--threads must be >= 0") }
+        if threads < 0 { throw LoRAError.invalidArgument("--threads must be >= 0") }
         let model = try Model.load(directory: model ?? Defaults.modelDirectory)
         if threads > 0 { BLAS.threads = threads }
         for spec in adapters {
@@ -64,7 +64,7 @@ enum AdapterSpec {
     /// DIR or DIR:SCALE (the part after the last ':' must parse as a number).
     static func parse(_ s: String) throws -> (String, Float) {
         if let i = s.lastIndex(of: ":"), let scale = Float(s[s.index(after: i)...]) {
-            guard scale.isFinite else { throw LoraError.invalidArgument("adapter scale in \(s) must be finite") }
+            guard scale.isFinite else { throw LoRAError.invalidArgument("adapter scale in \(s) must be finite") }
             return (String(s[..<i]), scale)
         }
         return (s, 1)

@@ -13,12 +13,12 @@ final class ProgressPrinter {
     init(logPath: String?) throws {
         if let logPath {
             FileManager.default.createFile(atPath: logPath, contents: nil)
-            guard let h = FileHandle(forWritingAtPath: logPath) else { throw LoraError.io(path: logPath, reason: "cannot write") }
+            guard let h = FileHandle(forWritingAtPath: logPath) else { throw LoRAError.io(path: logPath, reason: "cannot write") }
             log = h
         } else { log = nil }
     }
 
-    func report(_ r: TrainingReport) {
+    func report(_ r: TrainProgress) {
         trainLoss.append((r.step, r.loss))
         if let v = r.validationLoss { validationLoss.append((r.step, v)) }
         let elapsed = Date().timeIntervalSince(start)

@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 import LoRA
 
-struct LoraOptions: ParsableArguments {
+struct LoRAOptions: ParsableArguments {
     @Option(help: "LoRA rank.") var r = 8
     @Option(help: "LoRA alpha (scaling alpha/r).") var loraAlpha: Double = 16
     @Option(help: "Dropout on the LoRA input.") var loraDropout: Double = 0.05
@@ -13,13 +13,13 @@ struct LoraOptions: ParsableArguments {
     @Option(help: "Initialisation: default, gaussian, pissa, pissa_niter_N, olora (PiSSA/OLoRA change the base weights in memory; the adapter is saved converted for the original base).")
     var initLoraWeights = "default"
 
-    func config(baseModel: String) throws -> LoraConfig {
-        var c = LoraConfig()
+    func config(baseModel: String) throws -> LoRAConfig {
+        var c = LoRAConfig()
         c.r = r; c.loraAlpha = loraAlpha; c.loraDropout = loraDropout
-        c.targetModules = .names(targetModules.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty })
+        c.targetModules = .names(list: targetModules)
         if let l = layersToTransform {
             c.layersToTransform = try l.split(separator: ",").map {
-                guard let i = Int($0.trimmingCharacters(in: .whitespaces)) else { throw LoraError.invalidArgument("--layers-to-transform: not an integer: \($0)") }
+                guard let i = Int($0.trimmingCharacters(in: .whitespaces)) else { throw LoRAError.invalidArgument("--layers-to-transform: not an integer: \($0)") }
                 return i
             }
         }
@@ -27,8 +27,8 @@ struct LoraOptions: ParsableArguments {
         switch initLoraWeights {
         case "default", "true": c.initLoraWeights = .kaiming
         case let name:
-            guard let i = LoraConfig.Initialization(peftName: name) else {
-                throw LoraError.invalidArgument("--init-lora-weights must be default, gaussian, pissa, pissa_niter_N or olora")
+            guard let i = LoRAConfig.Initialization(peftName: name) else {
+                throw LoRAError.invalidArgument("--init-lora-weights must be default, gaussian, pissa, pissa_niter_N or olora")
             }
             c.initLoraWeights = i
         }
@@ -56,12 +56,12 @@ struct OptimOptions: ParsableArguments {
     @Option(help: "Random seed (data order, dropout, adapter init).") var seed: UInt64 = 42
     @Flag(help: "Recompute activations in backward (less memory, slower).") var gradientCheckpointing = false
 
-    func config(model: Model, examples: Int) throws -> TrainingConfig {
-        var c = TrainingConfig()
+    func config(model: Model, examples: Int) throws -> TrainerParams {
+        var c = TrainerParams()
         c.learningRate = learningRate; c.weightDecay = weightDecay; c.adamBeta1 = adamBeta1; c.adamBeta2 = adamBeta2
         c.adamEpsilon = adamEpsilon
         guard let s = LRScheduler(rawValue: lrScheduler) else {
-            throw LoraError.invalidArgument("--lr-scheduler must be one of \(LRScheduler.allCases.map(\.rawValue).joined(separator: ", "))")
+            throw LoRAError.invalidArgument("--lr-scheduler must be one of \(LRScheduler.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         c.lrScheduler = s
         c.warmupSteps = warmupSteps
@@ -72,7 +72,7 @@ struct OptimOptions: ParsableArguments {
         c.seed = seed
         c.gradientCheckpointing = gradientCheckpointing
         if let m = maxSteps { c.maxSteps = m } else {
-            guard numTrainEpochs.isFinite, numTrainEpochs > 0 else { throw LoraError.invalidArgument("--num-train-epochs must be > 0") }
+            guard numTrainEpochs.isFinite, numTrainEpochs > 0 else { throw LoRAError.invalidArgument("--num-train-epochs must be > 0") }
             let perStep = max(1, batchSize * gradientAccumulationSteps)
             c.maxSteps = max(1, Int((Double(examples) * numTrainEpochs / Double(perStep)).rounded(.up)))
         }
@@ -93,7 +93,7 @@ struct Train: ParsableCommand {
     @Option(help: "Model directory (default: the embedded model).") var model: String?
     @Argument(help: "Training files (.txt or .jsonl).") var data: [String]
     @Option(help: "Where the adapter or model, checkpoints and logs go.") var outputDir = "lora-output"
-    @OptionGroup var lora: LoraOptions
+    @OptionGroup var lora: LoRAOptions
     @OptionGroup var optim: OptimOptions
     @Flag(help: "Train every weight instead of a LoRA adapter.") var fullFinetune = false
     @Option(help: "Fraction of the data held out for evaluation.") var validationSplit: Double = 0
@@ -110,18 +110,18 @@ struct Train: ParsableCommand {
     var distributed: DistributedMode = .auto
 
     func run() throws {
-        try Lora.run { try DistributedRun.run(option: distributed) { try train() } }
+        try LoRACommand.run { try DistributedRun.run(option: distributed) { try train() } }
     }
 
     func train() throws {
-        guard !data.isEmpty else { throw LoraError.invalidArgument("no training file given") }
+        guard !data.isEmpty else { throw LoRAError.invalidArgument("no training file given") }
         let modelDir = model ?? Defaults.modelDirectory
         let m = try Model.load(directory: modelDir)
         if threads > 0 { BLAS.threads = threads }
-        guard let tok = m.tokenizer else { throw LoraError.invalidArgument("\(modelDir) has no tokenizer files") }
+        guard let tok = m.tokenizer else { throw LoRAError.invalidArgument("\(modelDir) has no tokenizer files") }
         let block = optim.blockSize ?? min(256, m.config.nPositions)
         guard block >= 2, block <= m.config.nPositions else {
-            throw LoraError.invalidArgument("--block-size must be in 2...\(m.config.nPositions) (the model's n_positions)")
+            throw LoRAError.invalidArgument("--block-size must be in 2...\(m.config.nPositions) (the model's n_positions)")
         }
         var dopts = DatasetOptions(blockSize: block)
         dopts.badRecords = skipBadRecords ? .skip : .reject
@@ -153,7 +153,7 @@ struct Train: ParsableCommand {
         try? fm.createDirectory(atPath: outputDir, withIntermediateDirectories: true)
         let ckptDir = outputDir + "/checkpoints"
         if resume { try DistributedRun.agree(task: "read its checkpoint") {
-            guard let latest = Checkpoint.latest(root: ckptDir) else { throw LoraError.invalidArgument("--resume: no checkpoint in \(ckptDir)") }
+            guard let latest = Checkpoint.latest(root: ckptDir) else { throw LoRAError.invalidArgument("--resume: no checkpoint in \(ckptDir)") }
             try Checkpoint.restore(trainer, from: latest)
             say("resumed from \(latest) at step \(trainer.step)")
         } }
@@ -167,12 +167,12 @@ struct Train: ParsableCommand {
             say(String(format: "validation loss before training: %.4f (perplexity %.2f)", e.loss, e.perplexity))
         }
         let printer = try ProgressPrinter(logPath: DistributedRun.isRoot ? outputDir + "/metrics.jsonl" : nil)
-        var opts = TrainingRunOptions()
+        var opts = TrainParams()
         opts.evalSteps = evalSteps
         opts.saveSteps = saveSteps > 0 ? saveSteps : tc.maxSteps
         opts.checkpointDirectory = ckptDir
         opts.saveTotalLimit = saveTotalLimit
-        try trainer.train(trainSet, validation: validation, options: opts) { printer.report($0); return true }
+        try trainer.train(trainSet, validation: validation, options: opts) { printer.report($0); return .continue }
         printer.finish()
         DistributedRun.summary(steps: tc.maxSteps - startStep)
         guard DistributedRun.isRoot else { return }
@@ -206,13 +206,13 @@ struct Eval: ParsableCommand {
     @Option(help: "Sequences per batch.") var batchSize = 4
 
     func run() throws {
-        try Lora.run {
-            guard !data.isEmpty else { throw LoraError.invalidArgument("no evaluation file given") }
+        try LoRACommand.run {
+            guard !data.isEmpty else { throw LoRAError.invalidArgument("no evaluation file given") }
             let m = try model.load()
-            guard let tok = m.tokenizer else { throw LoraError.invalidArgument("the model has no tokenizer") }
+            guard let tok = m.tokenizer else { throw LoRAError.invalidArgument("the model has no tokenizer") }
             let block = blockSize ?? min(256, m.config.nPositions)
             let set = try Dataset.load(paths: data, tokenizer: tok, options: DatasetOptions(blockSize: block))
-            var tc = TrainingConfig(); tc.blockSize = block; tc.batchSize = batchSize
+            var tc = TrainerParams(); tc.blockSize = block; tc.batchSize = batchSize
             let trainer = try Trainer(model: m, adapter: nil, config: tc, evaluationOnly: true)
             let r = try trainer.evaluate(set)
             say(String(format: "loss %.4f  perplexity %.3f  (%d tokens)", r.loss, r.perplexity, r.tokens))
@@ -226,8 +226,8 @@ struct Merge: ParsableCommand {
     @Option(help: "Output directory for config.json + model.safetensors (+ tokenizer files).") var outputDir: String
 
     func run() throws {
-        try Lora.run {
-            guard !model.adapters.isEmpty else { throw LoraError.invalidArgument("give at least one --adapter DIR[:SCALE]") }
+        try LoRACommand.run {
+            guard !model.adapters.isEmpty else { throw LoRAError.invalidArgument("give at least one --adapter DIR[:SCALE]") }
             let m = try model.load()
             for a in m.attachments { try m.merge(a.adapter) }
             try m.save(directory: outputDir)

@@ -77,12 +77,12 @@ import LoRA
 
     @Test func badCombinationsAreErrors() throws {
         let all = try load("lora/all"), layers = try load("lora/layers")
-        #expect(throws: LoraError.self) { try Adapter.combine([], method: .cat) }
-        #expect(throws: LoraError.self) { try Adapter.combine([(adapter: all, weight: 1), (adapter: layers, weight: 1)], method: .linear) }
-        #expect(throws: LoraError.self) { try Adapter.combine([(adapter: all, weight: .nan)], method: .cat) }
-        #expect(throws: LoraError.self) { try Adapter.combine([(adapter: all, weight: 1)], method: .svd(rank: 0, clamp: nil)) }
+        #expect(throws: LoRAError.self) { try Adapter.combine([], method: .cat) }
+        #expect(throws: LoRAError.self) { try Adapter.combine([(adapter: all, weight: 1), (adapter: layers, weight: 1)], method: .linear) }
+        #expect(throws: LoRAError.self) { try Adapter.combine([(adapter: all, weight: .nan)], method: .cat) }
+        #expect(throws: LoRAError.self) { try Adapter.combine([(adapter: all, weight: 1)], method: .svd(rank: 0, clamp: nil)) }
         let other = try Adapter.load(directory: Fixtures.path("lora/all"), modelConfig: {
             var c = config; c.nPositions = 64; return c }())
-        #expect(throws: LoraError.self) { try Adapter.combine([(adapter: all, weight: 1), (adapter: other, weight: 1)], method: .cat) }
+        #expect(throws: LoRAError.self) { try Adapter.combine([(adapter: all, weight: 1), (adapter: other, weight: 1)], method: .cat) }
     }
 }

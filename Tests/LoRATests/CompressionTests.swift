@@ -9,7 +9,7 @@ let compressionFloor = 1e-6
 
 @Suite struct CompressionTests {
     /// Dense ΔW [out, in] = scaling·B·A of a slot, in Double.
-    func dense(_ a: Adapter, _ s: LoraSlot) -> [Double] {
+    func dense(_ a: Adapter, _ s: LoRASlot) -> [Double] {
         var d = [Double](repeating: 0, count: s.outFeatures * s.inFeatures)
         let A = a.A(s), B = a.B(s)
         for o in 0..<s.outFeatures { for i in 0..<s.inFeatures {
@@ -89,11 +89,11 @@ let compressionFloor = 1e-6
     @Test func badTargetsAreErrors() throws {
         let c = try GPT2Config.load(path: Fixtures.path("gpt2-a/config.json"))
         let a = try Adapter.load(directory: Fixtures.path("lora/all"), modelConfig: c)
-        #expect(throws: LoraError.self) { try a.compressed(to: .fixed(0)) }
-        #expect(throws: LoraError.self) { try a.compressed(to: .fixed(5)) }
-        #expect(throws: LoraError.self) { try a.compressed(to: .energy(0)) }
-        #expect(throws: LoraError.self) { try a.compressed(to: .energy(.nan)) }
+        #expect(throws: LoRAError.self) { try a.compressed(to: .fixed(0)) }
+        #expect(throws: LoRAError.self) { try a.compressed(to: .fixed(5)) }
+        #expect(throws: LoRAError.self) { try a.compressed(to: .energy(0)) }
+        #expect(throws: LoRAError.self) { try a.compressed(to: .energy(.nan)) }
         a.B(a.slots[0])[0] = .nan
-        #expect(throws: LoraError.self) { try a.compressed(to: .fixed(2)) }
+        #expect(throws: LoRAError.self) { try a.compressed(to: .fixed(2)) }
     }
 }

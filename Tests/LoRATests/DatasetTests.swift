@@ -27,12 +27,12 @@ private func options(_ blockSize: Int, _ policy: BadRecordPolicy = .reject) -> D
     return o
 }
 
-/// The `LoraError` thrown by `body`, or nil.
-private func loraError(_ body: () throws -> Dataset) -> LoraError? {
+/// The `LoRAError` thrown by `body`, or nil.
+private func loraError(_ body: () throws -> Dataset) -> LoRAError? {
     do {
         _ = try body()
         return nil
-    } catch let e as LoraError {
+    } catch let e as LoRAError {
         return e
     } catch {
         return .invalidArgument("unexpected error type: \(error)")
@@ -393,7 +393,7 @@ private func checkWellFormed(_ d: Dataset, blockSize: Int, sourceLocation: Sourc
                     do {
                         checkWellFormed(try load([path], blockSize, policy), blockSize: blockSize)
                         loaded += 1
-                    } catch is LoraError {
+                    } catch is LoRAError {
                         failed += 1
                     }
                 }
@@ -446,12 +446,12 @@ private func checkWellFormed(_ d: Dataset, blockSize: Int, sourceLocation: Sourc
         #expect(t1.tokenCount + v1.tokenCount == d.tokenCount)
 
         for bad in [1.0, -0.1, 1.5, .nan, .infinity] {
-            #expect(throws: LoraError.self) { try d.split(validationFraction: bad, seed: 0) }
+            #expect(throws: LoRAError.self) { try d.split(validationFraction: bad, seed: 0) }
         }
         // The training set must keep at least one example.
-        #expect(throws: LoraError.self) { try d.split(validationFraction: 0.95, seed: 0) }
-        #expect(throws: LoraError.self) { try Self.numbered(1).split(validationFraction: 0.5, seed: 0) }
-        #expect(throws: LoraError.self) { try Self.numbered(0).split(validationFraction: 0, seed: 0) }
+        #expect(throws: LoRAError.self) { try d.split(validationFraction: 0.95, seed: 0) }
+        #expect(throws: LoRAError.self) { try Self.numbered(1).split(validationFraction: 0.5, seed: 0) }
+        #expect(throws: LoRAError.self) { try Self.numbered(0).split(validationFraction: 0, seed: 0) }
         let (one, none) = try Self.numbered(1).split(validationFraction: 0, seed: 0)
         #expect(one.examples.count == 1 && none.examples.isEmpty)
     }

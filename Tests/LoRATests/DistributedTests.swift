@@ -54,11 +54,11 @@ final class Results: @unchecked Sendable {
 
     func trainer(batch: Int, seed: UInt64 = 9, dropout: Double = 0.1) throws -> (Trainer, Adapter) {
         let model = try Model.load(directory: Fixtures.path("gpt2-a"))
-        var lc = LoraConfig(); lc.r = 4; lc.loraAlpha = 8; lc.loraDropout = dropout
+        var lc = LoRAConfig(); lc.r = 4; lc.loraAlpha = 8; lc.loraDropout = dropout
         lc.targetModules = .names(["c_attn", "c_proj"])
         let adapter = try Adapter(config: lc, modelConfig: model.config)
         try adapter.initialize(seed: 3)
-        var tc = TrainingConfig()
+        var tc = TrainerParams()
         tc.learningRate = 1e-3; tc.maxSteps = 7; tc.batchSize = batch; tc.blockSize = 12; tc.seed = seed
         tc.gradientAccumulationSteps = 1
         return (try Trainer(model: model, adapter: adapter, config: tc), adapter)
@@ -78,7 +78,7 @@ final class Results: @unchecked Sendable {
                     let (t, a) = try make.trainer(batch: 1, seed: seeds?[r] ?? 9)
                     t.gradientReducer = try reducer.rank(r)
                     var losses: [Double] = []
-                    try t.train(data) { losses.append($0.loss); return true }
+                    try t.train(data) { losses.append($0.loss); return .continue }
                     results.set(r, .success((losses, Array(a.params.buffer))))
                 } catch {
                     results.set(r, .failure(error))
@@ -103,7 +103,7 @@ final class Results: @unchecked Sendable {
         let data = examples(7)
         let (t1, a1) = try trainer(batch: 3)
         var losses1: [Double] = []
-        try t1.train(data) { losses1.append($0.loss); return true }
+        try t1.train(data) { losses1.append($0.loss); return .continue }
         let ranks = runRanks(3, data: data)
         for r in ranks {
             let (losses, params) = try r.get()

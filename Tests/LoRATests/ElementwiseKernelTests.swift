@@ -44,6 +44,41 @@ import CLoraSupport
         }
     }
 
+    /// Every activation formula, forward and backward, in every instruction
+    /// set, against double-precision references (the vector tails included).
+    @Test func activationsForwardAndBackward() {
+        let n = 1001
+        let x = (0..<n).map { Float($0 - 500) * 0.024 + 0.0013 }   // -12 ... 12, never exactly 0 (relu's kink)
+        func sig(_ v: Double) -> Double { 1 / (1 + Foundation.exp(-v)) }
+        let refs: [(Int32, String, (Double) -> Double, (Double) -> Double)] = [
+            (LB_ACT_GELU_ERF, "gelu", { 0.5 * $0 * (1 + erf($0 / 2.0.squareRoot())) },
+             { 0.5 * (1 + erf($0 / 2.0.squareRoot())) + $0 * Foundation.exp(-0.5 * $0 * $0) / (2 * Double.pi).squareRoot() }),
+            (LB_ACT_QUICK_GELU, "quick_gelu", { $0 * sig(1.702 * $0) },
+             { let s = sig(1.702 * $0); return s + 1.702 * $0 * s * (1 - s) }),
+            (LB_ACT_RELU, "relu", { max($0, 0) }, { $0 > 0 ? 1 : 0 }),
+            (LB_ACT_SILU, "silu", { $0 * sig($0) }, { let s = sig($0); return s * (1 + $0 * (1 - s)) }),
+            (LB_ACT_TANH, "tanh", { Foundation.tanh($0) }, { let t = Foundation.tanh($0); return 1 - t * t }),
+            (LB_ACT_SIGMOID, "sigmoid", { sig($0) }, { let s = sig($0); return s * (1 - s) }),
+            (LB_ACT_LINEAR, "linear", { $0 }, { _ in 1 }),
+        ]
+        for (level, k) in sets() {
+            for (act, name, f, df) in refs {
+                var y = [Float](repeating: 0, count: n)
+                k.activation_forward(act, &y, x, n)
+                var d = [Float](repeating: 0.5, count: n)
+                k.activation_backward(act, &d, x, n)
+                var worstY = 0.0, worstD = 0.0
+                for i in 0..<n {
+                    let v = Double(x[i])
+                    worstY = max(worstY, abs(Double(y[i]) - f(v)) / max(1, abs(f(v))))
+                    worstD = max(worstD, abs(Double(d[i]) - 0.5 * df(v)))
+                }
+                #expect(worstY < 1e-6, "level \(level): \(name) error \(worstY)")
+                #expect(worstD < 1e-6, "level \(level): \(name)′ error \(worstD)")
+            }
+        }
+    }
+
     @Test func softmaxRows() {
         var rng = SplitMix64(seed: 4)
         for (level, k) in sets() {

@@ -33,7 +33,7 @@ import LoRA
     @Test func extractingAFullFineTuneByEnergy() throws {
         let base = try Model.load(directory: Fixtures.path("gpt2-a"))
         let tuned = try Model.load(directory: Fixtures.path("gpt2-a"))
-        var tc = TrainingConfig(); tc.learningRate = 1e-2; tc.batchSize = 2; tc.blockSize = 12; tc.maxSteps = 3
+        var tc = TrainerParams(); tc.learningRate = 1e-2; tc.batchSize = 2; tc.blockSize = 12; tc.maxSteps = 3
         let t = try Trainer(model: tuned, adapter: nil, config: tc)
         for s in 0..<3 { try t.step(ids: [(0..<12).map { TokenID(($0 * 7 + s) % 101) }, (0..<12).map { TokenID(($0 * 3 + s) % 101) }]) }
         let (x, reports) = try Adapter.extract(base: base, tuned: tuned, rank: .energy(0.9))
@@ -42,8 +42,8 @@ import LoRA
         let dir = try Fixtures.tempDir()
         try x.save(directory: dir)
         #expect(try Adapter.load(directory: dir, modelConfig: base.config).slots.map(\.r) == reports.map(\.newRank))
-        #expect(throws: LoraError.self) { try Adapter.extract(base: base, tuned: tuned, rank: .fixed(0)) }
+        #expect(throws: LoRAError.self) { try Adapter.extract(base: base, tuned: tuned, rank: .fixed(0)) }
         let other = try Model.load(directory: Fixtures.path("gpt2-b"))
-        #expect(throws: LoraError.self) { try Adapter.extract(base: base, tuned: other, rank: .fixed(2)) }
+        #expect(throws: LoRAError.self) { try Adapter.extract(base: base, tuned: other, rank: .fixed(2)) }
     }
 }

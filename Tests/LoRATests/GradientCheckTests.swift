@@ -3,7 +3,7 @@ import Testing
 import LoRA
 
 // Kernel-level checks (STYLE.md, "Tests"): every backward kernel of
-// Kernels/Backward.swift against central finite differences of its forward
+// Kernels/ (each beside its forward) against central finite differences of that forward
 // kernel, and matmulForward/attentionForward against naive loops in Double.
 //
 // Method: a scalar loss L = Σ out ⊙ R with R random, so the upstream gradient

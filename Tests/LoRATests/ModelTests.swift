@@ -50,7 +50,7 @@ let logitsTolerance: Float = 1e-4
             params.maxNewTokens = want.count - prompt.count
             params.stopAtEndOfText = false
             var streamed: [TokenID] = []
-            let r = try model.generate(prompt: prompt, params: params) { id, _ in streamed.append(id); return true }
+            let r = try model.generate(prompt: prompt, params: params) { id, _ in streamed.append(id); return .continue }
             #expect(prompt + r.tokens == want)
             #expect(streamed == r.tokens)
             #expect(r.stopReason == .maxNewTokens)
@@ -72,10 +72,10 @@ let logitsTolerance: Float = 1e-4
         // A session without a cache runs one call only.
         let once = try InferenceSession(model: model, batch: 1, capacity: ids.count, keepsCache: false)
         _ = try once.forward(Array(ids[0..<4]), batch: 1, lastOnly: true)
-        #expect(throws: LoraError.self) { try once.forward([ids[4]], batch: 1, lastOnly: true) }
+        #expect(throws: LoRAError.self) { try once.forward([ids[4]], batch: 1, lastOnly: true) }
         // A buffer of the wrong size is refused before anything is computed.
         var small = [Float](repeating: 0, count: 3)
-        #expect(throws: LoraError.self) { try small.withUnsafeMutableBufferPointer { try model.logits(ids, into: $0) } }
+        #expect(throws: LoRAError.self) { try small.withUnsafeMutableBufferPointer { try model.logits(ids, into: $0) } }
     }
 
     @Test func samplingIsSeededAndStopsAtLimits() throws {
@@ -101,21 +101,21 @@ let logitsTolerance: Float = 1e-4
         #expect(long.tokens.count == 2)
         #expect(long.stopReason == .contextFull)
         // The callback can stop.
-        let stopped = try model.generate(prompt: [1], params: g) { _, _ in false }
+        let stopped = try model.generate(prompt: [1], params: g) { _, _ in .stop }
         #expect(stopped.tokens.count == 1 && stopped.stopReason == .callback)
     }
 
     @Test func badInputsThrow() throws {
         let model = try Model.load(directory: Fixtures.path("gpt2-a"))
-        #expect(throws: LoraError.self) { try model.logits([0, 101]) }
-        #expect(throws: LoraError.self) { try model.logits([-1]) }
-        #expect(throws: LoraError.self) { try model.logits([]) }
-        #expect(throws: LoraError.self) { try model.logits(Array(repeating: 1, count: 33)) }
-        #expect(throws: LoraError.self) { try model.generate(prompt: Array(repeating: 1, count: 32)) }
+        #expect(throws: LoRAError.self) { try model.logits([0, 101]) }
+        #expect(throws: LoRAError.self) { try model.logits([-1]) }
+        #expect(throws: LoRAError.self) { try model.logits([]) }
+        #expect(throws: LoRAError.self) { try model.logits(Array(repeating: 1, count: 33)) }
+        #expect(throws: LoRAError.self) { try model.generate(prompt: Array(repeating: 1, count: 32)) }
         var p = SamplingParams(); p.topP = 0
-        #expect(throws: LoraError.self) { try model.generate(prompt: [1], params: p) }
+        #expect(throws: LoRAError.self) { try model.generate(prompt: [1], params: p) }
         p = SamplingParams(); p.temperature = .nan
-        #expect(throws: LoraError.self) { try model.generate(prompt: [1], params: p) }
+        #expect(throws: LoRAError.self) { try model.generate(prompt: [1], params: p) }
     }
 
     @Test func parameterCountMatchesGPT2Small() throws {
@@ -135,7 +135,7 @@ let logitsTolerance: Float = 1e-4
         #expect(maxAbsDiff(try model.logits(ids), try exp.floats("logits")) < logitsTolerance)
         var p = SamplingParams(); p.maxNewTokens = 8; p.seed = 1; p.stopAtEndOfText = false
         var streamed = ""
-        let r = try model.generate("Hello", params: p) { _, piece in streamed += piece; return true }
+        let r = try model.generate("Hello", params: p) { _, piece in streamed += piece; return .continue }
         #expect(r.tokens.count == 8)
         #expect(streamed == r.text)
         #expect(try model.tokenizer!.decode(r.tokens) == r.text)
@@ -143,7 +143,7 @@ let logitsTolerance: Float = 1e-4
         for seed in [94, 129, 144] as [UInt64] {
             var q = SamplingParams(); q.maxNewTokens = 3; q.seed = seed; q.stopAtEndOfText = false
             var pieces = ""
-            let g = try model.generate("日本", params: q) { _, piece in pieces += piece; return true }
+            let g = try model.generate("日本", params: q) { _, piece in pieces += piece; return .continue }
             #expect(pieces == g.text, "seed \(seed)")
         }
     }

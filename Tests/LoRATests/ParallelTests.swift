@@ -91,12 +91,12 @@ import Testing
         let batch = (0..<3).map { _ in (0..<64).map { _ in TokenID(rng.next() % 1000) } }
         func run(threads: Int) throws -> (losses: [Double], weights: [Float]) {
             try withThreads(threads) {
-                var lc = LoraConfig()
+                var lc = LoRAConfig()
                 lc.r = 4; lc.targetModules = .names(["c_attn", "c_proj", "c_fc"])
                 let adapter = try Adapter(config: lc, modelConfig: model.config)
                 var r = SplitMix64(seed: 3)
                 for i in 0..<adapter.params.count { adapter.params.base[i] = (r.nextFloat() - 0.5) * 0.2 }
-                var cfg = TrainingConfig(); cfg.batchSize = 3; cfg.blockSize = 64; cfg.learningRate = 1e-2
+                var cfg = TrainerParams(); cfg.batchSize = 3; cfg.blockSize = 64; cfg.learningRate = 1e-2
                 let trainer = try Trainer(model: model, adapter: adapter, config: cfg)
                 let losses = try (0..<3).map { _ in try trainer.step(ids: batch) }
                 return (losses, Array(adapter.params.buffer))

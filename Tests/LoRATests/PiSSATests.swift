@@ -25,18 +25,18 @@ private let pissaFactorTolerance: Float = 5e-5
     func base() throws -> Model { try Model.load(directory: Fixtures.path("gpt2-a")) }
     func load(_ path: String) throws -> Adapter { try Adapter.load(directory: Fixtures.path(path), modelConfig: config) }
 
-    static let allTargets: LoraConfig.Targets = .names(["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"])
+    static let allTargets: LoRAConfig.Targets = .names(["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"])
 
-    func fresh(_ initialization: LoraConfig.Initialization, r: Int = 4, alpha: Double = 8, rslora: Bool = false,
-               targets: LoraConfig.Targets = allTargets, modelConfig: GPT2Config? = nil) throws -> Adapter {
-        var c = LoraConfig()
+    func fresh(_ initialization: LoRAConfig.Initialization, r: Int = 4, alpha: Double = 8, rslora: Bool = false,
+               targets: LoRAConfig.Targets = allTargets, modelConfig: GPT2Config? = nil) throws -> Adapter {
+        var c = LoRAConfig()
         c.r = r; c.loraAlpha = alpha; c.useRSLoRA = rslora; c.targetModules = targets
         c.initLoraWeights = initialization
         return try Adapter(config: c, modelConfig: modelConfig ?? config)
     }
 
-    static func initialization(_ name: String) throws -> LoraConfig.Initialization {
-        try #require(LoraConfig.Initialization(peftName: name))
+    static func initialization(_ name: String) throws -> LoRAConfig.Initialization {
+        try #require(LoRAConfig.Initialization(peftName: name))
     }
 
     @Test(arguments: ["pissa", "pissa_niter_4", "olora"])
@@ -191,7 +191,7 @@ private let pissaFactorTolerance: Float = 5e-5
         #expect(ours == (try Data(contentsOf: URL(fileURLWithPath: peftDir + Adapter.weightsFile))), "\(caseName): tensors differ from PEFT's")
         // adapter_config.json byte for byte, but for target_modules' order: PEFT writes a set,
         // whose order changes even between two saves in one process (deepcopy rebuilds it).
-        let peftConfig = try LoraConfig.load(path: peftDir + Adapter.configFile)
+        let peftConfig = try LoRAConfig.load(path: peftDir + Adapter.configFile)
         var mine = conv.config
         mine.targetModules = peftConfig.targetModules
         #expect(Set(targetNames(mine)) == Set(targetNames(conv.config)))
@@ -249,7 +249,7 @@ private let pissaFactorTolerance: Float = 5e-5
     /// rsLoRA with rank/alpha patterns: PEFT refuses to convert it; alpha and
     /// the alpha_pattern values times √2 keep every module's scaling.
     @Test func rsLoRAWithPatternsConvertsToo() throws {
-        var c = LoraConfig()
+        var c = LoRAConfig()
         c.r = 4; c.loraAlpha = 6; c.useRSLoRA = true; c.targetModules = Self.allTargets
         c.rankPattern = [("attn.c_proj", 2), ("h.1.mlp.c_fc", 6)]; c.alphaPattern = [("mlp.c_proj", 3.5)]
         c.initLoraWeights = .pissa(niter: 3)
@@ -296,7 +296,7 @@ private let pissaFactorTolerance: Float = 5e-5
         #expect(a.params.buffer.allSatisfy { $0 == 0 } && a.initialParams == nil)
 
         // r larger than min(in, out) = 48.
-        for initialization in [LoraConfig.Initialization.pissa(niter: nil), .pissa(niter: 2), .olora] {
+        for initialization in [LoRAConfig.Initialization.pissa(niter: nil), .pissa(niter: 2), .olora] {
             expectError(contains: "exceeds min(in, out) = 48") {
                 try fresh(initialization, r: 49, targets: .names(["mlp.c_proj"])).initialize(from: try base(), seed: 1)
             }
@@ -331,7 +331,7 @@ private let pissaFactorTolerance: Float = 5e-5
 
     // MARK: helpers
 
-    func targetNames(_ c: LoraConfig) -> [String] {
+    func targetNames(_ c: LoRAConfig) -> [String] {
         if case .names(let n)? = c.targetModules { return n }
         return []
     }
@@ -340,16 +340,16 @@ private let pissaFactorTolerance: Float = 5e-5
         do {
             try body()
             Issue.record("no error (expected one mentioning \(fragment))", sourceLocation: sourceLocation)
-        } catch let e as LoraError {
+        } catch let e as LoRAError {
             #expect("\(e)".contains(fragment), "\(e)", sourceLocation: sourceLocation)
         } catch {
-            Issue.record("not a LoraError: \(error)", sourceLocation: sourceLocation)
+            Issue.record("not a LoRAError: \(error)", sourceLocation: sourceLocation)
         }
     }
 }
 
 /// s·B·A as [out, in].
-func product(_ a: Adapter, _ s: LoraSlot) -> [Float] {
+func product(_ a: Adapter, _ s: LoRASlot) -> [Float] {
     var p = [Float](repeating: 0, count: s.outFeatures * s.inFeatures)
     for o in 0..<s.outFeatures { for t in 0..<s.r {
         let b = s.scaling * a.B(s)[o * s.r + t]
@@ -359,7 +359,7 @@ func product(_ a: Adapter, _ s: LoraSlot) -> [Float] {
 }
 
 /// A module's base weight as PEFT's [out, in].
-func denseWeight(_ m: Model, _ s: LoraSlot) -> [Float] {
+func denseWeight(_ m: Model, _ s: LoRASlot) -> [Float] {
     let l = m.weights.layers[s.layer]
     let conv: UnsafeMutablePointer<Float>
     switch s.target {
@@ -394,8 +394,8 @@ func frobenius(_ x: [Float]) -> Double { x.reduce(0) { $0 + Double($1) * Double(
         for t in 0..<q { #expect(abs(d.s[t] - dense.s[t]) <= 1e-4 * dense.s[0]) }
         #expect(zip(d.s, d.s.dropFirst()).allSatisfy { $0 >= $1 })
         var rng2 = SplitMix64(seed: 1)
-        #expect(throws: LoraError.self) { try Linalg.svdLowRank(a, m: m, n: n, rank: min(m, n) + 1, niter: 1, rng: &rng2) }
-        #expect(throws: LoraError.self) { try Linalg.svdLowRank([.nan] + a.dropFirst(), m: m, n: n, rank: q, niter: 1, rng: &rng2) }
+        #expect(throws: LoRAError.self) { try Linalg.svdLowRank(a, m: m, n: n, rank: min(m, n) + 1, niter: 1, rng: &rng2) }
+        #expect(throws: LoRAError.self) { try Linalg.svdLowRank([.nan] + a.dropFirst(), m: m, n: n, rank: q, niter: 1, rng: &rng2) }
     }
 
     /// QR of a wide matrix (m < n): Q [m, m] orthogonal, R [m, n] upper trapezoidal, Q·R = A.

@@ -22,7 +22,7 @@ import LoRA
         do {
             _ = try SafeTensorsFile(path: p)
             Issue.record("accepted a bad file (\(fragment))", sourceLocation: sourceLocation)
-        } catch let e as LoraError {
+        } catch let e as LoRAError {
             #expect(e.description.contains(p), "message names the file: \(e)", sourceLocation: sourceLocation)
             #expect(e.description.contains(fragment), "\(e) should mention \(fragment)", sourceLocation: sourceLocation)
         }
@@ -110,7 +110,7 @@ import LoRA
         // n_embd 48 → 96: shapes no longer fit.
         var cfg = try String(contentsOfFile: src + "/config.json", encoding: .utf8)
         try cfg.replacingOccurrences(of: "\"n_embd\": 48", with: "\"n_embd\": 96").write(toFile: dir + "/config.json", atomically: true, encoding: .utf8)
-        #expect(throws: LoraError.self) { try Model.load(directory: dir) }
+        #expect(throws: LoRAError.self) { try Model.load(directory: dir) }
         do { _ = try Model.load(directory: dir) } catch { #expect("\(error)".contains("shape")) }
         // n_head 5 does not divide 48.
         cfg = cfg.replacingOccurrences(of: "\"n_head\": 3", with: "\"n_head\": 5")
@@ -130,11 +130,11 @@ import LoRA
     @Test func absurdConfigsFailBeforeAllocating() throws {
         for (key, value) in [("n_embd", "1000000000"), ("n_layer", "1000000"), ("vocab_size", "1000000000"), ("n_positions", "-1")] {
             let json = "{\"\(key)\": \(value)}"
-            #expect(throws: LoraError.self) { try GPT2Config.parse(Array(json.utf8), path: "config.json") }
+            #expect(throws: LoRAError.self) { try GPT2Config.parse(Array(json.utf8), path: "config.json") }
         }
-        #expect(throws: LoraError.self) { try GPT2Config.parse(Array(#"{"activation_function": "mish"}"#.utf8), path: "c") }
-        #expect(throws: LoraError.self) { try GPT2Config.parse(Array(#"{"n_embd": 4.5}"#.utf8), path: "c") }
-        #expect(throws: LoraError.self) { try GPT2Config.parse(Array(#"{"model_type": "llama"}"#.utf8), path: "c") }
+        #expect(throws: LoRAError.self) { try GPT2Config.parse(Array(#"{"activation_function": "mish"}"#.utf8), path: "c") }
+        #expect(throws: LoRAError.self) { try GPT2Config.parse(Array(#"{"n_embd": 4.5}"#.utf8), path: "c") }
+        #expect(throws: LoRAError.self) { try GPT2Config.parse(Array(#"{"model_type": "llama"}"#.utf8), path: "c") }
         let c = try GPT2Config.parse(Array(#"{"unknown_key": [1, {"x": null}], "n_inner": null}"#.utf8), path: "c")
         #expect(c == GPT2Config())
     }

@@ -50,11 +50,11 @@ private let fixtureDirectory = URL(fileURLWithPath: #filePath)
         switch result {
         case .success:
             Issue.record("loading did not fail", sourceLocation: sourceLocation)
-        case .failure(let error as LoraError):
+        case .failure(let error as LoRAError):
             #expect(error.description.contains(path), "\(error)", sourceLocation: sourceLocation)
             #expect(error.description.contains(mention), "\(error)", sourceLocation: sourceLocation)
         case .failure(let error):
-            Issue.record("not a LoraError: \(error)", sourceLocation: sourceLocation)
+            Issue.record("not a LoRAError: \(error)", sourceLocation: sourceLocation)
         }
     }
 

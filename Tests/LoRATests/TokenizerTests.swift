@@ -213,7 +213,7 @@ private func load(_ route: TokenizerLoadRoute) throws -> Tokenizer {
         #expect(try decoder.push(ids[0]) == "")
         #expect(decoder.finish() == "\u{FFFD}")
         #expect(decoder.finish() == "")
-        #expect(throws: LoraError.self) { try decoder.push(5000) }
+        #expect(throws: LoRAError.self) { try decoder.push(5000) }
     }
 
     // MARK: API details
@@ -233,7 +233,7 @@ private func load(_ route: TokenizerLoadRoute) throws -> Tokenizer {
     @Test func decodeRejectsUnknownIDs() throws {
         let tokenizer = try load(.directory)
         for bad: TokenID in [-1, 1201, .max] {
-            #expect(throws: LoraError.invalidArgument("token id \(bad) is out of range (vocab size 1201)")) {
+            #expect(throws: LoRAError.invalidArgument("token id \(bad) is out of range (vocab size 1201)")) {
                 try tokenizer.decode([15, bad])
             }
         }
@@ -255,7 +255,7 @@ private func load(_ route: TokenizerLoadRoute) throws -> Tokenizer {
     // MARK: Bad files
 
     /// Writes `files` into a fresh directory and expects loading to throw a
-    /// `LoraError` whose message names the file `culprit` and contains `mention`.
+    /// `LoRAError` whose message names the file `culprit` and contains `mention`.
     private func expectLoadFails(_ files: [String: String], culprit: String, mention: String,
                                  sourceLocation: SourceLocation = #_sourceLocation) throws {
         let dir = try temporaryDirectory()
@@ -266,12 +266,12 @@ private func load(_ route: TokenizerLoadRoute) throws -> Tokenizer {
         do {
             _ = try Tokenizer.load(directory: dir.path)
             Issue.record("loading did not fail", sourceLocation: sourceLocation)
-        } catch let error as LoraError {
+        } catch let error as LoRAError {
             let message = error.description
             #expect(message.contains(dir.appendingPathComponent(culprit).path), "\(message)", sourceLocation: sourceLocation)
             #expect(message.contains(mention), "\(message)", sourceLocation: sourceLocation)
         } catch {
-            Issue.record("not a LoraError: \(error)", sourceLocation: sourceLocation)
+            Issue.record("not a LoRAError: \(error)", sourceLocation: sourceLocation)
         }
     }
 
@@ -376,16 +376,16 @@ private func load(_ route: TokenizerLoadRoute) throws -> Tokenizer {
     @Test func missingFiles() throws {
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
-        #expect(throws: LoraError.io(path: dir.path, reason: "no tokenizer.json, nor vocab.json and merges.txt")) {
+        #expect(throws: LoRAError.io(path: dir.path, reason: "no tokenizer.json, nor vocab.json and merges.txt")) {
             try Tokenizer.load(directory: dir.path)
         }
-        #expect(throws: LoraError.self) {
+        #expect(throws: LoRAError.self) {
             try Tokenizer(vocabPath: dir.path + "/vocab.json", mergesPath: dir.path + "/merges.txt")
         }
     }
 
     /// Every truncation and many one-byte corruptions of a tokenizer.json either
-    /// load or throw a LoraError: no trap.
+    /// load or throw a LoRAError: no trap.
     @Test func corruptedTokenizerJSONNeverTraps() throws {
         let original = Array(try Data(contentsOf: URL(fileURLWithPath: fixture("tokenizer_extra.json"))))
         let dir = try temporaryDirectory()
@@ -407,7 +407,7 @@ private func load(_ route: TokenizerLoadRoute) throws -> Tokenizer {
                 let tokenizer = try Tokenizer(tokenizerJSONPath: path)
                 _ = try? tokenizer.decode(tokenizer.encode("Hello <|endoftext|> wörld"))
                 loaded += 1
-            } catch is LoraError {
+            } catch is LoRAError {
             }
         }
         #expect(loaded < 300)

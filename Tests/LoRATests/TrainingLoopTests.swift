@@ -10,13 +10,13 @@ import LoRA
         })
     }
 
-    func setup(dropout: Double = 0.1) throws -> (Model, Adapter, TrainingConfig) {
+    func setup(dropout: Double = 0.1) throws -> (Model, Adapter, TrainerParams) {
         let model = try Model.load(directory: Fixtures.path("gpt2-a"))
-        var lc = LoraConfig(); lc.r = 4; lc.loraAlpha = 8; lc.loraDropout = dropout
+        var lc = LoRAConfig(); lc.r = 4; lc.loraAlpha = 8; lc.loraDropout = dropout
         lc.targetModules = .names(["c_attn", "c_proj", "c_fc"])
         let adapter = try Adapter(config: lc, modelConfig: model.config)
         try adapter.initialize(seed: 3)
-        var tc = TrainingConfig()
+        var tc = TrainerParams()
         tc.learningRate = 1e-2; tc.maxSteps = 10; tc.warmupSteps = 2; tc.lrScheduler = .cosine
         tc.batchSize = 3; tc.blockSize = 12; tc.gradientAccumulationSteps = 2; tc.seed = 9
         return (model, adapter, tc)
@@ -30,24 +30,24 @@ import LoRA
         let (m1, a1, tc) = try setup()
         let t1 = try Trainer(model: m1, adapter: a1, config: tc)
         var losses1: [Double] = []
-        try t1.train(data) { losses1.append($0.loss); return true }
+        try t1.train(data) { losses1.append($0.loss); return .continue }
         // 5 steps with checkpoints, then a fresh process-like resume for the rest.
         let dir = try Fixtures.tempDir()
         let (m2, a2, _) = try setup()
-        var opts = TrainingRunOptions(); opts.saveSteps = 5; opts.checkpointDirectory = dir
+        var opts = TrainParams(); opts.saveSteps = 5; opts.checkpointDirectory = dir
         let t2 = try Trainer(model: m2, adapter: a2, config: tc)
         var losses2: [Double] = []
         do {
-            try t2.train(data, options: opts) { r in losses2.append(r.loss); return r.step < 5 }
+            try t2.train(data, options: opts) { r in losses2.append(r.loss); return r.step < 5 ? .continue : .stop }
             Issue.record("the callback did not stop the run")
-        } catch LoraError.aborted {}
+        } catch LoRAError.aborted {}
         let ckpt = try #require(Checkpoint.latest(root: dir))
         #expect(ckpt.hasSuffix("checkpoint-5"))
         let (m3, a3, _) = try setup()
         let t3 = try Trainer(model: m3, adapter: a3, config: tc)
         let progress = try Checkpoint.restore(t3, from: ckpt)
         #expect(progress.step == 5)
-        try t3.train(data) { losses2.append($0.loss); return true }
+        try t3.train(data) { losses2.append($0.loss); return .continue }
         #expect(losses1 == losses2)
         #expect(bytes(a1) == bytes(a3))
         // The saved adapters are byte-identical too.
@@ -65,9 +65,9 @@ import LoRA
         let data = Dataset(examples: (0..<12).map { i in TrainingExample(ids: (0..<12).map { TokenID(($0 + i) % 7) }) })
         let trainer = try Trainer(model: model, adapter: adapter, config: tc)
         let before = try trainer.evaluate(data)
-        var reports: [TrainingReport] = []
-        var opts = TrainingRunOptions(); opts.evalSteps = 10
-        try trainer.train(data, validation: data, options: opts) { reports.append($0); return true }
+        var reports: [TrainProgress] = []
+        var opts = TrainParams(); opts.evalSteps = 10
+        try trainer.train(data, validation: data, options: opts) { reports.append($0); return .continue }
         let after = try trainer.evaluate(data)
         #expect(after.loss < before.loss * 0.5, "loss \(before.loss) → \(after.loss)")
         #expect(abs(after.perplexity - Foundation.exp(after.loss)) < 1e-9)
@@ -90,10 +90,10 @@ import LoRA
                     // Poison a base weight: the next forward pass gives NaN.
                     model.weights.lnfW[0] = .nan
                 }
-                return true
+                return .continue
             }
             Issue.record("training went on with a NaN loss")
-        } catch LoraError.numerical(let m) {
+        } catch LoRAError.numerical(let m) {
             #expect(m.contains("step 4"), "\(m)")
         }
         #expect(Array(adapter.params.buffer) == snapshot)
@@ -103,24 +103,24 @@ import LoRA
     @Test func badTrainingInputsAreErrors() throws {
         let (model, adapter, tc) = try setup()
         let trainer = try Trainer(model: model, adapter: adapter, config: tc)
-        #expect(throws: LoraError.self) { try trainer.train(Dataset(examples: [])) }
-        #expect(throws: LoraError.self) { try trainer.step(ids: [[1, 2, 300]]) }
-        #expect(throws: LoraError.self) { try trainer.step(ids: [[1, 2, 3]], labels: [[-100, -100, -100]]) }
-        #expect(throws: LoraError.self) { try trainer.step(ids: [Array(repeating: 1, count: 13)]) }
+        #expect(throws: LoRAError.self) { try trainer.train(Dataset(examples: [])) }
+        #expect(throws: LoRAError.self) { try trainer.step(ids: [[1, 2, 300]]) }
+        #expect(throws: LoRAError.self) { try trainer.step(ids: [[1, 2, 3]], labels: [[-100, -100, -100]]) }
+        #expect(throws: LoRAError.self) { try trainer.step(ids: [Array(repeating: 1, count: 13)]) }
         var bad = tc; bad.blockSize = 33
-        #expect(throws: LoraError.self) { try Trainer(model: model, adapter: adapter, config: bad) }
+        #expect(throws: LoRAError.self) { try Trainer(model: model, adapter: adapter, config: bad) }
         bad = tc; bad.learningRate = .nan
-        #expect(throws: LoraError.self) { try Trainer(model: model, adapter: adapter, config: bad) }
-        var lc = LoraConfig(); lc.r = 0
-        #expect(throws: LoraError.self) { try Adapter(config: lc, modelConfig: model.config) }
-        lc = LoraConfig(); lc.loraAlpha = .nan
-        #expect(throws: LoraError.self) { try Adapter(config: lc, modelConfig: model.config) }
-        lc = LoraConfig(); lc.targetModules = .names(["q_proj"])
-        #expect(throws: LoraError.self) { try Adapter(config: lc, modelConfig: model.config) }
+        #expect(throws: LoRAError.self) { try Trainer(model: model, adapter: adapter, config: bad) }
+        var lc = LoRAConfig(); lc.r = 0
+        #expect(throws: LoRAError.self) { try Adapter(config: lc, modelConfig: model.config) }
+        lc = LoRAConfig(); lc.loraAlpha = .nan
+        #expect(throws: LoRAError.self) { try Adapter(config: lc, modelConfig: model.config) }
+        lc = LoRAConfig(); lc.targetModules = .names(["q_proj"])
+        #expect(throws: LoRAError.self) { try Adapter(config: lc, modelConfig: model.config) }
         // A batch whose activations cannot fit the machine is refused before allocating.
         var tiny = GPT2Config(); tiny.vocabSize = 10; tiny.nEmbd = 16; tiny.nHead = 1; tiny.nLayer = 1; tiny.nPositions = 1024
         let small = try Model.random(config: tiny, seed: 1)
-        var huge = TrainingConfig(); huge.batchSize = 65536; huge.blockSize = 1024
+        var huge = TrainerParams(); huge.batchSize = 65536; huge.blockSize = 1024
         do { _ = try Trainer(model: small, adapter: nil, config: huge); Issue.record("accepted") }
         catch { #expect("\(error)".contains("GiB")) }
         // A checkpoint from other settings is refused.
@@ -128,7 +128,7 @@ import LoRA
         let path = try Checkpoint.save(trainer, root: dir)
         var other = tc; other.learningRate = 5e-3
         let t2 = try Trainer(model: model, adapter: adapter, config: other)
-        #expect(throws: LoraError.self) { try Checkpoint.restore(t2, from: path) }
+        #expect(throws: LoRAError.self) { try Checkpoint.restore(t2, from: path) }
     }
 }
 
@@ -144,24 +144,24 @@ import LoRA
     /// thread) sees it and training stops after a consistent step.
     @Test func cancellingFromAnotherThreadStopsTrainingCleanly() throws {
         let model = try Model.load(directory: Fixtures.path("gpt2-a"))
-        var lc = LoraConfig(); lc.r = 4; lc.targetModules = .names(["c_attn"])
+        var lc = LoRAConfig(); lc.r = 4; lc.targetModules = .names(["c_attn"])
         let adapter = try Adapter(config: lc, modelConfig: model.config)
         try adapter.initialize(seed: 1)
-        var tc = TrainingConfig(); tc.maxSteps = 100_000; tc.batchSize = 2; tc.blockSize = 12
+        var tc = TrainerParams(); tc.maxSteps = 100_000; tc.batchSize = 2; tc.blockSize = 12
         let trainer = try Trainer(model: model, adapter: adapter, config: tc)
         let data = Dataset(examples: (0..<8).map { i in TrainingExample(ids: (0..<12).map { TokenID(($0 * 5 + i) % 101) }) })
         let stop = Flag(), done = DispatchSemaphore(value: 0)
         nonisolated(unsafe) var outcome: Error? = nil
         nonisolated(unsafe) var reports = 0
         let t = Thread {
-            do { try trainer.train(data) { _ in reports += 1; return !stop.isSet } } catch { outcome = error }
+            do { try trainer.train(data) { _ in reports += 1; return stop.isSet ? .stop : .continue } } catch { outcome = error }
             done.signal()
         }
         t.start()
         Thread.sleep(forTimeInterval: 0.3)
         stop.set()
         #expect(done.wait(timeout: .now() + 30) == .success, "training did not stop")
-        #expect(outcome as? LoraError == .aborted)
+        #expect(outcome as? LoRAError == .aborted)
         #expect(trainer.step == reports && reports > 0 && reports < 100_000)
         // The trainer is still usable after a cancelled run.
         _ = try trainer.step(ids: [data.examples[0].ids])

@@ -33,7 +33,7 @@ func relativeL2(_ a: UnsafeBufferPointer<Float>, _ b: [Float]) -> Double {
     func gradientsMatchPEFT(name: String, checkpointing: Bool) throws {
         let model = try Model.load(directory: Fixtures.path("gpt2-a"))
         let adapter = try Adapter.load(directory: Fixtures.path("lora/\(name)"), modelConfig: model.config)
-        var cfg = TrainingConfig(); cfg.batchSize = 3; cfg.blockSize = 16; cfg.gradientCheckpointing = checkpointing
+        var cfg = TrainerParams(); cfg.batchSize = 3; cfg.blockSize = 16; cfg.gradientCheckpointing = checkpointing
         let trainer = try Trainer(model: model, adapter: adapter, config: cfg)
         let (ids, labels) = try batch()
         let r = try trainer.accumulate(ids: ids, labels: labels)
@@ -52,7 +52,7 @@ func relativeL2(_ a: UnsafeBufferPointer<Float>, _ b: [Float]) -> Double {
     @Test func twentyAdamWStepsMatchTorch() throws {
         let model = try Model.load(directory: Fixtures.path("gpt2-a"))
         let adapter = try Adapter.load(directory: Fixtures.path("lora/all"), modelConfig: model.config)
-        var cfg = TrainingConfig()
+        var cfg = TrainerParams()
         cfg.learningRate = 5e-3; cfg.weightDecay = 0.05; cfg.lrScheduler = .cosine; cfg.warmupSteps = 3; cfg.maxSteps = 20
         cfg.maxGradNorm = 1.0; cfg.batchSize = 2; cfg.blockSize = 12
         let trainer = try Trainer(model: model, adapter: adapter, config: cfg)
@@ -82,7 +82,7 @@ func relativeL2(_ a: UnsafeBufferPointer<Float>, _ b: [Float]) -> Double {
     func gradientsOfEveryWeightMatchTorch(checkpointing: Bool) throws {
         let expected = try SafeTensorsFile(path: Fixtures.path("lora/expected.safetensors"))
         let model = try Model.load(directory: Fixtures.path("gpt2-a"))
-        var cfg = TrainingConfig(); cfg.batchSize = 3; cfg.blockSize = 16; cfg.gradientCheckpointing = checkpointing
+        var cfg = TrainerParams(); cfg.batchSize = 3; cfg.blockSize = 16; cfg.gradientCheckpointing = checkpointing
         let trainer = try Trainer(model: model, adapter: nil, config: cfg)
         let (ids, labels) = try TrainingTests().batch()
         let r = try trainer.accumulate(ids: ids, labels: labels)

@@ -40,6 +40,12 @@ LB_HIDDEN int lb_compute_threads(void);
 // previous mark for lb_leave_parallel.
 LB_HIDDEN int lb_enter_parallel(void);
 LB_HIDDEN void lb_leave_parallel(int was);
+// Runs fn(ctx, c) for every c in 0..<chunks on liblora's worker threads and
+// the calling thread (pool.c), returning when all are done. Inside a
+// parallel region, or while another thread's job runs, the caller runs every
+// chunk itself. fn must not throw or longjmp.
+typedef void (*lb_chunk_fn)(void *ctx, int chunk);
+LB_HIDDEN void lb_parallel_run(int chunks, lb_chunk_fn fn, void *ctx);
 
 // Pure decision function (testable): the OPENBLAS_CORETYPE liblora would
 // set for a CPU with these features when OpenBLAS reports `reported`, or
@@ -56,6 +62,22 @@ LB_HIDDEN void lb_sgemm(int transA, int transB, int m, int n, int k, float alpha
 // y[m or n] = alpha * op(A) * x + beta * y, A is [m, n] row-major.
 LB_HIDDEN void lb_sgemv(int transA, int m, int n, float alpha, const float *a, int lda,
                         const float *x, float beta, float *y);
+
+// Matrix–vector products for decode (gemv.c), AVX-512 or AVX2+FMA code
+// picked for the CPU (1 from lb_gemv_available), a plain loop otherwise.
+// beta0: 1 writes y, 0 adds to it. Each output's sum runs in the same order
+// whatever [n0, n1) or [r0, r1) a call covers.
+LB_HIDDEN int lb_gemv_available(void);
+// y[n] (+)= Σ_k x[k]·W[k·ldw + n] for n in [n0, n1)   (W is [K, ≥n1]).
+LB_HIDDEN void lb_gemv_cols(float *y, const float *x, const float *W, int K, int ldw, int n0, int n1, int beta0);
+// y[r] (+)= Σ_c W[r·ldw + c]·x[c] for r in [r0, r1)   (W is [≥r1, C]).
+LB_HIDDEN void lb_gemv_rows(float *y, const float *x, const float *W, int C, int ldw, int r0, int r1, int beta0);
+// The same at one instruction-set level (LB_KERNELS_*; a level above the
+// CPU's falls back to the next it has). Tests compare the levels.
+LB_HIDDEN void lb_gemv_cols_at(int level, float *y, const float *x, const float *W, int K, int ldw, int n0, int n1,
+                               int beta0);
+LB_HIDDEN void lb_gemv_rows_at(int level, float *y, const float *x, const float *W, int C, int ldw, int r0, int r1,
+                               int beta0);
 
 // Element-wise kernels (kernels.c), dispatched to AVX-512 / AVX2 / baseline
 // code for the CPU at the first call.
@@ -86,6 +108,20 @@ LB_HIDDEN void lb_layernorm_backward_input(float *dinp, const float *dout, const
                                            const float *mean, const float *rstd, size_t rows, int C);
 // out[n] = a[n] + b[n]; out may alias a or b.
 LB_HIDDEN void lb_add(float *out, const float *a, const float *b, size_t n);
+// Activation functions, one value per formula (the Swift `Activation` maps
+// transformers' names onto them).
+#define LB_ACT_GELU_TANH 0   // x·sigmoid(2·√(2/π)·(x + 0.044715x³)): gelu_new, gelu_pytorch_tanh, gelu_fast
+#define LB_ACT_GELU_ERF 1    // 0.5·x·(1 + erf(x/√2)): gelu, gelu_python
+#define LB_ACT_QUICK_GELU 2  // x·sigmoid(1.702x)
+#define LB_ACT_RELU 3
+#define LB_ACT_SILU 4        // x·sigmoid(x): silu, swish
+#define LB_ACT_TANH 5
+#define LB_ACT_SIGMOID 6
+#define LB_ACT_LINEAR 7
+// out[n] = act(inp[n]); out may alias inp.
+LB_HIDDEN void lb_activation_forward(int act, float *out, const float *inp, size_t n);
+// d[n] *= act′(pre[n]).
+LB_HIDDEN void lb_activation_backward(int act, float *d, const float *pre, size_t n);
 
 // One instruction set's versions of the kernels above (tests compare them).
 typedef struct lb_kernel_set {
@@ -100,6 +136,8 @@ typedef struct lb_kernel_set {
     void (*layernorm_backward_input)(float *dinp, const float *dout, const float *inp, const float *weight,
                                      const float *mean, const float *rstd, size_t rows, int C);
     void (*add)(float *out, const float *a, const float *b, size_t n);
+    void (*activation_forward)(int act, float *out, const float *inp, size_t n);
+    void (*activation_backward)(int act, float *d, const float *pre, size_t n);
 } lb_kernel_set;
 // The set for a level, or NULL when this CPU cannot run it.
 LB_HIDDEN const lb_kernel_set *lb_kernels_for(int level);

@@ -6,21 +6,21 @@ import Glibc
 /// Whole-file writes that never leave a half-written file: the bytes go to a
 /// temporary file in the same directory, are flushed to disk, and the file is
 /// renamed over the destination (then the directory is flushed too).
-public enum AtomicFile {
-    public static func write(_ bytes: [UInt8], to path: String) throws {
+package enum AtomicFile {
+    package static func write(_ bytes: [UInt8], to path: String) throws {
         try bytes.withUnsafeBytes { try write(raw: $0, to: path) }
     }
 
-    public static func write(_ text: String, to path: String) throws {
+    package static func write(_ text: String, to path: String) throws {
         try write(Array(text.utf8), to: path)
     }
 
-    public static func write(raw: UnsafeRawBufferPointer, to path: String) throws {
+    package static func write(raw: UnsafeRawBufferPointer, to path: String) throws {
         let url = URL(fileURLWithPath: path)
         let dir = url.deletingLastPathComponent().path
         let tmp = dir + "/." + url.lastPathComponent + ".tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw LoraError.io(path: path, reason: "cannot create \(tmp): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw LoRAError.io(path: path, reason: "cannot create \(tmp): \(String(cString: strerror(errno)))") }
         var ok = false
         defer {
             if !ok { unlink(tmp) }
@@ -32,17 +32,17 @@ public enum AtomicFile {
                 if errno == EINTR { continue }
                 let e = String(cString: strerror(errno))
                 close(fd)
-                throw LoraError.io(path: path, reason: "write failed: \(e)")
+                throw LoRAError.io(path: path, reason: "write failed: \(e)")
             }
             written += n
         }
         if fsync(fd) != 0 {
             let e = String(cString: strerror(errno))
             close(fd)
-            throw LoraError.io(path: path, reason: "fsync failed: \(e)")
+            throw LoRAError.io(path: path, reason: "fsync failed: \(e)")
         }
-        guard close(fd) == 0 else { throw LoraError.io(path: path, reason: "close failed: \(String(cString: strerror(errno)))") }
-        guard rename(tmp, path) == 0 else { throw LoraError.io(path: path, reason: "rename failed: \(String(cString: strerror(errno)))") }
+        guard close(fd) == 0 else { throw LoRAError.io(path: path, reason: "close failed: \(String(cString: strerror(errno)))") }
+        guard rename(tmp, path) == 0 else { throw LoRAError.io(path: path, reason: "rename failed: \(String(cString: strerror(errno)))") }
         ok = true
         let dfd = open(dir.isEmpty ? "." : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if dfd >= 0 { _ = fsync(dfd); close(dfd) }

@@ -1,21 +1,5 @@
 import Foundation
 
-/// The activation functions GPT2Config accepts (transformers' ACT2FN names).
-public enum Activation: String, CaseIterable, Sendable {
-    case geluNew = "gelu_new"
-    case gelu = "gelu"
-    case geluPytorchTanh = "gelu_pytorch_tanh"
-    case geluFast = "gelu_fast"
-    case geluPython = "gelu_python"
-    case quickGelu = "quick_gelu"
-    case relu = "relu"
-    case silu = "silu"
-    case swish = "swish"
-    case tanh = "tanh"
-    case sigmoid = "sigmoid"
-    case linear = "linear"
-}
-
 /// GPT-2's `config.json`, with GPT2Config's defaults for missing keys.
 public struct GPT2Config: Sendable, Equatable {
     public var vocabSize = 50257
@@ -48,7 +32,7 @@ public struct GPT2Config: Sendable, Equatable {
 
     /// Parses `config.json` text; `path` names the file in errors.
     public static func parse(_ bytes: [UInt8], path: String) throws -> GPT2Config {
-        func fail(_ r: String) -> LoraError { .invalidFile(path: path, reason: r) }
+        func fail(_ r: String) -> LoRAError { .invalidFile(path: path, reason: r) }
         let json: JSONValue
         do { json = try JSON.parse(bytes) } catch { throw fail("not valid JSON: \(error)") }
         guard let obj = json.objectValue else { throw fail("not a JSON object") }
@@ -101,14 +85,14 @@ public struct GPT2Config: Sendable, Equatable {
 
     public static func load(path: String) throws -> GPT2Config {
         guard let data = FileManager.default.contents(atPath: path) else {
-            throw LoraError.io(path: path, reason: "cannot read file")
+            throw LoRAError.io(path: path, reason: "cannot read file")
         }
         return try parse(Array(data), path: path)
     }
 
     /// Checks sizes before anything is allocated.
     public func validate(path: String = "config") throws {
-        func fail(_ r: String) -> LoraError { .invalidFile(path: path, reason: r) }
+        func fail(_ r: String) -> LoRAError { .invalidFile(path: path, reason: r) }
         guard nEmbd >= 1, nEmbd <= Self.maxDimension else { throw fail("n_embd \(nEmbd) out of range 1...\(Self.maxDimension)") }
         guard nHead >= 1, nHead <= nEmbd else { throw fail("n_head \(nHead) out of range 1...n_embd") }
         guard nEmbd % nHead == 0 else { throw fail("n_embd \(nEmbd) is not divisible by n_head \(nHead)") }

@@ -8,7 +8,7 @@
 ///
 /// Not `indirect`: arrays and objects already keep their elements out of line,
 /// and a box per value made large files (tokenizer.json) slower to read.
-public enum JSONValue: Equatable, Sendable {
+package enum JSONValue: Equatable, Sendable {
     case null
     case bool(Bool)
     /// A number with its literal text, so integers stay exact.
@@ -18,21 +18,21 @@ public enum JSONValue: Equatable, Sendable {
     /// Members in file order (duplicates kept; see `JSONObject`).
     case object(JSONObject)
 
-    public var stringValue: String? { if case .string(let s) = self { return s } else { return nil } }
-    public var boolValue: Bool? { if case .bool(let b) = self { return b } else { return nil } }
-    public var arrayValue: [JSONValue]? { if case .array(let a) = self { return a } else { return nil } }
-    public var objectValue: JSONObject? { if case .object(let o) = self { return o } else { return nil } }
-    public var isNull: Bool { self == .null }
+    package var stringValue: String? { if case .string(let s) = self { return s } else { return nil } }
+    package var boolValue: Bool? { if case .bool(let b) = self { return b } else { return nil } }
+    package var arrayValue: [JSONValue]? { if case .array(let a) = self { return a } else { return nil } }
+    package var objectValue: JSONObject? { if case .object(let o) = self { return o } else { return nil } }
+    package var isNull: Bool { self == .null }
     /// The number as a Double (integers and fractions alike).
-    public var doubleValue: Double? { if case .number(let n) = self { return n.double } else { return nil } }
+    package var doubleValue: Double? { if case .number(let n) = self { return n.double } else { return nil } }
     /// The number when it is an integer literal that fits Int (no fraction, no exponent).
-    public var intValue: Int? { if case .number(let n) = self { return n.int } else { return nil } }
+    package var intValue: Int? { if case .number(let n) = self { return n.int } else { return nil } }
 
-    public subscript(key: String) -> JSONValue? { objectValue?[key] }
+    package subscript(key: String) -> JSONValue? { objectValue?[key] }
 
     /// The kind of value with its article ("a string", "an object", "null"),
     /// for error messages such as "must be an integer, not a string".
-    public var kindName: String {
+    package var kindName: String {
         switch self {
         case .null: return "null"
         case .bool: return "a boolean"
@@ -44,15 +44,15 @@ public enum JSONValue: Equatable, Sendable {
     }
 }
 
-public struct JSONNumber: Equatable, Sendable {
+package struct JSONNumber: Equatable, Sendable {
     /// The literal as written.
-    public let text: String
-    public let double: Double
+    package let text: String
+    package let double: Double
     /// Set when the literal is an integer (no '.', 'e') that fits Int.
-    public let int: Int?
+    package let int: Int?
 
-    public init(_ int: Int) { self.text = String(int); self.double = Double(int); self.int = int }
-    public init(_ double: Double) {
+    package init(_ int: Int) { self.text = String(int); self.double = Double(int); self.int = int }
+    package init(_ double: Double) {
         self.double = double
         if double.isFinite, double == double.rounded(), abs(double) < 1e15 {
             self.text = String(Int(double)) + ".0"
@@ -86,15 +86,15 @@ struct ExactKey: Hashable {
 /// A JSON object: ordered members with lookup by key, keys compared byte for
 /// byte (the last duplicate wins, as in Python; `hasDuplicateKeys` tells
 /// strict readers to refuse).
-public struct JSONObject: Equatable, Sendable {
-    public private(set) var members: [(key: String, value: JSONValue)]
+package struct JSONObject: Equatable, Sendable {
+    package private(set) var members: [(key: String, value: JSONValue)]
     private var index: [ExactKey: Int]
-    public private(set) var hasDuplicateKeys = false
+    package private(set) var hasDuplicateKeys = false
     /// The key of each member that repeated an earlier key, in file order
     /// (empty unless `hasDuplicateKeys`), so a strict reader can name it.
-    public private(set) var duplicateKeys: [String] = []
+    package private(set) var duplicateKeys: [String] = []
 
-    public init(_ members: [(String, JSONValue)] = []) {
+    package init(_ members: [(String, JSONValue)] = []) {
         self.members = []
         self.index = [:]
         self.members.reserveCapacity(members.count)
@@ -113,7 +113,7 @@ public struct JSONObject: Equatable, Sendable {
         self.members = parsed
         self.index = index
     }
-    public mutating func append(_ key: String, _ value: JSONValue) {
+    package mutating func append(_ key: String, _ value: JSONValue) {
         if let i = index[ExactKey(string: key)] {
             hasDuplicateKeys = true
             duplicateKeys.append(key)
@@ -123,7 +123,7 @@ public struct JSONObject: Equatable, Sendable {
             members.append((key, value))
         }
     }
-    public subscript(key: String) -> JSONValue? {
+    package subscript(key: String) -> JSONValue? {
         get { index[ExactKey(string: key)].map { members[$0].value } }
         set {
             if let v = newValue { append(key, v) }
@@ -134,25 +134,25 @@ public struct JSONObject: Equatable, Sendable {
             }
         }
     }
-    public var keys: [String] { members.map { $0.key } }
-    public var count: Int { members.count }
-    public static func == (a: JSONObject, b: JSONObject) -> Bool {
+    package var keys: [String] { members.map { $0.key } }
+    package var count: Int { members.count }
+    package static func == (a: JSONObject, b: JSONObject) -> Bool {
         a.members.count == b.members.count
             && zip(a.members, b.members).allSatisfy { $0.key.utf8.elementsEqual($1.key.utf8) && $0.value == $1.value }
     }
 }
 
-public struct JSONParseError: Error, CustomStringConvertible {
-    public let offset: Int
-    public let message: String
-    public var description: String { "invalid JSON at byte \(offset): \(message)" }
+package struct JSONParseError: Error, CustomStringConvertible {
+    package let offset: Int
+    package let message: String
+    package var description: String { "invalid JSON at byte \(offset): \(message)" }
 }
 
-public enum JSON {
-    public static let maxDepth = 256
+package enum JSON {
+    package static let maxDepth = 256
 
     /// Parses one JSON value; leading and trailing white space allowed.
-    public static func parse<C: Collection>(_ bytes: C) throws -> JSONValue where C.Element == UInt8 {
+    package static func parse<C: Collection>(_ bytes: C) throws -> JSONValue where C.Element == UInt8 {
         let array = Array(bytes)
         return try array.withUnsafeBufferPointer { buf in
             var p = Parser(buf: buf)
@@ -164,7 +164,7 @@ public enum JSON {
         }
     }
 
-    public static func parse(_ string: String) throws -> JSONValue { try parse(Array(string.utf8)) }
+    package static func parse(_ string: String) throws -> JSONValue { try parse(Array(string.utf8)) }
 
     struct Parser {
         let buf: UnsafeBufferPointer<UInt8>
@@ -364,14 +364,14 @@ public enum JSON {
 
 extension JSON {
     /// Compact JSON (serde_json / Python `separators=(",", ":")` style), keys in member order.
-    public static func compact(_ v: JSONValue) -> String {
+    package static func compact(_ v: JSONValue) -> String {
         var out = ""
         write(v, to: &out, indent: nil, level: 0, sortKeys: false, asciiOnly: false)
         return out
     }
 
     /// Python's `json.dumps(v, indent=2, sort_keys=True)` (ensure_ascii on).
-    public static func pythonPretty(_ v: JSONValue, sortKeys: Bool = true) -> String {
+    package static func pythonPretty(_ v: JSONValue, sortKeys: Bool = true) -> String {
         var out = ""
         write(v, to: &out, indent: 2, level: 0, sortKeys: sortKeys, asciiOnly: true)
         return out

@@ -5,11 +5,11 @@ import Glibc
 
 /// safetensors element types, in the reference implementation's order
 /// (the writer sorts tensors by this order, descending).
-public enum DType: String, CaseIterable, Sendable, Comparable {
+package enum DType: String, CaseIterable, Sendable, Comparable {
     case BOOL, F4, F6_E2M3, F6_E3M2, U8, I8, F8_E5M2, F8_E4M3, F8_E8M0, F8_E4M3FNUZ, F8_E5M2FNUZ
     case I16, U16, F16, BF16, I32, U32, F32, C64, F64, I64, U64
 
-    public var bits: Int {
+    package var bits: Int {
         switch self {
         case .F4: return 4
         case .F6_E2M3, .F6_E3M2: return 6
@@ -20,47 +20,49 @@ public enum DType: String, CaseIterable, Sendable, Comparable {
         }
     }
     var order: Int { DType.allCases.firstIndex(of: self) ?? 0 }
-    public static func < (a: DType, b: DType) -> Bool { a.order < b.order }
+    package static func < (a: DType, b: DType) -> Bool { a.order < b.order }
 }
 
-public struct TensorInfo: Sendable, Equatable {
-    public let name: String
-    public let dtype: DType
-    public let shape: [Int]
+package struct TensorInfo: Sendable, Equatable {
+    package let name: String
+    package let dtype: DType
+    package let shape: [Int]
     /// Byte range within the data section.
-    public let begin: Int
-    public let end: Int
-    public var count: Int { shape.reduce(1, *) }
+    package let begin: Int
+    package let end: Int
+    package var count: Int { shape.reduce(1, *) }
 }
 
 /// A safetensors file, memory-mapped. Validation follows the reference
 /// implementation (huggingface/safetensors `Metadata::validate`), plus a
 /// refusal of duplicate names.
-public final class SafeTensorsFile: @unchecked Sendable {
-    public static let maxHeaderSize = 100_000_000
+/// Thread safety (why `@unchecked Sendable`): immutable after init (a
+/// read-only mapping and the parsed header); any thread may read it.
+package final class SafeTensorsFile: @unchecked Sendable {
+    package static let maxHeaderSize = 100_000_000
 
-    public let path: String
-    public let metadata: [String: String]?
+    package let path: String
+    package let metadata: [String: String]?
     /// Tensors in data order.
-    public let tensors: [TensorInfo]
+    package let tensors: [TensorInfo]
     private let byName: [String: Int]
     private let base: UnsafeRawPointer?
     private let mapLength: Int
     private let dataStart: Int
 
-    public init(path: String) throws {
+    package init(path: String) throws {
         self.path = path
         let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw LoraError.io(path: path, reason: String(cString: strerror(errno))) }
+        guard fd >= 0 else { throw LoRAError.io(path: path, reason: String(cString: strerror(errno))) }
         defer { close(fd) }
         var st = stat()
-        guard fstat(fd, &st) == 0 else { throw LoraError.io(path: path, reason: String(cString: strerror(errno))) }
-        guard (st.st_mode & S_IFMT) == S_IFREG else { throw LoraError.invalidFile(path: path, reason: "not a regular file") }
+        guard fstat(fd, &st) == 0 else { throw LoRAError.io(path: path, reason: String(cString: strerror(errno))) }
+        guard (st.st_mode & S_IFMT) == S_IFREG else { throw LoRAError.invalidFile(path: path, reason: "not a regular file") }
         let size = Int(st.st_size)
         var mapped: UnsafeRawPointer? = nil
         if size > 0 {
             let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0)
-            guard let p, p != MAP_FAILED else { throw LoraError.io(path: path, reason: "mmap failed: \(String(cString: strerror(errno)))") }
+            guard let p, p != MAP_FAILED else { throw LoRAError.io(path: path, reason: "mmap failed: \(String(cString: strerror(errno)))") }
             mapped = UnsafeRawPointer(p)
         }
         do {
@@ -84,18 +86,18 @@ public final class SafeTensorsFile: @unchecked Sendable {
         if let base { munmap(UnsafeMutableRawPointer(mutating: base), mapLength) }
     }
 
-    public subscript(name: String) -> TensorInfo? { byName[name].map { tensors[$0] } }
-    public var names: [String] { tensors.map(\.name) }
+    package subscript(name: String) -> TensorInfo? { byName[name].map { tensors[$0] } }
+    package var names: [String] { tensors.map(\.name) }
 
     /// The raw bytes of a tensor, valid while this object lives.
-    public func rawBytes(_ info: TensorInfo) -> UnsafeRawBufferPointer {
+    package func rawBytes(_ info: TensorInfo) -> UnsafeRawBufferPointer {
         UnsafeRawBufferPointer(start: base.map { $0 + dataStart + info.begin }, count: info.end - info.begin)
     }
 
     /// Zero-copy access to an F32 tensor (the mapping is 4-byte aligned when
     /// the writer followed the reference layout; otherwise nil).
-    public func withF32<R>(_ name: String, _ body: (UnsafeBufferPointer<Float>) throws -> R) throws -> R? {
-        guard let info = self[name] else { throw LoraError.invalidFile(path: path, reason: "missing tensor \(name)") }
+    package func withF32<R>(_ name: String, _ body: (UnsafeBufferPointer<Float>) throws -> R) throws -> R? {
+        guard let info = self[name] else { throw LoRAError.invalidFile(path: path, reason: "missing tensor \(name)") }
         guard info.dtype == .F32 else { return nil }
         let raw = rawBytes(info)
         guard let start = raw.baseAddress, Int(bitPattern: start) % 4 == 0 else {
@@ -106,7 +108,7 @@ public final class SafeTensorsFile: @unchecked Sendable {
     }
 
     /// Copies a floating-point tensor (F32, F16, BF16, F64) as Float into `out`.
-    public func copyFloats(_ info: TensorInfo, into out: UnsafeMutablePointer<Float>) throws {
+    package func copyFloats(_ info: TensorInfo, into out: UnsafeMutablePointer<Float>) throws {
         let raw = rawBytes(info)
         let n = info.count
         switch info.dtype {
@@ -125,12 +127,12 @@ public final class SafeTensorsFile: @unchecked Sendable {
         case .F64:
             for i in 0..<n { out[i] = Float(raw.loadUnaligned(fromByteOffset: 8 * i, as: Double.self)) }
         default:
-            throw LoraError.invalidFile(path: path, reason: "tensor \(info.name) has dtype \(info.dtype.rawValue), expected a float type (F32, F16, BF16)")
+            throw LoRAError.invalidFile(path: path, reason: "tensor \(info.name) has dtype \(info.dtype.rawValue), expected a float type (F32, F16, BF16)")
         }
     }
 
-    public func floats(_ name: String) throws -> [Float] {
-        guard let info = self[name] else { throw LoraError.invalidFile(path: path, reason: "missing tensor \(name)") }
+    package func floats(_ name: String) throws -> [Float] {
+        guard let info = self[name] else { throw LoRAError.invalidFile(path: path, reason: "missing tensor \(name)") }
         var out = [Float](repeating: 0, count: info.count)
         try out.withUnsafeMutableBufferPointer { b in
             if let p = b.baseAddress { try copyFloats(info, into: p) }
@@ -139,8 +141,8 @@ public final class SafeTensorsFile: @unchecked Sendable {
     }
 
     /// An integer tensor (I64, I32, U8, I8, I16, U16, U32, BOOL) as Int.
-    public func ints(_ name: String) throws -> [Int] {
-        guard let info = self[name] else { throw LoraError.invalidFile(path: path, reason: "missing tensor \(name)") }
+    package func ints(_ name: String) throws -> [Int] {
+        guard let info = self[name] else { throw LoRAError.invalidFile(path: path, reason: "missing tensor \(name)") }
         let raw = rawBytes(info)
         let n = info.count
         switch info.dtype {
@@ -152,14 +154,14 @@ public final class SafeTensorsFile: @unchecked Sendable {
         case .I8: return (0..<n).map { Int(raw.load(fromByteOffset: $0, as: Int8.self)) }
         case .U8, .BOOL: return (0..<n).map { Int(raw[$0]) }
         default:
-            throw LoraError.invalidFile(path: path, reason: "tensor \(name) has dtype \(info.dtype.rawValue), expected an integer type")
+            throw LoRAError.invalidFile(path: path, reason: "tensor \(name) has dtype \(info.dtype.rawValue), expected an integer type")
         }
     }
 
     struct Parsed { var metadata: [String: String]?; var tensors: [TensorInfo]; var dataStart: Int }
 
     static func parseHeader(_ bytes: UnsafeRawBufferPointer, path: String) throws -> Parsed {
-        func fail(_ r: String) -> LoraError { .invalidFile(path: path, reason: r) }
+        func fail(_ r: String) -> LoRAError { .invalidFile(path: path, reason: r) }
         guard bytes.count >= 8 else { throw fail("file too small for a safetensors header (\(bytes.count) bytes)") }
         let n64 = UInt64(littleEndian: bytes.loadUnaligned(as: UInt64.self))
         guard n64 <= UInt64(maxHeaderSize) else { throw fail("header length \(n64) exceeds the limit of \(maxHeaderSize) bytes") }
@@ -231,41 +233,41 @@ public final class SafeTensorsFile: @unchecked Sendable {
 }
 
 /// A tensor to write: name, dtype, shape and little-endian bytes.
-public struct TensorData: Sendable {
-    public var name: String
-    public var dtype: DType
-    public var shape: [Int]
-    public var bytes: [UInt8]
+package struct TensorData: Sendable {
+    package var name: String
+    package var dtype: DType
+    package var shape: [Int]
+    package var bytes: [UInt8]
 
-    public init(name: String, dtype: DType, shape: [Int], bytes: [UInt8]) {
+    package init(name: String, dtype: DType, shape: [Int], bytes: [UInt8]) {
         self.name = name; self.dtype = dtype; self.shape = shape; self.bytes = bytes
     }
-    public init(name: String, shape: [Int], floats: UnsafeBufferPointer<Float>) {
+    package init(name: String, shape: [Int], floats: UnsafeBufferPointer<Float>) {
         self.init(name: name, dtype: .F32, shape: shape, bytes: Array(UnsafeRawBufferPointer(floats)))
     }
-    public init(name: String, shape: [Int], floats: [Float]) {
+    package init(name: String, shape: [Int], floats: [Float]) {
         self.init(name: name, dtype: .F32, shape: shape, bytes: floats.withUnsafeBytes { Array($0) })
     }
 }
 
-public enum SafeTensorsWriter {
+package enum SafeTensorsWriter {
     /// The file bytes exactly as Python's `safetensors` writes them: tensors
     /// sorted by dtype (descending) then name, compact JSON header with
     /// `__metadata__` first, padded with spaces to a multiple of 8.
-    public static func serialize(_ tensors: [TensorData], metadata: [String: String]? = ["format": "pt"]) throws -> [UInt8] {
+    package static func serialize(_ tensors: [TensorData], metadata: [String: String]? = ["format": "pt"]) throws -> [UInt8] {
         var seen = Set<String>()
         for t in tensors {
-            guard seen.insert(t.name).inserted else { throw LoraError.invalidArgument("duplicate tensor name \(t.name)") }
-            guard t.name != "__metadata__" else { throw LoraError.invalidArgument("a tensor cannot be named __metadata__") }
+            guard seen.insert(t.name).inserted else { throw LoRAError.invalidArgument("duplicate tensor name \(t.name)") }
+            guard t.name != "__metadata__" else { throw LoRAError.invalidArgument("a tensor cannot be named __metadata__") }
             var bits = t.dtype.bits
             for d in t.shape {
-                guard d >= 0 else { throw LoraError.invalidArgument("tensor \(t.name): negative dimension") }
+                guard d >= 0 else { throw LoRAError.invalidArgument("tensor \(t.name): negative dimension") }
                 let (m, o) = bits.multipliedReportingOverflow(by: d)
-                guard !o else { throw LoraError.invalidArgument("tensor \(t.name): shape overflows") }
+                guard !o else { throw LoRAError.invalidArgument("tensor \(t.name): shape overflows") }
                 bits = m
             }
             guard bits % 8 == 0, bits / 8 == t.bytes.count else {
-                throw LoraError.invalidArgument("tensor \(t.name): \(t.bytes.count) bytes do not match shape \(t.shape) of \(t.dtype.rawValue)")
+                throw LoRAError.invalidArgument("tensor \(t.name): \(t.bytes.count) bytes do not match shape \(t.shape) of \(t.dtype.rawValue)")
             }
         }
         let sorted = tensors.sorted { a, b in
@@ -290,7 +292,7 @@ public enum SafeTensorsWriter {
         }
         var json = Array(JSON.compact(.object(header)).utf8)
         while json.count % 8 != 0 { json.append(0x20) }
-        guard json.count <= SafeTensorsFile.maxHeaderSize else { throw LoraError.invalidArgument("safetensors header too large") }
+        guard json.count <= SafeTensorsFile.maxHeaderSize else { throw LoRAError.invalidArgument("safetensors header too large") }
         var out: [UInt8] = []
         out.reserveCapacity(8 + json.count + offset)
         withUnsafeBytes(of: UInt64(json.count).littleEndian) { out.append(contentsOf: $0) }
@@ -300,7 +302,7 @@ public enum SafeTensorsWriter {
     }
 
     /// Writes atomically: a temporary file in the same directory, fsync, rename.
-    public static func write(_ tensors: [TensorData], to path: String, metadata: [String: String]? = ["format": "pt"]) throws {
+    package static func write(_ tensors: [TensorData], to path: String, metadata: [String: String]? = ["format": "pt"]) throws {
         try AtomicFile.write(try serialize(tensors, metadata: metadata), to: path)
     }
 }

@@ -2,28 +2,28 @@ import CLoraSupport
 
 // Dense factorisations through LAPACKE (row-major), for the adapter algebra.
 
-public struct SVDResult {
+package struct SVDResult {
     /// U [m, k], S [k] (descending), Vt [k, n] with k = min(m, n).
-    public var u: [Float]
-    public var s: [Float]
-    public var vt: [Float]
-    public let m: Int, n: Int, k: Int
+    package var u: [Float]
+    package var s: [Float]
+    package var vt: [Float]
+    package let m: Int, n: Int, k: Int
 }
 
-public enum Linalg {
+package enum Linalg {
     static func check(_ info: Int32, _ what: String) throws {
-        if info == -1000 { throw LoraError.backend("LAPACKE is not available (install liblapacke; scripts/bootstrap.sh does)") }
-        if info < 0 { throw LoraError.invalidArgument("\(what): LAPACK rejected argument \(-info)") }
-        if info > 0 { throw LoraError.numerical("\(what) did not converge (LAPACK info \(info))") }
+        if info == -1000 { throw LoRAError.backend("LAPACKE is not available (install liblapacke; scripts/bootstrap.sh does)") }
+        if info < 0 { throw LoRAError.invalidArgument("\(what): LAPACK rejected argument \(-info)") }
+        if info > 0 { throw LoRAError.numerical("\(what) did not converge (LAPACK info \(info))") }
     }
 
     static func checkFinite(_ a: [Float], _ what: String) throws {
-        for x in a where !x.isFinite { throw LoraError.numerical("\(what): the matrix holds NaN or infinite values") }
+        for x in a where !x.isFinite { throw LoRAError.numerical("\(what): the matrix holds NaN or infinite values") }
     }
 
     /// Thin SVD of a [m, n] row-major (sgesdd).
-    public static func svd(_ a: [Float], m: Int, n: Int) throws -> SVDResult {
-        guard m >= 1, n >= 1, a.count == m * n else { throw LoraError.invalidArgument("svd: bad shape [\(m), \(n)]") }
+    package static func svd(_ a: [Float], m: Int, n: Int) throws -> SVDResult {
+        guard m >= 1, n >= 1, a.count == m * n else { throw LoRAError.invalidArgument("svd: bad shape [\(m), \(n)]") }
         try checkFinite(a, "svd")
         try BLAS.load()
         let k = min(m, n)
@@ -46,8 +46,8 @@ public enum Linalg {
     /// Thin QR of a [m, n] row-major (sgeqrf + sorgqr), k = min(m, n): Q [m, k]
     /// with orthonormal columns, R [k, n] upper triangular (trapezoidal when
     /// m < n). LAPACK's Householder signs, as torch.linalg.qr.
-    public static func qr(_ a: [Float], m: Int, n: Int) throws -> (q: [Float], r: [Float]) {
-        guard m >= 1, n >= 1, a.count == m * n else { throw LoraError.invalidArgument("qr: bad shape [\(m), \(n)]") }
+    package static func qr(_ a: [Float], m: Int, n: Int) throws -> (q: [Float], r: [Float]) {
+        guard m >= 1, n >= 1, a.count == m * n else { throw LoRAError.invalidArgument("qr: bad shape [\(m), \(n)]") }
         try checkFinite(a, "qr")
         try BLAS.load()
         let k = min(m, n)
@@ -78,13 +78,13 @@ public enum Linalg {
     /// Qᵀ·a [q, cols]. Returns U [m, q], S [q] (descending), Vt [q, n].
     /// Without oversampling the subspace is exact only for a rank-q matrix;
     /// otherwise its error shrinks like (σ_{q+1}/σ_q)^(2·niter+1).
-    public static func svdLowRank(_ a: [Float], m: Int, n: Int, rank q: Int, niter: Int,
+    package static func svdLowRank(_ a: [Float], m: Int, n: Int, rank q: Int, niter: Int,
                                   rng: inout SplitMix64) throws -> SVDResult {
-        guard m >= 1, n >= 1, a.count == m * n else { throw LoraError.invalidArgument("svdLowRank: bad shape [\(m), \(n)]") }
+        guard m >= 1, n >= 1, a.count == m * n else { throw LoRAError.invalidArgument("svdLowRank: bad shape [\(m), \(n)]") }
         guard q >= 1, q <= min(m, n) else {
-            throw LoraError.invalidArgument("svdLowRank: rank \(q) must be in 1...\(min(m, n)) for a [\(m), \(n)] matrix")
+            throw LoRAError.invalidArgument("svdLowRank: rank \(q) must be in 1...\(min(m, n)) for a [\(m), \(n)] matrix")
         }
-        guard niter >= 0 else { throw LoraError.invalidArgument("svdLowRank: niter must be >= 0") }
+        guard niter >= 0 else { throw LoRAError.invalidArgument("svdLowRank: niter must be >= 0") }
         try checkFinite(a, "svdLowRank")
         try BLAS.load()
         // T = a (m ≥ n) or aᵀ (m < n): tall, [rows, cols].

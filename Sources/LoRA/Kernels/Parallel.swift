@@ -1,9 +1,10 @@
 import CLoraSupport
-import Dispatch
 
 // Splitting kernels across worker threads. OpenBLAS runs single-threaded
 // (see CLoraSupport/blas.c); products, element-wise kernels and attention
-// heads are split here instead, so no thread spins while another works.
+// heads are split here instead, and run on liblora's own worker pool
+// (CLoraSupport/pool.c: spinning workers, so a job starts within a
+// microsecond; decode runs ~90 jobs a token).
 // Work is only ever split along independent outputs (rows, columns, heads),
 // never along a reduction: results do not depend on the thread count.
 
@@ -25,20 +26,23 @@ func parallelChunks(_ count: Int, minChunk: Int = 1, align: Int = 1, maxWorkers:
     let per = ((count + workers - 1) / workers + align - 1) / align * align
     let chunks = (count + per - 1) / per
     // The body writes disjoint parts of caller-owned buffers and returns
-    // before concurrentPerform does: sending it to the workers is safe.
+    // before lb_parallel_run does: the context outlives every call.
     withoutActuallyEscaping(body) { body in
-        let work = UncheckedSendable(body)
-        DispatchQueue.concurrentPerform(iterations: chunks) { i in
-            let was = lb_enter_parallel()
-            work.value(i, i * per ..< min(count, (i + 1) * per))
-            lb_leave_parallel(was)
+        var job = ChunkJob(body: body, count: count, per: per)
+        withUnsafeMutablePointer(to: &job) { p in
+            lb_parallel_run(Int32(chunks), { ctx, c in
+                let job = ctx!.assumingMemoryBound(to: ChunkJob.self)
+                let i = Int(c), per = job.pointee.per
+                job.pointee.body(i, i * per ..< min(job.pointee.count, (i + 1) * per))
+            }, p)
         }
     }
 }
 
-private struct UncheckedSendable<T>: @unchecked Sendable {
-    let value: T
-    init(_ value: T) { self.value = value }
+private struct ChunkJob {
+    let body: (_ worker: Int, _ range: Range<Int>) -> Void
+    let count: Int
+    let per: Int
 }
 
 /// The worker count `parallelChunks` may use now.

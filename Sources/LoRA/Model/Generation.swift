@@ -24,11 +24,11 @@ public struct SamplingParams: Sendable, Equatable {
     public static var greedy: SamplingParams { var p = SamplingParams(); p.temperature = 0; return p }
 
     public func validate() throws {
-        guard maxNewTokens >= 0 else { throw LoraError.invalidArgument("max_new_tokens must be >= 0") }
-        guard temperature.isFinite, temperature >= 0 else { throw LoraError.invalidArgument("temperature must be a finite number >= 0") }
-        guard topK >= 0 else { throw LoraError.invalidArgument("top_k must be >= 0") }
-        guard topP.isFinite, topP > 0, topP <= 1 else { throw LoraError.invalidArgument("top_p must be in (0, 1]") }
-        guard repetitionPenalty.isFinite, repetitionPenalty > 0 else { throw LoraError.invalidArgument("repetition_penalty must be a finite number > 0") }
+        guard maxNewTokens >= 0 else { throw LoRAError.invalidArgument("max_new_tokens must be >= 0") }
+        guard temperature.isFinite, temperature >= 0 else { throw LoRAError.invalidArgument("temperature must be a finite number >= 0") }
+        guard topK >= 0 else { throw LoRAError.invalidArgument("top_k must be >= 0") }
+        guard topP.isFinite, topP > 0, topP <= 1 else { throw LoRAError.invalidArgument("top_p must be in (0, 1]") }
+        guard repetitionPenalty.isFinite, repetitionPenalty > 0 else { throw LoRAError.invalidArgument("repetition_penalty must be a finite number > 0") }
     }
 }
 
@@ -52,15 +52,15 @@ public struct GenerationResult: Sendable {
 
 extension Model {
     /// Generates after `prompt` with a KV cache. `onToken(id, textPiece)` is
-    /// called on the calling thread for each new token; return false to stop.
+    /// called on the calling thread for each new token; return `.stop` to stop.
     /// The prompt must be shorter than n_positions; generation stops at
     /// n_positions (`.contextFull`).
     public func generate(prompt: [TokenID], params: SamplingParams = SamplingParams(),
-                         onToken: ((TokenID, String) -> Bool)? = nil) throws -> GenerationResult {
+                         onToken: ((TokenID, String) -> CallbackAction)? = nil) throws -> GenerationResult {
         try params.validate()
-        guard !prompt.isEmpty else { throw LoraError.invalidArgument("empty prompt") }
+        guard !prompt.isEmpty else { throw LoRAError.invalidArgument("empty prompt") }
         guard prompt.count < config.nPositions else {
-            throw LoraError.invalidArgument("prompt of \(prompt.count) tokens does not fit n_positions (\(config.nPositions)) with room for a new token")
+            throw LoRAError.invalidArgument("prompt of \(prompt.count) tokens does not fit n_positions (\(config.nPositions)) with room for a new token")
         }
         try prompt.withUnsafeBufferPointer { try checkTokens($0) }
         let total = min(config.nPositions, prompt.count + params.maxNewTokens)
@@ -94,7 +94,7 @@ extension Model {
                 piece += tail
                 text += tail
             }
-            if let onToken, !onToken(next, piece) { reason = .callback; break }
+            if let onToken, onToken(next, piece) == .stop { reason = .callback; break }
             if let stop { reason = stop; break }
             logits = try session.forward([next], batch: 1, lastOnly: true)
         }
@@ -103,8 +103,8 @@ extension Model {
 
     /// Generates from a text prompt (needs a tokenizer).
     public func generate(_ prompt: String, params: SamplingParams = SamplingParams(),
-                         onToken: ((TokenID, String) -> Bool)? = nil) throws -> GenerationResult {
-        guard let tokenizer else { throw LoraError.invalidArgument("the model has no tokenizer") }
+                         onToken: ((TokenID, String) -> CallbackAction)? = nil) throws -> GenerationResult {
+        guard let tokenizer else { throw LoRAError.invalidArgument("the model has no tokenizer") }
         return try generate(prompt: tokenizer.encode(prompt), params: params, onToken: onToken)
     }
 }

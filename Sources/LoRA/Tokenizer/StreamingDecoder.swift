@@ -13,7 +13,7 @@ public struct StreamingDecoder: Sendable {
     }
 
     /// Adds one id and returns the newly completed text (possibly empty).
-    /// Throws `LoraError.invalidArgument` for an id that has no token; the
+    /// Throws `LoRAError.invalidArgument` for an id that has no token; the
     /// decoder is unchanged then.
     public mutating func push(_ id: TokenID) throws -> String {
         var bytes = pending

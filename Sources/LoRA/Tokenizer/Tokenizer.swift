@@ -36,7 +36,7 @@ public final class Tokenizer: Sendable {
     let useRegex: Bool
 
     init(definition d: TokenizerDefinition, path: String) throws {
-        func invalid(_ reason: String) -> LoraError { .invalidFile(path: path, reason: reason) }
+        func invalid(_ reason: String) -> LoRAError { .invalidFile(path: path, reason: reason) }
 
         var maxID = -1
         for id in d.vocab.values { maxID = max(maxID, Int(id)) }
@@ -67,7 +67,7 @@ public final class Tokenizer: Sendable {
         var table: [UInt64: BPEMerge] = [:]
         table.reserveCapacity(d.merges.count)
         for (rank, merge) in d.merges.enumerated() {
-            func missing(_ what: String, _ token: [UInt8]) -> LoraError {
+            func missing(_ what: String, _ token: [UInt8]) -> LoRAError {
                 invalid("\(d.location(of: merge)): \(what) \(TokenizerFiles.quoted(String(decoding: token, as: UTF8.self))) is not in the vocab")
             }
             guard let left = d.vocab[merge.left] else { throw missing("merge token", merge.left) }
@@ -109,7 +109,7 @@ public final class Tokenizer: Sendable {
         if TokenizerFiles.isRegularFile(base + "vocab.json") && TokenizerFiles.isRegularFile(base + "merges.txt") {
             return try Tokenizer(vocabPath: base + "vocab.json", mergesPath: base + "merges.txt")
         }
-        throw LoraError.io(path: directory, reason: "no tokenizer.json, nor vocab.json and merges.txt")
+        throw LoRAError.io(path: directory, reason: "no tokenizer.json, nor vocab.json and merges.txt")
     }
 
     /// Loads GPT-2's `vocab.json` and `merges.txt`. "<|endoftext|>", if in the
@@ -220,7 +220,7 @@ public final class Tokenizer: Sendable {
 
     /// The text of `ids`. Bytes that are not valid UTF-8 become U+FFFD, one per
     /// maximal invalid subsequence (like Rust's `String::from_utf8_lossy`).
-    /// Throws `LoraError.invalidArgument` for an id that has no token.
+    /// Throws `LoRAError.invalidArgument` for an id that has no token.
     public func decode(_ ids: [TokenID]) throws -> String {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(ids.count * 4)
@@ -232,7 +232,7 @@ public final class Tokenizer: Sendable {
 
     func appendBytes(of id: TokenID, to bytes: inout [UInt8]) throws {
         guard id >= 0, Int(id) < tokenStrings.count, tokenStrings[Int(id)] != nil else {
-            throw LoraError.invalidArgument("token id \(id) is out of range (vocab size \(vocabSize))")
+            throw LoRAError.invalidArgument("token id \(id) is out of range (vocab size \(vocabSize))")
         }
         bytes.append(contentsOf: tokenBytes[Int(id)])
     }

@@ -46,7 +46,7 @@ enum TokenizerFiles {
     /// The whole content of a file.
     static func readFile(_ path: String) throws -> [UInt8] {
         let fd = open(path, O_RDONLY)
-        if fd < 0 { throw LoraError.io(path: path, reason: String(cString: strerror(errno))) }
+        if fd < 0 { throw LoRAError.io(path: path, reason: String(cString: strerror(errno))) }
         defer { close(fd) }
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 1 << 16)
@@ -54,7 +54,7 @@ enum TokenizerFiles {
             let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n < 0 {
                 if errno == EINTR { continue }
-                throw LoraError.io(path: path, reason: String(cString: strerror(errno)))
+                throw LoRAError.io(path: path, reason: String(cString: strerror(errno)))
             }
             if n == 0 { break }
             bytes.append(contentsOf: chunk[0..<n])
@@ -71,9 +71,9 @@ enum TokenizerFiles {
         do {
             return try JSON.parse(bytes)
         } catch let error as JSONParseError {
-            throw LoraError.invalidFile(path: path, reason: error.description)
+            throw LoRAError.invalidFile(path: path, reason: error.description)
         } catch {
-            throw LoraError.invalidFile(path: path, reason: "invalid JSON: \(error)")
+            throw LoRAError.invalidFile(path: path, reason: "invalid JSON: \(error)")
         }
     }
 
@@ -99,11 +99,11 @@ enum TokenizerFiles {
     /// silently, which leaves the first id without a token.)
     static func parseVocab(_ json: JSONValue, path: String, field: String) throws -> [[UInt8]: TokenID] {
         guard case .object(let object) = json else {
-            throw LoraError.invalidFile(path: path, reason: "\(field) must be a JSON object of token → id, not \(json.kindName)")
+            throw LoRAError.invalidFile(path: path, reason: "\(field) must be a JSON object of token → id, not \(json.kindName)")
         }
         let members = object.members
         if let key = object.duplicateKeys.first {
-            throw LoraError.invalidFile(path: path, reason: "\(field): token \(quoted(key)) appears twice")
+            throw LoRAError.invalidFile(path: path, reason: "\(field): token \(quoted(key)) appears twice")
         }
         var vocab: [[UInt8]: TokenID] = [:]
         vocab.reserveCapacity(members.count)
@@ -111,17 +111,17 @@ enum TokenizerFiles {
         seenIDs.reserveCapacity(members.count)
         for (key, value) in members {
             guard let id = value.intValue else {
-                throw LoraError.invalidFile(path: path, reason: "\(field): the id of \(quoted(key)) must be an integer, not \(value.kindName)")
+                throw LoRAError.invalidFile(path: path, reason: "\(field): the id of \(quoted(key)) must be an integer, not \(value.kindName)")
             }
             guard id >= 0, id <= maxTokenID, let id32 = TokenID(exactly: id) else {
-                throw LoraError.invalidFile(path: path, reason: "\(field): the id of \(quoted(key)) is \(id), outside 0...\(maxTokenID)")
+                throw LoRAError.invalidFile(path: path, reason: "\(field): the id of \(quoted(key)) is \(id), outside 0...\(maxTokenID)")
             }
             let bytes = Array(key.utf8)
             guard vocab.updateValue(id32, forKey: bytes) == nil else {
-                throw LoraError.invalidFile(path: path, reason: "\(field): token \(quoted(key)) appears twice")
+                throw LoRAError.invalidFile(path: path, reason: "\(field): token \(quoted(key)) appears twice")
             }
             guard seenIDs.insert(id32).inserted else {
-                throw LoraError.invalidFile(path: path, reason: "\(field): id \(id) is used twice (again by \(quoted(key)))")
+                throw LoRAError.invalidFile(path: path, reason: "\(field): id \(id) is used twice (again by \(quoted(key)))")
             }
         }
         return vocab
@@ -144,12 +144,12 @@ enum TokenizerFiles {
             let parts = line.split(separator: 0x20, omittingEmptySubsequences: false)
             guard parts.count == 2 else {
                 let text = String(decoding: line.prefix(200), as: UTF8.self)
-                throw LoraError.invalidFile(
+                throw LoRAError.invalidFile(
                     path: path,
                     reason: "line \(lineNumber): a merge must be two tokens separated by one space, got \(parts.count) part(s) in \(quoted(text))")
             }
             guard String(validating: line, as: UTF8.self) != nil else {
-                throw LoraError.invalidFile(path: path, reason: "line \(lineNumber): not valid UTF-8")
+                throw LoRAError.invalidFile(path: path, reason: "line \(lineNumber): not valid UTF-8")
             }
             merges.append(MergeDefinition(left: Array(parts[0]), right: Array(parts[1]), index: lineNumber))
         }
@@ -160,7 +160,7 @@ enum TokenizerFiles {
 
     static func readTokenizerJSON(path: String) throws -> TokenizerDefinition {
         let json = try parseJSON(try readFile(path), path: path)
-        func invalid(_ reason: String) -> LoraError { .invalidFile(path: path, reason: reason) }
+        func invalid(_ reason: String) -> LoRAError { .invalidFile(path: path, reason: reason) }
         guard case .object = json else { throw invalid("the top level must be a JSON object, not \(json.kindName)") }
 
         var d = TokenizerDefinition()
@@ -259,7 +259,7 @@ enum TokenizerFiles {
     static let addedTokenFields: Set<String> = ["id", "content", "single_word", "lstrip", "rstrip", "normalized", "special"]
 
     static func parseAddedTokens(_ json: JSONValue, path: String) throws -> [AddedTokenDefinition] {
-        func invalid(_ reason: String) -> LoraError { .invalidFile(path: path, reason: reason) }
+        func invalid(_ reason: String) -> LoRAError { .invalidFile(path: path, reason: reason) }
         guard case .array(let items) = json else {
             throw invalid("added_tokens must be an array, not \(json.kindName)")
         }
@@ -298,7 +298,7 @@ enum TokenizerFiles {
                              path: String, context: String) throws -> Bool {
         guard let field = object[key], !field.isNull else { return value }
         guard let flag = field.boolValue else {
-            throw LoraError.invalidFile(path: path, reason: "\(context).\(key) must be a boolean, not \(field.kindName)")
+            throw LoRAError.invalidFile(path: path, reason: "\(context).\(key) must be a boolean, not \(field.kindName)")
         }
         return flag
     }

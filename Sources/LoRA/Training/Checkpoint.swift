@@ -4,7 +4,7 @@ import Glibc
 #endif
 
 /// Where a training run stands: enough to resume it bit for bit.
-public struct TrainingProgress: Sendable, Equatable {
+public struct TrainerState: Sendable, Equatable {
     /// Optimizer steps taken.
     public var step = 0
     /// Data position: epoch and next example index within the epoch's order.
@@ -28,10 +28,10 @@ public enum Checkpoint {
     /// Writes a checkpoint of `trainer` (at its current progress) into `root/checkpoint-<step>`; returns its path.
     @discardableResult
     public static func save(_ trainer: Trainer, root: String) throws -> String {
-        let progress = trainer.progress
+        let progress = trainer.state
         let fm = FileManager.default
         do { try fm.createDirectory(atPath: root, withIntermediateDirectories: true) }
-        catch { throw LoraError.io(path: root, reason: "cannot create directory: \(error.localizedDescription)") }
+        catch { throw LoRAError.io(path: root, reason: "cannot create directory: \(error.localizedDescription)") }
         let final = root + "/" + prefix + String(progress.step)
         let tmp = root + "/." + prefix + String(progress.step) + ".tmp-\(getpid())"
         // Temporary directories left by a run that was killed while saving.
@@ -43,8 +43,7 @@ public enum Checkpoint {
             if let adapter = trainer.adapter {
                 try adapter.save(directory: tmp)
             } else {
-                try SafeTensorsWriter.write(trainer.model.weights.tensorsForSaving(), to: tmp + "/model.safetensors")
-                try AtomicFile.write(trainer.model.config.json(), to: tmp + "/config.json")
+                try HFExport.write(trainer.model.weights, to: tmp)
             }
             let n = trainer.m.count
             let meta: [String: String] = [
@@ -60,7 +59,7 @@ public enum Checkpoint {
             fsyncPath(tmp)
             if fm.fileExists(atPath: final) { try fm.removeItem(atPath: final) }
             guard rename(tmp, final) == 0 else {
-                throw LoraError.io(path: final, reason: "rename failed: \(String(cString: strerror(errno)))")
+                throw LoRAError.io(path: final, reason: "rename failed: \(String(cString: strerror(errno)))")
             }
             fsyncPath(root)
         } catch {
@@ -97,15 +96,15 @@ public enum Checkpoint {
     /// Restores weights, AdamW moments and progress from `path` into
     /// `trainer` (which must have been created with the same configuration).
     @discardableResult
-    public static func restore(_ trainer: Trainer, from path: String) throws -> TrainingProgress {
+    public static func restore(_ trainer: Trainer, from path: String) throws -> TrainerState {
         let statePath = path + "/" + stateFile
         let f = try SafeTensorsFile(path: statePath)
-        func fail(_ r: String) -> LoraError { .invalidFile(path: statePath, reason: r) }
+        func fail(_ r: String) -> LoRAError { .invalidFile(path: statePath, reason: r) }
         guard let md = f.metadata else { throw fail("no metadata") }
         guard md["config"] == trainer.checkpointFingerprint else {
             throw fail("the checkpoint was written with other training settings (\(md["config"] ?? "?"); the batch there is the global batch, per-rank batch × ranks); resume with the same ones")
         }
-        var p = TrainingProgress()
+        var p = TrainerState()
         guard let step = md["step"].flatMap(Int.init), let epoch = md["epoch"].flatMap(Int.init),
               let offset = md["offset"].flatMap(Int.init), let rng = md["rng_state"].flatMap(UInt64.init),
               step >= 0, epoch >= 0, offset >= 0 else { throw fail("bad progress metadata") }
@@ -118,18 +117,18 @@ public enum Checkpoint {
         if let adapter = trainer.adapter {
             let loaded = try Adapter.load(directory: path, modelConfig: trainer.model.config)
             guard loaded.params.count == adapter.params.count, loaded.slots == adapter.slots else {
-                throw LoraError.invalidFile(path: path, reason: "the checkpoint's adapter does not match the trained one")
+                throw LoRAError.invalidFile(path: path, reason: "the checkpoint's adapter does not match the trained one")
             }
             adapter.params.base.update(from: loaded.params.base, count: loaded.params.count)
         } else {
-            try trainer.model.weights.load(from: SafeTensorsFile(path: path + "/model.safetensors"))
+            try trainer.model.weights.load(from: SafeTensorsFile(path: path + "/" + HFExport.weightsFile))
         }
         trainer.restore(p)
         return p
     }
 }
 
-extension TrainingConfig {
+extension TrainerParams {
     /// The settings a resumed run must share with the original one.
     var fingerprint: String {
         [String(learningRate), String(weightDecay), String(adamBeta1), String(adamBeta2), String(adamEpsilon),

@@ -7,7 +7,7 @@
 public enum BadRecordPolicy: String, Sendable {
     /// Record a `DatasetWarning` and go on.
     case skip
-    /// Throw `LoraError.invalidFile` naming the line.
+    /// Throw `LoRAError.invalidFile` naming the line.
     case reject
 }
 
@@ -105,11 +105,11 @@ public final class Dataset: Sendable {
     /// record; the reason names the line: "line 7: ...").
     public static func load(paths: [String], tokenizer: Tokenizer, options: DatasetOptions) throws -> Dataset {
         guard options.blockSize >= 2 else {
-            throw LoraError.invalidArgument("block_size must be >= 2 (got \(options.blockSize))")
+            throw LoRAError.invalidArgument("block_size must be >= 2 (got \(options.blockSize))")
         }
-        guard !paths.isEmpty else { throw LoraError.invalidArgument("no dataset files given") }
+        guard !paths.isEmpty else { throw LoRAError.invalidArgument("no dataset files given") }
         guard let eos = tokenizer.endOfTextID else {
-            throw LoraError.invalidArgument("the tokenizer has no <|endoftext|> token, which datasets need")
+            throw LoRAError.invalidArgument("the tokenizer has no <|endoftext|> token, which datasets need")
         }
         var reader = DatasetReader(tokenizer: tokenizer, eos: eos, options: options)
         for path in paths {
@@ -141,14 +141,14 @@ public final class Dataset: Sendable {
     /// outside [0, 1) or the training set would be empty.
     public func split(validationFraction: Double, seed: UInt64) throws -> (train: Dataset, validation: Dataset) {
         guard validationFraction.isFinite, validationFraction >= 0, validationFraction < 1 else {
-            throw LoraError.invalidArgument("validation fraction must be in [0, 1) (got \(validationFraction))")
+            throw LoRAError.invalidArgument("validation fraction must be in [0, 1) (got \(validationFraction))")
         }
         let n = examples.count
         // Tolerate rounding in the product (0.3 * 10 is 3.0000000000000004).
         let exact = validationFraction * Double(n)
         let validationCount = min(n, Int((exact * (1 - 1e-12)).rounded(.up)))
         guard n - validationCount >= 1 else {
-            throw LoraError.invalidArgument(
+            throw LoRAError.invalidArgument(
                 "a dataset of \(n) example(s) is too small to split off a validation fraction of \(validationFraction)")
         }
         let perm = order(epoch: 0, seed: seed)
@@ -203,7 +203,7 @@ private struct DatasetReader {
     mutating func handle(_ bad: BadRecord, path: String) throws {
         switch options.badRecords {
         case .reject:
-            throw LoraError.invalidFile(path: path, reason: "line \(bad.line): \(bad.reason)")
+            throw LoRAError.invalidFile(path: path, reason: "line \(bad.line): \(bad.reason)")
         case .skip:
             warnings.append(DatasetWarning(path: path, line: bad.line, message: "skipped: \(bad.reason)"))
         }
@@ -235,7 +235,7 @@ private struct DatasetReader {
             let reason = records == 0
                 ? "no records (a JSON Lines file needs one JSON object per line)"
                 : "no usable record (\(records) skipped)"
-            throw LoraError.invalidFile(path: path, reason: reason)
+            throw LoRAError.invalidFile(path: path, reason: reason)
         }
     }
 
@@ -331,7 +331,7 @@ private struct DatasetReader {
         guard documents > 0 else {
             let reason = bytes.isEmpty ? "empty file"
                 : skipped > 0 ? "no usable text (\(skipped) document(s) skipped)" : "no text (only white space, % lines, or characters the vocabulary lacks)"
-            throw LoraError.invalidFile(path: path, reason: reason)
+            throw LoRAError.invalidFile(path: path, reason: reason)
         }
         let blockSize = options.blockSize
         var start = 0

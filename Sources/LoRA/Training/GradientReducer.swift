@@ -44,7 +44,7 @@ public final class FunctionGradientReducer: GradientReducer {
 
     public init(rank: Int, worldSize: Int, sum: @escaping (UnsafeMutableBufferPointer<Float>) throws -> Void) throws {
         guard worldSize >= 1, worldSize <= 1 << 16, rank >= 0, rank < worldSize else {
-            throw LoraError.invalidArgument("rank \(rank) and world size \(worldSize) must satisfy 0 <= rank < world_size <= 65536")
+            throw LoRAError.invalidArgument("rank \(rank) and world size \(worldSize) must satisfy 0 <= rank < world_size <= 65536")
         }
         self.rank = rank
         self.worldSize = worldSize
@@ -65,7 +65,7 @@ extension GradientReducer {
         if let localError { throw localError }
         let failed = flags.indices.filter { flags[$0] != 0 }
         if !failed.isEmpty {
-            throw LoraError.invalidArgument("rank\(failed.count > 1 ? "s" : "") \(failed.map(String.init).joined(separator: ", ")) failed to \(task) (see \(failed.count > 1 ? "their" : "its") message); every rank stops")
+            throw LoRAError.invalidArgument("rank\(failed.count > 1 ? "s" : "") \(failed.map(String.init).joined(separator: ", ")) failed to \(task) (see \(failed.count > 1 ? "their" : "its") message); every rank stops")
         }
     }
 }
@@ -142,7 +142,7 @@ extension Trainer {
         add("resume point (step, epoch, offset)") { d in d.add(UInt64(step)); d.add(UInt64(epoch)); d.add(UInt64(offset)); d.add(rng.state) }
         let differ = try differingDigests(reducer, digests)
         guard differ.isEmpty else {
-            throw LoraError.invalidArgument("the ranks were started with different \(differ.map { names[$0] }.joined(separator: "; ")); start every rank with the same model, adapter options, data files, seed and settings")
+            throw LoRAError.invalidArgument("the ranks were started with different \(differ.map { names[$0] }.joined(separator: "; ")); start every rank with the same model, adapter options, data files, seed and settings")
         }
     }
 
@@ -155,7 +155,7 @@ extension Trainer {
         d.add(m.base, count: m.count)
         d.add(v.base, count: v.count)
         guard try differingDigests(reducer, [d.h]).isEmpty else {
-            throw LoraError.numerical("the ranks' parameters diverged: the gradient reducer did not give every rank the same sums")
+            throw LoRAError.numerical("the ranks' parameters diverged: the gradient reducer did not give every rank the same sums")
         }
     }
 
@@ -173,7 +173,7 @@ extension Trainer {
         try buf.withUnsafeMutableBufferPointer { try reducer.sumOverRanks($0) }
         let n = Double(reducer.worldSize)
         guard Double(buf[0]) == n, Double(buf[1]) == n * (n - 1) / 2 else {
-            throw LoraError.invalidArgument("the ranks disagree about the world size or their ranks (\(Int(buf[0])) ranks answered, expected \(reducer.worldSize))")
+            throw LoRAError.invalidArgument("the ranks disagree about the world size or their ranks (\(Int(buf[0])) ranks answered, expected \(reducer.worldSize))")
         }
         return digests.indices.filter { k in
             !(0..<8).allSatisfy { j in

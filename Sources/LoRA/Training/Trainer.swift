@@ -1,7 +1,7 @@
 import Foundation
 
 /// Hyperparameters, named after transformers' TrainingArguments.
-public struct TrainingConfig: Sendable, Equatable {
+public struct TrainerParams: Sendable, Equatable {
     public var learningRate: Double = 2e-4
     public var weightDecay: Double = 0
     public var adamBeta1: Double = 0.9
@@ -23,7 +23,7 @@ public struct TrainingConfig: Sendable, Equatable {
     public init() {}
 
     public func validate(model: GPT2Config) throws {
-        func bad(_ m: String) -> LoraError { .invalidArgument(m) }
+        func bad(_ m: String) -> LoRAError { .invalidArgument(m) }
         guard learningRate.isFinite, learningRate >= 0 else { throw bad("learning_rate must be a finite number >= 0") }
         guard weightDecay.isFinite, weightDecay >= 0 else { throw bad("weight_decay must be a finite number >= 0") }
         guard adamBeta1.isFinite, (0..<1).contains(adamBeta1), adamBeta2.isFinite, (0..<1).contains(adamBeta2) else {
@@ -42,10 +42,15 @@ public struct TrainingConfig: Sendable, Equatable {
 /// Trains an adapter (LoRA) or the whole model (full fine-tuning) with AdamW.
 /// A trainer owns its gradient and optimizer state; the model and adapter
 /// must not be used by anything else while it runs.
+///
+/// Thread safety (why `@unchecked Sendable`): a trainer may be handed to
+/// another thread and run there (a training thread cancelled from the UI
+/// thread through its progress callback is the tested case), but it is used
+/// by one thread at a time: its buffers and state have no lock.
 public final class Trainer: @unchecked Sendable {
     public let model: Model
     public let adapter: Adapter?
-    public let config: TrainingConfig
+    public let config: TrainerParams
     let pass: TrainingPass
     let optimizer: AdamW
     let m: FloatBlock
@@ -57,12 +62,12 @@ public final class Trainer: @unchecked Sendable {
     var epoch = 0
     var offset = 0
     /// Where the run stands: step, data position, RNG (what a checkpoint saves).
-    public var progress: TrainingProgress {
-        var p = TrainingProgress()
+    public var state: TrainerState {
+        var p = TrainerState()
         p.step = step; p.epoch = epoch; p.offset = offset; p.rngState = rng.state
         return p
     }
-    func restore(_ p: TrainingProgress) {
+    func restore(_ p: TrainerState) {
         step = p.step; epoch = p.epoch; offset = p.offset; rng.state = p.rngState
     }
     /// Micro-batches accumulated since the last optimizer step.
@@ -78,15 +83,10 @@ public final class Trainer: @unchecked Sendable {
     var params: FloatBlock { adapter?.params ?? model.weights.block }
 
     /// `evaluationOnly` allocates no gradient or optimizer state (for `evaluate`/`loss` only).
-    public init(model: Model, adapter: Adapter?, config: TrainingConfig, evaluationOnly: Bool = false) throws {
+    public init(model: Model, adapter: Adapter?, config: TrainerParams, evaluationOnly: Bool = false) throws {
         try config.validate(model: model.config)
-        guard model.config.nLayer >= 1 else { throw LoraError.invalidArgument("training needs at least one layer") }
-        if let adapter {
-            guard adapter.modelConfig.nEmbd == model.config.nEmbd, adapter.modelConfig.nLayer == model.config.nLayer,
-                  adapter.modelConfig.innerSize == model.config.innerSize else {
-                throw LoraError.invalidArgument("adapter \(adapter.name) was made for another model shape")
-            }
-        }
+        guard model.config.nLayer >= 1 else { throw LoRAError.invalidArgument("training needs at least one layer") }
+        try adapter?.checkFits(model.config)
         self.model = model
         self.adapter = adapter
         self.config = config
@@ -127,14 +127,14 @@ public final class Trainer: @unchecked Sendable {
 
     /// Pads rows on the right to the longest (padding labels are ignored).
     static func padRight(_ ids: [[TokenID]], _ labels: [[Int32]]?) throws -> (ids: [TokenID], labels: [[Int32]], T: Int) {
-        guard !ids.isEmpty, ids.allSatisfy({ !$0.isEmpty }) else { throw LoraError.invalidArgument("empty batch or sequence") }
+        guard !ids.isEmpty, ids.allSatisfy({ !$0.isEmpty }) else { throw LoRAError.invalidArgument("empty batch or sequence") }
         if let labels {
             guard labels.count == ids.count, zip(labels, ids).allSatisfy({ $0.count == $1.count }) else {
-                throw LoraError.invalidArgument("labels must have the shape of the token ids")
+                throw LoRAError.invalidArgument("labels must have the shape of the token ids")
             }
             // As torch's cross-entropy with ignore_index=-100: other negative labels are errors.
             for row in labels { for l in row where l < 0 && l != -100 {
-                throw LoraError.invalidArgument("label \(l) is negative; use -100 to ignore a position")
+                throw LoRAError.invalidArgument("label \(l) is negative; use -100 to ignore a position")
             } }
         }
         let T = ids.map(\.count).max() ?? 0
@@ -183,7 +183,7 @@ public final class Trainer: @unchecked Sendable {
         guard norm.isFinite else {
             g.zero()
             pendingMicroBatches = 0
-            throw LoraError.numerical("gradient is not finite at step \(step + 1); parameters left unchanged")
+            throw LoRAError.numerical("gradient is not finite at step \(step + 1); parameters left unchanged")
         }
         optimizer.update(params: params.base, grads: g.base, m: m.base, v: v.base, count: g.count,
                          decay: decayRanges, lr: learningRate(at: step), t: step + 1)
@@ -197,11 +197,11 @@ public final class Trainer: @unchecked Sendable {
     @discardableResult
     public func step(ids: [[TokenID]], labels: [[Int32]]? = nil) throws -> Double {
         let r = try accumulate(ids: ids, labels: labels)
-        guard r.tokens > 0 else { throw LoraError.invalidArgument("the batch has no target token (all labels are -100)") }
+        guard r.tokens > 0 else { throw LoRAError.invalidArgument("the batch has no target token (all labels are -100)") }
         let mean = r.loss / Double(r.tokens)
         guard mean.isFinite else {
             pass.gradients.zero(); pendingMicroBatches = 0
-            throw LoraError.numerical("loss is not finite at step \(step + 1); parameters left unchanged")
+            throw LoRAError.numerical("loss is not finite at step \(step + 1); parameters left unchanged")
         }
         try optimizerStep()
         return mean

@@ -1,7 +1,7 @@
 import Foundation
 
 /// What a training run reports after each optimizer step.
-public struct TrainingReport: Sendable {
+public struct TrainProgress: Sendable {
     public var step: Int
     public var maxSteps: Int
     /// Mean loss over the step's target tokens.
@@ -22,7 +22,7 @@ public struct EvaluationResult: Sendable, Equatable {
     public var tokens: Int
 }
 
-public struct TrainingRunOptions: Sendable {
+public struct TrainParams: Sendable {
     /// Evaluate on the validation set every N steps (0: only at the end).
     public var evalSteps = 0
     /// Write a checkpoint every N steps (0: never) into `checkpointDirectory`.
@@ -36,7 +36,7 @@ public struct TrainingRunOptions: Sendable {
 extension Trainer {
     /// Mean loss and perplexity over a dataset (batches of the trainer's size).
     public func evaluate(_ data: Dataset) throws -> EvaluationResult {
-        guard !data.examples.isEmpty else { throw LoraError.invalidArgument("empty evaluation set") }
+        guard !data.examples.isEmpty else { throw LoRAError.invalidArgument("empty evaluation set") }
         var total = 0.0, tokens = 0
         var i = 0, k = 0
         // Distributed: batch k is evaluated by rank k mod N, and the sums reduced.
@@ -50,27 +50,27 @@ extension Trainer {
             tokens += r.tokens
         }
         if let ranks { (total, tokens) = try reduceEvaluation(ranks, loss: total, tokens: tokens) }
-        guard tokens > 0 else { throw LoraError.invalidArgument("the evaluation set has no target token") }
+        guard tokens > 0 else { throw LoRAError.invalidArgument("the evaluation set has no target token") }
         return EvaluationResult(loss: total / Double(tokens), tokens: tokens)
     }
 
     /// Trains until `config.maxSteps`, from where the trainer stands (a fresh
     /// run, earlier calls, or a restored checkpoint). The callback runs on the calling thread after
-    /// each step; returning false stops the run after that step (throws
-    /// `LoraError.aborted`, state consistent). A non-finite loss or gradient
+    /// each step; returning `.stop` stops the run after that step (throws
+    /// `LoRAError.aborted`, state consistent). A non-finite loss or gradient
     /// stops with an error naming the step; the parameters keep their last
     /// good values.
     @discardableResult
-    public func train(_ data: Dataset, validation: Dataset? = nil, options: TrainingRunOptions = TrainingRunOptions(),
-                      progress callback: ((TrainingReport) -> Bool)? = nil) throws -> TrainingProgress {
-        guard !data.examples.isEmpty else { throw LoraError.invalidArgument("the training set is empty") }
-        guard data.tokenCount > 0 else { throw LoraError.invalidArgument("the training set has no target token") }
+    public func train(_ data: Dataset, validation: Dataset? = nil, options: TrainParams = TrainParams(),
+                      progress callback: ((TrainProgress) -> CallbackAction)? = nil) throws -> TrainerState {
+        guard !data.examples.isEmpty else { throw LoRAError.invalidArgument("the training set is empty") }
+        guard data.tokenCount > 0 else { throw LoRAError.invalidArgument("the training set has no target token") }
         if options.saveSteps > 0, options.checkpointDirectory == nil {
-            throw LoraError.invalidArgument("save_steps needs a checkpoint directory")
+            throw LoRAError.invalidArgument("save_steps needs a checkpoint directory")
         }
         let ranks = distributed
         if let ranks { try checkRanksAgree(ranks, data: data, validation: validation) }
-        var p = progress
+        var p = state
         defer { epoch = p.epoch; offset = p.offset }
         var order = data.order(epoch: p.epoch, seed: config.seed)
         // Distributed: each micro-step takes B·N examples of the stream (the global micro-batch).
@@ -95,7 +95,7 @@ extension Trainer {
             let normalizer = micro.reduce(0) { $0 + Trainer.targetCount(ids: $1.map(\.ids), labels: $1.map(\.labels)) }
             var lossSum = 0.0, tokens = 0
             do {
-                guard normalizer > 0 else { throw LoraError.invalidArgument("step \(step + 1): the batch has no target token") }
+                guard normalizer > 0 else { throw LoRAError.invalidArgument("step \(step + 1): the batch has no target token") }
                 for batch in micro {
                     tokens += batch.reduce(0) { $0 + $1.ids.count }
                     var mine = batch
@@ -111,14 +111,14 @@ extension Trainer {
                 // The hook: gradients complete on this rank, summed over ranks before clipping and AdamW.
                 if let ranks { lossSum = try reduceStep(ranks, meanLoss: lossSum / Double(normalizer)) * Double(normalizer) }
                 guard lossSum.isFinite else {
-                    throw LoraError.numerical("loss is not finite at step \(step + 1); parameters kept from step \(step)")
+                    throw LoRAError.numerical("loss is not finite at step \(step + 1); parameters kept from step \(step)")
                 }
             } catch {
                 pass.gradients.zero()
                 p = saved
                 rng.state = p.rngState
-                if case LoraError.numerical(let m) = error, !m.contains("step") {
-                    throw LoraError.numerical("\(m) at step \(step + 1); parameters kept from step \(step)")
+                if case LoRAError.numerical(let m) = error, !m.contains("step") {
+                    throw LoRAError.numerical("\(m) at step \(step + 1); parameters kept from step \(step)")
                 }
                 throw error
             }
@@ -131,7 +131,7 @@ extension Trainer {
             }
             p.step = step
             p.rngState = rng.state
-            var report = TrainingReport(step: step, maxSteps: config.maxSteps, loss: lossSum / Double(normalizer),
+            var report = TrainProgress(step: step, maxSteps: config.maxSteps, loss: lossSum / Double(normalizer),
                                         learningRate: lr, gradNorm: norm,
                                         tokensPerSecond: Double(tokens) / (Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9))
             if let validation, !validation.examples.isEmpty,
@@ -144,7 +144,7 @@ extension Trainer {
                 report.checkpoint = try Checkpoint.save(self, root: dir)
                 Checkpoint.prune(root: dir, keep: options.saveTotalLimit)
             }
-            if let callback, !callback(report) { throw LoraError.aborted }
+            if let callback, callback(report) == .stop { throw LoRAError.aborted }
         }
         if let ranks { try checkRanksInSync(ranks) }
         return p

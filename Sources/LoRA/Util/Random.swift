@@ -1,11 +1,11 @@
 /// SplitMix64: a small seeded generator whose whole state is one UInt64, so
 /// it can be saved in checkpoints and resumed bit for bit.
-public struct SplitMix64: RandomNumberGenerator, Sendable, Equatable {
-    public var state: UInt64
+package struct SplitMix64: RandomNumberGenerator, Sendable, Equatable {
+    package var state: UInt64
 
-    public init(seed: UInt64) { state = seed }
+    package init(seed: UInt64) { state = seed }
 
-    public mutating func next() -> UInt64 {
+    package mutating func next() -> UInt64 {
         state &+= 0x9E3779B97F4A7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9
@@ -14,13 +14,13 @@ public struct SplitMix64: RandomNumberGenerator, Sendable, Equatable {
     }
 
     /// Uniform in [0, 1) with 24 random bits.
-    public mutating func nextFloat() -> Float { Float(next() >> 40) * (1.0 / 16777216.0) }
+    package mutating func nextFloat() -> Float { Float(next() >> 40) * (1.0 / 16777216.0) }
 
     /// Uniform in [0, 1) with 53 random bits.
-    public mutating func nextDouble() -> Double { Double(next() >> 11) * (1.0 / 9007199254740992.0) }
+    package mutating func nextDouble() -> Double { Double(next() >> 11) * (1.0 / 9007199254740992.0) }
 
     /// Standard normal (Box–Muller).
-    public mutating func nextGaussian() -> Float {
+    package mutating func nextGaussian() -> Float {
         var u1 = nextDouble()
         if u1 < 1e-300 { u1 = 1e-300 }
         let u2 = nextDouble()

@@ -7,9 +7,9 @@ import LoRA
 public func fuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     let bytes = Array(Fuzz.buffer(data, size))
     Fuzz.expectingErrors {
-        let config = try LoraConfig.parse(bytes, path: "adapter_config.json")
+        let config = try LoRAConfig.parse(bytes, path: "adapter_config.json")
         Fuzz.expectingErrors { try config.validate() }
-        let again = try LoraConfig.parse(Array(config.json().utf8), path: "adapter_config.json (rewritten)")
+        let again = try LoRAConfig.parse(Array(config.json().utf8), path: "adapter_config.json (rewritten)")
         _ = again == config
     }
     return 0

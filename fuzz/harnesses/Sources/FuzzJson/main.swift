@@ -1,5 +1,5 @@
 import FuzzSupport
-import LoRA
+@testable import LoRA  // JSON and SafeTensorsFile are `package` API (fuzz.sh builds in debug, testable)
 
 // JSON.parse on arbitrary bytes; an accepted value is walked.
 @_cdecl("LLVMFuzzerTestOneInput")

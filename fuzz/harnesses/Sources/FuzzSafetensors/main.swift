@@ -1,5 +1,5 @@
 import FuzzSupport
-import LoRA
+@testable import LoRA  // JSON and SafeTensorsFile are `package` API (fuzz.sh builds in debug, testable)
 
 // The bytes as a .safetensors file, memory-mapped by SafeTensorsFile; every
 // tensor it accepts is then read back (floats or ints, per its dtype).

@@ -23,8 +23,8 @@ public enum RankTarget: Sendable {
 extension RankTarget {
     func validate() throws {
         switch self {
-        case .fixed(let k): guard k >= 1 else { throw LoraError.invalidArgument("rank must be >= 1, got \(k)") }
-        case .energy(let e): guard e.isFinite, e > 0, e <= 1 else { throw LoraError.invalidArgument("energy threshold must be in (0, 1], got \(e)") }
+        case .fixed(let k): guard k >= 1 else { throw LoRAError.invalidArgument("rank must be >= 1, got \(k)") }
+        case .energy(let e): guard e.isFinite, e > 0, e <= 1 else { throw LoRAError.invalidArgument("energy threshold must be in (0, 1], got \(e)") }
         }
     }
 
@@ -53,7 +53,7 @@ extension RankTarget {
     }
 }
 
-extension LoraConfig {
+extension LoRAConfig {
     /// Per-module ranks with scaling 1 everywhere: r (and lora_alpha) = the
     /// most common rank, the others as rank_pattern/alpha_pattern by full
     /// module name; explicit module names as targets.
@@ -84,10 +84,10 @@ extension Adapter {
     public func compressed(to target: RankTarget, name: String? = nil) throws -> (Adapter, [CompressionReport]) {
         try target.validate()
         if case .fixed(let k) = target, let s = slots.first(where: { $0.r < k }) {
-            throw LoraError.invalidArgument("rank \(k) exceeds the rank \(s.r) of \(s.moduleName)")
+            throw LoRAError.invalidArgument("rank \(k) exceeds the rank \(s.r) of \(s.moduleName)")
         }
         // Factor every module.
-        struct Factored { var slot: LoraSlot; var qb: [Float]; var qa: [Float]; var svd: SVDResult }
+        struct Factored { var slot: LoRASlot; var qb: [Float]; var qa: [Float]; var svd: SVDResult }
         var factored: [Factored] = []
         for s in slots {
             let r = s.r
@@ -96,7 +96,7 @@ extension Adapter {
             let a = A(s)
             for i in 0..<r { for j in 0..<s.inFeatures { at[j * r + i] = a[i * s.inFeatures + j] } }
             guard s.outFeatures >= r, s.inFeatures >= r else {
-                throw LoraError.unsupported("\(s.moduleName): rank \(r) exceeds the module's dimensions")
+                throw LoRAError.unsupported("\(s.moduleName): rank \(r) exceeds the module's dimensions")
             }
             let (qb, rb) = try Linalg.qr(b, m: s.outFeatures, n: r)
             let (qa, ra) = try Linalg.qr(at, m: s.inFeatures, n: r)
@@ -116,7 +116,7 @@ extension Adapter {
         let out = try Adapter(config: c, modelConfig: modelConfig, name: name ?? self.name)
         for (f, k) in zip(factored, ranks) {
             guard let ns = out.slot(layer: f.slot.layer, target: f.slot.target), ns.r == k, abs(ns.scaling - 1) < 1e-6 else {
-                throw LoraError.invalidArgument("internal: compressed module \(f.slot.moduleName) did not get rank \(k)")
+                throw LoRAError.invalidArgument("internal: compressed module \(f.slot.moduleName) did not get rank \(k)")
             }
             let r = f.slot.r
             let nb = out.B(ns), na = out.A(ns)

@@ -8,49 +8,29 @@ import Foundation
 // are transposed on the way in and out.
 
 extension Adapter {
-    /// Fresh weights for any `init_lora_weights`. True, "gaussian" and false
-    /// are `initialize(seed:)` and leave the model alone; "pissa",
-    /// "pissa_niter_N" and "olora" read each adapted module's base weight W
-    /// [out, in] and replace it, in `model`, by the residual W − s·B·A:
-    ///
-    /// - pissa: W = U·S·Vh (thin SVD); A = diag(√(S_r/s))·Vh_r [r, in],
-    ///   B = U_r·diag(√(S_r/s)) [out, r], so s·B·A is W's best rank-r part.
-    /// - pissa_niter_N: the same from a randomized SVD (`Linalg.svdLowRank`,
-    ///   N subspace iterations, test matrix from SplitMix64(`seed`)).
-    /// - olora: Q, R = qr(W); B = Q[:, :r], A = R[:r].
-    ///
-    /// The adapter is not attached. A0 and B0 are kept in `initialParams` for
-    /// `convertedForOriginalBase()`. Everything is computed before anything
-    /// changes: on error neither the model nor the adapter is modified.
-    /// Calling it twice on one model decomposes the residual again (as PEFT
-    /// does with two PiSSA adapters).
-    public func initialize(from model: Model, seed: UInt64) throws {
+    /// PiSSA / OLoRA initialisation from the base weights (see `initialize(from:seed:)`).
+    func initializeFromBase(_ model: Model, seed: UInt64) throws {
         let niter: Int?
         switch config.initLoraWeights {
-        case .kaiming, .gaussian, .random:
-            try initialize(seed: seed)
-            return
+        case .kaiming, .gaussian, .random: return try initialize(seed: seed)
         case .pissa(let n): niter = n
         case .olora: niter = nil
         }
         let isPiSSA = config.initLoraWeights != .olora
-        let mc = model.config
-        guard mc.nEmbd == modelConfig.nEmbd, mc.innerSize == modelConfig.innerSize, mc.nLayer == modelConfig.nLayer else {
-            throw LoraError.invalidArgument("adapter \(name) was made for another model shape (n_embd \(modelConfig.nEmbd), n_inner \(modelConfig.innerSize), n_layer \(modelConfig.nLayer)); the model has (\(mc.nEmbd), \(mc.innerSize), \(mc.nLayer))")
-        }
+        try checkFits(model.config)
         if model.attachments.contains(where: { $0.adapter === self && $0.merged }) {
-            throw LoraError.wrongState("adapter \(name) is merged into the model; unmerge it before initialising it")
+            throw LoRAError.wrongState("adapter \(name) is merged into the model; unmerge it before initialising it")
         }
         var rng = SplitMix64(seed: seed)
         var factors: [(a: [Float], b: [Float])] = []
         for s in slots {
             let r = s.r, inF = s.inFeatures, outF = s.outFeatures
             guard r <= min(inF, outF) else {
-                throw LoraError.invalidArgument("\(s.moduleName): r = \(r) exceeds min(in, out) = \(min(inF, outF)); \(isPiSSA ? "PiSSA takes r singular vectors" : "OLoRA takes r columns of Q") of its [\(outF), \(inF)] weight")
+                throw LoRAError.invalidArgument("\(s.moduleName): r = \(r) exceeds min(in, out) = \(min(inF, outF)); \(isPiSSA ? "PiSSA takes r singular vectors" : "OLoRA takes r columns of Q") of its [\(outF), \(inF)] weight")
             }
             if isPiSSA {
                 guard s.scaling.isFinite, s.scaling > 0 else {
-                    throw LoraError.invalidArgument("\(s.moduleName): PiSSA needs a positive scaling (lora_alpha > 0), got \(s.scaling)")
+                    throw LoRAError.invalidArgument("\(s.moduleName): PiSSA needs a positive scaling (lora_alpha > 0), got \(s.scaling)")
                 }
             }
             // W [out, in] from the Conv1D weight [in, out].
@@ -61,7 +41,7 @@ extension Adapter {
                 for o in 0..<outF { w[o * inF + i] = row[o] }
             }
             if w.contains(where: { !$0.isFinite }) {
-                throw LoraError.numerical("\(s.moduleName): the base weight holds NaN or infinite values")
+                throw LoRAError.numerical("\(s.moduleName): the base weight holds NaN or infinite values")
             }
             var a = [Float](repeating: 0, count: r * inF), b = [Float](repeating: 0, count: outF * r)
             if isPiSSA {
@@ -81,7 +61,7 @@ extension Adapter {
                 }
             }
             if a.contains(where: { !$0.isFinite }) || b.contains(where: { !$0.isFinite }) {
-                throw LoraError.numerical("\(s.moduleName): the \(isPiSSA ? "SVD" : "QR") of the base weight gave non-finite factors")
+                throw LoRAError.numerical("\(s.moduleName): the \(isPiSSA ? "SVD" : "QR") of the base weight gave non-finite factors")
             }
             factors.append((a, b))
         }
@@ -116,18 +96,18 @@ extension Adapter {
                     && abs(p.scaling - q.scaling) <= 1e-6 * abs(q.scaling)
             }
             guard same else {
-                throw LoraError.invalidArgument("the initial adapter \(initial.name) does not have the modules, ranks and scalings of \(name)")
+                throw LoRAError.invalidArgument("the initial adapter \(initial.name) does not have the modules, ranks and scalings of \(name)")
             }
             start = { i in (initial.A(initial.slots[i]), initial.B(initial.slots[i])) }
         } else if let p = initialParams {
             start = { [slots] i in (p.base + slots[i].offsetA, p.base + slots[i].offsetB) }
         } else {
-            throw LoraError.wrongState("adapter \(name) has no initial weights: it was not initialised by initialize(from:seed:) with PiSSA or OLoRA; pass the initial adapter")
+            throw LoRAError.wrongState("adapter \(name) has no initial weights: it was not initialised by initialize(from:seed:) with PiSSA or OLoRA; pass the initial adapter")
         }
         for block in [params, initial?.params ?? initialParams] {
             guard let block else { continue }
             for i in 0..<block.count where !block.base[i].isFinite {
-                throw LoraError.numerical("adapter \(name) or its initial weights hold NaN or infinite values")
+                throw LoRAError.numerical("adapter \(name) or its initial weights hold NaN or infinite values")
             }
         }
         var c = config
@@ -141,7 +121,7 @@ extension Adapter {
         for (index, s) in slots.enumerated() {
             guard let ns = out.slot(layer: s.layer, target: s.target), ns.r == 2 * s.r,
                   abs(ns.scaling - s.scaling) <= 1e-6 * abs(s.scaling) else {
-                throw LoraError.invalidArgument("internal: converted module \(s.moduleName) did not get rank \(2 * s.r) and scaling \(s.scaling)")
+                throw LoRAError.invalidArgument("internal: converted module \(s.moduleName) did not get rank \(2 * s.r) and scaling \(s.scaling)")
             }
             let (a0, b0) = start(index)
             let r = s.r, inF = s.inFeatures

@@ -22,14 +22,14 @@ extension Adapter {
     /// forming an out×in matrix.
     public static func combine(_ inputs: [(adapter: Adapter, weight: Double)], method: CombinationMethod,
                                name: String = "combined") throws -> Adapter {
-        guard let first = inputs.first?.adapter else { throw LoraError.invalidArgument("no adapter to combine") }
+        guard let first = inputs.first?.adapter else { throw LoRAError.invalidArgument("no adapter to combine") }
         for (a, w) in inputs {
             guard a.modelConfig == first.modelConfig else {
-                throw LoraError.invalidArgument("adapters \(first.name) and \(a.name) were made for different base models")
+                throw LoRAError.invalidArgument("adapters \(first.name) and \(a.name) were made for different base models")
             }
-            guard w.isFinite else { throw LoraError.invalidArgument("combination weights must be finite") }
+            guard w.isFinite else { throw LoRAError.invalidArgument("combination weights must be finite") }
             for i in 0..<a.params.count where !a.params.base[i].isFinite {
-                throw LoraError.numerical("adapter \(a.name) holds NaN or infinite weights")
+                throw LoRAError.numerical("adapter \(a.name) holds NaN or infinite weights")
             }
         }
         // PEFT's rank per adapter: max(r, rank_pattern values).
@@ -39,16 +39,16 @@ extension Adapter {
         case .cat: newRank = ranks.reduce(0, +)
         case .linear:
             guard Set(inputs.flatMap { $0.adapter.slots.map(\.r) }).count == 1 else {
-                throw LoraError.invalidArgument("linear combination needs the same rank in every module of every adapter")
+                throw LoRAError.invalidArgument("linear combination needs the same rank in every module of every adapter")
             }
             newRank = ranks[0]
         case .svd(let k, let clamp):
             newRank = k ?? (ranks.max() ?? 1)
-            guard newRank >= 1 else { throw LoraError.invalidArgument("svd rank must be >= 1") }
-            if let clamp { guard clamp.isFinite, clamp > 0, clamp <= 1 else { throw LoraError.invalidArgument("svd clamp must be in (0, 1]") } }
+            guard newRank >= 1 else { throw LoRAError.invalidArgument("svd rank must be >= 1") }
+            if let clamp { guard clamp.isFinite, clamp > 0, clamp <= 1 else { throw LoRAError.invalidArgument("svd clamp must be in (0, 1]") } }
         }
         // The union of adapted modules.
-        var modules: [(layer: Int, target: LoraTarget)] = []
+        var modules: [(layer: Int, target: LoRATarget)] = []
         for (a, _) in inputs {
             for s in a.slots where !modules.contains(where: { $0.layer == s.layer && $0.target == s.target }) {
                 modules.append((s.layer, s.target))
@@ -58,7 +58,7 @@ extension Adapter {
         var c = first.config
         c.r = newRank; c.loraAlpha = Double(newRank); c.useRSLoRA = false
         c.rankPattern = []; c.alphaPattern = []; c.layersToTransform = nil; c.excludeModules = nil
-        c.targetModules = .names(modules.map { LoraTarget.moduleName(layer: $0.layer, $0.target) })
+        c.targetModules = .names(modules.map { LoRATarget.moduleName(layer: $0.layer, $0.target) })
         c.initLoraWeights = .kaiming
         let out = try Adapter(config: c, modelConfig: first.modelConfig, name: name)
         for (layer, target) in modules {
@@ -89,12 +89,12 @@ extension Adapter {
     }
 
     /// Writes the best rank-k factors of Σ wᵢ·sᵢ·Bᵢ·Aᵢ into slot `ns` of `out`: A = Vh_k, B = U_k·S_k (PEFT's split).
-    private static func svdCombine(_ parts: [(Adapter, LoraSlot, Double)], rank k: Int, clamp: Double?, into ns: LoraSlot, of out: Adapter) throws {
+    private static func svdCombine(_ parts: [(Adapter, LoRASlot, Double)], rank k: Int, clamp: Double?, into ns: LoRASlot, of out: Adapter) throws {
         let inF = ns.inFeatures, outF = ns.outFeatures
         let R = parts.reduce(0) { $0 + $1.1.r }
         guard R > 0 else { return }
         guard R <= min(inF, outF) else {
-            throw LoraError.unsupported("\(ns.moduleName): the stacked rank \(R) exceeds the module's dimensions")
+            throw LoRAError.unsupported("\(ns.moduleName): the stacked rank \(R) exceeds the module's dimensions")
         }
         // Bcat [out, R] with the weights folded in; AcatT [in, R].
         var bcat = [Float](repeating: 0, count: outF * R), acatT = [Float](repeating: 0, count: inF * R)

@@ -7,15 +7,15 @@ extension Adapter {
     /// Ranks: `.fixed(k)` or, per module, the smallest rank keeping an energy
     /// fraction (then written as rank_pattern/alpha_pattern). The reports give
     /// each module's retained energy and relative Frobenius error.
-    public static func extract(base: Model, tuned: Model, targetModules: LoraConfig.Targets = .names(["c_attn"]),
+    public static func extract(base: Model, tuned: Model, targetModules: LoRAConfig.Targets = .names(["c_attn"]),
                                rank: RankTarget, name: String = "extracted") throws -> (Adapter, [CompressionReport]) {
-        guard base.config == tuned.config else { throw LoraError.invalidArgument("the base and tuned models have different configs") }
-        var probe = LoraConfig()
+        guard base.config == tuned.config else { throw LoRAError.invalidArgument("the base and tuned models have different configs") }
+        var probe = LoRAConfig()
         probe.targetModules = targetModules
         probe.r = 1
-        let modules = try LoraTargeting.resolve(probe, model: base.config)
+        let modules = try LoRATargeting.resolve(probe, model: base.config)
         try rank.validate()
-        var factors: [(layer: Int, target: LoraTarget, k: Int, svd: SVDResult)] = []
+        var factors: [(layer: Int, target: LoRATarget, k: Int, svd: SVDResult)] = []
         var reports: [CompressionReport] = []
         for (layer, target, _, _) in modules {
             let (inF, outF) = target.shape(base.config)
@@ -23,15 +23,15 @@ extension Adapter {
             var delta = [Float](repeating: 0, count: outF * inF)
             for i in 0..<inF { for o in 0..<outF { delta[o * inF + i] = wt[i * outF + o] - wb[i * outF + o] } }
             let svd = try Linalg.svd(delta, m: outF, n: inF)
-            let name = LoraTarget.moduleName(layer: layer, target)
-            if case .fixed(let k) = rank, k > svd.k { throw LoraError.invalidArgument("rank \(k) exceeds the dimensions of \(name)") }
+            let name = LoRATarget.moduleName(layer: layer, target)
+            if case .fixed(let k) = rank, k > svd.k { throw LoRAError.invalidArgument("rank \(k) exceeds the dimensions of \(name)") }
             let report = rank.pick(svd.s, limit: svd.k, moduleName: name, oldRank: svd.k)
             reports.append(report)
             let k = report.newRank
             factors.append((layer, target, k, svd))
         }
-        var c = LoraConfig()
-        c.setRanks(factors.map { (LoraTarget.moduleName(layer: $0.layer, $0.target), $0.k) })
+        var c = LoRAConfig()
+        c.setRanks(factors.map { (LoRATarget.moduleName(layer: $0.layer, $0.target), $0.k) })
         c.baseModelNameOrPath = base.directory
         let out = try Adapter(config: c, modelConfig: base.config, name: name)
         for f in factors {

@@ -1,8 +1,8 @@
 import Foundation
 
-/// PEFT's `LoraConfig` as stored in `adapter_config.json` (the fields this
+/// PEFT's `LoRAConfig` as stored in `adapter_config.json` (the fields this
 /// engine implements; the others must hold their defaults).
-public struct LoraConfig: Sendable, Equatable {
+public struct LoRAConfig: Sendable, Equatable {
     public enum Targets: Sendable, Equatable {
         /// Module names or name suffixes (`c_attn`, `attn.c_proj`, `transformer.h.0.mlp.c_fc`).
         case names([String])
@@ -35,7 +35,7 @@ public struct LoraConfig: Sendable, Equatable {
             }
         }
 
-        public var json: JSONValue {
+        package var json: JSONValue {
             switch self {
             case .kaiming: return .bool(true)
             case .random: return .bool(false)
@@ -66,7 +66,7 @@ public struct LoraConfig: Sendable, Equatable {
 
     public init() {}
 
-    public static func == (a: LoraConfig, b: LoraConfig) -> Bool {
+    public static func == (a: LoRAConfig, b: LoRAConfig) -> Bool {
         a.r == b.r && a.loraAlpha == b.loraAlpha && a.loraDropout == b.loraDropout
             && a.targetModules == b.targetModules && a.excludeModules == b.excludeModules
             && a.layersToTransform == b.layersToTransform && a.layersPattern == b.layersPattern
@@ -79,21 +79,21 @@ public struct LoraConfig: Sendable, Equatable {
 
     /// The range checks PEFT and this engine need.
     public func validate() throws {
-        guard r >= 1, r <= 1 << 16 else { throw LoraError.invalidArgument("r must be in 1...65536, got \(r)") }
-        guard loraAlpha.isFinite else { throw LoraError.invalidArgument("lora_alpha must be a finite number") }
+        guard r >= 1, r <= 1 << 16 else { throw LoRAError.invalidArgument("r must be in 1...65536, got \(r)") }
+        guard loraAlpha.isFinite else { throw LoRAError.invalidArgument("lora_alpha must be a finite number") }
         guard loraDropout.isFinite, loraDropout >= 0, loraDropout < 1 else {
-            throw LoraError.invalidArgument("lora_dropout must be in [0, 1)")
+            throw LoRAError.invalidArgument("lora_dropout must be in [0, 1)")
         }
         for (k, v) in rankPattern where v < 1 || v > 1 << 16 {
-            throw LoraError.invalidArgument("rank_pattern[\(k)] must be in 1...65536, got \(v)")
+            throw LoRAError.invalidArgument("rank_pattern[\(k)] must be in 1...65536, got \(v)")
         }
         for (k, v) in alphaPattern where !v.isFinite {
-            throw LoraError.invalidArgument("alpha_pattern[\(k)] must be a finite number")
+            throw LoRAError.invalidArgument("alpha_pattern[\(k)] must be a finite number")
         }
         if let l = layersToTransform, l.contains(where: { $0 < 0 }) {
-            throw LoraError.invalidArgument("layers_to_transform must hold non-negative layer indices")
+            throw LoRAError.invalidArgument("layers_to_transform must hold non-negative layer indices")
         }
-        if case .pissa(let n?) = initLoraWeights, n < 0 { throw LoraError.invalidArgument("pissa_niter must be >= 0") }
+        if case .pissa(let n?) = initLoraWeights, n < 0 { throw LoRAError.invalidArgument("pissa_niter must be >= 0") }
     }
 
     // MARK: adapter_config.json
@@ -119,22 +119,22 @@ public struct LoraConfig: Sendable, Equatable {
 
     /// Parses adapter_config.json. Unknown keys are ignored (PEFT does the same
     /// for forward compatibility); features this engine lacks are refused by name.
-    public static func parse(_ bytes: [UInt8], path: String) throws -> LoraConfig {
-        func fail(_ r: String) -> LoraError { .invalidFile(path: path, reason: r) }
+    public static func parse(_ bytes: [UInt8], path: String) throws -> LoRAConfig {
+        func fail(_ r: String) -> LoRAError { .invalidFile(path: path, reason: r) }
         let json: JSONValue
         do { json = try JSON.parse(bytes) } catch { throw fail("not valid JSON: \(error)") }
         guard let o = json.objectValue else { throw fail("not a JSON object") }
         guard let pt = o["peft_type"]?.stringValue else { throw fail("missing peft_type") }
-        guard pt == "LORA" else { throw LoraError.unsupported("\(path): peft_type \(pt) (only LORA)") }
+        guard pt == "LORA" else { throw LoRAError.unsupported("\(path): peft_type \(pt) (only LORA)") }
         for (key, isDefault) in unsupportedKeys {
             if let v = o[key], !isDefault(v) {
-                throw LoraError.unsupported("\(path): \(key) = \(JSON.compact(v)) is not implemented")
+                throw LoRAError.unsupported("\(path): \(key) = \(JSON.compact(v)) is not implemented")
             }
         }
         if let f = o["fan_in_fan_out"], f == .bool(false) {
             // PEFT forces fan_in_fan_out to true for GPT-2's Conv1D; false in a file means the same adapter.
         }
-        var c = LoraConfig()
+        var c = LoRAConfig()
         func int(_ k: String) throws -> Int? {
             guard let v = o[k], !v.isNull else { return nil }
             guard let i = v.intValue else { throw fail("\(k) must be an integer") }
@@ -203,22 +203,22 @@ public struct LoraConfig: Sendable, Equatable {
         c.baseModelNameOrPath = o["base_model_name_or_path"]?.stringValue
         c.revision = o["revision"]?.stringValue
         c.taskType = o["task_type"]?.stringValue
-        do { try c.validate() } catch let LoraError.invalidArgument(m) { throw fail(m) }
+        do { try c.validate() } catch let LoRAError.invalidArgument(m) { throw fail(m) }
         return c
     }
 
     static func initialization(_ v: JSONValue, path: String) throws -> Initialization {
         if v == .bool(true) { return .kaiming }
         if v == .bool(false) { return .random }
-        guard let s = v.stringValue else { throw LoraError.invalidFile(path: path, reason: "init_lora_weights must be a boolean or a string") }
+        guard let s = v.stringValue else { throw LoRAError.invalidFile(path: path, reason: "init_lora_weights must be a boolean or a string") }
         guard let i = Initialization(peftName: s) else {
-            throw LoraError.unsupported("\(path): init_lora_weights \"\(s)\" is not implemented")
+            throw LoRAError.unsupported("\(path): init_lora_weights \"\(s)\" is not implemented")
         }
         return i
     }
 
-    public static func load(path: String) throws -> LoraConfig {
-        guard let data = FileManager.default.contents(atPath: path) else { throw LoraError.io(path: path, reason: "cannot read file") }
+    public static func load(path: String) throws -> LoRAConfig {
+        guard let data = FileManager.default.contents(atPath: path) else { throw LoRAError.io(path: path, reason: "cannot read file") }
         return try parse(Array(data), path: path)
     }
 
@@ -234,7 +234,7 @@ public struct LoraConfig: Sendable, Equatable {
             }
         }
         o["alora_invocation_tokens"] = .null
-        var ap = JSONObject(); for (k, v) in alphaPattern { ap.append(k, LoraConfig.alphaJSON(v)) }
+        var ap = JSONObject(); for (k, v) in alphaPattern { ap.append(k, LoRAConfig.alphaJSON(v)) }
         o["alpha_pattern"] = .object(ap)
         o["arrow_config"] = .null
         o["auto_mapping"] = .null
@@ -252,7 +252,7 @@ public struct LoraConfig: Sendable, Equatable {
         o["layers_pattern"] = layersPattern.map { $0.count == 1 ? .string($0[0]) : .array($0.map { .string($0) }) } ?? .null
         o["layers_to_transform"] = layersToTransform.map { .array($0.map { .number(JSONNumber($0)) }) } ?? .null
         o["loftq_config"] = .object(JSONObject())
-        o["lora_alpha"] = LoraConfig.alphaJSON(loraAlpha)
+        o["lora_alpha"] = LoRAConfig.alphaJSON(loraAlpha)
         o["lora_bias"] = .bool(false)
         o["lora_dropout"] = .number(JSONNumber(loraDropout))
         o["lora_ga_config"] = .null

@@ -1,0 +1,121 @@
+import Foundation
+
+/// A LoRA adapter for a GPT-2 shape: the config, the adapted modules and all
+/// A/B matrices in one parameter block.
+///
+/// Thread safety (why `@unchecked Sendable`): A and B are mutable without a
+/// lock. Any number of threads may read an adapter (forward passes of the
+/// models it is attached to, `save`, compression, combination) while nothing
+/// writes it; initialising, loading into it or training it needs exclusive
+/// use, as do the model calls that change attachments (see `Model`).
+public final class Adapter: @unchecked Sendable {
+    public let config: LoRAConfig
+    public let modelConfig: GPT2Config
+    public let slots: [LoRASlot]
+    /// All A and B matrices.
+    package let params: FloatBlock
+    public var name: String
+    /// A0 and B0 as PiSSA/OLoRA set them (laid out like `params`), kept by
+    /// `initialize(from:seed:)` for `convertedForOriginalBase()`; nil otherwise.
+    package internal(set) var initialParams: FloatBlock?
+    /// slotIndex[layer * 4 + target] → index into slots.
+    let slotIndex: [Int?]
+
+    /// An adapter with zeroed A and B for `modelConfig`.
+    public init(config: LoRAConfig, modelConfig: GPT2Config, name: String = "default") throws {
+        let resolved = try LoRATargeting.resolve(config, model: modelConfig)
+        var slots: [LoRASlot] = []
+        var off = 0
+        for (layer, target, r, alpha) in resolved {
+            let (fin, fout) = target.shape(modelConfig)
+            let scaling = config.useRSLoRA ? alpha / Double(r).squareRoot() : alpha / Double(r)
+            let slot = LoRASlot(layer: layer, target: target, moduleName: LoRATarget.moduleName(layer: layer, target),
+                                r: r, alpha: alpha, scaling: Float(scaling), inFeatures: fin, outFeatures: fout,
+                                offsetA: off, offsetB: off + r * fin)
+            off += r * fin + fout * r
+            slots.append(slot)
+        }
+        self.config = config
+        self.modelConfig = modelConfig
+        self.slots = slots
+        self.params = try FloatBlock(count: off)
+        self.name = name
+        var idx = [Int?](repeating: nil, count: modelConfig.nLayer * 4)
+        for (i, s) in slots.enumerated() { idx[s.layer * 4 + s.target.rawValue] = i }
+        self.slotIndex = idx
+    }
+
+    /// Throws unless the adapter was made for a model of this shape (n_embd, n_inner, n_layer).
+    public func checkFits(_ c: GPT2Config) throws {
+        guard c.nEmbd == modelConfig.nEmbd, c.innerSize == modelConfig.innerSize, c.nLayer == modelConfig.nLayer else {
+            throw LoRAError.invalidArgument("adapter \(name) was made for another model shape (n_embd \(modelConfig.nEmbd), n_inner \(modelConfig.innerSize), n_layer \(modelConfig.nLayer)); the model has (\(c.nEmbd), \(c.innerSize), \(c.nLayer))")
+        }
+    }
+
+    public func slot(layer: Int, target: LoRATarget) -> LoRASlot? {
+        slotIndex[layer * 4 + target.rawValue].map { slots[$0] }
+    }
+
+    package func A(_ s: LoRASlot) -> FloatPtr { params.base + s.offsetA }
+    package func B(_ s: LoRASlot) -> FloatPtr { params.base + s.offsetB }
+    public var parameterCount: Int { params.count }
+
+    /// Fresh weights for any `init_lora_weights`. True, "gaussian" and false
+    /// are `initialize(seed:)` and leave the model alone; "pissa",
+    /// "pissa_niter_N" and "olora" read each adapted module's base weight W
+    /// [out, in] and replace it, in `model`, by the residual W − s·B·A:
+    ///
+    /// - pissa: W = U·S·Vh (thin SVD); A = diag(√(S_r/s))·Vh_r [r, in],
+    ///   B = U_r·diag(√(S_r/s)) [out, r], so s·B·A is W's best rank-r part.
+    /// - pissa_niter_N: the same from a randomized SVD (`Linalg.svdLowRank`,
+    ///   N subspace iterations, test matrix from SplitMix64(`seed`)).
+    /// - olora: Q, R = qr(W); B = Q[:, :r], A = R[:r].
+    ///
+    /// The adapter is not attached. A0 and B0 are kept in `initialParams` for
+    /// `convertedForOriginalBase()`. Everything is computed before anything
+    /// changes: on error neither the model nor the adapter is modified.
+    /// Calling it twice on one model decomposes the residual again (as PEFT
+    /// does with two PiSSA adapters).
+    /// The one initialiser of an adapter's weights, for every kind.
+    public func initialize(from model: Model, seed: UInt64) throws {
+        switch config.initLoraWeights {
+        case .kaiming, .gaussian, .random:
+            try checkFits(model.config)
+            try initialize(seed: seed)
+        case .pissa, .olora:
+            try initializeFromBase(model, seed: seed)
+        }
+    }
+
+    /// Fresh weights as PEFT initialises them (`init_lora_weights` true,
+    /// "gaussian" or false), from a seeded generator. PiSSA and OLoRA read
+    /// and change the base weights: use `initialize(from:seed:)` for them.
+    package func initialize(seed: UInt64) throws {
+        switch config.initLoraWeights {
+        case .pissa, .olora:
+            throw LoRAError.invalidArgument("init_lora_weights \(JSON.compact(config.initLoraWeights.json)) needs the base model: use initialize(from:seed:)")
+        default: break
+        }
+        initialParams = nil
+        var rng = SplitMix64(seed: seed)
+        for s in slots {
+            let a = A(s), b = B(s)
+            switch config.initLoraWeights {
+            case .kaiming, .pissa, .olora:
+                // kaiming_uniform_(a=√5): U(-1/√in, 1/√in); B = 0.
+                let bound = 1 / Float(s.inFeatures).squareRoot()
+                for i in 0..<s.countA { a[i] = (2 * rng.nextFloat() - 1) * bound }
+                b.update(repeating: 0, count: s.countB)
+            case .gaussian:
+                let std = 1 / Float(s.r)
+                for i in 0..<s.countA { a[i] = rng.nextGaussian() * std }
+                b.update(repeating: 0, count: s.countB)
+            case .random:
+                // nn.Linear's default: U(-1/√fan_in, 1/√fan_in) for both.
+                let ba = 1 / Float(s.inFeatures).squareRoot(), bb = 1 / Float(s.r).squareRoot()
+                for i in 0..<s.countA { a[i] = (2 * rng.nextFloat() - 1) * ba }
+                for i in 0..<s.countB { b[i] = (2 * rng.nextFloat() - 1) * bb }
+            }
+        }
+    }
+}

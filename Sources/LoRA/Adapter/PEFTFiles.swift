@@ -1,0 +1,83 @@
+import Foundation
+
+// PEFT's adapter files: adapter_config.json (LoRAConfig, AdapterConfig.swift)
+// and adapter_model.safetensors with `base_model.model.<module>.lora_A.weight`
+// [r, in] and `lora_B.weight` [out, r] per adapted module.
+
+extension Adapter {
+    public static let configFile = "adapter_config.json"
+    public static let weightsFile = "adapter_model.safetensors"
+    static let keyPrefix = "base_model.model."
+
+    /// The tensors PEFT writes: `base_model.model.<module>.lora_A.weight` [r, in], `lora_B.weight` [out, r].
+    package func tensors() -> [TensorData] {
+        var out: [TensorData] = []
+        for s in slots {
+            out.append(TensorData(name: Adapter.keyPrefix + s.moduleName + ".lora_A.weight", shape: [s.r, s.inFeatures],
+                                  floats: UnsafeBufferPointer(start: A(s), count: s.countA)))
+            out.append(TensorData(name: Adapter.keyPrefix + s.moduleName + ".lora_B.weight", shape: [s.outFeatures, s.r],
+                                  floats: UnsafeBufferPointer(start: B(s), count: s.countB)))
+        }
+        return out
+    }
+
+    /// Saves `adapter_config.json` + `adapter_model.safetensors` into `directory`
+    /// (created if needed), each written atomically.
+    public func save(directory: String, config override: LoRAConfig? = nil) throws {
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        } catch {
+            throw LoRAError.io(path: directory, reason: "cannot create directory: \(error.localizedDescription)")
+        }
+        for i in 0..<params.count where !params.base[i].isFinite {
+            throw LoRAError.numerical("adapter \(name) holds NaN or infinite weights; not saved")
+        }
+        try SafeTensorsWriter.write(tensors(), to: directory + "/" + Adapter.weightsFile)
+        try AtomicFile.write((override ?? config).json(), to: directory + "/" + Adapter.configFile)
+    }
+
+    /// Loads a PEFT adapter directory for a model of shape `modelConfig`.
+    public static func load(directory: String, modelConfig: GPT2Config, name: String = "default") throws -> Adapter {
+        let cfgPath = directory + "/" + configFile
+        let config = try LoRAConfig.load(path: cfgPath)
+        let wPath = directory + "/" + weightsFile
+        guard FileManager.default.fileExists(atPath: wPath) else {
+            if FileManager.default.fileExists(atPath: directory + "/adapter_model.bin") {
+                throw LoRAError.unsupported("\(directory)/adapter_model.bin: pickle weights; save the adapter with safe_serialization=True")
+            }
+            throw LoRAError.io(path: wPath, reason: "file not found")
+        }
+        let file = try SafeTensorsFile(path: wPath)
+        let adapter: Adapter
+        do { adapter = try Adapter(config: config, modelConfig: modelConfig, name: name) }
+        catch let LoRAError.invalidArgument(m) { throw LoRAError.invalidFile(path: cfgPath, reason: m) }
+        var expected: [String: (LoRASlot, Bool)] = [:]
+        for s in adapter.slots {
+            expected[keyPrefix + s.moduleName + ".lora_A.weight"] = (s, true)
+            expected[keyPrefix + s.moduleName + ".lora_B.weight"] = (s, false)
+        }
+        var seen = Set<String>()
+        for info in file.tensors {
+            guard info.name.hasPrefix(keyPrefix) else {
+                throw LoRAError.invalidFile(path: wPath, reason: "tensor \(info.name) lacks the base_model.model. prefix PEFT writes (PEFT would silently skip it)")
+            }
+            if info.name.hasSuffix(".lora_magnitude_vector") || info.name.contains(".lora_magnitude_vector.") {
+                throw LoRAError.unsupported("\(wPath): \(info.name) is a DoRA magnitude (use_dora)")
+            }
+            if info.name.hasSuffix(".lora_B.bias") { throw LoRAError.unsupported("\(wPath): \(info.name) (lora_bias)") }
+            guard let (slot, isA) = expected[info.name] else {
+                throw LoRAError.invalidFile(path: wPath, reason: "tensor \(info.name) does not belong to a module the config targets")
+            }
+            let shape = isA ? [slot.r, slot.inFeatures] : [slot.outFeatures, slot.r]
+            guard info.shape == shape else {
+                throw LoRAError.invalidFile(path: wPath, reason: "tensor \(info.name) has shape \(info.shape), the base model needs \(shape)")
+            }
+            try file.copyFloats(info, into: isA ? adapter.A(slot) : adapter.B(slot))
+            seen.insert(info.name)
+        }
+        if let missing = expected.keys.sorted().first(where: { !seen.contains($0) }) {
+            throw LoRAError.invalidFile(path: wPath, reason: "missing tensor \(missing)")
+        }
+        return adapter
+    }
+}

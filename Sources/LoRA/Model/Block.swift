@@ -1,0 +1,236 @@
+// The GPT-2 transformer, forward and backward side by side: one block
+// (layerForward/layerBackward) and, for training, the whole stack from the
+// embeddings to the final LayerNorm (trunkForward/trunkBackward). Forward is
+// shared by inference (one set of scratch buffers for every layer, residual
+// stream updated in place, K/V copied into a cache) and training (per-layer
+// buffers kept for backward, K/V read straight from qkv).
+
+/// Pointers for one block's forward pass. Buffers may alias where the
+/// comment allows it (inference does; training does not).
+struct LayerActs {
+    /// Residual stream in [n, C].
+    var input: FloatPtr
+    var ln1: FloatPtr
+    var ln1Mean: FloatPtr?
+    var ln1Rstd: FloatPtr?
+    /// [n, 3C]
+    var qkv: FloatPtr
+    /// Attention output before c_proj [n, C].
+    var att: FloatPtr
+    /// probsSlots scratch areas of [T, L] for the attention weights, one per attention worker.
+    var probs: FloatPtr
+    var probsSlots: Int
+    /// Training: [B, H, T] log-sum-exp of each attention row, kept for backward.
+    var lse: FloatPtr?
+    /// input + attention projection [n, C] (may alias input).
+    var res2: FloatPtr
+    var ln2: FloatPtr
+    var ln2Mean: FloatPtr?
+    var ln2Rstd: FloatPtr?
+    /// c_fc output before the activation [n, F].
+    var fcPre: FloatPtr
+    /// After the activation [n, F] (may alias fcPre).
+    var fcAct: FloatPtr
+    /// Block output [n, C] (may alias res2).
+    var res3: FloatPtr
+    /// Scratch [n, C].
+    var proj: FloatPtr
+}
+
+/// Where attention reads keys and values.
+enum KVPlacement {
+    /// From qkv itself (training, no cache).
+    case inline
+    /// From a cache [B, H, capacity, hd] for this layer, after appending this call's K/V at `past`.
+    case cache(k: FloatPtr, v: FloatPtr, capacity: Int)
+}
+
+/// What the training forward keeps for backward: each block's activations
+/// and the final LayerNorm's output, mean and rstd [n, C], [n], [n].
+struct TrunkActs {
+    var layers: [LayerActs]
+    var lnf, lnfMean, lnfRstd: FloatPtr
+}
+
+/// Gradient buffers of a block's backward for n = B·T rows.
+struct LayerGrads {
+    /// ∂L/∂(residual stream) [n, C]: the block output's on entry, its input's on exit.
+    var dres: FloatPtr
+    /// Scratch: [n, C], [n, C], [n, 3C], [n, F].
+    var dln, datt, dqkv, dfc: FloatPtr
+    /// Attention scratch, `attnSlots` areas of `attnSlotSize` floats (one per worker).
+    var attnScratch: FloatPtr
+    var attnSlots: Int
+    var attnSlotSize: Int
+    /// Full fine-tuning: where this block's weight gradients accumulate.
+    var weights: LayerWeights?
+}
+
+extension Model {
+    /// The attention scores' scale in layer l: 1/√head_dim (scale_attn_weights), / (l + 1) (scale_attn_by_inverse_layer_idx).
+    func attentionScale(layer l: Int) -> Float {
+        var scale: Float = config.scaleAttnWeights ? 1 / Float(config.headDim).squareRoot() : 1
+        if config.scaleAttnByInverseLayerIdx { scale /= Float(l + 1) }
+        return scale
+    }
+
+    /// One block: x → LN1 → c_attn → attention → c_proj → +x → LN2 → c_fc → act → c_proj → +.
+    func layerForward(_ l: Int, _ a: LayerActs, B: Int, T: Int, past: Int, kv: KVPlacement,
+                      keyMask: ((Int) -> ConstFloatPtr?)?, lora: LoRAContext) {
+        let c = config
+        let lw = weights.layers[l]
+        let C = c.nEmbd, F = c.innerSize, H = c.nHead, hd = c.headDim
+        let n = B * T, L = past + T
+        let eps = Float(c.layerNormEpsilon)
+
+        layerNormForward(out: a.ln1, mean: a.ln1Mean, rstd: a.ln1Rstd, inp: a.input, weight: lw.ln1W, bias: lw.ln1B, rows: n, C: C, eps: eps)
+        matmulForward(out: a.qkv, inp: a.ln1, weight: lw.attnW, bias: lw.attnB, M: n, K: C, N: 3 * C)
+        lora.forward(layer: l, target: .attnCAttn, x: a.ln1, y: a.qkv, n: n)
+
+        let scale = attentionScale(layer: l)
+        if case .cache(let kc, let vc, let capacity) = kv {
+            for b in 0..<B {
+                for t in 0..<T {
+                    let src = a.qkv + (b * T + t) * 3 * C
+                    for h in 0..<H {
+                        let dst = (b * H + h) * capacity * hd + (past + t) * hd
+                        (kc + dst).update(from: src + C + h * hd, count: hd)
+                        (vc + dst).update(from: src + 2 * C + h * hd, count: hd)
+                    }
+                }
+            }
+        }
+        // Heads run in parallel, each single-threaded.
+        let slotSize = T * L
+        parallelChunks(B * H, maxWorkers: a.probsSlots) { worker, heads in
+            for bh in heads {
+                let b = bh / H, h = bh % H
+                let k: FloatPtr, v: FloatPtr, ldk: Int
+                switch kv {
+                case .inline:
+                    let base: FloatPtr = a.qkv + b * T * 3 * C
+                    k = base + (C + h * hd)
+                    v = base + (2 * C + h * hd)
+                    ldk = 3 * C
+                case .cache(let kc, let vc, let capacity):
+                    let off: Int = (b * H + h) * capacity * hd
+                    k = kc + off
+                    v = vc + off
+                    ldk = hd
+                }
+                attentionForward(out: a.att + b * T * C + h * hd, ldo: C,
+                                 probs: a.probs + worker * slotSize,
+                                 q: a.qkv + b * T * 3 * C + h * hd, ldq: 3 * C,
+                                 k: k, ldk: ldk, v: v, ldv: ldk,
+                                 T: T, L: L, past: past, hd: hd, scale: scale, keyMask: keyMask?(b),
+                                 lse: a.lse.map { $0 + bh * T })
+            }
+        }
+        matmulForward(out: a.proj, inp: a.att, weight: lw.attnProjW, bias: lw.attnProjB, M: n, K: C, N: C)
+        lora.forward(layer: l, target: .attnCProj, x: a.att, y: a.proj, n: n)
+        addForward(out: a.res2, a: a.input, b: a.proj, n: n * C)
+
+        layerNormForward(out: a.ln2, mean: a.ln2Mean, rstd: a.ln2Rstd, inp: a.res2, weight: lw.ln2W, bias: lw.ln2B, rows: n, C: C, eps: eps)
+        matmulForward(out: a.fcPre, inp: a.ln2, weight: lw.fcW, bias: lw.fcB, M: n, K: C, N: F)
+        lora.forward(layer: l, target: .mlpCFC, x: a.ln2, y: a.fcPre, n: n)
+        activationForward(c.activation, out: a.fcAct, inp: a.fcPre, n: n * F)
+        matmulForward(out: a.proj, inp: a.fcAct, weight: lw.mlpProjW, bias: lw.mlpProjB, M: n, K: F, N: C)
+        lora.forward(layer: l, target: .mlpCProj, x: a.fcAct, y: a.proj, n: n)
+        addForward(out: a.res3, a: a.res2, b: a.proj, n: n * C)
+    }
+
+    /// Backward through one block, the inverse of layerForward (its
+    /// activations `a` as forward left them): g.dres holds ∂L/∂output on entry, ∂L/∂input on
+    /// exit (unless `needInputGradient` is false: then only parameter gradients).
+    func layerBackward(_ l: Int, _ a: LayerActs, _ g: LayerGrads, B: Int, T: Int, lora: LoRAContext, needInputGradient: Bool) {
+        let c = config
+        let lw = weights.layers[l]
+        let gw = g.weights
+        let dres = g.dres, dln = g.dln, datt = g.datt, dqkv = g.dqkv, dfc = g.dfc
+        let C = c.nEmbd, F = c.innerSize, H = c.nHead, hd = c.headDim
+        let n = B * T
+
+        // MLP projection.
+        matmulBackward(dinp: dfc, dweight: gw?.mlpProjW, dbias: gw?.mlpProjB, dout: dres, inp: a.fcAct, weight: lw.mlpProjW, M: n, K: F, N: C, accumulate: false)
+        lora.backward(layer: l, target: .mlpCProj, x: a.fcAct, dy: dres, dx: dfc, n: n)
+        activationBackward(c.activation, d: dfc, pre: a.fcPre, n: n * F)
+        matmulBackward(dinp: dln, dweight: gw?.fcW, dbias: gw?.fcB, dout: dfc, inp: a.ln2, weight: lw.fcW, M: n, K: C, N: F, accumulate: false)
+        lora.backward(layer: l, target: .mlpCFC, x: a.ln2, dy: dfc, dx: dln, n: n)
+        layerNormBackward(dinp: dres, dweight: gw?.ln2W, dbias: gw?.ln2B, dout: dln, inp: a.res2, weight: lw.ln2W,
+                          mean: a.ln2Mean!, rstd: a.ln2Rstd!, rows: n, C: C)
+
+        // Attention projection and attention.
+        matmulBackward(dinp: datt, dweight: gw?.attnProjW, dbias: gw?.attnProjB, dout: dres, inp: a.att, weight: lw.attnProjW, M: n, K: C, N: C, accumulate: false)
+        lora.backward(layer: l, target: .attnCProj, x: a.att, dy: dres, dx: datt, n: n)
+        dqkv.update(repeating: 0, count: n * 3 * C)
+        let scale = attentionScale(layer: l)
+        // Heads in parallel: each writes its own columns of dqkv.
+        let scratch = g.attnScratch, slotSize = g.attnSlotSize
+        parallelChunks(B * H, maxWorkers: g.attnSlots) { worker, heads in
+            for bh in heads {
+                let b = bh / H, h = bh % H
+                let base = b * T * 3 * C + h * hd
+                attentionBackward(dq: dqkv + base, ldq: 3 * C, dk: dqkv + base + C, dv: dqkv + base + 2 * C, ldk: 3 * C,
+                                  scratch: scratch + worker * slotSize, dout: datt + b * T * C + h * hd, ldo: C,
+                                  lse: a.lse! + bh * T,
+                                  q: a.qkv + base, k: a.qkv + base + C, v: a.qkv + base + 2 * C,
+                                  T: T, L: T, past: 0, hd: hd, scale: scale, keyMask: nil)
+            }
+        }
+        matmulBackward(dinp: needInputGradient ? dln : nil, dweight: gw?.attnW, dbias: gw?.attnB, dout: dqkv, inp: a.ln1,
+                       weight: lw.attnW, M: n, K: C, N: 3 * C, accumulate: false)
+        lora.backward(layer: l, target: .attnCAttn, x: a.ln1, dy: dqkv, dx: needInputGradient ? dln : nil, n: n)
+        guard needInputGradient else { return }
+        layerNormBackward(dinp: dres, dweight: gw?.ln1W, dbias: gw?.ln1B, dout: dln, inp: a.input, weight: lw.ln1W,
+                          mean: a.ln1Mean!, rstd: a.ln1Rstd!, rows: n, C: C)
+    }
+
+    /// Training forward through the stack: embeddings, every block (K/V read
+    /// from qkv), the final LayerNorm into acts.lnf (with its mean/rstd).
+    /// Returns the final LayerNorm's input (the last block's output).
+    func trunkForward(ids: [TokenID], positions: [Int32], _ acts: TrunkActs, B: Int, T: Int, lora: LoRAContext) -> ConstFloatPtr {
+        let c = config, w = weights
+        let n = B * T, C = c.nEmbd
+        ids.withUnsafeBufferPointer { idp in
+            positions.withUnsafeBufferPointer { pp in
+                embeddingForward(out: acts.layers[0].input, ids: idp.baseAddress!, positions: pp.baseAddress!,
+                                 wte: w.wte, wpe: w.wpe, n: n, C: C)
+            }
+        }
+        for l in 0..<c.nLayer {
+            layerForward(l, acts.layers[l], B: B, T: T, past: 0, kv: .inline, keyMask: nil, lora: lora)
+        }
+        let xFinal = c.nLayer > 0 ? acts.layers[c.nLayer - 1].res3 : acts.layers[0].input
+        layerNormForward(out: acts.lnf, mean: acts.lnfMean, rstd: acts.lnfRstd, inp: xFinal, weight: w.lnfW, bias: w.lnfB,
+                         rows: n, C: C, eps: Float(c.layerNormEpsilon))
+        return UnsafePointer(xFinal)
+    }
+
+    /// Backward through the stack, the inverse of trunkForward: g.dln holds
+    /// ∂L/∂(final LayerNorm output) on entry. Blocks run down to `lowest`
+    /// (below it nothing needs a gradient); with `recompute` (gradient
+    /// checkpointing) each block's forward runs again first. `full`: every
+    /// weight's gradient accumulates there (full fine-tuning), embeddings included.
+    func trunkBackward(ids: [TokenID], positions: [Int32], _ acts: TrunkActs, xFinal: ConstFloatPtr, _ g: LayerGrads,
+                       full: GPT2Weights?, lowest: Int, recompute: Bool, B: Int, T: Int, lora: LoRAContext) {
+        let c = config, w = weights
+        let n = B * T, C = c.nEmbd
+        layerNormBackward(dinp: g.dres, dweight: full?.lnfW, dbias: full?.lnfB, dout: g.dln, inp: xFinal, weight: w.lnfW,
+                          mean: acts.lnfMean, rstd: acts.lnfRstd, rows: n, C: C)
+        for l in stride(from: c.nLayer - 1, through: lowest, by: -1) {
+            if recompute {
+                layerForward(l, acts.layers[l], B: B, T: T, past: 0, kv: .inline, keyMask: nil, lora: lora)
+            }
+            var gl = g
+            gl.weights = full?.layers[l]
+            layerBackward(l, acts.layers[l], gl, B: B, T: T, lora: lora, needInputGradient: full != nil || l > lowest)
+        }
+        if let full {
+            ids.withUnsafeBufferPointer { idp in
+                positions.withUnsafeBufferPointer { pp in
+                    embeddingBackward(dwte: full.wte, dwpe: full.wpe, dout: g.dres, ids: idp.baseAddress!, positions: pp.baseAddress!, n: n, C: C)
+                }
+            }
+        }
+    }
+}

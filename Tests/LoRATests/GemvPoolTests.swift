@@ -1,0 +1,142 @@
+import Foundation
+import Testing
+import CLoraSupport
+@testable import LoRA
+
+/// The decode matrix–vector kernels (CLoraSupport/gemv.c) at every
+/// instruction-set level this CPU runs, against double precision, on shapes
+/// with vector tails and misaligned weights; and the worker pool
+/// (CLoraSupport/pool.c) under nesting and concurrent submitters.
+@Suite struct GemvPoolTests {
+    /// Float32 sums of up to 3072 products of values in ±1: the error grows
+    /// like √K·ε·max|term|; 1e-5 relative to the sum of |terms| leaves 20×.
+    static let tolerance = 1e-5
+
+    static var levels: [Int32] {
+        [LB_KERNELS_BASELINE, LB_KERNELS_AVX2, LB_KERNELS_AVX512].filter { lb_kernels_for($0) != nil }
+    }
+
+    @Test func columnsMatchDoublePrecision() {
+        var rng = SplitMix64(seed: 11)
+        for (K, N) in [(1, 1), (3, 17), (33, 200), (48, 144), (768, 2304), (3072, 13)] {
+            // One float of offset makes every row start off a cache line.
+            for offset in [0, 1, 5] {
+                let ldw = N + (N % 16 == 0 ? 0 : 3)
+                var w = (0..<(offset + K * ldw)).map { _ in rng.nextFloat() * 2 - 1 }
+                let x = (0..<K).map { _ in rng.nextFloat() * 2 - 1 }
+                let y0 = (0..<N).map { _ in rng.nextFloat() }
+                for level in Self.levels {
+                    for beta0: Int32 in [0, 1] {
+                        // Split into two calls at a column that is not a multiple of 16.
+                        let cut = N / 3
+                        var y = y0
+                        w.withUnsafeMutableBufferPointer { wp in
+                            let W = UnsafePointer(wp.baseAddress! + offset)
+                            lb_gemv_cols_at(level, &y, x, W, Int32(K), Int32(ldw), 0, Int32(cut), beta0)
+                            lb_gemv_cols_at(level, &y, x, W, Int32(K), Int32(ldw), Int32(cut), Int32(N), beta0)
+                        }
+                        var worst = 0.0
+                        for n in 0..<N {
+                            var s = beta0 == 1 ? 0 : Double(y0[n]), mag = abs(s)
+                            for k in 0..<K {
+                                let t = Double(x[k]) * Double(w[offset + k * ldw + n])
+                                s += t; mag += abs(t)
+                            }
+                            worst = max(worst, abs(Double(y[n]) - s) / max(mag, 1e-30))
+                        }
+                        #expect(worst < Self.tolerance, "cols level \(level) K \(K) N \(N) offset \(offset) beta0 \(beta0): \(worst)")
+                    }
+                }
+            }
+        }
+    }
+
+    @Test func rowsMatchDoublePrecision() {
+        var rng = SplitMix64(seed: 12)
+        for (R, C) in [(1, 1), (7, 15), (9, 48), (130, 768), (5, 769)] {
+            for offset in [0, 3] {
+                let ldw = C + 2
+                var w = (0..<(offset + R * ldw)).map { _ in rng.nextFloat() * 2 - 1 }
+                let x = (0..<C).map { _ in rng.nextFloat() * 2 - 1 }
+                let y0 = (0..<R).map { _ in rng.nextFloat() }
+                for level in Self.levels {
+                    for beta0: Int32 in [0, 1] {
+                        var y = y0
+                        let cut = R / 2 + 1
+                        w.withUnsafeMutableBufferPointer { wp in
+                            let W = UnsafePointer(wp.baseAddress! + offset)
+                            lb_gemv_rows_at(level, &y, x, W, Int32(C), Int32(ldw), 0, Int32(min(cut, R)), beta0)
+                            lb_gemv_rows_at(level, &y, x, W, Int32(C), Int32(ldw), Int32(min(cut, R)), Int32(R), beta0)
+                        }
+                        var worst = 0.0
+                        for r in 0..<R {
+                            var s = 0.0, mag = 0.0
+                            for c in 0..<C {
+                                let t = Double(w[offset + r * ldw + c]) * Double(x[c])
+                                s += t; mag += abs(t)
+                            }
+                            if beta0 == 0 { s += Double(y0[r]); mag += abs(Double(y0[r])) }
+                            worst = max(worst, abs(Double(y[r]) - s) / max(mag, 1e-30))
+                        }
+                        #expect(worst < Self.tolerance, "rows level \(level) R \(R) C \(C) offset \(offset) beta0 \(beta0): \(worst)")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Each output's sum runs in one order whatever the split: the same
+    /// bits from one call as from many small ones.
+    @Test func splitDoesNotChangeBits() {
+        var rng = SplitMix64(seed: 13)
+        let K = 200, N = 300
+        let w = (0..<(K * N)).map { _ in rng.nextFloat() * 2 - 1 }
+        let x = (0..<K).map { _ in rng.nextFloat() * 2 - 1 }
+        for level in Self.levels {
+            var whole = [Float](repeating: 0, count: N), pieces = whole
+            lb_gemv_cols_at(level, &whole, x, w, Int32(K), Int32(N), 0, Int32(N), 1)
+            var n0 = 0
+            while n0 < N { let n1 = min(N, n0 + 1 + n0 % 37); lb_gemv_cols_at(level, &pieces, x, w, Int32(K), Int32(N), Int32(n0), Int32(n1), 1); n0 = n1 }
+            #expect(whole == pieces, "cols level \(level)")
+            var rw = [Float](repeating: 0, count: K), rp = rw
+            lb_gemv_rows_at(level, &rw, Array(w.prefix(N)), w, Int32(N), Int32(N), 0, Int32(K), 1)
+            var r0 = 0
+            while r0 < K { let r1 = min(K, r0 + 1 + r0 % 5); lb_gemv_rows_at(level, &rp, Array(w.prefix(N)), w, Int32(N), Int32(N), Int32(r0), Int32(r1), 1); r0 = r1 }
+            #expect(rw == rp, "rows level \(level)")
+        }
+    }
+
+    /// The pool runs every chunk exactly once, also when jobs nest and when
+    /// several threads submit at once (the later ones run their own chunks).
+    @Test func poolRunsEveryChunkOnce() throws {
+        try BLAS.load()
+        let saved = BLAS.threads
+        defer { BLAS.threads = saved }
+        BLAS.threads = 3
+        let threads = 4, rounds = 300, count = 1000
+        let results = UnsafeMutablePointer<Int32>.allocate(capacity: threads * count)
+        defer { results.deallocate() }
+        results.initialize(repeating: 0, count: threads * count)
+        let box = UncheckedBox(results)
+        DispatchQueue.concurrentPerform(iterations: threads) { t in
+            let mine = box.value + t * count
+            for round in 0..<rounds {
+                parallelChunks(count, minChunk: 7) { _, r in
+                    // A nested split runs on the calling worker.
+                    parallelChunks(r.count) { _, inner in
+                        for i in inner { mine[r.lowerBound + i] &+= 1 }
+                    }
+                }
+                if round % 100 == 0 { usleep(100) }
+            }
+        }
+        for t in 0..<threads {
+            #expect((0..<count).allSatisfy { results[t * count + $0] == Int32(rounds) }, "thread \(t)")
+        }
+    }
+}
+
+private struct UncheckedBox<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
+}
