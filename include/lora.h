@@ -429,7 +429,9 @@ typedef int32_t (*lora_gradient_reducer)(float *buffer, size_t count, void *user
  * global gradient, then 2 floats of the step's loss) before clipping and AdamW;
  * shares out validation batches and reduces their sums; writes checkpoints on
  * rank 0 only. The result equals one process with batch_size × world_size
- * (up to the summation order). lora_trainer_step ignores the reducer.
+ * (up to the summation order). lora_trainer_evaluate becomes collective too
+ * (every rank calls it; each evaluates a share of the batches). Only
+ * lora_trainer_step ignores the reducer.
  * reduce NULL (or world_size 1): one process again. A checkpoint records the
  * global batch, so it resumes with any rank count that keeps it.
  * Errors: LORA_INVALID_ARGUMENT (NULL trainer, world_size < 1 or > 65536,

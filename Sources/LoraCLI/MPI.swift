@@ -1,6 +1,12 @@
+import ArgumentParser
 import CMPI
 import Foundation
 import LoRA
+
+/// `lora train --distributed`: auto (MPI when started by mpirun), mpi (required), none (one process).
+enum DistributedMode: String, ExpressibleByArgument, CaseIterable {
+    case auto, mpi, none
+}
 
 /// Data-parallel `lora train` over Open MPI (`mpirun -np N lora train ...`).
 /// The core only sees a `GradientReducer`; this file is the one place that
@@ -73,18 +79,16 @@ enum DistributedRun {
     static var isRoot: Bool { (current?.rank ?? 0) == 0 }
 
     /// Starts MPI when asked (`--distributed mpi`) or when run by mpirun.
-    static func start(option: String?) throws -> MPIReducer? {
+    static func start(option: DistributedMode) throws -> MPIReducer? {
         let env = ProcessInfo.processInfo.environment
         let underMPIRun = env["OMPI_COMM_WORLD_SIZE"] != nil
         switch option {
-        case nil, "auto"?: if !underMPIRun { return nil }
-        case "none"?: return nil
-        case "mpi"?:
+        case .auto: if !underMPIRun { return nil }
+        case .none: return nil
+        case .mpi:
             guard underMPIRun else {
                 throw LoRAError.invalidArgument("--distributed mpi: this process was not started by mpirun (OMPI_COMM_WORLD_SIZE is not set); run `mpirun -np N lora train ...`")
             }
-        case let other?:
-            throw LoRAError.invalidArgument("--distributed must be auto, mpi or none (got \(other))")
         }
         let r = try MPIReducer()
         current = r
@@ -98,7 +102,7 @@ enum DistributedRun {
     }
 
     /// Runs `lora train`'s body, distributed when asked or under mpirun.
-    static func run(option: String?, _ body: () throws -> Void) throws {
+    static func run(option: DistributedMode, _ body: () throws -> Void) throws {
         guard try start(option: option) != nil else { return try body() }
         do { try body() } catch { fail(String(describing: error)) }
         finish()
@@ -163,7 +167,7 @@ enum DistributedRun {
 
     /// mpirun ends the surviving ranks with SIGTERM when one dies: say so.
     static func installTerminationMessage(rank: Int) {
-        let text = "lora: rank \(rank): stopped by the MPI launcher (another rank exited or was killed); resume from the last checkpoint with --resume\n"
+        let text = "lora: rank \(rank): stopped by the MPI launcher (another rank exited or was killed, or the job was interrupted); resume from the last checkpoint with --resume\n"
         terminationMessage = strdup(text)
         terminationLength = text.utf8.count
         signal(SIGTERM) { _ in

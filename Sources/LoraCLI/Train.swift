@@ -106,8 +106,8 @@ struct Train: ParsableCommand {
     @Option(help: "Compute threads (0: OPENBLAS_NUM_THREADS or the CPU count).") var threads = 0
     @Flag(help: "With PiSSA/OLoRA, also save the unconverted adapter (for the residual base) in --output-dir/unconverted.")
     var saveUnconvertedAdapter = false
-    @Option(help: "Data-parallel training: auto (MPI when started by mpirun), mpi, none. See README, Distributed training.")
-    var distributed: String?
+    @Option(help: "Data-parallel training: auto (MPI when started by mpirun), mpi (require mpirun), none (one process). See the README.")
+    var distributed: DistributedMode = .auto
 
     func run() throws {
         try LoRACommand.run { try DistributedRun.run(option: distributed) { try train() } }
