@@ -177,8 +177,9 @@ void lora_sampling_default_params(lora_sampling_params *params);
 typedef int32_t (*lora_token_callback)(int32_t token, const char *piece, size_t piece_len, void *user_data);
 
 /* Generates after a text prompt; writes the new text (NUL-terminated) into
- * out (may be NULL with capacity 0 to stream only); *needed receives its
- * byte length. Generation never runs past n_positions.
+ * out; *needed receives its byte length. Stream only: out NULL with
+ * capacity 0 (the text goes to the callback; LORA_OK, *needed set).
+ * Generation never runs past n_positions.
  * Errors: LORA_INVALID_ARGUMENT (bad params, prompt too long),
  * LORA_WRONG_STATE (no tokenizer), LORA_ABORTED, LORA_BUFFER_TOO_SMALL
  * (the text was generated and streamed, but does not fit out). */
@@ -186,8 +187,10 @@ lora_status lora_generate(const lora_model *model, const char *prompt, const lor
                           lora_token_callback callback, void *user_data,
                           char *out, size_t capacity, size_t *needed);
 
-/* The same from token ids; writes the new ids into out_tokens.
- * *n_out receives the count. */
+/* The same from token ids; writes the new ids into out_tokens; *n_out
+ * receives the count. Stream only: out_tokens NULL with capacity 0 (LORA_OK,
+ * *n_out set; since 0.2.0: 0.1.0 returned LORA_BUFFER_TOO_SMALL).
+ * Errors: as lora_generate. */
 lora_status lora_generate_tokens(const lora_model *model, const int32_t *prompt, size_t n_prompt,
                                  const lora_sampling_params *params,
                                  lora_token_callback callback, void *user_data,

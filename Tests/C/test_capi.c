@@ -897,6 +897,18 @@ static void test_generation(void) {
         size_t nsmall = 0;
         EXPECT(lora_generate_tokens(m, prompt, np, &g, NULL, NULL, toks, 3, &nsmall), LORA_BUFFER_TOO_SMALL);
         CHECK(nsmall == nt, "generate_tokens BUFFER_TOO_SMALL *n_out %zu, expected %zu", nsmall, nt);
+        /* Stream only: NULL/0 output like lora_generate; the callback sees every token. */
+        collect cs0;
+        memset(&cs0, 0, sizeof cs0);
+        size_t nstream = 0;
+        EXPECT(lora_generate_tokens(m, prompt, np, &g, collect_piece, &cs0, NULL, 0, &nstream), LORA_OK);
+        CHECK(nstream == nt && (size_t)cs0.calls == nt && memcmp(cs0.tokens, toks, nt * sizeof *toks) == 0,
+              "stream-only generate_tokens: *n_out %zu, %d callbacks, expected %zu", nstream, cs0.calls, nt);
+        size_t tneeded = 0;
+        EXPECT(lora_generate(m, "Hello", &g, NULL, NULL, NULL, 0, &tneeded), LORA_OK);
+        CHECK(tneeded == strlen(text), "stream-only generate: *needed %zu, expected %zu", tneeded, strlen(text));
+        /* NULL output with a capacity is still an error. */
+        EXPECT(lora_generate_tokens(m, prompt, np, &g, NULL, NULL, NULL, 64, &nstream), LORA_INVALID_ARGUMENT);
         /* A model without tokenizer generates from ids, not from text. */
         int32_t ap[3] = {1, 2, 3};
         EXPECT(lora_generate_tokens(a, ap, 3, &g, NULL, NULL, toks, 64, &nt), LORA_OK);
