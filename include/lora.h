@@ -341,7 +341,7 @@ typedef struct lora_trainer_params {
     int32_t gradient_accumulation_steps;  /* default 1 */
     float max_grad_norm;            /* default 1; <= 0 disables clipping */
     int32_t batch_size;             /* default 4 */
-    int32_t block_size;             /* tokens per sequence; default 256; must be at most n_positions */
+    int32_t block_size;             /* tokens per sequence, at most n_positions; default 0: min(256, n_positions) */
     uint64_t seed;
     int32_t gradient_checkpointing; /* recompute activations in backward: less memory, slower */
 } lora_trainer_params;

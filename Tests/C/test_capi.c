@@ -413,7 +413,7 @@ static void test_defaults(void) {
     CHECK(tp.max_steps == 100 && tp.gradient_accumulation_steps == 1, "max_steps %d accumulation %d", tp.max_steps,
           tp.gradient_accumulation_steps);
     CHECK(tp.max_grad_norm == 1.0f, "max_grad_norm %g", tp.max_grad_norm);
-    CHECK(tp.batch_size == 4 && tp.block_size == 256, "batch %d block %d", tp.batch_size, tp.block_size);
+    CHECK(tp.batch_size == 4 && tp.block_size == 0, "batch %d block %d (0: min(256, n_positions))", tp.batch_size, tp.block_size);
     CHECK(tp.gradient_checkpointing == 0, "gradient_checkpointing %d", tp.gradient_checkpointing);
 
     lora_train_params rp;
@@ -1384,10 +1384,17 @@ static void test_trainer_errors(void) {
     EXPECT(lora_trainer_create(NULL, m, ad, NULL), LORA_INVALID_ARGUMENT);
     EXPECT(lora_trainer_create(&bad, NULL, ad, NULL), LORA_INVALID_ARGUMENT);
     CHECK(bad == NULL, "*out not NULL after NULL model");
-    /* NULL params are the defaults, whose block_size 256 exceeds n_positions 64. */
-    bad = SENTINEL(lora_trainer);
-    EXPECT(lora_trainer_create(&bad, m, ad, NULL), LORA_INVALID_ARGUMENT);
-    CHECK(bad == NULL, "*out not NULL after default block_size > n_positions");
+    /* NULL params are the defaults: block_size 0 becomes min(256, n_positions) = 64. */
+    lora_trainer *def = NULL;
+    EXPECT(lora_trainer_create(&def, m, ad, NULL), LORA_OK);
+    if (def) {
+        int32_t ids[TOK_POSITIONS + 1];
+        for (int i = 0; i <= TOK_POSITIONS; i++) ids[i] = i % 50;
+        float l = 0;
+        EXPECT(lora_trainer_step(def, ids, NULL, 1, TOK_POSITIONS, &l), LORA_OK);
+        EXPECT(lora_trainer_step(def, ids, NULL, 1, TOK_POSITIONS + 1, &l), LORA_INVALID_ARGUMENT);
+        lora_trainer_free(def);
+    }
     bad = SENTINEL(lora_trainer);
     EXPECT(lora_trainer_create(&bad, m, ad_other, NULL), LORA_INVALID_ARGUMENT);
     CHECK(bad == NULL, "*out not NULL after an adapter of another model");
@@ -1416,6 +1423,7 @@ static void test_trainer_errors(void) {
     BAD_TRAINER(max_grad_norm, NAN);
     BAD_TRAINER(batch_size, 0);
     BAD_TRAINER(block_size, 1);
+    BAD_TRAINER(block_size, -1);
     BAD_TRAINER(block_size, TOK_POSITIONS + 1);
 
     trainer_params(&tp, 2, 16, 3);

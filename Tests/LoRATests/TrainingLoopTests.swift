@@ -130,6 +130,17 @@ import LoRA
         let t2 = try Trainer(model: model, adapter: adapter, config: other)
         #expect(throws: LoraError.self) { try Checkpoint.restore(t2, from: path) }
     }
+
+    /// Without a block size, a trainer takes min(256, n_positions).
+    @Test func blockSizeDefaultsToTheModelsPositionsWhenSmaller() throws {
+        let model = try Model.load(directory: Fixtures.path("gpt2-a"))
+        #expect(model.config.nPositions < 256)
+        var tc = TrainingConfig(); tc.batchSize = 2
+        #expect(tc.blockSize == 0)
+        let t = try Trainer(model: model, adapter: nil, config: tc)
+        #expect(t.config.blockSize == model.config.nPositions)
+        _ = try t.step(ids: [Array(repeating: 1, count: model.config.nPositions)])
+    }
 }
 
 @Suite struct CancellationTests {
