@@ -206,7 +206,7 @@ final class TrainingPass {
         layerNormForward(out: lnf, mean: lnfMean, rstd: lnfRstd, inp: xFinal, weight: w.lnfW, bias: w.lnfB, rows: n, C: C, eps: eps)
 
         let count = targets.reduce(0) { $0 + ($1 >= 0 && Int($1) < V ? 1 : 0) }
-        for t in targets where t >= V { throw LoraError.invalidArgument("label \(t) is out of range 0..<\(V)") }
+        for t in targets where t >= V { throw LoraError.invalidArgument("label \(t) is out of range (0 to \(V - 1))") }
         let backward = gradScale != nil
         if backward, case .none = target { throw LoraError.invalidArgument("this pass was built for evaluation only") }
         if backward { dres.update(repeating: 0, count: n * C) }
