@@ -377,6 +377,11 @@ typedef struct lora_train_params {
     int32_t save_steps;             /* checkpoint every N steps (0: never) */
     const char *checkpoint_dir;     /* where checkpoint-<step>/ go */
     int32_t skip_bad_records;       /* 1: skip bad JSONL records; 0: fail on them */
+    /* > 0: the run lasts this many epochs of the data: the trainer's max_steps
+     * becomes ceil(sequences * epochs / (batch_size * gradient_accumulation_steps))
+     * (transformers' num_train_epochs); 0 (default): max_steps as created.
+     * Added in 0.2.0. */
+    float num_train_epochs;
 } lora_train_params;
 
 void lora_train_default_params(lora_train_params *params);

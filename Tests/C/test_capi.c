@@ -422,6 +422,7 @@ static void test_defaults(void) {
     CHECK(rp.struct_size == sizeof rp, "train struct_size %u", rp.struct_size);
     CHECK(rp.validation_fraction == 0.0f && rp.eval_steps == 0 && rp.save_steps == 0, "train params");
     CHECK(rp.checkpoint_dir == NULL && rp.skip_bad_records == 0, "checkpoint_dir / skip_bad_records");
+    CHECK(rp.num_train_epochs == 0.0f, "num_train_epochs %g", rp.num_train_epochs);
 
     /* default_params(NULL) is a no-op, not a crash. */
     lora_model_default_params(NULL);
@@ -1585,6 +1586,43 @@ done:
 }
 
 /* The training batches of lora/expected.safetensors: [2, 12] each. */
+/* num_train_epochs sets max_steps from the data; a 0.1.0-sized struct keeps max_steps. */
+static void test_train_epochs(void) {
+    lora_model *m = load_model("gpt2-tok");
+    lora_adapter *ad = NULL;
+    lora_trainer *t = NULL;
+    if (!m) return;
+    REQUIRE_OK(lora_adapter_create(&ad, m, NULL));
+    lora_trainer_params tp;
+    trainer_params(&tp, 2, 16, 1000);
+    REQUIRE_OK(lora_trainer_create(&t, m, ad, &tp));
+    const char *paths[1] = {training_text()};
+    lora_train_params rp;
+    lora_train_default_params(&rp);
+    rp.num_train_epochs = -1.0f;
+    EXPECT(lora_trainer_train(t, paths, 1, &rp, NULL, NULL), LORA_INVALID_ARGUMENT);
+    rp.num_train_epochs = NAN;
+    EXPECT(lora_trainer_train(t, paths, 1, &rp, NULL, NULL), LORA_INVALID_ARGUMENT);
+    rp.num_train_epochs = 2.0f;
+    progress_log log;
+    memset(&log, 0, sizeof log);
+    EXPECT(lora_trainer_train(t, paths, 1, &rp, log_progress, &log), LORA_OK);
+    /* 5 short lines in 16-token blocks: a handful of sequences, 2 epochs of batches of 2. */
+    CHECK(log.bad == 0 && log.max_steps >= 2 && log.max_steps < 50 && lora_trainer_get_step(t) == log.max_steps,
+          "epochs: max_steps %d, step %d", log.max_steps, lora_trainer_get_step(t));
+    /* The 0.1.0 struct (without num_train_epochs) trains to the max_steps the trainer has. */
+    lora_train_default_params(&rp);
+    rp.struct_size = (uint32_t)offsetof(lora_train_params, num_train_epochs);
+    rp.num_train_epochs = 100.0f; /* beyond struct_size: not read */
+    int32_t before = lora_trainer_get_step(t);
+    EXPECT(lora_trainer_train(t, paths, 1, &rp, NULL, NULL), LORA_OK);
+    CHECK(lora_trainer_get_step(t) == before, "a finished run took more steps: %d", lora_trainer_get_step(t));
+done:
+    lora_trainer_free(t);
+    lora_adapter_free(ad);
+    lora_model_free(m);
+}
+
 #define TRAIN_B 2
 #define TRAIN_T 12
 
@@ -1941,6 +1979,7 @@ int main(int argc, char **argv) {
         {"adapter_reference", test_adapter_reference},
         {"adapter_create", test_adapter_create},
         {"trainer_errors", test_trainer_errors},
+        {"train_epochs", test_train_epochs},
         {"training_steps", test_training_steps},
         {"checkpoint_resume", test_checkpoint_resume},
         {"threads", test_threads},

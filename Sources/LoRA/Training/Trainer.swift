@@ -57,7 +57,7 @@ public struct TrainingConfig: Sendable, Equatable {
 public final class Trainer: @unchecked Sendable {
     public let model: Model
     public let adapter: Adapter?
-    public let config: TrainingConfig
+    public private(set) var config: TrainingConfig
     let pass: TrainingPass
     let optimizer: AdamW
     let m: FloatBlock
@@ -114,6 +114,13 @@ public final class Trainer: @unchecked Sendable {
         }
         rng = SplitMix64(seed: config.seed)
         pass.gradients.zero()
+    }
+
+    /// Changes the run's length (the schedules follow the new total), e.g. to
+    /// a number of epochs once the data is known, or to extend a run.
+    public func setMaxSteps(_ n: Int) throws {
+        guard n >= 1 else { throw LoraError.invalidArgument("max_steps must be at least 1 (got \(n))") }
+        config.maxSteps = n
     }
 
     /// The learning rate of optimizer step k (0-based).
