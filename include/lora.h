@@ -45,7 +45,7 @@ extern "C" {
 #endif
 
 #define LORA_VERSION_MAJOR 0
-#define LORA_VERSION_MINOR 1
+#define LORA_VERSION_MINOR 2
 #define LORA_VERSION_PATCH 0
 /* MAJOR * 10000 + MINOR * 100 + PATCH */
 #define LORA_VERSION_NUMBER (LORA_VERSION_MAJOR * 10000 + LORA_VERSION_MINOR * 100 + LORA_VERSION_PATCH)
@@ -75,7 +75,7 @@ const char *lora_last_error(void);
 
 /* ---- Versions ---------------------------------------------------------- */
 
-const char *lora_version_string(void);   /* "0.1.0" */
+const char *lora_version_string(void);   /* "0.2.0" */
 uint32_t lora_version_number(void);      /* LORA_VERSION_NUMBER of the library */
 uint32_t lora_abi_version(void);         /* LORA_ABI_VERSION of the library */
 

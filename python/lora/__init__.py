@@ -57,14 +57,14 @@ from .errors import (
 from .model import GeneratedText, GeneratedTokens, Model, ModelInfo
 from .trainer import Trainer
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 #: The path of the liblora.so in use.
 library_path: str = _capi.library_path
 
 
 def version() -> str:
-    """The library's version string (lora_version_string), e.g. "0.1.0"."""
+    """The library's version string (lora_version_string), e.g. "0.2.0"."""
     return _capi.lora_version_string().decode("ascii")
 
 

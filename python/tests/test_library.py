@@ -19,8 +19,9 @@ HEADER = REPO / "include" / "lora.h"
 
 
 def test_versions():
-    assert lora.version() == "0.1.0"
-    assert lora.version_number() == 100
+    assert lora.version() == lora.__version__ == "0.2.0"
+    major, minor, patch = (int(x) for x in lora.__version__.split("."))
+    assert lora.version_number() == major * 10000 + minor * 100 + patch == 200
     assert lora.abi_version() == lora.ABI_VERSION == 1
     assert os.path.exists(lora.library_path)
 
