@@ -3,7 +3,8 @@
 # (idempotent). Run as root, or with sudo available.
 set -euo pipefail
 
-packages=(libopenblas-dev liblapacke-dev pkg-config fortunes valgrind make gcc g++ python3)
+# librsvg2-bin: rsvg-convert renders loss.svg in the CLI tests; clang-format: scripts/check_format.sh.
+packages=(libopenblas-dev liblapacke-dev pkg-config fortunes valgrind make gcc g++ python3 librsvg2-bin clang-format)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -16,7 +16,8 @@ enum Preset: String, CaseIterable, ExpressibleByArgument {
     static let recipeModules = "c_attn,attn.c_proj,mlp.c_fc"
 
     static var help: ArgumentHelp {
-        let l = LoraConfig(), s = SamplingParams()
+        let l = LoraConfig()
+        let s = SamplingParams()
         return ArgumentHelp(
             "Defaults for the options not given.",
             discussion: """

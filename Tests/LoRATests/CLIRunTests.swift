@@ -1,6 +1,6 @@
 import Foundation
-import Testing
 import LoRA
+import Testing
 
 /// A new user's first hour with `lora train` and `lora generate` (issue 18):
 /// errors that name the flag, training runs that behave as transformers'
@@ -17,8 +17,10 @@ import LoRA
     }
 
     /// Exactly one line on stderr containing every fragment, nothing on stdout, the given exit status.
-    func expectOneLineError(_ args: [String], _ fragments: [String], status: Int32? = nil,
-                            sourceLocation: SourceLocation = #_sourceLocation) throws {
+    func expectOneLineError(
+        _ args: [String], _ fragments: [String], status: Int32? = nil,
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) throws {
         let r = try CLI.run(args)
         #expect(r.status != 0, "\(args) succeeded", sourceLocation: sourceLocation)
         if let status { #expect(r.status == status, "\(args): status \(r.status)", sourceLocation: sourceLocation) }
@@ -39,9 +41,11 @@ import LoRA
 
     @Test func negativeNumbersAreValuesAndErrorsNameTheFlag() throws {
         let d = try data()
-        try expectOneLineError(["train", "--model", model, d, "--learning-rate", "-1e-3"],
-                               ["--learning-rate must be a finite number of at least 0 (got -0.001)"], status: 64)
-        try expectOneLineError(["train", "--model", model, d, "--warmup-steps=-1"], ["--warmup-steps must be at least 0 (got -1)"], status: 64)
+        try expectOneLineError(
+            ["train", "--model", model, d, "--learning-rate", "-1e-3"],
+            ["--learning-rate must be a finite number of at least 0 (got -0.001)"], status: 64)
+        try expectOneLineError(
+            ["train", "--model", model, d, "--warmup-steps=-1"], ["--warmup-steps must be at least 0 (got -1)"], status: 64)
         try expectOneLineError(["train", "--model", model, d, "--lora-dropout", "1"], ["--lora-dropout must be at least 0 and below 1"])
         try expectOneLineError(["generate", "--model", model, "--temperature", "-1", "hi"], ["--temperature", "at least 0"], status: 64)
         // Validation before any output: nothing of the prompt is echoed.
@@ -61,7 +65,8 @@ import LoRA
         try "just some text\n".write(toFile: dir + "/notes.txt", atomically: true, encoding: .utf8)
         try expectOneLineError(["inspect", dir + "/notes.txt"], ["not a safetensors file"])
         // extract defaults --base to the embedded model (here: not the shape of gpt2-a).
-        try expectOneLineError(["extract", "--tuned", Fixtures.path("gpt2-a"), "--rank", "2", "--output-dir", dir + "/ex"], ["different configs"])
+        try expectOneLineError(
+            ["extract", "--tuned", Fixtures.path("gpt2-a"), "--rank", "2", "--output-dir", dir + "/ex"], ["different configs"])
     }
 
     @Test func theEmbeddedModelIsFoundFromTheCommandAndTheEnvironmentOverrides() throws {
@@ -74,9 +79,12 @@ import LoRA
     }
 
     @Test func aUsedOutputDirIsRefusedUnlessOverwrittenOrResumed() throws {
-        let d = try data(), out = try Fixtures.tempDir() + "/run"
-        let args = ["train", "--model", model, d, "--output-dir", out, "--max-steps", "4", "--block-size", "16", "--batch-size", "2",
-                    "--save-steps", "2", "--save-total-limit", "5"]
+        let d = try data()
+        let out = try Fixtures.tempDir() + "/run"
+        let args = [
+            "train", "--model", model, d, "--output-dir", out, "--max-steps", "4", "--block-size", "16", "--batch-size", "2",
+            "--save-steps", "2", "--save-total-limit", "5",
+        ]
         var r = try CLI.run(args)
         #expect(r.status == 0, "\(r.err)")
         try expectOneLineError(args.map { $0 == "4" ? "2" : $0 }, ["--output-dir", "is not empty", "--overwrite-output-dir", "--resume"])
@@ -88,9 +96,12 @@ import LoRA
     }
 
     @Test func resumeKeepsTheWholeHistoryAndExtendsAFinishedRun() throws {
-        let d = try data(), out = try Fixtures.tempDir() + "/run"
-        let args = ["train", "--model", model, d, "--output-dir", out, "--block-size", "16", "--batch-size", "2",
-                    "--validation-split", "0.2", "--eval-steps", "3", "--save-steps", "2"]
+        let d = try data()
+        let out = try Fixtures.tempDir() + "/run"
+        let args = [
+            "train", "--model", model, d, "--output-dir", out, "--block-size", "16", "--batch-size", "2",
+            "--validation-split", "0.2", "--eval-steps", "3", "--save-steps", "2",
+        ]
         var r = try CLI.run(args + ["--max-steps", "6"])
         #expect(r.status == 0, "\(r.err)")
         r = try CLI.run(args + ["--max-steps", "9", "--resume"])
@@ -100,18 +111,23 @@ import LoRA
         let svg = try String(contentsOfFile: out + "/loss.svg", encoding: .utf8)
         #expect(svg.contains(">0</text>") && svg.contains("loss (nats per token"))
         // A changed setting is named as a flag with both values.
-        try expectOneLineError(args + ["--max-steps", "9", "--resume", "--learning-rate", "1e-3"],
-                               ["--learning-rate 0.0002 (now 0.001)"])
+        try expectOneLineError(
+            args + ["--max-steps", "9", "--resume", "--learning-rate", "1e-3"],
+            ["--learning-rate 0.0002 (now 0.001)"])
     }
 
     /// Ctrl-C: a checkpoint at the next step boundary, the resume command, exit 130; the resumed run continues the history.
     @Test func sigintSavesACheckpointAndPrintsTheResumeCommand() throws {
-        let d = try data(), out = try Fixtures.tempDir() + "/run"
+        let d = try data()
+        let out = try Fixtures.tempDir() + "/run"
         let p = Process()
         p.executableURL = URL(fileURLWithPath: CLI.path)
-        let args = ["train", "--model", model, d, "--output-dir", out, "--block-size", "16", "--batch-size", "2", "--max-steps", "100000000"]
+        let args = [
+            "train", "--model", model, d, "--output-dir", out, "--block-size", "16", "--batch-size", "2", "--max-steps", "100000000",
+        ]
         p.arguments = args
-        let stdout = Pipe(), stderr = Pipe()
+        let stdout = Pipe()
+        let stderr = Pipe()
         p.standardOutput = stdout; p.standardError = stderr; p.standardInput = FileHandle.nullDevice
         try p.run()
         // Wait for the first progress line (training has begun and the handler is installed).
@@ -138,7 +154,8 @@ import LoRA
 
     /// The live bar never reaches the last column of an 80-column terminal (no wrapping, one line per update).
     @Test func progressBarFitsAn80ColumnTerminal() throws {
-        let d = try data(), out = try Fixtures.tempDir() + "/run"
+        let d = try data()
+        let out = try Fixtures.tempDir() + "/run"
         let script = """
             import os, pty, sys, fcntl, termios, struct, re
             pid, fd = pty.fork()
@@ -163,8 +180,10 @@ import LoRA
             """
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", "-c", script, CLI.path, "train", "--model", model, d, "--output-dir", out, "--block-size", "16",
-                       "--batch-size", "2", "--max-steps", "30", "--validation-split", "0.2", "--eval-steps", "10"]
+        p.arguments = [
+            "python3", "-c", script, CLI.path, "train", "--model", model, d, "--output-dir", out, "--block-size", "16",
+            "--batch-size", "2", "--max-steps", "30", "--validation-split", "0.2", "--eval-steps", "10",
+        ]
         var env = ProcessInfo.processInfo.environment; env["COLUMNS"] = nil
         p.environment = env
         let pipe = Pipe()
@@ -183,9 +202,12 @@ import LoRA
 
     /// loss.svg rendered by librsvg (rsvg-convert) is a well-formed, non-blank PNG with axis labels.
     @Test func lossPlotRendersAsAnImage() throws {
-        let d = try data(), out = try Fixtures.tempDir() + "/run"
-        let r = try CLI.run(["train", "--model", model, d, "--output-dir", out, "--block-size", "16", "--batch-size", "2",
-                             "--max-steps", "12", "--validation-split", "0.2", "--eval-steps", "4"])
+        let d = try data()
+        let out = try Fixtures.tempDir() + "/run"
+        let r = try CLI.run([
+            "train", "--model", model, d, "--output-dir", out, "--block-size", "16", "--batch-size", "2",
+            "--max-steps", "12", "--validation-split", "0.2", "--eval-steps", "4",
+        ])
         #expect(r.status == 0, "\(r.err)")
         let svg = try String(contentsOfFile: out + "/loss.svg", encoding: .utf8)
         #expect(svg.contains(">step</text>") && svg.contains("loss (nats per token"))

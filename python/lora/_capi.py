@@ -423,4 +423,3 @@ lora_trainer_save_checkpoint = _fn("lora_trainer_save_checkpoint", lora_status,
 lora_trainer_resume = _fn("lora_trainer_resume", lora_status, [lora_trainer_p, c_char_p], check=True)
 # int32_t lora_trainer_get_step(const lora_trainer *trainer);
 lora_trainer_get_step = _fn("lora_trainer_get_step", c_int32, [lora_trainer_p])
-

@@ -203,4 +203,3 @@ class Adapter(Owner):
         if self.closed:
             return "<lora.Adapter (closed)>"
         return f"<lora.Adapter n_params={self.n_params}{' attached' if self.attached else ''}>"
-

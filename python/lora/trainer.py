@@ -314,4 +314,3 @@ class Trainer(Owner):
     def resume(self, checkpoint_path) -> None:
         """Restores a checkpoint directory written with the same trainer settings."""
         C.lora_trainer_resume(self._require(), cpath(checkpoint_path, "checkpoint_path"))
-
