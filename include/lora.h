@@ -45,7 +45,7 @@ extern "C" {
 #endif
 
 #define LORA_VERSION_MAJOR 0
-#define LORA_VERSION_MINOR 1
+#define LORA_VERSION_MINOR 2
 #define LORA_VERSION_PATCH 0
 /* MAJOR * 10000 + MINOR * 100 + PATCH */
 #define LORA_VERSION_NUMBER (LORA_VERSION_MAJOR * 10000 + LORA_VERSION_MINOR * 100 + LORA_VERSION_PATCH)
@@ -75,7 +75,7 @@ const char *lora_last_error(void);
 
 /* ---- Versions ---------------------------------------------------------- */
 
-const char *lora_version_string(void);   /* "0.1.0" */
+const char *lora_version_string(void);   /* "0.2.0" */
 uint32_t lora_version_number(void);      /* LORA_VERSION_NUMBER of the library */
 uint32_t lora_abi_version(void);         /* LORA_ABI_VERSION of the library */
 
@@ -177,8 +177,9 @@ void lora_sampling_default_params(lora_sampling_params *params);
 typedef int32_t (*lora_token_callback)(int32_t token, const char *piece, size_t piece_len, void *user_data);
 
 /* Generates after a text prompt; writes the new text (NUL-terminated) into
- * out (may be NULL with capacity 0 to stream only); *needed receives its
- * byte length. Generation never runs past n_positions.
+ * out; *needed receives its byte length. Stream only: out NULL with
+ * capacity 0 (the text goes to the callback; LORA_OK, *needed set).
+ * Generation never runs past n_positions.
  * Errors: LORA_INVALID_ARGUMENT (bad params, prompt too long),
  * LORA_WRONG_STATE (no tokenizer), LORA_ABORTED, LORA_BUFFER_TOO_SMALL
  * (the text was generated and streamed, but does not fit out). */
@@ -186,8 +187,10 @@ lora_status lora_generate(const lora_model *model, const char *prompt, const lor
                           lora_token_callback callback, void *user_data,
                           char *out, size_t capacity, size_t *needed);
 
-/* The same from token ids; writes the new ids into out_tokens.
- * *n_out receives the count. */
+/* The same from token ids; writes the new ids into out_tokens; *n_out
+ * receives the count. Stream only: out_tokens NULL with capacity 0 (LORA_OK,
+ * *n_out set; since 0.2.0: 0.1.0 returned LORA_BUFFER_TOO_SMALL).
+ * Errors: as lora_generate. */
 lora_status lora_generate_tokens(const lora_model *model, const int32_t *prompt, size_t n_prompt,
                                  const lora_sampling_params *params,
                                  lora_token_callback callback, void *user_data,
@@ -338,7 +341,7 @@ typedef struct lora_trainer_params {
     int32_t gradient_accumulation_steps;  /* default 1 */
     float max_grad_norm;            /* default 1; <= 0 disables clipping */
     int32_t batch_size;             /* default 4 */
-    int32_t block_size;             /* tokens per sequence; default 256; must be at most n_positions */
+    int32_t block_size;             /* tokens per sequence, at most n_positions; default 0: min(256, n_positions) */
     uint64_t seed;
     int32_t gradient_checkpointing; /* recompute activations in backward: less memory, slower */
 } lora_trainer_params;
@@ -374,6 +377,11 @@ typedef struct lora_train_params {
     int32_t save_steps;             /* checkpoint every N steps (0: never) */
     const char *checkpoint_dir;     /* where checkpoint-<step>/ go */
     int32_t skip_bad_records;       /* 1: skip bad JSONL records; 0: fail on them */
+    /* > 0: the run lasts this many epochs of the data: the trainer's max_steps
+     * becomes ceil(sequences * epochs / (batch_size * gradient_accumulation_steps))
+     * (transformers' num_train_epochs); 0 (default): max_steps as created.
+     * Added in 0.2.0. */
+    float num_train_epochs;
 } lora_train_params;
 
 void lora_train_default_params(lora_train_params *params);

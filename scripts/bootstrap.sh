@@ -4,8 +4,9 @@
 set -euo pipefail
 
 # Open MPI (openmpi-bin, libopenmpi-dev: `lora train` under mpirun links libmpi) and
-# iproute2 (the two-host network-namespace test) are for data-parallel training.
-packages=(libopenblas-dev liblapacke-dev pkg-config fortunes valgrind make gcc g++ python3 openmpi-bin libopenmpi-dev iproute2)
+# iproute2 (the two-host network-namespace test) are for data-parallel training;
+# librsvg2-bin: rsvg-convert renders loss.svg in the CLI tests; clang-format: scripts/check_format.sh.
+packages=(libopenblas-dev liblapacke-dev pkg-config fortunes valgrind make gcc g++ python3 openmpi-bin libopenmpi-dev iproute2 librsvg2-bin clang-format)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -6,17 +6,24 @@ struct Combine: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Combine adapters with weights (PEFT add_weighted_adapter: cat, linear, svd).")
 
-    @Argument(help: "Adapters as DIR[:WEIGHT] (weight 1 when omitted).") var adapters: [String]
+    @Argument(help: "Adapters as DIR[:WEIGHT] (weight 1 when omitted).") var adapters: [String] = []
     @Option(help: "Model directory the adapters belong to (default: the embedded model).") var model: String?
     @Option(help: "cat (exact, rank Σr), linear (weighted A's and B's), svd (weighted ΔW truncated to --svd-rank).")
-    var combinationType = "svd"
-    @Option(help: "Rank of the svd result (default: the largest input rank).") var svdRank: Int?
-    @Option(help: "Clamp the svd factors at this quantile of their values.") var svdClamp: Double?
+    var combinationType: CombinationType = .svd
+    @Option(parsing: .unconditional, help: "Rank of the svd result (default: the largest input rank).") var svdRank: Int?
+    @Option(parsing: .unconditional, help: "Clamp the svd factors at this quantile of their values.") var svdClamp: Double?
+
+    enum CombinationType: String, CaseIterable, ExpressibleByArgument { case cat, linear, svd }
+
+    func validate() throws {
+        guard !adapters.isEmpty else { throw ValidationError("give at least one adapter DIR[:WEIGHT]") }
+        try Check.atLeast(svdRank, 1, "--svd-rank")
+        if let c = svdClamp, !(c.isFinite && c > 0 && c <= 1) { throw Check.fail("--svd-clamp", "greater than 0 and at most 1", c) }
+    }
     @Option(help: "Output directory.") var outputDir: String
 
     func run() throws {
         try LoRACommand.run {
-            guard !adapters.isEmpty else { throw LoRAError.invalidArgument("give at least one adapter") }
             let config = try GPT2Config.load(path: (model ?? Defaults.modelDirectory) + "/config.json")
             let inputs = try adapters.map { spec -> (adapter: Adapter, weight: Double) in
                 let (dir, w) = try AdapterSpec.parse(spec)
@@ -24,15 +31,14 @@ struct Combine: ParsableCommand {
             }
             let method: CombinationMethod
             switch combinationType {
-            case "cat": method = .cat
-            case "linear": method = .linear
-            case "svd": method = .svd(rank: svdRank, clamp: svdClamp)
-            default: throw LoRAError.invalidArgument("--combination-type must be cat, linear or svd")
+            case .cat: method = .cat
+            case .linear: method = .linear
+            case .svd: method = .svd(rank: svdRank, clamp: svdClamp)
             }
             let t0 = Date()
             let out = try Adapter.combine(inputs, method: method)
             try out.save(directory: outputDir)
-            say(String(format: "combined %d adapters (%@) into rank %d in %.3f s: %@", inputs.count, combinationType as NSString,
+            say(String(format: "combined %d adapters (%@) into rank %d in %.3f s: %@", inputs.count, combinationType.rawValue as NSString,
                        out.config.r, Date().timeIntervalSince(t0), outputDir as NSString))
         }
     }
@@ -42,7 +48,7 @@ struct Extract: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Extract a LoRA adapter from a fully fine-tuned model (SVD of each ΔW).")
 
-    @Option(help: "The base model directory.") var base: String
+    @Option(help: "The base model directory (default: the embedded model).") var base: String?
     @Option(help: "The fine-tuned model directory (same architecture).") var tuned: String
     @Option(help: "Comma-separated target modules.") var targetModules = "c_attn"
     @OptionGroup var ranks: RankOptions
@@ -51,7 +57,7 @@ struct Extract: ParsableCommand {
     func run() throws {
         try LoRACommand.run {
             let target = try ranks.target()
-            let b = try Model.load(directory: base), t = try Model.load(directory: tuned)
+            let b = try loadModel(base ?? Defaults.modelDirectory), t = try loadModel(tuned)
             let t0 = Date()
             let (a, reports) = try Adapter.extract(base: b, tuned: t, targetModules: .names(list: targetModules),
                                                    rank: target)

@@ -65,7 +65,7 @@ header_cxx() {
 }
 
 build_test() {
-    "$CC" "${CFLAGS_STRICT[@]}" -g -O1 -Iinclude Tests/C/test_capi.c -o "$WORK/bin/test_capi" \
+    "$CC" "${CFLAGS_STRICT[@]}" -g -O1 -Iinclude Tests/C/test_capi*.c -o "$WORK/bin/test_capi" \
         "$WORK/bin/liblora.so.1" -Wl,--enable-new-dtags -Wl,-rpath,'$ORIGIN' -pthread -lm
 }
 

@@ -13,10 +13,11 @@ struct CLI {
 
     struct Result { var status: Int32; var out: String; var err: String }
 
-    static func run(_ args: [String], stdin: String? = nil) throws -> Result {
+    static func run(_ args: [String], stdin: String? = nil, environment: [String: String] = [:]) throws -> Result {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: path)
         p.arguments = args
+        if !environment.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err
@@ -74,7 +75,7 @@ struct CLI {
             #expect(FileManager.default.fileExists(atPath: out + "/" + f), "\(f) missing")
         }
         let metrics = try String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
-        #expect(metrics.count == 6)
+        #expect(metrics.count == 7)   // the validation loss before training (step 0), then steps 1-6
         #expect(try String(contentsOfFile: out + "/loss.svg", encoding: .utf8).hasPrefix("<svg"))
         // Resume from the final checkpoint with more steps is refused (other settings), same settings works.
         r = try CLI.run(["train", "--model", model, data, "--output-dir", out, "--max-steps", "6", "--block-size", "32",
@@ -180,10 +181,10 @@ struct CLI {
         try expectFailure(["generate", "--model", "/nonexistent", "x"], mentioning: "/nonexistent")
         try expectFailure(["train", "--model", model, "/nonexistent.txt", "--max-steps", "1"], mentioning: "/nonexistent.txt")
         try expectFailure(["train", "--model", model, data, "--target-modules", "q_proj", "--max-steps", "1", "--block-size", "32"], mentioning: "q_proj")
-        try expectFailure(["train", "--model", model, data, "--learning-rate", "nan", "--max-steps", "1", "--block-size", "32"], mentioning: "learning_rate")
+        try expectFailure(["train", "--model", model, data, "--learning-rate", "nan", "--max-steps", "1", "--block-size", "32"], mentioning: "--learning-rate")
         try expectFailure(["train", "--model", model, data, "--block-size", "65"], mentioning: "block-size")
         try expectFailure(["train", "--model", model, data, "--r", "0", "--block-size", "32"], mentioning: "r must be")
-        try expectFailure(["generate", "--model", model, "--top-p", "2", "x"], mentioning: "top_p")
+        try expectFailure(["generate", "--model", model, "--top-p", "2", "x"], mentioning: "--top-p")
         try expectFailure(["generate", "--model", model, "--adapter", "/nonexistent", "x"], mentioning: "adapter_config.json")
         try expectFailure(["inspect", "/nonexistent"], mentioning: "/nonexistent")
         try expectFailure(["tokenize", "--model", model, "--decode", "12", "x"], mentioning: "not a token id")

@@ -67,7 +67,8 @@ run1 one-val "${v[@]}" --batch-size 4 && runN 2 two-val "${v[@]}" --batch-size 2
 import json, sys
 def vals(d): return [json.loads(l)["val_loss"] for l in open(f"{sys.argv[1]}/{d}/metrics.jsonl") if "val_loss" in l]
 a, b = vals("one-val"), vals("two-val")
-assert len(a) == len(b) == 2 and max(abs(x - y) for x, y in zip(a, b)) < 1e-6, (a, b)
+# Three points: before training (step 0), steps 2 and 4.
+assert len(a) == len(b) == 3 and max(abs(x - y) for x, y in zip(a, b)) < 1e-6, (a, b)
 PY
 # 8. Resume: 2 ranks checkpoint at step 4 of 8; resumed with 2 ranks (bit-exact) and with 1 rank × 4 (same global batch).
 rr=("$work/data.jsonl" --max-steps 8 --lora-dropout 0.1 --save-steps 4 --save-total-limit 3)

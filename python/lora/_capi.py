@@ -38,9 +38,9 @@ def _candidate_paths() -> list[str]:
     """Where to look for liblora.so when LORA_LIBRARY is not set, in order."""
     package_dir = os.path.dirname(os.path.abspath(__file__))
     python_dir = os.path.dirname(package_dir)  # python/ in a source checkout
-    cwd = os.getcwd()
     paths = [os.path.join(package_dir, name) for name in _LIBRARY_NAMES]
-    for base in (os.path.join(python_dir, ".."), os.path.join(cwd, ".."), cwd):
+    # Only the checkout this package file lives in, never the current folder.
+    for base in (os.path.join(python_dir, ".."),):
         for config in ("release", "debug"):
             paths.append(os.path.join(base, ".build", config, "liblora.so"))
     seen: set[str] = set()
@@ -241,6 +241,7 @@ class lora_train_params(Structure):
         ("save_steps", c_int32),
         ("checkpoint_dir", c_char_p),
         ("skip_bad_records", c_int32),
+        ("num_train_epochs", c_float),   # added in 0.2.0
     ]
 
 

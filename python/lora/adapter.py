@@ -1,11 +1,13 @@
 """lora.Adapter: a LoRA adapter for one model (lora_adapter)."""
 from __future__ import annotations
 
+import os
 from ctypes import byref, c_float
 
 from . import _capi as C
 from ._convert import cpath, cstring, flag, int32, int32_array, real, uint64
 from ._owner import Owner
+from .errors import file_not_found
 from .model import Model
 
 _INITS = {
@@ -55,10 +57,14 @@ class Adapter(Owner):
         return model._require()
 
     @classmethod
-    def create(cls, model: Model, r: int = 8, alpha: float = 8.0, dropout: float = 0.0,
-               target_modules=("c_attn",), use_rslora: bool = False, init="default", seed: int = 0,
+    def create(cls, model: Model, r: int | None = None, alpha: float | None = None, dropout: float | None = None,
+               target_modules=None, use_rslora: bool = False, init="default", seed: int | None = None,
                layers_to_transform=None, pissa_niter: int = 0) -> "Adapter":
         """A new adapter for model's shape (not attached).
+
+        Arguments left at None take the library's defaults
+        (lora_adapter_default_params, PEFT's LoraConfig: r 8, alpha 8,
+        dropout 0, target_modules c_attn).
 
         target_modules: a list of module names or suffixes matched as PEFT does
         ("c_attn", "attn.c_proj", "mlp.c_fc", ...), or a single string taken as
@@ -71,10 +77,15 @@ class Adapter(Owner):
         mh = cls._model_handle(model)
         p = C.lora_adapter_params()
         C.lora_adapter_default_params(byref(p))
-        p.r = int32(r, "r")
-        p.lora_alpha = real(alpha, "alpha")
-        p.lora_dropout = real(dropout, "dropout")
-        if isinstance(target_modules, (str, bytes)):
+        if r is not None:
+            p.r = int32(r, "r")
+        if alpha is not None:
+            p.lora_alpha = real(alpha, "alpha")
+        if dropout is not None:
+            p.lora_dropout = real(dropout, "dropout")
+        if target_modules is None:
+            targets = None   # the library's default (c_attn)
+        elif isinstance(target_modules, (str, bytes)):
             targets = cstring(target_modules, "target_modules")
             p.target_modules_regex = 1
         else:
@@ -87,7 +98,8 @@ class Adapter(Owner):
         p.target_modules = targets
         p.use_rslora = flag(use_rslora)
         p.init = _init_value(init)
-        p.seed = uint64(seed, "seed")
+        if seed is not None:
+            p.seed = uint64(seed, "seed")
         p.pissa_niter = int32(pissa_niter, "pissa_niter")
         layers = None
         if layers_to_transform is not None:
@@ -103,8 +115,11 @@ class Adapter(Owner):
 
     @classmethod
     def load(cls, model: Model, path) -> "Adapter":
-        """Loads a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)."""
+        """Loads a PEFT adapter directory (adapter_config.json + adapter_model.safetensors).
+        A missing path raises FileNotFoundError."""
         mh = cls._model_handle(model)
+        if not os.path.exists(cpath(path)):
+            raise file_not_found(path, "adapter directory", "lora_adapter_load")
         h = C.lora_adapter_p()
         C.lora_adapter_load(byref(h), mh, cpath(path))
         return cls(h, model)
@@ -161,6 +176,15 @@ class Adapter(Owner):
         """Saves in PEFT's layout into directory path (created if needed)."""
         C.lora_adapter_save(self._require(), cpath(path))
 
+    @classmethod
+    def from_pretrained(cls, model: Model, path) -> "Adapter":
+        """PEFT's name for :meth:`load`."""
+        return cls.load(model, path)
+
+    def save_pretrained(self, path) -> None:
+        """PEFT's name for :meth:`save`."""
+        self.save(path)
+
     @property
     def n_params(self) -> int:
         """Trainable parameter count (A and B of every adapted module)."""
@@ -179,4 +203,3 @@ class Adapter(Owner):
         if self.closed:
             return "<lora.Adapter (closed)>"
         return f"<lora.Adapter n_params={self.n_params}{' attached' if self.attached else ''}>"
-

@@ -191,9 +191,13 @@ def test_wrong_state_errors(model_a):
     with pytest.raises(lora.WrongStateError):
         model_a.unmerge(a)
     model_a.attach(a)
+    # The C call refuses a second attach; the binding's attach then sets the scale (the README's
+    # snippet attaches the adapter a Trainer already attached).
+    from lora import _capi as C
     with pytest.raises(lora.LoraError) as ei:
-        model_a.attach(a)
+        C.lora_model_attach(model_a._require(), a._require(), 1.0)
     assert ei.value.status == lora.LORA_WRONG_STATE
+    model_a.attach(a, 0.5)
     model_a.merge(a)
     with pytest.raises(lora.LoraError) as ei:
         model_a.merge(a)

@@ -108,10 +108,10 @@ extension Trainer {
     /// Distributed runs record the global batch (per-rank batch × ranks), so a
     /// checkpoint resumes with any number of ranks that keeps the global batch
     /// (1 rank × 4 continues 2 ranks × 2 exactly, up to summation order).
-    var checkpointFingerprint: String {
+    var checkpointConfig: TrainerParams {
         var c = config
         c.batchSize = config.batchSize * (gradientReducer?.worldSize ?? 1)
-        return c.fingerprint
+        return c
     }
 
     /// The data-parallel sharding rule (see `GradientReducer`): for a global

@@ -144,6 +144,8 @@ extension Trainer {
                 report.checkpoint = try Checkpoint.save(self, root: dir)
                 Checkpoint.prune(root: dir, keep: options.saveTotalLimit)
             }
+            // The trainer's progress is current while the callback runs (it may save a checkpoint).
+            epoch = p.epoch; offset = p.offset
             if let callback, callback(report) == .stop { throw LoRAError.aborted }
         }
         if let ranks { try checkRanksInSync(ranks) }

@@ -192,7 +192,7 @@ final class TrainingPass {
         let xFinal = model.trunkForward(ids: ids, positions: positions, acts, B: B, T: T, lora: lora)
 
         let count = targets.reduce(0) { $0 + ($1 >= 0 && Int($1) < V ? 1 : 0) }
-        for t in targets where t >= V { throw LoRAError.invalidArgument("label \(t) is out of range 0..<\(V)") }
+        for t in targets where t >= V { throw LoRAError.invalidArgument("label \(t) is out of range (0 to \(V - 1))") }
         let backward = gradScale != nil
         if backward, case .none = target { throw LoRAError.invalidArgument("this pass was built for evaluation only") }
         if backward { dres.update(repeating: 0, count: n * C) }
