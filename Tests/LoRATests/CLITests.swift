@@ -166,7 +166,21 @@ struct CLI {
         let fresh = try Model.load(directory: out + "/fresh")
         #expect(fresh.config.vocabSize == 257 && fresh.tokenizer?.vocabSize == 257)
         try expectFailure(["compress", all, "--model", a, "--rank", "5", "--output-dir", out + "/bad"], mentioning: "exceeds")
-        try expectFailure(["combine", "--model", a, all, "--combination-type", "ties", "--output-dir", out + "/bad"], mentioning: "combination-type")
+        try expectFailure(["combine", "--model", a, all, "--combination-type", "tie", "--output-dir", out + "/bad"], mentioning: "combination-type")
+        // TIES needs a density in (0, 1] and equal ranks.
+        try expectFailure(["combine", "--model", a, all, "--combination-type", "ties", "--output-dir", out + "/bad"], mentioning: "--density")
+        try expectFailure(["combine", "--model", a, all, "--combination-type", "ties", "--density", "1.5", "--output-dir", out + "/bad"], mentioning: "--density")
+        try expectFailure(["combine", "--model", a, all, pattern, "--combination-type", "ties", "--density", "0.5", "--output-dir", out + "/bad"], mentioning: "same rank")
+        r = try CLI.run(["combine", "--model", a, all + ":0.6", Fixtures.path("combine/all2") + ":0.5", "--combination-type", "ties",
+                         "--density", "0.5", "--output-dir", out + "/ties"])
+        #expect(r.status == 0 && r.out.contains("(ties)"), "combine ties: \(r.err)")
+        // The same tensors as PEFT's (TaskMergeTests checks them against the fixture).
+        let ties = try Adapter.load(directory: out + "/ties", modelConfig: c)
+        let peftTies = try Adapter.load(directory: Fixtures.path("task_merge/ties"), modelConfig: c)
+        #expect(maxAbsDiff(Array(ties.params.buffer), Array(peftTies.params.buffer)) < 1e-5)
+        r = try CLI.run(["combine", "--model", a, all, pattern + ":0.5", "--combination-type", "dare_ties_svd", "--density", "0.5",
+                         "--majority-sign-method", "frequency", "--seed", "3", "--svd-rank", "2", "--output-dir", out + "/dare"])
+        #expect(r.status == 0 && r.out.contains("rank 2"), "combine dare_ties_svd: \(r.err)")
         try expectFailure(["extract", "--base", a, "--tuned", Fixtures.path("gpt2-b"), "--rank", "2", "--output-dir", out + "/bad"], mentioning: "different configs")
     }
 
