@@ -307,6 +307,43 @@ lora_status lora_adapter_compress(lora_adapter **out, const lora_adapter *adapte
 lora_status lora_adapter_combine(lora_adapter **out, const lora_adapter *const *adapters, const float *weights,
                                  size_t n_adapters, int32_t method, int32_t svd_rank, float svd_clamp);
 
+/* PEFT's task-arithmetic merges (add_weighted_adapter's ties, dare_linear,
+ * dare_ties, magnitude_prune): on the A's and the B's (equal ranks), or with
+ * _SVD on each delta, then truncated to svd_rank by SVD. Only through
+ * lora_adapter_combine_v2 (they need a density). */
+#define LORA_COMBINE_TIES                 3
+#define LORA_COMBINE_DARE_LINEAR          4
+#define LORA_COMBINE_DARE_TIES            5
+#define LORA_COMBINE_MAGNITUDE_PRUNE      6
+#define LORA_COMBINE_TIES_SVD             7
+#define LORA_COMBINE_DARE_LINEAR_SVD      8
+#define LORA_COMBINE_DARE_TIES_SVD        9
+#define LORA_COMBINE_MAGNITUDE_PRUNE_SVD 10
+
+#define LORA_MAJORITY_SIGN_TOTAL     0 /* the sign of the sum of the values */
+#define LORA_MAJORITY_SIGN_FREQUENCY 1 /* the sign of the sum of their signs */
+
+typedef struct lora_combine_params {
+    uint32_t struct_size;
+    int32_t method;               /* LORA_COMBINE_*; default LORA_COMBINE_SVD */
+    int32_t svd_rank;             /* <= 0: the largest input rank (default) */
+    float svd_clamp;              /* <= 0: no clamp (default) */
+    float density;                /* task merges: fraction kept, in (0, 1]; default 1 (keeps all) */
+    int32_t majority_sign_method; /* LORA_MAJORITY_SIGN_*; default TOTAL */
+    uint64_t seed;                /* DARE's random masks; default 0 */
+} lora_combine_params;
+
+void lora_combine_default_params(lora_combine_params *params);
+
+/* lora_adapter_combine with every add_weighted_adapter type (params NULL:
+ * defaults, i.e. svd). DARE's masks come from liblora's seeded generator
+ * (PEFT's from torch's: the same distribution, not the same draws). Errors:
+ * LORA_INVALID_ARGUMENT (density outside (0, 1], unknown method or sign
+ * method, unequal ranks for the factor merges, adapters of different
+ * models), LORA_NUMERICAL_ERROR (NaN weights, LAPACK non-convergence). */
+lora_status lora_adapter_combine_v2(lora_adapter **out, const lora_adapter *const *adapters, const float *weights,
+                                    size_t n_adapters, const lora_combine_params *params);
+
 /* A LoRA adapter approximating a full fine-tune: per module of
  * target_modules (comma-separated, as lora_adapter_params; NULL: "c_attn"),
  * the truncated SVD of tuned - base; rank or energy as lora_adapter_compress.

@@ -89,7 +89,9 @@ exports() {
         echo "exports: liblora.so's dynamic symbols differ from include/lora.h (see the diff above)" >&2
         return 1
     fi
-    if ! nm -D --defined-only "$LIB" | grep -q ' A LIBLORA_1$'; then
+    # Not `nm | grep -q`: under pipefail, grep's early exit makes nm die of
+    # SIGPIPE once the symbol list outgrows the pipe, and the check fails.
+    if ! nm -D --defined-only "$LIB" | grep -c ' A LIBLORA_1$' >/dev/null; then
         echo "exports: the version node LIBLORA_1 is missing" >&2
         return 1
     fi

@@ -304,3 +304,97 @@ done:
     free(base);
     free(got);
 }
+
+/* ---- Combination (PEFT's add_weighted_adapter) ------------------------- */
+
+void test_adapter_combine(void) {
+    st_file ref;
+    memset(&ref, 0, sizeof ref);
+    lora_model *m = NULL;
+    lora_adapter *all = NULL, *all2 = NULL, *pattern = NULL, *ties = NULL, *other = NULL;
+    int32_t *ids = NULL;
+    float *want = NULL, *got = NULL;
+    if (!st_open(&ref, path("%s/task_merge/expected.safetensors", fixtures))) {
+        CHECK(0, "cannot read task_merge/expected.safetensors");
+        goto done;
+    }
+    size_t n_ids = 0, n_logits = 0;
+    ids = st_ids(&ref, "ids", &n_ids);
+    want = st_floats(&ref, "logits.ties", &n_logits);
+    CHECK(ids && want && n_logits == n_ids * A_VOCAB, "reference tensors ids/logits.ties");
+    if (!ids || !want) goto done;
+    m = load_model("gpt2-a");
+    if (!m) goto done;
+    got = malloc(n_logits * sizeof *got);
+    REQUIRE_OK(lora_adapter_load(&all, m, path("%s/lora/all", fixtures)));
+    REQUIRE_OK(lora_adapter_load(&all2, m, path("%s/combine/all2", fixtures)));
+    REQUIRE_OK(lora_adapter_load(&pattern, m, path("%s/lora/pattern", fixtures)));
+    const lora_adapter *pair[2] = {all, all2};
+    const float w[2] = {0.6f, 0.5f};
+
+    lora_combine_params p;
+    memset(&p, 0xAB, sizeof p);
+    lora_combine_default_params(&p);
+    CHECK(p.struct_size == sizeof p && p.method == LORA_COMBINE_SVD && p.svd_rank == 0 && p.svd_clamp == 0.0f &&
+              p.density == 1.0f && p.majority_sign_method == LORA_MAJORITY_SIGN_TOTAL && p.seed == 0,
+          "lora_combine_default_params");
+
+    /* TIES through the C ABI: PEFT's logits. */
+    p.method = LORA_COMBINE_TIES;
+    p.density = 0.5f;
+    REQUIRE_OK(lora_adapter_combine_v2(&ties, pair, w, 2, &p));
+    REQUIRE_OK(lora_model_attach(m, ties, 1.0f));
+    REQUIRE_OK(lora_logits(m, ids, n_ids, got, n_logits));
+    float d = max_abs_diff(got, want, n_logits);
+    CHECK(d <= TOL_REFERENCE, "ties logits differ from PEFT's by %g", d);
+    REQUIRE_OK(lora_model_detach(m, ties));
+
+    /* Misuse: every failure leaves *out NULL. */
+    other = SENTINEL(lora_adapter);
+    p.density = 0.0f;
+    EXPECT(lora_adapter_combine_v2(&other, pair, w, 2, &p), LORA_INVALID_ARGUMENT);
+    CHECK(other == NULL, "*out not NULL after density 0");
+    p.density = 1.5f;
+    EXPECT(lora_adapter_combine_v2(&other, pair, w, 2, &p), LORA_INVALID_ARGUMENT);
+    p.density = NAN;
+    EXPECT(lora_adapter_combine_v2(&other, pair, w, 2, &p), LORA_INVALID_ARGUMENT);
+    p.density = 0.5f;
+    p.majority_sign_method = 7;
+    EXPECT(lora_adapter_combine_v2(&other, pair, w, 2, &p), LORA_INVALID_ARGUMENT);
+    p.majority_sign_method = LORA_MAJORITY_SIGN_FREQUENCY;
+    p.method = 99;
+    EXPECT(lora_adapter_combine_v2(&other, pair, w, 2, &p), LORA_INVALID_ARGUMENT);
+    p.method = LORA_COMBINE_DARE_TIES;
+    const lora_adapter *uneven[2] = {all, pattern};
+    EXPECT(lora_adapter_combine_v2(&other, uneven, w, 2, &p), LORA_INVALID_ARGUMENT); /* unequal ranks */
+    p.struct_size = sizeof p + 8;
+    EXPECT(lora_adapter_combine_v2(&other, pair, w, 2, &p), LORA_INVALID_ARGUMENT);
+    p.struct_size = sizeof p;
+    EXPECT(lora_adapter_combine_v2(NULL, pair, w, 2, &p), LORA_INVALID_ARGUMENT);
+    EXPECT(lora_adapter_combine_v2(&other, NULL, w, 2, &p), LORA_INVALID_ARGUMENT);
+    EXPECT(lora_adapter_combine_v2(&other, pair, w, 0, &p), LORA_INVALID_ARGUMENT);
+    /* The task merges are not reachable through the first function. */
+    EXPECT(lora_adapter_combine(&other, pair, w, 2, LORA_COMBINE_TIES, 0, 0.0f), LORA_INVALID_ARGUMENT);
+    CHECK(other == NULL, "*out not NULL after a refused combination");
+
+    /* DARE-TIES then an SVD, and NULL params (svd): they run. */
+    p.method = LORA_COMBINE_DARE_TIES_SVD;
+    p.svd_rank = 2;
+    p.seed = 5;
+    REQUIRE_OK(lora_adapter_combine_v2(&other, uneven, w, 2, &p));
+    lora_adapter_free(other);
+    other = NULL;
+    REQUIRE_OK(lora_adapter_combine_v2(&other, uneven, w, 2, NULL));
+
+done:
+    lora_adapter_free(other);
+    lora_adapter_free(ties);
+    lora_adapter_free(pattern);
+    lora_adapter_free(all2);
+    lora_adapter_free(all);
+    lora_model_free(m);
+    free(got);
+    free(ids);
+    free(want);
+    st_close(&ref);
+}

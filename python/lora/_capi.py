@@ -370,6 +370,37 @@ LORA_COMBINE_SVD = 2
 lora_adapter_combine = _fn("lora_adapter_combine", lora_status,
                            [POINTER(lora_adapter_p), POINTER(lora_adapter_p), POINTER(c_float), c_size_t, c_int32,
                             c_int32, c_float], check=True)
+LORA_COMBINE_TIES = 3
+LORA_COMBINE_DARE_LINEAR = 4
+LORA_COMBINE_DARE_TIES = 5
+LORA_COMBINE_MAGNITUDE_PRUNE = 6
+LORA_COMBINE_TIES_SVD = 7
+LORA_COMBINE_DARE_LINEAR_SVD = 8
+LORA_COMBINE_DARE_TIES_SVD = 9
+LORA_COMBINE_MAGNITUDE_PRUNE_SVD = 10
+LORA_MAJORITY_SIGN_TOTAL = 0
+LORA_MAJORITY_SIGN_FREQUENCY = 1
+
+
+class lora_combine_params(Structure):
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("method", c_int32),
+        ("svd_rank", c_int32),
+        ("svd_clamp", c_float),
+        ("density", c_float),
+        ("majority_sign_method", c_int32),
+        ("seed", c_uint64),
+    ]
+
+
+# void lora_combine_default_params(lora_combine_params *params);
+lora_combine_default_params = _fn("lora_combine_default_params", None, [POINTER(lora_combine_params)])
+# lora_status lora_adapter_combine_v2(lora_adapter **out, const lora_adapter *const *adapters, const float *weights,
+#                                     size_t n_adapters, const lora_combine_params *params);
+lora_adapter_combine_v2 = _fn("lora_adapter_combine_v2", lora_status,
+                              [POINTER(lora_adapter_p), POINTER(lora_adapter_p), POINTER(c_float), c_size_t,
+                               POINTER(lora_combine_params)], check=True)
 # lora_status lora_adapter_extract(lora_adapter **out, const lora_model *base, const lora_model *tuned,
 #                                  const char *target_modules, int32_t rank, float energy, float *max_relative_error);
 lora_adapter_extract = _fn("lora_adapter_extract", lora_status,

@@ -140,20 +140,47 @@ class Adapter(Owner):
         return Adapter(h, self.model), float(err.value)
 
     @classmethod
-    def combine(cls, adapters, weights, method="svd", svd_rank=0, svd_clamp=0.0) -> "Adapter":
-        """PEFT's add_weighted_adapter: method "cat", "linear" or "svd"."""
+    def combine(cls, adapters, weights, method="svd", svd_rank=None, svd_clamp=None, density=None,
+                majority_sign_method=None, seed=None) -> "Adapter":
+        """PEFT's add_weighted_adapter. method: "cat", "linear", "svd", "ties",
+        "dare_linear", "dare_ties", "magnitude_prune", or one of the last four
+        with "_svd". The task merges need `density` in (0, 1];
+        majority_sign_method "total" (default) or "frequency"; `seed` seeds
+        DARE's masks. None keeps the library's default (lora_combine_default_params)."""
         adapters = list(adapters)
         weights = [real(w, "weight") for w in weights]
         if not adapters or len(adapters) != len(weights):
             raise ValueError("give as many weights as adapters (at least one)")
-        methods = {"cat": C.LORA_COMBINE_CAT, "linear": C.LORA_COMBINE_LINEAR, "svd": C.LORA_COMBINE_SVD}
+        methods = {"cat": C.LORA_COMBINE_CAT, "linear": C.LORA_COMBINE_LINEAR, "svd": C.LORA_COMBINE_SVD,
+                   "ties": C.LORA_COMBINE_TIES, "dare_linear": C.LORA_COMBINE_DARE_LINEAR,
+                   "dare_ties": C.LORA_COMBINE_DARE_TIES, "magnitude_prune": C.LORA_COMBINE_MAGNITUDE_PRUNE,
+                   "ties_svd": C.LORA_COMBINE_TIES_SVD, "dare_linear_svd": C.LORA_COMBINE_DARE_LINEAR_SVD,
+                   "dare_ties_svd": C.LORA_COMBINE_DARE_TIES_SVD,
+                   "magnitude_prune_svd": C.LORA_COMBINE_MAGNITUDE_PRUNE_SVD}
         if method not in methods:
             raise ValueError(f"method must be one of {sorted(methods)}")
+        signs = {"total": C.LORA_MAJORITY_SIGN_TOTAL, "frequency": C.LORA_MAJORITY_SIGN_FREQUENCY}
+        p = C.lora_combine_params()
+        C.lora_combine_default_params(byref(p))
+        p.method = methods[method]
+        if svd_rank is not None:
+            p.svd_rank = int32(svd_rank, "svd_rank")
+        if svd_clamp is not None:
+            p.svd_clamp = real(svd_clamp, "svd_clamp")
+        if density is not None:
+            p.density = real(density, "density")
+        elif method not in ("cat", "linear", "svd"):
+            raise ValueError(f"method {method!r} needs a density in (0, 1]")
+        if majority_sign_method is not None:
+            if majority_sign_method not in signs:
+                raise ValueError(f"majority_sign_method must be one of {sorted(signs)}")
+            p.majority_sign_method = signs[majority_sign_method]
+        if seed is not None:
+            p.seed = uint64(seed, "seed")
         handles = (C.lora_adapter_p * len(adapters))(*[a._require() for a in adapters])
         ws = (c_float * len(weights))(*weights)
         h = C.lora_adapter_p()
-        C.lora_adapter_combine(byref(h), handles, ws, len(adapters), methods[method], int32(svd_rank, "svd_rank"),
-                               real(svd_clamp, "svd_clamp"))
+        C.lora_adapter_combine_v2(byref(h), handles, ws, len(adapters), byref(p))
         return cls(h, adapters[0].model)
 
     @classmethod
