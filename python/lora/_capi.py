@@ -461,4 +461,3 @@ lora_trainer_get_step = _fn("lora_trainer_get_step", c_int32, [lora_trainer_p])
 lora_trainer_set_gradient_reducer = _fn("lora_trainer_set_gradient_reducer", lora_status,
                                         [lora_trainer_p, c_int32, c_int32, lora_gradient_reducer, c_void_p],
                                         check=True)
-
