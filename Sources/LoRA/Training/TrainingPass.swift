@@ -43,7 +43,9 @@ final class TrainingPass {
     /// u [n, r] of each slot of the trained adapter.
     private var uPointers: [FloatPtr] = []
     private let uStore: FloatBlock
-    private let loraScratch: FloatBlock   // [n, maxRank] for frozen adapters and du
+    private var loraScratch: FloatBlock   // [n, maxRank] for frozen adapters and du (grows with the attached ranks)
+    /// Rows the pass holds (batch × block).
+    private let maxRows: Int
     private let dropoutX: FloatBlock      // [n, maxIn]: x̃
     private let dropoutD: FloatBlock      // [n, maxIn]: keep factors / dx̃
     /// Seed of the dropout masks of the current pass.
@@ -147,6 +149,7 @@ final class TrainingPass {
             for s in a.slots { uPointers.append(u); u += n * s.r }
         }
         loraScratch = try FloatBlock(count: n * maxRank)
+        maxRows = n
         let dropoutCount = (target.adapterDropout > 0) ? n * maxIn : 0
         dropoutX = try FloatBlock(count: dropoutCount)
         dropoutD = try FloatBlock(count: dropoutCount)
@@ -162,7 +165,17 @@ final class TrainingPass {
 
     /// The branches that run in this pass: the model's enabled adapters,
     /// plus the trained one (scale 1 when it is not attached) with its buffers.
-    private func loraContext() -> LoRAContext {
+    private func loraContext() throws -> LoRAContext {
+        // Adapters attached after the trainer was made may have larger ranks
+        // than the scratch was sized for (frozen branches keep u there).
+        var rank = model.maxActiveRank
+        if let a = trainableAdapter {
+            if model.attachments.contains(where: { $0.adapter === a && $0.merged }) {
+                throw LoRAError.wrongState("adapter \(a.name) is merged into the weights; unmerge it before training it")
+            }
+            rank = max(rank, a.slots.map(\.r).max() ?? 0)
+        }
+        if loraScratch.count < maxRows * rank { loraScratch = try FloatBlock(count: maxRows * rank) }
         var ctx = LoRAContext(active: model.activeLoRA, scratch: loraScratch.base, training: nil)
         if let a = trainableAdapter {
             if !ctx.active.contains(where: { $0.adapter === a }) { ctx.active.append(ActiveLoRA(adapter: a, scale: 1)) }
@@ -187,7 +200,7 @@ final class TrainingPass {
         let n = B * T, C = c.nEmbd, V = c.vocabSize
         currentT = T
         let positions = (0..<n).map { Int32($0 % T) }
-        let lora = loraContext()
+        let lora = try loraContext()
         let acts = TrunkActs(layers: layerActs, lnf: lnf, lnfMean: lnfMean, lnfRstd: lnfRstd)
         let xFinal = model.trunkForward(ids: ids, positions: positions, acts, B: B, T: T, lora: lora)
 
