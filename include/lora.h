@@ -417,8 +417,9 @@ typedef struct lora_train_params {
     const char *checkpoint_dir;     /* where checkpoint-<step>/ go */
     int32_t skip_bad_records;       /* 1: skip bad JSONL records; 0: fail on them */
     /* > 0: the run lasts this many epochs of the data: the trainer's max_steps
-     * becomes ceil(sequences * epochs / (batch_size * gradient_accumulation_steps))
-     * (transformers' num_train_epochs); 0 (default): max_steps as created.
+     * becomes ceil(sequences * epochs / (batch_size * gradient_accumulation_steps
+     * * world_size)) (world_size: the gradient reducer's ranks, else 1;
+     * transformers' num_train_epochs); 0 (default): max_steps as created.
      * Added in 0.2.0. */
     float num_train_epochs;
 } lora_train_params;

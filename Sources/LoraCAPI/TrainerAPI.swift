@@ -110,11 +110,8 @@ public func lora_trainer_train(_ trainer: OpaquePointer?, _ paths: UnsafePointer
         let epochs = Double(try finite(p.num_train_epochs, "num_train_epochs"))
         guard epochs >= 0 else { throw invalid("num_train_epochs must be >= 0 (0: max_steps as created)") }
         if epochs > 0 {
-            let c = tb.trainer.config
-            let perStep = Double(c.batchSize * c.gradientAccumulationSteps)
-            let steps = (Double(data.examples.count) * epochs / perStep).rounded(.up)
-            guard steps < Double(Int32.max) else { throw invalid("num_train_epochs \(epochs) makes more than 2^31 steps") }
-            try tb.trainer.setMaxSteps(max(1, Int(steps)))
+            let ranks = tb.trainer.gradientReducer?.worldSize ?? 1
+            try tb.trainer.setMaxSteps(try tb.trainer.config.steps(forEpochs: epochs, examples: data.examples.count, worldSize: ranks))
         }
         var opts = TrainParams()
         guard p.eval_steps >= 0, p.save_steps >= 0 else { throw invalid("eval_steps and save_steps must be >= 0") }

@@ -104,7 +104,11 @@ enum DistributedRun {
     /// Runs `lora train`'s body, distributed when asked or under mpirun.
     static func run(option: DistributedMode, _ body: () throws -> Void) throws {
         guard try start(option: option) != nil else { return try body() }
-        do { try body() } catch { fail(String(describing: error)) }
+        do { try body() } catch let code as ExitCode {
+            // Ctrl-C under mpirun (130, after rank 0 saved its checkpoint): not an error; end every rank with it.
+            _ = cmpi_abort(code.rawValue)
+            exit(code.rawValue)
+        } catch { fail(String(describing: error)) }
         finish()
     }
 
@@ -114,13 +118,6 @@ enum DistributedRun {
         var failure: Error?
         do { try body() } catch { failure = error }
         try r.agree(localError: failure, task: task)
-    }
-
-    /// Optimizer steps for --num-train-epochs: one step consumes per-rank batch × ranks × accumulation examples.
-    static func maxSteps(_ tc: TrainerParams, optim: OptimOptions, examples: Int) -> Int {
-        guard let r = current, optim.maxSteps == nil else { return tc.maxSteps }
-        let perStep = max(1, optim.batchSize * optim.gradientAccumulationSteps * r.worldSize)
-        return max(1, Int((Double(examples) * optim.numTrainEpochs / Double(perStep)).rounded(.up)))
     }
 
     static func announce(_ tc: TrainerParams) {

@@ -101,7 +101,9 @@ final class ProgressPrinter {
 }
 
 func formatDuration(_ s: Double) -> String {
-    let t = Int(s.rounded())
+    // ETAs of absurd runs (max_steps near 2^31 at seconds a step) stay printable.
+    guard s.isFinite, s >= 0 else { return "?" }
+    let t = Int(min(s, 99 * 3600 * 24 * 365).rounded())
     return t >= 3600 ? String(format: "%d:%02d:%02d", t / 3600, t / 60 % 60, t % 60) : String(format: "%d:%02d", t / 60, t % 60)
 }
 

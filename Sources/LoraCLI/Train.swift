@@ -77,7 +77,10 @@ struct OptimOptions: ParsableArguments {
         try Check.atLeast(warmupSteps, 0, "--warmup-steps")
         try Check.atLeast(maxSteps, 1, "--max-steps")
         try Check.finite(numTrainEpochs, above: 0, "--num-train-epochs")
-        try Check.atLeast(gradientAccumulationSteps, 1, "--gradient-accumulation-steps")
+        guard (1...65536).contains(gradientAccumulationSteps) else {
+            throw Check.fail("--gradient-accumulation-steps", "between 1 and 65536", gradientAccumulationSteps)
+        }
+        if let m = maxSteps, m > Int(Int32.max) { throw Check.fail("--max-steps", "at most 2147483647", m) }
         try Check.finite(maxGradNorm, atLeast: 0, "--max-grad-norm")
         guard (1...65536).contains(batchSize) else { throw Check.fail("--batch-size", "between 1 and 65536", batchSize) }
         try Check.atLeast(blockSize, 2, "--block-size")
@@ -97,8 +100,7 @@ struct OptimOptions: ParsableArguments {
         c.gradientCheckpointing = gradientCheckpointing
         c.loraplusLRRatio = loraplusLrRatio
         if let m = maxSteps { c.maxSteps = m } else {
-            let perStep = max(1, batchSize * gradientAccumulationSteps)
-            c.maxSteps = max(1, Int((Double(examples) * numTrainEpochs / Double(perStep)).rounded(.up)))
+            c.maxSteps = try c.steps(forEpochs: numTrainEpochs, examples: examples, worldSize: DistributedRun.current?.worldSize ?? 1)
         }
         return c.resolved(for: model.config)
     }
@@ -225,7 +227,6 @@ struct Train: ParsableCommand {
             }
         }
         var tc = try optim.config(model: m, examples: trainSet.examples.count)
-        tc.maxSteps = DistributedRun.maxSteps(tc, optim: optim, examples: trainSet.examples.count)
         let ckptDir = outputDir + "/checkpoints"
         var latest: String? = nil
         if resume {

@@ -63,7 +63,7 @@ extension Model {
             throw LoRAError.invalidArgument("prompt of \(prompt.count) tokens does not fit n_positions (\(config.nPositions)) with room for a new token")
         }
         try prompt.withUnsafeBufferPointer { try checkTokens($0) }
-        let total = min(config.nPositions, prompt.count + params.maxNewTokens)
+        let total = prompt.count + min(config.nPositions - prompt.count, params.maxNewTokens)  // no overflow for huge max_new_tokens
         let session = try InferenceSession(model: self, batch: 1, capacity: max(total, prompt.count))
         var rng = SplitMix64(seed: params.seed)
         var decoder = tokenizer.map { StreamingDecoder(tokenizer: $0) }

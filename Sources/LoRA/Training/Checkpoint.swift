@@ -110,7 +110,11 @@ public enum Checkpoint {
         var p = TrainerState()
         guard let step = md["step"].flatMap(Int.init), let epoch = md["epoch"].flatMap(Int.init),
               let offset = md["offset"].flatMap(Int.init), let rng = md["rng_state"].flatMap(UInt64.init),
-              step >= 0, epoch >= 0, offset >= 0 else { throw fail("bad progress metadata") }
+              step >= 0, epoch >= 0, offset >= 0,
+              // Bounded so that later arithmetic (step + 1, epoch + 1) cannot overflow.
+              step <= Int(Int32.max), epoch <= Int(Int32.max), offset <= Int(Int32.max) else {
+            throw fail("bad progress metadata (step, epoch and offset must be integers from 0 to 2^31 - 1)")
+        }
         p.step = step; p.epoch = epoch; p.offset = offset; p.rngState = rng
         let n = trainer.m.count
         for (name, block) in [("exp_avg", trainer.m), ("exp_avg_sq", trainer.v)] {

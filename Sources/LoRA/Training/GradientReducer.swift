@@ -129,7 +129,9 @@ extension Trainer {
     func checkRanksAgree(_ reducer: GradientReducer, data: Dataset, validation: Dataset?) throws {
         var names: [String] = [], digests: [UInt64] = []
         func add(_ name: String, _ f: (inout Digest64) -> Void) { var d = Digest64(); f(&d); names.append(name); digests.append(d.h) }
-        add("training settings (learning rate, schedule, steps, batch, block, accumulation, clipping, seed)") { $0.add(config.fingerprint) }
+        add("training settings (learning rate, schedule, steps, batch, block, accumulation, clipping, seed, LoRA+ ratio)") {
+            $0.add(config.settings.map { "\($0.name)=\($0.value)" }.joined(separator: ";"))
+        }
         add("model weights") { d in
             if adapter != nil { d.add(model.weights.block.base, count: model.weights.block.count) }
             else { d.add(params.base, count: params.count) }
@@ -173,7 +175,8 @@ extension Trainer {
         try buf.withUnsafeMutableBufferPointer { try reducer.sumOverRanks($0) }
         let n = Double(reducer.worldSize)
         guard Double(buf[0]) == n, Double(buf[1]) == n * (n - 1) / 2 else {
-            throw LoRAError.invalidArgument("the ranks disagree about the world size or their ranks (\(Int(buf[0])) ranks answered, expected \(reducer.worldSize))")
+            // The reducer's output may be anything here (NaN, huge): describe it without converting to Int.
+            throw LoRAError.invalidArgument("the ranks disagree about the world size or their ranks (the reduction counted \(buf[0]) ranks, expected \(reducer.worldSize)): is the reducer a sum over every rank?")
         }
         return digests.indices.filter { k in
             !(0..<8).allSatisfy { j in
@@ -210,7 +213,10 @@ extension Trainer {
         let (lh, ll) = split(loss), (th, tl) = split(Double(tokens))
         var buf: [Float] = [lh, ll, th, tl]
         try buf.withUnsafeMutableBufferPointer { try reducer.sumOverRanks($0) }
-        let t = Double(buf[2]) + Double(buf[3])
-        return (Double(buf[0]) + Double(buf[1]), Int(t.rounded()))
+        let t = (Double(buf[2]) + Double(buf[3])).rounded(), l = Double(buf[0]) + Double(buf[1])
+        guard t.isFinite, t >= 0, t < Double(Int32.max), let total = Int(exactly: t), l.isFinite else {
+            throw LoRAError.numerical("the gradient reducer returned \(l) for the summed loss and \(t) for the token count: not a sum over the ranks")
+        }
+        return (l, total)
     }
 }

@@ -36,6 +36,20 @@ public struct TrainerParams: Sendable, Equatable {
         return c
     }
 
+    /// Optimizer steps for `epochs` passes over `examples` examples when a
+    /// step consumes batch × accumulation × `worldSize` examples (data-parallel
+    /// ranks), rounded up, at least 1. The one place this rule lives (CLI,
+    /// C ABI, MPI).
+    public func steps(forEpochs epochs: Double, examples: Int, worldSize: Int = 1) throws -> Int {
+        guard epochs.isFinite, epochs > 0 else { throw LoRAError.invalidArgument("num_train_epochs must be a finite number > 0, got \(epochs)") }
+        let perStep = Double(max(1, batchSize)) * Double(max(1, gradientAccumulationSteps)) * Double(max(1, worldSize))
+        let steps = (Double(max(0, examples)) * epochs / perStep).rounded(.up)
+        guard steps < Double(Int32.max) else {
+            throw LoRAError.invalidArgument("num_train_epochs \(epochs) over \(examples) examples makes \(steps) steps, more than 2^31")
+        }
+        return max(1, Int(steps))
+    }
+
     public func validate(model: GPT2Config) throws {
         let blockSize = resolved(for: model).blockSize
         func bad(_ m: String) -> LoRAError { .invalidArgument(m) }
@@ -46,7 +60,10 @@ public struct TrainerParams: Sendable, Equatable {
         }
         guard adamEpsilon.isFinite, adamEpsilon > 0 else { throw bad("adam_epsilon must be > 0") }
         guard warmupSteps >= 0, maxSteps >= 1 else { throw bad("max_steps must be >= 1 and warmup_steps >= 0") }
-        guard gradientAccumulationSteps >= 1 else { throw bad("gradient_accumulation_steps must be >= 1") }
+        guard gradientAccumulationSteps >= 1, gradientAccumulationSteps <= 1 << 16 else {
+            throw bad("gradient_accumulation_steps must be in 1...65536")
+        }
+        guard maxSteps <= Int(Int32.max) else { throw bad("max_steps must be at most 2^31 - 1") }
         if let g = maxGradNorm { guard g.isFinite, g > 0 else { throw bad("max_grad_norm must be a finite number > 0") } }
         guard batchSize >= 1, batchSize <= 1 << 16 else { throw bad("batch_size must be in 1...65536") }
         guard blockSize >= 2 else { throw bad("block_size must be >= 2 (0: min(256, n_positions))") }
