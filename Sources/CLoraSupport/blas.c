@@ -207,6 +207,7 @@ void lb_set_num_threads(int n) {
     lb_load();
     if (n > 0) atomic_store(&compute_threads, n > LB_MAX_THREADS ? LB_MAX_THREADS : n);
 }
+int lb_thread_setting(void) { return atomic_load_explicit(&compute_threads, memory_order_relaxed); }
 int lb_compute_threads(void) {
     return in_parallel_region ? 1 : atomic_load_explicit(&compute_threads, memory_order_relaxed);
 }

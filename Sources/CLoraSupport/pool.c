@@ -72,7 +72,9 @@ static void run_chunks(lb_job *j) {
 }
 
 static void *worker_main(void *arg) {
-    (void)arg;
+    // Worker k is needed while the thread setting is above k + 1 (the caller
+    // is the first thread); beyond it, it sleeps instead of spinning.
+    int index = (int)(intptr_t)arg;
     lb_enter_parallel();  // kernels inside a chunk run single-threaded
     uint32_t seen = atomic_load(&generation);
     for (;;) {
@@ -85,7 +87,7 @@ static void *worker_main(void *arg) {
             if ((++spins & 63) == 0) {
                 long t = now_ns();
                 if (start == 0) start = t;
-                else if (t - start > SPIN_NS) {
+                if (t - start > SPIN_NS || index + 1 >= lb_thread_setting()) {
                     atomic_fetch_add(&sleepers, 1);
                     if (atomic_load(&generation) == seen)
                         syscall(SYS_futex, &generation, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
@@ -113,7 +115,7 @@ static void grow(int want) {
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
         pthread_t t;
-        int rc = pthread_create(&t, &attr, worker_main, NULL);
+        int rc = pthread_create(&t, &attr, worker_main, (void *)(intptr_t)atomic_load(&n_workers));
         pthread_attr_destroy(&attr);
         if (rc != 0) break;
         atomic_fetch_add(&n_workers, 1);
@@ -134,8 +136,9 @@ void lb_parallel_run(int chunks, lb_chunk_fn fn, void *ctx) {
     atomic_init(&job.next, 0);
     atomic_init(&job.done, 0);
     atomic_store(&current, &job);
-    atomic_fetch_add_explicit(&generation, 1, memory_order_release);
-    if (atomic_load(&sleepers) > 0) syscall(SYS_futex, &generation, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
+    atomic_fetch_add(&generation, 1);  // seq_cst: pairs with the sleepers' increment before they sleep
+    // Wake at most the workers this job can use (sleeping ones beyond them stay asleep).
+    if (atomic_load(&sleepers) > 0) syscall(SYS_futex, &generation, FUTEX_WAKE_PRIVATE, chunks - 1, NULL, NULL, 0);
     run_chunks(&job);
     // Wait for the chunks other threads took; yield now and then so that a
     // worker the OS put on this CPU can finish.
@@ -145,7 +148,11 @@ void lb_parallel_run(int chunks, lb_chunk_fn fn, void *ctx) {
         if ((++spins & 1023) == 0) sched_yield();
     }
     atomic_store(&current, NULL);
-    while (atomic_load(&active) > 0) cpu_relax();
+    spins = 0;
+    while (atomic_load(&active) > 0) {
+        cpu_relax();
+        if ((++spins & 1023) == 0) sched_yield();  // a worker the OS preempted between its chunk and here
+    }
     pthread_mutex_unlock(&submit_lock);
     lb_leave_parallel(was);
 }

@@ -36,6 +36,9 @@ LB_HIDDEN void lb_set_num_threads(int n);
 // The worker count a kernel may use now: 1 inside a parallel region (no
 // nesting), lb_get_num_threads() otherwise. Does not load OpenBLAS.
 LB_HIDDEN int lb_compute_threads(void);
+// The process-wide worker count as set (without loading OpenBLAS, whatever
+// the calling thread's parallel region).
+LB_HIDDEN int lb_thread_setting(void);
 // Marks the calling thread as running inside a parallel region; returns the
 // previous mark for lb_leave_parallel.
 LB_HIDDEN int lb_enter_parallel(void);
