@@ -62,7 +62,7 @@ public struct RequestInfo: Sendable {
     public var state: RequestState
     /// Tokens generated so far.
     public var tokenCount: Int
-    /// Set once the request has finished (or was cancelled while running: the tokens so far, `.callback` never).
+    /// Set once the request has ended; a cancelled one has its tokens so far and stop reason `.callback`.
     public var result: GenerationResult?
 }
 
