@@ -51,6 +51,7 @@ from .errors import (
     UnsupportedError,
     WrongStateError,
 )
+from .engine import Engine, Request
 from .model import Model, ModelInfo
 from .trainer import Trainer
 
@@ -81,7 +82,7 @@ def status_string(status: int) -> str:
 
 
 __all__ = [
-    "ABI_VERSION", "Adapter", "Model", "ModelInfo", "Trainer",
+    "ABI_VERSION", "Adapter", "Engine", "Request", "Model", "ModelInfo", "Trainer",
     "LoraError", "AbortedError", "BackendError", "BufferTooSmallError", "ClosedError", "InternalError",
     "InvalidArgumentError", "InvalidFileError", "LoraIOError", "NumericalError", "UnsupportedError",
     "WrongStateError", "Status",
