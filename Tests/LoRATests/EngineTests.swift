@@ -234,6 +234,66 @@ let engineLogitTolerance: Float = 1e-4
     }
 }
 
+/// `lora generate --batch-file`: JSONL with per-line adapters and sampling,
+/// output in input order. In the engine suite: it shares (and attaches to)
+/// the suite's model, so it must not run beside the other engine tests.
+extension EngineTests {
+    @Test func batchFileMatchesSingleGeneration() throws {
+        let model = EngineTests.model
+        let (a, b) = EngineTests.adapters
+        let dir = try Fixtures.tempDir()
+        try a.save(directory: dir + "/a")
+        try b.save(directory: dir + "/b")
+        let lines = [
+            #"{"prompt": "Hello", "max_new_tokens": 6, "temperature": 0}"#,
+            #"{"prompt": "The quick brown fox", "adapters": ["\#(dir)/a"], "max_new_tokens": 4, "temperature": 0}"#,
+            "",
+            #"{"prompt": "café", "adapters": ["\#(dir)/a", "\#(dir)/b:0.5"], "seed": 7, "temperature": 0.9, "top_k": 30, "max_new_tokens": 5, "ignore_eos": true}"#,
+            #"{"prompt": "Hi", "adapters": ["\#(dir)/b:1.5"], "max_new_tokens": 3, "temperature": 0, "stop": ["zzz"]}"#,
+        ]
+        try lines.joined(separator: "\n").write(toFile: dir + "/in.jsonl", atomically: true, encoding: .utf8)
+        let r = try CLI.run(["generate", "--model", Fixtures.path("gpt2-tok"), "--batch-file", dir + "/in.jsonl",
+                             "--max-sequences", "2", "--max-tokens-per-step", "4", "--top-p", "1"])
+        #expect(r.status == 0, "\(r.err)")
+        let out = r.out.split(separator: "\n").map(String.init)
+        #expect(out.count == 4)
+        let t = try #require(model.tokenizer)
+        func expectLine(_ i: Int, _ prompt: String, _ set: [AdapterUse], _ p: SamplingParams) throws {
+            let want = try EngineTests.solo(t.encode(prompt), set, p)
+            let o = try #require(try JSON.parse(out[i]).objectValue)
+            #expect(o["index"]?.intValue == i && o["prompt"]?.stringValue == prompt)
+            #expect(o["text"]?.stringValue == want.text, "line \(i)")
+            #expect(o["stop_reason"]?.stringValue == want.stopReason.rawValue)
+        }
+        var p = SamplingParams.greedy
+        p.topP = 1
+        p.maxNewTokens = 6
+        try expectLine(0, "Hello", [], p)
+        p.maxNewTokens = 4
+        // Adapters loaded from the saved directories equal the in-memory ones (safetensors round trip is exact).
+        try expectLine(1, "The quick brown fox", [AdapterUse(a)], p)
+        var s = SamplingParams()
+        s.temperature = 0.9; s.topK = 30; s.topP = 1; s.seed = 7; s.maxNewTokens = 5; s.stopAtEndOfText = false
+        try expectLine(2, "café", [AdapterUse(a), AdapterUse(b, scale: 0.5)], s)
+        p.maxNewTokens = 3
+        p.stopStrings = ["zzz"]
+        try expectLine(3, "Hi", [AdapterUse(b, scale: 1.5)], p)
+
+        // Bad lines name the file and line.
+        try #"{"prompt": "x", "top_p": 3}"#.write(toFile: dir + "/bad.jsonl", atomically: true, encoding: .utf8)
+        let bad = try CLI.run(["generate", "--model", Fixtures.path("gpt2-tok"), "--batch-file", dir + "/bad.jsonl"])
+        #expect(bad.status != 0 && bad.err.contains("line 1") && bad.err.contains("top_p"), "\(bad.err)")
+        try "{\"prompt\": 3}\n".write(toFile: dir + "/bad2.jsonl", atomically: true, encoding: .utf8)
+        let bad2 = try CLI.run(["generate", "--model", Fixtures.path("gpt2-tok"), "--batch-file", dir + "/bad2.jsonl"])
+        #expect(bad2.status != 0 && bad2.err.contains("prompt"), "\(bad2.err)")
+        // Plain text: one prompt per line.
+        try "Hello\nHi\n".write(toFile: dir + "/in.txt", atomically: true, encoding: .utf8)
+        let plain = try CLI.run(["generate", "--model", Fixtures.path("gpt2-tok"), "--batch-file", dir + "/in.txt",
+                                 "--temperature", "0", "--max-new-tokens", "3"])
+        #expect(plain.status == 0 && plain.out.split(separator: "\n").count == 2, "\(plain.err)")
+    }
+}
+
 final class StreamBox: @unchecked Sendable {
     private let lock = NSLock()
     private var streams: [[TokenID]]
