@@ -496,8 +496,11 @@ lora_status lora_engine_step(lora_engine *engine, lora_request_id *finished, siz
 /* Steps until no request is queued or running. */
 lora_status lora_engine_run(lora_engine *engine);
 
-/* Cancels a queued or running request: it ends before its next token.
- * Errors: LORA_INVALID_ARGUMENT (unknown id), LORA_WRONG_STATE (already ended). */
+/* Cancels a queued or running request: it ends before its next token, with
+ * the tokens it has so far. Between steps it ends at once (no step reports
+ * it); called while another thread steps, it ends when that step returns (and
+ * that step reports it). Errors: LORA_INVALID_ARGUMENT (unknown id),
+ * LORA_WRONG_STATE (already ended). */
 lora_status lora_engine_cancel(lora_engine *engine, lora_request_id id);
 
 #define LORA_REQUEST_QUEUED     0

@@ -85,15 +85,22 @@ let engineLogitTolerance: Float = 1e-4
         cancelled.params.maxNewTokens = 30
         cancelled.id = try engine.submit(EngineRequest(prompt: cancelled.prompt, adapters: sets[3], params: cancelled.params))
         var steps = 0
+        var reported: [Int64] = []
         while engine.pendingCount > 0 {
             let r = try engine.step()
+            reported += r.finished
             steps += 1
-            if steps == 6 { try engine.cancel(cancelled.id) }
+            let c = try engine.state(cancelled.id)
+            if c.state == .running && c.tokenCount >= 2 {
+                try engine.cancel(cancelled.id)   // mid-way, between steps: ends at once
+                #expect(try engine.state(cancelled.id).state == .cancelled)
+            }
             #expect(r.rows <= p.maxTokensPerStep)
         }
+        #expect(reported.sorted() == jobs.map(\.id).sorted())
         let c = try engine.state(cancelled.id)
         #expect(c.state == .cancelled)
-        #expect(c.result.map { $0.tokens.count < 30 } == true)
+        #expect(c.result.map { $0.tokens.count >= 2 && $0.tokens.count < 30 } == true)
         #expect(throws: LoRAError.self) { try engine.cancel(cancelled.id) }
         for (i, j) in jobs.enumerated() {
             let info = try engine.state(j.id)

@@ -103,6 +103,15 @@ public final class Engine: @unchecked Sendable {
     private var queue: [ActiveSequence] = []
     private var records: [Int64: Record] = [:]
     private var stepping = false
+    private var setIDs: [[SetMember]: Int] = [:]
+
+    /// An adapter of a set, by identity. Not held: an identifier reused by a
+    /// later adapter is harmless, since running sequences hold their adapters,
+    /// so two of them with one set number have the same live adapters.
+    private struct SetMember: Hashable {
+        let adapter: ObjectIdentifier
+        let scale: UInt32
+    }
 
     // Owned by the stepping thread.
     private var running: [ActiveSequence] = []
@@ -134,8 +143,10 @@ public final class Engine: @unchecked Sendable {
         let id: Int64
         let prompt: [TokenID]
         let active: [ActiveLoRA]
-        /// Identity of the adapter set: rows with equal keys share a segment.
-        let key: [Int]
+        /// The adapter set's number: rows with equal numbers share a segment.
+        let setID: Int
+        /// Rows in the step being planned.
+        var take = 0
         let maxRank: Int
         let onToken: ((TokenID, String) -> CallbackAction)?
         var generation: GenerationState
@@ -145,11 +156,11 @@ public final class Engine: @unchecked Sendable {
         /// The last picked token, fed in the next step (decode).
         var pending: TokenID?
 
-        init(id: Int64, request: EngineRequest, active: [ActiveLoRA], generation: GenerationState) {
+        init(id: Int64, request: EngineRequest, active: [ActiveLoRA], setID: Int, generation: GenerationState) {
             self.id = id
             prompt = request.prompt
             self.active = active
-            key = active.flatMap { [ObjectIdentifier($0.adapter).hashValue, Int($0.scale.bitPattern)] }
+            self.setID = setID
             maxRank = active.flatMap { $0.adapter.slots.map(\.r) }.max() ?? 0
             onToken = request.onToken
             self.generation = generation
@@ -233,7 +244,11 @@ public final class Engine: @unchecked Sendable {
         defer { lock.unlock() }
         let id = nextID
         nextID += 1
-        let s = ActiveSequence(id: id, request: request, active: active, generation: generation)
+        // Adapter sets are numbered by adapter identity and scale.
+        let key = active.map { SetMember(adapter: ObjectIdentifier($0.adapter), scale: $0.scale.bitPattern) }
+        let setID = setIDs[key] ?? setIDs.count
+        setIDs[key] = setID
+        let s = ActiveSequence(id: id, request: request, active: active, setID: setID, generation: generation)
         if request.params.maxNewTokens == 0 {
             records[id] = Record(state: .finished, result: GenerationResult(tokens: [], text: "", stopReason: .maxNewTokens))
         } else {
@@ -244,8 +259,10 @@ public final class Engine: @unchecked Sendable {
     }
 
     /// Cancels a queued or running request: it ends before its next token
-    /// (state `.cancelled`, its tokens so far kept). Errors: an unknown id,
-    /// or a request that already ended (`wrongState`).
+    /// (state `.cancelled`, its tokens so far kept, stop reason `.callback`).
+    /// Called while another thread steps, the request ends when that step
+    /// returns (its state reads `.running` until then). Errors: an unknown
+    /// id, or a request that already ended (`wrongState`).
     public func cancel(_ id: Int64) throws {
         lock.lock()
         defer { lock.unlock() }
@@ -257,11 +274,17 @@ public final class Engine: @unchecked Sendable {
             queue.removeAll { $0.id == id }
             r.state = .cancelled
             r.result = GenerationResult(tokens: [], text: "", stopReason: .callback)
+            records[id] = r
         case .running:
-            r.cancelRequested = true
-            r.state = .cancelled
+            guard !r.cancelRequested else { throw LoRAError.wrongState("request \(id) is already being cancelled") }
+            records[id]?.cancelRequested = true
+            // No step runs: the stepping state is ours while the lock is held.
+            if !stepping, let s = running.first(where: { $0.id == id }) {
+                var ignored: [Int64] = []
+                end(s, s.generation.result(.callback), finished: &ignored)
+                running.removeAll { $0.id == id }
+            }
         }
-        records[id] = r
     }
 
     /// A request's state. Error: an unknown id.
@@ -278,7 +301,7 @@ public final class Engine: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         guard let r = records[id] else { throw LoRAError.invalidArgument("no request with id \(id)") }
-        guard r.state == .finished || (r.state == .cancelled && !r.cancelRequested) else {
+        guard r.state == .finished || r.state == .cancelled else {
             throw LoRAError.wrongState("request \(id) has not ended")
         }
         records[id] = nil
@@ -288,7 +311,7 @@ public final class Engine: @unchecked Sendable {
     public var pendingCount: Int {
         lock.lock()
         defer { lock.unlock() }
-        return records.values.filter { $0.state == .queued || $0.state == .running || $0.cancelRequested }.count
+        return queue.count + running.count
     }
 
     // MARK: - The stepping thread
@@ -305,15 +328,7 @@ public final class Engine: @unchecked Sendable {
         }
         stepping = true
         var report = EngineStepReport()
-        // Cancelled sequences leave; queued ones take the free slots.
-        running.removeAll { s in
-            guard records[s.id]?.cancelRequested == true else { return false }
-            records[s.id]?.cancelRequested = false
-            records[s.id]?.result = s.generation.result(.callback)
-            freeSlots.append(s.slot)
-            report.finished.append(s.id)
-            return true
-        }
+        // Queued requests take the free slots.
         while !freeSlots.isEmpty, !queue.isEmpty {
             let s = queue.removeFirst()
             s.slot = freeSlots.removeLast()
@@ -321,21 +336,30 @@ public final class Engine: @unchecked Sendable {
             running.append(s)
         }
         lock.unlock()
-        defer { lock.lock(); stepping = false; lock.unlock() }
+        var ended: [(ActiveSequence, GenerationResult)] = []
+        do {
+            try runStep(&report, ended: &ended)
+        } catch {
+            closeStep(&report, ended: ended)
+            throw error
+        }
+        closeStep(&report, ended: ended)
+        return report
+    }
 
+    /// The step's work outside the lock: plan, forward, sample and stream.
+    private func runStep(_ report: inout EngineStepReport, ended: inout [(ActiveSequence, GenerationResult)]) throws {
         try plan()
         report.rows = ids.count
-        if ids.isEmpty { return report }
+        if ids.isEmpty { return }
         forward()
-
         // Sample and stream, in the batch's row order.
-        var ended: [(ActiveSequence, GenerationResult, cancelled: Bool)] = []
         let V = model.config.vocabSize
         for (row, (s, _)) in headRows.enumerated() {
             lock.lock()
             let cancelled = records[s.id]?.cancelRequested == true
             lock.unlock()
-            if cancelled { continue }  // ends at the next step's start
+            if cancelled { continue }
             rowLogits.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: logits.base + row * V, count: V) }
             logitsHook?(s.id, rowLogits)
             let next = s.generation.pick(&rowLogits)
@@ -344,38 +368,39 @@ public final class Engine: @unchecked Sendable {
             if let onToken = s.onToken, onToken(next, taken.piece) == .stop { stop = .callback }
             s.pending = next
             report.produced.append(s.id)
-            if let stop { ended.append((s, s.generation.result(stop), false)) }
+            if let stop { ended.append((s, s.generation.result(stop))) }
         }
+    }
+
+    /// Under the lock: requests that ended, and those cancelled meanwhile, leave; stepping ends.
+    private func closeStep(_ report: inout EngineStepReport, ended: [(ActiveSequence, GenerationResult)]) {
         lock.lock()
+        defer { lock.unlock() }
         for id in report.produced { records[id]?.tokenCount += 1 }
-        for (s, result, _) in ended {
-            if records[s.id]?.cancelRequested == true {
-                // Cancelled from the callback or another thread meanwhile: it stays cancelled.
-                records[s.id]?.cancelRequested = false
-            } else {
-                records[s.id]?.state = .finished
-            }
-            records[s.id]?.result = result
-            freeSlots.append(s.slot)
-            report.finished.append(s.id)
+        for (s, result) in ended { end(s, result, finished: &report.finished) }
+        for s in running where records[s.id]?.cancelRequested == true {
+            end(s, s.generation.result(.callback), finished: &report.finished)
         }
-        let endedIDs = Set(ended.map { $0.0.id })
-        running.removeAll { endedIDs.contains($0.id) }
-        lock.unlock()
-        return report
+        running.removeAll { records[$0.id]?.state != .running }
+        stepping = false
+    }
+
+    /// Ends a running sequence (under the lock): records its result (a
+    /// requested cancellation wins), frees its slot. The caller removes it
+    /// from `running`.
+    private func end(_ s: ActiveSequence, _ result: GenerationResult, finished: inout [Int64]) {
+        guard var r = records[s.id], r.state == .running else { return }
+        r.state = r.cancelRequested ? .cancelled : .finished
+        r.cancelRequested = false
+        r.result = r.state == .cancelled ? s.generation.result(.callback) : result
+        records[s.id] = r
+        freeSlots.append(s.slot)
+        finished.append(s.id)
     }
 
     /// Steps until no request is queued or running.
     public func runUntilDone() throws {
-        while true {
-            let r = try step()
-            if r.rows == 0 && r.finished.isEmpty {
-                lock.lock()
-                let idle = queue.isEmpty && running.isEmpty
-                lock.unlock()
-                if idle { return }
-            }
-        }
+        while pendingCount > 0 { _ = try step() }
     }
 
     /// This step's rows: one decode token per decoding sequence, then prompt
@@ -389,22 +414,22 @@ public final class Engine: @unchecked Sendable {
         order.removeAll(keepingCapacity: true)
         headRows.removeAll(keepingCapacity: true)
         var budget = params.maxTokensPerStep
-        var take: [Int64: Int] = [:]
-        for s in running where s.pending != nil { take[s.id] = 1; budget -= 1 }
-        for s in running where s.pending == nil && budget > 0 {
-            let chunk = min(s.prompt.count - s.cached, budget)
-            take[s.id] = chunk
-            budget -= chunk
+        // Decode tokens first (the budget holds one per sequence), then prompt chunks in admission order.
+        for s in running {
+            s.take = s.pending != nil ? 1 : 0
+            budget -= s.take
         }
-        order.append(contentsOf: running.filter { take[$0.id] != nil })
-        // Stable grouping by adapter set: the first sequence of each set opens its segment.
-        var groupOf: [[Int]: Int] = [:]
-        for s in order where groupOf[s.key] == nil { groupOf[s.key] = groupOf.count }
-        order = order.enumerated().sorted { (groupOf[$0.element.key]!, $0.offset) < (groupOf[$1.element.key]!, $1.offset) }.map(\.element)
+        for s in running where s.pending == nil {
+            s.take = min(s.prompt.count - s.cached, budget)
+            budget -= s.take
+        }
+        for s in running where s.take > 0 { order.append(s) }
+        // Rows of one adapter set together (stable): each set is one segment.
+        order.sort { ($0.setID, $0.id) < ($1.setID, $1.id) }
         var maxRank = 0
-        var lastKey: [Int]? = nil
+        var lastKey = -1
         for s in order {
-            let count = take[s.id]!
+            let count = s.take
             let start = ids.count
             if let t = s.pending {
                 ids.append(t)
@@ -416,15 +441,15 @@ public final class Engine: @unchecked Sendable {
             runs.append(SequenceRows(start: start, count: count, past: s.cached, slot: s.slot))
             let needsLogits = s.pending != nil || s.cached + count == s.prompt.count
             if needsLogits { headRows.append((s, start + count - 1)) }
-            if lastKey == s.key {
+            if lastKey == s.setID {
                 segments[segments.count - 1].count += count
             } else {
                 segments.append(LoRASegment(start: start, count: count, active: s.active))
-                lastKey = s.key
+                lastKey = s.setID
             }
             maxRank = max(maxRank, s.maxRank)
         }
-        for s in order { s.cached += take[s.id]!; s.pending = nil }
+        for s in order { s.cached += s.take; s.pending = nil }
         if loraU.count < ids.count * maxRank { loraU = try FloatBlock(count: params.maxTokensPerStep * maxRank) }
     }
 
