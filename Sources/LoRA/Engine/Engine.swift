@@ -319,7 +319,11 @@ public final class Engine: @unchecked Sendable {
     /// Runs one batched step: admits queued requests into free slots, runs
     /// the new tokens of every running sequence through the model, samples
     /// and streams one token for each sequence whose prompt is done.
-    /// Returns an empty report when nothing runs.
+    /// Returns an empty report when nothing runs. Errors: `wrongState` when
+    /// another thread (or a token callback) is stepping; a sampled token the
+    /// tokenizer cannot decode (a model vocabulary larger than the
+    /// tokenizer's) ends that request (stop reason `.callback`) and the step
+    /// throws after the other requests got their tokens.
     public func step() throws -> EngineStepReport {
         lock.lock()
         guard !stepping else {
@@ -355,6 +359,7 @@ public final class Engine: @unchecked Sendable {
         forward()
         // Sample and stream, in the batch's row order.
         let V = model.config.vocabSize
+        var failure: Error? = nil
         for (row, (s, _)) in headRows.enumerated() {
             lock.lock()
             let cancelled = records[s.id]?.cancelRequested == true
@@ -363,13 +368,21 @@ public final class Engine: @unchecked Sendable {
             rowLogits.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: logits.base + row * V, count: V) }
             logitsHook?(s.id, rowLogits)
             let next = s.generation.pick(&rowLogits)
-            let taken = try s.generation.append(next)
-            var stop = taken.stop
-            if let onToken = s.onToken, onToken(next, taken.piece) == .stop { stop = .callback }
             s.pending = next
             report.produced.append(s.id)
+            let taken: (piece: String, stop: StopReason?)
+            do { taken = try s.generation.append(next) } catch {
+                // A token the tokenizer cannot decode (a model vocabulary larger than
+                // the tokenizer's): that request ends, the others go on, step throws.
+                ended.append((s, s.generation.result(.callback)))
+                failure = failure ?? error
+                continue
+            }
+            var stop = taken.stop
+            if let onToken = s.onToken, onToken(next, taken.piece) == .stop { stop = .callback }
             if let stop { ended.append((s, s.generation.result(stop))) }
         }
+        if let failure { throw failure }
     }
 
     /// Under the lock: requests that ended, and those cancelled meanwhile, leave; stepping ends.
@@ -420,7 +433,7 @@ public final class Engine: @unchecked Sendable {
             budget -= s.take
         }
         for s in running where s.pending == nil {
-            s.take = min(s.prompt.count - s.cached, budget)
+            s.take = max(0, min(s.prompt.count - s.cached, budget))
             budget -= s.take
         }
         for s in running where s.take > 0 { order.append(s) }
