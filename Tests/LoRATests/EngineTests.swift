@@ -194,6 +194,9 @@ let engineLogitTolerance: Float = 1e-4
         #expect(try engine.state(third).result?.tokens == Self.solo([7, 8], [], short).tokens)
         try engine.release(third)
         #expect(throws: LoRAError.self) { try engine.state(third) }
+        // generate: results in order, records released.
+        let results = try engine.generate([EngineRequest(prompt: [7, 8], params: short), EngineRequest(prompt: [1], params: short)])
+        #expect(results.map(\.tokens) == [try Self.solo([7, 8], [], short).tokens, try Self.solo([1], [], short).tokens])
     }
 
     /// Two threads submit and cancel while a third steps; a second stepping thread is refused.

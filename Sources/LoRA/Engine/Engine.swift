@@ -416,6 +416,18 @@ public final class Engine: @unchecked Sendable {
         while pendingCount > 0 { _ = try step() }
     }
 
+    /// Runs requests to their end together and returns their results in
+    /// order (with the other requests already in the engine).
+    public func generate(_ requests: [EngineRequest]) throws -> [GenerationResult] {
+        let ids = try requests.map { try submit($0) }
+        try runUntilDone()
+        return try ids.map { id in
+            let r = try state(id).result ?? GenerationResult(tokens: [], text: "", stopReason: .callback)
+            try release(id)
+            return r
+        }
+    }
+
     /// This step's rows: one decode token per decoding sequence, then prompt
     /// chunks in admission order while the step's token budget lasts; rows
     /// grouped by adapter set so each set is one segment.
