@@ -93,7 +93,8 @@ extension Bench {
                   ("total_tokens_per_s", f(sequential)),
                   ("engine_distinct_vs_sequential", String(format: "%.2f", distinct.total / sequential))])
 
-            // Time to first token of a request joining n−1 busy sequences (each join a fresh request).
+            // Time to first token of a request joining n−1 decoding sequences (each join a
+            // fresh request, prefilled in one step beside their decode tokens).
             var ep = EngineParams()
             ep.maxSequences = n
             ep.maxTokensPerStep = max(n, P + n)
@@ -101,8 +102,10 @@ extension Bench {
             let engine = try Engine(model: model, params: ep)
             var long = greedy
             long.maxNewTokens = N
-            for i in 0..<(n - 1) { _ = try engine.submit(EngineRequest(prompt: prompts[i], adapters: [AdapterUse(adapters[i])], params: long)) }
-            for _ in 0..<3 { _ = try engine.step() }   // the others are decoding
+            var busy: [Int64] = []
+            for i in 0..<(n - 1) { busy.append(try engine.submit(EngineRequest(prompt: prompts[i], adapters: [AdapterUse(adapters[i])], params: long))) }
+            // Until every other request is decoding (their prompts are in the cache).
+            while try busy.contains(where: { try engine.state($0).tokenCount == 0 }) { _ = try engine.step() }
             var ttft: [Double] = []
             var one = greedy
             one.maxNewTokens = 1
