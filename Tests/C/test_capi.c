@@ -2156,6 +2156,129 @@ done:
     lora_model_free(m);
 }
 
+/* Two threads submit and cancel while a third steps the engine. */
+typedef struct {
+    lora_engine *engine;
+    pthread_mutex_t lock;
+    int submitters_done;
+    lora_request_id ids[2][6];
+    int32_t prompts[2][6][3];
+    int submit_errors;
+} engine_threads;
+
+typedef struct {
+    engine_threads *t;
+    int k; /* this submitter's row of ids and prompts */
+} engine_submitter_arg;
+
+static void *engine_submitter(void *arg) {
+    engine_threads *t = ((engine_submitter_arg *)arg)->t;
+    int k = ((engine_submitter_arg *)arg)->k;
+    lora_sampling_params sp;
+    lora_sampling_default_params(&sp);
+    sp.temperature = 0;
+    sp.max_new_tokens = 4;
+    sp.stop_at_eos = 0;
+    for (int i = 0; i < 6; i++) {
+        lora_request rq;
+        lora_request_default_params(&rq);
+        t->prompts[k][i][0] = 10 * k + i + 1;
+        t->prompts[k][i][1] = 7;
+        t->prompts[k][i][2] = 100 + i;
+        rq.tokens = t->prompts[k][i];
+        rq.n_tokens = 3;
+        rq.sampling = &sp;
+        lora_request_id id = 0;
+        if (lora_engine_submit(t->engine, &rq, &id) != LORA_OK) {
+            pthread_mutex_lock(&t->lock);
+            t->submit_errors++;
+            pthread_mutex_unlock(&t->lock);
+        }
+        t->ids[k][i] = id;
+        if (i % 3 == 0) lora_engine_cancel(t->engine, id); /* may race with its end: OK or LORA_WRONG_STATE */
+    }
+    pthread_mutex_lock(&t->lock);
+    t->submitters_done++;
+    pthread_mutex_unlock(&t->lock);
+    return NULL;
+}
+
+static void *engine_stepper(void *arg) {
+    engine_threads *t = arg;
+    for (;;) {
+        size_t nf = 0, nt = 0;
+        lora_engine_step(t->engine, NULL, 0, &nf, &nt);
+        pthread_mutex_lock(&t->lock);
+        int done = t->submitters_done == 2;
+        pthread_mutex_unlock(&t->lock);
+        if (done && nf == 0 && nt == 0) {
+            /* Nothing ran: idle once every request has ended. */
+            int idle = 1;
+            for (int k = 0; k < 2 && idle; k++)
+                for (int i = 0; i < 6 && idle; i++) {
+                    lora_request_info info;
+                    info.struct_size = sizeof info;
+                    if (lora_engine_request_info(t->engine, t->ids[k][i], &info) == LORA_OK &&
+                        info.state < LORA_REQUEST_FINISHED)
+                        idle = 0;
+                }
+            if (idle) return NULL;
+        }
+    }
+}
+
+static void test_engine_threads(void) {
+    lora_model *m = load_model("gpt2-tok");
+    lora_engine *e = NULL;
+    if (!m) return;
+    lora_engine_params ep;
+    lora_engine_default_params(&ep);
+    ep.max_sequences = 4;
+    ep.max_tokens_per_step = 16;
+    REQUIRE_OK(lora_engine_create(&e, m, &ep));
+    static engine_threads t;
+    memset(&t, 0, sizeof t);
+    t.engine = e;
+    pthread_mutex_init(&t.lock, NULL);
+    pthread_t stepper, sub[2];
+    pthread_create(&stepper, NULL, engine_stepper, &t);
+    engine_submitter_arg args[2] = {{&t, 0}, {&t, 1}};
+    pthread_create(&sub[0], NULL, engine_submitter, &args[0]);
+    pthread_create(&sub[1], NULL, engine_submitter, &args[1]);
+    pthread_join(sub[0], NULL);
+    pthread_join(sub[1], NULL);
+    pthread_join(stepper, NULL);
+    pthread_mutex_destroy(&t.lock);
+    CHECK(t.submit_errors == 0, "%d submits failed", t.submit_errors);
+    lora_sampling_params sp;
+    lora_sampling_default_params(&sp);
+    sp.temperature = 0;
+    sp.max_new_tokens = 4;
+    sp.stop_at_eos = 0;
+    int finished = 0;
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; i < 6; i++) {
+            lora_request_info info;
+            info.struct_size = sizeof info;
+            EXPECT(lora_engine_request_info(e, t.ids[k][i], &info), LORA_OK);
+            CHECK(info.state == LORA_REQUEST_FINISHED || info.state == LORA_REQUEST_CANCELLED, "request %d/%d state %d", k,
+                  i, info.state);
+            if (i % 3 != 0) CHECK(info.state == LORA_REQUEST_FINISHED, "uncancelled request %d/%d did not finish", k, i);
+            if (info.state != LORA_REQUEST_FINISHED) continue;
+            finished++;
+            int32_t got[8], want[8];
+            size_t n_got = 0, n_want = 0;
+            EXPECT(lora_engine_request_tokens(e, t.ids[k][i], got, 8, &n_got), LORA_OK);
+            EXPECT(lora_generate_tokens(m, t.prompts[k][i], 3, &sp, NULL, NULL, want, 8, &n_want), LORA_OK);
+            CHECK(n_got == n_want && memcmp(got, want, n_got * sizeof *got) == 0, "request %d/%d differs from solo", k, i);
+        }
+    }
+    CHECK(finished >= 8, "only %d requests finished", finished);
+done:
+    lora_engine_free(e);
+    lora_model_free(m);
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) {
         fprintf(stderr, "usage: %s FIXTURES_DIR WORK_DIR\n", argv[0]);
@@ -2188,6 +2311,7 @@ int main(int argc, char **argv) {
         {"checkpoint_resume", test_checkpoint_resume},
         {"threads", test_threads},
         {"engine", test_engine},
+        {"engine_threads", test_engine_threads},
     };
     const char *only = getenv("LORA_TEST_ONLY");
     for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
