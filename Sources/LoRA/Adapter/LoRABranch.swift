@@ -42,6 +42,15 @@ struct LoRABranch {
     /// x is the branch input after dropout; u is kept for backward in training.
     func forward(x: ConstFloatPtr, y: FloatPtr, n: Int, scale: Float, u: FloatPtr) {
         let s = slot
+        if n == 1 {
+            // One row (decode, and each sequence of the engine's segments of
+            // one): two matrix–vector products, cheaper than sgemm at M = 1
+            // (see matmulForward); the engine runs ~1,500 of these a step with
+            // 16 distinct adapters.
+            gemv(transA: false, rows: s.r, cols: s.inFeatures, alpha: 1, A: A, lda: s.inFeatures, x: x, beta: 0, y: u)
+            gemv(transA: false, rows: s.outFeatures, cols: s.r, alpha: scale * s.scaling, A: B, lda: s.r, x: u, beta: 1, y: y)
+            return
+        }
         gemm(transA: false, transB: true, M: n, N: s.r, K: s.inFeatures, alpha: 1,
              A: x, lda: s.inFeatures, B: A, ldb: s.inFeatures, beta: 0, C: u, ldc: s.r)
         gemm(transA: false, transB: true, M: n, N: s.outFeatures, K: s.r, alpha: scale * s.scaling,
