@@ -89,7 +89,9 @@ exports() {
         echo "exports: liblora.so's dynamic symbols differ from include/lora.h (see the diff above)" >&2
         return 1
     fi
-    if ! nm -D --defined-only "$LIB" | grep -q ' A LIBLORA_1$'; then
+    # grep reads all of nm's output: with -q it would exit at the match and nm
+    # would die of SIGPIPE, which pipefail reports as a failure.
+    if ! nm -D --defined-only "$LIB" | grep ' A LIBLORA_1$' >/dev/null; then
         echo "exports: the version node LIBLORA_1 is missing" >&2
         return 1
     fi
