@@ -36,8 +36,12 @@ let package = Package(
         .target(name: "LoraCAPI", dependencies: ["LoRA", "CLoraABI", "CLoraSupport"], exclude: ["exports.map"],
                 linkerSettings: [.unsafeFlags(["-Xlinker", "--version-script=\(packageRoot)/Sources/LoraCAPI/exports.map",
                                                "-Xlinker", "-soname=liblora.so.1"])]),
+        // Open MPI's C API (Debian: libopenmpi-dev), for data-parallel `lora train`
+        // under mpirun. Linked only into the command: liblora.so never needs libmpi.
+        .systemLibrary(name: "CMPI", pkgConfig: "ompi-c",
+                       providers: [.apt(["libopenmpi-dev"])]),
         .executableTarget(name: "LoraCLI", dependencies: [
-            "LoRA", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "LoRA", "CMPI", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "LoRATests", dependencies: ["LoRA", "CLoraSupport"], exclude: ["Fixtures"]),
     ]

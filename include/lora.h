@@ -45,7 +45,7 @@ extern "C" {
 #endif
 
 #define LORA_VERSION_MAJOR 0
-#define LORA_VERSION_MINOR 1
+#define LORA_VERSION_MINOR 2
 #define LORA_VERSION_PATCH 0
 /* MAJOR * 10000 + MINOR * 100 + PATCH */
 #define LORA_VERSION_NUMBER (LORA_VERSION_MAJOR * 10000 + LORA_VERSION_MINOR * 100 + LORA_VERSION_PATCH)
@@ -75,7 +75,7 @@ const char *lora_last_error(void);
 
 /* ---- Versions ---------------------------------------------------------- */
 
-const char *lora_version_string(void);   /* "0.1.0" */
+const char *lora_version_string(void);   /* "0.2.0" */
 uint32_t lora_version_number(void);      /* LORA_VERSION_NUMBER of the library */
 uint32_t lora_abi_version(void);         /* LORA_ABI_VERSION of the library */
 
@@ -177,8 +177,9 @@ void lora_sampling_default_params(lora_sampling_params *params);
 typedef int32_t (*lora_token_callback)(int32_t token, const char *piece, size_t piece_len, void *user_data);
 
 /* Generates after a text prompt; writes the new text (NUL-terminated) into
- * out (may be NULL with capacity 0 to stream only); *needed receives its
- * byte length. Generation never runs past n_positions.
+ * out; *needed receives its byte length. Stream only: out NULL with
+ * capacity 0 (the text goes to the callback; LORA_OK, *needed set).
+ * Generation never runs past n_positions.
  * Errors: LORA_INVALID_ARGUMENT (bad params, prompt too long),
  * LORA_WRONG_STATE (no tokenizer), LORA_ABORTED, LORA_BUFFER_TOO_SMALL
  * (the text was generated and streamed, but does not fit out). */
@@ -186,8 +187,10 @@ lora_status lora_generate(const lora_model *model, const char *prompt, const lor
                           lora_token_callback callback, void *user_data,
                           char *out, size_t capacity, size_t *needed);
 
-/* The same from token ids; writes the new ids into out_tokens.
- * *n_out receives the count. */
+/* The same from token ids; writes the new ids into out_tokens; *n_out
+ * receives the count. Stream only: out_tokens NULL with capacity 0 (LORA_OK,
+ * *n_out set; since 0.2.0: 0.1.0 returned LORA_BUFFER_TOO_SMALL).
+ * Errors: as lora_generate. */
 lora_status lora_generate_tokens(const lora_model *model, const int32_t *prompt, size_t n_prompt,
                                  const lora_sampling_params *params,
                                  lora_token_callback callback, void *user_data,
@@ -304,6 +307,43 @@ lora_status lora_adapter_compress(lora_adapter **out, const lora_adapter *adapte
 lora_status lora_adapter_combine(lora_adapter **out, const lora_adapter *const *adapters, const float *weights,
                                  size_t n_adapters, int32_t method, int32_t svd_rank, float svd_clamp);
 
+/* PEFT's task-arithmetic merges (add_weighted_adapter's ties, dare_linear,
+ * dare_ties, magnitude_prune): on the A's and the B's (equal ranks), or with
+ * _SVD on each delta, then truncated to svd_rank by SVD. Only through
+ * lora_adapter_combine_v2 (they need a density). */
+#define LORA_COMBINE_TIES                 3
+#define LORA_COMBINE_DARE_LINEAR          4
+#define LORA_COMBINE_DARE_TIES            5
+#define LORA_COMBINE_MAGNITUDE_PRUNE      6
+#define LORA_COMBINE_TIES_SVD             7
+#define LORA_COMBINE_DARE_LINEAR_SVD      8
+#define LORA_COMBINE_DARE_TIES_SVD        9
+#define LORA_COMBINE_MAGNITUDE_PRUNE_SVD 10
+
+#define LORA_MAJORITY_SIGN_TOTAL     0 /* the sign of the sum of the values */
+#define LORA_MAJORITY_SIGN_FREQUENCY 1 /* the sign of the sum of their signs */
+
+typedef struct lora_combine_params {
+    uint32_t struct_size;
+    int32_t method;               /* LORA_COMBINE_*; default LORA_COMBINE_SVD */
+    int32_t svd_rank;             /* <= 0: the largest input rank (default) */
+    float svd_clamp;              /* <= 0: no clamp (default) */
+    float density;                /* task merges: fraction kept, in (0, 1]; default 1 (keeps all) */
+    int32_t majority_sign_method; /* LORA_MAJORITY_SIGN_*; default TOTAL */
+    uint64_t seed;                /* DARE's random masks; default 0 */
+} lora_combine_params;
+
+void lora_combine_default_params(lora_combine_params *params);
+
+/* lora_adapter_combine with every add_weighted_adapter type (params NULL:
+ * defaults, i.e. svd). DARE's masks come from liblora's seeded generator
+ * (PEFT's from torch's: the same distribution, not the same draws). Errors:
+ * LORA_INVALID_ARGUMENT (density outside (0, 1], unknown method or sign
+ * method, unequal ranks for the factor merges, adapters of different
+ * models), LORA_NUMERICAL_ERROR (NaN weights, LAPACK non-convergence). */
+lora_status lora_adapter_combine_v2(lora_adapter **out, const lora_adapter *const *adapters, const float *weights,
+                                    size_t n_adapters, const lora_combine_params *params);
+
 /* A LoRA adapter approximating a full fine-tune: per module of
  * target_modules (comma-separated, as lora_adapter_params; NULL: "c_attn"),
  * the truncated SVD of tuned - base; rank or energy as lora_adapter_compress.
@@ -338,7 +378,7 @@ typedef struct lora_trainer_params {
     int32_t gradient_accumulation_steps;  /* default 1 */
     float max_grad_norm;            /* default 1; <= 0 disables clipping */
     int32_t batch_size;             /* default 4 */
-    int32_t block_size;             /* tokens per sequence; default 256; must be at most n_positions */
+    int32_t block_size;             /* tokens per sequence, at most n_positions; default 0: min(256, n_positions) */
     uint64_t seed;
     int32_t gradient_checkpointing; /* recompute activations in backward: less memory, slower */
 } lora_trainer_params;
@@ -374,6 +414,11 @@ typedef struct lora_train_params {
     int32_t save_steps;             /* checkpoint every N steps (0: never) */
     const char *checkpoint_dir;     /* where checkpoint-<step>/ go */
     int32_t skip_bad_records;       /* 1: skip bad JSONL records; 0: fail on them */
+    /* > 0: the run lasts this many epochs of the data: the trainer's max_steps
+     * becomes ceil(sequences * epochs / (batch_size * gradient_accumulation_steps))
+     * (transformers' num_train_epochs); 0 (default): max_steps as created.
+     * Added in 0.2.0. */
+    float num_train_epochs;
 } lora_train_params;
 
 void lora_train_default_params(lora_train_params *params);
@@ -406,6 +451,38 @@ lora_status lora_trainer_save_checkpoint(lora_trainer *trainer, const char *dir)
 lora_status lora_trainer_resume(lora_trainer *trainer, const char *checkpoint_path);
 /* Optimizer steps taken so far; -1 for NULL. */
 int32_t lora_trainer_get_step(const lora_trainer *trainer);
+
+/* ---- Data-parallel training --------------------------------------------- */
+
+/* The host's all-reduce: replace every element of buffer[0, count) by its sum
+ * over all ranks (MPI_Allreduce with MPI_SUM in place, for instance), then
+ * return 0. Every rank is called in the same order with the same count. Runs
+ * on the thread that called lora_trainer_train. Non-zero stops the training
+ * (lora_trainer_train returns LORA_ABORTED). */
+typedef int32_t (*lora_gradient_reducer)(float *buffer, size_t count, void *user_data);
+
+/* Makes `trainer` rank `rank` of `world_size` data-parallel processes, each
+ * with the same model, adapter, params and data. lora_trainer_train then:
+ * checks at the start that all ranks agree (a digest of settings, weights and
+ * data; otherwise LORA_INVALID_ARGUMENT on every rank, naming what differs)
+ * and at the end that they hold the same parameters (LORA_NUMERICAL_ERROR if
+ * the reducer gave ranks different sums);
+ * takes each global batch of batch_size × world_size × gradient_accumulation_steps
+ * examples from the one-process data order, this rank computing its slice;
+ * calls `reduce` once per optimizer step on one contiguous buffer (the
+ * gradients of the trained parameters, prescaled so that their sum is the
+ * global gradient, then 2 floats of the step's loss) before clipping and AdamW;
+ * shares out validation batches and reduces their sums; writes checkpoints on
+ * rank 0 only. The result equals one process with batch_size × world_size
+ * (up to the summation order). lora_trainer_evaluate becomes collective too
+ * (every rank calls it; each evaluates a share of the batches). Only
+ * lora_trainer_step ignores the reducer.
+ * reduce NULL (or world_size 1): one process again. A checkpoint records the
+ * global batch, so it resumes with any rank count that keeps it.
+ * Errors: LORA_INVALID_ARGUMENT (NULL trainer, world_size < 1 or > 65536,
+ * rank outside [0, world_size)). */
+lora_status lora_trainer_set_gradient_reducer(lora_trainer *trainer, int32_t rank, int32_t world_size,
+                                              lora_gradient_reducer reduce, void *user_data);
 
 /* ---- Batched engine ---------------------------------------------------- */
 

@@ -40,7 +40,7 @@ trap 'rm -rf "$TMP"' EXIT
 VPY="$TMP/venv/bin/python"
 # Installed from a copy so the build leaves nothing (build/, *.egg-info) in the source tree.
 mkdir "$TMP/src"
-cp -r "$PYTHON_DIR/pyproject.toml" "$PYTHON_DIR/README.md" "$PYTHON_DIR/lora" "$TMP/src/"
+cp -r "$PYTHON_DIR/pyproject.toml" "$PYTHON_DIR/setup.py" "$PYTHON_DIR/README.md" "$PYTHON_DIR/lora" "$TMP/src/"
 "$PYTHON" -m pip --python "$VPY" install --quiet --no-build-isolation --no-deps --no-index "$TMP/src"
 "$VPY" -c "import pytest" 2>/dev/null || { echo "pytest is not installed for $PYTHON" >&2; exit 2; }
 

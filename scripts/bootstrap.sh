@@ -3,7 +3,10 @@
 # (idempotent). Run as root, or with sudo available.
 set -euo pipefail
 
-packages=(libopenblas-dev liblapacke-dev pkg-config fortunes valgrind make gcc g++ python3)
+# Open MPI (openmpi-bin, libopenmpi-dev: `lora train` under mpirun links libmpi) and
+# iproute2 (the two-host network-namespace test) are for data-parallel training;
+# librsvg2-bin: rsvg-convert renders loss.svg in the CLI tests; clang-format: scripts/check_format.sh.
+packages=(libopenblas-dev liblapacke-dev pkg-config fortunes valgrind make gcc g++ python3 openmpi-bin libopenmpi-dev iproute2 librsvg2-bin clang-format)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -26,6 +29,7 @@ if ! command -v swift >/dev/null; then
 fi
 command -v swift >/dev/null || { echo "bootstrap: the Swift toolchain (6.0 or later) is not on PATH" >&2; exit 1; }
 pkg-config --exists openblas lapacke || { echo "bootstrap: pkg-config cannot find openblas/lapacke" >&2; exit 1; }
+pkg-config --exists ompi-c || { echo "bootstrap: pkg-config cannot find Open MPI (ompi-c)" >&2; exit 1; }
 
 # The Python binding's tests: a venv-capable python3 with pip, pytest and setuptools.
 if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
@@ -35,4 +39,8 @@ if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -m pip --version >/dev/
 fi
 if ! python3 -c "import pytest, setuptools" 2>/dev/null; then
     python3 -m pip install --quiet pytest setuptools 2>/dev/null || python3 -m pip install --quiet --break-system-packages pytest setuptools
+fi
+# The mpi4py example of data-parallel training (python/examples/mpi4py_train.py) and its test.
+if ! python3 -c "import mpi4py" 2>/dev/null; then
+    python3 -m pip install --quiet mpi4py 2>/dev/null || python3 -m pip install --quiet --break-system-packages mpi4py
 fi

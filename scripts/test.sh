@@ -5,12 +5,22 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 export PATH="/opt/swift/usr/bin:$PATH"
 
+echo "== whitespace errors and conflict markers (git diff --check against the empty tree)"
+if git rev-parse --git-dir >/dev/null 2>&1; then
+    git diff --check "$(git hash-object -t tree /dev/null)" HEAD -- . ':!*.safetensors' ':!fuzz/corpus' ':!Tests/LoRATests/Fixtures'
+fi
+
+echo "== one version source (VERSION) and the formatter on changed files"
+bash scripts/check_version.sh
+bash scripts/check_format.sh
+
 echo "== BLAS/LAPACKE ABI declarations vs system headers"
 cc -fsyntax-only -Wall -Werror $(pkg-config --cflags openblas lapacke) -ISources/CLoraSupport scripts/check_blas_abi.c
 
 echo "== swift build (debug, with tests) and the release command line"
 swift build --build-tests
 swift build -c release --product lora-cli
+bash scripts/link_soname.sh .build/debug
 echo "== swift test"
 LORA_CLI="$PWD/.build/release/lora-cli" swift test --skip-build
 
@@ -27,9 +37,19 @@ bash scripts/fuzz.sh all 15
 echo "== crash safety: SIGKILL during training and checkpointing, resume bit-exact"
 bash Tests/crash/kill_test.sh .build/release/lora-cli 20
 
-echo "== Python binding (ctypes) with pytest"
+echo "== data-parallel training under Open MPI: equivalence with one process, resume, faults (Tests/mpi)"
+bash Tests/mpi/run.sh .build/release/lora-cli
+echo "== data-parallel training across two network namespaces over TCP"
+bash Tests/mpi/netns.sh .build/release/lora-cli
+
+echo "== Python binding (ctypes) with pytest (with the mpi4py example under mpirun)"
 swift build --product lora
 LORA_LIBRARY="$PWD/.build/debug/liblora.so" bash python/run_tests.sh
 
-echo "== C API: header as C++, export list, Tests/C/test_capi.c, examples-c, valgrind"
+echo "== C API: header as C++, export list, Tests/C/test_capi*.c, examples-c, valgrind"
 bash Tests/C/run.sh .build/debug
+
+echo "== the README's Python, C and Swift snippets, verbatim, outside the checkout"
+swift build -c release --product lora
+bash scripts/link_soname.sh .build/release
+bash Tests/readme/run.sh

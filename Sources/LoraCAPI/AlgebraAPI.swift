@@ -36,16 +36,78 @@ public func lora_adapter_combine(_ outp: UnsafeMutablePointer<OpaquePointer?>?, 
             throw invalid("the adapters must belong to one live model handle")
         }
         let inputs = try (0..<count).map { (adapter: boxes[$0].adapter, weight: Double(try finite(weights[$0], "weights[\($0)]"))) }
-        let m: CombinationMethod
-        switch method {
-        case LORA_COMBINE_CAT: m = .cat
-        case LORA_COMBINE_LINEAR: m = .linear
-        case LORA_COMBINE_SVD:
-            let clamp = try finite(svdClamp, "svd_clamp")
-            m = .svd(rank: svdRank > 0 ? Int(svdRank) : nil, clamp: clamp > 0 ? Double(clamp) : nil)
-        default: throw invalid("method \(method) is not a LORA_COMBINE_* value")
+        guard [LORA_COMBINE_CAT, LORA_COMBINE_LINEAR, LORA_COMBINE_SVD].contains(method) else {
+            throw invalid("method \(method) is not LORA_COMBINE_CAT, _LINEAR or _SVD (the task merges need lora_adapter_combine_v2)")
         }
-        o.pointee = retain(AdapterBox(try Adapter.combine(inputs, method: m), model: mb))
+        var p = defaultCombineParams
+        p.method = method; p.svd_rank = svdRank; p.svd_clamp = svdClamp
+        o.pointee = retain(AdapterBox(try Adapter.combine(inputs, method: try combinationMethod(p)), model: mb))
+    }
+}
+
+var defaultCombineParams: lora_combine_params {
+    var p = lora_combine_params()
+    p.struct_size = UInt32(MemoryLayout<lora_combine_params>.size)
+    p.method = LORA_COMBINE_SVD
+    p.svd_rank = 0
+    p.svd_clamp = 0
+    p.density = 1
+    p.majority_sign_method = LORA_MAJORITY_SIGN_TOTAL
+    p.seed = 0
+    return p
+}
+
+@_cdecl("lora_combine_default_params")
+public func lora_combine_default_params(_ p: UnsafeMutablePointer<lora_combine_params>?) {
+    p?.pointee = defaultCombineParams
+}
+
+func combinationMethod(_ p: lora_combine_params) throws -> CombinationMethod {
+    let clamp = try finite(p.svd_clamp, "svd_clamp")
+    let rank = p.svd_rank > 0 ? Int(p.svd_rank) : nil, clampOpt = clamp > 0 ? Double(clamp) : nil
+    func merge(_ kind: TaskMerge.Kind) throws -> TaskMerge {
+        let d = try finite(p.density, "density")
+        guard d > 0, d <= 1 else { throw invalid("density must be in (0, 1], got \(d)") }
+        let sign: TaskMerge.MajoritySignMethod
+        switch p.majority_sign_method {
+        case LORA_MAJORITY_SIGN_TOTAL: sign = .total
+        case LORA_MAJORITY_SIGN_FREQUENCY: sign = .frequency
+        default: throw invalid("majority_sign_method \(p.majority_sign_method) is not a LORA_MAJORITY_SIGN_* value")
+        }
+        return TaskMerge(kind: kind, density: Double(d), majoritySignMethod: sign, seed: p.seed)
+    }
+    switch p.method {
+    case LORA_COMBINE_CAT: return .cat
+    case LORA_COMBINE_LINEAR: return .linear
+    case LORA_COMBINE_SVD: return .svd(rank: rank, clamp: clampOpt)
+    case LORA_COMBINE_TIES: return .taskMerge(try merge(.ties))
+    case LORA_COMBINE_DARE_LINEAR: return .taskMerge(try merge(.dareLinear))
+    case LORA_COMBINE_DARE_TIES: return .taskMerge(try merge(.dareTies))
+    case LORA_COMBINE_MAGNITUDE_PRUNE: return .taskMerge(try merge(.magnitudePrune))
+    case LORA_COMBINE_TIES_SVD: return .taskMergeSVD(try merge(.ties), rank: rank, clamp: clampOpt)
+    case LORA_COMBINE_DARE_LINEAR_SVD: return .taskMergeSVD(try merge(.dareLinear), rank: rank, clamp: clampOpt)
+    case LORA_COMBINE_DARE_TIES_SVD: return .taskMergeSVD(try merge(.dareTies), rank: rank, clamp: clampOpt)
+    case LORA_COMBINE_MAGNITUDE_PRUNE_SVD: return .taskMergeSVD(try merge(.magnitudePrune), rank: rank, clamp: clampOpt)
+    default: throw invalid("method \(p.method) is not a LORA_COMBINE_* value")
+    }
+}
+
+@_cdecl("lora_adapter_combine_v2")
+public func lora_adapter_combine_v2(_ outp: UnsafeMutablePointer<OpaquePointer?>?, _ adapters: UnsafePointer<OpaquePointer?>?,
+                                    _ weights: UnsafePointer<Float>?, _ n: Int,
+                                    _ params: UnsafePointer<lora_combine_params>?) -> lora_status {
+    outp?.pointee = nil
+    return guarded {
+        let o = try out(outp, "out")
+        let count = try count(n, "n_adapters", max: 1 << 12)
+        guard count >= 1, let adapters, let weights else { throw invalid("adapters and weights must hold n_adapters >= 1 entries") }
+        let boxes = try (0..<count).map { try box(adapters[$0], AdapterBox.self, "adapters[\($0)]") }
+        guard let mb = boxes[0].model, boxes.allSatisfy({ $0.model === mb }) else {
+            throw invalid("the adapters must belong to one live model handle")
+        }
+        let inputs = try (0..<count).map { (adapter: boxes[$0].adapter, weight: Double(try finite(weights[$0], "weights[\($0)]"))) }
+        let p = try readParams(params, defaults: defaultCombineParams, name: "lora_combine_params")
+        o.pointee = retain(AdapterBox(try Adapter.combine(inputs, method: try combinationMethod(p)), model: mb))
     }
 }
 

@@ -235,6 +235,11 @@ public func lora_generate_tokens(_ model: OpaquePointer?, _ prompt: UnsafePointe
         var stopped = false
         let r = try m.generate(prompt: ids, params: s, onToken: tokenCallback(callback, user, stopped: &stopped))
         nOut?.pointee = r.tokens.count
+        // out_tokens NULL with capacity 0: stream only (as lora_generate), nothing to copy.
+        if outTokens == nil && cap == 0 {
+            if stopped { throw LoRAError.aborted }
+            return
+        }
         if stopped && r.tokens.count > cap { throw LoRAError.aborted }
         if r.tokens.count > cap { throw CError.bufferTooSmall("\(r.tokens.count) tokens do not fit a buffer of \(cap)") }
         if !r.tokens.isEmpty {

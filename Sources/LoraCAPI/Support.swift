@@ -159,11 +159,16 @@ public func lora_status_string(_ status: lora_status) -> UnsafePointer<CChar> {
 @_cdecl("lora_last_error")
 public func lora_last_error() -> UnsafePointer<CChar> { lb_get_error() }
 
+/// "MAJOR.MINOR.PATCH" from lora.h's macros (VERSION is the source; scripts/check_version.sh keeps them equal).
+nonisolated(unsafe) let versionString: UnsafePointer<CChar> = {
+    let text = "\(LORA_VERSION_MAJOR).\(LORA_VERSION_MINOR).\(LORA_VERSION_PATCH)"
+    let p = UnsafeMutablePointer<CChar>.allocate(capacity: text.utf8.count + 1)
+    text.withCString { p.initialize(from: $0, count: text.utf8.count + 1) }
+    return UnsafePointer(p)
+}()
+
 @_cdecl("lora_version_string")
-public func lora_version_string() -> UnsafePointer<CChar> {
-    let v: StaticString = "0.1.0"
-    return UnsafeRawPointer(v.utf8Start).assumingMemoryBound(to: CChar.self)
-}
+public func lora_version_string() -> UnsafePointer<CChar> { versionString }
 
 @_cdecl("lora_version_number")
 public func lora_version_number() -> UInt32 { UInt32(LORA_VERSION_MAJOR * 10000 + LORA_VERSION_MINOR * 100 + LORA_VERSION_PATCH) }

@@ -20,7 +20,7 @@ public func lora_trainer_default_params(_ p: UnsafeMutablePointer<lora_trainer_p
 
 var defaultTrainParams: lora_train_params {
     lora_train_params(struct_size: UInt32(MemoryLayout<lora_train_params>.size), validation_fraction: 0,
-                      eval_steps: 0, save_steps: 0, checkpoint_dir: nil, skip_bad_records: 0)
+                      eval_steps: 0, save_steps: 0, checkpoint_dir: nil, skip_bad_records: 0, num_train_epochs: 0)
 }
 
 @_cdecl("lora_train_default_params")
@@ -105,6 +105,15 @@ public func lora_trainer_train(_ trainer: OpaquePointer?, _ paths: UnsafePointer
             data = s.train
             validation = s.validation
         }
+        let epochs = Double(try finite(p.num_train_epochs, "num_train_epochs"))
+        guard epochs >= 0 else { throw invalid("num_train_epochs must be >= 0 (0: max_steps as created)") }
+        if epochs > 0 {
+            let c = tb.trainer.config
+            let perStep = Double(c.batchSize * c.gradientAccumulationSteps)
+            let steps = (Double(data.examples.count) * epochs / perStep).rounded(.up)
+            guard steps < Double(Int32.max) else { throw invalid("num_train_epochs \(epochs) makes more than 2^31 steps") }
+            try tb.trainer.setMaxSteps(max(1, Int(steps)))
+        }
         var opts = TrainParams()
         guard p.eval_steps >= 0, p.save_steps >= 0 else { throw invalid("eval_steps and save_steps must be >= 0") }
         opts.evalSteps = Int(p.eval_steps)
@@ -164,5 +173,23 @@ public func lora_trainer_resume(_ trainer: OpaquePointer?, _ path: UnsafePointer
     guarded {
         let tb = try box(trainer, TrainerBox.self, "trainer")
         try Checkpoint.restore(tb.trainer, from: try string(path, "checkpoint_path"))
+    }
+}
+
+@_cdecl("lora_trainer_set_gradient_reducer")
+public func lora_trainer_set_gradient_reducer(_ trainer: OpaquePointer?, _ rank: Int32, _ worldSize: Int32,
+                                              _ reduce: lora_gradient_reducer?, _ user: UnsafeMutableRawPointer?) -> lora_status {
+    guarded {
+        let tb = try box(trainer, TrainerBox.self, "trainer")
+        guard let reduce else {
+            tb.trainer.gradientReducer = nil
+            return
+        }
+        let r = try FunctionGradientReducer(rank: Int(rank), worldSize: Int(worldSize)) { buffer in
+            guard let base = buffer.baseAddress else { return }
+            let status = reduce(base, buffer.count, user)
+            guard status == 0 else { throw LoRAError.aborted }
+        }
+        tb.trainer.gradientReducer = r
     }
 }

@@ -21,7 +21,7 @@ struct Demo: ParsableCommand {
     @Option(help: "LoRA rank.") var r = 16
     @Option(help: "Random seed.") var seed: UInt64 = 1
     @Option(help: "Tokens per sample.") var maxNewTokens = 160
-    @Option(help: "Compute threads (0: OPENBLAS_NUM_THREADS or the CPU count).") var threads = 0
+    @OptionGroup var threads: ThreadOptions
 
     func run() throws {
         try LoRACommand.run { try demo() }
@@ -34,7 +34,7 @@ struct Demo: ParsableCommand {
             throw LoRAError.io(path: data, reason: "not found: install Debian's fortunes package (scripts/bootstrap.sh does)")
         }
         let m = try Model.load(directory: modelDir)
-        if threads > 0 { BLAS.threads = threads }
+        threads.apply()
         guard let tok = m.tokenizer else { throw LoRAError.invalidArgument("\(modelDir) has no tokenizer") }
         let block = min(blockSize, m.config.nPositions)
         let all = try Dataset.load(paths: [data], tokenizer: tok, options: DatasetOptions(blockSize: block))

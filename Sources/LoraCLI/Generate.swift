@@ -3,18 +3,29 @@ import Foundation
 import LoRA
 
 struct SamplingOptions: ParsableArguments {
-    @Option(help: "Maximum new tokens.") var maxNewTokens = 128
-    @Option(help: "Sampling temperature (0: greedy).") var temperature: Float = 0.8
-    @Option(help: "Top-k filtering (0: off).") var topK = 0
-    @Option(help: "Top-p (nucleus) filtering (1: off).") var topP: Float = 0.95
-    @Option(help: "Repetition penalty (1: off).") var repetitionPenalty: Float = 1.0
-    @Option(help: "Random seed.") var seed: UInt64 = 0
-    @Option(name: .customLong("stop"), help: "Stop once this text appears. Repeatable.") var stop: [String] = []
+    @Option(help: Preset.help) var preset: Preset = .recipe
+    @Option(parsing: .unconditional, help: "Maximum new tokens. Default: from --preset.") var maxNewTokens: Int?
+    @Option(parsing: .unconditional, help: "Sampling temperature (0: greedy). Default: from --preset.") var temperature: Float?
+    @Option(parsing: .unconditional, help: "Top-k filtering (0: off).") var topK = SamplingParams().topK
+    @Option(parsing: .unconditional, help: "Top-p (nucleus) filtering, above 0 and at most 1 (1: off). Default: from --preset.") var topP: Float?
+    @Option(parsing: .unconditional, help: "Repetition penalty (1: off).") var repetitionPenalty: Float = SamplingParams().repetitionPenalty
+    @Option(help: "Random seed.") var seed: UInt64 = SamplingParams().seed
+    @Option(name: .customLong("stop"), parsing: .unconditionalSingleValue, help: "Stop once this text appears. Repeatable.") var stop: [String] = []
     @Flag(help: "Keep going after <|endoftext|>.") var ignoreEos = false
+
+    func validate() throws {
+        try Check.atLeast(maxNewTokens, 0, "--max-new-tokens")
+        try Check.finite(temperature.map(Double.init), atLeast: 0, "--temperature")
+        try Check.atLeast(topK, 0, "--top-k")
+        if let p = topP, !(p.isFinite && p > 0 && p <= 1) { throw Check.fail("--top-p", "greater than 0 and at most 1", p) }
+        try Check.finite(Double(repetitionPenalty), above: 0, "--repetition-penalty")
+        if stop.contains("") { throw ValidationError("--stop must not be empty") }
+    }
 
     var params: SamplingParams {
         var p = SamplingParams()
-        p.maxNewTokens = maxNewTokens; p.temperature = temperature; p.topK = topK; p.topP = topP
+        p.maxNewTokens = maxNewTokens ?? preset.maxNewTokens; p.temperature = temperature ?? preset.temperature; p.topK = topK
+        p.topP = topP ?? preset.topP
         p.repetitionPenalty = repetitionPenalty; p.seed = seed; p.stopStrings = stop; p.stopAtEndOfText = !ignoreEos
         return p
     }
@@ -31,6 +42,10 @@ struct Generate: ParsableCommand {
     @Option(help: "With --batch-file: requests running at once.") var maxSequences = 16
     @Option(help: "With --batch-file: new tokens per batched step.") var maxTokensPerStep = 512
 
+    func validate() throws {
+        if let prompt, prompt.isEmpty { throw ValidationError("the prompt is empty") }
+    }
+
     func run() throws {
         try LoRACommand.run {
             if let batchFile {
@@ -43,14 +58,26 @@ struct Generate: ParsableCommand {
                 return
             }
             let m = try model.load()
+            guard let tok = m.tokenizer else { throw LoRAError.invalidArgument("the model has no tokenizer: give token ids through the library instead") }
             let text: String
             if let prompt { text = prompt } else {
+                if isatty(STDIN_FILENO) != 0 { stderrLine("lora: reading the prompt from standard input (end it with Ctrl-D)") }
                 text = String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
             }
-            guard !text.isEmpty else { throw LoRAError.invalidArgument("empty prompt") }
+            guard !text.isEmpty else { throw LoRAError.invalidArgument("the prompt is empty") }
+            // Everything is checked before the prompt is echoed.
+            let params = sampling.params
+            try params.validate()
+            let n = tok.encode(text).count
+            guard n < m.config.nPositions else {
+                throw LoRAError.invalidArgument("the prompt is \(n) tokens; the model's context holds \(m.config.nPositions) (n_positions) with room for at least one new token: shorten it")
+            }
             flushStdout(text)
-            _ = try m.generate(text, params: sampling.params) { _, piece in flushStdout(piece); return .continue }
+            let r = try m.generate(text, params: params) { _, piece in flushStdout(piece); return .continue }
             flushStdout("\n")
+            if r.stopReason == .contextFull {
+                stderrLine("lora: stopped at the model's context limit (\(m.config.nPositions) tokens, n_positions)")
+            }
         }
     }
 }

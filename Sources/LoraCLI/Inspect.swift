@@ -45,6 +45,7 @@ struct Inspect: ParsableCommand {
     }
 
     func tensors(_ file: String) throws {
+        try Inspect.checkLooksLikeSafetensors(file)
         let f = try SafeTensorsFile(path: file)
         var params = 0
         var byDType: [String: Int] = [:]
@@ -56,5 +57,18 @@ struct Inspect: ParsableCommand {
             say("  \(t.name)  \(t.dtype.rawValue)  \(t.shape)")
         }
         if !all && list.count > 40 { say("  … \(list.count - 40) more (--all)") }
+    }
+
+    /// A file that is not safetensors at all gets said so, not "header length 2841324282203627843 exceeds the limit".
+    static func checkLooksLikeSafetensors(_ file: String) throws {
+        guard let h = FileHandle(forReadingAtPath: file) else { throw LoRAError.io(path: file, reason: "cannot read file") }
+        defer { try? h.close() }
+        let head = h.readData(ofLength: 9)
+        let size = (try? FileManager.default.attributesOfItem(atPath: file)[.size] as? NSNumber)?.uint64Value ?? 0
+        var n: UInt64 = 0
+        for (i, b) in head.prefix(8).enumerated() { n |= UInt64(b) << (8 * UInt64(i)) }
+        guard head.count == 9, n >= 2, n <= size - 8, head[head.startIndex + 8] == UInt8(ascii: "{") else {
+            throw LoRAError.invalidFile(path: file, reason: "not a safetensors file (it starts with neither an 8-byte header length that fits the file nor a JSON header)")
+        }
     }
 }

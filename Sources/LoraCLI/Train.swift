@@ -3,81 +3,132 @@ import Foundation
 import LoRA
 
 struct LoRAOptions: ParsableArguments {
-    @Option(help: "LoRA rank.") var r = 8
-    @Option(help: "LoRA alpha (scaling alpha/r).") var loraAlpha: Double = 16
-    @Option(help: "Dropout on the LoRA input.") var loraDropout: Double = 0.05
-    @Option(help: "Comma-separated module names or suffixes (c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj, c_proj).")
-    var targetModules = "c_attn,attn.c_proj,mlp.c_fc"
+    @Option(help: Preset.help) var preset: Preset = .recipe
+    @Option(parsing: .unconditional, help: "LoRA rank.") var r = LoRAConfig().r
+    @Option(parsing: .unconditional, help: "LoRA alpha (scaling alpha/r). Default: from --preset.") var loraAlpha: Double?
+    @Option(parsing: .unconditional, help: "Dropout on the LoRA input, at least 0 and below 1. Default: from --preset.") var loraDropout: Double?
+    @Option(help: "Comma-separated module names or suffixes (c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj, c_proj). Default: from --preset.")
+    var targetModules: String?
     @Option(help: "Comma-separated layer indices to adapt (default: all).") var layersToTransform: String?
     @Flag(help: "rsLoRA scaling alpha/sqrt(r).") var useRslora = false
-    @Option(help: "Initialisation: default, gaussian, pissa, pissa_niter_N, olora (PiSSA/OLoRA change the base weights in memory; the adapter is saved converted for the original base).")
-    var initLoraWeights = "default"
+    @Option(help: "Initialisation (PiSSA/OLoRA change the base weights in memory; the adapter is saved converted for the original base).")
+    var initLoraWeights = InitLoraWeights(argument: "default")!
 
-    func config(baseModel: String) throws -> LoRAConfig {
-        var c = LoRAConfig()
-        c.r = r; c.loraAlpha = loraAlpha; c.loraDropout = loraDropout
-        c.targetModules = .names(list: targetModules)
-        if let l = layersToTransform {
-            c.layersToTransform = try l.split(separator: ",").map {
-                guard let i = Int($0.trimmingCharacters(in: .whitespaces)) else { throw LoRAError.invalidArgument("--layers-to-transform: not an integer: \($0)") }
+    func validate() throws {
+        try Check.atLeast(r, 1, "--r")
+        try Check.finite(loraAlpha, above: 0, "--lora-alpha")
+        try Check.fraction(loraDropout, "--lora-dropout")
+        _ = try layers()
+    }
+
+    func layers() throws -> [Int]? {
+        try layersToTransform.map { l in
+            try l.split(separator: ",").map {
+                guard let i = Int($0.trimmingCharacters(in: .whitespaces)), i >= 0 else {
+                    throw ValidationError("--layers-to-transform must list layer numbers from 0 (got \($0))")
+                }
                 return i
             }
         }
-        c.useRSLoRA = useRslora
-        switch initLoraWeights {
-        case "default", "true": c.initLoraWeights = .kaiming
-        case let name:
-            guard let i = LoRAConfig.Initialization(peftName: name) else {
-                throw LoRAError.invalidArgument("--init-lora-weights must be default, gaussian, pissa, pissa_niter_N or olora")
-            }
-            c.initLoraWeights = i
+    }
+
+    func config(baseModel: String) throws -> LoRAConfig {
+        var c = LoRAConfig()
+        c.r = r; c.loraAlpha = loraAlpha ?? preset.loraAlpha; c.loraDropout = loraDropout ?? preset.loraDropout
+        if let t = targetModules ?? preset.targetModules {
+            c.targetModules = .names(t.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty })
         }
+        if let l = try layers() { c.layersToTransform = l }
+        c.useRSLoRA = useRslora
+        c.initLoraWeights = initLoraWeights.value
         c.baseModelNameOrPath = baseModel
         return c
     }
 }
 
 struct OptimOptions: ParsableArguments {
-    @Option(help: "Peak learning rate.") var learningRate: Double = 2e-4
-    @Option(help: "AdamW weight decay.") var weightDecay: Double = 0
-    @Option(help: "AdamW beta1.") var adamBeta1: Double = 0.9
-    @Option(help: "AdamW beta2.") var adamBeta2: Double = 0.999
-    @Option(help: "AdamW epsilon.") var adamEpsilon: Double = 1e-8
-    @Option(name: [.customLong("lr-scheduler"), .customLong("lr-scheduler-type")], help: "linear, cosine, constant, constant_with_warmup.")
-    var lrScheduler = "linear"
-    @Option(help: "Warmup steps.") var warmupSteps = 0
-    @Option(help: "Optimizer steps (overrides --num-train-epochs).") var maxSteps: Int?
-    @Option(help: "Epochs over the training data (when --max-steps is not given).") var numTrainEpochs: Double = 1
-    @Option(help: "Micro-batches per optimizer step.") var gradientAccumulationSteps = 1
-    @Option(help: "Global gradient-norm clip (0: off).") var maxGradNorm: Double = 1.0
-    @Option(name: [.customLong("batch-size"), .customLong("per-device-train-batch-size")], help: "Sequences per micro-batch.")
-    var batchSize = 4
-    @Option(help: "Tokens per sequence (at most the model's n_positions).") var blockSize: Int?
-    @Option(help: "Random seed (data order, dropout, adapter init).") var seed: UInt64 = 42
+    @Option(parsing: .unconditional, help: "Peak learning rate.") var learningRate: Double = TrainerParams().learningRate
+    @Option(parsing: .unconditional, help: "AdamW weight decay.") var weightDecay: Double = TrainerParams().weightDecay
+    @Option(parsing: .unconditional, help: "AdamW beta1.") var adamBeta1: Double = TrainerParams().adamBeta1
+    @Option(parsing: .unconditional, help: "AdamW beta2.") var adamBeta2: Double = TrainerParams().adamBeta2
+    @Option(parsing: .unconditional, help: "AdamW epsilon.") var adamEpsilon: Double = TrainerParams().adamEpsilon
+    @Option(name: [.customLong("lr-scheduler"), .customLong("lr-scheduler-type")], help: "The learning-rate schedule.")
+    var lrScheduler: LRScheduler = TrainerParams().lrScheduler
+    @Option(parsing: .unconditional, help: "Warmup steps.") var warmupSteps = TrainerParams().warmupSteps
+    @Option(parsing: .unconditional, help: "Optimizer steps (overrides --num-train-epochs; raise it with --resume to extend a run).") var maxSteps: Int?
+    @Option(parsing: .unconditional, help: "Epochs over the training data (when --max-steps is not given).") var numTrainEpochs: Double = 1
+    @Option(parsing: .unconditional, help: "Micro-batches per optimizer step.") var gradientAccumulationSteps = TrainerParams().gradientAccumulationSteps
+    @Option(parsing: .unconditional, help: "Global gradient-norm clip (0: off).") var maxGradNorm: Double = TrainerParams().maxGradNorm ?? 0
+    @Option(name: [.customLong("batch-size"), .customLong("per-device-train-batch-size")], parsing: .unconditional, help: "Sequences per micro-batch.")
+    var batchSize = TrainerParams().batchSize
+    @Option(parsing: .unconditional, help: "Tokens per sequence (default: min(256, the model's n_positions)).") var blockSize: Int?
+    @Option(help: "Random seed (data order, dropout, adapter init).") var seed: UInt64 = TrainerParams().seed
     @Flag(help: "Recompute activations in backward (less memory, slower).") var gradientCheckpointing = false
+
+    func validate() throws {
+        try Check.finite(learningRate, atLeast: 0, "--learning-rate")
+        try Check.finite(weightDecay, atLeast: 0, "--weight-decay")
+        try Check.fraction(adamBeta1, "--adam-beta1")
+        try Check.fraction(adamBeta2, "--adam-beta2")
+        try Check.finite(adamEpsilon, above: 0, "--adam-epsilon")
+        try Check.atLeast(warmupSteps, 0, "--warmup-steps")
+        try Check.atLeast(maxSteps, 1, "--max-steps")
+        try Check.finite(numTrainEpochs, above: 0, "--num-train-epochs")
+        try Check.atLeast(gradientAccumulationSteps, 1, "--gradient-accumulation-steps")
+        try Check.finite(maxGradNorm, atLeast: 0, "--max-grad-norm")
+        guard (1...65536).contains(batchSize) else { throw Check.fail("--batch-size", "between 1 and 65536", batchSize) }
+        try Check.atLeast(blockSize, 2, "--block-size")
+    }
 
     func config(model: Model, examples: Int) throws -> TrainerParams {
         var c = TrainerParams()
         c.learningRate = learningRate; c.weightDecay = weightDecay; c.adamBeta1 = adamBeta1; c.adamBeta2 = adamBeta2
         c.adamEpsilon = adamEpsilon
-        guard let s = LRScheduler(rawValue: lrScheduler) else {
-            throw LoRAError.invalidArgument("--lr-scheduler must be one of \(LRScheduler.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
-        c.lrScheduler = s
+        c.lrScheduler = lrScheduler
         c.warmupSteps = warmupSteps
         c.gradientAccumulationSteps = gradientAccumulationSteps
         c.maxGradNorm = maxGradNorm > 0 ? maxGradNorm : nil
         c.batchSize = batchSize
-        c.blockSize = blockSize ?? min(256, model.config.nPositions)
+        c.blockSize = blockSize ?? 0
         c.seed = seed
         c.gradientCheckpointing = gradientCheckpointing
         if let m = maxSteps { c.maxSteps = m } else {
-            guard numTrainEpochs.isFinite, numTrainEpochs > 0 else { throw LoRAError.invalidArgument("--num-train-epochs must be > 0") }
             let perStep = max(1, batchSize * gradientAccumulationSteps)
             c.maxSteps = max(1, Int((Double(examples) * numTrainEpochs / Double(perStep)).rounded(.up)))
         }
-        return c
+        return c.resolved(for: model.config)
     }
+}
+
+/// Ctrl-C during training: the first asks for a checkpoint at the next step
+/// boundary, the second exits at once (status 130).
+enum Interrupt {
+    nonisolated(unsafe) static var requested: sig_atomic_t = 0
+
+    static func install() {
+        // A parent may have left SIGINT blocked (Foundation's Process does): unblock it.
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGINT)
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
+        signal(SIGINT) { _ in
+            if Interrupt.requested != 0 { _exit(130) }
+            Interrupt.requested = 1
+            let msg: StaticString = "\nlora: interrupted: saving a checkpoint after this step (Ctrl-C again to quit at once)\n"
+            _ = write(STDERR_FILENO, msg.utf8Start, msg.utf8CodeUnitCount)
+        }
+    }
+}
+
+/// The shell command that continues an interrupted run.
+func resumeCommand() -> String {
+    var args = Array(CommandLine.arguments.dropFirst())
+    if !args.contains("--resume") { args.append("--resume") }
+    let safe = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "-_./=:,@%+"))
+    func quote(_ s: String) -> String {
+        s.unicodeScalars.allSatisfy(safe.contains) && !s.isEmpty ? s : "'" + s.replacingOccurrences(of: "'", with: "'\\''") + "'"
+    }
+    return (["lora"] + args.map(quote)).joined(separator: " ")
 }
 
 struct Train: ParsableCommand {
@@ -87,53 +138,106 @@ struct Train: ParsableCommand {
             Plain text files are packed into blocks with <|endoftext|> between documents (fortune files split at % lines);
             JSONL files hold {"text": ...} or {"prompt": ..., "completion": ...} records (loss on the completion only).
             Writes the adapter (PEFT layout) or the model (Hugging Face layout) into --output-dir, with
-            checkpoints/, metrics.jsonl and loss.svg.
+            checkpoints/, metrics.jsonl and loss.svg (the whole history, across resumes). A used --output-dir is
+            refused unless --overwrite-output-dir or --resume. Ctrl-C saves a checkpoint after the current step
+            and prints the command that resumes; a second Ctrl-C quits at once.
             """)
 
     @Option(help: "Model directory (default: the embedded model).") var model: String?
-    @Argument(help: "Training files (.txt or .jsonl).") var data: [String]
+    @Argument(help: "Training files (.txt or .jsonl).") var data: [String] = []
     @Option(help: "Where the adapter or model, checkpoints and logs go.") var outputDir = "lora-output"
+    @Flag(help: "Train into a used --output-dir (its checkpoints and logs are deleted first).") var overwriteOutputDir = false
     @OptionGroup var lora: LoRAOptions
     @OptionGroup var optim: OptimOptions
     @Flag(help: "Train every weight instead of a LoRA adapter.") var fullFinetune = false
-    @Option(help: "Fraction of the data held out for evaluation.") var validationSplit: Double = 0
+    @Option(parsing: .unconditional, help: "Fraction of the data held out for evaluation, at least 0 and below 1.") var validationSplit: Double = 0
     @Option(help: "Validation files (instead of --validation-split).") var validationFile: [String] = []
-    @Option(help: "Evaluate every N steps (0: at the end only).") var evalSteps = 0
-    @Option(help: "Checkpoint every N steps (0: only at the end).") var saveSteps = 0
-    @Option(help: "Checkpoints kept.") var saveTotalLimit = 2
+    @Option(parsing: .unconditional, help: "Evaluate every N steps (0: at the end only; needs validation data).") var evalSteps = 0
+    @Option(parsing: .unconditional, help: "Checkpoint every N steps (0: only at the end).") var saveSteps = 0
+    @Option(parsing: .unconditional, help: "Checkpoints kept.") var saveTotalLimit = 2
     @Flag(help: "Skip bad JSONL records (with a warning) instead of failing.") var skipBadRecords = false
-    @Flag(help: "Resume from the newest checkpoint in --output-dir/checkpoints.") var resume = false
-    @Option(help: "Compute threads (0: OPENBLAS_NUM_THREADS or the CPU count).") var threads = 0
+    @Flag(help: "Resume from the newest checkpoint in --output-dir/checkpoints (raise --max-steps or --num-train-epochs to extend a finished run).") var resume = false
+    @OptionGroup var threads: ThreadOptions
     @Flag(help: "With PiSSA/OLoRA, also save the unconverted adapter (for the residual base) in --output-dir/unconverted.")
     var saveUnconvertedAdapter = false
+    @Option(help: "Data-parallel training: auto (MPI when started by mpirun), mpi (require mpirun), none (one process). See the README.")
+    var distributed: DistributedMode = .auto
+
+    func validate() throws {
+        guard !data.isEmpty else { throw ValidationError("give at least one training file (.txt or .jsonl)") }
+        try Check.fraction(validationSplit, "--validation-split")
+        try Check.atLeast(evalSteps, 0, "--eval-steps")
+        try Check.atLeast(saveSteps, 0, "--save-steps")
+        try Check.atLeast(saveTotalLimit, 1, "--save-total-limit")
+        if evalSteps > 0 && validationSplit == 0 && validationFile.isEmpty {
+            throw ValidationError("--eval-steps needs validation data: add --validation-split or --validation-file")
+        }
+        if resume && overwriteOutputDir { throw ValidationError("--resume and --overwrite-output-dir exclude each other") }
+    }
 
     func run() throws {
-        try LoRACommand.run { try train() }
+        try LoRACommand.run { try DistributedRun.run(option: distributed) { try train() } }
+    }
+
+    /// Our files in a used output directory; refuses it unless told what to do.
+    func prepareOutputDir() throws {
+        let fm = FileManager.default
+        let used = ((try? fm.contentsOfDirectory(atPath: outputDir)) ?? []).filter { !$0.hasPrefix(".") }
+        guard !used.isEmpty, !resume else { return }
+        guard overwriteOutputDir else {
+            throw LoRAError.invalidArgument("--output-dir \(outputDir) is not empty (\(used.sorted().prefix(4).joined(separator: ", "))): pass --overwrite-output-dir to train anew into it, --resume to continue its run, or another --output-dir")
+        }
+        // Old checkpoints would outrank the new run's under --save-total-limit; old logs would mix runs.
+        for name in ["checkpoints", "metrics.jsonl", "loss.svg", "unconverted"] where fm.fileExists(atPath: outputDir + "/" + name) {
+            do { try fm.removeItem(atPath: outputDir + "/" + name) }
+            catch { throw LoRAError.io(path: outputDir + "/" + name, reason: "cannot remove: \(error.localizedDescription)") }
+        }
     }
 
     func train() throws {
-        guard !data.isEmpty else { throw LoRAError.invalidArgument("no training file given") }
         let modelDir = model ?? Defaults.modelDirectory
-        let m = try Model.load(directory: modelDir)
-        if threads > 0 { BLAS.threads = threads }
+        let m = try loadModel(modelDir)
+        threads.apply()
         guard let tok = m.tokenizer else { throw LoRAError.invalidArgument("\(modelDir) has no tokenizer files") }
-        let block = optim.blockSize ?? min(256, m.config.nPositions)
-        guard block >= 2, block <= m.config.nPositions else {
-            throw LoRAError.invalidArgument("--block-size must be in 2...\(m.config.nPositions) (the model's n_positions)")
+        if let b = optim.blockSize, b > m.config.nPositions {
+            throw LoRAError.invalidArgument("--block-size must be between 2 and \(m.config.nPositions), the model's n_positions (got \(b))")
         }
+        let block = optim.blockSize ?? min(TrainerParams.defaultBlockSize, m.config.nPositions)
+        // Under MPI, rank 0 owns --output-dir; a refusal there stops every rank.
+        try DistributedRun.agree(task: "prepare --output-dir") { if DistributedRun.isRoot { try prepareOutputDir() } }
         var dopts = DatasetOptions(blockSize: block)
         dopts.badRecords = skipBadRecords ? .skip : .reject
-        var trainSet = try Dataset.load(paths: data, tokenizer: tok, options: dopts)
-        for w in trainSet.warnings { stderrLine("warning: \(w)") }
+        var trainSet = Dataset(examples: [])
         var validation: Dataset? = nil
-        if !validationFile.isEmpty {
-            validation = try Dataset.load(paths: validationFile, tokenizer: tok, options: dopts)
-        } else if validationSplit > 0 {
-            let s = try trainSet.split(validationFraction: validationSplit, seed: optim.seed)
-            trainSet = s.train
-            validation = s.validation
+        try DistributedRun.agree {  // under MPI: a rank that cannot read its data stops every rank
+            trainSet = try Dataset.load(paths: data, tokenizer: tok, options: dopts)
+            for w in trainSet.warnings where DistributedRun.isRoot { stderrLine("warning: \(w)") }
+            if !validationFile.isEmpty {
+                validation = try Dataset.load(paths: validationFile, tokenizer: tok, options: dopts)
+            } else if validationSplit > 0 {
+                let s = try trainSet.split(validationFraction: validationSplit, seed: optim.seed)
+                trainSet = s.train
+                validation = s.validation
+            }
         }
-        let tc = try optim.config(model: m, examples: trainSet.examples.count)
+        var tc = try optim.config(model: m, examples: trainSet.examples.count)
+        tc.maxSteps = DistributedRun.maxSteps(tc, optim: optim, examples: trainSet.examples.count)
+        let ckptDir = outputDir + "/checkpoints"
+        var latest: String? = nil
+        if resume {
+            try DistributedRun.agree(task: "read its checkpoint") {
+                guard let l = Checkpoint.latest(root: ckptDir) else { throw LoRAError.invalidArgument("--resume: no checkpoint in \(ckptDir)") }
+                // Checkpoints record the global batch (per-rank batch × ranks).
+                var global = tc
+                global.batchSize = tc.batchSize * (DistributedRun.current?.worldSize ?? 1)
+                let changed = try Checkpoint.changedSettings(at: l, config: global)
+                if !changed.isEmpty {
+                    let list = changed.map { "--\($0.name.replacingOccurrences(of: "_", with: "-")) \($0.saved) (now \($0.current))" }
+                    throw LoRAError.invalidArgument("--resume: \(l) was written with other settings: \(list.joined(separator: ", ")); give the same values (only --max-steps or --num-train-epochs may change, to extend the run; under MPI --batch-size there is the global batch, per-rank batch × ranks)")
+                }
+                latest = l
+            }
+        }
         var adapter: Adapter? = nil
         if !fullFinetune {
             let a = try Adapter(config: try lora.config(baseModel: modelDir), modelConfig: m.config)
@@ -142,29 +246,63 @@ struct Train: ParsableCommand {
             adapter = a
         }
         let trainer = try Trainer(model: m, adapter: adapter, config: tc)
+        trainer.gradientReducer = DistributedRun.current
         let fm = FileManager.default
-        try? fm.createDirectory(atPath: outputDir, withIntermediateDirectories: true)
-        let ckptDir = outputDir + "/checkpoints"
-        if resume {
-            guard let latest = Checkpoint.latest(root: ckptDir) else { throw LoRAError.invalidArgument("--resume: no checkpoint in \(ckptDir)") }
+        do { try fm.createDirectory(atPath: outputDir, withIntermediateDirectories: true) }
+        catch { throw LoRAError.io(path: outputDir, reason: "cannot create directory: \(error.localizedDescription)") }
+        if let latest {
             try Checkpoint.restore(trainer, from: latest)
-            say("resumed from \(latest) at step \(trainer.step)")
+            say("resumed from \(latest) at step \(trainer.step) of \(tc.maxSteps)")
         }
+        let startStep = trainer.step
         let what = adapter.map { "LoRA r=\($0.config.r) on \($0.slots.count) modules, \($0.parameterCount) trainable parameters" }
             ?? "all \(m.parameterCount) weights"
         say("training \(what); \(trainSet.examples.count) sequences (\(trainSet.tokenCount) tokens) of up to \(tc.blockSize); \(tc.maxSteps) steps of \(tc.batchSize)×\(tc.gradientAccumulationSteps); OpenBLAS \(BLAS.coreName)")
+        DistributedRun.announce(tc)
+        // The history of earlier runs into this directory up to the resumed step (later steps are redone).
+        let printer = try ProgressPrinter(logPath: DistributedRun.isRoot ? outputDir + "/metrics.jsonl" : nil,
+                                          keepUpTo: resume ? trainer.step : nil)
         if let v = validation, trainer.step == 0 {
             let e = try trainer.evaluate(v)
             say(String(format: "validation loss before training: %.4f (perplexity %.2f)", e.loss, e.perplexity))
+            printer.recordValidation(step: 0, loss: e.loss)
         }
-        let printer = try ProgressPrinter(logPath: outputDir + "/metrics.jsonl")
         var opts = TrainParams()
         opts.evalSteps = evalSteps
         opts.saveSteps = saveSteps > 0 ? saveSteps : tc.maxSteps
         opts.checkpointDirectory = ckptDir
         opts.saveTotalLimit = saveTotalLimit
-        try trainer.train(trainSet, validation: validation, options: opts) { printer.report($0); return .continue }
+        let title = "liblora \(adapter == nil ? "full fine-tuning" : "LoRA") — \(URL(fileURLWithPath: modelDir).lastPathComponent)"
+        Interrupt.install()
+        defer { signal(SIGINT, SIG_DFL) }
+        var interruptedAt: String? = nil
+        do {
+            try trainer.train(trainSet, validation: validation, options: opts) { report in
+                printer.report(report)
+                if Interrupt.requested != 0 {
+                    do {
+                        if DistributedRun.isRoot {
+                            interruptedAt = try report.checkpoint ?? Checkpoint.save(trainer, root: ckptDir)
+                            Checkpoint.prune(root: ckptDir, keep: saveTotalLimit)
+                        }
+                    } catch { stderrLine("lora: error: cannot save the checkpoint: \(error)") }
+                    return .stop
+                }
+                return .continue
+            }
+        } catch LoRAError.aborted {
+            printer.finish()
+            guard DistributedRun.isRoot else { throw ExitCode(130) }
+            try AtomicFile.write(lossCurveSVG(train: printer.trainLoss, validation: printer.validationLoss, title: title), to: outputDir + "/loss.svg")
+            if let at = interruptedAt {
+                stderrLine("lora: interrupted at step \(trainer.step); checkpoint \(at)")
+                stderrLine("resume with: \(resumeCommand())")
+            }
+            throw ExitCode(130)
+        }
         printer.finish()
+        DistributedRun.summary(steps: tc.maxSteps - startStep)
+        guard DistributedRun.isRoot else { return }
         if let adapter, adapter.initialParams != nil {
             // PiSSA/OLoRA trained on the residual base: save it as a plain LoRA for the original base.
             try adapter.convertedForOriginalBase().save(directory: outputDir)
@@ -180,9 +318,7 @@ struct Train: ParsableCommand {
             try m.save(directory: outputDir)
             say("model saved to \(outputDir)")
         }
-        let svg = lossCurveSVG(train: printer.trainLoss, validation: printer.validationLoss,
-                               title: "liblora \(adapter == nil ? "full fine-tuning" : "LoRA") — \(URL(fileURLWithPath: modelDir).lastPathComponent)")
-        try AtomicFile.write(svg, to: outputDir + "/loss.svg")
+        try AtomicFile.write(lossCurveSVG(train: printer.trainLoss, validation: printer.validationLoss, title: title), to: outputDir + "/loss.svg")
         say("loss curve: \(outputDir)/loss.svg; metrics: \(outputDir)/metrics.jsonl")
     }
 }
@@ -190,16 +326,24 @@ struct Train: ParsableCommand {
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Loss and perplexity of a model (± adapters) on text or JSONL files.")
     @OptionGroup var model: ModelOptions
-    @Argument(help: "Evaluation files.") var data: [String]
-    @Option(help: "Tokens per sequence.") var blockSize: Int?
-    @Option(help: "Sequences per batch.") var batchSize = 4
+    @Argument(help: "Evaluation files.") var data: [String] = []
+    @Option(parsing: .unconditional, help: "Tokens per sequence (default: min(256, the model's n_positions)).") var blockSize: Int?
+    @Option(parsing: .unconditional, help: "Sequences per batch.") var batchSize = TrainerParams().batchSize
+
+    func validate() throws {
+        guard !data.isEmpty else { throw ValidationError("give at least one evaluation file (.txt or .jsonl)") }
+        try Check.atLeast(blockSize, 2, "--block-size")
+        guard (1...65536).contains(batchSize) else { throw Check.fail("--batch-size", "between 1 and 65536", batchSize) }
+    }
 
     func run() throws {
         try LoRACommand.run {
-            guard !data.isEmpty else { throw LoRAError.invalidArgument("no evaluation file given") }
             let m = try model.load()
             guard let tok = m.tokenizer else { throw LoRAError.invalidArgument("the model has no tokenizer") }
-            let block = blockSize ?? min(256, m.config.nPositions)
+            if let b = blockSize, b > m.config.nPositions {
+                throw LoRAError.invalidArgument("--block-size must be between 2 and \(m.config.nPositions), the model's n_positions (got \(b))")
+            }
+            let block = blockSize ?? min(TrainerParams.defaultBlockSize, m.config.nPositions)
             let set = try Dataset.load(paths: data, tokenizer: tok, options: DatasetOptions(blockSize: block))
             var tc = TrainerParams(); tc.blockSize = block; tc.batchSize = batchSize
             let trainer = try Trainer(model: m, adapter: nil, config: tc, evaluationOnly: true)

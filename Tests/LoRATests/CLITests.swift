@@ -13,10 +13,11 @@ struct CLI {
 
     struct Result { var status: Int32; var out: String; var err: String }
 
-    static func run(_ args: [String], stdin: String? = nil) throws -> Result {
+    static func run(_ args: [String], stdin: String? = nil, environment: [String: String] = [:]) throws -> Result {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: path)
         p.arguments = args
+        if !environment.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err
@@ -74,7 +75,7 @@ struct CLI {
             #expect(FileManager.default.fileExists(atPath: out + "/" + f), "\(f) missing")
         }
         let metrics = try String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
-        #expect(metrics.count == 6)
+        #expect(metrics.count == 7)   // the validation loss before training (step 0), then steps 1-6
         #expect(try String(contentsOfFile: out + "/loss.svg", encoding: .utf8).hasPrefix("<svg"))
         // Resume from the final checkpoint with more steps is refused (other settings), same settings works.
         r = try CLI.run(["train", "--model", model, data, "--output-dir", out, "--max-steps", "6", "--block-size", "32",
@@ -165,7 +166,21 @@ struct CLI {
         let fresh = try Model.load(directory: out + "/fresh")
         #expect(fresh.config.vocabSize == 257 && fresh.tokenizer?.vocabSize == 257)
         try expectFailure(["compress", all, "--model", a, "--rank", "5", "--output-dir", out + "/bad"], mentioning: "exceeds")
-        try expectFailure(["combine", "--model", a, all, "--combination-type", "ties", "--output-dir", out + "/bad"], mentioning: "combination-type")
+        try expectFailure(["combine", "--model", a, all, "--combination-type", "tie", "--output-dir", out + "/bad"], mentioning: "combination-type")
+        // TIES needs a density in (0, 1] and equal ranks.
+        try expectFailure(["combine", "--model", a, all, "--combination-type", "ties", "--output-dir", out + "/bad"], mentioning: "--density")
+        try expectFailure(["combine", "--model", a, all, "--combination-type", "ties", "--density", "1.5", "--output-dir", out + "/bad"], mentioning: "--density")
+        try expectFailure(["combine", "--model", a, all, pattern, "--combination-type", "ties", "--density", "0.5", "--output-dir", out + "/bad"], mentioning: "same rank")
+        r = try CLI.run(["combine", "--model", a, all + ":0.6", Fixtures.path("combine/all2") + ":0.5", "--combination-type", "ties",
+                         "--density", "0.5", "--output-dir", out + "/ties"])
+        #expect(r.status == 0 && r.out.contains("(ties)"), "combine ties: \(r.err)")
+        // The same tensors as PEFT's (TaskMergeTests checks them against the fixture).
+        let ties = try Adapter.load(directory: out + "/ties", modelConfig: c)
+        let peftTies = try Adapter.load(directory: Fixtures.path("task_merge/ties"), modelConfig: c)
+        #expect(maxAbsDiff(Array(ties.params.buffer), Array(peftTies.params.buffer)) < 1e-5)
+        r = try CLI.run(["combine", "--model", a, all, pattern + ":0.5", "--combination-type", "dare_ties_svd", "--density", "0.5",
+                         "--majority-sign-method", "frequency", "--seed", "3", "--svd-rank", "2", "--output-dir", out + "/dare"])
+        #expect(r.status == 0 && r.out.contains("rank 2"), "combine dare_ties_svd: \(r.err)")
         try expectFailure(["extract", "--base", a, "--tuned", Fixtures.path("gpt2-b"), "--rank", "2", "--output-dir", out + "/bad"], mentioning: "different configs")
     }
 
@@ -180,10 +195,10 @@ struct CLI {
         try expectFailure(["generate", "--model", "/nonexistent", "x"], mentioning: "/nonexistent")
         try expectFailure(["train", "--model", model, "/nonexistent.txt", "--max-steps", "1"], mentioning: "/nonexistent.txt")
         try expectFailure(["train", "--model", model, data, "--target-modules", "q_proj", "--max-steps", "1", "--block-size", "32"], mentioning: "q_proj")
-        try expectFailure(["train", "--model", model, data, "--learning-rate", "nan", "--max-steps", "1", "--block-size", "32"], mentioning: "learning_rate")
+        try expectFailure(["train", "--model", model, data, "--learning-rate", "nan", "--max-steps", "1", "--block-size", "32"], mentioning: "--learning-rate")
         try expectFailure(["train", "--model", model, data, "--block-size", "65"], mentioning: "block-size")
         try expectFailure(["train", "--model", model, data, "--r", "0", "--block-size", "32"], mentioning: "r must be")
-        try expectFailure(["generate", "--model", model, "--top-p", "2", "x"], mentioning: "top_p")
+        try expectFailure(["generate", "--model", model, "--top-p", "2", "x"], mentioning: "--top-p")
         try expectFailure(["generate", "--model", model, "--adapter", "/nonexistent", "x"], mentioning: "adapter_config.json")
         try expectFailure(["inspect", "/nonexistent"], mentioning: "/nonexistent")
         try expectFailure(["tokenize", "--model", model, "--decode", "12", "x"], mentioning: "not a token id")

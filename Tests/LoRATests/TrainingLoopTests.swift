@@ -130,6 +130,42 @@ import LoRA
         let t2 = try Trainer(model: model, adapter: adapter, config: other)
         #expect(throws: LoRAError.self) { try Checkpoint.restore(t2, from: path) }
     }
+
+    /// A changed setting is named with both values; max_steps may change, so a finished run can be extended.
+    @Test func resumeNamesChangedSettingsAndMayRaiseMaxSteps() throws {
+        let data = examples(20, seed: 1)
+        let (model, adapter, tc) = try setup()
+        let dir = try Fixtures.tempDir()
+        var opts = TrainParams(); opts.saveSteps = 10; opts.checkpointDirectory = dir
+        let t1 = try Trainer(model: model, adapter: adapter, config: tc)
+        try t1.train(data, options: opts)
+        let ckpt = try #require(Checkpoint.latest(root: dir))
+        var other = tc; other.learningRate = 5e-3; other.batchSize = 2
+        let changed = try Checkpoint.changedSettings(at: ckpt, config: other)
+        #expect(changed.map { "\($0.name) \($0.saved) \($0.current)" } == ["learning_rate 0.01 0.005", "batch_size 3 2"])
+        let t2 = try Trainer(model: model, adapter: adapter, config: other)
+        do { try Checkpoint.restore(t2, from: ckpt); Issue.record("restored with other settings") } catch {
+            #expect("\(error)".contains("learning_rate 0.01 (now 0.005), batch_size 3 (now 2)"))
+        }
+        var longer = tc; longer.maxSteps = 14
+        #expect(try Checkpoint.changedSettings(at: ckpt, config: longer).isEmpty)
+        let t3 = try Trainer(model: model, adapter: adapter, config: longer)
+        try Checkpoint.restore(t3, from: ckpt)
+        var steps: [Int] = []
+        try t3.train(data) { steps.append($0.step); return .continue }
+        #expect(steps == [11, 12, 13, 14])
+    }
+
+    /// Without a block size, a trainer takes min(256, n_positions).
+    @Test func blockSizeDefaultsToTheModelsPositionsWhenSmaller() throws {
+        let model = try Model.load(directory: Fixtures.path("gpt2-a"))
+        #expect(model.config.nPositions < 256)
+        var tc = TrainerParams(); tc.batchSize = 2
+        #expect(tc.blockSize == 0)
+        let t = try Trainer(model: model, adapter: nil, config: tc)
+        #expect(t.config.blockSize == model.config.nPositions)
+        _ = try t.step(ids: [Array(repeating: 1, count: model.config.nPositions)])
+    }
 }
 
 @Suite struct CancellationTests {

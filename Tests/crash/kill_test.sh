@@ -29,7 +29,8 @@ for k in $(seq 1 "$kills"); do
         steps+=" ${latest##*-}"
         "$lora" "${args[@]}" --output-dir "$work/killed" --resume > /dev/null 2>&1 &
     else
-        "$lora" "${args[@]}" --output-dir "$work/killed" > /dev/null 2>&1 &
+        # Killed before its first checkpoint: start again (the folder already holds the logs).
+        "$lora" "${args[@]}" --output-dir "$work/killed" --overwrite-output-dir > /dev/null 2>&1 &
     fi
     pid=$!
 done

@@ -1,12 +1,14 @@
 """lora: Python binding of liblora (GPT-2 inference and LoRA fine-tuning on the CPU).
 
 A thin ctypes layer over include/lora.h. The library is found through the
-LORA_LIBRARY environment variable (a path to liblora.so), else next to this
-package, else in the SwiftPM build folders of the source checkout
-(.build/release, .build/debug). Its ABI version is checked on import.
+LORA_LIBRARY environment variable (a path to liblora.so), else inside this
+package (`pip install ./python` puts it there), else in the SwiftPM build
+folders of the source checkout this package sits in (.build/release,
+.build/debug); never relative to the current folder. Its ABI version is
+checked on import.
 
     import lora
-    with lora.Model.load("gpt2") as model:
+    with lora.Model("gpt2") as model:
         print(model.generate("Hello", max_new_tokens=20, seed=1))
 """
 from __future__ import annotations
@@ -45,6 +47,7 @@ from .errors import (
     InvalidArgumentError,
     InvalidFileError,
     LoraError,
+    LoraFileNotFoundError,
     LoraIOError,
     NumericalError,
     Status,
@@ -52,17 +55,17 @@ from .errors import (
     WrongStateError,
 )
 from .engine import Engine, Request
-from .model import Model, ModelInfo
+from .model import GeneratedText, GeneratedTokens, Model, ModelInfo
 from .trainer import Trainer
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 #: The path of the liblora.so in use.
 library_path: str = _capi.library_path
 
 
 def version() -> str:
-    """The library's version string (lora_version_string), e.g. "0.1.0"."""
+    """The library's version string (lora_version_string), e.g. "0.2.0"."""
     return _capi.lora_version_string().decode("ascii")
 
 
@@ -82,9 +85,9 @@ def status_string(status: int) -> str:
 
 
 __all__ = [
-    "ABI_VERSION", "Adapter", "Engine", "Request", "Model", "ModelInfo", "Trainer",
+    "ABI_VERSION", "Adapter", "Engine", "Request", "Model", "ModelInfo", "Trainer", "GeneratedText", "GeneratedTokens",
     "LoraError", "AbortedError", "BackendError", "BufferTooSmallError", "ClosedError", "InternalError",
-    "InvalidArgumentError", "InvalidFileError", "LoraIOError", "NumericalError", "UnsupportedError",
+    "InvalidArgumentError", "InvalidFileError", "LoraIOError", "LoraFileNotFoundError", "NumericalError", "UnsupportedError",
     "WrongStateError", "Status",
     "version", "version_number", "abi_version", "status_string", "library_path",
     "LORA_OK", "LORA_ERROR", "LORA_INVALID_ARGUMENT", "LORA_INVALID_FILE", "LORA_IO_ERROR",

@@ -38,9 +38,9 @@ def _candidate_paths() -> list[str]:
     """Where to look for liblora.so when LORA_LIBRARY is not set, in order."""
     package_dir = os.path.dirname(os.path.abspath(__file__))
     python_dir = os.path.dirname(package_dir)  # python/ in a source checkout
-    cwd = os.getcwd()
     paths = [os.path.join(package_dir, name) for name in _LIBRARY_NAMES]
-    for base in (os.path.join(python_dir, ".."), os.path.join(cwd, ".."), cwd):
+    # Only the checkout this package file lives in, never the current folder.
+    for base in (os.path.join(python_dir, ".."),):
         for config in ("release", "debug"):
             paths.append(os.path.join(base, ".build", config, "liblora.so"))
     seen: set[str] = set()
@@ -241,6 +241,7 @@ class lora_train_params(Structure):
         ("save_steps", c_int32),
         ("checkpoint_dir", c_char_p),
         ("skip_bad_records", c_int32),
+        ("num_train_epochs", c_float),   # added in 0.2.0
     ]
 
 
@@ -249,6 +250,8 @@ class lora_train_params(Structure):
 lora_token_callback = CFUNCTYPE(c_int32, c_int32, POINTER(c_char), c_size_t, c_void_p)
 # typedef int32_t (*lora_progress_callback)(const lora_train_progress *progress, void *user_data);
 lora_progress_callback = CFUNCTYPE(c_int32, POINTER(lora_train_progress), c_void_p)
+# typedef int32_t (*lora_gradient_reducer)(float *buffer, size_t count, void *user_data);
+lora_gradient_reducer = CFUNCTYPE(c_int32, POINTER(c_float), c_size_t, c_void_p)
 
 # ---- Prototypes -------------------------------------------------------------
 
@@ -367,6 +370,37 @@ LORA_COMBINE_SVD = 2
 lora_adapter_combine = _fn("lora_adapter_combine", lora_status,
                            [POINTER(lora_adapter_p), POINTER(lora_adapter_p), POINTER(c_float), c_size_t, c_int32,
                             c_int32, c_float], check=True)
+LORA_COMBINE_TIES = 3
+LORA_COMBINE_DARE_LINEAR = 4
+LORA_COMBINE_DARE_TIES = 5
+LORA_COMBINE_MAGNITUDE_PRUNE = 6
+LORA_COMBINE_TIES_SVD = 7
+LORA_COMBINE_DARE_LINEAR_SVD = 8
+LORA_COMBINE_DARE_TIES_SVD = 9
+LORA_COMBINE_MAGNITUDE_PRUNE_SVD = 10
+LORA_MAJORITY_SIGN_TOTAL = 0
+LORA_MAJORITY_SIGN_FREQUENCY = 1
+
+
+class lora_combine_params(Structure):
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("method", c_int32),
+        ("svd_rank", c_int32),
+        ("svd_clamp", c_float),
+        ("density", c_float),
+        ("majority_sign_method", c_int32),
+        ("seed", c_uint64),
+    ]
+
+
+# void lora_combine_default_params(lora_combine_params *params);
+lora_combine_default_params = _fn("lora_combine_default_params", None, [POINTER(lora_combine_params)])
+# lora_status lora_adapter_combine_v2(lora_adapter **out, const lora_adapter *const *adapters, const float *weights,
+#                                     size_t n_adapters, const lora_combine_params *params);
+lora_adapter_combine_v2 = _fn("lora_adapter_combine_v2", lora_status,
+                              [POINTER(lora_adapter_p), POINTER(lora_adapter_p), POINTER(c_float), c_size_t,
+                               POINTER(lora_combine_params)], check=True)
 # lora_status lora_adapter_extract(lora_adapter **out, const lora_model *base, const lora_model *tuned,
 #                                  const char *target_modules, int32_t rank, float energy, float *max_relative_error);
 lora_adapter_extract = _fn("lora_adapter_extract", lora_status,
@@ -422,6 +456,11 @@ lora_trainer_save_checkpoint = _fn("lora_trainer_save_checkpoint", lora_status,
 lora_trainer_resume = _fn("lora_trainer_resume", lora_status, [lora_trainer_p, c_char_p], check=True)
 # int32_t lora_trainer_get_step(const lora_trainer *trainer);
 lora_trainer_get_step = _fn("lora_trainer_get_step", c_int32, [lora_trainer_p])
+# lora_status lora_trainer_set_gradient_reducer(lora_trainer *trainer, int32_t rank, int32_t world_size,
+#                                               lora_gradient_reducer reduce, void *user_data);
+lora_trainer_set_gradient_reducer = _fn("lora_trainer_set_gradient_reducer", lora_status,
+                                        [lora_trainer_p, c_int32, c_int32, lora_gradient_reducer, c_void_p],
+                                        check=True)
 
 
 # ---- Batched engine -----------------------------------------------------------

@@ -1,11 +1,13 @@
 """lora.Adapter: a LoRA adapter for one model (lora_adapter)."""
 from __future__ import annotations
 
+import os
 from ctypes import byref, c_float
 
 from . import _capi as C
 from ._convert import cpath, cstring, flag, int32, int32_array, real, uint64
 from ._owner import Owner
+from .errors import file_not_found
 from .model import Model
 
 _INITS = {
@@ -55,10 +57,14 @@ class Adapter(Owner):
         return model._require()
 
     @classmethod
-    def create(cls, model: Model, r: int = 8, alpha: float = 8.0, dropout: float = 0.0,
-               target_modules=("c_attn",), use_rslora: bool = False, init="default", seed: int = 0,
+    def create(cls, model: Model, r: int | None = None, alpha: float | None = None, dropout: float | None = None,
+               target_modules=None, use_rslora: bool = False, init="default", seed: int | None = None,
                layers_to_transform=None, pissa_niter: int = 0) -> "Adapter":
         """A new adapter for model's shape (not attached).
+
+        Arguments left at None take the library's defaults
+        (lora_adapter_default_params, PEFT's LoraConfig: r 8, alpha 8,
+        dropout 0, target_modules c_attn).
 
         target_modules: a list of module names or suffixes matched as PEFT does
         ("c_attn", "attn.c_proj", "mlp.c_fc", ...), or a single string taken as
@@ -71,10 +77,15 @@ class Adapter(Owner):
         mh = cls._model_handle(model)
         p = C.lora_adapter_params()
         C.lora_adapter_default_params(byref(p))
-        p.r = int32(r, "r")
-        p.lora_alpha = real(alpha, "alpha")
-        p.lora_dropout = real(dropout, "dropout")
-        if isinstance(target_modules, (str, bytes)):
+        if r is not None:
+            p.r = int32(r, "r")
+        if alpha is not None:
+            p.lora_alpha = real(alpha, "alpha")
+        if dropout is not None:
+            p.lora_dropout = real(dropout, "dropout")
+        if target_modules is None:
+            targets = None   # the library's default (c_attn)
+        elif isinstance(target_modules, (str, bytes)):
             targets = cstring(target_modules, "target_modules")
             p.target_modules_regex = 1
         else:
@@ -87,7 +98,8 @@ class Adapter(Owner):
         p.target_modules = targets
         p.use_rslora = flag(use_rslora)
         p.init = _init_value(init)
-        p.seed = uint64(seed, "seed")
+        if seed is not None:
+            p.seed = uint64(seed, "seed")
         p.pissa_niter = int32(pissa_niter, "pissa_niter")
         layers = None
         if layers_to_transform is not None:
@@ -103,8 +115,11 @@ class Adapter(Owner):
 
     @classmethod
     def load(cls, model: Model, path) -> "Adapter":
-        """Loads a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)."""
+        """Loads a PEFT adapter directory (adapter_config.json + adapter_model.safetensors).
+        A missing path raises FileNotFoundError."""
         mh = cls._model_handle(model)
+        if not os.path.exists(cpath(path)):
+            raise file_not_found(path, "adapter directory", "lora_adapter_load")
         h = C.lora_adapter_p()
         C.lora_adapter_load(byref(h), mh, cpath(path))
         return cls(h, model)
@@ -125,20 +140,47 @@ class Adapter(Owner):
         return Adapter(h, self.model), float(err.value)
 
     @classmethod
-    def combine(cls, adapters, weights, method="svd", svd_rank=0, svd_clamp=0.0) -> "Adapter":
-        """PEFT's add_weighted_adapter: method "cat", "linear" or "svd"."""
+    def combine(cls, adapters, weights, method="svd", svd_rank=None, svd_clamp=None, density=None,
+                majority_sign_method=None, seed=None) -> "Adapter":
+        """PEFT's add_weighted_adapter. method: "cat", "linear", "svd", "ties",
+        "dare_linear", "dare_ties", "magnitude_prune", or one of the last four
+        with "_svd". The task merges need `density` in (0, 1];
+        majority_sign_method "total" (default) or "frequency"; `seed` seeds
+        DARE's masks. None keeps the library's default (lora_combine_default_params)."""
         adapters = list(adapters)
         weights = [real(w, "weight") for w in weights]
         if not adapters or len(adapters) != len(weights):
             raise ValueError("give as many weights as adapters (at least one)")
-        methods = {"cat": C.LORA_COMBINE_CAT, "linear": C.LORA_COMBINE_LINEAR, "svd": C.LORA_COMBINE_SVD}
+        methods = {"cat": C.LORA_COMBINE_CAT, "linear": C.LORA_COMBINE_LINEAR, "svd": C.LORA_COMBINE_SVD,
+                   "ties": C.LORA_COMBINE_TIES, "dare_linear": C.LORA_COMBINE_DARE_LINEAR,
+                   "dare_ties": C.LORA_COMBINE_DARE_TIES, "magnitude_prune": C.LORA_COMBINE_MAGNITUDE_PRUNE,
+                   "ties_svd": C.LORA_COMBINE_TIES_SVD, "dare_linear_svd": C.LORA_COMBINE_DARE_LINEAR_SVD,
+                   "dare_ties_svd": C.LORA_COMBINE_DARE_TIES_SVD,
+                   "magnitude_prune_svd": C.LORA_COMBINE_MAGNITUDE_PRUNE_SVD}
         if method not in methods:
             raise ValueError(f"method must be one of {sorted(methods)}")
+        signs = {"total": C.LORA_MAJORITY_SIGN_TOTAL, "frequency": C.LORA_MAJORITY_SIGN_FREQUENCY}
+        p = C.lora_combine_params()
+        C.lora_combine_default_params(byref(p))
+        p.method = methods[method]
+        if svd_rank is not None:
+            p.svd_rank = int32(svd_rank, "svd_rank")
+        if svd_clamp is not None:
+            p.svd_clamp = real(svd_clamp, "svd_clamp")
+        if density is not None:
+            p.density = real(density, "density")
+        elif method not in ("cat", "linear", "svd"):
+            raise ValueError(f"method {method!r} needs a density in (0, 1]")
+        if majority_sign_method is not None:
+            if majority_sign_method not in signs:
+                raise ValueError(f"majority_sign_method must be one of {sorted(signs)}")
+            p.majority_sign_method = signs[majority_sign_method]
+        if seed is not None:
+            p.seed = uint64(seed, "seed")
         handles = (C.lora_adapter_p * len(adapters))(*[a._require() for a in adapters])
         ws = (c_float * len(weights))(*weights)
         h = C.lora_adapter_p()
-        C.lora_adapter_combine(byref(h), handles, ws, len(adapters), methods[method], int32(svd_rank, "svd_rank"),
-                               real(svd_clamp, "svd_clamp"))
+        C.lora_adapter_combine_v2(byref(h), handles, ws, len(adapters), byref(p))
         return cls(h, adapters[0].model)
 
     @classmethod
@@ -161,6 +203,15 @@ class Adapter(Owner):
         """Saves in PEFT's layout into directory path (created if needed)."""
         C.lora_adapter_save(self._require(), cpath(path))
 
+    @classmethod
+    def from_pretrained(cls, model: Model, path) -> "Adapter":
+        """PEFT's name for :meth:`load`."""
+        return cls.load(model, path)
+
+    def save_pretrained(self, path) -> None:
+        """PEFT's name for :meth:`save`."""
+        self.save(path)
+
     @property
     def n_params(self) -> int:
         """Trainable parameter count (A and B of every adapted module)."""
@@ -179,4 +230,3 @@ class Adapter(Owner):
         if self.closed:
             return "<lora.Adapter (closed)>"
         return f"<lora.Adapter n_params={self.n_params}{' attached' if self.attached else ''}>"
-

@@ -159,12 +159,14 @@ class Engine(Owner):
         self._requests: dict[int, Request] = {}
         model._dependents.add(self)
 
-    def submit(self, prompt, adapters=(), max_new_tokens: int = 64, temperature: float = 1.0, top_k: int = 0,
-               top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int = 0, stop_at_eos: bool = True,
-               stop=None, on_token=None) -> Request:
+    def submit(self, prompt, adapters=(), max_new_tokens: int | None = None, temperature: float | None = None,
+               top_k: int | None = None, top_p: float | None = None, repetition_penalty: float | None = None,
+               seed: int | None = None, stop_at_eos: bool | None = None, stop=None, on_token=None) -> Request:
         """Queues a request: ``prompt`` is text or a list of token ids; ``adapters``
-        a list of :class:`Adapter` or ``(Adapter, scale)``. ``on_token(id, piece)``
-        streams its tokens (return False to end it: stop reason "callback")."""
+        a list of :class:`Adapter` or ``(Adapter, scale)``. Sampling arguments left
+        at None take the library's defaults, as :meth:`Model.generate`.
+        ``on_token(id, piece)`` streams its tokens (return False to end it: stop
+        reason "callback")."""
         h = self._require()
         params, keep = self.model._sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
                                             stop_at_eos, stop)

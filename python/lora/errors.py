@@ -47,6 +47,10 @@ class LoraError(Exception):
     def __reduce__(self):
         return (type(self), (self.status, self.status_name, self.message, self.function))
 
+    def __str__(self) -> str:
+        # The one-line text also for the OSError subclasses (whose own __str__ shows errno/filename).
+        return str(self.args[0]) if self.args else ""
+
 
 class InternalError(LoraError):
     """LORA_ERROR: an internal error of liblora (a bug)."""
@@ -60,8 +64,12 @@ class InvalidFileError(LoraError):
     """LORA_INVALID_FILE: a file is malformed or does not fit the model."""
 
 
-class LoraIOError(LoraError):
-    """LORA_IO_ERROR: a file or directory cannot be read or written."""
+class LoraIOError(LoraError, OSError):
+    """LORA_IO_ERROR: a file or directory cannot be read or written (an OSError)."""
+
+
+class LoraFileNotFoundError(LoraIOError, FileNotFoundError):
+    """A path given to liblora does not exist (``except FileNotFoundError`` catches it)."""
 
 
 class UnsupportedError(LoraError):
@@ -109,4 +117,16 @@ _BY_STATUS = {
 def error_for_status(status: int, status_name: str, message: str, function: str | None = None) -> LoraError:
     """The exception for a status (LoraError itself for unknown values)."""
     cls = _BY_STATUS.get(status, LoraError)
+    if cls is LoraIOError and ("no such file" in message.lower() or "not found" in message.lower()):
+        cls = LoraFileNotFoundError
     return cls(status, status_name, message, function)
+
+
+def file_not_found(path, what: str = "path", function: str | None = None) -> LoraFileNotFoundError:
+    """The error for a path that does not exist, raised before calling the library."""
+    import os
+    p = os.fsdecode(os.fspath(path))
+    e = LoraFileNotFoundError(int(Status.IO_ERROR), "LORA_IO_ERROR", f"{p}: no such file or directory ({what})",
+                              function)
+    e.filename = p
+    return e

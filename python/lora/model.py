@@ -19,7 +19,33 @@ from ._convert import (
     uint64,
 )
 from ._owner import Owner
-from .errors import AbortedError, BufferTooSmallError, LoraError
+from .errors import AbortedError, BufferTooSmallError, LoraError, file_not_found
+
+
+class GeneratedText(str):
+    """The text :meth:`Model.generate` returns, with ``stop_reason``: "callback"
+    when on_token returned False, else "completed" (max_new_tokens,
+    <|endoftext|>, a stop string or the context limit)."""
+
+    stop_reason: str = "completed"
+
+
+class GeneratedTokens(list):
+    """The ids :meth:`Model.generate_tokens` returns, with ``stop_reason`` (see GeneratedText)."""
+
+    stop_reason: str = "completed"
+
+
+def _text(value: str, reason: str) -> GeneratedText:
+    t = GeneratedText(value)
+    t.stop_reason = reason
+    return t
+
+
+def _tokens(value, reason: str) -> GeneratedTokens:
+    t = GeneratedTokens(value)
+    t.stop_reason = reason
+    return t
 
 
 @dataclass(frozen=True)
@@ -83,12 +109,9 @@ class _TokenRelay:
             raise err
 
 
-def _aborted(function: str) -> AbortedError:
-    return AbortedError(C.LORA_ABORTED, "LORA_ABORTED", "the token callback asked to stop", function)
-
-
 class Model(Owner):
-    """A GPT-2 model loaded from a Hugging Face directory. Create with :meth:`Model.load`.
+    """A GPT-2 model loaded from a Hugging Face directory: ``lora.Model(path)``,
+    ``lora.Model.from_pretrained(path)`` or ``lora.Model.load(path)``.
 
     Closing a model first closes its trainers and adapters (they must not
     outlive it). Attached adapters are kept referenced by the model.
@@ -97,15 +120,32 @@ class Model(Owner):
     _kind = "Model"
     _close_rank = 2
 
-    def __init__(self, handle, path: str):
-        if not isinstance(handle, C.lora_model_p) or not handle:
-            raise TypeError("use lora.Model.load(path) to create a Model")
-        super().__init__(handle, C.lora_model_free)
+    def __init__(self, path, n_threads: int = 0, *, _handle=None):
+        if _handle is None:
+            if isinstance(path, C.lora_model_p):
+                raise TypeError("use lora.Model(path) to load a model")
+            _handle = self._load_handle(path, n_threads)
+        if not isinstance(_handle, C.lora_model_p) or not _handle:
+            raise TypeError("use lora.Model(path) to create a Model")
+        path = os.fspath(path) if not isinstance(path, bytes) else os.fsdecode(path)
+        super().__init__(_handle, C.lora_model_free)
         self.path = path
         self._attached: set = set()   # adapters attached (possibly merged): kept alive while attached
         self._info: ModelInfo | None = None
 
     # ---- lifetime ------------------------------------------------------------
+
+    @staticmethod
+    def _load_handle(path, n_threads: int):
+        p = C.lora_model_params()
+        C.lora_model_default_params(byref(p))
+        p.n_threads = int32(n_threads, "n_threads")
+        cp = cpath(path)
+        if not os.path.exists(cp):
+            raise file_not_found(path, "model directory", "lora_model_load")
+        h = C.lora_model_p()
+        C.lora_model_load(byref(h), cp, byref(p))
+        return h
 
     @classmethod
     def load(cls, path, n_threads: int = 0) -> "Model":
@@ -113,13 +153,14 @@ class Model(Owner):
 
         n_threads: compute threads for the whole process (0 keeps the current
             count: OPENBLAS_NUM_THREADS or the CPU count at first).
+        A missing path raises FileNotFoundError (lora.LoraFileNotFoundError).
         """
-        p = C.lora_model_params()
-        C.lora_model_default_params(byref(p))
-        p.n_threads = int32(n_threads, "n_threads")
-        h = C.lora_model_p()
-        C.lora_model_load(byref(h), cpath(path), byref(p))
-        return cls(h, os.fspath(path) if not isinstance(path, bytes) else os.fsdecode(path))
+        return cls(path, n_threads)
+
+    @classmethod
+    def from_pretrained(cls, path, n_threads: int = 0) -> "Model":
+        """transformers' name for :meth:`load`."""
+        return cls(path, n_threads)
 
     def _on_close(self) -> None:
         # Attached adapters not registered as dependents anymore (GC cleared the
@@ -223,15 +264,23 @@ class Model(Owner):
     # ---- generation ----------------------------------------------------------------------
 
     def _sampling(self, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop_at_eos, stop):
+        # Arguments left at None keep the library's defaults (lora_sampling_default_params).
         p = C.lora_sampling_params()
         C.lora_sampling_default_params(byref(p))
-        p.max_new_tokens = int32(max_new_tokens, "max_new_tokens")
-        p.temperature = real(temperature, "temperature")
-        p.top_k = int32(top_k, "top_k")
-        p.top_p = real(top_p, "top_p")
-        p.repetition_penalty = real(repetition_penalty, "repetition_penalty")
-        p.seed = uint64(seed, "seed")
-        p.stop_at_eos = flag(stop_at_eos)
+        if max_new_tokens is not None:
+            p.max_new_tokens = int32(max_new_tokens, "max_new_tokens")
+        if temperature is not None:
+            p.temperature = real(temperature, "temperature")
+        if top_k is not None:
+            p.top_k = int32(top_k, "top_k")
+        if top_p is not None:
+            p.top_p = real(top_p, "top_p")
+        if repetition_penalty is not None:
+            p.repetition_penalty = real(repetition_penalty, "repetition_penalty")
+        if seed is not None:
+            p.seed = uint64(seed, "seed")
+        if stop_at_eos is not None:
+            p.stop_at_eos = flag(stop_at_eos)
         keep = None
         if stop is not None:
             if isinstance(stop, (str, bytes)):
@@ -244,19 +293,29 @@ class Model(Owner):
                 keep = (arr, items)
         return p, keep
 
-    def generate(self, prompt: str, max_new_tokens: int = 64, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int = 0, stop_at_eos: bool = True,
-                 stop=None, on_token=None) -> str:
+    def generate(self, prompt: str, max_new_tokens: int | None = None, temperature: float | None = None,
+                 top_k: int | None = None, top_p: float | None = None, repetition_penalty: float | None = None,
+                 seed: int | None = None, stop_at_eos: bool | None = None, stop=None, on_token=None,
+                 stream: bool = False):
         """Generates text after a prompt and returns the new text.
 
-        temperature 0 is greedy; the same seed gives the same text. ``stop`` is
-        a string or a list of strings (generation stops once the text contains
-        one; it is kept). ``on_token(token_id, piece)`` streams each new token's
-        text piece; it returns True/None to go on, False to stop (the call then
-        raises LoraError with status LORA_ABORTED, ``partial_text`` holding the
-        text so far). An exception raised by on_token stops generation and is
-        re-raised here.
+        Arguments left at None take the library's defaults
+        (lora_sampling_default_params: 64 new tokens, temperature 1, top_p 1,
+        seed 0). temperature 0 is greedy; the same seed gives the same text.
+        ``stop`` is a string or a list of strings (generation stops once the
+        text contains one; it is kept). ``on_token(token_id, piece)`` streams
+        each new token's text piece; it returns True/None to go on, False to
+        stop quietly: the text so far is returned, its ``stop_reason`` is
+        "callback". An exception raised by on_token stops generation and is
+        re-raised here. ``stream=True`` returns an iterator of text pieces
+        instead (generation runs in a worker thread; closing the iterator
+        early stops it).
         """
+        if stream:
+            if on_token is not None:
+                raise ValueError("give either stream=True or on_token, not both")
+            return self._stream(prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
+                                stop_at_eos, stop)
         h = self._require()
         prompt_b = cstring(prompt, "prompt")
         # `keep` holds the stop strings referenced by params for the duration of the call.
@@ -272,10 +331,10 @@ class Model(Owner):
         except BufferTooSmallError:
             relay.raise_pending()
             if relay.stopped:
-                raise _aborted("lora_generate") from None
+                return _text(b"".join(relay.pieces).decode("utf-8", "replace"), "callback")
             joined = b"".join(relay.pieces)
             if len(joined) == needed.value:
-                return joined.decode("utf-8", "replace")
+                return _text(joined.decode("utf-8", "replace"), "completed")
             # The pieces miss the decoder's final flush: generate again (same seed,
             # same text) into a buffer of the size now known, without re-streaming.
             capacity = needed.value + 1
@@ -284,15 +343,56 @@ class Model(Owner):
             C.lora_generate(h, prompt_b, byref(params), again.c_callback, None, out, capacity, byref(needed))
         except LoraError as e:
             relay.raise_pending()
-            if isinstance(e, AbortedError):
-                e.partial_text = out.raw[: min(needed.value, capacity - 1)].decode("utf-8", "replace")
+            if isinstance(e, AbortedError) and relay.stopped:
+                return _text(out.raw[: min(needed.value, capacity - 1)].decode("utf-8", "replace"), "callback")
             raise
         relay.raise_pending()
-        return out.raw[: needed.value].decode("utf-8", "replace")
+        return _text(out.raw[: needed.value].decode("utf-8", "replace"), "completed")
 
-    def generate_tokens(self, ids, max_new_tokens: int = 64, temperature: float = 1.0, top_k: int = 0,
-                        top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int = 0,
-                        stop_at_eos: bool = True, stop=None, on_token=None) -> list[int]:
+    def _stream(self, prompt, *args):
+        """The iterator of generate(stream=True): a worker thread runs the C call, pieces come through a queue."""
+        import queue
+        import threading
+
+        self._require()
+        pieces: queue.Queue = queue.Queue()
+        done = object()
+        cancel = threading.Event()
+        failure: list = []
+
+        def on_token(token_id, piece):
+            pieces.put(piece)
+            return not cancel.is_set()
+
+        def work():
+            try:
+                self.generate(prompt, *args, on_token=on_token)
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer
+                failure.append(e)
+            finally:
+                pieces.put(done)
+
+        def iterate():
+            worker = threading.Thread(target=work, name="lora-generate", daemon=True)
+            worker.start()
+            try:
+                while True:
+                    item = pieces.get()
+                    if item is done:
+                        break
+                    yield item
+                if failure:
+                    raise failure[0]
+            finally:
+                cancel.set()
+                worker.join()
+
+        return iterate()
+
+    def generate_tokens(self, ids, max_new_tokens: int | None = None, temperature: float | None = None,
+                        top_k: int | None = None, top_p: float | None = None,
+                        repetition_penalty: float | None = None, seed: int | None = None,
+                        stop_at_eos: bool | None = None, stop=None, on_token=None) -> list[int]:
         """Generates after prompt token ids and returns the new ids (see :meth:`generate`)."""
         h = self._require()
         arr, n = int32_array(ids, "ids")
@@ -308,18 +408,18 @@ class Model(Owner):
         except BufferTooSmallError:  # not expected: the capacity covers max_new_tokens
             relay.raise_pending()
             if relay.stopped:
-                raise _aborted("lora_generate_tokens") from None
+                return _tokens(out[: min(n_out.value, capacity)], "callback")
             capacity = n_out.value
             out = (ctypes.c_int32 * capacity)()
             again = _TokenRelay(None)
             C.lora_generate_tokens(h, arr, n, byref(params), again.c_callback, None, out, capacity, byref(n_out))
         except LoraError as e:
             relay.raise_pending()
-            if isinstance(e, AbortedError):
-                e.partial_tokens = out[: min(n_out.value, capacity)]
+            if isinstance(e, AbortedError) and relay.stopped:
+                return _tokens(out[: min(n_out.value, capacity)], "callback")
             raise
         relay.raise_pending()
-        return out[: n_out.value]
+        return _tokens(out[: n_out.value], "completed")
 
     # ---- adapters ----------------------------------------------------------------------------
 
@@ -330,8 +430,13 @@ class Model(Owner):
         return adapter._require()
 
     def attach(self, adapter, scale: float = 1.0) -> None:
-        """Applies the adapter in every forward pass, times scale."""
+        """Applies the adapter in every forward pass, times scale. Attaching an
+        adapter that is already attached (a Trainer attaches its adapter) sets
+        its scale."""
         h = self._require()
+        if adapter in self._attached:
+            C.lora_model_set_adapter_scale(h, self._adapter_handle(adapter), real(scale, "scale"))
+            return
         C.lora_model_attach(h, self._adapter_handle(adapter), real(scale, "scale"))
         self._attached.add(adapter)
 

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import math
 import os
+import ctypes
 from ctypes import byref, c_char_p, c_float
 
 from . import _capi as C
 from ._convert import cpath, flag, int32, int32_matrix, real, uint64
 from ._owner import Owner
 from .adapter import Adapter
-from .errors import LoraError
+from .errors import AbortedError, LoraError, file_not_found
 from .model import Model
 
 _SCHEDULERS = {
@@ -54,6 +55,7 @@ class _ProgressRelay:
         self.on_progress = on_progress
         self.last: dict | None = None
         self.error: BaseException | None = None
+        self.stopped = False
         # Referenced by this object for as long as C may call it (the duration of the call).
         self.c_callback = C.lora_progress_callback(self._call)
 
@@ -64,6 +66,7 @@ class _ProgressRelay:
             if self.on_progress is not None:
                 r = self.on_progress(dict(d))
                 if r is not None and not r:
+                    self.stopped = True
                     return 1
             return 0
         except BaseException as e:  # noqa: BLE001 - re-raised after the C call returns
@@ -76,6 +79,78 @@ class _ProgressRelay:
             raise err
 
 
+class _ReducerRelay:
+    """The lora_gradient_reducer handed to C: gives `reduce` the buffer as a
+    float32 numpy array (a ctypes float array without numpy), in place; an
+    exception stops training and is re-raised by Trainer.train."""
+
+    def __init__(self, reduce):
+        if not callable(reduce):
+            raise TypeError(f"reduce must be callable, got {type(reduce).__name__}")
+        self.reduce = reduce
+        self.error: BaseException | None = None
+        self.c_callback = C.lora_gradient_reducer(self._call)
+
+    def _call(self, buffer, count, user_data):
+        try:
+            try:
+                import numpy as np
+                view = np.ctypeslib.as_array(buffer, shape=(count,))
+            except ImportError:
+                view = (c_float * count).from_address(ctypes.addressof(buffer.contents))
+            self.reduce(view)
+            return 0
+        except BaseException as e:  # noqa: BLE001 - re-raised after the C call returns
+            self.error = e
+            return 1
+
+    def raise_pending(self) -> None:
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err
+
+
+class _ProgressBar:
+    """A tqdm-style line on stderr: bar, step/max_steps, loss, rate, ETA; chains to a user callback."""
+
+    def __init__(self, then=None):
+        import time
+        self.then = then
+        self.start = time.monotonic()
+        self.first = None
+        self.shown = False
+
+    def __call__(self, d):
+        import shutil
+        import sys
+        import time
+        step, total = d["step"], max(1, d["max_steps"])
+        if self.first is None:
+            self.first = step - 1
+        elapsed = time.monotonic() - self.start
+        done = step - self.first
+        eta = elapsed / done * (total - step) if done > 0 else 0.0
+        text = f" {step}/{total} loss {d['loss']:.4f} {d['tokens_per_second']:.0f} tok/s ETA {int(eta) // 60}:{int(eta) % 60:02d}"
+        if d.get("validation_loss") is not None:
+            text += f" val {d['validation_loss']:.4f}"
+        width = shutil.get_terminal_size((80, 24)).columns - 1
+        bar_width = min(30, width - len(text) - 2)
+        bar = ""
+        if bar_width >= 5:
+            filled = int(bar_width * step / total)
+            bar = "|" + "█" * filled + " " * (bar_width - filled) + "|"
+        sys.stderr.write("\r" + (bar + text)[:width])
+        sys.stderr.flush()
+        self.shown = True
+        return self.then(d) if self.then is not None else True
+
+    def close(self):
+        import sys
+        if self.shown:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
 class Trainer(Owner):
     """Trains an adapter (or, with adapter None, every weight) of a model.
 
@@ -86,11 +161,19 @@ class Trainer(Owner):
     _kind = "Trainer"
     _close_rank = 0
 
-    def __init__(self, model: Model, adapter: Adapter | None = None, learning_rate: float = 2e-4,
-                 weight_decay: float = 0.0, lr_scheduler="linear", warmup_steps: int = 0, max_steps: int = 100,
-                 gradient_accumulation_steps: int = 1, max_grad_norm: float = 1.0, batch_size: int = 4,
-                 block_size: int = 256, seed: int = 42, gradient_checkpointing: bool = False,
-                 adam_beta1: float = 0.9, adam_beta2: float = 0.999, adam_epsilon: float = 1e-8):
+    def __init__(self, model: Model, adapter: Adapter | None = None, learning_rate: float | None = None,
+                 weight_decay: float | None = None, lr_scheduler=None, warmup_steps: int | None = None,
+                 max_steps: int | None = None, gradient_accumulation_steps: int | None = None,
+                 max_grad_norm: float | None = None, batch_size: int | None = None,
+                 block_size: int | None = None, seed: int | None = None, gradient_checkpointing: bool | None = None,
+                 adam_beta1: float | None = None, adam_beta2: float | None = None, adam_epsilon: float | None = None,
+                 num_train_epochs: float | None = None):
+        """Arguments left at None take the library's defaults
+        (lora_trainer_default_params: learning_rate 2e-4, linear schedule,
+        100 steps, batch 4, block_size min(256, n_positions), seed 42, ...).
+        num_train_epochs (when max_steps is not given) makes each train() call
+        last that many epochs of its data, as transformers' Trainer does.
+        max_grad_norm 0 disables clipping."""
         self._handle = None   # so close()/__del__ are safe if the checks below raise
         if not isinstance(model, Model):
             raise TypeError(f"expected a lora.Model, got {type(model).__name__}")
@@ -100,20 +183,39 @@ class Trainer(Owner):
         ah = adapter._require() if adapter is not None else None
         p = C.lora_trainer_params()
         C.lora_trainer_default_params(byref(p))
-        p.learning_rate = real(learning_rate, "learning_rate")
-        p.weight_decay = real(weight_decay, "weight_decay")
-        p.adam_beta1 = real(adam_beta1, "adam_beta1")
-        p.adam_beta2 = real(adam_beta2, "adam_beta2")
-        p.adam_epsilon = real(adam_epsilon, "adam_epsilon")
-        p.lr_scheduler = _scheduler_value(lr_scheduler)
-        p.warmup_steps = int32(warmup_steps, "warmup_steps")
-        p.max_steps = int32(max_steps, "max_steps")
-        p.gradient_accumulation_steps = int32(gradient_accumulation_steps, "gradient_accumulation_steps")
-        p.max_grad_norm = real(max_grad_norm if max_grad_norm is not None else 0.0, "max_grad_norm")
-        p.batch_size = int32(batch_size, "batch_size")
-        p.block_size = int32(block_size, "block_size")
-        p.seed = uint64(seed, "seed")
-        p.gradient_checkpointing = flag(gradient_checkpointing)
+        if learning_rate is not None:
+            p.learning_rate = real(learning_rate, "learning_rate")
+        if weight_decay is not None:
+            p.weight_decay = real(weight_decay, "weight_decay")
+        if adam_beta1 is not None:
+            p.adam_beta1 = real(adam_beta1, "adam_beta1")
+        if adam_beta2 is not None:
+            p.adam_beta2 = real(adam_beta2, "adam_beta2")
+        if adam_epsilon is not None:
+            p.adam_epsilon = real(adam_epsilon, "adam_epsilon")
+        if lr_scheduler is not None:
+            p.lr_scheduler = _scheduler_value(lr_scheduler)
+        if warmup_steps is not None:
+            p.warmup_steps = int32(warmup_steps, "warmup_steps")
+        if max_steps is not None:
+            p.max_steps = int32(max_steps, "max_steps")
+        if gradient_accumulation_steps is not None:
+            p.gradient_accumulation_steps = int32(gradient_accumulation_steps, "gradient_accumulation_steps")
+        if max_grad_norm is not None:
+            p.max_grad_norm = real(max_grad_norm, "max_grad_norm")
+        if batch_size is not None:
+            p.batch_size = int32(batch_size, "batch_size")
+        if block_size is not None:
+            p.block_size = int32(block_size, "block_size")
+        if seed is not None:
+            p.seed = uint64(seed, "seed")
+        if gradient_checkpointing is not None:
+            p.gradient_checkpointing = flag(gradient_checkpointing)
+        self.num_train_epochs = None
+        if num_train_epochs is not None and max_steps is None:
+            self.num_train_epochs = real(num_train_epochs, "num_train_epochs")
+            if not self.num_train_epochs > 0:
+                raise ValueError(f"num_train_epochs must be > 0, got {num_train_epochs!r}")
         h = C.lora_trainer_p()
         C.lora_trainer_create(byref(h), mh, ah, byref(p))
         super().__init__(h, C.lora_trainer_free)
@@ -121,7 +223,8 @@ class Trainer(Owner):
         self.model = model
         self.adapter = adapter
         self.batch_size = p.batch_size
-        self.block_size = p.block_size
+        # 0 asks for min(256, n_positions): the value the trainer uses.
+        self.block_size = p.block_size or min(256, model.info.n_positions)
         model._dependents.add(self)
         if adapter is not None:
             adapter._dependents.add(self)
@@ -163,21 +266,32 @@ class Trainer(Owner):
         return float(loss.value)
 
     def train(self, data_path_or_paths, validation_fraction: float = 0.0, eval_steps: int = 0,
-              save_steps: int = 0, checkpoint_dir=None, skip_bad_records: bool = False, on_progress=None):
-        """Trains until max_steps on .txt and .jsonl files.
+              save_steps: int = 0, checkpoint_dir=None, skip_bad_records: bool = False, on_progress=None,
+              progress_bar: bool | None = None):
+        """Trains until max_steps (or num_train_epochs) on .txt and .jsonl files.
 
         on_progress(dict) runs after each optimizer step with step, max_steps,
         loss, learning_rate, grad_norm, tokens_per_second and validation_loss
         (None when the step did not evaluate); returning False stops training
-        (LoraError with status LORA_ABORTED). An exception raised by
-        on_progress stops training and is re-raised here. Returns the last
-        progress dict (None when no step ran).
+        quietly after that step. An exception raised by on_progress stops
+        training and is re-raised here. Returns the last progress dict (None
+        when no step ran) with "stop_reason": "callback" or "completed".
+        progress_bar: a one-line bar on stderr (tqdm-style); None shows it
+        when stderr is a terminal and no on_progress is given.
         """
         h = self._require()
+        import sys
+        if progress_bar is None:
+            progress_bar = on_progress is None and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+        if progress_bar:
+            on_progress = _ProgressBar(on_progress)
         if isinstance(data_path_or_paths, (str, bytes, os.PathLike)):
             paths = [cpath(data_path_or_paths, "data path")]
         else:
             paths = [cpath(p, "data path") for p in data_path_or_paths]
+        for path in paths:
+            if not os.path.exists(path):
+                raise file_not_found(path, "training data", "lora_trainer_train")
         arr = (c_char_p * max(1, len(paths)))(*paths)
         p = C.lora_train_params()
         C.lora_train_default_params(byref(p))
@@ -187,14 +301,50 @@ class Trainer(Owner):
         ckpt = cpath(checkpoint_dir, "checkpoint_dir") if checkpoint_dir is not None else None
         p.checkpoint_dir = ckpt
         p.skip_bad_records = flag(skip_bad_records)
+        if self.num_train_epochs is not None:
+            p.num_train_epochs = self.num_train_epochs
         relay = _ProgressRelay(on_progress)
+        reducer = getattr(self, "_reducer", None)
+        reason = "completed"
         try:
             C.lora_trainer_train(h, arr, len(paths), byref(p), relay.c_callback, None)
+        except AbortedError:
+            relay.raise_pending()
+            if reducer is not None:
+                reducer.raise_pending()
+            if not relay.stopped:
+                raise
+            reason = "callback"
         except LoraError:
             relay.raise_pending()
+            if reducer is not None:
+                reducer.raise_pending()
             raise
+        finally:
+            if isinstance(on_progress, _ProgressBar):
+                on_progress.close()
         relay.raise_pending()
+        if relay.last is not None:
+            relay.last["stop_reason"] = reason
         return relay.last
+
+    def set_gradient_reducer(self, rank: int, world_size: int, reduce) -> None:
+        """Makes this trainer rank `rank` of `world_size` data-parallel
+        processes (lora_trainer_set_gradient_reducer). `reduce(buffer)` must
+        replace every element of the float32 buffer by its sum over all ranks,
+        in place; with mpi4py: ``comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)``.
+        `train` then shards each global batch (batch_size × world_size ×
+        gradient_accumulation_steps) and writes checkpoints on rank 0 only.
+        reduce None: one process again."""
+        h = self._require()
+        if reduce is None:
+            C.lora_trainer_set_gradient_reducer(h, 0, 1, C.lora_gradient_reducer(), None)
+            self._reducer = None
+            return
+        relay = _ReducerRelay(reduce)
+        C.lora_trainer_set_gradient_reducer(h, int32(rank, "rank"), int32(world_size, "world_size"),
+                                            relay.c_callback, None)
+        self._reducer = relay   # referenced while C may call it
 
     def evaluate(self, data_path, return_perplexity: bool = False):
         """Mean loss of the model (with its enabled adapters) on a data file;
@@ -219,4 +369,3 @@ class Trainer(Owner):
     def resume(self, checkpoint_path) -> None:
         """Restores a checkpoint directory written with the same trainer settings."""
         C.lora_trainer_resume(self._require(), cpath(checkpoint_path, "checkpoint_path"))
-

@@ -92,4 +92,3 @@ def max_abs_diff(a, b) -> float:
             return math.inf
         worst = max(worst, d)
     return worst
-

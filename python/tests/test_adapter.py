@@ -191,9 +191,13 @@ def test_wrong_state_errors(model_a):
     with pytest.raises(lora.WrongStateError):
         model_a.unmerge(a)
     model_a.attach(a)
+    # The C call refuses a second attach; the binding's attach then sets the scale (the README's
+    # snippet attaches the adapter a Trainer already attached).
+    from lora import _capi as C
     with pytest.raises(lora.LoraError) as ei:
-        model_a.attach(a)
+        C.lora_model_attach(model_a._require(), a._require(), 1.0)
     assert ei.value.status == lora.LORA_WRONG_STATE
+    model_a.attach(a, 0.5)
     model_a.merge(a)
     with pytest.raises(lora.LoraError) as ei:
         model_a.merge(a)
@@ -299,3 +303,40 @@ def test_adapter_algebra_through_the_c_abi(tmp_path):
         p = lora.Adapter.create(model, r=4, alpha=8, target_modules=["c_attn"], init="pissa")
         conv = p.convert_for_original_base()
         assert conv.n_params == 2 * p.n_params
+
+
+def test_task_merges_through_the_c_abi():
+    """TIES as PEFT (logits of PEFT's merged adapter); DARE seeded; bad density refused."""
+    with lora.Model.load(fixture("gpt2-a")) as model:
+        a = lora.Adapter.load(model, fixture("lora", "all"))
+        b = lora.Adapter.load(model, fixture("combine", "all2"))
+        p = lora.Adapter.load(model, fixture("lora", "pattern"))
+        ties = lora.Adapter.combine([a, b], [0.6, 0.5], method="ties", density=0.5)
+        peft = lora.Adapter.load(model, fixture("task_merge", "ties"))
+        ids = [1, 5, 9, 33, 2, 7]
+        model.attach(peft)
+        want = model.logits(ids)
+        model.detach(peft)
+        model.attach(ties)
+        assert max_abs_diff(model.logits(ids), want) < 1e-4
+        model.detach(ties)
+        d1 = lora.Adapter.combine([a, b], [0.6, 0.5], method="dare_ties", density=0.5, seed=4,
+                                  majority_sign_method="frequency")
+        d2 = lora.Adapter.combine([a, b], [0.6, 0.5], method="dare_ties", density=0.5, seed=4,
+                                  majority_sign_method="frequency")
+        model.attach(d1)
+        x = model.logits(ids)
+        model.detach(d1)
+        model.attach(d2)
+        assert max_abs_diff(model.logits(ids), x) == 0
+        model.detach(d2)
+        svd = lora.Adapter.combine([a, p], [1.0, 0.5], method="magnitude_prune_svd", density=0.4, svd_rank=2)
+        assert svd.n_params > 0
+        with pytest.raises(ValueError):
+            lora.Adapter.combine([a, b], [0.6, 0.5], method="ties")  # no density
+        with pytest.raises(ValueError):
+            lora.Adapter.combine([a, b], [0.6, 0.5], method="ties", density=0.5, majority_sign_method="most")
+        with pytest.raises(lora.LoraError):
+            lora.Adapter.combine([a, b], [0.6, 0.5], method="ties", density=1.5)
+        with pytest.raises(lora.LoraError):
+            lora.Adapter.combine([a, p], [0.6, 0.5], method="ties", density=0.5)  # unequal ranks

@@ -112,7 +112,10 @@ def test_submit_from_threads_while_one_steps(tok_model):
                 with lock:
                     reqs.append(r)
                 if i % 3 == 0:
-                    r.cancel()
+                    try:
+                        r.cancel()
+                    except lora.WrongStateError:
+                        pass  # it ended before the cancel arrived
 
         def stepper():
             while not done.is_set() or not all(r.done for r in list(reqs)):

@@ -19,8 +19,9 @@ HEADER = REPO / "include" / "lora.h"
 
 
 def test_versions():
-    assert lora.version() == "0.1.0"
-    assert lora.version_number() == 100
+    assert lora.version() == lora.__version__ == "0.2.0"
+    major, minor, patch = (int(x) for x in lora.__version__.split("."))
+    assert lora.version_number() == major * 10000 + minor * 100 + patch == 200
     assert lora.abi_version() == lora.ABI_VERSION == 1
     assert os.path.exists(lora.library_path)
 
@@ -104,37 +105,25 @@ def test_struct_layouts_match_the_header(tmp_path):
 
 
 def test_library_defaults_match_python_defaults():
-    """The keyword defaults of the Python API are the library's defaults."""
-    sp = C.lora_sampling_params()
-    C.lora_sampling_default_params(ctypes.byref(sp))
+    """Python keeps no defaults of its own: every tunable keyword defaults to None, which
+    leaves the library's value (lora_*_default_params) in the params struct."""
     g = inspect.signature(lora.Model.generate).parameters
-    assert g["max_new_tokens"].default == sp.max_new_tokens == 64
-    assert g["temperature"].default == sp.temperature
-    assert g["top_k"].default == sp.top_k
-    assert g["top_p"].default == sp.top_p
-    assert g["repetition_penalty"].default == sp.repetition_penalty
-    assert g["seed"].default == sp.seed
-    assert bool(g["stop_at_eos"].default) == bool(sp.stop_at_eos)
-
+    for name in ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed", "stop_at_eos"):
+        assert g[name].default is None, name
+    a = inspect.signature(lora.Adapter.create).parameters
+    for name in ("r", "alpha", "dropout", "target_modules", "seed"):
+        assert a[name].default is None, name
     ap = C.lora_adapter_params()
     C.lora_adapter_default_params(ctypes.byref(ap))
-    a = inspect.signature(lora.Adapter.create).parameters
-    assert a["r"].default == ap.r
-    assert a["alpha"].default == ap.lora_alpha
-    assert a["dropout"].default == ap.lora_dropout
-    assert ap.target_modules is None and list(a["target_modules"].default) == ["c_attn"]
-    assert ap.init == C.LORA_INIT_DEFAULT and a["init"].default == "default"
-    assert a["seed"].default == ap.seed
-
+    assert ap.target_modules is None and ap.init == C.LORA_INIT_DEFAULT and a["init"].default == "default"
+    t = inspect.signature(lora.Trainer.__init__).parameters
+    for name in ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
+                 "warmup_steps", "max_steps", "gradient_accumulation_steps", "batch_size", "block_size", "seed",
+                 "lr_scheduler", "gradient_checkpointing", "num_train_epochs"):
+        assert t[name].default is None, name
     tp = C.lora_trainer_params()
     C.lora_trainer_default_params(ctypes.byref(tp))
-    t = inspect.signature(lora.Trainer.__init__).parameters
-    for name in ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm"):
-        assert t[name].default == pytest.approx(getattr(tp, name), rel=1e-6), name
-    for name in ("warmup_steps", "max_steps", "gradient_accumulation_steps", "batch_size", "block_size", "seed"):
-        assert t[name].default == getattr(tp, name), name
-    assert tp.lr_scheduler == C.LORA_SCHEDULER_LINEAR and t["lr_scheduler"].default == "linear"
-    assert bool(t["gradient_checkpointing"].default) == bool(tp.gradient_checkpointing)
+    assert tp.block_size == 0   # min(256, n_positions), resolved by the library
 
 
 # ---- discovery and the ABI check (in subprocesses: the library loads once per process)
@@ -188,7 +177,8 @@ def test_not_found_lists_what_was_tried(tmp_path):
     assert r.returncode != 0
     assert "ImportError" in r.stderr and "Tried:" in r.stderr
     assert str(pkg / "liblora.so") in r.stderr
-    assert str(work / ".build" / "debug" / "liblora.so") in r.stderr
+    # Never relative to the current folder (a checkout-relative path only for the package's own checkout).
+    assert str(work / ".build" / "debug" / "liblora.so") not in r.stderr
     assert "LORA_LIBRARY" in r.stderr
 
 

@@ -79,6 +79,34 @@ LB_HIDDEN void lb_gemv_cols_at(int level, float *y, const float *x, const float 
 LB_HIDDEN void lb_gemv_rows_at(int level, float *y, const float *x, const float *W, int C, int ldw, int r0, int r1,
                                int beta0);
 
+// Reduced-precision frozen weights (lowp.c): storage types, conversions,
+// ggml's Q8_0 quantizer, and matrix–vector kernels that give the F32
+// kernels' results on the dequantized weights bit for bit (same level).
+#define LB_DTYPE_F32 0
+#define LB_DTYPE_BF16 1
+#define LB_DTYPE_F16 2
+#define LB_DTYPE_Q8_0 3
+LB_HIDDEN uint16_t lb_f32_to_bf16(float f);  // round to nearest even; NaN stays NaN
+LB_HIDDEN float lb_bf16_to_f32(uint16_t h);
+LB_HIDDEN uint16_t lb_f32_to_f16(float f);   // round to nearest even; overflow → inf
+LB_HIDDEN float lb_f16_to_f32(uint16_t h);
+// Q8_0 of a Conv1D weight w[K, N] (blocks of 32 along K): q[K, N], d[ceil(K/32), N].
+// Of a [R, C] matrix used as rows·x (blocks along C): q[R, C], d[R, ceil(C/32)].
+// Return -1 when w holds a NaN or infinity (the output is then meaningless), else 0.
+LB_HIDDEN int lb_quantize_q8_0_cols(int8_t *q, uint16_t *d, const float *w, int K, int N);
+LB_HIDDEN int lb_quantize_q8_0_rows(int8_t *q, uint16_t *d, const float *w, int R, int C);
+// F32 copies: dst[k·ldd + n − n0] for a cols-layout matrix, dst[(r − r0)·ldd + c] for rows.
+LB_HIDDEN void lb_dequant_cols(int dtype, float *dst, int ldd, const void *W, const uint16_t *d, int K, int ldw,
+                               int n0, int n1);
+LB_HIDDEN void lb_dequant_rows(int dtype, float *dst, int ldd, const void *W, const uint16_t *d, int C, int ldw,
+                               int r0, int r1);
+// lb_gemv_cols_at / lb_gemv_rows_at for weights stored as dtype (d: Q8_0 scales, else unused).
+// AVX-512 code where the CPU has it, a plain loop otherwise (slower, same results as the F32 plain loop).
+LB_HIDDEN void lb_gemv_cols_lowp(int level, int dtype, float *y, const float *x, const void *W, const uint16_t *d,
+                                 int K, int ldw, int n0, int n1, int beta0);
+LB_HIDDEN void lb_gemv_rows_lowp(int level, int dtype, float *y, const float *x, const void *W, const uint16_t *d,
+                                 int C, int ldw, int r0, int r1, int beta0);
+
 // Element-wise kernels (kernels.c), dispatched to AVX-512 / AVX2 / baseline
 // code for the CPU at the first call.
 #define LB_KERNELS_BASELINE 1

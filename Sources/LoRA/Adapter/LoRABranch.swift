@@ -108,11 +108,22 @@ struct LoRABranch {
     /// seeded by the pass and the slot, and `dropout.input` with x̃ = x ⊙ mask;
     /// returns x̃. Forward and backward call it with the same seed and get the
     /// same mask.
+    /// Element i of token t of example b is draw ((b + rowOffset)·block + t)·in + i
+    /// of the slot's SplitMix64 stream (counter-based: a draw is reached by
+    /// adding to the state), so the mask does not depend on padding or on how
+    /// a batch is split across data-parallel ranks.
     func applyDropout(_ dropout: LoRADropout, x: ConstFloatPtr, n: Int) -> ConstFloatPtr {
-        let count = n * slot.inFeatures
-        var rng = SplitMix64(seed: dropout.seed ^ (UInt64(index + 1) &* 0x9E3779B97F4A7C15))
+        let inF = slot.inFeatures, count = n * inF
+        let start = dropout.seed ^ (UInt64(index + 1) &* 0x9E3779B97F4A7C15)
         let f = dropout.mask, xt = dropout.input, p = dropout.p, keep = 1 / (1 - p)
-        for i in 0..<count { f[i] = rng.nextFloat() < p ? 0 : keep }
+        let T = max(dropout.T, 1)
+        for row in 0..<n {
+            let b = row / T, t = row % T
+            let draw = UInt64((b + dropout.rowOffset) * dropout.block + t) &* UInt64(inF)
+            var rng = SplitMix64(seed: start &+ draw &* 0x9E3779B97F4A7C15)
+            let fr = f + row * inF
+            for i in 0..<inF { fr[i] = rng.nextFloat() < p ? 0 : keep }
+        }
         for i in 0..<count { xt[i] = x[i] * f[i] }
         return UnsafePointer(xt)
     }
@@ -135,6 +146,11 @@ struct LoRADropout {
     let mask: FloatPtr
     /// Scratch [n, maxIn]: x̃ (and du·A in backward).
     let input: FloatPtr
+    /// Tokens per example in this pass, and the block size masks are indexed by.
+    let T: Int
+    let block: Int
+    /// Index of this pass's first example in the global micro-batch (data-parallel ranks; 0 in one process).
+    let rowOffset: Int
 }
 
 extension Adapter {

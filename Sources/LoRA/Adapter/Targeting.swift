@@ -119,7 +119,7 @@ package enum LoRATargeting {
             case .names(let n): desc = n.joined(separator: ", ")
             case .regex(let r): desc = r
             }
-            throw LoRAError.invalidArgument("target modules {\(desc)} not found in the base model (GPT-2 has attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj in layers 0..<\(c.nLayer))")
+            throw LoRAError.invalidArgument("target modules {\(desc)} not found in the base model (GPT-2 has attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj in layers 0 to \(c.nLayer - 1))")
         }
         return out.sorted { ($0.0, $0.1.rawValue) < ($1.0, $1.1.rawValue) }
     }

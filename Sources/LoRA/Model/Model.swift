@@ -147,7 +147,7 @@ public final class Model: @unchecked Sendable {
 
     func checkTokens(_ ids: UnsafeBufferPointer<TokenID>) throws {
         for (i, t) in ids.enumerated() where t < 0 || Int(t) >= config.vocabSize {
-            throw LoRAError.invalidArgument("token id \(t) at index \(i) is out of range 0..<\(config.vocabSize)")
+            throw LoRAError.invalidArgument("token id \(t) at index \(i) is out of range (0 to \(config.vocabSize - 1))")
         }
     }
 

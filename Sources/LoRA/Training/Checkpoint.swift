@@ -50,7 +50,8 @@ public enum Checkpoint {
                 "format": "pt",
                 "step": String(progress.step), "epoch": String(progress.epoch), "offset": String(progress.offset),
                 "rng_state": String(progress.rngState),
-                "config": trainer.config.fingerprint,
+                "config": trainer.checkpointConfig.fingerprint,
+                "settings": trainer.checkpointConfig.settings.map { "\($0.name)=\($0.value)" }.joined(separator: ";"),
             ]
             try SafeTensorsWriter.write([
                 TensorData(name: "exp_avg", shape: [n], floats: UnsafeBufferPointer(start: trainer.m.base, count: n)),
@@ -101,8 +102,10 @@ public enum Checkpoint {
         let f = try SafeTensorsFile(path: statePath)
         func fail(_ r: String) -> LoRAError { .invalidFile(path: statePath, reason: r) }
         guard let md = f.metadata else { throw fail("no metadata") }
-        guard md["config"] == trainer.config.fingerprint else {
-            throw fail("the checkpoint was written with other training settings (\(md["config"] ?? "?")); resume with the same ones")
+        let changed = settingsChanged(md, trainer.checkpointConfig)
+        guard changed.isEmpty else {
+            let list = changed.map { "\($0.name) \($0.saved) (now \($0.current))" }.joined(separator: ", ")
+            throw fail("the checkpoint was written with other training settings: \(list) (batch_size there is the global batch, per-rank batch × ranks); resume with the same ones")
         }
         var p = TrainerState()
         guard let step = md["step"].flatMap(Int.init), let epoch = md["epoch"].flatMap(Int.init),
@@ -129,10 +132,58 @@ public enum Checkpoint {
 }
 
 extension TrainerParams {
-    /// The settings a resumed run must share with the original one.
-    var fingerprint: String {
-        [String(learningRate), String(weightDecay), String(adamBeta1), String(adamBeta2), String(adamEpsilon),
-         lrScheduler.rawValue, String(warmupSteps), String(maxSteps), String(gradientAccumulationSteps),
-         maxGradNorm.map { String($0) } ?? "none", String(batchSize), String(blockSize), String(seed)].joined(separator: ",")
+    /// The settings a resumed run must share with the original one, by their
+    /// C/Python names (max_steps may grow: raising it extends a run, as the
+    /// learning-rate schedule is then computed for the new total).
+    var settings: [(name: String, value: String)] {
+        [("learning_rate", String(learningRate)), ("weight_decay", String(weightDecay)),
+         ("adam_beta1", String(adamBeta1)), ("adam_beta2", String(adamBeta2)), ("adam_epsilon", String(adamEpsilon)),
+         ("lr_scheduler", lrScheduler.rawValue), ("warmup_steps", String(warmupSteps)), ("max_steps", String(maxSteps)),
+         ("gradient_accumulation_steps", String(gradientAccumulationSteps)),
+         ("max_grad_norm", maxGradNorm.map { String($0) } ?? "none"), ("batch_size", String(batchSize)),
+         ("block_size", String(blockSize)), ("seed", String(seed))]
+    }
+
+    /// The positional form written by 0.1.0 (the "config" metadata key), kept for older readers.
+    var fingerprint: String { settings.map(\.value).joined(separator: ",") }
+}
+
+extension Checkpoint {
+    /// A setting whose value in a checkpoint differs from the trainer's.
+    public struct ChangedSetting: Sendable, Equatable {
+        /// The C/Python name (learning_rate, batch_size, ...); the CLI flag is the same with dashes.
+        public var name: String
+        public var saved: String
+        public var current: String
+    }
+
+    /// The settings of the checkpoint at `path` that differ from `config`
+    /// (the CLI names them as flags before resuming). max_steps is never a
+    /// difference: a resumed run may extend (or shorten) the schedule.
+    public static func changedSettings(at path: String, config: TrainerParams) throws -> [ChangedSetting] {
+        let statePath = path + "/" + stateFile
+        let f = try SafeTensorsFile(path: statePath)
+        guard let md = f.metadata else { throw LoRAError.invalidFile(path: statePath, reason: "no metadata") }
+        return settingsChanged(md, config)
+    }
+
+    static func settingsChanged(_ md: [String: String], _ config: TrainerParams) -> [ChangedSetting] {
+        let current = config.settings
+        var saved: [String: String] = [:]
+        if let s = md["settings"] {
+            for item in s.split(separator: ";") {
+                guard let eq = item.firstIndex(of: "=") else { continue }
+                saved[String(item[..<eq])] = String(item[item.index(after: eq)...])
+            }
+        } else if let old = md["config"] {
+            // 0.1.0 checkpoints: the same values, by position.
+            let values = old.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+            if values.count == current.count { for (k, v) in zip(current, values) { saved[k.name] = v } }
+        }
+        return current.compactMap { name, value in
+            if name == "max_steps" { return nil }
+            let old = saved[name] ?? "unknown"
+            return old == value ? nil : ChangedSetting(name: name, saved: old, current: value)
+        }
     }
 }

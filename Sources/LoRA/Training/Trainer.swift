@@ -15,14 +15,26 @@ public struct TrainerParams: Sendable, Equatable {
     /// nil disables clipping.
     public var maxGradNorm: Double? = 1.0
     public var batchSize = 4
-    /// Tokens per sequence.
-    public var blockSize = 256
+    /// Tokens per sequence; 0 (the default) means min(256, the model's n_positions),
+    /// resolved by `resolved(for:)` when a trainer is created.
+    public var blockSize = 0
+    /// The block size used when none is given, capped by the model.
+    public static let defaultBlockSize = 256
     public var seed: UInt64 = 42
     public var gradientCheckpointing = false
 
     public init() {}
 
+    /// This configuration with the model-dependent defaults filled in
+    /// (block size 0 → min(256, n_positions)).
+    public func resolved(for model: GPT2Config) -> TrainerParams {
+        var c = self
+        if c.blockSize == 0 { c.blockSize = min(TrainerParams.defaultBlockSize, model.nPositions) }
+        return c
+    }
+
     public func validate(model: GPT2Config) throws {
+        let blockSize = resolved(for: model).blockSize
         func bad(_ m: String) -> LoRAError { .invalidArgument(m) }
         guard learningRate.isFinite, learningRate >= 0 else { throw bad("learning_rate must be a finite number >= 0") }
         guard weightDecay.isFinite, weightDecay >= 0 else { throw bad("weight_decay must be a finite number >= 0") }
@@ -34,7 +46,7 @@ public struct TrainerParams: Sendable, Equatable {
         guard gradientAccumulationSteps >= 1 else { throw bad("gradient_accumulation_steps must be >= 1") }
         if let g = maxGradNorm { guard g.isFinite, g > 0 else { throw bad("max_grad_norm must be a finite number > 0") } }
         guard batchSize >= 1, batchSize <= 1 << 16 else { throw bad("batch_size must be in 1...65536") }
-        guard blockSize >= 2 else { throw bad("block_size must be >= 2") }
+        guard blockSize >= 2 else { throw bad("block_size must be >= 2 (0: min(256, n_positions))") }
         guard blockSize <= model.nPositions else { throw bad("block_size \(blockSize) exceeds the model's n_positions (\(model.nPositions))") }
     }
 }
@@ -50,7 +62,7 @@ public struct TrainerParams: Sendable, Equatable {
 public final class Trainer: @unchecked Sendable {
     public let model: Model
     public let adapter: Adapter?
-    public let config: TrainerParams
+    public private(set) var config: TrainerParams
     let pass: TrainingPass
     let optimizer: AdamW
     let m: FloatBlock
@@ -73,12 +85,18 @@ public final class Trainer: @unchecked Sendable {
     /// Micro-batches accumulated since the last optimizer step.
     public private(set) var pendingMicroBatches = 0
     var rng: SplitMix64
+    /// Data-parallel training: the host's all-reduce and this process's rank
+    /// (see `GradientReducer`); nil or a world of 1: one process.
+    public var gradientReducer: GradientReducer?
+    /// Gradients + step statistics, summed over ranks in one call.
+    var reductionBuffer: FloatBlock?
 
     /// The parameters being trained.
     var params: FloatBlock { adapter?.params ?? model.weights.block }
 
     /// `evaluationOnly` allocates no gradient or optimizer state (for `evaluate`/`loss` only).
     public init(model: Model, adapter: Adapter?, config: TrainerParams, evaluationOnly: Bool = false) throws {
+        let config = config.resolved(for: model.config)
         try config.validate(model: model.config)
         guard model.config.nLayer >= 1 else { throw LoRAError.invalidArgument("training needs at least one layer") }
         try adapter?.checkFits(model.config)
@@ -101,6 +119,13 @@ public final class Trainer: @unchecked Sendable {
         }
         rng = SplitMix64(seed: config.seed)
         pass.gradients.zero()
+    }
+
+    /// Changes the run's length (the schedules follow the new total), e.g. to
+    /// a number of epochs once the data is known, or to extend a run.
+    public func setMaxSteps(_ n: Int) throws {
+        guard n >= 1 else { throw LoRAError.invalidArgument("max_steps must be at least 1 (got \(n))") }
+        config.maxSteps = n
     }
 
     /// The learning rate of optimizer step k (0-based).

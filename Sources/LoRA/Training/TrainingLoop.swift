@@ -38,14 +38,18 @@ extension Trainer {
     public func evaluate(_ data: Dataset) throws -> EvaluationResult {
         guard !data.examples.isEmpty else { throw LoRAError.invalidArgument("empty evaluation set") }
         var total = 0.0, tokens = 0
-        var i = 0
+        var i = 0, k = 0
+        // Distributed: batch k is evaluated by rank k mod N, and the sums reduced.
+        let ranks = distributed
         while i < data.examples.count {
+            defer { i += config.batchSize; k += 1 }
+            if let ranks, k % ranks.worldSize != ranks.rank { continue }
             let batch = Array(data.examples[i..<min(i + config.batchSize, data.examples.count)])
             let r = try loss(ids: batch.map(\.ids), labels: batch.map(\.labels))
             total += r.loss
             tokens += r.tokens
-            i += config.batchSize
         }
+        if let ranks { (total, tokens) = try reduceEvaluation(ranks, loss: total, tokens: tokens) }
         guard tokens > 0 else { throw LoRAError.invalidArgument("the evaluation set has no target token") }
         return EvaluationResult(loss: total / Double(tokens), tokens: tokens)
     }
@@ -64,12 +68,16 @@ extension Trainer {
         if options.saveSteps > 0, options.checkpointDirectory == nil {
             throw LoRAError.invalidArgument("save_steps needs a checkpoint directory")
         }
+        let ranks = distributed
+        if let ranks { try checkRanksAgree(ranks, data: data, validation: validation) }
         var p = state
         defer { epoch = p.epoch; offset = p.offset }
         var order = data.order(epoch: p.epoch, seed: config.seed)
+        // Distributed: each micro-step takes B·N examples of the stream (the global micro-batch).
+        let globalMicro = config.batchSize * (ranks?.worldSize ?? 1)
         func nextBatch() -> [TrainingExample] {
             var batch: [TrainingExample] = []
-            while batch.count < config.batchSize {
+            while batch.count < globalMicro {
                 if p.offset >= order.count {
                     p.epoch += 1
                     p.offset = 0
@@ -89,10 +97,19 @@ extension Trainer {
             do {
                 guard normalizer > 0 else { throw LoRAError.invalidArgument("step \(step + 1): the batch has no target token") }
                 for batch in micro {
-                    let r = try accumulate(ids: batch.map(\.ids), labels: batch.map(\.labels), normalizer: normalizer)
-                    lossSum += r.loss
                     tokens += batch.reduce(0) { $0 + $1.ids.count }
+                    var mine = batch
+                    pass.dropoutRowOffset = 0
+                    if let ranks {
+                        let rows = Trainer.shard(globalMicroBatch: batch.count, rank: ranks.rank, worldSize: ranks.worldSize)
+                        mine = Array(batch[rows])
+                        pass.dropoutRowOffset = rows.lowerBound
+                    }
+                    let r = try accumulate(ids: mine.map(\.ids), labels: mine.map(\.labels), normalizer: normalizer)
+                    lossSum += r.loss
                 }
+                // The hook: gradients complete on this rank, summed over ranks before clipping and AdamW.
+                if let ranks { lossSum = try reduceStep(ranks, meanLoss: lossSum / Double(normalizer)) * Double(normalizer) }
                 guard lossSum.isFinite else {
                     throw LoRAError.numerical("loss is not finite at step \(step + 1); parameters kept from step \(step)")
                 }
@@ -121,14 +138,17 @@ extension Trainer {
                (options.evalSteps > 0 && step % options.evalSteps == 0) || step == config.maxSteps {
                 report.validationLoss = try evaluate(validation).loss
             }
-            if options.saveSteps > 0, let dir = options.checkpointDirectory,
+            if options.saveSteps > 0, let dir = options.checkpointDirectory, (ranks?.rank ?? 0) == 0,
                step % options.saveSteps == 0 || step == config.maxSteps {
                 epoch = p.epoch; offset = p.offset
                 report.checkpoint = try Checkpoint.save(self, root: dir)
                 Checkpoint.prune(root: dir, keep: options.saveTotalLimit)
             }
+            // The trainer's progress is current while the callback runs (it may save a checkpoint).
+            epoch = p.epoch; offset = p.offset
             if let callback, callback(report) == .stop { throw LoRAError.aborted }
         }
+        if let ranks { try checkRanksInSync(ranks) }
         return p
     }
 }

@@ -48,6 +48,10 @@ final class TrainingPass {
     private let dropoutD: FloatBlock      // [n, maxIn]: keep factors / dx̃
     /// Seed of the dropout masks of the current pass.
     var dropoutSeed: UInt64 = 0
+    /// Index of this pass's first example in the global micro-batch (data-parallel ranks; 0 in one process).
+    var dropoutRowOffset = 0
+    /// The sequence length of the current pass (dropout masks are indexed by block position).
+    private var currentT = 0
 
     init(model: Model, target: TrainingTarget, batch: Int, block: Int, checkpointing: Bool) throws {
         let c = model.config
@@ -163,7 +167,8 @@ final class TrainingPass {
         if let a = trainableAdapter {
             if !ctx.active.contains(where: { $0.adapter === a }) { ctx.active.append(ActiveLoRA(adapter: a, scale: 1)) }
             let p = Float(a.config.loraDropout)
-            let dropout = p > 0 ? LoRADropout(p: p, seed: dropoutSeed, mask: dropoutD.base, input: dropoutX.base) : nil
+            let dropout = p > 0 ? LoRADropout(p: p, seed: dropoutSeed, mask: dropoutD.base, input: dropoutX.base,
+                                                  T: currentT, block: block, rowOffset: dropoutRowOffset) : nil
             ctx.training = LoRATrainingBuffers(adapter: a, u: uPointers, gradients: gradients.base, dropout: dropout)
         }
         return ctx
@@ -180,13 +185,14 @@ final class TrainingPass {
         try ids.withUnsafeBufferPointer { try model.checkTokens($0) }
         let c = model.config, w = model.weights
         let n = B * T, C = c.nEmbd, V = c.vocabSize
+        currentT = T
         let positions = (0..<n).map { Int32($0 % T) }
         let lora = loraContext()
         let acts = TrunkActs(layers: layerActs, lnf: lnf, lnfMean: lnfMean, lnfRstd: lnfRstd)
         let xFinal = model.trunkForward(ids: ids, positions: positions, acts, B: B, T: T, lora: lora)
 
         let count = targets.reduce(0) { $0 + ($1 >= 0 && Int($1) < V ? 1 : 0) }
-        for t in targets where t >= V { throw LoRAError.invalidArgument("label \(t) is out of range 0..<\(V)") }
+        for t in targets where t >= V { throw LoRAError.invalidArgument("label \(t) is out of range (0 to \(V - 1))") }
         let backward = gradScale != nil
         if backward, case .none = target { throw LoRAError.invalidArgument("this pass was built for evaluation only") }
         if backward { dres.update(repeating: 0, count: n * C) }

@@ -10,6 +10,23 @@ public enum CombinationMethod: Sendable, Equatable {
     /// Σ wᵢ·ΔWᵢ truncated to `rank` (default: the largest input rank) by SVD,
     /// optionally clamping the factors at the `clamp` quantile of their values.
     case svd(rank: Int?, clamp: Double?)
+    /// PEFT's ties, dare_linear, dare_ties, magnitude_prune: the merge applied to
+    /// the A's and to the B's (ranks must be equal, as `linear`).
+    case taskMerge(TaskMerge)
+    /// PEFT's ties_svd, dare_linear_svd, dare_ties_svd, magnitude_prune_svd: the
+    /// merge applied to the dense ΔWᵢ, then truncated to `rank` by SVD as `svd`.
+    case taskMergeSVD(TaskMerge, rank: Int?, clamp: Double?)
+
+    /// PEFT's combination_type name.
+    public var peftName: String {
+        switch self {
+        case .cat: return "cat"
+        case .linear: return "linear"
+        case .svd: return "svd"
+        case .taskMerge(let m): return m.kind.rawValue
+        case .taskMergeSVD(let m, _, _): return m.kind.rawValue + "_svd"
+        }
+    }
 }
 
 extension Adapter {
@@ -23,6 +40,7 @@ extension Adapter {
     public static func combine(_ inputs: [(adapter: Adapter, weight: Double)], method: CombinationMethod,
                                name: String = "combined") throws -> Adapter {
         guard let first = inputs.first?.adapter else { throw LoRAError.invalidArgument("no adapter to combine") }
+        try BLAS.load()  // the products below (ΔW of the *_svd merges) run on OpenBLAS
         for (a, w) in inputs {
             guard a.modelConfig == first.modelConfig else {
                 throw LoRAError.invalidArgument("adapters \(first.name) and \(a.name) were made for different base models")
@@ -37,15 +55,23 @@ extension Adapter {
         let newRank: Int
         switch method {
         case .cat: newRank = ranks.reduce(0, +)
-        case .linear:
+        case .linear, .taskMerge:
             guard Set(inputs.flatMap { $0.adapter.slots.map(\.r) }).count == 1 else {
-                throw LoRAError.invalidArgument("linear combination needs the same rank in every module of every adapter")
+                throw LoRAError.invalidArgument("\(method.peftName) combination needs the same rank in every module of every adapter")
             }
+            if case .taskMerge(let m) = method { try m.validate() }
             newRank = ranks[0]
-        case .svd(let k, let clamp):
+        case .svd(let k, let clamp), .taskMergeSVD(_, let k, let clamp):
             newRank = k ?? (ranks.max() ?? 1)
             guard newRank >= 1 else { throw LoRAError.invalidArgument("svd rank must be >= 1") }
             if let clamp { guard clamp.isFinite, clamp > 0, clamp <= 1 else { throw LoRAError.invalidArgument("svd clamp must be in (0, 1]") } }
+            if case .taskMergeSVD(let m, _, _) = method { try m.validate() }
+        }
+        // DARE's masks: one generator for the whole combination, drawn in module order.
+        var rng: SplitMix64
+        switch method {
+        case .taskMerge(let m), .taskMergeSVD(let m, _, _): rng = SplitMix64(seed: m.seed)
+        default: rng = SplitMix64(seed: 0)
         }
         // The union of adapted modules.
         var modules: [(layer: Int, target: LoRATarget)] = []
@@ -83,6 +109,10 @@ extension Adapter {
                 }
             case .svd(_, let clamp):
                 try svdCombine(contributions, rank: newRank, clamp: clamp, into: ns, of: out)
+            case .taskMerge(let m):
+                taskMergeFactors(contributions, m, into: ns, of: out, rng: &rng)
+            case .taskMergeSVD(let m, _, let clamp):
+                try taskMergeSVD(contributions, m, rank: newRank, clamp: clamp, into: ns, of: out, rng: &rng)
             }
         }
         return out
@@ -129,15 +159,7 @@ extension Adapter {
                 vh[j * inF + i] = acc
             }
         }
-        if let clamp {
-            // torch.quantile (linear interpolation) over all values of U and Vh.
-            let all = (u + vh).sorted()
-            let pos = clamp * Double(all.count - 1)
-            let lo = Int(pos.rounded(.down)), hi = min(lo + 1, all.count - 1)
-            let q = Float(Double(all[lo]) + (Double(all[hi]) - Double(all[lo])) * (pos - Double(lo)))
-            for i in 0..<u.count { u[i] = min(max(u[i], -q), q) }
-            for i in 0..<vh.count { vh[i] = min(max(vh[i], -q), q) }
-        }
+        if let clamp { clampAtQuantile(&u, &vh, clamp) }
         out.A(ns).update(from: vh, count: k * inF)
         out.B(ns).update(from: u, count: outF * k)
     }

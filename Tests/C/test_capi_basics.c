@@ -1,0 +1,128 @@
+/* test_capi_basics.c — versions, status names, default params, free(NULL). Part of test_capi (see test_capi.c). */
+#include "test_capi.h"
+
+/* ---- Versions and status names --------------------------------------- */
+
+void test_versions(void) {
+    CHECK(lora_version_number() == LORA_VERSION_NUMBER, "lora_version_number() %u != LORA_VERSION_NUMBER %d",
+          lora_version_number(), LORA_VERSION_NUMBER);
+    CHECK(LORA_VERSION_NUMBER == LORA_VERSION_MAJOR * 10000 + LORA_VERSION_MINOR * 100 + LORA_VERSION_PATCH,
+          "LORA_VERSION_NUMBER formula");
+    CHECK(lora_abi_version() == LORA_ABI_VERSION, "lora_abi_version() %u != %d", lora_abi_version(), LORA_ABI_VERSION);
+    char expect[64];
+    snprintf(expect, sizeof expect, "%d.%d.%d", LORA_VERSION_MAJOR, LORA_VERSION_MINOR, LORA_VERSION_PATCH);
+    const char *v = lora_version_string();
+    CHECK(v != NULL && strcmp(v, expect) == 0, "lora_version_string() \"%s\" != \"%s\"", v ? v : "(NULL)", expect);
+}
+
+void test_status_strings(void) {
+    static const struct {
+        lora_status code;
+        const char *name;
+    } names[] = {
+        {LORA_OK, "LORA_OK"},
+        {LORA_ERROR, "LORA_ERROR"},
+        {LORA_INVALID_ARGUMENT, "LORA_INVALID_ARGUMENT"},
+        {LORA_INVALID_FILE, "LORA_INVALID_FILE"},
+        {LORA_IO_ERROR, "LORA_IO_ERROR"},
+        {LORA_UNSUPPORTED, "LORA_UNSUPPORTED"},
+        {LORA_BUFFER_TOO_SMALL, "LORA_BUFFER_TOO_SMALL"},
+        {LORA_ABORTED, "LORA_ABORTED"},
+        {LORA_NUMERICAL_ERROR, "LORA_NUMERICAL_ERROR"},
+        {LORA_BACKEND_ERROR, "LORA_BACKEND_ERROR"},
+        {LORA_WRONG_STATE, "LORA_WRONG_STATE"},
+    };
+    /* The pinned values. */
+    CHECK(LORA_OK == 0 && LORA_ERROR == 1 && LORA_INVALID_ARGUMENT == 2 && LORA_INVALID_FILE == 3 &&
+              LORA_IO_ERROR == 4 && LORA_UNSUPPORTED == 5 && LORA_BUFFER_TOO_SMALL == 6 && LORA_ABORTED == 7 &&
+              LORA_NUMERICAL_ERROR == 8 && LORA_BACKEND_ERROR == 9 && LORA_WRONG_STATE == 10,
+          "status values renumbered");
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        const char *s = lora_status_string(names[i].code);
+        CHECK(s != NULL && strcmp(s, names[i].name) == 0, "lora_status_string(%d) = \"%s\", expected \"%s\"",
+              names[i].code, s ? s : "(NULL)", names[i].name);
+    }
+    static const lora_status unknown[] = {-1, 11, 1000, INT32_MIN, INT32_MAX};
+    for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
+        const char *s = lora_status_string(unknown[i]);
+        CHECK(s != NULL && strcmp(s, "LORA_UNKNOWN_STATUS") == 0, "lora_status_string(%d) = \"%s\"", unknown[i],
+              s ? s : "(NULL)");
+    }
+    CHECK(lora_last_error() != NULL, "lora_last_error() is never NULL");
+}
+
+/* ---- Defaults ------------------------------------------------------------ */
+
+void test_defaults(void) {
+    lora_model_params mp;
+    memset(&mp, 0xAB, sizeof mp);
+    lora_model_default_params(&mp);
+    CHECK(mp.struct_size == sizeof mp, "model params struct_size %u", mp.struct_size);
+    CHECK(mp.n_threads == 0, "model params n_threads %d", mp.n_threads);
+
+    lora_sampling_params sp;
+    memset(&sp, 0xAB, sizeof sp);
+    lora_sampling_default_params(&sp);
+    CHECK(sp.struct_size == sizeof sp, "sampling struct_size %u", sp.struct_size);
+    CHECK(sp.max_new_tokens == 64, "max_new_tokens %d", sp.max_new_tokens);
+    CHECK(sp.temperature == 1.0f, "temperature %g", sp.temperature);
+    CHECK(sp.top_k >= 0, "top_k %d", sp.top_k);
+    CHECK(sp.top_p > 0.0f && sp.top_p <= 1.0f, "top_p %g", sp.top_p);
+    CHECK(sp.repetition_penalty == 1.0f, "repetition_penalty %g", sp.repetition_penalty);
+    CHECK(sp.stop_at_eos == 1, "stop_at_eos %d", sp.stop_at_eos);
+    CHECK(sp.stop_strings == NULL && sp.n_stop_strings == 0, "stop strings");
+
+    lora_adapter_params ap;
+    memset(&ap, 0xAB, sizeof ap);
+    lora_adapter_default_params(&ap);
+    CHECK(ap.struct_size == sizeof ap, "adapter struct_size %u", ap.struct_size);
+    CHECK(ap.r == 8, "r %d", ap.r);
+    CHECK(ap.lora_alpha == 8.0f, "lora_alpha %g", ap.lora_alpha);
+    CHECK(ap.lora_dropout == 0.0f, "lora_dropout %g", ap.lora_dropout);
+    CHECK(ap.target_modules == NULL && ap.target_modules_regex == 0, "target_modules");
+    CHECK(ap.use_rslora == 0 && ap.init == LORA_INIT_DEFAULT, "use_rslora %d init %d", ap.use_rslora, ap.init);
+    CHECK(ap.layers_to_transform == NULL && ap.n_layers_to_transform == 0, "layers_to_transform");
+
+    lora_trainer_params tp;
+    memset(&tp, 0xAB, sizeof tp);
+    lora_trainer_default_params(&tp);
+    CHECK(tp.struct_size == sizeof tp, "trainer struct_size %u", tp.struct_size);
+    CHECK(fabsf(tp.learning_rate - 2e-4f) < 1e-9f, "learning_rate %g", tp.learning_rate);
+    CHECK(tp.weight_decay == 0.0f, "weight_decay %g", tp.weight_decay);
+    CHECK(tp.adam_beta1 == 0.9f && tp.adam_beta2 == 0.999f && tp.adam_epsilon == 1e-8f, "adam %g %g %g", tp.adam_beta1,
+          tp.adam_beta2, tp.adam_epsilon);
+    CHECK(tp.lr_scheduler == LORA_SCHEDULER_LINEAR, "lr_scheduler %d", tp.lr_scheduler);
+    CHECK(tp.warmup_steps >= 0, "warmup_steps %d", tp.warmup_steps);
+    CHECK(tp.max_steps == 100 && tp.gradient_accumulation_steps == 1, "max_steps %d accumulation %d", tp.max_steps,
+          tp.gradient_accumulation_steps);
+    CHECK(tp.max_grad_norm == 1.0f, "max_grad_norm %g", tp.max_grad_norm);
+    CHECK(tp.batch_size == 4 && tp.block_size == 0, "batch %d block %d (0: min(256, n_positions))", tp.batch_size,
+          tp.block_size);
+    CHECK(tp.gradient_checkpointing == 0, "gradient_checkpointing %d", tp.gradient_checkpointing);
+
+    lora_train_params rp;
+    memset(&rp, 0xAB, sizeof rp);
+    lora_train_default_params(&rp);
+    CHECK(rp.struct_size == sizeof rp, "train struct_size %u", rp.struct_size);
+    CHECK(rp.validation_fraction == 0.0f && rp.eval_steps == 0 && rp.save_steps == 0, "train params");
+    CHECK(rp.checkpoint_dir == NULL && rp.skip_bad_records == 0, "checkpoint_dir / skip_bad_records");
+    CHECK(rp.num_train_epochs == 0.0f, "num_train_epochs %g", rp.num_train_epochs);
+
+    /* default_params(NULL) is a no-op, not a crash. */
+    lora_model_default_params(NULL);
+    lora_sampling_default_params(NULL);
+    lora_adapter_default_params(NULL);
+    lora_trainer_default_params(NULL);
+    lora_train_default_params(NULL);
+    CHECK(1, "");
+}
+
+/* ---- Handles and NULL -------------------------------------------------- */
+
+void test_free_null(void) {
+    lora_model_free(NULL);
+    lora_adapter_free(NULL);
+    lora_trainer_free(NULL);
+    CHECK(lora_adapter_n_params(NULL) == -1, "lora_adapter_n_params(NULL)");
+    CHECK(lora_trainer_get_step(NULL) == -1, "lora_trainer_get_step(NULL)");
+}
