@@ -12,8 +12,9 @@ final class EngineBox {
 
 var defaultEngineParams: lora_engine_params {
     let d = EngineParams()
-    return lora_engine_params(struct_size: UInt32(MemoryLayout<lora_engine_params>.size), max_sequences: Int32(d.maxSequences),
-                              max_tokens_per_step: Int32(d.maxTokensPerStep), context_per_sequence: Int32(d.contextPerSequence))
+    return lora_engine_params(
+        struct_size: UInt32(MemoryLayout<lora_engine_params>.size), max_sequences: Int32(d.maxSequences),
+        max_tokens_per_step: Int32(d.maxTokensPerStep), context_per_sequence: Int32(d.contextPerSequence))
 }
 
 @_cdecl("lora_engine_default_params")
@@ -22,8 +23,10 @@ public func lora_engine_default_params(_ p: UnsafeMutablePointer<lora_engine_par
 }
 
 @_cdecl("lora_engine_create")
-public func lora_engine_create(_ outEngine: UnsafeMutablePointer<OpaquePointer?>?, _ model: OpaquePointer?,
-                               _ params: UnsafePointer<lora_engine_params>?) -> lora_status {
+public func lora_engine_create(
+    _ outEngine: UnsafeMutablePointer<OpaquePointer?>?, _ model: OpaquePointer?,
+    _ params: UnsafePointer<lora_engine_params>?
+) -> lora_status {
     outEngine?.pointee = nil
     return guarded {
         let o = try out(outEngine, "out")
@@ -44,8 +47,9 @@ public func lora_engine_free(_ engine: OpaquePointer?) {
 }
 
 var defaultRequest: lora_request {
-    lora_request(struct_size: UInt32(MemoryLayout<lora_request>.size), prompt: nil, tokens: nil, n_tokens: 0,
-                 adapters: nil, n_adapters: 0, sampling: nil, callback: nil, user_data: nil)
+    lora_request(
+        struct_size: UInt32(MemoryLayout<lora_request>.size), prompt: nil, tokens: nil, n_tokens: 0,
+        adapters: nil, n_adapters: 0, sampling: nil, callback: nil, user_data: nil)
 }
 
 @_cdecl("lora_request_default_params")
@@ -54,8 +58,10 @@ public func lora_request_default_params(_ p: UnsafeMutablePointer<lora_request>?
 }
 
 @_cdecl("lora_engine_submit")
-public func lora_engine_submit(_ engine: OpaquePointer?, _ request: UnsafePointer<lora_request>?,
-                               _ id: UnsafeMutablePointer<Int64>?) -> lora_status {
+public func lora_engine_submit(
+    _ engine: OpaquePointer?, _ request: UnsafePointer<lora_request>?,
+    _ id: UnsafeMutablePointer<Int64>?
+) -> lora_status {
     guarded {
         let eb = try box(engine, EngineBox.self, "engine")
         let idOut = try out(id, "id")
@@ -96,8 +102,10 @@ public func lora_engine_submit(_ engine: OpaquePointer?, _ request: UnsafePointe
 }
 
 @_cdecl("lora_engine_step")
-public func lora_engine_step(_ engine: OpaquePointer?, _ finished: UnsafeMutablePointer<Int64>?, _ capacity: Int,
-                             _ nFinished: UnsafeMutablePointer<Int>?, _ nTokens: UnsafeMutablePointer<Int>?) -> lora_status {
+public func lora_engine_step(
+    _ engine: OpaquePointer?, _ finished: UnsafeMutablePointer<Int64>?, _ capacity: Int,
+    _ nFinished: UnsafeMutablePointer<Int>?, _ nTokens: UnsafeMutablePointer<Int>?
+) -> lora_status {
     nFinished?.pointee = 0
     nTokens?.pointee = 0
     return guarded {
@@ -134,7 +142,8 @@ func stopCode(_ r: StopReason?, cancelled: Bool) -> Int32 {
 }
 
 @_cdecl("lora_engine_request_info")
-public func lora_engine_request_info(_ engine: OpaquePointer?, _ id: Int64, _ info: UnsafeMutablePointer<lora_request_info>?) -> lora_status {
+public func lora_engine_request_info(_ engine: OpaquePointer?, _ id: Int64, _ info: UnsafeMutablePointer<lora_request_info>?) -> lora_status
+{
     guarded {
         let eb = try box(engine, EngineBox.self, "engine")
         let i = try out(info, "info")
@@ -166,8 +175,10 @@ func endedResult(_ e: Engine, _ id: Int64) throws -> GenerationResult {
 }
 
 @_cdecl("lora_engine_request_tokens")
-public func lora_engine_request_tokens(_ engine: OpaquePointer?, _ id: Int64, _ outTokens: UnsafeMutablePointer<Int32>?,
-                                       _ capacity: Int, _ nOut: UnsafeMutablePointer<Int>?) -> lora_status {
+public func lora_engine_request_tokens(
+    _ engine: OpaquePointer?, _ id: Int64, _ outTokens: UnsafeMutablePointer<Int32>?,
+    _ capacity: Int, _ nOut: UnsafeMutablePointer<Int>?
+) -> lora_status {
     guarded {
         let eb = try box(engine, EngineBox.self, "engine")
         let cap = try count(capacity, "capacity")
@@ -182,8 +193,10 @@ public func lora_engine_request_tokens(_ engine: OpaquePointer?, _ id: Int64, _ 
 }
 
 @_cdecl("lora_engine_request_text")
-public func lora_engine_request_text(_ engine: OpaquePointer?, _ id: Int64, _ outText: UnsafeMutablePointer<CChar>?,
-                                     _ capacity: Int, _ needed: UnsafeMutablePointer<Int>?) -> lora_status {
+public func lora_engine_request_text(
+    _ engine: OpaquePointer?, _ id: Int64, _ outText: UnsafeMutablePointer<CChar>?,
+    _ capacity: Int, _ needed: UnsafeMutablePointer<Int>?
+) -> lora_status {
     guarded {
         let eb = try box(engine, EngineBox.self, "engine")
         let cap = try count(capacity, "capacity")

@@ -17,8 +17,10 @@ struct BatchLine {
 }
 
 enum GenerateBatch {
-    static func run(file: String, model m: Model, defaults: SamplingParams, adapterSpecs: [String],
-                    maxSequences: Int, maxTokensPerStep: Int) throws {
+    static func run(
+        file: String, model m: Model, defaults: SamplingParams, adapterSpecs: [String],
+        maxSequences: Int, maxTokensPerStep: Int
+    ) throws {
         guard let data = FileManager.default.contents(atPath: file) else {
             throw LoRAError.io(path: file, reason: "cannot read the batch file")
         }
@@ -38,9 +40,13 @@ enum GenerateBatch {
             }
         }
         let defaultAdapters = try uses(adapterSpecs, line: 0)
-        let lines = text.split(separator: "\n", omittingEmptySubsequences: false).map { $0.hasSuffix("\r") ? String($0.dropLast()) : String($0) }
-        let jsonl = file.hasSuffix(".jsonl") || lines.first(where: { !$0.trimmingCharacters(in: .whitespaces).isEmpty })?
-            .trimmingCharacters(in: .whitespaces).hasPrefix("{") == true
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false).map {
+            $0.hasSuffix("\r") ? String($0.dropLast()) : String($0)
+        }
+        let jsonl =
+            file.hasSuffix(".jsonl")
+            || lines.first(where: { !$0.trimmingCharacters(in: .whitespaces).isEmpty })?
+                .trimmingCharacters(in: .whitespaces).hasPrefix("{") == true
         var items: [BatchLine] = []
         for (i, raw) in lines.enumerated() {
             let n = i + 1
@@ -115,9 +121,11 @@ enum GenerateBatch {
         var next = 0
         func flush() throws {
             while next < ids.count, let r = try engine.state(ids[next]).result {
-                let o = JSONObject([("index", .number(JSONNumber(next))), ("line", .number(JSONNumber(items[next].line))),
-                                    ("prompt", .string(items[next].prompt)), ("text", .string(r.text)),
-                                    ("tokens", .number(JSONNumber(r.tokens.count))), ("stop_reason", .string(r.stopReason.rawValue))])
+                let o = JSONObject([
+                    ("index", .number(JSONNumber(next))), ("line", .number(JSONNumber(items[next].line))),
+                    ("prompt", .string(items[next].prompt)), ("text", .string(r.text)),
+                    ("tokens", .number(JSONNumber(r.tokens.count))), ("stop_reason", .string(r.stopReason.rawValue)),
+                ])
                 say(JSON.compact(.object(o)))
                 try engine.release(ids[next])
                 next += 1

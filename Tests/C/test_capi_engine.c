@@ -80,7 +80,8 @@ void test_engine(void) {
     lora_engine_params ep;
     lora_engine_default_params(&ep);
     CHECK(ep.struct_size == sizeof ep && ep.max_sequences == 16 && ep.max_tokens_per_step == 512 &&
-              ep.context_per_sequence == 0, "engine defaults");
+              ep.context_per_sequence == 0,
+          "engine defaults");
     ep.max_sequences = 4;
     ep.max_tokens_per_step = 3;
     lora_engine *bad = SENTINEL(lora_engine);
@@ -149,7 +150,8 @@ void test_engine(void) {
         rq.user_data = &stop_after_two;
         REQUIRE_OK(lora_engine_submit(e, &rq, &stopped));
         lora_adapter_use own = {c, 0.75f};
-        REQUIRE_OK(solo_generate(m, &own, 1, jobs[1].prompt, jobs[1].n_prompt, &greedy, orphan_want, 16, &n_orphan_want));
+        REQUIRE_OK(
+            solo_generate(m, &own, 1, jobs[1].prompt, jobs[1].n_prompt, &greedy, orphan_want, 16, &n_orphan_want));
         lora_request_default_params(&rq);
         rq.tokens = jobs[1].prompt;
         rq.n_tokens = jobs[1].n_prompt;
@@ -190,7 +192,9 @@ void test_engine(void) {
         }
         if (steps > 1000) break;
     }
-    CHECK(was_running && total_finished == N_JOBS + 2, "%zu requests reported finished in %d steps (cancelled while running: %d)", total_finished, steps, was_running);
+    CHECK(was_running && total_finished == N_JOBS + 2,
+          "%zu requests reported finished in %d steps (cancelled while running: %d)", total_finished, steps,
+          was_running);
     for (int j = 0; j < N_JOBS; j++) {
         int32_t want[64];
         size_t n_want = 0;
@@ -199,21 +203,23 @@ void test_engine(void) {
         REQUIRE_OK(solo_generate(m, sets[jobs[j].set], set_sizes[jobs[j].set], jobs[j].prompt, jobs[j].n_prompt, &sp,
                                  want, 64, &n_want));
         EXPECT(lora_engine_request_tokens(e, jobs[j].id, toks, 64, &n), LORA_OK);
-        CHECK(n == n_want && memcmp(toks, want, n * sizeof *toks) == 0, "request %d (set %d): engine tokens differ from solo", j,
-              jobs[j].set);
+        CHECK(n == n_want && memcmp(toks, want, n * sizeof *toks) == 0,
+              "request %d (set %d): engine tokens differ from solo", j, jobs[j].set);
         CHECK(jobs[j].streamed.calls == (int)n && memcmp(jobs[j].streamed.tokens, want, n * sizeof *toks) == 0,
               "request %d: streamed tokens differ", j);
         EXPECT(lora_engine_request_info(e, jobs[j].id, &info), LORA_OK);
-        CHECK(info.state == LORA_REQUEST_FINISHED && info.stop_reason == LORA_STOP_MAX_TOKENS && info.status == LORA_OK &&
-                  info.n_tokens == (int64_t)n, "request %d info", j);
+        CHECK(info.state == LORA_REQUEST_FINISHED && info.stop_reason == LORA_STOP_MAX_TOKENS &&
+                  info.status == LORA_OK && info.n_tokens == (int64_t)n,
+              "request %d info", j);
     }
     EXPECT(lora_engine_request_info(e, cancelled, &info), LORA_OK);
     CHECK(info.state == LORA_REQUEST_CANCELLED && info.stop_reason == LORA_STOP_CANCELLED && info.n_tokens >= 2 &&
               info.n_tokens < 40,
           "cancelled request: state %d, %lld tokens", info.state, (long long)info.n_tokens);
     EXPECT(lora_engine_request_info(e, stopped, &info), LORA_OK);
-    CHECK(info.state == LORA_REQUEST_FINISHED && info.status == LORA_ABORTED && info.stop_reason == LORA_STOP_CALLBACK &&
-              info.n_tokens == 2, "callback-stopped request: status %d, %lld tokens", info.status, (long long)info.n_tokens);
+    CHECK(info.state == LORA_REQUEST_FINISHED && info.status == LORA_ABORTED &&
+              info.stop_reason == LORA_STOP_CALLBACK && info.n_tokens == 2,
+          "callback-stopped request: status %d, %lld tokens", info.status, (long long)info.n_tokens);
     EXPECT(lora_engine_request_tokens(e, orphan, toks, 64, &n), LORA_OK);
     CHECK(n == n_orphan_want && memcmp(toks, orphan_want, n * sizeof *toks) == 0, "a freed adapter's request differs");
     EXPECT(lora_engine_request_tokens(e, orphan, toks, 1, &n), LORA_BUFFER_TOO_SMALL);
@@ -394,16 +400,18 @@ void test_engine_threads(void) {
             lora_request_info info;
             info.struct_size = sizeof info;
             EXPECT(lora_engine_request_info(e, t.ids[k][i], &info), LORA_OK);
-            CHECK(info.state == LORA_REQUEST_FINISHED || info.state == LORA_REQUEST_CANCELLED, "request %d/%d state %d", k,
-                  i, info.state);
-            if (i % 3 != 0) CHECK(info.state == LORA_REQUEST_FINISHED, "uncancelled request %d/%d did not finish", k, i);
+            CHECK(info.state == LORA_REQUEST_FINISHED || info.state == LORA_REQUEST_CANCELLED, "request %d/%d state %d",
+                  k, i, info.state);
+            if (i % 3 != 0)
+                CHECK(info.state == LORA_REQUEST_FINISHED, "uncancelled request %d/%d did not finish", k, i);
             if (info.state != LORA_REQUEST_FINISHED) continue;
             finished++;
             int32_t got[8], want[8];
             size_t n_got = 0, n_want = 0;
             EXPECT(lora_engine_request_tokens(e, t.ids[k][i], got, 8, &n_got), LORA_OK);
             EXPECT(lora_generate_tokens(m, t.prompts[k][i], 3, &sp, NULL, NULL, want, 8, &n_want), LORA_OK);
-            CHECK(n_got == n_want && memcmp(got, want, n_got * sizeof *got) == 0, "request %d/%d differs from solo", k, i);
+            CHECK(n_got == n_want && memcmp(got, want, n_got * sizeof *got) == 0, "request %d/%d differs from solo", k,
+                  i);
         }
     }
     CHECK(finished >= 8, "only %d requests finished", finished);
@@ -411,4 +419,3 @@ done:
     lora_engine_free(e);
     lora_model_free(m);
 }
-

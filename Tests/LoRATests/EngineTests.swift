@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import LoRA
 
 /// Logits of a sequence in a mixed batch against the same sequence run alone:
@@ -44,7 +45,7 @@ let engineLogitTolerance: Float = 1e-4
         defer { for u in set { try? model.detach(u.adapter) } }
         let V = model.config.vocabSize
         let all = try model.logits(ids)
-        return Array(all[(ids.count - 1) * V ..< ids.count * V])
+        return Array(all[(ids.count - 1) * V..<ids.count * V])
     }
 
     static func prompt(_ k: Int, length: Int) -> [TokenID] {
@@ -54,8 +55,8 @@ let engineLogitTolerance: Float = 1e-4
     @Test func mixedBatchMatchesSoloRuns() throws {
         let model = Self.model
         var p = EngineParams()
-        p.maxSequences = 6          // fewer slots than requests: the rest queue and join later
-        p.maxTokensPerStep = 24     // long prompts arrive in chunks
+        p.maxSequences = 6  // fewer slots than requests: the rest queue and join later
+        p.maxTokensPerStep = 24  // long prompts arrive in chunks
         let engine = try Engine(model: model, params: p)
         let sets = Self.sets()
         struct Job { var prompt: [TokenID]; var set: Int; var params: SamplingParams; var id: Int64 = 0; var streamed: [TokenID] = [] }
@@ -72,9 +73,10 @@ let engineLogitTolerance: Float = 1e-4
         // The first six start together; the rest join while those decode.
         func submit(_ i: Int) throws {
             let box = streams
-            jobs[i].id = try engine.submit(EngineRequest(prompt: jobs[i].prompt, adapters: sets[jobs[i].set], params: jobs[i].params) { t, _ in
-                box.append(i, t); return .continue
-            })
+            jobs[i].id = try engine.submit(
+                EngineRequest(prompt: jobs[i].prompt, adapters: sets[jobs[i].set], params: jobs[i].params) { t, _ in
+                    box.append(i, t); return .continue
+                })
         }
         for i in 0..<6 { try submit(i) }
         _ = try engine.step()
@@ -92,7 +94,7 @@ let engineLogitTolerance: Float = 1e-4
             steps += 1
             let c = try engine.state(cancelled.id)
             if c.state == .running && c.tokenCount >= 2 {
-                try engine.cancel(cancelled.id)   // mid-way, between steps: ends at once
+                try engine.cancel(cancelled.id)  // mid-way, between steps: ends at once
                 #expect(try engine.state(cancelled.id).state == .cancelled)
             }
             #expect(r.rows <= p.maxTokensPerStep)
@@ -129,7 +131,7 @@ let engineLogitTolerance: Float = 1e-4
         sp.maxNewTokens = 4
         sp.stopAtEndOfText = false
         for k in 0..<8 {
-            if k == 5 { _ = try engine.step(); _ = try engine.step() }   // joins while others decode
+            if k == 5 { _ = try engine.step(); _ = try engine.step() }  // joins while others decode
             let prompt = Self.prompt(k, length: 2 + k * 4)
             let id = try engine.submit(EngineRequest(prompt: prompt, adapters: sets[k % 4], params: sp))
             prompts[id] = (prompt, k % 4)
@@ -173,7 +175,13 @@ let engineLogitTolerance: Float = 1e-4
         #expect(throws: LoRAError.self) { try engine.submit(EngineRequest(prompt: [1], adapters: [AdapterUse(foreign)])) }
         #expect(throws: LoRAError.self) { try engine.cancel(999) }
         #expect(throws: LoRAError.self) { try engine.state(999) }
-        #expect(throws: LoRAError.self) { try Engine(model: model, params: { var q = EngineParams(); q.maxSequences = 4; q.maxTokensPerStep = 2; return q }()) }
+        #expect(throws: LoRAError.self) {
+            try Engine(
+                model: model,
+                params: {
+                    var q = EngineParams(); q.maxSequences = 4; q.maxTokensPerStep = 2; return q
+                }())
+        }
         // max_new_tokens past the context: truncated at the context.
         var sp = SamplingParams.greedy
         sp.maxNewTokens = 100
@@ -219,7 +227,9 @@ let engineLogitTolerance: Float = 1e-4
                     var sp = SamplingParams.greedy
                     sp.maxNewTokens = 5
                     sp.stopAtEndOfText = false
-                    if let id = try? engine.submit(EngineRequest(prompt: Self.prompt(t * 8 + k, length: 4 + k), adapters: sets[k % 4], params: sp)) {
+                    if let id = try? engine.submit(
+                        EngineRequest(prompt: Self.prompt(t * 8 + k, length: 4 + k), adapters: sets[k % 4], params: sp))
+                    {
                         ids.add(id, prompt: Self.prompt(t * 8 + k, length: 4 + k), set: k % 4)
                         if k % 3 == 0 { try? engine.cancel(id) }
                     }
@@ -262,8 +272,10 @@ extension EngineTests {
             #"{"prompt": "Hi", "adapters": ["\#(dir)/b:1.5"], "max_new_tokens": 3, "temperature": 0, "stop": ["zzz"]}"#,
         ]
         try lines.joined(separator: "\n").write(toFile: dir + "/in.jsonl", atomically: true, encoding: .utf8)
-        let r = try CLI.run(["generate", "--model", Fixtures.path("gpt2-tok"), "--batch-file", dir + "/in.jsonl",
-                             "--max-sequences", "2", "--max-tokens-per-step", "4", "--top-p", "1"])
+        let r = try CLI.run([
+            "generate", "--model", Fixtures.path("gpt2-tok"), "--batch-file", dir + "/in.jsonl",
+            "--max-sequences", "2", "--max-tokens-per-step", "4", "--top-p", "1",
+        ])
         #expect(r.status == 0, "\(r.err)")
         let out = r.out.split(separator: "\n").map(String.init)
         #expect(out.count == 4)
@@ -298,8 +310,10 @@ extension EngineTests {
         #expect(bad2.status != 0 && bad2.err.contains("prompt"), "\(bad2.err)")
         // Plain text: one prompt per line.
         try "Hello\nHi\n".write(toFile: dir + "/in.txt", atomically: true, encoding: .utf8)
-        let plain = try CLI.run(["generate", "--model", Fixtures.path("gpt2-tok"), "--batch-file", dir + "/in.txt",
-                                 "--temperature", "0", "--max-new-tokens", "3"])
+        let plain = try CLI.run([
+            "generate", "--model", Fixtures.path("gpt2-tok"), "--batch-file", dir + "/in.txt",
+            "--temperature", "0", "--max-new-tokens", "3",
+        ])
         #expect(plain.status == 0 && plain.out.split(separator: "\n").count == 2, "\(plain.err)")
     }
 }

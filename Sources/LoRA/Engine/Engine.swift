@@ -37,8 +37,10 @@ public struct EngineRequest: @unchecked Sendable {
     /// `submit`, `cancel` and `state`, not `step`.
     public var onToken: ((TokenID, String) -> CallbackAction)?
 
-    public init(prompt: [TokenID], adapters: [AdapterUse] = [], params: SamplingParams = SamplingParams(),
-                onToken: ((TokenID, String) -> CallbackAction)? = nil) {
+    public init(
+        prompt: [TokenID], adapters: [AdapterUse] = [], params: SamplingParams = SamplingParams(),
+        onToken: ((TokenID, String) -> CallbackAction)? = nil
+    ) {
         self.prompt = prompt
         self.adapters = adapters
         self.params = params
@@ -116,10 +118,10 @@ public final class Engine: @unchecked Sendable {
     // Owned by the stepping thread.
     private var running: [ActiveSequence] = []
     private var freeSlots: [Int]
-    private let kPool: FloatBlock, vPool: FloatBlock   // [layer, slot, H, context, hd]
+    private let kPool: FloatBlock, vPool: FloatBlock  // [layer, slot, H, context, hd]
     private let x, ln, qkv, att, proj, fc, probs: FloatBlock
     private var loraU: FloatBlock
-    private let logits: FloatBlock                        // [maxSequences, V]
+    private let logits: FloatBlock  // [maxSequences, V]
     private var rowLogits: [Float]
     private let probSlots: Int
     private var ids: [TokenID], positions: [Int32]
@@ -171,10 +173,13 @@ public final class Engine: @unchecked Sendable {
         let c = model.config
         guard params.maxSequences >= 1 else { throw LoRAError.invalidArgument("max_sequences must be at least 1") }
         guard params.maxTokensPerStep >= params.maxSequences else {
-            throw LoRAError.invalidArgument("max_tokens_per_step (\(params.maxTokensPerStep)) must be at least max_sequences (\(params.maxSequences)): every running sequence decodes one token a step")
+            throw LoRAError.invalidArgument(
+                "max_tokens_per_step (\(params.maxTokensPerStep)) must be at least max_sequences (\(params.maxSequences)): every running sequence decodes one token a step"
+            )
         }
         guard params.contextPerSequence >= 0, params.contextPerSequence <= c.nPositions else {
-            throw LoRAError.invalidArgument("context_per_sequence \(params.contextPerSequence) must be within 0...n_positions (\(c.nPositions))")
+            throw LoRAError.invalidArgument(
+                "context_per_sequence \(params.contextPerSequence) must be within 0...n_positions (\(c.nPositions))")
         }
         let ctx = params.contextPerSequence == 0 ? c.nPositions : params.contextPerSequence
         guard ctx >= 2 else { throw LoRAError.invalidArgument("context_per_sequence must be at least 2") }
@@ -183,7 +188,9 @@ public final class Engine: @unchecked Sendable {
         let n = Double(params.maxTokensPerStep)
         let stepFloats = n * Double(6 * c.nEmbd + c.innerSize) + Double(params.maxSequences) * Double(c.vocabSize)
         guard 4 * (poolFloats + stepFloats) <= Double(FloatBlock.physicalMemory) else {
-            throw LoRAError.invalidArgument("an engine of \(params.maxSequences) sequences × \(ctx) positions and \(params.maxTokensPerStep) tokens a step does not fit the machine's memory")
+            throw LoRAError.invalidArgument(
+                "an engine of \(params.maxSequences) sequences × \(ctx) positions and \(params.maxTokensPerStep) tokens a step does not fit the machine's memory"
+            )
         }
         self.model = model
         self.params = params
@@ -225,7 +232,9 @@ public final class Engine: @unchecked Sendable {
         try request.params.validate()
         guard !request.prompt.isEmpty else { throw LoRAError.invalidArgument("empty prompt") }
         guard request.prompt.count < context else {
-            throw LoRAError.invalidArgument("prompt of \(request.prompt.count) tokens does not fit the engine's context of \(context) positions with room for a new token")
+            throw LoRAError.invalidArgument(
+                "prompt of \(request.prompt.count) tokens does not fit the engine's context of \(context) positions with room for a new token"
+            )
         }
         try request.prompt.withUnsafeBufferPointer { try model.checkTokens($0) }
         var active: [ActiveLoRA] = []
@@ -238,8 +247,9 @@ public final class Engine: @unchecked Sendable {
             // As Model.activeLoRA: a zero scale adds nothing.
             if use.scale != 0 { active.append(ActiveLoRA(adapter: use.adapter, scale: use.scale)) }
         }
-        let generation = GenerationState(model: model, prompt: request.prompt, params: request.params,
-                                         limit: min(context, model.config.nPositions))
+        let generation = GenerationState(
+            model: model, prompt: request.prompt, params: request.params,
+            limit: min(context, model.config.nPositions))
         lock.lock()
         defer { lock.unlock() }
         let id = nextID
@@ -482,10 +492,13 @@ public final class Engine: @unchecked Sendable {
     private func forward() {
         let c = model.config
         let w = model.weights
-        let C = c.nEmbd, V = c.vocabSize, n = ids.count
-        let acts = LayerActs(input: x.base, ln1: ln.base, ln1Mean: nil, ln1Rstd: nil, qkv: qkv.base, att: att.base,
-                             probs: probs.base, probsSlots: probSlots, lse: nil, res2: x.base, ln2: ln.base, ln2Mean: nil,
-                             ln2Rstd: nil, fcPre: fc.base, fcAct: fc.base, res3: x.base, proj: proj.base)
+        let C = c.nEmbd
+        let V = c.vocabSize
+        let n = ids.count
+        let acts = LayerActs(
+            input: x.base, ln1: ln.base, ln1Mean: nil, ln1Rstd: nil, qkv: qkv.base, att: att.base,
+            probs: probs.base, probsSlots: probSlots, lse: nil, res2: x.base, ln2: ln.base, ln2Mean: nil,
+            ln2Rstd: nil, fcPre: fc.base, fcAct: fc.base, res3: x.base, proj: proj.base)
         let anyLoRA = segments.contains { !$0.active.isEmpty }
         let lora = anyLoRA ? LoRAContext(active: [], scratch: loraU.base, training: nil, segments: segments) : .none
         ids.withUnsafeBufferPointer { idp in
@@ -496,22 +509,25 @@ public final class Engine: @unchecked Sendable {
         let perLayer = params.maxSequences * context * C
         runs.withUnsafeBufferPointer { r in
             for l in 0..<c.nLayer {
-                model.layerForward(l, acts, B: 1, T: n, past: 0,
-                                   kv: .sequences(r, k: kPool.base + l * perLayer, v: vPool.base + l * perLayer, capacity: context),
-                                   keyMask: nil, lora: lora)
+                model.layerForward(
+                    l, acts, B: 1, T: n, past: 0,
+                    kv: .sequences(r, k: kPool.base + l * perLayer, v: vPool.base + l * perLayer, capacity: context),
+                    keyMask: nil, lora: lora)
             }
         }
         let m = headRows.count
         let eps = Float(c.layerNormEpsilon)
         for (i, h) in headRows.enumerated() {
-            layerNormForward(out: ln.base + i * C, mean: nil, rstd: nil, inp: x.base + h.row * C,
-                             weight: w.lnfW, bias: w.lnfB, rows: 1, C: C, eps: eps)
+            layerNormForward(
+                out: ln.base + i * C, mean: nil, rstd: nil, inp: x.base + h.row * C,
+                weight: w.lnfW, bias: w.lnfB, rows: 1, C: C, eps: eps)
         }
         if m == 1 {
             gemv(transA: false, rows: V, cols: C, alpha: 1, A: w.lmHead, lda: C, x: ln.base, beta: 0, y: logits.base)
         } else if m > 1 {
-            gemm(transA: false, transB: true, M: m, N: V, K: C, alpha: 1, A: ln.base, lda: C, B: w.lmHead, ldb: C,
-                 beta: 0, C: logits.base, ldc: V)
+            gemm(
+                transA: false, transB: true, M: m, N: V, K: C, alpha: 1, A: ln.base, lda: C, B: w.lmHead, ldb: C,
+                beta: 0, C: logits.base, ldc: V)
         }
     }
 }
