@@ -381,6 +381,8 @@ typedef struct lora_trainer_params {
     int32_t block_size;             /* tokens per sequence, at most n_positions; default 0: min(256, n_positions) */
     uint64_t seed;
     int32_t gradient_checkpointing; /* recompute activations in backward: less memory, slower */
+    float loraplus_lr_ratio;        /* LoRA+: B's learning rate = this × A's (PEFT's create_loraplus_optimizer);
+                                       default 1 (plain AdamW); adapters only (0.2.0) */
 } lora_trainer_params;
 
 void lora_trainer_default_params(lora_trainer_params *params);

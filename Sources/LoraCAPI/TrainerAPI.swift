@@ -10,7 +10,8 @@ var defaultTrainerParams: lora_trainer_params {
                                lr_scheduler: LORA_SCHEDULER_LINEAR, warmup_steps: Int32(d.warmupSteps), max_steps: Int32(d.maxSteps),
                                gradient_accumulation_steps: Int32(d.gradientAccumulationSteps),
                                max_grad_norm: Float(d.maxGradNorm ?? 0), batch_size: Int32(d.batchSize),
-                               block_size: Int32(d.blockSize), seed: d.seed, gradient_checkpointing: 0)
+                               block_size: Int32(d.blockSize), seed: d.seed, gradient_checkpointing: 0,
+                               loraplus_lr_ratio: Float(d.loraplusLRRatio))
 }
 
 @_cdecl("lora_trainer_default_params")
@@ -60,6 +61,7 @@ public func lora_trainer_create(_ outp: UnsafeMutablePointer<OpaquePointer?>?, _
         c.blockSize = Int(p.block_size)
         c.seed = p.seed
         c.gradientCheckpointing = p.gradient_checkpointing != 0
+        c.loraplusLRRatio = Double(try finite(p.loraplus_lr_ratio, "loraplus_lr_ratio"))
         if let a = ab?.adapter, !mb.model.attachments.contains(where: { $0.adapter === a }) {
             try mb.model.attach(a)
         }

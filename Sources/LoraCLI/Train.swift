@@ -64,9 +64,12 @@ struct OptimOptions: ParsableArguments {
     @Option(parsing: .unconditional, help: "Tokens per sequence (default: min(256, the model's n_positions)).") var blockSize: Int?
     @Option(help: "Random seed (data order, dropout, adapter init).") var seed: UInt64 = TrainerParams().seed
     @Flag(help: "Recompute activations in backward (less memory, slower).") var gradientCheckpointing = false
+    @Option(parsing: .unconditional, help: "LoRA+: B's learning rate is this times --learning-rate (PEFT's create_loraplus_optimizer; 1: off).")
+    var loraplusLrRatio = TrainerParams().loraplusLRRatio
 
     func validate() throws {
         try Check.finite(learningRate, atLeast: 0, "--learning-rate")
+        try Check.finite(loraplusLrRatio, above: 0, "--loraplus-lr-ratio")
         try Check.finite(weightDecay, atLeast: 0, "--weight-decay")
         try Check.fraction(adamBeta1, "--adam-beta1")
         try Check.fraction(adamBeta2, "--adam-beta2")
@@ -92,6 +95,7 @@ struct OptimOptions: ParsableArguments {
         c.blockSize = blockSize ?? 0
         c.seed = seed
         c.gradientCheckpointing = gradientCheckpointing
+        c.loraplusLRRatio = loraplusLrRatio
         if let m = maxSteps { c.maxSteps = m } else {
             let perStep = max(1, batchSize * gradientAccumulationSteps)
             c.maxSteps = max(1, Int((Double(examples) * numTrainEpochs / Double(perStep)).rounded(.up)))

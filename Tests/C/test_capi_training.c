@@ -151,6 +151,20 @@ void test_trainer_errors(void) {
         }
         CHECK(lora_trainer_get_step(t) == 0, "failed calls took steps: %d", lora_trainer_get_step(t));
         {
+            /* LoRA+: the ratio must be a positive finite number, and is for adapters only. */
+            lora_trainer_params lp;
+            lora_trainer_default_params(&lp);
+            lora_trainer *t2 = SENTINEL(lora_trainer);
+            float bad_ratios[3] = {0.0f, -1.0f, NAN};
+            for (int i = 0; i < 3; i++) {
+                lp.loraplus_lr_ratio = bad_ratios[i];
+                EXPECT(lora_trainer_create(&t2, m, ad, &lp), LORA_INVALID_ARGUMENT);
+                CHECK(t2 == NULL, "*out not NULL after loraplus_lr_ratio %g", bad_ratios[i]);
+            }
+            lp.loraplus_lr_ratio = 4.0f;
+            EXPECT(lora_trainer_create(&t2, m, NULL, &lp), LORA_INVALID_ARGUMENT); /* full fine-tuning */
+        }
+        {
             /* Data parallel: bad ranks are refused; a reducer that fails stops the run before any step. */
             int calls = 0;
             EXPECT(lora_trainer_set_gradient_reducer(NULL, 0, 2, failing_reducer, &calls), LORA_INVALID_ARGUMENT);

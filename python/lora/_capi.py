@@ -218,6 +218,7 @@ class lora_trainer_params(Structure):
         ("block_size", c_int32),
         ("seed", c_uint64),
         ("gradient_checkpointing", c_int32),
+        ("loraplus_lr_ratio", c_float),
     ]
 
 

@@ -51,6 +51,27 @@ def test_twenty_adamw_steps_match_torch(model_a, lora_expected, tmp_path):
     assert worst < TRAJECTORY_TOLERANCE
 
 
+def test_loraplus_ten_steps_match_peft(model_a, tmp_path):
+    """LoRA+ through the params struct: PEFT's create_loraplus_optimizer trajectory (make_loraplus_fixtures.py)."""
+    _, t = read_safetensors(fixture("loraplus", "expected.safetensors"))
+    a = lora.Adapter.load(model_a, fixture("lora", "all"))
+    tr = lora.Trainer(model_a, a, learning_rate=2e-3, loraplus_lr_ratio=2.5, weight_decay=0.05, lr_scheduler="cosine",
+                      warmup_steps=2, max_steps=10, max_grad_norm=1.0, batch_size=2, block_size=12)
+    want = t["train.losses"].values()
+    for k in range(10):
+        loss = tr.step(t[f"train.batch{k}.ids"].rows())
+        assert abs(loss - want[k]) < TRAJECTORY_TOLERANCE, f"step {k}: {loss} vs {want[k]}"
+    a.save(tmp_path / "final")
+    _, saved = read_safetensors(tmp_path / "final" / "adapter_model.safetensors")
+    worst = 0.0
+    for name, tensor in saved.items():
+        worst = max(worst, max_abs_diff(tensor.values(), t[f"train.final.{name}"].values()))
+    assert worst < TRAJECTORY_TOLERANCE
+    for bad in (0, -2, float("nan")):
+        with pytest.raises(lora.LoraError):
+            lora.Trainer(model_a, a, loraplus_lr_ratio=bad, block_size=12)
+
+
 def test_step_lowers_loss_on_a_repeated_batch(tok_model):
     batch = [tok_model.tokenize("The quick brown fox jumps over the lazy dog.")[:12]] * 2
     a = lora.Adapter.create(tok_model, r=8, target_modules=["c_attn", "c_fc"])

@@ -124,4 +124,3 @@ package enum LoRATargeting {
         return out.sorted { ($0.0, $0.1.rawValue) < ($1.0, $1.1.rawValue) }
     }
 }
-

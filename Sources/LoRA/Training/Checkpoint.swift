@@ -141,11 +141,15 @@ extension TrainerParams {
          ("lr_scheduler", lrScheduler.rawValue), ("warmup_steps", String(warmupSteps)), ("max_steps", String(maxSteps)),
          ("gradient_accumulation_steps", String(gradientAccumulationSteps)),
          ("max_grad_norm", maxGradNorm.map { String($0) } ?? "none"), ("batch_size", String(batchSize)),
-         ("block_size", String(blockSize)), ("seed", String(seed))]
+         ("block_size", String(blockSize)), ("seed", String(seed)),
+         ("loraplus_lr_ratio", String(loraplusLRRatio))]
     }
 
+    /// The settings 0.1.0 wrote by position (the "config" metadata key).
+    static let positionalSettings = 13
+
     /// The positional form written by 0.1.0 (the "config" metadata key), kept for older readers.
-    var fingerprint: String { settings.map(\.value).joined(separator: ",") }
+    var fingerprint: String { settings.prefix(TrainerParams.positionalSettings).map(\.value).joined(separator: ",") }
 }
 
 extension Checkpoint {
@@ -178,11 +182,13 @@ extension Checkpoint {
         } else if let old = md["config"] {
             // 0.1.0 checkpoints: the same values, by position.
             let values = old.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
-            if values.count == current.count { for (k, v) in zip(current, values) { saved[k.name] = v } }
+            if values.count == TrainerParams.positionalSettings { for (k, v) in zip(current, values) { saved[k.name] = v } }
         }
+        // A setting newer than the checkpoint had its default then.
+        let defaults = Dictionary(TrainerParams().settings.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a })
         return current.compactMap { name, value in
             if name == "max_steps" { return nil }
-            let old = saved[name] ?? "unknown"
+            let old = saved[name] ?? (saved.isEmpty ? "unknown" : defaults[name] ?? "unknown")
             return old == value ? nil : ChangedSetting(name: name, saved: old, current: value)
         }
     }

@@ -29,25 +29,34 @@ struct AdamW {
     var eps: Double
     var weightDecay: Double
 
-    /// One update with learning rate lr at step t (1-based). `decay` lists the
-    /// ranges that get weight decay.
-    func update(params: FloatPtr, grads: ConstFloatPtr, m: FloatPtr, v: FloatPtr, count: Int,
-                decay: [Range<Int>], lr: Double, t: Int) {
+    /// A range of the parameter block updated as one torch param group:
+    /// learning rate lr·lrFactor, weight decay on or off.
+    struct Group: Sendable, Equatable {
+        var range: Range<Int>
+        var lrFactor: Double
+        var decay: Bool
+    }
+
+    /// One update with base learning rate lr at step t (1-based), group by group.
+    func update(params: FloatPtr, grads: ConstFloatPtr, m: FloatPtr, v: FloatPtr, groups: [Group], lr baseLR: Double, t: Int) {
         let b1 = Float(beta1), b2 = Float(beta2)
         let bc1 = 1 - pow(beta1, Double(t)), bc2 = 1 - pow(beta2, Double(t))
-        let stepSize = Float(lr / bc1)
         let bc2Sqrt = Float(bc2.squareRoot())
         let e = Float(eps)
-        if weightDecay != 0 {
-            let f = Float(1 - lr * weightDecay)
-            for r in decay { for i in r { params[i] *= f } }
-        }
-        for i in 0..<count {
-            let g = grads[i]
-            m[i] += (g - m[i]) * (1 - b1)
-            v[i] = v[i] * b2 + (1 - b2) * g * g
-            let denom = v[i].squareRoot() / bc2Sqrt + e
-            params[i] -= stepSize * (m[i] / denom)
+        for group in groups {
+            let lr = baseLR * group.lrFactor
+            let stepSize = Float(lr / bc1)
+            if weightDecay != 0 && group.decay {
+                let f = Float(1 - lr * weightDecay)
+                for i in group.range { params[i] *= f }
+            }
+            for i in group.range {
+                let g = grads[i]
+                m[i] += (g - m[i]) * (1 - b1)
+                v[i] = v[i] * b2 + (1 - b2) * g * g
+                let denom = v[i].squareRoot() / bc2Sqrt + e
+                params[i] -= stepSize * (m[i] / denom)
+            }
         }
     }
 }

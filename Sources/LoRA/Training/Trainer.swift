@@ -22,6 +22,9 @@ public struct TrainerParams: Sendable, Equatable {
     public static let defaultBlockSize = 256
     public var seed: UInt64 = 42
     public var gradientCheckpointing = false
+    /// LoRA+ (PEFT's create_loraplus_optimizer): B's learning rate is this
+    /// times A's (weight decay as weight_decay for both). 1: plain AdamW.
+    public var loraplusLRRatio: Double = 1
 
     public init() {}
 
@@ -47,6 +50,7 @@ public struct TrainerParams: Sendable, Equatable {
         if let g = maxGradNorm { guard g.isFinite, g > 0 else { throw bad("max_grad_norm must be a finite number > 0") } }
         guard batchSize >= 1, batchSize <= 1 << 16 else { throw bad("batch_size must be in 1...65536") }
         guard blockSize >= 2 else { throw bad("block_size must be >= 2 (0: min(256, n_positions))") }
+        guard loraplusLRRatio.isFinite, loraplusLRRatio > 0 else { throw bad("loraplus_lr_ratio must be a finite number > 0") }
         guard blockSize <= model.nPositions else { throw bad("block_size \(blockSize) exceeds the model's n_positions (\(model.nPositions))") }
     }
 }
@@ -67,7 +71,9 @@ public final class Trainer: @unchecked Sendable {
     let optimizer: AdamW
     let m: FloatBlock
     let v: FloatBlock
-    let decayRanges: [Range<Int>]
+    /// The parameter block's AdamW groups: ranges with their learning-rate
+    /// factor (LoRA+ gives B loraplus_lr_ratio) and weight decay on or off.
+    let paramGroups: [AdamW.Group]
     /// Optimizer steps taken.
     public internal(set) var step = 0
     /// Data position of `train` (epoch, next index in the epoch's order).
@@ -109,13 +115,21 @@ public final class Trainer: @unchecked Sendable {
         let count = evaluationOnly ? 0 : adapter?.params.count ?? model.weights.block.count
         m = try FloatBlock(count: count)
         v = try FloatBlock(count: count)
-        if adapter != nil {
-            decayRanges = [0..<count]
+        if let adapter {
+            let ratio = config.loraplusLRRatio
+            paramGroups = adapter.slots.flatMap { s in
+                [AdamW.Group(range: s.offsetA..<(s.offsetA + s.countA), lrFactor: 1, decay: true),
+                 AdamW.Group(range: s.offsetB..<(s.offsetB + s.countB), lrFactor: ratio, decay: true)]
+            }
         } else {
+            guard config.loraplusLRRatio == 1 else {
+                throw LoRAError.invalidArgument("loraplus_lr_ratio applies to LoRA adapters, not to full fine-tuning")
+            }
             // transformers' Trainer: no decay for biases and LayerNorm weights.
-            decayRanges = model.weights.layout.slots
-                .filter { !$0.name.hasSuffix(".bias") && !$0.name.contains("ln_") }
-                .map { $0.offset..<($0.offset + $0.count) }
+            paramGroups = model.weights.layout.slots.map {
+                AdamW.Group(range: $0.offset..<($0.offset + $0.count), lrFactor: 1,
+                            decay: !$0.name.hasSuffix(".bias") && !$0.name.contains("ln_"))
+            }
         }
         rng = SplitMix64(seed: config.seed)
         pass.gradients.zero()
@@ -205,8 +219,8 @@ public final class Trainer: @unchecked Sendable {
             pendingMicroBatches = 0
             throw LoRAError.numerical("gradient is not finite at step \(step + 1); parameters left unchanged")
         }
-        optimizer.update(params: params.base, grads: g.base, m: m.base, v: v.base, count: g.count,
-                         decay: decayRanges, lr: learningRate(at: step), t: step + 1)
+        optimizer.update(params: params.base, grads: g.base, m: m.base, v: v.base, groups: paramGroups,
+                         lr: learningRate(at: step), t: step + 1)
         g.zero()
         pendingMicroBatches = 0
         step += 1
