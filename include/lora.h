@@ -569,7 +569,10 @@ lora_status lora_engine_submit(lora_engine *engine, const lora_request *request,
  * first `capacity` are written); *n_finished receives their count and
  * *n_tokens the count of tokens produced (each pointer may be NULL).
  * A step with nothing to run returns at once with both counts 0.
- * Errors: LORA_WRONG_STATE (another thread is stepping). */
+ * Errors: LORA_WRONG_STATE (another thread is stepping); LORA_INVALID_ARGUMENT
+ * when a sampled token has no text in the tokenizer (a model vocabulary larger
+ * than the tokenizer's): that request ends (LORA_STOP_CALLBACK), the others
+ * got their tokens and go on. */
 lora_status lora_engine_step(lora_engine *engine, lora_request_id *finished, size_t capacity,
                              size_t *n_finished, size_t *n_tokens);
 /* Steps until no request is queued or running. */
