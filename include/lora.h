@@ -487,6 +487,140 @@ typedef int32_t (*lora_gradient_reducer)(float *buffer, size_t count, void *user
 lora_status lora_trainer_set_gradient_reducer(lora_trainer *trainer, int32_t rank, int32_t world_size,
                                               lora_gradient_reducer reduce, void *user_data);
 
+/* ---- Batched engine ---------------------------------------------------- */
+
+/* An engine runs many generation requests together, each with its own
+ * adapters (zero or more, each with a scale), sampling, seed, stop strings
+ * and token callback. Each lora_engine_step runs one forward pass over the
+ * new tokens of every running request (prompt chunks and decode tokens
+ * mixed): the base products once over all rows, each adapter's product on
+ * the rows of the requests that use it. A request's tokens and text are those
+ * lora_generate gives with its adapters attached and the same sampling
+ * params (its logits agree within 1e-4).
+ *
+ * Sizes are fixed at creation: max_sequences requests run at once, each in a
+ * KV-cache slot of context_per_sequence positions, allocated once. Requests
+ * beyond max_sequences wait in a first-in first-out queue and start when a
+ * slot frees. A prompt must leave room for one new token in the context;
+ * max_new_tokens beyond the context is truncated (the request ends with
+ * LORA_STOP_CONTEXT_FULL).
+ *
+ * Threads: lora_engine_submit, lora_engine_cancel, lora_engine_request_info,
+ * lora_engine_request_tokens, lora_engine_request_text and
+ * lora_engine_release may be called from any thread at any time, also from a
+ * token callback. lora_engine_step and lora_engine_run run on one thread at a
+ * time: a second concurrent caller (or a callback calling them) gets
+ * LORA_WRONG_STATE. Token callbacks run on the stepping thread.
+ *
+ * Lifetimes: a request keeps its adapters alive until it ends (reference
+ * counted), so lora_adapter_free on an adapter a request uses is allowed and
+ * does not disturb it; the handle itself must not be passed to the library
+ * afterwards. The engine keeps its model's weights alive, but the model must
+ * not be changed (merge, unmerge, training) while requests run; adapters
+ * attached to the model with lora_model_attach are not applied by the engine
+ * (merged ones are part of the weights). Free the engine before the model. */
+
+typedef struct lora_engine lora_engine;
+typedef int64_t lora_request_id;   /* > 0 */
+
+typedef struct lora_engine_params {
+    uint32_t struct_size;
+    int32_t max_sequences;          /* requests running at once; default 16 */
+    int32_t max_tokens_per_step;    /* new tokens per step; >= max_sequences; default 512 */
+    int32_t context_per_sequence;   /* positions per request; 0 (default): n_positions */
+} lora_engine_params;
+
+void lora_engine_default_params(lora_engine_params *params);
+
+/* Errors: LORA_INVALID_ARGUMENT (sizes out of range or too large for the
+ * machine's memory). */
+lora_status lora_engine_create(lora_engine **out, const lora_model *model, const lora_engine_params *params);
+/* Ends every request (their callbacks are not called again) and frees the engine. */
+void lora_engine_free(lora_engine *engine);
+
+/* One adapter of a request and its scale (as lora_model_attach). */
+typedef struct lora_adapter_use {
+    const lora_adapter *adapter;
+    float scale;
+} lora_adapter_use;
+
+typedef struct lora_request {
+    uint32_t struct_size;
+    const char *prompt;             /* UTF-8 text (needs a tokenizer), or NULL to use tokens */
+    const int32_t *tokens;          /* the prompt as ids when prompt is NULL */
+    size_t n_tokens;
+    const lora_adapter_use *adapters;  /* applied in order; may be NULL when n_adapters is 0 */
+    size_t n_adapters;
+    const lora_sampling_params *sampling;  /* NULL: defaults */
+    lora_token_callback callback;   /* may be NULL; non-zero return ends the request (LORA_ABORTED) */
+    void *user_data;
+} lora_request;
+
+void lora_request_default_params(lora_request *request);
+
+/* Queues a request; *id receives its id. The prompt and params are copied.
+ * Errors: LORA_INVALID_ARGUMENT (empty prompt, token out of range, prompt
+ * without room for a new token in the context, bad sampling params, an
+ * adapter made for another model shape, a scale that is NaN or infinite, an
+ * adapter given twice), LORA_WRONG_STATE (a text prompt without a tokenizer). */
+lora_status lora_engine_submit(lora_engine *engine, const lora_request *request, lora_request_id *id);
+
+/* Runs one batched step. The ids of requests that ended in it go into
+ * finished (at most max_sequences per step; with a smaller capacity the
+ * first `capacity` are written); *n_finished receives their count and
+ * *n_tokens the count of tokens produced (each pointer may be NULL).
+ * A step with nothing to run returns at once with both counts 0.
+ * Errors: LORA_WRONG_STATE (another thread is stepping); LORA_INVALID_ARGUMENT
+ * when a sampled token has no text in the tokenizer (a model vocabulary larger
+ * than the tokenizer's): that request ends (LORA_STOP_CALLBACK), the others
+ * got their tokens and go on. */
+lora_status lora_engine_step(lora_engine *engine, lora_request_id *finished, size_t capacity,
+                             size_t *n_finished, size_t *n_tokens);
+/* Steps until no request is queued or running. */
+lora_status lora_engine_run(lora_engine *engine);
+
+/* Cancels a queued or running request: it ends before its next token, with
+ * the tokens it has so far. Between steps it ends at once (no step reports
+ * it); called while another thread steps, it ends when that step returns (and
+ * that step reports it). Errors: LORA_INVALID_ARGUMENT (unknown id),
+ * LORA_WRONG_STATE (already ended). */
+lora_status lora_engine_cancel(lora_engine *engine, lora_request_id id);
+
+#define LORA_REQUEST_QUEUED     0
+#define LORA_REQUEST_RUNNING    1
+#define LORA_REQUEST_FINISHED   2  /* ended by a stop rule or its callback */
+#define LORA_REQUEST_CANCELLED  3
+
+#define LORA_STOP_NONE          0  /* not ended yet */
+#define LORA_STOP_MAX_TOKENS    1
+#define LORA_STOP_EOS           2
+#define LORA_STOP_STRING        3
+#define LORA_STOP_CONTEXT_FULL  4
+#define LORA_STOP_CALLBACK      5  /* its callback asked to stop */
+#define LORA_STOP_CANCELLED     6
+
+typedef struct lora_request_info {
+    uint32_t struct_size;           /* set by the caller: sizeof(lora_request_info) */
+    int32_t state;                  /* LORA_REQUEST_* */
+    int32_t stop_reason;            /* LORA_STOP_* */
+    lora_status status;             /* LORA_OK; LORA_ABORTED when its callback stopped it */
+    int64_t n_tokens;               /* tokens generated so far */
+} lora_request_info;
+
+/* Errors: LORA_INVALID_ARGUMENT (unknown or released id, bad struct_size). */
+lora_status lora_engine_request_info(lora_engine *engine, lora_request_id id, lora_request_info *info);
+/* An ended request's new tokens / text (NUL-terminated), as lora_generate_tokens
+ * and lora_generate write them. Errors: LORA_INVALID_ARGUMENT (unknown id),
+ * LORA_WRONG_STATE (not ended yet), LORA_BUFFER_TOO_SMALL. */
+lora_status lora_engine_request_tokens(lora_engine *engine, lora_request_id id, int32_t *out_tokens,
+                                       size_t capacity, size_t *n_out);
+lora_status lora_engine_request_text(lora_engine *engine, lora_request_id id, char *out, size_t capacity,
+                                     size_t *needed);
+/* Forgets an ended request (the engine keeps each ended request's result
+ * until then). Errors: LORA_INVALID_ARGUMENT (unknown id), LORA_WRONG_STATE
+ * (not ended). */
+lora_status lora_engine_release(lora_engine *engine, lora_request_id id);
+
 #ifdef __cplusplus
 }
 #endif

@@ -9,4 +9,7 @@ _Static_assert(offsetof(lora_adapter_params, struct_size) == 0, "struct_size fir
 _Static_assert(offsetof(lora_trainer_params, struct_size) == 0, "struct_size first");
 _Static_assert(offsetof(lora_train_params, struct_size) == 0, "struct_size first");
 _Static_assert(offsetof(lora_model_info, struct_size) == 0, "struct_size first");
+_Static_assert(offsetof(lora_engine_params, struct_size) == 0, "struct_size first");
+_Static_assert(offsetof(lora_request, struct_size) == 0, "struct_size first");
+_Static_assert(offsetof(lora_request_info, struct_size) == 0, "struct_size first");
 _Static_assert(sizeof(lora_status) == 4, "lora_status is int32_t");

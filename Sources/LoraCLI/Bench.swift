@@ -10,7 +10,7 @@ struct Bench: ParsableCommand {
         abstract: "Benchmark inference, LoRA training, the adapter algebra or PiSSA/OLoRA initialisation on a GPT-2 124M-shaped model (random weights).",
         discussion: "Run one measurement per process so that peak RSS is its own. --threads sets the compute threads (OPENBLAS_NUM_THREADS is ignored).")
 
-    @Argument(help: "inference, train, bound, svd or init") var kind = "inference"
+    @Argument(help: "inference, train, bound, svd, init or engine") var kind = "inference"
     @Option(help: "Compute threads.") var threads = 2
     @Option(help: "Prompt tokens (inference).") var prompt = 512
     @Option(help: "Decoded tokens (inference).") var decode = 128
@@ -21,10 +21,14 @@ struct Bench: ParsableCommand {
     @Option(help: "Repeats (inference, init).") var repeats = 3
     @Option(help: "init: pissa, pissa_niter_N or olora, on c_attn of every layer.") var initLoraWeights = "pissa_niter_4"
     @Flag(help: "Gradient checkpointing (train).") var gradientCheckpointing = false
+    @Option(help: "Concurrent requests, comma-separated (engine).") var sequences = "16,64"
+    @Option(help: "Prompt tokens per request (engine).") var enginePrompt = 64
+    @Option(help: "New tokens per request (engine).") var newTokens = 128
+    @Option(help: "Requests that join a busy engine, for time to first token (engine).") var joins = 32
 
     func run() throws {
         try LoRACommand.run {
-            guard threads >= 1, prompt >= 1, prompt <= 1024, decode >= 1, batch >= 1, block >= 2, block <= 1024, r >= 1, steps >= 1, repeats >= 1 else {
+            guard threads >= 1, prompt >= 1, prompt <= 1024, decode >= 1, batch >= 1, block >= 2, block <= 1024, r >= 1, steps >= 1, repeats >= 1, joins >= 1 else {
                 throw LoRAError.invalidArgument("bench options out of range")
             }
             try BLAS.load()
@@ -35,7 +39,8 @@ struct Bench: ParsableCommand {
             case "bound": try bound()
             case "svd": try svd()
             case "init": try initialization()
-            default: throw LoRAError.invalidArgument("bench kind must be inference, train, bound, svd or init")
+            case "engine": try engineBench()
+            default: throw LoRAError.invalidArgument("bench kind must be inference, train, bound, svd, init or engine")
             }
         }
     }

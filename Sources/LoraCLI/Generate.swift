@@ -37,6 +37,10 @@ struct Generate: ParsableCommand {
     @OptionGroup var model: ModelOptions
     @OptionGroup var sampling: SamplingOptions
     @Argument(help: "The prompt (default: read standard input).") var prompt: String?
+    @Option(help: "Run many prompts together: a text file (one prompt per line) or JSONL (\"prompt\", \"adapters\": [\"DIR[:SCALE]\"], sampling fields); prints JSONL in input order.")
+    var batchFile: String?
+    @Option(help: "With --batch-file: requests running at once.") var maxSequences = 16
+    @Option(help: "With --batch-file: new tokens per batched step.") var maxTokensPerStep = 512
 
     func validate() throws {
         if let prompt, prompt.isEmpty { throw ValidationError("the prompt is empty") }
@@ -44,6 +48,15 @@ struct Generate: ParsableCommand {
 
     func run() throws {
         try LoRACommand.run {
+            if let batchFile {
+                guard prompt == nil else { throw LoRAError.invalidArgument("give either a prompt or --batch-file, not both") }
+                var bare = model
+                bare.adapters = []
+                let m = try bare.load()
+                try GenerateBatch.run(file: batchFile, model: m, defaults: sampling.params, adapterSpecs: model.adapters,
+                                      maxSequences: maxSequences, maxTokensPerStep: maxTokensPerStep)
+                return
+            }
             let m = try model.load()
             guard let tok = m.tokenizer else { throw LoRAError.invalidArgument("the model has no tokenizer: give token ids through the library instead") }
             let text: String

@@ -123,5 +123,8 @@ void test_training_steps(void);
 void test_checkpoint_resume(void);
 /* test_capi_threads.c */
 void test_threads(void);
+/* test_capi_engine.c */
+void test_engine(void);
+void test_engine_threads(void);
 
 #endif /* TEST_CAPI_H */

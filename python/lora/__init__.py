@@ -54,6 +54,7 @@ from .errors import (
     UnsupportedError,
     WrongStateError,
 )
+from .engine import Engine, Request
 from .model import GeneratedText, GeneratedTokens, Model, ModelInfo
 from .trainer import Trainer
 
@@ -84,7 +85,7 @@ def status_string(status: int) -> str:
 
 
 __all__ = [
-    "ABI_VERSION", "Adapter", "Model", "ModelInfo", "Trainer", "GeneratedText", "GeneratedTokens",
+    "ABI_VERSION", "Adapter", "Engine", "Request", "Model", "ModelInfo", "Trainer", "GeneratedText", "GeneratedTokens",
     "LoraError", "AbortedError", "BackendError", "BufferTooSmallError", "ClosedError", "InternalError",
     "InvalidArgumentError", "InvalidFileError", "LoraIOError", "LoraFileNotFoundError", "NumericalError", "UnsupportedError",
     "WrongStateError", "Status",

@@ -462,3 +462,101 @@ lora_trainer_get_step = _fn("lora_trainer_get_step", c_int32, [lora_trainer_p])
 lora_trainer_set_gradient_reducer = _fn("lora_trainer_set_gradient_reducer", lora_status,
                                         [lora_trainer_p, c_int32, c_int32, lora_gradient_reducer, c_void_p],
                                         check=True)
+
+
+# ---- Batched engine -----------------------------------------------------------
+
+
+class lora_engine(Structure):
+    """Opaque handle (struct lora_engine)."""
+
+
+lora_engine_p = POINTER(lora_engine)
+lora_request_id = c_int64
+
+LORA_REQUEST_QUEUED = 0
+LORA_REQUEST_RUNNING = 1
+LORA_REQUEST_FINISHED = 2
+LORA_REQUEST_CANCELLED = 3
+
+LORA_STOP_NONE = 0
+LORA_STOP_MAX_TOKENS = 1
+LORA_STOP_EOS = 2
+LORA_STOP_STRING = 3
+LORA_STOP_CONTEXT_FULL = 4
+LORA_STOP_CALLBACK = 5
+LORA_STOP_CANCELLED = 6
+
+
+class lora_engine_params(Structure):
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("max_sequences", c_int32),
+        ("max_tokens_per_step", c_int32),
+        ("context_per_sequence", c_int32),
+    ]
+
+
+class lora_adapter_use(Structure):
+    _fields_ = [("adapter", lora_adapter_p), ("scale", c_float)]
+
+
+class lora_request(Structure):
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("prompt", c_char_p),
+        ("tokens", POINTER(c_int32)),
+        ("n_tokens", c_size_t),
+        ("adapters", POINTER(lora_adapter_use)),
+        ("n_adapters", c_size_t),
+        ("sampling", POINTER(lora_sampling_params)),
+        ("callback", lora_token_callback),
+        ("user_data", c_void_p),
+    ]
+
+
+class lora_request_info(Structure):
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("state", c_int32),
+        ("stop_reason", c_int32),
+        ("status", lora_status),
+        ("n_tokens", c_int64),
+    ]
+
+
+# void lora_engine_default_params(lora_engine_params *params);
+lora_engine_default_params = _fn("lora_engine_default_params", None, [POINTER(lora_engine_params)])
+# lora_status lora_engine_create(lora_engine **out, const lora_model *model, const lora_engine_params *params);
+lora_engine_create = _fn("lora_engine_create", lora_status,
+                         [POINTER(lora_engine_p), lora_model_p, POINTER(lora_engine_params)], check=True)
+# void lora_engine_free(lora_engine *engine);
+lora_engine_free = _fn("lora_engine_free", None, [lora_engine_p])
+# void lora_request_default_params(lora_request *request);
+lora_request_default_params = _fn("lora_request_default_params", None, [POINTER(lora_request)])
+# lora_status lora_engine_submit(lora_engine *engine, const lora_request *request, lora_request_id *id);
+lora_engine_submit = _fn("lora_engine_submit", lora_status,
+                         [lora_engine_p, POINTER(lora_request), POINTER(lora_request_id)], check=True)
+# lora_status lora_engine_step(lora_engine *engine, lora_request_id *finished, size_t capacity,
+#                              size_t *n_finished, size_t *n_tokens);
+lora_engine_step = _fn("lora_engine_step", lora_status,
+                       [lora_engine_p, POINTER(lora_request_id), c_size_t, POINTER(c_size_t), POINTER(c_size_t)],
+                       check=True)
+# lora_status lora_engine_run(lora_engine *engine);
+lora_engine_run = _fn("lora_engine_run", lora_status, [lora_engine_p], check=True)
+# lora_status lora_engine_cancel(lora_engine *engine, lora_request_id id);
+lora_engine_cancel = _fn("lora_engine_cancel", lora_status, [lora_engine_p, lora_request_id], check=True)
+# lora_status lora_engine_request_info(lora_engine *engine, lora_request_id id, lora_request_info *info);
+lora_engine_request_info = _fn("lora_engine_request_info", lora_status,
+                               [lora_engine_p, lora_request_id, POINTER(lora_request_info)], check=True)
+# lora_status lora_engine_request_tokens(lora_engine *engine, lora_request_id id, int32_t *out_tokens,
+#                                        size_t capacity, size_t *n_out);
+lora_engine_request_tokens = _fn("lora_engine_request_tokens", lora_status,
+                                 [lora_engine_p, lora_request_id, POINTER(c_int32), c_size_t, POINTER(c_size_t)],
+                                 check=True)
+# lora_status lora_engine_request_text(lora_engine *engine, lora_request_id id, char *out, size_t capacity,
+#                                      size_t *needed);
+lora_engine_request_text = _fn("lora_engine_request_text", lora_status,
+                               [lora_engine_p, lora_request_id, c_char_p, c_size_t, POINTER(c_size_t)], check=True)
+# lora_status lora_engine_release(lora_engine *engine, lora_request_id id);
+lora_engine_release = _fn("lora_engine_release", lora_status, [lora_engine_p, lora_request_id], check=True)

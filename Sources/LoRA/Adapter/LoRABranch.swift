@@ -42,6 +42,15 @@ struct LoRABranch {
     /// x is the branch input after dropout; u is kept for backward in training.
     func forward(x: ConstFloatPtr, y: FloatPtr, n: Int, scale: Float, u: FloatPtr) {
         let s = slot
+        if n == 1 {
+            // One row (decode, and each sequence of the engine's segments of
+            // one): two matrix–vector products, cheaper than sgemm at M = 1
+            // (see matmulForward); the engine runs ~1,500 of these a step with
+            // 16 distinct adapters.
+            gemv(transA: false, rows: s.r, cols: s.inFeatures, alpha: 1, A: A, lda: s.inFeatures, x: x, beta: 0, y: u)
+            gemv(transA: false, rows: s.outFeatures, cols: s.r, alpha: scale * s.scaling, A: B, lda: s.r, x: u, beta: 1, y: y)
+            return
+        }
         gemm(transA: false, transB: true, M: n, N: s.r, K: s.inFeatures, alpha: 1,
              A: x, lda: s.inFeatures, B: A, ldb: s.inFeatures, beta: 0, C: u, ldc: s.r)
         gemm(transA: false, transB: true, M: n, N: s.outFeatures, K: s.r, alpha: scale * s.scaling,
@@ -176,18 +185,40 @@ struct LoRATrainingBuffers {
     let dropout: LoRADropout?
 }
 
+/// Rows of a batched pass that share one adapter set (the engine: each
+/// sequence brings its own adapters; rows are grouped so that sequences with
+/// the same set form one segment, and each branch runs once per segment, as
+/// Punica's SGMV does).
+struct LoRASegment {
+    var start: Int
+    var count: Int
+    var active: [ActiveLoRA]
+}
+
 /// The LoRA branches that run in a pass: every enabled adapter, and in
-/// training the trained one's buffers.
+/// training the trained one's buffers. With `segments`, each segment's rows
+/// get that segment's adapters instead of `active`.
 struct LoRAContext {
     var active: [ActiveLoRA]
     /// [n, maxRank] scratch for u of frozen branches and for du.
     var scratch: FloatPtr?
     var training: LoRATrainingBuffers?
+    var segments: [LoRASegment]? = nil
 
     static var none: LoRAContext { LoRAContext(active: [], scratch: nil, training: nil) }
 
     /// y[n, out] += every active branch of (layer, target) applied to x.
     func forward(layer: Int, target: LoRATarget, x: ConstFloatPtr, y: FloatPtr, n: Int) {
+        if let segments, let u = scratch {
+            for seg in segments {
+                for a in seg.active {
+                    guard let b = a.adapter.branch(layer: layer, target: target) else { continue }
+                    b.forward(x: x + seg.start * b.slot.inFeatures, y: y + seg.start * b.slot.outFeatures,
+                              n: seg.count, scale: a.scale, u: u)
+                }
+            }
+            return
+        }
         for a in active {
             guard let b = a.adapter.branch(layer: layer, target: target) else { continue }
             if let t = training, t.adapter === a.adapter {

@@ -43,6 +43,21 @@ enum KVPlacement {
     case inline
     /// From a cache [B, H, capacity, hd] for this layer, after appending this call's K/V at `past`.
     case cache(k: FloatPtr, v: FloatPtr, capacity: Int)
+    /// The engine's pool: the call's n rows (B = 1, T = n) are consecutive
+    /// runs of different sequences, each with its own cache slot in this
+    /// layer's k, v [slots, H, capacity, hd] and its own past.
+    case sequences(UnsafeBufferPointer<SequenceRows>, k: FloatPtr, v: FloatPtr, capacity: Int)
+}
+
+/// One sequence's rows in a batched call (see `KVPlacement.sequences`).
+struct SequenceRows {
+    /// First row in the call, and how many rows (new tokens).
+    var start: Int
+    var count: Int
+    /// Positions already in the sequence's cache.
+    var past: Int
+    /// The sequence's cache slot.
+    var slot: Int
 }
 
 /// What the training forward keeps for backward: each block's activations
@@ -79,8 +94,8 @@ extension Model {
                       keyMask: ((Int) -> ConstFloatPtr?)?, lora: LoRAContext) {
         let c = config
         let lw = weights.layers[l]
-        let C = c.nEmbd, F = c.innerSize, H = c.nHead, hd = c.headDim
-        let n = B * T, L = past + T
+        let C = c.nEmbd, F = c.innerSize
+        let n = B * T
         let eps = Float(c.layerNormEpsilon)
 
         layerNormForward(out: a.ln1, mean: a.ln1Mean, rstd: a.ln1Rstd, inp: a.input, weight: lw.ln1W, bias: lw.ln1B, rows: n, C: C, eps: eps)
@@ -88,6 +103,30 @@ extension Model {
         lora.forward(layer: l, target: .attnCAttn, x: a.ln1, y: a.qkv, n: n)
 
         let scale = attentionScale(layer: l)
+        if case .sequences(let runs, let kc, let vc, let capacity) = kv {
+            sequenceAttention(a, runs: runs, k: kc, v: vc, capacity: capacity, scale: scale)
+        } else {
+            batchAttention(a, B: B, T: T, past: past, kv: kv, keyMask: keyMask, scale: scale)
+        }
+        matmulForward(out: a.proj, inp: a.att, weight: lw.attnProjW, bias: lw.attnProjB, M: n, K: C, N: C)
+        lora.forward(layer: l, target: .attnCProj, x: a.att, y: a.proj, n: n)
+        addForward(out: a.res2, a: a.input, b: a.proj, n: n * C)
+
+        layerNormForward(out: a.ln2, mean: a.ln2Mean, rstd: a.ln2Rstd, inp: a.res2, weight: lw.ln2W, bias: lw.ln2B, rows: n, C: C, eps: eps)
+        matmulForward(out: a.fcPre, inp: a.ln2, weight: lw.fcW, bias: lw.fcB, M: n, K: C, N: F)
+        lora.forward(layer: l, target: .mlpCFC, x: a.ln2, y: a.fcPre, n: n)
+        activationForward(c.activation, out: a.fcAct, inp: a.fcPre, n: n * F)
+        matmulForward(out: a.proj, inp: a.fcAct, weight: lw.mlpProjW, bias: lw.mlpProjB, M: n, K: F, N: C)
+        lora.forward(layer: l, target: .mlpCProj, x: a.fcAct, y: a.proj, n: n)
+        addForward(out: a.res3, a: a.res2, b: a.proj, n: n * C)
+    }
+
+    /// Attention of B rows of T new tokens each, keys and values from qkv or the cache.
+    private func batchAttention(_ a: LayerActs, B: Int, T: Int, past: Int, kv: KVPlacement,
+                                keyMask: ((Int) -> ConstFloatPtr?)?, scale: Float) {
+        let c = config
+        let C = c.nEmbd, H = c.nHead, hd = c.headDim
+        let L = past + T
         if case .cache(let kc, let vc, let capacity) = kv {
             for b in 0..<B {
                 for t in 0..<T {
@@ -112,7 +151,7 @@ extension Model {
                     k = base + (C + h * hd)
                     v = base + (2 * C + h * hd)
                     ldk = 3 * C
-                case .cache(let kc, let vc, let capacity):
+                case .cache(let kc, let vc, let capacity), .sequences(_, let kc, let vc, let capacity):
                     let off: Int = (b * H + h) * capacity * hd
                     k = kc + off
                     v = vc + off
@@ -126,17 +165,38 @@ extension Model {
                                  lse: a.lse.map { $0 + bh * T })
             }
         }
-        matmulForward(out: a.proj, inp: a.att, weight: lw.attnProjW, bias: lw.attnProjB, M: n, K: C, N: C)
-        lora.forward(layer: l, target: .attnCProj, x: a.att, y: a.proj, n: n)
-        addForward(out: a.res2, a: a.input, b: a.proj, n: n * C)
+    }
 
-        layerNormForward(out: a.ln2, mean: a.ln2Mean, rstd: a.ln2Rstd, inp: a.res2, weight: lw.ln2W, bias: lw.ln2B, rows: n, C: C, eps: eps)
-        matmulForward(out: a.fcPre, inp: a.ln2, weight: lw.fcW, bias: lw.fcB, M: n, K: C, N: F)
-        lora.forward(layer: l, target: .mlpCFC, x: a.ln2, y: a.fcPre, n: n)
-        activationForward(c.activation, out: a.fcAct, inp: a.fcPre, n: n * F)
-        matmulForward(out: a.proj, inp: a.fcAct, weight: lw.mlpProjW, bias: lw.mlpProjB, M: n, K: F, N: C)
-        lora.forward(layer: l, target: .mlpCProj, x: a.fcAct, y: a.proj, n: n)
-        addForward(out: a.res3, a: a.res2, b: a.proj, n: n * C)
+    /// Attention of each sequence's new rows against its own cache slot,
+    /// after appending their keys and values there. Heads of every sequence
+    /// run in parallel; probs holds probsSlots areas of [max count, capacity].
+    private func sequenceAttention(_ a: LayerActs, runs: UnsafeBufferPointer<SequenceRows>, k kc: FloatPtr, v vc: FloatPtr,
+                                   capacity: Int, scale: Float) {
+        let c = config
+        let C = c.nEmbd, H = c.nHead, hd = c.headDim
+        var maxCount = 0
+        for s in runs {
+            maxCount = max(maxCount, s.count)
+            for t in 0..<s.count {
+                let src = a.qkv + (s.start + t) * 3 * C
+                for h in 0..<H {
+                    let dst = (s.slot * H + h) * capacity * hd + (s.past + t) * hd
+                    (kc + dst).update(from: src + C + h * hd, count: hd)
+                    (vc + dst).update(from: src + 2 * C + h * hd, count: hd)
+                }
+            }
+        }
+        let slotSize = maxCount * capacity
+        parallelChunks(runs.count * H, maxWorkers: a.probsSlots) { worker, heads in
+            for sh in heads {
+                let s = runs[sh / H], h = sh % H
+                let off = (s.slot * H + h) * capacity * hd
+                attentionForward(out: a.att + s.start * C + h * hd, ldo: C, probs: a.probs + worker * slotSize,
+                                 q: a.qkv + s.start * 3 * C + h * hd, ldq: 3 * C,
+                                 k: kc + off, ldk: hd, v: vc + off, ldv: hd,
+                                 T: s.count, L: s.past + s.count, past: s.past, hd: hd, scale: scale, keyMask: nil)
+            }
+        }
     }
 
     /// Backward through one block, the inverse of layerForward (its

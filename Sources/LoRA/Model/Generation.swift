@@ -65,40 +65,17 @@ extension Model {
         try prompt.withUnsafeBufferPointer { try checkTokens($0) }
         let total = prompt.count + min(config.nPositions - prompt.count, params.maxNewTokens)  // no overflow for huge max_new_tokens
         let session = try InferenceSession(model: self, batch: 1, capacity: max(total, prompt.count))
-        var rng = SplitMix64(seed: params.seed)
-        var decoder = tokenizer.map { StreamingDecoder(tokenizer: $0) }
-        var sequence = prompt
-        var newTokens: [TokenID] = []
-        var text = ""
-        var reason = StopReason.maxNewTokens
         if params.maxNewTokens == 0 { return GenerationResult(tokens: [], text: "", stopReason: .maxNewTokens) }
+        var state = GenerationState(model: self, prompt: prompt, params: params, limit: config.nPositions)
         var logits = try session.forward(prompt, batch: 1, lastOnly: true)
-        let eos = config.eosTokenID.flatMap { TokenID(exactly: $0) } ?? tokenizer?.endOfTextID
         while true {
-            let next = Sampler.pick(logits: &logits, history: sequence, params: params, rng: &rng)
-            sequence.append(next)
-            newTokens.append(next)
-            var stop: StopReason? = nil
-            if params.stopAtEndOfText, let eos, next == eos { stop = .endOfText }
-            // The end-of-text token ends the text; its own text ("<|endoftext|>") is not part of it.
-            var piece = stop == .endOfText ? "" : (try decoder?.push(next) ?? "")
-            text += piece
-            if stop != nil {
-            } else if !params.stopStrings.isEmpty, params.stopStrings.contains(where: { !$0.isEmpty && text.contains($0) }) { stop = .stopString }
-            else if newTokens.count >= params.maxNewTokens { stop = .maxNewTokens }
-            else if sequence.count >= config.nPositions { stop = .contextFull }
-            if stop != nil, var d = decoder {
-                // The last piece carries any bytes held back for an incomplete character.
-                let tail = d.finish()
-                decoder = d
-                piece += tail
-                text += tail
-            }
-            if let onToken, onToken(next, piece) == .stop { reason = .callback; break }
-            if let stop { reason = stop; break }
+            let next = state.pick(&logits)
+            let taken = try state.append(next)
+            var stop = taken.stop
+            if let onToken, onToken(next, taken.piece) == .stop { stop = .callback }
+            if let stop { return state.result(stop) }
             logits = try session.forward([next], batch: 1, lastOnly: true)
         }
-        return GenerationResult(tokens: newTokens, text: text, stopReason: reason)
     }
 
     /// Generates from a text prompt (needs a tokenizer).
@@ -106,6 +83,67 @@ extension Model {
                          onToken: ((TokenID, String) -> CallbackAction)? = nil) throws -> GenerationResult {
         guard let tokenizer else { throw LoRAError.invalidArgument("the model has no tokenizer") }
         return try generate(prompt: tokenizer.encode(prompt), params: params, onToken: onToken)
+    }
+}
+
+/// One sequence's generation after its prompt: the sampler's history and
+/// generator, the streamed text and the stop rules. `Model.generate` and the
+/// batched `Engine` both run it, so a sequence gives the same tokens, text and
+/// stop reason either way.
+struct GenerationState {
+    let params: SamplingParams
+    let eos: TokenID?
+    /// Positions the sequence may fill (n_positions, or the engine's context).
+    let limit: Int
+    var rng: SplitMix64
+    var decoder: StreamingDecoder?
+    /// Prompt and new tokens (the repetition penalty's history).
+    var sequence: [TokenID]
+    var newTokens: [TokenID] = []
+    var text = ""
+
+    init(model: Model, prompt: [TokenID], params: SamplingParams, limit: Int) {
+        self.params = params
+        eos = model.config.eosTokenID.flatMap { TokenID(exactly: $0) } ?? model.tokenizer?.endOfTextID
+        self.limit = limit
+        rng = SplitMix64(seed: params.seed)
+        decoder = model.tokenizer.map { StreamingDecoder(tokenizer: $0) }
+        sequence = prompt
+        sequence.reserveCapacity(limit)
+        newTokens.reserveCapacity(min(params.maxNewTokens, limit))
+    }
+
+    /// Picks the next token from this sequence's logits row (changed in place).
+    mutating func pick(_ logits: inout [Float]) -> TokenID {
+        Sampler.pick(logits: &logits, history: sequence, params: params, rng: &rng)
+    }
+
+    /// Takes a picked token: returns its text piece and why the sequence ends
+    /// here, if it does.
+    mutating func append(_ next: TokenID) throws -> (piece: String, stop: StopReason?) {
+        sequence.append(next)
+        newTokens.append(next)
+        var stop: StopReason? = nil
+        if params.stopAtEndOfText, let eos, next == eos { stop = .endOfText }
+        // The end-of-text token ends the text; its own text ("<|endoftext|>") is not part of it.
+        var piece = stop == .endOfText ? "" : (try decoder?.push(next) ?? "")
+        text += piece
+        if stop != nil {
+        } else if !params.stopStrings.isEmpty, params.stopStrings.contains(where: { !$0.isEmpty && text.contains($0) }) { stop = .stopString }
+        else if newTokens.count >= params.maxNewTokens { stop = .maxNewTokens }
+        else if sequence.count >= limit { stop = .contextFull }
+        if stop != nil, var d = decoder {
+            // The last piece carries any bytes held back for an incomplete character.
+            let tail = d.finish()
+            decoder = d
+            piece += tail
+            text += tail
+        }
+        return (piece, stop)
+    }
+
+    func result(_ reason: StopReason) -> GenerationResult {
+        GenerationResult(tokens: newTokens, text: text, stopReason: reason)
     }
 }
 

@@ -1,0 +1,421 @@
+/*
+ * test_capi_engine.c — the batched engine (lora_engine): mixed adapter sets,
+ * joins, a cancellation, a callback stop and a freed adapter against
+ * lora_generate alone; bad input; two threads submitting and cancelling while
+ * a third steps.
+ */
+#include "test_capi.h"
+
+/* Collects streamed tokens (as test_capi_generation.c's collector). */
+typedef struct collect {
+    char text[4096];
+    size_t len;
+    int calls;
+    int stop_after; /* return non-zero at this call (0: never) */
+    int32_t tokens[256];
+} collect;
+
+static int32_t collect_piece(int32_t token, const char *piece, size_t piece_len, void *user_data) {
+    collect *c = user_data;
+    if (c->calls < 256) c->tokens[c->calls] = token;
+    c->calls++;
+    if (piece_len > 0 && (piece == NULL || c->len + piece_len >= sizeof c->text)) return 1;
+    if (piece_len > 0) memcpy(c->text + c->len, piece, piece_len);
+    c->len += piece_len;
+    c->text[c->len] = 0;
+    return c->stop_after > 0 && c->calls >= c->stop_after;
+}
+
+/* ---- The batched engine ------------------------------------------------- */
+
+/* A request of the engine test: its prompt, adapter set and sampling. */
+typedef struct {
+    int32_t prompt[40];
+    size_t n_prompt;
+    int set;
+    int sampled;
+    lora_request_id id;
+    collect streamed;
+} engine_job;
+
+/* Generates alone through attach/detach: what the engine must reproduce. */
+static lora_status solo_generate(lora_model *m, const lora_adapter_use *set, size_t n_set, const int32_t *prompt,
+                                 size_t n_prompt, const lora_sampling_params *sp, int32_t *out, size_t cap, size_t *n) {
+    for (size_t k = 0; k < n_set; k++) lora_model_attach(m, (lora_adapter *)set[k].adapter, set[k].scale);
+    lora_status st = lora_generate_tokens(m, prompt, n_prompt, sp, NULL, NULL, out, cap, n);
+    for (size_t k = 0; k < n_set; k++) lora_model_detach(m, (lora_adapter *)set[k].adapter);
+    return st;
+}
+
+static lora_engine *reentrant_engine;
+static lora_status reentrant_status;
+static int32_t step_from_callback(int32_t token, const char *piece, size_t piece_len, void *user_data) {
+    (void)token, (void)piece, (void)piece_len, (void)user_data;
+    reentrant_status = lora_engine_step(reentrant_engine, NULL, 0, NULL, NULL);
+    return 0;
+}
+
+void test_engine(void) {
+    lora_model *m = load_model("gpt2-tok");
+    lora_adapter *a = NULL, *b = NULL, *c = NULL;
+    lora_engine *e = NULL;
+    if (!m) return;
+    lora_adapter_params ap;
+    lora_adapter_default_params(&ap);
+    ap.target_modules = "c_attn,attn.c_proj,mlp.c_fc,mlp.c_proj";
+    ap.init = LORA_INIT_RANDOM;
+    ap.r = 4;
+    ap.seed = 1;
+    REQUIRE_OK(lora_adapter_create(&a, m, &ap));
+    ap.r = 8;
+    ap.seed = 2;
+    REQUIRE_OK(lora_adapter_create(&b, m, &ap));
+    ap.seed = 3;
+    REQUIRE_OK(lora_adapter_create(&c, m, &ap));
+
+    /* The four adapter sets: none, a, b*1.5, a + b*0.5. */
+    lora_adapter_use sets[4][2] = {{{NULL, 0}}, {{a, 1.0f}}, {{b, 1.5f}}, {{a, 1.0f}, {b, 0.5f}}};
+    size_t set_sizes[4] = {0, 1, 1, 2};
+
+    lora_engine_params ep;
+    lora_engine_default_params(&ep);
+    CHECK(ep.struct_size == sizeof ep && ep.max_sequences == 16 && ep.max_tokens_per_step == 512 &&
+              ep.context_per_sequence == 0,
+          "engine defaults");
+    ep.max_sequences = 4;
+    ep.max_tokens_per_step = 3;
+    lora_engine *bad = SENTINEL(lora_engine);
+    EXPECT(lora_engine_create(&bad, m, &ep), LORA_INVALID_ARGUMENT);
+    CHECK(bad == NULL, "a failed create leaves NULL");
+    ep.max_tokens_per_step = 16;
+    REQUIRE_OK(lora_engine_create(&e, m, &ep));
+
+    lora_sampling_params greedy, sampled;
+    lora_sampling_default_params(&greedy);
+    greedy.temperature = 0;
+    greedy.max_new_tokens = 6;
+    greedy.stop_at_eos = 0;
+    sampled = greedy;
+    sampled.temperature = 0.9f;
+    sampled.top_k = 30;
+
+    enum { N_JOBS = 9 };
+    static engine_job jobs[N_JOBS];
+    memset(jobs, 0, sizeof jobs);
+    lora_request rq;
+    for (int j = 0; j < N_JOBS; j++) {
+        jobs[j].n_prompt = 2 + (size_t)(j * 5) % 30;
+        for (size_t t = 0; t < jobs[j].n_prompt; t++) jobs[j].prompt[t] = (int32_t)((j * 131 + t * 17 + 3) % 1000);
+        jobs[j].set = j % 4;
+        jobs[j].sampled = j % 3 == 1;
+    }
+    /* Five start together (one queues: 4 slots), four join while those decode. */
+    for (int j = 0; j < N_JOBS; j++) {
+        if (j == 5) {
+            size_t nf = 99, nt = 99;
+            EXPECT(lora_engine_step(e, NULL, 0, &nf, &nt), LORA_OK);
+            EXPECT(lora_engine_step(e, NULL, 0, &nf, &nt), LORA_OK);
+        }
+        lora_request_default_params(&rq);
+        rq.tokens = jobs[j].prompt;
+        rq.n_tokens = jobs[j].n_prompt;
+        rq.adapters = sets[jobs[j].set];
+        rq.n_adapters = set_sizes[jobs[j].set];
+        lora_sampling_params sp = jobs[j].sampled ? sampled : greedy;
+        sp.seed = 100 + (uint64_t)j;
+        rq.sampling = &sp;
+        rq.callback = collect_piece;
+        rq.user_data = &jobs[j].streamed;
+        REQUIRE_OK(lora_engine_submit(e, &rq, &jobs[j].id));
+    }
+    /* One more, cancelled mid-way; one whose callback stops it; one whose adapter is freed while it waits. */
+    lora_request_id cancelled = 0, stopped = 0, orphan = 0;
+    collect stop_after_two;
+    memset(&stop_after_two, 0, sizeof stop_after_two);
+    stop_after_two.stop_after = 2;
+    int32_t orphan_want[16];
+    size_t n_orphan_want = 0;
+    {
+        lora_request_default_params(&rq);
+        rq.tokens = jobs[0].prompt;
+        rq.n_tokens = 5;
+        rq.adapters = sets[3];
+        rq.n_adapters = 2;
+        lora_sampling_params sp = greedy;
+        sp.max_new_tokens = 40;
+        rq.sampling = &sp;
+        REQUIRE_OK(lora_engine_submit(e, &rq, &cancelled));
+        rq.sampling = &greedy;
+        rq.callback = collect_piece;
+        rq.user_data = &stop_after_two;
+        REQUIRE_OK(lora_engine_submit(e, &rq, &stopped));
+        lora_adapter_use own = {c, 0.75f};
+        REQUIRE_OK(
+            solo_generate(m, &own, 1, jobs[1].prompt, jobs[1].n_prompt, &greedy, orphan_want, 16, &n_orphan_want));
+        lora_request_default_params(&rq);
+        rq.tokens = jobs[1].prompt;
+        rq.n_tokens = jobs[1].n_prompt;
+        rq.adapters = &own;
+        rq.n_adapters = 1;
+        rq.sampling = &greedy;
+        REQUIRE_OK(lora_engine_submit(e, &rq, &orphan));
+        lora_adapter_free(c); /* the request keeps it alive */
+        c = NULL;
+    }
+    lora_request_info info;
+    info.struct_size = sizeof info;
+    EXPECT(lora_engine_request_info(e, orphan, &info), LORA_OK);
+    CHECK(info.state == LORA_REQUEST_QUEUED, "a request beyond the pool queues (state %d)", info.state);
+    int32_t toks[64];
+    size_t n = 0;
+    EXPECT(lora_engine_request_tokens(e, orphan, toks, 64, &n), LORA_WRONG_STATE);
+    lora_request_id finished[16];
+    int steps = 0, was_running = 0;
+    size_t total_finished = 0;
+    for (;;) {
+        size_t nf = 0, nt = 0;
+        REQUIRE_OK(lora_engine_step(e, finished, 16, &nf, &nt));
+        total_finished += nf;
+        steps++;
+        /* Cancelled mid-way, once it has two tokens. */
+        EXPECT(lora_engine_request_info(e, cancelled, &info), LORA_OK);
+        if (!was_running && info.state == LORA_REQUEST_RUNNING && info.n_tokens >= 2) {
+            was_running = 1;
+            EXPECT(lora_engine_cancel(e, cancelled), LORA_OK);
+            /* Between steps, a cancelled request ends at once (no step reports it). */
+            EXPECT(lora_engine_request_info(e, cancelled, &info), LORA_OK);
+            CHECK(info.state == LORA_REQUEST_CANCELLED, "state after cancel %d", info.state);
+        }
+        if (nf == 0 && nt == 0) {
+            EXPECT(lora_engine_request_info(e, orphan, &info), LORA_OK);
+            if (info.state >= LORA_REQUEST_FINISHED) break;
+        }
+        if (steps > 1000) break;
+    }
+    CHECK(was_running && total_finished == N_JOBS + 2,
+          "%zu requests reported finished in %d steps (cancelled while running: %d)", total_finished, steps,
+          was_running);
+    for (int j = 0; j < N_JOBS; j++) {
+        int32_t want[64];
+        size_t n_want = 0;
+        lora_sampling_params sp = jobs[j].sampled ? sampled : greedy;
+        sp.seed = 100 + (uint64_t)j;
+        REQUIRE_OK(solo_generate(m, sets[jobs[j].set], set_sizes[jobs[j].set], jobs[j].prompt, jobs[j].n_prompt, &sp,
+                                 want, 64, &n_want));
+        EXPECT(lora_engine_request_tokens(e, jobs[j].id, toks, 64, &n), LORA_OK);
+        CHECK(n == n_want && memcmp(toks, want, n * sizeof *toks) == 0,
+              "request %d (set %d): engine tokens differ from solo", j, jobs[j].set);
+        CHECK(jobs[j].streamed.calls == (int)n && memcmp(jobs[j].streamed.tokens, want, n * sizeof *toks) == 0,
+              "request %d: streamed tokens differ", j);
+        EXPECT(lora_engine_request_info(e, jobs[j].id, &info), LORA_OK);
+        CHECK(info.state == LORA_REQUEST_FINISHED && info.stop_reason == LORA_STOP_MAX_TOKENS &&
+                  info.status == LORA_OK && info.n_tokens == (int64_t)n,
+              "request %d info", j);
+    }
+    EXPECT(lora_engine_request_info(e, cancelled, &info), LORA_OK);
+    CHECK(info.state == LORA_REQUEST_CANCELLED && info.stop_reason == LORA_STOP_CANCELLED && info.n_tokens >= 2 &&
+              info.n_tokens < 40,
+          "cancelled request: state %d, %lld tokens", info.state, (long long)info.n_tokens);
+    EXPECT(lora_engine_request_info(e, stopped, &info), LORA_OK);
+    CHECK(info.state == LORA_REQUEST_FINISHED && info.status == LORA_ABORTED &&
+              info.stop_reason == LORA_STOP_CALLBACK && info.n_tokens == 2,
+          "callback-stopped request: status %d, %lld tokens", info.status, (long long)info.n_tokens);
+    EXPECT(lora_engine_request_tokens(e, orphan, toks, 64, &n), LORA_OK);
+    CHECK(n == n_orphan_want && memcmp(toks, orphan_want, n * sizeof *toks) == 0, "a freed adapter's request differs");
+    EXPECT(lora_engine_request_tokens(e, orphan, toks, 1, &n), LORA_BUFFER_TOO_SMALL);
+
+    /* Errors. */
+    EXPECT(lora_engine_cancel(e, cancelled), LORA_WRONG_STATE);
+    EXPECT(lora_engine_cancel(e, 123456), LORA_INVALID_ARGUMENT);
+    EXPECT(lora_engine_request_info(e, 123456, &info), LORA_INVALID_ARGUMENT);
+    EXPECT(lora_engine_release(e, orphan), LORA_OK);
+    EXPECT(lora_engine_request_info(e, orphan, &info), LORA_INVALID_ARGUMENT);
+    lora_request_id id = 0;
+    EXPECT(lora_engine_submit(e, NULL, &id), LORA_INVALID_ARGUMENT);
+    EXPECT(lora_engine_submit(NULL, &rq, &id), LORA_INVALID_ARGUMENT);
+    lora_request_default_params(&rq);
+    EXPECT(lora_engine_submit(e, &rq, &id), LORA_INVALID_ARGUMENT); /* no prompt */
+    rq.tokens = jobs[0].prompt;
+    rq.n_tokens = 64; /* no room for a new token in n_positions 64 */
+    EXPECT(lora_engine_submit(e, &rq, &id), LORA_INVALID_ARGUMENT);
+    rq.n_tokens = 3;
+    lora_adapter_use nan_scale = {a, NAN};
+    rq.adapters = &nan_scale;
+    rq.n_adapters = 1;
+    EXPECT(lora_engine_submit(e, &rq, &id), LORA_INVALID_ARGUMENT);
+    nan_scale.scale = INFINITY;
+    EXPECT(lora_engine_submit(e, &rq, &id), LORA_INVALID_ARGUMENT);
+    rq.adapters = NULL;
+    EXPECT(lora_engine_submit(e, &rq, &id), LORA_INVALID_ARGUMENT); /* n_adapters 1, adapters NULL */
+    lora_model *other = load_model("gpt2-a");
+    if (other) {
+        lora_adapter *foreign = NULL;
+        lora_adapter_default_params(&ap);
+        if (lora_adapter_create(&foreign, other, &ap) == LORA_OK) {
+            lora_model_info mi, oi;
+            mi.struct_size = oi.struct_size = sizeof mi;
+            lora_model_get_info(m, &mi);
+            lora_model_get_info(other, &oi);
+            lora_adapter_use f = {foreign, 1.0f};
+            rq.adapters = &f;
+            if (mi.n_embd != oi.n_embd) EXPECT(lora_engine_submit(e, &rq, &id), LORA_INVALID_ARGUMENT);
+            lora_adapter_free(foreign);
+        }
+        lora_model_free(other);
+    }
+    /* A text prompt gives lora_generate's text; stepping from a callback is refused. */
+    {
+        char want[1024], got[1024];
+        size_t needed = 0;
+        REQUIRE_OK(lora_generate(m, "Hello world", &greedy, NULL, NULL, want, sizeof want, &needed));
+        lora_request_default_params(&rq);
+        rq.prompt = "Hello world";
+        rq.sampling = &greedy;
+        rq.callback = step_from_callback;
+        reentrant_engine = e;
+        reentrant_status = LORA_OK;
+        REQUIRE_OK(lora_engine_submit(e, &rq, &id));
+        REQUIRE_OK(lora_engine_run(e));
+        EXPECT(reentrant_status, LORA_WRONG_STATE);
+        EXPECT(lora_engine_request_text(e, id, got, sizeof got, &needed), LORA_OK);
+        CHECK(strcmp(got, want) == 0, "engine text \"%s\" != lora_generate's \"%s\"", got, want);
+    }
+    /* Freeing an engine with requests still queued or running is fine. */
+    lora_request_default_params(&rq);
+    rq.tokens = jobs[2].prompt;
+    rq.n_tokens = jobs[2].n_prompt;
+    REQUIRE_OK(lora_engine_submit(e, &rq, &id));
+    REQUIRE_OK(lora_engine_step(e, NULL, 0, NULL, NULL));
+done:
+    lora_engine_free(e);
+    lora_engine_free(NULL);
+    lora_adapter_free(a);
+    lora_adapter_free(b);
+    lora_adapter_free(c);
+    lora_model_free(m);
+}
+
+/* Two threads submit and cancel while a third steps the engine. */
+typedef struct {
+    lora_engine *engine;
+    pthread_mutex_t lock;
+    int submitters_done;
+    lora_request_id ids[2][6];
+    int32_t prompts[2][6][3];
+    int submit_errors;
+} engine_threads;
+
+typedef struct {
+    engine_threads *t;
+    int k; /* this submitter's row of ids and prompts */
+} engine_submitter_arg;
+
+static void *engine_submitter(void *arg) {
+    engine_threads *t = ((engine_submitter_arg *)arg)->t;
+    int k = ((engine_submitter_arg *)arg)->k;
+    lora_sampling_params sp;
+    lora_sampling_default_params(&sp);
+    sp.temperature = 0;
+    sp.max_new_tokens = 4;
+    sp.stop_at_eos = 0;
+    for (int i = 0; i < 6; i++) {
+        lora_request rq;
+        lora_request_default_params(&rq);
+        t->prompts[k][i][0] = 10 * k + i + 1;
+        t->prompts[k][i][1] = 7;
+        t->prompts[k][i][2] = 100 + i;
+        rq.tokens = t->prompts[k][i];
+        rq.n_tokens = 3;
+        rq.sampling = &sp;
+        lora_request_id id = 0;
+        if (lora_engine_submit(t->engine, &rq, &id) != LORA_OK) {
+            pthread_mutex_lock(&t->lock);
+            t->submit_errors++;
+            pthread_mutex_unlock(&t->lock);
+        }
+        t->ids[k][i] = id;
+        if (i % 3 == 0) lora_engine_cancel(t->engine, id); /* may race with its end: OK or LORA_WRONG_STATE */
+    }
+    pthread_mutex_lock(&t->lock);
+    t->submitters_done++;
+    pthread_mutex_unlock(&t->lock);
+    return NULL;
+}
+
+static void *engine_stepper(void *arg) {
+    engine_threads *t = arg;
+    for (;;) {
+        size_t nf = 0, nt = 0;
+        lora_engine_step(t->engine, NULL, 0, &nf, &nt);
+        pthread_mutex_lock(&t->lock);
+        int done = t->submitters_done == 2;
+        pthread_mutex_unlock(&t->lock);
+        if (done && nf == 0 && nt == 0) {
+            /* Nothing ran: idle once every request has ended. */
+            int idle = 1;
+            for (int k = 0; k < 2 && idle; k++)
+                for (int i = 0; i < 6 && idle; i++) {
+                    lora_request_info info;
+                    info.struct_size = sizeof info;
+                    if (lora_engine_request_info(t->engine, t->ids[k][i], &info) == LORA_OK &&
+                        info.state < LORA_REQUEST_FINISHED)
+                        idle = 0;
+                }
+            if (idle) return NULL;
+        }
+    }
+}
+
+void test_engine_threads(void) {
+    lora_model *m = load_model("gpt2-tok");
+    lora_engine *e = NULL;
+    if (!m) return;
+    lora_engine_params ep;
+    lora_engine_default_params(&ep);
+    ep.max_sequences = 4;
+    ep.max_tokens_per_step = 16;
+    REQUIRE_OK(lora_engine_create(&e, m, &ep));
+    static engine_threads t;
+    memset(&t, 0, sizeof t);
+    t.engine = e;
+    pthread_mutex_init(&t.lock, NULL);
+    pthread_t stepper, sub[2];
+    pthread_create(&stepper, NULL, engine_stepper, &t);
+    engine_submitter_arg args[2] = {{&t, 0}, {&t, 1}};
+    pthread_create(&sub[0], NULL, engine_submitter, &args[0]);
+    pthread_create(&sub[1], NULL, engine_submitter, &args[1]);
+    pthread_join(sub[0], NULL);
+    pthread_join(sub[1], NULL);
+    pthread_join(stepper, NULL);
+    pthread_mutex_destroy(&t.lock);
+    CHECK(t.submit_errors == 0, "%d submits failed", t.submit_errors);
+    lora_sampling_params sp;
+    lora_sampling_default_params(&sp);
+    sp.temperature = 0;
+    sp.max_new_tokens = 4;
+    sp.stop_at_eos = 0;
+    int finished = 0;
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; i < 6; i++) {
+            lora_request_info info;
+            info.struct_size = sizeof info;
+            EXPECT(lora_engine_request_info(e, t.ids[k][i], &info), LORA_OK);
+            CHECK(info.state == LORA_REQUEST_FINISHED || info.state == LORA_REQUEST_CANCELLED, "request %d/%d state %d",
+                  k, i, info.state);
+            if (i % 3 != 0)
+                CHECK(info.state == LORA_REQUEST_FINISHED, "uncancelled request %d/%d did not finish", k, i);
+            if (info.state != LORA_REQUEST_FINISHED) continue;
+            finished++;
+            int32_t got[8], want[8];
+            size_t n_got = 0, n_want = 0;
+            EXPECT(lora_engine_request_tokens(e, t.ids[k][i], got, 8, &n_got), LORA_OK);
+            EXPECT(lora_generate_tokens(m, t.prompts[k][i], 3, &sp, NULL, NULL, want, 8, &n_want), LORA_OK);
+            CHECK(n_got == n_want && memcmp(got, want, n_got * sizeof *got) == 0, "request %d/%d differs from solo", k,
+                  i);
+        }
+    }
+    CHECK(finished >= 8, "only %d requests finished", finished);
+done:
+    lora_engine_free(e);
+    lora_model_free(m);
+}

@@ -1,0 +1,341 @@
+import Foundation
+import Testing
+
+@testable import LoRA
+
+/// Logits of a sequence in a mixed batch against the same sequence run alone:
+/// the base products run over a different number of rows (OpenBLAS blocks
+/// them differently), so sums differ in the last bits; 1e-4 is the issue's bound.
+let engineLogitTolerance: Float = 1e-4
+
+/// The batched engine against today's path (attach + generate, one sequence at a time).
+@Suite(.serialized) struct EngineTests {
+    static let model: Model = { try! Model.load(directory: Fixtures.path("gpt2-tok")) }()
+
+    /// Two random adapters on all four module types (B non-zero, so each changes the output).
+    static let adapters: (Adapter, Adapter) = {
+        func make(_ seed: UInt64, r: Int, name: String) -> Adapter {
+            var cfg = LoRAConfig()
+            cfg.r = r
+            cfg.loraAlpha = Double(2 * r)
+            cfg.targetModules = .names(["c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"])
+            cfg.initLoraWeights = .random
+            let a = try! Adapter(config: cfg, modelConfig: model.config, name: name)
+            try! a.initialize(from: model, seed: seed)
+            return a
+        }
+        return (make(11, r: 4, name: "a"), make(12, r: 8, name: "b"))
+    }()
+
+    /// The adapter sets of the test: none, a, b, a + b·0.5.
+    static func sets() -> [[AdapterUse]] {
+        let (a, b) = adapters
+        return [[], [AdapterUse(a)], [AdapterUse(b, scale: 1.5)], [AdapterUse(a), AdapterUse(b, scale: 0.5)]]
+    }
+
+    /// Generation alone, through attach/detach.
+    static func solo(_ prompt: [TokenID], _ set: [AdapterUse], _ params: SamplingParams) throws -> GenerationResult {
+        for u in set { try model.attach(u.adapter, scale: u.scale) }
+        defer { for u in set { try? model.detach(u.adapter) } }
+        return try model.generate(prompt: prompt, params: params)
+    }
+
+    static func soloLogits(_ ids: [TokenID], _ set: [AdapterUse]) throws -> [Float] {
+        for u in set { try model.attach(u.adapter, scale: u.scale) }
+        defer { for u in set { try? model.detach(u.adapter) } }
+        let V = model.config.vocabSize
+        let all = try model.logits(ids)
+        return Array(all[(ids.count - 1) * V..<ids.count * V])
+    }
+
+    static func prompt(_ k: Int, length: Int) -> [TokenID] {
+        (0..<length).map { TokenID((k * 131 + $0 * 17 + 3) % 1000) }
+    }
+
+    @Test func mixedBatchMatchesSoloRuns() throws {
+        let model = Self.model
+        var p = EngineParams()
+        p.maxSequences = 6  // fewer slots than requests: the rest queue and join later
+        p.maxTokensPerStep = 24  // long prompts arrive in chunks
+        let engine = try Engine(model: model, params: p)
+        let sets = Self.sets()
+        struct Job { var prompt: [TokenID]; var set: Int; var params: SamplingParams; var id: Int64 = 0; var streamed: [TokenID] = [] }
+        var jobs: [Job] = []
+        for k in 0..<10 {
+            var sp = k % 3 == 2 ? SamplingParams() : SamplingParams.greedy
+            sp.seed = UInt64(100 + k)
+            sp.topK = k % 2 == 0 ? 0 : 20
+            sp.maxNewTokens = 6 + k % 4
+            sp.stopAtEndOfText = false
+            jobs.append(Job(prompt: Self.prompt(k, length: 3 + (k * 7) % 30), set: k % sets.count, params: sp))
+        }
+        let streams = StreamBox(count: jobs.count)
+        // The first six start together; the rest join while those decode.
+        func submit(_ i: Int) throws {
+            let box = streams
+            jobs[i].id = try engine.submit(
+                EngineRequest(prompt: jobs[i].prompt, adapters: sets[jobs[i].set], params: jobs[i].params) { t, _ in
+                    box.append(i, t); return .continue
+                })
+        }
+        for i in 0..<6 { try submit(i) }
+        _ = try engine.step()
+        _ = try engine.step()
+        for i in 6..<10 { try submit(i) }
+        // A request cancelled mid-way, the others undisturbed.
+        var cancelled = Job(prompt: Self.prompt(42, length: 9), set: 3, params: .greedy)
+        cancelled.params.maxNewTokens = 30
+        cancelled.id = try engine.submit(EngineRequest(prompt: cancelled.prompt, adapters: sets[3], params: cancelled.params))
+        var steps = 0
+        var reported: [Int64] = []
+        while engine.pendingCount > 0 {
+            let r = try engine.step()
+            reported += r.finished
+            steps += 1
+            let c = try engine.state(cancelled.id)
+            if c.state == .running && c.tokenCount >= 2 {
+                try engine.cancel(cancelled.id)  // mid-way, between steps: ends at once
+                #expect(try engine.state(cancelled.id).state == .cancelled)
+            }
+            #expect(r.rows <= p.maxTokensPerStep)
+        }
+        #expect(reported.sorted() == jobs.map(\.id).sorted())
+        let c = try engine.state(cancelled.id)
+        #expect(c.state == .cancelled)
+        #expect(c.result.map { $0.tokens.count >= 2 && $0.tokens.count < 30 } == true)
+        #expect(throws: LoRAError.self) { try engine.cancel(cancelled.id) }
+        for (i, j) in jobs.enumerated() {
+            let info = try engine.state(j.id)
+            #expect(info.state == .finished)
+            let want = try Self.solo(j.prompt, sets[j.set], j.params)
+            #expect(info.result?.tokens == want.tokens, "request \(i) (set \(j.set))")
+            #expect(info.result?.text == want.text)
+            #expect(info.result?.stopReason == want.stopReason)
+            #expect(streams.tokens(i) == want.tokens)
+        }
+    }
+
+    /// Logits: every row of every step (chunked prefills, decodes, joins in
+    /// the middle) against the sequence alone with its adapters attached.
+    @Test func batchedLogitsMatchSoloLogits() throws {
+        let model = Self.model
+        var p = EngineParams()
+        p.maxSequences = 8
+        p.maxTokensPerStep = 20
+        let engine = try Engine(model: model, params: p)
+        let sets = Self.sets()
+        var captured: [Int64: [[Float]]] = [:]
+        var prompts: [Int64: ([TokenID], Int)] = [:]
+        engine.logitsHook = { id, row in captured[id, default: []].append(row) }
+        var sp = SamplingParams.greedy
+        sp.maxNewTokens = 4
+        sp.stopAtEndOfText = false
+        for k in 0..<8 {
+            if k == 5 { _ = try engine.step(); _ = try engine.step() }  // joins while others decode
+            let prompt = Self.prompt(k, length: 2 + k * 4)
+            let id = try engine.submit(EngineRequest(prompt: prompt, adapters: sets[k % 4], params: sp))
+            prompts[id] = (prompt, k % 4)
+        }
+        try engine.runUntilDone()
+        #expect(captured.count == 8)
+        var worst: Float = 0
+        for (id, (prompt, set)) in prompts {
+            let tokens = try #require(try engine.state(id).result?.tokens)
+            let rows = try #require(captured[id])
+            #expect(rows.count == 4 && tokens.count == 4)
+            for (k, got) in rows.enumerated() {
+                let want = try Self.soloLogits(prompt + tokens[0..<k], sets[set])
+                worst = max(worst, maxAbsDiff(got, want))
+                #expect(maxAbsDiff(got, want) <= engineLogitTolerance, "request \(id) token \(k)")
+            }
+        }
+        // The adapters matter: without them the logits differ by far more than the tolerance.
+        let (first, _) = prompts.first { $0.value.1 == 3 }!.value
+        let plain = try Self.soloLogits(first, [])
+        #expect(maxAbsDiff(plain, try Self.soloLogits(first, sets[3])) > 100 * engineLogitTolerance)
+        print("engine logits: worst difference to solo runs \(worst)")
+    }
+
+    @Test func badInputGivesClearErrors() throws {
+        let model = Self.model
+        var p = EngineParams()
+        p.maxSequences = 2
+        p.maxTokensPerStep = 16
+        p.contextPerSequence = 20
+        let engine = try Engine(model: model, params: p)
+        let (a, _) = Self.adapters
+        #expect(throws: LoRAError.self) { try engine.submit(EngineRequest(prompt: [])) }
+        #expect(throws: LoRAError.self) { try engine.submit(EngineRequest(prompt: [TokenID(model.config.vocabSize)])) }
+        #expect(throws: LoRAError.self) { try engine.submit(EngineRequest(prompt: Self.prompt(0, length: 20))) }
+        #expect(throws: LoRAError.self) { try engine.submit(EngineRequest(prompt: [1], adapters: [AdapterUse(a, scale: .nan)])) }
+        #expect(throws: LoRAError.self) { try engine.submit(EngineRequest(prompt: [1], adapters: [AdapterUse(a, scale: .infinity)])) }
+        var other = model.config
+        other.nEmbd = 16
+        let foreign = try Adapter(config: LoRAConfig(), modelConfig: other)
+        #expect(throws: LoRAError.self) { try engine.submit(EngineRequest(prompt: [1], adapters: [AdapterUse(foreign)])) }
+        #expect(throws: LoRAError.self) { try engine.cancel(999) }
+        #expect(throws: LoRAError.self) { try engine.state(999) }
+        #expect(throws: LoRAError.self) {
+            try Engine(
+                model: model,
+                params: {
+                    var q = EngineParams(); q.maxSequences = 4; q.maxTokensPerStep = 2; return q
+                }())
+        }
+        // max_new_tokens past the context: truncated at the context.
+        var sp = SamplingParams.greedy
+        sp.maxNewTokens = 100
+        sp.stopAtEndOfText = false
+        let long = try engine.submit(EngineRequest(prompt: Self.prompt(1, length: 15), params: sp))
+        // A callback that stops its request; the other goes on.
+        var short = SamplingParams.greedy
+        short.maxNewTokens = 4
+        short.stopAtEndOfText = false
+        let stopped = try engine.submit(EngineRequest(prompt: [5, 6], params: short) { _, _ in .stop })
+        let third = try engine.submit(EngineRequest(prompt: [7, 8], params: short))  // queued: 2 slots
+        #expect(try engine.state(third).state == .queued)
+        try engine.runUntilDone()
+        let l = try engine.state(long)
+        #expect(l.result?.stopReason == .contextFull && l.result?.tokens.count == 5)
+        #expect(try engine.state(stopped).result?.stopReason == .callback)
+        #expect(try engine.state(stopped).result?.tokens.count == 1)
+        #expect(try engine.state(third).result?.tokens == Self.solo([7, 8], [], short).tokens)
+        try engine.release(third)
+        #expect(throws: LoRAError.self) { try engine.state(third) }
+        // generate: results in order, records released.
+        let results = try engine.generate([EngineRequest(prompt: [7, 8], params: short), EngineRequest(prompt: [1], params: short)])
+        #expect(results.map(\.tokens) == [try Self.solo([7, 8], [], short).tokens, try Self.solo([1], [], short).tokens])
+    }
+
+    /// Two threads submit and cancel while a third steps; a second stepping thread is refused.
+    @Test func concurrentSubmitAndCancel() throws {
+        var p = EngineParams()
+        p.maxSequences = 4
+        p.maxTokensPerStep = 32
+        let engine = try Engine(model: Self.model, params: p)
+        let sets = Self.sets()
+        let done = Flag()
+        let ids = IDBox()
+        let stepper = Thread {
+            while !done.isSet || engine.pendingCount > 0 { _ = try? engine.step() }
+        }
+        stepper.start()
+        let group = DispatchGroup()
+        for t in 0..<2 {
+            DispatchQueue.global().async(group: group) {
+                for k in 0..<8 {
+                    var sp = SamplingParams.greedy
+                    sp.maxNewTokens = 5
+                    sp.stopAtEndOfText = false
+                    if let id = try? engine.submit(
+                        EngineRequest(prompt: Self.prompt(t * 8 + k, length: 4 + k), adapters: sets[k % 4], params: sp))
+                    {
+                        ids.add(id, prompt: Self.prompt(t * 8 + k, length: 4 + k), set: k % 4)
+                        if k % 3 == 0 { try? engine.cancel(id) }
+                    }
+                }
+            }
+        }
+        group.wait()
+        done.set()
+        while !stepper.isFinished { usleep(1000) }
+        let all = ids.all()
+        #expect(all.count == 16)
+        for (id, prompt, set) in all {
+            let info = try engine.state(id)
+            #expect(info.state == .finished || info.state == .cancelled)
+            if info.state == .finished {
+                var sp = SamplingParams.greedy
+                sp.maxNewTokens = 5
+                sp.stopAtEndOfText = false
+                #expect(info.result?.tokens == (try Self.solo(prompt, sets[set], sp)).tokens)
+            }
+        }
+    }
+}
+
+/// `lora generate --batch-file`: JSONL with per-line adapters and sampling,
+/// output in input order. In the engine suite: it shares (and attaches to)
+/// the suite's model, so it must not run beside the other engine tests.
+extension EngineTests {
+    @Test func batchFileMatchesSingleGeneration() throws {
+        let model = EngineTests.model
+        let (a, b) = EngineTests.adapters
+        let dir = try Fixtures.tempDir()
+        try a.save(directory: dir + "/a")
+        try b.save(directory: dir + "/b")
+        let lines = [
+            #"{"prompt": "Hello", "max_new_tokens": 6, "temperature": 0}"#,
+            #"{"prompt": "The quick brown fox", "adapters": ["\#(dir)/a"], "max_new_tokens": 4, "temperature": 0}"#,
+            "",
+            #"{"prompt": "café", "adapters": ["\#(dir)/a", "\#(dir)/b:0.5"], "seed": 7, "temperature": 0.9, "top_k": 30, "max_new_tokens": 5, "ignore_eos": true}"#,
+            #"{"prompt": "Hi", "adapters": ["\#(dir)/b:1.5"], "max_new_tokens": 3, "temperature": 0, "stop": ["zzz"]}"#,
+        ]
+        try lines.joined(separator: "\n").write(toFile: dir + "/in.jsonl", atomically: true, encoding: .utf8)
+        let r = try CLI.run([
+            "generate", "--model", Fixtures.path("gpt2-tok"), "--batch-file", dir + "/in.jsonl",
+            "--max-sequences", "2", "--max-tokens-per-step", "4", "--top-p", "1",
+        ])
+        #expect(r.status == 0, "\(r.err)")
+        let out = r.out.split(separator: "\n").map(String.init)
+        #expect(out.count == 4)
+        let t = try #require(model.tokenizer)
+        func expectLine(_ i: Int, _ prompt: String, _ set: [AdapterUse], _ p: SamplingParams) throws {
+            let want = try EngineTests.solo(t.encode(prompt), set, p)
+            let o = try #require(try JSON.parse(out[i]).objectValue)
+            #expect(o["index"]?.intValue == i && o["prompt"]?.stringValue == prompt)
+            #expect(o["text"]?.stringValue == want.text, "line \(i)")
+            #expect(o["stop_reason"]?.stringValue == want.stopReason.rawValue)
+        }
+        var p = SamplingParams.greedy
+        p.topP = 1
+        p.maxNewTokens = 6
+        try expectLine(0, "Hello", [], p)
+        p.maxNewTokens = 4
+        // Adapters loaded from the saved directories equal the in-memory ones (safetensors round trip is exact).
+        try expectLine(1, "The quick brown fox", [AdapterUse(a)], p)
+        var s = SamplingParams()
+        s.temperature = 0.9; s.topK = 30; s.topP = 1; s.seed = 7; s.maxNewTokens = 5; s.stopAtEndOfText = false
+        try expectLine(2, "café", [AdapterUse(a), AdapterUse(b, scale: 0.5)], s)
+        p.maxNewTokens = 3
+        p.stopStrings = ["zzz"]
+        try expectLine(3, "Hi", [AdapterUse(b, scale: 1.5)], p)
+
+        // Bad lines name the file and line.
+        try #"{"prompt": "x", "top_p": 3}"#.write(toFile: dir + "/bad.jsonl", atomically: true, encoding: .utf8)
+        let bad = try CLI.run(["generate", "--model", Fixtures.path("gpt2-tok"), "--batch-file", dir + "/bad.jsonl"])
+        #expect(bad.status != 0 && bad.err.contains("line 1") && bad.err.contains("top_p"), "\(bad.err)")
+        try "{\"prompt\": 3}\n".write(toFile: dir + "/bad2.jsonl", atomically: true, encoding: .utf8)
+        let bad2 = try CLI.run(["generate", "--model", Fixtures.path("gpt2-tok"), "--batch-file", dir + "/bad2.jsonl"])
+        #expect(bad2.status != 0 && bad2.err.contains("prompt"), "\(bad2.err)")
+        // Plain text: one prompt per line.
+        try "Hello\nHi\n".write(toFile: dir + "/in.txt", atomically: true, encoding: .utf8)
+        let plain = try CLI.run([
+            "generate", "--model", Fixtures.path("gpt2-tok"), "--batch-file", dir + "/in.txt",
+            "--temperature", "0", "--max-new-tokens", "3",
+        ])
+        #expect(plain.status == 0 && plain.out.split(separator: "\n").count == 2, "\(plain.err)")
+    }
+}
+
+final class StreamBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var streams: [[TokenID]]
+    init(count: Int) { streams = Array(repeating: [], count: count) }
+    func append(_ i: Int, _ t: TokenID) { lock.lock(); streams[i].append(t); lock.unlock() }
+    func tokens(_ i: Int) -> [TokenID] { lock.lock(); defer { lock.unlock() }; return streams[i] }
+}
+
+final class Flag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    func set() { lock.lock(); value = true; lock.unlock() }
+    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
+}
+
+final class IDBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var items: [(Int64, [TokenID], Int)] = []
+    func add(_ id: Int64, prompt: [TokenID], set: Int) { lock.lock(); items.append((id, prompt, set)); lock.unlock() }
+    func all() -> [(Int64, [TokenID], Int)] { lock.lock(); defer { lock.unlock() }; return items }
+}

@@ -1,0 +1,137 @@
+"""The batched engine: mixed adapter sets in one engine give what each request gives alone."""
+import threading
+
+import pytest
+
+import lora
+
+
+def make_adapters(model):
+    targets = ("c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    a = lora.Adapter.create(model, r=4, alpha=8, target_modules=targets, init=lora.LORA_INIT_RANDOM, seed=1)
+    b = lora.Adapter.create(model, r=8, alpha=16, target_modules=targets, init=lora.LORA_INIT_RANDOM, seed=2)
+    return a, b
+
+
+def solo(model, prompt, adapters, **kw):
+    for ad, scale in adapters:
+        model.attach(ad, scale)
+    try:
+        return model.generate(prompt, **kw)
+    finally:
+        for ad, _ in adapters:
+            model.detach(ad)
+
+
+def test_mixed_requests_match_solo_generation(tok_model):
+    a, b = make_adapters(tok_model)
+    sets = [[], [(a, 1.0)], [(b, 1.5)], [(a, 1.0), (b, 0.5)]]
+    prompts = ["Hello", "The quick brown fox", "A fool and his money", "Hi", "café naïve", "Hello world again",
+               "Predict the future", "x"]
+    with lora.Engine(tok_model, max_sequences=4, max_tokens_per_step=8) as engine:
+        reqs, wants = [], []
+        for k, p in enumerate(prompts):
+            kw = dict(max_new_tokens=6, seed=10 + k, stop_at_eos=False, temperature=0 if k % 2 else 0.8, top_k=20)
+            reqs.append(engine.submit(p, adapters=sets[k % 4], **kw))
+            wants.append(solo(tok_model, p, sets[k % 4], **kw))
+        streamed = "".join(reqs[0])  # iterating steps the engine until request 0 ends
+        assert streamed == reqs[0].text
+        engine.run()
+        for k, r in enumerate(reqs):
+            assert r.state == "finished" and r.stop_reason == "max_new_tokens"
+            assert r.text == wants[k], f"request {k}"
+            assert len(r.tokens) == 6
+
+
+def test_batch_generate_in_input_order(tok_model):
+    a, _ = make_adapters(tok_model)
+    with lora.Engine(tok_model, max_sequences=2) as engine:
+        items = ["Hello", {"prompt": "Hi there", "adapters": [(a, 0.5)], "seed": 3}, [5, 6, 7]]
+        texts = engine.generate(items, max_new_tokens=5, temperature=0, stop_at_eos=False)
+    assert texts[0] == tok_model.generate("Hello", max_new_tokens=5, temperature=0, stop_at_eos=False)
+    assert texts[1] == solo(tok_model, "Hi there", [(a, 0.5)], max_new_tokens=5, temperature=0, stop_at_eos=False,
+                            seed=3)
+    assert texts[2] == tok_model.detokenize(
+        tok_model.generate_tokens([5, 6, 7], max_new_tokens=5, temperature=0, stop_at_eos=False))
+
+
+def test_cancel_callback_stop_and_errors(tok_model):
+    a, _ = make_adapters(tok_model)
+    with lora.Engine(tok_model, max_sequences=4) as engine:
+        long = engine.submit("Hello", max_new_tokens=40, temperature=0, stop_at_eos=False)
+        stopped = engine.submit("Hi", max_new_tokens=10, temperature=0, stop_at_eos=False,
+                                on_token=lambda t, p: False)
+        other = engine.submit("Hey", max_new_tokens=3, temperature=0, stop_at_eos=False)
+        engine.step()
+        engine.step()
+        long.cancel()
+        engine.run()
+        assert long.state == "cancelled" and long.stop_reason == "cancelled"
+        assert stopped.stop_reason == "callback" and len(stopped.tokens) == 1
+        assert other.stop_reason == "max_new_tokens" and len(other.tokens) == 3
+        with pytest.raises(lora.WrongStateError):
+            long.cancel()
+        with pytest.raises(lora.InvalidArgumentError):
+            engine.submit("Hello", adapters=[(a, float("nan"))])
+        with pytest.raises(lora.InvalidArgumentError):
+            engine.submit([])
+        with pytest.raises(lora.InvalidArgumentError):
+            engine.submit(list(range(64)))  # no room for a new token
+        # An exception in on_token ends that request and surfaces from step.
+        def boom(t, p):
+            raise ValueError("boom")
+        bad = engine.submit("Hello", max_new_tokens=4, on_token=boom)
+        with pytest.raises(ValueError):
+            engine.run()
+        engine.run()
+        assert bad.stop_reason == "callback"
+    assert engine.closed
+    with pytest.raises(lora.ClosedError):
+        engine.submit("Hello")
+
+
+def test_adapter_closed_while_its_request_waits(tok_model):
+    a, _ = make_adapters(tok_model)
+    want = solo(tok_model, "Hello", [(a, 1.0)], max_new_tokens=5, temperature=0, stop_at_eos=False)
+    with lora.Engine(tok_model, max_sequences=1) as engine:
+        first = engine.submit("Hi", max_new_tokens=5, temperature=0)
+        r = engine.submit("Hello", adapters=[a], max_new_tokens=5, temperature=0, stop_at_eos=False)
+        a.close()  # the request keeps the adapter alive
+        engine.run()
+        assert first.done and r.text == want
+
+
+def test_submit_from_threads_while_one_steps(tok_model):
+    with lora.Engine(tok_model, max_sequences=4) as engine:
+        reqs, lock = [], threading.Lock()
+        done = threading.Event()
+
+        def submitter(k):
+            for i in range(6):
+                r = engine.submit([k * 10 + i + 1, 7], max_new_tokens=4, temperature=0, stop_at_eos=False)
+                with lock:
+                    reqs.append(r)
+                if i % 3 == 0:
+                    try:
+                        r.cancel()
+                    except lora.WrongStateError:
+                        pass  # it ended before the cancel arrived
+
+        def stepper():
+            while not done.is_set() or not all(r.done for r in list(reqs)):
+                engine.step()
+
+        t = threading.Thread(target=stepper)
+        t.start()
+        subs = [threading.Thread(target=submitter, args=(k,)) for k in range(2)]
+        for s in subs:
+            s.start()
+        for s in subs:
+            s.join()
+        done.set()
+        t.join()
+        assert len(reqs) == 12
+        for r in reqs:
+            assert r.state in ("finished", "cancelled")
+            if r.state == "finished":
+                assert len(r.tokens) == 4
