@@ -82,12 +82,25 @@ float lb_f16_to_f32(uint16_t h) {
     return f;
 }
 
-static inline uint16_t q8_scale(const float *v, int n, size_t stride, float *inv) {
+// The block's scale as F16 and 1/d; *bad = 1 when the block holds a NaN or
+// infinity or its scale overflows F16 (max|w| > 65504·127).
+static inline uint16_t q8_scale(const float *v, int n, size_t stride, float *inv, int *bad) {
     float amax = 0;
-    for (int i = 0; i < n; i++) amax = fmaxf(amax, fabsf(v[(size_t)i * stride]));
+    for (int i = 0; i < n; i++) {
+        float a = fabsf(v[(size_t)i * stride]);
+        if (!isfinite(a)) *bad = 1;
+        amax = fmaxf(amax, a);
+    }
     float d = amax / 127.0f;
-    *inv = d != 0 ? 1.0f / d : 0.0f;
+    if (!(d <= 65504.0f)) *bad = 1;
+    *inv = d != 0 && !*bad ? 1.0f / d : 0.0f;
     return lb_f32_to_f16(d);
+}
+
+// roundf(v·inv) as int8, defined for every input (0 for a NaN product).
+static inline int8_t q8_round(float x) {
+    float r = roundf(x);
+    return r != r ? 0 : (int8_t)fmaxf(-127.0f, fminf(127.0f, r));
 }
 
 int lb_quantize_q8_0_cols(int8_t *q, uint16_t *d, const float *w, int K, int N) {
@@ -97,12 +110,8 @@ int lb_quantize_q8_0_cols(int8_t *q, uint16_t *d, const float *w, int K, int N) 
         for (int n = 0; n < N; n++) {
             float inv;
             const float *col = w + (size_t)k0 * N + n;
-            d[(size_t)kb * N + n] = q8_scale(col, len, (size_t)N, &inv);
-            for (int i = 0; i < len; i++) {
-                float v = col[(size_t)i * N];
-                if (!isfinite(v)) bad = 1;
-                q[(size_t)(k0 + i) * N + n] = (int8_t)roundf(v * inv);
-            }
+            d[(size_t)kb * N + n] = q8_scale(col, len, (size_t)N, &inv, &bad);
+            for (int i = 0; i < len; i++) q[(size_t)(k0 + i) * N + n] = q8_round(col[(size_t)i * N] * inv);
         }
     }
     return bad ? -1 : 0;
@@ -115,11 +124,8 @@ int lb_quantize_q8_0_rows(int8_t *q, uint16_t *d, const float *w, int R, int C) 
             int c0 = cb * 32, len = C - c0 < 32 ? C - c0 : 32;
             float inv;
             const float *v = w + (size_t)r * C + c0;
-            d[(size_t)r * nb + cb] = q8_scale(v, len, 1, &inv);
-            for (int i = 0; i < len; i++) {
-                if (!isfinite(v[i])) bad = 1;
-                q[(size_t)r * C + c0 + i] = (int8_t)roundf(v[i] * inv);
-            }
+            d[(size_t)r * nb + cb] = q8_scale(v, len, 1, &inv, &bad);
+            for (int i = 0; i < len; i++) q[(size_t)r * C + c0 + i] = q8_round(v[i] * inv);
         }
     }
     return bad ? -1 : 0;

@@ -77,6 +77,10 @@ import CLoraSupport
         for k in 0..<K { for n in 0..<N { #expect(qr[n * K + k] == q[k * N + n]) } }
         w[5] = .nan
         #expect(lb_quantize_q8_0_cols(&q, &d, w, Int32(K), Int32(N)) == -1)
+        w[5] = .infinity
+        #expect(lb_quantize_q8_0_rows(&qr, &dr, w, Int32(N), Int32(K)) == -1)
+        w[5] = 1e8  // the block's scale would overflow F16
+        #expect(lb_quantize_q8_0_cols(&q, &d, w, Int32(K), Int32(N)) == -1)
     }
 
     /// Weights stored as dtype, plus their F32 dequantization.

@@ -95,7 +95,10 @@ LB_HIDDEN uint16_t lb_f32_to_f16(float f);   // round to nearest even; overflow 
 LB_HIDDEN float lb_f16_to_f32(uint16_t h);
 // Q8_0 of a Conv1D weight w[K, N] (blocks of 32 along K): q[K, N], d[ceil(K/32), N].
 // Of a [R, C] matrix used as rows·x (blocks along C): q[R, C], d[R, ceil(C/32)].
-// Return -1 when w holds a NaN or infinity (the output is then meaningless), else 0.
+// Return -1 when w holds a NaN or infinity or a block's scale overflows F16
+// (max|w| > 65504·127; the output is then meaningless but defined), else 0.
+// The scales' row stride is N (cols) or ceil(C/32) (rows): the GEMV kernels
+// take ldw == N (cols) and ldw == C (rows) for quantized weights.
 LB_HIDDEN int lb_quantize_q8_0_cols(int8_t *q, uint16_t *d, const float *w, int K, int N);
 LB_HIDDEN int lb_quantize_q8_0_rows(int8_t *q, uint16_t *d, const float *w, int R, int C);
 // F32 copies: dst[k·ldd + n − n0] for a cols-layout matrix, dst[(r − r0)·ldd + c] for rows.
