@@ -35,8 +35,9 @@ extension Adapter {
     /// (scaling 1) and no rsLoRA: PEFT 0.21 keeps use_rslora from the first
     /// adapter, which would scale its own result by 1/√r instead of 1 (PR
     /// #3449); we write use_rslora false so the file means what it holds.
-    /// The SVD is computed from the stacked factors (QR + a small SVD), never
-    /// forming an out×in matrix.
+    /// `svd` computes the SVD from the stacked factors (QR + a small SVD),
+    /// never forming an out×in matrix; the *_svd task merges must form each
+    /// ΔW, since pruning and sign election act on its entries.
     public static func combine(_ inputs: [(adapter: Adapter, weight: Double)], method: CombinationMethod,
                                name: String = "combined") throws -> Adapter {
         guard let first = inputs.first?.adapter else { throw LoRAError.invalidArgument("no adapter to combine") }
@@ -102,8 +103,7 @@ extension Adapter {
                 }
             case .linear:
                 for (a, s, w) in contributions {
-                    let ws = w * Double(s.scaling)
-                    let wA = Float(ws.magnitude.squareRoot() * (ws >= 0 ? 1 : -1)), wB = Float(ws.magnitude.squareRoot())
+                    let (wA, wB) = factorWeights(w, s)
                     for i in 0..<s.countA { nA[i] += wA * a.A(s)[i] }
                     for i in 0..<s.countB { nB[i] += wB * a.B(s)[i] }
                 }
@@ -159,8 +159,6 @@ extension Adapter {
                 vh[j * inF + i] = acc
             }
         }
-        if let clamp { clampAtQuantile(&u, &vh, clamp) }
-        out.A(ns).update(from: vh, count: k * inF)
-        out.B(ns).update(from: u, count: outF * k)
+        writeFactors(u: &u, vh: &vh, clamp: clamp, into: ns, of: out)
     }
 }

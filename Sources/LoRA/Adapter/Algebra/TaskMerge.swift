@@ -104,9 +104,9 @@ extension Adapter {
                                  of out: Adapter, rng: inout SplitMix64) {
         var wA: [Float] = [], wB: [Float] = [], As: [[Float]] = [], Bs: [[Float]] = []
         for (a, s, w) in parts {
-            let ws = w * Double(s.scaling)
-            wA.append(Float(ws.magnitude.squareRoot() * (ws >= 0 ? 1 : -1)))
-            wB.append(Float(ws.magnitude.squareRoot()))
+            let (fa, fb) = factorWeights(w, s)
+            wA.append(fa)
+            wB.append(fb)
             As.append(Array(UnsafeBufferPointer(start: a.A(s), count: s.countA)))
             Bs.append(Array(UnsafeBufferPointer(start: a.B(s), count: s.countB)))
         }
@@ -138,9 +138,22 @@ extension Adapter {
             for o in 0..<outF { u[o * k + j] = svd.u[o * svd.k + j] * svd.s[j] }
             for i in 0..<inF { vh[j * inF + i] = svd.vt[j * inF + i] }
         }
+        writeFactors(u: &u, vh: &vh, clamp: clamp, into: ns, of: out)
+    }
+
+    /// PEFT's weights of the A and B factors in linear and the factor task
+    /// merges: √|w·s|·sign(w·s) for A, √|w·s| for B.
+    static func factorWeights(_ w: Double, _ s: LoRASlot) -> (Float, Float) {
+        let ws = w * Double(s.scaling)
+        return (Float(ws.magnitude.squareRoot() * (ws >= 0 ? 1 : -1)), Float(ws.magnitude.squareRoot()))
+    }
+
+    /// Writes truncated-SVD factors into slot `ns` of `out`: A = Vh_k [k, in],
+    /// B = U_k·S_k [out, k], clamped first at the `clamp` quantile when given.
+    static func writeFactors(u: inout [Float], vh: inout [Float], clamp: Double?, into ns: LoRASlot, of out: Adapter) {
         if let clamp { clampAtQuantile(&u, &vh, clamp) }
-        out.A(ns).update(from: vh, count: k * inF)
-        out.B(ns).update(from: u, count: outF * k)
+        out.A(ns).update(from: vh, count: vh.count)
+        out.B(ns).update(from: u, count: u.count)
     }
 
     /// torch.quantile (linear interpolation) of all values of U and Vh, both clamped to ±q.
