@@ -450,6 +450,9 @@ lora_status lora_trainer_evaluate(lora_trainer *trainer, const char *data_path, 
  * `dir`/checkpoint-<step>, atomically. */
 lora_status lora_trainer_save_checkpoint(lora_trainer *trainer, const char *dir);
 /* Restores a checkpoint directory written with the same trainer params.
+ * Data parallel: set the gradient reducer first (the checkpoint records the
+ * global batch, batch_size × world_size). lora_trainer_save_checkpoint writes
+ * on the rank that calls it (train writes on rank 0 only).
  * Errors: LORA_INVALID_FILE (other settings or shapes). */
 lora_status lora_trainer_resume(lora_trainer *trainer, const char *checkpoint_path);
 /* Optimizer steps taken so far; -1 for NULL. */
@@ -474,7 +477,10 @@ typedef int32_t (*lora_gradient_reducer)(float *buffer, size_t count, void *user
  * examples from the one-process data order, this rank computing its slice;
  * calls `reduce` once per optimizer step on one contiguous buffer (the
  * gradients of the trained parameters, prescaled so that their sum is the
- * global gradient, then 2 floats of the step's loss) before clipping and AdamW;
+ * global gradient, then 2 floats of the step's loss) before clipping and AdamW,
+ * and with small buffers of other lengths at the start (the ranks' digests),
+ * at the end (the parameters' digests) and per evaluation (4 floats): a
+ * reducer must sum any length it is given;
  * shares out validation batches and reduces their sums; writes checkpoints on
  * rank 0 only. The result equals one process with batch_size × world_size
  * (up to the summation order). lora_trainer_evaluate becomes collective too
