@@ -1,6 +1,6 @@
+import Foundation
 // swift-tools-version: 6.0
 import PackageDescription
-import Foundation
 
 let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().path
 
@@ -16,7 +16,7 @@ let package = Package(
         .executable(name: "lora-cli", targets: ["LoraCLI"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2")
     ],
     targets: [
         // OpenBLAS and LAPACKE are not linked: CLoraSupport loads them at run
@@ -27,22 +27,31 @@ let package = Package(
         // No unsafeFlags here: SwiftPM refuses them in a package used as a
         // versioned dependency. Release builds compile C with -O2 (measured:
         // the kernels are as fast as with the former -O3; see the commit).
-        .target(name: "CLoraSupport",
-                linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("m")]),
+        .target(
+            name: "CLoraSupport",
+            linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("m")]),
         .target(name: "LoRA", dependencies: ["CLoraSupport"]),
         // include/lora.h, compiled for the C ABI target (Sources/CLoraABI/include/lora.h links to it).
         .target(name: "CLoraABI"),
         // The @_cdecl entry points of liblora.so: validate, convert, call the core.
-        .target(name: "LoraCAPI", dependencies: ["LoRA", "CLoraABI", "CLoraSupport"], exclude: ["exports.map"],
-                linkerSettings: [.unsafeFlags(["-Xlinker", "--version-script=\(packageRoot)/Sources/LoraCAPI/exports.map",
-                                               "-Xlinker", "-soname=liblora.so.1"])]),
+        .target(
+            name: "LoraCAPI", dependencies: ["LoRA", "CLoraABI", "CLoraSupport"], exclude: ["exports.map"],
+            linkerSettings: [
+                .unsafeFlags([
+                    "-Xlinker", "--version-script=\(packageRoot)/Sources/LoraCAPI/exports.map",
+                    "-Xlinker", "-soname=liblora.so.1",
+                ])
+            ]),
         // Open MPI's C API (Debian: libopenmpi-dev), for data-parallel `lora train`
         // under mpirun. Linked only into the command: liblora.so never needs libmpi.
-        .systemLibrary(name: "CMPI", pkgConfig: "ompi-c",
-                       providers: [.apt(["libopenmpi-dev"])]),
-        .executableTarget(name: "LoraCLI", dependencies: [
-            "LoRA", "CMPI", .product(name: "ArgumentParser", package: "swift-argument-parser"),
-        ]),
+        .systemLibrary(
+            name: "CMPI", pkgConfig: "ompi-c",
+            providers: [.apt(["libopenmpi-dev"])]),
+        .executableTarget(
+            name: "LoraCLI",
+            dependencies: [
+                "LoRA", "CMPI", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
         .testTarget(name: "LoRATests", dependencies: ["LoRA", "CLoraSupport"], exclude: ["Fixtures"]),
     ]
 )

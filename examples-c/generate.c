@@ -54,8 +54,8 @@ int main(int argc, char **argv) {
     memset(&info, 0, sizeof info);
     info.struct_size = sizeof info;
     if (failed(lora_model_get_info(model, &info), "lora_model_get_info")) goto done;
-    printf("model %s: %d layers, %d heads, n_embd %d, n_inner %d, vocab %d, %d positions, %lld parameters\n",
-           model_dir, info.n_layer, info.n_head, info.n_embd, info.n_inner, info.n_vocab, info.n_positions,
+    printf("model %s: %d layers, %d heads, n_embd %d, n_inner %d, vocab %d, %d positions, %lld parameters\n", model_dir,
+           info.n_layer, info.n_head, info.n_embd, info.n_inner, info.n_vocab, info.n_positions,
            (long long)info.n_params);
     printf("tokenizer: %s, eos token %d, blas_core: %s\n", info.has_tokenizer ? "yes" : "no", info.eos_token,
            info.blas_core);

@@ -55,17 +55,17 @@ extern "C" {
 /* ---- Status codes ------------------------------------------------------ */
 
 typedef int32_t lora_status;
-#define LORA_OK                  0
-#define LORA_ERROR               1  /* an internal error (a bug: please report) */
-#define LORA_INVALID_ARGUMENT    2  /* NULL pointer, out-of-range value, bad struct_size, ... */
-#define LORA_INVALID_FILE        3  /* a file is malformed or does not fit the model */
-#define LORA_IO_ERROR            4  /* a file or directory cannot be read or written */
-#define LORA_UNSUPPORTED         5  /* the input asks for a feature liblora lacks */
-#define LORA_BUFFER_TOO_SMALL    6  /* *needed tells the size required */
-#define LORA_ABORTED             7  /* a callback asked to stop */
-#define LORA_NUMERICAL_ERROR     8  /* NaN/inf loss or weights, LAPACK non-convergence */
-#define LORA_BACKEND_ERROR       9  /* OpenBLAS/LAPACKE missing or failing */
-#define LORA_WRONG_STATE        10  /* a call out of order (e.g. detaching an adapter not attached) */
+#define LORA_OK               0
+#define LORA_ERROR            1  /* an internal error (a bug: please report) */
+#define LORA_INVALID_ARGUMENT 2  /* NULL pointer, out-of-range value, bad struct_size, ... */
+#define LORA_INVALID_FILE     3  /* a file is malformed or does not fit the model */
+#define LORA_IO_ERROR         4  /* a file or directory cannot be read or written */
+#define LORA_UNSUPPORTED      5  /* the input asks for a feature liblora lacks */
+#define LORA_BUFFER_TOO_SMALL 6  /* *needed tells the size required */
+#define LORA_ABORTED          7  /* a callback asked to stop */
+#define LORA_NUMERICAL_ERROR  8  /* NaN/inf loss or weights, LAPACK non-convergence */
+#define LORA_BACKEND_ERROR    9  /* OpenBLAS/LAPACKE missing or failing */
+#define LORA_WRONG_STATE      10 /* a call out of order (e.g. detaching an adapter not attached) */
 
 /* The fixed name of a status ("LORA_OK", ...); "LORA_UNKNOWN_STATUS" otherwise. Never NULL. */
 const char *lora_status_string(lora_status status);
@@ -75,9 +75,9 @@ const char *lora_last_error(void);
 
 /* ---- Versions ---------------------------------------------------------- */
 
-const char *lora_version_string(void);   /* "0.2.0" */
-uint32_t lora_version_number(void);      /* LORA_VERSION_NUMBER of the library */
-uint32_t lora_abi_version(void);         /* LORA_ABI_VERSION of the library */
+const char *lora_version_string(void); /* "0.2.0" */
+uint32_t lora_version_number(void);    /* LORA_VERSION_NUMBER of the library */
+uint32_t lora_abi_version(void);       /* LORA_ABI_VERSION of the library */
 
 /* ---- Models ------------------------------------------------------------ */
 
@@ -105,7 +105,7 @@ lora_status lora_model_load(lora_model **out, const char *path, const lora_model
 void lora_model_free(lora_model *model);
 
 typedef struct lora_model_info {
-    uint32_t struct_size;      /* set by the caller (sizeof) */
+    uint32_t struct_size; /* set by the caller (sizeof) */
     int32_t n_vocab;
     int32_t n_positions;
     int32_t n_embd;
@@ -113,9 +113,9 @@ typedef struct lora_model_info {
     int32_t n_head;
     int32_t n_inner;
     int64_t n_params;
-    int32_t has_tokenizer;     /* 1 when tokenize/detokenize/text generation work */
-    int32_t eos_token;         /* -1 when none */
-    char blas_core[32];        /* the OpenBLAS kernel set in use, e.g. "SkylakeX" */
+    int32_t has_tokenizer; /* 1 when tokenize/detokenize/text generation work */
+    int32_t eos_token;     /* -1 when none */
+    char blas_core[32];    /* the OpenBLAS kernel set in use, e.g. "SkylakeX" */
 } lora_model_info;
 
 /* Fills *info (up to info->struct_size). Errors: LORA_INVALID_ARGUMENT. */
@@ -127,15 +127,15 @@ lora_status lora_model_get_info(const lora_model *model, lora_model_info *info);
  * matched in the text). Writes up to `capacity` ids; *n_tokens receives the
  * count needed. Errors: LORA_INVALID_ARGUMENT (NULL, invalid UTF-8),
  * LORA_WRONG_STATE (no tokenizer), LORA_BUFFER_TOO_SMALL. */
-lora_status lora_tokenize(const lora_model *model, const char *text, size_t text_len,
-                          int32_t *tokens, size_t capacity, size_t *n_tokens);
+lora_status lora_tokenize(const lora_model *model, const char *text, size_t text_len, int32_t *tokens, size_t capacity,
+                          size_t *n_tokens);
 
 /* Decodes ids to UTF-8 (invalid byte sequences become U+FFFD) into buf,
  * NUL-terminated; *needed receives the byte count without the NUL.
  * Errors: LORA_INVALID_ARGUMENT (id out of range), LORA_WRONG_STATE,
  * LORA_BUFFER_TOO_SMALL (capacity < *needed + 1). */
-lora_status lora_detokenize(const lora_model *model, const int32_t *tokens, size_t n_tokens,
-                            char *buf, size_t capacity, size_t *needed);
+lora_status lora_detokenize(const lora_model *model, const int32_t *tokens, size_t n_tokens, char *buf, size_t capacity,
+                            size_t *needed);
 
 /* ---- Logits ------------------------------------------------------------ */
 
@@ -143,28 +143,28 @@ lora_status lora_detokenize(const lora_model *model, const int32_t *tokens, size
  * with the attached, enabled adapters. `capacity` counts floats.
  * Errors: LORA_INVALID_ARGUMENT (token out of range, too long),
  * LORA_BUFFER_TOO_SMALL. */
-lora_status lora_logits(const lora_model *model, const int32_t *tokens, size_t n_tokens,
-                        float *logits, size_t capacity);
+lora_status lora_logits(const lora_model *model, const int32_t *tokens, size_t n_tokens, float *logits,
+                        size_t capacity);
 
 /* Logits [n_seqs, max_len, n_vocab] of sequences of different lengths,
  * padded to the longest (left padding when left_padding != 0, positions as
  * transformers' generate computes them; padding positions get zeros).
  * seqs[i] points to lens[i] ids. Errors: as lora_logits. */
-lora_status lora_logits_batch(const lora_model *model, const int32_t *const *seqs, const size_t *lens,
-                              size_t n_seqs, int32_t left_padding, float *logits, size_t capacity);
+lora_status lora_logits_batch(const lora_model *model, const int32_t *const *seqs, const size_t *lens, size_t n_seqs,
+                              int32_t left_padding, float *logits, size_t capacity);
 
 /* ---- Generation -------------------------------------------------------- */
 
 typedef struct lora_sampling_params {
     uint32_t struct_size;
-    int32_t max_new_tokens;        /* default 64 */
-    float temperature;             /* 0: greedy; default 1 */
-    int32_t top_k;                 /* 0: off */
-    float top_p;                   /* 1: off */
-    float repetition_penalty;      /* 1: off */
-    uint64_t seed;                 /* same seed, same text */
-    int32_t stop_at_eos;           /* default 1 */
-    const char *const *stop_strings;  /* n_stop_strings UTF-8 strings (may be NULL) */
+    int32_t max_new_tokens;          /* default 64 */
+    float temperature;               /* 0: greedy; default 1 */
+    int32_t top_k;                   /* 0: off */
+    float top_p;                     /* 1: off */
+    float repetition_penalty;        /* 1: off */
+    uint64_t seed;                   /* same seed, same text */
+    int32_t stop_at_eos;             /* default 1 */
+    const char *const *stop_strings; /* n_stop_strings UTF-8 strings (may be NULL) */
     size_t n_stop_strings;
 } lora_sampling_params;
 
@@ -184,50 +184,48 @@ typedef int32_t (*lora_token_callback)(int32_t token, const char *piece, size_t 
  * LORA_WRONG_STATE (no tokenizer), LORA_ABORTED, LORA_BUFFER_TOO_SMALL
  * (the text was generated and streamed, but does not fit out). */
 lora_status lora_generate(const lora_model *model, const char *prompt, const lora_sampling_params *params,
-                          lora_token_callback callback, void *user_data,
-                          char *out, size_t capacity, size_t *needed);
+                          lora_token_callback callback, void *user_data, char *out, size_t capacity, size_t *needed);
 
 /* The same from token ids; writes the new ids into out_tokens; *n_out
  * receives the count. Stream only: out_tokens NULL with capacity 0 (LORA_OK,
  * *n_out set; since 0.2.0: 0.1.0 returned LORA_BUFFER_TOO_SMALL).
  * Errors: as lora_generate. */
 lora_status lora_generate_tokens(const lora_model *model, const int32_t *prompt, size_t n_prompt,
-                                 const lora_sampling_params *params,
-                                 lora_token_callback callback, void *user_data,
+                                 const lora_sampling_params *params, lora_token_callback callback, void *user_data,
                                  int32_t *out_tokens, size_t capacity, size_t *n_out);
 
 /* ---- Adapters ---------------------------------------------------------- */
 
-#define LORA_INIT_DEFAULT   0  /* PEFT's default: A kaiming-uniform, B zeros */
-#define LORA_INIT_GAUSSIAN  1  /* A ~ N(0, 1/r^2), B zeros */
-#define LORA_INIT_RANDOM    2  /* A and B random (not a no-op; for tests) */
+#define LORA_INIT_DEFAULT  0 /* PEFT's default: A kaiming-uniform, B zeros */
+#define LORA_INIT_GAUSSIAN 1 /* A ~ N(0, 1/r^2), B zeros */
+#define LORA_INIT_RANDOM   2 /* A and B random (not a no-op; for tests) */
 /* PiSSA: the top-r singular triplets of each base weight go into A and B and
  * the model's base weights become the residual W - scale*B*A (the model's
  * output is unchanged). pissa_niter > 0 uses a randomised SVD with that many
  * subspace iterations (PEFT's "pissa_niter_N"). The model is modified: save
  * the adapter for the original base with the conversion done by `lora train
  * --init-lora-weights pissa` (the C API saves the raw adapter). */
-#define LORA_INIT_PISSA     3
+#define LORA_INIT_PISSA 3
 /* OLoRA: A and B from the QR decomposition of each base weight (done on the
  * [out, in] weight, as PEFT intends); the base weights become the residual. */
-#define LORA_INIT_OLORA     4
+#define LORA_INIT_OLORA 4
 
 typedef struct lora_adapter_params {
     uint32_t struct_size;
-    int32_t r;                  /* default 8 */
-    float lora_alpha;           /* default 8 */
-    float lora_dropout;         /* default 0, in [0, 1) */
+    int32_t r;          /* default 8 */
+    float lora_alpha;   /* default 8 */
+    float lora_dropout; /* default 0, in [0, 1) */
     /* Comma-separated module names or suffixes ("c_attn,attn.c_proj,mlp.c_fc"),
      * matched as PEFT matches target_modules; or a full-match regular
      * expression when target_modules_regex != 0. NULL: "c_attn". */
     const char *target_modules;
     int32_t target_modules_regex;
-    int32_t use_rslora;         /* scaling alpha/sqrt(r) instead of alpha/r */
-    int32_t init;               /* LORA_INIT_* */
+    int32_t use_rslora; /* scaling alpha/sqrt(r) instead of alpha/r */
+    int32_t init;       /* LORA_INIT_* */
     uint64_t seed;
-    const int32_t *layers_to_transform;  /* NULL: every layer */
+    const int32_t *layers_to_transform; /* NULL: every layer */
     size_t n_layers_to_transform;
-    int32_t pissa_niter;        /* LORA_INIT_PISSA: 0 full SVD, N > 0 randomised SVD with N iterations (added in 0.1.0) */
+    int32_t pissa_niter; /* LORA_INIT_PISSA: 0 full SVD, N > 0 randomised SVD with N iterations (added in 0.1.0) */
 } lora_adapter_params;
 
 void lora_adapter_default_params(lora_adapter_params *params);
@@ -296,9 +294,9 @@ lora_status lora_model_save(const lora_model *model, const char *path);
 lora_status lora_adapter_compress(lora_adapter **out, const lora_adapter *adapter, int32_t rank, float energy,
                                   float *max_relative_error);
 
-#define LORA_COMBINE_CAT     0  /* rank = sum of ranks; exactly sum w_i * delta_i */
-#define LORA_COMBINE_LINEAR  1  /* weighted sums of the A's and of the B's (equal ranks) */
-#define LORA_COMBINE_SVD     2  /* sum w_i * delta_i truncated to svd_rank by SVD */
+#define LORA_COMBINE_CAT    0 /* rank = sum of ranks; exactly sum w_i * delta_i */
+#define LORA_COMBINE_LINEAR 1 /* weighted sums of the A's and of the B's (equal ranks) */
+#define LORA_COMBINE_SVD    2 /* sum w_i * delta_i truncated to svd_rank by SVD */
 
 /* PEFT's add_weighted_adapter: combines n adapters of one model with
  * weights. svd_rank <= 0: the largest input rank; svd_clamp <= 0: no clamp.
@@ -311,13 +309,13 @@ lora_status lora_adapter_combine(lora_adapter **out, const lora_adapter *const *
  * dare_ties, magnitude_prune): on the A's and the B's (equal ranks), or with
  * _SVD on each delta, then truncated to svd_rank by SVD. Only through
  * lora_adapter_combine_v2 (they need a density). */
-#define LORA_COMBINE_TIES                 3
-#define LORA_COMBINE_DARE_LINEAR          4
-#define LORA_COMBINE_DARE_TIES            5
-#define LORA_COMBINE_MAGNITUDE_PRUNE      6
-#define LORA_COMBINE_TIES_SVD             7
-#define LORA_COMBINE_DARE_LINEAR_SVD      8
-#define LORA_COMBINE_DARE_TIES_SVD        9
+#define LORA_COMBINE_TIES                3
+#define LORA_COMBINE_DARE_LINEAR         4
+#define LORA_COMBINE_DARE_TIES           5
+#define LORA_COMBINE_MAGNITUDE_PRUNE     6
+#define LORA_COMBINE_TIES_SVD            7
+#define LORA_COMBINE_DARE_LINEAR_SVD     8
+#define LORA_COMBINE_DARE_TIES_SVD       9
 #define LORA_COMBINE_MAGNITUDE_PRUNE_SVD 10
 
 #define LORA_MAJORITY_SIGN_TOTAL     0 /* the sign of the sum of the values */
@@ -350,8 +348,7 @@ lora_status lora_adapter_combine_v2(lora_adapter **out, const lora_adapter *cons
  * The adapter belongs to `base`. Errors: LORA_INVALID_ARGUMENT (models of
  * different configs), LORA_NUMERICAL_ERROR. */
 lora_status lora_adapter_extract(lora_adapter **out, const lora_model *base, const lora_model *tuned,
-                                 const char *target_modules, int32_t rank, float energy,
-                                 float *max_relative_error);
+                                 const char *target_modules, int32_t rank, float energy, float *max_relative_error);
 
 /* A PiSSA/OLoRA adapter (created with LORA_INIT_PISSA/OLORA, then trained)
  * as a plain LoRA of rank 2r for the original, unmodified base model
@@ -361,24 +358,24 @@ lora_status lora_adapter_convert_for_original_base(lora_adapter **out, const lor
 
 /* ---- Training ---------------------------------------------------------- */
 
-#define LORA_SCHEDULER_CONSTANT              0
-#define LORA_SCHEDULER_CONSTANT_WITH_WARMUP  1
-#define LORA_SCHEDULER_LINEAR                2
-#define LORA_SCHEDULER_COSINE                3
+#define LORA_SCHEDULER_CONSTANT             0
+#define LORA_SCHEDULER_CONSTANT_WITH_WARMUP 1
+#define LORA_SCHEDULER_LINEAR               2
+#define LORA_SCHEDULER_COSINE               3
 
 typedef struct lora_trainer_params {
     uint32_t struct_size;
-    float learning_rate;            /* default 2e-4 */
-    float weight_decay;             /* default 0 */
-    float adam_beta1, adam_beta2;   /* 0.9, 0.999 */
-    float adam_epsilon;             /* 1e-8 */
-    int32_t lr_scheduler;           /* LORA_SCHEDULER_*; default linear */
+    float learning_rate;          /* default 2e-4 */
+    float weight_decay;           /* default 0 */
+    float adam_beta1, adam_beta2; /* 0.9, 0.999 */
+    float adam_epsilon;           /* 1e-8 */
+    int32_t lr_scheduler;         /* LORA_SCHEDULER_*; default linear */
     int32_t warmup_steps;
-    int32_t max_steps;              /* default 100 */
-    int32_t gradient_accumulation_steps;  /* default 1 */
-    float max_grad_norm;            /* default 1; <= 0 disables clipping */
-    int32_t batch_size;             /* default 4 */
-    int32_t block_size;             /* tokens per sequence, at most n_positions; default 0: min(256, n_positions) */
+    int32_t max_steps;                   /* default 100 */
+    int32_t gradient_accumulation_steps; /* default 1 */
+    float max_grad_norm;                 /* default 1; <= 0 disables clipping */
+    int32_t batch_size;                  /* default 4 */
+    int32_t block_size; /* tokens per sequence, at most n_positions; default 0: min(256, n_positions) */
     uint64_t seed;
     int32_t gradient_checkpointing; /* recompute activations in backward: less memory, slower */
     float loraplus_lr_ratio;        /* LoRA+: B's learning rate = this × A's (PEFT's create_loraplus_optimizer);
@@ -402,7 +399,7 @@ typedef struct lora_train_progress {
     float learning_rate;
     float grad_norm;
     float tokens_per_second;
-    float validation_loss;          /* NaN when this step did not evaluate */
+    float validation_loss; /* NaN when this step did not evaluate */
 } lora_train_progress;
 
 /* Called after each optimizer step on the calling thread. Return 0 to go on,
@@ -411,11 +408,11 @@ typedef int32_t (*lora_progress_callback)(const lora_train_progress *progress, v
 
 typedef struct lora_train_params {
     uint32_t struct_size;
-    float validation_fraction;      /* split off for evaluation; default 0 */
-    int32_t eval_steps;             /* evaluate every N steps (0: at the end only) */
-    int32_t save_steps;             /* checkpoint every N steps (0: never) */
-    const char *checkpoint_dir;     /* where checkpoint-<step>/ go */
-    int32_t skip_bad_records;       /* 1: skip bad JSONL records; 0: fail on them */
+    float validation_fraction;  /* split off for evaluation; default 0 */
+    int32_t eval_steps;         /* evaluate every N steps (0: at the end only) */
+    int32_t save_steps;         /* checkpoint every N steps (0: never) */
+    const char *checkpoint_dir; /* where checkpoint-<step>/ go */
+    int32_t skip_bad_records;   /* 1: skip bad JSONL records; 0: fail on them */
     /* > 0: the run lasts this many epochs of the data: the trainer's max_steps
      * becomes ceil(sequences * epochs / (batch_size * gradient_accumulation_steps
      * * world_size)) (world_size: the gradient reducer's ranks, else 1;
@@ -432,15 +429,14 @@ void lora_train_default_params(lora_train_params *params);
  * LORA_NUMERICAL_ERROR (NaN/inf loss: names the step; weights keep their last
  * good values). */
 lora_status lora_trainer_train(lora_trainer *trainer, const char *const *data_paths, size_t n_paths,
-                               const lora_train_params *params,
-                               lora_progress_callback callback, void *user_data);
+                               const lora_train_params *params, lora_progress_callback callback, void *user_data);
 
 /* One optimizer step on caller tokens [batch, seq_len]; labels (same shape,
  * -100 = ignored, NULL = the tokens) follow transformers (shifted inside).
  * *loss receives the mean loss. Errors: LORA_INVALID_ARGUMENT,
  * LORA_NUMERICAL_ERROR. */
-lora_status lora_trainer_step(lora_trainer *trainer, const int32_t *tokens, const int32_t *labels,
-                              int32_t batch, int32_t seq_len, float *loss);
+lora_status lora_trainer_step(lora_trainer *trainer, const int32_t *tokens, const int32_t *labels, int32_t batch,
+                              int32_t seq_len, float *loss);
 
 /* Mean loss and perplexity of the model (with its enabled adapters) on a
  * data file. */
@@ -527,13 +523,13 @@ lora_status lora_trainer_set_gradient_reducer(lora_trainer *trainer, int32_t ran
  * (merged ones are part of the weights). Free the engine before the model. */
 
 typedef struct lora_engine lora_engine;
-typedef int64_t lora_request_id;   /* > 0 */
+typedef int64_t lora_request_id; /* > 0 */
 
 typedef struct lora_engine_params {
     uint32_t struct_size;
-    int32_t max_sequences;          /* requests running at once; default 16 */
-    int32_t max_tokens_per_step;    /* new tokens per step; >= max_sequences; default 512 */
-    int32_t context_per_sequence;   /* positions per request; 0 (default): n_positions */
+    int32_t max_sequences;        /* requests running at once; default 16 */
+    int32_t max_tokens_per_step;  /* new tokens per step; >= max_sequences; default 512 */
+    int32_t context_per_sequence; /* positions per request; 0 (default): n_positions */
 } lora_engine_params;
 
 void lora_engine_default_params(lora_engine_params *params);
@@ -552,13 +548,13 @@ typedef struct lora_adapter_use {
 
 typedef struct lora_request {
     uint32_t struct_size;
-    const char *prompt;             /* UTF-8 text (needs a tokenizer), or NULL to use tokens */
-    const int32_t *tokens;          /* the prompt as ids when prompt is NULL */
+    const char *prompt;    /* UTF-8 text (needs a tokenizer), or NULL to use tokens */
+    const int32_t *tokens; /* the prompt as ids when prompt is NULL */
     size_t n_tokens;
-    const lora_adapter_use *adapters;  /* applied in order; may be NULL when n_adapters is 0 */
+    const lora_adapter_use *adapters; /* applied in order; may be NULL when n_adapters is 0 */
     size_t n_adapters;
-    const lora_sampling_params *sampling;  /* NULL: defaults */
-    lora_token_callback callback;   /* may be NULL; non-zero return ends the request (LORA_ABORTED) */
+    const lora_sampling_params *sampling; /* NULL: defaults */
+    lora_token_callback callback;         /* may be NULL; non-zero return ends the request (LORA_ABORTED) */
     void *user_data;
 } lora_request;
 
@@ -580,8 +576,8 @@ lora_status lora_engine_submit(lora_engine *engine, const lora_request *request,
  * when a sampled token has no text in the tokenizer (a model vocabulary larger
  * than the tokenizer's): that request ends (LORA_STOP_CALLBACK), the others
  * got their tokens and go on. */
-lora_status lora_engine_step(lora_engine *engine, lora_request_id *finished, size_t capacity,
-                             size_t *n_finished, size_t *n_tokens);
+lora_status lora_engine_step(lora_engine *engine, lora_request_id *finished, size_t capacity, size_t *n_finished,
+                             size_t *n_tokens);
 /* Steps until no request is queued or running. */
 lora_status lora_engine_run(lora_engine *engine);
 
@@ -592,25 +588,25 @@ lora_status lora_engine_run(lora_engine *engine);
  * LORA_WRONG_STATE (already ended). */
 lora_status lora_engine_cancel(lora_engine *engine, lora_request_id id);
 
-#define LORA_REQUEST_QUEUED     0
-#define LORA_REQUEST_RUNNING    1
-#define LORA_REQUEST_FINISHED   2  /* ended by a stop rule or its callback */
-#define LORA_REQUEST_CANCELLED  3
+#define LORA_REQUEST_QUEUED    0
+#define LORA_REQUEST_RUNNING   1
+#define LORA_REQUEST_FINISHED  2 /* ended by a stop rule or its callback */
+#define LORA_REQUEST_CANCELLED 3
 
-#define LORA_STOP_NONE          0  /* not ended yet */
-#define LORA_STOP_MAX_TOKENS    1
-#define LORA_STOP_EOS           2
-#define LORA_STOP_STRING        3
-#define LORA_STOP_CONTEXT_FULL  4
-#define LORA_STOP_CALLBACK      5  /* its callback asked to stop */
-#define LORA_STOP_CANCELLED     6
+#define LORA_STOP_NONE         0 /* not ended yet */
+#define LORA_STOP_MAX_TOKENS   1
+#define LORA_STOP_EOS          2
+#define LORA_STOP_STRING       3
+#define LORA_STOP_CONTEXT_FULL 4
+#define LORA_STOP_CALLBACK     5 /* its callback asked to stop */
+#define LORA_STOP_CANCELLED    6
 
 typedef struct lora_request_info {
-    uint32_t struct_size;           /* set by the caller: sizeof(lora_request_info) */
-    int32_t state;                  /* LORA_REQUEST_* */
-    int32_t stop_reason;            /* LORA_STOP_* */
-    lora_status status;             /* LORA_OK; LORA_ABORTED when its callback stopped it */
-    int64_t n_tokens;               /* tokens generated so far */
+    uint32_t struct_size; /* set by the caller: sizeof(lora_request_info) */
+    int32_t state;        /* LORA_REQUEST_* */
+    int32_t stop_reason;  /* LORA_STOP_* */
+    lora_status status;   /* LORA_OK; LORA_ABORTED when its callback stopped it */
+    int64_t n_tokens;     /* tokens generated so far */
 } lora_request_info;
 
 /* Errors: LORA_INVALID_ARGUMENT (unknown or released id, bad struct_size). */
@@ -618,8 +614,8 @@ lora_status lora_engine_request_info(lora_engine *engine, lora_request_id id, lo
 /* An ended request's new tokens / text (NUL-terminated), as lora_generate_tokens
  * and lora_generate write them. Errors: LORA_INVALID_ARGUMENT (unknown id),
  * LORA_WRONG_STATE (not ended yet), LORA_BUFFER_TOO_SMALL. */
-lora_status lora_engine_request_tokens(lora_engine *engine, lora_request_id id, int32_t *out_tokens,
-                                       size_t capacity, size_t *n_out);
+lora_status lora_engine_request_tokens(lora_engine *engine, lora_request_id id, int32_t *out_tokens, size_t capacity,
+                                       size_t *n_out);
 lora_status lora_engine_request_text(lora_engine *engine, lora_request_id id, char *out, size_t capacity,
                                      size_t *needed);
 /* Forgets an ended request (the engine keeps each ended request's result

@@ -14,11 +14,15 @@ _Static_assert(sizeof(blasint) == sizeof(int), "blasint is 32-bit");
 _Static_assert(sizeof(lapack_int) == sizeof(int), "lapack_int is 32-bit");
 // Same return and argument types (enums as ints) as the real prototypes:
 static void check(void) {
-    float *f = 0; const float *cf = 0; int i = 0;
+    float *f = 0;
+    const float *cf = 0;
+    int i = 0;
     cblas_sgemm(LB_ROW_MAJOR, LB_NO_TRANS, LB_TRANS, i, i, i, 1.0f, cf, i, cf, i, 0.0f, f, i);
     cblas_sgemv(LB_ROW_MAJOR, LB_NO_TRANS, i, i, 1.0f, cf, i, cf, 1, 0.0f, f, 1);
     int r = LAPACKE_sgesdd(LB_ROW_MAJOR, 'S', i, i, f, i, f, f, i, f, i);
     r += LAPACKE_sgeqrf(LB_ROW_MAJOR, i, i, f, i, f);
     r += LAPACKE_sorgqr(LB_ROW_MAJOR, i, i, i, f, i, cf);
-    char *c = openblas_get_corename(); (void)c; (void)r;
+    char *c = openblas_get_corename();
+    (void)c;
+    (void)r;
 }

@@ -2,9 +2,9 @@
 # The checked-in formatter configuration (.swift-format for `swift format`
 # from the toolchain, .clang-format for C), applied to the files this branch
 # ADDS relative to the base (FORMAT_BASE, default: the merge-base with main;
-# nothing to check when there is none, e.g. on main itself). Files that
-# existed before keep their layout until the tree is reformatted once in its
-# own commit; after that, set FORMAT_ALL=1 to check every file.
+# nothing to check when there is none, e.g. on main itself), or with
+# FORMAT_ALL=1 to every tracked Swift and C file (what scripts/test.sh runs:
+# the whole tree was formatted once, in its own commit).
 #   scripts/check_format.sh            check (non-zero exit on a difference)
 #   scripts/check_format.sh --fix      rewrite those files in place
 set -euo pipefail

@@ -20,7 +20,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static int load_status = 1;
 static char load_error[512] = "OpenBLAS not loaded yet";
@@ -41,8 +40,7 @@ static sgesdd_fn *p_sgesdd;
 static sgeqrf_fn *p_sgeqrf;
 static sorgqr_fn *p_sorgqr;
 
-static const char *const openblas_names[] = {
-    "libopenblas.so.0", "libopenblas.so", "libopenblasp.so.0", NULL};
+static const char *const openblas_names[] = {"libopenblas.so.0", "libopenblas.so", "libopenblasp.so.0", NULL};
 static const char *const lapacke_names[] = {"liblapacke.so.3", "liblapacke.so", NULL};
 
 int lb_cpu_has_avx512(void) {
@@ -72,8 +70,7 @@ static int name_in(const char *name, const char *const *list) {
 
 const char *lb_preferred_core(const char *reported, int has_avx512, int has_avx2_fma) {
     static const char *const avx512_cores[] = {"SkylakeX", "Cooperlake", "SapphireRapids", NULL};
-    static const char *const avx2_cores[] = {"Haswell", "Zen", "SkylakeX", "Cooperlake",
-                                             "SapphireRapids", NULL};
+    static const char *const avx2_cores[] = {"Haswell", "Zen", "SkylakeX", "Cooperlake", "SapphireRapids", NULL};
     if (reported == NULL) return NULL;
     if (has_avx512 && !name_in(reported, avx512_cores)) return "SkylakeX";
     if (!has_avx512 && has_avx2_fma && !name_in(reported, avx2_cores)) return "Haswell";
@@ -108,8 +105,14 @@ static int sgemm_agrees(void) {
     enum { M = 19, N = 23, K = 37 };
     float a[M * K], b[K * N], c[M * N];
     unsigned s = 12345u;
-    for (int i = 0; i < M * K; i++) { s = s * 1103515245u + 12345u; a[i] = (float)((s >> 9) % 2001) / 1000.0f - 1.0f; }
-    for (int i = 0; i < K * N; i++) { s = s * 1103515245u + 12345u; b[i] = (float)((s >> 9) % 2001) / 1000.0f - 1.0f; }
+    for (int i = 0; i < M * K; i++) {
+        s = s * 1103515245u + 12345u;
+        a[i] = (float)((s >> 9) % 2001) / 1000.0f - 1.0f;
+    }
+    for (int i = 0; i < K * N; i++) {
+        s = s * 1103515245u + 12345u;
+        b[i] = (float)((s >> 9) % 2001) / 1000.0f - 1.0f;
+    }
     p_sgemm(LB_ROW_MAJOR, LB_NO_TRANS, LB_NO_TRANS, M, N, K, 1.0f, a, K, b, N, 0.0f, c, N);
     for (int i = 0; i < M; i++)
         for (int j = 0; j < N; j++) {
@@ -126,7 +129,8 @@ static void do_load(void) {
     if (!h) {
         snprintf(load_error, sizeof load_error,
                  "cannot load OpenBLAS (libopenblas.so.0): %s; install libopenblas0 "
-                 "(scripts/bootstrap.sh does)", dlerror());
+                 "(scripts/bootstrap.sh does)",
+                 dlerror());
         return;
     }
     if (!resolve_openblas(h)) {
@@ -168,8 +172,7 @@ static void do_load(void) {
     }
     copy_core(core_now);
     if (!sgemm_agrees()) {
-        snprintf(load_error, sizeof load_error,
-                 "OpenBLAS (core %s) computes a wrong matrix product", core_now);
+        snprintf(load_error, sizeof load_error, "OpenBLAS (core %s) computes a wrong matrix product", core_now);
         return;
     }
     void *l = open_first(lapacke_names, flags);
@@ -193,41 +196,60 @@ int lb_load(void) {
     return load_status;
 }
 
-const char *lb_load_error(void) { return load_error; }
-const char *lb_corename(void) { lb_load(); return core_now; }
-const char *lb_corename_initial(void) { lb_load(); return core_initial; }
-int lb_core_was_chosen(void) { lb_load(); return core_chosen; }
+const char *lb_load_error(void) {
+    return load_error;
+}
+const char *lb_corename(void) {
+    lb_load();
+    return core_now;
+}
+const char *lb_corename_initial(void) {
+    lb_load();
+    return core_initial;
+}
+int lb_core_was_chosen(void) {
+    lb_load();
+    return core_chosen;
+}
 const char *lb_openblas_config(void) {
     if (lb_load() || !p_config) return "";
     const char *c = p_config();
     return c ? c : "";
 }
-int lb_get_num_threads(void) { lb_load(); return atomic_load_explicit(&compute_threads, memory_order_relaxed); }
+int lb_get_num_threads(void) {
+    lb_load();
+    return atomic_load_explicit(&compute_threads, memory_order_relaxed);
+}
 void lb_set_num_threads(int n) {
     lb_load();
     if (n > 0) atomic_store(&compute_threads, n > LB_MAX_THREADS ? LB_MAX_THREADS : n);
 }
-int lb_thread_setting(void) { return atomic_load_explicit(&compute_threads, memory_order_relaxed); }
+int lb_thread_setting(void) {
+    return atomic_load_explicit(&compute_threads, memory_order_relaxed);
+}
 int lb_compute_threads(void) {
     return in_parallel_region ? 1 : atomic_load_explicit(&compute_threads, memory_order_relaxed);
 }
-int lb_enter_parallel(void) { int was = in_parallel_region; in_parallel_region = 1; return was; }
-void lb_leave_parallel(int was) { in_parallel_region = was; }
-
-void lb_sgemm(int transA, int transB, int m, int n, int k, float alpha,
-              const float *a, int lda, const float *b, int ldb,
-              float beta, float *c, int ldc) {
-    p_sgemm(LB_ROW_MAJOR, transA ? LB_TRANS : LB_NO_TRANS, transB ? LB_TRANS : LB_NO_TRANS,
-            m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+int lb_enter_parallel(void) {
+    int was = in_parallel_region;
+    in_parallel_region = 1;
+    return was;
+}
+void lb_leave_parallel(int was) {
+    in_parallel_region = was;
 }
 
-void lb_sgemv(int transA, int m, int n, float alpha, const float *a, int lda,
-              const float *x, float beta, float *y) {
+void lb_sgemm(int transA, int transB, int m, int n, int k, float alpha, const float *a, int lda, const float *b,
+              int ldb, float beta, float *c, int ldc) {
+    p_sgemm(LB_ROW_MAJOR, transA ? LB_TRANS : LB_NO_TRANS, transB ? LB_TRANS : LB_NO_TRANS, m, n, k, alpha, a, lda, b,
+            ldb, beta, c, ldc);
+}
+
+void lb_sgemv(int transA, int m, int n, float alpha, const float *a, int lda, const float *x, float beta, float *y) {
     p_sgemv(LB_ROW_MAJOR, transA ? LB_TRANS : LB_NO_TRANS, m, n, alpha, a, lda, x, 1, beta, y, 1);
 }
 
-int lb_sgesdd(char jobz, int m, int n, float *a, int lda, float *s,
-              float *u, int ldu, float *vt, int ldvt) {
+int lb_sgesdd(char jobz, int m, int n, float *a, int lda, float *s, float *u, int ldu, float *vt, int ldvt) {
     if (lb_load() || !p_sgesdd) return -1000;
     return p_sgesdd(LB_ROW_MAJOR, jobz, m, n, a, lda, s, u, ldu, vt, ldvt);
 }

@@ -4,7 +4,10 @@
 static _Thread_local char last_error[4096];
 
 void lb_set_error(const char *message) {
-    if (!message) { last_error[0] = 0; return; }
+    if (!message) {
+        last_error[0] = 0;
+        return;
+    }
     size_t n = strlen(message);
     if (n >= sizeof last_error) {
         n = sizeof last_error - 1;
@@ -15,4 +18,6 @@ void lb_set_error(const char *message) {
     last_error[n] = 0;
 }
 
-const char *lb_get_error(void) { return last_error; }
+const char *lb_get_error(void) {
+    return last_error;
+}

@@ -22,15 +22,15 @@
 
 #if defined(__x86_64__)
 
-#define T512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")))
-#define T256 __attribute__((target("avx2,fma")))
+#define T512   __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")))
+#define T256   __attribute__((target("avx2,fma")))
 #define INLINE __attribute__((always_inline)) static inline
 
 // ---- AVX-512 ---------------------------------------------------------
 
 // Columns [j, j + 16·nv) (the last vector masked by `last`) over all K rows.
-INLINE T512 void cols_block512(float *y, const float *x, const float *W, int K, int ldw, int j, int nv,
-                                __mmask16 last, int beta0) {
+INLINE T512 void cols_block512(float *y, const float *x, const float *W, int K, int ldw, int j, int nv, __mmask16 last,
+                               int beta0) {
     __m512 acc[8];
     for (int v = 0; v < nv; v++) {
         __mmask16 m = v == nv - 1 ? last : 0xFFFF;
@@ -50,8 +50,7 @@ INLINE T512 void cols_block512(float *y, const float *x, const float *W, int K, 
     }
 }
 
-static T512 void gemv_cols_avx512(float *y, const float *x, const float *W, int K, int ldw, int n0, int n1,
-                                  int beta0) {
+static T512 void gemv_cols_avx512(float *y, const float *x, const float *W, int K, int ldw, int n0, int n1, int beta0) {
     int j = n0;
     // When every row starts at the same offset within a cache line, peel to
     // make the wide blocks' loads aligned (8% faster on misaligned weights,
@@ -81,8 +80,7 @@ INLINE T512 __m512 row_partial512(const float *w, const float *x, int C) {
     return a;
 }
 
-static T512 void gemv_rows_avx512(float *y, const float *x, const float *W, int C, int ldw, int r0, int r1,
-                                  int beta0) {
+static T512 void gemv_rows_avx512(float *y, const float *x, const float *W, int C, int ldw, int r0, int r1, int beta0) {
     int r = r0;
     // Four rows at a time share the loads of x.
     for (; r + 4 <= r1; r += 4) {
@@ -124,13 +122,15 @@ INLINE T256 __m256i mask8(int n) {
 }
 
 // Columns [j, j + 8·nv), the last vector holding `lastN` (1...8) columns.
-INLINE T256 void cols_block256(float *y, const float *x, const float *W, int K, int ldw, int j, int nv,
-                                int lastN, int beta0) {
+INLINE T256 void cols_block256(float *y, const float *x, const float *W, int K, int ldw, int j, int nv, int lastN,
+                               int beta0) {
     __m256 acc[8];
     __m256i lm = mask8(lastN);
     for (int v = 0; v < nv; v++) {
-        if (beta0) acc[v] = _mm256_setzero_ps();
-        else acc[v] = v == nv - 1 ? _mm256_maskload_ps(y + j + 8 * v, lm) : _mm256_loadu_ps(y + j + 8 * v);
+        if (beta0)
+            acc[v] = _mm256_setzero_ps();
+        else
+            acc[v] = v == nv - 1 ? _mm256_maskload_ps(y + j + 8 * v, lm) : _mm256_loadu_ps(y + j + 8 * v);
     }
     const float *p = W + j;
     for (int k = 0; k < K; k++, p += ldw) {
@@ -141,13 +141,14 @@ INLINE T256 void cols_block256(float *y, const float *x, const float *W, int K, 
         }
     }
     for (int v = 0; v < nv; v++) {
-        if (v == nv - 1) _mm256_maskstore_ps(y + j + 8 * v, lm, acc[v]);
-        else _mm256_storeu_ps(y + j + 8 * v, acc[v]);
+        if (v == nv - 1)
+            _mm256_maskstore_ps(y + j + 8 * v, lm, acc[v]);
+        else
+            _mm256_storeu_ps(y + j + 8 * v, acc[v]);
     }
 }
 
-static T256 void gemv_cols_avx2(float *y, const float *x, const float *W, int K, int ldw, int n0, int n1,
-                                int beta0) {
+static T256 void gemv_cols_avx2(float *y, const float *x, const float *W, int K, int ldw, int n0, int n1, int beta0) {
     int j = n0;
     for (; j + 64 <= n1; j += 64) cols_block256(y, x, W, K, ldw, j, 8, 8, beta0);
     for (; j + 32 <= n1; j += 32) cols_block256(y, x, W, K, ldw, j, 4, 8, beta0);
@@ -162,8 +163,7 @@ INLINE T256 float hsum256(__m256 a) {
     return _mm_cvtss_f32(s);
 }
 
-static T256 void gemv_rows_avx2(float *y, const float *x, const float *W, int C, int ldw, int r0, int r1,
-                                int beta0) {
+static T256 void gemv_rows_avx2(float *y, const float *x, const float *W, int C, int ldw, int r0, int r1, int beta0) {
     __m256i lm = mask8(C % 8);
     int cFull = C - C % 8;
     for (int r = r0; r < r1; r += 2) {
@@ -207,11 +207,16 @@ void lb_gemv_rows(float *y, const float *x, const float *W, int C, int ldw, int 
     lb_gemv_rows_at(lb_kernels_level(), y, x, W, C, ldw, r0, r1, beta0);
 }
 
-void lb_gemv_cols_at(int level, float *y, const float *x, const float *W, int K, int ldw, int n0, int n1,
-                     int beta0) {
+void lb_gemv_cols_at(int level, float *y, const float *x, const float *W, int K, int ldw, int n0, int n1, int beta0) {
 #if defined(__x86_64__)
-    if (level >= LB_KERNELS_AVX512 && lb_cpu_has_avx512()) { gemv_cols_avx512(y, x, W, K, ldw, n0, n1, beta0); return; }
-    if (level >= LB_KERNELS_AVX2 && lb_cpu_has_avx2_fma()) { gemv_cols_avx2(y, x, W, K, ldw, n0, n1, beta0); return; }
+    if (level >= LB_KERNELS_AVX512 && lb_cpu_has_avx512()) {
+        gemv_cols_avx512(y, x, W, K, ldw, n0, n1, beta0);
+        return;
+    }
+    if (level >= LB_KERNELS_AVX2 && lb_cpu_has_avx2_fma()) {
+        gemv_cols_avx2(y, x, W, K, ldw, n0, n1, beta0);
+        return;
+    }
 #endif
     for (int n = n0; n < n1; n++) {
         float a = beta0 ? 0 : y[n];
@@ -220,11 +225,16 @@ void lb_gemv_cols_at(int level, float *y, const float *x, const float *W, int K,
     }
 }
 
-void lb_gemv_rows_at(int level, float *y, const float *x, const float *W, int C, int ldw, int r0, int r1,
-                     int beta0) {
+void lb_gemv_rows_at(int level, float *y, const float *x, const float *W, int C, int ldw, int r0, int r1, int beta0) {
 #if defined(__x86_64__)
-    if (level >= LB_KERNELS_AVX512 && lb_cpu_has_avx512()) { gemv_rows_avx512(y, x, W, C, ldw, r0, r1, beta0); return; }
-    if (level >= LB_KERNELS_AVX2 && lb_cpu_has_avx2_fma()) { gemv_rows_avx2(y, x, W, C, ldw, r0, r1, beta0); return; }
+    if (level >= LB_KERNELS_AVX512 && lb_cpu_has_avx512()) {
+        gemv_rows_avx512(y, x, W, C, ldw, r0, r1, beta0);
+        return;
+    }
+    if (level >= LB_KERNELS_AVX2 && lb_cpu_has_avx2_fma()) {
+        gemv_rows_avx2(y, x, W, C, ldw, r0, r1, beta0);
+        return;
+    }
 #endif
     for (int r = r0; r < r1; r++) {
         float a = 0;

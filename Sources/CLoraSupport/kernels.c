@@ -16,16 +16,16 @@
 #include <string.h>
 
 #if defined(__x86_64__)
-#define VW 16
-#define KT __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")))
+#define VW      16
+#define KT      __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")))
 #define K(name) name##_avx512
 #include "kernels_body.h"
 #undef VW
 #undef KT
 #undef K
 
-#define VW 8
-#define KT __attribute__((target("avx2,fma")))
+#define VW      8
+#define KT      __attribute__((target("avx2,fma")))
 #define K(name) name##_avx2
 #include "kernels_body.h"
 #undef VW
@@ -41,13 +41,12 @@
 #undef KT
 #undef K
 
-#define KERNEL_SET(sfx)                                                                   \
-    {                                                                                     \
-        lb_gelu_tanh_forward_##sfx, lb_gelu_tanh_backward_##sfx, lb_softmax_lse_##sfx,    \
-        lb_exp_shift_##sfx, lb_softmax_backward_##sfx,                                    \
-        lb_cross_entropy_row_##sfx, lb_layernorm_forward_##sfx,                           \
-        lb_layernorm_backward_input_##sfx, lb_add_##sfx,                                  \
-        lb_activation_forward_##sfx, lb_activation_backward_##sfx,                        \
+#define KERNEL_SET(sfx)                                                                                                \
+    {                                                                                                                  \
+        lb_gelu_tanh_forward_##sfx, lb_gelu_tanh_backward_##sfx, lb_softmax_lse_##sfx, lb_exp_shift_##sfx,             \
+            lb_softmax_backward_##sfx, lb_cross_entropy_row_##sfx, lb_layernorm_forward_##sfx,                         \
+            lb_layernorm_backward_input_##sfx, lb_add_##sfx, lb_activation_forward_##sfx,                              \
+            lb_activation_backward_##sfx,                                                                              \
     }
 static const lb_kernel_set set_base = KERNEL_SET(base);
 #if defined(__x86_64__)
@@ -57,12 +56,16 @@ static const lb_kernel_set set_avx512 = KERNEL_SET(avx512);
 
 const lb_kernel_set *lb_kernels_for(int level) {
     switch (level) {
-    case LB_KERNELS_BASELINE: return &set_base;
+    case LB_KERNELS_BASELINE:
+        return &set_base;
 #if defined(__x86_64__)
-    case LB_KERNELS_AVX2: return lb_cpu_has_avx2_fma() ? &set_avx2 : NULL;
-    case LB_KERNELS_AVX512: return lb_cpu_has_avx512() ? &set_avx512 : NULL;
+    case LB_KERNELS_AVX2:
+        return lb_cpu_has_avx2_fma() ? &set_avx2 : NULL;
+    case LB_KERNELS_AVX512:
+        return lb_cpu_has_avx512() ? &set_avx512 : NULL;
 #endif
-    default: return NULL;
+    default:
+        return NULL;
     }
 }
 
@@ -86,11 +89,21 @@ int lb_kernels_level(void) {
     return LB_KERNELS_BASELINE;
 }
 
-void lb_gelu_tanh_forward(float *out, const float *inp, size_t n) { kernels()->gelu_tanh_forward(out, inp, n); }
-void lb_gelu_tanh_backward(float *d, const float *pre, size_t n) { kernels()->gelu_tanh_backward(d, pre, n); }
-float lb_softmax_lse(float *row, int n) { return kernels()->softmax_lse(row, n); }
-void lb_exp_shift(float *row, int n, float c) { kernels()->exp_shift(row, n, c); }
-void lb_softmax_backward(float *dp, const float *p, int n, float scale) { kernels()->softmax_backward(dp, p, n, scale); }
+void lb_gelu_tanh_forward(float *out, const float *inp, size_t n) {
+    kernels()->gelu_tanh_forward(out, inp, n);
+}
+void lb_gelu_tanh_backward(float *d, const float *pre, size_t n) {
+    kernels()->gelu_tanh_backward(d, pre, n);
+}
+float lb_softmax_lse(float *row, int n) {
+    return kernels()->softmax_lse(row, n);
+}
+void lb_exp_shift(float *row, int n, float c) {
+    kernels()->exp_shift(row, n, c);
+}
+void lb_softmax_backward(float *dp, const float *p, int n, float scale) {
+    kernels()->softmax_backward(dp, p, n, scale);
+}
 double lb_cross_entropy_row(float *row, int V, int target, float grad_scale) {
     return kernels()->cross_entropy_row(row, V, target, grad_scale);
 }
@@ -102,6 +115,12 @@ void lb_layernorm_backward_input(float *dinp, const float *dout, const float *in
                                  const float *mean, const float *rstd, size_t rows, int C) {
     kernels()->layernorm_backward_input(dinp, dout, inp, weight, mean, rstd, rows, C);
 }
-void lb_add(float *out, const float *a, const float *b, size_t n) { kernels()->add(out, a, b, n); }
-void lb_activation_forward(int act, float *out, const float *inp, size_t n) { kernels()->activation_forward(act, out, inp, n); }
-void lb_activation_backward(int act, float *d, const float *pre, size_t n) { kernels()->activation_backward(act, d, pre, n); }
+void lb_add(float *out, const float *a, const float *b, size_t n) {
+    kernels()->add(out, a, b, n);
+}
+void lb_activation_forward(int act, float *out, const float *inp, size_t n) {
+    kernels()->activation_forward(act, out, inp, n);
+}
+void lb_activation_backward(int act, float *d, const float *pre, size_t n) {
+    kernels()->activation_backward(act, d, pre, n);
+}

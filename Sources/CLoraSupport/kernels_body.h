@@ -4,9 +4,18 @@
 typedef float K(vf) __attribute__((vector_size(VW * 4)));
 typedef int K(vi) __attribute__((vector_size(VW * 4)));
 
-static inline __attribute__((always_inline)) KT K(vf) K(vsplat)(float x) { K(vf) z = {0}; return z + x; }
-static inline __attribute__((always_inline)) KT K(vf) K(vld)(const float *p) { K(vf) v; memcpy(&v, p, sizeof v); return v; }
-static inline __attribute__((always_inline)) KT void K(vst)(float *p, K(vf) v) { memcpy(p, &v, sizeof v); }
+static inline __attribute__((always_inline)) KT K(vf) K(vsplat)(float x) {
+    K(vf) z = {0};
+    return z + x;
+}
+static inline __attribute__((always_inline)) KT K(vf) K(vld)(const float *p) {
+    K(vf) v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline __attribute__((always_inline)) KT void K(vst)(float *p, K(vf) v) {
+    memcpy(p, &v, sizeof v);
+}
 // Loads n < VW floats, the rest of the lanes set to `fill`.
 static inline __attribute__((always_inline)) KT K(vf) K(vld_part)(const float *p, int n, float fill) {
     float t[VW];
@@ -18,9 +27,15 @@ static inline __attribute__((always_inline)) KT void K(vst_part)(float *p, K(vf)
     K(vst)(t, v);
     for (int i = 0; i < n; i++) p[i] = t[i];
 }
-static inline __attribute__((always_inline)) KT K(vf) K(vsel)(K(vi) m, K(vf) a, K(vf) b) { return (K(vf))(((K(vi))a & m) | ((K(vi))b & ~m)); }
-static inline __attribute__((always_inline)) KT K(vf) K(vmaxf)(K(vf) a, K(vf) b) { return K(vsel)(a > b, a, b); }  // NaN in a: b
-static inline __attribute__((always_inline)) KT K(vf) K(vminf)(K(vf) a, K(vf) b) { return K(vsel)(a < b, a, b); }
+static inline __attribute__((always_inline)) KT K(vf) K(vsel)(K(vi) m, K(vf) a, K(vf) b) {
+    return (K(vf))(((K(vi))a & m) | ((K(vi))b & ~m));
+}
+static inline __attribute__((always_inline)) KT K(vf) K(vmaxf)(K(vf) a, K(vf) b) {
+    return K(vsel)(a > b, a, b);
+} // NaN in a: b
+static inline __attribute__((always_inline)) KT K(vf) K(vminf)(K(vf) a, K(vf) b) {
+    return K(vsel)(a < b, a, b);
+}
 static inline __attribute__((always_inline)) KT float K(hsum)(K(vf) v) {
     float s = 0;
     for (int i = 0; i < VW; i++) s += v[i];
@@ -28,7 +43,8 @@ static inline __attribute__((always_inline)) KT float K(hsum)(K(vf) v) {
 }
 static inline __attribute__((always_inline)) KT float K(hmax)(K(vf) v) {
     float m = -INFINITY;
-    for (int i = 0; i < VW; i++) if (v[i] > m) m = v[i];
+    for (int i = 0; i < VW; i++)
+        if (v[i] > m) m = v[i];
     return m;
 }
 
@@ -62,15 +78,15 @@ static inline __attribute__((always_inline)) KT K(vf) K(vgelu)(K(vf) x) {
     return x / (K(vsplat)(1.0f) + K(vexp)(-u2));
 }
 
-KT
-static void K(lb_gelu_tanh_forward)(float *out, const float *inp, size_t n) {
+KT static void K(lb_gelu_tanh_forward)(float *out, const float *inp, size_t n) {
     size_t i = 0;
     for (; i + VW <= n; i += VW) K(vst)(out + i, K(vgelu)(K(vld)(inp + i)));
     if (i < n) K(vst_part)(out + i, K(vgelu)(K(vld_part)(inp + i, (int)(n - i), 0)), (int)(n - i));
 }
 
 static inline __attribute__((always_inline)) KT K(vf) K(vgelu_grad)(K(vf) x) {
-    const K(vf) k = K(vsplat)(0.7978845608028654f), c = K(vsplat)(0.044715f), one = K(vsplat)(1.0f), half = K(vsplat)(0.5f);
+    const K(vf) k = K(vsplat)(0.7978845608028654f), c = K(vsplat)(0.044715f), one = K(vsplat)(1.0f),
+                half = K(vsplat)(0.5f);
     // tanh(z) = 1 − 2/(exp(2z)+1)
     K(vf) z = k * (x + c * x * x * x);
     K(vf) t = one - K(vsplat)(2.0f) / (K(vexp)(z + z) + one);
@@ -78,8 +94,7 @@ static inline __attribute__((always_inline)) KT K(vf) K(vgelu_grad)(K(vf) x) {
     return half * (one + t) + half * x * (one - t * t) * dz;
 }
 
-KT
-static void K(lb_gelu_tanh_backward)(float *d, const float *pre, size_t n) {
+KT static void K(lb_gelu_tanh_backward)(float *d, const float *pre, size_t n) {
     size_t i = 0;
     for (; i + VW <= n; i += VW) K(vst)(d + i, K(vld)(d + i) * K(vgelu_grad)(K(vld)(pre + i)));
     if (i < n) {
@@ -99,12 +114,18 @@ static inline __attribute__((always_inline)) KT K(vf) K(vtanh)(K(vf) x) {
 // The other activations (LB_ACT_*), forward: f(x), and backward: f′(x).
 static inline __attribute__((always_inline)) KT K(vf) K(vact)(int act, K(vf) x) {
     switch (act) {
-    case LB_ACT_QUICK_GELU: return x * K(vsigmoid)(K(vsplat)(1.702f) * x);
-    case LB_ACT_RELU: return K(vsel)(x > K(vsplat)(0), x, K(vsplat)(0));
-    case LB_ACT_SILU: return x * K(vsigmoid)(x);
-    case LB_ACT_TANH: return K(vtanh)(x);
-    case LB_ACT_SIGMOID: return K(vsigmoid)(x);
-    default: return x;
+    case LB_ACT_QUICK_GELU:
+        return x * K(vsigmoid)(K(vsplat)(1.702f) * x);
+    case LB_ACT_RELU:
+        return K(vsel)(x > K(vsplat)(0), x, K(vsplat)(0));
+    case LB_ACT_SILU:
+        return x * K(vsigmoid)(x);
+    case LB_ACT_TANH:
+        return K(vtanh)(x);
+    case LB_ACT_SIGMOID:
+        return K(vsigmoid)(x);
+    default:
+        return x;
     }
 }
 static inline __attribute__((always_inline)) KT K(vf) K(vact_grad)(int act, K(vf) x) {
@@ -114,18 +135,30 @@ static inline __attribute__((always_inline)) KT K(vf) K(vact_grad)(int act, K(vf
         K(vf) s = K(vsigmoid)(K(vsplat)(1.702f) * x);
         return s + K(vsplat)(1.702f) * x * s * (one - s);
     }
-    case LB_ACT_RELU: return K(vsel)(x > K(vsplat)(0), one, K(vsplat)(0));
-    case LB_ACT_SILU: { K(vf) s = K(vsigmoid)(x); return s * (one + x * (one - s)); }
-    case LB_ACT_TANH: { K(vf) t = K(vtanh)(x); return one - t * t; }
-    case LB_ACT_SIGMOID: { K(vf) s = K(vsigmoid)(x); return s * (one - s); }
-    default: return one;
+    case LB_ACT_RELU:
+        return K(vsel)(x > K(vsplat)(0), one, K(vsplat)(0));
+    case LB_ACT_SILU: {
+        K(vf) s = K(vsigmoid)(x);
+        return s * (one + x * (one - s));
+    }
+    case LB_ACT_TANH: {
+        K(vf) t = K(vtanh)(x);
+        return one - t * t;
+    }
+    case LB_ACT_SIGMOID: {
+        K(vf) s = K(vsigmoid)(x);
+        return s * (one - s);
+    }
+    default:
+        return one;
     }
 }
 
-KT
-static void K(lb_activation_forward)(int act, float *out, const float *inp, size_t n) {
+KT static void K(lb_activation_forward)(int act, float *out, const float *inp, size_t n) {
     switch (act) {
-    case LB_ACT_GELU_TANH: K(lb_gelu_tanh_forward)(out, inp, n); return;
+    case LB_ACT_GELU_TANH:
+        K(lb_gelu_tanh_forward)(out, inp, n);
+        return;
     case LB_ACT_GELU_ERF:
         // 0.5·x·(1 + erf(x/√2)): no vector erf; the scalar libm one.
         for (size_t i = 0; i < n; i++) out[i] = 0.5f * inp[i] * (1.0f + erff(inp[i] * 0.7071067811865476f));
@@ -133,17 +166,19 @@ static void K(lb_activation_forward)(int act, float *out, const float *inp, size
     case LB_ACT_LINEAR:
         if (out != inp) memmove(out, inp, n * sizeof(float));
         return;
-    default: break;
+    default:
+        break;
     }
     size_t i = 0;
     for (; i + VW <= n; i += VW) K(vst)(out + i, K(vact)(act, K(vld)(inp + i)));
     if (i < n) K(vst_part)(out + i, K(vact)(act, K(vld_part)(inp + i, (int)(n - i), 0)), (int)(n - i));
 }
 
-KT
-static void K(lb_activation_backward)(int act, float *d, const float *pre, size_t n) {
+KT static void K(lb_activation_backward)(int act, float *d, const float *pre, size_t n) {
     switch (act) {
-    case LB_ACT_GELU_TANH: K(lb_gelu_tanh_backward)(d, pre, n); return;
+    case LB_ACT_GELU_TANH:
+        K(lb_gelu_tanh_backward)(d, pre, n);
+        return;
     case LB_ACT_GELU_ERF:
         for (size_t i = 0; i < n; i++) {
             float x = pre[i];
@@ -152,8 +187,10 @@ static void K(lb_activation_backward)(int act, float *d, const float *pre, size_
             d[i] *= cdf + x * pdf;
         }
         return;
-    case LB_ACT_LINEAR: return;
-    default: break;
+    case LB_ACT_LINEAR:
+        return;
+    default:
+        break;
     }
     size_t i = 0;
     for (; i + VW <= n; i += VW) K(vst)(d + i, K(vld)(d + i) * K(vact_grad)(act, K(vld)(pre + i)));
@@ -168,7 +205,8 @@ static inline __attribute__((always_inline)) KT float K(row_max)(const float *x,
     int i = 0;
     for (; i + VW <= n; i += VW) acc = K(vmaxf)(K(vld)(x + i), acc);
     float m = K(hmax)(acc);
-    for (; i < n; i++) if (x[i] > m) m = x[i];
+    for (; i < n; i++)
+        if (x[i] > m) m = x[i];
     return m;
 }
 
@@ -205,8 +243,7 @@ static inline __attribute__((always_inline)) KT void K(scale_row)(float *row, in
     for (; i < n; i++) row[i] *= s;
 }
 
-KT
-static float K(lb_softmax_lse)(float *row, int n) {
+KT static float K(lb_softmax_lse)(float *row, int n) {
     float m = K(row_max)(row, n);
     if (m == -INFINITY) {
         memset(row, 0, (size_t)n * sizeof(float));
@@ -217,8 +254,7 @@ static float K(lb_softmax_lse)(float *row, int n) {
     return (float)((double)m + log(sum));
 }
 
-KT
-static void K(lb_softmax_backward)(float *dp, const float *p, int n, float scale) {
+KT static void K(lb_softmax_backward)(float *dp, const float *p, int n, float scale) {
     K(vf) acc = K(vsplat)(0);
     int i = 0;
     for (; i + VW <= n; i += VW) acc += K(vld)(p + i) * K(vld)(dp + i);
@@ -229,16 +265,14 @@ static void K(lb_softmax_backward)(float *dp, const float *p, int n, float scale
     for (; i < n; i++) dp[i] = p[i] * (dp[i] - dot) * scale;
 }
 
-KT
-static void K(lb_exp_shift)(float *row, int n, float c) {
+KT static void K(lb_exp_shift)(float *row, int n, float c) {
     const K(vf) cv = K(vsplat)(c);
     int i = 0;
     for (; i + VW <= n; i += VW) K(vst)(row + i, K(vexp)(K(vld)(row + i) - cv));
     if (i < n) K(vst_part)(row + i, K(vexp)(K(vld_part)(row + i, n - i, 0) - cv), n - i);
 }
 
-KT
-static double K(lb_cross_entropy_row)(float *row, int V, int target, float grad_scale) {
+KT static double K(lb_cross_entropy_row)(float *row, int V, int target, float grad_scale) {
     float m = K(row_max)(row, V);
     float t = row[target];
     double sum = K(exp_shift_sum)(row, V, m);
@@ -247,9 +281,8 @@ static double K(lb_cross_entropy_row)(float *row, int V, int target, float grad_
     return (double)m + log(sum) - (double)t;
 }
 
-KT
-static void K(lb_layernorm_forward)(float *out, float *mean, float *rstd, const float *inp,
-                          const float *weight, const float *bias, size_t rows, int C, float eps) {
+KT static void K(lb_layernorm_forward)(float *out, float *mean, float *rstd, const float *inp, const float *weight,
+                                       const float *bias, size_t rows, int C, float eps) {
     for (size_t r = 0; r < rows; r++) {
         const float *x = inp + r * (size_t)C;
         float *y = out + r * (size_t)C;
@@ -261,9 +294,15 @@ static void K(lb_layernorm_forward)(float *out, float *mean, float *rstd, const 
         float m = sum / (float)C;
         const K(vf) mv = K(vsplat)(m);
         acc = K(vsplat)(0);
-        for (i = 0; i + VW <= C; i += VW) { K(vf) d = K(vld)(x + i) - mv; acc += d * d; }
+        for (i = 0; i + VW <= C; i += VW) {
+            K(vf) d = K(vld)(x + i) - mv;
+            acc += d * d;
+        }
         float var = K(hsum)(acc);
-        for (; i < C; i++) { float d = x[i] - m; var += d * d; }
+        for (; i < C; i++) {
+            float d = x[i] - m;
+            var += d * d;
+        }
         float s = 1.0f / sqrtf(var / (float)C + eps);
         const K(vf) sv = K(vsplat)(s);
         for (i = 0; i + VW <= C; i += VW)
@@ -274,9 +313,8 @@ static void K(lb_layernorm_forward)(float *out, float *mean, float *rstd, const 
     }
 }
 
-KT
-static void K(lb_layernorm_backward_input)(float *dinp, const float *dout, const float *inp, const float *weight,
-                                 const float *mean, const float *rstd, size_t rows, int C) {
+KT static void K(lb_layernorm_backward_input)(float *dinp, const float *dout, const float *inp, const float *weight,
+                                              const float *mean, const float *rstd, size_t rows, int C) {
     for (size_t r = 0; r < rows; r++) {
         const float *dy = dout + r * (size_t)C, *x = inp + r * (size_t)C;
         float *dx = dinp + r * (size_t)C;
@@ -311,8 +349,7 @@ static void K(lb_layernorm_backward_input)(float *dinp, const float *dout, const
     }
 }
 
-KT
-static void K(lb_add)(float *out, const float *a, const float *b, size_t n) {
+KT static void K(lb_add)(float *out, const float *a, const float *b, size_t n) {
     size_t i = 0;
     for (; i + VW <= n; i += VW) K(vst)(out + i, K(vld)(a + i) + K(vld)(b + i));
     for (; i < n; i++) out[i] = a[i] + b[i];

@@ -30,8 +30,8 @@
 uint16_t lb_f32_to_bf16(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
-    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x40);  // NaN stays NaN (quiet)
-    u += 0x7FFFu + ((u >> 16) & 1u);                                             // round to nearest even
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x40); // NaN stays NaN (quiet)
+    u += 0x7FFFu + ((u >> 16) & 1u);                                          // round to nearest even
     return (uint16_t)(u >> 16);
 }
 
@@ -47,11 +47,11 @@ uint16_t lb_f32_to_f16(float f) {
     memcpy(&x, &f, 4);
     uint32_t sign = (x >> 16) & 0x8000u;
     uint32_t ax = x & 0x7FFFFFFFu;
-    if (ax >= 0x7F800000u) return (uint16_t)(sign | 0x7C00u | (ax > 0x7F800000u ? 0x200u : 0));  // inf, NaN
-    if (ax >= 0x477FF000u) return (uint16_t)(sign | 0x7C00u);  // rounds to ≥ 65520: overflow to inf
+    if (ax >= 0x7F800000u) return (uint16_t)(sign | 0x7C00u | (ax > 0x7F800000u ? 0x200u : 0)); // inf, NaN
+    if (ax >= 0x477FF000u) return (uint16_t)(sign | 0x7C00u); // rounds to ≥ 65520: overflow to inf
     if (ax < 0x38800000u) {
         // Subnormal F16 (or zero): value = m · 2^-24, m rounded to nearest even.
-        if (ax < 0x33000000u) return (uint16_t)sign;  // below half the smallest subnormal
+        if (ax < 0x33000000u) return (uint16_t)sign; // below half the smallest subnormal
         // |f| = m · 2^(e−150) with the implicit bit in m; in units of 2^−24
         // that is m · 2^(e−126) = m >> (126 − e), a shift of 14 … 24 here.
         uint32_t e = ax >> 23, m = (ax & 0x7FFFFFu) | 0x800000u;
@@ -60,23 +60,29 @@ uint16_t lb_f32_to_f16(float f) {
         if (rem > half || (rem == half && (q & 1))) q++;
         return (uint16_t)(sign | q);
     }
-    uint32_t e = (ax >> 23) - 112, m = ax & 0x7FFFFFu;  // rebias 127 → 15
+    uint32_t e = (ax >> 23) - 112, m = ax & 0x7FFFFFu; // rebias 127 → 15
     uint32_t h = (e << 10) | (m >> 13), rem = m & 0x1FFFu;
-    if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) h++;  // may carry into the exponent: still right
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) h++; // may carry into the exponent: still right
     return (uint16_t)(sign | h);
 }
 
 float lb_f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1F, m = h & 0x3FFu, u;
     if (e == 0) {
-        if (m == 0) u = sign;
-        else {  // subnormal: normalise
+        if (m == 0)
+            u = sign;
+        else { // subnormal: normalise
             e = 113;
-            while (!(m & 0x400u)) { m <<= 1; e--; }
+            while (!(m & 0x400u)) {
+                m <<= 1;
+                e--;
+            }
             u = sign | (e << 23) | ((m & 0x3FFu) << 13);
         }
-    } else if (e == 31) u = sign | 0x7F800000u | (m << 13);
-    else u = sign | ((e + 112) << 23) | (m << 13);
+    } else if (e == 31)
+        u = sign | 0x7F800000u | (m << 13);
+    else
+        u = sign | ((e + 112) << 23) | (m << 13);
     float f;
     memcpy(&f, &u, 4);
     return f;
@@ -136,24 +142,26 @@ static inline float weight_at(int dtype, const void *W, const uint16_t *d, int k
                               int ncb) {
     size_t i = (size_t)k * ldw + n;
     switch (dtype) {
-    case LB_DTYPE_BF16: return lb_bf16_to_f32(((const uint16_t *)W)[i]);
-    case LB_DTYPE_F16: return lb_f16_to_f32(((const uint16_t *)W)[i]);
+    case LB_DTYPE_BF16:
+        return lb_bf16_to_f32(((const uint16_t *)W)[i]);
+    case LB_DTYPE_F16:
+        return lb_f16_to_f32(((const uint16_t *)W)[i]);
     case LB_DTYPE_Q8_0: {
-        float s = cols_layout ? lb_f16_to_f32(d[(size_t)(k / 32) * ldw + n]) : lb_f16_to_f32(d[(size_t)k * ncb + n / 32]);
+        float s =
+            cols_layout ? lb_f16_to_f32(d[(size_t)(k / 32) * ldw + n]) : lb_f16_to_f32(d[(size_t)k * ncb + n / 32]);
         return (float)((const int8_t *)W)[i] * s;
     }
-    default: return ((const float *)W)[i];
+    default:
+        return ((const float *)W)[i];
     }
 }
 
-void lb_dequant_cols(int dtype, float *dst, int ldd, const void *W, const uint16_t *d, int K, int ldw, int n0,
-                     int n1) {
+void lb_dequant_cols(int dtype, float *dst, int ldd, const void *W, const uint16_t *d, int K, int ldw, int n0, int n1) {
     for (int k = 0; k < K; k++)
         for (int n = n0; n < n1; n++) dst[(size_t)k * ldd + (n - n0)] = weight_at(dtype, W, d, k, n, ldw, 1, 0);
 }
 
-void lb_dequant_rows(int dtype, float *dst, int ldd, const void *W, const uint16_t *d, int C, int ldw, int r0,
-                     int r1) {
+void lb_dequant_rows(int dtype, float *dst, int ldd, const void *W, const uint16_t *d, int C, int ldw, int r0, int r1) {
     int ncb = (C + 31) / 32;
     for (int r = r0; r < r1; r++)
         for (int c = 0; c < C; c++) dst[(size_t)(r - r0) * ldd + c] = weight_at(dtype, W, d, r, c, ldw, 0, ncb);
@@ -161,7 +169,7 @@ void lb_dequant_rows(int dtype, float *dst, int ldd, const void *W, const uint16
 
 #if defined(__x86_64__)
 
-#define T512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")))
+#define T512   __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")))
 #define INLINE __attribute__((always_inline)) static inline
 
 // 16 weights (k, j … j+15) of a cols-layout matrix as F32, masked.
@@ -172,14 +180,16 @@ INLINE T512 __m512 load16_cols(int dtype, const void *W, const uint16_t *d, int 
         __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)W + i);
         return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
     }
-    case LB_DTYPE_F16: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)W + i));
+    case LB_DTYPE_F16:
+        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)W + i));
     case LB_DTYPE_Q8_0: {
         __m128i b = _mm_maskz_loadu_epi8(m, (const int8_t *)W + i);
         __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
         __m512 s = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, d + (size_t)(k / 32) * ldw + j));
         return _mm512_mul_ps(q, s);
     }
-    default: return _mm512_maskz_loadu_ps(m, (const float *)W + i);
+    default:
+        return _mm512_maskz_loadu_ps(m, (const float *)W + i);
     }
 }
 
@@ -203,14 +213,14 @@ INLINE T512 void lcols_block(int dtype, float *y, const float *x, const void *W,
     }
 }
 
-#define LCOLS(dt, name)                                                                                   \
-    static T512 void name(float *y, const float *x, const void *W, const uint16_t *d, int K, int ldw,      \
-                          int n0, int n1, int beta0) {                                                     \
-        int j = n0;                                                                                        \
-        for (; j + 128 <= n1; j += 128) lcols_block(dt, y, x, W, d, K, ldw, j, 8, 0xFFFF, beta0);          \
-        for (; j + 64 <= n1; j += 64) lcols_block(dt, y, x, W, d, K, ldw, j, 4, 0xFFFF, beta0);            \
-        for (; j + 16 <= n1; j += 16) lcols_block(dt, y, x, W, d, K, ldw, j, 1, 0xFFFF, beta0);            \
-        if (j < n1) lcols_block(dt, y, x, W, d, K, ldw, j, 1, (__mmask16)((1u << (n1 - j)) - 1), beta0);   \
+#define LCOLS(dt, name)                                                                                                \
+    static T512 void name(float *y, const float *x, const void *W, const uint16_t *d, int K, int ldw, int n0, int n1,  \
+                          int beta0) {                                                                                 \
+        int j = n0;                                                                                                    \
+        for (; j + 128 <= n1; j += 128) lcols_block(dt, y, x, W, d, K, ldw, j, 8, 0xFFFF, beta0);                      \
+        for (; j + 64 <= n1; j += 64) lcols_block(dt, y, x, W, d, K, ldw, j, 4, 0xFFFF, beta0);                        \
+        for (; j + 16 <= n1; j += 16) lcols_block(dt, y, x, W, d, K, ldw, j, 1, 0xFFFF, beta0);                        \
+        if (j < n1) lcols_block(dt, y, x, W, d, K, ldw, j, 1, (__mmask16)((1u << (n1 - j)) - 1), beta0);               \
     }
 LCOLS(LB_DTYPE_BF16, lcols_bf16)
 LCOLS(LB_DTYPE_F16, lcols_f16)
@@ -225,33 +235,35 @@ INLINE T512 __m512 load16_rows(int dtype, const void *W, const uint16_t *d, int 
         __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)W + i);
         return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
     }
-    case LB_DTYPE_F16: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)W + i));
+    case LB_DTYPE_F16:
+        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)W + i));
     case LB_DTYPE_Q8_0: {
         __m128i b = _mm_maskz_loadu_epi8(m, (const int8_t *)W + i);
         __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
         // c is a multiple of 16: the 16 values share block c/32.
         return _mm512_mul_ps(q, _mm512_set1_ps(lb_f16_to_f32(d[(size_t)r * ncb + c / 32])));
     }
-    default: return _mm512_maskz_loadu_ps(m, (const float *)W + i);
+    default:
+        return _mm512_maskz_loadu_ps(m, (const float *)W + i);
     }
 }
 
-#define LROWS(dt, name)                                                                                    \
-    static T512 void name(float *y, const float *x, const void *W, const uint16_t *d, int C, int ldw,       \
-                          int r0, int r1, int beta0) {                                                      \
-        int ncb = (C + 31) / 32;                                                                            \
-        for (int r = r0; r < r1; r++) {                                                                     \
-            __m512 a = _mm512_setzero_ps();                                                                 \
-            int c = 0;                                                                                      \
-            for (; c + 16 <= C; c += 16)                                                                    \
-                a = _mm512_fmadd_ps(load16_rows(dt, W, d, r, c, ldw, ncb, 0xFFFF), _mm512_loadu_ps(x + c), a); \
-            if (c < C) {                                                                                    \
-                __mmask16 m = (__mmask16)((1u << (C - c)) - 1);                                             \
-                a = _mm512_fmadd_ps(load16_rows(dt, W, d, r, c, ldw, ncb, m), _mm512_maskz_loadu_ps(m, x + c), a); \
-            }                                                                                               \
-            float s = _mm512_reduce_add_ps(a);                                                              \
-            y[r] = beta0 ? s : y[r] + s;                                                                    \
-        }                                                                                                   \
+#define LROWS(dt, name)                                                                                                \
+    static T512 void name(float *y, const float *x, const void *W, const uint16_t *d, int C, int ldw, int r0, int r1,  \
+                          int beta0) {                                                                                 \
+        int ncb = (C + 31) / 32;                                                                                       \
+        for (int r = r0; r < r1; r++) {                                                                                \
+            __m512 a = _mm512_setzero_ps();                                                                            \
+            int c = 0;                                                                                                 \
+            for (; c + 16 <= C; c += 16)                                                                               \
+                a = _mm512_fmadd_ps(load16_rows(dt, W, d, r, c, ldw, ncb, 0xFFFF), _mm512_loadu_ps(x + c), a);         \
+            if (c < C) {                                                                                               \
+                __mmask16 m = (__mmask16)((1u << (C - c)) - 1);                                                        \
+                a = _mm512_fmadd_ps(load16_rows(dt, W, d, r, c, ldw, ncb, m), _mm512_maskz_loadu_ps(m, x + c), a);     \
+            }                                                                                                          \
+            float s = _mm512_reduce_add_ps(a);                                                                         \
+            y[r] = beta0 ? s : y[r] + s;                                                                               \
+        }                                                                                                              \
     }
 LROWS(LB_DTYPE_BF16, lrows_bf16)
 LROWS(LB_DTYPE_F16, lrows_f16)
@@ -259,15 +271,22 @@ LROWS(LB_DTYPE_Q8_0, lrows_q8)
 
 #endif
 
-void lb_gemv_cols_lowp(int level, int dtype, float *y, const float *x, const void *W, const uint16_t *d, int K,
-                       int ldw, int n0, int n1, int beta0) {
+void lb_gemv_cols_lowp(int level, int dtype, float *y, const float *x, const void *W, const uint16_t *d, int K, int ldw,
+                       int n0, int n1, int beta0) {
 #if defined(__x86_64__)
     if (level >= LB_KERNELS_AVX512 && lb_cpu_has_avx512()) {
         switch (dtype) {
-        case LB_DTYPE_BF16: lcols_bf16(y, x, W, d, K, ldw, n0, n1, beta0); return;
-        case LB_DTYPE_F16: lcols_f16(y, x, W, d, K, ldw, n0, n1, beta0); return;
-        case LB_DTYPE_Q8_0: lcols_q8(y, x, W, d, K, ldw, n0, n1, beta0); return;
-        default: break;
+        case LB_DTYPE_BF16:
+            lcols_bf16(y, x, W, d, K, ldw, n0, n1, beta0);
+            return;
+        case LB_DTYPE_F16:
+            lcols_f16(y, x, W, d, K, ldw, n0, n1, beta0);
+            return;
+        case LB_DTYPE_Q8_0:
+            lcols_q8(y, x, W, d, K, ldw, n0, n1, beta0);
+            return;
+        default:
+            break;
         }
     }
 #endif
@@ -280,15 +299,22 @@ void lb_gemv_cols_lowp(int level, int dtype, float *y, const float *x, const voi
     }
 }
 
-void lb_gemv_rows_lowp(int level, int dtype, float *y, const float *x, const void *W, const uint16_t *d, int C,
-                       int ldw, int r0, int r1, int beta0) {
+void lb_gemv_rows_lowp(int level, int dtype, float *y, const float *x, const void *W, const uint16_t *d, int C, int ldw,
+                       int r0, int r1, int beta0) {
 #if defined(__x86_64__)
     if (level >= LB_KERNELS_AVX512 && lb_cpu_has_avx512()) {
         switch (dtype) {
-        case LB_DTYPE_BF16: lrows_bf16(y, x, W, d, C, ldw, r0, r1, beta0); return;
-        case LB_DTYPE_F16: lrows_f16(y, x, W, d, C, ldw, r0, r1, beta0); return;
-        case LB_DTYPE_Q8_0: lrows_q8(y, x, W, d, C, ldw, r0, r1, beta0); return;
-        default: break;
+        case LB_DTYPE_BF16:
+            lrows_bf16(y, x, W, d, C, ldw, r0, r1, beta0);
+            return;
+        case LB_DTYPE_F16:
+            lrows_f16(y, x, W, d, C, ldw, r0, r1, beta0);
+            return;
+        case LB_DTYPE_Q8_0:
+            lrows_q8(y, x, W, d, C, ldw, r0, r1, beta0);
+            return;
+        default:
+            break;
         }
     }
 #endif

@@ -32,8 +32,8 @@ typedef struct lb_job {
     lb_chunk_fn fn;
     void *ctx;
     int chunks;
-    _Atomic int next;  // the next chunk to take
-    _Atomic int done;  // chunks finished
+    _Atomic int next; // the next chunk to take
+    _Atomic int done; // chunks finished
 } lb_job;
 
 static pthread_mutex_t submit_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -75,7 +75,7 @@ static void *worker_main(void *arg) {
     // Worker k is needed while the thread setting is above k + 1 (the caller
     // is the first thread); beyond it, it sleeps instead of spinning.
     int index = (int)(intptr_t)arg;
-    lb_enter_parallel();  // kernels inside a chunk run single-threaded
+    lb_enter_parallel(); // kernels inside a chunk run single-threaded
     uint32_t seen = atomic_load(&generation);
     for (;;) {
         // Wait for a new job: spin first, then sleep.
@@ -136,7 +136,7 @@ void lb_parallel_run(int chunks, lb_chunk_fn fn, void *ctx) {
     atomic_init(&job.next, 0);
     atomic_init(&job.done, 0);
     atomic_store(&current, &job);
-    atomic_fetch_add(&generation, 1);  // seq_cst: pairs with the sleepers' increment before they sleep
+    atomic_fetch_add(&generation, 1); // seq_cst: pairs with the sleepers' increment before they sleep
     // Wake at most the workers this job can use (sleeping ones beyond them stay asleep).
     if (atomic_load(&sleepers) > 0) syscall(SYS_futex, &generation, FUTEX_WAKE_PRIVATE, chunks - 1, NULL, NULL, 0);
     run_chunks(&job);
@@ -151,7 +151,7 @@ void lb_parallel_run(int chunks, lb_chunk_fn fn, void *ctx) {
     spins = 0;
     while (atomic_load(&active) > 0) {
         cpu_relax();
-        if ((++spins & 1023) == 0) sched_yield();  // a worker the OS preempted between its chunk and here
+        if ((++spins & 1023) == 0) sched_yield(); // a worker the OS preempted between its chunk and here
     }
     pthread_mutex_unlock(&submit_lock);
     lb_leave_parallel(was);

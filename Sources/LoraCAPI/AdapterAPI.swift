@@ -4,11 +4,12 @@ import LoRA
 
 var defaultAdapterParams: lora_adapter_params {
     let d = LoRAConfig()
-    return lora_adapter_params(struct_size: UInt32(MemoryLayout<lora_adapter_params>.size), r: Int32(d.r),
-                               lora_alpha: Float(d.loraAlpha), lora_dropout: Float(d.loraDropout),
-                               target_modules: nil, target_modules_regex: 0, use_rslora: 0,
-                               `init`: LORA_INIT_DEFAULT, seed: 0, layers_to_transform: nil, n_layers_to_transform: 0,
-                               pissa_niter: 0)
+    return lora_adapter_params(
+        struct_size: UInt32(MemoryLayout<lora_adapter_params>.size), r: Int32(d.r),
+        lora_alpha: Float(d.loraAlpha), lora_dropout: Float(d.loraDropout),
+        target_modules: nil, target_modules_regex: 0, use_rslora: 0,
+        `init`: LORA_INIT_DEFAULT, seed: 0, layers_to_transform: nil, n_layers_to_transform: 0,
+        pissa_niter: 0)
 }
 
 @_cdecl("lora_adapter_default_params")
@@ -17,8 +18,10 @@ public func lora_adapter_default_params(_ p: UnsafeMutablePointer<lora_adapter_p
 }
 
 @_cdecl("lora_adapter_create")
-public func lora_adapter_create(_ outp: UnsafeMutablePointer<OpaquePointer?>?, _ model: OpaquePointer?,
-                                _ params: UnsafePointer<lora_adapter_params>?) -> lora_status {
+public func lora_adapter_create(
+    _ outp: UnsafeMutablePointer<OpaquePointer?>?, _ model: OpaquePointer?,
+    _ params: UnsafePointer<lora_adapter_params>?
+) -> lora_status {
     outp?.pointee = nil
     return guarded {
         let o = try out(outp, "out")
@@ -30,7 +33,8 @@ public func lora_adapter_create(_ outp: UnsafeMutablePointer<OpaquePointer?>?, _
         c.loraDropout = Double(try finite(p.lora_dropout, "lora_dropout"))
         if let t = p.target_modules {
             let s = try string(t, "target_modules")
-            c.targetModules = p.target_modules_regex != 0
+            c.targetModules =
+                p.target_modules_regex != 0
                 ? .regex(s)
                 : .names(list: s)
         }
@@ -58,8 +62,10 @@ public func lora_adapter_create(_ outp: UnsafeMutablePointer<OpaquePointer?>?, _
 }
 
 @_cdecl("lora_adapter_load")
-public func lora_adapter_load(_ outp: UnsafeMutablePointer<OpaquePointer?>?, _ model: OpaquePointer?,
-                              _ path: UnsafePointer<CChar>?) -> lora_status {
+public func lora_adapter_load(
+    _ outp: UnsafeMutablePointer<OpaquePointer?>?, _ model: OpaquePointer?,
+    _ path: UnsafePointer<CChar>?
+) -> lora_status {
     outp?.pointee = nil
     return guarded {
         let o = try out(outp, "out")

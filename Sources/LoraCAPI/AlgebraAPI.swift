@@ -9,8 +9,10 @@ func rankTarget(_ rank: Int32, _ energy: Float) throws -> RankTarget {
 }
 
 @_cdecl("lora_adapter_compress")
-public func lora_adapter_compress(_ outp: UnsafeMutablePointer<OpaquePointer?>?, _ adapter: OpaquePointer?, _ rank: Int32,
-                                  _ energy: Float, _ maxError: UnsafeMutablePointer<Float>?) -> lora_status {
+public func lora_adapter_compress(
+    _ outp: UnsafeMutablePointer<OpaquePointer?>?, _ adapter: OpaquePointer?, _ rank: Int32,
+    _ energy: Float, _ maxError: UnsafeMutablePointer<Float>?
+) -> lora_status {
     outp?.pointee = nil
     return guarded {
         let o = try out(outp, "out")
@@ -23,9 +25,11 @@ public func lora_adapter_compress(_ outp: UnsafeMutablePointer<OpaquePointer?>?,
 }
 
 @_cdecl("lora_adapter_combine")
-public func lora_adapter_combine(_ outp: UnsafeMutablePointer<OpaquePointer?>?, _ adapters: UnsafePointer<OpaquePointer?>?,
-                                 _ weights: UnsafePointer<Float>?, _ n: Int, _ method: Int32, _ svdRank: Int32,
-                                 _ svdClamp: Float) -> lora_status {
+public func lora_adapter_combine(
+    _ outp: UnsafeMutablePointer<OpaquePointer?>?, _ adapters: UnsafePointer<OpaquePointer?>?,
+    _ weights: UnsafePointer<Float>?, _ n: Int, _ method: Int32, _ svdRank: Int32,
+    _ svdClamp: Float
+) -> lora_status {
     outp?.pointee = nil
     return guarded {
         let o = try out(outp, "out")
@@ -64,7 +68,8 @@ public func lora_combine_default_params(_ p: UnsafeMutablePointer<lora_combine_p
 
 func combinationMethod(_ p: lora_combine_params) throws -> CombinationMethod {
     let clamp = try finite(p.svd_clamp, "svd_clamp")
-    let rank = p.svd_rank > 0 ? Int(p.svd_rank) : nil, clampOpt = clamp > 0 ? Double(clamp) : nil
+    let rank = p.svd_rank > 0 ? Int(p.svd_rank) : nil
+    let clampOpt = clamp > 0 ? Double(clamp) : nil
     func merge(_ kind: TaskMerge.Kind) throws -> TaskMerge {
         let d = try finite(p.density, "density")
         guard d > 0, d <= 1 else { throw invalid("density must be in (0, 1], got \(d)") }
@@ -93,9 +98,11 @@ func combinationMethod(_ p: lora_combine_params) throws -> CombinationMethod {
 }
 
 @_cdecl("lora_adapter_combine_v2")
-public func lora_adapter_combine_v2(_ outp: UnsafeMutablePointer<OpaquePointer?>?, _ adapters: UnsafePointer<OpaquePointer?>?,
-                                    _ weights: UnsafePointer<Float>?, _ n: Int,
-                                    _ params: UnsafePointer<lora_combine_params>?) -> lora_status {
+public func lora_adapter_combine_v2(
+    _ outp: UnsafeMutablePointer<OpaquePointer?>?, _ adapters: UnsafePointer<OpaquePointer?>?,
+    _ weights: UnsafePointer<Float>?, _ n: Int,
+    _ params: UnsafePointer<lora_combine_params>?
+) -> lora_status {
     outp?.pointee = nil
     return guarded {
         let o = try out(outp, "out")
@@ -112,13 +119,16 @@ public func lora_adapter_combine_v2(_ outp: UnsafeMutablePointer<OpaquePointer?>
 }
 
 @_cdecl("lora_adapter_extract")
-public func lora_adapter_extract(_ outp: UnsafeMutablePointer<OpaquePointer?>?, _ base: OpaquePointer?, _ tuned: OpaquePointer?,
-                                 _ targets: UnsafePointer<CChar>?, _ rank: Int32, _ energy: Float,
-                                 _ maxError: UnsafeMutablePointer<Float>?) -> lora_status {
+public func lora_adapter_extract(
+    _ outp: UnsafeMutablePointer<OpaquePointer?>?, _ base: OpaquePointer?, _ tuned: OpaquePointer?,
+    _ targets: UnsafePointer<CChar>?, _ rank: Int32, _ energy: Float,
+    _ maxError: UnsafeMutablePointer<Float>?
+) -> lora_status {
     outp?.pointee = nil
     return guarded {
         let o = try out(outp, "out")
-        let bb = try box(base, ModelBox.self, "base"), tb = try box(tuned, ModelBox.self, "tuned")
+        let bb = try box(base, ModelBox.self, "base")
+        let tb = try box(tuned, ModelBox.self, "tuned")
         var names = LoRAConfig.Targets.names(["c_attn"])
         if let targets { names = .names(list: try string(targets, "target_modules")) }
         let (a, reports) = try Adapter.extract(base: bb.model, tuned: tb.model, targetModules: names, rank: try rankTarget(rank, energy))
@@ -128,7 +138,8 @@ public func lora_adapter_extract(_ outp: UnsafeMutablePointer<OpaquePointer?>?, 
 }
 
 @_cdecl("lora_adapter_convert_for_original_base")
-public func lora_adapter_convert_for_original_base(_ outp: UnsafeMutablePointer<OpaquePointer?>?, _ adapter: OpaquePointer?) -> lora_status {
+public func lora_adapter_convert_for_original_base(_ outp: UnsafeMutablePointer<OpaquePointer?>?, _ adapter: OpaquePointer?) -> lora_status
+{
     outp?.pointee = nil
     return guarded {
         let o = try out(outp, "out")

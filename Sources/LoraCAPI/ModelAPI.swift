@@ -13,8 +13,10 @@ public func lora_model_default_params(_ p: UnsafeMutablePointer<lora_model_param
 var defaultModelParams: lora_model_params { lora_model_params(struct_size: UInt32(MemoryLayout<lora_model_params>.size), n_threads: 0) }
 
 @_cdecl("lora_model_load")
-public func lora_model_load(_ outp: UnsafeMutablePointer<OpaquePointer?>?, _ path: UnsafePointer<CChar>?,
-                            _ params: UnsafePointer<lora_model_params>?) -> lora_status {
+public func lora_model_load(
+    _ outp: UnsafeMutablePointer<OpaquePointer?>?, _ path: UnsafePointer<CChar>?,
+    _ params: UnsafePointer<lora_model_params>?
+) -> lora_status {
     outp?.pointee = nil
     return guarded {
         let o = try out(outp, "out")
@@ -66,8 +68,10 @@ func tokenizer(_ m: Model) throws -> Tokenizer {
 }
 
 @_cdecl("lora_tokenize")
-public func lora_tokenize(_ model: OpaquePointer?, _ text: UnsafePointer<CChar>?, _ textLen: Int,
-                          _ tokens: UnsafeMutablePointer<Int32>?, _ capacity: Int, _ nTokens: UnsafeMutablePointer<Int>?) -> lora_status {
+public func lora_tokenize(
+    _ model: OpaquePointer?, _ text: UnsafePointer<CChar>?, _ textLen: Int,
+    _ tokens: UnsafeMutablePointer<Int32>?, _ capacity: Int, _ nTokens: UnsafeMutablePointer<Int>?
+) -> lora_status {
     guarded {
         let m = try box(model, ModelBox.self, "model").model
         let n = try count(textLen, "text_len")
@@ -84,8 +88,10 @@ public func lora_tokenize(_ model: OpaquePointer?, _ text: UnsafePointer<CChar>?
 }
 
 @_cdecl("lora_detokenize")
-public func lora_detokenize(_ model: OpaquePointer?, _ tokens: UnsafePointer<Int32>?, _ nTokens: Int,
-                            _ buf: UnsafeMutablePointer<CChar>?, _ capacity: Int, _ needed: UnsafeMutablePointer<Int>?) -> lora_status {
+public func lora_detokenize(
+    _ model: OpaquePointer?, _ tokens: UnsafePointer<Int32>?, _ nTokens: Int,
+    _ buf: UnsafeMutablePointer<CChar>?, _ capacity: Int, _ needed: UnsafeMutablePointer<Int>?
+) -> lora_status {
     guarded {
         let m = try box(model, ModelBox.self, "model").model
         let n = try count(nTokens, "n_tokens")
@@ -116,8 +122,10 @@ func copyFloats(_ values: [Float], _ dst: UnsafeMutablePointer<Float>?, _ capaci
 }
 
 @_cdecl("lora_logits")
-public func lora_logits(_ model: OpaquePointer?, _ tokens: UnsafePointer<Int32>?, _ nTokens: Int,
-                        _ logits: UnsafeMutablePointer<Float>?, _ capacity: Int) -> lora_status {
+public func lora_logits(
+    _ model: OpaquePointer?, _ tokens: UnsafePointer<Int32>?, _ nTokens: Int,
+    _ logits: UnsafeMutablePointer<Float>?, _ capacity: Int
+) -> lora_status {
     guarded {
         let m = try box(model, ModelBox.self, "model").model
         let ids = try tokenArray(tokens, nTokens, "tokens")
@@ -131,8 +139,10 @@ public func lora_logits(_ model: OpaquePointer?, _ tokens: UnsafePointer<Int32>?
 }
 
 @_cdecl("lora_logits_batch")
-public func lora_logits_batch(_ model: OpaquePointer?, _ seqs: UnsafePointer<UnsafePointer<Int32>?>?, _ lens: UnsafePointer<Int>?,
-                              _ nSeqs: Int, _ leftPadding: Int32, _ logits: UnsafeMutablePointer<Float>?, _ capacity: Int) -> lora_status {
+public func lora_logits_batch(
+    _ model: OpaquePointer?, _ seqs: UnsafePointer<UnsafePointer<Int32>?>?, _ lens: UnsafePointer<Int>?,
+    _ nSeqs: Int, _ leftPadding: Int32, _ logits: UnsafeMutablePointer<Float>?, _ capacity: Int
+) -> lora_status {
     guarded {
         let m = try box(model, ModelBox.self, "model").model
         let n = try count(nSeqs, "n_seqs", max: 1 << 20)
@@ -155,10 +165,11 @@ public func lora_logits_batch(_ model: OpaquePointer?, _ seqs: UnsafePointer<Uns
 
 var defaultSamplingParams: lora_sampling_params {
     let d = SamplingParams()
-    return lora_sampling_params(struct_size: UInt32(MemoryLayout<lora_sampling_params>.size), max_new_tokens: Int32(d.maxNewTokens),
-                                temperature: d.temperature, top_k: Int32(d.topK), top_p: d.topP,
-                                repetition_penalty: d.repetitionPenalty, seed: d.seed, stop_at_eos: 1,
-                                stop_strings: nil, n_stop_strings: 0)
+    return lora_sampling_params(
+        struct_size: UInt32(MemoryLayout<lora_sampling_params>.size), max_new_tokens: Int32(d.maxNewTokens),
+        temperature: d.temperature, top_k: Int32(d.topK), top_p: d.topP,
+        repetition_penalty: d.repetitionPenalty, seed: d.seed, stop_at_eos: 1,
+        stop_strings: nil, n_stop_strings: 0)
 }
 
 @_cdecl("lora_sampling_default_params")
@@ -186,7 +197,9 @@ func samplingParams(_ p: UnsafePointer<lora_sampling_params>?) throws -> Samplin
 }
 
 /// Wraps a C token callback for the core; a non-zero return stops generation.
-func tokenCallback(_ cb: lora_token_callback?, _ user: UnsafeMutableRawPointer?, stopped: UnsafeMutablePointer<Bool>) -> ((TokenID, String) -> CallbackAction)? {
+func tokenCallback(_ cb: lora_token_callback?, _ user: UnsafeMutableRawPointer?, stopped: UnsafeMutablePointer<Bool>) -> (
+    (TokenID, String) -> CallbackAction
+)? {
     guard let cb else { return nil }
     return { id, piece in
         var bytes = Array(piece.utf8)
@@ -200,9 +213,11 @@ func tokenCallback(_ cb: lora_token_callback?, _ user: UnsafeMutableRawPointer?,
 }
 
 @_cdecl("lora_generate")
-public func lora_generate(_ model: OpaquePointer?, _ prompt: UnsafePointer<CChar>?, _ params: UnsafePointer<lora_sampling_params>?,
-                          _ callback: lora_token_callback?, _ user: UnsafeMutableRawPointer?,
-                          _ outText: UnsafeMutablePointer<CChar>?, _ capacity: Int, _ needed: UnsafeMutablePointer<Int>?) -> lora_status {
+public func lora_generate(
+    _ model: OpaquePointer?, _ prompt: UnsafePointer<CChar>?, _ params: UnsafePointer<lora_sampling_params>?,
+    _ callback: lora_token_callback?, _ user: UnsafeMutableRawPointer?,
+    _ outText: UnsafeMutablePointer<CChar>?, _ capacity: Int, _ needed: UnsafeMutablePointer<Int>?
+) -> lora_status {
     guarded {
         let m = try box(model, ModelBox.self, "model").model
         let text = try string(prompt, "prompt")
@@ -223,10 +238,12 @@ public func lora_generate(_ model: OpaquePointer?, _ prompt: UnsafePointer<CChar
 }
 
 @_cdecl("lora_generate_tokens")
-public func lora_generate_tokens(_ model: OpaquePointer?, _ prompt: UnsafePointer<Int32>?, _ nPrompt: Int,
-                                 _ params: UnsafePointer<lora_sampling_params>?,
-                                 _ callback: lora_token_callback?, _ user: UnsafeMutableRawPointer?,
-                                 _ outTokens: UnsafeMutablePointer<Int32>?, _ capacity: Int, _ nOut: UnsafeMutablePointer<Int>?) -> lora_status {
+public func lora_generate_tokens(
+    _ model: OpaquePointer?, _ prompt: UnsafePointer<Int32>?, _ nPrompt: Int,
+    _ params: UnsafePointer<lora_sampling_params>?,
+    _ callback: lora_token_callback?, _ user: UnsafeMutableRawPointer?,
+    _ outTokens: UnsafeMutablePointer<Int32>?, _ capacity: Int, _ nOut: UnsafeMutablePointer<Int>?
+) -> lora_status {
     guarded {
         let m = try box(model, ModelBox.self, "model").model
         let ids = try tokenArray(prompt, nPrompt, "prompt")

@@ -54,10 +54,13 @@ func readParams<T>(_ p: UnsafePointer<T>?, defaults: T, name: String) throws -> 
     guard let p else { return defaults }
     let size = Int(UnsafeRawPointer(p).load(as: UInt32.self))
     guard size >= MemoryLayout<UInt32>.size else {
-        throw invalid("\(name).struct_size \(size) is too small; fill the struct with \(name.replacingOccurrences(of: "lora_", with: "lora_"))'s default_params function")
+        throw invalid(
+            "\(name).struct_size \(size) is too small; fill the struct with \(name.replacingOccurrences(of: "lora_", with: "lora_"))'s default_params function"
+        )
     }
     guard size <= MemoryLayout<T>.size else {
-        throw invalid("\(name).struct_size \(size) is larger than this library's \(MemoryLayout<T>.size) bytes (header newer than the library?)")
+        throw invalid(
+            "\(name).struct_size \(size) is larger than this library's \(MemoryLayout<T>.size) bytes (header newer than the library?)")
     }
     var out = defaults
     withUnsafeMutableBytes(of: &out) { dst in

@@ -4,14 +4,15 @@ import LoRA
 
 var defaultTrainerParams: lora_trainer_params {
     let d = TrainerParams()
-    return lora_trainer_params(struct_size: UInt32(MemoryLayout<lora_trainer_params>.size),
-                               learning_rate: Float(d.learningRate), weight_decay: Float(d.weightDecay),
-                               adam_beta1: Float(d.adamBeta1), adam_beta2: Float(d.adamBeta2), adam_epsilon: Float(d.adamEpsilon),
-                               lr_scheduler: LORA_SCHEDULER_LINEAR, warmup_steps: Int32(d.warmupSteps), max_steps: Int32(d.maxSteps),
-                               gradient_accumulation_steps: Int32(d.gradientAccumulationSteps),
-                               max_grad_norm: Float(d.maxGradNorm ?? 0), batch_size: Int32(d.batchSize),
-                               block_size: Int32(d.blockSize), seed: d.seed, gradient_checkpointing: 0,
-                               loraplus_lr_ratio: Float(d.loraplusLRRatio))
+    return lora_trainer_params(
+        struct_size: UInt32(MemoryLayout<lora_trainer_params>.size),
+        learning_rate: Float(d.learningRate), weight_decay: Float(d.weightDecay),
+        adam_beta1: Float(d.adamBeta1), adam_beta2: Float(d.adamBeta2), adam_epsilon: Float(d.adamEpsilon),
+        lr_scheduler: LORA_SCHEDULER_LINEAR, warmup_steps: Int32(d.warmupSteps), max_steps: Int32(d.maxSteps),
+        gradient_accumulation_steps: Int32(d.gradientAccumulationSteps),
+        max_grad_norm: Float(d.maxGradNorm ?? 0), batch_size: Int32(d.batchSize),
+        block_size: Int32(d.blockSize), seed: d.seed, gradient_checkpointing: 0,
+        loraplus_lr_ratio: Float(d.loraplusLRRatio))
 }
 
 @_cdecl("lora_trainer_default_params")
@@ -20,8 +21,9 @@ public func lora_trainer_default_params(_ p: UnsafeMutablePointer<lora_trainer_p
 }
 
 var defaultTrainParams: lora_train_params {
-    lora_train_params(struct_size: UInt32(MemoryLayout<lora_train_params>.size), validation_fraction: 0,
-                      eval_steps: 0, save_steps: 0, checkpoint_dir: nil, skip_bad_records: 0, num_train_epochs: 0)
+    lora_train_params(
+        struct_size: UInt32(MemoryLayout<lora_train_params>.size), validation_fraction: 0,
+        eval_steps: 0, save_steps: 0, checkpoint_dir: nil, skip_bad_records: 0, num_train_epochs: 0)
 }
 
 @_cdecl("lora_train_default_params")
@@ -30,8 +32,10 @@ public func lora_train_default_params(_ p: UnsafeMutablePointer<lora_train_param
 }
 
 @_cdecl("lora_trainer_create")
-public func lora_trainer_create(_ outp: UnsafeMutablePointer<OpaquePointer?>?, _ model: OpaquePointer?, _ adapter: OpaquePointer?,
-                                _ params: UnsafePointer<lora_trainer_params>?) -> lora_status {
+public func lora_trainer_create(
+    _ outp: UnsafeMutablePointer<OpaquePointer?>?, _ model: OpaquePointer?, _ adapter: OpaquePointer?,
+    _ params: UnsafePointer<lora_trainer_params>?
+) -> lora_status {
     outp?.pointee = nil
     return guarded {
         let o = try out(outp, "out")
@@ -89,9 +93,11 @@ func loadData(_ tb: TrainerBox, _ paths: [String], skipBad: Bool) throws -> Data
 }
 
 @_cdecl("lora_trainer_train")
-public func lora_trainer_train(_ trainer: OpaquePointer?, _ paths: UnsafePointer<UnsafePointer<CChar>?>?, _ nPaths: Int,
-                               _ params: UnsafePointer<lora_train_params>?,
-                               _ callback: lora_progress_callback?, _ user: UnsafeMutableRawPointer?) -> lora_status {
+public func lora_trainer_train(
+    _ trainer: OpaquePointer?, _ paths: UnsafePointer<UnsafePointer<CChar>?>?, _ nPaths: Int,
+    _ params: UnsafePointer<lora_train_params>?,
+    _ callback: lora_progress_callback?, _ user: UnsafeMutableRawPointer?
+) -> lora_status {
     guarded {
         let tb = try box(trainer, TrainerBox.self, "trainer")
         let n = try count(nPaths, "n_paths", max: 1 << 16)
@@ -120,26 +126,32 @@ public func lora_trainer_train(_ trainer: OpaquePointer?, _ paths: UnsafePointer
         if let d = p.checkpoint_dir { opts.checkpointDirectory = try string(d, "checkpoint_dir") }
         try tb.trainer.train(data, validation: validation, options: opts) { r in
             guard let callback else { return .continue }
-            var c = lora_train_progress(step: Int32(r.step), max_steps: Int32(r.maxSteps), loss: Float(r.loss),
-                                        learning_rate: Float(r.learningRate), grad_norm: Float(r.gradNorm),
-                                        tokens_per_second: Float(r.tokensPerSecond),
-                                        validation_loss: r.validationLoss.map(Float.init) ?? .nan)
+            var c = lora_train_progress(
+                step: Int32(r.step), max_steps: Int32(r.maxSteps), loss: Float(r.loss),
+                learning_rate: Float(r.learningRate), grad_norm: Float(r.gradNorm),
+                tokens_per_second: Float(r.tokensPerSecond),
+                validation_loss: r.validationLoss.map(Float.init) ?? .nan)
             return callback(&c, user) == 0 ? .continue : .stop
         }
     }
 }
 
 @_cdecl("lora_trainer_step")
-public func lora_trainer_step(_ trainer: OpaquePointer?, _ tokens: UnsafePointer<Int32>?, _ labels: UnsafePointer<Int32>?,
-                              _ batch: Int32, _ seqLen: Int32, _ loss: UnsafeMutablePointer<Float>?) -> lora_status {
+public func lora_trainer_step(
+    _ trainer: OpaquePointer?, _ tokens: UnsafePointer<Int32>?, _ labels: UnsafePointer<Int32>?,
+    _ batch: Int32, _ seqLen: Int32, _ loss: UnsafeMutablePointer<Float>?
+) -> lora_status {
     guarded {
         let tb = try box(trainer, TrainerBox.self, "trainer")
         guard batch >= 1, seqLen >= 2 else { throw invalid("batch must be >= 1 and seq_len >= 2") }
         guard Int(batch) <= tb.trainer.config.batchSize, Int(seqLen) <= tb.trainer.config.blockSize else {
-            throw invalid("[\(batch), \(seqLen)] exceeds the trainer's batch_size \(tb.trainer.config.batchSize) × block_size \(tb.trainer.config.blockSize)")
+            throw invalid(
+                "[\(batch), \(seqLen)] exceeds the trainer's batch_size \(tb.trainer.config.batchSize) × block_size \(tb.trainer.config.blockSize)"
+            )
         }
         guard let tokens else { throw invalid("tokens is NULL") }
-        let B = Int(batch), T = Int(seqLen)
+        let B = Int(batch)
+        let T = Int(seqLen)
         let ids = (0..<B).map { b in Array(UnsafeBufferPointer(start: tokens + b * T, count: T)) }
         let labs = labels.map { l in (0..<B).map { b in Array(UnsafeBufferPointer(start: l + b * T, count: T)) } }
         let mean = try tb.trainer.step(ids: ids, labels: labs)
@@ -148,8 +160,10 @@ public func lora_trainer_step(_ trainer: OpaquePointer?, _ tokens: UnsafePointer
 }
 
 @_cdecl("lora_trainer_evaluate")
-public func lora_trainer_evaluate(_ trainer: OpaquePointer?, _ path: UnsafePointer<CChar>?,
-                                  _ loss: UnsafeMutablePointer<Float>?, _ perplexity: UnsafeMutablePointer<Float>?) -> lora_status {
+public func lora_trainer_evaluate(
+    _ trainer: OpaquePointer?, _ path: UnsafePointer<CChar>?,
+    _ loss: UnsafeMutablePointer<Float>?, _ perplexity: UnsafeMutablePointer<Float>?
+) -> lora_status {
     guarded {
         let tb = try box(trainer, TrainerBox.self, "trainer")
         let data = try loadData(tb, [try string(path, "data_path")], skipBad: false)
@@ -176,8 +190,10 @@ public func lora_trainer_resume(_ trainer: OpaquePointer?, _ path: UnsafePointer
 }
 
 @_cdecl("lora_trainer_set_gradient_reducer")
-public func lora_trainer_set_gradient_reducer(_ trainer: OpaquePointer?, _ rank: Int32, _ worldSize: Int32,
-                                              _ reduce: lora_gradient_reducer?, _ user: UnsafeMutableRawPointer?) -> lora_status {
+public func lora_trainer_set_gradient_reducer(
+    _ trainer: OpaquePointer?, _ rank: Int32, _ worldSize: Int32,
+    _ reduce: lora_gradient_reducer?, _ user: UnsafeMutableRawPointer?
+) -> lora_status {
     guarded {
         let tb = try box(trainer, TrainerBox.self, "trainer")
         guard let reduce else {

@@ -7,8 +7,11 @@ import LoRA
 /// and scripts/bench_peft.py run on the same machine (scripts/bench.sh runs both).
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Benchmark inference, LoRA training, the adapter algebra or PiSSA/OLoRA initialisation on a GPT-2 124M-shaped model (random weights).",
-        discussion: "Run one measurement per process so that peak RSS is its own. --threads sets the compute threads (OPENBLAS_NUM_THREADS is ignored).")
+        abstract:
+            "Benchmark inference, LoRA training, the adapter algebra or PiSSA/OLoRA initialisation on a GPT-2 124M-shaped model (random weights).",
+        discussion:
+            "Run one measurement per process so that peak RSS is its own. --threads sets the compute threads (OPENBLAS_NUM_THREADS is ignored)."
+    )
 
     @Argument(help: "inference, train, bound, svd, init or engine") var kind = "inference"
     @Option(help: "Compute threads.") var threads = 2
@@ -28,7 +31,9 @@ struct Bench: ParsableCommand {
 
     func run() throws {
         try LoRACommand.run {
-            guard threads >= 1, prompt >= 1, prompt <= 1024, decode >= 1, batch >= 1, block >= 2, block <= 1024, r >= 1, steps >= 1, repeats >= 1, joins >= 1 else {
+            guard threads >= 1, prompt >= 1, prompt <= 1024, decode >= 1, batch >= 1, block >= 2, block <= 1024, r >= 1, steps >= 1,
+                repeats >= 1, joins >= 1
+            else {
                 throw LoRAError.invalidArgument("bench options out of range")
             }
             try BLAS.load()
@@ -50,7 +55,7 @@ struct Bench: ParsableCommand {
     func peakRSSGiB() -> Double {
         var usage = rusage()
         getrusage(RUSAGE_SELF.rawValue, &usage)
-        return Double(usage.ru_maxrss) * 1024 / 1073741824
+        return Double(usage.ru_maxrss) * 1024 / 1_073_741_824
     }
 
     func inference() throws {
@@ -83,10 +88,16 @@ struct Bench: ParsableCommand {
         // The machine's bounds, measured after the runs (same process, same kernels).
         let pb = try MachineBound.prefill(model.config, M: prompt, threads: threads).tokensPerS
         let db = try MachineBound.decode(model)
-        say(String(format: "{\"engine\":\"liblora\",\"bench\":\"prefill\",\"core\":\"%@\",\"threads\":%d,\"tokens\":%d,\"tokens_per_s\":%.1f,\"bound_tokens_per_s\":%.1f,\"fraction_of_bound\":%.3f}",
-                     BLAS.coreName, threads, prompt, median(prefill), pb, median(prefill) / pb))
-        say(String(format: "{\"engine\":\"liblora\",\"bench\":\"decode\",\"core\":\"%@\",\"threads\":%d,\"tokens\":%d,\"tokens_per_s\":%.1f,\"bound_tokens_per_s\":%.1f,\"weights_gb_per_s\":%.1f,\"fraction_of_bound\":%.3f}",
-                     BLAS.coreName, threads, decode, median(dec), db.tokensPerS, db.gbPerS, median(dec) / db.tokensPerS))
+        say(
+            String(
+                format:
+                    "{\"engine\":\"liblora\",\"bench\":\"prefill\",\"core\":\"%@\",\"threads\":%d,\"tokens\":%d,\"tokens_per_s\":%.1f,\"bound_tokens_per_s\":%.1f,\"fraction_of_bound\":%.3f}",
+                BLAS.coreName, threads, prompt, median(prefill), pb, median(prefill) / pb))
+        say(
+            String(
+                format:
+                    "{\"engine\":\"liblora\",\"bench\":\"decode\",\"core\":\"%@\",\"threads\":%d,\"tokens\":%d,\"tokens_per_s\":%.1f,\"bound_tokens_per_s\":%.1f,\"weights_gb_per_s\":%.1f,\"fraction_of_bound\":%.3f}",
+                BLAS.coreName, threads, decode, median(dec), db.tokensPerS, db.gbPerS, median(dec) / db.tokensPerS))
     }
 
     func train() throws {
@@ -112,8 +123,12 @@ struct Bench: ParsableCommand {
         let rss = peakRSSGiB()
         let tb = try MachineBound.training(model.config, batch: batch, block: block, threads: threads)
         let sorted = rates.sorted()
-        say(String(format: "{\"engine\":\"liblora\",\"bench\":\"lora_train\",\"core\":\"%@\",\"threads\":%d,\"batch\":%d,\"block\":%d,\"r\":%d,\"trainable\":%d,\"tokens_per_s\":%.1f,\"min_tokens_per_s\":%.1f,\"max_tokens_per_s\":%.1f,\"peak_rss_gib\":%.3f,\"bound_tokens_per_s\":%.1f,\"fraction_of_bound\":%.3f}",
-                     BLAS.coreName, threads, batch, block, r, adapter.parameterCount, median(rates), sorted.first ?? 0, sorted.last ?? 0, rss, tb, median(rates) / tb))
+        say(
+            String(
+                format:
+                    "{\"engine\":\"liblora\",\"bench\":\"lora_train\",\"core\":\"%@\",\"threads\":%d,\"batch\":%d,\"block\":%d,\"r\":%d,\"trainable\":%d,\"tokens_per_s\":%.1f,\"min_tokens_per_s\":%.1f,\"max_tokens_per_s\":%.1f,\"peak_rss_gib\":%.3f,\"bound_tokens_per_s\":%.1f,\"fraction_of_bound\":%.3f}",
+                BLAS.coreName, threads, batch, block, r, adapter.parameterCount, median(rates), sorted.first ?? 0, sorted.last ?? 0, rss,
+                tb, median(rates) / tb))
     }
 
     /// The machine's own limits on GPT-2 124M's products: GFLOP/s per shape
@@ -123,17 +138,24 @@ struct Bench: ParsableCommand {
         let config = GPT2Config()
         for t in Set([1, threads]).sorted() {
             let p = try MachineBound.prefill(config, M: prompt, threads: t)
-            let shapes = MachineBound.shapes(config).map { String(format: "\"%@\":%.1f", $0.name, p.shapes[$0.name] ?? 0) }.joined(separator: ",")
+            let shapes = MachineBound.shapes(config).map { String(format: "\"%@\":%.1f", $0.name, p.shapes[$0.name] ?? 0) }.joined(
+                separator: ",")
             let train = try MachineBound.training(config, batch: batch, block: block, threads: t)
-            say(String(format: "{\"engine\":\"liblora\",\"bench\":\"bound\",\"core\":\"%@\",\"threads\":%d,\"M\":%d,\"sgemm_gflop_per_s\":{%@},\"prefill_bound_tokens_per_s\":%.1f,\"train_M\":%d,\"lora_train_bound_tokens_per_s\":%.1f}",
-                         BLAS.coreName, t, prompt, shapes, p.tokensPerS, batch * block, train))
+            say(
+                String(
+                    format:
+                        "{\"engine\":\"liblora\",\"bench\":\"bound\",\"core\":\"%@\",\"threads\":%d,\"M\":%d,\"sgemm_gflop_per_s\":{%@},\"prefill_bound_tokens_per_s\":%.1f,\"train_M\":%d,\"lora_train_bound_tokens_per_s\":%.1f}",
+                    BLAS.coreName, t, prompt, shapes, p.tokensPerS, batch * block, train))
         }
         let model = try Model.random(config: config, seed: 1)
         for t in Set([1, threads]).sorted() {
             BLAS.threads = t
             let d = try MachineBound.decode(model)
-            say(String(format: "{\"engine\":\"liblora\",\"bench\":\"bound\",\"core\":\"%@\",\"threads\":%d,\"weights_gb_per_s\":%.1f,\"decode_bound_tokens_per_s\":%.1f}",
-                         BLAS.coreName, t, d.gbPerS, d.tokensPerS))
+            say(
+                String(
+                    format:
+                        "{\"engine\":\"liblora\",\"bench\":\"bound\",\"core\":\"%@\",\"threads\":%d,\"weights_gb_per_s\":%.1f,\"decode_bound_tokens_per_s\":%.1f}",
+                    BLAS.coreName, t, d.gbPerS, d.tokensPerS))
         }
         BLAS.threads = threads
     }
@@ -151,7 +173,8 @@ struct Bench: ParsableCommand {
             try a.initialize(seed: seed)
             return a
         }
-        let a = try randomAdapter(seed: 1), b = try randomAdapter(seed: 2)
+        let a = try randomAdapter(seed: 1)
+        let b = try randomAdapter(seed: 2)
         var t0 = now()
         _ = try a.compressed(to: .fixed(16))
         let compress = now() - t0
@@ -165,8 +188,11 @@ struct Bench: ParsableCommand {
         t0 = now()
         _ = try Adapter.extract(base: base, tuned: tuned, targetModules: .names(["c_attn"]), rank: .fixed(16))
         let extract = now() - t0
-        say(String(format: "{\"engine\":\"liblora\",\"bench\":\"svd\",\"core\":\"%@\",\"threads\":%d,\"compress_r64_to_r16_48_modules_s\":%.3f,\"combine_svd_2xr64_to_r16_48_modules_s\":%.3f,\"extract_r16_c_attn_12_layers_s\":%.3f}",
-                     BLAS.coreName, threads, compress, combine, extract))
+        say(
+            String(
+                format:
+                    "{\"engine\":\"liblora\",\"bench\":\"svd\",\"core\":\"%@\",\"threads\":%d,\"compress_r64_to_r16_48_modules_s\":%.3f,\"combine_svd_2xr64_to_r16_48_modules_s\":%.3f,\"extract_r16_c_attn_12_layers_s\":%.3f}",
+                BLAS.coreName, threads, compress, combine, extract))
     }
 
     /// Adapter initialisation from the base weights (c_attn of all layers): seconds, median of `repeats`.
@@ -187,7 +213,10 @@ struct Bench: ParsableCommand {
             times.append(now() - t0)
             modules = adapter.slots.count
         }
-        say(String(format: "{\"engine\":\"liblora\",\"bench\":\"init\",\"init\":\"%@\",\"core\":\"%@\",\"threads\":%d,\"modules\":%d,\"r\":%d,\"seconds\":%.3f,\"min_seconds\":%.3f}",
-                     initLoraWeights, BLAS.coreName, threads, modules, r, median(times), times.min() ?? 0))
+        say(
+            String(
+                format:
+                    "{\"engine\":\"liblora\",\"bench\":\"init\",\"init\":\"%@\",\"core\":\"%@\",\"threads\":%d,\"modules\":%d,\"r\":%d,\"seconds\":%.3f,\"min_seconds\":%.3f}",
+                initLoraWeights, BLAS.coreName, threads, modules, r, median(times), times.min() ?? 0))
     }
 }

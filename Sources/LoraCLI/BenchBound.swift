@@ -18,11 +18,13 @@ struct MachineBound {
     struct Shape { let name: String; let K: Int; let N: Int; let perModel: Int }
 
     static func shapes(_ c: GPT2Config) -> [Shape] {
-        [Shape(name: "c_attn", K: c.nEmbd, N: 3 * c.nEmbd, perModel: c.nLayer),
-         Shape(name: "attn.c_proj", K: c.nEmbd, N: c.nEmbd, perModel: c.nLayer),
-         Shape(name: "mlp.c_fc", K: c.nEmbd, N: c.innerSize, perModel: c.nLayer),
-         Shape(name: "mlp.c_proj", K: c.innerSize, N: c.nEmbd, perModel: c.nLayer),
-         Shape(name: "lm_head", K: c.nEmbd, N: c.vocabSize, perModel: 1)]
+        [
+            Shape(name: "c_attn", K: c.nEmbd, N: 3 * c.nEmbd, perModel: c.nLayer),
+            Shape(name: "attn.c_proj", K: c.nEmbd, N: c.nEmbd, perModel: c.nLayer),
+            Shape(name: "mlp.c_fc", K: c.nEmbd, N: c.innerSize, perModel: c.nLayer),
+            Shape(name: "mlp.c_proj", K: c.innerSize, N: c.nEmbd, perModel: c.nLayer),
+            Shape(name: "lm_head", K: c.nEmbd, N: c.vocabSize, perModel: 1),
+        ]
     }
 
     static func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) * 1e-9 }
@@ -43,18 +45,23 @@ struct MachineBound {
         defer { BLAS.threads = saved }
         var out: [(Shape, Double, Double)] = []
         for s in shapes(c) {
-            let a = try FloatBlock(count: M * max(s.K, s.N)), w = try FloatBlock(count: s.K * s.N)
+            let a = try FloatBlock(count: M * max(s.K, s.N))
+            let w = try FloatBlock(count: s.K * s.N)
             let y = try FloatBlock(count: M * max(s.K, s.N))
             for i in 0..<a.count { a.base[i] = Float(i % 7) * 0.01 }
             for i in 0..<w.count { w.base[i] = Float(i % 5) * 0.01 }
             let fwd = best(3) {
-                gemm(transA: false, transB: false, M: M, N: s.N, K: s.K, alpha: 1, A: a.base, lda: s.K,
-                     B: w.base, ldb: s.N, beta: 0, C: y.base, ldc: s.N)
+                gemm(
+                    transA: false, transB: false, M: M, N: s.N, K: s.K, alpha: 1, A: a.base, lda: s.K,
+                    B: w.base, ldb: s.N, beta: 0, C: y.base, ldc: s.N)
             }
-            let bwd = backward ? best(3) {
-                gemm(transA: false, transB: true, M: M, N: s.K, K: s.N, alpha: 1, A: a.base, lda: s.N,
-                     B: w.base, ldb: s.N, beta: 0, C: y.base, ldc: s.K)
-            } : 0
+            let bwd =
+                backward
+                ? best(3) {
+                    gemm(
+                        transA: false, transB: true, M: M, N: s.K, K: s.N, alpha: 1, A: a.base, lda: s.N,
+                        B: w.base, ldb: s.N, beta: 0, C: y.base, ldc: s.K)
+                } : 0
             out.append((s, fwd, bwd))
         }
         return out
@@ -76,7 +83,8 @@ struct MachineBound {
     /// Prefill bound in tokens/s for one sequence of M tokens, with per-shape GFLOP/s.
     static func prefill(_ c: GPT2Config, M: Int, threads: Int) throws -> (tokensPerS: Double, shapes: [String: Double]) {
         let times = try productTimes(c, M: M, threads: threads, backward: false)
-        let total = times.reduce(0.0) { $0 + $1.1 * Double($1.0.perModel) }
+        let total =
+            times.reduce(0.0) { $0 + $1.1 * Double($1.0.perModel) }
             + atMeanRate(attentionFLOPs(c, M: M, T: M, products: 2), times, M: M, backward: false)
         var rates: [String: Double] = [:]
         for (s, t, _) in times { rates[s.name] = 2 * Double(M * s.K * s.N) / t / 1e9 }
@@ -87,7 +95,8 @@ struct MachineBound {
     static func training(_ c: GPT2Config, batch: Int, block: Int, threads: Int) throws -> Double {
         let M = batch * block
         let times = try productTimes(c, M: M, threads: threads, backward: true)
-        let total = times.reduce(0.0) { $0 + ($1.1 + $1.2) * Double($1.0.perModel) }
+        let total =
+            times.reduce(0.0) { $0 + ($1.1 + $1.2) * Double($1.0.perModel) }
             + atMeanRate(attentionFLOPs(c, M: M, T: block, products: 6), times, M: M, backward: true)
         return Double(M) / total
     }
@@ -95,8 +104,10 @@ struct MachineBound {
     /// Decode bound: one GEMV sweep of every weight matrix of `model` (the
     /// bytes a token reads). Returns tokens/s and GB/s.
     static func decode(_ model: Model) throws -> (tokensPerS: Double, gbPerS: Double) {
-        let c = model.config, w = model.weights
-        let x = try FloatBlock(count: max(c.nEmbd, c.innerSize)), y = try FloatBlock(count: max(c.vocabSize, c.innerSize, 3 * c.nEmbd))
+        let c = model.config
+        let w = model.weights
+        let x = try FloatBlock(count: max(c.nEmbd, c.innerSize))
+        let y = try FloatBlock(count: max(c.vocabSize, c.innerSize, 3 * c.nEmbd))
         for i in 0..<x.count { x.base[i] = 0.01 }
         let t = best(5) {
             for l in w.layers {

@@ -6,11 +6,16 @@ extension TaskMerge.MajoritySignMethod: ExpressibleByArgument {}
 
 struct Combine: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Combine adapters with weights (PEFT add_weighted_adapter: cat, linear, svd, ties, dare_linear, dare_ties, magnitude_prune and their _svd variants).")
+        abstract:
+            "Combine adapters with weights (PEFT add_weighted_adapter: cat, linear, svd, ties, dare_linear, dare_ties, magnitude_prune and their _svd variants)."
+    )
 
     @Argument(help: "Adapters as DIR[:WEIGHT] (weight 1 when omitted).") var adapters: [String] = []
     @Option(help: "Model directory the adapters belong to (default: the embedded model).") var model: String?
-    @Option(help: "cat (exact, rank Σr), linear (weighted A's and B's), svd (weighted ΔW truncated to --svd-rank); ties, dare_linear, dare_ties, magnitude_prune (merged A's and B's, equal ranks) and the same with _svd (merged ΔW truncated to --svd-rank).")
+    @Option(
+        help:
+            "cat (exact, rank Σr), linear (weighted A's and B's), svd (weighted ΔW truncated to --svd-rank); ties, dare_linear, dare_ties, magnitude_prune (merged A's and B's, equal ranks) and the same with _svd (merged ΔW truncated to --svd-rank)."
+    )
     var combinationType: CombinationType = .svd
     @Option(parsing: .unconditional, help: "Rank of the svd result (default: the largest input rank).") var svdRank: Int?
     @Option(parsing: .unconditional, help: "Clamp the svd factors at this quantile of their values.") var svdClamp: Double?
@@ -22,8 +27,13 @@ struct Combine: ParsableCommand {
 
     enum CombinationType: String, CaseIterable, ExpressibleByArgument {
         case cat, linear, svd
-        case ties, dareLinear = "dare_linear", dareTies = "dare_ties", magnitudePrune = "magnitude_prune"
-        case tiesSVD = "ties_svd", dareLinearSVD = "dare_linear_svd", dareTiesSVD = "dare_ties_svd"
+        case ties
+        case dareLinear = "dare_linear"
+        case dareTies = "dare_ties"
+        case magnitudePrune = "magnitude_prune"
+        case tiesSVD = "ties_svd"
+        case dareLinearSVD = "dare_linear_svd"
+        case dareTiesSVD = "dare_ties_svd"
         case magnitudePruneSVD = "magnitude_prune_svd"
 
         /// The task merge it names (nil: cat, linear, svd) and whether it ends with an SVD.
@@ -47,7 +57,11 @@ struct Combine: ParsableCommand {
         try Check.atLeast(svdRank, 1, "--svd-rank")
         if let c = svdClamp, !(c.isFinite && c > 0 && c <= 1) { throw Check.fail("--svd-clamp", "greater than 0 and at most 1", c) }
         if combinationType.taskMerge != nil {
-            guard let d = density else { throw ValidationError("--combination-type \(combinationType.rawValue) needs --density (the fraction of entries kept, greater than 0 and at most 1)") }
+            guard let d = density else {
+                throw ValidationError(
+                    "--combination-type \(combinationType.rawValue) needs --density (the fraction of entries kept, greater than 0 and at most 1)"
+                )
+            }
             if !(d.isFinite && d > 0 && d <= 1) { throw Check.fail("--density", "greater than 0 and at most 1", d) }
         } else if density != nil {
             throw ValidationError("--density goes with ties, dare_linear, dare_ties, magnitude_prune and their _svd variants")
@@ -75,8 +89,10 @@ struct Combine: ParsableCommand {
             let t0 = Date()
             let out = try Adapter.combine(inputs, method: method)
             try out.save(directory: outputDir)
-            say(String(format: "combined %d adapters (%@) into rank %d in %.3f s: %@", inputs.count, combinationType.rawValue as NSString,
-                       out.config.r, Date().timeIntervalSince(t0), outputDir as NSString))
+            say(
+                String(
+                    format: "combined %d adapters (%@) into rank %d in %.3f s: %@", inputs.count, combinationType.rawValue as NSString,
+                    out.config.r, Date().timeIntervalSince(t0), outputDir as NSString))
         }
     }
 }
@@ -94,13 +110,20 @@ struct Extract: ParsableCommand {
     func run() throws {
         try LoRACommand.run {
             let target = try ranks.target()
-            let b = try loadModel(base ?? Defaults.modelDirectory), t = try loadModel(tuned)
+            let b = try loadModel(base ?? Defaults.modelDirectory)
+            let t = try loadModel(tuned)
             let t0 = Date()
-            let (a, reports) = try Adapter.extract(base: b, tuned: t, targetModules: .names(list: targetModules),
-                                                   rank: target)
+            let (a, reports) = try Adapter.extract(
+                base: b, tuned: t, targetModules: .names(list: targetModules),
+                rank: target)
             let seconds = Date().timeIntervalSince(t0)
             try a.save(directory: outputDir)
-            for r in reports { say(String(format: "%@  rank %d  energy %.4f%%  rel. error %.3e", r.moduleName as NSString, r.newRank, 100 * r.retainedEnergy, r.relativeError)) }
+            for r in reports {
+                say(
+                    String(
+                        format: "%@  rank %d  energy %.4f%%  rel. error %.3e", r.moduleName as NSString, r.newRank, 100 * r.retainedEnergy,
+                        r.relativeError))
+            }
             say(String(format: "extracted %d modules in %.2f s: %@", reports.count, seconds, outputDir as NSString))
         }
     }

@@ -5,7 +5,9 @@ import LoRA
 struct Compress: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Shrink an adapter to a lower rank with the optimal (Eckart–Young) error, per module.",
-        discussion: "Without forming any out×in matrix: QR of B and Aᵀ, SVD of the r×r core. Per-module ranks (--energy) are written as PEFT rank_pattern/alpha_pattern.")
+        discussion:
+            "Without forming any out×in matrix: QR of B and Aᵀ, SVD of the r×r core. Per-module ranks (--energy) are written as PEFT rank_pattern/alpha_pattern."
+    )
 
     @Argument(help: "PEFT adapter directory.") var adapter: String
     @Option(help: "Model directory the adapter belongs to (default: the embedded model).") var model: String?
@@ -24,9 +26,14 @@ struct Compress: ParsableCommand {
             func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }
             say(pad("module", 34) + "     r new r    energy  rel. error")
             for r in reports {
-                say(pad(r.moduleName, 34) + String(format: " %5d %5d %8.4f%% %10.2e", r.oldRank, r.newRank, 100 * r.retainedEnergy, r.relativeError))
+                say(
+                    pad(r.moduleName, 34)
+                        + String(format: " %5d %5d %8.4f%% %10.2e", r.oldRank, r.newRank, 100 * r.retainedEnergy, r.relativeError))
             }
-            say(String(format: "%d → %d parameters in %.3f s; saved to %@", a.parameterCount, b.parameterCount, seconds, outputDir as NSString))
+            say(
+                String(
+                    format: "%d → %d parameters in %.3f s; saved to %@", a.parameterCount, b.parameterCount, seconds, outputDir as NSString)
+            )
         }
     }
 }

@@ -39,7 +39,9 @@ struct Demo: ParsableCommand {
         let block = min(blockSize, m.config.nPositions)
         let all = try Dataset.load(paths: [data], tokenizer: tok, options: DatasetOptions(blockSize: block))
         let (train, heldOut) = try all.split(validationFraction: 0.1, seed: seed)
-        say("liblora demo — \(URL(fileURLWithPath: modelDir).lastPathComponent): \(m.config.nLayer) layers, n_embd \(m.config.nEmbd), \(m.parameterCount) parameters; OpenBLAS \(BLAS.coreName)")
+        say(
+            "liblora demo — \(URL(fileURLWithPath: modelDir).lastPathComponent): \(m.config.nLayer) layers, n_embd \(m.config.nEmbd), \(m.parameterCount) parameters; OpenBLAS \(BLAS.coreName)"
+        )
         say("data: \(data): \(train.examples.count) training blocks, \(heldOut.examples.count) held-out blocks of \(block) tokens")
 
         var lc = LoRAConfig()
@@ -64,11 +66,15 @@ struct Demo: ParsableCommand {
         let baseSamples = try prompts.map { try m.generate($0, params: sampling).text }
         try m.setEnabled(adapter, true)
 
-        say("training LoRA r=\(r) on attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj (\(adapter.parameterCount) parameters) for \(maxSteps) steps of \(batchSize)×\(block) tokens")
+        say(
+            "training LoRA r=\(r) on attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj (\(adapter.parameterCount) parameters) for \(maxSteps) steps of \(batchSize)×\(block) tokens"
+        )
         try FileManager.default.createDirectory(atPath: outputDir, withIntermediateDirectories: true)
         let printer = try ProgressPrinter(logPath: outputDir + "/metrics.jsonl")
         var opts = TrainParams(); opts.evalSteps = max(1, maxSteps / 5)
-        try trainer.train(train, validation: heldOut, options: opts) { printer.report($0); return .continue }
+        try trainer.train(train, validation: heldOut, options: opts) {
+            printer.report($0); return .continue
+        }
         let after = try trainer.evaluate(heldOut)
         say(String(format: "held-out loss after:  %.4f (perplexity %.2f)", after.loss, after.perplexity))
 
@@ -80,8 +86,10 @@ struct Demo: ParsableCommand {
 
         let adapterDir = outputDir + "/adapter"
         try adapter.save(directory: adapterDir)
-        try AtomicFile.write(lossCurveSVG(train: printer.trainLoss, validation: [(0, before.loss)] + printer.validationLoss,
-                                          title: "liblora demo: LoRA on Star Trek quotes"), to: adapterDir + "/loss.svg")
+        try AtomicFile.write(
+            lossCurveSVG(
+                train: printer.trainLoss, validation: [(0, before.loss)] + printer.validationLoss,
+                title: "liblora demo: LoRA on Star Trek quotes"), to: adapterDir + "/loss.svg")
         // Merge and check: the merged checkpoint must give base + adapter's logits.
         let probe = Array(tok.encode("-- Kirk, \"The Trouble with Tribbles\", stardate 4523.3").prefix(m.config.nPositions))
         let withAdapter = try m.logits(probe)
@@ -98,7 +106,9 @@ struct Demo: ParsableCommand {
         let worst = reports.map(\.relativeError).max() ?? 0
         say("")
         say("adapter (PEFT layout):     \(adapterDir)  (adapter_config.json, adapter_model.safetensors, loss.svg)")
-        say("compressed (95% energy):   \(compressedDir)  (ranks \(ranks.min() ?? 0)–\(ranks.max() ?? 0) instead of \(r); \(adapter.parameterCount) → \(small.parameterCount) parameters; worst relative error \(String(format: "%.3f", worst)))")
+        say(
+            "compressed (95% energy):   \(compressedDir)  (ranks \(ranks.min() ?? 0)–\(ranks.max() ?? 0) instead of \(r); \(adapter.parameterCount) → \(small.parameterCount) parameters; worst relative error \(String(format: "%.3f", worst)))"
+        )
         say("merged model (HF layout):  \(mergedDir)  (max |logit difference| vs base + adapter: \(String(format: "%.2e", diff)))")
         say("metrics:                   \(outputDir)/metrics.jsonl")
         say(String(format: "done in %.0f s", Date().timeIntervalSince(started)))
@@ -106,5 +116,7 @@ struct Demo: ParsableCommand {
         guard diff < 1e-3 else { throw LoRAError.numerical("the merged model's logits differ from base + adapter by \(diff)") }
     }
 
-    func indent(_ s: String) -> String { s.split(separator: "\n", omittingEmptySubsequences: false).map { "    " + $0 }.joined(separator: "\n") }
+    func indent(_ s: String) -> String {
+        s.split(separator: "\n", omittingEmptySubsequences: false).map { "    " + $0 }.joined(separator: "\n")
+    }
 }

@@ -7,10 +7,12 @@ struct SamplingOptions: ParsableArguments {
     @Option(parsing: .unconditional, help: "Maximum new tokens. Default: from --preset.") var maxNewTokens: Int?
     @Option(parsing: .unconditional, help: "Sampling temperature (0: greedy). Default: from --preset.") var temperature: Float?
     @Option(parsing: .unconditional, help: "Top-k filtering (0: off).") var topK = SamplingParams().topK
-    @Option(parsing: .unconditional, help: "Top-p (nucleus) filtering, above 0 and at most 1 (1: off). Default: from --preset.") var topP: Float?
+    @Option(parsing: .unconditional, help: "Top-p (nucleus) filtering, above 0 and at most 1 (1: off). Default: from --preset.") var topP:
+        Float?
     @Option(parsing: .unconditional, help: "Repetition penalty (1: off).") var repetitionPenalty: Float = SamplingParams().repetitionPenalty
     @Option(help: "Random seed.") var seed: UInt64 = SamplingParams().seed
-    @Option(name: .customLong("stop"), parsing: .unconditionalSingleValue, help: "Stop once this text appears. Repeatable.") var stop: [String] = []
+    @Option(name: .customLong("stop"), parsing: .unconditionalSingleValue, help: "Stop once this text appears. Repeatable.") var stop:
+        [String] = []
     @Flag(help: "Keep going after <|endoftext|>.") var ignoreEos = false
 
     func validate() throws {
@@ -37,7 +39,10 @@ struct Generate: ParsableCommand {
     @OptionGroup var model: ModelOptions
     @OptionGroup var sampling: SamplingOptions
     @Argument(help: "The prompt (default: read standard input).") var prompt: String?
-    @Option(help: "Run many prompts together: a text file (one prompt per line) or JSONL (\"prompt\", \"adapters\": [\"DIR[:SCALE]\"], sampling fields); prints JSONL in input order.")
+    @Option(
+        help:
+            "Run many prompts together: a text file (one prompt per line) or JSONL (\"prompt\", \"adapters\": [\"DIR[:SCALE]\"], sampling fields); prints JSONL in input order."
+    )
     var batchFile: String?
     @Option(help: "With --batch-file: requests running at once.") var maxSequences = 16
     @Option(help: "With --batch-file: new tokens per batched step.") var maxTokensPerStep = 512
@@ -53,14 +58,19 @@ struct Generate: ParsableCommand {
                 var bare = model
                 bare.adapters = []
                 let m = try bare.load()
-                try GenerateBatch.run(file: batchFile, model: m, defaults: sampling.params, adapterSpecs: model.adapters,
-                                      maxSequences: maxSequences, maxTokensPerStep: maxTokensPerStep)
+                try GenerateBatch.run(
+                    file: batchFile, model: m, defaults: sampling.params, adapterSpecs: model.adapters,
+                    maxSequences: maxSequences, maxTokensPerStep: maxTokensPerStep)
                 return
             }
             let m = try model.load()
-            guard let tok = m.tokenizer else { throw LoRAError.invalidArgument("the model has no tokenizer: give token ids through the library instead") }
+            guard let tok = m.tokenizer else {
+                throw LoRAError.invalidArgument("the model has no tokenizer: give token ids through the library instead")
+            }
             let text: String
-            if let prompt { text = prompt } else {
+            if let prompt {
+                text = prompt
+            } else {
                 if isatty(STDIN_FILENO) != 0 { stderrLine("lora: reading the prompt from standard input (end it with Ctrl-D)") }
                 text = String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
             }
@@ -70,10 +80,14 @@ struct Generate: ParsableCommand {
             try params.validate()
             let n = tok.encode(text).count
             guard n < m.config.nPositions else {
-                throw LoRAError.invalidArgument("the prompt is \(n) tokens; the model's context holds \(m.config.nPositions) (n_positions) with room for at least one new token: shorten it")
+                throw LoRAError.invalidArgument(
+                    "the prompt is \(n) tokens; the model's context holds \(m.config.nPositions) (n_positions) with room for at least one new token: shorten it"
+                )
             }
             flushStdout(text)
-            let r = try m.generate(text, params: params) { _, piece in flushStdout(piece); return .continue }
+            let r = try m.generate(text, params: params) { _, piece in
+                flushStdout(piece); return .continue
+            }
             flushStdout("\n")
             if r.stopReason == .contextFull {
                 stderrLine("lora: stopped at the model's context limit (\(m.config.nPositions) tokens, n_positions)")
@@ -98,8 +112,10 @@ struct Tokenize: ParsableCommand {
                 }
                 say(try tok.decode(ids))
             } else {
-                let text = input.isEmpty ? String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
-                                         : input.joined(separator: " ")
+                let text =
+                    input.isEmpty
+                    ? String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
+                    : input.joined(separator: " ")
                 let ids = tok.encode(text)
                 say(ids.map(String.init).joined(separator: " "))
                 stderrLine("\(ids.count) tokens")

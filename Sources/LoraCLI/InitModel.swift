@@ -5,7 +5,9 @@ import LoRA
 struct InitModel: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "init-model",
-        abstract: "Create a freshly initialised GPT-2 (transformers' init) with a byte-level tokenizer, to pre-train with `train --full-finetune`.")
+        abstract:
+            "Create a freshly initialised GPT-2 (transformers' init) with a byte-level tokenizer, to pre-train with `train --full-finetune`."
+    )
 
     @Argument(help: "Output directory.") var outputDir: String
     @Option var nLayer = 4
@@ -24,7 +26,9 @@ struct InitModel: ParsableCommand {
             try Tokenizer.writeByteLevel(directory: outputDir)
             let m = try Model.initialized(config: c, seed: seed, tokenizer: try Tokenizer.load(directory: outputDir))
             try m.save(directory: outputDir)
-            say("initialised a \(nLayer)-layer GPT-2 (n_embd \(nEmbd), \(m.parameterCount) parameters) with a byte-level tokenizer in \(outputDir)")
+            say(
+                "initialised a \(nLayer)-layer GPT-2 (n_embd \(nEmbd), \(m.parameterCount) parameters) with a byte-level tokenizer in \(outputDir)"
+            )
         }
     }
 }

@@ -20,13 +20,17 @@ struct Inspect: ParsableCommand {
                 say("  r \(c.r), lora_alpha \(c.loraAlpha), dropout \(c.loraDropout), rslora \(c.useRSLoRA)")
                 say("  target_modules \(describe(c.targetModules)), layers_to_transform \(c.layersToTransform.map { "\($0)" } ?? "all")")
                 if !c.rankPattern.isEmpty { say("  rank_pattern \(c.rankPattern.map { "\($0.key)=\($0.value)" }.joined(separator: ", "))") }
-                if !c.alphaPattern.isEmpty { say("  alpha_pattern \(c.alphaPattern.map { "\($0.key)=\($0.value)" }.joined(separator: ", "))") }
+                if !c.alphaPattern.isEmpty {
+                    say("  alpha_pattern \(c.alphaPattern.map { "\($0.key)=\($0.value)" }.joined(separator: ", "))")
+                }
                 say("  base model \(c.baseModelNameOrPath ?? "unknown")")
                 try tensors(path + "/" + Adapter.weightsFile)
             } else if FileManager.default.fileExists(atPath: path + "/config.json") {
                 let c = try GPT2Config.load(path: path + "/config.json")
                 say("GPT-2 model: \(path)")
-                say("  n_layer \(c.nLayer), n_embd \(c.nEmbd), n_head \(c.nHead), n_inner \(c.innerSize), n_positions \(c.nPositions), vocab \(c.vocabSize)")
+                say(
+                    "  n_layer \(c.nLayer), n_embd \(c.nEmbd), n_head \(c.nHead), n_inner \(c.innerSize), n_positions \(c.nPositions), vocab \(c.vocabSize)"
+                )
                 say("  activation \(c.activation.rawValue), layer_norm_epsilon \(c.layerNormEpsilon), parameters \(c.parameterCount)")
                 if let t = try? Tokenizer.load(directory: path) { say("  tokenizer: \(t.vocabSize) tokens") }
                 try tensors(path + "/model.safetensors")
@@ -50,8 +54,12 @@ struct Inspect: ParsableCommand {
         var params = 0
         var byDType: [String: Int] = [:]
         for t in f.tensors { params += t.count; byDType[t.dtype.rawValue, default: 0] += t.count }
-        say("\(file): \(f.tensors.count) tensors, \(params) parameters (\(byDType.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")))")
-        if let md = f.metadata { say("  metadata \(md.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ", "))") }
+        say(
+            "\(file): \(f.tensors.count) tensors, \(params) parameters (\(byDType.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")))"
+        )
+        if let md = f.metadata {
+            say("  metadata \(md.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ", "))")
+        }
         let list = f.tensors.sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
         for t in list.prefix(all ? list.count : 40) {
             say("  \(t.name)  \(t.dtype.rawValue)  \(t.shape)")
@@ -68,7 +76,9 @@ struct Inspect: ParsableCommand {
         var n: UInt64 = 0
         for (i, b) in head.prefix(8).enumerated() { n |= UInt64(b) << (8 * UInt64(i)) }
         guard head.count == 9, n >= 2, n <= size - 8, head[head.startIndex + 8] == UInt8(ascii: "{") else {
-            throw LoRAError.invalidFile(path: file, reason: "not a safetensors file (it starts with neither an 8-byte header length that fits the file nor a JSON header)")
+            throw LoRAError.invalidFile(
+                path: file,
+                reason: "not a safetensors file (it starts with neither an 8-byte header length that fits the file nor a JSON header)")
         }
     }
 }

@@ -32,7 +32,8 @@ final class MPIReducer: GradientReducer, @unchecked Sendable {
         let rc = MPI_Init_thread(nil, nil, cmpi_thread_funneled(), &provided)
         guard rc == cmpi_success() else { throw LoRAError.backend("MPI_Init_thread failed (\(MPIReducer.describe(rc)))") }
         _ = cmpi_errors_return()
-        var r: Int32 = 0, s: Int32 = 0
+        var r: Int32 = 0
+        var s: Int32 = 0
         MPI_Comm_rank(cmpi_comm_world(), &r)
         MPI_Comm_size(cmpi_comm_world(), &s)
         rank = Int(r)
@@ -87,7 +88,9 @@ enum DistributedRun {
         case .none: return nil
         case .mpi:
             guard underMPIRun else {
-                throw LoRAError.invalidArgument("--distributed mpi: this process was not started by mpirun (OMPI_COMM_WORLD_SIZE is not set); run `mpirun -np N lora train ...`")
+                throw LoRAError.invalidArgument(
+                    "--distributed mpi: this process was not started by mpirun (OMPI_COMM_WORLD_SIZE is not set); run `mpirun -np N lora train ...`"
+                )
             }
         }
         let r = try MPIReducer()
@@ -122,7 +125,9 @@ enum DistributedRun {
 
     static func announce(_ tc: TrainerParams) {
         guard let r = current else { return }
-        say("data-parallel over MPI: \(r.worldSize) ranks × batch \(tc.batchSize) × accumulation \(tc.gradientAccumulationSteps) = global batch \(r.worldSize * tc.batchSize * tc.gradientAccumulationSteps)")
+        say(
+            "data-parallel over MPI: \(r.worldSize) ranks × batch \(tc.batchSize) × accumulation \(tc.gradientAccumulationSteps) = global batch \(r.worldSize * tc.batchSize * tc.gradientAccumulationSteps)"
+        )
     }
 
     /// The step reductions (the largest buffers): bytes, median and minimum
@@ -133,9 +138,12 @@ enum DistributedRun {
         guard let largest = r.timings.map(\.0).max() else { return }
         let times = r.timings.filter { $0.0 == largest }.map(\.1).sorted()
         guard !times.isEmpty else { return }
-        say(String(format: "distributed: %d ranks; allreduce of %.3f MB a step: median %.2f ms, min %.2f ms over %d steps (%d calls, %.2f s in all)",
-                   r.worldSize, Double(largest * 4) / 1e6, 1000 * times[times.count / 2], 1000 * times[0], times.count,
-                   r.calls, r.seconds))
+        say(
+            String(
+                format:
+                    "distributed: %d ranks; allreduce of %.3f MB a step: median %.2f ms, min %.2f ms over %d steps (%d calls, %.2f s in all)",
+                r.worldSize, Double(largest * 4) / 1e6, 1000 * times[times.count / 2], 1000 * times[0], times.count,
+                r.calls, r.seconds))
     }
 
     /// After success: every rank finalizes.
@@ -164,7 +172,8 @@ enum DistributedRun {
 
     /// mpirun ends the surviving ranks with SIGTERM when one dies: say so.
     static func installTerminationMessage(rank: Int) {
-        let text = "lora: rank \(rank): stopped by the MPI launcher (another rank exited or was killed, or the job was interrupted); resume from the last checkpoint with --resume\n"
+        let text =
+            "lora: rank \(rank): stopped by the MPI launcher (another rank exited or was killed, or the job was interrupted); resume from the last checkpoint with --resume\n"
         terminationMessage = strdup(text)
         terminationLength = text.utf8.count
         signal(SIGTERM) { _ in

@@ -12,7 +12,10 @@ struct LoRACommand: ParsableCommand {
             adapters are PEFT directories (adapter_config.json, adapter_model.safetensors).
             Without --model, commands use the small GPT-2 that ships with liblora (\(Defaults.modelDescription)).
             """,
-        subcommands: [Demo.self, Train.self, Generate.self, Eval.self, Merge.self, Compress.self, Combine.self, Extract.self, Inspect.self, Tokenize.self, Bench.self, InitModel.self],
+        subcommands: [
+            Demo.self, Train.self, Generate.self, Eval.self, Merge.self, Compress.self, Combine.self, Extract.self, Inspect.self,
+            Tokenize.self, Bench.self, InitModel.self,
+        ],
         defaultSubcommand: nil)
 
     /// Parses, validates and runs: every error is one line on stderr
@@ -106,7 +109,8 @@ enum Defaults {
         }
         return dirs
     }
-    static let modelDescription = "models/fortunes-gpt2, a 4-layer GPT-2 pre-trained by this engine on Debian's fortunes; installed under <prefix>/share/lora; $LORA_MODEL overrides"
+    static let modelDescription =
+        "models/fortunes-gpt2, a 4-layer GPT-2 pre-trained by this engine on Debian's fortunes; installed under <prefix>/share/lora; $LORA_MODEL overrides"
 }
 
 /// --threads, declared once for every command that computes.

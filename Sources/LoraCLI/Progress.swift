@@ -21,14 +21,16 @@ final class ProgressPrinter {
         if let keepUpTo, let old = try? String(contentsOfFile: logPath, encoding: .utf8) {
             for line in old.split(separator: "\n") {
                 guard case .object(let o)? = try? JSON.parse(Array(line.utf8)),
-                      case .number(let s)? = o["step"], let step = Int(exactly: s.double), step <= keepUpTo else { continue }
+                    case .number(let s)? = o["step"], let step = Int(exactly: s.double), step <= keepUpTo
+                else { continue }
                 kept += line + "\n"
                 if case .number(let l)? = o["loss"] { trainLoss.append((step, l.double)) }
                 if case .number(let v)? = o["val_loss"] { validationLoss.append((step, v.double)) }
             }
         }
         guard FileManager.default.createFile(atPath: logPath, contents: Data(kept.utf8)),
-              let h = FileHandle(forWritingAtPath: logPath) else { throw LoRAError.io(path: logPath, reason: "cannot write") }
+            let h = FileHandle(forWritingAtPath: logPath)
+        else { throw LoRAError.io(path: logPath, reason: "cannot write") }
         h.seekToEndOfFile()
         log = h
     }
@@ -57,7 +59,8 @@ final class ProgressPrinter {
         if firstStep == nil { firstStep = r.step - 1 }
         let done = r.step - (firstStep ?? 0)
         let eta = done > 0 ? elapsed / Double(done) * Double(r.maxSteps - r.step) : 0
-        let line = String(format: "step %d/%d  loss %.4f  lr %.2e  %.0f tok/s", r.step, r.maxSteps, r.loss, r.learningRate, r.tokensPerSecond)
+        let line = String(
+            format: "step %d/%d  loss %.4f  lr %.2e  %.0f tok/s", r.step, r.maxSteps, r.loss, r.learningRate, r.tokensPerSecond)
         let val = r.validationLoss.map { String(format: "val_loss %.4f (ppl %.2f)", $0, Foundation.exp($0)) }
         if isTTY {
             let width = ProgressPrinter.terminalWidth()
@@ -135,7 +138,12 @@ func lossCurveSVG(train allTrain: [(Int, Double)], validation: [(Int, Double)], 
     let stride = max(1, allTrain.count / 2000)
     var train = Swift.stride(from: 0, to: allTrain.count, by: stride).map { allTrain[$0] }
     if let last = allTrain.last, train.last?.0 != last.0 { train.append(last) }
-    let w = 720.0, h = 420.0, left = 72.0, right = 24.0, top = 56.0, bottom = 52.0
+    let w = 720.0
+    let h = 420.0
+    let left = 72.0
+    let right = 24.0
+    let top = 56.0
+    let bottom = 52.0
     let all = (train + validation).filter { $0.1.isFinite }
     let header = """
         <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(w))" height="\(Int(h))" font-family="sans-serif" font-size="12">
@@ -149,7 +157,8 @@ func lossCurveSVG(train allTrain: [(Int, Double)], validation: [(Int, Double)], 
     let logScale = lo > 0 && hi / lo > 10
     // y axis, in data units (log10 of the loss on a log scale).
     let yTicks: [Double]
-    let yLo: Double, yHi: Double
+    let yLo: Double
+    let yHi: Double
     if logScale {
         yLo = floor(log10(lo)); yHi = ceil(log10(hi))
         var t: [Double] = []
@@ -178,15 +187,18 @@ func lossCurveSVG(train allTrain: [(Int, Double)], validation: [(Int, Double)], 
         svg += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%@</text>\n", left - 6, y(t) + 4, tickLabel(t))
     }
     for t in xTicks {
-        svg += String(format: "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"black\"/>", x(t), h - bottom, x(t), h - bottom + 5)
+        svg += String(
+            format: "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"black\"/>", x(t), h - bottom, x(t), h - bottom + 5)
         svg += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%@</text>\n", x(t), h - bottom + 18, tickLabel(t))
     }
-    svg += String(format: "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"black\"/>\n", left, h - bottom, w - right, h - bottom)
+    svg += String(
+        format: "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"black\"/>\n", left, h - bottom, w - right, h - bottom)
     svg += String(format: "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"black\"/>\n", left, top, left, h - bottom)
     svg += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">step</text>\n", left + (w - left - right) / 2, h - 10)
     let yLabel = logScale ? "loss (nats per token, log scale)" : "loss (nats per token)"
-    svg += String(format: "<text transform=\"translate(16,%.1f) rotate(-90)\" text-anchor=\"middle\">%@</text>\n",
-                  top + (h - top - bottom) / 2, yLabel)
+    svg += String(
+        format: "<text transform=\"translate(16,%.1f) rotate(-90)\" text-anchor=\"middle\">%@</text>\n",
+        top + (h - top - bottom) / 2, yLabel)
     svg += "<path d=\"\(path(train))\" fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\"/>\n"
     if !validation.isEmpty {
         svg += "<path d=\"\(path(validation))\" fill=\"none\" stroke=\"#d62728\" stroke-width=\"2\"/>\n"
@@ -196,7 +208,9 @@ func lossCurveSVG(train allTrain: [(Int, Double)], validation: [(Int, Double)], 
     }
     // Legend in the band between the title and the plot area.
     let ly = top - 14
-    svg += String(format: "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#1f77b4\" stroke-width=\"2\"/>", w - right - 300, ly - 4, w - right - 280, ly - 4)
+    svg += String(
+        format: "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#1f77b4\" stroke-width=\"2\"/>", w - right - 300, ly - 4,
+        w - right - 280, ly - 4)
     svg += String(format: "<text x=\"%.1f\" y=\"%.1f\">training loss</text>\n", w - right - 274, ly)
     if !validation.isEmpty {
         svg += String(format: "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"#d62728\"/>", w - right - 160, ly - 4)

@@ -6,7 +6,8 @@ struct LoRAOptions: ParsableArguments {
     @Option(help: Preset.help) var preset: Preset = .recipe
     @Option(parsing: .unconditional, help: "LoRA rank.") var r = LoRAConfig().r
     @Option(parsing: .unconditional, help: "LoRA alpha (scaling alpha/r). Default: from --preset.") var loraAlpha: Double?
-    @Option(parsing: .unconditional, help: "Dropout on the LoRA input, at least 0 and below 1. Default: from --preset.") var loraDropout: Double?
+    @Option(parsing: .unconditional, help: "Dropout on the LoRA input, at least 0 and below 1. Default: from --preset.") var loraDropout:
+        Double?
     @Option(help: "Comma-separated module names or suffixes (c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj, c_proj). Default: from --preset.")
     var targetModules: String?
     @Option(help: "Comma-separated layer indices to adapt (default: all).") var layersToTransform: String?
@@ -55,16 +56,21 @@ struct OptimOptions: ParsableArguments {
     @Option(name: [.customLong("lr-scheduler"), .customLong("lr-scheduler-type")], help: "The learning-rate schedule.")
     var lrScheduler: LRScheduler = TrainerParams().lrScheduler
     @Option(parsing: .unconditional, help: "Warmup steps.") var warmupSteps = TrainerParams().warmupSteps
-    @Option(parsing: .unconditional, help: "Optimizer steps (overrides --num-train-epochs; raise it with --resume to extend a run).") var maxSteps: Int?
+    @Option(parsing: .unconditional, help: "Optimizer steps (overrides --num-train-epochs; raise it with --resume to extend a run).")
+    var maxSteps: Int?
     @Option(parsing: .unconditional, help: "Epochs over the training data (when --max-steps is not given).") var numTrainEpochs: Double = 1
-    @Option(parsing: .unconditional, help: "Micro-batches per optimizer step.") var gradientAccumulationSteps = TrainerParams().gradientAccumulationSteps
+    @Option(parsing: .unconditional, help: "Micro-batches per optimizer step.") var gradientAccumulationSteps = TrainerParams()
+        .gradientAccumulationSteps
     @Option(parsing: .unconditional, help: "Global gradient-norm clip (0: off).") var maxGradNorm: Double = TrainerParams().maxGradNorm ?? 0
-    @Option(name: [.customLong("batch-size"), .customLong("per-device-train-batch-size")], parsing: .unconditional, help: "Sequences per micro-batch.")
+    @Option(
+        name: [.customLong("batch-size"), .customLong("per-device-train-batch-size")], parsing: .unconditional,
+        help: "Sequences per micro-batch.")
     var batchSize = TrainerParams().batchSize
     @Option(parsing: .unconditional, help: "Tokens per sequence (default: min(256, the model's n_positions)).") var blockSize: Int?
     @Option(help: "Random seed (data order, dropout, adapter init).") var seed: UInt64 = TrainerParams().seed
     @Flag(help: "Recompute activations in backward (less memory, slower).") var gradientCheckpointing = false
-    @Option(parsing: .unconditional, help: "LoRA+: B's learning rate is this times --learning-rate (PEFT's create_loraplus_optimizer; 1: off).")
+    @Option(
+        parsing: .unconditional, help: "LoRA+: B's learning rate is this times --learning-rate (PEFT's create_loraplus_optimizer; 1: off).")
     var loraplusLrRatio = TrainerParams().loraplusLRRatio
 
     func validate() throws {
@@ -99,7 +105,9 @@ struct OptimOptions: ParsableArguments {
         c.seed = seed
         c.gradientCheckpointing = gradientCheckpointing
         c.loraplusLRRatio = loraplusLrRatio
-        if let m = maxSteps { c.maxSteps = m } else {
+        if let m = maxSteps {
+            c.maxSteps = m
+        } else {
             c.maxSteps = try c.steps(forEpochs: numTrainEpochs, examples: examples, worldSize: DistributedRun.current?.worldSize ?? 1)
         }
         return c.resolved(for: model.config)
@@ -156,13 +164,17 @@ struct Train: ParsableCommand {
     @OptionGroup var lora: LoRAOptions
     @OptionGroup var optim: OptimOptions
     @Flag(help: "Train every weight instead of a LoRA adapter.") var fullFinetune = false
-    @Option(parsing: .unconditional, help: "Fraction of the data held out for evaluation, at least 0 and below 1.") var validationSplit: Double = 0
+    @Option(parsing: .unconditional, help: "Fraction of the data held out for evaluation, at least 0 and below 1.") var validationSplit:
+        Double = 0
     @Option(help: "Validation files (instead of --validation-split).") var validationFile: [String] = []
     @Option(parsing: .unconditional, help: "Evaluate every N steps (0: at the end only; needs validation data).") var evalSteps = 0
     @Option(parsing: .unconditional, help: "Checkpoint every N steps (0: only at the end).") var saveSteps = 0
     @Option(parsing: .unconditional, help: "Checkpoints kept.") var saveTotalLimit = 2
     @Flag(help: "Skip bad JSONL records (with a warning) instead of failing.") var skipBadRecords = false
-    @Flag(help: "Resume from the newest checkpoint in --output-dir/checkpoints (raise --max-steps or --num-train-epochs to extend a finished run).") var resume = false
+    @Flag(
+        help:
+            "Resume from the newest checkpoint in --output-dir/checkpoints (raise --max-steps or --num-train-epochs to extend a finished run)."
+    ) var resume = false
     @OptionGroup var threads: ThreadOptions
     @Flag(help: "With PiSSA/OLoRA, also save the unconverted adapter (for the residual base) in --output-dir/unconverted.")
     var saveUnconvertedAdapter = false
@@ -191,12 +203,15 @@ struct Train: ParsableCommand {
         let used = ((try? fm.contentsOfDirectory(atPath: outputDir)) ?? []).filter { !$0.hasPrefix(".") }
         guard !used.isEmpty, !resume else { return }
         guard overwriteOutputDir else {
-            throw LoRAError.invalidArgument("--output-dir \(outputDir) is not empty (\(used.sorted().prefix(4).joined(separator: ", "))): pass --overwrite-output-dir to train anew into it, --resume to continue its run, or another --output-dir")
+            throw LoRAError.invalidArgument(
+                "--output-dir \(outputDir) is not empty (\(used.sorted().prefix(4).joined(separator: ", "))): pass --overwrite-output-dir to train anew into it, --resume to continue its run, or another --output-dir"
+            )
         }
         // Old checkpoints would outrank the new run's under --save-total-limit; old logs would mix runs.
         for name in ["checkpoints", "metrics.jsonl", "loss.svg", "unconverted"] where fm.fileExists(atPath: outputDir + "/" + name) {
-            do { try fm.removeItem(atPath: outputDir + "/" + name) }
-            catch { throw LoRAError.io(path: outputDir + "/" + name, reason: "cannot remove: \(error.localizedDescription)") }
+            do { try fm.removeItem(atPath: outputDir + "/" + name) } catch {
+                throw LoRAError.io(path: outputDir + "/" + name, reason: "cannot remove: \(error.localizedDescription)")
+            }
         }
     }
 
@@ -231,14 +246,18 @@ struct Train: ParsableCommand {
         var latest: String? = nil
         if resume {
             try DistributedRun.agree(task: "read its checkpoint") {
-                guard let l = Checkpoint.latest(root: ckptDir) else { throw LoRAError.invalidArgument("--resume: no checkpoint in \(ckptDir)") }
+                guard let l = Checkpoint.latest(root: ckptDir) else {
+                    throw LoRAError.invalidArgument("--resume: no checkpoint in \(ckptDir)")
+                }
                 // Checkpoints record the global batch (per-rank batch × ranks).
                 var global = tc
                 global.batchSize = tc.batchSize * (DistributedRun.current?.worldSize ?? 1)
                 let changed = try Checkpoint.changedSettings(at: l, config: global)
                 if !changed.isEmpty {
                     let list = changed.map { "--\($0.name.replacingOccurrences(of: "_", with: "-")) \($0.saved) (now \($0.current))" }
-                    throw LoRAError.invalidArgument("--resume: \(l) was written with other settings: \(list.joined(separator: ", ")); give the same values (only --max-steps or --num-train-epochs may change, to extend the run; under MPI --batch-size there is the global batch, per-rank batch × ranks)")
+                    throw LoRAError.invalidArgument(
+                        "--resume: \(l) was written with other settings: \(list.joined(separator: ", ")); give the same values (only --max-steps or --num-train-epochs may change, to extend the run; under MPI --batch-size there is the global batch, per-rank batch × ranks)"
+                    )
                 }
                 latest = l
             }
@@ -253,20 +272,25 @@ struct Train: ParsableCommand {
         let trainer = try Trainer(model: m, adapter: adapter, config: tc)
         trainer.gradientReducer = DistributedRun.current
         let fm = FileManager.default
-        do { try fm.createDirectory(atPath: outputDir, withIntermediateDirectories: true) }
-        catch { throw LoRAError.io(path: outputDir, reason: "cannot create directory: \(error.localizedDescription)") }
+        do { try fm.createDirectory(atPath: outputDir, withIntermediateDirectories: true) } catch {
+            throw LoRAError.io(path: outputDir, reason: "cannot create directory: \(error.localizedDescription)")
+        }
         if let latest {
             try Checkpoint.restore(trainer, from: latest)
             say("resumed from \(latest) at step \(trainer.step) of \(tc.maxSteps)")
         }
         let startStep = trainer.step
-        let what = adapter.map { "LoRA r=\($0.config.r) on \($0.slots.count) modules, \($0.parameterCount) trainable parameters" }
+        let what =
+            adapter.map { "LoRA r=\($0.config.r) on \($0.slots.count) modules, \($0.parameterCount) trainable parameters" }
             ?? "all \(m.parameterCount) weights"
-        say("training \(what); \(trainSet.examples.count) sequences (\(trainSet.tokenCount) tokens) of up to \(tc.blockSize); \(tc.maxSteps) steps of \(tc.batchSize)×\(tc.gradientAccumulationSteps); OpenBLAS \(BLAS.coreName)")
+        say(
+            "training \(what); \(trainSet.examples.count) sequences (\(trainSet.tokenCount) tokens) of up to \(tc.blockSize); \(tc.maxSteps) steps of \(tc.batchSize)×\(tc.gradientAccumulationSteps); OpenBLAS \(BLAS.coreName)"
+        )
         DistributedRun.announce(tc)
         // The history of earlier runs into this directory up to the resumed step (later steps are redone).
-        let printer = try ProgressPrinter(logPath: DistributedRun.isRoot ? outputDir + "/metrics.jsonl" : nil,
-                                          keepUpTo: resume ? trainer.step : nil)
+        let printer = try ProgressPrinter(
+            logPath: DistributedRun.isRoot ? outputDir + "/metrics.jsonl" : nil,
+            keepUpTo: resume ? trainer.step : nil)
         if let v = validation, trainer.step == 0 {
             let e = try trainer.evaluate(v)
             say(String(format: "validation loss before training: %.4f (perplexity %.2f)", e.loss, e.perplexity))
@@ -298,7 +322,8 @@ struct Train: ParsableCommand {
         } catch LoRAError.aborted {
             printer.finish()
             guard DistributedRun.isRoot else { throw ExitCode(130) }
-            try AtomicFile.write(lossCurveSVG(train: printer.trainLoss, validation: printer.validationLoss, title: title), to: outputDir + "/loss.svg")
+            try AtomicFile.write(
+                lossCurveSVG(train: printer.trainLoss, validation: printer.validationLoss, title: title), to: outputDir + "/loss.svg")
             if let at = interruptedAt {
                 stderrLine("lora: interrupted at step \(trainer.step); checkpoint \(at)")
                 stderrLine("resume with: \(resumeCommand())")
@@ -323,7 +348,8 @@ struct Train: ParsableCommand {
             try m.save(directory: outputDir)
             say("model saved to \(outputDir)")
         }
-        try AtomicFile.write(lossCurveSVG(train: printer.trainLoss, validation: printer.validationLoss, title: title), to: outputDir + "/loss.svg")
+        try AtomicFile.write(
+            lossCurveSVG(train: printer.trainLoss, validation: printer.validationLoss, title: title), to: outputDir + "/loss.svg")
         say("loss curve: \(outputDir)/loss.svg; metrics: \(outputDir)/metrics.jsonl")
     }
 }
@@ -346,7 +372,8 @@ struct Eval: ParsableCommand {
             let m = try model.load()
             guard let tok = m.tokenizer else { throw LoRAError.invalidArgument("the model has no tokenizer") }
             if let b = blockSize, b > m.config.nPositions {
-                throw LoRAError.invalidArgument("--block-size must be between 2 and \(m.config.nPositions), the model's n_positions (got \(b))")
+                throw LoRAError.invalidArgument(
+                    "--block-size must be between 2 and \(m.config.nPositions), the model's n_positions (got \(b))")
             }
             let block = blockSize ?? min(TrainerParams.defaultBlockSize, m.config.nPositions)
             let set = try Dataset.load(paths: data, tokenizer: tok, options: DatasetOptions(blockSize: block))

@@ -1,5 +1,6 @@
-import Testing
 import CLoraSupport
+import Testing
+
 @testable import LoRA
 
 @Test func blasLoadsAndReportsCore() throws {

@@ -54,9 +54,12 @@ import Testing
         try expectOneLineError(["train", "--model", model, d, "--lr-scheduler", "foo"], ["constant_with_warmup"])
         try expectOneLineError(["train", "--model", model, d, "--eval-steps", "5"], ["--eval-steps needs validation data"])
         try expectOneLineError(["train", "--model", model, d, "--block-size", "65"], ["--block-size must be between 2 and 64"])
-        try expectOneLineError(["train", "--model", model, d, "--loraplus-lr-ratio", "-4"], ["--loraplus-lr-ratio must be a finite number greater than 0"], status: 64)
-        try expectOneLineError(["train", "--model", model, d, "--full-finetune", "--loraplus-lr-ratio", "4", "--output-dir", try Fixtures.tempDir() + "/ft"],
-                               ["loraplus_lr_ratio applies to LoRA adapters"])
+        try expectOneLineError(
+            ["train", "--model", model, d, "--loraplus-lr-ratio", "-4"], ["--loraplus-lr-ratio must be a finite number greater than 0"],
+            status: 64)
+        try expectOneLineError(
+            ["train", "--model", model, d, "--full-finetune", "--loraplus-lr-ratio", "4", "--output-dir", try Fixtures.tempDir() + "/ft"],
+            ["loraplus_lr_ratio applies to LoRA adapters"])
         // A value that looks like an option.
         let r = try CLI.run(["generate", "--model", model, "--stop", "--", "--max-new-tokens", "4", "--seed", "1", "hi"])
         #expect(r.status == 0 && r.out.hasPrefix("hi"), "\(r.err)")

@@ -1,6 +1,6 @@
 import Foundation
-import Testing
 import LoRA
+import Testing
 
 /// Runs the `lora` command line: $LORA_CLI (scripts/test.sh points it at a
 /// release build) or lora-cli next to the test binary.
@@ -18,7 +18,8 @@ struct CLI {
         p.executableURL = URL(fileURLWithPath: path)
         p.arguments = args
         if !environment.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
-        let out = Pipe(), err = Pipe()
+        let out = Pipe()
+        let err = Pipe()
         p.standardOutput = out
         p.standardError = err
         if let stdin {
@@ -67,19 +68,23 @@ struct CLI {
     @Test func trainGenerateEvalMergeInspectTokenize() throws {
         let data = try text()
         let out = try Fixtures.tempDir() + "/run"
-        var r = try CLI.run(["train", "--model", model, data, "--output-dir", out, "--max-steps", "6", "--block-size", "32",
-                             "--batch-size", "2", "--learning-rate", "1e-2", "--r", "4", "--validation-split", "0.2", "--eval-steps", "3"])
+        var r = try CLI.run([
+            "train", "--model", model, data, "--output-dir", out, "--max-steps", "6", "--block-size", "32",
+            "--batch-size", "2", "--learning-rate", "1e-2", "--r", "4", "--validation-split", "0.2", "--eval-steps", "3",
+        ])
         #expect(r.status == 0, "train: \(r.err)")
         #expect(r.out.contains("step 6/6"))
         for f in ["adapter_config.json", "adapter_model.safetensors", "metrics.jsonl", "loss.svg"] {
             #expect(FileManager.default.fileExists(atPath: out + "/" + f), "\(f) missing")
         }
         let metrics = try String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
-        #expect(metrics.count == 7)   // the validation loss before training (step 0), then steps 1-6
+        #expect(metrics.count == 7)  // the validation loss before training (step 0), then steps 1-6
         #expect(try String(contentsOfFile: out + "/loss.svg", encoding: .utf8).hasPrefix("<svg"))
         // Resume from the final checkpoint with more steps is refused (other settings), same settings works.
-        r = try CLI.run(["train", "--model", model, data, "--output-dir", out, "--max-steps", "6", "--block-size", "32",
-                         "--batch-size", "2", "--learning-rate", "1e-2", "--r", "4", "--validation-split", "0.2", "--eval-steps", "3", "--resume"])
+        r = try CLI.run([
+            "train", "--model", model, data, "--output-dir", out, "--max-steps", "6", "--block-size", "32",
+            "--batch-size", "2", "--learning-rate", "1e-2", "--r", "4", "--validation-split", "0.2", "--eval-steps", "3", "--resume",
+        ])
         #expect(r.status == 0 && r.out.contains("resumed from"), "resume: \(r.err)")
 
         r = try CLI.run(["generate", "--model", model, "--adapter", out + ":0.5", "--max-new-tokens", "5", "--seed", "3", "Hello"])
@@ -116,11 +121,14 @@ struct CLI {
     /// converted one (rank 2r, for the original base), the unconverted one is
     /// kept on request, and both describe the same model.
     @Test func trainWithPiSSASavesTheConvertedAdapter() throws {
-        let data = try text(), dir = try Fixtures.tempDir()
+        let data = try text()
+        let dir = try Fixtures.tempDir()
         let out = dir + "/run"
-        let r = try CLI.run(["train", "--model", model, data, "--output-dir", out, "--max-steps", "3",
-                             "--block-size", "32", "--batch-size", "2", "--learning-rate", "1e-2", "--r", "4",
-                             "--init-lora-weights", "pissa_niter_2", "--save-unconverted-adapter", "--seed", "5"])
+        let r = try CLI.run([
+            "train", "--model", model, data, "--output-dir", out, "--max-steps", "3",
+            "--block-size", "32", "--batch-size", "2", "--learning-rate", "1e-2", "--r", "4",
+            "--init-lora-weights", "pissa_niter_2", "--save-unconverted-adapter", "--seed", "5",
+        ])
         #expect(r.status == 0, "train: \(r.err)")
         let base = try Model.load(directory: model)
         let converted = try Adapter.load(directory: out, modelConfig: base.config)
@@ -138,50 +146,70 @@ struct CLI {
         try base.attach(converted)
         #expect(maxAbsDiff(try base.logits(ids), try residual.logits(ids)) < logitsTolerance)
 
-        let bad = try CLI.run(["train", "--model", model, data, "--output-dir", out, "--max-steps", "1",
-                               "--block-size", "32", "--init-lora-weights", "pissa_niter_x"])
+        let bad = try CLI.run([
+            "train", "--model", model, data, "--output-dir", out, "--max-steps", "1",
+            "--block-size", "32", "--init-lora-weights", "pissa_niter_x",
+        ])
         #expect(bad.status != 0 && bad.err.contains("--init-lora-weights"), "\(bad.err)")
     }
 
     @Test func compressCombineExtractInitModel() throws {
-        let a = Fixtures.path("gpt2-a"), all = Fixtures.path("lora/all"), pattern = Fixtures.path("lora/pattern")
+        let a = Fixtures.path("gpt2-a")
+        let all = Fixtures.path("lora/all")
+        let pattern = Fixtures.path("lora/pattern")
         let out = try Fixtures.tempDir()
         var r = try CLI.run(["compress", all, "--model", a, "--rank", "2", "--output-dir", out + "/small"])
         #expect(r.status == 0 && r.out.contains("6144 → 3072 parameters"), "compress: \(r.err)")
         r = try CLI.run(["compress", all, "--model", a, "--energy", "0.9", "--output-dir", out + "/energy"])
         #expect(r.status == 0, "compress --energy: \(r.err)")
-        r = try CLI.run(["combine", "--model", a, all + ":0.7", pattern + ":0.3", "--combination-type", "svd", "--svd-rank", "3",
-                         "--output-dir", out + "/mix"])
+        r = try CLI.run([
+            "combine", "--model", a, all + ":0.7", pattern + ":0.3", "--combination-type", "svd", "--svd-rank", "3",
+            "--output-dir", out + "/mix",
+        ])
         #expect(r.status == 0 && r.out.contains("rank 3"), "combine: \(r.err)")
         let c = try GPT2Config.load(path: a + "/config.json")
         #expect(try Adapter.load(directory: out + "/mix", modelConfig: c).config.r == 3)
         let merged = out + "/merged"
         r = try CLI.run(["merge", "--model", a, "--adapter", all, "--output-dir", merged])
         #expect(r.status == 0)
-        r = try CLI.run(["extract", "--base", a, "--tuned", merged, "--target-modules", "c_attn,c_proj,c_fc", "--rank", "4",
-                         "--output-dir", out + "/ex"])
+        r = try CLI.run([
+            "extract", "--base", a, "--tuned", merged, "--target-modules", "c_attn,c_proj,c_fc", "--rank", "4",
+            "--output-dir", out + "/ex",
+        ])
         #expect(r.status == 0 && r.out.contains("extracted 8 modules"), "extract: \(r.err)")
         r = try CLI.run(["init-model", out + "/fresh", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--n-positions", "32"])
         #expect(r.status == 0, "init-model: \(r.err)")
         let fresh = try Model.load(directory: out + "/fresh")
         #expect(fresh.config.vocabSize == 257 && fresh.tokenizer?.vocabSize == 257)
         try expectFailure(["compress", all, "--model", a, "--rank", "5", "--output-dir", out + "/bad"], mentioning: "exceeds")
-        try expectFailure(["combine", "--model", a, all, "--combination-type", "tie", "--output-dir", out + "/bad"], mentioning: "combination-type")
+        try expectFailure(
+            ["combine", "--model", a, all, "--combination-type", "tie", "--output-dir", out + "/bad"], mentioning: "combination-type")
         // TIES needs a density in (0, 1] and equal ranks.
-        try expectFailure(["combine", "--model", a, all, "--combination-type", "ties", "--output-dir", out + "/bad"], mentioning: "--density")
-        try expectFailure(["combine", "--model", a, all, "--combination-type", "ties", "--density", "1.5", "--output-dir", out + "/bad"], mentioning: "--density")
-        try expectFailure(["combine", "--model", a, all, pattern, "--combination-type", "ties", "--density", "0.5", "--output-dir", out + "/bad"], mentioning: "same rank")
-        r = try CLI.run(["combine", "--model", a, all + ":0.6", Fixtures.path("combine/all2") + ":0.5", "--combination-type", "ties",
-                         "--density", "0.5", "--output-dir", out + "/ties"])
+        try expectFailure(
+            ["combine", "--model", a, all, "--combination-type", "ties", "--output-dir", out + "/bad"], mentioning: "--density")
+        try expectFailure(
+            ["combine", "--model", a, all, "--combination-type", "ties", "--density", "1.5", "--output-dir", out + "/bad"],
+            mentioning: "--density")
+        try expectFailure(
+            ["combine", "--model", a, all, pattern, "--combination-type", "ties", "--density", "0.5", "--output-dir", out + "/bad"],
+            mentioning: "same rank")
+        r = try CLI.run([
+            "combine", "--model", a, all + ":0.6", Fixtures.path("combine/all2") + ":0.5", "--combination-type", "ties",
+            "--density", "0.5", "--output-dir", out + "/ties",
+        ])
         #expect(r.status == 0 && r.out.contains("(ties)"), "combine ties: \(r.err)")
         // The same tensors as PEFT's (TaskMergeTests checks them against the fixture).
         let ties = try Adapter.load(directory: out + "/ties", modelConfig: c)
         let peftTies = try Adapter.load(directory: Fixtures.path("task_merge/ties"), modelConfig: c)
         #expect(maxAbsDiff(Array(ties.params.buffer), Array(peftTies.params.buffer)) < 1e-5)
-        r = try CLI.run(["combine", "--model", a, all, pattern + ":0.5", "--combination-type", "dare_ties_svd", "--density", "0.5",
-                         "--majority-sign-method", "frequency", "--seed", "3", "--svd-rank", "2", "--output-dir", out + "/dare"])
+        r = try CLI.run([
+            "combine", "--model", a, all, pattern + ":0.5", "--combination-type", "dare_ties_svd", "--density", "0.5",
+            "--majority-sign-method", "frequency", "--seed", "3", "--svd-rank", "2", "--output-dir", out + "/dare",
+        ])
         #expect(r.status == 0 && r.out.contains("rank 2"), "combine dare_ties_svd: \(r.err)")
-        try expectFailure(["extract", "--base", a, "--tuned", Fixtures.path("gpt2-b"), "--rank", "2", "--output-dir", out + "/bad"], mentioning: "different configs")
+        try expectFailure(
+            ["extract", "--base", a, "--tuned", Fixtures.path("gpt2-b"), "--rank", "2", "--output-dir", out + "/bad"],
+            mentioning: "different configs")
     }
 
     @Test(.enabled(if: ProcessInfo.processInfo.environment["LORA_CLI"] != nil, "needs the release CLI (scripts/test.sh)"))
@@ -194,8 +222,11 @@ struct CLI {
         let data = try text()
         try expectFailure(["generate", "--model", "/nonexistent", "x"], mentioning: "/nonexistent")
         try expectFailure(["train", "--model", model, "/nonexistent.txt", "--max-steps", "1"], mentioning: "/nonexistent.txt")
-        try expectFailure(["train", "--model", model, data, "--target-modules", "q_proj", "--max-steps", "1", "--block-size", "32"], mentioning: "q_proj")
-        try expectFailure(["train", "--model", model, data, "--learning-rate", "nan", "--max-steps", "1", "--block-size", "32"], mentioning: "--learning-rate")
+        try expectFailure(
+            ["train", "--model", model, data, "--target-modules", "q_proj", "--max-steps", "1", "--block-size", "32"], mentioning: "q_proj")
+        try expectFailure(
+            ["train", "--model", model, data, "--learning-rate", "nan", "--max-steps", "1", "--block-size", "32"],
+            mentioning: "--learning-rate")
         try expectFailure(["train", "--model", model, data, "--block-size", "65"], mentioning: "block-size")
         try expectFailure(["train", "--model", model, data, "--r", "0", "--block-size", "32"], mentioning: "r must be")
         try expectFailure(["generate", "--model", model, "--top-p", "2", "x"], mentioning: "--top-p")
@@ -214,11 +245,15 @@ struct CLI {
         let m = release && FileManager.default.fileExists(atPath: shipped + "/model.safetensors") ? shipped : model
         let data = try Fixtures.tempDir() + "/startrek"
         var quotes = ""
-        for i in 0..<60 { quotes += "Quote number \(i) about the ship.\n\t\t-- Kirk, \"Episode \(i % 7)\", stardate \(1000 + i).\(i % 10)\n%\n" }
+        for i in 0..<60 {
+            quotes += "Quote number \(i) about the ship.\n\t\t-- Kirk, \"Episode \(i % 7)\", stardate \(1000 + i).\(i % 10)\n%\n"
+        }
         try quotes.write(toFile: data, atomically: true, encoding: .utf8)
         let out = try Fixtures.tempDir()
-        let r = try CLI.run(["demo", "--model", m, "--data", data, "--output-dir", out, "--max-steps", "12", "--block-size", "64",
-                             "--batch-size", "4", "--max-new-tokens", "8", "--r", "4"])
+        let r = try CLI.run([
+            "demo", "--model", m, "--data", data, "--output-dir", out, "--max-steps", "12", "--block-size", "64",
+            "--batch-size", "4", "--max-new-tokens", "8", "--r", "4",
+        ])
         #expect(r.status == 0, "demo failed: \(r.err)\n\(r.out)")
         #expect(r.out.contains("held-out loss before") && r.out.contains("held-out loss after"))
         // A valid PEFT adapter that loads onto the model; the merged model matches base + adapter (the demo checks it too).

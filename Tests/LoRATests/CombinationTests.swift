@@ -1,6 +1,6 @@
 import Foundation
-import Testing
 import LoRA
+import Testing
 
 @Suite struct CombinationTests {
     let config: GPT2Config
@@ -20,7 +20,8 @@ import LoRA
 
     @Test(arguments: ["cat", "linear"])
     func catAndLinearReproducePEFTTensors(method: String) throws {
-        let inputs: [(Adapter, Double)] = method == "cat"
+        let inputs: [(Adapter, Double)] =
+            method == "cat"
             ? [(try load("lora/all"), 0.7), (try load("lora/layers"), -0.4)]
             : [(try load("lora/all"), 0.6), (try load("combine/all2"), 0.5)]
         let ours = try Adapter.combine(inputs.map { (adapter: $0.0, weight: $0.1) }, method: method == "cat" ? .cat : .linear)
@@ -33,18 +34,25 @@ import LoRA
 
     @Test func svdReproducesPEFTsDeltaAndLogits() throws {
         let method = "svd"
-        let ours = try Adapter.combine([(adapter: try load("lora/all"), weight: 1.0), (adapter: try load("lora/pattern"), weight: 0.5)],
-                                       method: .svd(rank: 3, clamp: nil))
+        let ours = try Adapter.combine(
+            [(adapter: try load("lora/all"), weight: 1.0), (adapter: try load("lora/pattern"), weight: 0.5)],
+            method: .svd(rank: 3, clamp: nil))
         let peft = try load("combine/\(method)")
         // Singular vectors are defined up to sign, so compare products B·A, not the factors.
         for (s, p) in zip(ours.slots, peft.slots) {
             #expect(s.moduleName == p.moduleName && s.r == 3 && p.r == 3)
             var worst: Float = 0
-            for o in 0..<s.outFeatures { for i in 0..<s.inFeatures {
-                var x: Float = 0, y: Float = 0
-                for t in 0..<3 { x += ours.B(s)[o * 3 + t] * ours.A(s)[t * s.inFeatures + i]; y += peft.B(p)[o * 3 + t] * peft.A(p)[t * s.inFeatures + i] }
-                worst = max(worst, abs(x - y))
-            } }
+            for o in 0..<s.outFeatures {
+                for i in 0..<s.inFeatures {
+                    var x: Float = 0
+                    var y: Float = 0
+                    for t in 0..<3 {
+                        x += ours.B(s)[o * 3 + t] * ours.A(s)[t * s.inFeatures + i];
+                        y += peft.B(p)[o * 3 + t] * peft.A(p)[t * s.inFeatures + i]
+                    }
+                    worst = max(worst, abs(x - y))
+                }
+            }
             #expect(worst < 1e-4, "\(s.moduleName): max |Δ(BA)| = \(worst)")
         }
         #expect(maxAbsDiff(try logits(ours), try expected.floats("logits.\(method)")) < logitsTolerance)
@@ -60,14 +68,23 @@ import LoRA
         let plain = try Adapter.combine(inputs, method: .svd(rank: 3, clamp: nil))
         let clamped = try Adapter.combine(inputs, method: .svd(rank: 3, clamp: 0.9))
         for (p, c) in zip(plain.slots, clamped.slots) {
-            let values = (Array(UnsafeBufferPointer(start: plain.B(p), count: p.countB)) + Array(UnsafeBufferPointer(start: plain.A(p), count: p.countA))).sorted()
+            let values =
+                (Array(UnsafeBufferPointer(start: plain.B(p), count: p.countB))
+                + Array(UnsafeBufferPointer(start: plain.A(p), count: p.countA))).sorted()
             let pos = 0.9 * Double(values.count - 1)
-            let lo = Int(pos), hi = min(lo + 1, values.count - 1)
+            let lo = Int(pos)
+            let hi = min(lo + 1, values.count - 1)
             let q = Float(Double(values[lo]) + Double(values[hi] - values[lo]) * (pos - Double(lo)))
-            for (x, y) in zip(Array(UnsafeBufferPointer(start: plain.B(p), count: p.countB)), Array(UnsafeBufferPointer(start: clamped.B(c), count: c.countB))) {
+            for (x, y) in zip(
+                Array(UnsafeBufferPointer(start: plain.B(p), count: p.countB)),
+                Array(UnsafeBufferPointer(start: clamped.B(c), count: c.countB)))
+            {
                 #expect(y == min(max(x, -q), q))
             }
-            for (x, y) in zip(Array(UnsafeBufferPointer(start: plain.A(p), count: p.countA)), Array(UnsafeBufferPointer(start: clamped.A(c), count: c.countA))) {
+            for (x, y) in zip(
+                Array(UnsafeBufferPointer(start: plain.A(p), count: p.countA)),
+                Array(UnsafeBufferPointer(start: clamped.A(c), count: c.countA)))
+            {
                 #expect(y == min(max(x, -q), q))
             }
         }
@@ -76,13 +93,17 @@ import LoRA
     }
 
     @Test func badCombinationsAreErrors() throws {
-        let all = try load("lora/all"), layers = try load("lora/layers")
+        let all = try load("lora/all")
+        let layers = try load("lora/layers")
         #expect(throws: LoRAError.self) { try Adapter.combine([], method: .cat) }
         #expect(throws: LoRAError.self) { try Adapter.combine([(adapter: all, weight: 1), (adapter: layers, weight: 1)], method: .linear) }
         #expect(throws: LoRAError.self) { try Adapter.combine([(adapter: all, weight: .nan)], method: .cat) }
         #expect(throws: LoRAError.self) { try Adapter.combine([(adapter: all, weight: 1)], method: .svd(rank: 0, clamp: nil)) }
-        let other = try Adapter.load(directory: Fixtures.path("lora/all"), modelConfig: {
-            var c = config; c.nPositions = 64; return c }())
+        let other = try Adapter.load(
+            directory: Fixtures.path("lora/all"),
+            modelConfig: {
+                var c = config; c.nPositions = 64; return c
+            }())
         #expect(throws: LoRAError.self) { try Adapter.combine([(adapter: all, weight: 1), (adapter: other, weight: 1)], method: .cat) }
     }
 }

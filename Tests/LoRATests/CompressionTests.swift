@@ -1,6 +1,6 @@
 import Foundation
-import Testing
 import LoRA
+import Testing
 
 /// Compression's error against the dense SVD's optimum: 1e-4 relative (the bound)...
 let compressionTolerance = 1e-4
@@ -11,12 +11,15 @@ let compressionFloor = 1e-6
     /// Dense ΔW [out, in] = scaling·B·A of a slot, in Double.
     func dense(_ a: Adapter, _ s: LoRASlot) -> [Double] {
         var d = [Double](repeating: 0, count: s.outFeatures * s.inFeatures)
-        let A = a.A(s), B = a.B(s)
-        for o in 0..<s.outFeatures { for i in 0..<s.inFeatures {
-            var acc = 0.0
-            for t in 0..<s.r { acc += Double(B[o * s.r + t]) * Double(A[t * s.inFeatures + i]) }
-            d[o * s.inFeatures + i] = Double(s.scaling) * acc
-        } }
+        let A = a.A(s)
+        let B = a.B(s)
+        for o in 0..<s.outFeatures {
+            for i in 0..<s.inFeatures {
+                var acc = 0.0
+                for t in 0..<s.r { acc += Double(B[o * s.r + t]) * Double(A[t * s.inFeatures + i]) }
+                d[o * s.inFeatures + i] = Double(s.scaling) * acc
+            }
+        }
         return d
     }
 
@@ -33,7 +36,8 @@ let compressionFloor = 1e-6
             // The reported error and the error of the new adapter, measured densely.
             let ns = try #require(b.slot(layer: s.layer, target: s.target))
             #expect(ns.r == k && ns.scaling == 1)
-            let d0 = dense(a, s), d1 = dense(b, ns)
+            let d0 = dense(a, s)
+            let d1 = dense(b, ns)
             var err = 0.0
             for i in 0..<d0.count { err += (d0[i] - d1[i]) * (d0[i] - d1[i]) }
             let measured = (err / total).squareRoot()

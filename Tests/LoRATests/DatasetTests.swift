@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import LoRA
 
 // Fixtures: tokenizer/ (a 1,201-id GPT-2 BPE, "<|endoftext|>" = 1200) and
@@ -155,7 +156,8 @@ private func checkWellFormed(_ d: Dataset, blockSize: Int, sourceLocation: Sourc
         let bytes = Array("Good line.\nAnother.\nBad \u{1}".utf8) + [0xC3, 0x28] + Array(" here\n".utf8)
         let path = try scratch.write("bad.txt", bytes)
         #expect(loraError { try load([path], 8) } == .invalidFile(path: path, reason: "line 3: text is not valid UTF-8"))
-        #expect(loraError { try load([path], 8, .skip) }
+        #expect(
+            loraError { try load([path], 8, .skip) }
                 == .invalidFile(path: path, reason: "no usable text (1 document(s) skipped)"))
 
         // In a fortune file only the bad fortune goes.
@@ -210,7 +212,8 @@ private func checkWellFormed(_ d: Dataset, blockSize: Int, sourceLocation: Sourc
             #"{"prompt": "\#(prompt.replacingOccurrences(of: "\n", with: "\\n"))", "completion": "\#(completion)"}"#,
         ]
         let path = try scratch.write("long.jsonl", lines.joined(separator: "\n"))
-        let p = tokenizer.encode(prompt), c = tokenizer.encode(completion)
+        let p = tokenizer.encode(prompt)
+        let c = tokenizer.encode(completion)
         let blockSize = p.count + 2
         let d = try load([path], blockSize)
         let full = tokenizer.encode(longText) + [eos]
@@ -220,15 +223,18 @@ private func checkWellFormed(_ d: Dataset, blockSize: Int, sourceLocation: Sourc
         #expect(d.examples[1].labels == Array(full[..<blockSize]))
         #expect(d.examples[2].ids == p + c[..<2])
         #expect(d.examples[2].labels == [Int32](repeating: -100, count: p.count) + c[..<2])
-        #expect(d.warnings == [
-            DatasetWarning(path: path, line: 3, message: "truncated from \(full.count) to \(blockSize) tokens (the block size)"),
-            DatasetWarning(path: path, line: 4, message: "truncated from \(p.count + c.count + 1) to \(blockSize) tokens (the block size)"),
-        ])
+        #expect(
+            d.warnings == [
+                DatasetWarning(path: path, line: 3, message: "truncated from \(full.count) to \(blockSize) tokens (the block size)"),
+                DatasetWarning(
+                    path: path, line: 4, message: "truncated from \(p.count + c.count + 1) to \(blockSize) tokens (the block size)"),
+            ])
         checkWellFormed(d, blockSize: blockSize)
 
         // A prompt that fills the block leaves nothing to learn: a bad record.
         let small = p.count
-        #expect(loraError { try load([path], small) }
+        #expect(
+            loraError { try load([path], small) }
                 == .invalidFile(path: path, reason: "line 4: the prompt fills the block size \(small): no completion token is left"))
         let skipped = try load([path], small, .skip)
         #expect(skipped.examples.count == 2)
@@ -304,7 +310,9 @@ private func checkWellFormed(_ d: Dataset, blockSize: Int, sourceLocation: Sourc
         let asRecord = tokenizer.encode("Hello") + [eos]
         let asText = tokenizer.encode(record) + [eos]
         for name in ["a.jsonl", "b.json", "c.JSONL", "dir.txt/d.Json"] {
-            if name.contains("/") { try FileManager.default.createDirectory(atPath: scratch.dir + "/dir.txt", withIntermediateDirectories: true) }
+            if name.contains("/") {
+                try FileManager.default.createDirectory(atPath: scratch.dir + "/dir.txt", withIntermediateDirectories: true)
+            }
             let d = try load([try scratch.write(name, record)], 100)
             #expect(d.examples.map(\.ids) == [asRecord], "\(name)")
         }
@@ -315,8 +323,11 @@ private func checkWellFormed(_ d: Dataset, blockSize: Int, sourceLocation: Sourc
     }
 
     @Test func severalFilesAreConcatenated() throws {
-        let d = try load([Fixtures.path("data/records.jsonl"), Fixtures.path("data/fortunes.txt"),
-                          Fixtures.path("data/records.jsonl")], 1000)
+        let d = try load(
+            [
+                Fixtures.path("data/records.jsonl"), Fixtures.path("data/fortunes.txt"),
+                Fixtures.path("data/records.jsonl"),
+            ], 1000)
         let records = try load([Fixtures.path("data/records.jsonl")], 1000)
         let fortunes = try load([Fixtures.path("data/fortunes.txt")], 1000)
         #expect(d.examples == records.examples + fortunes.examples + records.examples)
@@ -345,7 +356,8 @@ private func checkWellFormed(_ d: Dataset, blockSize: Int, sourceLocation: Sourc
         #expect(loraError { try load([allBad], 8, .skip) } == .invalidFile(path: allBad, reason: "no usable record (2 skipped)"))
         // An empty file among good ones still fails, naming itself.
         let empty = try scratch.write("none.txt", "")
-        #expect(loraError { try load([Fixtures.path("data/fortunes.txt"), empty], 8) }
+        #expect(
+            loraError { try load([Fixtures.path("data/fortunes.txt"), empty], 8) }
                 == .invalidFile(path: empty, reason: "empty file"))
     }
 
@@ -381,7 +393,8 @@ private func checkWellFormed(_ d: Dataset, blockSize: Int, sourceLocation: Sourc
         let scratch = try Scratch()
         let alphabet = Array(#"{}[]":,\ntext prompt completion%ab 0\u"#.utf8) + [0xFF, 0xC3, 0x0A, 0x0D, 0x25, 0x00]
         var rng = SplitMix64(seed: 7)
-        var loaded = 0, failed = 0
+        var loaded = 0
+        var failed = 0
         for i in 0..<300 {
             let count = Int(rng.next() % 120)
             var bytes = (0..<count).map { _ in alphabet[Int(rng.next() % UInt64(alphabet.count))] }

@@ -1,6 +1,6 @@
 import Foundation
-import Testing
 import LoRA
+import Testing
 
 /// N ranks as N threads of one process: an all-reduce (sum) over a barrier.
 /// The real transport is MPI (Tests/mpi); this one tests the core's side.
@@ -47,9 +47,10 @@ final class Results: @unchecked Sendable {
 @Suite struct DistributedTests {
     func examples(_ n: Int) -> Dataset {
         var rng = SplitMix64(seed: 11)
-        return Dataset(examples: (0..<n).map { i in
-            TrainingExample(ids: (0..<(6 + i % 5)).map { _ in TokenID(rng.next() % 101) })
-        })
+        return Dataset(
+            examples: (0..<n).map { i in
+                TrainingExample(ids: (0..<(6 + i % 5)).map { _ in TokenID(rng.next() % 101) })
+            })
     }
 
     func trainer(batch: Int, seed: UInt64 = 9, dropout: Double = 0.1) throws -> (Trainer, Adapter) {
@@ -78,7 +79,9 @@ final class Results: @unchecked Sendable {
                     let (t, a) = try make.trainer(batch: 1, seed: seeds?[r] ?? 9)
                     t.gradientReducer = try reducer.rank(r)
                     var losses: [Double] = []
-                    try t.train(data) { losses.append($0.loss); return .continue }
+                    try t.train(data) {
+                        losses.append($0.loss); return .continue
+                    }
                     results.set(r, .success((losses, Array(a.params.buffer))))
                 } catch {
                     results.set(r, .failure(error))
@@ -103,7 +106,9 @@ final class Results: @unchecked Sendable {
         let data = examples(7)
         let (t1, a1) = try trainer(batch: 3)
         var losses1: [Double] = []
-        try t1.train(data) { losses1.append($0.loss); return .continue }
+        try t1.train(data) {
+            losses1.append($0.loss); return .continue
+        }
         let ranks = runRanks(3, data: data)
         for r in ranks {
             let (losses, params) = try r.get()

@@ -1,6 +1,7 @@
+import CLoraSupport
 import Foundation
 import Testing
-import CLoraSupport
+
 @testable import LoRA
 
 /// The element-wise C kernels exist in three instruction sets (baseline,
@@ -23,15 +24,17 @@ import CLoraSupport
 
     @Test func geluForwardAndBackward() {
         let n = 1001
-        let x = (0..<n).map { Float($0 - 500) * 0.024 }   // -12 ... 12
+        let x = (0..<n).map { Float($0 - 500) * 0.024 }  // -12 ... 12
         for (level, k) in sets() {
             var y = [Float](repeating: 0, count: n)
             k.gelu_tanh_forward(&y, x, n)
             var d = [Float](repeating: 0.5, count: n)
             k.gelu_tanh_backward(&d, x, n)
-            var worstY = 0.0, worstD = 0.0
+            var worstY = 0.0
+            var worstD = 0.0
             for i in 0..<n {
-                let v = Double(x[i]), c = (2 / Double.pi).squareRoot()
+                let v = Double(x[i])
+                let c = (2 / Double.pi).squareRoot()
                 let u = c * (v + 0.044715 * v * v * v)
                 let t = Foundation.tanh(u)
                 let ref = 0.5 * v * (1 + t)
@@ -48,17 +51,38 @@ import CLoraSupport
     /// set, against double-precision references (the vector tails included).
     @Test func activationsForwardAndBackward() {
         let n = 1001
-        let x = (0..<n).map { Float($0 - 500) * 0.024 + 0.0013 }   // -12 ... 12, never exactly 0 (relu's kink)
+        let x = (0..<n).map { Float($0 - 500) * 0.024 + 0.0013 }  // -12 ... 12, never exactly 0 (relu's kink)
         func sig(_ v: Double) -> Double { 1 / (1 + Foundation.exp(-v)) }
         let refs: [(Int32, String, (Double) -> Double, (Double) -> Double)] = [
-            (LB_ACT_GELU_ERF, "gelu", { 0.5 * $0 * (1 + erf($0 / 2.0.squareRoot())) },
-             { 0.5 * (1 + erf($0 / 2.0.squareRoot())) + $0 * Foundation.exp(-0.5 * $0 * $0) / (2 * Double.pi).squareRoot() }),
-            (LB_ACT_QUICK_GELU, "quick_gelu", { $0 * sig(1.702 * $0) },
-             { let s = sig(1.702 * $0); return s + 1.702 * $0 * s * (1 - s) }),
+            (
+                LB_ACT_GELU_ERF, "gelu", { 0.5 * $0 * (1 + erf($0 / 2.0.squareRoot())) },
+                { 0.5 * (1 + erf($0 / 2.0.squareRoot())) + $0 * Foundation.exp(-0.5 * $0 * $0) / (2 * Double.pi).squareRoot() }
+            ),
+            (
+                LB_ACT_QUICK_GELU, "quick_gelu", { $0 * sig(1.702 * $0) },
+                {
+                    let s = sig(1.702 * $0); return s + 1.702 * $0 * s * (1 - s)
+                }
+            ),
             (LB_ACT_RELU, "relu", { max($0, 0) }, { $0 > 0 ? 1 : 0 }),
-            (LB_ACT_SILU, "silu", { $0 * sig($0) }, { let s = sig($0); return s * (1 + $0 * (1 - s)) }),
-            (LB_ACT_TANH, "tanh", { Foundation.tanh($0) }, { let t = Foundation.tanh($0); return 1 - t * t }),
-            (LB_ACT_SIGMOID, "sigmoid", { sig($0) }, { let s = sig($0); return s * (1 - s) }),
+            (
+                LB_ACT_SILU, "silu", { $0 * sig($0) },
+                {
+                    let s = sig($0); return s * (1 + $0 * (1 - s))
+                }
+            ),
+            (
+                LB_ACT_TANH, "tanh", { Foundation.tanh($0) },
+                {
+                    let t = Foundation.tanh($0); return 1 - t * t
+                }
+            ),
+            (
+                LB_ACT_SIGMOID, "sigmoid", { sig($0) },
+                {
+                    let s = sig($0); return s * (1 - s)
+                }
+            ),
             (LB_ACT_LINEAR, "linear", { $0 }, { _ in 1 }),
         ]
         for (level, k) in sets() {
@@ -67,7 +91,8 @@ import CLoraSupport
                 k.activation_forward(act, &y, x, n)
                 var d = [Float](repeating: 0.5, count: n)
                 k.activation_backward(act, &d, x, n)
-                var worstY = 0.0, worstD = 0.0
+                var worstY = 0.0
+                var worstD = 0.0
                 for i in 0..<n {
                     let v = Double(x[i])
                     worstY = max(worstY, abs(Double(y[i]) - f(v)) / max(1, abs(f(v))))
@@ -102,10 +127,11 @@ import CLoraSupport
                 row[1] = -.infinity
                 let src = row
                 k.exp_shift(&row, Int32(n), 1.5)
-                let worst = (0..<n).map { i -> Double in
-                    let want = Foundation.exp(Double(src[i]) - 1.5)
-                    return abs(Double(row[i]) - want) / max(want, 1e-30)
-                }.max() ?? 0
+                let worst =
+                    (0..<n).map { i -> Double in
+                        let want = Foundation.exp(Double(src[i]) - 1.5)
+                        return abs(Double(row[i]) - want) / max(want, 1e-30)
+                    }.max() ?? 0
                 #expect(worst < 1e-6, "level \(level) n \(n): exp_shift relative error \(worst)")
             }
         }
@@ -115,7 +141,8 @@ import CLoraSupport
         var rng = SplitMix64(seed: 8)
         for (level, k) in sets() {
             for n in [1, 16, 41] {
-                let p = (0..<n).map { _ in rng.nextFloat() }, d = (0..<n).map { _ in rng.nextFloat() - 0.5 }
+                let p = (0..<n).map { _ in rng.nextFloat() }
+                let d = (0..<n).map { _ in rng.nextFloat() - 0.5 }
                 var dp = d
                 k.softmax_backward(&dp, p, Int32(n), 0.125)
                 let dot = (0..<n).reduce(0.0) { $0 + Double(p[$1]) * Double(d[$1]) }
@@ -152,17 +179,22 @@ import CLoraSupport
     }
 
     @Test func layerNormForwardAndInputGradient() {
-        let rows = 3, C = 255
+        let rows = 3
+        let C = 255
         var rng = SplitMix64(seed: 6)
         let x = (0..<rows * C).map { _ in rng.nextFloat() * 4 - 1 }
-        let w = (0..<C).map { _ in rng.nextFloat() + 0.5 }, b = (0..<C).map { _ in rng.nextFloat() - 0.5 }
+        let w = (0..<C).map { _ in rng.nextFloat() + 0.5 }
+        let b = (0..<C).map { _ in rng.nextFloat() - 0.5 }
         let dy = (0..<rows * C).map { _ in rng.nextFloat() - 0.5 }
         for (level, k) in sets() {
-            var y = [Float](repeating: 0, count: rows * C), mean = [Float](repeating: 0, count: rows), rstd = mean
+            var y = [Float](repeating: 0, count: rows * C)
+            var mean = [Float](repeating: 0, count: rows)
+            var rstd = mean
             k.layernorm_forward(&y, &mean, &rstd, x, w, b, rows, Int32(C), 1e-5)
-            var dx = [Float](repeating: 1, count: rows * C)   // accumulates
+            var dx = [Float](repeating: 1, count: rows * C)  // accumulates
             k.layernorm_backward_input(&dx, dy, x, w, mean, rstd, rows, Int32(C))
-            var worstY = 0.0, worstD = 0.0
+            var worstY = 0.0
+            var worstD = 0.0
             for r in 0..<rows {
                 let xs = (0..<C).map { Double(x[r * C + $0]) }
                 let m = xs.reduce(0, +) / Double(C)
@@ -183,7 +215,8 @@ import CLoraSupport
     }
 
     @Test func add() {
-        let a = (0..<37).map { Float($0) * 0.5 }, b = (0..<37).map { Float($0) * -0.25 + 1 }
+        let a = (0..<37).map { Float($0) * 0.5 }
+        let b = (0..<37).map { Float($0) * -0.25 + 1 }
         for (level, k) in sets() {
             var out = [Float](repeating: 0, count: 37)
             k.add(&out, a, b, 37)

@@ -1,6 +1,6 @@
 import Foundation
-import Testing
 import LoRA
+import Testing
 
 @Suite struct ExtractionTests {
     @Test func extractingAMergedAdapterRecoversIt() throws {
@@ -8,7 +8,8 @@ import LoRA
         let tuned = try Model.load(directory: Fixtures.path("gpt2-a"))
         let adapter = try Adapter.load(directory: Fixtures.path("lora/all"), modelConfig: base.config)
         try tuned.merge(adapter)
-        let (x, reports) = try Adapter.extract(base: base, tuned: tuned, targetModules: .names(["c_attn", "c_proj", "c_fc"]), rank: .fixed(4))
+        let (x, reports) = try Adapter.extract(
+            base: base, tuned: tuned, targetModules: .names(["c_attn", "c_proj", "c_fc"]), rank: .fixed(4))
         #expect(x.slots.map(\.moduleName) == adapter.slots.map(\.moduleName))
         // ΔW has rank 4: nothing is lost (up to float rounding of the merge).
         #expect(reports.allSatisfy { $0.relativeError < 1e-3 })

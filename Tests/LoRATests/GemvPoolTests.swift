@@ -1,6 +1,7 @@
+import CLoraSupport
 import Foundation
 import Testing
-import CLoraSupport
+
 @testable import LoRA
 
 /// The decode matrix–vector kernels (CLoraSupport/gemv.c) at every
@@ -37,7 +38,8 @@ import CLoraSupport
                         }
                         var worst = 0.0
                         for n in 0..<N {
-                            var s = beta0 == 1 ? 0 : Double(y0[n]), mag = abs(s)
+                            var s = beta0 == 1 ? 0 : Double(y0[n])
+                            var mag = abs(s)
                             for k in 0..<K {
                                 let t = Double(x[k]) * Double(w[offset + k * ldw + n])
                                 s += t; mag += abs(t)
@@ -70,7 +72,8 @@ import CLoraSupport
                         }
                         var worst = 0.0
                         for r in 0..<R {
-                            var s = 0.0, mag = 0.0
+                            var s = 0.0
+                            var mag = 0.0
                             for c in 0..<C {
                                 let t = Double(w[offset + r * ldw + c]) * Double(x[c])
                                 s += t; mag += abs(t)
@@ -89,19 +92,28 @@ import CLoraSupport
     /// bits from one call as from many small ones.
     @Test func splitDoesNotChangeBits() {
         var rng = SplitMix64(seed: 13)
-        let K = 200, N = 300
+        let K = 200
+        let N = 300
         let w = (0..<(K * N)).map { _ in rng.nextFloat() * 2 - 1 }
         let x = (0..<K).map { _ in rng.nextFloat() * 2 - 1 }
         for level in Self.levels {
-            var whole = [Float](repeating: 0, count: N), pieces = whole
+            var whole = [Float](repeating: 0, count: N)
+            var pieces = whole
             lb_gemv_cols_at(level, &whole, x, w, Int32(K), Int32(N), 0, Int32(N), 1)
             var n0 = 0
-            while n0 < N { let n1 = min(N, n0 + 1 + n0 % 37); lb_gemv_cols_at(level, &pieces, x, w, Int32(K), Int32(N), Int32(n0), Int32(n1), 1); n0 = n1 }
+            while n0 < N {
+                let n1 = min(N, n0 + 1 + n0 % 37); lb_gemv_cols_at(level, &pieces, x, w, Int32(K), Int32(N), Int32(n0), Int32(n1), 1);
+                n0 = n1
+            }
             #expect(whole == pieces, "cols level \(level)")
-            var rw = [Float](repeating: 0, count: K), rp = rw
+            var rw = [Float](repeating: 0, count: K)
+            var rp = rw
             lb_gemv_rows_at(level, &rw, Array(w.prefix(N)), w, Int32(N), Int32(N), 0, Int32(K), 1)
             var r0 = 0
-            while r0 < K { let r1 = min(K, r0 + 1 + r0 % 5); lb_gemv_rows_at(level, &rp, Array(w.prefix(N)), w, Int32(N), Int32(N), Int32(r0), Int32(r1), 1); r0 = r1 }
+            while r0 < K {
+                let r1 = min(K, r0 + 1 + r0 % 5);
+                lb_gemv_rows_at(level, &rp, Array(w.prefix(N)), w, Int32(N), Int32(N), Int32(r0), Int32(r1), 1); r0 = r1
+            }
             #expect(rw == rp, "rows level \(level)")
         }
     }
@@ -113,7 +125,9 @@ import CLoraSupport
         let saved = BLAS.threads
         defer { BLAS.threads = saved }
         BLAS.threads = 3
-        let threads = 4, rounds = 300, count = 1000
+        let threads = 4
+        let rounds = 300
+        let count = 1000
         let results = UnsafeMutablePointer<Int32>.allocate(capacity: threads * count)
         defer { results.deallocate() }
         results.initialize(repeating: 0, count: threads * count)

@@ -1,6 +1,6 @@
 import Foundation
-import Testing
 import LoRA
+import Testing
 
 // Kernel-level checks (STYLE.md, "Tests"): every backward kernel of
 // Kernels/ (each beside its forward) against central finite differences of that forward
@@ -98,12 +98,17 @@ private struct GradientError: CustomStringConvertible {
 
 /// Central differences of `loss` at entries `indices` of `x`, against
 /// `analytic` (indexed like `x`). `x` is restored afterwards.
-private func gradientError(_ x: Buffer, at indices: [Int], analytic: [Float], h: Float,
-                           loss: () -> Double) -> GradientError {
-    var diff2 = 0.0, fd2 = 0.0, maxAbs = 0.0
+private func gradientError(
+    _ x: Buffer, at indices: [Int], analytic: [Float], h: Float,
+    loss: () -> Double
+) -> GradientError {
+    var diff2 = 0.0
+    var fd2 = 0.0
+    var maxAbs = 0.0
     for i in indices {
         let x0 = x[i]
-        let up = x0 + h, down = x0 - h
+        let up = x0 + h
+        let down = x0 - h
         x[i] = up
         let lUp = loss()
         x[i] = down
@@ -117,15 +122,18 @@ private func gradientError(_ x: Buffer, at indices: [Int], analytic: [Float], h:
     }
     let fdNorm = fd2.squareRoot()
     let relative = fdNorm > 0 ? diff2.squareRoot() / fdNorm : (diff2 == 0 ? 0 : .infinity)
-    return GradientError(relative: relative, maxAbs: maxAbs,
-                         fdNorm: fdNorm, checked: indices.count)
+    return GradientError(
+        relative: relative, maxAbs: maxAbs,
+        fdNorm: fdNorm, checked: indices.count)
 }
 
 /// Expects the analytic gradient of `name` to match finite differences.
 /// `vanishes`: the true gradient is zero, so both sides must be exactly zero.
-private func expectGradient(_ name: String, _ x: Buffer, at indices: [Int], analytic: [Float],
-                            h: Float = smoothStep, vanishes: Bool = false, loss: () -> Double,
-                            sourceLocation: SourceLocation = #_sourceLocation) {
+private func expectGradient(
+    _ name: String, _ x: Buffer, at indices: [Int], analytic: [Float],
+    h: Float = smoothStep, vanishes: Bool = false, loss: () -> Double,
+    sourceLocation: SourceLocation = #_sourceLocation
+) {
     let e = gradientError(x, at: indices, analytic: analytic, h: h, loss: loss)
     if vanishes {
         #expect(e.fdNorm == 0 && e.maxAbs == 0, "\(name): expected a zero gradient (\(e))", sourceLocation: sourceLocation)
@@ -144,7 +152,8 @@ private func expectGradient(_ name: String, _ x: Buffer, at indices: [Int], anal
     func matmulBackwardMatchesFiniteDifferences(M: Int) throws {
         try BLAS.load()
         var rng = SplitMix64(seed: 0x6d61_746d + UInt64(M))
-        let K = 7, N = 6
+        let K = 7
+        let N = 6
         let x = Buffer(gaussian(M * K, &rng))
         let w = Buffer(gaussian(K * N, &rng, scale: 1 / Float(K).squareRoot()))
         let b = Buffer(gaussian(N, &rng))
@@ -156,24 +165,31 @@ private func expectGradient(_ name: String, _ x: Buffer, at indices: [Int], anal
         }
 
         let dout = Buffer(r)
-        let dx0 = gaussian(M * K, &rng), dw0 = gaussian(K * N, &rng), db0 = gaussian(N, &rng)
-        let dx = Buffer(dx0), dw = Buffer(dw0), db = Buffer(db0)
-        matmulBackward(dinp: dx.p, dweight: dw.p, dbias: db.p, dout: dout.p, inp: x.p, weight: w.p,
-                            M: M, K: K, N: N, accumulate: true)
+        let dx0 = gaussian(M * K, &rng)
+        let dw0 = gaussian(K * N, &rng)
+        let db0 = gaussian(N, &rng)
+        let dx = Buffer(dx0)
+        let dw = Buffer(dw0)
+        let db = Buffer(db0)
+        matmulBackward(
+            dinp: dx.p, dweight: dw.p, dbias: db.p, dout: dout.p, inp: x.p, weight: w.p,
+            M: M, K: K, N: N, accumulate: true)
         expectGradient("dinp", x, at: Array(0..<(M * K)), analytic: added(dx, dx0), loss: loss)
         expectGradient("dweight", w, at: Array(0..<(K * N)), analytic: added(dw, dw0), loss: loss)
         expectGradient("dbias", b, at: Array(0..<N), analytic: added(db, db0), loss: loss)
 
         // accumulate: false overwrites dinp (stale values must not leak in).
         let dxFresh = Buffer(gaussian(M * K, &rng, scale: 100))
-        matmulBackward(dinp: dxFresh.p, dweight: nil, dbias: nil, dout: dout.p, inp: x.p, weight: w.p,
-                            M: M, K: K, N: N, accumulate: false)
+        matmulBackward(
+            dinp: dxFresh.p, dweight: nil, dbias: nil, dout: dout.p, inp: x.p, weight: w.p,
+            M: M, K: K, N: N, accumulate: false)
         expectGradient("dinp (overwrite)", x, at: Array(0..<(M * K)), analytic: dxFresh.values, loss: loss)
     }
 
     @Test func layerNormBackwardMatchesFiniteDifferences() throws {
         var rng = SplitMix64(seed: 0x6c6e)
-        let rows = 3, C = 20
+        let rows = 3
+        let C = 20
         // Rows with different offsets and spreads, weights around 1.
         var xs: [Float] = []
         for r in 0..<rows { xs += gaussian(C, &rng, scale: 0.5 + Float(r), shift: Float(r) - 1) }
@@ -188,13 +204,19 @@ private func expectGradient(_ name: String, _ x: Buffer, at indices: [Int], anal
             return weightedSum(out, r)
         }
 
-        let mean = Buffer(count: rows), rstd = Buffer(count: rows)
+        let mean = Buffer(count: rows)
+        let rstd = Buffer(count: rows)
         layerNormForward(out: out.p, mean: mean.p, rstd: rstd.p, inp: x.p, weight: w.p, bias: b.p, rows: rows, C: C, eps: eps)
         let dout = Buffer(r)
-        let dx0 = gaussian(rows * C, &rng), dw0 = gaussian(C, &rng), db0 = gaussian(C, &rng)
-        let dx = Buffer(dx0), dw = Buffer(dw0), db = Buffer(db0)
-        layerNormBackward(dinp: dx.p, dweight: dw.p, dbias: db.p, dout: dout.p, inp: x.p, weight: w.p,
-                               mean: mean.p, rstd: rstd.p, rows: rows, C: C)
+        let dx0 = gaussian(rows * C, &rng)
+        let dw0 = gaussian(C, &rng)
+        let db0 = gaussian(C, &rng)
+        let dx = Buffer(dx0)
+        let dw = Buffer(dw0)
+        let db = Buffer(db0)
+        layerNormBackward(
+            dinp: dx.p, dweight: dw.p, dbias: db.p, dout: dout.p, inp: x.p, weight: w.p,
+            mean: mean.p, rstd: rstd.p, rows: rows, C: C)
         expectGradient("dinp", x, at: Array(0..<(rows * C)), analytic: added(dx, dx0), loss: loss)
         expectGradient("dweight", w, at: Array(0..<C), analytic: added(dw, dw0), loss: loss)
         expectGradient("dbias", b, at: Array(0..<C), analytic: added(db, db0), loss: loss)
@@ -235,20 +257,28 @@ private func expectGradient(_ name: String, _ x: Buffer, at indices: [Int], anal
     private func checkAttentionBackward(T: Int, past: Int, scaled: Bool, masked: Bool) throws {
         try BLAS.load()
         var rng = SplitMix64(seed: 0x6174_746e &+ UInt64(T * 131 + past * 7) &+ (scaled ? 1 : 0))
-        let H = 2, hd = 8, C = H * hd, h = 1
+        let H = 2
+        let hd = 8
+        let C = H * hd
+        let h = 1
         let L = past + T
         let scale: Float = scaled ? 1 / Float(hd).squareRoot() : 1
         // Rows 0..<L of qkv hold keys/values; the queries are its last T rows.
         let qkv = Buffer(gaussian(L * 3 * C, &rng))
-        let qOff = past * 3 * C + h * hd, kOff = C + h * hd, vOff = 2 * C + h * hd
+        let qOff = past * 3 * C + h * hd
+        let kOff = C + h * hd
+        let vOff = 2 * C + h * hd
         let mask: Buffer? = masked ? Buffer((0..<L).map { $0 % 3 == 1 ? 0 : 1 }) : nil
         let r = gaussian(T * hd, &rng)
-        let out = Buffer(count: T * C), probs = Buffer(count: T * L), lse = Buffer(count: T)
+        let out = Buffer(count: T * C)
+        let probs = Buffer(count: T * L)
+        let lse = Buffer(count: T)
         func forward() {
-            attentionForward(out: out.p + h * hd, ldo: C, probs: probs.p,
-                             q: qkv.p + qOff, ldq: 3 * C, k: qkv.p + kOff, ldk: 3 * C, v: qkv.p + vOff, ldv: 3 * C,
-                             T: T, L: L, past: past, hd: hd, scale: scale, keyMask: mask.map { UnsafePointer($0.p) },
-                             lse: lse.p)
+            attentionForward(
+                out: out.p + h * hd, ldo: C, probs: probs.p,
+                q: qkv.p + qOff, ldq: 3 * C, k: qkv.p + kOff, ldk: 3 * C, v: qkv.p + vOff, ldv: 3 * C,
+                T: T, L: L, past: past, hd: hd, scale: scale, keyMask: mask.map { UnsafePointer($0.p) },
+                lse: lse.p)
         }
         func loss() -> Double {
             forward()
@@ -265,16 +295,19 @@ private func expectGradient(_ name: String, _ x: Buffer, at indices: [Int], anal
         let dqkv0 = gaussian(L * 3 * C, &rng)
         let dqkv = Buffer(dqkv0)
         let scratch = Buffer(count: attentionBackwardScratch(T: T, L: L), value: 1e3)  // stale contents must not matter
-        attentionBackward(dq: dqkv.p + qOff, ldq: 3 * C, dk: dqkv.p + kOff, dv: dqkv.p + vOff, ldk: 3 * C,
-                          scratch: scratch.p, dout: dout.p + h * hd, ldo: C, lse: lse.p,
-                          q: qkv.p + qOff, k: qkv.p + kOff, v: qkv.p + vOff,
-                          T: T, L: L, past: past, hd: hd, scale: scale, keyMask: mask.map { UnsafePointer($0.p) })
+        attentionBackward(
+            dq: dqkv.p + qOff, ldq: 3 * C, dk: dqkv.p + kOff, dv: dqkv.p + vOff, ldk: 3 * C,
+            scratch: scratch.p, dout: dout.p + h * hd, ldo: C, lse: lse.p,
+            q: qkv.p + qOff, k: qkv.p + kOff, v: qkv.p + vOff,
+            T: T, L: L, past: past, hd: hd, scale: scale, keyMask: mask.map { UnsafePointer($0.p) })
         let grad = added(dqkv, dqkv0)
 
         func entries(_ off: Int, rows: Int) -> [Int] {
             (0..<rows).flatMap { t in (0..<hd).map { off + t * 3 * C + $0 } }
         }
-        let qs = entries(qOff, rows: T), ks = entries(kOff, rows: L), vs = entries(vOff, rows: L)
+        let qs = entries(qOff, rows: T)
+        let ks = entries(kOff, rows: L)
+        let vs = entries(vOff, rows: L)
         let label = "T=\(T) past=\(past) scale=\(scale)\(masked ? " masked" : "")"
         // A single visible key has probability 1 whatever q and k are.
         let oneKey = L == 1
@@ -291,7 +324,8 @@ private func expectGradient(_ name: String, _ x: Buffer, at indices: [Int], anal
     /// Ignored rows (target −100) get a zero gradient; the checked function is gradScale · Σ loss.
     @Test func crossEntropyForwardBackwardMatchesFiniteDifferences() {
         var rng = SplitMix64(seed: 0x7863_65)
-        let rows = 6, V = 37
+        let rows = 6
+        let V = 37
         let targets: [Int32] = [3, -100, 36, 0, -100, 17]
         let gradScale: Float = 0.25
         let logits = Buffer(gaussian(rows * V, &rng, scale: 2))
@@ -324,29 +358,36 @@ private func expectGradient(_ name: String, _ x: Buffer, at indices: [Int], anal
     /// Repeated ids and positions: their gradients must add up.
     @Test func embeddingBackwardMatchesFiniteDifferences() {
         var rng = SplitMix64(seed: 0x656d_62)
-        let vocab = 7, positionsCount = 5, C = 6
+        let vocab = 7
+        let positionsCount = 5
+        let C = 6
         let ids: [Int32] = [1, 4, 1, 6, 0, 4, 4, 2, 1]
         let positions: [Int32] = [0, 1, 2, 3, 4, 0, 1, 2, 3]
         let n = ids.count
-        let wte = Buffer(gaussian(vocab * C, &rng)), wpe = Buffer(gaussian(positionsCount * C, &rng))
+        let wte = Buffer(gaussian(vocab * C, &rng))
+        let wpe = Buffer(gaussian(positionsCount * C, &rng))
         let r = gaussian(n * C, &rng)
         let out = Buffer(count: n * C)
         func loss() -> Double {
             ids.withUnsafeBufferPointer { ip in
                 positions.withUnsafeBufferPointer { pp in
-                    embeddingForward(out: out.p, ids: ip.baseAddress!, positions: pp.baseAddress!,
-                                     wte: wte.p, wpe: wpe.p, n: n, C: C)
+                    embeddingForward(
+                        out: out.p, ids: ip.baseAddress!, positions: pp.baseAddress!,
+                        wte: wte.p, wpe: wpe.p, n: n, C: C)
                 }
             }
             return weightedSum(out, r)
         }
         let dout = Buffer(r)
-        let dwte0 = gaussian(vocab * C, &rng), dwpe0 = gaussian(positionsCount * C, &rng)
-        let dwte = Buffer(dwte0), dwpe = Buffer(dwpe0)
+        let dwte0 = gaussian(vocab * C, &rng)
+        let dwpe0 = gaussian(positionsCount * C, &rng)
+        let dwte = Buffer(dwte0)
+        let dwpe = Buffer(dwpe0)
         ids.withUnsafeBufferPointer { ip in
             positions.withUnsafeBufferPointer { pp in
-                embeddingBackward(dwte: dwte.p, dwpe: dwpe.p, dout: dout.p, ids: ip.baseAddress!,
-                                       positions: pp.baseAddress!, n: n, C: C)
+                embeddingBackward(
+                    dwte: dwte.p, dwpe: dwpe.p, dout: dout.p, ids: ip.baseAddress!,
+                    positions: pp.baseAddress!, n: n, C: C)
             }
         }
         // Token 3 never occurs, so part of dwte is legitimately zero.
@@ -384,15 +425,20 @@ struct AttentionCase: Sendable, CustomTestStringConvertible {
             for K in [0, 19] {
                 var rng = SplitMix64(seed: UInt64(M * 100 + K) &+ (accumulate ? 7 : 0) &+ (withBias ? 13 : 0))
                 let N = 13
-                let x = Buffer(gaussian(M * K, &rng)), w = Buffer(gaussian(K * N, &rng)), b = Buffer(gaussian(N, &rng))
+                let x = Buffer(gaussian(M * K, &rng))
+                let w = Buffer(gaussian(K * N, &rng))
+                let b = Buffer(gaussian(N, &rng))
                 let start = gaussian(M * N, &rng)
                 let out = Buffer(start)
-                matmulForward(out: out.p, inp: x.p, weight: w.p, bias: withBias ? UnsafePointer(b.p) : nil,
-                              M: M, K: K, N: N, accumulate: accumulate)
-                var worst = 0.0, bad = 0
+                matmulForward(
+                    out: out.p, inp: x.p, weight: w.p, bias: withBias ? UnsafePointer(b.p) : nil,
+                    M: M, K: K, N: N, accumulate: accumulate)
+                var worst = 0.0
+                var bad = 0
                 for m in 0..<M {
                     for n in 0..<N {
-                        var ref = accumulate ? Double(start[m * N + n]) : 0, absSum = abs(ref)
+                        var ref = accumulate ? Double(start[m * N + n]) : 0
+                        var absSum = abs(ref)
                         if withBias { ref += Double(b[n]); absSum += abs(Double(b[n])) }
                         for k in 0..<K {
                             let t = Double(x[m * K + k]) * Double(w[k * N + n])
@@ -425,21 +471,30 @@ struct AttentionCase: Sendable, CustomTestStringConvertible {
     func attentionForwardMatchesNaiveLoops(_ c: AttentionCase) throws {
         try BLAS.load()
         var rng = SplitMix64(seed: UInt64(c.T * 1000 + c.L * 10 + c.past))
-        let T = c.T, L = c.L, past = c.past
-        let H = 2, hd = 8, C = H * hd, h = 1
+        let T = c.T
+        let L = c.L
+        let past = c.past
+        let H = 2
+        let hd = 8
+        let C = H * hd
+        let h = 1
         let scale = 1 / Float(hd).squareRoot()
         let q = Buffer(gaussian(T * 3 * C, &rng))  // q in a qkv-like buffer (row stride 3C)
         let kv = Buffer(gaussian(L * 2 * C, &rng))  // k and v interleaved (row stride 2C)
         let mask = c.hidden.map { hidden in Buffer((0..<L).map { hidden.contains($0) ? 0 : 1 }) }
         let sentinel: Float = 7
         let out = Buffer(count: T * C, value: sentinel)
-        let probs = Buffer(gaussian(T * L, &rng)), lse = Buffer(gaussian(T, &rng))
-        attentionForward(out: out.p + h * hd, ldo: C, probs: probs.p,
-                         q: q.p + h * hd, ldq: 3 * C, k: kv.p + h * hd, ldk: 2 * C, v: kv.p + C + h * hd, ldv: 2 * C,
-                         T: T, L: L, past: past, hd: hd, scale: scale, keyMask: mask.map { UnsafePointer($0.p) },
-                         lse: lse.p)
+        let probs = Buffer(gaussian(T * L, &rng))
+        let lse = Buffer(gaussian(T, &rng))
+        attentionForward(
+            out: out.p + h * hd, ldo: C, probs: probs.p,
+            q: q.p + h * hd, ldq: 3 * C, k: kv.p + h * hd, ldk: 2 * C, v: kv.p + C + h * hd, ldv: 2 * C,
+            T: T, L: L, past: past, hd: hd, scale: scale, keyMask: mask.map { UnsafePointer($0.p) },
+            lse: lse.p)
 
-        var worstOut = 0.0, worstProb = 0.0, worstLSE = 0.0
+        var worstOut = 0.0
+        var worstProb = 0.0
+        var worstLSE = 0.0
         for i in 0..<T {
             let visible = (0..<min(past + i + 1, L)).filter { c.hidden?.contains($0) != true }
             var p = [Double](repeating: 0, count: L)
@@ -474,12 +529,17 @@ struct AttentionCase: Sendable, CustomTestStringConvertible {
     /// LayerNorm forward, and the mean/rstd that backward relies on.
     @Test func layerNormForwardMatchesNaiveLoops() {
         var rng = SplitMix64(seed: 0x6c6e_66)
-        let rows = 4, C = 45
+        let rows = 4
+        let C = 45
         let eps: Float = 1e-5
         var xs: [Float] = []
         for r in 0..<rows { xs += gaussian(C, &rng, scale: 0.1 + Float(r), shift: 3 * Float(r)) }
-        let x = Buffer(xs), w = Buffer(gaussian(C, &rng, shift: 1)), b = Buffer(gaussian(C, &rng))
-        let out = Buffer(count: rows * C), mean = Buffer(count: rows), rstd = Buffer(count: rows)
+        let x = Buffer(xs)
+        let w = Buffer(gaussian(C, &rng, shift: 1))
+        let b = Buffer(gaussian(C, &rng))
+        let out = Buffer(count: rows * C)
+        let mean = Buffer(count: rows)
+        let rstd = Buffer(count: rows)
         layerNormForward(out: out.p, mean: mean.p, rstd: rstd.p, inp: x.p, weight: w.p, bias: b.p, rows: rows, C: C, eps: eps)
         var worst = 0.0
         for r in 0..<rows {

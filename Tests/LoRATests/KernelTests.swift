@@ -1,7 +1,7 @@
-import Foundation
-import Testing
-import LoRA
 import CLoraSupport
+import Foundation
+import LoRA
+import Testing
 
 @Suite struct KernelTests {
     /// exp and tanh of the C kernels (the only implementation), in every
@@ -12,10 +12,12 @@ import CLoraSupport
         for k in levels.compactMap({ lb_kernels_for($0)?.pointee }) {
             func exp(_ x: Float) -> Float { var v = [x]; k.exp_shift(&v, 1, 0); return v[0] }
             func tanh(_ x: Float) -> Float { var v: [Float] = [0]; k.activation_forward(LB_ACT_TANH, &v, [x], 1); return v[0] }
-            var worstExp: Float = 0, worstTanh: Float = 0
+            var worstExp: Float = 0
+            var worstTanh: Float = 0
             var x: Float = -87
             while x < 88 {
-                let e = exp(x), r = Foundation.expf(x)
+                let e = exp(x)
+                let r = Foundation.expf(x)
                 worstExp = max(worstExp, abs(e - r) / r)
                 x += 0.01234
             }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import LoRA
 
 /// LoRA+ against PEFT's create_loraplus_optimizer with torch's AdamW
@@ -14,7 +15,8 @@ import Testing
         cfg.lrScheduler = .cosine; cfg.warmupSteps = 2; cfg.maxSteps = 10
         cfg.maxGradNorm = 1.0; cfg.batchSize = 2; cfg.blockSize = 12
         let trainer = try Trainer(model: model, adapter: adapter, config: cfg)
-        let losses = try expected.floats("train.losses"), lrs = try expected.floats("train.lr")
+        let losses = try expected.floats("train.losses")
+        let lrs = try expected.floats("train.lr")
         let shape = try #require(expected["train.batch0.ids"]).shape
         for k in 0..<10 {
             let flat = try expected.ints("train.batch\(k).ids")

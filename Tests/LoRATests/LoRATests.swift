@@ -1,6 +1,6 @@
 import Foundation
-import Testing
 import LoRA
+import Testing
 
 @Suite struct LoRAForwardTests {
     let expected: SafeTensorsFile
@@ -73,14 +73,17 @@ import LoRA
     @Test func badAdaptersAreRejected() throws {
         let c = try GPT2Config.load(path: Fixtures.path("gpt2-a/config.json"))
         let src = Fixtures.path("lora/all")
-        func variant(config edit: (inout JSONObject) -> Void = { _ in }, tensors: ((TensorInfo, SafeTensorsFile) -> TensorData?)? = nil) throws -> String {
+        func variant(config edit: (inout JSONObject) -> Void = { _ in }, tensors: ((TensorInfo, SafeTensorsFile) -> TensorData?)? = nil)
+            throws -> String
+        {
             let dir = try Fixtures.tempDir()
             var o = try #require(try JSON.parse(Array(Data(contentsOf: URL(fileURLWithPath: src + "/adapter_config.json")))).objectValue)
             edit(&o)
             try JSON.pythonPretty(.object(o)).write(toFile: dir + "/adapter_config.json", atomically: true, encoding: .utf8)
             let f = try SafeTensorsFile(path: src + "/adapter_model.safetensors")
             let ts = f.tensors.compactMap { info in
-                tensors.map { $0(info, f) } ?? TensorData(name: info.name, dtype: info.dtype, shape: info.shape, bytes: Array(f.rawBytes(info)))
+                tensors.map { $0(info, f) }
+                    ?? TensorData(name: info.name, dtype: info.dtype, shape: info.shape, bytes: Array(f.rawBytes(info)))
             }
             try SafeTensorsWriter.write(ts, to: dir + "/adapter_model.safetensors")
             return dir
@@ -100,14 +103,18 @@ import LoRA
         expectError(try variant(config: { $0["target_modules"] = .array([.string("wte")]) }), "transformer.wte")
         expectError(try variant(config: { $0["peft_type"] = .string("IA3") }), "IA3")
         expectError(try variant(config: { $0["r"] = .number(JSONNumber(5)) }), "shape")
-        expectError(try variant(tensors: { info, f in
-            TensorData(name: String(info.name.dropFirst("base_model.model.".count)), dtype: info.dtype, shape: info.shape,
-                       bytes: Array(f.rawBytes(info)))
-        }), "base_model.model. prefix")
-        expectError(try variant(tensors: { info, f in
-            info.name.hasSuffix("h.1.mlp.c_fc.lora_B.weight") ? nil
-                : TensorData(name: info.name, dtype: info.dtype, shape: info.shape, bytes: Array(f.rawBytes(info)))
-        }), "missing tensor base_model.model.transformer.h.1.mlp.c_fc.lora_B.weight")
+        expectError(
+            try variant(tensors: { info, f in
+                TensorData(
+                    name: String(info.name.dropFirst("base_model.model.".count)), dtype: info.dtype, shape: info.shape,
+                    bytes: Array(f.rawBytes(info)))
+            }), "base_model.model. prefix")
+        expectError(
+            try variant(tensors: { info, f in
+                info.name.hasSuffix("h.1.mlp.c_fc.lora_B.weight")
+                    ? nil
+                    : TensorData(name: info.name, dtype: info.dtype, shape: info.shape, bytes: Array(f.rawBytes(info)))
+            }), "missing tensor base_model.model.transformer.h.1.mlp.c_fc.lora_B.weight")
         expectError(try Fixtures.tempDir(), "adapter_config.json")
     }
 }
@@ -122,8 +129,11 @@ import LoRA
         let ids = try expected.ints("ids").tokenIDs
         #expect(maxAbsDiff(try model.logits(ids), try expected.floats("logits.pattern")) < logitsTolerance)
         try model.unmerge(adapter)
-        var num = 0.0, den = 0.0
-        for (i, w) in model.weights.block.buffer.enumerated() { num += Double(w - before[i]) * Double(w - before[i]); den += Double(before[i]) * Double(before[i]) }
+        var num = 0.0
+        var den = 0.0
+        for (i, w) in model.weights.block.buffer.enumerated() {
+            num += Double(w - before[i]) * Double(w - before[i]); den += Double(before[i]) * Double(before[i])
+        }
         #expect((num / den).squareRoot() < 1e-6, "unmerge leaves relative error \((num / den).squareRoot())")
         // Still attached and applied on the fly after unmerge.
         #expect(maxAbsDiff(try model.logits(ids), try expected.floats("logits.pattern")) < logitsTolerance)
@@ -154,7 +164,8 @@ import LoRA
         let dir = try Fixtures.tempDir()
         try model.save(directory: dir)
         for f in ["model.safetensors", "config.json"] {
-            #expect(try Data(contentsOf: URL(fileURLWithPath: dir + "/" + f))
+            #expect(
+                try Data(contentsOf: URL(fileURLWithPath: dir + "/" + f))
                     == Data(contentsOf: URL(fileURLWithPath: Fixtures.path("merge/export/" + f))), "\(f) differs")
         }
     }

@@ -1,6 +1,7 @@
+import CLoraSupport
 import Foundation
 import Testing
-import CLoraSupport
+
 @testable import LoRA
 
 /// BF16/F16/Q8_0 weights (CLoraSupport/lowp.c): conversions against Swift's
@@ -20,12 +21,16 @@ import CLoraSupport
         // F32 → F16 rounds to nearest even, like Float16(_:), across the range
         // (normal, subnormal, ties, overflow).
         var rng = SplitMix64(seed: 21)
-        var samples: [Float] = [0, -0, 65504, 65519.99, 65520, 1e-8, 2.9802322e-8, 5.9604645e-8, 6.1035156e-5,
-                                .infinity, -.infinity, 1.00048828125, 1.00146484375]
+        var samples: [Float] = [
+            0, -0, 65504, 65519.99, 65520, 1e-8, 2.9802322e-8, 5.9604645e-8, 6.1035156e-5,
+            .infinity, -.infinity, 1.00048828125, 1.00146484375,
+        ]
         for _ in 0..<200_000 {
             let e = Int(rng.next() % 40) - 30
-            samples.append(Float(sign: rng.next() & 1 == 0 ? .plus : .minus, exponent: e,
-                                 significand: 1 + rng.nextFloat()))
+            samples.append(
+                Float(
+                    sign: rng.next() & 1 == 0 ? .plus : .minus, exponent: e,
+                    significand: 1 + rng.nextFloat()))
             samples.append(Float(bitPattern: UInt32(truncatingIfNeeded: rng.next())))
         }
         for f in samples where !f.isNaN {
@@ -37,7 +42,9 @@ import CLoraSupport
     @Test func bf16RoundsToNearestEven() {
         func ref(_ f: Float) -> UInt16 {
             // Round the dropped 16 bits to nearest, ties to an even kept part.
-            let u = f.bitPattern, keep = u >> 16, rest = u & 0xFFFF
+            let u = f.bitPattern
+            let keep = u >> 16
+            let rest = u & 0xFFFF
             let up = rest > 0x8000 || (rest == 0x8000 && keep & 1 == 1)
             return UInt16(truncatingIfNeeded: up ? keep + 1 : keep)
         }
@@ -53,17 +60,20 @@ import CLoraSupport
     /// ggml's quantize_row_q8_0_ref, written out: d = amax/127, q = roundf(w/d).
     @Test func q8BlocksFollowGGML() {
         var rng = SplitMix64(seed: 23)
-        let K = 70, N = 5  // two full blocks of 32 and a partial one of 6
+        let K = 70
+        let N = 5  // two full blocks of 32 and a partial one of 6
         var w = (0..<(K * N)).map { _ in (rng.nextFloat() - 0.5) * 3 }
         for n in 0..<N { w[33 * N + n] = 0 }
         for k in 64..<K { w[k * N + 2] = 0 }  // an all-zero block: d = 0, q = 0
-        var q = [Int8](repeating: 0, count: K * N), d = [UInt16](repeating: 0, count: 3 * N)
+        var q = [Int8](repeating: 0, count: K * N)
+        var d = [UInt16](repeating: 0, count: 3 * N)
         #expect(lb_quantize_q8_0_cols(&q, &d, w, Int32(K), Int32(N)) == 0)
         for n in 0..<N {
             for kb in 0..<3 {
                 let rows = (kb * 32)..<min(K, kb * 32 + 32)
                 let amax = rows.map { abs(w[$0 * N + n]) }.max() ?? 0
-                let dd = amax / 127, inv: Float = dd != 0 ? 1 / dd : 0
+                let dd = amax / 127
+                let inv: Float = dd != 0 ? 1 / dd : 0
                 #expect(d[kb * N + n] == Float16(dd).bitPattern)
                 for k in rows { #expect(q[k * N + n] == Int8((w[k * N + n] * inv).rounded(.toNearestOrAwayFromZero))) }
             }
@@ -71,7 +81,8 @@ import CLoraSupport
         // Rows layout: the transpose's blocks.
         var wt = [Float](repeating: 0, count: K * N)
         for k in 0..<K { for n in 0..<N { wt[n * K + k] = w[k * N + n] } }
-        var qr = [Int8](repeating: 0, count: K * N), dr = [UInt16](repeating: 0, count: N * 3)
+        var qr = [Int8](repeating: 0, count: K * N)
+        var dr = [UInt16](repeating: 0, count: N * 3)
         #expect(lb_quantize_q8_0_rows(&qr, &dr, wt, Int32(N), Int32(K)) == 0)
         for n in 0..<N { for kb in 0..<3 { #expect(dr[n * 3 + kb] == d[kb * N + n]) } }
         for k in 0..<K { for n in 0..<N { #expect(qr[n * K + k] == q[k * N + n]) } }
@@ -85,7 +96,8 @@ import CLoraSupport
 
     /// Weights stored as dtype, plus their F32 dequantization.
     func store(_ dtype: Int32, _ w: [Float], rows: Int, cols: Int, colsLayout: Bool) -> (raw: [UInt8], d: [UInt16], f32: [Float]) {
-        var raw: [UInt8], d: [UInt16] = [0]
+        var raw: [UInt8]
+        var d: [UInt16] = [0]
         switch dtype {
         case LB_DTYPE_BF16, LB_DTYPE_F16:
             let h = w.map { dtype == LB_DTYPE_BF16 ? lb_f32_to_bf16($0) : lb_f32_to_f16($0) }
@@ -103,8 +115,11 @@ import CLoraSupport
         }
         var f = [Float](repeating: 0, count: rows * cols)
         raw.withUnsafeBytes { rp in
-            if colsLayout { lb_dequant_cols(dtype, &f, Int32(cols), rp.baseAddress, d, Int32(rows), Int32(cols), 0, Int32(cols)) }
-            else { lb_dequant_rows(dtype, &f, Int32(cols), rp.baseAddress, d, Int32(cols), Int32(cols), 0, Int32(rows)) }
+            if colsLayout {
+                lb_dequant_cols(dtype, &f, Int32(cols), rp.baseAddress, d, Int32(rows), Int32(cols), 0, Int32(cols))
+            } else {
+                lb_dequant_rows(dtype, &f, Int32(cols), rp.baseAddress, d, Int32(cols), Int32(cols), 0, Int32(rows))
+            }
         }
         return (raw, d, f)
     }
@@ -123,14 +138,22 @@ import CLoraSupport
                     // The F32 kernel the reduced-precision one mirrors at this level.
                     let ref = level >= LB_KERNELS_AVX512 && lb_cpu_has_avx512() != 0 ? LB_KERNELS_AVX512 : LB_KERNELS_BASELINE
                     for beta0: Int32 in [0, 1] {
-                        var a = Array(y0.prefix(N)), b = a
+                        var a = Array(y0.prefix(N))
+                        var b = a
                         lb_gemv_cols_at(ref, &a, x, c.f32, Int32(K), Int32(N), 0, Int32(N), beta0)
-                        c.raw.withUnsafeBytes { lb_gemv_cols_lowp(level, dtype, &b, x, $0.baseAddress, c.d, Int32(K), Int32(N), 0, Int32(N / 2), beta0) }
-                        c.raw.withUnsafeBytes { lb_gemv_cols_lowp(level, dtype, &b, x, $0.baseAddress, c.d, Int32(K), Int32(N), Int32(N / 2), Int32(N), beta0) }
+                        c.raw.withUnsafeBytes {
+                            lb_gemv_cols_lowp(level, dtype, &b, x, $0.baseAddress, c.d, Int32(K), Int32(N), 0, Int32(N / 2), beta0)
+                        }
+                        c.raw.withUnsafeBytes {
+                            lb_gemv_cols_lowp(level, dtype, &b, x, $0.baseAddress, c.d, Int32(K), Int32(N), Int32(N / 2), Int32(N), beta0)
+                        }
                         #expect(a == b, "cols dtype \(dtype) level \(level) K \(K) N \(N)")
-                        var ra = Array(y0.prefix(K)), rb = ra
+                        var ra = Array(y0.prefix(K))
+                        var rb = ra
                         lb_gemv_rows_at(ref, &ra, x, r.f32, Int32(N), Int32(N), 0, Int32(K), beta0)
-                        r.raw.withUnsafeBytes { lb_gemv_rows_lowp(level, dtype, &rb, x, $0.baseAddress, r.d, Int32(N), Int32(N), 0, Int32(K), beta0) }
+                        r.raw.withUnsafeBytes {
+                            lb_gemv_rows_lowp(level, dtype, &rb, x, $0.baseAddress, r.d, Int32(N), Int32(N), 0, Int32(K), beta0)
+                        }
                         #expect(ra == rb, "rows dtype \(dtype) level \(level) K \(K) N \(N)")
                     }
                 }

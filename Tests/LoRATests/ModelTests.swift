@@ -1,6 +1,6 @@
 import Foundation
-import Testing
 import LoRA
+import Testing
 
 /// transformers' eager attention in float32 vs ours in float32: differences
 /// come from summation order only; 1e-4 absolute is the bound.
@@ -50,7 +50,9 @@ let logitsTolerance: Float = 1e-4
             params.maxNewTokens = want.count - prompt.count
             params.stopAtEndOfText = false
             var streamed: [TokenID] = []
-            let r = try model.generate(prompt: prompt, params: params) { id, _ in streamed.append(id); return .continue }
+            let r = try model.generate(prompt: prompt, params: params) { id, _ in
+                streamed.append(id); return .continue
+            }
             #expect(prompt + r.tokens == want)
             #expect(streamed == r.tokens)
             #expect(r.stopReason == .maxNewTokens)
@@ -135,7 +137,9 @@ let logitsTolerance: Float = 1e-4
         #expect(maxAbsDiff(try model.logits(ids), try exp.floats("logits")) < logitsTolerance)
         var p = SamplingParams(); p.maxNewTokens = 8; p.seed = 1; p.stopAtEndOfText = false
         var streamed = ""
-        let r = try model.generate("Hello", params: p) { _, piece in streamed += piece; return .continue }
+        let r = try model.generate("Hello", params: p) { _, piece in
+            streamed += piece; return .continue
+        }
         #expect(r.tokens.count == 8)
         #expect(streamed == r.text)
         #expect(try model.tokenizer!.decode(r.tokens) == r.text)
@@ -143,7 +147,9 @@ let logitsTolerance: Float = 1e-4
         for seed in [94, 129, 144] as [UInt64] {
             var q = SamplingParams(); q.maxNewTokens = 3; q.seed = seed; q.stopAtEndOfText = false
             var pieces = ""
-            let g = try model.generate("日本", params: q) { _, piece in pieces += piece; return .continue }
+            let g = try model.generate("日本", params: q) { _, piece in
+                pieces += piece; return .continue
+            }
             #expect(pieces == g.text, "seed \(seed)")
         }
     }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import LoRA
 
 /// The kernels split products, element-wise work and attention heads across
@@ -24,10 +25,12 @@ import Testing
             let b = (0..<K * N).map { _ in rng.nextFloat() - 0.5 }
             var c = (0..<M * N).map { _ in rng.nextFloat() - 0.5 }
             let c0 = c
-            let lda = transA ? M : K, ldb = transB ? K : N
+            let lda = transA ? M : K
+            let ldb = transB ? K : N
             withThreads(3) {
-                gemm(transA: transA, transB: transB, M: M, N: N, K: K, alpha: 0.75, A: a, lda: lda, B: b, ldb: ldb,
-                     beta: 0.5, C: &c, ldc: N)
+                gemm(
+                    transA: transA, transB: transB, M: M, N: N, K: K, alpha: 0.75, A: a, lda: lda, B: b, ldb: ldb,
+                    beta: 0.5, C: &c, ldc: N)
             }
             var worst = 0.0
             for m in 0..<M {
@@ -46,7 +49,8 @@ import Testing
     }
 
     @Test func splitMatrixVectorProductsMatchDoublePrecision() {
-        let rows = 513, cols = 401
+        let rows = 513
+        let cols = 401
         var rng = SplitMix64(seed: 9)
         let a = (0..<rows * cols).map { _ in rng.nextFloat() - 0.5 }
         let x = (0..<max(rows, cols)).map { _ in rng.nextFloat() - 0.5 }
@@ -102,7 +106,8 @@ import Testing
                 return (losses, Array(adapter.params.buffer))
             }
         }
-        let one = try run(threads: 1), two = try run(threads: 2)
+        let one = try run(threads: 1)
+        let two = try run(threads: 2)
         for (a, b) in zip(one.losses, two.losses) { #expect(abs(a - b) <= 1e-5 * abs(a), "loss \(a) vs \(b)") }
         let worst = zip(one.weights, two.weights).map { abs($0 - $1) }.max() ?? 0
         #expect(worst <= 1e-6, "adapter weights differ by \(worst)")

@@ -1,6 +1,6 @@
 import Foundation
-import Testing
 import LoRA
+import Testing
 
 /// Step-0 logits of a PiSSA/OLoRA model (residual base + A0, B0) against the
 /// base: only float32 rounding of W_res + s·B·A versus W separates them
@@ -27,8 +27,10 @@ private let pissaFactorTolerance: Float = 5e-5
 
     static let allTargets: LoRAConfig.Targets = .names(["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"])
 
-    func fresh(_ initialization: LoRAConfig.Initialization, r: Int = 4, alpha: Double = 8, rslora: Bool = false,
-               targets: LoRAConfig.Targets = allTargets, modelConfig: GPT2Config? = nil) throws -> Adapter {
+    func fresh(
+        _ initialization: LoRAConfig.Initialization, r: Int = 4, alpha: Double = 8, rslora: Bool = false,
+        targets: LoRAConfig.Targets = allTargets, modelConfig: GPT2Config? = nil
+    ) throws -> Adapter {
         var c = LoRAConfig()
         c.r = r; c.loraAlpha = alpha; c.useRSLoRA = rslora; c.targetModules = targets
         c.initLoraWeights = initialization
@@ -70,25 +72,33 @@ private let pissaFactorTolerance: Float = 5e-5
         try ours.initialize(from: model, seed: 1)
         #expect(ours.slots == peft.slots)
         for (s, p) in zip(ours.slots, peft.slots) {
-            let inF = s.inFeatures, outF = s.outFeatures, r = s.r
-            let mine = product(ours, s), theirs = product(peft, p)
+            let inF = s.inFeatures
+            let outF = s.outFeatures
+            let r = s.r
+            let mine = product(ours, s)
+            let theirs = product(peft, p)
             #expect(maxAbsDiff(mine, theirs) < pissaFactorTolerance, "\(s.moduleName): max |Δ(s·B·A)| = \(maxAbsDiff(mine, theirs))")
-            var worstA: Float = 0, worstB: Float = 0, worstAbs: Float = 0
+            var worstA: Float = 0
+            var worstB: Float = 0
+            var worstAbs: Float = 0
             for j in 0..<r {
                 var dot: Float = 0
                 for i in 0..<inF { dot += ours.A(s)[j * inF + i] * peft.A(p)[j * inF + i] }
                 let sign: Float = dot < 0 ? -1 : 1
                 for i in 0..<inF {
-                    let x = ours.A(s)[j * inF + i], y = peft.A(p)[j * inF + i]
+                    let x = ours.A(s)[j * inF + i]
+                    let y = peft.A(p)[j * inF + i]
                     worstA = max(worstA, abs(sign * x - y)); worstAbs = max(worstAbs, abs(abs(x) - abs(y)))
                 }
                 for o in 0..<outF {
-                    let x = ours.B(s)[o * r + j], y = peft.B(p)[o * r + j]
+                    let x = ours.B(s)[o * r + j]
+                    let y = peft.B(p)[o * r + j]
                     worstB = max(worstB, abs(sign * x - y)); worstAbs = max(worstAbs, abs(abs(x) - abs(y)))
                 }
             }
-            #expect(worstA < pissaFactorTolerance && worstB < pissaFactorTolerance && worstAbs < pissaFactorTolerance,
-                    "\(s.moduleName): max |Δ| A \(worstA), B \(worstB), |values| \(worstAbs)")
+            #expect(
+                worstA < pissaFactorTolerance && worstB < pissaFactorTolerance && worstAbs < pissaFactorTolerance,
+                "\(s.moduleName): max |Δ| A \(worstA), B \(worstB), |values| \(worstAbs)")
         }
         // The residual model + our A0, B0 gives PEFT's step-0 logits.
         try model.attach(ours)
@@ -108,16 +118,19 @@ private let pissaFactorTolerance: Float = 5e-5
     @Test func randomizedPiSSAApproximatesTheTopRPart() throws {
         // A c_attn weight with σ_i = 2^-i (layer 0), built as Q_U·diag(σ)·Q_Vᵀ.
         let model = try base()
-        let inF = config.nEmbd, outF = 3 * config.nEmbd
+        let inF = config.nEmbd
+        let outF = 3 * config.nEmbd
         var rng = SplitMix64(seed: 99)
-        let qu = try Linalg.qr((0..<outF * inF).map { _ in rng.nextGaussian() }, m: outF, n: inF).q   // [out, in]
-        let qv = try Linalg.qr((0..<inF * inF).map { _ in rng.nextGaussian() }, m: inF, n: inF).q     // [in, in]
+        let qu = try Linalg.qr((0..<outF * inF).map { _ in rng.nextGaussian() }, m: outF, n: inF).q  // [out, in]
+        let qv = try Linalg.qr((0..<inF * inF).map { _ in rng.nextGaussian() }, m: inF, n: inF).q  // [in, in]
         let conv = model.weights.layers[0].attnW
-        for i in 0..<inF { for o in 0..<outF {
-            var acc: Float = 0
-            for k in 0..<inF { acc += qu[o * inF + k] * Float(pow(0.5, Double(k))) * qv[i * inF + k] }
-            conv[i * outF + o] = acc
-        } }
+        for i in 0..<inF {
+            for o in 0..<outF {
+                var acc: Float = 0
+                for k in 0..<inF { acc += qu[o * inF + k] * Float(pow(0.5, Double(k))) * qv[i * inF + k] }
+                conv[i * outF + o] = acc
+            }
+        }
         let snapshot = Array(model.weights.block.buffer)
         func topPart(_ initName: String) throws -> [Float] {
             model.weights.block.base.update(from: snapshot, count: snapshot.count)
@@ -125,7 +138,8 @@ private let pissaFactorTolerance: Float = 5e-5
             try a.initialize(from: model, seed: 5)
             return product(a, a.slots[0])
         }
-        let exact = try topPart("pissa"), fast = try topPart("pissa_niter_4")
+        let exact = try topPart("pissa")
+        let fast = try topPart("pissa_niter_4")
         let rel = frobenius(zip(exact, fast).map { $0 - $1 }) / frobenius(exact)
         #expect(rel < 1e-3, "decaying spectrum: ‖P_niter − P_exact‖/‖P_exact‖ = \(rel)")
 
@@ -153,16 +167,21 @@ private let pissaFactorTolerance: Float = 5e-5
         let plain = try base()
         try a.initialize(from: model, seed: 0)
         for s in a.slots {
-            let r = s.r, inF = s.inFeatures, outF = s.outFeatures
+            let r = s.r
+            let inF = s.inFeatures
+            let outF = s.outFeatures
             for j in 0..<r { for i in 0..<min(j, inF) { #expect(a.A(s)[j * inF + i] == 0) } }
             var worstOrtho: Float = 0
-            for j in 0..<r { for k in 0..<r {
-                var dot: Float = 0
-                for o in 0..<outF { dot += a.B(s)[o * r + j] * a.B(s)[o * r + k] }
-                worstOrtho = max(worstOrtho, abs(dot - (j == k ? 1 : 0)))
-            } }
+            for j in 0..<r {
+                for k in 0..<r {
+                    var dot: Float = 0
+                    for o in 0..<outF { dot += a.B(s)[o * r + j] * a.B(s)[o * r + k] }
+                    worstOrtho = max(worstOrtho, abs(dot - (j == k ? 1 : 0)))
+                }
+            }
             #expect(worstOrtho < 1e-5, "\(s.moduleName): BᵀB − I = \(worstOrtho)")
-            let w = denseWeight(plain, s), p = product(a, s)
+            let w = denseWeight(plain, s)
+            let p = product(a, s)
             var worst: Float = 0
             for o in 0..<outF { for j in 0..<r { worst = max(worst, abs(p[o * inF + j] / s.scaling - w[o * inF + j])) } }
             #expect(worst < 1e-5, "\(s.moduleName): the first r columns of B·A differ from W's by \(worst)")
@@ -174,7 +193,8 @@ private let pissaFactorTolerance: Float = 5e-5
     /// and on the original base the logits of residual + trained adapter.
     @Test(arguments: ["pissa", "pissa_patterns", "pissa_rslora"])
     func conversionOfPEFTsAdapterIsPEFTs(caseName: String) throws {
-        let trained = try load("pissa/\(caseName)/trained"), initial = try load("pissa/\(caseName)/initial")
+        let trained = try load("pissa/\(caseName)/trained")
+        let initial = try load("pissa/\(caseName)/initial")
         let conv = try trained.convertedForOriginalBase(initial: initial)
         let c = trained.config
         #expect(conv.config.r == 2 * c.r)
@@ -188,7 +208,8 @@ private let pissaFactorTolerance: Float = 5e-5
         try conv.save(directory: dir)
         let peftDir = Fixtures.path("pissa/\(caseName)/converted/")
         let ours = try Data(contentsOf: URL(fileURLWithPath: dir + "/" + Adapter.weightsFile))
-        #expect(ours == (try Data(contentsOf: URL(fileURLWithPath: peftDir + Adapter.weightsFile))), "\(caseName): tensors differ from PEFT's")
+        #expect(
+            ours == (try Data(contentsOf: URL(fileURLWithPath: peftDir + Adapter.weightsFile))), "\(caseName): tensors differ from PEFT's")
         // adapter_config.json byte for byte, but for target_modules' order: PEFT writes a set,
         // whose order changes even between two saves in one process (deepcopy rebuilds it).
         let peftConfig = try LoRAConfig.load(path: peftDir + Adapter.configFile)
@@ -206,7 +227,8 @@ private let pissaFactorTolerance: Float = 5e-5
         // The raw PiSSA adapter saves with its init value, as PEFT's does.
         let raw = try Fixtures.tempDir()
         try trained.save(directory: raw)
-        #expect(try String(contentsOfFile: raw + "/" + Adapter.configFile, encoding: .utf8)
+        #expect(
+            try String(contentsOfFile: raw + "/" + Adapter.configFile, encoding: .utf8)
                 == String(contentsOfFile: Fixtures.path("pissa/\(caseName)/trained/" + Adapter.configFile), encoding: .utf8))
     }
 
@@ -239,10 +261,14 @@ private let pissaFactorTolerance: Float = 5e-5
 
         if initName == "olora", !rslora, let out = ProcessInfo.processInfo.environment["LORA_EXPORT_OLORA"], !out.isEmpty {
             try conv.save(directory: out)
-            try SafeTensorsWriter.write([TensorData(name: "ids", dtype: .I64, shape: [ids.count],
-                                                    bytes: ids.flatMap { withUnsafeBytes(of: Int64($0).littleEndian, Array.init) }),
-                                         TensorData(name: "logits", shape: [ids.count, config.vocabSize], floats: target)],
-                                        to: out + "/expected.safetensors")
+            try SafeTensorsWriter.write(
+                [
+                    TensorData(
+                        name: "ids", dtype: .I64, shape: [ids.count],
+                        bytes: ids.flatMap { withUnsafeBytes(of: Int64($0).littleEndian, Array.init) }),
+                    TensorData(name: "logits", shape: [ids.count, config.vocabSize], floats: target),
+                ],
+                to: out + "/expected.safetensors")
         }
     }
 
@@ -351,10 +377,12 @@ private let pissaFactorTolerance: Float = 5e-5
 /// s·B·A as [out, in].
 func product(_ a: Adapter, _ s: LoRASlot) -> [Float] {
     var p = [Float](repeating: 0, count: s.outFeatures * s.inFeatures)
-    for o in 0..<s.outFeatures { for t in 0..<s.r {
-        let b = s.scaling * a.B(s)[o * s.r + t]
-        for i in 0..<s.inFeatures { p[o * s.inFeatures + i] += b * a.A(s)[t * s.inFeatures + i] }
-    } }
+    for o in 0..<s.outFeatures {
+        for t in 0..<s.r {
+            let b = s.scaling * a.B(s)[o * s.r + t]
+            for i in 0..<s.inFeatures { p[o * s.inFeatures + i] += b * a.A(s)[t * s.inFeatures + i] }
+        }
+    }
     return p
 }
 
@@ -381,7 +409,8 @@ func frobenius(_ x: [Float]) -> Double { x.reduce(0) { $0 + Double($1) * Double(
     func svdLowRankIsExactOnRankQMatrices(m: Int, n: Int) throws {
         let q = 5
         var rng = SplitMix64(seed: 8)
-        let left = (0..<m * q).map { _ in rng.nextGaussian() }, right = (0..<q * n).map { _ in rng.nextGaussian() }
+        let left = (0..<m * q).map { _ in rng.nextGaussian() }
+        let right = (0..<q * n).map { _ in rng.nextGaussian() }
         var a = [Float](repeating: 0, count: m * n)
         for i in 0..<m { for j in 0..<n { for t in 0..<q { a[i * n + j] += left[i * q + t] * right[t * n + j] } } }
         var g = SplitMix64(seed: 1)
@@ -400,18 +429,21 @@ func frobenius(_ x: [Float]) -> Double { x.reduce(0) { $0 + Double($1) * Double(
 
     /// QR of a wide matrix (m < n): Q [m, m] orthogonal, R [m, n] upper trapezoidal, Q·R = A.
     @Test func qrOfAWideMatrix() throws {
-        let m = 4, n = 9
+        let m = 4
+        let n = 9
         var rng = SplitMix64(seed: 2)
         let a = (0..<m * n).map { _ in rng.nextGaussian() }
         let (q, r) = try Linalg.qr(a, m: m, n: n)
         #expect(q.count == m * m && r.count == m * n)
         for i in 0..<m { for j in 0..<min(i, n) { #expect(r[i * n + j] == 0) } }
         var worst: Float = 0
-        for i in 0..<m { for j in 0..<n {
-            var acc: Float = 0
-            for t in 0..<m { acc += q[i * m + t] * r[t * n + j] }
-            worst = max(worst, abs(acc - a[i * n + j]))
-        } }
+        for i in 0..<m {
+            for j in 0..<n {
+                var acc: Float = 0
+                for t in 0..<m { acc += q[i * m + t] * r[t * n + j] }
+                worst = max(worst, abs(acc - a[i * n + j]))
+            }
+        }
         #expect(worst < 1e-5)
     }
 }

@@ -1,6 +1,6 @@
 import Foundation
-import Testing
 import LoRA
+import Testing
 
 @Suite struct SafeTensorsTests {
     /// The bytes of a small safetensors file with a hand-written header.
@@ -92,12 +92,21 @@ import LoRA
         try expectInvalid(file(header: #"{"a":{"dtype":"F128","shape":[2],"data_offsets":[0,8]}}"#, data: data), "unknown dtype F128")
         try expectInvalid(file(header: #"{"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}}"#, data: data), "non-negative")
         try expectInvalid(file(header: #"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, data: data), "needs 12 bytes")
-        try expectInvalid(file(header: #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[2,6]}}"#,
-                               data: data), "overlap or leave a gap")
+        try expectInvalid(
+            file(
+                header: #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[2,6]}}"#,
+                data: data), "overlap or leave a gap")
         try expectInvalid(file(header: #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, data: data), "overlap or leave a gap")
-        try expectInvalid(file(header: #"{"a":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,8]}}"#, data: data), "overflows")
-        try expectInvalid(file(header: #"{"__metadata__":{"format":1},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, data: data), "not a string")
-        try expectInvalid(file(header: #"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, data: data), "duplicate")
+        try expectInvalid(
+            file(header: #"{"a":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,8]}}"#, data: data), "overflows"
+        )
+        try expectInvalid(
+            file(header: #"{"__metadata__":{"format":1},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, data: data), "not a string"
+        )
+        try expectInvalid(
+            file(
+                header: #"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+                data: data), "duplicate")
         var badUTF8 = file(header: #"{"ab":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, data: data)
         badUTF8[10] = 0xFF
         try expectInvalid(badUTF8, "not valid JSON")
@@ -109,13 +118,16 @@ import LoRA
         try FileManager.default.copyItem(atPath: src + "/model.safetensors", toPath: dir + "/model.safetensors")
         // n_embd 48 → 96: shapes no longer fit.
         var cfg = try String(contentsOfFile: src + "/config.json", encoding: .utf8)
-        try cfg.replacingOccurrences(of: "\"n_embd\": 48", with: "\"n_embd\": 96").write(toFile: dir + "/config.json", atomically: true, encoding: .utf8)
+        try cfg.replacingOccurrences(of: "\"n_embd\": 48", with: "\"n_embd\": 96").write(
+            toFile: dir + "/config.json", atomically: true, encoding: .utf8)
         #expect(throws: LoRAError.self) { try Model.load(directory: dir) }
         do { _ = try Model.load(directory: dir) } catch { #expect("\(error)".contains("shape")) }
         // n_head 5 does not divide 48.
         cfg = cfg.replacingOccurrences(of: "\"n_head\": 3", with: "\"n_head\": 5")
         try cfg.write(toFile: dir + "/config.json", atomically: true, encoding: .utf8)
-        do { _ = try Model.load(directory: dir); Issue.record("accepted") } catch { #expect("\(error)".contains("not divisible by n_head")) }
+        do { _ = try Model.load(directory: dir); Issue.record("accepted") } catch {
+            #expect("\(error)".contains("not divisible by n_head"))
+        }
         // A missing tensor.
         let f = try SafeTensorsFile(path: src + "/model.safetensors")
         let kept = f.tensors.filter { $0.name != "transformer.h.1.mlp.c_fc.bias" }.map {
@@ -124,7 +136,9 @@ import LoRA
         try SafeTensorsWriter.write(kept, to: dir + "/model.safetensors")
         try FileManager.default.removeItem(atPath: dir + "/config.json")
         try FileManager.default.copyItem(atPath: src + "/config.json", toPath: dir + "/config.json")
-        do { _ = try Model.load(directory: dir); Issue.record("accepted") } catch { #expect("\(error)".contains("missing tensor h.1.mlp.c_fc.bias")) }
+        do { _ = try Model.load(directory: dir); Issue.record("accepted") } catch {
+            #expect("\(error)".contains("missing tensor h.1.mlp.c_fc.bias"))
+        }
     }
 
     @Test func absurdConfigsFailBeforeAllocating() throws {
@@ -147,7 +161,8 @@ import LoRA
         #expect(v["b"]?.arrayValue?[1].intValue == nil)
         #expect(v["a"]?.stringValue == "xé😀\n")
         // json.dumps(v, indent=2, sort_keys=True)
-        let want = "{\n  \"a\": \"x\\u00e9\\ud83d\\ude00\\n\",\n  \"b\": [\n    1,\n    2.5,\n    -0.0,\n    1e-05,\n    true,\n    null\n  ],\n  \"c\": {}\n}"
+        let want =
+            "{\n  \"a\": \"x\\u00e9\\ud83d\\ude00\\n\",\n  \"b\": [\n    1,\n    2.5,\n    -0.0,\n    1e-05,\n    true,\n    null\n  ],\n  \"c\": {}\n}"
         #expect(JSON.pythonPretty(v) == want)
         #expect(JSONNumber(0.05).text == "0.05")
         #expect(JSONNumber(16.0).text == "16.0")
@@ -156,7 +171,10 @@ import LoRA
     }
 
     @Test func rejectsMalformedJSON() {
-        for bad in ["", "{", "[1,]", "{\"a\":}", "01", "1.", "\"\\ud800\"", "\"a\u{01}\"", "tru", "{} x", "[" + String(repeating: "[", count: 300) + "]"] {
+        for bad in [
+            "", "{", "[1,]", "{\"a\":}", "01", "1.", "\"\\ud800\"", "\"a\u{01}\"", "tru", "{} x",
+            "[" + String(repeating: "[", count: 300) + "]",
+        ] {
             #expect(throws: JSONParseError.self, "\(bad)") { try JSON.parse(bad) }
         }
     }

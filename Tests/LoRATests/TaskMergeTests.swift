@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import LoRA
 
 /// PEFT's task-arithmetic merges (ties, magnitude_prune, dare_*, and their _svd
@@ -29,8 +30,9 @@ import Testing
         ("magnitude_prune", TaskMerge(kind: .magnitudePrune, density: 0.3), 0.5),
     ])
     func factorMergesReproducePEFTTensors(_ name: String, _ merge: TaskMerge, _ secondWeight: Double) throws {
-        let ours = try Adapter.combine([(adapter: try load("lora/all"), weight: 0.6), (adapter: try load("combine/all2"), weight: secondWeight)],
-                                       method: .taskMerge(merge))
+        let ours = try Adapter.combine(
+            [(adapter: try load("lora/all"), weight: 0.6), (adapter: try load("combine/all2"), weight: secondWeight)],
+            method: .taskMerge(merge))
         let peft = try load("task_merge/\(name)")
         #expect(ours.slots.map(\.moduleName) == peft.slots.map(\.moduleName))
         #expect(ours.slots.map(\.r) == peft.slots.map(\.r))
@@ -43,18 +45,25 @@ import Testing
         ("magnitude_prune_svd", TaskMerge(kind: .magnitudePrune, density: 0.4)),
     ])
     func svdMergesReproducePEFTsDeltaAndLogits(_ name: String, _ merge: TaskMerge) throws {
-        let ours = try Adapter.combine([(adapter: try load("lora/all"), weight: 1.0), (adapter: try load("lora/pattern"), weight: 0.5)],
-                                       method: .taskMergeSVD(merge, rank: 3, clamp: nil))
+        let ours = try Adapter.combine(
+            [(adapter: try load("lora/all"), weight: 1.0), (adapter: try load("lora/pattern"), weight: 0.5)],
+            method: .taskMergeSVD(merge, rank: 3, clamp: nil))
         let peft = try load("task_merge/\(name)")
         // Singular vectors are defined up to sign: compare the products B·A.
         for (s, p) in zip(ours.slots, peft.slots) {
             #expect(s.moduleName == p.moduleName && s.r == 3 && p.r == 3)
             var worst: Float = 0
-            for o in 0..<s.outFeatures { for i in 0..<s.inFeatures {
-                var x: Float = 0, y: Float = 0
-                for t in 0..<3 { x += ours.B(s)[o * 3 + t] * ours.A(s)[t * s.inFeatures + i]; y += peft.B(p)[o * 3 + t] * peft.A(p)[t * s.inFeatures + i] }
-                worst = max(worst, abs(x - y))
-            } }
+            for o in 0..<s.outFeatures {
+                for i in 0..<s.inFeatures {
+                    var x: Float = 0
+                    var y: Float = 0
+                    for t in 0..<3 {
+                        x += ours.B(s)[o * 3 + t] * ours.A(s)[t * s.inFeatures + i];
+                        y += peft.B(p)[o * 3 + t] * peft.A(p)[t * s.inFeatures + i]
+                    }
+                    worst = max(worst, abs(x - y))
+                }
+            }
             #expect(worst < 1e-4, "\(s.moduleName): max |Δ(BA)| = \(worst)")
         }
         #expect(maxAbsDiff(try logits(ours), try expected.floats("logits.\(name)")) < logitsTolerance)
@@ -77,7 +86,8 @@ import Testing
         for i in kept { #expect(pruned[i] == t[i] / Float(density)) }
 
         // Mean over seeds of dare_linear → linear, per entry.
-        let a = (0..<64).map { _ in rng.nextFloat() - 0.5 }, b = (0..<64).map { _ in rng.nextFloat() - 0.5 }
+        let a = (0..<64).map { _ in rng.nextFloat() - 0.5 }
+        let b = (0..<64).map { _ in rng.nextFloat() - 0.5 }
         let w: [Float] = [0.7, -0.4]
         let seeds = 4000
         var mean = [Double](repeating: 0, count: 64)
@@ -103,23 +113,29 @@ import Testing
         var other = m; other.seed = 10
         let z = try Adapter.combine(inputs, method: .taskMerge(other))
         #expect(Array(x.params.buffer) != Array(z.params.buffer))
-        let svd = try Adapter.combine([(adapter: try load("lora/all"), weight: 1.0), (adapter: try load("lora/pattern"), weight: 0.5)],
-                                      method: .taskMergeSVD(TaskMerge(kind: .dareLinear, density: 0.5, seed: 1), rank: 2, clamp: nil))
+        let svd = try Adapter.combine(
+            [(adapter: try load("lora/all"), weight: 1.0), (adapter: try load("lora/pattern"), weight: 0.5)],
+            method: .taskMergeSVD(TaskMerge(kind: .dareLinear, density: 0.5, seed: 1), rank: 2, clamp: nil))
         #expect(svd.slots.allSatisfy { $0.r == 2 })
         #expect(try logits(svd).allSatisfy(\.isFinite))
     }
 
     @Test func badMergesAreErrors() throws {
-        let all = try load("lora/all"), pattern = try load("lora/pattern")
+        let all = try load("lora/all")
+        let pattern = try load("lora/pattern")
         for d in [0.0, -0.1, 1.5, .nan] {
-            #expect(throws: LoRAError.self) { try Adapter.combine([(adapter: all, weight: 1)], method: .taskMerge(TaskMerge(kind: .ties, density: d))) }
             #expect(throws: LoRAError.self) {
-                try Adapter.combine([(adapter: all, weight: 1)], method: .taskMergeSVD(TaskMerge(kind: .ties, density: d), rank: 2, clamp: nil))
+                try Adapter.combine([(adapter: all, weight: 1)], method: .taskMerge(TaskMerge(kind: .ties, density: d)))
+            }
+            #expect(throws: LoRAError.self) {
+                try Adapter.combine(
+                    [(adapter: all, weight: 1)], method: .taskMergeSVD(TaskMerge(kind: .ties, density: d), rank: 2, clamp: nil))
             }
         }
         // Factor merges need equal ranks, as linear.
         #expect(throws: LoRAError.self) {
-            try Adapter.combine([(adapter: all, weight: 1), (adapter: pattern, weight: 1)], method: .taskMerge(TaskMerge(kind: .ties, density: 0.5)))
+            try Adapter.combine(
+                [(adapter: all, weight: 1), (adapter: pattern, weight: 1)], method: .taskMerge(TaskMerge(kind: .ties, density: 0.5)))
         }
     }
 }

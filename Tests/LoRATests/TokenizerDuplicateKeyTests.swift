@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import LoRA
 
 // Repeated keys in tokenizer.json, against Hugging Face tokenizers 0.23.3
@@ -23,8 +24,10 @@ private let fixtureDirectory = URL(fileURLWithPath: #filePath)
     }
 
     /// `text` with its one occurrence of `target` replaced.
-    private func replacingOnce(_ text: String, _ target: String, _ replacement: String,
-                               sourceLocation: SourceLocation = #_sourceLocation) throws -> String {
+    private func replacingOnce(
+        _ text: String, _ target: String, _ replacement: String,
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) throws -> String {
         try #require(text.components(separatedBy: target).count == 2, "\(target)", sourceLocation: sourceLocation)
         return text.replacingOccurrences(of: target, with: replacement)
     }
@@ -61,30 +64,39 @@ private let fixtureDirectory = URL(fileURLWithPath: #filePath)
     @Test func lastValueWinsLikeTokenizers() throws {
         try expectIDs(try edited { $0 }, Self.plainIDs)
         // A repeated pre_tokenizer key: the first (true) is overridden by the file's false.
-        try expectIDs(try edited { try replacingOnce($0, #""pre_tokenizer": {"#, #""pre_tokenizer": {"add_prefix_space": true, "#) },
-                      Self.plainIDs)
+        try expectIDs(
+            try edited { try replacingOnce($0, #""pre_tokenizer": {"#, #""pre_tokenizer": {"add_prefix_space": true, "#) },
+            Self.plainIDs)
         // A second top-level pre_tokenizer, after the file's, with add_prefix_space true.
-        try expectIDs(try edited { text in
-            var text = text
-            while text.last?.isWhitespace == true { text.removeLast() }
-            try #require(text.last == "}")
-            text.removeLast()
-            return text + #", "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}}"#
-        }, [[382, 466, 78, 692], [340, 280, 78, 1200, 692]])
+        try expectIDs(
+            try edited { text in
+                var text = text
+                while text.last?.isWhitespace == true { text.removeLast() }
+                try #require(text.last == "}")
+                text.removeLast()
+                return text
+                    + #", "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}}"#
+            }, [[382, 466, 78, 692], [340, 280, 78, 1200, 692]])
         // A repeated model key other than "type": the file's dropout (null) wins.
         try expectIDs(try edited { try replacingOnce($0, #""model": {"#, #""model": {"dropout": 0.5, "#) }, Self.plainIDs)
         // An added token may repeat a key that is not one of its fields.
-        try expectIDs(try edited { try replacingOnce($0, #""content": "<|endoftext|>","#, #""content": "<|endoftext|>", "note": 1, "note": 2,"#) },
-                      Self.plainIDs)
+        try expectIDs(
+            try edited { try replacingOnce($0, #""content": "<|endoftext|>","#, #""content": "<|endoftext|>", "note": 1, "note": 2,"#) },
+            Self.plainIDs)
     }
 
     @Test func refusedWhereTokenizersRefusesOrWouldBreakTheVocab() throws {
-        try expectRefused(try edited { try replacingOnce($0, #""model": {"#, #""model": {"type": "BPE", "#) },
-                          mention: #"model: duplicate field "type""#)
-        try expectRefused(try edited { try replacingOnce($0, #""content": "<|endoftext|>","#, #""content": "<|endoftext|>", "content": "<|endoftext|>","#) },
-                          mention: #"added_tokens[0]: duplicate field "content""#)
-        try expectRefused(try edited { try replacingOnce($0, #""vocab": {"#, #""vocab": {"!": 5, "#) },
-                          mention: #"model.vocab: token "!" appears twice"#)
+        try expectRefused(
+            try edited { try replacingOnce($0, #""model": {"#, #""model": {"type": "BPE", "#) },
+            mention: #"model: duplicate field "type""#)
+        try expectRefused(
+            try edited {
+                try replacingOnce($0, #""content": "<|endoftext|>","#, #""content": "<|endoftext|>", "content": "<|endoftext|>","#)
+            },
+            mention: #"added_tokens[0]: duplicate field "content""#)
+        try expectRefused(
+            try edited { try replacingOnce($0, #""vocab": {"#, #""vocab": {"!": 5, "#) },
+            mention: #"model.vocab: token "!" appears twice"#)
     }
 
     /// Keys are compared byte for byte, as tokenizers does: "é" as one scalar
@@ -93,7 +105,8 @@ private let fixtureDirectory = URL(fileURLWithPath: #filePath)
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("lora-tokenizer-dup-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
-        try "{\"\u{E9}\": 0, \"e\u{301}\": 1, \"e\": 2}".write(to: dir.appendingPathComponent("vocab.json"), atomically: true, encoding: .utf8)
+        try "{\"\u{E9}\": 0, \"e\u{301}\": 1, \"e\": 2}".write(
+            to: dir.appendingPathComponent("vocab.json"), atomically: true, encoding: .utf8)
         try "#version: 0.2\n".write(to: dir.appendingPathComponent("merges.txt"), atomically: true, encoding: .utf8)
         let t = try Tokenizer.load(directory: dir.path)
         #expect(t.id(for: "\u{E9}") == 0)

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import LoRA
 
 // Fixtures come from scripts/make_tokenizer_fixtures.py (Hugging Face tokenizers
@@ -157,8 +158,10 @@ private func load(_ route: TokenizerLoadRoute) throws -> Tokenizer {
         let tokenizer = try load(.vocabAndMerges)
         var rng = TokenizerTestRNG(seed: 42)
         // Ranges that exercise every class and UTF-8 length, plus the special token.
-        let ranges: [ClosedRange<UInt32>] = [0x00...0x7F, 0x80...0x7FF, 0x2000...0x206F, 0x3000...0x30FF,
-                                             0xAC00...0xD7A3, 0xE000...0xFFFF, 0x1F300...0x1FAFF, 0x10000...0x10FFFF]
+        let ranges: [ClosedRange<UInt32>] = [
+            0x00...0x7F, 0x80...0x7FF, 0x2000...0x206F, 0x3000...0x30FF,
+            0xAC00...0xD7A3, 0xE000...0xFFFF, 0x1F300...0x1FAFF, 0x10000...0x10FFFF,
+        ]
         for _ in 0..<400 {
             var text = ""
             for _ in 0..<Int(rng.next() % 40) {
@@ -256,8 +259,10 @@ private func load(_ route: TokenizerLoadRoute) throws -> Tokenizer {
 
     /// Writes `files` into a fresh directory and expects loading to throw a
     /// `LoRAError` whose message names the file `culprit` and contains `mention`.
-    private func expectLoadFails(_ files: [String: String], culprit: String, mention: String,
-                                 sourceLocation: SourceLocation = #_sourceLocation) throws {
+    private func expectLoadFails(
+        _ files: [String: String], culprit: String, mention: String,
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) throws {
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
         for (name, content) in files {
@@ -278,16 +283,21 @@ private func load(_ route: TokenizerLoadRoute) throws -> Tokenizer {
     private let vocab = #"{"a": 0, "b": 1, "ab": 2, "c": 3}"#
 
     @Test func badMergesFiles() throws {
-        try expectLoadFails(["vocab.json": vocab, "merges.txt": "#version: 0.2\na b\nab x\n"],
-                            culprit: "merges.txt", mention: "line 3: merge token \"x\" is not in the vocab")
-        try expectLoadFails(["vocab.json": vocab, "merges.txt": "#version: 0.2\nb c\n"],
-                            culprit: "merges.txt", mention: "line 2: merged token \"bc\" is not in the vocab")
-        try expectLoadFails(["vocab.json": vocab, "merges.txt": "a b\na b c\n"],
-                            culprit: "merges.txt", mention: "line 2: a merge must be two tokens separated by one space, got 3")
-        try expectLoadFails(["vocab.json": vocab, "merges.txt": "a b\n\na b\n"],
-                            culprit: "merges.txt", mention: "line 2")
-        try expectLoadFails(["vocab.json": vocab, "merges.txt": "a  b\n"],
-                            culprit: "merges.txt", mention: "line 1")
+        try expectLoadFails(
+            ["vocab.json": vocab, "merges.txt": "#version: 0.2\na b\nab x\n"],
+            culprit: "merges.txt", mention: "line 3: merge token \"x\" is not in the vocab")
+        try expectLoadFails(
+            ["vocab.json": vocab, "merges.txt": "#version: 0.2\nb c\n"],
+            culprit: "merges.txt", mention: "line 2: merged token \"bc\" is not in the vocab")
+        try expectLoadFails(
+            ["vocab.json": vocab, "merges.txt": "a b\na b c\n"],
+            culprit: "merges.txt", mention: "line 2: a merge must be two tokens separated by one space, got 3")
+        try expectLoadFails(
+            ["vocab.json": vocab, "merges.txt": "a b\n\na b\n"],
+            culprit: "merges.txt", mention: "line 2")
+        try expectLoadFails(
+            ["vocab.json": vocab, "merges.txt": "a  b\n"],
+            culprit: "merges.txt", mention: "line 1")
     }
 
     @Test func goodMergesVariants() throws {
@@ -306,64 +316,91 @@ private func load(_ route: TokenizerLoadRoute) throws -> Tokenizer {
 
     @Test func badVocabFiles() throws {
         let merges = "#version: 0.2\n"
-        try expectLoadFails(["vocab.json": "[1, 2]", "merges.txt": merges],
-                            culprit: "vocab.json", mention: "must be a JSON object")
-        try expectLoadFails(["vocab.json": #"{"a": 1.5}"#, "merges.txt": merges],
-                            culprit: "vocab.json", mention: "must be an integer")
-        try expectLoadFails(["vocab.json": #"{"a": 1.0}"#, "merges.txt": merges],
-                            culprit: "vocab.json", mention: "must be an integer")
-        try expectLoadFails(["vocab.json": #"{"a": "1"}"#, "merges.txt": merges],
-                            culprit: "vocab.json", mention: "must be an integer, not a string")
-        try expectLoadFails(["vocab.json": #"{"a": true}"#, "merges.txt": merges],
-                            culprit: "vocab.json", mention: "must be an integer, not a boolean")
-        try expectLoadFails(["vocab.json": #"{"a": -1}"#, "merges.txt": merges],
-                            culprit: "vocab.json", mention: "outside")
-        try expectLoadFails(["vocab.json": #"{"a": 10000001}"#, "merges.txt": merges],
-                            culprit: "vocab.json", mention: "outside")
-        try expectLoadFails(["vocab.json": #"{"a": 99999999999999999999999}"#, "merges.txt": merges],
-                            culprit: "vocab.json", mention: "must be an integer")
-        try expectLoadFails(["vocab.json": #"{"a": 0, "b": 0}"#, "merges.txt": merges],
-                            culprit: "vocab.json", mention: "id 0 is used twice")
-        try expectLoadFails(["vocab.json": #"{"a": 0, "a": 1}"#, "merges.txt": merges],
-                            culprit: "vocab.json", mention: "appears twice")
-        try expectLoadFails(["vocab.json": #"{"a": 0"#, "merges.txt": merges],
-                            culprit: "vocab.json", mention: "invalid JSON")
-        try expectLoadFails(["vocab.json": #"{"\ud800": 0}"#, "merges.txt": merges],
-                            culprit: "vocab.json", mention: "lone surrogate")
+        try expectLoadFails(
+            ["vocab.json": "[1, 2]", "merges.txt": merges],
+            culprit: "vocab.json", mention: "must be a JSON object")
+        try expectLoadFails(
+            ["vocab.json": #"{"a": 1.5}"#, "merges.txt": merges],
+            culprit: "vocab.json", mention: "must be an integer")
+        try expectLoadFails(
+            ["vocab.json": #"{"a": 1.0}"#, "merges.txt": merges],
+            culprit: "vocab.json", mention: "must be an integer")
+        try expectLoadFails(
+            ["vocab.json": #"{"a": "1"}"#, "merges.txt": merges],
+            culprit: "vocab.json", mention: "must be an integer, not a string")
+        try expectLoadFails(
+            ["vocab.json": #"{"a": true}"#, "merges.txt": merges],
+            culprit: "vocab.json", mention: "must be an integer, not a boolean")
+        try expectLoadFails(
+            ["vocab.json": #"{"a": -1}"#, "merges.txt": merges],
+            culprit: "vocab.json", mention: "outside")
+        try expectLoadFails(
+            ["vocab.json": #"{"a": 10000001}"#, "merges.txt": merges],
+            culprit: "vocab.json", mention: "outside")
+        try expectLoadFails(
+            ["vocab.json": #"{"a": 99999999999999999999999}"#, "merges.txt": merges],
+            culprit: "vocab.json", mention: "must be an integer")
+        try expectLoadFails(
+            ["vocab.json": #"{"a": 0, "b": 0}"#, "merges.txt": merges],
+            culprit: "vocab.json", mention: "id 0 is used twice")
+        try expectLoadFails(
+            ["vocab.json": #"{"a": 0, "a": 1}"#, "merges.txt": merges],
+            culprit: "vocab.json", mention: "appears twice")
+        try expectLoadFails(
+            ["vocab.json": #"{"a": 0"#, "merges.txt": merges],
+            culprit: "vocab.json", mention: "invalid JSON")
+        try expectLoadFails(
+            ["vocab.json": #"{"\ud800": 0}"#, "merges.txt": merges],
+            culprit: "vocab.json", mention: "lone surrogate")
     }
 
     @Test func badTokenizerJSONFiles() throws {
         let text = try String(contentsOfFile: fixture("tokenizer.json"), encoding: .utf8)
-        try expectLoadFails(["tokenizer.json": String(text.prefix(text.count / 2))],
-                            culprit: "tokenizer.json", mention: "invalid JSON")
-        try expectLoadFails(["tokenizer.json": text.replacingOccurrences(of: #""type": "BPE""#, with: #""type": "WordPiece""#)],
-                            culprit: "tokenizer.json", mention: "model type \"WordPiece\" is not supported")
+        try expectLoadFails(
+            ["tokenizer.json": String(text.prefix(text.count / 2))],
+            culprit: "tokenizer.json", mention: "invalid JSON")
+        try expectLoadFails(
+            ["tokenizer.json": text.replacingOccurrences(of: #""type": "BPE""#, with: #""type": "WordPiece""#)],
+            culprit: "tokenizer.json", mention: "model type \"WordPiece\" is not supported")
         func model(_ body: String, extra: String = "") -> String {
             #"{"pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false}, "model": {"#
                 + body + "}" + extra + "}"
         }
-        try expectLoadFails(["tokenizer.json": model(#""vocab": {"a": 0, "b": 1}, "merges": [["a", "b"]]"#)],
-                            culprit: "tokenizer.json", mention: "model.merges[0]: merged token \"ab\" is not in the vocab")
-        try expectLoadFails(["tokenizer.json": model(#""vocab": {"a": 0}, "merges": ["a b c"]"#)],
-                            culprit: "tokenizer.json", mention: "model.merges[0]")
-        try expectLoadFails(["tokenizer.json": model(#""vocab": {"a": 0}, "merges": [["a"]]"#)],
-                            culprit: "tokenizer.json", mention: "pair of strings")
-        try expectLoadFails(["tokenizer.json": model(#""vocab": [], "merges": []"#)],
-                            culprit: "tokenizer.json", mention: "model.vocab must be a JSON object")
-        try expectLoadFails(["tokenizer.json": model(#""vocab": {}"#)],
-                            culprit: "tokenizer.json", mention: "missing model.merges")
-        try expectLoadFails(["tokenizer.json": model(#""vocab": {}, "merges": [], "continuing_subword_prefix": "@@""#)],
-                            culprit: "tokenizer.json", mention: "not supported")
-        try expectLoadFails(["tokenizer.json": model(#""vocab": {}, "merges": []"#, extra: #", "normalizer": {"type": "NFC"}"#)],
-                            culprit: "tokenizer.json", mention: "normalizer (NFC) is not supported")
-        try expectLoadFails(["tokenizer.json": #"{"model": {"vocab": {}, "merges": []}}"#],
-                            culprit: "tokenizer.json", mention: "ByteLevel pre_tokenizer is required")
-        try expectLoadFails(["tokenizer.json": model(#""vocab": {}, "merges": []"#,
-                                                     extra: #", "added_tokens": [{"id": 0, "content": "x", "lstrip": true}]"#)],
-                            culprit: "tokenizer.json", mention: "lstrip = true is not supported")
+        try expectLoadFails(
+            ["tokenizer.json": model(#""vocab": {"a": 0, "b": 1}, "merges": [["a", "b"]]"#)],
+            culprit: "tokenizer.json", mention: "model.merges[0]: merged token \"ab\" is not in the vocab")
+        try expectLoadFails(
+            ["tokenizer.json": model(#""vocab": {"a": 0}, "merges": ["a b c"]"#)],
+            culprit: "tokenizer.json", mention: "model.merges[0]")
+        try expectLoadFails(
+            ["tokenizer.json": model(#""vocab": {"a": 0}, "merges": [["a"]]"#)],
+            culprit: "tokenizer.json", mention: "pair of strings")
+        try expectLoadFails(
+            ["tokenizer.json": model(#""vocab": [], "merges": []"#)],
+            culprit: "tokenizer.json", mention: "model.vocab must be a JSON object")
+        try expectLoadFails(
+            ["tokenizer.json": model(#""vocab": {}"#)],
+            culprit: "tokenizer.json", mention: "missing model.merges")
+        try expectLoadFails(
+            ["tokenizer.json": model(#""vocab": {}, "merges": [], "continuing_subword_prefix": "@@""#)],
+            culprit: "tokenizer.json", mention: "not supported")
+        try expectLoadFails(
+            ["tokenizer.json": model(#""vocab": {}, "merges": []"#, extra: #", "normalizer": {"type": "NFC"}"#)],
+            culprit: "tokenizer.json", mention: "normalizer (NFC) is not supported")
+        try expectLoadFails(
+            ["tokenizer.json": #"{"model": {"vocab": {}, "merges": []}}"#],
+            culprit: "tokenizer.json", mention: "ByteLevel pre_tokenizer is required")
+        try expectLoadFails(
+            [
+                "tokenizer.json": model(
+                    #""vocab": {}, "merges": []"#,
+                    extra: #", "added_tokens": [{"id": 0, "content": "x", "lstrip": true}]"#)
+            ],
+            culprit: "tokenizer.json", mention: "lstrip = true is not supported")
         try expectLoadFails(["tokenizer.json": "[]"], culprit: "tokenizer.json", mention: "top level must be a JSON object")
-        try expectLoadFails(["tokenizer.json": String(repeating: "[", count: 100_000)],
-                            culprit: "tokenizer.json", mention: "nesting")
+        try expectLoadFails(
+            ["tokenizer.json": String(repeating: "[", count: 100_000)],
+            culprit: "tokenizer.json", mention: "nesting")
         // A tokenizer.json without "type" and with an empty vocab still loads.
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -416,10 +453,13 @@ private func load(_ route: TokenizerLoadRoute) throws -> Tokenizer {
     // MARK: The real GPT-2 tokenizer (only where its files are available)
 
     static let gpt2Directory: String? = {
-        for candidate in ["/work/shared/data/gpt2-tokenizer",
-                          packageRoot.appendingPathComponent("../shared/data/gpt2-tokenizer").standardized.path]
+        for candidate in [
+            "/work/shared/data/gpt2-tokenizer",
+            packageRoot.appendingPathComponent("../shared/data/gpt2-tokenizer").standardized.path,
+        ]
         where FileManager.default.fileExists(atPath: candidate + "/vocab.json")
-            && FileManager.default.fileExists(atPath: candidate + "/merges.txt") {
+            && FileManager.default.fileExists(atPath: candidate + "/merges.txt")
+        {
             return candidate
         }
         return nil
@@ -438,9 +478,17 @@ private func load(_ route: TokenizerLoadRoute) throws -> Tokenizer {
             ("Merhaba dünya! Nasılsın?", [13102, 5976, 64, 288, 9116, 3281, 64, 0, 22767, 30102, 7278, 30102, 77, 30]),
             ("<|endoftext|>", [50256]),
             // The reference file lost the ZWJ between 🏽 and 💻 (ids 447, 235 are its bytes).
-            ("👩🏽\u{200D}💻✨🚀 — coding time!", [41840, 102, 8582, 237, 121, 447, 235, 8582, 240, 119, 26486, 101, 8582, 248, 222, 851, 19617, 640, 0]),
-            ("Привет, мир! Как дела?", [140, 253, 21169, 18849, 38857, 16843, 20375, 11, 12466, 120, 18849, 21169, 0,
-                                        12466, 248, 16142, 31583, 12466, 112, 16843, 30143, 16142, 30]),
+            (
+                "👩🏽\u{200D}💻✨🚀 — coding time!",
+                [41840, 102, 8582, 237, 121, 447, 235, 8582, 240, 119, 26486, 101, 8582, 248, 222, 851, 19617, 640, 0]
+            ),
+            (
+                "Привет, мир! Как дела?",
+                [
+                    140, 253, 21169, 18849, 38857, 16843, 20375, 11, 12466, 120, 18849, 21169, 0,
+                    12466, 248, 16142, 31583, 12466, 112, 16843, 30143, 16142, 30,
+                ]
+            ),
         ]
         for (text, ids) in known {
             #expect(tokenizer.encode(text) == ids, "\(text)")
@@ -449,8 +497,10 @@ private func load(_ route: TokenizerLoadRoute) throws -> Tokenizer {
     }
 
     /// Prints encode throughput on the real GPT-2 tokenizer (debug builds are much slower).
-    @Test(.enabled(if: gpt2Directory != nil && FileManager.default.fileExists(atPath: "/usr/share/games/fortunes/computers"),
-                   "the GPT-2 tokenizer files or the fortunes text are not available"))
+    @Test(
+        .enabled(
+            if: gpt2Directory != nil && FileManager.default.fileExists(atPath: "/usr/share/games/fortunes/computers"),
+            "the GPT-2 tokenizer files or the fortunes text are not available"))
     func realGPT2Throughput() throws {
         let tokenizer = try Tokenizer.load(directory: try #require(Self.gpt2Directory))
         var text = ""

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import LoRA
 
 /// Adapters attached or merged after a trainer was made (found by review:

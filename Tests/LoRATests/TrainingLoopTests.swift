@@ -1,13 +1,14 @@
 import Foundation
-import Testing
 import LoRA
+import Testing
 
 @Suite struct TrainingLoopTests {
     func examples(_ n: Int, seed: UInt64, vocab: Int = 101, length: Int = 12) -> Dataset {
         var rng = SplitMix64(seed: seed)
-        return Dataset(examples: (0..<n).map { _ in
-            TrainingExample(ids: (0..<length).map { _ in TokenID(rng.next() % UInt64(vocab)) })
-        })
+        return Dataset(
+            examples: (0..<n).map { _ in
+                TrainingExample(ids: (0..<length).map { _ in TokenID(rng.next() % UInt64(vocab)) })
+            })
     }
 
     func setup(dropout: Double = 0.1) throws -> (Model, Adapter, TrainerParams) {
@@ -30,7 +31,9 @@ import LoRA
         let (m1, a1, tc) = try setup()
         let t1 = try Trainer(model: m1, adapter: a1, config: tc)
         var losses1: [Double] = []
-        try t1.train(data) { losses1.append($0.loss); return .continue }
+        try t1.train(data) {
+            losses1.append($0.loss); return .continue
+        }
         // 5 steps with checkpoints, then a fresh process-like resume for the rest.
         let dir = try Fixtures.tempDir()
         let (m2, a2, _) = try setup()
@@ -38,7 +41,9 @@ import LoRA
         let t2 = try Trainer(model: m2, adapter: a2, config: tc)
         var losses2: [Double] = []
         do {
-            try t2.train(data, options: opts) { r in losses2.append(r.loss); return r.step < 5 ? .continue : .stop }
+            try t2.train(data, options: opts) { r in
+                losses2.append(r.loss); return r.step < 5 ? .continue : .stop
+            }
             Issue.record("the callback did not stop the run")
         } catch LoRAError.aborted {}
         let ckpt = try #require(Checkpoint.latest(root: dir))
@@ -47,13 +52,17 @@ import LoRA
         let t3 = try Trainer(model: m3, adapter: a3, config: tc)
         let progress = try Checkpoint.restore(t3, from: ckpt)
         #expect(progress.step == 5)
-        try t3.train(data) { losses2.append($0.loss); return .continue }
+        try t3.train(data) {
+            losses2.append($0.loss); return .continue
+        }
         #expect(losses1 == losses2)
         #expect(bytes(a1) == bytes(a3))
         // The saved adapters are byte-identical too.
-        let d1 = try Fixtures.tempDir(), d3 = try Fixtures.tempDir()
+        let d1 = try Fixtures.tempDir()
+        let d3 = try Fixtures.tempDir()
         try a1.save(directory: d1); try a3.save(directory: d3)
-        #expect(try Data(contentsOf: URL(fileURLWithPath: d1 + "/adapter_model.safetensors"))
+        #expect(
+            try Data(contentsOf: URL(fileURLWithPath: d1 + "/adapter_model.safetensors"))
                 == Data(contentsOf: URL(fileURLWithPath: d3 + "/adapter_model.safetensors")))
     }
 
@@ -67,7 +76,9 @@ import LoRA
         let before = try trainer.evaluate(data)
         var reports: [TrainProgress] = []
         var opts = TrainParams(); opts.evalSteps = 10
-        try trainer.train(data, validation: data, options: opts) { reports.append($0); return .continue }
+        try trainer.train(data, validation: data, options: opts) {
+            reports.append($0); return .continue
+        }
         let after = try trainer.evaluate(data)
         #expect(after.loss < before.loss * 0.5, "loss \(before.loss) → \(after.loss)")
         #expect(abs(after.perplexity - Foundation.exp(after.loss)) < 1e-9)
@@ -121,8 +132,9 @@ import LoRA
         var tiny = GPT2Config(); tiny.vocabSize = 10; tiny.nEmbd = 16; tiny.nHead = 1; tiny.nLayer = 1; tiny.nPositions = 1024
         let small = try Model.random(config: tiny, seed: 1)
         var huge = TrainerParams(); huge.batchSize = 65536; huge.blockSize = 1024
-        do { _ = try Trainer(model: small, adapter: nil, config: huge); Issue.record("accepted") }
-        catch { #expect("\(error)".contains("GiB")) }
+        do { _ = try Trainer(model: small, adapter: nil, config: huge); Issue.record("accepted") } catch {
+            #expect("\(error)".contains("GiB"))
+        }
         // A checkpoint from other settings is refused.
         let dir = try Fixtures.tempDir()
         let path = try Checkpoint.save(trainer, root: dir)
@@ -152,7 +164,9 @@ import LoRA
         let t3 = try Trainer(model: model, adapter: adapter, config: longer)
         try Checkpoint.restore(t3, from: ckpt)
         var steps: [Int] = []
-        try t3.train(data) { steps.append($0.step); return .continue }
+        try t3.train(data) {
+            steps.append($0.step); return .continue
+        }
         #expect(steps == [11, 12, 13, 14])
     }
 
@@ -186,11 +200,16 @@ import LoRA
         var tc = TrainerParams(); tc.maxSteps = 100_000; tc.batchSize = 2; tc.blockSize = 12
         let trainer = try Trainer(model: model, adapter: adapter, config: tc)
         let data = Dataset(examples: (0..<8).map { i in TrainingExample(ids: (0..<12).map { TokenID(($0 * 5 + i) % 101) }) })
-        let stop = Flag(), done = DispatchSemaphore(value: 0)
+        let stop = Flag()
+        let done = DispatchSemaphore(value: 0)
         nonisolated(unsafe) var outcome: Error? = nil
         nonisolated(unsafe) var reports = 0
         let t = Thread {
-            do { try trainer.train(data) { _ in reports += 1; return stop.isSet ? .stop : .continue } } catch { outcome = error }
+            do {
+                try trainer.train(data) { _ in
+                    reports += 1; return stop.isSet ? .stop : .continue
+                }
+            } catch { outcome = error }
             done.signal()
         }
         t.start()

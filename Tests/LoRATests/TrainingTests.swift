@@ -1,6 +1,6 @@
 import Foundation
-import Testing
 import LoRA
+import Testing
 
 /// Per-tensor ‖g − g_ref‖₂ / ‖g_ref‖₂: the bound for gradients (float32 sums in different orders).
 let gradientRelativeTolerance = 1e-4
@@ -8,7 +8,8 @@ let gradientRelativeTolerance = 1e-4
 let trajectoryTolerance: Float = 1e-4
 
 func relativeL2(_ a: UnsafeBufferPointer<Float>, _ b: [Float]) -> Double {
-    var num = 0.0, den = 0.0
+    var num = 0.0
+    var den = 0.0
     for i in 0..<b.count { let d = Double(a[i]) - Double(b[i]); num += d * d; den += Double(b[i]) * Double(b[i]) }
     return (num / max(den, 1e-30)).squareRoot()
 }
@@ -18,10 +19,12 @@ func relativeL2(_ a: UnsafeBufferPointer<Float>, _ b: [Float]) -> Double {
     init() throws { expected = try SafeTensorsFile(path: Fixtures.path("lora/expected.safetensors")) }
 
     func batch() throws -> (ids: [[TokenID]], labels: [[Int32]]) {
-        let ids = try expected.ints("batch.ids"), labels = try expected.ints("batch.labels")
+        let ids = try expected.ints("batch.ids")
+        let labels = try expected.ints("batch.labels")
         let shape = try #require(expected["batch.ids"]).shape
-        let lengths = [13, 7, 10]   // as written by make_lora_fixtures.py
-        var rows: [[TokenID]] = [], labs: [[Int32]] = []
+        let lengths = [13, 7, 10]  // as written by make_lora_fixtures.py
+        var rows: [[TokenID]] = []
+        var labs: [[Int32]] = []
         for b in 0..<shape[0] {
             rows.append((0..<lengths[b]).map { TokenID(ids[b * shape[1] + $0]) })
             labs.append((0..<lengths[b]).map { Int32(labels[b * shape[1] + $0]) })

@@ -1,10 +1,10 @@
+import Foundation
 // swift-tools-version: 6.0
 // libFuzzer harnesses for liblora's parsers. Separate from the main package so
 // that its Package.swift stays free of fuzzing flags. Build and run with
 // scripts/fuzz.sh (which passes -sanitize=fuzzer,address to every Swift target,
 // so the LoRA module is instrumented too).
 import PackageDescription
-import Foundation
 
 // SwiftPM names a path dependency after its directory: the repository's.
 let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
@@ -23,10 +23,12 @@ let package = Package(
     targets: [
         .target(name: "CFuzzDriver"),
         .target(name: "FuzzSupport", dependencies: ["CFuzzDriver", lora]),
-    ] + harnesses.map {
-        // main.swift hands LLVMFuzzerTestOneInput to libFuzzer's driver.
-        .executableTarget(name: targetName($0),
-                          dependencies: ["FuzzSupport", lora],
-                          path: "Sources/\(targetName($0))")
-    }
+    ]
+        + harnesses.map {
+            // main.swift hands LLVMFuzzerTestOneInput to libFuzzer's driver.
+            .executableTarget(
+                name: targetName($0),
+                dependencies: ["FuzzSupport", lora],
+                path: "Sources/\(targetName($0))")
+        }
 )

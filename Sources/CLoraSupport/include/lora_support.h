@@ -59,12 +59,11 @@ LB_HIDDEN int lb_cpu_has_avx2_fma(void);
 
 // cblas (row-major only: order is fixed by the wrappers).
 // C[m,n] = alpha * op(A) * op(B) + beta * C, lda/ldb/ldc row strides.
-LB_HIDDEN void lb_sgemm(int transA, int transB, int m, int n, int k, float alpha,
-                        const float *a, int lda, const float *b, int ldb,
-                        float beta, float *c, int ldc);
+LB_HIDDEN void lb_sgemm(int transA, int transB, int m, int n, int k, float alpha, const float *a, int lda,
+                        const float *b, int ldb, float beta, float *c, int ldc);
 // y[m or n] = alpha * op(A) * x + beta * y, A is [m, n] row-major.
-LB_HIDDEN void lb_sgemv(int transA, int m, int n, float alpha, const float *a, int lda,
-                        const float *x, float beta, float *y);
+LB_HIDDEN void lb_sgemv(int transA, int m, int n, float alpha, const float *a, int lda, const float *x, float beta,
+                        float *y);
 
 // Matrix–vector products for decode (gemv.c), AVX-512 or AVX2+FMA code
 // picked for the CPU (1 from lb_gemv_available), a plain loop otherwise.
@@ -85,13 +84,13 @@ LB_HIDDEN void lb_gemv_rows_at(int level, float *y, const float *x, const float 
 // Reduced-precision frozen weights (lowp.c): storage types, conversions,
 // ggml's Q8_0 quantizer, and matrix–vector kernels that give the F32
 // kernels' results on the dequantized weights bit for bit (same level).
-#define LB_DTYPE_F32 0
+#define LB_DTYPE_F32  0
 #define LB_DTYPE_BF16 1
-#define LB_DTYPE_F16 2
+#define LB_DTYPE_F16  2
 #define LB_DTYPE_Q8_0 3
-LB_HIDDEN uint16_t lb_f32_to_bf16(float f);  // round to nearest even; NaN stays NaN
+LB_HIDDEN uint16_t lb_f32_to_bf16(float f); // round to nearest even; NaN stays NaN
 LB_HIDDEN float lb_bf16_to_f32(uint16_t h);
-LB_HIDDEN uint16_t lb_f32_to_f16(float f);   // round to nearest even; overflow → inf
+LB_HIDDEN uint16_t lb_f32_to_f16(float f); // round to nearest even; overflow → inf
 LB_HIDDEN float lb_f16_to_f32(uint16_t h);
 // Q8_0 of a Conv1D weight w[K, N] (blocks of 32 along K): q[K, N], d[ceil(K/32), N].
 // Of a [R, C] matrix used as rows·x (blocks along C): q[R, C], d[R, ceil(C/32)].
@@ -102,10 +101,10 @@ LB_HIDDEN float lb_f16_to_f32(uint16_t h);
 LB_HIDDEN int lb_quantize_q8_0_cols(int8_t *q, uint16_t *d, const float *w, int K, int N);
 LB_HIDDEN int lb_quantize_q8_0_rows(int8_t *q, uint16_t *d, const float *w, int R, int C);
 // F32 copies: dst[k·ldd + n − n0] for a cols-layout matrix, dst[(r − r0)·ldd + c] for rows.
-LB_HIDDEN void lb_dequant_cols(int dtype, float *dst, int ldd, const void *W, const uint16_t *d, int K, int ldw,
-                               int n0, int n1);
-LB_HIDDEN void lb_dequant_rows(int dtype, float *dst, int ldd, const void *W, const uint16_t *d, int C, int ldw,
-                               int r0, int r1);
+LB_HIDDEN void lb_dequant_cols(int dtype, float *dst, int ldd, const void *W, const uint16_t *d, int K, int ldw, int n0,
+                               int n1);
+LB_HIDDEN void lb_dequant_rows(int dtype, float *dst, int ldd, const void *W, const uint16_t *d, int C, int ldw, int r0,
+                               int r1);
 // lb_gemv_cols_at / lb_gemv_rows_at for weights stored as dtype (d: Q8_0 scales, else unused).
 // AVX-512 code where the CPU has it, a plain loop otherwise (slower, same results as the F32 plain loop).
 LB_HIDDEN void lb_gemv_cols_lowp(int level, int dtype, float *y, const float *x, const void *W, const uint16_t *d,
@@ -116,8 +115,8 @@ LB_HIDDEN void lb_gemv_rows_lowp(int level, int dtype, float *y, const float *x,
 // Element-wise kernels (kernels.c), dispatched to AVX-512 / AVX2 / baseline
 // code for the CPU at the first call.
 #define LB_KERNELS_BASELINE 1
-#define LB_KERNELS_AVX2 3
-#define LB_KERNELS_AVX512 4
+#define LB_KERNELS_AVX2     3
+#define LB_KERNELS_AVX512   4
 // The instruction set the kernels use: the CPU's best (LB_KERNELS_*).
 LB_HIDDEN int lb_kernels_level(void);
 // out[n] = x·sigmoid(2·√(2/π)·(x + 0.044715x³))  (gelu_new); out may alias inp.
@@ -135,8 +134,8 @@ LB_HIDDEN void lb_softmax_backward(float *dp, const float *p, int n, float scale
 // the loss in nats and replaces the row by grad_scale·(softmax − onehot).
 LB_HIDDEN double lb_cross_entropy_row(float *row, int V, int target, float grad_scale);
 // LayerNorm of rows of C (biased variance); mean/rstd[rows] may be NULL.
-LB_HIDDEN void lb_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
-                                    const float *weight, const float *bias, size_t rows, int C, float eps);
+LB_HIDDEN void lb_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *weight,
+                                    const float *bias, size_t rows, int C, float eps);
 // dinp[rows, C] += ∂L/∂x of LayerNorm given dout, the input and its saved mean/rstd.
 LB_HIDDEN void lb_layernorm_backward_input(float *dinp, const float *dout, const float *inp, const float *weight,
                                            const float *mean, const float *rstd, size_t rows, int C);
@@ -144,14 +143,14 @@ LB_HIDDEN void lb_layernorm_backward_input(float *dinp, const float *dout, const
 LB_HIDDEN void lb_add(float *out, const float *a, const float *b, size_t n);
 // Activation functions, one value per formula (the Swift `Activation` maps
 // transformers' names onto them).
-#define LB_ACT_GELU_TANH 0   // x·sigmoid(2·√(2/π)·(x + 0.044715x³)): gelu_new, gelu_pytorch_tanh, gelu_fast
-#define LB_ACT_GELU_ERF 1    // 0.5·x·(1 + erf(x/√2)): gelu, gelu_python
-#define LB_ACT_QUICK_GELU 2  // x·sigmoid(1.702x)
-#define LB_ACT_RELU 3
-#define LB_ACT_SILU 4        // x·sigmoid(x): silu, swish
-#define LB_ACT_TANH 5
-#define LB_ACT_SIGMOID 6
-#define LB_ACT_LINEAR 7
+#define LB_ACT_GELU_TANH  0 // x·sigmoid(2·√(2/π)·(x + 0.044715x³)): gelu_new, gelu_pytorch_tanh, gelu_fast
+#define LB_ACT_GELU_ERF   1 // 0.5·x·(1 + erf(x/√2)): gelu, gelu_python
+#define LB_ACT_QUICK_GELU 2 // x·sigmoid(1.702x)
+#define LB_ACT_RELU       3
+#define LB_ACT_SILU       4 // x·sigmoid(x): silu, swish
+#define LB_ACT_TANH       5
+#define LB_ACT_SIGMOID    6
+#define LB_ACT_LINEAR     7
 // out[n] = act(inp[n]); out may alias inp.
 LB_HIDDEN void lb_activation_forward(int act, float *out, const float *inp, size_t n);
 // d[n] *= act′(pre[n]).
@@ -177,8 +176,7 @@ typedef struct lb_kernel_set {
 LB_HIDDEN const lb_kernel_set *lb_kernels_for(int level);
 
 // LAPACKE (row-major). Return LAPACK's info.
-LB_HIDDEN int lb_sgesdd(char jobz, int m, int n, float *a, int lda, float *s,
-                        float *u, int ldu, float *vt, int ldvt);
+LB_HIDDEN int lb_sgesdd(char jobz, int m, int n, float *a, int lda, float *s, float *u, int ldu, float *vt, int ldvt);
 LB_HIDDEN int lb_sgeqrf(int m, int n, float *a, int lda, float *tau);
 LB_HIDDEN int lb_sorgqr(int m, int n, int k, float *a, int lda, const float *tau);
 

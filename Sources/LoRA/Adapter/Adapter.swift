@@ -29,9 +29,10 @@ public final class Adapter: @unchecked Sendable {
         for (layer, target, r, alpha) in resolved {
             let (fin, fout) = target.shape(modelConfig)
             let scaling = config.useRSLoRA ? alpha / Double(r).squareRoot() : alpha / Double(r)
-            let slot = LoRASlot(layer: layer, target: target, moduleName: LoRATarget.moduleName(layer: layer, target),
-                                r: r, alpha: alpha, scaling: Float(scaling), inFeatures: fin, outFeatures: fout,
-                                offsetA: off, offsetB: off + r * fin)
+            let slot = LoRASlot(
+                layer: layer, target: target, moduleName: LoRATarget.moduleName(layer: layer, target),
+                r: r, alpha: alpha, scaling: Float(scaling), inFeatures: fin, outFeatures: fout,
+                offsetA: off, offsetB: off + r * fin)
             off += r * fin + fout * r
             slots.append(slot)
         }
@@ -48,7 +49,9 @@ public final class Adapter: @unchecked Sendable {
     /// Throws unless the adapter was made for a model of this shape (n_embd, n_inner, n_layer).
     public func checkFits(_ c: GPT2Config) throws {
         guard c.nEmbd == modelConfig.nEmbd, c.innerSize == modelConfig.innerSize, c.nLayer == modelConfig.nLayer else {
-            throw LoRAError.invalidArgument("adapter \(name) was made for another model shape (n_embd \(modelConfig.nEmbd), n_inner \(modelConfig.innerSize), n_layer \(modelConfig.nLayer)); the model has (\(c.nEmbd), \(c.innerSize), \(c.nLayer))")
+            throw LoRAError.invalidArgument(
+                "adapter \(name) was made for another model shape (n_embd \(modelConfig.nEmbd), n_inner \(modelConfig.innerSize), n_layer \(modelConfig.nLayer)); the model has (\(c.nEmbd), \(c.innerSize), \(c.nLayer))"
+            )
         }
     }
 
@@ -93,13 +96,15 @@ public final class Adapter: @unchecked Sendable {
     package func initialize(seed: UInt64) throws {
         switch config.initLoraWeights {
         case .pissa, .olora:
-            throw LoRAError.invalidArgument("init_lora_weights \(JSON.compact(config.initLoraWeights.json)) needs the base model: use initialize(from:seed:)")
+            throw LoRAError.invalidArgument(
+                "init_lora_weights \(JSON.compact(config.initLoraWeights.json)) needs the base model: use initialize(from:seed:)")
         default: break
         }
         initialParams = nil
         var rng = SplitMix64(seed: seed)
         for s in slots {
-            let a = A(s), b = B(s)
+            let a = A(s)
+            let b = B(s)
             switch config.initLoraWeights {
             case .kaiming, .pissa, .olora:
                 // kaiming_uniform_(a=√5): U(-1/√in, 1/√in); B = 0.
@@ -112,7 +117,8 @@ public final class Adapter: @unchecked Sendable {
                 b.update(repeating: 0, count: s.countB)
             case .random:
                 // nn.Linear's default: U(-1/√fan_in, 1/√fan_in) for both.
-                let ba = 1 / Float(s.inFeatures).squareRoot(), bb = 1 / Float(s.r).squareRoot()
+                let ba = 1 / Float(s.inFeatures).squareRoot()
+                let bb = 1 / Float(s.r).squareRoot()
                 for i in 0..<s.countA { a[i] = (2 * rng.nextFloat() - 1) * ba }
                 for i in 0..<s.countB { b[i] = (2 * rng.nextFloat() - 1) * bb }
             }

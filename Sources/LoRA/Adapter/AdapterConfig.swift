@@ -162,22 +162,28 @@ public struct LoRAConfig: Sendable, Equatable {
         c.targetModules = try targets("target_modules")
         c.excludeModules = try targets("exclude_modules")
         if let v = o["layers_to_transform"], !v.isNull {
-            if let i = v.intValue { c.layersToTransform = [i] }
-            else if let a = v.arrayValue {
+            if let i = v.intValue {
+                c.layersToTransform = [i]
+            } else if let a = v.arrayValue {
                 c.layersToTransform = try a.map { x in
                     guard let i = x.intValue else { throw fail("layers_to_transform must hold integers") }
                     return i
                 }
-            } else { throw fail("layers_to_transform must be an integer or a list of integers") }
+            } else {
+                throw fail("layers_to_transform must be an integer or a list of integers")
+            }
         }
         if let v = o["layers_pattern"], !v.isNull {
-            if let s = v.stringValue { c.layersPattern = [s] }
-            else if let a = v.arrayValue {
+            if let s = v.stringValue {
+                c.layersPattern = [s]
+            } else if let a = v.arrayValue {
                 c.layersPattern = try a.map { x in
                     guard let s = x.stringValue else { throw fail("layers_pattern must hold strings") }
                     return s
                 }
-            } else { throw fail("layers_pattern must be a string or a list of strings") }
+            } else {
+                throw fail("layers_pattern must be a string or a list of strings")
+            }
         }
         if let v = o["use_rslora"], !v.isNull {
             guard let b = v.boolValue else { throw fail("use_rslora must be true or false") }
@@ -210,7 +216,9 @@ public struct LoRAConfig: Sendable, Equatable {
     static func initialization(_ v: JSONValue, path: String) throws -> Initialization {
         if v == .bool(true) { return .kaiming }
         if v == .bool(false) { return .random }
-        guard let s = v.stringValue else { throw LoRAError.invalidFile(path: path, reason: "init_lora_weights must be a boolean or a string") }
+        guard let s = v.stringValue else {
+            throw LoRAError.invalidFile(path: path, reason: "init_lora_weights must be a boolean or a string")
+        }
         guard let i = Initialization(peftName: s) else {
             throw LoRAError.unsupported("\(path): init_lora_weights \"\(s)\" is not implemented")
         }

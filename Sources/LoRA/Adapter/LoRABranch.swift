@@ -22,7 +22,6 @@ public struct LoRASlot: Sendable, Equatable {
     public var countB: Int { outFeatures * r }
 }
 
-
 /// The branch of one adapted module (PEFT's `lora.Linear`, for GPT-2's
 /// Conv1D whose weight is [in, out]):
 ///
@@ -51,19 +50,23 @@ struct LoRABranch {
             gemv(transA: false, rows: s.outFeatures, cols: s.r, alpha: scale * s.scaling, A: B, lda: s.r, x: u, beta: 1, y: y)
             return
         }
-        gemm(transA: false, transB: true, M: n, N: s.r, K: s.inFeatures, alpha: 1,
-             A: x, lda: s.inFeatures, B: A, ldb: s.inFeatures, beta: 0, C: u, ldc: s.r)
-        gemm(transA: false, transB: true, M: n, N: s.outFeatures, K: s.r, alpha: scale * s.scaling,
-             A: u, lda: s.r, B: B, ldb: s.r, beta: 1, C: y, ldc: s.outFeatures)
+        gemm(
+            transA: false, transB: true, M: n, N: s.r, K: s.inFeatures, alpha: 1,
+            A: x, lda: s.inFeatures, B: A, ldb: s.inFeatures, beta: 0, C: u, ldc: s.r)
+        gemm(
+            transA: false, transB: true, M: n, N: s.outFeatures, K: s.r, alpha: scale * s.scaling,
+            A: u, lda: s.r, B: B, ldb: s.r, beta: 1, C: y, ldc: s.outFeatures)
     }
 
     /// Backward of a frozen branch: dx[n, in] += scale·s · dy·B·A (du [n, r] is scratch).
     func backwardInput(dy: ConstFloatPtr, dx: FloatPtr, n: Int, scale: Float, du: FloatPtr) {
         let s = slot
-        gemm(transA: false, transB: false, M: n, N: s.r, K: s.outFeatures, alpha: scale * s.scaling, A: dy, lda: s.outFeatures,
-             B: B, ldb: s.r, beta: 0, C: du, ldc: s.r)
-        gemm(transA: false, transB: false, M: n, N: s.inFeatures, K: s.r, alpha: 1, A: du, lda: s.r,
-             B: A, ldb: s.inFeatures, beta: 1, C: dx, ldc: s.inFeatures)
+        gemm(
+            transA: false, transB: false, M: n, N: s.r, K: s.outFeatures, alpha: scale * s.scaling, A: dy, lda: s.outFeatures,
+            B: B, ldb: s.r, beta: 0, C: du, ldc: s.r)
+        gemm(
+            transA: false, transB: false, M: n, N: s.inFeatures, K: s.r, alpha: 1, A: du, lda: s.r,
+            B: A, ldb: s.inFeatures, beta: 1, C: dx, ldc: s.inFeatures)
     }
 
     /// Backward of the trained branch, given the forward's input x (before
@@ -73,32 +76,42 @@ struct LoRABranch {
     ///     dB += scale·s · dyᵀ·u   [out, r]
     ///     dA += duᵀ·x̃            [r, in]
     ///     dx += (du·A) ⊙ mask     [n, in]  (when dx is given; mask = 1 without dropout)
-    func backward(dy: ConstFloatPtr, x: ConstFloatPtr, u: ConstFloatPtr, n: Int, scale: Float, du: FloatPtr,
-                  dA: FloatPtr, dB: FloatPtr, dx: FloatPtr?, dropout: LoRADropout?) {
+    func backward(
+        dy: ConstFloatPtr, x: ConstFloatPtr, u: ConstFloatPtr, n: Int, scale: Float, du: FloatPtr,
+        dA: FloatPtr, dB: FloatPtr, dx: FloatPtr?, dropout: LoRADropout?
+    ) {
         let s = slot
         let alpha = scale * s.scaling
-        gemm(transA: false, transB: false, M: n, N: s.r, K: s.outFeatures, alpha: alpha, A: dy, lda: s.outFeatures,
-             B: B, ldb: s.r, beta: 0, C: du, ldc: s.r)
-        gemm(transA: true, transB: false, M: s.outFeatures, N: s.r, K: n, alpha: alpha, A: dy, lda: s.outFeatures,
-             B: u, ldb: s.r, beta: 1, C: dB, ldc: s.r)
+        gemm(
+            transA: false, transB: false, M: n, N: s.r, K: s.outFeatures, alpha: alpha, A: dy, lda: s.outFeatures,
+            B: B, ldb: s.r, beta: 0, C: du, ldc: s.r)
+        gemm(
+            transA: true, transB: false, M: s.outFeatures, N: s.r, K: n, alpha: alpha, A: dy, lda: s.outFeatures,
+            B: u, ldb: s.r, beta: 1, C: dB, ldc: s.r)
         guard let dropout else {
-            gemm(transA: true, transB: false, M: s.r, N: s.inFeatures, K: n, alpha: 1, A: du, lda: s.r,
-                 B: x, ldb: s.inFeatures, beta: 1, C: dA, ldc: s.inFeatures)
+            gemm(
+                transA: true, transB: false, M: s.r, N: s.inFeatures, K: n, alpha: 1, A: du, lda: s.r,
+                B: x, ldb: s.inFeatures, beta: 1, C: dA, ldc: s.inFeatures)
             if let dx {
-                gemm(transA: false, transB: false, M: n, N: s.inFeatures, K: s.r, alpha: 1, A: du, lda: s.r,
-                     B: A, ldb: s.inFeatures, beta: 1, C: dx, ldc: s.inFeatures)
+                gemm(
+                    transA: false, transB: false, M: n, N: s.inFeatures, K: s.r, alpha: 1, A: du, lda: s.r,
+                    B: A, ldb: s.inFeatures, beta: 1, C: dx, ldc: s.inFeatures)
             }
             return
         }
         // The forward's mask and x̃, regenerated from the same seed.
         let xt = applyDropout(dropout, x: x, n: n)
-        gemm(transA: true, transB: false, M: s.r, N: s.inFeatures, K: n, alpha: 1, A: du, lda: s.r,
-             B: xt, ldb: s.inFeatures, beta: 1, C: dA, ldc: s.inFeatures)
+        gemm(
+            transA: true, transB: false, M: s.r, N: s.inFeatures, K: n, alpha: 1, A: du, lda: s.r,
+            B: xt, ldb: s.inFeatures, beta: 1, C: dA, ldc: s.inFeatures)
         if let dx {
             // du·A into the x̃ scratch (no longer needed), then masked into dx.
-            let t = dropout.input, f = dropout.mask, count = n * s.inFeatures
-            gemm(transA: false, transB: false, M: n, N: s.inFeatures, K: s.r, alpha: 1, A: du, lda: s.r,
-                 B: A, ldb: s.inFeatures, beta: 0, C: t, ldc: s.inFeatures)
+            let t = dropout.input
+            let f = dropout.mask
+            let count = n * s.inFeatures
+            gemm(
+                transA: false, transB: false, M: n, N: s.inFeatures, K: s.r, alpha: 1, A: du, lda: s.r,
+                B: A, ldb: s.inFeatures, beta: 0, C: t, ldc: s.inFeatures)
             for i in 0..<count { dx[i] += t[i] * f[i] }
         }
     }
@@ -113,14 +126,19 @@ struct LoRABranch {
     /// adding to the state), so the mask does not depend on padding or on how
     /// a batch is split across data-parallel ranks.
     func applyDropout(_ dropout: LoRADropout, x: ConstFloatPtr, n: Int) -> ConstFloatPtr {
-        let inF = slot.inFeatures, count = n * inF
-        let start = dropout.seed ^ (UInt64(index + 1) &* 0x9E3779B97F4A7C15)
-        let f = dropout.mask, xt = dropout.input, p = dropout.p, keep = 1 / (1 - p)
+        let inF = slot.inFeatures
+        let count = n * inF
+        let start = dropout.seed ^ (UInt64(index + 1) &* 0x9E37_79B9_7F4A_7C15)
+        let f = dropout.mask
+        let xt = dropout.input
+        let p = dropout.p
+        let keep = 1 / (1 - p)
         let T = max(dropout.T, 1)
         for row in 0..<n {
-            let b = row / T, t = row % T
+            let b = row / T
+            let t = row % T
             let draw = UInt64((b + dropout.rowOffset) * dropout.block + t) &* UInt64(inF)
-            var rng = SplitMix64(seed: start &+ draw &* 0x9E3779B97F4A7C15)
+            var rng = SplitMix64(seed: start &+ draw &* 0x9E37_79B9_7F4A_7C15)
             let fr = f + row * inF
             for i in 0..<inF { fr[i] = rng.nextFloat() < p ? 0 : keep }
         }
@@ -131,8 +149,9 @@ struct LoRABranch {
     /// ΔW: w[in, out] += factor·s · Aᵀ·Bᵀ (a Conv1D weight, [in, out]).
     func addDelta(to w: FloatPtr, factor: Float) {
         let s = slot
-        gemm(transA: true, transB: true, M: s.inFeatures, N: s.outFeatures, K: s.r, alpha: factor * s.scaling,
-             A: A, lda: s.inFeatures, B: B, ldb: s.r, beta: 1, C: w, ldc: s.outFeatures)
+        gemm(
+            transA: true, transB: true, M: s.inFeatures, N: s.outFeatures, K: s.r, alpha: factor * s.scaling,
+            A: A, lda: s.inFeatures, B: B, ldb: s.r, beta: 1, C: w, ldc: s.outFeatures)
     }
 }
 
@@ -213,8 +232,9 @@ struct LoRAContext {
             for seg in segments {
                 for a in seg.active {
                     guard let b = a.adapter.branch(layer: layer, target: target) else { continue }
-                    b.forward(x: x + seg.start * b.slot.inFeatures, y: y + seg.start * b.slot.outFeatures,
-                              n: seg.count, scale: a.scale, u: u)
+                    b.forward(
+                        x: x + seg.start * b.slot.inFeatures, y: y + seg.start * b.slot.outFeatures,
+                        n: seg.count, scale: a.scale, u: u)
                 }
             }
             return
@@ -237,8 +257,9 @@ struct LoRAContext {
         for a in active {
             guard let b = a.adapter.branch(layer: layer, target: target) else { continue }
             if let t = training, t.adapter === a.adapter {
-                b.backward(dy: dy, x: x, u: t.u[b.index], n: n, scale: a.scale, du: du,
-                           dA: t.gradients + b.slot.offsetA, dB: t.gradients + b.slot.offsetB, dx: dx, dropout: t.dropout)
+                b.backward(
+                    dy: dy, x: x, u: t.u[b.index], n: n, scale: a.scale, du: du,
+                    dA: t.gradients + b.slot.offsetA, dB: t.gradients + b.slot.offsetB, dx: dx, dropout: t.dropout)
             } else if let dx {
                 b.backwardInput(dy: dy, dx: dx, n: n, scale: a.scale, du: du)
             }

@@ -13,10 +13,14 @@ extension Adapter {
     package func tensors() -> [TensorData] {
         var out: [TensorData] = []
         for s in slots {
-            out.append(TensorData(name: Adapter.keyPrefix + s.moduleName + ".lora_A.weight", shape: [s.r, s.inFeatures],
-                                  floats: UnsafeBufferPointer(start: A(s), count: s.countA)))
-            out.append(TensorData(name: Adapter.keyPrefix + s.moduleName + ".lora_B.weight", shape: [s.outFeatures, s.r],
-                                  floats: UnsafeBufferPointer(start: B(s), count: s.countB)))
+            out.append(
+                TensorData(
+                    name: Adapter.keyPrefix + s.moduleName + ".lora_A.weight", shape: [s.r, s.inFeatures],
+                    floats: UnsafeBufferPointer(start: A(s), count: s.countA)))
+            out.append(
+                TensorData(
+                    name: Adapter.keyPrefix + s.moduleName + ".lora_B.weight", shape: [s.outFeatures, s.r],
+                    floats: UnsafeBufferPointer(start: B(s), count: s.countB)))
         }
         return out
     }
@@ -49,8 +53,9 @@ extension Adapter {
         }
         let file = try SafeTensorsFile(path: wPath)
         let adapter: Adapter
-        do { adapter = try Adapter(config: config, modelConfig: modelConfig, name: name) }
-        catch let LoRAError.invalidArgument(m) { throw LoRAError.invalidFile(path: cfgPath, reason: m) }
+        do { adapter = try Adapter(config: config, modelConfig: modelConfig, name: name) } catch let LoRAError.invalidArgument(m) {
+            throw LoRAError.invalidFile(path: cfgPath, reason: m)
+        }
         var expected: [String: (LoRASlot, Bool)] = [:]
         for s in adapter.slots {
             expected[keyPrefix + s.moduleName + ".lora_A.weight"] = (s, true)
@@ -59,7 +64,8 @@ extension Adapter {
         var seen = Set<String>()
         for info in file.tensors {
             guard info.name.hasPrefix(keyPrefix) else {
-                throw LoRAError.invalidFile(path: wPath, reason: "tensor \(info.name) lacks the base_model.model. prefix PEFT writes (PEFT would silently skip it)")
+                throw LoRAError.invalidFile(
+                    path: wPath, reason: "tensor \(info.name) lacks the base_model.model. prefix PEFT writes (PEFT would silently skip it)")
             }
             if info.name.hasSuffix(".lora_magnitude_vector") || info.name.contains(".lora_magnitude_vector.") {
                 throw LoRAError.unsupported("\(wPath): \(info.name) is a DoRA magnitude (use_dora)")
@@ -70,7 +76,8 @@ extension Adapter {
             }
             let shape = isA ? [slot.r, slot.inFeatures] : [slot.outFeatures, slot.r]
             guard info.shape == shape else {
-                throw LoRAError.invalidFile(path: wPath, reason: "tensor \(info.name) has shape \(info.shape), the base model needs \(shape)")
+                throw LoRAError.invalidFile(
+                    path: wPath, reason: "tensor \(info.name) has shape \(info.shape), the base model needs \(shape)")
             }
             try file.copyFloats(info, into: isA ? adapter.A(slot) : adapter.B(slot))
             seen.insert(info.name)

@@ -43,16 +43,20 @@ extension LoRAConfig.Targets {
 package enum LoRATargeting {
     /// Every module name of GPT2LMHeadModel, as PEFT walks them.
     static func allModuleNames(_ c: GPT2Config) -> [(name: String, kind: String)] {
-        var names: [(String, String)] = [("transformer", "GPT2Model"), ("transformer.wte", "Embedding"),
-                                          ("transformer.wpe", "Embedding"), ("transformer.drop", "Dropout"),
-                                          ("transformer.h", "ModuleList")]
+        var names: [(String, String)] = [
+            ("transformer", "GPT2Model"), ("transformer.wte", "Embedding"),
+            ("transformer.wpe", "Embedding"), ("transformer.drop", "Dropout"),
+            ("transformer.h", "ModuleList"),
+        ]
         for l in 0..<c.nLayer {
             let p = "transformer.h.\(l)"
-            names += [(p, "GPT2Block"), (p + ".ln_1", "LayerNorm"), (p + ".attn", "GPT2Attention"),
-                      (p + ".attn.c_attn", "Conv1D"), (p + ".attn.c_proj", "Conv1D"),
-                      (p + ".attn.attn_dropout", "Dropout"), (p + ".attn.resid_dropout", "Dropout"),
-                      (p + ".ln_2", "LayerNorm"), (p + ".mlp", "GPT2MLP"), (p + ".mlp.c_fc", "Conv1D"),
-                      (p + ".mlp.c_proj", "Conv1D"), (p + ".mlp.act", "Activation"), (p + ".mlp.dropout", "Dropout")]
+            names += [
+                (p, "GPT2Block"), (p + ".ln_1", "LayerNorm"), (p + ".attn", "GPT2Attention"),
+                (p + ".attn.c_attn", "Conv1D"), (p + ".attn.c_proj", "Conv1D"),
+                (p + ".attn.attn_dropout", "Dropout"), (p + ".attn.resid_dropout", "Dropout"),
+                (p + ".ln_2", "LayerNorm"), (p + ".mlp", "GPT2MLP"), (p + ".mlp.c_fc", "Conv1D"),
+                (p + ".mlp.c_proj", "Conv1D"), (p + ".mlp.act", "Activation"), (p + ".mlp.dropout", "Dropout"),
+            ]
         }
         names += [("transformer.ln_f", "LayerNorm"), ("lm_head", "Linear")]
         return names
@@ -93,7 +97,9 @@ package enum LoRATargeting {
     }
 
     /// The adapted modules, in (layer, target) order.
-    package static func resolve(_ config: LoRAConfig, model c: GPT2Config) throws -> [(layer: Int, target: LoRATarget, r: Int, alpha: Double)] {
+    package static func resolve(_ config: LoRAConfig, model c: GPT2Config) throws -> [(
+        layer: Int, target: LoRATarget, r: Int, alpha: Double
+    )] {
         try config.validate()
         let targets = config.targetModules ?? .names(["c_attn"])
         var out: [(Int, LoRATarget, Int, Double)] = []
@@ -104,10 +110,11 @@ package enum LoRATargeting {
                 guard let idx = layerIndex(name, patterns: config.layersPattern), layers.contains(idx) else { continue }
             }
             guard kind == "Conv1D",
-                  let target = LoRATarget.allCases.first(where: { name.hasSuffix("." + $0.suffix) }),
-                  let layer = layerIndex(name, patterns: nil)
+                let target = LoRATarget.allCases.first(where: { name.hasSuffix("." + $0.suffix) }),
+                let layer = layerIndex(name, patterns: nil)
             else {
-                throw LoRAError.unsupported("target module \(name) (\(kind)): LoRA is implemented for attn.c_attn, attn.c_proj, mlp.c_fc and mlp.c_proj")
+                throw LoRAError.unsupported(
+                    "target module \(name) (\(kind)): LoRA is implemented for attn.c_attn, attn.c_proj, mlp.c_fc and mlp.c_proj")
             }
             let r = try patternValue(config.rankPattern, name) ?? config.r
             let alpha = try patternValue(config.alphaPattern, name) ?? config.loraAlpha
@@ -119,7 +126,9 @@ package enum LoRATargeting {
             case .names(let n): desc = n.joined(separator: ", ")
             case .regex(let r): desc = r
             }
-            throw LoRAError.invalidArgument("target modules {\(desc)} not found in the base model (GPT-2 has attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj in layers 0 to \(c.nLayer - 1))")
+            throw LoRAError.invalidArgument(
+                "target modules {\(desc)} not found in the base model (GPT-2 has attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj in layers 0 to \(c.nLayer - 1))"
+            )
         }
         return out.sorted { ($0.0, $0.1.rawValue) < ($1.0, $1.1.rawValue) }
     }

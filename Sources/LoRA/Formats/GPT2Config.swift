@@ -65,7 +65,8 @@ public struct GPT2Config: Sendable, Equatable {
         if let v = obj["activation_function"], !v.isNull {
             guard let s = v.stringValue else { throw fail("activation_function must be a string") }
             guard let a = Activation(rawValue: s) else {
-                throw fail("activation_function \"\(s)\" is not supported (one of \(Activation.allCases.map(\.rawValue).joined(separator: ", ")))")
+                throw fail(
+                    "activation_function \"\(s)\" is not supported (one of \(Activation.allCases.map(\.rawValue).joined(separator: ", ")))")
             }
             c.activation = a
         }
@@ -98,14 +99,19 @@ public struct GPT2Config: Sendable, Equatable {
         guard nEmbd % nHead == 0 else { throw fail("n_embd \(nEmbd) is not divisible by n_head \(nHead)") }
         guard nLayer >= 0, nLayer <= Self.maxLayers else { throw fail("n_layer \(nLayer) out of range 0...\(Self.maxLayers)") }
         guard vocabSize >= 1, vocabSize <= Self.maxVocab else { throw fail("vocab_size \(vocabSize) out of range 1...\(Self.maxVocab)") }
-        guard nPositions >= 1, nPositions <= Self.maxPositions else { throw fail("n_positions \(nPositions) out of range 1...\(Self.maxPositions)") }
+        guard nPositions >= 1, nPositions <= Self.maxPositions else {
+            throw fail("n_positions \(nPositions) out of range 1...\(Self.maxPositions)")
+        }
         guard innerSize >= 1, innerSize <= 4 * Self.maxDimension else { throw fail("n_inner \(innerSize) out of range") }
-        guard parameterCount <= Self.maxParameters else { throw fail("the model would have \(parameterCount) parameters, over the limit of \(Self.maxParameters)") }
+        guard parameterCount <= Self.maxParameters else {
+            throw fail("the model would have \(parameterCount) parameters, over the limit of \(Self.maxParameters)")
+        }
     }
 
     /// Parameters of GPT2LMHeadModel (tied head counted once). Valid after `validate`'s range checks.
     public var parameterCount: Int {
-        let e = nEmbd, f = innerSize
+        let e = nEmbd
+        let f = innerSize
         let perLayer = 2 * e + (e * 3 * e + 3 * e) + (e * e + e) + 2 * e + (e * f + f) + (f * e + e)
         return vocabSize * e + nPositions * e + nLayer * perLayer + 2 * e
     }

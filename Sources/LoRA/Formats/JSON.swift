@@ -126,8 +126,9 @@ package struct JSONObject: Equatable, Sendable {
     package subscript(key: String) -> JSONValue? {
         get { index[ExactKey(string: key)].map { members[$0].value } }
         set {
-            if let v = newValue { append(key, v) }
-            else if let i = index[ExactKey(string: key)] {
+            if let v = newValue {
+                append(key, v)
+            } else if let i = index[ExactKey(string: key)] {
                 members.remove(at: i)
                 index = [:]
                 for (j, m) in members.enumerated() { index[ExactKey(string: m.key)] = j }
@@ -306,7 +307,9 @@ package enum JSON {
                             pos += 2
                             let lo = try hex4()
                             guard (0xDC00...0xDFFF).contains(lo) else {
-                                throw error("lone surrogate \\u\(JSON.hex4(UInt16(cp))): a leading surrogate followed by \\u\(JSON.hex4(UInt16(lo))), not a trailing one")
+                                throw error(
+                                    "lone surrogate \\u\(JSON.hex4(UInt16(cp))): a leading surrogate followed by \\u\(JSON.hex4(UInt16(lo))), not a trailing one"
+                                )
                             }
                             cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00)
                         } else if (0xDC00...0xDFFF).contains(cp) {
@@ -337,7 +340,9 @@ package enum JSON {
                 pos += 1
             } else if (UInt8(ascii: "1")...UInt8(ascii: "9")).contains(buf[pos]) {
                 while pos < buf.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(buf[pos]) { pos += 1 }
-            } else { throw error("invalid number") }
+            } else {
+                throw error("invalid number")
+            }
             if pos < buf.count, buf[pos] == UInt8(ascii: ".") {
                 isInt = false
                 pos += 1

@@ -1,6 +1,7 @@
 import Foundation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// safetensors element types, in the reference implementation's order
@@ -127,7 +128,8 @@ package final class SafeTensorsFile: @unchecked Sendable {
         case .F64:
             for i in 0..<n { out[i] = Float(raw.loadUnaligned(fromByteOffset: 8 * i, as: Double.self)) }
         default:
-            throw LoRAError.invalidFile(path: path, reason: "tensor \(info.name) has dtype \(info.dtype.rawValue), expected a float type (F32, F16, BF16)")
+            throw LoRAError.invalidFile(
+                path: path, reason: "tensor \(info.name) has dtype \(info.dtype.rawValue), expected a float type (F32, F16, BF16)")
         }
     }
 
@@ -195,7 +197,7 @@ package final class SafeTensorsFile: @unchecked Sendable {
                 shape.append(v)
             }
             guard let off = t["data_offsets"]?.arrayValue, off.count == 2,
-                  let b = off[0].intValue, let e = off[1].intValue, b >= 0, e >= 0
+                let b = off[0].intValue, let e = off[1].intValue, b >= 0, e >= 0
             else { throw fail("tensor \(key): data_offsets must be two non-negative integers") }
             infos.append(TensorInfo(name: key, dtype: dtype, shape: shape, begin: b, end: e))
         }
@@ -214,7 +216,9 @@ package final class SafeTensorsFile: @unchecked Sendable {
             }
             guard bits % 8 == 0 else { throw fail("tensor \(info.name): size is not a whole number of bytes") }
             guard info.end - info.begin == bits / 8 else {
-                throw fail("tensor \(info.name): shape \(info.shape) of \(info.dtype.rawValue) needs \(bits / 8) bytes but data_offsets span \(info.end - info.begin)")
+                throw fail(
+                    "tensor \(info.name): shape \(info.shape) of \(info.dtype.rawValue) needs \(bits / 8) bytes but data_offsets span \(info.end - info.begin)"
+                )
             }
             last = info.end
         }
@@ -224,7 +228,9 @@ package final class SafeTensorsFile: @unchecked Sendable {
         guard last == dataSize else {
             if last > dataSize {
                 let needed = last.addingReportingOverflow(8 + n)
-                throw fail("file is truncated: tensors need \(needed.overflow ? "more than \(Int.max)" : "\(needed.partialValue)") bytes, the file has \(bytes.count)")
+                throw fail(
+                    "file is truncated: tensors need \(needed.overflow ? "more than \(Int.max)" : "\(needed.partialValue)") bytes, the file has \(bytes.count)"
+                )
             }
             throw fail("\(dataSize - last) trailing bytes after the last tensor")
         }
@@ -267,7 +273,8 @@ package enum SafeTensorsWriter {
                 bits = m
             }
             guard bits % 8 == 0, bits / 8 == t.bytes.count else {
-                throw LoRAError.invalidArgument("tensor \(t.name): \(t.bytes.count) bytes do not match shape \(t.shape) of \(t.dtype.rawValue)")
+                throw LoRAError.invalidArgument(
+                    "tensor \(t.name): \(t.bytes.count) bytes do not match shape \(t.shape) of \(t.dtype.rawValue)")
             }
         }
         let sorted = tensors.sorted { a, b in
@@ -283,11 +290,14 @@ package enum SafeTensorsWriter {
         var offset = 0
         for t in sorted {
             let shape = JSONValue.array(t.shape.map { .number(JSONNumber($0)) })
-            header.append(t.name, .object(JSONObject([
-                ("dtype", .string(t.dtype.rawValue)),
-                ("shape", shape),
-                ("data_offsets", .array([.number(JSONNumber(offset)), .number(JSONNumber(offset + t.bytes.count))])),
-            ])))
+            header.append(
+                t.name,
+                .object(
+                    JSONObject([
+                        ("dtype", .string(t.dtype.rawValue)),
+                        ("shape", shape),
+                        ("data_offsets", .array([.number(JSONNumber(offset)), .number(JSONNumber(offset + t.bytes.count))])),
+                    ])))
             offset += t.bytes.count
         }
         var json = Array(JSON.compact(.object(header)).utf8)

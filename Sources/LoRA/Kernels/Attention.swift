@@ -13,10 +13,12 @@ let attentionBlock = 64
 /// lse[T], when given, receives each row's log-sum-exp of the visible scaled
 /// scores (-inf for a row that sees no key): all backward needs to recompute
 /// the weights, instead of keeping probs.
-package func attentionForward(out: FloatPtr, ldo: Int, probs: FloatPtr,
-                             q: ConstFloatPtr, ldq: Int, k: ConstFloatPtr, ldk: Int, v: ConstFloatPtr, ldv: Int,
-                             T: Int, L: Int, past: Int, hd: Int, scale: Float, keyMask: ConstFloatPtr?,
-                             lse: FloatPtr? = nil) {
+package func attentionForward(
+    out: FloatPtr, ldo: Int, probs: FloatPtr,
+    q: ConstFloatPtr, ldq: Int, k: ConstFloatPtr, ldk: Int, v: ConstFloatPtr, ldv: Int,
+    T: Int, L: Int, past: Int, hd: Int, scale: Float, keyMask: ConstFloatPtr?,
+    lse: FloatPtr? = nil
+) {
     if T == 1 {
         gemv(transA: false, rows: L, cols: hd, alpha: scale, A: k, lda: ldk, x: q, beta: 0, y: probs)
         attentionSoftmaxRows(probs: probs, rows: 0..<1, L: L, past: past, keyMask: keyMask, lse: lse)
@@ -27,11 +29,13 @@ package func attentionForward(out: FloatPtr, ldo: Int, probs: FloatPtr,
     while i0 < T {
         let i1 = min(T, i0 + attentionBlock)
         let keys = min(L, past + i1)  // keys any row of this block can see
-        gemm(transA: false, transB: true, M: i1 - i0, N: keys, K: hd, alpha: scale,
-             A: q + i0 * ldq, lda: ldq, B: k, ldb: ldk, beta: 0, C: probs + i0 * L, ldc: L)
+        gemm(
+            transA: false, transB: true, M: i1 - i0, N: keys, K: hd, alpha: scale,
+            A: q + i0 * ldq, lda: ldq, B: k, ldb: ldk, beta: 0, C: probs + i0 * L, ldc: L)
         attentionSoftmaxRows(probs: probs, rows: i0..<i1, L: L, past: past, keyMask: keyMask, lse: lse)
-        gemm(transA: false, transB: false, M: i1 - i0, N: hd, K: keys, alpha: 1,
-             A: probs + i0 * L, lda: L, B: v, ldb: ldv, beta: 0, C: out + i0 * ldo, ldc: ldo)
+        gemm(
+            transA: false, transB: false, M: i1 - i0, N: hd, K: keys, alpha: 1,
+            A: probs + i0 * L, lda: L, B: v, ldb: ldv, beta: 0, C: out + i0 * ldo, ldc: ldo)
         i0 = i1
     }
 }
@@ -59,11 +63,14 @@ package func attentionBackwardScratch(T: Int, L: Int) -> Int { 2 * min(T, attent
 /// weights are recomputed block by block from q, k and the forward's
 /// log-sum-exp lse[T] (flash-attention style: no [T, L] weights kept);
 /// scratch holds attentionBackwardScratch(T:L:) floats.
-package func attentionBackward(dq: FloatPtr, ldq: Int, dk: FloatPtr, dv: FloatPtr, ldk: Int, scratch: FloatPtr,
-                              dout: ConstFloatPtr, ldo: Int, lse: ConstFloatPtr,
-                              q: ConstFloatPtr, k: ConstFloatPtr, v: ConstFloatPtr,
-                              T: Int, L: Int, past: Int, hd: Int, scale: Float, keyMask: ConstFloatPtr?) {
-    let P = scratch, dP = scratch + min(T, attentionBlock) * L
+package func attentionBackward(
+    dq: FloatPtr, ldq: Int, dk: FloatPtr, dv: FloatPtr, ldk: Int, scratch: FloatPtr,
+    dout: ConstFloatPtr, ldo: Int, lse: ConstFloatPtr,
+    q: ConstFloatPtr, k: ConstFloatPtr, v: ConstFloatPtr,
+    T: Int, L: Int, past: Int, hd: Int, scale: Float, keyMask: ConstFloatPtr?
+) {
+    let P = scratch
+    let dP = scratch + min(T, attentionBlock) * L
     var i0 = 0
     while i0 < T {
         let i1 = min(T, i0 + attentionBlock)
@@ -74,12 +81,14 @@ package func attentionBackward(dq: FloatPtr, ldq: Int, dk: FloatPtr, dv: FloatPt
         if T == 1 {
             gemv(transA: false, rows: keys, cols: hd, alpha: scale, A: k, lda: ldk, x: q, beta: 0, y: P)
         } else {
-            gemm(transA: false, transB: true, M: rows, N: keys, K: hd, alpha: scale,
-                 A: q + i0 * ldq, lda: ldq, B: k, ldb: ldk, beta: 0, C: P, ldc: L)
+            gemm(
+                transA: false, transB: true, M: rows, N: keys, K: hd, alpha: scale,
+                A: q + i0 * ldq, lda: ldq, B: k, ldb: ldk, beta: 0, C: P, ldc: L)
         }
         for i in 0..<rows {
             let row = P + i * L
-            let visible = min(past + i0 + i + 1, L), c = lse[i0 + i]
+            let visible = min(past + i0 + i + 1, L)
+            let c = lse[i0 + i]
             if c == -.infinity {
                 row.update(repeating: 0, count: keys)
                 continue
@@ -91,18 +100,22 @@ package func attentionBackward(dq: FloatPtr, ldq: Int, dk: FloatPtr, dv: FloatPt
             if visible < keys { (row + visible).update(repeating: 0, count: keys - visible) }
         }
         // dV[keys] += Pᵀ · dO
-        gemm(transA: true, transB: false, M: keys, N: hd, K: rows, alpha: 1, A: P, lda: L,
-             B: dout + i0 * ldo, ldb: ldo, beta: 1, C: dv, ldc: ldk)
+        gemm(
+            transA: true, transB: false, M: keys, N: hd, K: rows, alpha: 1, A: P, lda: L,
+            B: dout + i0 * ldo, ldb: ldo, beta: 1, C: dv, ldc: ldk)
         // dP = dO · Vᵀ
-        gemm(transA: false, transB: true, M: rows, N: keys, K: hd, alpha: 1, A: dout + i0 * ldo, lda: ldo,
-             B: v, ldb: ldk, beta: 0, C: dP, ldc: L)
+        gemm(
+            transA: false, transB: true, M: rows, N: keys, K: hd, alpha: 1, A: dout + i0 * ldo, lda: ldo,
+            B: v, ldb: ldk, beta: 0, C: dP, ldc: L)
         // dS = P ⊙ (dP − Σ_j P·dP) · scale
         for i in 0..<rows { lb_softmax_backward(dP + i * L, P + i * L, Int32(keys), scale) }
         // dQ += dS · K ;  dK[keys] += dSᵀ · Q
-        gemm(transA: false, transB: false, M: rows, N: hd, K: keys, alpha: 1, A: dP, lda: L, B: k, ldb: ldk,
-             beta: 1, C: dq + i0 * ldq, ldc: ldq)
-        gemm(transA: true, transB: false, M: keys, N: hd, K: rows, alpha: 1, A: dP, lda: L, B: q + i0 * ldq, ldb: ldq,
-             beta: 1, C: dk, ldc: ldk)
+        gemm(
+            transA: false, transB: false, M: rows, N: hd, K: keys, alpha: 1, A: dP, lda: L, B: k, ldb: ldk,
+            beta: 1, C: dq + i0 * ldq, ldc: ldq)
+        gemm(
+            transA: true, transB: false, M: keys, N: hd, K: rows, alpha: 1, A: dP, lda: L, B: q + i0 * ldq, ldb: ldq,
+            beta: 1, C: dk, ldc: ldk)
         i0 = i1
     }
 }

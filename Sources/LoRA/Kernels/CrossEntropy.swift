@@ -6,8 +6,10 @@ import CLoraSupport
 /// Next-token cross-entropy over a chunk of rows, fused with its gradient.
 /// logits[rows, V] are replaced by ∂L/∂logits = gradScale · (softmax − onehot);
 /// rows whose target is negative (ignored) get zeros. Returns the summed loss (nats).
-package func crossEntropyForwardBackward(logits: FloatPtr, targets: UnsafePointer<Int32>, rows: Int, V: Int,
-                                        gradScale: Float) -> Double {
+package func crossEntropyForwardBackward(
+    logits: FloatPtr, targets: UnsafePointer<Int32>, rows: Int, V: Int,
+    gradScale: Float
+) -> Double {
     // Per-row losses summed in row order afterwards: the total does not depend on the split.
     var rowLoss = [Double](repeating: 0, count: rows)
     rowLoss.withUnsafeMutableBufferPointer { lossBuf in

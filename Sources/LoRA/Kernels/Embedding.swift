@@ -2,8 +2,10 @@
 
 /// out[B·T, C] = wte[ids[b,t], :] + wpe[pos[b,t], :]
 /// ids and positions must be in range (the model checks them).
-package func embeddingForward(out: FloatPtr, ids: UnsafePointer<Int32>, positions: UnsafePointer<Int32>,
-                             wte: ConstFloatPtr, wpe: ConstFloatPtr, n: Int, C: Int) {
+package func embeddingForward(
+    out: FloatPtr, ids: UnsafePointer<Int32>, positions: UnsafePointer<Int32>,
+    wte: ConstFloatPtr, wpe: ConstFloatPtr, n: Int, C: Int
+) {
     parallelChunks(n, minChunk: 16) { _, r in
         for i in r {
             let t = wte + Int(ids[i]) * C
@@ -15,11 +17,14 @@ package func embeddingForward(out: FloatPtr, ids: UnsafePointer<Int32>, position
 }
 
 /// dwte[ids[i]] += dout[i]; dwpe[positions[i]] += dout[i]  (rows of C).
-package func embeddingBackward(dwte: FloatPtr, dwpe: FloatPtr, dout: ConstFloatPtr,
-                              ids: UnsafePointer<Int32>, positions: UnsafePointer<Int32>, n: Int, C: Int) {
+package func embeddingBackward(
+    dwte: FloatPtr, dwpe: FloatPtr, dout: ConstFloatPtr,
+    ids: UnsafePointer<Int32>, positions: UnsafePointer<Int32>, n: Int, C: Int
+) {
     for i in 0..<n {
         let d = dout + i * C
-        let t = dwte + Int(ids[i]) * C, p = dwpe + Int(positions[i]) * C
+        let t = dwte + Int(ids[i]) * C
+        let p = dwpe + Int(positions[i]) * C
         for c in 0..<C { t[c] += d[c]; p[c] += d[c] }
     }
 }

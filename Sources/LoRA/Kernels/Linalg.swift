@@ -28,13 +28,16 @@ package enum Linalg {
         try BLAS.load()
         let k = min(m, n)
         var work = a
-        var s = [Float](repeating: 0, count: k), u = [Float](repeating: 0, count: m * k), vt = [Float](repeating: 0, count: k * n)
+        var s = [Float](repeating: 0, count: k)
+        var u = [Float](repeating: 0, count: m * k)
+        var vt = [Float](repeating: 0, count: k * n)
         let info = work.withUnsafeMutableBufferPointer { w in
             s.withUnsafeMutableBufferPointer { sp in
                 u.withUnsafeMutableBufferPointer { up in
                     vt.withUnsafeMutableBufferPointer { vp in
-                        lb_sgesdd(CChar(UInt8(ascii: "S")), Int32(m), Int32(n), w.baseAddress, Int32(n), sp.baseAddress,
-                                  up.baseAddress, Int32(k), vp.baseAddress, Int32(n))
+                        lb_sgesdd(
+                            CChar(UInt8(ascii: "S")), Int32(m), Int32(n), w.baseAddress, Int32(n), sp.baseAddress,
+                            up.baseAddress, Int32(k), vp.baseAddress, Int32(n))
                     }
                 }
             }
@@ -78,8 +81,10 @@ package enum Linalg {
     /// Qᵀ·a [q, cols]. Returns U [m, q], S [q] (descending), Vt [q, n].
     /// Without oversampling the subspace is exact only for a rank-q matrix;
     /// otherwise its error shrinks like (σ_{q+1}/σ_q)^(2·niter+1).
-    package static func svdLowRank(_ a: [Float], m: Int, n: Int, rank q: Int, niter: Int,
-                                  rng: inout SplitMix64) throws -> SVDResult {
+    package static func svdLowRank(
+        _ a: [Float], m: Int, n: Int, rank q: Int, niter: Int,
+        rng: inout SplitMix64
+    ) throws -> SVDResult {
         guard m >= 1, n >= 1, a.count == m * n else { throw LoRAError.invalidArgument("svdLowRank: bad shape [\(m), \(n)]") }
         guard q >= 1, q <= min(m, n) else {
             throw LoRAError.invalidArgument("svdLowRank: rank \(q) must be in 1...\(min(m, n)) for a [\(m), \(n)] matrix")
@@ -89,22 +94,33 @@ package enum Linalg {
         try BLAS.load()
         // T = a (m ≥ n) or aᵀ (m < n): tall, [rows, cols].
         let transposed = m < n
-        let rows = transposed ? n : m, cols = transposed ? m : n
+        let rows = transposed ? n : m
+        let cols = transposed ? m : n
         // T·X for X [cols, q] → [rows, q]; Tᵀ·Y for Y [rows, q] → [cols, q].
         func tTimes(_ x: [Float]) -> [Float] {
             var out = [Float](repeating: 0, count: rows * q)
-            a.withUnsafeBufferPointer { ap in x.withUnsafeBufferPointer { xp in out.withUnsafeMutableBufferPointer { op in
-                gemm(transA: transposed, transB: false, M: rows, N: q, K: cols, alpha: 1, A: ap.baseAddress!, lda: n,
-                     B: xp.baseAddress!, ldb: q, beta: 0, C: op.baseAddress!, ldc: q)
-            } } }
+            a.withUnsafeBufferPointer { ap in
+                x.withUnsafeBufferPointer { xp in
+                    out.withUnsafeMutableBufferPointer { op in
+                        gemm(
+                            transA: transposed, transB: false, M: rows, N: q, K: cols, alpha: 1, A: ap.baseAddress!, lda: n,
+                            B: xp.baseAddress!, ldb: q, beta: 0, C: op.baseAddress!, ldc: q)
+                    }
+                }
+            }
             return out
         }
         func tTransposedTimes(_ y: [Float]) -> [Float] {
             var out = [Float](repeating: 0, count: cols * q)
-            a.withUnsafeBufferPointer { ap in y.withUnsafeBufferPointer { yp in out.withUnsafeMutableBufferPointer { op in
-                gemm(transA: !transposed, transB: false, M: cols, N: q, K: rows, alpha: 1, A: ap.baseAddress!, lda: n,
-                     B: yp.baseAddress!, ldb: q, beta: 0, C: op.baseAddress!, ldc: q)
-            } } }
+            a.withUnsafeBufferPointer { ap in
+                y.withUnsafeBufferPointer { yp in
+                    out.withUnsafeMutableBufferPointer { op in
+                        gemm(
+                            transA: !transposed, transB: false, M: cols, N: q, K: rows, alpha: 1, A: ap.baseAddress!, lda: n,
+                            B: yp.baseAddress!, ldb: q, beta: 0, C: op.baseAddress!, ldc: q)
+                    }
+                }
+            }
             return out
         }
         var omega = [Float](repeating: 0, count: cols * q)
@@ -118,16 +134,22 @@ package enum Linalg {
         let c = tTransposedTimes(basis)
         var small = [Float](repeating: 0, count: q * cols)
         for i in 0..<cols { for j in 0..<q { small[j * cols + i] = c[i * q + j] } }
-        let core = try svd(small, m: q, n: cols)           // u [q, q], s [q], vt [q, cols]
+        let core = try svd(small, m: q, n: cols)  // u [q, q], s [q], vt [q, cols]
         // T ≈ (Q·u) · S · vt.
         var tu = [Float](repeating: 0, count: rows * q)
-        basis.withUnsafeBufferPointer { bp in core.u.withUnsafeBufferPointer { up in tu.withUnsafeMutableBufferPointer { op in
-            gemm(transA: false, transB: false, M: rows, N: q, K: q, alpha: 1, A: bp.baseAddress!, lda: q,
-                 B: up.baseAddress!, ldb: q, beta: 0, C: op.baseAddress!, ldc: q)
-        } } }
+        basis.withUnsafeBufferPointer { bp in
+            core.u.withUnsafeBufferPointer { up in
+                tu.withUnsafeMutableBufferPointer { op in
+                    gemm(
+                        transA: false, transB: false, M: rows, N: q, K: q, alpha: 1, A: bp.baseAddress!, lda: q,
+                        B: up.baseAddress!, ldb: q, beta: 0, C: op.baseAddress!, ldc: q)
+                }
+            }
+        }
         if !transposed { return SVDResult(u: tu, s: core.s, vt: core.vt, m: m, n: n, k: q) }
         // a = Tᵀ ≈ vtᵀ · S · (Q·u)ᵀ: U = vtᵀ [m, q], Vt = (Q·u)ᵀ [q, n].
-        var u = [Float](repeating: 0, count: m * q), vt = [Float](repeating: 0, count: q * n)
+        var u = [Float](repeating: 0, count: m * q)
+        var vt = [Float](repeating: 0, count: q * n)
         for i in 0..<m { for j in 0..<q { u[i * q + j] = core.vt[j * m + i] } }
         for i in 0..<n { for j in 0..<q { vt[j * n + i] = tu[i * q + j] } }
         return SVDResult(u: u, s: core.s, vt: vt, m: m, n: n, k: q)

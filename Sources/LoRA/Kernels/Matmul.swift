@@ -12,8 +12,10 @@ let parallelGemmWork = 1 << 20
 /// out[M, N] = inp[M, K] · W[K, N] + bias[N]   (GPT-2 Conv1D, W is [in, out]).
 /// With `accumulate`, adds to out instead of overwriting it.
 /// M == 1 uses sgemv (2.3x faster than sgemm with M = 1 on OpenBLAS).
-package func matmulForward(out: FloatPtr, inp: ConstFloatPtr, weight: ConstFloatPtr, bias: ConstFloatPtr?,
-                          M: Int, K: Int, N: Int, accumulate: Bool = false) {
+package func matmulForward(
+    out: FloatPtr, inp: ConstFloatPtr, weight: ConstFloatPtr, bias: ConstFloatPtr?,
+    M: Int, K: Int, N: Int, accumulate: Bool = false
+) {
     if M == 0 || N == 0 { return }
     if M == 1 {
         if let bias {
@@ -29,8 +31,10 @@ package func matmulForward(out: FloatPtr, inp: ConstFloatPtr, weight: ConstFloat
     let splitRows = M > N
     let work = M * N * max(K, 1)
     parallelChunks(splitRows ? M : N, minChunk: work >= parallelGemmWork ? 16 : .max, align: 16) { _, r in
-        let m0 = splitRows ? r.lowerBound : 0, m1 = splitRows ? r.upperBound : M
-        let n0 = splitRows ? 0 : r.lowerBound, n1 = splitRows ? N : r.upperBound
+        let m0 = splitRows ? r.lowerBound : 0
+        let m1 = splitRows ? r.upperBound : M
+        let n0 = splitRows ? 0 : r.lowerBound
+        let n1 = splitRows ? N : r.upperBound
         var beta: Float = accumulate ? 1 : 0
         if let bias {
             for m in m0..<m1 {
@@ -43,24 +47,31 @@ package func matmulForward(out: FloatPtr, inp: ConstFloatPtr, weight: ConstFloat
             if beta == 0 { for m in m0..<m1 { (out + m * N + n0).update(repeating: 0, count: n1 - n0) } }
             return
         }
-        lb_sgemm(0, 0, Int32(m1 - m0), Int32(n1 - n0), Int32(K), 1, inp + m0 * K, Int32(K),
-                 weight + n0, Int32(N), beta, out + m0 * N + n0, Int32(N))
+        lb_sgemm(
+            0, 0, Int32(m1 - m0), Int32(n1 - n0), Int32(K), 1, inp + m0 * K, Int32(K),
+            weight + n0, Int32(N), beta, out + m0 * N + n0, Int32(N))
     }
 }
 
 /// C[M, N] = alpha · op(A) · op(B) + beta · C with explicit row strides.
 /// Large products are split across the workers along M or N (the larger),
 /// never along K.
-package func gemm(transA: Bool, transB: Bool, M: Int, N: Int, K: Int, alpha: Float,
-                 A: ConstFloatPtr, lda: Int, B: ConstFloatPtr, ldb: Int,
-                 beta: Float, C: FloatPtr, ldc: Int) {
+package func gemm(
+    transA: Bool, transB: Bool, M: Int, N: Int, K: Int, alpha: Float,
+    A: ConstFloatPtr, lda: Int, B: ConstFloatPtr, ldb: Int,
+    beta: Float, C: FloatPtr, ldc: Int
+) {
     if M == 0 || N == 0 { return }
     if K == 0 {
-        if beta == 0 { for m in 0..<M { (C + m * ldc).update(repeating: 0, count: N) } }
-        else if beta != 1 { for m in 0..<M { for n in 0..<N { C[m * ldc + n] *= beta } } }
+        if beta == 0 {
+            for m in 0..<M { (C + m * ldc).update(repeating: 0, count: N) }
+        } else if beta != 1 {
+            for m in 0..<M { for n in 0..<N { C[m * ldc + n] *= beta } }
+        }
         return
     }
-    let ta: Int32 = transA ? 1 : 0, tb: Int32 = transB ? 1 : 0
+    let ta: Int32 = transA ? 1 : 0
+    let tb: Int32 = transB ? 1 : 0
     if M * N * K < parallelGemmWork || computeThreads <= 1 {
         lb_sgemm(ta, tb, Int32(M), Int32(N), Int32(K), alpha, A, Int32(lda), B, Int32(ldb), beta, C, Int32(ldc))
         return
@@ -80,8 +91,10 @@ package func gemm(transA: Bool, transB: Bool, M: Int, N: Int, K: Int, alpha: Flo
 
 /// y[rows] = alpha · A[rows, cols] · x[cols] + beta · y  (or Aᵀ·x with `transA`, giving y[cols]).
 /// Large products are split across the workers along y.
-package func gemv(transA: Bool, rows: Int, cols: Int, alpha: Float, A: ConstFloatPtr, lda: Int,
-                 x: ConstFloatPtr, beta: Float, y: FloatPtr) {
+package func gemv(
+    transA: Bool, rows: Int, cols: Int, alpha: Float, A: ConstFloatPtr, lda: Int,
+    x: ConstFloatPtr, beta: Float, y: FloatPtr
+) {
     if rows == 0 || cols == 0 { return }
     if alpha == 1, beta == 0 || beta == 1, lb_gemv_available() != 0 {
         // liblora's own kernels (CLoraSupport/gemv.c): streaming at the
@@ -116,16 +129,20 @@ package func gemv(transA: Bool, rows: Int, cols: Int, alpha: Float, A: ConstFloa
 
 /// dinp[M, K] (+)= dout[M, N] · W[K, N]ᵀ;  dweight[K, N] += inpᵀ · dout;  dbias[N] += Σ_m dout.
 /// `accumulate` false overwrites dinp.
-package func matmulBackward(dinp: FloatPtr?, dweight: FloatPtr?, dbias: FloatPtr?,
-                           dout: ConstFloatPtr, inp: ConstFloatPtr, weight: ConstFloatPtr,
-                           M: Int, K: Int, N: Int, accumulate: Bool) {
+package func matmulBackward(
+    dinp: FloatPtr?, dweight: FloatPtr?, dbias: FloatPtr?,
+    dout: ConstFloatPtr, inp: ConstFloatPtr, weight: ConstFloatPtr,
+    M: Int, K: Int, N: Int, accumulate: Bool
+) {
     if let dinp {
-        gemm(transA: false, transB: true, M: M, N: K, K: N, alpha: 1, A: dout, lda: N, B: weight, ldb: N,
-             beta: accumulate ? 1 : 0, C: dinp, ldc: K)
+        gemm(
+            transA: false, transB: true, M: M, N: K, K: N, alpha: 1, A: dout, lda: N, B: weight, ldb: N,
+            beta: accumulate ? 1 : 0, C: dinp, ldc: K)
     }
     if let dweight {
-        gemm(transA: true, transB: false, M: K, N: N, K: M, alpha: 1, A: inp, lda: K, B: dout, ldb: N,
-             beta: 1, C: dweight, ldc: N)
+        gemm(
+            transA: true, transB: false, M: K, N: N, K: M, alpha: 1, A: inp, lda: K, B: dout, ldb: N,
+            beta: 1, C: dweight, ldc: N)
     }
     if let dbias {
         parallelChunks(N, minChunk: 64, align: 16) { _, cols in

@@ -14,8 +14,10 @@ import CLoraSupport
 /// end). `worker` is in `0..<chunks`: an index for per-worker scratch.
 /// Inside `body`, kernels run single-threaded (no nested splitting).
 @inline(__always)
-func parallelChunks(_ count: Int, minChunk: Int = 1, align: Int = 1, maxWorkers: Int = .max,
-                    _ body: (_ worker: Int, _ range: Range<Int>) -> Void) {
+func parallelChunks(
+    _ count: Int, minChunk: Int = 1, align: Int = 1, maxWorkers: Int = .max,
+    _ body: (_ worker: Int, _ range: Range<Int>) -> Void
+) {
     if count <= 0 { return }
     let threads = min(Int(lb_compute_threads()), maxWorkers)
     let workers = min(threads, count / max(1, minChunk))
@@ -30,11 +32,14 @@ func parallelChunks(_ count: Int, minChunk: Int = 1, align: Int = 1, maxWorkers:
     withoutActuallyEscaping(body) { body in
         var job = ChunkJob(body: body, count: count, per: per)
         withUnsafeMutablePointer(to: &job) { p in
-            lb_parallel_run(Int32(chunks), { ctx, c in
-                let job = ctx!.assumingMemoryBound(to: ChunkJob.self)
-                let i = Int(c), per = job.pointee.per
-                job.pointee.body(i, i * per ..< min(job.pointee.count, (i + 1) * per))
-            }, p)
+            lb_parallel_run(
+                Int32(chunks),
+                { ctx, c in
+                    let job = ctx!.assumingMemoryBound(to: ChunkJob.self)
+                    let i = Int(c)
+                    let per = job.pointee.per
+                    job.pointee.body(i, i * per..<min(job.pointee.count, (i + 1) * per))
+                }, p)
         }
     }
 }

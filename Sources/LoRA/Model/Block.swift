@@ -90,15 +90,19 @@ extension Model {
     }
 
     /// One block: x → LN1 → c_attn → attention → c_proj → +x → LN2 → c_fc → act → c_proj → +.
-    func layerForward(_ l: Int, _ a: LayerActs, B: Int, T: Int, past: Int, kv: KVPlacement,
-                      keyMask: ((Int) -> ConstFloatPtr?)?, lora: LoRAContext) {
+    func layerForward(
+        _ l: Int, _ a: LayerActs, B: Int, T: Int, past: Int, kv: KVPlacement,
+        keyMask: ((Int) -> ConstFloatPtr?)?, lora: LoRAContext
+    ) {
         let c = config
         let lw = weights.layers[l]
-        let C = c.nEmbd, F = c.innerSize
+        let C = c.nEmbd
+        let F = c.innerSize
         let n = B * T
         let eps = Float(c.layerNormEpsilon)
 
-        layerNormForward(out: a.ln1, mean: a.ln1Mean, rstd: a.ln1Rstd, inp: a.input, weight: lw.ln1W, bias: lw.ln1B, rows: n, C: C, eps: eps)
+        layerNormForward(
+            out: a.ln1, mean: a.ln1Mean, rstd: a.ln1Rstd, inp: a.input, weight: lw.ln1W, bias: lw.ln1B, rows: n, C: C, eps: eps)
         matmulForward(out: a.qkv, inp: a.ln1, weight: lw.attnW, bias: lw.attnB, M: n, K: C, N: 3 * C)
         lora.forward(layer: l, target: .attnCAttn, x: a.ln1, y: a.qkv, n: n)
 
@@ -122,10 +126,14 @@ extension Model {
     }
 
     /// Attention of B rows of T new tokens each, keys and values from qkv or the cache.
-    private func batchAttention(_ a: LayerActs, B: Int, T: Int, past: Int, kv: KVPlacement,
-                                keyMask: ((Int) -> ConstFloatPtr?)?, scale: Float) {
+    private func batchAttention(
+        _ a: LayerActs, B: Int, T: Int, past: Int, kv: KVPlacement,
+        keyMask: ((Int) -> ConstFloatPtr?)?, scale: Float
+    ) {
         let c = config
-        let C = c.nEmbd, H = c.nHead, hd = c.headDim
+        let C = c.nEmbd
+        let H = c.nHead
+        let hd = c.headDim
         let L = past + T
         if case .cache(let kc, let vc, let capacity) = kv {
             for b in 0..<B {
@@ -143,8 +151,11 @@ extension Model {
         let slotSize = T * L
         parallelChunks(B * H, maxWorkers: a.probsSlots) { worker, heads in
             for bh in heads {
-                let b = bh / H, h = bh % H
-                let k: FloatPtr, v: FloatPtr, ldk: Int
+                let b = bh / H
+                let h = bh % H
+                let k: FloatPtr
+                let v: FloatPtr
+                let ldk: Int
                 switch kv {
                 case .inline:
                     let base: FloatPtr = a.qkv + b * T * 3 * C
@@ -157,12 +168,13 @@ extension Model {
                     v = vc + off
                     ldk = hd
                 }
-                attentionForward(out: a.att + b * T * C + h * hd, ldo: C,
-                                 probs: a.probs + worker * slotSize,
-                                 q: a.qkv + b * T * 3 * C + h * hd, ldq: 3 * C,
-                                 k: k, ldk: ldk, v: v, ldv: ldk,
-                                 T: T, L: L, past: past, hd: hd, scale: scale, keyMask: keyMask?(b),
-                                 lse: a.lse.map { $0 + bh * T })
+                attentionForward(
+                    out: a.att + b * T * C + h * hd, ldo: C,
+                    probs: a.probs + worker * slotSize,
+                    q: a.qkv + b * T * 3 * C + h * hd, ldq: 3 * C,
+                    k: k, ldk: ldk, v: v, ldv: ldk,
+                    T: T, L: L, past: past, hd: hd, scale: scale, keyMask: keyMask?(b),
+                    lse: a.lse.map { $0 + bh * T })
             }
         }
     }
@@ -170,10 +182,14 @@ extension Model {
     /// Attention of each sequence's new rows against its own cache slot,
     /// after appending their keys and values there. Heads of every sequence
     /// run in parallel; probs holds probsSlots areas of [max count, capacity].
-    private func sequenceAttention(_ a: LayerActs, runs: UnsafeBufferPointer<SequenceRows>, k kc: FloatPtr, v vc: FloatPtr,
-                                   capacity: Int, scale: Float) {
+    private func sequenceAttention(
+        _ a: LayerActs, runs: UnsafeBufferPointer<SequenceRows>, k kc: FloatPtr, v vc: FloatPtr,
+        capacity: Int, scale: Float
+    ) {
         let c = config
-        let C = c.nEmbd, H = c.nHead, hd = c.headDim
+        let C = c.nEmbd
+        let H = c.nHead
+        let hd = c.headDim
         var maxCount = 0
         for s in runs {
             maxCount = max(maxCount, s.count)
@@ -189,12 +205,14 @@ extension Model {
         let slotSize = maxCount * capacity
         parallelChunks(runs.count * H, maxWorkers: a.probsSlots) { worker, heads in
             for sh in heads {
-                let s = runs[sh / H], h = sh % H
+                let s = runs[sh / H]
+                let h = sh % H
                 let off = (s.slot * H + h) * capacity * hd
-                attentionForward(out: a.att + s.start * C + h * hd, ldo: C, probs: a.probs + worker * slotSize,
-                                 q: a.qkv + s.start * 3 * C + h * hd, ldq: 3 * C,
-                                 k: kc + off, ldk: hd, v: vc + off, ldv: hd,
-                                 T: s.count, L: s.past + s.count, past: s.past, hd: hd, scale: scale, keyMask: nil)
+                attentionForward(
+                    out: a.att + s.start * C + h * hd, ldo: C, probs: a.probs + worker * slotSize,
+                    q: a.qkv + s.start * 3 * C + h * hd, ldq: 3 * C,
+                    k: kc + off, ldk: hd, v: vc + off, ldv: hd,
+                    T: s.count, L: s.past + s.count, past: s.past, hd: hd, scale: scale, keyMask: nil)
             }
         }
     }
@@ -206,63 +224,85 @@ extension Model {
         let c = config
         let lw = weights.layers[l]
         let gw = g.weights
-        let dres = g.dres, dln = g.dln, datt = g.datt, dqkv = g.dqkv, dfc = g.dfc
-        let C = c.nEmbd, F = c.innerSize, H = c.nHead, hd = c.headDim
+        let dres = g.dres
+        let dln = g.dln
+        let datt = g.datt
+        let dqkv = g.dqkv
+        let dfc = g.dfc
+        let C = c.nEmbd
+        let F = c.innerSize
+        let H = c.nHead
+        let hd = c.headDim
         let n = B * T
 
         // MLP projection.
-        matmulBackward(dinp: dfc, dweight: gw?.mlpProjW, dbias: gw?.mlpProjB, dout: dres, inp: a.fcAct, weight: lw.mlpProjW, M: n, K: F, N: C, accumulate: false)
+        matmulBackward(
+            dinp: dfc, dweight: gw?.mlpProjW, dbias: gw?.mlpProjB, dout: dres, inp: a.fcAct, weight: lw.mlpProjW, M: n, K: F, N: C,
+            accumulate: false)
         lora.backward(layer: l, target: .mlpCProj, x: a.fcAct, dy: dres, dx: dfc, n: n)
         activationBackward(c.activation, d: dfc, pre: a.fcPre, n: n * F)
-        matmulBackward(dinp: dln, dweight: gw?.fcW, dbias: gw?.fcB, dout: dfc, inp: a.ln2, weight: lw.fcW, M: n, K: C, N: F, accumulate: false)
+        matmulBackward(
+            dinp: dln, dweight: gw?.fcW, dbias: gw?.fcB, dout: dfc, inp: a.ln2, weight: lw.fcW, M: n, K: C, N: F, accumulate: false)
         lora.backward(layer: l, target: .mlpCFC, x: a.ln2, dy: dfc, dx: dln, n: n)
-        layerNormBackward(dinp: dres, dweight: gw?.ln2W, dbias: gw?.ln2B, dout: dln, inp: a.res2, weight: lw.ln2W,
-                          mean: a.ln2Mean!, rstd: a.ln2Rstd!, rows: n, C: C)
+        layerNormBackward(
+            dinp: dres, dweight: gw?.ln2W, dbias: gw?.ln2B, dout: dln, inp: a.res2, weight: lw.ln2W,
+            mean: a.ln2Mean!, rstd: a.ln2Rstd!, rows: n, C: C)
 
         // Attention projection and attention.
-        matmulBackward(dinp: datt, dweight: gw?.attnProjW, dbias: gw?.attnProjB, dout: dres, inp: a.att, weight: lw.attnProjW, M: n, K: C, N: C, accumulate: false)
+        matmulBackward(
+            dinp: datt, dweight: gw?.attnProjW, dbias: gw?.attnProjB, dout: dres, inp: a.att, weight: lw.attnProjW, M: n, K: C, N: C,
+            accumulate: false)
         lora.backward(layer: l, target: .attnCProj, x: a.att, dy: dres, dx: datt, n: n)
         dqkv.update(repeating: 0, count: n * 3 * C)
         let scale = attentionScale(layer: l)
         // Heads in parallel: each writes its own columns of dqkv.
-        let scratch = g.attnScratch, slotSize = g.attnSlotSize
+        let scratch = g.attnScratch
+        let slotSize = g.attnSlotSize
         parallelChunks(B * H, maxWorkers: g.attnSlots) { worker, heads in
             for bh in heads {
-                let b = bh / H, h = bh % H
+                let b = bh / H
+                let h = bh % H
                 let base = b * T * 3 * C + h * hd
-                attentionBackward(dq: dqkv + base, ldq: 3 * C, dk: dqkv + base + C, dv: dqkv + base + 2 * C, ldk: 3 * C,
-                                  scratch: scratch + worker * slotSize, dout: datt + b * T * C + h * hd, ldo: C,
-                                  lse: a.lse! + bh * T,
-                                  q: a.qkv + base, k: a.qkv + base + C, v: a.qkv + base + 2 * C,
-                                  T: T, L: T, past: 0, hd: hd, scale: scale, keyMask: nil)
+                attentionBackward(
+                    dq: dqkv + base, ldq: 3 * C, dk: dqkv + base + C, dv: dqkv + base + 2 * C, ldk: 3 * C,
+                    scratch: scratch + worker * slotSize, dout: datt + b * T * C + h * hd, ldo: C,
+                    lse: a.lse! + bh * T,
+                    q: a.qkv + base, k: a.qkv + base + C, v: a.qkv + base + 2 * C,
+                    T: T, L: T, past: 0, hd: hd, scale: scale, keyMask: nil)
             }
         }
-        matmulBackward(dinp: needInputGradient ? dln : nil, dweight: gw?.attnW, dbias: gw?.attnB, dout: dqkv, inp: a.ln1,
-                       weight: lw.attnW, M: n, K: C, N: 3 * C, accumulate: false)
+        matmulBackward(
+            dinp: needInputGradient ? dln : nil, dweight: gw?.attnW, dbias: gw?.attnB, dout: dqkv, inp: a.ln1,
+            weight: lw.attnW, M: n, K: C, N: 3 * C, accumulate: false)
         lora.backward(layer: l, target: .attnCAttn, x: a.ln1, dy: dqkv, dx: needInputGradient ? dln : nil, n: n)
         guard needInputGradient else { return }
-        layerNormBackward(dinp: dres, dweight: gw?.ln1W, dbias: gw?.ln1B, dout: dln, inp: a.input, weight: lw.ln1W,
-                          mean: a.ln1Mean!, rstd: a.ln1Rstd!, rows: n, C: C)
+        layerNormBackward(
+            dinp: dres, dweight: gw?.ln1W, dbias: gw?.ln1B, dout: dln, inp: a.input, weight: lw.ln1W,
+            mean: a.ln1Mean!, rstd: a.ln1Rstd!, rows: n, C: C)
     }
 
     /// Training forward through the stack: embeddings, every block (K/V read
     /// from qkv), the final LayerNorm into acts.lnf (with its mean/rstd).
     /// Returns the final LayerNorm's input (the last block's output).
     func trunkForward(ids: [TokenID], positions: [Int32], _ acts: TrunkActs, B: Int, T: Int, lora: LoRAContext) -> ConstFloatPtr {
-        let c = config, w = weights
-        let n = B * T, C = c.nEmbd
+        let c = config
+        let w = weights
+        let n = B * T
+        let C = c.nEmbd
         ids.withUnsafeBufferPointer { idp in
             positions.withUnsafeBufferPointer { pp in
-                embeddingForward(out: acts.layers[0].input, ids: idp.baseAddress!, positions: pp.baseAddress!,
-                                 wte: w.wte, wpe: w.wpe, n: n, C: C)
+                embeddingForward(
+                    out: acts.layers[0].input, ids: idp.baseAddress!, positions: pp.baseAddress!,
+                    wte: w.wte, wpe: w.wpe, n: n, C: C)
             }
         }
         for l in 0..<c.nLayer {
             layerForward(l, acts.layers[l], B: B, T: T, past: 0, kv: .inline, keyMask: nil, lora: lora)
         }
         let xFinal = c.nLayer > 0 ? acts.layers[c.nLayer - 1].res3 : acts.layers[0].input
-        layerNormForward(out: acts.lnf, mean: acts.lnfMean, rstd: acts.lnfRstd, inp: xFinal, weight: w.lnfW, bias: w.lnfB,
-                         rows: n, C: C, eps: Float(c.layerNormEpsilon))
+        layerNormForward(
+            out: acts.lnf, mean: acts.lnfMean, rstd: acts.lnfRstd, inp: xFinal, weight: w.lnfW, bias: w.lnfB,
+            rows: n, C: C, eps: Float(c.layerNormEpsilon))
         return UnsafePointer(xFinal)
     }
 
@@ -271,12 +311,17 @@ extension Model {
     /// (below it nothing needs a gradient); with `recompute` (gradient
     /// checkpointing) each block's forward runs again first. `full`: every
     /// weight's gradient accumulates there (full fine-tuning), embeddings included.
-    func trunkBackward(ids: [TokenID], positions: [Int32], _ acts: TrunkActs, xFinal: ConstFloatPtr, _ g: LayerGrads,
-                       full: GPT2Weights?, lowest: Int, recompute: Bool, B: Int, T: Int, lora: LoRAContext) {
-        let c = config, w = weights
-        let n = B * T, C = c.nEmbd
-        layerNormBackward(dinp: g.dres, dweight: full?.lnfW, dbias: full?.lnfB, dout: g.dln, inp: xFinal, weight: w.lnfW,
-                          mean: acts.lnfMean, rstd: acts.lnfRstd, rows: n, C: C)
+    func trunkBackward(
+        ids: [TokenID], positions: [Int32], _ acts: TrunkActs, xFinal: ConstFloatPtr, _ g: LayerGrads,
+        full: GPT2Weights?, lowest: Int, recompute: Bool, B: Int, T: Int, lora: LoRAContext
+    ) {
+        let c = config
+        let w = weights
+        let n = B * T
+        let C = c.nEmbd
+        layerNormBackward(
+            dinp: g.dres, dweight: full?.lnfW, dbias: full?.lnfB, dout: g.dln, inp: xFinal, weight: w.lnfW,
+            mean: acts.lnfMean, rstd: acts.lnfRstd, rows: n, C: C)
         for l in stride(from: c.nLayer - 1, through: lowest, by: -1) {
             if recompute {
                 layerForward(l, acts.layers[l], B: B, T: T, past: 0, kv: .inline, keyMask: nil, lora: lora)
@@ -288,7 +333,8 @@ extension Model {
         if let full {
             ids.withUnsafeBufferPointer { idp in
                 positions.withUnsafeBufferPointer { pp in
-                    embeddingBackward(dwte: full.wte, dwpe: full.wpe, dout: g.dres, ids: idp.baseAddress!, positions: pp.baseAddress!, n: n, C: C)
+                    embeddingBackward(
+                        dwte: full.wte, dwpe: full.wpe, dout: g.dres, ids: idp.baseAddress!, positions: pp.baseAddress!, n: n, C: C)
                 }
             }
         }

@@ -28,7 +28,9 @@ public struct SamplingParams: Sendable, Equatable {
         guard temperature.isFinite, temperature >= 0 else { throw LoRAError.invalidArgument("temperature must be a finite number >= 0") }
         guard topK >= 0 else { throw LoRAError.invalidArgument("top_k must be >= 0") }
         guard topP.isFinite, topP > 0, topP <= 1 else { throw LoRAError.invalidArgument("top_p must be in (0, 1]") }
-        guard repetitionPenalty.isFinite, repetitionPenalty > 0 else { throw LoRAError.invalidArgument("repetition_penalty must be a finite number > 0") }
+        guard repetitionPenalty.isFinite, repetitionPenalty > 0 else {
+            throw LoRAError.invalidArgument("repetition_penalty must be a finite number > 0")
+        }
     }
 }
 
@@ -55,12 +57,15 @@ extension Model {
     /// called on the calling thread for each new token; return `.stop` to stop.
     /// The prompt must be shorter than n_positions; generation stops at
     /// n_positions (`.contextFull`).
-    public func generate(prompt: [TokenID], params: SamplingParams = SamplingParams(),
-                         onToken: ((TokenID, String) -> CallbackAction)? = nil) throws -> GenerationResult {
+    public func generate(
+        prompt: [TokenID], params: SamplingParams = SamplingParams(),
+        onToken: ((TokenID, String) -> CallbackAction)? = nil
+    ) throws -> GenerationResult {
         try params.validate()
         guard !prompt.isEmpty else { throw LoRAError.invalidArgument("empty prompt") }
         guard prompt.count < config.nPositions else {
-            throw LoRAError.invalidArgument("prompt of \(prompt.count) tokens does not fit n_positions (\(config.nPositions)) with room for a new token")
+            throw LoRAError.invalidArgument(
+                "prompt of \(prompt.count) tokens does not fit n_positions (\(config.nPositions)) with room for a new token")
         }
         try prompt.withUnsafeBufferPointer { try checkTokens($0) }
         let total = prompt.count + min(config.nPositions - prompt.count, params.maxNewTokens)  // no overflow for huge max_new_tokens
@@ -79,8 +84,10 @@ extension Model {
     }
 
     /// Generates from a text prompt (needs a tokenizer).
-    public func generate(_ prompt: String, params: SamplingParams = SamplingParams(),
-                         onToken: ((TokenID, String) -> CallbackAction)? = nil) throws -> GenerationResult {
+    public func generate(
+        _ prompt: String, params: SamplingParams = SamplingParams(),
+        onToken: ((TokenID, String) -> CallbackAction)? = nil
+    ) throws -> GenerationResult {
         guard let tokenizer else { throw LoRAError.invalidArgument("the model has no tokenizer") }
         return try generate(prompt: tokenizer.encode(prompt), params: params, onToken: onToken)
     }
@@ -129,9 +136,13 @@ struct GenerationState {
         var piece = stop == .endOfText ? "" : (try decoder?.push(next) ?? "")
         text += piece
         if stop != nil {
-        } else if !params.stopStrings.isEmpty, params.stopStrings.contains(where: { !$0.isEmpty && text.contains($0) }) { stop = .stopString }
-        else if newTokens.count >= params.maxNewTokens { stop = .maxNewTokens }
-        else if sequence.count >= limit { stop = .contextFull }
+        } else if !params.stopStrings.isEmpty, params.stopStrings.contains(where: { !$0.isEmpty && text.contains($0) }) {
+            stop = .stopString
+        } else if newTokens.count >= params.maxNewTokens {
+            stop = .maxNewTokens
+        } else if sequence.count >= limit {
+            stop = .contextFull
+        }
         if stop != nil, var d = decoder {
             // The last piece carries any bytes held back for an incomplete character.
             let tail = d.finish()

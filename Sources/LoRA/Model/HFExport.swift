@@ -23,8 +23,9 @@ extension GPT2Weights {
     package func tensorsForSaving() -> [TensorData] {
         layout.slots.map { slot in
             let name = slot.name == "lm_head.weight" ? slot.name : "transformer." + slot.name
-            return TensorData(name: name, shape: slot.shape,
-                              floats: UnsafeBufferPointer(start: block.base + slot.offset, count: slot.count))
+            return TensorData(
+                name: name, shape: slot.shape,
+                floats: UnsafeBufferPointer(start: block.base + slot.offset, count: slot.count))
         }
     }
 }
@@ -36,8 +37,9 @@ extension Model {
     /// written atomically.
     public func save(directory: String) throws {
         let fm = FileManager.default
-        do { try fm.createDirectory(atPath: directory, withIntermediateDirectories: true) }
-        catch { throw LoRAError.io(path: directory, reason: "cannot create directory: \(error.localizedDescription)") }
+        do { try fm.createDirectory(atPath: directory, withIntermediateDirectories: true) } catch {
+            throw LoRAError.io(path: directory, reason: "cannot create directory: \(error.localizedDescription)")
+        }
         for i in 0..<weights.block.count where !weights.block.base[i].isFinite {
             throw LoRAError.numerical("the model holds NaN or infinite weights; not saved")
         }

@@ -13,7 +13,7 @@ public final class InferenceSession {
     /// Positions already in the cache.
     public private(set) var length = 0
 
-    let kCache: FloatBlock   // [layer, B, H, capacity, hd] (empty without a cache)
+    let kCache: FloatBlock  // [layer, B, H, capacity, hd] (empty without a cache)
     let vCache: FloatBlock
     /// False: one forward call only, keys and values read from the layer's own
     /// projections (no cache to fill: the logits of a whole sequence).
@@ -73,16 +73,21 @@ public final class InferenceSession {
     /// to the cache, and writes logits into `logits`: [batch, T, vocab], or
     /// [batch, vocab] for the last position only (exactly that many floats).
     /// `attentionMask` [batch, T] marks padding (0).
-    public func forward(_ ids: [TokenID], batch B: Int, attentionMask: [Int32]? = nil, lastOnly: Bool,
-                        into logits: UnsafeMutableBufferPointer<Float>) throws {
+    public func forward(
+        _ ids: [TokenID], batch B: Int, attentionMask: [Int32]? = nil, lastOnly: Bool,
+        into logits: UnsafeMutableBufferPointer<Float>
+    ) throws {
         guard B == batch else { throw LoRAError.invalidArgument("batch \(B) does not match the session's \(batch)") }
-        guard !ids.isEmpty, ids.count % B == 0 else { throw LoRAError.invalidArgument("token count \(ids.count) is not a multiple of the batch \(B)") }
+        guard !ids.isEmpty, ids.count % B == 0 else {
+            throw LoRAError.invalidArgument("token count \(ids.count) is not a multiple of the batch \(B)")
+        }
         let T = ids.count / B
         guard keepsCache || length == 0 else {
             throw LoRAError.invalidArgument("this session keeps no KV cache: it runs one forward call")
         }
         guard length + T <= capacity else {
-            throw LoRAError.invalidArgument("sequence of \(length + T) tokens exceeds the session capacity \(capacity) (n_positions \(model.config.nPositions))")
+            throw LoRAError.invalidArgument(
+                "sequence of \(length + T) tokens exceeds the session capacity \(capacity) (n_positions \(model.config.nPositions))")
         }
         if let m = attentionMask, m.count != ids.count {
             throw LoRAError.invalidArgument("attention mask has \(m.count) entries, expected \(ids.count)")
@@ -116,7 +121,9 @@ public final class InferenceSession {
 
     /// As `forward(_:batch:attentionMask:lastOnly:into:)`, returning the logits.
     public func forward(_ ids: [TokenID], batch B: Int, attentionMask: [Int32]? = nil, lastOnly: Bool) throws -> [Float] {
-        guard B >= 1, ids.count % B == 0 else { throw LoRAError.invalidArgument("token count \(ids.count) is not a multiple of the batch \(B)") }
+        guard B >= 1, ids.count % B == 0 else {
+            throw LoRAError.invalidArgument("token count \(ids.count) is not a multiple of the batch \(B)")
+        }
         let count = (lastOnly ? B : ids.count) * model.config.vocabSize
         // Uninitialised: every entry is written by the head's product.
         return try [Float](unsafeUninitializedCapacity: count) { buf, initialized in
@@ -125,7 +132,8 @@ public final class InferenceSession {
         }
     }
 
-    private func run(ids: UnsafePointer<TokenID>, positions: UnsafePointer<Int32>, B: Int, T: Int, lastOnly: Bool, logits: FloatPtr) throws {
+    private func run(ids: UnsafePointer<TokenID>, positions: UnsafePointer<Int32>, B: Int, T: Int, lastOnly: Bool, logits: FloatPtr) throws
+    {
         let c = model.config
         let w = model.weights
         let C = c.nEmbd
@@ -133,35 +141,43 @@ public final class InferenceSession {
         let eps = Float(c.layerNormEpsilon)
         let past = length
         let L = past + T
-        let x = self.x.base, ln = self.ln.base
+        let x = self.x.base
+        let ln = self.ln.base
         let anyPadding = (0..<B).contains { b in (0..<L).contains { keyMask.base[b * capacity + $0] == 0 } }
         let rank = model.maxActiveRank
         if loraU.count < n * rank { loraU = try FloatBlock(count: n * rank) }
-        let lora = rank == 0 ? LoRAContext.none
+        let lora =
+            rank == 0
+            ? LoRAContext.none
             : LoRAContext(active: model.activeLoRA, scratch: loraU.base, training: nil)
-        let acts = LayerActs(input: x, ln1: ln, ln1Mean: nil, ln1Rstd: nil, qkv: qkv.base, att: att.base,
-                             probs: probs.base, probsSlots: probSlots, lse: nil, res2: x, ln2: ln, ln2Mean: nil, ln2Rstd: nil,
-                             fcPre: fc.base, fcAct: fc.base, res3: x, proj: proj.base)
-        let mask = keyMask.base, cap = capacity
+        let acts = LayerActs(
+            input: x, ln1: ln, ln1Mean: nil, ln1Rstd: nil, qkv: qkv.base, att: att.base,
+            probs: probs.base, probsSlots: probSlots, lse: nil, res2: x, ln2: ln, ln2Mean: nil, ln2Rstd: nil,
+            fcPre: fc.base, fcAct: fc.base, res3: x, proj: proj.base)
+        let mask = keyMask.base
+        let cap = capacity
         let keyMaskOf: ((Int) -> ConstFloatPtr?)? = anyPadding ? { b in UnsafePointer(mask + b * cap) } : nil
 
         embeddingForward(out: x, ids: ids, positions: positions, wte: w.wte, wpe: w.wpe, n: n, C: C)
         for l in 0..<c.nLayer {
             let perLayer = batch * capacity * C
-            model.layerForward(l, acts, B: B, T: T, past: past,
-                               kv: keepsCache ? .cache(k: kCache.base + l * perLayer, v: vCache.base + l * perLayer, capacity: capacity) : .inline,
-                               keyMask: keyMaskOf, lora: lora)
+            model.layerForward(
+                l, acts, B: B, T: T, past: past,
+                kv: keepsCache ? .cache(k: kCache.base + l * perLayer, v: vCache.base + l * perLayer, capacity: capacity) : .inline,
+                keyMask: keyMaskOf, lora: lora)
         }
         let V = c.vocabSize
         if lastOnly {
             for b in 0..<B {
-                layerNormForward(out: ln + b * C, mean: nil, rstd: nil, inp: x + (b * T + T - 1) * C,
-                                 weight: w.lnfW, bias: w.lnfB, rows: 1, C: C, eps: eps)
+                layerNormForward(
+                    out: ln + b * C, mean: nil, rstd: nil, inp: x + (b * T + T - 1) * C,
+                    weight: w.lnfW, bias: w.lnfB, rows: 1, C: C, eps: eps)
             }
             if B == 1 {
                 gemv(transA: false, rows: V, cols: C, alpha: 1, A: w.lmHead, lda: C, x: ln, beta: 0, y: logits)
             } else {
-                gemm(transA: false, transB: true, M: B, N: V, K: C, alpha: 1, A: ln, lda: C, B: w.lmHead, ldb: C, beta: 0, C: logits, ldc: V)
+                gemm(
+                    transA: false, transB: true, M: B, N: V, K: C, alpha: 1, A: ln, lda: C, B: w.lmHead, ldb: C, beta: 0, C: logits, ldc: V)
             }
         } else {
             layerNormForward(out: ln, mean: nil, rstd: nil, inp: x, weight: w.lnfW, bias: w.lnfB, rows: n, C: C, eps: eps)

@@ -55,7 +55,8 @@ public final class Model: @unchecked Sendable {
         if fm.fileExists(atPath: dir + "/tokenizer.json") || fm.fileExists(atPath: dir + "/vocab.json") {
             tokenizer = try Tokenizer.load(directory: dir)
             if let t = tokenizer, t.vocabSize > config.vocabSize {
-                throw LoRAError.invalidFile(path: dir, reason: "the tokenizer has \(t.vocabSize) tokens but the model's vocab_size is \(config.vocabSize)")
+                throw LoRAError.invalidFile(
+                    path: dir, reason: "the tokenizer has \(t.vocabSize) tokens but the model's vocab_size is \(config.vocabSize)")
             }
         }
         return try Model(config: config, weights: weights, tokenizer: tokenizer, directory: dir)

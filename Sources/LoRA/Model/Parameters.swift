@@ -22,7 +22,8 @@ package struct GPT2Layout: Sendable {
             slots.append(TensorSlot(name: name, shape: shape, offset: off))
             off += shape.reduce(1, *)
         }
-        let e = c.nEmbd, f = c.innerSize
+        let e = c.nEmbd
+        let f = c.innerSize
         add("wte.weight", [c.vocabSize, e])
         add("wpe.weight", [c.nPositions, e])
         for l in 0..<c.nLayer {
@@ -55,7 +56,8 @@ package final class FloatBlock: @unchecked Sendable {
     /// Physical memory in bytes (allocations beyond it are refused up front:
     /// with overcommit they would succeed and kill the process when touched).
     package static let physicalMemory: Int = {
-        let pages = sysconf(Int32(_SC_PHYS_PAGES)), size = sysconf(Int32(_SC_PAGESIZE))
+        let pages = sysconf(Int32(_SC_PHYS_PAGES))
+        let size = sysconf(Int32(_SC_PAGESIZE))
         return pages > 0 && size > 0 ? pages * size : Int.max
     }()
 
@@ -64,7 +66,8 @@ package final class FloatBlock: @unchecked Sendable {
     package init(count: Int) throws {
         guard count >= 0, count <= Int.max / 4 else { throw LoRAError.invalidArgument("allocation of \(count) floats is too large") }
         guard count * 4 <= FloatBlock.physicalMemory else {
-            throw LoRAError.invalidArgument("a buffer of \(count * 4 >> 20) MiB exceeds the machine's memory (\(FloatBlock.physicalMemory >> 20) MiB)")
+            throw LoRAError.invalidArgument(
+                "a buffer of \(count * 4 >> 20) MiB exceeds the machine's memory (\(FloatBlock.physicalMemory >> 20) MiB)")
         }
         // Aligned to a cache line, and large blocks (weights, activations) to
         // 2 MiB with transparent huge pages asked for: decode streams the
@@ -117,12 +120,13 @@ package final class GPT2Weights: @unchecked Sendable {
         lnfW = p("ln_f.weight"); lnfB = p("ln_f.bias")
         lmHead = config.tieWordEmbeddings ? p("wte.weight") : p("lm_head.weight")
         layers = (0..<config.nLayer).map { l in
-            LayerWeights(ln1W: p("h.\(l).ln_1.weight"), ln1B: p("h.\(l).ln_1.bias"),
-                         attnW: p("h.\(l).attn.c_attn.weight"), attnB: p("h.\(l).attn.c_attn.bias"),
-                         attnProjW: p("h.\(l).attn.c_proj.weight"), attnProjB: p("h.\(l).attn.c_proj.bias"),
-                         ln2W: p("h.\(l).ln_2.weight"), ln2B: p("h.\(l).ln_2.bias"),
-                         fcW: p("h.\(l).mlp.c_fc.weight"), fcB: p("h.\(l).mlp.c_fc.bias"),
-                         mlpProjW: p("h.\(l).mlp.c_proj.weight"), mlpProjB: p("h.\(l).mlp.c_proj.bias"))
+            LayerWeights(
+                ln1W: p("h.\(l).ln_1.weight"), ln1B: p("h.\(l).ln_1.bias"),
+                attnW: p("h.\(l).attn.c_attn.weight"), attnB: p("h.\(l).attn.c_attn.bias"),
+                attnProjW: p("h.\(l).attn.c_proj.weight"), attnProjB: p("h.\(l).attn.c_proj.bias"),
+                ln2W: p("h.\(l).ln_2.weight"), ln2B: p("h.\(l).ln_2.bias"),
+                fcW: p("h.\(l).mlp.c_fc.weight"), fcB: p("h.\(l).mlp.c_fc.bias"),
+                mlpProjW: p("h.\(l).mlp.c_proj.weight"), mlpProjB: p("h.\(l).mlp.c_proj.bias"))
         }
     }
 
@@ -143,7 +147,8 @@ package final class GPT2Weights: @unchecked Sendable {
             if name == "lm_head.weight" && config.tieWordEmbeddings { continue }
             guard layout[name] != nil else { continue }  // unexpected keys are ignored, as transformers does
             if found[name] != nil {
-                throw LoRAError.invalidFile(path: file.path, reason: "tensor \(name) appears twice (with and without the transformer. prefix)")
+                throw LoRAError.invalidFile(
+                    path: file.path, reason: "tensor \(name) appears twice (with and without the transformer. prefix)")
             }
             found[name] = info
         }
@@ -152,7 +157,8 @@ package final class GPT2Weights: @unchecked Sendable {
                 throw LoRAError.invalidFile(path: file.path, reason: "missing tensor \(slot.name)")
             }
             guard info.shape == slot.shape else {
-                throw LoRAError.invalidFile(path: file.path, reason: "tensor \(slot.name) has shape \(info.shape), the config needs \(slot.shape)")
+                throw LoRAError.invalidFile(
+                    path: file.path, reason: "tensor \(slot.name) has shape \(info.shape), the config needs \(slot.shape)")
             }
             try file.copyFloats(info, into: block.base + slot.offset)
         }

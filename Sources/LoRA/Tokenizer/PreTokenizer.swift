@@ -34,8 +34,9 @@ enum GPT2PreTokenizer {
         guard let scalar = Unicode.Scalar(value) else { return .other }
         let properties = scalar.properties
         guard let age = properties.age,
-              age.major < unicodeVersion.major
-                || (age.major == unicodeVersion.major && age.minor <= unicodeVersion.minor) else {
+            age.major < unicodeVersion.major
+                || (age.major == unicodeVersion.major && age.minor <= unicodeVersion.minor)
+        else {
             return .other
         }
         if properties.isWhitespace { return .space }

@@ -68,7 +68,9 @@ public final class Tokenizer: Sendable {
         table.reserveCapacity(d.merges.count)
         for (rank, merge) in d.merges.enumerated() {
             func missing(_ what: String, _ token: [UInt8]) -> LoRAError {
-                invalid("\(d.location(of: merge)): \(what) \(TokenizerFiles.quoted(String(decoding: token, as: UTF8.self))) is not in the vocab")
+                invalid(
+                    "\(d.location(of: merge)): \(what) \(TokenizerFiles.quoted(String(decoding: token, as: UTF8.self))) is not in the vocab"
+                )
             }
             guard let left = d.vocab[merge.left] else { throw missing("merge token", merge.left) }
             guard let right = d.vocab[merge.right] else { throw missing("merge token", merge.right) }
@@ -163,8 +165,10 @@ public final class Tokenizer: Sendable {
     }
 
     /// Encodes text that has no added tokens in it.
-    func encodeSegment(_ buffer: UnsafeBufferPointer<UInt8>, _ range: Range<Int>,
-                       into out: inout [TokenID], state: inout EncodeState) {
+    func encodeSegment(
+        _ buffer: UnsafeBufferPointer<UInt8>, _ range: Range<Int>,
+        into out: inout [TokenID], state: inout EncodeState
+    ) {
         if range.isEmpty { return }
         if addPrefixSpace && buffer[range.lowerBound] != 0x20 {
             // tokenizers' ByteLevel adds the space to each piece between added tokens.
@@ -178,8 +182,10 @@ public final class Tokenizer: Sendable {
         }
     }
 
-    func splitAndEncode(_ buffer: UnsafeBufferPointer<UInt8>, _ range: Range<Int>,
-                        into out: inout [TokenID], state: inout EncodeState) {
+    func splitAndEncode(
+        _ buffer: UnsafeBufferPointer<UInt8>, _ range: Range<Int>,
+        into out: inout [TokenID], state: inout EncodeState
+    ) {
         if useRegex {
             GPT2PreTokenizer.split(buffer, range) { start, end in
                 encodeWord(buffer, start..<end, into: &out, state: &state)
@@ -191,8 +197,10 @@ public final class Tokenizer: Sendable {
 
     /// BPE on one pre-tokenized piece.
     @inline(__always)
-    func encodeWord(_ buffer: UnsafeBufferPointer<UInt8>, _ range: Range<Int>,
-                    into out: inout [TokenID], state: inout EncodeState) {
+    func encodeWord(
+        _ buffer: UnsafeBufferPointer<UInt8>, _ range: Range<Int>,
+        into out: inout [TokenID], state: inout EncodeState
+    ) {
         if range.count == 1 {
             let id = byteIDs[Int(buffer[range.lowerBound])]
             if id >= 0 { out.append(id) } else if let unknownID { out.append(unknownID) }
@@ -273,8 +281,10 @@ struct AddedTokenMatcher: Sendable {
 
     /// Calls `body(range, nil)` for text between matches and `body(range, id)` for
     /// each match, in order.
-    func split(_ buffer: UnsafeBufferPointer<UInt8>, _ range: Range<Int>,
-               _ body: (Range<Int>, TokenID?) -> Void) {
+    func split(
+        _ buffer: UnsafeBufferPointer<UInt8>, _ range: Range<Int>,
+        _ body: (Range<Int>, TokenID?) -> Void
+    ) {
         if isEmpty {
             body(range, nil)
             return

@@ -1,9 +1,9 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// What a tokenizer file says, validated but not yet turned into lookup tables.
@@ -111,7 +111,8 @@ enum TokenizerFiles {
         seenIDs.reserveCapacity(members.count)
         for (key, value) in members {
             guard let id = value.intValue else {
-                throw LoRAError.invalidFile(path: path, reason: "\(field): the id of \(quoted(key)) must be an integer, not \(value.kindName)")
+                throw LoRAError.invalidFile(
+                    path: path, reason: "\(field): the id of \(quoted(key)) must be an integer, not \(value.kindName)")
             }
             guard id >= 0, id <= maxTokenID, let id32 = TokenID(exactly: id) else {
                 throw LoRAError.invalidFile(path: path, reason: "\(field): the id of \(quoted(key)) is \(id), outside 0...\(maxTokenID)")
@@ -146,7 +147,9 @@ enum TokenizerFiles {
                 let text = String(decoding: line.prefix(200), as: UTF8.self)
                 throw LoRAError.invalidFile(
                     path: path,
-                    reason: "line \(lineNumber): a merge must be two tokens separated by one space, got \(parts.count) part(s) in \(quoted(text))")
+                    reason:
+                        "line \(lineNumber): a merge must be two tokens separated by one space, got \(parts.count) part(s) in \(quoted(text))"
+                )
             }
             guard String(validating: line, as: UTF8.self) != nil else {
                 throw LoRAError.invalidFile(path: path, reason: "line \(lineNumber): not valid UTF-8")
@@ -294,8 +297,10 @@ enum TokenizerFiles {
         return tokens
     }
 
-    static func optionalBool(_ object: JSONValue, _ key: String, default value: Bool,
-                             path: String, context: String) throws -> Bool {
+    static func optionalBool(
+        _ object: JSONValue, _ key: String, default value: Bool,
+        path: String, context: String
+    ) throws -> Bool {
         guard let field = object[key], !field.isNull else { return value }
         guard let flag = field.boolValue else {
             throw LoRAError.invalidFile(path: path, reason: "\(context).\(key) must be a boolean, not \(field.kindName)")

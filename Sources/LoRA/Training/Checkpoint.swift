@@ -1,6 +1,7 @@
 import Foundation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Where a training run stands: enough to resume it bit for bit.
@@ -30,8 +31,9 @@ public enum Checkpoint {
     public static func save(_ trainer: Trainer, root: String) throws -> String {
         let progress = trainer.state
         let fm = FileManager.default
-        do { try fm.createDirectory(atPath: root, withIntermediateDirectories: true) }
-        catch { throw LoRAError.io(path: root, reason: "cannot create directory: \(error.localizedDescription)") }
+        do { try fm.createDirectory(atPath: root, withIntermediateDirectories: true) } catch {
+            throw LoRAError.io(path: root, reason: "cannot create directory: \(error.localizedDescription)")
+        }
         let final = root + "/" + prefix + String(progress.step)
         let tmp = root + "/." + prefix + String(progress.step) + ".tmp-\(getpid())"
         // Temporary directories left by a run that was killed while saving.
@@ -53,10 +55,11 @@ public enum Checkpoint {
                 "config": trainer.checkpointConfig.fingerprint,
                 "settings": trainer.checkpointConfig.settings.map { "\($0.name)=\($0.value)" }.joined(separator: ";"),
             ]
-            try SafeTensorsWriter.write([
-                TensorData(name: "exp_avg", shape: [n], floats: UnsafeBufferPointer(start: trainer.m.base, count: n)),
-                TensorData(name: "exp_avg_sq", shape: [n], floats: UnsafeBufferPointer(start: trainer.v.base, count: n)),
-            ], to: tmp + "/" + stateFile, metadata: meta)
+            try SafeTensorsWriter.write(
+                [
+                    TensorData(name: "exp_avg", shape: [n], floats: UnsafeBufferPointer(start: trainer.m.base, count: n)),
+                    TensorData(name: "exp_avg_sq", shape: [n], floats: UnsafeBufferPointer(start: trainer.v.base, count: n)),
+                ], to: tmp + "/" + stateFile, metadata: meta)
             fsyncPath(tmp)
             if fm.fileExists(atPath: final) { try fm.removeItem(atPath: final) }
             guard rename(tmp, final) == 0 else {
@@ -105,14 +108,17 @@ public enum Checkpoint {
         let changed = settingsChanged(md, trainer.checkpointConfig)
         guard changed.isEmpty else {
             let list = changed.map { "\($0.name) \($0.saved) (now \($0.current))" }.joined(separator: ", ")
-            throw fail("the checkpoint was written with other training settings: \(list) (batch_size there is the global batch, per-rank batch × ranks); resume with the same ones")
+            throw fail(
+                "the checkpoint was written with other training settings: \(list) (batch_size there is the global batch, per-rank batch × ranks); resume with the same ones"
+            )
         }
         var p = TrainerState()
         guard let step = md["step"].flatMap(Int.init), let epoch = md["epoch"].flatMap(Int.init),
-              let offset = md["offset"].flatMap(Int.init), let rng = md["rng_state"].flatMap(UInt64.init),
-              step >= 0, epoch >= 0, offset >= 0,
-              // Bounded so that later arithmetic (step + 1, epoch + 1) cannot overflow.
-              step <= Int(Int32.max), epoch <= Int(Int32.max), offset <= Int(Int32.max) else {
+            let offset = md["offset"].flatMap(Int.init), let rng = md["rng_state"].flatMap(UInt64.init),
+            step >= 0, epoch >= 0, offset >= 0,
+            // Bounded so that later arithmetic (step + 1, epoch + 1) cannot overflow.
+            step <= Int(Int32.max), epoch <= Int(Int32.max), offset <= Int(Int32.max)
+        else {
             throw fail("bad progress metadata (step, epoch and offset must be integers from 0 to 2^31 - 1)")
         }
         p.step = step; p.epoch = epoch; p.offset = offset; p.rngState = rng
@@ -140,13 +146,15 @@ extension TrainerParams {
     /// C/Python names (max_steps may grow: raising it extends a run, as the
     /// learning-rate schedule is then computed for the new total).
     var settings: [(name: String, value: String)] {
-        [("learning_rate", String(learningRate)), ("weight_decay", String(weightDecay)),
-         ("adam_beta1", String(adamBeta1)), ("adam_beta2", String(adamBeta2)), ("adam_epsilon", String(adamEpsilon)),
-         ("lr_scheduler", lrScheduler.rawValue), ("warmup_steps", String(warmupSteps)), ("max_steps", String(maxSteps)),
-         ("gradient_accumulation_steps", String(gradientAccumulationSteps)),
-         ("max_grad_norm", maxGradNorm.map { String($0) } ?? "none"), ("batch_size", String(batchSize)),
-         ("block_size", String(blockSize)), ("seed", String(seed)),
-         ("loraplus_lr_ratio", String(loraplusLRRatio))]
+        [
+            ("learning_rate", String(learningRate)), ("weight_decay", String(weightDecay)),
+            ("adam_beta1", String(adamBeta1)), ("adam_beta2", String(adamBeta2)), ("adam_epsilon", String(adamEpsilon)),
+            ("lr_scheduler", lrScheduler.rawValue), ("warmup_steps", String(warmupSteps)), ("max_steps", String(maxSteps)),
+            ("gradient_accumulation_steps", String(gradientAccumulationSteps)),
+            ("max_grad_norm", maxGradNorm.map { String($0) } ?? "none"), ("batch_size", String(batchSize)),
+            ("block_size", String(blockSize)), ("seed", String(seed)),
+            ("loraplus_lr_ratio", String(loraplusLRRatio)),
+        ]
     }
 
     /// The settings 0.1.0 wrote by position (the "config" metadata key).

@@ -232,7 +232,8 @@ private struct DatasetReader {
             }
         }
         if examples.count == before {
-            let reason = records == 0
+            let reason =
+                records == 0
                 ? "no records (a JSON Lines file needs one JSON object per line)"
                 : "no usable record (\(records) skipped)"
             throw LoRAError.invalidFile(path: path, reason: reason)
@@ -303,8 +304,10 @@ private struct DatasetReader {
             guard labels.dropFirst().contains(where: { $0 >= 0 }) else {
                 throw bad("the prompt fills the block size \(blockSize): no completion token is left")
             }
-            warnings.append(DatasetWarning(path: path, line: lineNumber,
-                                           message: "truncated from \(fullCount) to \(blockSize) tokens (the block size)"))
+            warnings.append(
+                DatasetWarning(
+                    path: path, line: lineNumber,
+                    message: "truncated from \(fullCount) to \(blockSize) tokens (the block size)"))
         }
         return TrainingExample(ids: ids, labels: labels)
     }
@@ -314,7 +317,8 @@ private struct DatasetReader {
     mutating func readText(_ file: [UInt8], path: String) throws {
         let bytes = Self.droppingBOM(file)
         var stream: [TokenID] = []
-        var documents = 0, skipped = 0
+        var documents = 0
+        var skipped = 0
         for document in Self.documents(bytes) {
             guard let text = String(validating: bytes[document.range], as: UTF8.self) else {
                 let line = document.firstLine + Self.linesBeforeInvalidUTF8(bytes[document.range])
@@ -329,8 +333,12 @@ private struct DatasetReader {
             documents += 1
         }
         guard documents > 0 else {
-            let reason = bytes.isEmpty ? "empty file"
-                : skipped > 0 ? "no usable text (\(skipped) document(s) skipped)" : "no text (only white space, % lines, or characters the vocabulary lacks)"
+            let reason =
+                bytes.isEmpty
+                ? "empty file"
+                : skipped > 0
+                    ? "no usable text (\(skipped) document(s) skipped)"
+                    : "no text (only white space, % lines, or characters the vocabulary lacks)"
             throw LoRAError.invalidFile(path: path, reason: reason)
         }
         let blockSize = options.blockSize

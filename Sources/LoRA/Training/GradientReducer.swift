@@ -65,17 +65,19 @@ extension GradientReducer {
         if let localError { throw localError }
         let failed = flags.indices.filter { flags[$0] != 0 }
         if !failed.isEmpty {
-            throw LoRAError.invalidArgument("rank\(failed.count > 1 ? "s" : "") \(failed.map(String.init).joined(separator: ", ")) failed to \(task) (see \(failed.count > 1 ? "their" : "its") message); every rank stops")
+            throw LoRAError.invalidArgument(
+                "rank\(failed.count > 1 ? "s" : "") \(failed.map(String.init).joined(separator: ", ")) failed to \(task) (see \(failed.count > 1 ? "their" : "its") message); every rank stops"
+            )
         }
     }
 }
 
 /// A 64-bit digest (multiply–xor over 64-bit words), fast enough for the model's weights.
 struct Digest64 {
-    var h: UInt64 = 0xcbf29ce484222325
+    var h: UInt64 = 0xcbf2_9ce4_8422_2325
 
     mutating func add(_ w: UInt64) {
-        h = (h ^ w) &* 0x100000001b3
+        h = (h ^ w) &* 0x100_0000_01b3
         h ^= h >> 29
     }
     mutating func add(_ s: String) { for b in s.utf8 { add(UInt64(b)) }; add(0xff) }
@@ -127,24 +129,32 @@ extension Trainer {
     /// reaches the same verdict from the reduced values alone
     /// (N·Σx² = (Σx)² exactly when all x agree).
     func checkRanksAgree(_ reducer: GradientReducer, data: Dataset, validation: Dataset?) throws {
-        var names: [String] = [], digests: [UInt64] = []
+        var names: [String] = []
+        var digests: [UInt64] = []
         func add(_ name: String, _ f: (inout Digest64) -> Void) { var d = Digest64(); f(&d); names.append(name); digests.append(d.h) }
         add("training settings (learning rate, schedule, steps, batch, block, accumulation, clipping, seed, LoRA+ ratio)") {
             $0.add(config.settings.map { "\($0.name)=\($0.value)" }.joined(separator: ";"))
         }
         add("model weights") { d in
-            if adapter != nil { d.add(model.weights.block.base, count: model.weights.block.count) }
-            else { d.add(params.base, count: params.count) }
+            if adapter != nil {
+                d.add(model.weights.block.base, count: model.weights.block.count)
+            } else {
+                d.add(params.base, count: params.count)
+            }
         }
         add("adapter configuration or initial weights") { d in
             if let adapter { d.add(String(describing: adapter.config)); d.add(adapter.params.base, count: adapter.params.count) }
         }
         add("training data") { $0.add(data) }
         add("validation data") { d in if let validation { d.add(validation) } }
-        add("resume point (step, epoch, offset)") { d in d.add(UInt64(step)); d.add(UInt64(epoch)); d.add(UInt64(offset)); d.add(rng.state) }
+        add("resume point (step, epoch, offset)") { d in
+            d.add(UInt64(step)); d.add(UInt64(epoch)); d.add(UInt64(offset)); d.add(rng.state)
+        }
         let differ = try differingDigests(reducer, digests)
         guard differ.isEmpty else {
-            throw LoRAError.invalidArgument("the ranks were started with different \(differ.map { names[$0] }.joined(separator: "; ")); start every rank with the same model, adapter options, data files, seed and settings")
+            throw LoRAError.invalidArgument(
+                "the ranks were started with different \(differ.map { names[$0] }.joined(separator: "; ")); start every rank with the same model, adapter options, data files, seed and settings"
+            )
         }
     }
 
@@ -176,11 +186,14 @@ extension Trainer {
         let n = Double(reducer.worldSize)
         guard Double(buf[0]) == n, Double(buf[1]) == n * (n - 1) / 2 else {
             // The reducer's output may be anything here (NaN, huge): describe it without converting to Int.
-            throw LoRAError.invalidArgument("the ranks disagree about the world size or their ranks (the reduction counted \(buf[0]) ranks, expected \(reducer.worldSize)): is the reducer a sum over every rank?")
+            throw LoRAError.invalidArgument(
+                "the ranks disagree about the world size or their ranks (the reduction counted \(buf[0]) ranks, expected \(reducer.worldSize)): is the reducer a sum over every rank?"
+            )
         }
         return digests.indices.filter { k in
             !(0..<8).allSatisfy { j in
-                let s = Double(buf[2 + k * 16 + 2 * j]), q = Double(buf[2 + k * 16 + 2 * j + 1])
+                let s = Double(buf[2 + k * 16 + 2 * j])
+                let q = Double(buf[2 + k * 16 + 2 * j + 1])
                 return n * q == s * s
             }
         }
@@ -194,7 +207,9 @@ extension Trainer {
         let g = pass.gradients
         let n = g.count
         let buf: FloatBlock
-        if let b = reductionBuffer, b.count == n + 2 { buf = b } else {
+        if let b = reductionBuffer, b.count == n + 2 {
+            buf = b
+        } else {
             buf = try FloatBlock(count: n + 2)
             reductionBuffer = buf
         }
@@ -210,12 +225,15 @@ extension Trainer {
     /// Sums (loss, tokens) of an evaluation over the ranks.
     func reduceEvaluation(_ reducer: GradientReducer, loss: Double, tokens: Int) throws -> (Double, Int) {
         func split(_ x: Double) -> (Float, Float) { let h = Float(x); return (h, Float(x - Double(h))) }
-        let (lh, ll) = split(loss), (th, tl) = split(Double(tokens))
+        let (lh, ll) = split(loss)
+        let (th, tl) = split(Double(tokens))
         var buf: [Float] = [lh, ll, th, tl]
         try buf.withUnsafeMutableBufferPointer { try reducer.sumOverRanks($0) }
-        let t = (Double(buf[2]) + Double(buf[3])).rounded(), l = Double(buf[0]) + Double(buf[1])
+        let t = (Double(buf[2]) + Double(buf[3])).rounded()
+        let l = Double(buf[0]) + Double(buf[1])
         guard t.isFinite, t >= 0, t < Double(Int32.max), let total = Int(exactly: t), l.isFinite else {
-            throw LoRAError.numerical("the gradient reducer returned \(l) for the summed loss and \(t) for the token count: not a sum over the ranks")
+            throw LoRAError.numerical(
+                "the gradient reducer returned \(l) for the summed loss and \(t) for the token count: not a sum over the ranks")
         }
         return (l, total)
     }

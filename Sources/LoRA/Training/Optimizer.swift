@@ -39,8 +39,10 @@ struct AdamW {
 
     /// One update with base learning rate lr at step t (1-based), group by group.
     func update(params: FloatPtr, grads: ConstFloatPtr, m: FloatPtr, v: FloatPtr, groups: [Group], lr baseLR: Double, t: Int) {
-        let b1 = Float(beta1), b2 = Float(beta2)
-        let bc1 = 1 - pow(beta1, Double(t)), bc2 = 1 - pow(beta2, Double(t))
+        let b1 = Float(beta1)
+        let b2 = Float(beta2)
+        let bc1 = 1 - pow(beta1, Double(t))
+        let bc2 = 1 - pow(beta2, Double(t))
         let bc2Sqrt = Float(bc2.squareRoot())
         let e = Float(eps)
         for group in groups {

@@ -41,7 +41,9 @@ public struct TrainerParams: Sendable, Equatable {
     /// ranks), rounded up, at least 1. The one place this rule lives (CLI,
     /// C ABI, MPI).
     public func steps(forEpochs epochs: Double, examples: Int, worldSize: Int = 1) throws -> Int {
-        guard epochs.isFinite, epochs > 0 else { throw LoRAError.invalidArgument("num_train_epochs must be a finite number > 0, got \(epochs)") }
+        guard epochs.isFinite, epochs > 0 else {
+            throw LoRAError.invalidArgument("num_train_epochs must be a finite number > 0, got \(epochs)")
+        }
         let perStep = Double(max(1, batchSize)) * Double(max(1, gradientAccumulationSteps)) * Double(max(1, worldSize))
         let steps = (Double(max(0, examples)) * epochs / perStep).rounded(.up)
         guard steps < Double(Int32.max) else {
@@ -68,7 +70,9 @@ public struct TrainerParams: Sendable, Equatable {
         guard batchSize >= 1, batchSize <= 1 << 16 else { throw bad("batch_size must be in 1...65536") }
         guard blockSize >= 2 else { throw bad("block_size must be >= 2 (0: min(256, n_positions))") }
         guard loraplusLRRatio.isFinite, loraplusLRRatio > 0 else { throw bad("loraplus_lr_ratio must be a finite number > 0") }
-        guard blockSize <= model.nPositions else { throw bad("block_size \(blockSize) exceeds the model's n_positions (\(model.nPositions))") }
+        guard blockSize <= model.nPositions else {
+            throw bad("block_size \(blockSize) exceeds the model's n_positions (\(model.nPositions))")
+        }
     }
 }
 
@@ -126,8 +130,9 @@ public final class Trainer: @unchecked Sendable {
         self.model = model
         self.adapter = adapter
         self.config = config
-        pass = try TrainingPass(model: model, target: evaluationOnly ? .none : adapter.map { .adapter($0) } ?? .fullModel,
-                                batch: config.batchSize, block: config.blockSize, checkpointing: config.gradientCheckpointing)
+        pass = try TrainingPass(
+            model: model, target: evaluationOnly ? .none : adapter.map { .adapter($0) } ?? .fullModel,
+            batch: config.batchSize, block: config.blockSize, checkpointing: config.gradientCheckpointing)
         optimizer = AdamW(beta1: config.adamBeta1, beta2: config.adamBeta2, eps: config.adamEpsilon, weightDecay: config.weightDecay)
         let count = evaluationOnly ? 0 : adapter?.params.count ?? model.weights.block.count
         m = try FloatBlock(count: count)
@@ -135,8 +140,10 @@ public final class Trainer: @unchecked Sendable {
         if let adapter {
             let ratio = config.loraplusLRRatio
             paramGroups = adapter.slots.flatMap { s in
-                [AdamW.Group(range: s.offsetA..<(s.offsetA + s.countA), lrFactor: 1, decay: true),
-                 AdamW.Group(range: s.offsetB..<(s.offsetB + s.countB), lrFactor: ratio, decay: true)]
+                [
+                    AdamW.Group(range: s.offsetA..<(s.offsetA + s.countA), lrFactor: 1, decay: true),
+                    AdamW.Group(range: s.offsetB..<(s.offsetB + s.countB), lrFactor: ratio, decay: true),
+                ]
             }
         } else {
             guard config.loraplusLRRatio == 1 else {
@@ -144,8 +151,9 @@ public final class Trainer: @unchecked Sendable {
             }
             // transformers' Trainer: no decay for biases and LayerNorm weights.
             paramGroups = model.weights.layout.slots.map {
-                AdamW.Group(range: $0.offset..<($0.offset + $0.count), lrFactor: 1,
-                            decay: !$0.name.hasSuffix(".bias") && !$0.name.contains("ln_"))
+                AdamW.Group(
+                    range: $0.offset..<($0.offset + $0.count), lrFactor: 1,
+                    decay: !$0.name.hasSuffix(".bias") && !$0.name.contains("ln_"))
             }
         }
         rng = SplitMix64(seed: config.seed)
@@ -184,9 +192,11 @@ public final class Trainer: @unchecked Sendable {
                 throw LoRAError.invalidArgument("labels must have the shape of the token ids")
             }
             // As torch's cross-entropy with ignore_index=-100: other negative labels are errors.
-            for row in labels { for l in row where l < 0 && l != -100 {
-                throw LoRAError.invalidArgument("label \(l) is negative; use -100 to ignore a position")
-            } }
+            for row in labels {
+                for l in row where l < 0 && l != -100 {
+                    throw LoRAError.invalidArgument("label \(l) is negative; use -100 to ignore a position")
+                }
+            }
         }
         let T = ids.map(\.count).max() ?? 0
         var flat = [TokenID](repeating: 0, count: ids.count * T)
@@ -236,8 +246,9 @@ public final class Trainer: @unchecked Sendable {
             pendingMicroBatches = 0
             throw LoRAError.numerical("gradient is not finite at step \(step + 1); parameters left unchanged")
         }
-        optimizer.update(params: params.base, grads: g.base, m: m.base, v: v.base, groups: paramGroups,
-                         lr: learningRate(at: step), t: step + 1)
+        optimizer.update(
+            params: params.base, grads: g.base, m: m.base, v: v.base, groups: paramGroups,
+            lr: learningRate(at: step), t: step + 1)
         g.zero()
         pendingMicroBatches = 0
         step += 1

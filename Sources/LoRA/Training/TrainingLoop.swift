@@ -37,8 +37,10 @@ extension Trainer {
     /// Mean loss and perplexity over a dataset (batches of the trainer's size).
     public func evaluate(_ data: Dataset) throws -> EvaluationResult {
         guard !data.examples.isEmpty else { throw LoRAError.invalidArgument("empty evaluation set") }
-        var total = 0.0, tokens = 0
-        var i = 0, k = 0
+        var total = 0.0
+        var tokens = 0
+        var i = 0
+        var k = 0
         // Distributed: batch k is evaluated by rank k mod N, and the sums reduced.
         let ranks = distributed
         while i < data.examples.count {
@@ -61,8 +63,10 @@ extension Trainer {
     /// stops with an error naming the step; the parameters keep their last
     /// good values.
     @discardableResult
-    public func train(_ data: Dataset, validation: Dataset? = nil, options: TrainParams = TrainParams(),
-                      progress callback: ((TrainProgress) -> CallbackAction)? = nil) throws -> TrainerState {
+    public func train(
+        _ data: Dataset, validation: Dataset? = nil, options: TrainParams = TrainParams(),
+        progress callback: ((TrainProgress) -> CallbackAction)? = nil
+    ) throws -> TrainerState {
         guard !data.examples.isEmpty else { throw LoRAError.invalidArgument("the training set is empty") }
         guard data.tokenCount > 0 else { throw LoRAError.invalidArgument("the training set has no target token") }
         if options.saveSteps > 0, options.checkpointDirectory == nil {
@@ -93,7 +97,8 @@ extension Trainer {
             let saved = p
             let micro = (0..<config.gradientAccumulationSteps).map { _ in nextBatch() }
             let normalizer = micro.reduce(0) { $0 + Trainer.targetCount(ids: $1.map(\.ids), labels: $1.map(\.labels)) }
-            var lossSum = 0.0, tokens = 0
+            var lossSum = 0.0
+            var tokens = 0
             do {
                 guard normalizer > 0 else { throw LoRAError.invalidArgument("step \(step + 1): the batch has no target token") }
                 for batch in micro {
@@ -131,15 +136,18 @@ extension Trainer {
             }
             p.step = step
             p.rngState = rng.state
-            var report = TrainProgress(step: step, maxSteps: config.maxSteps, loss: lossSum / Double(normalizer),
-                                        learningRate: lr, gradNorm: norm,
-                                        tokensPerSecond: Double(tokens) / (Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9))
+            var report = TrainProgress(
+                step: step, maxSteps: config.maxSteps, loss: lossSum / Double(normalizer),
+                learningRate: lr, gradNorm: norm,
+                tokensPerSecond: Double(tokens) / (Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9))
             if let validation, !validation.examples.isEmpty,
-               (options.evalSteps > 0 && step % options.evalSteps == 0) || step == config.maxSteps {
+                (options.evalSteps > 0 && step % options.evalSteps == 0) || step == config.maxSteps
+            {
                 report.validationLoss = try evaluate(validation).loss
             }
             if options.saveSteps > 0, let dir = options.checkpointDirectory, (ranks?.rank ?? 0) == 0,
-               step % options.saveSteps == 0 || step == config.maxSteps {
+                step % options.saveSteps == 0 || step == config.maxSteps
+            {
                 epoch = p.epoch; offset = p.offset
                 report.checkpoint = try Checkpoint.save(self, root: dir)
                 Checkpoint.prune(root: dir, keep: options.saveTotalLimit)

@@ -43,11 +43,11 @@ final class TrainingPass {
     /// u [n, r] of each slot of the trained adapter.
     private var uPointers: [FloatPtr] = []
     private let uStore: FloatBlock
-    private var loraScratch: FloatBlock   // [n, maxRank] for frozen adapters and du (grows with the attached ranks)
+    private var loraScratch: FloatBlock  // [n, maxRank] for frozen adapters and du (grows with the attached ranks)
     /// Rows the pass holds (batch × block).
     private let maxRows: Int
-    private let dropoutX: FloatBlock      // [n, maxIn]: x̃
-    private let dropoutD: FloatBlock      // [n, maxIn]: keep factors / dx̃
+    private let dropoutX: FloatBlock  // [n, maxIn]: x̃
+    private let dropoutD: FloatBlock  // [n, maxIn]: keep factors / dx̃
     /// Seed of the dropout masks of the current pass.
     var dropoutSeed: UInt64 = 0
     /// Index of this pass's first example in the global micro-batch (data-parallel ranks; 0 in one process).
@@ -69,15 +69,22 @@ final class TrainingPass {
         // The size check runs in floating point first: absurd batch × block
         // values must give an error, not an integer overflow.
         do {
-            let nd = Double(batch) * Double(block), Cd = Double(c.nEmbd), Fd = Double(c.innerSize)
+            let nd = Double(batch) * Double(block)
+            let Cd = Double(c.nEmbd)
+            let Fd = Double(c.innerSize)
             let perLayer = nd * (8 * Cd + 2 * Fd + 4) + Double(batch) * Double(c.nHead) * Double(block)
             let layers = checkpointing ? Double(c.nLayer + 1) * nd * Cd + perLayer : Double(c.nLayer) * perLayer + nd * Cd
             let bytes = 4 * (layers + nd * (10 * Cd + Fd) + 16 * Double(block) * Double(block))
             guard bytes <= Double(FloatBlock.physicalMemory) else {
-                throw LoRAError.invalidArgument("batch \(batch) × block \(block) needs about \(Int(bytes / 1073741824)) GiB of activations, more than the machine's \(FloatBlock.physicalMemory >> 30) GiB; lower batch_size or block_size, or use gradient checkpointing")
+                throw LoRAError.invalidArgument(
+                    "batch \(batch) × block \(block) needs about \(Int(bytes / 1_073_741_824)) GiB of activations, more than the machine's \(FloatBlock.physicalMemory >> 30) GiB; lower batch_size or block_size, or use gradient checkpointing"
+                )
             }
         }
-        let n = batch * block, C = c.nEmbd, F = c.innerSize, H = c.nHead
+        let n = batch * block
+        let C = c.nEmbd
+        let F = c.innerSize
+        let H = c.nHead
         // 256 rows per chunk (51 MB of logits for GPT-2): fewer rows make each
         // product re-pack the whole [vocab, n_embd] head for little work.
         self.chunkRows = max(1, min(n, 256))
@@ -100,7 +107,8 @@ final class TrainingPass {
         let perLayerFull = n * C + 2 * n + 3 * n * C + n * C + batch * H * block + n * C + n * C + 2 * n + 2 * n * F + n * C
         let stored = checkpointing ? (c.nLayer + 1) * n * C + perLayerFull : n * C + c.nLayer * perLayerFull
         store = try FloatBlock(count: stored + n * C /*proj*/ + n * C + 2 * n /*lnf*/)
-        let slots = max(1, min(computeThreads, 16)), slotSize = max(block * block, attentionBackwardScratch(T: block, L: block))
+        let slots = max(1, min(computeThreads, 16))
+        let slotSize = max(block * block, attentionBackwardScratch(T: block, L: block))
         let scratch = try FloatBlock(count: slots * slotSize)
         attnSlots = slots; attnSlotSize = slotSize; attnScratch = scratch
         var p = store.base
@@ -108,12 +116,22 @@ final class TrainingPass {
         let proj = take(n * C)
         lnf = take(n * C); lnfMean = take(n); lnfRstd = take(n)
         func layerSet(input: FloatPtr, res3: FloatPtr) -> LayerActs {
-            let ln1 = take(n * C), m1 = take(n), r1 = take(n), qkv = take(3 * n * C), att = take(n * C)
-            let lse = take(batch * H * block), res2 = take(n * C), ln2 = take(n * C), m2 = take(n), r2 = take(n)
-            let fcPre = take(n * F), fcAct = take(n * F)
-            return LayerActs(input: input, ln1: ln1, ln1Mean: m1, ln1Rstd: r1, qkv: qkv, att: att, probs: scratch.base,
-                             probsSlots: slots, lse: lse, res2: res2, ln2: ln2, ln2Mean: m2, ln2Rstd: r2,
-                             fcPre: fcPre, fcAct: fcAct, res3: res3, proj: proj)
+            let ln1 = take(n * C)
+            let m1 = take(n)
+            let r1 = take(n)
+            let qkv = take(3 * n * C)
+            let att = take(n * C)
+            let lse = take(batch * H * block)
+            let res2 = take(n * C)
+            let ln2 = take(n * C)
+            let m2 = take(n)
+            let r2 = take(n)
+            let fcPre = take(n * F)
+            let fcAct = take(n * F)
+            return LayerActs(
+                input: input, ln1: ln1, ln1Mean: m1, ln1Rstd: r1, qkv: qkv, att: att, probs: scratch.base,
+                probsSlots: slots, lse: lse, res2: res2, ln2: ln2, ln2Mean: m2, ln2Rstd: r2,
+                fcPre: fcPre, fcAct: fcAct, res3: res3, proj: proj)
         }
         if checkpointing {
             let inputs = (0...c.nLayer).map { _ in take(n * C) }
@@ -139,7 +157,9 @@ final class TrainingPass {
         dres = takeB(n * C); dln = takeB(n * C); datt = takeB(n * C); dqkv = takeB(3 * n * C); dfc = takeB(n * F)
 
         // LoRA: u = x̃·Aᵀ kept per trainable slot; scratch for the rest.
-        var uCount = 0, maxRank = model.maxActiveRank, maxIn = 0
+        var uCount = 0
+        var maxRank = model.maxActiveRank
+        var maxIn = 0
         if case .adapter(let a) = target {
             for s in a.slots { uCount += n * s.r; maxRank = max(maxRank, s.r); maxIn = max(maxIn, s.inFeatures) }
         }
@@ -157,8 +177,9 @@ final class TrainingPass {
 
     /// The backward buffers (weight gradients are set per layer by trunkBackward).
     private func layerGrads() -> LayerGrads {
-        LayerGrads(dres: dres, dln: dln, datt: datt, dqkv: dqkv, dfc: dfc, attnScratch: attnScratch.base,
-                   attnSlots: attnSlots, attnSlotSize: attnSlotSize, weights: nil)
+        LayerGrads(
+            dres: dres, dln: dln, datt: datt, dqkv: dqkv, dfc: dfc, attnScratch: attnScratch.base,
+            attnSlots: attnSlots, attnSlotSize: attnSlotSize, weights: nil)
     }
 
     var trainableAdapter: Adapter? { if case .adapter(let a) = target { return a } else { return nil } }
@@ -180,8 +201,11 @@ final class TrainingPass {
         if let a = trainableAdapter {
             if !ctx.active.contains(where: { $0.adapter === a }) { ctx.active.append(ActiveLoRA(adapter: a, scale: 1)) }
             let p = Float(a.config.loraDropout)
-            let dropout = p > 0 ? LoRADropout(p: p, seed: dropoutSeed, mask: dropoutD.base, input: dropoutX.base,
-                                                  T: currentT, block: block, rowOffset: dropoutRowOffset) : nil
+            let dropout =
+                p > 0
+                ? LoRADropout(
+                    p: p, seed: dropoutSeed, mask: dropoutD.base, input: dropoutX.base,
+                    T: currentT, block: block, rowOffset: dropoutRowOffset) : nil
             ctx.training = LoRATrainingBuffers(adapter: a, u: uPointers, gradients: gradients.base, dropout: dropout)
         }
         return ctx
@@ -196,8 +220,11 @@ final class TrainingPass {
             throw LoRAError.invalidArgument("batch [\(B), \(T)] does not fit the trainer's [\(maxBatch), \(block)]")
         }
         try ids.withUnsafeBufferPointer { try model.checkTokens($0) }
-        let c = model.config, w = model.weights
-        let n = B * T, C = c.nEmbd, V = c.vocabSize
+        let c = model.config
+        let w = model.weights
+        let n = B * T
+        let C = c.nEmbd
+        let V = c.vocabSize
         currentT = T
         let positions = (0..<n).map { Int32($0 % T) }
         let lora = try loraContext()
@@ -216,18 +243,21 @@ final class TrainingPass {
             while r0 < n {
                 let rows = min(chunkRows, n - r0)
                 let chunk = logitsChunk.base
-                gemm(transA: false, transB: true, M: rows, N: V, K: C, alpha: 1, A: lnf + r0 * C, lda: C,
-                     B: w.lmHead, ldb: C, beta: 0, C: chunk, ldc: V)
+                gemm(
+                    transA: false, transB: true, M: rows, N: V, K: C, alpha: 1, A: lnf + r0 * C, lda: C,
+                    B: w.lmHead, ldb: C, beta: 0, C: chunk, ldc: V)
                 let partial = crossEntropyForwardBackward(logits: chunk, targets: tbase + r0, rows: rows, V: V, gradScale: gradScale ?? 0)
                 guard partial.isFinite else { throw LoRAError.numerical("loss is not finite") }
                 loss += partial
                 if backward {
                     // dlnf = dlogits · W_head (into dln), dW_head += dlogitsᵀ · lnf
-                    gemm(transA: false, transB: false, M: rows, N: C, K: V, alpha: 1, A: chunk, lda: V,
-                         B: w.lmHead, ldb: C, beta: 0, C: dln + r0 * C, ldc: C)
+                    gemm(
+                        transA: false, transB: false, M: rows, N: C, K: V, alpha: 1, A: chunk, lda: V,
+                        B: w.lmHead, ldb: C, beta: 0, C: dln + r0 * C, ldc: C)
                     if let g = fullGrads {
-                        gemm(transA: true, transB: false, M: V, N: C, K: rows, alpha: 1, A: chunk, lda: V,
-                             B: lnf + r0 * C, ldb: C, beta: 1, C: g.lmHead, ldc: C)
+                        gemm(
+                            transA: true, transB: false, M: V, N: C, K: rows, alpha: 1, A: chunk, lda: V,
+                            B: lnf + r0 * C, ldb: C, beta: 1, C: g.lmHead, ldc: C)
                     }
                 }
                 r0 += rows
@@ -238,8 +268,9 @@ final class TrainingPass {
         // LoRA: nothing below the lowest adapted layer needs a gradient, nor
         // does that layer's input (the embeddings are frozen).
         let lowest = trainableAdapter.map { a in a.slots.map(\.layer).min() ?? c.nLayer } ?? 0
-        model.trunkBackward(ids: ids, positions: positions, acts, xFinal: xFinal, layerGrads(), full: fullGrads,
-                            lowest: lowest, recompute: checkpointing, B: B, T: T, lora: lora)
+        model.trunkBackward(
+            ids: ids, positions: positions, acts, xFinal: xFinal, layerGrads(), full: fullGrads,
+            lowest: lowest, recompute: checkpointing, B: B, T: T, lora: lora)
         return (loss, count)
     }
 }

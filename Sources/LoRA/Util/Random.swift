@@ -1,3 +1,5 @@
+import Foundation
+
 /// SplitMix64: a small seeded generator whose whole state is one UInt64, so
 /// it can be saved in checkpoints and resumed bit for bit.
 package struct SplitMix64: RandomNumberGenerator, Sendable, Equatable {
@@ -6,10 +8,10 @@ package struct SplitMix64: RandomNumberGenerator, Sendable, Equatable {
     package init(seed: UInt64) { state = seed }
 
     package mutating func next() -> UInt64 {
-        state &+= 0x9E3779B97F4A7C15
+        state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9
-        z = (z ^ (z >> 27)) &* 0x94D049BB133111EB
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
     }
 
@@ -28,6 +30,5 @@ package struct SplitMix64: RandomNumberGenerator, Sendable, Equatable {
     }
 }
 
-import Foundation
 @inline(__always) private func _log(_ x: Double) -> Double { Foundation.log(x) }
 @inline(__always) private func _cos(_ x: Double) -> Double { Foundation.cos(x) }

@@ -38,8 +38,10 @@ extension Adapter {
     /// `svd` computes the SVD from the stacked factors (QR + a small SVD),
     /// never forming an out×in matrix; the *_svd task merges must form each
     /// ΔW, since pruning and sign election act on its entries.
-    public static func combine(_ inputs: [(adapter: Adapter, weight: Double)], method: CombinationMethod,
-                               name: String = "combined") throws -> Adapter {
+    public static func combine(
+        _ inputs: [(adapter: Adapter, weight: Double)], method: CombinationMethod,
+        name: String = "combined"
+    ) throws -> Adapter {
         guard let first = inputs.first?.adapter else { throw LoRAError.invalidArgument("no adapter to combine") }
         try BLAS.load()  // the products below (ΔW of the *_svd merges) run on OpenBLAS
         for (a, w) in inputs {
@@ -65,7 +67,9 @@ extension Adapter {
         case .svd(let k, let clamp), .taskMergeSVD(_, let k, let clamp):
             newRank = k ?? (ranks.max() ?? 1)
             guard newRank >= 1 else { throw LoRAError.invalidArgument("svd rank must be >= 1") }
-            if let clamp { guard clamp.isFinite, clamp > 0, clamp <= 1 else { throw LoRAError.invalidArgument("svd clamp must be in (0, 1]") } }
+            if let clamp {
+                guard clamp.isFinite, clamp > 0, clamp <= 1 else { throw LoRAError.invalidArgument("svd clamp must be in (0, 1]") }
+            }
             if case .taskMergeSVD(let m, _, _) = method { try m.validate() }
         }
         // DARE's masks: one generator for the whole combination, drawn in module order.
@@ -90,8 +94,13 @@ extension Adapter {
         let out = try Adapter(config: c, modelConfig: first.modelConfig, name: name)
         for (layer, target) in modules {
             guard let ns = out.slot(layer: layer, target: target) else { continue }
-            let contributions = inputs.compactMap { in_ in in_.adapter.slot(layer: layer, target: target).map { (in_.adapter, $0, in_.weight) } }
-            let nA = out.A(ns), nB = out.B(ns), inF = ns.inFeatures, outF = ns.outFeatures
+            let contributions = inputs.compactMap { in_ in
+                in_.adapter.slot(layer: layer, target: target).map { (in_.adapter, $0, in_.weight) }
+            }
+            let nA = out.A(ns)
+            let nB = out.B(ns)
+            let inF = ns.inFeatures
+            let outF = ns.outFeatures
             switch method {
             case .cat:
                 var row = 0
@@ -119,15 +128,19 @@ extension Adapter {
     }
 
     /// Writes the best rank-k factors of Σ wᵢ·sᵢ·Bᵢ·Aᵢ into slot `ns` of `out`: A = Vh_k, B = U_k·S_k (PEFT's split).
-    private static func svdCombine(_ parts: [(Adapter, LoRASlot, Double)], rank k: Int, clamp: Double?, into ns: LoRASlot, of out: Adapter) throws {
-        let inF = ns.inFeatures, outF = ns.outFeatures
+    private static func svdCombine(_ parts: [(Adapter, LoRASlot, Double)], rank k: Int, clamp: Double?, into ns: LoRASlot, of out: Adapter)
+        throws
+    {
+        let inF = ns.inFeatures
+        let outF = ns.outFeatures
         let R = parts.reduce(0) { $0 + $1.1.r }
         guard R > 0 else { return }
         guard R <= min(inF, outF) else {
             throw LoRAError.unsupported("\(ns.moduleName): the stacked rank \(R) exceeds the module's dimensions")
         }
         // Bcat [out, R] with the weights folded in; AcatT [in, R].
-        var bcat = [Float](repeating: 0, count: outF * R), acatT = [Float](repeating: 0, count: inF * R)
+        var bcat = [Float](repeating: 0, count: outF * R)
+        var acatT = [Float](repeating: 0, count: inF * R)
         var col = 0
         for (a, s, w) in parts {
             let f = Float(w) * s.scaling
@@ -138,15 +151,18 @@ extension Adapter {
         let (qb, rb) = try Linalg.qr(bcat, m: outF, n: R)
         let (qa, ra) = try Linalg.qr(acatT, m: inF, n: R)
         var core = [Float](repeating: 0, count: R * R)
-        for i in 0..<R { for j in 0..<R {
-            var acc: Float = 0
-            for t in 0..<R { acc += rb[i * R + t] * ra[j * R + t] }
-            core[i * R + j] = acc
-        } }
+        for i in 0..<R {
+            for j in 0..<R {
+                var acc: Float = 0
+                for t in 0..<R { acc += rb[i * R + t] * ra[j * R + t] }
+                core[i * R + j] = acc
+            }
+        }
         let svd = try Linalg.svd(core, m: R, n: R)
         let kk = min(k, R)
         // U_k·S_k [out, k] and Vh_k [k, in] (columns beyond R stay zero).
-        var u = [Float](repeating: 0, count: outF * k), vh = [Float](repeating: 0, count: k * inF)
+        var u = [Float](repeating: 0, count: outF * k)
+        var vh = [Float](repeating: 0, count: k * inF)
         for j in 0..<kk {
             for o in 0..<outF {
                 var acc: Float = 0

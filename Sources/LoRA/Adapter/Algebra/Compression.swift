@@ -24,7 +24,8 @@ extension RankTarget {
     func validate() throws {
         switch self {
         case .fixed(let k): guard k >= 1 else { throw LoRAError.invalidArgument("rank must be >= 1, got \(k)") }
-        case .energy(let e): guard e.isFinite, e > 0, e <= 1 else { throw LoRAError.invalidArgument("energy threshold must be in (0, 1], got \(e)") }
+        case .energy(let e):
+            guard e.isFinite, e > 0, e <= 1 else { throw LoRAError.invalidArgument("energy threshold must be in (0, 1], got \(e)") }
         }
     }
 
@@ -46,10 +47,11 @@ extension RankTarget {
         }
         k = max(1, min(k, limit))
         let kept = sq.prefix(k).reduce(0, +)
-        return CompressionReport(moduleName: moduleName, oldRank: oldRank, newRank: k,
-                                 retainedEnergy: total > 0 ? kept / total : 1,
-                                 relativeError: total > 0 ? max(0, (total - kept) / total).squareRoot() : 0,
-                                 singularValues: Array(s.prefix(max(k, min(s.count, 64)))))
+        return CompressionReport(
+            moduleName: moduleName, oldRank: oldRank, newRank: k,
+            retainedEnergy: total > 0 ? kept / total : 1,
+            relativeError: total > 0 ? max(0, (total - kept) / total).squareRoot() : 0,
+            singularValues: Array(s.prefix(max(k, min(s.count, 64)))))
     }
 }
 
@@ -91,8 +93,8 @@ extension Adapter {
         var factored: [Factored] = []
         for s in slots {
             let r = s.r
-            let b = Array(UnsafeBufferPointer(start: B(s), count: s.countB))          // [out, r]
-            var at = [Float](repeating: 0, count: s.inFeatures * r)                      // Aᵀ [in, r]
+            let b = Array(UnsafeBufferPointer(start: B(s), count: s.countB))  // [out, r]
+            var at = [Float](repeating: 0, count: s.inFeatures * r)  // Aᵀ [in, r]
             let a = A(s)
             for i in 0..<r { for j in 0..<s.inFeatures { at[j * r + i] = a[i * s.inFeatures + j] } }
             guard s.outFeatures >= r, s.inFeatures >= r else {
@@ -102,11 +104,13 @@ extension Adapter {
             let (qa, ra) = try Linalg.qr(at, m: s.inFeatures, n: r)
             // core = scaling · R_B · R_Aᵀ  [r, r]
             var core = [Float](repeating: 0, count: r * r)
-            for i in 0..<r { for j in 0..<r {
-                var acc: Float = 0
-                for t in 0..<r { acc += rb[i * r + t] * ra[j * r + t] }
-                core[i * r + j] = s.scaling * acc
-            } }
+            for i in 0..<r {
+                for j in 0..<r {
+                    var acc: Float = 0
+                    for t in 0..<r { acc += rb[i * r + t] * ra[j * r + t] }
+                    core[i * r + j] = s.scaling * acc
+                }
+            }
             factored.append(Factored(slot: s, qb: qb, qa: qa, svd: try Linalg.svd(core, m: r, n: r)))
         }
         let reports = factored.map { target.pick($0.svd.s, limit: $0.slot.r, moduleName: $0.slot.moduleName, oldRank: $0.slot.r) }
@@ -119,7 +123,8 @@ extension Adapter {
                 throw LoRAError.invalidArgument("internal: compressed module \(f.slot.moduleName) did not get rank \(k)")
             }
             let r = f.slot.r
-            let nb = out.B(ns), na = out.A(ns)
+            let nb = out.B(ns)
+            let na = out.A(ns)
             // B' = Q_B · U_k · √Σ_k  [out, k];  A' = √Σ_k · V_kᵀ · Q_Aᵀ  [k, in]
             for j in 0..<k {
                 let root = f.svd.s[j].squareRoot()

@@ -7,8 +7,10 @@ extension Adapter {
     /// Ranks: `.fixed(k)` or, per module, the smallest rank keeping an energy
     /// fraction (then written as rank_pattern/alpha_pattern). The reports give
     /// each module's retained energy and relative Frobenius error.
-    public static func extract(base: Model, tuned: Model, targetModules: LoRAConfig.Targets = .names(["c_attn"]),
-                               rank: RankTarget, name: String = "extracted") throws -> (Adapter, [CompressionReport]) {
+    public static func extract(
+        base: Model, tuned: Model, targetModules: LoRAConfig.Targets = .names(["c_attn"]),
+        rank: RankTarget, name: String = "extracted"
+    ) throws -> (Adapter, [CompressionReport]) {
         guard base.config == tuned.config else { throw LoRAError.invalidArgument("the base and tuned models have different configs") }
         var probe = LoRAConfig()
         probe.targetModules = targetModules
@@ -19,7 +21,8 @@ extension Adapter {
         var reports: [CompressionReport] = []
         for (layer, target, _, _) in modules {
             let (inF, outF) = target.shape(base.config)
-            let wb = base.weightPointer(layer: layer, target: target), wt = tuned.weightPointer(layer: layer, target: target)
+            let wb = base.weightPointer(layer: layer, target: target)
+            let wt = tuned.weightPointer(layer: layer, target: target)
             var delta = [Float](repeating: 0, count: outF * inF)
             for i in 0..<inF { for o in 0..<outF { delta[o * inF + i] = wt[i * outF + o] - wb[i * outF + o] } }
             let svd = try Linalg.svd(delta, m: outF, n: inF)
@@ -36,7 +39,8 @@ extension Adapter {
         let out = try Adapter(config: c, modelConfig: base.config, name: name)
         for f in factors {
             guard let s = out.slot(layer: f.layer, target: f.target), s.r == f.k else { continue }
-            let n = f.svd.n, kk = f.svd.k
+            let n = f.svd.n
+            let kk = f.svd.k
             for j in 0..<f.k {
                 for o in 0..<s.outFeatures { out.B(s)[o * f.k + j] = f.svd.u[o * kk + j] * f.svd.s[j] }
                 for i in 0..<s.inFeatures { out.A(s)[j * s.inFeatures + i] = f.svd.vt[j * n + i] }

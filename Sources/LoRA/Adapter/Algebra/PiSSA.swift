@@ -24,9 +24,13 @@ extension Adapter {
         var rng = SplitMix64(seed: seed)
         var factors: [(a: [Float], b: [Float])] = []
         for s in slots {
-            let r = s.r, inF = s.inFeatures, outF = s.outFeatures
+            let r = s.r
+            let inF = s.inFeatures
+            let outF = s.outFeatures
             guard r <= min(inF, outF) else {
-                throw LoRAError.invalidArgument("\(s.moduleName): r = \(r) exceeds min(in, out) = \(min(inF, outF)); \(isPiSSA ? "PiSSA takes r singular vectors" : "OLoRA takes r columns of Q") of its [\(outF), \(inF)] weight")
+                throw LoRAError.invalidArgument(
+                    "\(s.moduleName): r = \(r) exceeds min(in, out) = \(min(inF, outF)); \(isPiSSA ? "PiSSA takes r singular vectors" : "OLoRA takes r columns of Q") of its [\(outF), \(inF)] weight"
+                )
             }
             if isPiSSA {
                 guard s.scaling.isFinite, s.scaling > 0 else {
@@ -43,9 +47,11 @@ extension Adapter {
             if w.contains(where: { !$0.isFinite }) {
                 throw LoRAError.numerical("\(s.moduleName): the base weight holds NaN or infinite values")
             }
-            var a = [Float](repeating: 0, count: r * inF), b = [Float](repeating: 0, count: outF * r)
+            var a = [Float](repeating: 0, count: r * inF)
+            var b = [Float](repeating: 0, count: outF * r)
             if isPiSSA {
-                let d = try niter.map { try Linalg.svdLowRank(w, m: outF, n: inF, rank: r, niter: $0, rng: &rng) }
+                let d =
+                    try niter.map { try Linalg.svdLowRank(w, m: outF, n: inF, rank: r, niter: $0, rng: &rng) }
                     ?? Linalg.svd(w, m: outF, n: inF)
                 for j in 0..<r {
                     let root = (d.s[j] / s.scaling).squareRoot()
@@ -91,18 +97,23 @@ extension Adapter {
         // A0, B0 of slot i.
         let start: (Int) -> (a: FloatPtr, b: FloatPtr)
         if let initial {
-            let same = initial.slots.count == slots.count && zip(initial.slots, slots).allSatisfy { p, q in
-                p.moduleName == q.moduleName && p.r == q.r && p.inFeatures == q.inFeatures && p.outFeatures == q.outFeatures
-                    && abs(p.scaling - q.scaling) <= 1e-6 * abs(q.scaling)
-            }
+            let same =
+                initial.slots.count == slots.count
+                && zip(initial.slots, slots).allSatisfy { p, q in
+                    p.moduleName == q.moduleName && p.r == q.r && p.inFeatures == q.inFeatures && p.outFeatures == q.outFeatures
+                        && abs(p.scaling - q.scaling) <= 1e-6 * abs(q.scaling)
+                }
             guard same else {
-                throw LoRAError.invalidArgument("the initial adapter \(initial.name) does not have the modules, ranks and scalings of \(name)")
+                throw LoRAError.invalidArgument(
+                    "the initial adapter \(initial.name) does not have the modules, ranks and scalings of \(name)")
             }
             start = { i in (initial.A(initial.slots[i]), initial.B(initial.slots[i])) }
         } else if let p = initialParams {
             start = { [slots] i in (p.base + slots[i].offsetA, p.base + slots[i].offsetB) }
         } else {
-            throw LoRAError.wrongState("adapter \(name) has no initial weights: it was not initialised by initialize(from:seed:) with PiSSA or OLoRA; pass the initial adapter")
+            throw LoRAError.wrongState(
+                "adapter \(name) has no initial weights: it was not initialised by initialize(from:seed:) with PiSSA or OLoRA; pass the initial adapter"
+            )
         }
         for block in [params, initial?.params ?? initialParams] {
             guard let block else { continue }
@@ -120,12 +131,16 @@ extension Adapter {
         let out = try Adapter(config: c, modelConfig: modelConfig, name: newName ?? name)
         for (index, s) in slots.enumerated() {
             guard let ns = out.slot(layer: s.layer, target: s.target), ns.r == 2 * s.r,
-                  abs(ns.scaling - s.scaling) <= 1e-6 * abs(s.scaling) else {
-                throw LoRAError.invalidArgument("internal: converted module \(s.moduleName) did not get rank \(2 * s.r) and scaling \(s.scaling)")
+                abs(ns.scaling - s.scaling) <= 1e-6 * abs(s.scaling)
+            else {
+                throw LoRAError.invalidArgument(
+                    "internal: converted module \(s.moduleName) did not get rank \(2 * s.r) and scaling \(s.scaling)")
             }
             let (a0, b0) = start(index)
-            let r = s.r, inF = s.inFeatures
-            let na = out.A(ns), nb = out.B(ns)
+            let r = s.r
+            let inF = s.inFeatures
+            let na = out.A(ns)
+            let nb = out.B(ns)
             na.update(from: A(s), count: s.countA)
             (na + r * inF).update(from: a0, count: s.countA)
             for o in 0..<s.outFeatures {

@@ -68,7 +68,8 @@ public struct TaskMerge: Sendable, Equatable {
                     votes += majoritySignMethod == .total ? v : (v > 0 ? 1 : (v < 0 ? -1 : 0))
                 }
                 let elected: Float = votes >= 0 ? 1 : -1
-                var sum: Float = 0, kept: Float = 0
+                var sum: Float = 0
+                var kept: Float = 0
                 for (t, w) in zip(pruned, weights) {
                     let v = t[j]
                     let sign: Float = v > 0 ? 1 : (v < 0 ? -1 : 0)
@@ -100,9 +101,14 @@ extension Adapter {
     /// PEFT's non-SVD task merges (ties, dare_linear, dare_ties,
     /// magnitude_prune): the A's and the B's are merged as two stacks, with
     /// weights √|w·s|·sign(w·s) for A and √|w·s| for B. Equal ranks needed.
-    static func taskMergeFactors(_ parts: [(Adapter, LoRASlot, Double)], _ m: TaskMerge, into ns: LoRASlot,
-                                 of out: Adapter, rng: inout SplitMix64) {
-        var wA: [Float] = [], wB: [Float] = [], As: [[Float]] = [], Bs: [[Float]] = []
+    static func taskMergeFactors(
+        _ parts: [(Adapter, LoRASlot, Double)], _ m: TaskMerge, into ns: LoRASlot,
+        of out: Adapter, rng: inout SplitMix64
+    ) {
+        var wA: [Float] = []
+        var wB: [Float] = []
+        var As: [[Float]] = []
+        var Bs: [[Float]] = []
         for (a, s, w) in parts {
             let (fa, fb) = factorWeights(w, s)
             wA.append(fa)
@@ -110,22 +116,28 @@ extension Adapter {
             As.append(Array(UnsafeBufferPointer(start: a.A(s), count: s.countA)))
             Bs.append(Array(UnsafeBufferPointer(start: a.B(s), count: s.countB)))
         }
-        let mA = m.merge(As, weights: wA, rng: &rng), mB = m.merge(Bs, weights: wB, rng: &rng)
+        let mA = m.merge(As, weights: wA, rng: &rng)
+        let mB = m.merge(Bs, weights: wB, rng: &rng)
         out.A(ns).update(from: mA, count: ns.countA)
         out.B(ns).update(from: mB, count: ns.countB)
     }
 
     /// PEFT's *_svd task merges: each ΔWᵢ = sᵢ·Bᵢ·Aᵢ [out, in] densely, merged
     /// with the weights wᵢ, then truncated to `rank` by SVD (B = U_k·S_k, A = Vh_k).
-    static func taskMergeSVD(_ parts: [(Adapter, LoRASlot, Double)], _ m: TaskMerge, rank k: Int, clamp: Double?,
-                             into ns: LoRASlot, of out: Adapter, rng: inout SplitMix64) throws {
-        let inF = ns.inFeatures, outF = ns.outFeatures
-        var deltas: [[Float]] = [], weights: [Float] = []
+    static func taskMergeSVD(
+        _ parts: [(Adapter, LoRASlot, Double)], _ m: TaskMerge, rank k: Int, clamp: Double?,
+        into ns: LoRASlot, of out: Adapter, rng: inout SplitMix64
+    ) throws {
+        let inF = ns.inFeatures
+        let outF = ns.outFeatures
+        var deltas: [[Float]] = []
+        var weights: [Float] = []
         for (a, s, w) in parts {
             var d = [Float](repeating: 0, count: outF * inF)
             d.withUnsafeMutableBufferPointer { dp in
-                gemm(transA: false, transB: false, M: outF, N: inF, K: s.r, alpha: s.scaling, A: a.B(s), lda: s.r,
-                     B: a.A(s), ldb: inF, beta: 0, C: dp.baseAddress!, ldc: inF)
+                gemm(
+                    transA: false, transB: false, M: outF, N: inF, K: s.r, alpha: s.scaling, A: a.B(s), lda: s.r,
+                    B: a.A(s), ldb: inF, beta: 0, C: dp.baseAddress!, ldc: inF)
             }
             deltas.append(d)
             weights.append(Float(w))
@@ -133,7 +145,8 @@ extension Adapter {
         let merged = m.merge(deltas, weights: weights, rng: &rng)
         let svd = try Linalg.svd(merged, m: outF, n: inF)
         let kk = min(k, svd.k)
-        var u = [Float](repeating: 0, count: outF * k), vh = [Float](repeating: 0, count: k * inF)
+        var u = [Float](repeating: 0, count: outF * k)
+        var vh = [Float](repeating: 0, count: k * inF)
         for j in 0..<kk {
             for o in 0..<outF { u[o * k + j] = svd.u[o * svd.k + j] * svd.s[j] }
             for i in 0..<inF { vh[j * inF + i] = svd.vt[j * inF + i] }
@@ -160,7 +173,8 @@ extension Adapter {
     static func clampAtQuantile(_ u: inout [Float], _ vh: inout [Float], _ clamp: Double) {
         let all = (u + vh).sorted()
         let pos = clamp * Double(all.count - 1)
-        let lo = Int(pos.rounded(.down)), hi = min(lo + 1, all.count - 1)
+        let lo = Int(pos.rounded(.down))
+        let hi = min(lo + 1, all.count - 1)
         let q = Float(Double(all[lo]) + (Double(all[hi]) - Double(all[lo])) * (pos - Double(lo)))
         for i in 0..<u.count { u[i] = min(max(u[i], -q), q) }
         for i in 0..<vh.count { vh[i] = min(max(vh[i], -q), q) }

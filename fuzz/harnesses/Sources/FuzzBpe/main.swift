@@ -13,8 +13,10 @@ let fixtureDirectory: String = {
 let tokenizers: [Tokenizer] = {
     let dir = ProcessInfo.processInfo.environment["LORA_FUZZ_TOKENIZER_DIR"] ?? fixtureDirectory
     do {
-        return [try Tokenizer(tokenizerJSONPath: dir + "/tokenizer.json"),
-                try Tokenizer(vocabPath: dir + "/vocab.json", mergesPath: dir + "/merges.txt")]
+        return [
+            try Tokenizer(tokenizerJSONPath: dir + "/tokenizer.json"),
+            try Tokenizer(vocabPath: dir + "/vocab.json", mergesPath: dir + "/merges.txt"),
+        ]
     } catch {
         fatalError("fuzz: cannot load the fixture tokenizer from \(dir): \(error)")
     }

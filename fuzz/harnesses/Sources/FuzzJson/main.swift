@@ -1,4 +1,5 @@
 import FuzzSupport
+
 @testable import LoRA  // JSON and SafeTensorsFile are `package` API (fuzz.sh builds in debug, testable)
 
 // JSON.parse on arbitrary bytes; an accepted value is walked.

@@ -1,4 +1,5 @@
 import FuzzSupport
+
 @testable import LoRA  // JSON and SafeTensorsFile are `package` API (fuzz.sh builds in debug, testable)
 
 // The bytes as a .safetensors file, memory-mapped by SafeTensorsFile; every

@@ -1,7 +1,8 @@
 import CFuzzDriver
 import Foundation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Helpers shared by the harnesses.
