@@ -105,10 +105,27 @@ static void *worker_main(void *arg) {
     return NULL;
 }
 
+// fork(): the child has none of the parent's workers and may have copied a
+// job in flight (active > 0, locks held). It starts with an empty pool.
+static void after_fork_in_child(void) {
+    pthread_mutex_init(&submit_lock, NULL);
+    pthread_mutex_init(&grow_lock, NULL);
+    atomic_store(&current, NULL);
+    atomic_store(&active, 0);
+    atomic_store(&sleepers, 0);
+    atomic_store(&n_workers, 0);
+}
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static void install_atfork(void) {
+    pthread_atfork(NULL, NULL, after_fork_in_child);
+}
+
 // Starts workers until there are `want` (best effort: a failed
 // pthread_create leaves fewer, and the callers run the rest).
 static void grow(int want) {
     if (atomic_load_explicit(&n_workers, memory_order_acquire) >= want) return;
+    pthread_once(&atfork_once, install_atfork);
     pthread_mutex_lock(&grow_lock);
     while (atomic_load(&n_workers) < want) {
         pthread_attr_t attr;

@@ -49,6 +49,7 @@ int main(int argc, char **argv) {
         {"training_steps", test_training_steps},
         {"checkpoint_resume", test_checkpoint_resume},
         {"threads", test_threads},
+        {"fork", test_fork},
         {"engine", test_engine},
         {"engine_threads", test_engine_threads},
     };

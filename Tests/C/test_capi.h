@@ -123,6 +123,7 @@ void test_training_steps(void);
 void test_checkpoint_resume(void);
 /* test_capi_threads.c */
 void test_threads(void);
+void test_fork(void);
 /* test_capi_engine.c */
 void test_engine(void);
 void test_engine_threads(void);

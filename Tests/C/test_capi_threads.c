@@ -1,6 +1,10 @@
 /* test_capi_threads.c — one model used from several threads at once. Part of test_capi (see test_capi.c). */
 #include "test_capi.h"
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 /* ---- Threads ----------------------------------------------------------- */
 
 typedef struct thread_job {
@@ -119,5 +123,61 @@ done:
     free(ids);
     free(logits);
     lora_model_free(m);
+    st_close(&ref);
+}
+
+/* fork() after liblora's workers exist: the child starts with an empty pool
+ * and computes the same logits. A smoke test: the case the pool's atfork
+ * handler is for (a fork while another thread's job is in flight, which left
+ * the child waiting forever) cannot be forced deterministically. */
+void test_fork(void) {
+    st_file ref;
+    memset(&ref, 0, sizeof ref);
+    lora_model *m = NULL;
+    int32_t *ids = NULL;
+    float *logits = NULL, *again = NULL;
+    lora_model_params mp;
+    lora_model_default_params(&mp);
+    mp.n_threads = 2;
+    if (!st_open(&ref, path("%s/expected/gpt2-tok.safetensors", fixtures))) {
+        CHECK(0, "cannot read expected/gpt2-tok.safetensors");
+        return;
+    }
+    size_t n_ids = 0;
+    ids = st_ids(&ref, "ids", &n_ids);
+    REQUIRE_OK(lora_model_load(&m, path("%s/gpt2-tok", fixtures), &mp));
+    if (!ids) goto done;
+    size_t n = n_ids * TOK_VOCAB;
+    logits = malloc(n * sizeof *logits);
+    again = malloc(n * sizeof *again);
+    REQUIRE_OK(lora_logits(m, ids, n_ids, logits, n)); /* the workers now exist */
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int ok = lora_logits(m, ids, n_ids, again, n) == LORA_OK && max_abs_diff(again, logits, n) == 0.0f;
+        _exit(ok ? 0 : 3);
+    }
+    CHECK(pid > 0, "fork failed");
+    if (pid > 0) {
+        int status = 0, done_waiting = 0;
+        struct timespec tick = {0, 100 * 1000 * 1000};
+        for (int i = 0; i < 300 && !done_waiting; i++) { /* 30 s */
+            if (waitpid(pid, &status, WNOHANG) == pid)
+                done_waiting = 1;
+            else
+                nanosleep(&tick, NULL);
+        }
+        if (!done_waiting) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+        }
+        CHECK(done_waiting && WIFEXITED(status) && WEXITSTATUS(status) == 0, "the forked child %s (status %d)",
+              done_waiting ? "failed" : "hung", status);
+    }
+done:
+    lora_model_free(m);
+    free(logits);
+    free(again);
+    free(ids);
     st_close(&ref);
 }
