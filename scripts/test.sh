@@ -53,3 +53,6 @@ echo "== the README's Python, C and Swift snippets, verbatim, outside the checko
 swift build -c release --product lora
 bash scripts/link_soname.sh .build/release
 bash Tests/readme/run.sh
+
+echo "== the LoRA product as a versioned SwiftPM dependency (a tagged clone, the README's Swift snippet)"
+bash scripts/check_swift_dependency.sh
