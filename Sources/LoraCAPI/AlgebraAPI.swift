@@ -24,6 +24,19 @@ public func lora_adapter_compress(
     }
 }
 
+/// The adapters and weights of a combine call, checked: 1 to 4096 live adapters of one model, finite weights.
+private func combineInputs(_ adapters: UnsafePointer<OpaquePointer?>?, _ weights: UnsafePointer<Float>?, _ n: Int) throws
+    -> (inputs: [(adapter: Adapter, weight: Double)], model: ModelBox)
+{
+    let count = try count(n, "n_adapters", max: 1 << 12)
+    guard count >= 1, let adapters, let weights else { throw invalid("adapters and weights must hold n_adapters >= 1 entries") }
+    let boxes = try (0..<count).map { try box(adapters[$0], AdapterBox.self, "adapters[\($0)]") }
+    guard let mb = boxes[0].model, boxes.allSatisfy({ $0.model === mb }) else {
+        throw invalid("the adapters must belong to one live model handle")
+    }
+    return (try (0..<count).map { (adapter: boxes[$0].adapter, weight: Double(try finite(weights[$0], "weights[\($0)]"))) }, mb)
+}
+
 @_cdecl("lora_adapter_combine")
 public func lora_adapter_combine(
     _ outp: UnsafeMutablePointer<OpaquePointer?>?, _ adapters: UnsafePointer<OpaquePointer?>?,
@@ -33,13 +46,7 @@ public func lora_adapter_combine(
     outp?.pointee = nil
     return guarded {
         let o = try out(outp, "out")
-        let count = try count(n, "n_adapters", max: 1 << 12)
-        guard count >= 1, let adapters, let weights else { throw invalid("adapters and weights must hold n_adapters >= 1 entries") }
-        let boxes = try (0..<count).map { try box(adapters[$0], AdapterBox.self, "adapters[\($0)]") }
-        guard let mb = boxes[0].model, boxes.allSatisfy({ $0.model === mb }) else {
-            throw invalid("the adapters must belong to one live model handle")
-        }
-        let inputs = try (0..<count).map { (adapter: boxes[$0].adapter, weight: Double(try finite(weights[$0], "weights[\($0)]"))) }
+        let (inputs, mb) = try combineInputs(adapters, weights, n)
         guard [LORA_COMBINE_CAT, LORA_COMBINE_LINEAR, LORA_COMBINE_SVD].contains(method) else {
             throw invalid("method \(method) is not LORA_COMBINE_CAT, _LINEAR or _SVD (the task merges need lora_adapter_combine_v2)")
         }
@@ -106,13 +113,7 @@ public func lora_adapter_combine_v2(
     outp?.pointee = nil
     return guarded {
         let o = try out(outp, "out")
-        let count = try count(n, "n_adapters", max: 1 << 12)
-        guard count >= 1, let adapters, let weights else { throw invalid("adapters and weights must hold n_adapters >= 1 entries") }
-        let boxes = try (0..<count).map { try box(adapters[$0], AdapterBox.self, "adapters[\($0)]") }
-        guard let mb = boxes[0].model, boxes.allSatisfy({ $0.model === mb }) else {
-            throw invalid("the adapters must belong to one live model handle")
-        }
-        let inputs = try (0..<count).map { (adapter: boxes[$0].adapter, weight: Double(try finite(weights[$0], "weights[\($0)]"))) }
+        let (inputs, mb) = try combineInputs(adapters, weights, n)
         let p = try readParams(params, defaults: defaultCombineParams, name: "lora_combine_params")
         o.pointee = retain(AdapterBox(try Adapter.combine(inputs, method: try combinationMethod(p)), model: mb))
     }

@@ -41,18 +41,7 @@ import Testing
         // Singular vectors are defined up to sign, so compare products B·A, not the factors.
         for (s, p) in zip(ours.slots, peft.slots) {
             #expect(s.moduleName == p.moduleName && s.r == 3 && p.r == 3)
-            var worst: Float = 0
-            for o in 0..<s.outFeatures {
-                for i in 0..<s.inFeatures {
-                    var x: Float = 0
-                    var y: Float = 0
-                    for t in 0..<3 {
-                        x += ours.B(s)[o * 3 + t] * ours.A(s)[t * s.inFeatures + i];
-                        y += peft.B(p)[o * 3 + t] * peft.A(p)[t * s.inFeatures + i]
-                    }
-                    worst = max(worst, abs(x - y))
-                }
-            }
+            let worst = maxProductDifference(ours, s, peft, p)
             #expect(worst < 1e-4, "\(s.moduleName): max |Δ(BA)| = \(worst)")
         }
         #expect(maxAbsDiff(try logits(ours), try expected.floats("logits.\(method)")) < logitsTolerance)
@@ -106,4 +95,23 @@ import Testing
             }())
         #expect(throws: LoRAError.self) { try Adapter.combine([(adapter: all, weight: 1), (adapter: other, weight: 1)], method: .cat) }
     }
+}
+
+/// max |B·A − B′·A′| over two slots of equal shape: truncated-SVD factors are
+/// defined up to the sign of each singular pair, so combinations are compared
+/// by their products.
+func maxProductDifference(_ a: Adapter, _ s: LoRASlot, _ b: Adapter, _ p: LoRASlot) -> Float {
+    var worst: Float = 0
+    for o in 0..<s.outFeatures {
+        for i in 0..<s.inFeatures {
+            var x: Float = 0
+            var y: Float = 0
+            for t in 0..<s.r {
+                x += a.B(s)[o * s.r + t] * a.A(s)[t * s.inFeatures + i]
+                y += b.B(p)[o * p.r + t] * b.A(p)[t * p.inFeatures + i]
+            }
+            worst = max(worst, abs(x - y))
+        }
+    }
+    return worst
 }

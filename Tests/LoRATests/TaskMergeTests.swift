@@ -52,18 +52,7 @@ import Testing
         // Singular vectors are defined up to sign: compare the products B·A.
         for (s, p) in zip(ours.slots, peft.slots) {
             #expect(s.moduleName == p.moduleName && s.r == 3 && p.r == 3)
-            var worst: Float = 0
-            for o in 0..<s.outFeatures {
-                for i in 0..<s.inFeatures {
-                    var x: Float = 0
-                    var y: Float = 0
-                    for t in 0..<3 {
-                        x += ours.B(s)[o * 3 + t] * ours.A(s)[t * s.inFeatures + i];
-                        y += peft.B(p)[o * 3 + t] * peft.A(p)[t * s.inFeatures + i]
-                    }
-                    worst = max(worst, abs(x - y))
-                }
-            }
+            let worst = maxProductDifference(ours, s, peft, p)
             #expect(worst < 1e-4, "\(s.moduleName): max |Δ(BA)| = \(worst)")
         }
         #expect(maxAbsDiff(try logits(ours), try expected.floats("logits.\(name)")) < logitsTolerance)
