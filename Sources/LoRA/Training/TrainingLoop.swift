@@ -69,6 +69,8 @@ extension Trainer {
     ) throws -> TrainerState {
         guard !data.examples.isEmpty else { throw LoRAError.invalidArgument("the training set is empty") }
         guard data.tokenCount > 0 else { throw LoRAError.invalidArgument("the training set has no target token") }
+        // A rank's dropout row offset holds for this run only: a later step() draws as one process.
+        defer { pass.dropoutRowOffset = 0 }
         if options.saveSteps > 0, options.checkpointDirectory == nil {
             throw LoRAError.invalidArgument("save_steps needs a checkpoint directory")
         }
