@@ -111,6 +111,16 @@ LB_HIDDEN void lb_gemv_cols_lowp(int level, int dtype, float *y, const float *x,
                                  int K, int ldw, int n0, int n1, int beta0);
 LB_HIDDEN void lb_gemv_rows_lowp(int level, int dtype, float *y, const float *x, const void *W, const uint16_t *d,
                                  int C, int ldw, int r0, int r1, int beta0);
+// F32 copy of rows [r0, r1) × columns [c0, c1) of a [R, C] matrix stored as dtype:
+// dst[(r − r0)·ldd + c − c0]. cols_layout: Q8_0 scales [ceil(R/32), C] (a Conv1D
+// weight), else [R, ceil(C/32)] (embeddings, LM head). Exact (as lb_dequant_*).
+LB_HIDDEN void lb_dequant_panel(int dtype, int cols_layout, float *dst, int ldd, const void *W, const uint16_t *d,
+                                int C, int r0, int r1, int c0, int c1);
+// A scratch area of at least `count` floats owned by the calling thread,
+// reused by its next call (grown when too small; freed when the thread
+// ends). NULL when out of memory. For the panels of the reduced-precision
+// matrix products: no allocation per product.
+LB_HIDDEN float *lb_thread_scratch(size_t count);
 
 // Element-wise kernels (kernels.c), dispatched to AVX-512 / AVX2 / baseline
 // code for the CPU at the first call.
