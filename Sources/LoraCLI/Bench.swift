@@ -184,7 +184,10 @@ struct Bench: ParsableCommand {
         let base = try Model.random(config: config, seed: 1)
         let tuned = try Model.random(config: config, seed: 1)
         var rng = SplitMix64(seed: 9)
-        for l in tuned.weights.layers { for i in 0..<(768 * 2304) { l.attnW[i] += 0.001 * rng.nextGaussian() } }
+        for l in tuned.weights.layers {
+            guard let w = l.attnW.f32 else { continue }
+            for i in 0..<(768 * 2304) { w[i] += 0.001 * rng.nextGaussian() }
+        }
         t0 = now()
         _ = try Adapter.extract(base: base, tuned: tuned, targetModules: .names(["c_attn"]), rank: .fixed(16))
         let extract = now() - t0

@@ -522,12 +522,6 @@ public final class Engine: @unchecked Sendable {
                 out: ln.base + i * C, mean: nil, rstd: nil, inp: x.base + h.row * C,
                 weight: w.lnfW, bias: w.lnfB, rows: 1, C: C, eps: eps)
         }
-        if m == 1 {
-            gemv(transA: false, rows: V, cols: C, alpha: 1, A: w.lmHead, lda: C, x: ln.base, beta: 0, y: logits.base)
-        } else if m > 1 {
-            gemm(
-                transA: false, transB: true, M: m, N: V, K: C, alpha: 1, A: ln.base, lda: C, B: w.lmHead, ldb: C,
-                beta: 0, C: logits.base, ldc: V)
-        }
+        baseMatmul(transW: true, M: m, N: V, K: C, A: ln.base, lda: C, W: w.lmHead, beta: 0, C: logits.base, ldc: V)
     }
 }
