@@ -87,12 +87,26 @@ public final class Model: @unchecked Sendable {
         return try Model(config: config, weights: w, tokenizer: tokenizer)
     }
 
-    /// A model with random weights N(0, std²) (benchmarks, tests).
-    public static func random(config: GPT2Config, seed: UInt64 = 0, std: Float = 0.02) throws -> Model {
-        let w = try GPT2Weights(config: config)
+    /// A model with random weights N(0, std²) (benchmarks, tests); with a
+    /// reduced-precision `dtype`, the same values rounded to it.
+    public static func random(config: GPT2Config, seed: UInt64 = 0, std: Float = 0.02, dtype: WeightDType = .f32) throws -> Model {
+        let w = try GPT2Weights(config: config, dtype: dtype)
         var rng = SplitMix64(seed: seed)
-        let b = w.block.base
-        for i in 0..<w.block.count { b[i] = rng.nextGaussian() * std }
+        if dtype == .f32 {
+            let b = w.block.base
+            for i in 0..<w.block.count { b[i] = rng.nextGaussian() * std }
+        } else {
+            // The F32 model's draws in its layout order, each matrix rounded as it is complete.
+            for slot in GPT2Layout(config: config).slots {
+                if let own = w.layout[slot.name] {
+                    let p = w.block.base + own.offset
+                    for i in 0..<slot.count { p[i] = rng.nextGaussian() * std }
+                } else if let m = w.matrices[slot.name] {
+                    let values = (0..<slot.count).map { _ in rng.nextGaussian() * std }
+                    try m.store(values, name: slot.name)
+                }
+            }
+        }
         for l in w.layers {
             for i in 0..<config.nEmbd { l.ln1W[i] = 1 + 0.1 * l.ln1W[i]; l.ln2W[i] = 1 + 0.1 * l.ln2W[i] }
         }
