@@ -271,6 +271,29 @@ private func lowpExpected(_ d: WeightDType) throws -> SafeTensorsFile {
         return (m, block, m.dequantized())
     }
 
+    /// Storing a matrix a panel of rows at a time (as a load converts it) gives the bytes of storing it whole.
+    @Test(arguments: [WeightDType.bf16, .f16, .q8_0], [true, false])
+    func storingByRowPanelsEqualsStoringWhole(dtype: WeightDType, inputAlongRows: Bool) throws {
+        let (rows, cols) = (100, 45)  // 100 = 3·32 + 4: a partial last block either way
+        let (whole, wholeBlock, values) = try matrix(dtype, rows: rows, cols: cols, inputAlongRows: inputAlongRows, seed: 3)
+        var rng = SplitMix64(seed: 3)
+        let src = (0..<rows * cols).map { _ in rng.nextGaussian() }
+        let (parts, partsBlock, _) = try matrix(dtype, rows: rows, cols: cols, inputAlongRows: inputAlongRows, seed: 4)
+        for r0 in stride(from: 0, to: rows, by: 32) {
+            let r1 = min(rows, r0 + 32)
+            try src.withUnsafeBufferPointer { try parts.store($0.baseAddress! + r0 * cols, rows: r0..<r1, name: "test") }
+        }
+        #expect(parts.dequantized() == values)
+        let bytes = whole.dataBytes + 2 * whole.scaleCount
+        #expect(memcmp(wholeBlock.base, partsBlock.base, bytes) == 0)
+        if dtype == .q8_0 && inputAlongRows {
+            // A range that splits a block is refused.
+            #expect(throws: LoRAError.self) {
+                try src.withUnsafeBufferPointer { try parts.store($0.baseAddress!, rows: 0..<40, name: "t") }
+            }
+        }
+    }
+
     @Test(arguments: [WeightDType.bf16, .f16, .q8_0], [(1, 1100, 300), (2, 1100, 300), (2, 70, 5000), (1, 17_000, 20)])
     func panelsAndGemvMatchNaiveProducts(dtype: WeightDType, shape: (Int, Int, Int)) throws {
         try BLAS.load()

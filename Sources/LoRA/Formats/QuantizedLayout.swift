@@ -106,10 +106,19 @@ enum QuantizedLayout {
             }
             return
         }
-        var floats = [Float](repeating: 0, count: m.count)
-        try floats.withUnsafeMutableBufferPointer { try file.copyFloats(info, into: $0.baseAddress!) }
-        do { try m.store(floats, name: name) } catch let LoRAError.numerical(reason) {
-            throw LoRAError.invalidFile(path: file.path, reason: reason)
+        // A panel of rows at a time (whole Q8_0 blocks): no F32 copy of the whole matrix.
+        let chunk = max(32, (1 << 20) / max(1, m.cols) / 32 * 32)
+        var floats = [Float](repeating: 0, count: chunk * m.cols)
+        var r0 = 0
+        while r0 < m.rows {
+            let r1 = min(m.rows, r0 + chunk)
+            try floats.withUnsafeMutableBufferPointer { buf in
+                try file.copyFloats(info, elements: r0 * m.cols..<r1 * m.cols, into: buf.baseAddress!)
+                do { try m.store(buf.baseAddress!, rows: r0..<r1, name: name) } catch let LoRAError.numerical(reason) {
+                    throw LoRAError.invalidFile(path: file.path, reason: reason)
+                }
+            }
+            r0 = r1
         }
     }
 

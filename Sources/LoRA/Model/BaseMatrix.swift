@@ -122,8 +122,8 @@ package struct BaseMatrix {
 
     /// Throws what `store` would refuse: a value that is not finite or does
     /// not fit the dtype (beyond bf16's or f16's range, a Q8_0 scale beyond F16's).
-    package func validate(_ src: UnsafePointer<Float>, name: String) throws {
-        let n = count
+    package func validate(_ src: UnsafePointer<Float>, count n: Int? = nil, name: String) throws {
+        let n = n ?? count
         for i in 0..<n where !src[i].isFinite {
             throw LoRAError.numerical("\(name) holds NaN or infinite weights; cannot store it as \(dtype.rawValue)")
         }
@@ -138,7 +138,8 @@ package struct BaseMatrix {
                 throw LoRAError.numerical("\(name): \(src[i]) is beyond f16's range (±65504)")
             }
         case .q8_0:
-            for i in 0..<n where abs(src[i]) / 127 >= 65520 {
+            // As lb_quantize_q8_0_*: d = max|w|/127 must fit F16.
+            for i in 0..<n where abs(src[i]) / 127 > 65504 {
                 throw LoRAError.numerical("\(name): \(src[i]) gives a q8_0 scale beyond f16's range")
             }
         }
@@ -148,33 +149,40 @@ package struct BaseMatrix {
     /// BF16/F16, ggml's reference quantizer for Q8_0. Refuses (storing
     /// nothing) values that are not finite or do not fit the dtype.
     package func store(_ src: UnsafePointer<Float>, name: String) throws {
-        let n = count
-        try validate(src, name: name)
+        try store(src, rows: 0..<rows, name: name)
+    }
+
+    /// Stores rows `r` (r.count·cols values from src). For a Conv1D weight in
+    /// Q8_0 the range must cover whole blocks of 32 rows (it may end at
+    /// `rows`). Refuses (storing nothing of these rows) what `validate` refuses.
+    package func store(_ src: UnsafePointer<Float>, rows r: Range<Int>, name: String) throws {
+        guard r.lowerBound >= 0, r.upperBound <= rows else { throw LoRAError.invalidArgument("\(name): rows \(r) out of 0..<\(rows)") }
+        let n = r.count * cols
+        let off = r.lowerBound * cols
+        try validate(src, count: n, name: name)
         switch dtype {
         case .f32:
-            data.assumingMemoryBound(to: Float.self).update(from: src, count: n)
+            (data.assumingMemoryBound(to: Float.self) + off).update(from: src, count: n)
         case .bf16:
-            let out = data.assumingMemoryBound(to: UInt16.self)
+            let out = data.assumingMemoryBound(to: UInt16.self) + off
             for i in 0..<n { out[i] = lb_f32_to_bf16(src[i]) }
         case .f16:
-            let out = data.assumingMemoryBound(to: UInt16.self)
+            let out = data.assumingMemoryBound(to: UInt16.self) + off
             for i in 0..<n { out[i] = lb_f32_to_f16(src[i]) }
         case .q8_0:
             guard let scales else { throw LoRAError.invalidArgument("\(name): q8_0 storage without scales") }
-            let q = data.assumingMemoryBound(to: Int8.self)
-            // Quantize into scratch first so a refusal leaves the stored matrix as it was.
-            var tq = [Int8](repeating: 0, count: n)
-            var td = [UInt16](repeating: 0, count: scaleCount)
-            let bad = tq.withUnsafeMutableBufferPointer { qp in
-                td.withUnsafeMutableBufferPointer { dp in
-                    inputAlongRows
-                        ? lb_quantize_q8_0_cols(qp.baseAddress!, dp.baseAddress!, src, Int32(rows), Int32(cols))
-                        : lb_quantize_q8_0_rows(qp.baseAddress!, dp.baseAddress!, src, Int32(rows), Int32(cols))
+            let q = data.assumingMemoryBound(to: Int8.self) + off
+            let bad: Int32
+            if inputAlongRows {
+                guard r.lowerBound % 32 == 0, r.upperBound % 32 == 0 || r.upperBound == rows else {
+                    throw LoRAError.invalidArgument("\(name): rows \(r) split a q8_0 block")
                 }
+                bad = lb_quantize_q8_0_cols(q, scales + r.lowerBound / 32 * cols, src, Int32(r.count), Int32(cols))
+            } else {
+                bad = lb_quantize_q8_0_rows(q, scales + r.lowerBound * ((cols + 31) / 32), src, Int32(r.count), Int32(cols))
             }
+            // validate() refused every input the quantizer flags.
             guard bad == 0 else { throw LoRAError.numerical("\(name): a q8_0 block's scale overflows f16 (|w| > 65504·127)") }
-            q.update(from: tq, count: n)
-            scales.update(from: td, count: td.count)
         }
     }
 }

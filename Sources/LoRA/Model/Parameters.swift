@@ -238,6 +238,7 @@ package final class GPT2Weights: @unchecked Sendable {
                     throw LoRAError.invalidFile(path: file.path, reason: "tensor \(slot.name) cannot be q8_0 (not a weight matrix)")
                 }
                 try QuantizedLayout.read(q: entry.q, d: entry.d, name: slot.name, into: m, file: file)
+                for t in [entry.q, entry.d] { if let t { file.dropPages(t) } }
                 continue
             }
             guard let info = found[slot.name] else {
@@ -252,6 +253,7 @@ package final class GPT2Weights: @unchecked Sendable {
             } else if let m = matrices[slot.name] {
                 try QuantizedLayout.convert(info, name: slot.name, into: m, file: file)
             }
+            file.dropPages(info)
         }
     }
 }
