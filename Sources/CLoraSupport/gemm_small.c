@@ -28,14 +28,14 @@
 #define T256   __attribute__((target("avx2,fma")))
 #define INLINE __attribute__((always_inline)) static inline
 
-enum { KB = 64, PD = 8 };
+enum { KB = 64 };
 
 // ---- AVX-512: cols ------------------------------------------------------
 
 // Rows [0, G) of x × columns [j, j + 16·NV) (the last vector masked) over
 // W rows [k0, k1). `first`: start from 0 (beta0) or y; else from y.
 INLINE T512 void cols_tile512(float *y, int ldy, const float *x, int ldx, int G, int NV, __mmask16 last, const float *W,
-                              int ldw, int k0, int k1, int j, int fromZero, int prefetch) {
+                              int ldw, int k0, int k1, int j, int fromZero, const float *pf, int pfEvery, int pfPhase) {
     __m512 a[6][4];
 #pragma GCC unroll 6
     for (int g = 0; g < G; g++)
@@ -45,12 +45,18 @@ INLINE T512 void cols_tile512(float *y, int ldy, const float *x, int ldx, int G,
             a[g][v] = fromZero ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m, y + (size_t)g * ldy + j + 16 * v);
         }
     const float *p = W + (size_t)k0 * ldw + j;
+    int turn = pfPhase;
     for (int k = k0; k < k1; k++, p += ldw) {
-        if (prefetch) {
-            const char *q = (const char *)(p + (size_t)PD * ldw);
-#pragma GCC unroll 4
-            for (int v = 0; v < NV; v++) _mm_prefetch(q + 64 * v, _MM_HINT_T0);
+        // Every group prefetches its share of the next block's rows, so the
+        // memory reads overlap all groups' arithmetic.
+        if (pf && turn == 0) {
+            const char *q = (const char *)(pf + (size_t)(k - k0) * ldw);
+            _mm_prefetch(q, _MM_HINT_T0);
+            _mm_prefetch(q + 64, _MM_HINT_T0);
+            _mm_prefetch(q + 128, _MM_HINT_T0);
+            _mm_prefetch(q + 192, _MM_HINT_T0);
         }
+        turn = turn == 0 ? pfEvery - 1 : turn - 1;
         __m512 w[4];
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++) w[v] = _mm512_maskz_loadu_ps(v == NV - 1 ? last : 0xFFFF, p + 16 * v);
@@ -71,27 +77,28 @@ INLINE T512 void cols_tile512(float *y, int ldy, const float *x, int ldx, int G,
 #define COLS512_G(NV)                                                                                                  \
     switch (G) {                                                                                                       \
     case 6:                                                                                                            \
-        cols_tile512(y, ldy, x, ldx, 6, NV, last, W, ldw, k0, k1, j, fromZero, prefetch);                              \
+        cols_tile512(y, ldy, x, ldx, 6, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfEvery, pfPhase);                  \
         break;                                                                                                         \
     case 5:                                                                                                            \
-        cols_tile512(y, ldy, x, ldx, 5, NV, last, W, ldw, k0, k1, j, fromZero, prefetch);                              \
+        cols_tile512(y, ldy, x, ldx, 5, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfEvery, pfPhase);                  \
         break;                                                                                                         \
     case 4:                                                                                                            \
-        cols_tile512(y, ldy, x, ldx, 4, NV, last, W, ldw, k0, k1, j, fromZero, prefetch);                              \
+        cols_tile512(y, ldy, x, ldx, 4, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfEvery, pfPhase);                  \
         break;                                                                                                         \
     case 3:                                                                                                            \
-        cols_tile512(y, ldy, x, ldx, 3, NV, last, W, ldw, k0, k1, j, fromZero, prefetch);                              \
+        cols_tile512(y, ldy, x, ldx, 3, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfEvery, pfPhase);                  \
         break;                                                                                                         \
     case 2:                                                                                                            \
-        cols_tile512(y, ldy, x, ldx, 2, NV, last, W, ldw, k0, k1, j, fromZero, prefetch);                              \
+        cols_tile512(y, ldy, x, ldx, 2, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfEvery, pfPhase);                  \
         break;                                                                                                         \
     default:                                                                                                           \
-        cols_tile512(y, ldy, x, ldx, 1, NV, last, W, ldw, k0, k1, j, fromZero, prefetch);                              \
+        cols_tile512(y, ldy, x, ldx, 1, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfEvery, pfPhase);                  \
         break;                                                                                                         \
     }
 
 static T512 void cols_tile512_any(float *y, int ldy, const float *x, int ldx, int G, int NV, __mmask16 last,
-                                  const float *W, int ldw, int k0, int k1, int j, int fromZero, int prefetch) {
+                                  const float *W, int ldw, int k0, int k1, int j, int fromZero, const float *pf,
+                                  int pfEvery, int pfPhase) {
     switch (NV) {
     case 4:
         COLS512_G(4);
@@ -115,12 +122,15 @@ static T512 void gemm_cols_avx512(float *y, int ldy, const float *x, int ldx, in
         int NV = (width + 15) / 16;
         int rem = width - 16 * (NV - 1);
         __mmask16 last = (__mmask16)(rem == 16 ? 0xFFFF : (1u << rem) - 1);
+        int groups = (M + 5) / 6;
         for (int k0 = 0; k0 < K; k0 += KB) {
             int k1 = k0 + KB < K ? k0 + KB : K;
-            for (int m = 0; m < M; m += 6) {
+            // The next block: further down this panel, or the next panel's first.
+            const float *pf = k1 < K ? W + (size_t)k1 * ldw + j : j + 64 < n1 ? W + j + 64 : NULL;
+            for (int m = 0, g = 0; m < M; m += 6, g++) {
                 int G = M - m < 6 ? M - m : 6;
                 cols_tile512_any(y + (size_t)m * ldy, ldy, x + (size_t)m * ldx, ldx, G, NV, last, W, ldw, k0, k1, j,
-                                 k0 == 0 && beta0, m == 0);
+                                 k0 == 0 && beta0, pf, groups, g);
             }
         }
     }
@@ -195,6 +205,12 @@ INLINE T512 void rows_tile512(float *y, int ldy, const float *x, int ldx, int G,
 
 static T512 void gemm_rows_avx512(float *y, int ldy, const float *x, int ldx, int M, const float *W, int C, int ldw,
                                   int r0, int r1, int beta0) {
+    if (C <= 8) {
+        // gemv.c's narrow rows (LoRA's B at r ≤ 8): row by row, its sums.
+        for (int m = 0; m < M; m++)
+            lb_gemv_rows_at(LB_KERNELS_AVX512, y + (size_t)m * ldy, x + (size_t)m * ldx, W, C, ldw, r0, r1, beta0);
+        return;
+    }
     for (int r = r0; r < r1; r += 4) {
         int R = r1 - r < 4 ? r1 - r : 4;
         for (int m = 0; m < M; m += 6) {

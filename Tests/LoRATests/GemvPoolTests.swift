@@ -55,7 +55,7 @@ import Testing
 
     @Test func rowsMatchDoublePrecision() {
         var rng = SplitMix64(seed: 12)
-        for (R, C) in [(1, 1), (7, 15), (9, 48), (130, 768), (5, 769)] {
+        for (R, C) in [(1, 1), (7, 15), (9, 48), (130, 768), (5, 769), (2304, 8), (9, 3)] {
             for offset in [0, 3] {
                 let ldw = C + 2
                 var w = (0..<(offset + R * ldw)).map { _ in rng.nextFloat() * 2 - 1 }
