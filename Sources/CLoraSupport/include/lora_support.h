@@ -81,6 +81,19 @@ LB_HIDDEN void lb_gemv_cols_at(int level, float *y, const float *x, const float 
 LB_HIDDEN void lb_gemv_rows_at(int level, float *y, const float *x, const float *W, int C, int ldw, int r0, int r1,
                                int beta0);
 
+// Products with few rows of x (gemm_small.c, same kernels and levels): row m
+// of y equals lb_gemv_cols / lb_gemv_rows on row m of x, bit for bit.
+// y[m·ldy + n] (+)= Σ_k x[m·ldx + k]·W[k·ldw + n], m < M, n in [n0, n1).
+LB_HIDDEN void lb_gemm_cols(float *y, int ldy, const float *x, int ldx, int M, const float *W, int K, int ldw, int n0,
+                            int n1, int beta0);
+// y[m·ldy + r] (+)= Σ_c W[r·ldw + c]·x[m·ldx + c], m < M, r in [r0, r1).
+LB_HIDDEN void lb_gemm_rows(float *y, int ldy, const float *x, int ldx, int M, const float *W, int C, int ldw, int r0,
+                            int r1, int beta0);
+LB_HIDDEN void lb_gemm_cols_at(int level, float *y, int ldy, const float *x, int ldx, int M, const float *W, int K,
+                               int ldw, int n0, int n1, int beta0);
+LB_HIDDEN void lb_gemm_rows_at(int level, float *y, int ldy, const float *x, int ldx, int M, const float *W, int C,
+                               int ldw, int r0, int r1, int beta0);
+
 // Reduced-precision frozen weights (lowp.c): storage types, conversions,
 // ggml's Q8_0 quantizer, and matrix–vector kernels that give the F32
 // kernels' results on the dequantized weights bit for bit (same level).
