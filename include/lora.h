@@ -494,10 +494,16 @@ typedef int32_t (*lora_gradient_reducer)(float *buffer, size_t count, void *user
  * examples from the one-process data order, this rank computing its slice;
  * calls `reduce` once per optimizer step on one contiguous buffer (the
  * gradients of the trained parameters, prescaled so that their sum is the
- * global gradient, then 2 floats of the step's loss) before clipping and AdamW,
- * and with small buffers of other lengths at the start (the ranks' digests),
- * at the end (the parameters' digests) and per evaluation (4 floats): a
- * reducer must sum any length it is given;
+ * global gradient, then 2 floats of the step's loss and 1 counting ranks that
+ * failed) before clipping and AdamW, then once more after the step (2 floats:
+ * ranks that failed, e.g. rank 0's checkpoint write, and ranks whose progress
+ * callback asked to stop), and with small buffers of other lengths at the
+ * start (the ranks' digests), at the end (the parameters' digests) and per
+ * evaluation (5 floats): a reducer must sum any length it is given;
+ * ends every rank after the same step when one rank fails or stops (no rank
+ * is left waiting in a reduction): a callback's stop gives LORA_ABORTED on
+ * every rank; a rank's own failure gives it its status, the others
+ * LORA_INVALID_ARGUMENT ("another rank failed ...");
  * shares out validation batches and reduces their sums; writes checkpoints on
  * rank 0 only. The result equals one process with batch_size × world_size
  * (up to the summation order). lora_trainer_evaluate becomes collective too
