@@ -163,7 +163,8 @@ def test_load_errors(model_a, tok_model, tmp_path):
     (dora / "adapter_model.safetensors").write_bytes(open(fixture("lora", "all", "adapter_model.safetensors"), "rb").read())
     with pytest.raises(lora.LoraError) as ei:
         lora.Adapter.load(model_a, dora)
-    assert ei.value.status == lora.LORA_UNSUPPORTED
+    assert ei.value.status == lora.LORA_INVALID_FILE  # use_dora without lora_magnitude_vector tensors
+    assert "lora_magnitude_vector" in str(ei.value)
 
 
 def test_attach_detach_scale(model_a):

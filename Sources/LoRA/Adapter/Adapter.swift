@@ -32,8 +32,8 @@ public final class Adapter: @unchecked Sendable {
             let slot = LoRASlot(
                 layer: layer, target: target, moduleName: LoRATarget.moduleName(layer: layer, target),
                 r: r, alpha: alpha, scaling: Float(scaling), inFeatures: fin, outFeatures: fout,
-                offsetA: off, offsetB: off + r * fin)
-            off += r * fin + fout * r
+                offsetA: off, offsetB: off + r * fin, offsetM: config.useDoRA ? off + r * fin + fout * r : nil)
+            off += r * fin + fout * r + (config.useDoRA ? fout : 0)
             slots.append(slot)
         }
         self.config = config
@@ -44,6 +44,15 @@ public final class Adapter: @unchecked Sendable {
         var idx = [Int?](repeating: nil, count: modelConfig.nLayer * 4)
         for (i, s) in slots.enumerated() { idx[s.layer * 4 + s.target.rawValue] = i }
         self.slotIndex = idx
+    }
+
+    /// Throws for a DoRA adapter: the adapter algebra (combine, compress,
+    /// PiSSA conversion) works on B·A alone and would drop the magnitudes
+    /// (PEFT's add_weighted_adapter does not combine them either).
+    func refuseDoRA(_ what: String) throws {
+        guard !config.useDoRA else {
+            throw LoRAError.unsupported("\(what) DoRA adapter \(name): its magnitudes have no counterpart in B·A; merge it instead")
+        }
     }
 
     /// Throws unless the adapter was made for a model of this shape (n_embd, n_inner, n_layer).
@@ -61,6 +70,8 @@ public final class Adapter: @unchecked Sendable {
 
     package func A(_ s: LoRASlot) -> FloatPtr { params.base + s.offsetA }
     package func B(_ s: LoRASlot) -> FloatPtr { params.base + s.offsetB }
+    /// DoRA's magnitude m [out] of a slot; nil without DoRA.
+    package func magnitude(_ s: LoRASlot) -> FloatPtr? { s.offsetM.map { params.base + $0 } }
     public var parameterCount: Int { params.count }
 
     /// Fresh weights for any `init_lora_weights`. True, "gaussian" and false
@@ -80,13 +91,30 @@ public final class Adapter: @unchecked Sendable {
     /// Calling it twice on one model decomposes the residual again (as PEFT
     /// does with two PiSSA adapters).
     /// The one initialiser of an adapter's weights, for every kind.
+    ///
+    /// With DoRA, each magnitude then starts as PEFT's DoraLinearLayer sets
+    /// it: m = ‖W + s·(B·A)ᵀ‖ per output feature, W the module's weight in
+    /// `model` after the initialisation above (PiSSA's residual).
     public func initialize(from model: Model, seed: UInt64) throws {
         switch config.initLoraWeights {
         case .kaiming, .gaussian, .random:
             try checkFits(model.config)
-            try initialize(seed: seed)
+            try initializeAB(seed: seed)
         case .pissa, .olora:
+            guard !config.useDoRA else {
+                throw LoRAError.unsupported(
+                    "use_dora with init_lora_weights \(JSON.compact(config.initLoraWeights.json)) is not implemented")
+            }
             try initializeFromBase(model, seed: seed)
+        }
+        if config.useDoRA {
+            if model.attachments.contains(where: { $0.adapter === self && $0.merged }) {
+                throw LoRAError.wrongState("adapter \(name) is merged into the model; unmerge it before initialising it")
+            }
+            for s in slots {
+                let norms = DoRAFactors.columnNorms(branch(s), weight: model.weightPointer(layer: s.layer, target: s.target), factor: 1)
+                magnitude(s)!.update(from: norms, count: s.outFeatures)
+            }
         }
     }
 
@@ -100,6 +128,14 @@ public final class Adapter: @unchecked Sendable {
                 "init_lora_weights \(JSON.compact(config.initLoraWeights.json)) needs the base model: use initialize(from:seed:)")
         default: break
         }
+        guard !config.useDoRA else {
+            throw LoRAError.invalidArgument("a DoRA adapter's magnitudes need the base model: use initialize(from:seed:)")
+        }
+        try initializeAB(seed: seed)
+    }
+
+    /// A and B of `initialize(seed:)` (DoRA magnitudes untouched).
+    private func initializeAB(seed: UInt64) throws {
         initialParams = nil
         var rng = SplitMix64(seed: seed)
         for s in slots {

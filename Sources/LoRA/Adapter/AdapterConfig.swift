@@ -60,6 +60,9 @@ public struct LoRAConfig: Sendable, Equatable {
     public var rankPattern: [(key: String, value: Int)] = []
     public var alphaPattern: [(key: String, value: Double)] = []
     public var initLoraWeights: Initialization = .kaiming
+    /// DoRA (`use_dora`): each adapted module also learns a magnitude per
+    /// output feature (see `LoRABranch`'s DoRA section).
+    public var useDoRA = false
     public var baseModelNameOrPath: String? = nil
     public var revision: String? = nil
     public var taskType: String? = "CAUSAL_LM"
@@ -74,7 +77,7 @@ public struct LoRAConfig: Sendable, Equatable {
             && a.rankPattern.map(\.key) == b.rankPattern.map(\.key) && a.rankPattern.map(\.value) == b.rankPattern.map(\.value)
             && a.alphaPattern.map(\.key) == b.alphaPattern.map(\.key) && a.alphaPattern.map(\.value) == b.alphaPattern.map(\.value)
             && a.initLoraWeights == b.initLoraWeights && a.baseModelNameOrPath == b.baseModelNameOrPath
-            && a.revision == b.revision && a.taskType == b.taskType
+            && a.revision == b.revision && a.taskType == b.taskType && a.useDoRA == b.useDoRA
     }
 
     /// The range checks PEFT and this engine need.
@@ -100,7 +103,6 @@ public struct LoRAConfig: Sendable, Equatable {
 
     /// Keys that must keep PEFT's defaults: each names a feature not implemented here.
     static let unsupportedKeys: [(key: String, isDefault: @Sendable (JSONValue) -> Bool)] = [
-        ("use_dora", { $0.isNull || $0 == .bool(false) }),
         ("lora_bias", { $0.isNull || $0 == .bool(false) }),
         ("bias", { $0.isNull || $0 == .string("none") }),
         ("modules_to_save", { $0.isNull || $0 == .array([]) }),
@@ -188,6 +190,10 @@ public struct LoRAConfig: Sendable, Equatable {
         if let v = o["use_rslora"], !v.isNull {
             guard let b = v.boolValue else { throw fail("use_rslora must be true or false") }
             c.useRSLoRA = b
+        }
+        if let v = o["use_dora"], !v.isNull {
+            guard let b = v.boolValue else { throw fail("use_dora must be true or false") }
+            c.useDoRA = b
         }
         if let v = o["rank_pattern"], !v.isNull {
             guard let m = v.objectValue else { throw fail("rank_pattern must be an object") }
@@ -280,7 +286,7 @@ public struct LoRAConfig: Sendable, Equatable {
         o["task_type"] = taskType.map { .string($0) } ?? .null
         o["trainable_token_indices"] = .null
         o["use_bdlora"] = .null
-        o["use_dora"] = .bool(false)
+        o["use_dora"] = .bool(useDoRA)
         o["use_qalora"] = .bool(false)
         o["use_rslora"] = .bool(useRSLoRA)
         o["velora_config"] = .null

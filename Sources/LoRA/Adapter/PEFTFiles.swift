@@ -2,7 +2,9 @@ import Foundation
 
 // PEFT's adapter files: adapter_config.json (LoRAConfig, AdapterConfig.swift)
 // and adapter_model.safetensors with `base_model.model.<module>.lora_A.weight`
-// [r, in] and `lora_B.weight` [out, r] per adapted module.
+// [r, in] and `lora_B.weight` [out, r] per adapted module, and with DoRA
+// `base_model.model.<module>.lora_magnitude_vector` [out] (PEFT drops the
+// in-memory `.default.weight` suffix when saving).
 
 extension Adapter {
     public static let configFile = "adapter_config.json"
@@ -21,6 +23,12 @@ extension Adapter {
                 TensorData(
                     name: Adapter.keyPrefix + s.moduleName + ".lora_B.weight", shape: [s.outFeatures, s.r],
                     floats: UnsafeBufferPointer(start: B(s), count: s.countB)))
+            if let m = magnitude(s) {
+                out.append(
+                    TensorData(
+                        name: Adapter.keyPrefix + s.moduleName + ".lora_magnitude_vector", shape: [s.outFeatures],
+                        floats: UnsafeBufferPointer(start: m, count: s.outFeatures)))
+            }
         }
         return out
     }
@@ -56,10 +64,11 @@ extension Adapter {
         do { adapter = try Adapter(config: config, modelConfig: modelConfig, name: name) } catch let LoRAError.invalidArgument(m) {
             throw LoRAError.invalidFile(path: cfgPath, reason: m)
         }
-        var expected: [String: (LoRASlot, Bool)] = [:]
+        var expected: [String: (slot: LoRASlot, shape: [Int], into: FloatPtr)] = [:]
         for s in adapter.slots {
-            expected[keyPrefix + s.moduleName + ".lora_A.weight"] = (s, true)
-            expected[keyPrefix + s.moduleName + ".lora_B.weight"] = (s, false)
+            expected[keyPrefix + s.moduleName + ".lora_A.weight"] = (s, [s.r, s.inFeatures], adapter.A(s))
+            expected[keyPrefix + s.moduleName + ".lora_B.weight"] = (s, [s.outFeatures, s.r], adapter.B(s))
+            if let m = adapter.magnitude(s) { expected[keyPrefix + s.moduleName + ".lora_magnitude_vector"] = (s, [s.outFeatures], m) }
         }
         var seen = Set<String>()
         for info in file.tensors {
@@ -67,19 +76,19 @@ extension Adapter {
                 throw LoRAError.invalidFile(
                     path: wPath, reason: "tensor \(info.name) lacks the base_model.model. prefix PEFT writes (PEFT would silently skip it)")
             }
-            if info.name.hasSuffix(".lora_magnitude_vector") || info.name.contains(".lora_magnitude_vector.") {
-                throw LoRAError.unsupported("\(wPath): \(info.name) is a DoRA magnitude (use_dora)")
+            if !config.useDoRA, info.name.hasSuffix(".lora_magnitude_vector") || info.name.contains(".lora_magnitude_vector.") {
+                throw LoRAError.invalidFile(
+                    path: wPath, reason: "tensor \(info.name) is a DoRA magnitude but \(configFile) does not set use_dora")
             }
             if info.name.hasSuffix(".lora_B.bias") { throw LoRAError.unsupported("\(wPath): \(info.name) (lora_bias)") }
-            guard let (slot, isA) = expected[info.name] else {
+            guard let (_, shape, into) = expected[info.name] else {
                 throw LoRAError.invalidFile(path: wPath, reason: "tensor \(info.name) does not belong to a module the config targets")
             }
-            let shape = isA ? [slot.r, slot.inFeatures] : [slot.outFeatures, slot.r]
             guard info.shape == shape else {
                 throw LoRAError.invalidFile(
                     path: wPath, reason: "tensor \(info.name) has shape \(info.shape), the base model needs \(shape)")
             }
-            try file.copyFloats(info, into: isA ? adapter.A(slot) : adapter.B(slot))
+            try file.copyFloats(info, into: into)
             seen.insert(info.name)
         }
         if let missing = expected.keys.sorted().first(where: { !seen.contains($0) }) {

@@ -235,22 +235,26 @@ extension Model {
         let hd = c.headDim
         let n = B * T
 
-        // MLP projection.
+        // MLP projection. (DoRA branches scale the gradient the base product
+        // gets: baseGradient; without DoRA it is dres itself.)
+        var dy = lora.baseGradient(layer: l, target: .mlpCProj, dy: dres, n: n)
         matmulBackward(
-            dinp: dfc, dweight: gw?.mlpProjW, dbias: gw?.mlpProjB, dout: dres, inp: a.fcAct, weight: lw.mlpProjW, M: n, K: F, N: C,
+            dinp: dfc, dweight: gw?.mlpProjW, dbias: gw?.mlpProjB, dout: dy, inp: a.fcAct, weight: lw.mlpProjW, M: n, K: F, N: C,
             accumulate: false)
         lora.backward(layer: l, target: .mlpCProj, x: a.fcAct, dy: dres, dx: dfc, n: n)
         activationBackward(c.activation, d: dfc, pre: a.fcPre, n: n * F)
+        dy = lora.baseGradient(layer: l, target: .mlpCFC, dy: dfc, n: n)
         matmulBackward(
-            dinp: dln, dweight: gw?.fcW, dbias: gw?.fcB, dout: dfc, inp: a.ln2, weight: lw.fcW, M: n, K: C, N: F, accumulate: false)
+            dinp: dln, dweight: gw?.fcW, dbias: gw?.fcB, dout: dy, inp: a.ln2, weight: lw.fcW, M: n, K: C, N: F, accumulate: false)
         lora.backward(layer: l, target: .mlpCFC, x: a.ln2, dy: dfc, dx: dln, n: n)
         layerNormBackward(
             dinp: dres, dweight: gw?.ln2W, dbias: gw?.ln2B, dout: dln, inp: a.res2, weight: lw.ln2W,
             mean: a.ln2Mean!, rstd: a.ln2Rstd!, rows: n, C: C)
 
         // Attention projection and attention.
+        dy = lora.baseGradient(layer: l, target: .attnCProj, dy: dres, n: n)
         matmulBackward(
-            dinp: datt, dweight: gw?.attnProjW, dbias: gw?.attnProjB, dout: dres, inp: a.att, weight: lw.attnProjW, M: n, K: C, N: C,
+            dinp: datt, dweight: gw?.attnProjW, dbias: gw?.attnProjB, dout: dy, inp: a.att, weight: lw.attnProjW, M: n, K: C, N: C,
             accumulate: false)
         lora.backward(layer: l, target: .attnCProj, x: a.att, dy: dres, dx: datt, n: n)
         dqkv.update(repeating: 0, count: n * 3 * C)
@@ -271,8 +275,9 @@ extension Model {
                     T: T, L: T, past: 0, hd: hd, scale: scale, keyMask: nil)
             }
         }
+        dy = lora.baseGradient(layer: l, target: .attnCAttn, dy: dqkv, n: n)
         matmulBackward(
-            dinp: needInputGradient ? dln : nil, dweight: gw?.attnW, dbias: gw?.attnB, dout: dqkv, inp: a.ln1,
+            dinp: needInputGradient ? dln : nil, dweight: gw?.attnW, dbias: gw?.attnB, dout: dy, inp: a.ln1,
             weight: lw.attnW, M: n, K: C, N: 3 * C, accumulate: false)
         lora.backward(layer: l, target: .attnCAttn, x: a.ln1, dy: dqkv, dx: needInputGradient ? dln : nil, n: n)
         guard needInputGradient else { return }

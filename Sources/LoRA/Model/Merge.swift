@@ -8,11 +8,22 @@ extension Model {
     /// (Conv1D weights are [in, out]). The adapter stays attached but is no
     /// longer applied on the fly. Not attached yet: it is attached merged.
     /// Refuses (and changes nothing) if the result would not be finite.
+    ///
+    /// DoRA (PEFT's DoraLinearVariant.merge): W' = (W + ΔW) ⊙ m / ‖W + ΔW‖,
+    /// the norm per output feature (a column of W [in, out]); it is kept for
+    /// `unmerge`. A DoRA adapter merges only into weights that hold no other
+    /// merged adapter (PEFT takes the norm of the unmerged base), and while
+    /// one is merged no other adapter is merged or unmerged.
     public func merge(_ adapter: Adapter) throws {
         if let i = attachments.firstIndex(where: { $0.adapter === adapter }) {
             guard !attachments[i].merged else { throw LoRAError.wrongState("adapter \(adapter.name) is already merged") }
+            try checkDoRAMergeOrder(adapter, merging: true)
             let scale = attachments[i].enabled ? attachments[i].scale : 0
-            try applyDelta(adapter, factor: scale, check: true)
+            if adapter.config.useDoRA {
+                setDoRAMergeNorms(i, try mergeDoRA(adapter, scale: scale))
+            } else {
+                try applyDelta(adapter, factor: scale, check: true)
+            }
             setMerged(i, true)
         } else {
             try attach(adapter)
@@ -26,9 +37,69 @@ extension Model {
         guard let i = attachments.firstIndex(where: { $0.adapter === adapter }), attachments[i].merged else {
             throw LoRAError.wrongState("adapter \(adapter.name) is not merged")
         }
+        try checkDoRAMergeOrder(adapter, merging: false)
         let scale = attachments[i].enabled ? attachments[i].scale : 0
-        try applyDelta(adapter, factor: -scale, check: false)
+        if adapter.config.useDoRA {
+            if let norms = attachments[i].doraMergeNorms { unmergeDoRA(adapter, scale: scale, norms: norms) }
+            setDoRAMergeNorms(i, nil)
+        } else {
+            try applyDelta(adapter, factor: -scale, check: false)
+        }
         setMerged(i, false)
+    }
+
+    /// Refuses what would mix a merged DoRA adapter with other merged ones.
+    private func checkDoRAMergeOrder(_ adapter: Adapter, merging: Bool) throws {
+        let others = attachments.filter { $0.merged && $0.adapter !== adapter }
+        if let d = others.first(where: { $0.adapter.config.useDoRA }) {
+            throw LoRAError.wrongState(
+                "DoRA adapter \(d.adapter.name) is merged into the weights; unmerge it before \(merging ? "merging" : "unmerging") \(adapter.name)"
+            )
+        }
+        if merging, adapter.config.useDoRA, let o = others.first {
+            throw LoRAError.wrongState(
+                "adapter \(o.adapter.name) is merged into the weights; a DoRA adapter (\(adapter.name)) merges only into the unmerged base")
+        }
+    }
+
+    /// W ← (W + ΔW) ⊙ m / ‖W + ΔW‖ per slot; returns the norms. Computed
+    /// into scratch first: a non-finite result leaves the weights untouched.
+    private func mergeDoRA(_ adapter: Adapter, scale: Float) throws -> [[Float]]? {
+        if scale == 0 { return nil }
+        var results: [(w: FloatPtr, merged: [Float])] = []
+        var norms: [[Float]] = []
+        for s in adapter.slots {
+            let w = weightPointer(layer: s.layer, target: s.target)
+            let out = s.outFeatures
+            let b = adapter.branch(s)
+            let wn = DoRAFactors.columnNorms(b, weight: w, factor: scale)
+            let m = adapter.magnitude(s)!
+            var t = [Float](UnsafeBufferPointer(start: w, count: s.inFeatures * out))
+            t.withUnsafeMutableBufferPointer { b.addDelta(to: $0.baseAddress!, factor: scale) }
+            for i in 0..<s.inFeatures {
+                for j in 0..<out { t[i * out + j] *= m[j] / wn[j] }
+            }
+            guard t.allSatisfy(\.isFinite) else {
+                throw LoRAError.numerical("merging DoRA adapter \(adapter.name) gives non-finite weights in \(s.moduleName)")
+            }
+            results.append((w, t))
+            norms.append(wn)
+        }
+        for (w, t) in results { w.update(from: t, count: t.count) }
+        return norms
+    }
+
+    /// The inverse of mergeDoRA with its norms: W ← W' / (m / norm) − ΔW.
+    private func unmergeDoRA(_ adapter: Adapter, scale: Float, norms: [[Float]]) {
+        for (s, wn) in zip(adapter.slots, norms) {
+            let w = weightPointer(layer: s.layer, target: s.target)
+            let out = s.outFeatures
+            let m = adapter.magnitude(s)!
+            for i in 0..<s.inFeatures {
+                for j in 0..<out { w[i * out + j] /= m[j] / wn[j] }
+            }
+            adapter.branch(s).addDelta(to: w, factor: -scale)
+        }
     }
 
     /// W += factor·ΔW for every slot of the adapter (LoRABranch.addDelta).
@@ -48,6 +119,16 @@ extension Model {
             }
         }
         for s in adapter.slots { adapter.branch(s).addDelta(to: weightPointer(layer: s.layer, target: s.target), factor: factor) }
+    }
+
+    func biasPointer(layer: Int, target: LoRATarget) -> FloatPtr {
+        let lw = weights.layers[layer]
+        switch target {
+        case .attnCAttn: return lw.attnB
+        case .attnCProj: return lw.attnProjB
+        case .mlpCFC: return lw.fcB
+        case .mlpCProj: return lw.mlpProjB
+        }
     }
 
     func weightPointer(layer: Int, target: LoRATarget) -> FloatPtr {

@@ -24,6 +24,8 @@ public final class Model: @unchecked Sendable {
         public var enabled: Bool
         /// Folded into the base weights (see `merge`): not applied on the fly.
         public internal(set) var merged = false
+        /// A merged DoRA adapter: each slot's ‖W + ΔW‖ from the merge, for unmerging (PEFT caches it too).
+        var doraMergeNorms: [[Float]]? = nil
     }
     /// Attached adapters, applied in order. Change them only while no
     /// inference or training runs on this model.
@@ -138,9 +140,21 @@ public final class Model: @unchecked Sendable {
     }
 
     func setMerged(_ i: Int, _ merged: Bool) { attachments[i].merged = merged }
+    func setDoRAMergeNorms(_ i: Int, _ norms: [[Float]]?) { attachments[i].doraMergeNorms = norms }
 
     var activeLoRA: [ActiveLoRA] {
         attachments.filter { $0.enabled && $0.scale != 0 && !$0.merged }.map { ActiveLoRA(adapter: $0.adapter, scale: $0.scale) }
+    }
+
+    /// `active` with each DoRA adapter's factors for a pass over the current
+    /// weights (`DoRAFactors`: norms of W + σ·ΔW, recomputed per pass as PEFT does).
+    func withDoRAFactors(_ active: [ActiveLoRA]) throws -> [ActiveLoRA] {
+        try active.map { a in
+            guard a.adapter.config.useDoRA else { return a }
+            var b = a
+            b.dora = try DoRAFactors(adapter: a.adapter, scale: a.scale, model: self)
+            return b
+        }
     }
 
     /// The largest rank among enabled adapters (0 without any).

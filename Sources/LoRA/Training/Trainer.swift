@@ -139,11 +139,12 @@ public final class Trainer: @unchecked Sendable {
         v = try FloatBlock(count: count)
         if let adapter {
             let ratio = config.loraplusLRRatio
+            // DoRA's magnitude: PEFT's LoRA+ puts every 1-D parameter with B.
             paramGroups = adapter.slots.flatMap { s in
                 [
                     AdamW.Group(range: s.offsetA..<(s.offsetA + s.countA), lrFactor: 1, decay: true),
                     AdamW.Group(range: s.offsetB..<(s.offsetB + s.countB), lrFactor: ratio, decay: true),
-                ]
+                ] + (s.offsetM.map { [AdamW.Group(range: $0..<($0 + s.outFeatures), lrFactor: ratio, decay: true)] } ?? [])
             }
         } else {
             guard config.loraplusLRRatio == 1 else {

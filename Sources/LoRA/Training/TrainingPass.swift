@@ -44,6 +44,11 @@ final class TrainingPass {
     private var uPointers: [FloatPtr] = []
     private let uStore: FloatBlock
     private var loraScratch: FloatBlock  // [n, maxRank] for frozen adapters and du (grows with the attached ranks)
+    /// DoRA: v [n, out] of each slot of the trained adapter (empty without DoRA).
+    private var vPointers: [FloatPtr] = []
+    private let vStore: FloatBlock
+    /// DoRA branches' scratch (LoRAContext.doraScratch; grows with the attached adapters).
+    private var doraScratch: FloatBlock
     /// Rows the pass holds (batch × block).
     private let maxRows: Int
     private let dropoutX: FloatBlock  // [n, maxIn]: x̃
@@ -169,6 +174,14 @@ final class TrainingPass {
             for s in a.slots { uPointers.append(u); u += n * s.r }
         }
         loraScratch = try FloatBlock(count: n * maxRank)
+        var vCount = 0
+        if case .adapter(let a) = target, a.config.useDoRA { vCount = a.slots.reduce(0) { $0 + n * $1.outFeatures } }
+        vStore = try FloatBlock(count: vCount)
+        if vCount > 0, case .adapter(let a) = target {
+            var v = vStore.base
+            for s in a.slots { vPointers.append(v); v += n * s.outFeatures }
+        }
+        doraScratch = try FloatBlock(count: 0)
         maxRows = n
         let dropoutCount = (target.adapterDropout > 0) ? n * maxIn : 0
         dropoutX = try FloatBlock(count: dropoutCount)
@@ -197,16 +210,28 @@ final class TrainingPass {
             rank = max(rank, a.slots.map(\.r).max() ?? 0)
         }
         if loraScratch.count < maxRows * rank { loraScratch = try FloatBlock(count: maxRows * rank) }
-        var ctx = LoRAContext(active: model.activeLoRA, scratch: loraScratch.base, training: nil)
+        var active = model.activeLoRA
+        if let a = trainableAdapter, !active.contains(where: { $0.adapter === a }) { active.append(ActiveLoRA(adapter: a, scale: 1)) }
+        if case .fullModel = target, active.contains(where: { $0.adapter.config.useDoRA }) {
+            throw LoRAError.unsupported("full fine-tuning with a DoRA adapter attached; detach or merge it first")
+        }
+        active = try model.withDoRAFactors(active)
+        var ctx = LoRAContext(active: active, scratch: loraScratch.base, training: nil)
+        let maxOut = max(3 * model.config.nEmbd, model.config.innerSize)
+        let doraCount = LoRAContext.doraScratchCount(active, rows: maxRows, maxOut: maxOut)
+        if doraCount > 0 {
+            if doraScratch.count < doraCount { doraScratch = try FloatBlock(count: doraCount) }
+            ctx.doraScratch = doraScratch.base
+            ctx.doraArea = maxRows * maxOut
+        }
         if let a = trainableAdapter {
-            if !ctx.active.contains(where: { $0.adapter === a }) { ctx.active.append(ActiveLoRA(adapter: a, scale: 1)) }
             let p = Float(a.config.loraDropout)
             let dropout =
                 p > 0
                 ? LoRADropout(
                     p: p, seed: dropoutSeed, mask: dropoutD.base, input: dropoutX.base,
                     T: currentT, block: block, rowOffset: dropoutRowOffset) : nil
-            ctx.training = LoRATrainingBuffers(adapter: a, u: uPointers, gradients: gradients.base, dropout: dropout)
+            ctx.training = LoRATrainingBuffers(adapter: a, u: uPointers, gradients: gradients.base, dropout: dropout, v: vPointers)
         }
         return ctx
     }
