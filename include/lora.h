@@ -226,6 +226,8 @@ typedef struct lora_adapter_params {
     const int32_t *layers_to_transform; /* NULL: every layer */
     size_t n_layers_to_transform;
     int32_t pissa_niter; /* LORA_INIT_PISSA: 0 full SVD, N > 0 randomised SVD with N iterations (added in 0.1.0) */
+    int32_t use_dora;    /* DoRA (PEFT's use_dora): a magnitude per output feature, trained with A and B;
+                            with LORA_INIT_DEFAULT, _GAUSSIAN or _RANDOM only; default 0 (0.2.0) */
 } lora_adapter_params;
 
 void lora_adapter_default_params(lora_adapter_params *params);
@@ -242,7 +244,8 @@ lora_status lora_adapter_create(lora_adapter **out, lora_model *model, const lor
 /* Loads a PEFT adapter directory (adapter_config.json +
  * adapter_model.safetensors) for `model`'s shape (not attached). Errors:
  * LORA_IO_ERROR, LORA_INVALID_FILE (shapes do not fit, keys without the
- * base_model.model. prefix, ...), LORA_UNSUPPORTED (use_dora, ...). */
+ * base_model.model. prefix, use_dora without lora_magnitude_vector tensors,
+ * ...), LORA_UNSUPPORTED (lora_bias, ...). */
 lora_status lora_adapter_load(lora_adapter **out, const lora_model *model, const char *path);
 
 /* Saves in PEFT's layout into directory `path` (created if needed; each file
@@ -253,7 +256,7 @@ lora_status lora_adapter_save(const lora_adapter *adapter, const char *path);
  * adapter detaches it when the model is still alive). */
 void lora_adapter_free(lora_adapter *adapter);
 
-/* Trainable parameter count (A and B of every adapted module); -1 for NULL. */
+/* Trainable parameter count (A and B of every adapted module, and DoRA magnitudes); -1 for NULL. */
 int64_t lora_adapter_n_params(const lora_adapter *adapter);
 
 /* Applies the adapter in every forward pass of the model, times `scale`.
@@ -265,9 +268,11 @@ lora_status lora_model_detach(lora_model *model, lora_adapter *adapter);
 /* Changes an attached adapter's scale (0 disables it). */
 lora_status lora_model_set_adapter_scale(lora_model *model, lora_adapter *adapter, float scale);
 
-/* Folds an adapter into the base weights (W += scale * s * (B A)^T). It stays
- * attached but is no longer applied on the fly; an adapter not attached yet
- * is attached merged. Errors: LORA_WRONG_STATE (already merged),
+/* Folds an adapter into the base weights (W += scale * s * (B A)^T; DoRA:
+ * W = m / |W + dW| * (W + dW) per output feature). It stays attached but is
+ * no longer applied on the fly; an adapter not attached yet is attached
+ * merged. Errors: LORA_WRONG_STATE (already merged; a DoRA adapter with
+ * another adapter merged, or any adapter while a DoRA one is merged),
  * LORA_NUMERICAL_ERROR (the result would not be finite; nothing changed). */
 lora_status lora_model_merge(lora_model *model, lora_adapter *adapter);
 /* Takes a merged adapter back out (to float rounding); it is applied on the

@@ -17,7 +17,7 @@ struct Inspect: ParsableCommand {
             if FileManager.default.fileExists(atPath: path + "/" + Adapter.configFile) {
                 let c = try LoRAConfig.load(path: path + "/" + Adapter.configFile)
                 say("PEFT LoRA adapter: \(path)")
-                say("  r \(c.r), lora_alpha \(c.loraAlpha), dropout \(c.loraDropout), rslora \(c.useRSLoRA)")
+                say("  r \(c.r), lora_alpha \(c.loraAlpha), dropout \(c.loraDropout), rslora \(c.useRSLoRA), dora \(c.useDoRA)")
                 say("  target_modules \(describe(c.targetModules)), layers_to_transform \(c.layersToTransform.map { "\($0)" } ?? "all")")
                 if !c.rankPattern.isEmpty { say("  rank_pattern \(c.rankPattern.map { "\($0.key)=\($0.value)" }.joined(separator: ", "))") }
                 if !c.alphaPattern.isEmpty {

@@ -59,7 +59,7 @@ class Adapter(Owner):
     @classmethod
     def create(cls, model: Model, r: int | None = None, alpha: float | None = None, dropout: float | None = None,
                target_modules=None, use_rslora: bool = False, init="default", seed: int | None = None,
-               layers_to_transform=None, pissa_niter: int = 0) -> "Adapter":
+               layers_to_transform=None, pissa_niter: int = 0, use_dora: bool = False) -> "Adapter":
         """A new adapter for model's shape (not attached).
 
         Arguments left at None take the library's defaults
@@ -73,6 +73,8 @@ class Adapter(Owner):
         "pissa" or "olora" (these two replace the model's base weights by the
         residual; pissa_niter > 0 uses PEFT's fast randomised SVD).
         layers_to_transform: None (every layer), an int or a list of layer indices.
+        use_dora: DoRA (PEFT's use_dora): a magnitude per output feature, trained
+        with A and B, starting at the base weight's column norms.
         """
         mh = cls._model_handle(model)
         p = C.lora_adapter_params()
@@ -97,6 +99,7 @@ class Adapter(Owner):
             p.target_modules_regex = 0
         p.target_modules = targets
         p.use_rslora = flag(use_rslora)
+        p.use_dora = flag(use_dora)
         p.init = _init_value(init)
         if seed is not None:
             p.seed = uint64(seed, "seed")

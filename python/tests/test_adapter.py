@@ -33,6 +33,33 @@ def test_two_adapters_sum_like_peft(model_a, lora_expected):
     assert max_abs_diff(model_a.logits(ids), lora_expected[1]["logits.both"].values()) < LOGITS_TOLERANCE
 
 
+def test_dora_adapter_as_peft(model_a, tmp_path):
+    """PEFT's use_dora adapter: PEFT's logits, merged too; saved back byte for byte."""
+    from helpers import read_safetensors
+    expected = read_safetensors(fixture("dora", "expected.safetensors"))[1]
+    ids = expected["ids"].values()
+    src = fixture("dora", "all")
+    with lora.Adapter.load(model_a, src) as a:
+        model_a.attach(a)
+        assert max_abs_diff(model_a.logits(ids), expected["logits.all"].values()) < LOGITS_TOLERANCE
+        model_a.merge(a)
+        assert max_abs_diff(model_a.logits(ids), expected["logits.merged"].values()) < LOGITS_TOLERANCE
+        model_a.unmerge(a)
+        a.save(tmp_path / "out")
+        model_a.detach(a)
+    assert filecmp.cmp(f"{src}/adapter_model.safetensors", tmp_path / "out" / "adapter_model.safetensors",
+                       shallow=False)
+    assert json.loads((tmp_path / "out" / "adapter_config.json").read_text())["use_dora"] is True
+    base = model_a.logits(ids)
+    with lora.Adapter.create(model_a, r=4, target_modules=["c_attn"], use_dora=True, seed=1) as fresh:
+        assert fresh.n_params == 2 * (4 * (48 + 144) + 144)
+        model_a.attach(fresh)
+        assert max_abs_diff(model_a.logits(ids), base) < 1e-5
+    with pytest.raises(lora.LoraError) as ei:
+        lora.Adapter.create(model_a, use_dora=True, init="olora")
+    assert ei.value.status == lora.LORA_UNSUPPORTED
+
+
 def test_n_params(model_a):
     with lora.Adapter.load(model_a, fixture("lora", "all")) as a:
         # r=4 on c_attn (48→144), attn.c_proj (48→48), mlp.c_fc (48→192), mlp.c_proj (192→48), 2 layers
