@@ -12,7 +12,9 @@ public final class Adapter: @unchecked Sendable {
     public let config: LoRAConfig
     public let modelConfig: GPT2Config
     public let slots: [LoRASlot]
-    /// All A and B matrices.
+    /// `modules_to_save`: modules trained in full, after the slots in `params`.
+    public let savedModules: [SavedModule]
+    /// All A and B matrices (DoRA magnitudes, saved modules).
     package let params: FloatBlock
     public var name: String
     /// A0 and B0 as PiSSA/OLoRA set them (laid out like `params`), kept by
@@ -36,6 +38,12 @@ public final class Adapter: @unchecked Sendable {
             off += r * fin + fout * r + (config.useDoRA ? fout : 0)
             slots.append(slot)
         }
+        var saved: [SavedModule] = []
+        for (name, kind) in try LoRATargeting.resolveModulesToSave(config, model: modelConfig) {
+            saved.append(SavedModule(kind: kind, moduleName: name, offset: off, count: modelConfig.nEmbd))
+            off += 2 * modelConfig.nEmbd
+        }
+        self.savedModules = saved
         self.config = config
         self.modelConfig = modelConfig
         self.slots = slots
@@ -52,6 +60,9 @@ public final class Adapter: @unchecked Sendable {
     func refuseDoRA(_ what: String) throws {
         guard !config.useDoRA else {
             throw LoRAError.unsupported("\(what) DoRA adapter \(name): its magnitudes have no counterpart in B·A; merge it instead")
+        }
+        guard savedModules.isEmpty else {
+            throw LoRAError.unsupported("\(what) adapter \(name) with modules_to_save is not implemented; merge it instead")
         }
     }
 
@@ -107,10 +118,18 @@ public final class Adapter: @unchecked Sendable {
             }
             try initializeFromBase(model, seed: seed)
         }
-        if config.useDoRA {
+        if config.useDoRA || !savedModules.isEmpty {
             if model.attachments.contains(where: { $0.adapter === self && $0.merged }) {
                 throw LoRAError.wrongState("adapter \(name) is merged into the model; unmerge it before initialising it")
             }
+        }
+        // modules_to_save start as copies of the model's modules.
+        for m in savedModules {
+            let (w, b) = model.layerNormPointers(m.kind)
+            (params.base + m.offset).update(from: w, count: m.count)
+            (params.base + m.offset + m.count).update(from: b, count: m.count)
+        }
+        if config.useDoRA {
             for s in slots {
                 let norms = DoRAFactors.columnNorms(branch(s), weight: model.weightPointer(layer: s.layer, target: s.target), factor: 1)
                 magnitude(s)!.update(from: norms, count: s.outFeatures)
@@ -128,8 +147,9 @@ public final class Adapter: @unchecked Sendable {
                 "init_lora_weights \(JSON.compact(config.initLoraWeights.json)) needs the base model: use initialize(from:seed:)")
         default: break
         }
-        guard !config.useDoRA else {
-            throw LoRAError.invalidArgument("a DoRA adapter's magnitudes need the base model: use initialize(from:seed:)")
+        guard !config.useDoRA, savedModules.isEmpty else {
+            throw LoRAError.invalidArgument(
+                "a DoRA adapter's magnitudes and modules_to_save copies need the base model: use initialize(from:seed:)")
         }
         try initializeAB(seed: seed)
     }

@@ -63,6 +63,10 @@ public struct LoRAConfig: Sendable, Equatable {
     /// DoRA (`use_dora`): each adapted module also learns a magnitude per
     /// output feature (see `LoRABranch`'s DoRA section).
     public var useDoRA = false
+    /// `modules_to_save`: modules trained in full beside the adapter and saved
+    /// with it (PEFT's ModulesToSaveWrapper); matched as PEFT does, by the end
+    /// of the module name. LayerNorms (ln_1, ln_2, ln_f) are implemented.
+    public var modulesToSave: [String]? = nil
     public var baseModelNameOrPath: String? = nil
     public var revision: String? = nil
     public var taskType: String? = "CAUSAL_LM"
@@ -78,6 +82,7 @@ public struct LoRAConfig: Sendable, Equatable {
             && a.alphaPattern.map(\.key) == b.alphaPattern.map(\.key) && a.alphaPattern.map(\.value) == b.alphaPattern.map(\.value)
             && a.initLoraWeights == b.initLoraWeights && a.baseModelNameOrPath == b.baseModelNameOrPath
             && a.revision == b.revision && a.taskType == b.taskType && a.useDoRA == b.useDoRA
+            && a.modulesToSave == b.modulesToSave
     }
 
     /// The range checks PEFT and this engine need.
@@ -105,7 +110,6 @@ public struct LoRAConfig: Sendable, Equatable {
     static let unsupportedKeys: [(key: String, isDefault: @Sendable (JSONValue) -> Bool)] = [
         ("lora_bias", { $0.isNull || $0 == .bool(false) }),
         ("bias", { $0.isNull || $0 == .string("none") }),
-        ("modules_to_save", { $0.isNull || $0 == .array([]) }),
         ("target_parameters", { $0.isNull || $0 == .array([]) }),
         ("trainable_token_indices", { $0.isNull }),
         ("layer_replication", { $0.isNull }),
@@ -191,6 +195,13 @@ public struct LoRAConfig: Sendable, Equatable {
             guard let b = v.boolValue else { throw fail("use_rslora must be true or false") }
             c.useRSLoRA = b
         }
+        if let v = o["modules_to_save"], !v.isNull {
+            guard let a = v.arrayValue else { throw fail("modules_to_save must be a list of module names") }
+            c.modulesToSave = try a.map { x in
+                guard let s = x.stringValue else { throw fail("modules_to_save must hold strings") }
+                return s
+            }
+        }
         if let v = o["use_dora"], !v.isNull {
             guard let b = v.boolValue else { throw fail("use_dora must be true or false") }
             c.useDoRA = b
@@ -272,7 +283,7 @@ public struct LoRAConfig: Sendable, Equatable {
         o["lora_ga_config"] = .null
         o["megatron_config"] = .null
         o["megatron_core"] = .string("megatron.core")
-        o["modules_to_save"] = .null
+        o["modules_to_save"] = modulesToSave.map { .array($0.map { .string($0) }) } ?? .null
         o["monteclora_config"] = .null
         o["peft_type"] = .string("LORA")
         o["peft_version"] = .string("0.21.2")

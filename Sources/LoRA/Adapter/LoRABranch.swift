@@ -309,6 +309,37 @@ struct LoRASegment {
     var active: [ActiveLoRA]
 }
 
+/// A LayerNorm of an adapter's modules_to_save, used instead of the model's.
+struct LayerNormOverride {
+    let weight: ConstFloatPtr
+    let bias: ConstFloatPtr
+    /// Training that adapter: its gradients.
+    let dWeight: FloatPtr?
+    let dBias: FloatPtr?
+
+    /// The saved modules of `active` (two adapters saving one module are an
+    /// error: PEFT's wrapper runs one adapter's copy), gradients for `training`'s.
+    static func overrides(_ active: [ActiveLoRA], training: LoRATrainingBuffers?) throws -> [SavedModule.Kind: LayerNormOverride] {
+        var out: [SavedModule.Kind: LayerNormOverride] = [:]
+        var owner: [SavedModule.Kind: String] = [:]
+        for a in active {
+            let trained = training.flatMap { $0.adapter === a.adapter ? $0.gradients : nil }
+            for m in a.adapter.savedModules {
+                if let other = owner[m.kind] {
+                    throw LoRAError.unsupported(
+                        "adapters \(other) and \(a.adapter.name) both save \(m.moduleName) (modules_to_save); enable one of them")
+                }
+                owner[m.kind] = a.adapter.name
+                let p = a.adapter.params.base + m.offset
+                out[m.kind] = LayerNormOverride(
+                    weight: UnsafePointer(p), bias: UnsafePointer(p + m.count), dWeight: trained.map { $0 + m.offset },
+                    dBias: trained.map { $0 + m.offset + m.count })
+            }
+        }
+        return out
+    }
+}
+
 /// The LoRA branches that run in a pass: every enabled adapter, and in
 /// training the trained one's buffers. With `segments`, each segment's rows
 /// get that segment's adapters instead of `active` (DoRA adapters are not
@@ -324,6 +355,10 @@ struct LoRAContext {
     var doraScratch: FloatPtr? = nil
     /// Floats per area of `doraScratch`.
     var doraArea = 0
+    /// modules_to_save of the enabled adapters: LayerNorms whose parameters
+    /// replace the model's in this pass (and, for the trained adapter, where
+    /// their gradients go).
+    var layerNorms: [SavedModule.Kind: LayerNormOverride] = [:]
 
     static var none: LoRAContext { LoRAContext(active: [], scratch: nil, training: nil) }
 

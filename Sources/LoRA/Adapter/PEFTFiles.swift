@@ -4,7 +4,8 @@ import Foundation
 // and adapter_model.safetensors with `base_model.model.<module>.lora_A.weight`
 // [r, in] and `lora_B.weight` [out, r] per adapted module, and with DoRA
 // `base_model.model.<module>.lora_magnitude_vector` [out] (PEFT drops the
-// in-memory `.default.weight` suffix when saving).
+// in-memory `.default.weight` suffix when saving), and for modules_to_save
+// `base_model.model.<module>.weight` / `.bias`.
 
 extension Adapter {
     public static let configFile = "adapter_config.json"
@@ -28,6 +29,14 @@ extension Adapter {
                     TensorData(
                         name: Adapter.keyPrefix + s.moduleName + ".lora_magnitude_vector", shape: [s.outFeatures],
                         floats: UnsafeBufferPointer(start: m, count: s.outFeatures)))
+            }
+        }
+        for m in savedModules {
+            for (suffix, off) in [("weight", m.offset), ("bias", m.offset + m.count)] {
+                out.append(
+                    TensorData(
+                        name: Adapter.keyPrefix + m.moduleName + "." + suffix, shape: [m.count],
+                        floats: UnsafeBufferPointer(start: params.base + off, count: m.count)))
             }
         }
         return out
@@ -64,11 +73,17 @@ extension Adapter {
         do { adapter = try Adapter(config: config, modelConfig: modelConfig, name: name) } catch let LoRAError.invalidArgument(m) {
             throw LoRAError.invalidFile(path: cfgPath, reason: m)
         }
-        var expected: [String: (slot: LoRASlot, shape: [Int], into: FloatPtr)] = [:]
+        var expected: [String: (shape: [Int], into: FloatPtr)] = [:]
         for s in adapter.slots {
-            expected[keyPrefix + s.moduleName + ".lora_A.weight"] = (s, [s.r, s.inFeatures], adapter.A(s))
-            expected[keyPrefix + s.moduleName + ".lora_B.weight"] = (s, [s.outFeatures, s.r], adapter.B(s))
-            if let m = adapter.magnitude(s) { expected[keyPrefix + s.moduleName + ".lora_magnitude_vector"] = (s, [s.outFeatures], m) }
+            expected[keyPrefix + s.moduleName + ".lora_A.weight"] = ([s.r, s.inFeatures], adapter.A(s))
+            expected[keyPrefix + s.moduleName + ".lora_B.weight"] = ([s.outFeatures, s.r], adapter.B(s))
+            if let m = adapter.magnitude(s) { expected[keyPrefix + s.moduleName + ".lora_magnitude_vector"] = ([s.outFeatures], m) }
+        }
+        // modules_to_save: PEFT saves the trained copy under the module's own
+        // name (`...<module>.weight`, without `.modules_to_save.default`).
+        for m in adapter.savedModules {
+            expected[keyPrefix + m.moduleName + ".weight"] = ([m.count], adapter.params.base + m.offset)
+            expected[keyPrefix + m.moduleName + ".bias"] = ([m.count], adapter.params.base + m.offset + m.count)
         }
         var seen = Set<String>()
         for info in file.tensors {
@@ -81,7 +96,7 @@ extension Adapter {
                     path: wPath, reason: "tensor \(info.name) is a DoRA magnitude but \(configFile) does not set use_dora")
             }
             if info.name.hasSuffix(".lora_B.bias") { throw LoRAError.unsupported("\(wPath): \(info.name) (lora_bias)") }
-            guard let (_, shape, into) = expected[info.name] else {
+            guard let (shape, into) = expected[info.name] else {
                 throw LoRAError.invalidFile(path: wPath, reason: "tensor \(info.name) does not belong to a module the config targets")
             }
             guard info.shape == shape else {

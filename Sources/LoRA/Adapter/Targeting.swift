@@ -29,6 +29,22 @@ public enum LoRATarget: Int, CaseIterable, Sendable {
     public static func moduleName(layer: Int, _ t: LoRATarget) -> String { "transformer.h.\(layer).\(t.suffix)" }
 }
 
+/// A module trained in full beside the adapter (`modules_to_save`): a
+/// LayerNorm's weight and bias [n_embd], kept in the adapter's parameter block.
+public struct SavedModule: Sendable, Equatable {
+    public enum Kind: Sendable, Hashable {
+        case ln1(layer: Int)
+        case ln2(layer: Int)
+        case lnf
+    }
+    public let kind: Kind
+    /// PEFT's module name, e.g. `transformer.ln_f`.
+    public let moduleName: String
+    /// weight [count] then bias [count] in the parameter block.
+    public let offset: Int
+    public let count: Int
+}
+
 extension LoRAConfig.Targets {
     /// A comma-separated list of module names or suffixes ("c_attn, attn.c_proj"):
     /// entries trimmed, empty ones dropped (the C ABI, the CLI).
@@ -94,6 +110,38 @@ package enum LoRATargeting {
     static func patternValue<V>(_ pattern: [(key: String, value: V)], _ name: String) throws -> V? {
         for (k, v) in pattern where try regex("(.*\\.)?(\(k))").wholeMatch(in: name) != nil { return v }
         return nil
+    }
+
+    /// The modules `modules_to_save` names, in model order: every module whose
+    /// name (`base_model.model.` + name, as PEFT walks the wrapped model) ends
+    /// with an entry (PEFT's `key.endswith(target_key)`). Only LayerNorms are
+    /// implemented; entries that all match nothing are an error (PEFT's strict check).
+    package static func resolveModulesToSave(_ config: LoRAConfig, model c: GPT2Config) throws -> [(
+        name: String, kind: SavedModule.Kind
+    )] {
+        guard let keys = config.modulesToSave, !keys.isEmpty else { return [] }
+        var out: [(String, SavedModule.Kind)] = []
+        var found = Set<String>()
+        for (name, kind) in allModuleNames(c) {
+            let full = "base_model.model." + name
+            let hits = keys.filter { full.hasSuffix($0) }
+            guard !hits.isEmpty else { continue }
+            found.formUnion(hits)
+            if kind == "Dropout" || kind == "Activation" { continue }  // no parameters: nothing to train or save
+            let parts = name.split(separator: ".").map(String.init)
+            switch (kind, parts.last) {
+            case ("LayerNorm", "ln_f"): out.append((name, .lnf))
+            case ("LayerNorm", "ln_1"): out.append((name, .ln1(layer: layerIndex(name, patterns: nil) ?? 0)))
+            case ("LayerNorm", "ln_2"): out.append((name, .ln2(layer: layerIndex(name, patterns: nil) ?? 0)))
+            default:
+                throw LoRAError.unsupported(
+                    "modules_to_save \(name) (\(kind)): only LayerNorms (ln_1, ln_2, ln_f) are implemented")
+            }
+        }
+        if found.isEmpty {
+            throw LoRAError.invalidArgument("modules_to_save {\(keys.joined(separator: ", "))} matches no module of the base model")
+        }
+        return out
     }
 
     /// The adapted modules, in (layer, target) order.

@@ -101,8 +101,11 @@ extension Model {
         let n = B * T
         let eps = Float(c.layerNormEpsilon)
 
+        let ln1 = lora.layerNorms[.ln1(layer: l)]
+        let ln2 = lora.layerNorms[.ln2(layer: l)]
         layerNormForward(
-            out: a.ln1, mean: a.ln1Mean, rstd: a.ln1Rstd, inp: a.input, weight: lw.ln1W, bias: lw.ln1B, rows: n, C: C, eps: eps)
+            out: a.ln1, mean: a.ln1Mean, rstd: a.ln1Rstd, inp: a.input, weight: ln1?.weight ?? UnsafePointer(lw.ln1W),
+            bias: ln1?.bias ?? UnsafePointer(lw.ln1B), rows: n, C: C, eps: eps)
         matmulForward(out: a.qkv, inp: a.ln1, weight: lw.attnW, bias: lw.attnB, M: n, K: C, N: 3 * C)
         lora.forward(layer: l, target: .attnCAttn, x: a.ln1, y: a.qkv, n: n)
 
@@ -116,7 +119,9 @@ extension Model {
         lora.forward(layer: l, target: .attnCProj, x: a.att, y: a.proj, n: n)
         addForward(out: a.res2, a: a.input, b: a.proj, n: n * C)
 
-        layerNormForward(out: a.ln2, mean: a.ln2Mean, rstd: a.ln2Rstd, inp: a.res2, weight: lw.ln2W, bias: lw.ln2B, rows: n, C: C, eps: eps)
+        layerNormForward(
+            out: a.ln2, mean: a.ln2Mean, rstd: a.ln2Rstd, inp: a.res2, weight: ln2?.weight ?? UnsafePointer(lw.ln2W),
+            bias: ln2?.bias ?? UnsafePointer(lw.ln2B), rows: n, C: C, eps: eps)
         matmulForward(out: a.fcPre, inp: a.ln2, weight: lw.fcW, bias: lw.fcB, M: n, K: C, N: F)
         lora.forward(layer: l, target: .mlpCFC, x: a.ln2, y: a.fcPre, n: n)
         activationForward(c.activation, out: a.fcAct, inp: a.fcPre, n: n * F)
@@ -247,9 +252,10 @@ extension Model {
         matmulBackward(
             dinp: dln, dweight: gw?.fcW, dbias: gw?.fcB, dout: dy, inp: a.ln2, weight: lw.fcW, M: n, K: C, N: F, accumulate: false)
         lora.backward(layer: l, target: .mlpCFC, x: a.ln2, dy: dfc, dx: dln, n: n)
+        let ln2 = lora.layerNorms[.ln2(layer: l)]
         layerNormBackward(
-            dinp: dres, dweight: gw?.ln2W, dbias: gw?.ln2B, dout: dln, inp: a.res2, weight: lw.ln2W,
-            mean: a.ln2Mean!, rstd: a.ln2Rstd!, rows: n, C: C)
+            dinp: dres, dweight: gw?.ln2W ?? ln2?.dWeight, dbias: gw?.ln2B ?? ln2?.dBias, dout: dln, inp: a.res2,
+            weight: ln2?.weight ?? UnsafePointer(lw.ln2W), mean: a.ln2Mean!, rstd: a.ln2Rstd!, rows: n, C: C)
 
         // Attention projection and attention.
         dy = lora.baseGradient(layer: l, target: .attnCProj, dy: dres, n: n)
@@ -281,9 +287,10 @@ extension Model {
             weight: lw.attnW, M: n, K: C, N: 3 * C, accumulate: false)
         lora.backward(layer: l, target: .attnCAttn, x: a.ln1, dy: dqkv, dx: needInputGradient ? dln : nil, n: n)
         guard needInputGradient else { return }
+        let ln1 = lora.layerNorms[.ln1(layer: l)]
         layerNormBackward(
-            dinp: dres, dweight: gw?.ln1W, dbias: gw?.ln1B, dout: dln, inp: a.input, weight: lw.ln1W,
-            mean: a.ln1Mean!, rstd: a.ln1Rstd!, rows: n, C: C)
+            dinp: dres, dweight: gw?.ln1W ?? ln1?.dWeight, dbias: gw?.ln1B ?? ln1?.dBias, dout: dln, inp: a.input,
+            weight: ln1?.weight ?? UnsafePointer(lw.ln1W), mean: a.ln1Mean!, rstd: a.ln1Rstd!, rows: n, C: C)
     }
 
     /// Training forward through the stack: embeddings, every block (K/V read
@@ -305,9 +312,10 @@ extension Model {
             layerForward(l, acts.layers[l], B: B, T: T, past: 0, kv: .inline, keyMask: nil, lora: lora)
         }
         let xFinal = c.nLayer > 0 ? acts.layers[c.nLayer - 1].res3 : acts.layers[0].input
+        let lnf = lora.layerNorms[.lnf]
         layerNormForward(
-            out: acts.lnf, mean: acts.lnfMean, rstd: acts.lnfRstd, inp: xFinal, weight: w.lnfW, bias: w.lnfB,
-            rows: n, C: C, eps: Float(c.layerNormEpsilon))
+            out: acts.lnf, mean: acts.lnfMean, rstd: acts.lnfRstd, inp: xFinal, weight: lnf?.weight ?? UnsafePointer(w.lnfW),
+            bias: lnf?.bias ?? UnsafePointer(w.lnfB), rows: n, C: C, eps: Float(c.layerNormEpsilon))
         return UnsafePointer(xFinal)
     }
 
@@ -324,16 +332,19 @@ extension Model {
         let w = weights
         let n = B * T
         let C = c.nEmbd
+        let lnf = lora.layerNorms[.lnf]
         layerNormBackward(
-            dinp: g.dres, dweight: full?.lnfW, dbias: full?.lnfB, dout: g.dln, inp: xFinal, weight: w.lnfW,
-            mean: acts.lnfMean, rstd: acts.lnfRstd, rows: n, C: C)
+            dinp: g.dres, dweight: full?.lnfW ?? lnf?.dWeight, dbias: full?.lnfB ?? lnf?.dBias, dout: g.dln, inp: xFinal,
+            weight: lnf?.weight ?? UnsafePointer(w.lnfW), mean: acts.lnfMean, rstd: acts.lnfRstd, rows: n, C: C)
         for l in stride(from: c.nLayer - 1, through: lowest, by: -1) {
             if recompute {
                 layerForward(l, acts.layers[l], B: B, T: T, past: 0, kv: .inline, keyMask: nil, lora: lora)
             }
             var gl = g
             gl.weights = full?.layers[l]
-            layerBackward(l, acts.layers[l], gl, B: B, T: T, lora: lora, needInputGradient: full != nil || l > lowest)
+            // A trained ln_1 in the lowest layer needs that layer's input gradient too.
+            let trainsLN1 = lora.layerNorms[.ln1(layer: l)]?.dWeight != nil
+            layerBackward(l, acts.layers[l], gl, B: B, T: T, lora: lora, needInputGradient: full != nil || l > lowest || trainsLN1)
         }
         if let full {
             ids.withUnsafeBufferPointer { idp in

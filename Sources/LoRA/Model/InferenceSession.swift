@@ -70,7 +70,9 @@ public final class InferenceSession {
         if loraU.count < n * rank { loraU = try FloatBlock(count: n * rank) }
         var active = model.activeLoRA
         guard active.contains(where: { $0.adapter.config.useDoRA }) else {
-            return LoRAContext(active: active, scratch: loraU.base, training: nil)
+            var ctx = LoRAContext(active: active, scratch: loraU.base, training: nil)
+            ctx.layerNorms = try LayerNormOverride.overrides(active, training: nil)
+            return ctx
         }
         let key = active.map { ActiveKey(adapter: ObjectIdentifier($0.adapter), scale: $0.scale) }
         if let cached = doraActive, cached.key == key {
@@ -84,6 +86,7 @@ public final class InferenceSession {
         let count = LoRAContext.doraScratchCount(active, rows: n, maxOut: maxOut)
         if doraScratch.count < count { doraScratch = try FloatBlock(count: count) }
         var ctx = LoRAContext(active: active, scratch: loraU.base, training: nil)
+        ctx.layerNorms = try LayerNormOverride.overrides(active, training: nil)
         ctx.doraScratch = doraScratch.base
         ctx.doraArea = n * maxOut
         return ctx
@@ -198,11 +201,13 @@ public final class InferenceSession {
                 keyMask: keyMaskOf, lora: lora)
         }
         let V = c.vocabSize
+        let lnfW = lora.layerNorms[.lnf]?.weight ?? UnsafePointer(w.lnfW)
+        let lnfB = lora.layerNorms[.lnf]?.bias ?? UnsafePointer(w.lnfB)
         if lastOnly {
             for b in 0..<B {
                 layerNormForward(
                     out: ln + b * C, mean: nil, rstd: nil, inp: x + (b * T + T - 1) * C,
-                    weight: w.lnfW, bias: w.lnfB, rows: 1, C: C, eps: eps)
+                    weight: lnfW, bias: lnfB, rows: 1, C: C, eps: eps)
             }
             if B == 1 {
                 gemv(transA: false, rows: V, cols: C, alpha: 1, A: w.lmHead, lda: C, x: ln, beta: 0, y: logits)
@@ -211,7 +216,7 @@ public final class InferenceSession {
                     transA: false, transB: true, M: B, N: V, K: C, alpha: 1, A: ln, lda: C, B: w.lmHead, ldb: C, beta: 0, C: logits, ldc: V)
             }
         } else {
-            layerNormForward(out: ln, mean: nil, rstd: nil, inp: x, weight: w.lnfW, bias: w.lnfB, rows: n, C: C, eps: eps)
+            layerNormForward(out: ln, mean: nil, rstd: nil, inp: x, weight: lnfW, bias: lnfB, rows: n, C: C, eps: eps)
             gemm(transA: false, transB: true, M: n, N: V, K: C, alpha: 1, A: ln, lda: C, B: w.lmHead, ldb: C, beta: 0, C: logits, ldc: V)
         }
     }

@@ -19,10 +19,27 @@ extension Model {
             guard !attachments[i].merged else { throw LoRAError.wrongState("adapter \(adapter.name) is already merged") }
             try checkDoRAMergeOrder(adapter, merging: true)
             let scale = attachments[i].enabled ? attachments[i].scale : 0
+            for m in adapter.savedModules {
+                if let o = attachments.first(where: { $0.merged && $0.adapter.savedModules.contains { $0.kind == m.kind } }) {
+                    throw LoRAError.wrongState("adapter \(o.adapter.name), merged, also saves \(m.moduleName); unmerge it first")
+                }
+            }
             if adapter.config.useDoRA {
                 setDoRAMergeNorms(i, try mergeDoRA(adapter, scale: scale))
             } else {
                 try applyDelta(adapter, factor: scale, check: true)
+            }
+            // modules_to_save: the trained copies replace the model's (PEFT's merge_and_unload).
+            if scale != 0, !adapter.savedModules.isEmpty {
+                var backup: [[Float]] = []
+                for m in adapter.savedModules {
+                    let (w, b) = layerNormPointers(m.kind)
+                    backup.append(
+                        Array(UnsafeBufferPointer(start: w, count: m.count)) + Array(UnsafeBufferPointer(start: b, count: m.count)))
+                    w.update(from: adapter.params.base + m.offset, count: m.count)
+                    b.update(from: adapter.params.base + m.offset + m.count, count: m.count)
+                }
+                setSavedModulesBackup(i, backup)
             }
             setMerged(i, true)
         } else {
@@ -44,6 +61,14 @@ extension Model {
             setDoRAMergeNorms(i, nil)
         } else {
             try applyDelta(adapter, factor: -scale, check: false)
+        }
+        if let backup = attachments[i].savedModulesBackup {
+            for (m, old) in zip(adapter.savedModules, backup) {
+                let (w, b) = layerNormPointers(m.kind)
+                w.update(from: old, count: m.count)
+                b.update(from: Array(old[m.count...]), count: m.count)
+            }
+            setSavedModulesBackup(i, nil)
         }
         setMerged(i, false)
     }
@@ -119,6 +144,15 @@ extension Model {
             }
         }
         for s in adapter.slots { adapter.branch(s).addDelta(to: weightPointer(layer: s.layer, target: s.target), factor: factor) }
+    }
+
+    /// A LayerNorm's weight and bias [n_embd] in the model.
+    func layerNormPointers(_ kind: SavedModule.Kind) -> (weight: FloatPtr, bias: FloatPtr) {
+        switch kind {
+        case .ln1(let l): return (weights.layers[l].ln1W, weights.layers[l].ln1B)
+        case .ln2(let l): return (weights.layers[l].ln2W, weights.layers[l].ln2B)
+        case .lnf: return (weights.lnfW, weights.lnfB)
+        }
     }
 
     func biasPointer(layer: Int, target: LoRATarget) -> FloatPtr {

@@ -26,6 +26,8 @@ public final class Model: @unchecked Sendable {
         public internal(set) var merged = false
         /// A merged DoRA adapter: each slot's ‖W + ΔW‖ from the merge, for unmerging (PEFT caches it too).
         var doraMergeNorms: [[Float]]? = nil
+        /// A merged adapter with modules_to_save: the model's own parameters of those modules, for unmerging.
+        var savedModulesBackup: [[Float]]? = nil
     }
     /// Attached adapters, applied in order. Change them only while no
     /// inference or training runs on this model.
@@ -141,6 +143,7 @@ public final class Model: @unchecked Sendable {
 
     func setMerged(_ i: Int, _ merged: Bool) { attachments[i].merged = merged }
     func setDoRAMergeNorms(_ i: Int, _ norms: [[Float]]?) { attachments[i].doraMergeNorms = norms }
+    func setSavedModulesBackup(_ i: Int, _ backup: [[Float]]?) { attachments[i].savedModulesBackup = backup }
 
     var activeLoRA: [ActiveLoRA] {
         attachments.filter { $0.enabled && $0.scale != 0 && !$0.merged }.map { ActiveLoRA(adapter: $0.adapter, scale: $0.scale) }

@@ -140,12 +140,19 @@ public final class Trainer: @unchecked Sendable {
         if let adapter {
             let ratio = config.loraplusLRRatio
             // DoRA's magnitude: PEFT's LoRA+ puts every 1-D parameter with B.
-            paramGroups = adapter.slots.flatMap { s in
+            let slotGroups = adapter.slots.flatMap { s in
                 [
                     AdamW.Group(range: s.offsetA..<(s.offsetA + s.countA), lrFactor: 1, decay: true),
                     AdamW.Group(range: s.offsetB..<(s.offsetB + s.countB), lrFactor: ratio, decay: true),
                 ] + (s.offsetM.map { [AdamW.Group(range: $0..<($0 + s.outFeatures), lrFactor: ratio, decay: true)] } ?? [])
             }
+            // modules_to_save (LayerNorms): no weight decay, as transformers'
+            // Trainer and PEFT's LoRA+ (1-D, not in the decay set: B's rate).
+            paramGroups =
+                slotGroups
+                + adapter.savedModules.map { m in
+                    AdamW.Group(range: m.offset..<(m.offset + 2 * m.count), lrFactor: ratio, decay: false)
+                }
         } else {
             guard config.loraplusLRRatio == 1 else {
                 throw LoRAError.invalidArgument("loraplus_lr_ratio applies to LoRA adapters, not to full fine-tuning")

@@ -233,6 +233,10 @@ final class TrainingPass {
                     T: currentT, block: block, rowOffset: dropoutRowOffset) : nil
             ctx.training = LoRATrainingBuffers(adapter: a, u: uPointers, gradients: gradients.base, dropout: dropout, v: vPointers)
         }
+        ctx.layerNorms = try LayerNormOverride.overrides(ctx.active, training: ctx.training)
+        if case .fullModel = target, !ctx.layerNorms.isEmpty {
+            throw LoRAError.unsupported("full fine-tuning with an adapter with modules_to_save attached; detach or merge it first")
+        }
         return ctx
     }
 
@@ -292,7 +296,16 @@ final class TrainingPass {
 
         // LoRA: nothing below the lowest adapted layer needs a gradient, nor
         // does that layer's input (the embeddings are frozen).
-        let lowest = trainableAdapter.map { a in a.slots.map(\.layer).min() ?? c.nLayer } ?? 0
+        let lowest =
+            trainableAdapter.map { a in
+                let saved = a.savedModules.map { m -> Int in
+                    switch m.kind {
+                    case .ln1(let l), .ln2(let l): return l
+                    case .lnf: return c.nLayer
+                    }
+                }
+                return (a.slots.map(\.layer) + saved).min() ?? c.nLayer
+            } ?? 0
         model.trunkBackward(
             ids: ids, positions: positions, acts, xFinal: xFinal, layerGrads(), full: fullGrads,
             lowest: lowest, recompute: checkpointing, B: B, T: T, lora: lora)
