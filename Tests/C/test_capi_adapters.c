@@ -457,6 +457,31 @@ void test_adapter_dora(void) {
         EXPECT(lora_adapter_create(&bad, m, &ap), LORA_UNSUPPORTED);
         CHECK(bad == NULL, "*out not NULL after use_dora with OLoRA");
     }
+    REQUIRE_OK(lora_model_detach(m, fresh));
+    {
+        /* modules_to_save: LayerNorm copies, trained with the adapter; they start as the model's. */
+        lora_adapter *saved = NULL, *bad = SENTINEL(lora_adapter);
+        lora_adapter_params sp;
+        lora_adapter_default_params(&sp);
+        CHECK(sp.modules_to_save == NULL, "modules_to_save default not NULL");
+        sp.modules_to_save = "ln_f, h.1.ln_1";
+        REQUIRE_OK(lora_adapter_create(&saved, m, &sp));
+        n = (long long)lora_adapter_n_params(saved);
+        CHECK(n == 2LL * 8 * (48 + 144) + 4 * 48, "n_params with modules_to_save %lld", n);
+        EXPECT(lora_model_attach(m, saved, 1.0f), LORA_OK);
+        EXPECT(lora_logits(m, ids, n_ids, got, n_logits), LORA_OK);
+        d = max_abs_diff(got, base, n_logits);
+        /* 1e-5: the DoRA merge and unmerge above left the weights within float rounding of `base`'s. */
+        CHECK(d <= 1e-5f, "fresh modules_to_save copies change the logits by %g", d);
+        lora_adapter_free(saved);
+        sp.modules_to_save = "wte";
+        EXPECT(lora_adapter_create(&bad, m, &sp), LORA_UNSUPPORTED);
+        CHECK(bad == NULL, "*out not NULL after modules_to_save wte");
+        bad = SENTINEL(lora_adapter);
+        sp.modules_to_save = "no_such_module";
+        EXPECT(lora_adapter_create(&bad, m, &sp), LORA_INVALID_ARGUMENT);
+        CHECK(bad == NULL, "*out not NULL after modules_to_save matching nothing");
+    }
 done:
     lora_adapter_free(fresh);
     lora_adapter_free(peft);

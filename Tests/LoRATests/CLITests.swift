@@ -140,6 +140,15 @@ struct CLI {
         #expect(maxAbsDiff(try base.logits(ids), try Model.load(directory: dir + "/merged").logits(ids)) < logitsTolerance)
         r = try CLI.run(["inspect", out])
         #expect(r.out.contains("dora true"), "\(r.out)")
+        // modules_to_save: ln_f trained in full and saved under PEFT's key.
+        r = try CLI.run([
+            "train", "--model", model, data, "--output-dir", dir + "/ln", "--max-steps", "2", "--block-size", "32",
+            "--batch-size", "2", "--learning-rate", "1e-2", "--r", "2", "--modules-to-save", "ln_f",
+        ])
+        #expect(r.status == 0, "train: \(r.err)")
+        let lnf = try SafeTensorsFile(path: dir + "/ln/" + Adapter.weightsFile).floats("base_model.model.transformer.ln_f.weight")
+        let baseLnf = Array(UnsafeBufferPointer(start: try Model.load(directory: model).weights.lnfW, count: lnf.count))
+        #expect(lnf != baseLnf)
         r = try CLI.run(["train", "--model", model, data, "--use-dora", "--init-lora-weights", "olora", "--output-dir", dir + "/x"])
         #expect(r.status == 64 && r.err.contains("--use-dora"), "\(r.err)")
     }

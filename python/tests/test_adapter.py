@@ -60,6 +60,28 @@ def test_dora_adapter_as_peft(model_a, tmp_path):
     assert ei.value.status == lora.LORA_UNSUPPORTED
 
 
+def test_modules_to_save_as_peft(model_a, tmp_path):
+    """PEFT's modules_to_save adapter: its logits; created ones save PEFT's keys."""
+    from helpers import read_safetensors
+    expected = read_safetensors(fixture("modules_to_save", "expected.safetensors"))[1]
+    ids = expected["ids"].values()
+    base = model_a.logits(ids)
+    with lora.Adapter.load(model_a, fixture("modules_to_save", "ln")) as a:
+        model_a.attach(a)
+        assert max_abs_diff(model_a.logits(ids), expected["logits.ln"].values()) < LOGITS_TOLERANCE
+        model_a.detach(a)
+    with lora.Adapter.create(model_a, r=2, modules_to_save=["ln_f", "h.0.ln_2"], seed=1) as a:
+        assert a.n_params == 2 * 2 * (48 + 144) + 2 * 2 * 48
+        model_a.attach(a)
+        assert max_abs_diff(model_a.logits(ids), base) == 0.0
+        a.save(tmp_path / "saved")
+    names = read_safetensors(str(tmp_path / "saved" / "adapter_model.safetensors"))[1].keys()
+    assert "base_model.model.transformer.ln_f.weight" in names and "base_model.model.transformer.h.0.ln_2.bias" in names
+    with pytest.raises(lora.LoraError) as ei:
+        lora.Adapter.create(model_a, modules_to_save=["wte"])
+    assert ei.value.status == lora.LORA_UNSUPPORTED
+
+
 def test_n_params(model_a):
     with lora.Adapter.load(model_a, fixture("lora", "all")) as a:
         # r=4 on c_attn (48→144), attn.c_proj (48→48), mlp.c_fc (48→192), mlp.c_proj (192→48), 2 layers
