@@ -241,7 +241,7 @@ void lora_adapter_default_params(lora_adapter_params *params);
  * LORA_INVALID_ARGUMENT (r <= 0, NaN alpha, target modules that match no
  * module of the model (as PEFT: names that match nothing are ignored when
  * others match), ...),
- * LORA_UNSUPPORTED (a target LoRA cannot adapt, e.g. wte; modules_to_save
+ * LORA_UNSUPPORTED (a target LoRA cannot adapt, e.g. lm_head or wpe; modules_to_save
  * naming a module other than a LayerNorm). */
 lora_status lora_adapter_create(lora_adapter **out, lora_model *model, const lora_adapter_params *params);
 
@@ -277,8 +277,9 @@ lora_status lora_model_set_adapter_scale(lora_model *model, lora_adapter *adapte
  * It stays attached but is no longer applied on the fly; an adapter not
  * attached yet is attached merged. Errors: LORA_WRONG_STATE (already merged;
  * a DoRA adapter with another adapter merged, or any adapter while a DoRA one
- * is merged), LORA_NUMERICAL_ERROR (the result would not be finite; nothing
- * changed). */
+ * is merged), LORA_UNSUPPORTED (LoRA on wte of a model whose LM head is tied
+ * to it: the head would change too), LORA_NUMERICAL_ERROR (the result would
+ * not be finite; nothing changed). */
 lora_status lora_model_merge(lora_model *model, lora_adapter *adapter);
 /* Takes a merged adapter back out (to float rounding); it is applied on the
  * fly again. Errors: LORA_WRONG_STATE (not merged). */

@@ -279,7 +279,8 @@ void test_adapter_create(void) {
     BAD_ADAPTER(init, 5, LORA_INVALID_ARGUMENT);
     BAD_ADAPTER(init, -1, LORA_INVALID_ARGUMENT);
     BAD_ADAPTER(target_modules, "no_such_module", LORA_INVALID_ARGUMENT);
-    BAD_ADAPTER(target_modules, "wte", LORA_UNSUPPORTED);
+    BAD_ADAPTER(target_modules, "lm_head", LORA_UNSUPPORTED);
+    BAD_ADAPTER(target_modules, "wpe", LORA_UNSUPPORTED);
     BAD_ADAPTER(target_modules, "\xff", LORA_INVALID_ARGUMENT);
     {
         lora_adapter_default_params(&p);

@@ -171,9 +171,25 @@ def test_bad_adapter_params(model_a, kw):
 
 
 def test_untargetable_module_is_unsupported(model_a):
-    with pytest.raises(lora.LoraError) as ei:
-        lora.Adapter.create(model_a, target_modules=["wte"])
-    assert ei.value.status in (lora.LORA_UNSUPPORTED, lora.LORA_INVALID_ARGUMENT)
+    for target in ("lm_head", "wpe"):
+        with pytest.raises(lora.LoraError) as ei:
+            lora.Adapter.create(model_a, target_modules=[target])
+        assert ei.value.status == lora.LORA_UNSUPPORTED
+
+
+def test_lora_on_wte_as_peft(model_a):
+    """LoRA on the token embedding (PEFT's lora_embedding_A/B): PEFT's logits; merging into the tied head is refused."""
+    from helpers import read_safetensors
+    expected = read_safetensors(fixture("embedding", "expected.safetensors"))[1]
+    ids = expected["ids"].values()
+    with lora.Adapter.load(model_a, fixture("embedding", "wte")) as a:
+        model_a.attach(a)
+        assert max_abs_diff(model_a.logits(ids), expected["logits.wte"].values()) < LOGITS_TOLERANCE
+        with pytest.raises(lora.LoraError) as ei:
+            model_a.merge(a)
+        assert ei.value.status == lora.LORA_UNSUPPORTED
+    with lora.Adapter.create(model_a, r=2, target_modules=["wte"], seed=1) as a:
+        assert a.n_params == 2 * 101 + 48 * 2
 
 
 def test_python_side_adapter_argument_errors(model_a):

@@ -12,7 +12,9 @@ public final class Adapter: @unchecked Sendable {
     public let config: LoRAConfig
     public let modelConfig: GPT2Config
     public let slots: [LoRASlot]
-    /// `modules_to_save`: modules trained in full, after the slots in `params`.
+    /// LoRA on the token embedding `transformer.wte`, after the slots in `params`; nil when not targeted.
+    public let embedding: EmbeddingSlot?
+    /// `modules_to_save`: modules trained in full, after the slots (and embedding) in `params`.
     public let savedModules: [SavedModule]
     /// All A and B matrices (DoRA magnitudes, saved modules).
     package let params: FloatBlock
@@ -25,7 +27,7 @@ public final class Adapter: @unchecked Sendable {
 
     /// An adapter with zeroed A and B for `modelConfig`.
     public init(config: LoRAConfig, modelConfig: GPT2Config, name: String = "default") throws {
-        let resolved = try LoRATargeting.resolve(config, model: modelConfig)
+        let (resolved, embedding) = try LoRATargeting.resolveAll(config, model: modelConfig)
         var slots: [LoRASlot] = []
         var off = 0
         for (layer, target, r, alpha) in resolved {
@@ -37,6 +39,17 @@ public final class Adapter: @unchecked Sendable {
                 offsetA: off, offsetB: off + r * fin, offsetM: config.useDoRA ? off + r * fin + fout * r : nil)
             off += r * fin + fout * r + (config.useDoRA ? fout : 0)
             slots.append(slot)
+        }
+        if let (r, alpha) = embedding {
+            guard !config.useDoRA else { throw LoRAError.unsupported("use_dora on the embedding transformer.wte is not implemented") }
+            let scaling = config.useRSLoRA ? alpha / Double(r).squareRoot() : alpha / Double(r)
+            let V = modelConfig.vocabSize
+            let C = modelConfig.nEmbd
+            self.embedding = EmbeddingSlot(
+                r: r, alpha: alpha, scaling: Float(scaling), vocabSize: V, nEmbd: C, offsetA: off, offsetB: off + r * V)
+            off += r * V + C * r
+        } else {
+            self.embedding = nil
         }
         var saved: [SavedModule] = []
         for (name, kind) in try LoRATargeting.resolveModulesToSave(config, model: modelConfig) {
@@ -64,10 +77,17 @@ public final class Adapter: @unchecked Sendable {
         guard savedModules.isEmpty else {
             throw LoRAError.unsupported("\(what) adapter \(name) with modules_to_save is not implemented; merge it instead")
         }
+        guard embedding == nil else {
+            throw LoRAError.unsupported("\(what) adapter \(name) with LoRA on wte is not implemented")
+        }
     }
 
     /// Throws unless the adapter was made for a model of this shape (n_embd, n_inner, n_layer).
     public func checkFits(_ c: GPT2Config) throws {
+        if let e = embedding, e.vocabSize != c.vocabSize {
+            throw LoRAError.invalidArgument(
+                "adapter \(name) adapts wte for a vocabulary of \(e.vocabSize) tokens; the model has \(c.vocabSize)")
+        }
         guard c.nEmbd == modelConfig.nEmbd, c.innerSize == modelConfig.innerSize, c.nLayer == modelConfig.nLayer else {
             throw LoRAError.invalidArgument(
                 "adapter \(name) was made for another model shape (n_embd \(modelConfig.nEmbd), n_inner \(modelConfig.innerSize), n_layer \(modelConfig.nLayer)); the model has (\(c.nEmbd), \(c.innerSize), \(c.nLayer))"
@@ -84,6 +104,8 @@ public final class Adapter: @unchecked Sendable {
     /// DoRA's magnitude m [out] of a slot; nil without DoRA.
     package func magnitude(_ s: LoRASlot) -> FloatPtr? { s.offsetM.map { params.base + $0 } }
     public var parameterCount: Int { params.count }
+    /// The largest rank of the adapter's branches (modules and embedding).
+    var maxRank: Int { max(slots.map(\.r).max() ?? 0, embedding?.r ?? 0) }
 
     /// Fresh weights for any `init_lora_weights`. True, "gaussian" and false
     /// are `initialize(seed:)` and leave the model alone; "pissa",
@@ -112,6 +134,10 @@ public final class Adapter: @unchecked Sendable {
             try checkFits(model.config)
             try initializeAB(seed: seed)
         case .pissa, .olora:
+            guard embedding == nil else {
+                throw LoRAError.unsupported(
+                    "LoRA on wte with init_lora_weights \(JSON.compact(config.initLoraWeights.json)) is not implemented")
+            }
             guard !config.useDoRA else {
                 throw LoRAError.unsupported(
                     "use_dora with init_lora_weights \(JSON.compact(config.initLoraWeights.json)) is not implemented")
@@ -178,6 +204,15 @@ public final class Adapter: @unchecked Sendable {
                 for i in 0..<s.countA { a[i] = (2 * rng.nextFloat() - 1) * ba }
                 for i in 0..<s.countB { b[i] = (2 * rng.nextFloat() - 1) * bb }
             }
+        }
+        if let e = embedding {
+            // PEFT's lora.Embedding: A zeros and B ~ N(0, 1) (nn.Embedding's
+            // default); init_lora_weights false keeps both N(0, 1).
+            let a = params.base + e.offsetA
+            let b = params.base + e.offsetB
+            let random = config.initLoraWeights == .random
+            for i in 0..<e.countA { a[i] = random ? rng.nextGaussian() : 0 }
+            for i in 0..<e.countB { b[i] = rng.nextGaussian() }
         }
     }
 }

@@ -111,6 +111,7 @@ public struct LoRAConfig: Sendable, Equatable {
         ("lora_bias", { $0.isNull || $0 == .bool(false) }),
         ("bias", { $0.isNull || $0 == .string("none") }),
         ("target_parameters", { $0.isNull || $0 == .array([]) }),
+        ("ensure_weight_tying", { $0.isNull || $0 == .bool(false) }),
         ("trainable_token_indices", { $0.isNull }),
         ("layer_replication", { $0.isNull }),
         ("use_qalora", { $0.isNull || $0 == .bool(false) }),

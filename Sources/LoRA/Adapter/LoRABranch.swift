@@ -24,6 +24,27 @@ public struct LoRASlot: Sendable, Equatable {
     public var countB: Int { outFeatures * r }
 }
 
+/// LoRA on the token embedding `transformer.wte` (PEFT's `lora.Embedding`):
+///
+///     x[n, C] += scale · s · B · A[:, id_n],    A [r, vocab] (`lora_embedding_A`), B [C, r] (`lora_embedding_B`)
+///
+/// on the embedding output, without dropout (as PEFT). GPT-2's LM head is
+/// tied to wte; as PEFT by default (ensure_weight_tying false), the head
+/// keeps the base weight: only the input side is adapted.
+public struct EmbeddingSlot: Sendable, Equatable {
+    public let moduleName = "transformer.wte"
+    public let r: Int
+    public let alpha: Double
+    public let scaling: Float
+    public let vocabSize: Int
+    public let nEmbd: Int
+    /// A [r, vocab] then B [n_embd, r] in the parameter block.
+    public let offsetA: Int
+    public let offsetB: Int
+    public var countA: Int { r * vocabSize }
+    public var countB: Int { nEmbd * r }
+}
+
 /// The branch of one adapted module (PEFT's `lora.Linear`, for GPT-2's
 /// Conv1D whose weight is [in, out]):
 ///
@@ -365,6 +386,53 @@ struct LoRAContext {
     /// Scratch floats a pass of n rows needs for these adapters' DoRA branches (0 without DoRA).
     static func doraScratchCount(_ active: [ActiveLoRA], rows n: Int, maxOut: Int) -> Int {
         active.contains { $0.dora != nil } ? (active.count + 2) * n * maxOut : 0
+    }
+
+    /// x[n, C] += every active adapter's embedding branch for token ids [n] (see `EmbeddingSlot`).
+    func embeddingForward(ids: UnsafePointer<TokenID>, x: FloatPtr, n: Int) {
+        guard let u = scratch else { return }
+        for a in active {
+            guard let e = a.adapter.embedding else { continue }
+            let A = a.adapter.params.base + e.offsetA
+            let B = a.adapter.params.base + e.offsetB
+            // u[n, r] = A[:, id_n]
+            for row in 0..<n {
+                let id = Int(ids[row])
+                for k in 0..<e.r { u[row * e.r + k] = A[k * e.vocabSize + id] }
+            }
+            gemm(
+                transA: false, transB: true, M: n, N: e.nEmbd, K: e.r, alpha: a.scale * e.scaling, A: u, lda: e.r,
+                B: B, ldb: e.r, beta: 1, C: x, ldc: e.nEmbd)
+        }
+    }
+
+    /// The trained adapter's embedding branch backward, dx [n, C] = ∂L/∂(embedding output):
+    ///
+    ///     dB += scale·s · dxᵀ·u      u[n, r] = A[:, id_n]
+    ///     dA[:, id_n] += scale·s · (dx·B)[n, :]
+    func embeddingBackward(ids: UnsafePointer<TokenID>, dx: ConstFloatPtr, n: Int) {
+        guard let t = training, let e = t.adapter.embedding, let u = scratch,
+            let a = active.first(where: { $0.adapter === t.adapter })
+        else { return }
+        let A = t.adapter.params.base + e.offsetA
+        let B = t.adapter.params.base + e.offsetB
+        let sigma = a.scale * e.scaling
+        for row in 0..<n {
+            let id = Int(ids[row])
+            for k in 0..<e.r { u[row * e.r + k] = A[k * e.vocabSize + id] }
+        }
+        gemm(
+            transA: true, transB: false, M: e.nEmbd, N: e.r, K: n, alpha: sigma, A: dx, lda: e.nEmbd, B: u, ldb: e.r,
+            beta: 1, C: t.gradients + e.offsetB, ldc: e.r)
+        // du = σ·dx·B into u (no longer needed), then scattered into dA's columns.
+        gemm(
+            transA: false, transB: false, M: n, N: e.r, K: e.nEmbd, alpha: sigma, A: dx, lda: e.nEmbd, B: B, ldb: e.r,
+            beta: 0, C: u, ldc: e.r)
+        let dA = t.gradients + e.offsetA
+        for row in 0..<n {
+            let id = Int(ids[row])
+            for k in 0..<e.r { dA[k * e.vocabSize + id] += u[row * e.r + k] }
+        }
     }
 
     /// y[n, out] += every active branch of (layer, target) applied to x.

@@ -5,7 +5,8 @@ import Foundation
 // [r, in] and `lora_B.weight` [out, r] per adapted module, and with DoRA
 // `base_model.model.<module>.lora_magnitude_vector` [out] (PEFT drops the
 // in-memory `.default.weight` suffix when saving), and for modules_to_save
-// `base_model.model.<module>.weight` / `.bias`.
+// `base_model.model.<module>.weight` / `.bias`, and for LoRA on wte
+// `base_model.model.transformer.wte.lora_embedding_A` [r, vocab] / `_B` [n_embd, r].
 
 extension Adapter {
     public static let configFile = "adapter_config.json"
@@ -30,6 +31,16 @@ extension Adapter {
                         name: Adapter.keyPrefix + s.moduleName + ".lora_magnitude_vector", shape: [s.outFeatures],
                         floats: UnsafeBufferPointer(start: m, count: s.outFeatures)))
             }
+        }
+        if let e = embedding {
+            out.append(
+                TensorData(
+                    name: Adapter.keyPrefix + e.moduleName + ".lora_embedding_A", shape: [e.r, e.vocabSize],
+                    floats: UnsafeBufferPointer(start: params.base + e.offsetA, count: e.countA)))
+            out.append(
+                TensorData(
+                    name: Adapter.keyPrefix + e.moduleName + ".lora_embedding_B", shape: [e.nEmbd, e.r],
+                    floats: UnsafeBufferPointer(start: params.base + e.offsetB, count: e.countB)))
         }
         for m in savedModules {
             for (suffix, off) in [("weight", m.offset), ("bias", m.offset + m.count)] {
@@ -81,6 +92,10 @@ extension Adapter {
         }
         // modules_to_save: PEFT saves the trained copy under the module's own
         // name (`...<module>.weight`, without `.modules_to_save.default`).
+        if let e = adapter.embedding {
+            expected[keyPrefix + e.moduleName + ".lora_embedding_A"] = ([e.r, e.vocabSize], adapter.params.base + e.offsetA)
+            expected[keyPrefix + e.moduleName + ".lora_embedding_B"] = ([e.nEmbd, e.r], adapter.params.base + e.offsetB)
+        }
         for m in adapter.savedModules {
             expected[keyPrefix + m.moduleName + ".weight"] = ([m.count], adapter.params.base + m.offset)
             expected[keyPrefix + m.moduleName + ".bias"] = ([m.count], adapter.params.base + m.offset + m.count)

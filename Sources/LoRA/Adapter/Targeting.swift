@@ -144,11 +144,20 @@ package enum LoRATargeting {
         return out
     }
 
-    /// The adapted modules, in (layer, target) order.
+    /// The adapted Conv1D modules, in (layer, target) order.
     package static func resolve(_ config: LoRAConfig, model c: GPT2Config) throws -> [(
         layer: Int, target: LoRATarget, r: Int, alpha: Double
     )] {
+        try resolveAll(config, model: c).modules
+    }
+
+    /// The adapted Conv1D modules, in (layer, target) order, and the token
+    /// embedding `transformer.wte` with its rank and alpha when targeted.
+    package static func resolveAll(_ config: LoRAConfig, model c: GPT2Config) throws -> (
+        modules: [(layer: Int, target: LoRATarget, r: Int, alpha: Double)], embedding: (r: Int, alpha: Double)?
+    ) {
         try config.validate()
+        var embedding: (r: Int, alpha: Double)? = nil
         let targets = config.targetModules ?? .names(["c_attn"])
         var out: [(Int, LoRATarget, Int, Double)] = []
         for (name, kind) in allModuleNames(c) {
@@ -157,18 +166,26 @@ package enum LoRATargeting {
             if case .names = targets, let layers = config.layersToTransform, !layers.isEmpty {
                 guard let idx = layerIndex(name, patterns: config.layersPattern), layers.contains(idx) else { continue }
             }
+            if name == "transformer.wte" {
+                // PEFT's lora.Embedding; GPT-2's tied head keeps the base weight
+                // (ensure_weight_tying false, PEFT's default).
+                embedding = (
+                    try patternValue(config.rankPattern, name) ?? config.r, try patternValue(config.alphaPattern, name) ?? config.loraAlpha
+                )
+                continue
+            }
             guard kind == "Conv1D",
                 let target = LoRATarget.allCases.first(where: { name.hasSuffix("." + $0.suffix) }),
                 let layer = layerIndex(name, patterns: nil)
             else {
                 throw LoRAError.unsupported(
-                    "target module \(name) (\(kind)): LoRA is implemented for attn.c_attn, attn.c_proj, mlp.c_fc and mlp.c_proj")
+                    "target module \(name) (\(kind)): LoRA is implemented for attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj and wte")
             }
             let r = try patternValue(config.rankPattern, name) ?? config.r
             let alpha = try patternValue(config.alphaPattern, name) ?? config.loraAlpha
             out.append((layer, target, r, alpha))
         }
-        if out.isEmpty {
+        if out.isEmpty && embedding == nil {
             let desc: String
             switch targets {
             case .names(let n): desc = n.joined(separator: ", ")
@@ -178,6 +195,6 @@ package enum LoRATargeting {
                 "target modules {\(desc)} not found in the base model (GPT-2 has attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj in layers 0 to \(c.nLayer - 1))"
             )
         }
-        return out.sorted { ($0.0, $0.1.rawValue) < ($1.0, $1.1.rawValue) }
+        return (out.sorted { ($0.0, $0.1.rawValue) < ($1.0, $1.1.rawValue) }, embedding)
     }
 }

@@ -243,6 +243,11 @@ public final class Engine: @unchecked Sendable {
             // DoRA rescales the whole module output per adapter set; as in
             // PEFT's mixed batches ("Cannot pass `adapter_names` when DoRA is
             // enabled"), it is not offered here: generate with the model instead.
+            guard use.adapter.embedding == nil else {
+                throw LoRAError.unsupported(
+                    "adapter \(use.adapter.name) adapts wte, which the batched engine does not run; attach it to the model and generate there"
+                )
+            }
             guard use.adapter.savedModules.isEmpty else {
                 throw LoRAError.unsupported(
                     "adapter \(use.adapter.name) has modules_to_save, which the batched engine does not run; attach it to the model and generate there, or merge it"

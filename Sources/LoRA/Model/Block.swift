@@ -306,6 +306,7 @@ extension Model {
                 embeddingForward(
                     out: acts.layers[0].input, ids: idp.baseAddress!, positions: pp.baseAddress!,
                     wte: w.wte, wpe: w.wpe, n: n, C: C)
+                lora.embeddingForward(ids: idp.baseAddress!, x: acts.layers[0].input, n: n)
             }
         }
         for l in 0..<c.nLayer {
@@ -344,7 +345,12 @@ extension Model {
             gl.weights = full?.layers[l]
             // A trained ln_1 in the lowest layer needs that layer's input gradient too.
             let trainsLN1 = lora.layerNorms[.ln1(layer: l)]?.dWeight != nil
-            layerBackward(l, acts.layers[l], gl, B: B, T: T, lora: lora, needInputGradient: full != nil || l > lowest || trainsLN1)
+            let trainsEmbedding = l == 0 && lora.training?.adapter.embedding != nil
+            layerBackward(
+                l, acts.layers[l], gl, B: B, T: T, lora: lora, needInputGradient: full != nil || l > lowest || trainsLN1 || trainsEmbedding)
+        }
+        if lowest == 0, lora.training?.adapter.embedding != nil {
+            ids.withUnsafeBufferPointer { lora.embeddingBackward(ids: $0.baseAddress!, dx: g.dres, n: n) }
         }
         if let full {
             ids.withUnsafeBufferPointer { idp in

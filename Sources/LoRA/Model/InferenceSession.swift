@@ -193,6 +193,7 @@ public final class InferenceSession {
         let keyMaskOf: ((Int) -> ConstFloatPtr?)? = anyPadding ? { b in UnsafePointer(mask + b * cap) } : nil
 
         embeddingForward(out: x, ids: ids, positions: positions, wte: w.wte, wpe: w.wpe, n: n, C: C)
+        lora.embeddingForward(ids: ids, x: x, n: n)
         for l in 0..<c.nLayer {
             let perLayer = batch * capacity * C
             model.layerForward(

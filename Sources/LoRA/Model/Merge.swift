@@ -17,6 +17,12 @@ extension Model {
     public func merge(_ adapter: Adapter) throws {
         if let i = attachments.firstIndex(where: { $0.adapter === adapter }) {
             guard !attachments[i].merged else { throw LoRAError.wrongState("adapter \(adapter.name) is already merged") }
+            if adapter.embedding != nil, config.tieWordEmbeddings {
+                // PEFT merges into the shared weight, which changes the LM head too
+                // (its warning, peft#2777): the merged model would not be the adapter's.
+                throw LoRAError.unsupported(
+                    "merging adapter \(adapter.name): its LoRA on wte would also change GPT-2's tied LM head (see huggingface/peft#2777)")
+            }
             try checkDoRAMergeOrder(adapter, merging: true)
             let scale = attachments[i].enabled ? attachments[i].scale : 0
             for m in adapter.savedModules {
@@ -127,9 +133,24 @@ extension Model {
         }
     }
 
-    /// W += factor·ΔW for every slot of the adapter (LoRABranch.addDelta).
+    /// W += factor·ΔW for every slot of the adapter (LoRABranch.addDelta),
+    /// and wte[vocab, C] += factor·s·Aᵀ·Bᵀ for LoRA on the (untied) embedding.
     func applyDelta(_ adapter: Adapter, factor: Float, check: Bool) throws {
         if factor == 0 { return }
+        var embedded: FloatBlock? = nil
+        if let e = adapter.embedding {
+            let n = e.vocabSize * e.nEmbd
+            let tmp = try FloatBlock(count: n)
+            tmp.base.update(from: weights.wte, count: n)
+            gemm(
+                transA: true, transB: true, M: e.vocabSize, N: e.nEmbd, K: e.r, alpha: factor * e.scaling,
+                A: adapter.params.base + e.offsetA, lda: e.vocabSize, B: adapter.params.base + e.offsetB, ldb: e.r,
+                beta: 1, C: tmp.base, ldc: e.nEmbd)
+            for i in 0..<n where check && !tmp.base[i].isFinite {
+                throw LoRAError.numerical("merging adapter \(adapter.name) gives non-finite weights in transformer.wte")
+            }
+            embedded = tmp
+        }
         if check {
             // Compute into scratch first so a non-finite result leaves the weights untouched.
             for s in adapter.slots {
@@ -144,6 +165,8 @@ extension Model {
             }
         }
         for s in adapter.slots { adapter.branch(s).addDelta(to: weightPointer(layer: s.layer, target: s.target), factor: factor) }
+        // wte last, after every check has passed.
+        if let t = embedded { weights.wte.update(from: t.base, count: t.count) }
     }
 
     /// A LayerNorm's weight and bias [n_embd] in the model.

@@ -161,7 +161,7 @@ public final class Model: @unchecked Sendable {
     }
 
     /// The largest rank among enabled adapters (0 without any).
-    var maxActiveRank: Int { activeLoRA.flatMap { $0.adapter.slots.map(\.r) }.max() ?? 0 }
+    var maxActiveRank: Int { activeLoRA.map(\.adapter.maxRank).max() ?? 0 }
 
     func checkTokens(_ ids: UnsafeBufferPointer<TokenID>) throws {
         for (i, t) in ids.enumerated() where t < 0 || Int(t) >= config.vocabSize {

@@ -148,8 +148,18 @@ public final class Trainer: @unchecked Sendable {
             }
             // modules_to_save (LayerNorms): no weight decay, as transformers'
             // Trainer and PEFT's LoRA+ (1-D, not in the decay set: B's rate).
+            // LoRA on wte: PEFT's LoRA+ gives embedding adapters their own
+            // rate, loraplus_lr_embedding (1e-6 by default), scheduled like the rest.
+            let embeddingFactor = ratio == 1 ? 1 : (config.learningRate > 0 ? 1e-6 / config.learningRate : 0)
+            let embeddingGroups =
+                adapter.embedding.map { e in
+                    [
+                        AdamW.Group(range: e.offsetA..<(e.offsetA + e.countA), lrFactor: embeddingFactor, decay: true),
+                        AdamW.Group(range: e.offsetB..<(e.offsetB + e.countB), lrFactor: embeddingFactor, decay: true),
+                    ]
+                } ?? []
             paramGroups =
-                slotGroups
+                slotGroups + embeddingGroups
                 + adapter.savedModules.map { m in
                     AdamW.Group(range: m.offset..<(m.offset + 2 * m.count), lrFactor: ratio, decay: false)
                 }

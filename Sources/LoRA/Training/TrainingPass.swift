@@ -166,7 +166,8 @@ final class TrainingPass {
         var maxRank = model.maxActiveRank
         var maxIn = 0
         if case .adapter(let a) = target {
-            for s in a.slots { uCount += n * s.r; maxRank = max(maxRank, s.r); maxIn = max(maxIn, s.inFeatures) }
+            for s in a.slots { uCount += n * s.r; maxIn = max(maxIn, s.inFeatures) }
+            maxRank = max(maxRank, a.maxRank)
         }
         uStore = try FloatBlock(count: uCount)
         if case .adapter(let a) = target {
@@ -207,7 +208,7 @@ final class TrainingPass {
             if model.attachments.contains(where: { $0.adapter === a && $0.merged }) {
                 throw LoRAError.wrongState("adapter \(a.name) is merged into the weights; unmerge it before training it")
             }
-            rank = max(rank, a.slots.map(\.r).max() ?? 0)
+            rank = max(rank, a.maxRank)
         }
         if loraScratch.count < maxRows * rank { loraScratch = try FloatBlock(count: maxRows * rank) }
         var active = model.activeLoRA
@@ -304,7 +305,7 @@ final class TrainingPass {
                     case .lnf: return c.nLayer
                     }
                 }
-                return (a.slots.map(\.layer) + saved).min() ?? c.nLayer
+                return a.embedding != nil ? 0 : (a.slots.map(\.layer) + saved).min() ?? c.nLayer
             } ?? 0
         model.trunkBackward(
             ids: ids, positions: positions, acts, xFinal: xFinal, layerGrads(), full: fullGrads,
