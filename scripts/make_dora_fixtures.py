@@ -17,6 +17,9 @@ Swift DoRATests. Uses Fixtures/gpt2-a (make_fixtures.py) and lora/all
       grad.both.<PEFT key>    gradients of both adapters with lora/all then dora/all active
       train.batch<k>.ids, train.losses, train.lr, train.final.<PEFT key>
                               10 AdamW steps on dora/all (warmup 2 + cosine, decay 0.05, clip 1)
+      loraplus.losses, loraplus.final.<PEFT key>
+                              5 steps of PEFT's LoRA+ optimizer on the first batches (lr 2e-3,
+                              ratio 2.5, decay 0.05): m, 1-D, learns at B's rate
 """
 import os
 import subprocess
@@ -30,6 +33,7 @@ import shutil
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.optimizers import create_loraplus_optimizer
 from safetensors.torch import save_file
 from transformers import GPT2LMHeadModel, get_cosine_schedule_with_warmup
 
@@ -159,6 +163,24 @@ def main():
     for pname, p in model.named_parameters():
         if p.requires_grad:
             exp[f"train.final.{peft_key(pname)}"] = p.detach().clone()
+
+    model = make("all", 200)
+    opt = create_loraplus_optimizer(model, torch.optim.AdamW, lr=2e-3, loraplus_lr_ratio=2.5,
+                                    loraplus_weight_decay=0.05, betas=(0.9, 0.999), eps=1e-8)
+    params = [p for p in model.parameters() if p.requires_grad]
+    losses = []
+    for k in range(5):
+        batch = exp[f"train.batch{k}.ids"]
+        out = model(input_ids=batch, labels=batch)
+        opt.zero_grad()
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, max_norm=1.0)
+        opt.step()
+        losses.append(out.loss.item())
+    exp["loraplus.losses"] = torch.tensor(losses, dtype=torch.float64)
+    for pname, p in model.named_parameters():
+        if p.requires_grad:
+            exp[f"loraplus.final.{peft_key(pname)}"] = p.detach().clone()
 
     save_file({k: v.contiguous() for k, v in exp.items()}, os.path.join(OUT, "expected.safetensors"), metadata={"format": "pt"})
     for name in CONFIGS:

@@ -142,6 +142,33 @@ import Testing
         #expect(worst < trajectoryTolerance, "final adapter max |Δ| = \(worst)")
     }
 
+    /// LoRA+ (PEFT's create_loraplus_optimizer): the magnitude, a 1-D parameter, learns at B's rate.
+    @Test func loraPlusGivesTheMagnitudeBsRate() throws {
+        let m = try model()
+        let adapter = try Adapter.load(directory: Fixtures.path("dora/all"), modelConfig: m.config)
+        var cfg = TrainerParams()
+        cfg.learningRate = 2e-3; cfg.loraplusLRRatio = 2.5; cfg.weightDecay = 0.05; cfg.lrScheduler = .constant
+        cfg.maxSteps = 5; cfg.maxGradNorm = 1.0; cfg.batchSize = 2; cfg.blockSize = 12
+        let trainer = try Trainer(model: m, adapter: adapter, config: cfg)
+        let losses = try expected.floats("loraplus.losses")
+        for k in 0..<5 {
+            let flat = try expected.ints("train.batch\(k).ids")
+            let loss = try trainer.step(ids: (0..<2).map { b in (0..<12).map { TokenID(flat[b * 12 + $0]) } })
+            #expect(abs(Float(loss) - losses[k]) < trajectoryTolerance, "step \(k): loss \(loss) vs \(losses[k])")
+        }
+        var worst: Float = 0
+        for s in adapter.slots {
+            for (suffix, p, count) in [
+                ("lora_A.weight", adapter.A(s), s.countA), ("lora_B.weight", adapter.B(s), s.countB),
+                ("lora_magnitude_vector", adapter.magnitude(s)!, s.outFeatures),
+            ] {
+                let ref = try expected.floats("loraplus.final.base_model.model.\(s.moduleName).\(suffix)")
+                for i in 0..<count { worst = max(worst, abs(p[i] - ref[i])) }
+            }
+        }
+        #expect(worst < trajectoryTolerance, "final adapter max |Δ| = \(worst)")
+    }
+
     @Test func mergeAndUnmergeAsPEFT() throws {
         let m = try model()
         let before = try m.logits(try ids())
