@@ -147,7 +147,8 @@ struct CLI {
         ])
         #expect(r.status == 0, "train: \(r.err)")
         let lnf = try SafeTensorsFile(path: dir + "/ln/" + Adapter.weightsFile).floats("base_model.model.transformer.ln_f.weight")
-        let baseLnf = Array(UnsafeBufferPointer(start: try Model.load(directory: model).weights.lnfW, count: lnf.count))
+        let fresh = try Model.load(directory: model)  // held while its weights are read
+        let baseLnf = withExtendedLifetime(fresh) { Array(UnsafeBufferPointer(start: fresh.weights.lnfW, count: lnf.count)) }
         #expect(lnf != baseLnf)
         r = try CLI.run(["train", "--model", model, data, "--use-dora", "--init-lora-weights", "olora", "--output-dir", dir + "/x"])
         #expect(r.status == 64 && r.err.contains("--use-dora"), "\(r.err)")
