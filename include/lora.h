@@ -244,6 +244,11 @@ typedef struct lora_adapter_params {
     const int32_t *layers_to_transform; /* NULL: every layer */
     size_t n_layers_to_transform;
     int32_t pissa_niter; /* LORA_INIT_PISSA: 0 full SVD, N > 0 randomised SVD with N iterations (added in 0.1.0) */
+    int32_t use_dora;    /* DoRA (PEFT's use_dora): a magnitude per output feature, trained with A and B;
+                            with LORA_INIT_DEFAULT, _GAUSSIAN or _RANDOM only; default 0 (0.2.0) */
+    /* PEFT's modules_to_save, comma-separated ("ln_f,h.1.ln_1"): modules trained in full beside the adapter and
+     * saved with it, matched by the end of their names; LayerNorms (ln_1, ln_2, ln_f) only. NULL: none (0.2.0) */
+    const char *modules_to_save;
 } lora_adapter_params;
 
 void lora_adapter_default_params(lora_adapter_params *params);
@@ -254,13 +259,15 @@ void lora_adapter_default_params(lora_adapter_params *params);
  * LORA_INVALID_ARGUMENT (r <= 0, NaN alpha, target modules that match no
  * module of the model (as PEFT: names that match nothing are ignored when
  * others match), ...),
- * LORA_UNSUPPORTED (a target LoRA cannot adapt, e.g. wte). */
+ * LORA_UNSUPPORTED (a target LoRA cannot adapt, e.g. lm_head or wpe; modules_to_save
+ * naming a module other than a LayerNorm). */
 lora_status lora_adapter_create(lora_adapter **out, lora_model *model, const lora_adapter_params *params);
 
 /* Loads a PEFT adapter directory (adapter_config.json +
  * adapter_model.safetensors) for `model`'s shape (not attached). Errors:
  * LORA_IO_ERROR, LORA_INVALID_FILE (shapes do not fit, keys without the
- * base_model.model. prefix, ...), LORA_UNSUPPORTED (use_dora, ...). */
+ * base_model.model. prefix, use_dora without lora_magnitude_vector tensors,
+ * ...), LORA_UNSUPPORTED (lora_bias, ...). */
 lora_status lora_adapter_load(lora_adapter **out, const lora_model *model, const char *path);
 
 /* Saves in PEFT's layout into directory `path` (created if needed; each file
@@ -271,7 +278,7 @@ lora_status lora_adapter_save(const lora_adapter *adapter, const char *path);
  * adapter detaches it when the model is still alive). */
 void lora_adapter_free(lora_adapter *adapter);
 
-/* Trainable parameter count (A and B of every adapted module); -1 for NULL. */
+/* Trainable parameter count (A and B of every adapted module, DoRA magnitudes, modules_to_save); -1 for NULL. */
 int64_t lora_adapter_n_params(const lora_adapter *adapter);
 
 /* Applies the adapter in every forward pass of the model, times `scale`.
@@ -283,10 +290,14 @@ lora_status lora_model_detach(lora_model *model, lora_adapter *adapter);
 /* Changes an attached adapter's scale (0 disables it). */
 lora_status lora_model_set_adapter_scale(lora_model *model, lora_adapter *adapter, float scale);
 
-/* Folds an adapter into the base weights (W += scale * s * (B A)^T). It stays
- * attached but is no longer applied on the fly; an adapter not attached yet
- * is attached merged. Errors: LORA_WRONG_STATE (already merged),
- * LORA_NUMERICAL_ERROR (the result would not be finite; nothing changed). */
+/* Folds an adapter into the base weights (W += scale * s * (B A)^T; DoRA:
+ * W = m / |W + dW| * (W + dW) per output feature; modules_to_save copied in).
+ * It stays attached but is no longer applied on the fly; an adapter not
+ * attached yet is attached merged. Errors: LORA_WRONG_STATE (already merged;
+ * a DoRA adapter with another adapter merged, or any adapter while a DoRA one
+ * is merged), LORA_UNSUPPORTED (LoRA on wte of a model whose LM head is tied
+ * to it: the head would change too), LORA_NUMERICAL_ERROR (the result would
+ * not be finite; nothing changed). */
 lora_status lora_model_merge(lora_model *model, lora_adapter *adapter);
 /* Takes a merged adapter back out (to float rounding; to the dtype's rounding
  * for a reduced-precision base); it is applied on the fly again. Errors: LORA_WRONG_STATE (not merged). */

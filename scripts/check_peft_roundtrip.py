@@ -2,7 +2,8 @@
 """Adapters written by liblora, loaded into PEFT: the logits must agree.
 
 Trains an adapter with liblora (through the Python binding) on a test model,
-saves it, compresses it (per-module ranks as rank_pattern/alpha_pattern),
+saves it, trains and saves a DoRA adapter and one on wte with LayerNorms in
+modules_to_save, compresses it (per-module ranks as rank_pattern/alpha_pattern),
 combines it, and merges it into a Hugging Face checkpoint; then loads each
 into transformers + PEFT and compares logits with liblora's (within 1e-4).
 Needs torch, transformers, peft and a built liblora.so (LORA_LIBRARY or the
@@ -57,6 +58,31 @@ def main():
         model.save(merged)
         d = np.abs(ours - peft_logits(merged, None, ids)).max()
         print(f"merged checkpoint loaded by transformers: max |Δlogits| = {d:.2e}")
+        worst = max(worst, d)
+    with lora.Model.load(MODEL) as model:
+        # DoRA: trained by liblora (magnitudes and all), loaded into PEFT.
+        ids = model.tokenize("the quick brown fox jumps")
+        adapter = lora.Adapter.create(model, r=4, alpha=8, target_modules=["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"],
+                                      use_dora=True, seed=2)
+        trainer = lora.Trainer(model, adapter, learning_rate=1e-2, max_steps=15, batch_size=2, block_size=32)
+        trainer.train(text)
+        dora = os.path.join(work, "dora")
+        adapter.save(dora)
+        ours = np.asarray(model.logits(ids))
+        d = np.abs(ours - peft_logits(MODEL, dora, ids)).max()
+        print(f"trained DoRA adapter (r=4, 4 module types): max |Δlogits| vs PEFT = {d:.2e}")
+        worst = max(worst, d)
+    with lora.Model.load(MODEL) as model:
+        # LoRA on wte plus LayerNorms in modules_to_save, trained by liblora, loaded into PEFT.
+        adapter = lora.Adapter.create(model, r=4, alpha=8, target_modules=["wte", "c_attn"], modules_to_save=["ln_f", "ln_2"],
+                                      seed=3)
+        trainer = lora.Trainer(model, adapter, learning_rate=1e-2, max_steps=15, batch_size=2, block_size=32)
+        trainer.train(text)
+        extra = os.path.join(work, "wte_ln")
+        adapter.save(extra)
+        ours = np.asarray(model.logits(ids))
+        d = np.abs(ours - peft_logits(MODEL, extra, ids)).max()
+        print(f"trained adapter on wte + c_attn with modules_to_save ln_f, ln_2: max |Δlogits| vs PEFT = {d:.2e}")
         worst = max(worst, d)
     if os.path.exists(CLI):
         small = os.path.join(work, "small")

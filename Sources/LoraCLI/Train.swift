@@ -12,6 +12,9 @@ struct LoRAOptions: ParsableArguments {
     var targetModules: String?
     @Option(help: "Comma-separated layer indices to adapt (default: all).") var layersToTransform: String?
     @Flag(help: "rsLoRA scaling alpha/sqrt(r).") var useRslora = false
+    @Flag(help: "DoRA (PEFT's use_dora): also learn a magnitude per output feature (not with PiSSA/OLoRA).") var useDora = false
+    @Option(help: "Comma-separated modules trained in full beside the adapter (PEFT's modules_to_save; LayerNorms: ln_f, ln_1, h.1.ln_2).")
+    var modulesToSave: String?
     @Option(help: "Initialisation (PiSSA/OLoRA change the base weights in memory; the adapter is saved converted for the original base).")
     var initLoraWeights = InitLoraWeights(argument: "default")!
 
@@ -20,6 +23,11 @@ struct LoRAOptions: ParsableArguments {
         try Check.finite(loraAlpha, above: 0, "--lora-alpha")
         try Check.fraction(loraDropout, "--lora-dropout")
         _ = try layers()
+        switch initLoraWeights.value {
+        case .pissa, .olora:
+            if useDora { throw ValidationError("--use-dora cannot be combined with --init-lora-weights pissa or olora") }
+        default: break
+        }
     }
 
     func layers() throws -> [Int]? {
@@ -41,6 +49,10 @@ struct LoRAOptions: ParsableArguments {
         }
         if let l = try layers() { c.layersToTransform = l }
         c.useRSLoRA = useRslora
+        c.useDoRA = useDora
+        if let m = modulesToSave {
+            c.modulesToSave = m.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        }
         c.initLoraWeights = initLoraWeights.value
         c.baseModelNameOrPath = baseModel
         return c

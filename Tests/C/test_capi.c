@@ -45,6 +45,7 @@ int main(int argc, char **argv) {
         {"adapter_reference", test_adapter_reference},
         {"adapter_create", test_adapter_create},
         {"adapter_combine", test_adapter_combine},
+        {"adapter_dora", test_adapter_dora},
         {"trainer_errors", test_trainer_errors},
         {"train_epochs", test_train_epochs},
         {"training_steps", test_training_steps},

@@ -118,6 +118,7 @@ void test_generation(void);
 void test_adapter_reference(void);
 void test_adapter_create(void);
 void test_adapter_combine(void);
+void test_adapter_dora(void);
 /* test_capi_training.c */
 void test_trainer_errors(void);
 void test_train_epochs(void);

@@ -279,7 +279,8 @@ void test_adapter_create(void) {
     BAD_ADAPTER(init, 5, LORA_INVALID_ARGUMENT);
     BAD_ADAPTER(init, -1, LORA_INVALID_ARGUMENT);
     BAD_ADAPTER(target_modules, "no_such_module", LORA_INVALID_ARGUMENT);
-    BAD_ADAPTER(target_modules, "wte", LORA_UNSUPPORTED);
+    BAD_ADAPTER(target_modules, "lm_head", LORA_UNSUPPORTED);
+    BAD_ADAPTER(target_modules, "wpe", LORA_UNSUPPORTED);
     BAD_ADAPTER(target_modules, "\xff", LORA_INVALID_ARGUMENT);
     {
         lora_adapter_default_params(&p);
@@ -396,5 +397,99 @@ done:
     free(got);
     free(ids);
     free(want);
+    st_close(&ref);
+}
+
+/* DoRA (use_dora): PEFT's adapter gives PEFT's logits; a fresh one starts as the base model. */
+void test_adapter_dora(void) {
+    st_file ref;
+    memset(&ref, 0, sizeof ref);
+    lora_model *m = NULL;
+    lora_adapter *peft = NULL, *fresh = NULL;
+    int32_t *ids = NULL;
+    float *want = NULL, *got = NULL, *base = NULL;
+    if (!st_open(&ref, path("%s/dora/expected.safetensors", fixtures))) {
+        CHECK(0, "cannot read dora/expected.safetensors");
+        goto done;
+    }
+    size_t n_ids = 0, n_logits = 0, n_merged = 0;
+    ids = st_ids(&ref, "ids", &n_ids);
+    want = st_floats(&ref, "logits.all", &n_logits);
+    float *merged = st_floats(&ref, "logits.merged", &n_merged);
+    CHECK(ids && want && merged && n_logits == n_ids * A_VOCAB, "reference tensors ids/logits.all");
+    free(merged);
+    if (!ids || !want) goto done;
+    m = load_model("gpt2-a");
+    if (!m) goto done;
+    got = malloc(n_logits * sizeof *got);
+    base = malloc(n_logits * sizeof *base);
+    REQUIRE_OK(lora_logits(m, ids, n_ids, base, n_logits));
+
+    REQUIRE_OK(lora_adapter_load(&peft, m, path("%s/dora/all", fixtures)));
+    /* 2 layers x (A, B, m) of c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj at r 4, n_embd 48. */
+    long long n = (long long)lora_adapter_n_params(peft);
+    long long expect_n =
+        2LL * (4 * 48 + 144 * 4 + 144 + 4 * 48 + 48 * 4 + 48 + 4 * 48 + 192 * 4 + 192 + 4 * 192 + 48 * 4 + 48);
+    CHECK(n == expect_n, "DoRA adapter n_params %lld, expected %lld", n, expect_n);
+    REQUIRE_OK(lora_model_attach(m, peft, 1.0f));
+    REQUIRE_OK(lora_logits(m, ids, n_ids, got, n_logits));
+    float d = max_abs_diff(got, want, n_logits);
+    CHECK(d <= TOL_REFERENCE, "logits with PEFT's DoRA adapter differ from PEFT's by %g", d);
+    REQUIRE_OK(lora_model_merge(m, peft));
+    REQUIRE_OK(lora_logits(m, ids, n_ids, got, n_logits));
+    d = max_abs_diff(got, want, n_logits);
+    CHECK(d <= TOL_MERGE + TOL_REFERENCE, "merged DoRA logits differ by %g", d);
+    REQUIRE_OK(lora_model_unmerge(m, peft));
+    REQUIRE_OK(lora_model_detach(m, peft));
+
+    lora_adapter_params ap;
+    lora_adapter_default_params(&ap);
+    ap.use_dora = 1;
+    ap.target_modules = "c_attn,c_proj";
+    ap.seed = 7;
+    REQUIRE_OK(lora_adapter_create(&fresh, m, &ap));
+    REQUIRE_OK(lora_model_attach(m, fresh, 1.0f));
+    REQUIRE_OK(lora_logits(m, ids, n_ids, got, n_logits));
+    d = max_abs_diff(got, base, n_logits);
+    CHECK(d <= 1e-5f, "a fresh DoRA adapter changes the logits by %g", d);
+    {
+        lora_adapter *bad = SENTINEL(lora_adapter);
+        ap.init = LORA_INIT_OLORA;
+        EXPECT(lora_adapter_create(&bad, m, &ap), LORA_UNSUPPORTED);
+        CHECK(bad == NULL, "*out not NULL after use_dora with OLoRA");
+    }
+    REQUIRE_OK(lora_model_detach(m, fresh));
+    {
+        /* modules_to_save: LayerNorm copies, trained with the adapter; they start as the model's. */
+        lora_adapter *saved = NULL, *bad = SENTINEL(lora_adapter);
+        lora_adapter_params sp;
+        lora_adapter_default_params(&sp);
+        CHECK(sp.modules_to_save == NULL, "modules_to_save default not NULL");
+        sp.modules_to_save = "ln_f, h.1.ln_1";
+        REQUIRE_OK(lora_adapter_create(&saved, m, &sp));
+        n = (long long)lora_adapter_n_params(saved);
+        CHECK(n == 2LL * 8 * (48 + 144) + 4 * 48, "n_params with modules_to_save %lld", n);
+        EXPECT(lora_model_attach(m, saved, 1.0f), LORA_OK);
+        EXPECT(lora_logits(m, ids, n_ids, got, n_logits), LORA_OK);
+        d = max_abs_diff(got, base, n_logits);
+        /* 1e-5: the DoRA merge and unmerge above left the weights within float rounding of `base`'s. */
+        CHECK(d <= 1e-5f, "fresh modules_to_save copies change the logits by %g", d);
+        lora_adapter_free(saved);
+        sp.modules_to_save = "wte";
+        EXPECT(lora_adapter_create(&bad, m, &sp), LORA_UNSUPPORTED);
+        CHECK(bad == NULL, "*out not NULL after modules_to_save wte");
+        bad = SENTINEL(lora_adapter);
+        sp.modules_to_save = "no_such_module";
+        EXPECT(lora_adapter_create(&bad, m, &sp), LORA_INVALID_ARGUMENT);
+        CHECK(bad == NULL, "*out not NULL after modules_to_save matching nothing");
+    }
+done:
+    lora_adapter_free(fresh);
+    lora_adapter_free(peft);
+    lora_model_free(m);
+    free(ids);
+    free(want);
+    free(got);
+    free(base);
     st_close(&ref);
 }

@@ -117,6 +117,43 @@ struct CLI {
         #expect(decoded.out == "Hello world\n")
     }
 
+    /// `lora train --use-dora` saves a DoRA adapter in PEFT's layout; `lora
+    /// merge` folds it in with the logits of the adapter applied on the fly.
+    @Test func trainWithDoRAAndMerge() throws {
+        let data = try text()
+        let dir = try Fixtures.tempDir()
+        let out = dir + "/run"
+        var r = try CLI.run([
+            "train", "--model", model, data, "--output-dir", out, "--max-steps", "3", "--block-size", "32",
+            "--batch-size", "2", "--learning-rate", "1e-2", "--r", "4", "--use-dora", "--target-modules", "c_attn,c_proj,c_fc",
+        ])
+        #expect(r.status == 0, "train: \(r.err)")
+        let base = try Model.load(directory: model)
+        let adapter = try Adapter.load(directory: out, modelConfig: base.config)
+        #expect(adapter.config.useDoRA && adapter.slots.allSatisfy { $0.offsetM != nil })
+        let names = try SafeTensorsFile(path: out + "/" + Adapter.weightsFile).tensors.map(\.name)
+        #expect(names.contains("base_model.model.transformer.h.0.mlp.c_proj.lora_magnitude_vector"))
+        r = try CLI.run(["merge", "--model", model, "--adapter", out, "--output-dir", dir + "/merged"])
+        #expect(r.status == 0, "merge: \(r.err)")
+        let ids: [TokenID] = try #require(base.tokenizer).encode("the quick brown fox")
+        try base.attach(adapter)
+        #expect(maxAbsDiff(try base.logits(ids), try Model.load(directory: dir + "/merged").logits(ids)) < logitsTolerance)
+        r = try CLI.run(["inspect", out])
+        #expect(r.out.contains("dora true"), "\(r.out)")
+        // modules_to_save: ln_f trained in full and saved under PEFT's key.
+        r = try CLI.run([
+            "train", "--model", model, data, "--output-dir", dir + "/ln", "--max-steps", "2", "--block-size", "32",
+            "--batch-size", "2", "--learning-rate", "1e-2", "--r", "2", "--modules-to-save", "ln_f",
+        ])
+        #expect(r.status == 0, "train: \(r.err)")
+        let lnf = try SafeTensorsFile(path: dir + "/ln/" + Adapter.weightsFile).floats("base_model.model.transformer.ln_f.weight")
+        let fresh = try Model.load(directory: model)  // held while its weights are read
+        let baseLnf = withExtendedLifetime(fresh) { Array(UnsafeBufferPointer(start: fresh.weights.lnfW, count: lnf.count)) }
+        #expect(lnf != baseLnf)
+        r = try CLI.run(["train", "--model", model, data, "--use-dora", "--init-lora-weights", "olora", "--output-dir", dir + "/x"])
+        #expect(r.status == 64 && r.err.contains("--use-dora"), "\(r.err)")
+    }
+
     /// `lora train --init-lora-weights pissa_niter_2`: the saved adapter is the
     /// converted one (rank 2r, for the original base), the unconverted one is
     /// kept on request, and both describe the same model.

@@ -96,11 +96,15 @@ import Testing
                 #expect("\(error)".contains(fragment), "\(error)", sourceLocation: sourceLocation)
             }
         }
-        expectError(try variant(config: { $0["use_dora"] = .bool(true) }), "use_dora")
+        // use_dora without magnitudes in the file (DoRATests covers real DoRA adapters).
+        expectError(
+            try variant(config: { $0["use_dora"] = .bool(true) }),
+            "missing tensor base_model.model.transformer.h.0.attn.c_attn.lora_magnitude_vector")
         expectError(try variant(config: { $0["r"] = .number(JSONNumber(0)) }), "r must be")
         expectError(try variant(config: { $0["lora_alpha"] = .string("x") }), "lora_alpha")
         expectError(try variant(config: { $0["target_modules"] = .array([.string("q_proj")]) }), "not found in the base model")
-        expectError(try variant(config: { $0["target_modules"] = .array([.string("wte")]) }), "transformer.wte")
+        expectError(try variant(config: { $0["target_modules"] = .array([.string("lm_head")]) }), "lm_head")
+        expectError(try variant(config: { $0["ensure_weight_tying"] = .bool(true) }), "ensure_weight_tying")
         expectError(try variant(config: { $0["peft_type"] = .string("IA3") }), "IA3")
         expectError(try variant(config: { $0["r"] = .number(JSONNumber(5)) }), "shape")
         expectError(

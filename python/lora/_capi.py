@@ -208,6 +208,8 @@ class lora_adapter_params(Structure):
         ("layers_to_transform", POINTER(c_int32)),  # const int32_t *
         ("n_layers_to_transform", c_size_t),
         ("pissa_niter", c_int32),
+        ("use_dora", c_int32),
+        ("modules_to_save", c_char_p),
     ]
 
 

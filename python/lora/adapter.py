@@ -59,7 +59,8 @@ class Adapter(Owner):
     @classmethod
     def create(cls, model: Model, r: int | None = None, alpha: float | None = None, dropout: float | None = None,
                target_modules=None, use_rslora: bool = False, init="default", seed: int | None = None,
-               layers_to_transform=None, pissa_niter: int = 0) -> "Adapter":
+               layers_to_transform=None, pissa_niter: int = 0, use_dora: bool = False,
+               modules_to_save=None) -> "Adapter":
         """A new adapter for model's shape (not attached).
 
         Arguments left at None take the library's defaults
@@ -73,6 +74,10 @@ class Adapter(Owner):
         "pissa" or "olora" (these two replace the model's base weights by the
         residual; pissa_niter > 0 uses PEFT's fast randomised SVD).
         layers_to_transform: None (every layer), an int or a list of layer indices.
+        use_dora: DoRA (PEFT's use_dora): a magnitude per output feature, trained
+        with A and B, starting at the base weight's column norms.
+        modules_to_save: module names trained in full beside the adapter and saved
+        with it (PEFT's modules_to_save: LayerNorms "ln_f", "ln_1", "h.1.ln_2", ...).
         """
         mh = cls._model_handle(model)
         p = C.lora_adapter_params()
@@ -97,6 +102,17 @@ class Adapter(Owner):
             p.target_modules_regex = 0
         p.target_modules = targets
         p.use_rslora = flag(use_rslora)
+        p.use_dora = flag(use_dora)
+        saved = None
+        if modules_to_save is not None:
+            if isinstance(modules_to_save, (str, bytes)):
+                modules_to_save = [modules_to_save]
+            names = [cstring(t, "modules_to_save entry") for t in modules_to_save]
+            for t in names:
+                if b"," in t:
+                    raise ValueError(f"modules_to_save entry {t.decode()!r} contains a comma")
+            saved = b",".join(names)
+        p.modules_to_save = saved
         p.init = _init_value(init)
         if seed is not None:
             p.seed = uint64(seed, "seed")
@@ -110,7 +126,7 @@ class Adapter(Owner):
             p.n_layers_to_transform = n
         h = C.lora_adapter_p()
         C.lora_adapter_create(byref(h), mh, byref(p))
-        del layers, targets
+        del layers, targets, saved
         return cls(h, model)
 
     @classmethod

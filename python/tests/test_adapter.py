@@ -33,6 +33,55 @@ def test_two_adapters_sum_like_peft(model_a, lora_expected):
     assert max_abs_diff(model_a.logits(ids), lora_expected[1]["logits.both"].values()) < LOGITS_TOLERANCE
 
 
+def test_dora_adapter_as_peft(model_a, tmp_path):
+    """PEFT's use_dora adapter: PEFT's logits, merged too; saved back byte for byte."""
+    from helpers import read_safetensors
+    expected = read_safetensors(fixture("dora", "expected.safetensors"))[1]
+    ids = expected["ids"].values()
+    src = fixture("dora", "all")
+    with lora.Adapter.load(model_a, src) as a:
+        model_a.attach(a)
+        assert max_abs_diff(model_a.logits(ids), expected["logits.all"].values()) < LOGITS_TOLERANCE
+        model_a.merge(a)
+        assert max_abs_diff(model_a.logits(ids), expected["logits.merged"].values()) < LOGITS_TOLERANCE
+        model_a.unmerge(a)
+        a.save(tmp_path / "out")
+        model_a.detach(a)
+    assert filecmp.cmp(f"{src}/adapter_model.safetensors", tmp_path / "out" / "adapter_model.safetensors",
+                       shallow=False)
+    assert json.loads((tmp_path / "out" / "adapter_config.json").read_text())["use_dora"] is True
+    base = model_a.logits(ids)
+    with lora.Adapter.create(model_a, r=4, target_modules=["c_attn"], use_dora=True, seed=1) as fresh:
+        assert fresh.n_params == 2 * (4 * (48 + 144) + 144)
+        model_a.attach(fresh)
+        assert max_abs_diff(model_a.logits(ids), base) < 1e-5
+    with pytest.raises(lora.LoraError) as ei:
+        lora.Adapter.create(model_a, use_dora=True, init="olora")
+    assert ei.value.status == lora.LORA_UNSUPPORTED
+
+
+def test_modules_to_save_as_peft(model_a, tmp_path):
+    """PEFT's modules_to_save adapter: its logits; created ones save PEFT's keys."""
+    from helpers import read_safetensors
+    expected = read_safetensors(fixture("modules_to_save", "expected.safetensors"))[1]
+    ids = expected["ids"].values()
+    base = model_a.logits(ids)
+    with lora.Adapter.load(model_a, fixture("modules_to_save", "ln")) as a:
+        model_a.attach(a)
+        assert max_abs_diff(model_a.logits(ids), expected["logits.ln"].values()) < LOGITS_TOLERANCE
+        model_a.detach(a)
+    with lora.Adapter.create(model_a, r=2, modules_to_save=["ln_f", "h.0.ln_2"], seed=1) as a:
+        assert a.n_params == 2 * 2 * (48 + 144) + 2 * 2 * 48
+        model_a.attach(a)
+        assert max_abs_diff(model_a.logits(ids), base) == 0.0
+        a.save(tmp_path / "saved")
+    names = read_safetensors(str(tmp_path / "saved" / "adapter_model.safetensors"))[1].keys()
+    assert "base_model.model.transformer.ln_f.weight" in names and "base_model.model.transformer.h.0.ln_2.bias" in names
+    with pytest.raises(lora.LoraError) as ei:
+        lora.Adapter.create(model_a, modules_to_save=["wte"])
+    assert ei.value.status == lora.LORA_UNSUPPORTED
+
+
 def test_n_params(model_a):
     with lora.Adapter.load(model_a, fixture("lora", "all")) as a:
         # r=4 on c_attn (48→144), attn.c_proj (48→48), mlp.c_fc (48→192), mlp.c_proj (192→48), 2 layers
@@ -122,9 +171,25 @@ def test_bad_adapter_params(model_a, kw):
 
 
 def test_untargetable_module_is_unsupported(model_a):
-    with pytest.raises(lora.LoraError) as ei:
-        lora.Adapter.create(model_a, target_modules=["wte"])
-    assert ei.value.status in (lora.LORA_UNSUPPORTED, lora.LORA_INVALID_ARGUMENT)
+    for target in ("lm_head", "wpe"):
+        with pytest.raises(lora.LoraError) as ei:
+            lora.Adapter.create(model_a, target_modules=[target])
+        assert ei.value.status == lora.LORA_UNSUPPORTED
+
+
+def test_lora_on_wte_as_peft(model_a):
+    """LoRA on the token embedding (PEFT's lora_embedding_A/B): PEFT's logits; merging into the tied head is refused."""
+    from helpers import read_safetensors
+    expected = read_safetensors(fixture("embedding", "expected.safetensors"))[1]
+    ids = expected["ids"].values()
+    with lora.Adapter.load(model_a, fixture("embedding", "wte")) as a:
+        model_a.attach(a)
+        assert max_abs_diff(model_a.logits(ids), expected["logits.wte"].values()) < LOGITS_TOLERANCE
+        with pytest.raises(lora.LoraError) as ei:
+            model_a.merge(a)
+        assert ei.value.status == lora.LORA_UNSUPPORTED
+    with lora.Adapter.create(model_a, r=2, target_modules=["wte"], seed=1) as a:
+        assert a.n_params == 2 * 101 + 48 * 2
 
 
 def test_python_side_adapter_argument_errors(model_a):
@@ -163,7 +228,8 @@ def test_load_errors(model_a, tok_model, tmp_path):
     (dora / "adapter_model.safetensors").write_bytes(open(fixture("lora", "all", "adapter_model.safetensors"), "rb").read())
     with pytest.raises(lora.LoraError) as ei:
         lora.Adapter.load(model_a, dora)
-    assert ei.value.status == lora.LORA_UNSUPPORTED
+    assert ei.value.status == lora.LORA_INVALID_FILE  # use_dora without lora_magnitude_vector tensors
+    assert "lora_magnitude_vector" in str(ei.value)
 
 
 def test_attach_detach_scale(model_a):

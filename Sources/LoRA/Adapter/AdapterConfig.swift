@@ -60,6 +60,13 @@ public struct LoRAConfig: Sendable, Equatable {
     public var rankPattern: [(key: String, value: Int)] = []
     public var alphaPattern: [(key: String, value: Double)] = []
     public var initLoraWeights: Initialization = .kaiming
+    /// DoRA (`use_dora`): each adapted module also learns a magnitude per
+    /// output feature (see `LoRABranch`'s DoRA section).
+    public var useDoRA = false
+    /// `modules_to_save`: modules trained in full beside the adapter and saved
+    /// with it (PEFT's ModulesToSaveWrapper); matched as PEFT does, by the end
+    /// of the module name. LayerNorms (ln_1, ln_2, ln_f) are implemented.
+    public var modulesToSave: [String]? = nil
     public var baseModelNameOrPath: String? = nil
     public var revision: String? = nil
     public var taskType: String? = "CAUSAL_LM"
@@ -74,7 +81,8 @@ public struct LoRAConfig: Sendable, Equatable {
             && a.rankPattern.map(\.key) == b.rankPattern.map(\.key) && a.rankPattern.map(\.value) == b.rankPattern.map(\.value)
             && a.alphaPattern.map(\.key) == b.alphaPattern.map(\.key) && a.alphaPattern.map(\.value) == b.alphaPattern.map(\.value)
             && a.initLoraWeights == b.initLoraWeights && a.baseModelNameOrPath == b.baseModelNameOrPath
-            && a.revision == b.revision && a.taskType == b.taskType
+            && a.revision == b.revision && a.taskType == b.taskType && a.useDoRA == b.useDoRA
+            && a.modulesToSave == b.modulesToSave
     }
 
     /// The range checks PEFT and this engine need.
@@ -100,11 +108,10 @@ public struct LoRAConfig: Sendable, Equatable {
 
     /// Keys that must keep PEFT's defaults: each names a feature not implemented here.
     static let unsupportedKeys: [(key: String, isDefault: @Sendable (JSONValue) -> Bool)] = [
-        ("use_dora", { $0.isNull || $0 == .bool(false) }),
         ("lora_bias", { $0.isNull || $0 == .bool(false) }),
         ("bias", { $0.isNull || $0 == .string("none") }),
-        ("modules_to_save", { $0.isNull || $0 == .array([]) }),
         ("target_parameters", { $0.isNull || $0 == .array([]) }),
+        ("ensure_weight_tying", { $0.isNull || $0 == .bool(false) }),
         ("trainable_token_indices", { $0.isNull }),
         ("layer_replication", { $0.isNull }),
         ("use_qalora", { $0.isNull || $0 == .bool(false) }),
@@ -189,6 +196,17 @@ public struct LoRAConfig: Sendable, Equatable {
             guard let b = v.boolValue else { throw fail("use_rslora must be true or false") }
             c.useRSLoRA = b
         }
+        if let v = o["modules_to_save"], !v.isNull {
+            guard let a = v.arrayValue else { throw fail("modules_to_save must be a list of module names") }
+            c.modulesToSave = try a.map { x in
+                guard let s = x.stringValue else { throw fail("modules_to_save must hold strings") }
+                return s
+            }
+        }
+        if let v = o["use_dora"], !v.isNull {
+            guard let b = v.boolValue else { throw fail("use_dora must be true or false") }
+            c.useDoRA = b
+        }
         if let v = o["rank_pattern"], !v.isNull {
             guard let m = v.objectValue else { throw fail("rank_pattern must be an object") }
             c.rankPattern = try m.members.map { (k, x) in
@@ -266,7 +284,7 @@ public struct LoRAConfig: Sendable, Equatable {
         o["lora_ga_config"] = .null
         o["megatron_config"] = .null
         o["megatron_core"] = .string("megatron.core")
-        o["modules_to_save"] = .null
+        o["modules_to_save"] = modulesToSave.map { .array($0.map { .string($0) }) } ?? .null
         o["monteclora_config"] = .null
         o["peft_type"] = .string("LORA")
         o["peft_version"] = .string("0.21.2")
@@ -280,7 +298,7 @@ public struct LoRAConfig: Sendable, Equatable {
         o["task_type"] = taskType.map { .string($0) } ?? .null
         o["trainable_token_indices"] = .null
         o["use_bdlora"] = .null
-        o["use_dora"] = .bool(false)
+        o["use_dora"] = .bool(useDoRA)
         o["use_qalora"] = .bool(false)
         o["use_rslora"] = .bool(useRSLoRA)
         o["velora_config"] = .null

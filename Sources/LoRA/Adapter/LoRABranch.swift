@@ -15,11 +15,34 @@ public struct LoRASlot: Sendable, Equatable {
     public let scaling: Float
     public let inFeatures: Int
     public let outFeatures: Int
-    /// A [r, in] then B [out, r] in the parameter block.
+    /// A [r, in] then B [out, r] in the parameter block, then with DoRA the magnitude m [out].
     public let offsetA: Int
     public let offsetB: Int
+    /// DoRA's magnitude vector m [out] (`lora_magnitude_vector`); nil without DoRA.
+    public let offsetM: Int?
     public var countA: Int { r * inFeatures }
     public var countB: Int { outFeatures * r }
+}
+
+/// LoRA on the token embedding `transformer.wte` (PEFT's `lora.Embedding`):
+///
+///     x[n, C] += scale · s · B · A[:, id_n],    A [r, vocab] (`lora_embedding_A`), B [C, r] (`lora_embedding_B`)
+///
+/// on the embedding output, without dropout (as PEFT). GPT-2's LM head is
+/// tied to wte; as PEFT by default (ensure_weight_tying false), the head
+/// keeps the base weight: only the input side is adapted.
+public struct EmbeddingSlot: Sendable, Equatable {
+    public let moduleName = "transformer.wte"
+    public let r: Int
+    public let alpha: Double
+    public let scaling: Float
+    public let vocabSize: Int
+    public let nEmbd: Int
+    /// A [r, vocab] then B [n_embd, r] in the parameter block.
+    public let offsetA: Int
+    public let offsetB: Int
+    public var countA: Int { r * vocabSize }
+    public var countB: Int { nEmbd * r }
 }
 
 /// The branch of one adapted module (PEFT's `lora.Linear`, for GPT-2's
@@ -82,9 +105,13 @@ struct LoRABranch {
     ///     dB += scale·s · dyᵀ·u   [out, r]
     ///     dA += duᵀ·x̃            [r, in]
     ///     dx += (du·A) ⊙ mask     [n, in]  (when dx is given; mask = 1 without dropout)
+    ///
+    /// `throughWeight` (DoRA with dropout): x̃ also feeds the base product
+    /// x̃·W, so dx̃ gains dyW·Wᵀ (W [in, out] the frozen weight) before the mask.
     func backward(
         dy: ConstFloatPtr, x: ConstFloatPtr, u: ConstFloatPtr, n: Int, scale: Float, du: FloatPtr,
-        dA: FloatPtr, dB: FloatPtr, dx: FloatPtr?, dropout: LoRADropout?
+        dA: FloatPtr, dB: FloatPtr, dx: FloatPtr?, dropout: LoRADropout?,
+        throughWeight: (dy: ConstFloatPtr, weight: ConstFloatPtr)? = nil
     ) {
         let s = slot
         let alpha = scale * s.scaling
@@ -118,6 +145,11 @@ struct LoRABranch {
             gemm(
                 transA: false, transB: false, M: n, N: s.inFeatures, K: s.r, alpha: 1, A: du, lda: s.r,
                 B: A, ldb: s.inFeatures, beta: 0, C: t, ldc: s.inFeatures)
+            if let (dyW, w) = throughWeight {
+                gemm(
+                    transA: false, transB: true, M: n, N: s.inFeatures, K: s.outFeatures, alpha: 1, A: dyW, lda: s.outFeatures,
+                    B: w, ldb: s.outFeatures, beta: 1, C: t, ldc: s.inFeatures)
+            }
             for i in 0..<count { dx[i] += t[i] * f[i] }
         }
     }
@@ -178,6 +210,86 @@ struct LoRADropout {
     let rowOffset: Int
 }
 
+// MARK: DoRA
+
+/// DoRA (PEFT 0.21.2's DoraLinearLayer and DoraLinearVariant,
+/// tuners/lora/dora.py, variants.py), for one pass of one adapter applied
+/// with user scale `scale` (σ = scale·s):
+///
+///     wn[out] = ‖W + σ·(B·A)ᵀ‖ per output feature (a column of the Conv1D weight W [in, out]),
+///               a constant: no gradient flows through it (DoRA paper §4.3, PEFT's .detach())
+///     k[out]  = m / wn
+///
+/// and the branch's forward, on the module output y[n, out] (the base
+/// product plus bias plus the adapters before this one: PEFT's `result`):
+///
+///     no dropout:   v = (y − bias) + σ·x·Aᵀ·Bᵀ,   y ← k ⊙ v + bias
+///     dropout p:    v = x̃·W + σ·x̃·Aᵀ·Bᵀ,          y ← y + k ⊙ v − x̃·W
+///
+/// (PEFT: `(k − 1)·base + k·σ·lora`, base = result − bias, or F.linear(x̃, Wᵀ)
+/// when dropout is active). Backward, g = ∂L/∂y after the branch:
+///
+///     dm += Σ_n g ⊙ v / wn
+///     the LoRA path gets g ⊙ k (as a plain branch with dy = g ⊙ k)
+///     no dropout:   the module's input side (base product, earlier adapters) gets g ⊙ k
+///     dropout:      it gets g, and dx̃ gains ((k − 1) ⊙ g)·Wᵀ
+final class DoRAFactors {
+    private let store: FloatBlock
+    /// Per slot of the adapter (by index): wn [out] and k [out].
+    let norm: [FloatPtr]
+    let k: [FloatPtr]
+    /// The module's frozen weight [in, out] and bias [out] in the model.
+    let weight: [ConstFloatPtr]
+    let bias: [ConstFloatPtr]
+
+    init(adapter: Adapter, scale: Float, model: Model) throws {
+        let total = adapter.slots.reduce(0) { $0 + 2 * $1.outFeatures }
+        store = try FloatBlock(count: total)
+        var p = store.base
+        var norm: [FloatPtr] = []
+        var k: [FloatPtr] = []
+        var weight: [ConstFloatPtr] = []
+        var bias: [ConstFloatPtr] = []
+        for s in adapter.slots {
+            let out = s.outFeatures
+            let w = try model.f32WeightPointer(layer: s.layer, target: s.target)
+            let wn = DoRAFactors.columnNorms(adapter.branch(s), weight: w, factor: scale)
+            let m = adapter.magnitude(s)!
+            p.update(from: wn, count: out)
+            for j in 0..<out { p[out + j] = m[j] / wn[j] }
+            norm.append(p)
+            k.append(p + out)
+            weight.append(UnsafePointer(w))
+            bias.append(UnsafePointer(model.biasPointer(layer: s.layer, target: s.target)))
+            p += 2 * out
+        }
+        self.norm = norm
+        self.k = k
+        self.weight = weight
+        self.bias = bias
+    }
+
+    /// ‖W + factor·s·(B·A)ᵀ‖ per output feature (each column of the Conv1D
+    /// weight W [in, out]; PEFT: torch.linalg.norm(Wᵀ + s·B·A, dim=1)), summed in double.
+    static func columnNorms(_ b: LoRABranch, weight: ConstFloatPtr, factor: Float) -> [Float] {
+        let s = b.slot
+        let inF = s.inFeatures
+        let out = s.outFeatures
+        var tmp = [Float](repeating: 0, count: inF * out)
+        var acc = [Double](repeating: 0, count: out)
+        tmp.withUnsafeMutableBufferPointer { t in
+            let t = t.baseAddress!
+            t.update(from: weight, count: inF * out)
+            b.addDelta(to: t, factor: factor)
+            for i in 0..<inF {
+                let row = t + i * out
+                for j in 0..<out { acc[j] += Double(row[j]) * Double(row[j]) }
+            }
+        }
+        return acc.map { Float($0.squareRoot()) }
+    }
+}
+
 extension Adapter {
     /// The branch of one adapted module, if the adapter adapts it.
     func branch(layer: Int, target: LoRATarget) -> LoRABranch? {
@@ -197,6 +309,8 @@ extension Adapter {
 struct ActiveLoRA {
     let adapter: Adapter
     let scale: Float
+    /// DoRA adapters: this pass's norms and factors (see `DoRAFactors`).
+    var dora: DoRAFactors? = nil
 }
 
 /// What the adapter being trained needs in a training pass: where each
@@ -205,9 +319,11 @@ struct LoRATrainingBuffers {
     let adapter: Adapter
     /// u [n, r] per slot of the adapter.
     let u: [FloatPtr]
-    /// dA, dB at the slots' offsets (laid out like `adapter.params`).
+    /// dA, dB (and DoRA's dm) at the slots' offsets (laid out like `adapter.params`).
     let gradients: FloatPtr
     let dropout: LoRADropout?
+    /// DoRA: v [n, out] per slot, kept for dm (see `DoRAFactors`); empty without DoRA.
+    var v: [FloatPtr] = []
 }
 
 /// Rows of a batched pass that share one adapter set (the engine: each
@@ -220,9 +336,41 @@ struct LoRASegment {
     var active: [ActiveLoRA]
 }
 
+/// A LayerNorm of an adapter's modules_to_save, used instead of the model's.
+struct LayerNormOverride {
+    let weight: ConstFloatPtr
+    let bias: ConstFloatPtr
+    /// Training that adapter: its gradients.
+    let dWeight: FloatPtr?
+    let dBias: FloatPtr?
+
+    /// The saved modules of `active` (two adapters saving one module are an
+    /// error: PEFT's wrapper runs one adapter's copy), gradients for `training`'s.
+    static func overrides(_ active: [ActiveLoRA], training: LoRATrainingBuffers?) throws -> [SavedModule.Kind: LayerNormOverride] {
+        var out: [SavedModule.Kind: LayerNormOverride] = [:]
+        var owner: [SavedModule.Kind: String] = [:]
+        for a in active {
+            let trained = training.flatMap { $0.adapter === a.adapter ? $0.gradients : nil }
+            for m in a.adapter.savedModules {
+                if let other = owner[m.kind] {
+                    throw LoRAError.unsupported(
+                        "adapters \(other) and \(a.adapter.name) both save \(m.moduleName) (modules_to_save); enable one of them")
+                }
+                owner[m.kind] = a.adapter.name
+                let p = a.adapter.params.base + m.offset
+                out[m.kind] = LayerNormOverride(
+                    weight: UnsafePointer(p), bias: UnsafePointer(p + m.count), dWeight: trained.map { $0 + m.offset },
+                    dBias: trained.map { $0 + m.offset + m.count })
+            }
+        }
+        return out
+    }
+}
+
 /// The LoRA branches that run in a pass: every enabled adapter, and in
 /// training the trained one's buffers. With `segments`, each segment's rows
-/// get that segment's adapters instead of `active`.
+/// get that segment's adapters instead of `active` (DoRA adapters are not
+/// allowed there: the engine refuses them).
 struct LoRAContext {
     var active: [ActiveLoRA]
     /// [n, maxRank] scratch for u of frozen branches and for du.
@@ -231,8 +379,69 @@ struct LoRAContext {
     var segments: [LoRASegment]? = nil
     /// With segments: floats of scratch per row (at least every segment's largest rank).
     var segmentScratchStride = 0
+    /// DoRA: (active.count + 2) areas of [n, maxOut]: two temporaries, then
+    /// per active adapter the gradient it passes down (g ⊙ k); nil without DoRA.
+    var doraScratch: FloatPtr? = nil
+    /// Floats per area of `doraScratch`.
+    var doraArea = 0
+    /// modules_to_save of the enabled adapters: LayerNorms whose parameters
+    /// replace the model's in this pass (and, for the trained adapter, where
+    /// their gradients go).
+    var layerNorms: [SavedModule.Kind: LayerNormOverride] = [:]
 
     static var none: LoRAContext { LoRAContext(active: [], scratch: nil, training: nil) }
+
+    /// Scratch floats a pass of n rows needs for these adapters' DoRA branches (0 without DoRA).
+    static func doraScratchCount(_ active: [ActiveLoRA], rows n: Int, maxOut: Int) -> Int {
+        active.contains { $0.dora != nil } ? (active.count + 2) * n * maxOut : 0
+    }
+
+    /// x[n, C] += every active adapter's embedding branch for token ids [n] (see `EmbeddingSlot`).
+    func embeddingForward(ids: UnsafePointer<TokenID>, x: FloatPtr, n: Int) {
+        guard let u = scratch else { return }
+        for a in active {
+            guard let e = a.adapter.embedding else { continue }
+            let A = a.adapter.params.base + e.offsetA
+            let B = a.adapter.params.base + e.offsetB
+            // u[n, r] = A[:, id_n]
+            for row in 0..<n {
+                let id = Int(ids[row])
+                for k in 0..<e.r { u[row * e.r + k] = A[k * e.vocabSize + id] }
+            }
+            gemm(
+                transA: false, transB: true, M: n, N: e.nEmbd, K: e.r, alpha: a.scale * e.scaling, A: u, lda: e.r,
+                B: B, ldb: e.r, beta: 1, C: x, ldc: e.nEmbd)
+        }
+    }
+
+    /// The trained adapter's embedding branch backward, dx [n, C] = ∂L/∂(embedding output):
+    ///
+    ///     dB += scale·s · dxᵀ·u      u[n, r] = A[:, id_n]
+    ///     dA[:, id_n] += scale·s · (dx·B)[n, :]
+    func embeddingBackward(ids: UnsafePointer<TokenID>, dx: ConstFloatPtr, n: Int) {
+        guard let t = training, let e = t.adapter.embedding, let u = scratch,
+            let a = active.first(where: { $0.adapter === t.adapter })
+        else { return }
+        let A = t.adapter.params.base + e.offsetA
+        let B = t.adapter.params.base + e.offsetB
+        let sigma = a.scale * e.scaling
+        for row in 0..<n {
+            let id = Int(ids[row])
+            for k in 0..<e.r { u[row * e.r + k] = A[k * e.vocabSize + id] }
+        }
+        gemm(
+            transA: true, transB: false, M: e.nEmbd, N: e.r, K: n, alpha: sigma, A: dx, lda: e.nEmbd, B: u, ldb: e.r,
+            beta: 1, C: t.gradients + e.offsetB, ldc: e.r)
+        // du = σ·dx·B into u (no longer needed), then scattered into dA's columns.
+        gemm(
+            transA: false, transB: false, M: n, N: e.r, K: e.nEmbd, alpha: sigma, A: dx, lda: e.nEmbd, B: B, ldb: e.r,
+            beta: 0, C: u, ldc: e.r)
+        let dA = t.gradients + e.offsetA
+        for row in 0..<n {
+            let id = Int(ids[row])
+            for k in 0..<e.r { dA[k * e.vocabSize + id] += u[row * e.r + k] }
+        }
+    }
 
     /// y[n, out] += every active branch of (layer, target) applied to x.
     func forward(layer: Int, target: LoRATarget, x: ConstFloatPtr, y: FloatPtr, n: Int) {
@@ -255,7 +464,9 @@ struct LoRAContext {
         }
         for a in active {
             guard let b = a.adapter.branch(layer: layer, target: target) else { continue }
-            if let t = training, t.adapter === a.adapter {
+            if let d = a.dora {
+                doraForward(b, d, scale: a.scale, x: x, y: y, n: n, trained: training.flatMap { $0.adapter === a.adapter ? $0 : nil })
+            } else if let t = training, t.adapter === a.adapter {
                 let xin = t.dropout.map { b.applyDropout($0, x: x, n: n) } ?? x
                 b.forward(x: xin, y: y, n: n, scale: a.scale, u: t.u[b.index])
             } else if let u = scratch {
@@ -264,19 +475,157 @@ struct LoRAContext {
         }
     }
 
+    /// One DoRA branch forward (see `DoRAFactors`).
+    private func doraForward(
+        _ b: LoRABranch, _ d: DoRAFactors, scale: Float, x: ConstFloatPtr, y: FloatPtr, n: Int, trained: LoRATrainingBuffers?
+    ) {
+        guard let area = doraScratch, let scratch else { return }
+        let i = b.index
+        let inF = b.slot.inFeatures
+        let out = b.slot.outFeatures
+        let k = d.k[i]
+        let bias = d.bias[i]
+        let u = trained?.u[i] ?? scratch
+        let v = trained?.v[i] ?? area
+        if let t = trained, let dropout = t.dropout {
+            // v = x̃·W + σ·x̃·Aᵀ·Bᵀ;  y += k ⊙ v − x̃·W.
+            let xt = b.applyDropout(dropout, x: x, n: n)
+            let base = area + doraArea
+            gemm(
+                transA: false, transB: false, M: n, N: out, K: inF, alpha: 1, A: xt, lda: inF,
+                B: d.weight[i], ldb: out, beta: 0, C: base, ldc: out)
+            v.update(from: base, count: n * out)
+            b.forward(x: xt, y: v, n: n, scale: scale, u: u)
+            for r in 0..<n {
+                let yr = y + r * out
+                let vr = v + r * out
+                let br = base + r * out
+                for j in 0..<out { yr[j] += k[j] * vr[j] - br[j] }
+            }
+            return
+        }
+        // v = (y − bias) + σ·x·Aᵀ·Bᵀ;  y = k ⊙ v + bias.
+        for r in 0..<n {
+            let yr = y + r * out
+            let vr = v + r * out
+            for j in 0..<out { vr[j] = yr[j] - bias[j] }
+        }
+        b.forward(x: x, y: v, n: n, scale: scale, u: u)
+        for r in 0..<n {
+            let yr = y + r * out
+            let vr = v + r * out
+            for j in 0..<out { yr[j] = k[j] * vr[j] + bias[j] }
+        }
+    }
+
+    /// Whether active adapter `a` is a DoRA branch of (layer, target) that
+    /// scales the gradient of everything before it (no dropout path).
+    private func scalesInput(_ a: ActiveLoRA, layer: Int, target: LoRATarget) -> Bool {
+        guard a.dora != nil, a.adapter.slot(layer: layer, target: target) != nil else { return false }
+        if let t = training, t.adapter === a.adapter, t.dropout != nil { return false }
+        return true
+    }
+
+    /// The gradient active adapter `index` sees at its output: dy, or the
+    /// g ⊙ k of the nearest later DoRA branch that scales its input.
+    private func outputGradient(_ index: Int, layer: Int, target: LoRATarget, dy: ConstFloatPtr, n: Int) -> ConstFloatPtr {
+        for j in (index + 1)..<max(index + 1, active.count) where scalesInput(active[j], layer: layer, target: target) {
+            return UnsafePointer(doraScratch! + (2 + j) * doraArea)
+        }
+        return dy
+    }
+
+    /// The gradient of the module's base product (and bias) given dy [n, out]
+    /// at its output: dy itself, unless DoRA branches scale it (then their
+    /// g ⊙ k chain is computed here, in scratch that `backward` reads next).
+    /// Call it before the base product's backward and `backward`.
+    func baseGradient(layer: Int, target: LoRATarget, dy: ConstFloatPtr, n: Int) -> ConstFloatPtr {
+        guard let area = doraScratch else { return dy }
+        var g = dy
+        for j in stride(from: active.count - 1, through: 0, by: -1) where scalesInput(active[j], layer: layer, target: target) {
+            let b = active[j].adapter.branch(layer: layer, target: target)!
+            let k = active[j].dora!.k[b.index]
+            let out = b.slot.outFeatures
+            let gk = area + (2 + j) * doraArea
+            for r in 0..<n {
+                let src = g + r * out
+                let dst = gk + r * out
+                for c in 0..<out { dst[c] = src[c] * k[c] }
+            }
+            g = UnsafePointer(gk)
+        }
+        return g
+    }
+
     /// Backward through the branches of (layer, target): dx += ∂L/∂x (dx nil:
-    /// not needed), and the trained adapter's dA, dB accumulate.
+    /// not needed), and the trained adapter's dA, dB (and dm) accumulate. dy
+    /// is ∂L/∂(module output); with DoRA branches `baseGradient` must have run first.
     func backward(layer: Int, target: LoRATarget, x: ConstFloatPtr, dy: ConstFloatPtr, dx: FloatPtr?, n: Int) {
         guard let du = scratch else { return }
-        for a in active {
+        for (index, a) in active.enumerated() {
             guard let b = a.adapter.branch(layer: layer, target: target) else { continue }
-            if let t = training, t.adapter === a.adapter {
+            let g = doraScratch == nil ? dy : outputGradient(index, layer: layer, target: target, dy: dy, n: n)
+            let trained = training.flatMap { $0.adapter === a.adapter ? $0 : nil }
+            if let d = a.dora {
+                doraBackward(b, d, index: index, scale: a.scale, x: x, g: g, dx: dx, n: n, du: du, trained: trained)
+            } else if let t = trained {
                 b.backward(
-                    dy: dy, x: x, u: t.u[b.index], n: n, scale: a.scale, du: du,
+                    dy: g, x: x, u: t.u[b.index], n: n, scale: a.scale, du: du,
                     dA: t.gradients + b.slot.offsetA, dB: t.gradients + b.slot.offsetB, dx: dx, dropout: t.dropout)
             } else if let dx {
-                b.backwardInput(dy: dy, dx: dx, n: n, scale: a.scale, du: du)
+                b.backwardInput(dy: g, dx: dx, n: n, scale: a.scale, du: du)
             }
         }
+    }
+
+    /// One DoRA branch backward, g = ∂L/∂(its output) (see `DoRAFactors`).
+    private func doraBackward(
+        _ b: LoRABranch, _ d: DoRAFactors, index: Int, scale: Float, x: ConstFloatPtr, g: ConstFloatPtr, dx: FloatPtr?,
+        n: Int, du: FloatPtr, trained: LoRATrainingBuffers?
+    ) {
+        guard let area = doraScratch else { return }
+        let i = b.index
+        let out = b.slot.outFeatures
+        let k = d.k[i]
+        let dropout = trained?.dropout
+        // g ⊙ k: computed by baseGradient without dropout, here with it.
+        let gk: ConstFloatPtr
+        if dropout == nil {
+            gk = UnsafePointer(area + (2 + index) * doraArea)
+        } else {
+            let t = area
+            for r in 0..<n {
+                for c in 0..<out { t[r * out + c] = g[r * out + c] * k[c] }
+            }
+            gk = UnsafePointer(t)
+        }
+        guard let t = trained else {
+            if let dx { b.backwardInput(dy: gk, dx: dx, n: n, scale: scale, du: du) }
+            return
+        }
+        // dm[j] += Σ_n g[n, j]·v[n, j] / wn[j].
+        let v = t.v[i]
+        let dm = t.gradients + b.slot.offsetM!
+        let wn = d.norm[i]
+        var acc = [Double](repeating: 0, count: out)
+        for r in 0..<n {
+            let gr = g + r * out
+            let vr = v + r * out
+            for c in 0..<out { acc[c] += Double(gr[c] * vr[c]) }
+        }
+        for c in 0..<out { dm[c] += Float(acc[c]) / wn[c] }
+        var through: (dy: ConstFloatPtr, weight: ConstFloatPtr)? = nil
+        if dropout != nil, dx != nil {
+            // ((k − 1) ⊙ g) for the base product x̃·W inside the branch.
+            let e = area + doraArea
+            for r in 0..<n {
+                for c in 0..<out { e[r * out + c] = g[r * out + c] * (k[c] - 1) }
+            }
+            through = (UnsafePointer(e), d.weight[i])
+        }
+        b.backward(
+            dy: gk, x: x, u: t.u[i], n: n, scale: scale, du: du,
+            dA: t.gradients + b.slot.offsetA, dB: t.gradients + b.slot.offsetB, dx: dx, dropout: dropout,
+            throughWeight: through)
     }
 }

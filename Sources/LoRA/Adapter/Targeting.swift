@@ -29,6 +29,22 @@ public enum LoRATarget: Int, CaseIterable, Sendable {
     public static func moduleName(layer: Int, _ t: LoRATarget) -> String { "transformer.h.\(layer).\(t.suffix)" }
 }
 
+/// A module trained in full beside the adapter (`modules_to_save`): a
+/// LayerNorm's weight and bias [n_embd], kept in the adapter's parameter block.
+public struct SavedModule: Sendable, Equatable {
+    public enum Kind: Sendable, Hashable {
+        case ln1(layer: Int)
+        case ln2(layer: Int)
+        case lnf
+    }
+    public let kind: Kind
+    /// PEFT's module name, e.g. `transformer.ln_f`.
+    public let moduleName: String
+    /// weight [count] then bias [count] in the parameter block.
+    public let offset: Int
+    public let count: Int
+}
+
 extension LoRAConfig.Targets {
     /// A comma-separated list of module names or suffixes ("c_attn, attn.c_proj"):
     /// entries trimmed, empty ones dropped (the C ABI, the CLI).
@@ -96,11 +112,52 @@ package enum LoRATargeting {
         return nil
     }
 
-    /// The adapted modules, in (layer, target) order.
+    /// The modules `modules_to_save` names, in model order: every module whose
+    /// name (`base_model.model.` + name, as PEFT walks the wrapped model) ends
+    /// with an entry (PEFT's `key.endswith(target_key)`). Only LayerNorms are
+    /// implemented; entries that all match nothing are an error (PEFT's strict check).
+    package static func resolveModulesToSave(_ config: LoRAConfig, model c: GPT2Config) throws -> [(
+        name: String, kind: SavedModule.Kind
+    )] {
+        guard let keys = config.modulesToSave, !keys.isEmpty else { return [] }
+        var out: [(String, SavedModule.Kind)] = []
+        var found = Set<String>()
+        for (name, kind) in allModuleNames(c) {
+            let full = "base_model.model." + name
+            let hits = keys.filter { full.hasSuffix($0) }
+            guard !hits.isEmpty else { continue }
+            found.formUnion(hits)
+            if kind == "Dropout" || kind == "Activation" { continue }  // no parameters: nothing to train or save
+            let parts = name.split(separator: ".").map(String.init)
+            switch (kind, parts.last) {
+            case ("LayerNorm", "ln_f"): out.append((name, .lnf))
+            case ("LayerNorm", "ln_1"): out.append((name, .ln1(layer: layerIndex(name, patterns: nil) ?? 0)))
+            case ("LayerNorm", "ln_2"): out.append((name, .ln2(layer: layerIndex(name, patterns: nil) ?? 0)))
+            default:
+                throw LoRAError.unsupported(
+                    "modules_to_save \(name) (\(kind)): only LayerNorms (ln_1, ln_2, ln_f) are implemented")
+            }
+        }
+        if found.isEmpty {
+            throw LoRAError.invalidArgument("modules_to_save {\(keys.joined(separator: ", "))} matches no module of the base model")
+        }
+        return out
+    }
+
+    /// The adapted Conv1D modules, in (layer, target) order.
     package static func resolve(_ config: LoRAConfig, model c: GPT2Config) throws -> [(
         layer: Int, target: LoRATarget, r: Int, alpha: Double
     )] {
+        try resolveAll(config, model: c).modules
+    }
+
+    /// The adapted Conv1D modules, in (layer, target) order, and the token
+    /// embedding `transformer.wte` with its rank and alpha when targeted.
+    package static func resolveAll(_ config: LoRAConfig, model c: GPT2Config) throws -> (
+        modules: [(layer: Int, target: LoRATarget, r: Int, alpha: Double)], embedding: (r: Int, alpha: Double)?
+    ) {
         try config.validate()
+        var embedding: (r: Int, alpha: Double)? = nil
         let targets = config.targetModules ?? .names(["c_attn"])
         var out: [(Int, LoRATarget, Int, Double)] = []
         for (name, kind) in allModuleNames(c) {
@@ -109,18 +166,26 @@ package enum LoRATargeting {
             if case .names = targets, let layers = config.layersToTransform, !layers.isEmpty {
                 guard let idx = layerIndex(name, patterns: config.layersPattern), layers.contains(idx) else { continue }
             }
+            if name == "transformer.wte" {
+                // PEFT's lora.Embedding; GPT-2's tied head keeps the base weight
+                // (ensure_weight_tying false, PEFT's default).
+                embedding = (
+                    try patternValue(config.rankPattern, name) ?? config.r, try patternValue(config.alphaPattern, name) ?? config.loraAlpha
+                )
+                continue
+            }
             guard kind == "Conv1D",
                 let target = LoRATarget.allCases.first(where: { name.hasSuffix("." + $0.suffix) }),
                 let layer = layerIndex(name, patterns: nil)
             else {
                 throw LoRAError.unsupported(
-                    "target module \(name) (\(kind)): LoRA is implemented for attn.c_attn, attn.c_proj, mlp.c_fc and mlp.c_proj")
+                    "target module \(name) (\(kind)): LoRA is implemented for attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj and wte")
             }
             let r = try patternValue(config.rankPattern, name) ?? config.r
             let alpha = try patternValue(config.alphaPattern, name) ?? config.loraAlpha
             out.append((layer, target, r, alpha))
         }
-        if out.isEmpty {
+        if out.isEmpty && embedding == nil {
             let desc: String
             switch targets {
             case .names(let n): desc = n.joined(separator: ", ")
@@ -130,6 +195,6 @@ package enum LoRATargeting {
                 "target modules {\(desc)} not found in the base model (GPT-2 has attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj in layers 0 to \(c.nLayer - 1))"
             )
         }
-        return out.sorted { ($0.0, $0.1.rawValue) < ($1.0, $1.1.rawValue) }
+        return (out.sorted { ($0.0, $0.1.rawValue) < ($1.0, $1.1.rawValue) }, embedding)
     }
 }

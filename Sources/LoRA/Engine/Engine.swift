@@ -242,6 +242,24 @@ public final class Engine: @unchecked Sendable {
         var active: [ActiveLoRA] = []
         for use in request.adapters {
             try use.adapter.checkFits(model.config)
+            // DoRA rescales the whole module output per adapter set; as in
+            // PEFT's mixed batches ("Cannot pass `adapter_names` when DoRA is
+            // enabled"), it is not offered here: generate with the model instead.
+            guard use.adapter.embedding == nil else {
+                throw LoRAError.unsupported(
+                    "adapter \(use.adapter.name) adapts wte, which the batched engine does not run; attach it to the model and generate there"
+                )
+            }
+            guard use.adapter.savedModules.isEmpty else {
+                throw LoRAError.unsupported(
+                    "adapter \(use.adapter.name) has modules_to_save, which the batched engine does not run; attach it to the model and generate there, or merge it"
+                )
+            }
+            guard !use.adapter.config.useDoRA else {
+                throw LoRAError.unsupported(
+                    "adapter \(use.adapter.name) uses DoRA, which the batched engine does not run; attach it to the model and generate there, or merge it"
+                )
+            }
             guard use.scale.isFinite else { throw LoRAError.invalidArgument("adapter scale must be finite") }
             guard !active.contains(where: { $0.adapter === use.adapter }) else {
                 throw LoRAError.invalidArgument("adapter \(use.adapter.name) is given twice")

@@ -101,8 +101,11 @@ extension Model {
         let n = B * T
         let eps = Float(c.layerNormEpsilon)
 
+        let ln1 = lora.layerNorms[.ln1(layer: l)]
+        let ln2 = lora.layerNorms[.ln2(layer: l)]
         layerNormForward(
-            out: a.ln1, mean: a.ln1Mean, rstd: a.ln1Rstd, inp: a.input, weight: lw.ln1W, bias: lw.ln1B, rows: n, C: C, eps: eps)
+            out: a.ln1, mean: a.ln1Mean, rstd: a.ln1Rstd, inp: a.input, weight: ln1?.weight ?? UnsafePointer(lw.ln1W),
+            bias: ln1?.bias ?? UnsafePointer(lw.ln1B), rows: n, C: C, eps: eps)
         matmulForward(out: a.qkv, inp: a.ln1, weight: lw.attnW, bias: lw.attnB, M: n, K: C, N: 3 * C)
         lora.forward(layer: l, target: .attnCAttn, x: a.ln1, y: a.qkv, n: n)
 
@@ -116,7 +119,9 @@ extension Model {
         lora.forward(layer: l, target: .attnCProj, x: a.att, y: a.proj, n: n)
         addForward(out: a.res2, a: a.input, b: a.proj, n: n * C)
 
-        layerNormForward(out: a.ln2, mean: a.ln2Mean, rstd: a.ln2Rstd, inp: a.res2, weight: lw.ln2W, bias: lw.ln2B, rows: n, C: C, eps: eps)
+        layerNormForward(
+            out: a.ln2, mean: a.ln2Mean, rstd: a.ln2Rstd, inp: a.res2, weight: ln2?.weight ?? UnsafePointer(lw.ln2W),
+            bias: ln2?.bias ?? UnsafePointer(lw.ln2B), rows: n, C: C, eps: eps)
         matmulForward(out: a.fcPre, inp: a.ln2, weight: lw.fcW, bias: lw.fcB, M: n, K: C, N: F)
         lora.forward(layer: l, target: .mlpCFC, x: a.ln2, y: a.fcPre, n: n)
         activationForward(c.activation, out: a.fcAct, inp: a.fcPre, n: n * F)
@@ -235,22 +240,27 @@ extension Model {
         let hd = c.headDim
         let n = B * T
 
-        // MLP projection.
+        // MLP projection. (DoRA branches scale the gradient the base product
+        // gets: baseGradient; without DoRA it is dres itself.)
+        var dy = lora.baseGradient(layer: l, target: .mlpCProj, dy: dres, n: n)
         matmulBackward(
-            dinp: dfc, dweight: gw?.mlpProjW.f32, dbias: gw?.mlpProjB, dout: dres, inp: a.fcAct, weight: lw.mlpProjW, M: n, K: F, N: C,
+            dinp: dfc, dweight: gw?.mlpProjW.f32, dbias: gw?.mlpProjB, dout: dy, inp: a.fcAct, weight: lw.mlpProjW, M: n, K: F, N: C,
             accumulate: false)
         lora.backward(layer: l, target: .mlpCProj, x: a.fcAct, dy: dres, dx: dfc, n: n)
         activationBackward(c.activation, d: dfc, pre: a.fcPre, n: n * F)
+        dy = lora.baseGradient(layer: l, target: .mlpCFC, dy: dfc, n: n)
         matmulBackward(
-            dinp: dln, dweight: gw?.fcW.f32, dbias: gw?.fcB, dout: dfc, inp: a.ln2, weight: lw.fcW, M: n, K: C, N: F, accumulate: false)
+            dinp: dln, dweight: gw?.fcW.f32, dbias: gw?.fcB, dout: dy, inp: a.ln2, weight: lw.fcW, M: n, K: C, N: F, accumulate: false)
         lora.backward(layer: l, target: .mlpCFC, x: a.ln2, dy: dfc, dx: dln, n: n)
+        let ln2 = lora.layerNorms[.ln2(layer: l)]
         layerNormBackward(
-            dinp: dres, dweight: gw?.ln2W, dbias: gw?.ln2B, dout: dln, inp: a.res2, weight: lw.ln2W,
-            mean: a.ln2Mean!, rstd: a.ln2Rstd!, rows: n, C: C)
+            dinp: dres, dweight: gw?.ln2W ?? ln2?.dWeight, dbias: gw?.ln2B ?? ln2?.dBias, dout: dln, inp: a.res2,
+            weight: ln2?.weight ?? UnsafePointer(lw.ln2W), mean: a.ln2Mean!, rstd: a.ln2Rstd!, rows: n, C: C)
 
         // Attention projection and attention.
+        dy = lora.baseGradient(layer: l, target: .attnCProj, dy: dres, n: n)
         matmulBackward(
-            dinp: datt, dweight: gw?.attnProjW.f32, dbias: gw?.attnProjB, dout: dres, inp: a.att, weight: lw.attnProjW, M: n, K: C, N: C,
+            dinp: datt, dweight: gw?.attnProjW.f32, dbias: gw?.attnProjB, dout: dy, inp: a.att, weight: lw.attnProjW, M: n, K: C, N: C,
             accumulate: false)
         lora.backward(layer: l, target: .attnCProj, x: a.att, dy: dres, dx: datt, n: n)
         dqkv.update(repeating: 0, count: n * 3 * C)
@@ -271,14 +281,16 @@ extension Model {
                     T: T, L: T, past: 0, hd: hd, scale: scale, keyMask: nil)
             }
         }
+        dy = lora.baseGradient(layer: l, target: .attnCAttn, dy: dqkv, n: n)
         matmulBackward(
-            dinp: needInputGradient ? dln : nil, dweight: gw?.attnW.f32, dbias: gw?.attnB, dout: dqkv, inp: a.ln1,
+            dinp: needInputGradient ? dln : nil, dweight: gw?.attnW.f32, dbias: gw?.attnB, dout: dy, inp: a.ln1,
             weight: lw.attnW, M: n, K: C, N: 3 * C, accumulate: false)
         lora.backward(layer: l, target: .attnCAttn, x: a.ln1, dy: dqkv, dx: needInputGradient ? dln : nil, n: n)
         guard needInputGradient else { return }
+        let ln1 = lora.layerNorms[.ln1(layer: l)]
         layerNormBackward(
-            dinp: dres, dweight: gw?.ln1W, dbias: gw?.ln1B, dout: dln, inp: a.input, weight: lw.ln1W,
-            mean: a.ln1Mean!, rstd: a.ln1Rstd!, rows: n, C: C)
+            dinp: dres, dweight: gw?.ln1W ?? ln1?.dWeight, dbias: gw?.ln1B ?? ln1?.dBias, dout: dln, inp: a.input,
+            weight: ln1?.weight ?? UnsafePointer(lw.ln1W), mean: a.ln1Mean!, rstd: a.ln1Rstd!, rows: n, C: C)
     }
 
     /// Training forward through the stack: embeddings, every block (K/V read
@@ -294,15 +306,17 @@ extension Model {
                 embeddingForward(
                     out: acts.layers[0].input, ids: idp.baseAddress!, positions: pp.baseAddress!,
                     wte: w.wte, wpe: w.wpe, n: n, C: C)
+                lora.embeddingForward(ids: idp.baseAddress!, x: acts.layers[0].input, n: n)
             }
         }
         for l in 0..<c.nLayer {
             layerForward(l, acts.layers[l], B: B, T: T, past: 0, kv: .inline, keyMask: nil, lora: lora)
         }
         let xFinal = c.nLayer > 0 ? acts.layers[c.nLayer - 1].res3 : acts.layers[0].input
+        let lnf = lora.layerNorms[.lnf]
         layerNormForward(
-            out: acts.lnf, mean: acts.lnfMean, rstd: acts.lnfRstd, inp: xFinal, weight: w.lnfW, bias: w.lnfB,
-            rows: n, C: C, eps: Float(c.layerNormEpsilon))
+            out: acts.lnf, mean: acts.lnfMean, rstd: acts.lnfRstd, inp: xFinal, weight: lnf?.weight ?? UnsafePointer(w.lnfW),
+            bias: lnf?.bias ?? UnsafePointer(w.lnfB), rows: n, C: C, eps: Float(c.layerNormEpsilon))
         return UnsafePointer(xFinal)
     }
 
@@ -319,16 +333,24 @@ extension Model {
         let w = weights
         let n = B * T
         let C = c.nEmbd
+        let lnf = lora.layerNorms[.lnf]
         layerNormBackward(
-            dinp: g.dres, dweight: full?.lnfW, dbias: full?.lnfB, dout: g.dln, inp: xFinal, weight: w.lnfW,
-            mean: acts.lnfMean, rstd: acts.lnfRstd, rows: n, C: C)
+            dinp: g.dres, dweight: full?.lnfW ?? lnf?.dWeight, dbias: full?.lnfB ?? lnf?.dBias, dout: g.dln, inp: xFinal,
+            weight: lnf?.weight ?? UnsafePointer(w.lnfW), mean: acts.lnfMean, rstd: acts.lnfRstd, rows: n, C: C)
         for l in stride(from: c.nLayer - 1, through: lowest, by: -1) {
             if recompute {
                 layerForward(l, acts.layers[l], B: B, T: T, past: 0, kv: .inline, keyMask: nil, lora: lora)
             }
             var gl = g
             gl.weights = full?.layers[l]
-            layerBackward(l, acts.layers[l], gl, B: B, T: T, lora: lora, needInputGradient: full != nil || l > lowest)
+            // A trained ln_1 in the lowest layer needs that layer's input gradient too.
+            let trainsLN1 = lora.layerNorms[.ln1(layer: l)]?.dWeight != nil
+            let trainsEmbedding = l == 0 && lora.training?.adapter.embedding != nil
+            layerBackward(
+                l, acts.layers[l], gl, B: B, T: T, lora: lora, needInputGradient: full != nil || l > lowest || trainsLN1 || trainsEmbedding)
+        }
+        if lowest == 0, lora.training?.adapter.embedding != nil {
+            ids.withUnsafeBufferPointer { lora.embeddingBackward(ids: $0.baseAddress!, dx: g.dres, n: n) }
         }
         if let full, let dwte = full.wte.f32, let dwpe = full.wpe.f32 {
             ids.withUnsafeBufferPointer { idp in

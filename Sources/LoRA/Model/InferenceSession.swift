@@ -25,6 +25,15 @@ public final class InferenceSession {
     var maxTokens: Int
     var x, ln, qkv, att, proj, fc, probs, loraU: FloatBlock
     let probSlots: Int
+    /// DoRA: the enabled adapters with their factors, computed on the
+    /// session's first call (or when the attachments or scales change):
+    /// the weights and adapters must not change during a session.
+    private var doraActive: (key: [ActiveKey], active: [ActiveLoRA])? = nil
+    private var doraScratch: FloatBlock
+    private struct ActiveKey: Equatable {
+        let adapter: ObjectIdentifier
+        let scale: Float
+    }
 
     public init(model: Model, batch: Int, capacity: Int, keepsCache: Bool = true) throws {
         let c = model.config
@@ -51,10 +60,40 @@ public final class InferenceSession {
         // One [capacity, capacity] attention scratch per worker (heads run in parallel).
         probSlots = max(1, min(computeThreads, 16))
         probs = try FloatBlock(count: probSlots * capacity * capacity)
+        doraScratch = try FloatBlock(count: 0)
+    }
+
+    /// The pass's adapters: the model's enabled ones, DoRA factors computed once per session.
+    private func passLoRA(rows n: Int) throws -> LoRAContext {
+        let rank = model.maxActiveRank
+        if rank == 0 { return LoRAContext.none }
+        if loraU.count < n * rank { loraU = try FloatBlock(count: n * rank) }
+        var active = model.activeLoRA
+        guard active.contains(where: { $0.adapter.config.useDoRA }) else {
+            var ctx = LoRAContext(active: active, scratch: loraU.base, training: nil)
+            ctx.layerNorms = try LayerNormOverride.overrides(active, training: nil)
+            return ctx
+        }
+        let key = active.map { ActiveKey(adapter: ObjectIdentifier($0.adapter), scale: $0.scale) }
+        if let cached = doraActive, cached.key == key {
+            active = cached.active
+        } else {
+            active = try model.withDoRAFactors(active)
+            doraActive = (key, active)
+        }
+        let c = model.config
+        let maxOut = max(3 * c.nEmbd, c.innerSize)
+        let count = LoRAContext.doraScratchCount(active, rows: n, maxOut: maxOut)
+        if doraScratch.count < count { doraScratch = try FloatBlock(count: count) }
+        var ctx = LoRAContext(active: active, scratch: loraU.base, training: nil)
+        ctx.layerNorms = try LayerNormOverride.overrides(active, training: nil)
+        ctx.doraScratch = doraScratch.base
+        ctx.doraArea = n * maxOut
+        return ctx
     }
 
     /// Forgets the cache.
-    public func reset() { length = 0; for b in 0..<batch { nextPosition[b] = 0 } }
+    public func reset() { length = 0; doraActive = nil; for b in 0..<batch { nextPosition[b] = 0 } }
 
     func ensureScratch(tokens n: Int) throws {
         guard n > maxTokens else { return }
@@ -144,12 +183,7 @@ public final class InferenceSession {
         let x = self.x.base
         let ln = self.ln.base
         let anyPadding = (0..<B).contains { b in (0..<L).contains { keyMask.base[b * capacity + $0] == 0 } }
-        let rank = model.maxActiveRank
-        if loraU.count < n * rank { loraU = try FloatBlock(count: n * rank) }
-        let lora =
-            rank == 0
-            ? LoRAContext.none
-            : LoRAContext(active: model.activeLoRA, scratch: loraU.base, training: nil)
+        let lora = try passLoRA(rows: n)
         let acts = LayerActs(
             input: x, ln1: ln, ln1Mean: nil, ln1Rstd: nil, qkv: qkv.base, att: att.base,
             probs: probs.base, probsSlots: probSlots, lse: nil, res2: x, ln2: ln, ln2Mean: nil, ln2Rstd: nil,
@@ -159,6 +193,7 @@ public final class InferenceSession {
         let keyMaskOf: ((Int) -> ConstFloatPtr?)? = anyPadding ? { b in UnsafePointer(mask + b * cap) } : nil
 
         embeddingForward(out: x, ids: ids, positions: positions, wte: w.wte, wpe: w.wpe, n: n, C: C)
+        lora.embeddingForward(ids: ids, x: x, n: n)
         for l in 0..<c.nLayer {
             let perLayer = batch * capacity * C
             model.layerForward(
@@ -167,15 +202,17 @@ public final class InferenceSession {
                 keyMask: keyMaskOf, lora: lora)
         }
         let V = c.vocabSize
+        let lnfW = lora.layerNorms[.lnf]?.weight ?? UnsafePointer(w.lnfW)
+        let lnfB = lora.layerNorms[.lnf]?.bias ?? UnsafePointer(w.lnfB)
         if lastOnly {
             for b in 0..<B {
                 layerNormForward(
                     out: ln + b * C, mean: nil, rstd: nil, inp: x + (b * T + T - 1) * C,
-                    weight: w.lnfW, bias: w.lnfB, rows: 1, C: C, eps: eps)
+                    weight: lnfW, bias: lnfB, rows: 1, C: C, eps: eps)
             }
             baseMatmul(transW: true, M: B, N: V, K: C, A: ln, lda: C, W: w.lmHead, beta: 0, C: logits, ldc: V)
         } else {
-            layerNormForward(out: ln, mean: nil, rstd: nil, inp: x, weight: w.lnfW, bias: w.lnfB, rows: n, C: C, eps: eps)
+            layerNormForward(out: ln, mean: nil, rstd: nil, inp: x, weight: lnfW, bias: lnfB, rows: n, C: C, eps: eps)
             baseMatmul(transW: true, M: n, N: V, K: C, A: ln, lda: C, W: w.lmHead, beta: 0, C: logits, ldc: V)
         }
     }

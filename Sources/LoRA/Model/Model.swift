@@ -24,6 +24,10 @@ public final class Model: @unchecked Sendable {
         public var enabled: Bool
         /// Folded into the base weights (see `merge`): not applied on the fly.
         public internal(set) var merged = false
+        /// A merged DoRA adapter: each slot's ‖W + ΔW‖ from the merge, for unmerging (PEFT caches it too).
+        var doraMergeNorms: [[Float]]? = nil
+        /// A merged adapter with modules_to_save: the model's own parameters of those modules, for unmerging.
+        var savedModulesBackup: [[Float]]? = nil
     }
     /// Attached adapters, applied in order. Change them only while no
     /// inference or training runs on this model.
@@ -175,13 +179,26 @@ public final class Model: @unchecked Sendable {
     }
 
     func setMerged(_ i: Int, _ merged: Bool) { attachments[i].merged = merged }
+    func setDoRAMergeNorms(_ i: Int, _ norms: [[Float]]?) { attachments[i].doraMergeNorms = norms }
+    func setSavedModulesBackup(_ i: Int, _ backup: [[Float]]?) { attachments[i].savedModulesBackup = backup }
 
     var activeLoRA: [ActiveLoRA] {
         attachments.filter { $0.enabled && $0.scale != 0 && !$0.merged }.map { ActiveLoRA(adapter: $0.adapter, scale: $0.scale) }
     }
 
+    /// `active` with each DoRA adapter's factors for a pass over the current
+    /// weights (`DoRAFactors`: norms of W + σ·ΔW, recomputed per pass as PEFT does).
+    func withDoRAFactors(_ active: [ActiveLoRA]) throws -> [ActiveLoRA] {
+        try active.map { a in
+            guard a.adapter.config.useDoRA else { return a }
+            var b = a
+            b.dora = try DoRAFactors(adapter: a.adapter, scale: a.scale, model: self)
+            return b
+        }
+    }
+
     /// The largest rank among enabled adapters (0 without any).
-    var maxActiveRank: Int { activeLoRA.flatMap { $0.adapter.slots.map(\.r) }.max() ?? 0 }
+    var maxActiveRank: Int { activeLoRA.map(\.adapter.maxRank).max() ?? 0 }
 
     func checkTokens(_ ids: UnsafeBufferPointer<TokenID>) throws {
         for (i, t) in ids.enumerated() where t < 0 || Int(t) >= config.vocabSize {

@@ -143,12 +143,30 @@ public final class Trainer: @unchecked Sendable {
         v = try FloatBlock(count: count)
         if let adapter {
             let ratio = config.loraplusLRRatio
-            paramGroups = adapter.slots.flatMap { s in
+            // DoRA's magnitude: PEFT's LoRA+ puts every 1-D parameter with B.
+            let slotGroups = adapter.slots.flatMap { s in
                 [
                     AdamW.Group(range: s.offsetA..<(s.offsetA + s.countA), lrFactor: 1, decay: true),
                     AdamW.Group(range: s.offsetB..<(s.offsetB + s.countB), lrFactor: ratio, decay: true),
-                ]
+                ] + (s.offsetM.map { [AdamW.Group(range: $0..<($0 + s.outFeatures), lrFactor: ratio, decay: true)] } ?? [])
             }
+            // modules_to_save (LayerNorms): no weight decay, as transformers'
+            // Trainer and PEFT's LoRA+ (1-D, not in the decay set: B's rate).
+            // LoRA on wte: PEFT's LoRA+ gives embedding adapters their own
+            // rate, loraplus_lr_embedding (1e-6 by default), scheduled like the rest.
+            let embeddingFactor = ratio == 1 ? 1 : (config.learningRate > 0 ? 1e-6 / config.learningRate : 0)
+            let embeddingGroups =
+                adapter.embedding.map { e in
+                    [
+                        AdamW.Group(range: e.offsetA..<(e.offsetA + e.countA), lrFactor: embeddingFactor, decay: true),
+                        AdamW.Group(range: e.offsetB..<(e.offsetB + e.countB), lrFactor: embeddingFactor, decay: true),
+                    ]
+                } ?? []
+            paramGroups =
+                slotGroups + embeddingGroups
+                + adapter.savedModules.map { m in
+                    AdamW.Group(range: m.offset..<(m.offset + 2 * m.count), lrFactor: ratio, decay: false)
+                }
         } else {
             guard config.loraplusLRRatio == 1 else {
                 throw LoRAError.invalidArgument("loraplus_lr_ratio applies to LoRA adapters, not to full fine-tuning")

@@ -44,6 +44,11 @@ final class TrainingPass {
     private var uPointers: [FloatPtr] = []
     private let uStore: FloatBlock
     private var loraScratch: FloatBlock  // [n, maxRank] for frozen adapters and du (grows with the attached ranks)
+    /// DoRA: v [n, out] of each slot of the trained adapter (empty without DoRA).
+    private var vPointers: [FloatPtr] = []
+    private let vStore: FloatBlock
+    /// DoRA branches' scratch (LoRAContext.doraScratch; grows with the attached adapters).
+    private var doraScratch: FloatBlock
     /// Rows the pass holds (batch × block).
     private let maxRows: Int
     private let dropoutX: FloatBlock  // [n, maxIn]: x̃
@@ -161,7 +166,8 @@ final class TrainingPass {
         var maxRank = model.maxActiveRank
         var maxIn = 0
         if case .adapter(let a) = target {
-            for s in a.slots { uCount += n * s.r; maxRank = max(maxRank, s.r); maxIn = max(maxIn, s.inFeatures) }
+            for s in a.slots { uCount += n * s.r; maxIn = max(maxIn, s.inFeatures) }
+            maxRank = max(maxRank, a.maxRank)
         }
         uStore = try FloatBlock(count: uCount)
         if case .adapter(let a) = target {
@@ -169,6 +175,14 @@ final class TrainingPass {
             for s in a.slots { uPointers.append(u); u += n * s.r }
         }
         loraScratch = try FloatBlock(count: n * maxRank)
+        var vCount = 0
+        if case .adapter(let a) = target, a.config.useDoRA { vCount = a.slots.reduce(0) { $0 + n * $1.outFeatures } }
+        vStore = try FloatBlock(count: vCount)
+        if vCount > 0, case .adapter(let a) = target {
+            var v = vStore.base
+            for s in a.slots { vPointers.append(v); v += n * s.outFeatures }
+        }
+        doraScratch = try FloatBlock(count: 0)
         maxRows = n
         let dropoutCount = (target.adapterDropout > 0) ? n * maxIn : 0
         dropoutX = try FloatBlock(count: dropoutCount)
@@ -194,19 +208,35 @@ final class TrainingPass {
             if model.attachments.contains(where: { $0.adapter === a && $0.merged }) {
                 throw LoRAError.wrongState("adapter \(a.name) is merged into the weights; unmerge it before training it")
             }
-            rank = max(rank, a.slots.map(\.r).max() ?? 0)
+            rank = max(rank, a.maxRank)
         }
         if loraScratch.count < maxRows * rank { loraScratch = try FloatBlock(count: maxRows * rank) }
-        var ctx = LoRAContext(active: model.activeLoRA, scratch: loraScratch.base, training: nil)
+        var active = model.activeLoRA
+        if let a = trainableAdapter, !active.contains(where: { $0.adapter === a }) { active.append(ActiveLoRA(adapter: a, scale: 1)) }
+        if case .fullModel = target, active.contains(where: { $0.adapter.config.useDoRA }) {
+            throw LoRAError.unsupported("full fine-tuning with a DoRA adapter attached; detach or merge it first")
+        }
+        active = try model.withDoRAFactors(active)
+        var ctx = LoRAContext(active: active, scratch: loraScratch.base, training: nil)
+        let maxOut = max(3 * model.config.nEmbd, model.config.innerSize)
+        let doraCount = LoRAContext.doraScratchCount(active, rows: maxRows, maxOut: maxOut)
+        if doraCount > 0 {
+            if doraScratch.count < doraCount { doraScratch = try FloatBlock(count: doraCount) }
+            ctx.doraScratch = doraScratch.base
+            ctx.doraArea = maxRows * maxOut
+        }
         if let a = trainableAdapter {
-            if !ctx.active.contains(where: { $0.adapter === a }) { ctx.active.append(ActiveLoRA(adapter: a, scale: 1)) }
             let p = Float(a.config.loraDropout)
             let dropout =
                 p > 0
                 ? LoRADropout(
                     p: p, seed: dropoutSeed, mask: dropoutD.base, input: dropoutX.base,
                     T: currentT, block: block, rowOffset: dropoutRowOffset) : nil
-            ctx.training = LoRATrainingBuffers(adapter: a, u: uPointers, gradients: gradients.base, dropout: dropout)
+            ctx.training = LoRATrainingBuffers(adapter: a, u: uPointers, gradients: gradients.base, dropout: dropout, v: vPointers)
+        }
+        ctx.layerNorms = try LayerNormOverride.overrides(ctx.active, training: ctx.training)
+        if case .fullModel = target, !ctx.layerNorms.isEmpty {
+            throw LoRAError.unsupported("full fine-tuning with an adapter with modules_to_save attached; detach or merge it first")
         }
         return ctx
     }
@@ -263,7 +293,16 @@ final class TrainingPass {
 
         // LoRA: nothing below the lowest adapted layer needs a gradient, nor
         // does that layer's input (the embeddings are frozen).
-        let lowest = trainableAdapter.map { a in a.slots.map(\.layer).min() ?? c.nLayer } ?? 0
+        let lowest =
+            trainableAdapter.map { a in
+                let saved = a.savedModules.map { m -> Int in
+                    switch m.kind {
+                    case .ln1(let l), .ln2(let l): return l
+                    case .lnf: return c.nLayer
+                    }
+                }
+                return a.embedding != nil ? 0 : (a.slots.map(\.layer) + saved).min() ?? c.nLayer
+            } ?? 0
         model.trunkBackward(
             ids: ids, positions: positions, acts, xFinal: xFinal, layerGrads(), full: fullGrads,
             lowest: lowest, recompute: checkpointing, B: B, T: T, lora: lora)

@@ -45,6 +45,7 @@ extension Adapter {
         guard let first = inputs.first?.adapter else { throw LoRAError.invalidArgument("no adapter to combine") }
         try BLAS.load()  // the products below (ΔW of the *_svd merges) run on OpenBLAS
         for (a, w) in inputs {
+            try a.refuseDoRA("combining")
             guard a.modelConfig == first.modelConfig else {
                 throw LoRAError.invalidArgument("adapters \(first.name) and \(a.name) were made for different base models")
             }

@@ -85,6 +85,7 @@ extension Adapter {
     /// rank_pattern/alpha_pattern) so PEFT loads it as it is.
     public func compressed(to target: RankTarget, name: String? = nil) throws -> (Adapter, [CompressionReport]) {
         try target.validate()
+        try refuseDoRA("compressing")
         if case .fixed(let k) = target, let s = slots.first(where: { $0.r < k }) {
             throw LoRAError.invalidArgument("rank \(k) exceeds the rank \(s.r) of \(s.moduleName)")
         }

@@ -93,6 +93,7 @@ extension Adapter {
     /// A0, B0 come from `initial` (e.g. the adapter saved right after
     /// initialisation, loaded back) or else from `initialParams`.
     public func convertedForOriginalBase(initial: Adapter? = nil, name newName: String? = nil) throws -> Adapter {
+        try refuseDoRA("converting for the original base")
         // A0, B0 of slot i.
         let start: (Int) -> (a: FloatPtr, b: FloatPtr)
         if let initial {

@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""Writes the DoRA fixtures under Tests/LoRATests/Fixtures/dora/ with PEFT + torch
+(use_dora=True: PEFT 0.21.2's DoraLinearLayer on GPT-2's Conv1D), for the
+Swift DoRATests. Uses Fixtures/gpt2-a (make_fixtures.py) and lora/all
+(make_lora_fixtures.py). Deterministic (PYTHONHASHSEED pinned).
+
+  dora/all/      DoRA on all four Conv1D types, r=4, alpha=8, random A and B,
+                 magnitudes m = ‖W‖·(1 + 0.2·N(0, 1)) so that m/‖W + s·B·A‖ ≠ 1
+  dora/layers/   DoRA with rsLoRA, c_fc and c_attn of layer 1 only (layers_to_transform)
+  dora/expected.safetensors:
+      ids, logits.<name>      logits [T, V] of `ids` with that adapter alone
+      logits.both             lora/all then dora/all active (PEFT applies them in order:
+                              DoRA rescales the plain adapter's output too)
+      logits.merged           dora/all merged by merge_and_unload; merged.<weight> its c_attn weights
+      batch.ids, batch.labels, batch.mask   an uneven, right-padded batch
+      loss.all, grad.all.<PEFT key>         loss and gradients (A, B, lora_magnitude_vector)
+      grad.both.<PEFT key>    gradients of both adapters with lora/all then dora/all active
+      train.batch<k>.ids, train.losses, train.lr, train.final.<PEFT key>
+                              10 AdamW steps on dora/all (warmup 2 + cosine, decay 0.05, clip 1)
+      loraplus.losses, loraplus.final.<PEFT key>
+                              5 steps of PEFT's LoRA+ optimizer on the first batches (lr 2e-3,
+                              ratio 2.5, decay 0.05): m, 1-D, learns at B's rate
+"""
+import os
+import subprocess
+import sys
+
+if os.environ.get("PYTHONHASHSEED") != "0":
+    os.environ["PYTHONHASHSEED"] = "0"
+    sys.exit(subprocess.call([sys.executable] + sys.argv))
+
+import shutil
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.optimizers import create_loraplus_optimizer
+from safetensors.torch import save_file
+from transformers import GPT2LMHeadModel, get_cosine_schedule_with_warmup
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Tests", "LoRATests", "Fixtures")
+OUT = os.path.join(ROOT, "dora")
+BASE = "gpt2-a"
+
+CONFIGS = {
+    "all": dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"]),
+    "layers": dict(r=3, lora_alpha=5, use_rslora=True, target_modules=["c_fc", "c_attn"], layers_to_transform=[1]),
+}
+
+
+def base():
+    return GPT2LMHeadModel.from_pretrained(BASE, attn_implementation="eager").eval()
+
+
+def peft_key(name):
+    # parameter name -> saved key: adapter name out, DoRA's `.lora_magnitude_vector.default.weight` -> `.lora_magnitude_vector`
+    return name.replace(".lora_magnitude_vector.default.weight", ".lora_magnitude_vector").replace(".default", "")
+
+
+def randomize(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_magnitude_vector" in name:
+                p.mul_(1 + 0.2 * torch.randn(p.shape, generator=g))
+            elif "lora_" in name:
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+
+
+def make(name, seed):
+    model = get_peft_model(base(), LoraConfig(task_type="CAUSAL_LM", lora_dropout=0.0, use_dora=True, **CONFIGS[name]))
+    randomize(model, seed)
+    model.eval()
+    return model
+
+
+def main():
+    os.chdir(ROOT)
+    shutil.rmtree(OUT, ignore_errors=True)
+    os.makedirs(OUT)
+    g = torch.Generator().manual_seed(23)
+    V = 101
+    exp = {}
+    ids = torch.randint(0, V, (1, 13), generator=g)
+    exp["ids"] = ids[0].clone()
+    lengths = [13, 7, 10]
+    T = max(lengths)
+    bids = torch.zeros((3, T), dtype=torch.long)
+    labels = torch.full((3, T), -100, dtype=torch.long)
+    mask = torch.zeros((3, T), dtype=torch.long)
+    for b, n in enumerate(lengths):
+        s = torch.randint(0, V, (n,), generator=g)
+        bids[b, :n] = s
+        labels[b, :n] = s
+        mask[b, :n] = 1
+    labels[0, 3] = -100
+    exp["batch.ids"] = bids
+    exp["batch.labels"] = labels
+    exp["batch.mask"] = mask
+
+    for i, name in enumerate(CONFIGS):
+        model = make(name, 200 + i)
+        model.save_pretrained(os.path.join(OUT, name))
+        with torch.no_grad():
+            exp[f"logits.{name}"] = model(ids).logits[0].clone()
+        if name == "all":
+            model.zero_grad()
+            out = model(input_ids=bids, attention_mask=mask, labels=labels)
+            out.loss.backward()
+            exp["loss.all"] = out.loss.detach().reshape(1).clone()
+            for pname, p in model.named_parameters():
+                if p.requires_grad:
+                    exp[f"grad.all.{peft_key(pname)}"] = p.grad.detach().clone()
+            merged = model.merge_and_unload()
+            with torch.no_grad():
+                exp["logits.merged"] = merged(ids).logits[0].clone()
+            for l in range(2):
+                for mod in ("attn.c_attn", "mlp.c_proj"):
+                    w = f"transformer.h.{l}.{mod}.weight"
+                    exp[f"merged.{w}"] = merged.state_dict()[w].clone()
+
+    # A plain LoRA adapter, then the DoRA one: PEFT adds lora/all's output to
+    # `result` first, and DoRA rescales that result.
+    both = PeftModel.from_pretrained(base(), os.path.join(ROOT, "lora", "all"), adapter_name="lora", is_trainable=True)
+    both.load_adapter(os.path.join(OUT, "all"), adapter_name="dora", is_trainable=True)
+    both.base_model.set_adapter(["lora", "dora"])
+    both.eval()
+    for p in both.parameters():
+        p.requires_grad_(False)
+    for pname, p in both.named_parameters():
+        if ".lora_" in pname:
+            p.requires_grad_(True)
+    with torch.no_grad():
+        exp["logits.both"] = both(ids).logits[0].clone()
+    out = both(input_ids=bids, attention_mask=mask, labels=labels)
+    out.loss.backward()
+    exp["loss.both"] = out.loss.detach().reshape(1).clone()
+    for pname, p in both.named_parameters():
+        if p.requires_grad:
+            key = pname.replace(".lora_magnitude_vector.dora.weight", ".lora_magnitude_vector")
+            key = key.replace(".lora.weight", ".weight").replace(".dora.weight", ".weight")
+            adapter = "lora" if (".lora_A.lora." in pname or ".lora_B.lora." in pname) else "dora"
+            exp[f"grad.both.{adapter}.{key}"] = p.grad.detach().clone()
+
+    # 10 AdamW steps (lr 5e-3 as make_lora_fixtures.py: higher rates amplify float32 rounding chaotically).
+    model = make("all", 200)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=5e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)
+    sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=2, num_training_steps=10)
+    losses, lrs = [], []
+    for k in range(10):
+        batch = torch.randint(0, V, (2, 12), generator=g)
+        exp[f"train.batch{k}.ids"] = batch
+        out = model(input_ids=batch, labels=batch)
+        opt.zero_grad()
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, max_norm=1.0)
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+        losses.append(out.loss.item())
+    exp["train.losses"] = torch.tensor(losses, dtype=torch.float64)
+    exp["train.lr"] = torch.tensor(lrs, dtype=torch.float64)
+    for pname, p in model.named_parameters():
+        if p.requires_grad:
+            exp[f"train.final.{peft_key(pname)}"] = p.detach().clone()
+
+    model = make("all", 200)
+    opt = create_loraplus_optimizer(model, torch.optim.AdamW, lr=2e-3, loraplus_lr_ratio=2.5,
+                                    loraplus_weight_decay=0.05, betas=(0.9, 0.999), eps=1e-8)
+    params = [p for p in model.parameters() if p.requires_grad]
+    losses = []
+    for k in range(5):
+        batch = exp[f"train.batch{k}.ids"]
+        out = model(input_ids=batch, labels=batch)
+        opt.zero_grad()
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, max_norm=1.0)
+        opt.step()
+        losses.append(out.loss.item())
+    exp["loraplus.losses"] = torch.tensor(losses, dtype=torch.float64)
+    for pname, p in model.named_parameters():
+        if p.requires_grad:
+            exp[f"loraplus.final.{peft_key(pname)}"] = p.detach().clone()
+
+    save_file({k: v.contiguous() for k, v in exp.items()}, os.path.join(OUT, "expected.safetensors"), metadata={"format": "pt"})
+    for name in CONFIGS:
+        readme = os.path.join(OUT, name, "README.md")
+        if os.path.exists(readme):
+            os.remove(readme)
+    print("DoRA fixtures written to", os.path.normpath(OUT))
+
+
+if __name__ == "__main__":
+    main()
