@@ -272,7 +272,7 @@ extension Adapter {
                 )
             }
         }
-        let adapter = try load(directory: directory, modelConfig: base)
+        let adapter = try load(directory: directory, modelConfig: base, name: URL(fileURLWithPath: directory).lastPathComponent)
         try adapter.exportGGUF(path: path, base: base, dtype: dtype)
     }
 }
