@@ -99,14 +99,38 @@ def untied(tmp_path_factory) -> Path:
     return d
 
 
-def model_dirs(untied):
-    return {"gpt2-tok": FIX / "gpt2-tok", "fortunes": FORTUNES, "untied": untied}
+GPT2_TOKENIZER = REPO.parent / "shared" / "data" / "gpt2-tokenizer"
 
 
-@pytest.mark.parametrize("which", ["gpt2-tok", "fortunes", "untied"])
+@pytest.fixture(scope="module")
+def real_vocab(tmp_path_factory) -> Path:
+    """A small random GPT-2 (n_embd 64) with the real GPT-2 tokenizer: 50,257 tokens, 50,000 merges."""
+    if not (GPT2_TOKENIZER / "vocab.json").exists():
+        pytest.skip(f"{GPT2_TOKENIZER} (the real GPT-2 vocab.json and merges.txt) is not here")
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    d = tmp_path_factory.mktemp("real-vocab")
+    torch.manual_seed(3)
+    cfg = transformers.GPT2Config(n_positions=128, n_embd=64, n_layer=2, n_head=2)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(d)
+    for f in ("vocab.json", "merges.txt"):
+        shutil.copy(GPT2_TOKENIZER / f, d / f)
+    return d
+
+
+@pytest.fixture
+def model_dirs(request):
+    """The models under test by name; the transformers-made ones only when asked for."""
+    def get(which):
+        fixed = {"gpt2-tok": FIX / "gpt2-tok", "fortunes": FORTUNES}
+        return fixed[which] if which in fixed else request.getfixturevalue(which.replace("-", "_"))
+    return get
+
+
+@pytest.mark.parametrize("which", ["gpt2-tok", "fortunes", "untied", "real-vocab"])
 @pytest.mark.parametrize("dtype", ["f32", "f16"])
-def test_model_tensors_and_metadata(which, dtype, untied, tmp_path):
-    src = model_dirs(untied)[which]
+def test_model_tensors_and_metadata(which, dtype, model_dirs, tmp_path):
+    src = model_dirs(which)
     out = tmp_path / "m.gguf"
     export_ok("--model", src, "--out", out, "--dtype", dtype)
     cfg = json.loads((src / "config.json").read_text())
@@ -354,10 +378,11 @@ def compare(label, lm, llm, ids, tol):
 
 
 @needs_llama
-@pytest.mark.parametrize("which,dtype", [("fortunes", "f32"), ("fortunes", "f16"), ("gpt2-tok", "f32"), ("untied", "f32")])
-def test_llama_cpp_runs_the_exported_model(which, dtype, untied, tmp_path):
+@pytest.mark.parametrize("which,dtype", [("fortunes", "f32"), ("fortunes", "f16"), ("gpt2-tok", "f32"), ("untied", "f32"),
+                                         ("real-vocab", "f32")])
+def test_llama_cpp_runs_the_exported_model(which, dtype, model_dirs, tmp_path):
     import lora
-    src = model_dirs(untied)[which]
+    src = model_dirs(which)
     out = tmp_path / "m.gguf"
     export_ok("--model", src, "--out", out, "--dtype", dtype)
     llm = llama_model(out)
@@ -365,7 +390,7 @@ def test_llama_cpp_runs_the_exported_model(which, dtype, untied, tmp_path):
         ids = lm.tokenize(PROMPT)
         # The tokenizer metadata: llama.cpp's GPT-2 BPE splits texts as liblora (and GPT2TokenizerFast) do.
         for text in (PROMPT, " Hello,  world!\n\tTabs and   spaces", "don't 123 4567 café 日本語 🎉<|endoftext|>x"):
-            assert llm.tokenize(text.encode(), add_bos=False, special=False) == lm.tokenize(text), text
+            assert llm.tokenize(text.encode(), add_bos=False, special=True) == lm.tokenize(text), text
         compare(f"{which} {dtype}", lm, llm, ids, LLAMA_F32_TOL if dtype == "f32" else LLAMA_F16_TOL)
 
 
