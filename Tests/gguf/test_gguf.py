@@ -318,14 +318,20 @@ needs_llama = pytest.mark.skipif(
     os.environ.get("LORA_TEST_LLAMA_CPP") != "1",
     reason="LORA_TEST_LLAMA_CPP=1 runs llama.cpp (Tests/gguf/run.sh installs it with scripts/llama_cpp.sh)")
 
-# Max |Δlogit| allowed between llama.cpp and liblora. Not exact: llama.cpp's CPU
-# GELU rounds its input to F16 and looks the result up in a table
-# (GGML_GELU_FP16 in ggml-cpu/vec.h), which alone moves activations by up to ~1e-3
-# relative. Measured maxima are in the README.
-LLAMA_F32_TOL = 2e-3
-# F16 weights on both sides would agree better; liblora runs the F32 source, so
-# this bounds the F16 rounding of the weights themselves.
-LLAMA_F16_TOL = 3e-2
+# Max |Δlogit| allowed between llama.cpp and liblora, relative to the largest
+# |logit|. Not exact: llama.cpp's CPU GELU rounds its input to F16 and looks the
+# result up in an F16 table (GGML_GELU_FP16 in ggml-cpu/vec.h), an error of up
+# to F16's unit roundoff (2^-11 = 4.9e-4) on every activation. 1e-3 is two of
+# those; measured: at most 4.1e-4 (README). test_llama_cpp_matches_its_own_gelu
+# shows that this GELU is what remains.
+LLAMA_F32_REL = 1e-3
+# F16 weights: ggml also rounds the activations to F16 before each matmul with
+# them, while liblora runs the F32 source. Measured: 1.1e-3.
+LLAMA_F16_REL = 5e-3
+# llama.cpp against a PyTorch reference that computes GELU as ggml does (the F16
+# table): what remains are F16 roundings that fall the other way (a 1-ulp flip
+# of a GELU input moves its output by ~5e-4 of its size). The issue's bound.
+LLAMA_EMULATED_TOL = 1e-3
 GREEDY_TOKENS = 24
 PROMPT = "A fool and his money are soon parted. The quick brown fox"
 
@@ -334,7 +340,7 @@ def llama_model(path, lora=None):
     import llama_cpp
     return llama_cpp.Llama(
         model_path=str(path), lora_path=str(lora) if lora else None, n_ctx=128, n_batch=128, n_ubatch=128,
-        n_threads=2, logits_all=True, verbose=False, seed=0,
+        n_threads=2, logits_all=True, verbose=False, seed=0, flash_attn=False,
         # F32 KV cache: the default F16 cache would round every key and value.
         type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
 
@@ -363,17 +369,26 @@ def lora_greedy(m, ids, n):
     return seq[len(ids):]
 
 
-def compare(label, lm, llm, ids, tol):
+def compare(label, lm, llm, ids, rel):
     """liblora vs llama.cpp on the prompt and on liblora's greedy continuation."""
     cont = lora_greedy(lm, ids, GREEDY_TOKENS)
     seq = list(ids) + cont
     ref = np.asarray(lm.logits(seq), dtype=np.float32)
     got = llama_logits(llm, seq)
     delta = float(np.abs(ref - got).max())
+    scale = float(np.abs(ref).max())
     print(f"\n{label}: max |Δlogit| = {delta:.3e} over {len(seq)} positions "
-          f"(logit range {ref.min():.2f}..{ref.max():.2f})")
-    assert delta <= tol, f"{label}: max |Δlogit| {delta} > {tol}"
-    assert llama_greedy(llm, ids, GREEDY_TOKENS) == cont, f"{label}: greedy tokens differ"
+          f"(logit range {ref.min():.2f}..{ref.max():.2f}; {delta / scale:.1e} of the largest)")
+    assert delta <= rel * scale, f"{label}: max |Δlogit| {delta} > {rel} × {scale}"
+    # llama.cpp's own greedy run (prompt, then one token at a time through its KV
+    # cache) picks liblora's tokens; a difference is allowed only at a near tie.
+    theirs = llama_greedy(llm, ids, GREEDY_TOKENS)
+    for i, (a, b) in enumerate(zip(theirs, cont)):
+        if a != b:
+            top = np.sort(ref[len(ids) - 1 + i])[-2:]
+            assert top[1] - top[0] <= 2 * rel * scale, f"{label}: greedy token {i} differs ({a} vs {b}), margin {top[1] - top[0]}"
+            print(f"{label}: greedy tokens agree up to a near tie at token {i}")
+            break
     return delta
 
 
@@ -391,15 +406,15 @@ def test_llama_cpp_runs_the_exported_model(which, dtype, model_dirs, tmp_path):
         # The tokenizer metadata: llama.cpp's GPT-2 BPE splits texts as liblora (and GPT2TokenizerFast) do.
         for text in (PROMPT, " Hello,  world!\n\tTabs and   spaces", "don't 123 4567 café 日本語 🎉<|endoftext|>x"):
             assert llm.tokenize(text.encode(), add_bos=False, special=True) == lm.tokenize(text), text
-        compare(f"{which} {dtype}", lm, llm, ids, LLAMA_F32_TOL if dtype == "f32" else LLAMA_F16_TOL)
+        compare(f"{which} {dtype}", lm, llm, ids, LLAMA_F32_REL if dtype == "f32" else LLAMA_F16_REL)
 
 
-def peft_adapter(d: Path, targets, seed, **kw) -> Path:
-    """A PEFT adapter on the fortunes model with random A and B (B scaled by 0.3)."""
+def peft_adapter(d: Path, base_dir: Path, targets, seed, **kw) -> Path:
+    """A PEFT adapter with random A and B (B scaled by 0.3)."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     peft = pytest.importorskip("peft")
-    base = transformers.GPT2LMHeadModel.from_pretrained(FORTUNES)
+    base = transformers.GPT2LMHeadModel.from_pretrained(base_dir)
     torch.manual_seed(seed)
     cfg = peft.LoraConfig(target_modules=targets, init_lora_weights=False, fan_in_fan_out=True, **kw)
     pm = peft.get_peft_model(base, cfg)
@@ -424,23 +439,75 @@ ADAPTERS = {
 
 
 @needs_llama
-@pytest.mark.parametrize("name", list(ADAPTERS))
-def test_llama_cpp_applies_the_exported_adapter(name, tmp_path):
+@pytest.mark.parametrize("which,name", [("fortunes", n) for n in ADAPTERS] + [("untied", "all, rsLoRA, patterns")])
+def test_llama_cpp_applies_the_exported_adapter(which, name, model_dirs, tmp_path):
     import lora
+    src = model_dirs(which)
     spec = dict(ADAPTERS[name])
-    adir = peft_adapter(tmp_path / "adapter", spec.pop("targets"), seed=len(name), **spec)
+    adir = peft_adapter(tmp_path / "adapter", src, spec.pop("targets"), seed=len(name), **spec)
     base = tmp_path / "base.gguf"
     ad = tmp_path / "adapter.gguf"
-    export_ok("--model", FORTUNES, "--out", base)
-    export_ok("--model", FORTUNES, "--adapter", adir, "--out", ad)
+    export_ok("--model", src, "--out", base)
+    export_ok("--model", src, "--adapter", adir, "--out", ad)
     check_adapter(adir, ad, "f32")
     llm = llama_model(base, lora=ad)
-    with lora.Model.load(str(FORTUNES)) as lm:
+    with lora.Model.load(str(src)) as lm:
         ids = lm.tokenize(PROMPT)
         plain = np.asarray(lm.logits(ids))
         with lora.Adapter.load(lm, str(adir)) as a:
             lm.attach(a)
             moved = float(np.abs(np.asarray(lm.logits(ids)) - plain).max())
-            assert moved > 0.1, f"the adapter barely changes the logits ({moved}): the test would not see a mistake"
-            compare(f"adapter {name}", lm, llm, ids, LLAMA_F32_TOL)
+            assert moved > 0.1 * np.abs(plain).max(), f"the adapter barely changes the logits ({moved})"
+            compare(f"{which} + adapter {name}", lm, llm, ids, LLAMA_F32_REL)
             lm.detach(a)
+
+
+def ggml_gelu(torch):
+    """A module computing GELU as ggml's CPU backend does with GGML_GELU_FP16:
+    0 below -10, x above 10, else table[f16(x)] with table = f16(gelu_tanh(h)) over every F16 h."""
+    h = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+    with np.errstate(all="ignore"):
+        table = (np.float32(0.5) * h * (np.float32(1) + np.tanh(
+            np.float32(0.7978845608028654) * h * (np.float32(1) + np.float32(0.044715) * h * h)))).astype(np.float16)
+
+    class GGMLGelu(torch.nn.Module):
+        def forward(self, x):
+            v = x.detach().numpy().astype(np.float32)
+            y = table[v.astype(np.float16).view(np.uint16)].astype(np.float32)
+            y = np.where(v <= -10, np.float32(0), np.where(v >= 10, v, y))
+            return torch.from_numpy(y)
+    return GGMLGelu
+
+
+@needs_llama
+@pytest.mark.parametrize("name", [None, "all, rsLoRA, patterns"])
+def test_llama_cpp_matches_its_own_gelu(name, tmp_path):
+    """What remains between llama.cpp and liblora is llama.cpp's F16 GELU: with
+    that GELU in a transformers (+ PEFT) reference, the exported files give
+    llama.cpp's logits within 1e-3 on the fortunes model."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    base = tmp_path / "base.gguf"
+    export_ok("--model", FORTUNES, "--out", base)
+    model = transformers.GPT2LMHeadModel.from_pretrained(FORTUNES)
+    lora_file = None
+    if name:
+        peft = pytest.importorskip("peft")
+        spec = dict(ADAPTERS[name])
+        adir = peft_adapter(tmp_path / "adapter", FORTUNES, spec.pop("targets"), seed=len(name), **spec)
+        lora_file = tmp_path / "adapter.gguf"
+        export_ok("--model", FORTUNES, "--adapter", adir, "--out", lora_file)
+        model = peft.PeftModel.from_pretrained(model, adir)
+    llm = llama_model(base, lora=lora_file)
+    ids = llm.tokenize(PROMPT.encode(), add_bos=False, special=True)
+    with torch.no_grad():
+        exact = model(torch.tensor([ids])).logits[0].numpy()
+        for block in (model.base_model.model if name else model).transformer.h:
+            block.mlp.act = ggml_gelu(torch)()
+        emulated = model(torch.tensor([ids])).logits[0].numpy()
+    got = llama_logits(llm, ids)
+    d_exact = float(np.abs(got - exact).max())
+    d_emulated = float(np.abs(got - emulated).max())
+    print(f"\nfortunes{' + adapter ' + name if name else ''}: llama.cpp vs transformers {d_exact:.2e}, "
+          f"vs transformers with ggml's F16 GELU {d_emulated:.2e}")
+    assert d_emulated <= LLAMA_EMULATED_TOL and d_emulated < d_exact
