@@ -93,13 +93,30 @@ typedef struct lora_model_params {
      * runs OpenBLAS single-threaded (it calls openblas_set_num_threads(1)
      * when it loads OpenBLAS, which a host sharing that OpenBLAS sees too). */
     int32_t n_threads;
+    /* Storage of the base weight matrices (the Conv1D weights, wte, wpe; biases,
+     * LayerNorms, adapters and activations stay float32): LORA_DTYPE_*.
+     * LORA_DTYPE_SAVED (the default) takes the dtype a model converted by
+     * liblora was saved in (lora_model_save), else F32. F32, F16 and BF16
+     * checkpoints are converted at load; a saved Q8_0 model is read as it is.
+     * Full fine-tuning needs F32; LoRA training, generation and the engine run
+     * on every dtype. Merging into a reduced-precision base rounds the merged
+     * weights to the dtype again (unmerge restores within that rounding). */
+    int32_t dtype;
 } lora_model_params;
+
+/* Weight dtypes (lora_model_params.dtype, lora_model_info.dtype). */
+#define LORA_DTYPE_SAVED -1 /* the saved model's dtype, else F32 (load only) */
+#define LORA_DTYPE_F32   0
+#define LORA_DTYPE_BF16  1 /* bfloat16, round to nearest even */
+#define LORA_DTYPE_F16   2 /* IEEE half, round to nearest even (|w| > 65504 refused) */
+#define LORA_DTYPE_Q8_0  3 /* ggml's Q8_0: 32 int8 + one F16 scale per block */
 
 void lora_model_default_params(lora_model_params *params);
 
 /* Loads a Hugging Face GPT-2 directory (config.json, model.safetensors,
  * and vocab.json + merges.txt or tokenizer.json when present).
- * Errors: LORA_INVALID_ARGUMENT (NULL), LORA_IO_ERROR, LORA_INVALID_FILE,
+ * Errors: LORA_INVALID_ARGUMENT (NULL, unknown dtype), LORA_IO_ERROR,
+ * LORA_INVALID_FILE (also a malformed Q8_0 file, or weights a dtype cannot hold),
  * LORA_UNSUPPORTED, LORA_BACKEND_ERROR. */
 lora_status lora_model_load(lora_model **out, const char *path, const lora_model_params *params);
 void lora_model_free(lora_model *model);
@@ -116,6 +133,7 @@ typedef struct lora_model_info {
     int32_t has_tokenizer; /* 1 when tokenize/detokenize/text generation work */
     int32_t eos_token;     /* -1 when none */
     char blas_core[32];    /* the OpenBLAS kernel set in use, e.g. "SkylakeX" */
+    int32_t dtype;         /* LORA_DTYPE_* of the weight matrices */
 } lora_model_info;
 
 /* Fills *info (up to info->struct_size). Errors: LORA_INVALID_ARGUMENT. */
@@ -270,12 +288,15 @@ lora_status lora_model_set_adapter_scale(lora_model *model, lora_adapter *adapte
  * is attached merged. Errors: LORA_WRONG_STATE (already merged),
  * LORA_NUMERICAL_ERROR (the result would not be finite; nothing changed). */
 lora_status lora_model_merge(lora_model *model, lora_adapter *adapter);
-/* Takes a merged adapter back out (to float rounding); it is applied on the
- * fly again. Errors: LORA_WRONG_STATE (not merged). */
+/* Takes a merged adapter back out (to float rounding; to the dtype's rounding
+ * for a reduced-precision base); it is applied on the fly again. Errors: LORA_WRONG_STATE (not merged). */
 lora_status lora_model_unmerge(lora_model *model, lora_adapter *adapter);
 /* Writes the model, merged adapters folded in, as a Hugging Face checkpoint
  * directory (config.json, model.safetensors, the tokenizer files it was
- * loaded with), each file atomically. Errors: LORA_IO_ERROR,
+ * loaded with), each file atomically. A model loaded in a reduced-precision
+ * dtype is saved in it (BF16/F16 tensors; Q8_0 as `<name>.q8_0` I8 values and
+ * `<name>.q8_0_scale` F16 scales, see README "Reduced-precision base weights"),
+ * and loads back in it without converting again. Errors: LORA_IO_ERROR,
  * LORA_NUMERICAL_ERROR. */
 lora_status lora_model_save(const lora_model *model, const char *path);
 
@@ -473,10 +494,16 @@ typedef int32_t (*lora_gradient_reducer)(float *buffer, size_t count, void *user
  * examples from the one-process data order, this rank computing its slice;
  * calls `reduce` once per optimizer step on one contiguous buffer (the
  * gradients of the trained parameters, prescaled so that their sum is the
- * global gradient, then 2 floats of the step's loss) before clipping and AdamW,
- * and with small buffers of other lengths at the start (the ranks' digests),
- * at the end (the parameters' digests) and per evaluation (4 floats): a
- * reducer must sum any length it is given;
+ * global gradient, then 2 floats of the step's loss and 1 counting ranks that
+ * failed) before clipping and AdamW, then once more after the step (2 floats:
+ * ranks that failed, e.g. rank 0's checkpoint write, and ranks whose progress
+ * callback asked to stop), and with small buffers of other lengths at the
+ * start (the ranks' digests), at the end (the parameters' digests) and per
+ * evaluation (5 floats): a reducer must sum any length it is given;
+ * ends every rank after the same step when one rank fails or stops (no rank
+ * is left waiting in a reduction): a callback's stop gives LORA_ABORTED on
+ * every rank; a rank's own failure gives it its status, the others
+ * LORA_INVALID_ARGUMENT ("another rank failed ...");
  * shares out validation batches and reduces their sums; writes checkpoints on
  * rank 0 only. The result equals one process with batch_size × world_size
  * (up to the summation order). lora_trainer_evaluate becomes collective too

@@ -7,7 +7,8 @@
 #   4. make_svd_fixtures.py        svd/: singular values of the lora/ adapters' deltas
 #   5. make_combine_fixtures.py    combine/: add_weighted_adapter of the lora/ adapters
 #   6. make_pissa_fixtures.py      pissa/: PEFT's PiSSA/OLoRA adapters on gpt2-a
-#   7. make_merge_fixtures.py      merge/: `lora merge` of lora/all (needs a release lora-cli)
+#   7. make_lowp_fixtures.py       lowp/: gpt2-a with bf16/f16/q8_0-rounded matrices, logits, PEFT training (needs 2., 3.)
+#   8. make_merge_fixtures.py      merge/: `lora merge` of lora/all (needs a release lora-cli)
 # The inputs (models, adapters, tokenizer files) come out byte-identical;
 # reference outputs computed by torch can differ in the last bits between
 # machines and thread counts (a run here on 2026-11-29: up to 1.7e-6 on GPT-2
@@ -48,7 +49,8 @@ print("make_all_fixtures: reference versions as pinned")
 PY
 fi
 export PATH="/opt/swift/usr/bin:$PATH"
-for s in make_tokenizer_fixtures make_fixtures make_lora_fixtures make_svd_fixtures make_combine_fixtures make_pissa_fixtures; do
+for s in make_tokenizer_fixtures make_fixtures make_lora_fixtures make_svd_fixtures make_combine_fixtures make_pissa_fixtures \
+    make_lowp_fixtures; do
     echo "== $s.py"
     "$PY" "scripts/$s.py"
 done

@@ -22,7 +22,9 @@
 
 #include <immintrin.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 // ---- scalar conversions -------------------------------------------------
@@ -270,6 +272,85 @@ LROWS(LB_DTYPE_F16, lrows_f16)
 LROWS(LB_DTYPE_Q8_0, lrows_q8)
 
 #endif
+
+// ---- panels for the matrix products (prefill, training, batched steps) ---
+
+#if defined(__x86_64__)
+#define PANEL(name, load)                                                                                              \
+    static T512 void name(int dtype, float *dst, int ldd, const void *W, const uint16_t *d, int C, int r0, int r1,     \
+                          int c0, int c1) {                                                                            \
+        int ncb = (C + 31) / 32;                                                                                       \
+        (void)ncb;                                                                                                     \
+        for (int r = r0; r < r1; r++) {                                                                                \
+            float *out = dst + (size_t)(r - r0) * ldd - c0;                                                            \
+            int c = c0;                                                                                                \
+            for (; c + 16 <= c1; c += 16) _mm512_storeu_ps(out + c, load(0xFFFF));                                     \
+            if (c < c1) {                                                                                              \
+                __mmask16 m = (__mmask16)((1u << (c1 - c)) - 1);                                                       \
+                _mm512_mask_storeu_ps(out + c, m, load(m));                                                            \
+            }                                                                                                          \
+        }                                                                                                              \
+    }
+#define LOAD_COLS(m) load16_cols(dtype, W, d, r, c, C, m)
+#define LOAD_ROWS(m) load16_rows(dtype, W, d, r, c, C, ncb, m)
+PANEL(panel_cols512, LOAD_COLS)
+PANEL(panel_rows512, LOAD_ROWS)
+#endif
+
+void lb_dequant_panel(int dtype, int cols_layout, float *dst, int ldd, const void *W, const uint16_t *d, int C, int r0,
+                      int r1, int c0, int c1) {
+#if defined(__x86_64__)
+    // The rows layout's vector load needs c0 on a 16-value boundary (one Q8_0 block per vector).
+    if (dtype != LB_DTYPE_F32 && lb_cpu_has_avx512() && (cols_layout || c0 % 16 == 0)) {
+        if (cols_layout)
+            panel_cols512(dtype, dst, ldd, W, d, C, r0, r1, c0, c1);
+        else
+            panel_rows512(dtype, dst, ldd, W, d, C, r0, r1, c0, c1);
+        return;
+    }
+#endif
+    int ncb = (C + 31) / 32;
+    for (int r = r0; r < r1; r++)
+        for (int c = c0; c < c1; c++)
+            dst[(size_t)(r - r0) * ldd + (c - c0)] = weight_at(dtype, W, d, r, c, C, cols_layout, ncb);
+}
+
+// One scratch area per thread, grown on demand and freed when the thread ends.
+typedef struct {
+    float *p;
+    size_t cap;
+} scratch_t;
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static void scratch_free(void *v) {
+    scratch_t *s = v;
+    free(s->p);
+    free(s);
+}
+static void scratch_init(void) {
+    (void)pthread_key_create(&scratch_key, scratch_free);
+}
+
+float *lb_thread_scratch(size_t count) {
+    pthread_once(&scratch_once, scratch_init);
+    scratch_t *s = pthread_getspecific(scratch_key);
+    if (!s) {
+        s = calloc(1, sizeof *s);
+        if (!s) return NULL;
+        if (pthread_setspecific(scratch_key, s) != 0) {
+            free(s);
+            return NULL;
+        }
+    }
+    if (s->cap < count) {
+        void *p = NULL;
+        if (posix_memalign(&p, 64, count * sizeof(float)) != 0) return NULL;
+        free(s->p);
+        s->p = p;
+        s->cap = count;
+    }
+    return s->p;
+}
 
 void lb_gemv_cols_lowp(int level, int dtype, float *y, const float *x, const void *W, const uint16_t *d, int K, int ldw,
                        int n0, int n1, int beta0) {

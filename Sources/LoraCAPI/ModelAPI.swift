@@ -10,7 +10,9 @@ public func lora_model_default_params(_ p: UnsafeMutablePointer<lora_model_param
     p.pointee = defaultModelParams
 }
 
-var defaultModelParams: lora_model_params { lora_model_params(struct_size: UInt32(MemoryLayout<lora_model_params>.size), n_threads: 0) }
+var defaultModelParams: lora_model_params {
+    lora_model_params(struct_size: UInt32(MemoryLayout<lora_model_params>.size), n_threads: 0, dtype: LORA_DTYPE_SAVED)
+}
 
 @_cdecl("lora_model_load")
 public func lora_model_load(
@@ -22,8 +24,17 @@ public func lora_model_load(
         let o = try out(outp, "out")
         let p = try readParams(params, defaults: defaultModelParams, name: "lora_model_params")
         guard p.n_threads >= 0, p.n_threads <= 1024 else { throw invalid("n_threads must be in 0...1024") }
+        let dtype: WeightDType?
+        if p.dtype == LORA_DTYPE_SAVED {
+            dtype = nil
+        } else {
+            guard let d = WeightDType(code: p.dtype) else {
+                throw invalid("dtype \(p.dtype) is not a LORA_DTYPE_* value (-1 to 3)")
+            }
+            dtype = d
+        }
         let dir = try string(path, "path")
-        let model = try Model.load(directory: dir)
+        let model = try Model.load(directory: dir, dtype: dtype)
         if p.n_threads > 0 { BLAS.threads = Int(p.n_threads) }
         o.pointee = retain(ModelBox(model))
     }
@@ -48,6 +59,7 @@ public func lora_model_get_info(_ model: OpaquePointer?, _ info: UnsafeMutablePo
         full.n_layer = Int32(c.nLayer); full.n_head = Int32(c.nHead); full.n_inner = Int32(c.innerSize)
         full.n_params = Int64(m.parameterCount)
         full.has_tokenizer = m.tokenizer == nil ? 0 : 1
+        full.dtype = m.dtype.code
         full.eos_token = Int32(c.eosTokenID.flatMap { $0 < c.vocabSize ? $0 : nil } ?? m.tokenizer?.endOfTextID.map(Int.init) ?? -1)
         let core = Array(BLAS.coreName.utf8.prefix(31))
         withUnsafeMutableBytes(of: &full.blas_core) { b in

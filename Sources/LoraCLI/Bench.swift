@@ -28,6 +28,8 @@ struct Bench: ParsableCommand {
     @Option(help: "Prompt tokens per request (engine).") var enginePrompt = 64
     @Option(help: "New tokens per request (engine).") var newTokens = 128
     @Option(help: "Requests that join a busy engine, for time to first token (engine).") var joins = 32
+    @Option(help: "Storage of the base weight matrices: f32, bf16, f16 or q8_0 (inference, train, bound, engine).")
+    var dtype: WeightDType = .f32
 
     func run() throws {
         try LoRACommand.run {
@@ -59,7 +61,7 @@ struct Bench: ParsableCommand {
     }
 
     func inference() throws {
-        let model = try Model.random(config: GPT2Config(), seed: 1)
+        let model = try Model.random(config: GPT2Config(), seed: 1, dtype: dtype)
         var rng = SplitMix64(seed: 3)
         let ids = (0..<prompt).map { _ in TokenID(rng.next() % 50257) }
         var prefill: [Double] = []
@@ -91,17 +93,17 @@ struct Bench: ParsableCommand {
         say(
             String(
                 format:
-                    "{\"engine\":\"liblora\",\"bench\":\"prefill\",\"core\":\"%@\",\"threads\":%d,\"tokens\":%d,\"tokens_per_s\":%.1f,\"bound_tokens_per_s\":%.1f,\"fraction_of_bound\":%.3f}",
-                BLAS.coreName, threads, prompt, median(prefill), pb, median(prefill) / pb))
+                    "{\"engine\":\"liblora\",\"bench\":\"prefill\",\"dtype\":\"%@\",\"core\":\"%@\",\"threads\":%d,\"tokens\":%d,\"tokens_per_s\":%.1f,\"bound_tokens_per_s\":%.1f,\"fraction_of_bound\":%.3f}",
+                dtype.rawValue, BLAS.coreName, threads, prompt, median(prefill), pb, median(prefill) / pb))
         say(
             String(
                 format:
-                    "{\"engine\":\"liblora\",\"bench\":\"decode\",\"core\":\"%@\",\"threads\":%d,\"tokens\":%d,\"tokens_per_s\":%.1f,\"bound_tokens_per_s\":%.1f,\"weights_gb_per_s\":%.1f,\"fraction_of_bound\":%.3f}",
-                BLAS.coreName, threads, decode, median(dec), db.tokensPerS, db.gbPerS, median(dec) / db.tokensPerS))
+                    "{\"engine\":\"liblora\",\"bench\":\"decode\",\"dtype\":\"%@\",\"core\":\"%@\",\"threads\":%d,\"tokens\":%d,\"tokens_per_s\":%.1f,\"bound_tokens_per_s\":%.1f,\"weights_gb_per_s\":%.1f,\"fraction_of_bound\":%.3f}",
+                dtype.rawValue, BLAS.coreName, threads, decode, median(dec), db.tokensPerS, db.gbPerS, median(dec) / db.tokensPerS))
     }
 
     func train() throws {
-        let model = try Model.random(config: GPT2Config(), seed: 1)
+        let model = try Model.random(config: GPT2Config(), seed: 1, dtype: dtype)
         var lc = LoRAConfig()
         lc.r = r; lc.loraAlpha = 16; lc.targetModules = .names(["c_attn", "attn.c_proj", "mlp.c_fc"])
         let adapter = try Adapter(config: lc, modelConfig: model.config)
@@ -126,8 +128,9 @@ struct Bench: ParsableCommand {
         say(
             String(
                 format:
-                    "{\"engine\":\"liblora\",\"bench\":\"lora_train\",\"core\":\"%@\",\"threads\":%d,\"batch\":%d,\"block\":%d,\"r\":%d,\"trainable\":%d,\"tokens_per_s\":%.1f,\"min_tokens_per_s\":%.1f,\"max_tokens_per_s\":%.1f,\"peak_rss_gib\":%.3f,\"bound_tokens_per_s\":%.1f,\"fraction_of_bound\":%.3f}",
-                BLAS.coreName, threads, batch, block, r, adapter.parameterCount, median(rates), sorted.first ?? 0, sorted.last ?? 0, rss,
+                    "{\"engine\":\"liblora\",\"bench\":\"lora_train\",\"dtype\":\"%@\",\"core\":\"%@\",\"threads\":%d,\"batch\":%d,\"block\":%d,\"r\":%d,\"trainable\":%d,\"tokens_per_s\":%.1f,\"min_tokens_per_s\":%.1f,\"max_tokens_per_s\":%.1f,\"peak_rss_gib\":%.3f,\"bound_tokens_per_s\":%.1f,\"fraction_of_bound\":%.3f}",
+                dtype.rawValue, BLAS.coreName, threads, batch, block, r, adapter.parameterCount, median(rates), sorted.first ?? 0,
+                sorted.last ?? 0, rss,
                 tb, median(rates) / tb))
     }
 
@@ -147,15 +150,15 @@ struct Bench: ParsableCommand {
                         "{\"engine\":\"liblora\",\"bench\":\"bound\",\"core\":\"%@\",\"threads\":%d,\"M\":%d,\"sgemm_gflop_per_s\":{%@},\"prefill_bound_tokens_per_s\":%.1f,\"train_M\":%d,\"lora_train_bound_tokens_per_s\":%.1f}",
                     BLAS.coreName, t, prompt, shapes, p.tokensPerS, batch * block, train))
         }
-        let model = try Model.random(config: config, seed: 1)
+        let model = try Model.random(config: config, seed: 1, dtype: dtype)
         for t in Set([1, threads]).sorted() {
             BLAS.threads = t
             let d = try MachineBound.decode(model)
             say(
                 String(
                     format:
-                        "{\"engine\":\"liblora\",\"bench\":\"bound\",\"core\":\"%@\",\"threads\":%d,\"weights_gb_per_s\":%.1f,\"decode_bound_tokens_per_s\":%.1f}",
-                    BLAS.coreName, t, d.gbPerS, d.tokensPerS))
+                        "{\"engine\":\"liblora\",\"bench\":\"bound\",\"dtype\":\"%@\",\"core\":\"%@\",\"threads\":%d,\"weights_gb_per_s\":%.1f,\"decode_bound_tokens_per_s\":%.1f}",
+                    dtype.rawValue, BLAS.coreName, t, d.gbPerS, d.tokensPerS))
         }
         BLAS.threads = threads
     }
@@ -184,7 +187,10 @@ struct Bench: ParsableCommand {
         let base = try Model.random(config: config, seed: 1)
         let tuned = try Model.random(config: config, seed: 1)
         var rng = SplitMix64(seed: 9)
-        for l in tuned.weights.layers { for i in 0..<(768 * 2304) { l.attnW[i] += 0.001 * rng.nextGaussian() } }
+        for l in tuned.weights.layers {
+            guard let w = l.attnW.f32 else { continue }
+            for i in 0..<(768 * 2304) { w[i] += 0.001 * rng.nextGaussian() }
+        }
         t0 = now()
         _ = try Adapter.extract(base: base, tuned: tuned, targetModules: .names(["c_attn"]), rank: .fixed(16))
         let extract = now() - t0

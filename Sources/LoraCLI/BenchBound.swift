@@ -111,14 +111,16 @@ struct MachineBound {
         for i in 0..<x.count { x.base[i] = 0.01 }
         let t = best(5) {
             for l in w.layers {
-                gemv(transA: true, rows: c.nEmbd, cols: 3 * c.nEmbd, alpha: 1, A: l.attnW, lda: 3 * c.nEmbd, x: x.base, beta: 0, y: y.base)
-                gemv(transA: true, rows: c.nEmbd, cols: c.nEmbd, alpha: 1, A: l.attnProjW, lda: c.nEmbd, x: x.base, beta: 0, y: y.base)
-                gemv(transA: true, rows: c.nEmbd, cols: c.innerSize, alpha: 1, A: l.fcW, lda: c.innerSize, x: x.base, beta: 0, y: y.base)
-                gemv(transA: true, rows: c.innerSize, cols: c.nEmbd, alpha: 1, A: l.mlpProjW, lda: c.nEmbd, x: x.base, beta: 0, y: y.base)
+                for m in [l.attnW, l.attnProjW, l.fcW, l.mlpProjW] {
+                    baseMatmul(transW: false, M: 1, N: m.cols, K: m.rows, A: x.base, lda: m.rows, W: m, beta: 0, C: y.base, ldc: m.cols)
+                }
             }
-            gemv(transA: false, rows: c.vocabSize, cols: c.nEmbd, alpha: 1, A: w.lmHead, lda: c.nEmbd, x: x.base, beta: 0, y: y.base)
+            let h = w.lmHead
+            baseMatmul(transW: true, M: 1, N: h.rows, K: h.cols, A: x.base, lda: h.cols, W: h, beta: 0, C: y.base, ldc: h.rows)
         }
-        let bytes = Double(4 * (shapes(c).reduce(0) { $0 + $1.K * $1.N * $1.perModel }))
+        // Bytes a token reads: the weights' and, for Q8_0, the scales'.
+        let matrices = w.layers.flatMap { [$0.attnW, $0.attnProjW, $0.fcW, $0.mlpProjW] } + [w.lmHead]
+        let bytes = Double(matrices.reduce(0) { $0 + $1.dataBytes + 2 * $1.scaleCount })
         return (1 / t, bytes / t / 1e9)
     }
 }

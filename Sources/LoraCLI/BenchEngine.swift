@@ -10,7 +10,7 @@ import LoRA
 
 extension Bench {
     func engineBench() throws {
-        let model = try Model.random(config: GPT2Config(), seed: 1)
+        let model = try Model.random(config: GPT2Config(), seed: 1, dtype: dtype)
         let P = enginePrompt
         let N = newTokens
         guard P >= 1, N >= 2, P + N <= model.config.nPositions else {

@@ -106,12 +106,13 @@ struct Extract: ParsableCommand {
     @Option(help: "Comma-separated target modules.") var targetModules = "c_attn"
     @OptionGroup var ranks: RankOptions
     @Option(help: "Output directory.") var outputDir: String
+    @OptionGroup var dtype: DTypeOption
 
     func run() throws {
         try LoRACommand.run {
             let target = try ranks.target()
-            let b = try loadModel(base ?? Defaults.modelDirectory)
-            let t = try loadModel(tuned)
+            let b = try loadModel(base ?? Defaults.modelDirectory, dtype: dtype.dtype)
+            let t = try loadModel(tuned, dtype: dtype.dtype)
             let t0 = Date()
             let (a, reports) = try Adapter.extract(
                 base: b, tuned: t, targetModules: .names(list: targetModules),

@@ -21,6 +21,7 @@ struct Demo: ParsableCommand {
     @Option(help: "LoRA rank.") var r = 16
     @Option(help: "Random seed.") var seed: UInt64 = 1
     @Option(help: "Tokens per sample.") var maxNewTokens = 160
+    @OptionGroup var dtype: DTypeOption
     @OptionGroup var threads: ThreadOptions
 
     func run() throws {
@@ -33,7 +34,7 @@ struct Demo: ParsableCommand {
         guard FileManager.default.fileExists(atPath: data) else {
             throw LoRAError.io(path: data, reason: "not found: install Debian's fortunes package (scripts/bootstrap.sh does)")
         }
-        let m = try Model.load(directory: modelDir)
+        let m = try Model.load(directory: modelDir, dtype: dtype.dtype)
         threads.apply()
         guard let tok = m.tokenizer else { throw LoRAError.invalidArgument("\(modelDir) has no tokenizer") }
         let block = min(blockSize, m.config.nPositions)
@@ -113,7 +114,10 @@ struct Demo: ParsableCommand {
         say("metrics:                   \(outputDir)/metrics.jsonl")
         say(String(format: "done in %.0f s", Date().timeIntervalSince(started)))
         guard after.loss < before.loss else { throw LoRAError.numerical("held-out loss did not fall (\(before.loss) → \(after.loss))") }
-        guard diff < 1e-3 else { throw LoRAError.numerical("the merged model's logits differ from base + adapter by \(diff)") }
+        // A reduced-precision base re-rounds the merged weights (README): only F32 is held to 1e-3.
+        guard diff < 1e-3 || m.dtype != .f32 else {
+            throw LoRAError.numerical("the merged model's logits differ from base + adapter by \(diff)")
+        }
     }
 
     func indent(_ s: String) -> String {

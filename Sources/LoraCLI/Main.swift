@@ -14,7 +14,7 @@ struct LoRACommand: ParsableCommand {
             """,
         subcommands: [
             Demo.self, Train.self, Generate.self, Eval.self, Merge.self, Compress.self, Combine.self, Extract.self, Inspect.self,
-            Tokenize.self, Bench.self, InitModel.self, ExportGGUF.self,
+            Tokenize.self, Bench.self, InitModel.self, Convert.self, ExportGGUF.self,
         ],
         defaultSubcommand: nil)
 
@@ -126,12 +126,27 @@ struct ThreadOptions: ParsableArguments {
 }
 
 /// Loads a model directory, with a hint when the folder is an adapter.
-func loadModel(_ dir: String) throws -> Model {
+/// `dtype`: the weight matrices' storage (nil: as saved, else f32).
+func loadModel(_ dir: String, dtype: WeightDType? = nil) throws -> Model {
     let fm = FileManager.default
     if !fm.fileExists(atPath: dir + "/config.json"), fm.fileExists(atPath: dir + "/" + Adapter.configFile) {
         throw LoRAError.invalidArgument("\(dir) is a PEFT adapter, not a model: pass it as --adapter \(dir)")
     }
-    return try Model.load(directory: dir)
+    return try Model.load(directory: dir, dtype: dtype)
+}
+
+extension WeightDType: ExpressibleByArgument {
+    public init?(argument: String) { self.init(rawValue: argument.lowercased()) }
+}
+
+/// --dtype, declared once for every command that loads a model.
+struct DTypeOption: ParsableArguments {
+    @Option(
+        help: ArgumentHelp(
+            "Storage of the base model's weight matrices (default: the dtype a converted model was saved in, else f32).",
+            discussion: "bf16 and f16 halve the weights' memory, q8_0 (ggml's 8-bit blocks) takes about a quarter; see the README.",
+            valueName: "dtype"))
+    var dtype: WeightDType?
 }
 
 /// Options every model-using command shares.
@@ -142,6 +157,8 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .customLong("adapter"), help: "A PEFT adapter directory to apply, optionally with a scale: DIR[:SCALE]. Repeatable.")
     var adapters: [String] = []
 
+    @OptionGroup var dtype: DTypeOption
+
     @OptionGroup var threads: ThreadOptions
 
     func validate() throws {
@@ -149,7 +166,7 @@ struct ModelOptions: ParsableArguments {
     }
 
     func load() throws -> Model {
-        let model = try loadModel(model ?? Defaults.modelDirectory)
+        let model = try loadModel(model ?? Defaults.modelDirectory, dtype: dtype.dtype)
         threads.apply()
         for spec in adapters {
             let (dir, scale) = try AdapterSpec.parse(spec)

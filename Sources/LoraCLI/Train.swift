@@ -175,6 +175,7 @@ struct Train: ParsableCommand {
         help:
             "Resume from the newest checkpoint in --output-dir/checkpoints (raise --max-steps or --num-train-epochs to extend a finished run)."
     ) var resume = false
+    @OptionGroup var dtype: DTypeOption
     @OptionGroup var threads: ThreadOptions
     @Flag(help: "With PiSSA/OLoRA, also save the unconverted adapter (for the residual base) in --output-dir/unconverted.")
     var saveUnconvertedAdapter = false
@@ -217,7 +218,7 @@ struct Train: ParsableCommand {
 
     func train() throws {
         let modelDir = model ?? Defaults.modelDirectory
-        let m = try loadModel(modelDir)
+        let m = try loadModel(modelDir, dtype: dtype.dtype)
         threads.apply()
         guard let tok = m.tokenizer else { throw LoRAError.invalidArgument("\(modelDir) has no tokenizer files") }
         if let b = optim.blockSize, b > m.config.nPositions {

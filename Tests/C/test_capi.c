@@ -10,7 +10,7 @@
  * The last line is "N passed, N failed"; the exit status is 1 on any failure.
  * LORA_TEST_ONLY=name[,name] runs only those tests.
  *
- * The checks live in one file per area: test_capi_basics.c, _model.c,
+ * The checks live in one file per area: test_capi_basics.c, _model.c, _lowp.c,
  * _generation.c, _adapters.c, _training.c, _threads.c, _engine.c, _gguf.c; the harness in
  * test_capi_common.c and test_capi.h. Build: cc Tests/C/test_capi*.c.
  */
@@ -38,6 +38,7 @@ int main(int argc, char **argv) {
         {"free_null", test_free_null},
         {"model_load_errors", test_model_load_errors},
         {"model_info", test_model_info},
+        {"model_dtype", test_model_dtype},
         {"tokens", test_tokens},
         {"reference_gpt2_tok", test_reference_gpt2_tok},
         {"generation", test_generation},

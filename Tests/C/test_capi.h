@@ -108,6 +108,8 @@ void test_free_null(void);
 /* test_capi_model.c */
 void test_model_load_errors(void);
 void test_model_info(void);
+/* test_capi_lowp.c */
+void test_model_dtype(void);
 void test_tokens(void);
 void test_reference_gpt2_tok(void);
 /* test_capi_generation.c */

@@ -65,6 +65,33 @@ import Testing
         #expect(r.status == 0 && r.out.hasPrefix("hi"), "\(r.err)")
     }
 
+    /// --dtype (issue #16): `lora convert` writes a q8_0 model that generate
+    /// and eval load in its dtype; a bf16 base trains an adapter; a full
+    /// fine-tune on it and an unknown dtype are one-line errors.
+    @Test func dtypeConvertGenerateTrainAndErrors() throws {
+        let out = try Fixtures.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let c = try CLI.run(["convert", "--model", model, "--dtype", "q8_0", "--output-dir", out + "/q8"])
+        #expect(c.status == 0, "\(c.err)")
+        let file = try SafeTensorsFile(path: out + "/q8/model.safetensors")
+        #expect(file.metadata?["liblora.dtype"] == "q8_0")
+        #expect(file["transformer.h.0.mlp.c_fc.weight.q8_0_scale"] != nil)
+        let g = try CLI.run(["generate", "--model", out + "/q8", "--max-new-tokens", "4", "Hello"])
+        #expect(g.status == 0 && g.out.hasPrefix("Hello"), "\(g.err)")
+        let data = try data()
+        let e = try CLI.run(["eval", "--model", out + "/q8", data])
+        #expect(e.status == 0 && e.out.contains("perplexity"), "\(e.err)")
+        let t = try CLI.run([
+            "train", "--model", model, "--dtype", "bf16", "--max-steps", "2", "--block-size", "16", "--output-dir", out + "/adapter", data,
+        ])
+        #expect(t.status == 0, "\(t.err)")
+        #expect(FileManager.default.fileExists(atPath: out + "/adapter/adapter_model.safetensors"))
+        try expectOneLineError(
+            ["train", "--model", model, "--dtype", "f16", "--full-finetune", "--max-steps", "1", "--output-dir", out + "/full", data],
+            ["full fine-tuning needs an f32 base"])
+        try expectOneLineError(["generate", "--model", model, "--dtype", "int4", "Hi"], ["--dtype", "f32", "q8_0"], status: 64)
+    }
+
     @Test func pathsThatAreNotWhatTheCommandWants() throws {
         let dir = try Fixtures.tempDir()
         try expectOneLineError(["generate", "--model", Fixtures.path("lora/all"), "hi"], ["is a PEFT adapter", "--adapter"])

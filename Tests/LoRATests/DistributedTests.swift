@@ -128,6 +128,79 @@ final class Results: @unchecked Sendable {
         }
     }
 
+    /// Runs `world` ranks on threads with `body(rank, trainer)`; nil when they
+    /// did not all finish within a minute (a rank left waiting in a reduction).
+    func runRanks(_ world: Int, _ body: @escaping @Sendable (Int, Trainer) throws -> Void) -> [Result<([Double], [Float]), Error>]? {
+        let reducer = ThreadReducer(worldSize: world)
+        let results = Results()
+        let group = DispatchGroup()
+        let make = self
+        for r in 0..<world {
+            group.enter()
+            Thread {
+                defer { group.leave() }
+                do {
+                    let (t, a) = try make.trainer(batch: 1)
+                    t.gradientReducer = try reducer.rank(r)
+                    try body(r, t)
+                    results.set(r, .success(([Double(t.step)], Array(a.params.buffer))))
+                } catch {
+                    results.set(r, .failure(error))
+                }
+            }.start()
+        }
+        guard group.wait(timeout: .now() + 60) == .success else { return nil }
+        return results.all(world)
+    }
+
+    /// One rank's callback stops the run: every rank stops after that step
+    /// (none is left waiting in the next step's reduction), all holding the
+    /// same parameters.
+    @Test func oneRankStoppingStopsEveryRank() throws {
+        let data = examples(7)
+        guard
+            let ranks = runRanks(
+                3,
+                { r, t in
+                    do {
+                        try t.train(data) { p in r == 1 && p.step == 3 ? .stop : .continue }
+                    } catch LoRAError.aborted {
+                        #expect(t.step == 3, "rank \(r) stopped at step \(t.step)")
+                        return
+                    }
+                    Issue.record("rank \(r) did not stop")
+                })
+        else {
+            Issue.record("a rank was left waiting after another stopped")
+            return
+        }
+        let params = try ranks.map { try $0.get().1 }
+        #expect(params.allSatisfy { $0 == params[0] })
+    }
+
+    /// Rank 0's checkpoint fails (the directory is a file): rank 0 reports
+    /// its error, every other rank stops naming another rank's failure.
+    @Test func aCheckpointFailureOnRankZeroStopsEveryRank() throws {
+        let data = examples(7)
+        let blocker = FileManager.default.temporaryDirectory.appendingPathComponent("lora-ckpt-\(UUID().uuidString)")
+        try Data("not a directory".utf8).write(to: blocker)
+        defer { try? FileManager.default.removeItem(at: blocker) }
+        var options = TrainParams()
+        options.saveSteps = 2
+        options.checkpointDirectory = blocker.path + "/sub"
+        let opts = options
+        guard let ranks = runRanks(2, { _, t in try t.train(data, options: opts) }) else {
+            Issue.record("a rank was left waiting after rank 0's checkpoint failed")
+            return
+        }
+        guard case .failure(let e0) = ranks[0], case .failure(let e1) = ranks[1] else {
+            Issue.record("training went on after a failed checkpoint")
+            return
+        }
+        #expect(!"\(e0)".contains("another rank"))
+        #expect("\(e1)".contains("another rank failed after step 2"))
+    }
+
     /// A transport whose sums differ between ranks is caught at the end of training.
     @Test func ranksThatDivergeAreCaught() {
         for r in runRanks(2, data: examples(7), skew: 1e-3) {

@@ -55,7 +55,7 @@ import Testing
 
     @Test func rowsMatchDoublePrecision() {
         var rng = SplitMix64(seed: 12)
-        for (R, C) in [(1, 1), (7, 15), (9, 48), (130, 768), (5, 769)] {
+        for (R, C) in [(1, 1), (7, 15), (9, 48), (130, 768), (5, 769), (2304, 8), (9, 3)] {
             for offset in [0, 3] {
                 let ldw = C + 2
                 var w = (0..<(offset + R * ldw)).map { _ in rng.nextFloat() * 2 - 1 }
@@ -120,6 +120,71 @@ import Testing
 
     /// The pool runs every chunk exactly once, also when jobs nest and when
     /// several threads submit at once (the later ones run their own chunks).
+    /// The few-row kernels (CLoraSupport/gemm_small.c) give, for every row of
+    /// x, the decode kernel's result on that row bit for bit, at every level:
+    /// a sequence's numbers in a batched step are its solo numbers. Shapes
+    /// cover row groups of 1–6, column panels with tails, K across blocks of
+    /// 64 rows, C with vector tails, and split column ranges.
+    @Test func fewRowKernelsEqualDecodeKernelsPerRow() {
+        var rng = SplitMix64(seed: 13)
+        for (M, K, N) in [(1, 1, 1), (2, 3, 17), (7, 65, 200), (13, 130, 80), (6, 768, 2304), (16, 769, 33)] {
+            let ldw = N + 3
+            let ldx = K + 1
+            let ldy = N + 5
+            let w = (0..<(K * ldw)).map { _ in rng.nextFloat() * 2 - 1 }
+            let x = (0..<(M * ldx)).map { _ in rng.nextFloat() * 2 - 1 }
+            let y0 = (0..<(M * ldy)).map { _ in rng.nextFloat() }
+            for level in Self.levels {
+                for beta0: Int32 in [0, 1] {
+                    let cut = N / 3
+                    var batched = y0
+                    lb_gemm_cols_at(level, &batched, Int32(ldy), x, Int32(ldx), Int32(M), w, Int32(K), Int32(ldw), 0, Int32(cut), beta0)
+                    lb_gemm_cols_at(
+                        level, &batched, Int32(ldy), x, Int32(ldx), Int32(M), w, Int32(K), Int32(ldw), Int32(cut), Int32(N), beta0)
+                    var solo = y0
+                    for m in 0..<M {
+                        solo.withUnsafeMutableBufferPointer { yp in
+                            x.withUnsafeBufferPointer { xp in
+                                lb_gemv_cols_at(
+                                    level, yp.baseAddress! + m * ldy, xp.baseAddress! + m * ldx, w, Int32(K), Int32(ldw), 0, Int32(N), beta0
+                                )
+                            }
+                        }
+                    }
+                    #expect(batched == solo, "cols level \(level) M \(M) K \(K) N \(N) beta0 \(beta0)")
+                }
+            }
+        }
+        for (M, R, C) in [(1, 1, 1), (2, 7, 15), (7, 9, 48), (13, 130, 768), (5, 6, 769), (16, 50, 8)] {
+            let ldw = C + 2
+            let ldx = C + 3
+            let ldy = R + 1
+            let w = (0..<(R * ldw)).map { _ in rng.nextFloat() * 2 - 1 }
+            let x = (0..<(M * ldx)).map { _ in rng.nextFloat() * 2 - 1 }
+            let y0 = (0..<(M * ldy)).map { _ in rng.nextFloat() }
+            for level in Self.levels {
+                for beta0: Int32 in [0, 1] {
+                    let cut = R / 2 + 1
+                    var batched = y0
+                    lb_gemm_rows_at(level, &batched, Int32(ldy), x, Int32(ldx), Int32(M), w, Int32(C), Int32(ldw), 0, Int32(cut), beta0)
+                    lb_gemm_rows_at(
+                        level, &batched, Int32(ldy), x, Int32(ldx), Int32(M), w, Int32(C), Int32(ldw), Int32(cut), Int32(R), beta0)
+                    var solo = y0
+                    for m in 0..<M {
+                        solo.withUnsafeMutableBufferPointer { yp in
+                            x.withUnsafeBufferPointer { xp in
+                                lb_gemv_rows_at(
+                                    level, yp.baseAddress! + m * ldy, xp.baseAddress! + m * ldx, w, Int32(C), Int32(ldw), 0, Int32(R), beta0
+                                )
+                            }
+                        }
+                    }
+                    #expect(batched == solo, "rows level \(level) M \(M) R \(R) C \(C) beta0 \(beta0)")
+                }
+            }
+        }
+    }
+
     @Test func poolRunsEveryChunkOnce() throws {
         try BLAS.load()
         let saved = BLAS.threads

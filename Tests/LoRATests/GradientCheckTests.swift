@@ -160,7 +160,7 @@ private func expectGradient(
         let r = gaussian(M * N, &rng)
         let out = Buffer(count: M * N)
         func loss() -> Double {
-            matmulForward(out: out.p, inp: x.p, weight: w.p, bias: b.p, M: M, K: K, N: N)
+            matmulForward(out: out.p, inp: x.p, weight: conv1D(w, K, N), bias: b.p, M: M, K: K, N: N)
             return weightedSum(out, r)
         }
 
@@ -172,7 +172,7 @@ private func expectGradient(
         let dw = Buffer(dw0)
         let db = Buffer(db0)
         matmulBackward(
-            dinp: dx.p, dweight: dw.p, dbias: db.p, dout: dout.p, inp: x.p, weight: w.p,
+            dinp: dx.p, dweight: dw.p, dbias: db.p, dout: dout.p, inp: x.p, weight: conv1D(w, K, N),
             M: M, K: K, N: N, accumulate: true)
         expectGradient("dinp", x, at: Array(0..<(M * K)), analytic: added(dx, dx0), loss: loss)
         expectGradient("dweight", w, at: Array(0..<(K * N)), analytic: added(dw, dw0), loss: loss)
@@ -181,7 +181,7 @@ private func expectGradient(
         // accumulate: false overwrites dinp (stale values must not leak in).
         let dxFresh = Buffer(gaussian(M * K, &rng, scale: 100))
         matmulBackward(
-            dinp: dxFresh.p, dweight: nil, dbias: nil, dout: dout.p, inp: x.p, weight: w.p,
+            dinp: dxFresh.p, dweight: nil, dbias: nil, dout: dout.p, inp: x.p, weight: conv1D(w, K, N),
             M: M, K: K, N: N, accumulate: false)
         expectGradient("dinp (overwrite)", x, at: Array(0..<(M * K)), analytic: dxFresh.values, loss: loss)
     }
@@ -373,7 +373,8 @@ private func expectGradient(
                 positions.withUnsafeBufferPointer { pp in
                     embeddingForward(
                         out: out.p, ids: ip.baseAddress!, positions: pp.baseAddress!,
-                        wte: wte.p, wpe: wpe.p, n: n, C: C)
+                        wte: BaseMatrix(f32: wte.p, rows: vocab, cols: C, inputAlongRows: false),
+                        wpe: BaseMatrix(f32: wpe.p, rows: positionsCount, cols: C, inputAlongRows: false), n: n, C: C)
                 }
             }
             return weightedSum(out, r)
@@ -431,7 +432,7 @@ struct AttentionCase: Sendable, CustomTestStringConvertible {
                 let start = gaussian(M * N, &rng)
                 let out = Buffer(start)
                 matmulForward(
-                    out: out.p, inp: x.p, weight: w.p, bias: withBias ? UnsafePointer(b.p) : nil,
+                    out: out.p, inp: x.p, weight: conv1D(w, K, N), bias: withBias ? UnsafePointer(b.p) : nil,
                     M: M, K: K, N: N, accumulate: accumulate)
                 var worst = 0.0
                 var bad = 0
@@ -558,3 +559,6 @@ struct AttentionCase: Sendable, CustomTestStringConvertible {
         #expect(worst < 1e-5, "max |Δ| \(worst)")
     }
 }
+
+/// An F32 Conv1D weight [K, N] as the matrix products take it.
+private func conv1D(_ w: Buffer, _ K: Int, _ N: Int) -> BaseMatrix { BaseMatrix(f32: w.p, rows: K, cols: N, inputAlongRows: true) }

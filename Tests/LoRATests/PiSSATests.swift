@@ -123,7 +123,7 @@ private let pissaFactorTolerance: Float = 5e-5
         var rng = SplitMix64(seed: 99)
         let qu = try Linalg.qr((0..<outF * inF).map { _ in rng.nextGaussian() }, m: outF, n: inF).q  // [out, in]
         let qv = try Linalg.qr((0..<inF * inF).map { _ in rng.nextGaussian() }, m: inF, n: inF).q  // [in, in]
-        let conv = model.weights.layers[0].attnW
+        let conv = try #require(model.weights.layers[0].attnW.f32)
         for i in 0..<inF {
             for o in 0..<outF {
                 var acc: Float = 0
@@ -312,7 +312,7 @@ private let pissaFactorTolerance: Float = 5e-5
     @Test func badInputIsAnErrorAndChangesNothing() throws {
         // NaN in a base weight: named, and neither the model nor the adapter changes.
         let model = try base()
-        model.weights.layers[1].fcW[7] = .nan
+        try #require(model.weights.layers[1].fcW.f32)[7] = .nan
         let bits = model.weights.block.buffer.map(\.bitPattern)
         let a = try fresh(.pissa(niter: nil))
         expectError(contains: "transformer.h.1.mlp.c_fc") { try a.initialize(from: model, seed: 1) }
@@ -389,13 +389,14 @@ func product(_ a: Adapter, _ s: LoRASlot) -> [Float] {
 /// A module's base weight as PEFT's [out, in].
 func denseWeight(_ m: Model, _ s: LoRASlot) -> [Float] {
     let l = m.weights.layers[s.layer]
-    let conv: UnsafeMutablePointer<Float>
+    let matrix: BaseMatrix
     switch s.target {
-    case .attnCAttn: conv = l.attnW
-    case .attnCProj: conv = l.attnProjW
-    case .mlpCFC: conv = l.fcW
-    case .mlpCProj: conv = l.mlpProjW
+    case .attnCAttn: matrix = l.attnW
+    case .attnCProj: matrix = l.attnProjW
+    case .mlpCFC: matrix = l.fcW
+    case .mlpCProj: matrix = l.mlpProjW
     }
+    let conv = matrix.dequantized()
     var w = [Float](repeating: 0, count: s.outFeatures * s.inFeatures)
     for i in 0..<s.inFeatures { for o in 0..<s.outFeatures { w[o * s.inFeatures + i] = conv[i * s.outFeatures + o] } }
     return w

@@ -147,6 +147,14 @@ LORA_SCHEDULER_CONSTANT_WITH_WARMUP = 1
 LORA_SCHEDULER_LINEAR = 2
 LORA_SCHEDULER_COSINE = 3
 
+LORA_DTYPE_SAVED = -1
+LORA_DTYPE_F32 = 0
+LORA_DTYPE_BF16 = 1
+LORA_DTYPE_F16 = 2
+LORA_DTYPE_Q8_0 = 3
+#: dtype names (as `lora --dtype` and the Swift WeightDType) to LORA_DTYPE_* values.
+DTYPES = {"f32": LORA_DTYPE_F32, "bf16": LORA_DTYPE_BF16, "f16": LORA_DTYPE_F16, "q8_0": LORA_DTYPE_Q8_0}
+
 # ---- Structs (field order and types exactly as in lora.h) -------------------
 
 
@@ -154,6 +162,7 @@ class lora_model_params(Structure):
     _fields_ = [
         ("struct_size", c_uint32),
         ("n_threads", c_int32),
+        ("dtype", c_int32),
     ]
 
 
@@ -170,6 +179,7 @@ class lora_model_info(Structure):
         ("has_tokenizer", c_int32),
         ("eos_token", c_int32),
         ("blas_core", c_char * 32),
+        ("dtype", c_int32),
     ]
 
 

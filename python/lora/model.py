@@ -62,6 +62,7 @@ class ModelInfo:
     has_tokenizer: bool
     eos_token: int | None   # None when the model has none (-1 in C)
     blas_core: str
+    dtype: str              # storage of the weight matrices: "f32", "bf16", "f16" or "q8_0"
 
     def __getitem__(self, key: str):
         if key not in self.keys():
@@ -120,11 +121,11 @@ class Model(Owner):
     _kind = "Model"
     _close_rank = 2
 
-    def __init__(self, path, n_threads: int = 0, *, _handle=None):
+    def __init__(self, path, n_threads: int = 0, *, dtype: str | None = None, _handle=None):
         if _handle is None:
             if isinstance(path, C.lora_model_p):
                 raise TypeError("use lora.Model(path) to load a model")
-            _handle = self._load_handle(path, n_threads)
+            _handle = self._load_handle(path, n_threads, dtype)
         if not isinstance(_handle, C.lora_model_p) or not _handle:
             raise TypeError("use lora.Model(path) to create a Model")
         path = os.fspath(path) if not isinstance(path, bytes) else os.fsdecode(path)
@@ -136,10 +137,14 @@ class Model(Owner):
     # ---- lifetime ------------------------------------------------------------
 
     @staticmethod
-    def _load_handle(path, n_threads: int):
+    def _load_handle(path, n_threads: int, dtype: str | None = None):
         p = C.lora_model_params()
         C.lora_model_default_params(byref(p))
         p.n_threads = int32(n_threads, "n_threads")
+        if dtype is not None:
+            if not isinstance(dtype, str) or dtype.lower() not in C.DTYPES:
+                raise ValueError(f"dtype must be one of {', '.join(C.DTYPES)} or None (got {dtype!r})")
+            p.dtype = C.DTYPES[dtype.lower()]
         cp = cpath(path)
         if not os.path.exists(cp):
             raise file_not_found(path, "model directory", "lora_model_load")
@@ -148,19 +153,21 @@ class Model(Owner):
         return h
 
     @classmethod
-    def load(cls, path, n_threads: int = 0) -> "Model":
+    def load(cls, path, n_threads: int = 0, *, dtype: str | None = None) -> "Model":
         """Loads a GPT-2 directory (config.json, model.safetensors, tokenizer files when present).
 
         n_threads: compute threads for the whole process (0 keeps the current
             count: OPENBLAS_NUM_THREADS or the CPU count at first).
+        dtype: storage of the weight matrices, "f32", "bf16", "f16" or "q8_0"
+            (None: the dtype a converted model was saved in, else "f32").
         A missing path raises FileNotFoundError (lora.LoraFileNotFoundError).
         """
-        return cls(path, n_threads)
+        return cls(path, n_threads, dtype=dtype)
 
     @classmethod
-    def from_pretrained(cls, path, n_threads: int = 0) -> "Model":
+    def from_pretrained(cls, path, n_threads: int = 0, *, dtype: str | None = None) -> "Model":
         """transformers' name for :meth:`load`."""
-        return cls(path, n_threads)
+        return cls(path, n_threads, dtype=dtype)
 
     def _on_close(self) -> None:
         # Attached adapters not registered as dependents anymore (GC cleared the
@@ -187,6 +194,7 @@ class Model(Owner):
                 has_tokenizer=bool(i.has_tokenizer),
                 eos_token=None if i.eos_token < 0 else i.eos_token,
                 blas_core=i.blas_core.decode("utf-8", "replace"),
+                dtype=next((k for k, v in C.DTYPES.items() if v == i.dtype), str(i.dtype)),
             )
         else:
             self._require()

@@ -17,13 +17,14 @@ def test_info(tok_model):
     assert i.has_tokenizer is True
     assert i.eos_token == 1200
     assert isinstance(i.blas_core, str) and i.blas_core
+    assert i.dtype == "f32"
     # wte + wpe + 2 blocks + ln_f (tied head counted once)
     E, V, P, I = 32, 1201, 64, 128
     block = 2 * 2 * E + (E * 3 * E + 3 * E) + (E * E + E) + (E * I + I) + (I * E + E)
     assert i.n_params == V * E + P * E + 2 * block + 2 * E
     assert i["n_vocab"] == 1201 and i.as_dict()["n_layer"] == 2
     assert set(i.keys()) == {"n_vocab", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "n_params",
-                             "has_tokenizer", "eos_token", "blas_core"}
+                             "has_tokenizer", "eos_token", "blas_core", "dtype"}
 
 
 def test_info_without_tokenizer(model_a):
@@ -491,3 +492,28 @@ def test_concurrent_logits_and_generation(tok_model):
     for t in threads:
         t.join()
     assert not errors, errors
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f16", "q8_0"])
+def test_dtype_matches_transformers_on_rounded_weights(dtype, tmp_path):
+    """dtype= stores the weight matrices reduced (issue #16): logits within the
+    reference tolerance of transformers on the same rounded weights, and a
+    saved model loads back in its dtype without asking."""
+    _, t = read_safetensors(fixture("lowp", f"expected-{dtype}.safetensors"))
+    ids = t["seq2.ids"].values()
+    want = t["seq2.logits"].values()
+    with lora.Model.load(fixture("gpt2-a"), dtype=dtype) as m:
+        assert m.info.dtype == dtype
+        assert max_abs_diff(m.logits(ids), want) < LOGITS_TOLERANCE
+        m.save(tmp_path / "saved")
+    with lora.Model.load(tmp_path / "saved") as again:
+        assert again.info.dtype == dtype
+        assert max_abs_diff(again.logits(ids), want) < LOGITS_TOLERANCE
+
+
+def test_dtype_default_and_errors():
+    with lora.Model.load(fixture("gpt2-a")) as m:
+        assert m.info.dtype == "f32"
+    for bad in ("int4", 3, ""):
+        with pytest.raises(ValueError):
+            lora.Model.load(fixture("gpt2-a"), dtype=bad)

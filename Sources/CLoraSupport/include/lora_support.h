@@ -81,6 +81,19 @@ LB_HIDDEN void lb_gemv_cols_at(int level, float *y, const float *x, const float 
 LB_HIDDEN void lb_gemv_rows_at(int level, float *y, const float *x, const float *W, int C, int ldw, int r0, int r1,
                                int beta0);
 
+// Products with few rows of x (gemm_small.c, same kernels and levels): row m
+// of y equals lb_gemv_cols / lb_gemv_rows on row m of x, bit for bit.
+// y[m·ldy + n] (+)= Σ_k x[m·ldx + k]·W[k·ldw + n], m < M, n in [n0, n1).
+LB_HIDDEN void lb_gemm_cols(float *y, int ldy, const float *x, int ldx, int M, const float *W, int K, int ldw, int n0,
+                            int n1, int beta0);
+// y[m·ldy + r] (+)= Σ_c W[r·ldw + c]·x[m·ldx + c], m < M, r in [r0, r1).
+LB_HIDDEN void lb_gemm_rows(float *y, int ldy, const float *x, int ldx, int M, const float *W, int C, int ldw, int r0,
+                            int r1, int beta0);
+LB_HIDDEN void lb_gemm_cols_at(int level, float *y, int ldy, const float *x, int ldx, int M, const float *W, int K,
+                               int ldw, int n0, int n1, int beta0);
+LB_HIDDEN void lb_gemm_rows_at(int level, float *y, int ldy, const float *x, int ldx, int M, const float *W, int C,
+                               int ldw, int r0, int r1, int beta0);
+
 // Reduced-precision frozen weights (lowp.c): storage types, conversions,
 // ggml's Q8_0 quantizer, and matrix–vector kernels that give the F32
 // kernels' results on the dequantized weights bit for bit (same level).
@@ -111,6 +124,16 @@ LB_HIDDEN void lb_gemv_cols_lowp(int level, int dtype, float *y, const float *x,
                                  int K, int ldw, int n0, int n1, int beta0);
 LB_HIDDEN void lb_gemv_rows_lowp(int level, int dtype, float *y, const float *x, const void *W, const uint16_t *d,
                                  int C, int ldw, int r0, int r1, int beta0);
+// F32 copy of rows [r0, r1) × columns [c0, c1) of a [R, C] matrix stored as dtype:
+// dst[(r − r0)·ldd + c − c0]. cols_layout: Q8_0 scales [ceil(R/32), C] (a Conv1D
+// weight), else [R, ceil(C/32)] (embeddings, LM head). Exact (as lb_dequant_*).
+LB_HIDDEN void lb_dequant_panel(int dtype, int cols_layout, float *dst, int ldd, const void *W, const uint16_t *d,
+                                int C, int r0, int r1, int c0, int c1);
+// A scratch area of at least `count` floats owned by the calling thread,
+// reused by its next call (grown when too small; freed when the thread
+// ends). NULL when out of memory. For the panels of the reduced-precision
+// matrix products: no allocation per product.
+LB_HIDDEN float *lb_thread_scratch(size_t count);
 
 // Element-wise kernels (kernels.c), dispatched to AVX-512 / AVX2 / baseline
 // code for the CPU at the first call.

@@ -46,8 +46,14 @@ struct LoRABranch {
             // one): two matrix–vector products, cheaper than sgemm at M = 1
             // (see matmulForward); the engine runs ~1,500 of these a step with
             // 16 distinct adapters.
+            // The scale goes on u (r values), so both products run on
+            // liblora's kernels, which take alpha = 1 only.
             gemv(transA: false, rows: s.r, cols: s.inFeatures, alpha: 1, A: A, lda: s.inFeatures, x: x, beta: 0, y: u)
-            gemv(transA: false, rows: s.outFeatures, cols: s.r, alpha: scale * s.scaling, A: B, lda: s.r, x: u, beta: 1, y: y)
+            let alpha = scale * s.scaling
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: s.r) { su in
+                for i in 0..<s.r { su[i] = alpha * u[i] }
+                gemv(transA: false, rows: s.outFeatures, cols: s.r, alpha: 1, A: B, lda: s.r, x: su.baseAddress!, beta: 1, y: y)
+            }
             return
         }
         gemm(
@@ -223,18 +229,26 @@ struct LoRAContext {
     var scratch: FloatPtr?
     var training: LoRATrainingBuffers?
     var segments: [LoRASegment]? = nil
+    /// With segments: floats of scratch per row (at least every segment's largest rank).
+    var segmentScratchStride = 0
 
     static var none: LoRAContext { LoRAContext(active: [], scratch: nil, training: nil) }
 
     /// y[n, out] += every active branch of (layer, target) applied to x.
     func forward(layer: Int, target: LoRATarget, x: ConstFloatPtr, y: FloatPtr, n: Int) {
         if let segments, let u = scratch {
-            for seg in segments {
-                for a in seg.active {
-                    guard let b = a.adapter.branch(layer: layer, target: target) else { continue }
-                    b.forward(
-                        x: x + seg.start * b.slot.inFeatures, y: y + seg.start * b.slot.outFeatures,
-                        n: seg.count, scale: a.scale, u: u)
+            // Segments write disjoint rows of y and of the scratch: split
+            // across the workers (16 distinct adapters: 16 segments of one row).
+            let stride = segmentScratchStride
+            parallelChunks(segments.count) { _, range in
+                for i in range {
+                    let seg = segments[i]
+                    for a in seg.active {
+                        guard let b = a.adapter.branch(layer: layer, target: target) else { continue }
+                        b.forward(
+                            x: x + seg.start * b.slot.inFeatures, y: y + seg.start * b.slot.outFeatures,
+                            n: seg.count, scale: a.scale, u: u + seg.start * stride)
+                    }
                 }
             }
             return

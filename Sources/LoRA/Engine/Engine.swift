@@ -121,6 +121,8 @@ public final class Engine: @unchecked Sendable {
     private let kPool: FloatBlock, vPool: FloatBlock  // [layer, slot, H, context, hd]
     private let x, ln, qkv, att, proj, fc, probs: FloatBlock
     private var loraU: FloatBlock
+    /// The largest rank among this step's segments: loraU's floats per row.
+    private var stepMaxRank = 0
     private let logits: FloatBlock  // [maxSequences, V]
     private var rowLogits: [Float]
     private let probSlots: Int
@@ -486,6 +488,7 @@ public final class Engine: @unchecked Sendable {
         }
         for s in order { s.cached += s.take; s.pending = nil }
         if loraU.count < ids.count * maxRank { loraU = try FloatBlock(count: params.maxTokensPerStep * maxRank) }
+        stepMaxRank = maxRank
     }
 
     /// The batched forward of the planned rows, then the head's logits for headRows.
@@ -500,7 +503,11 @@ public final class Engine: @unchecked Sendable {
             probs: probs.base, probsSlots: probSlots, lse: nil, res2: x.base, ln2: ln.base, ln2Mean: nil,
             ln2Rstd: nil, fcPre: fc.base, fcAct: fc.base, res3: x.base, proj: proj.base)
         let anyLoRA = segments.contains { !$0.active.isEmpty }
-        let lora = anyLoRA ? LoRAContext(active: [], scratch: loraU.base, training: nil, segments: segments) : .none
+        var lora = LoRAContext.none
+        if anyLoRA {
+            lora = LoRAContext(active: [], scratch: loraU.base, training: nil, segments: segments)
+            lora.segmentScratchStride = stepMaxRank
+        }
         ids.withUnsafeBufferPointer { idp in
             positions.withUnsafeBufferPointer { pp in
                 embeddingForward(out: x.base, ids: idp.baseAddress!, positions: pp.baseAddress!, wte: w.wte, wpe: w.wpe, n: n, C: C)
@@ -522,12 +529,6 @@ public final class Engine: @unchecked Sendable {
                 out: ln.base + i * C, mean: nil, rstd: nil, inp: x.base + h.row * C,
                 weight: w.lnfW, bias: w.lnfB, rows: 1, C: C, eps: eps)
         }
-        if m == 1 {
-            gemv(transA: false, rows: V, cols: C, alpha: 1, A: w.lmHead, lda: C, x: ln.base, beta: 0, y: logits.base)
-        } else if m > 1 {
-            gemm(
-                transA: false, transB: true, M: m, N: V, K: C, alpha: 1, A: ln.base, lda: C, B: w.lmHead, ldb: C,
-                beta: 0, C: logits.base, ldc: V)
-        }
+        baseMatmul(transW: true, M: m, N: V, K: C, A: ln.base, lda: C, W: w.lmHead, beta: 0, C: logits.base, ldc: V)
     }
 }

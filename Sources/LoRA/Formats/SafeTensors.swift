@@ -90,6 +90,20 @@ package final class SafeTensorsFile: @unchecked Sendable {
     package subscript(name: String) -> TensorInfo? { byName[name].map { tensors[$0] } }
     package var names: [String] { tensors.map(\.name) }
 
+    /// Gives the mapped pages of a tensor that has been read back to the
+    /// kernel (the mapping stays valid: a later read faults them in again
+    /// from the file). Loading a model calls it after each tensor so the
+    /// file's pages and the weights are not resident together.
+    package func dropPages(_ info: TensorInfo) {
+        let raw = rawBytes(info)
+        guard let start = raw.baseAddress, raw.count > 0 else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        guard page > 0 else { return }
+        let lo = (Int(bitPattern: start) + page - 1) / page * page
+        let hi = (Int(bitPattern: start) + raw.count) / page * page
+        if hi > lo, let p = UnsafeMutableRawPointer(bitPattern: lo) { _ = madvise(p, hi - lo, Int32(MADV_DONTNEED)) }
+    }
+
     /// The raw bytes of a tensor, valid while this object lives.
     package func rawBytes(_ info: TensorInfo) -> UnsafeRawBufferPointer {
         UnsafeRawBufferPointer(start: base.map { $0 + dataStart + info.begin }, count: info.end - info.begin)
@@ -110,23 +124,32 @@ package final class SafeTensorsFile: @unchecked Sendable {
 
     /// Copies a floating-point tensor (F32, F16, BF16, F64) as Float into `out`.
     package func copyFloats(_ info: TensorInfo, into out: UnsafeMutablePointer<Float>) throws {
+        try copyFloats(info, elements: 0..<info.count, into: out)
+    }
+
+    /// Copies elements `e` (in 0..<info.count) of a floating-point tensor as Float into `out`.
+    package func copyFloats(_ info: TensorInfo, elements e: Range<Int>, into out: UnsafeMutablePointer<Float>) throws {
         let raw = rawBytes(info)
-        let n = info.count
+        guard e.lowerBound >= 0, e.upperBound <= info.count else {
+            throw LoRAError.invalidArgument("elements \(e) of tensor \(info.name) out of 0..<\(info.count)")
+        }
+        let n = e.count
+        let e0 = e.lowerBound
         switch info.dtype {
         case .F32:
-            if n > 0, let src = raw.baseAddress { memcpy(out, src, n * 4) }
+            if n > 0, let src = raw.baseAddress { memcpy(out, src + 4 * e0, n * 4) }
         case .F16:
             for i in 0..<n {
-                let bits = raw.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)
+                let bits = raw.loadUnaligned(fromByteOffset: 2 * (e0 + i), as: UInt16.self)
                 out[i] = Float(Float16(bitPattern: UInt16(littleEndian: bits)))
             }
         case .BF16:
             for i in 0..<n {
-                let bits = UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))
+                let bits = UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: 2 * (e0 + i), as: UInt16.self))
                 out[i] = Float(bitPattern: UInt32(bits) << 16)
             }
         case .F64:
-            for i in 0..<n { out[i] = Float(raw.loadUnaligned(fromByteOffset: 8 * i, as: Double.self)) }
+            for i in 0..<n { out[i] = Float(raw.loadUnaligned(fromByteOffset: 8 * (e0 + i), as: Double.self)) }
         default:
             throw LoRAError.invalidFile(
                 path: path, reason: "tensor \(info.name) has dtype \(info.dtype.rawValue), expected a float type (F32, F16, BF16)")

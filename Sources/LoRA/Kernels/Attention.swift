@@ -20,7 +20,11 @@ package func attentionForward(
     lse: FloatPtr? = nil
 ) {
     if T == 1 {
-        gemv(transA: false, rows: L, cols: hd, alpha: scale, A: k, lda: ldk, x: q, beta: 0, y: probs)
+        // scale on q (hd values): liblora's matrix–vector kernels take alpha = 1 only.
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: hd) { sq in
+            for i in 0..<hd { sq[i] = scale * q[i] }
+            gemv(transA: false, rows: L, cols: hd, alpha: 1, A: k, lda: ldk, x: sq.baseAddress!, beta: 0, y: probs)
+        }
         attentionSoftmaxRows(probs: probs, rows: 0..<1, L: L, past: past, keyMask: keyMask, lse: lse)
         gemv(transA: true, rows: L, cols: hd, alpha: 1, A: v, lda: ldv, x: probs, beta: 0, y: out)
         return
@@ -79,7 +83,10 @@ package func attentionBackward(
         // P = exp(scale · Q·Kᵀ − lse) on the visible keys, zeros elsewhere;
         // the scores by the same product as the forward (bit-identical).
         if T == 1 {
-            gemv(transA: false, rows: keys, cols: hd, alpha: scale, A: k, lda: ldk, x: q, beta: 0, y: P)
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: hd) { sq in
+                for i in 0..<hd { sq[i] = scale * q[i] }
+                gemv(transA: false, rows: keys, cols: hd, alpha: 1, A: k, lda: ldk, x: sq.baseAddress!, beta: 0, y: P)
+            }
         } else {
             gemm(
                 transA: false, transB: true, M: rows, N: keys, K: hd, alpha: scale,

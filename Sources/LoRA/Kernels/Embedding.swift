@@ -1,11 +1,27 @@
 // Token and position embeddings, both directions.
 
-/// out[B·T, C] = wte[ids[b,t], :] + wpe[pos[b,t], :]
+/// out[B·T, C] = wte[ids[b,t], :] + wpe[pos[b,t], :], each row read
+/// converted to F32 from the tables' dtype.
 /// ids and positions must be in range (the model checks them).
 package func embeddingForward(
     out: FloatPtr, ids: UnsafePointer<Int32>, positions: UnsafePointer<Int32>,
-    wte: ConstFloatPtr, wpe: ConstFloatPtr, n: Int, C: Int
+    wte: BaseMatrix, wpe: BaseMatrix, n: Int, C: Int
 ) {
+    guard let wte = wte.f32, let wpe = wpe.f32 else {
+        parallelChunks(n, minChunk: 16) { _, r in
+            withPanelScratch(C) { p in
+                for i in r {
+                    let y = out + i * C
+                    let t = Int(ids[i])
+                    let q = Int(positions[i])
+                    wte.dequantize(into: y, ldd: C, rows: t..<t + 1, cols: 0..<C)
+                    wpe.dequantize(into: p, ldd: C, rows: q..<q + 1, cols: 0..<C)
+                    for c in 0..<C { y[c] += p[c] }
+                }
+            }
+        }
+        return
+    }
     parallelChunks(n, minChunk: 16) { _, r in
         for i in r {
             let t = wte + Int(ids[i]) * C

@@ -237,12 +237,12 @@ extension Model {
 
         // MLP projection.
         matmulBackward(
-            dinp: dfc, dweight: gw?.mlpProjW, dbias: gw?.mlpProjB, dout: dres, inp: a.fcAct, weight: lw.mlpProjW, M: n, K: F, N: C,
+            dinp: dfc, dweight: gw?.mlpProjW.f32, dbias: gw?.mlpProjB, dout: dres, inp: a.fcAct, weight: lw.mlpProjW, M: n, K: F, N: C,
             accumulate: false)
         lora.backward(layer: l, target: .mlpCProj, x: a.fcAct, dy: dres, dx: dfc, n: n)
         activationBackward(c.activation, d: dfc, pre: a.fcPre, n: n * F)
         matmulBackward(
-            dinp: dln, dweight: gw?.fcW, dbias: gw?.fcB, dout: dfc, inp: a.ln2, weight: lw.fcW, M: n, K: C, N: F, accumulate: false)
+            dinp: dln, dweight: gw?.fcW.f32, dbias: gw?.fcB, dout: dfc, inp: a.ln2, weight: lw.fcW, M: n, K: C, N: F, accumulate: false)
         lora.backward(layer: l, target: .mlpCFC, x: a.ln2, dy: dfc, dx: dln, n: n)
         layerNormBackward(
             dinp: dres, dweight: gw?.ln2W, dbias: gw?.ln2B, dout: dln, inp: a.res2, weight: lw.ln2W,
@@ -250,7 +250,7 @@ extension Model {
 
         // Attention projection and attention.
         matmulBackward(
-            dinp: datt, dweight: gw?.attnProjW, dbias: gw?.attnProjB, dout: dres, inp: a.att, weight: lw.attnProjW, M: n, K: C, N: C,
+            dinp: datt, dweight: gw?.attnProjW.f32, dbias: gw?.attnProjB, dout: dres, inp: a.att, weight: lw.attnProjW, M: n, K: C, N: C,
             accumulate: false)
         lora.backward(layer: l, target: .attnCProj, x: a.att, dy: dres, dx: datt, n: n)
         dqkv.update(repeating: 0, count: n * 3 * C)
@@ -272,7 +272,7 @@ extension Model {
             }
         }
         matmulBackward(
-            dinp: needInputGradient ? dln : nil, dweight: gw?.attnW, dbias: gw?.attnB, dout: dqkv, inp: a.ln1,
+            dinp: needInputGradient ? dln : nil, dweight: gw?.attnW.f32, dbias: gw?.attnB, dout: dqkv, inp: a.ln1,
             weight: lw.attnW, M: n, K: C, N: 3 * C, accumulate: false)
         lora.backward(layer: l, target: .attnCAttn, x: a.ln1, dy: dqkv, dx: needInputGradient ? dln : nil, n: n)
         guard needInputGradient else { return }
@@ -330,11 +330,11 @@ extension Model {
             gl.weights = full?.layers[l]
             layerBackward(l, acts.layers[l], gl, B: B, T: T, lora: lora, needInputGradient: full != nil || l > lowest)
         }
-        if let full {
+        if let full, let dwte = full.wte.f32, let dwpe = full.wpe.f32 {
             ids.withUnsafeBufferPointer { idp in
                 positions.withUnsafeBufferPointer { pp in
                     embeddingBackward(
-                        dwte: full.wte, dwpe: full.wpe, dout: g.dres, ids: idp.baseAddress!, positions: pp.baseAddress!, n: n, C: C)
+                        dwte: dwte, dwpe: dwpe, dout: g.dres, ids: idp.baseAddress!, positions: pp.baseAddress!, n: n, C: C)
                 }
             }
         }

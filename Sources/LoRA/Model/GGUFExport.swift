@@ -55,7 +55,7 @@ enum GGUFExport {
     }
 
     /// Conv1D weight [in, out] → [out, in] row-major (ne {in, out}).
-    static func transposed(_ w: UnsafePointer<Float>, rows: Int, cols: Int) -> [Float] {
+    static func transposed(_ w: UnsafeBufferPointer<Float>, rows: Int, cols: Int) -> [Float] {
         var out = [Float](repeating: 0, count: rows * cols)
         for i in 0..<rows {
             for j in 0..<cols { out[j * rows + i] = w[i * cols + j] }
@@ -128,7 +128,7 @@ enum GGUFExport {
 
 extension Model {
     /// Writes the model as a GGUF file llama.cpp loads (architecture gpt2):
-    /// the weights as they are now (merged adapters included; attached,
+    /// the weights as they are now, in any storage type (merged adapters included; attached,
     /// unmerged ones are not: export those with `Adapter.exportGGUF`), the
     /// hyperparameters and the tokenizer. Matrices and embeddings in `dtype`,
     /// LayerNorm weights and all biases F32. Written atomically.
@@ -153,14 +153,13 @@ extension Model {
 
         let w = weights
         // The model is read while the file is written: the closures keep it alive.
-        func matrix(_ gguf: String, _ p: FloatPtr, rows: Int, cols: Int, transpose: Bool) throws {
+        // Matrices in any storage type (F32, BF16, F16, Q8_0) as their exact F32 values.
+        func matrix(_ gguf: String, _ m: BaseMatrix, transpose: Bool) throws {
             let type = dtype.ggml
-            try f.addTensor(name: gguf, type: type, ne: transpose ? [rows, cols] : [cols, rows]) {
-                if transpose {
-                    let t = GGUFExport.transposed(p, rows: rows, cols: cols)
-                    return try t.withUnsafeBufferPointer { try GGUFFile.encode($0, as: type, name: gguf) }
-                }
-                return try GGUFFile.encode(UnsafeBufferPointer(start: p, count: rows * cols), as: type, name: gguf)
+            try f.addTensor(name: gguf, type: type, ne: transpose ? [m.rows, m.cols] : [m.cols, m.rows]) {
+                let values = m.dequantized()
+                let t = transpose ? values.withUnsafeBufferPointer { GGUFExport.transposed($0, rows: m.rows, cols: m.cols) } : values
+                return try t.withUnsafeBufferPointer { try GGUFFile.encode($0, as: type, name: gguf) }
             }
         }
         func vector(_ gguf: String, _ p: FloatPtr, _ n: Int) throws {
@@ -170,27 +169,27 @@ extension Model {
         }
         let e = c.nEmbd
         let ff = c.innerSize
-        try matrix("token_embd.weight", w.wte, rows: c.vocabSize, cols: e, transpose: false)
-        try matrix("position_embd.weight", w.wpe, rows: c.nPositions, cols: e, transpose: false)
+        try matrix("token_embd.weight", w.wte, transpose: false)
+        try matrix("position_embd.weight", w.wpe, transpose: false)
         for (l, L) in w.layers.enumerated() {
             let b = "blk.\(l)."
             try vector(b + "attn_norm.weight", L.ln1W, e)
             try vector(b + "attn_norm.bias", L.ln1B, e)
-            try matrix(b + "attn_qkv.weight", L.attnW, rows: e, cols: 3 * e, transpose: true)
+            try matrix(b + "attn_qkv.weight", L.attnW, transpose: true)
             try vector(b + "attn_qkv.bias", L.attnB, 3 * e)
-            try matrix(b + "attn_output.weight", L.attnProjW, rows: e, cols: e, transpose: true)
+            try matrix(b + "attn_output.weight", L.attnProjW, transpose: true)
             try vector(b + "attn_output.bias", L.attnProjB, e)
             try vector(b + "ffn_norm.weight", L.ln2W, e)
             try vector(b + "ffn_norm.bias", L.ln2B, e)
-            try matrix(b + "ffn_up.weight", L.fcW, rows: e, cols: ff, transpose: true)
+            try matrix(b + "ffn_up.weight", L.fcW, transpose: true)
             try vector(b + "ffn_up.bias", L.fcB, ff)
-            try matrix(b + "ffn_down.weight", L.mlpProjW, rows: ff, cols: e, transpose: true)
+            try matrix(b + "ffn_down.weight", L.mlpProjW, transpose: true)
             try vector(b + "ffn_down.bias", L.mlpProjB, e)
         }
         try vector("output_norm.weight", w.lnfW, e)
         try vector("output_norm.bias", w.lnfB, e)
         // Tied: llama.cpp uses token_embd for the output when `output` is absent.
-        if !c.tieWordEmbeddings { try matrix("output.weight", w.lmHead, rows: c.vocabSize, cols: e, transpose: false) }
+        if !c.tieWordEmbeddings { try matrix("output.weight", w.lmHead, transpose: false) }
         try withExtendedLifetime(w) { try f.write(to: path) }
     }
 }

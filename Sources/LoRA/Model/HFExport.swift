@@ -10,22 +10,30 @@ enum HFExport {
     /// Tokenizer files copied beside the weights when the model has them.
     static let tokenizerFiles = ["vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 
-    /// Writes config.json + model.safetensors (transformers' key layout, F32)
-    /// into an existing directory, each file atomically.
+    /// Writes config.json + model.safetensors (transformers' key layout; the
+    /// matrices in the weights' dtype, see QuantizedLayout) into an existing
+    /// directory, each file atomically.
     static func write(_ weights: GPT2Weights, to directory: String) throws {
-        try SafeTensorsWriter.write(weights.tensorsForSaving(), to: directory + "/" + weightsFile)
+        var metadata = ["format": "pt"]
+        if weights.dtype != .f32 { metadata[QuantizedLayout.dtypeKey] = weights.dtype.rawValue }
+        try SafeTensorsWriter.write(weights.tensorsForSaving(), to: directory + "/" + weightsFile, metadata: metadata)
         try AtomicFile.write(weights.config.json(), to: directory + "/" + configFile)
     }
 }
 
 extension GPT2Weights {
-    /// The state dict as transformers saves it (`transformer.` prefix, no tied head), F32.
+    /// The state dict as transformers saves it (`transformer.` prefix, no
+    /// tied head): F32, the matrices in the weights' dtype.
     package func tensorsForSaving() -> [TensorData] {
-        layout.slots.map { slot in
+        GPT2Layout(config: config).slots.flatMap { slot -> [TensorData] in
             let name = slot.name == "lm_head.weight" ? slot.name : "transformer." + slot.name
-            return TensorData(
-                name: name, shape: slot.shape,
-                floats: UnsafeBufferPointer(start: block.base + slot.offset, count: slot.count))
+            if let own = layout[slot.name] {
+                return [
+                    TensorData(name: name, shape: slot.shape, floats: UnsafeBufferPointer(start: block.base + own.offset, count: own.count))
+                ]
+            }
+            guard let m = matrices[slot.name] else { return [] }
+            return QuantizedLayout.tensors(of: m, name: name)
         }
     }
 }

@@ -173,15 +173,10 @@ public final class InferenceSession {
                     out: ln + b * C, mean: nil, rstd: nil, inp: x + (b * T + T - 1) * C,
                     weight: w.lnfW, bias: w.lnfB, rows: 1, C: C, eps: eps)
             }
-            if B == 1 {
-                gemv(transA: false, rows: V, cols: C, alpha: 1, A: w.lmHead, lda: C, x: ln, beta: 0, y: logits)
-            } else {
-                gemm(
-                    transA: false, transB: true, M: B, N: V, K: C, alpha: 1, A: ln, lda: C, B: w.lmHead, ldb: C, beta: 0, C: logits, ldc: V)
-            }
+            baseMatmul(transW: true, M: B, N: V, K: C, A: ln, lda: C, W: w.lmHead, beta: 0, C: logits, ldc: V)
         } else {
             layerNormForward(out: ln, mean: nil, rstd: nil, inp: x, weight: w.lnfW, bias: w.lnfB, rows: n, C: C, eps: eps)
-            gemm(transA: false, transB: true, M: n, N: V, K: C, alpha: 1, A: ln, lda: C, B: w.lmHead, ldb: C, beta: 0, C: logits, ldc: V)
+            baseMatmul(transW: true, M: n, N: V, K: C, A: ln, lda: C, W: w.lmHead, beta: 0, C: logits, ldc: V)
         }
     }
 }

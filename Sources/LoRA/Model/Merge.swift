@@ -32,25 +32,37 @@ extension Model {
     }
 
     /// W += factor·ΔW for every slot of the adapter (LoRABranch.addDelta).
+    /// A reduced-precision base is changed in F32 and stored again in its
+    /// dtype: merging re-rounds the weights (Q8_0 re-quantizes the blocks), so
+    /// an unmerge restores them only within the dtype's rounding.
     func applyDelta(_ adapter: Adapter, factor: Float, check: Bool) throws {
         if factor == 0 { return }
-        if check {
-            // Compute into scratch first so a non-finite result leaves the weights untouched.
+        if check || weights.dtype != .f32 {
+            // Compute into scratch first so a refused result leaves the weights untouched.
             for s in adapter.slots {
-                let w = weightPointer(layer: s.layer, target: s.target)
-                let n = s.inFeatures * s.outFeatures
-                let tmp = try FloatBlock(count: n)
-                tmp.base.update(from: w, count: n)
-                adapter.branch(s).addDelta(to: tmp.base, factor: factor)
-                for i in 0..<n where !tmp.base[i].isFinite {
+                let m = weightMatrix(layer: s.layer, target: s.target)
+                var w = m.dequantized()
+                w.withUnsafeMutableBufferPointer { adapter.branch(s).addDelta(to: $0.baseAddress!, factor: factor) }
+                if w.contains(where: { !$0.isFinite }) {
                     throw LoRAError.numerical("merging adapter \(adapter.name) gives non-finite weights in \(s.moduleName)")
                 }
+                try m.validate(w, name: s.moduleName)
             }
         }
-        for s in adapter.slots { adapter.branch(s).addDelta(to: weightPointer(layer: s.layer, target: s.target), factor: factor) }
+        for s in adapter.slots {
+            let m = weightMatrix(layer: s.layer, target: s.target)
+            if let p = m.f32 {
+                adapter.branch(s).addDelta(to: p, factor: factor)
+            } else {
+                var w = m.dequantized()
+                w.withUnsafeMutableBufferPointer { adapter.branch(s).addDelta(to: $0.baseAddress!, factor: factor) }
+                try m.store(w, name: s.moduleName)
+            }
+        }
     }
 
-    func weightPointer(layer: Int, target: LoRATarget) -> FloatPtr {
+    /// The base weight a LoRA target adapts, in the model's dtype.
+    func weightMatrix(layer: Int, target: LoRATarget) -> BaseMatrix {
         let lw = weights.layers[layer]
         switch target {
         case .attnCAttn: return lw.attnW

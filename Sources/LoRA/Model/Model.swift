@@ -38,8 +38,11 @@ public final class Model: @unchecked Sendable {
     }
 
     /// Loads `config.json` + `model.safetensors` (and the tokenizer files when
-    /// present) from a Hugging Face model directory.
-    public static func load(directory: String) throws -> Model {
+    /// present) from a Hugging Face model directory. `dtype` is the storage
+    /// of the weight matrices (nil: the dtype a model converted by liblora
+    /// was saved in, else f32); F32, F16 and BF16 checkpoints are converted
+    /// at load, a saved q8_0 model is read without re-quantizing.
+    public static func load(directory: String, dtype: WeightDType? = nil) throws -> Model {
         try BLAS.load()
         let dir = directory.hasSuffix("/") ? String(directory.dropLast()) : directory
         var isDir: ObjCBool = false
@@ -48,7 +51,7 @@ public final class Model: @unchecked Sendable {
         }
         let config = try GPT2Config.load(path: dir + "/config.json")
         let file = try SafeTensorsFile(path: dir + "/model.safetensors")
-        let weights = try GPT2Weights(config: config)
+        let weights = try GPT2Weights(config: config, dtype: try dtype ?? QuantizedLayout.savedDType(file) ?? .f32)
         try weights.load(from: file)
         var tokenizer: Tokenizer? = nil
         let fm = FileManager.default
@@ -84,12 +87,26 @@ public final class Model: @unchecked Sendable {
         return try Model(config: config, weights: w, tokenizer: tokenizer)
     }
 
-    /// A model with random weights N(0, std²) (benchmarks, tests).
-    public static func random(config: GPT2Config, seed: UInt64 = 0, std: Float = 0.02) throws -> Model {
-        let w = try GPT2Weights(config: config)
+    /// A model with random weights N(0, std²) (benchmarks, tests); with a
+    /// reduced-precision `dtype`, the same values rounded to it.
+    public static func random(config: GPT2Config, seed: UInt64 = 0, std: Float = 0.02, dtype: WeightDType = .f32) throws -> Model {
+        let w = try GPT2Weights(config: config, dtype: dtype)
         var rng = SplitMix64(seed: seed)
-        let b = w.block.base
-        for i in 0..<w.block.count { b[i] = rng.nextGaussian() * std }
+        if dtype == .f32 {
+            let b = w.block.base
+            for i in 0..<w.block.count { b[i] = rng.nextGaussian() * std }
+        } else {
+            // The F32 model's draws in its layout order, each matrix rounded as it is complete.
+            for slot in GPT2Layout(config: config).slots {
+                if let own = w.layout[slot.name] {
+                    let p = w.block.base + own.offset
+                    for i in 0..<slot.count { p[i] = rng.nextGaussian() * std }
+                } else if let m = w.matrices[slot.name] {
+                    let values = (0..<slot.count).map { _ in rng.nextGaussian() * std }
+                    try m.store(values, name: slot.name)
+                }
+            }
+        }
         for l in w.layers {
             for i in 0..<config.nEmbd { l.ln1W[i] = 1 + 0.1 * l.ln1W[i]; l.ln2W[i] = 1 + 0.1 * l.ln2W[i] }
         }
@@ -97,7 +114,27 @@ public final class Model: @unchecked Sendable {
         return try Model(config: config, weights: w)
     }
 
-    public var parameterCount: Int { weights.layout.totalCount }
+    public var parameterCount: Int { weights.parameterCount }
+
+    /// The storage type of the weight matrices.
+    public var dtype: WeightDType { weights.dtype }
+
+    /// The same model with its weight matrices in another dtype (a copy;
+    /// attached adapters are not carried over). From f32 this rounds as a
+    /// load with that dtype would; between reduced precisions it rounds the
+    /// dequantized values again.
+    public func converted(to dtype: WeightDType) throws -> Model {
+        let w = try GPT2Weights(config: config, dtype: dtype)
+        for slot in w.layout.slots {
+            guard let src = weights.pointer(slot.name) else { continue }
+            (w.block.base + slot.offset).update(from: src, count: slot.count)
+        }
+        for (name, m) in weights.matrices {
+            guard let dst = w.matrices[name] else { continue }
+            try dst.store(m.dequantized(), name: name)
+        }
+        return try Model(config: config, weights: w, tokenizer: tokenizer, directory: directory)
+    }
 
     /// Attaches an adapter (several may be attached; each is applied while enabled).
     public func attach(_ adapter: Adapter, scale: Float = 1) throws {

@@ -15,10 +15,13 @@ package struct GPT2Layout: Sendable {
     package let totalCount: Int
     private let index: [String: Int]
 
-    package init(config c: GPT2Config) {
+    /// `matrices` false leaves out the weight matrices (see `isMatrix`): the
+    /// F32 block of a model whose matrices are stored in a reduced precision.
+    package init(config c: GPT2Config, matrices: Bool = true) {
         var slots: [TensorSlot] = []
         var off = 0
         func add(_ name: String, _ shape: [Int]) {
+            if !matrices && GPT2Layout.isMatrix(name) { return }
             slots.append(TensorSlot(name: name, shape: shape, offset: off))
             off += shape.reduce(1, *)
         }
@@ -44,6 +47,13 @@ package struct GPT2Layout: Sendable {
     }
 
     package subscript(name: String) -> TensorSlot? { index[name].map { slots[$0] } }
+
+    /// The weights stored in the model's dtype: the Conv1D weights, wte,
+    /// wpe and an untied LM head (every `.weight` but the LayerNorms').
+    package static func isMatrix(_ name: String) -> Bool { name.hasSuffix(".weight") && !name.contains("ln_") }
+    /// Conv1D weights [in, out] (input along the rows), as opposed to the
+    /// embeddings and the LM head [rows, n_embd].
+    package static func isConv1D(_ name: String) -> Bool { name.hasPrefix("h.") }
 }
 
 /// One allocation of Floats, zero-filled, freed with the owner.
@@ -91,42 +101,91 @@ package final class FloatBlock: @unchecked Sendable {
     package func zero() { base.update(repeating: 0, count: count) }
 }
 
-/// Pointers to one transformer block's weights.
+/// Pointers to one transformer block's weights (the matrices in the model's dtype).
 package struct LayerWeights {
-    package let ln1W, ln1B, attnW, attnB, attnProjW, attnProjB: FloatPtr
-    package let ln2W, ln2B, fcW, fcB, mlpProjW, mlpProjB: FloatPtr
+    package let ln1W, ln1B, attnB, attnProjB: FloatPtr
+    package let ln2W, ln2B, fcB, mlpProjB: FloatPtr
+    package let attnW, attnProjW, fcW, mlpProjW: BaseMatrix
 }
 
-/// GPT-2's weights in one block, viewed through the layout.
+/// GPT-2's weights: the matrices in the chosen dtype (in `block` for F32,
+/// in `matrixBlock` otherwise), everything else in `block`, viewed through `layout`.
 /// Thread safety: as the `Model` that owns them.
 package final class GPT2Weights: @unchecked Sendable {
     package let config: GPT2Config
+    package let dtype: WeightDType
+    /// The F32 tensors' layout in `block` (every tensor for F32; without the matrices otherwise).
     package let layout: GPT2Layout
     package let block: FloatBlock
+    /// BF16/F16/Q8_0: the matrices' values and scales.
+    package let matrixBlock: ByteBlock?
+    /// Every weight matrix by its name (as in `layout`).
+    package let matrices: [String: BaseMatrix]
     package let layers: [LayerWeights]
-    package let wte, wpe, lnfW, lnfB: FloatPtr
+    package let lnfW, lnfB: FloatPtr
+    package let wte, wpe: BaseMatrix
     /// The LM head [vocab, n_embd]: wte when tied.
-    package let lmHead: FloatPtr
+    package let lmHead: BaseMatrix
+    /// Parameters of the model, whatever their storage.
+    package let parameterCount: Int
 
-    package init(config: GPT2Config) throws {
+    package init(config: GPT2Config, dtype: WeightDType = .f32) throws {
         try config.validate()
         self.config = config
-        let layout = GPT2Layout(config: config)
+        self.dtype = dtype
+        let full = GPT2Layout(config: config)
+        parameterCount = full.totalCount
+        let layout = dtype == .f32 ? full : GPT2Layout(config: config, matrices: false)
         self.layout = layout
         let block = try FloatBlock(count: layout.totalCount)
         self.block = block
+        var matrices: [String: BaseMatrix] = [:]
+        if dtype == .f32 {
+            matrixBlock = nil
+            for slot in full.slots where GPT2Layout.isMatrix(slot.name) {
+                matrices[slot.name] = BaseMatrix(
+                    f32: block.base + slot.offset, rows: slot.shape[0], cols: slot.shape[1],
+                    inputAlongRows: GPT2Layout.isConv1D(slot.name))
+            }
+        } else {
+            // Values then scales of each matrix, each at a 64-byte boundary.
+            func aligned(_ n: Int) -> Int { (n + 63) / 64 * 64 }
+            var shapes: [(TensorSlot, BaseMatrix)] = []
+            var bytes = 0
+            for slot in full.slots where GPT2Layout.isMatrix(slot.name) {
+                let probe = BaseMatrix(
+                    dtype: dtype, rows: slot.shape[0], cols: slot.shape[1], inputAlongRows: GPT2Layout.isConv1D(slot.name),
+                    data: UnsafeMutableRawPointer(block.base), scales: nil)
+                shapes.append((slot, probe))
+                bytes += aligned(probe.dataBytes) + aligned(2 * probe.scaleCount)
+            }
+            let mb = try ByteBlock(count: bytes)
+            matrixBlock = mb
+            var off = 0
+            for (slot, probe) in shapes {
+                let data = mb.base + off
+                off += aligned(probe.dataBytes)
+                let scales = dtype == .q8_0 ? (mb.base + off).bindMemory(to: UInt16.self, capacity: probe.scaleCount) : nil
+                off += aligned(2 * probe.scaleCount)
+                matrices[slot.name] = BaseMatrix(
+                    dtype: dtype, rows: probe.rows, cols: probe.cols, inputAlongRows: probe.inputAlongRows, data: data, scales: scales)
+            }
+        }
+        self.matrices = matrices
         func p(_ n: String) -> FloatPtr { block.base + (layout[n]?.offset ?? 0) }
-        wte = p("wte.weight"); wpe = p("wpe.weight")
+        let empty = BaseMatrix(f32: block.base, rows: 0, cols: 0, inputAlongRows: false)
+        func m(_ n: String) -> BaseMatrix { matrices[n] ?? empty }
+        wte = m("wte.weight"); wpe = m("wpe.weight")
         lnfW = p("ln_f.weight"); lnfB = p("ln_f.bias")
-        lmHead = config.tieWordEmbeddings ? p("wte.weight") : p("lm_head.weight")
+        lmHead = config.tieWordEmbeddings ? m("wte.weight") : m("lm_head.weight")
         layers = (0..<config.nLayer).map { l in
             LayerWeights(
                 ln1W: p("h.\(l).ln_1.weight"), ln1B: p("h.\(l).ln_1.bias"),
-                attnW: p("h.\(l).attn.c_attn.weight"), attnB: p("h.\(l).attn.c_attn.bias"),
-                attnProjW: p("h.\(l).attn.c_proj.weight"), attnProjB: p("h.\(l).attn.c_proj.bias"),
+                attnB: p("h.\(l).attn.c_attn.bias"), attnProjB: p("h.\(l).attn.c_proj.bias"),
                 ln2W: p("h.\(l).ln_2.weight"), ln2B: p("h.\(l).ln_2.bias"),
-                fcW: p("h.\(l).mlp.c_fc.weight"), fcB: p("h.\(l).mlp.c_fc.bias"),
-                mlpProjW: p("h.\(l).mlp.c_proj.weight"), mlpProjB: p("h.\(l).mlp.c_proj.bias"))
+                fcB: p("h.\(l).mlp.c_fc.bias"), mlpProjB: p("h.\(l).mlp.c_proj.bias"),
+                attnW: m("h.\(l).attn.c_attn.weight"), attnProjW: m("h.\(l).attn.c_proj.weight"),
+                fcW: m("h.\(l).mlp.c_fc.weight"), mlpProjW: m("h.\(l).mlp.c_proj.weight"))
         }
     }
 
@@ -134,25 +193,54 @@ package final class GPT2Weights: @unchecked Sendable {
 
     /// Fills the weights from a safetensors file saved by transformers
     /// (`transformer.` prefix, tied head absent) or in the hub's layout (no
-    /// prefix, `attn.bias` mask buffers). Every expected tensor must be
-    /// present with the configured shape.
+    /// prefix, `attn.bias` mask buffers), or by liblora in a reduced
+    /// precision (see `QuantizedLayout`). Every expected tensor must be
+    /// present with the configured shape. Matrices are converted to the
+    /// weights' dtype (BF16 and F16 tensors kept as they are when the dtype
+    /// matches, Q8_0 ones read without re-quantizing).
     package func load(from file: SafeTensorsFile) throws {
         var found: [String: TensorInfo] = [:]
+        var q8: [String: (q: TensorInfo?, d: TensorInfo?)] = [:]
+        let full = GPT2Layout(config: config)
         for info in file.tensors {
             var name = info.name
             if name.hasPrefix("transformer.") { name.removeFirst("transformer.".count) }
             if name.hasSuffix(".attn.bias") || name.hasSuffix(".attn.masked_bias") || name.hasSuffix(".crossattention.bias") {
                 continue
             }
+            if let base = QuantizedLayout.baseName(of: name) {
+                if base == "lm_head.weight" && config.tieWordEmbeddings { continue }
+                guard full[base] != nil else { continue }
+                var entry = q8[base] ?? (nil, nil)
+                let isScale = name.hasSuffix(QuantizedLayout.scaleSuffix)
+                if (isScale ? entry.d : entry.q) != nil {
+                    throw LoRAError.invalidFile(
+                        path: file.path, reason: "tensor \(name) appears twice (with and without the transformer. prefix)")
+                }
+                if isScale { entry.d = info } else { entry.q = info }
+                q8[base] = entry
+                continue
+            }
             if name == "lm_head.weight" && config.tieWordEmbeddings { continue }
-            guard layout[name] != nil else { continue }  // unexpected keys are ignored, as transformers does
+            guard full[name] != nil else { continue }  // unexpected keys are ignored, as transformers does
             if found[name] != nil {
                 throw LoRAError.invalidFile(
                     path: file.path, reason: "tensor \(name) appears twice (with and without the transformer. prefix)")
             }
             found[name] = info
         }
-        for slot in layout.slots {
+        for slot in full.slots {
+            if let entry = q8[slot.name] {
+                guard found[slot.name] == nil else {
+                    throw LoRAError.invalidFile(path: file.path, reason: "tensor \(slot.name) is stored both as floats and as q8_0")
+                }
+                guard let m = matrices[slot.name] else {
+                    throw LoRAError.invalidFile(path: file.path, reason: "tensor \(slot.name) cannot be q8_0 (not a weight matrix)")
+                }
+                try QuantizedLayout.read(q: entry.q, d: entry.d, name: slot.name, into: m, file: file)
+                for t in [entry.q, entry.d] { if let t { file.dropPages(t) } }
+                continue
+            }
             guard let info = found[slot.name] else {
                 throw LoRAError.invalidFile(path: file.path, reason: "missing tensor \(slot.name)")
             }
@@ -160,7 +248,12 @@ package final class GPT2Weights: @unchecked Sendable {
                 throw LoRAError.invalidFile(
                     path: file.path, reason: "tensor \(slot.name) has shape \(info.shape), the config needs \(slot.shape)")
             }
-            try file.copyFloats(info, into: block.base + slot.offset)
+            if let own = layout[slot.name] {
+                try file.copyFloats(info, into: block.base + own.offset)
+            } else if let m = matrices[slot.name] {
+                try QuantizedLayout.convert(info, name: slot.name, into: m, file: file)
+            }
+            file.dropPages(info)
         }
     }
 }

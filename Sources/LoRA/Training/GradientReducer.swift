@@ -200,35 +200,67 @@ extension Trainer {
     }
 
     /// Sums the step's gradients and loss over the ranks in one call: the
-    /// trained parameters' gradients followed by the step's mean loss split
-    /// into two floats (hi + lo, so the sum keeps a Double's precision).
+    /// trained parameters' gradients, the step's mean loss split into two
+    /// floats (hi + lo, so the sum keeps a Double's precision), and the count
+    /// of ranks whose step failed. A rank that failed (`failed`) still takes
+    /// part, so no rank waits for it; then every other rank throws too.
     /// Returns the global mean loss.
-    func reduceStep(_ reducer: GradientReducer, meanLoss: Double) throws -> Double {
+    func reduceStep(_ reducer: GradientReducer, meanLoss: Double, failed: Bool = false, step: Int) throws -> Double {
         let g = pass.gradients
         let n = g.count
         let buf: FloatBlock
-        if let b = reductionBuffer, b.count == n + 2 {
+        if let b = reductionBuffer, b.count == n + 3 {
             buf = b
         } else {
-            buf = try FloatBlock(count: n + 2)
+            buf = try FloatBlock(count: n + 3)
             reductionBuffer = buf
         }
-        buf.base.update(from: g.base, count: n)
-        let hi = Float(meanLoss)
-        buf.base[n] = hi
-        buf.base[n + 1] = Float(meanLoss - Double(hi))
+        if failed {
+            buf.base.update(repeating: 0, count: n + 2)
+        } else {
+            buf.base.update(from: g.base, count: n)
+            let hi = Float(meanLoss)
+            buf.base[n] = hi
+            buf.base[n + 1] = Float(meanLoss - Double(hi))
+        }
+        buf.base[n + 2] = failed ? 1 : 0
         try reducer.sumOverRanks(buf.buffer)
+        let failures = buf.base[n + 2]
+        if !failed, failures != 0 {
+            throw LoRAError.invalidArgument(
+                "another rank failed at step \(step) (\(failures) rank(s); see their message); every rank stops")
+        }
         g.base.update(from: buf.base, count: n)
         return Double(buf.base[n]) + Double(buf.base[n + 1])
     }
 
+    /// After a step's own work (validation, checkpoint, the callback), every
+    /// rank learns whether any rank failed or asked to stop, so they all end
+    /// together instead of waiting for a rank that has left. A rank's own
+    /// error is rethrown as is; a stop ends every rank with `aborted`.
+    func agreeAfterStep(_ reducer: GradientReducer, localError: Error?, stop: Bool, step: Int) throws {
+        var flags: [Float] = [localError == nil ? 0 : 1, stop ? 1 : 0]
+        try flags.withUnsafeMutableBufferPointer { try reducer.sumOverRanks($0) }
+        if let localError { throw localError }
+        if flags[0] != 0 {
+            throw LoRAError.invalidArgument(
+                "another rank failed after step \(step) (\(flags[0]) rank(s); see their message); every rank stops")
+        }
+        if flags[1] != 0 { throw LoRAError.aborted }
+    }
+
     /// Sums (loss, tokens) of an evaluation over the ranks.
-    func reduceEvaluation(_ reducer: GradientReducer, loss: Double, tokens: Int) throws -> (Double, Int) {
+    /// A rank that failed (`failed`) still takes part; then the others throw.
+    func reduceEvaluation(_ reducer: GradientReducer, loss: Double, tokens: Int, failed: Bool = false) throws -> (Double, Int) {
         func split(_ x: Double) -> (Float, Float) { let h = Float(x); return (h, Float(x - Double(h))) }
-        let (lh, ll) = split(loss)
-        let (th, tl) = split(Double(tokens))
-        var buf: [Float] = [lh, ll, th, tl]
+        let (lh, ll) = split(failed ? 0 : loss)
+        let (th, tl) = split(failed ? 0 : Double(tokens))
+        var buf: [Float] = [lh, ll, th, tl, failed ? 1 : 0]
         try buf.withUnsafeMutableBufferPointer { try reducer.sumOverRanks($0) }
+        if failed { return (0, 0) }
+        if buf[4] != 0 {
+            throw LoRAError.invalidArgument("another rank failed to evaluate (\(buf[4]) rank(s); see their message); every rank stops")
+        }
         let t = (Double(buf[2]) + Double(buf[3])).rounded()
         let l = Double(buf[0]) + Double(buf[1])
         guard t.isFinite, t >= 0, t < Double(Int32.max), let total = Int(exactly: t), l.isFinite else {

@@ -127,6 +127,10 @@ public final class Trainer: @unchecked Sendable {
         try config.validate(model: model.config)
         guard model.config.nLayer >= 1 else { throw LoRAError.invalidArgument("training needs at least one layer") }
         try adapter?.checkFits(model.config)
+        if adapter == nil, !evaluationOnly, model.dtype != .f32 {
+            throw LoRAError.invalidArgument(
+                "full fine-tuning needs an f32 base (this model's weights are \(model.dtype.rawValue)); train a LoRA adapter on it instead")
+        }
         self.model = model
         self.adapter = adapter
         self.config = config

@@ -43,15 +43,25 @@ extension Trainer {
         var k = 0
         // Distributed: batch k is evaluated by rank k mod N, and the sums reduced.
         let ranks = distributed
-        while i < data.examples.count {
-            defer { i += config.batchSize; k += 1 }
-            if let ranks, k % ranks.worldSize != ranks.rank { continue }
-            let batch = Array(data.examples[i..<min(i + config.batchSize, data.examples.count)])
-            let r = try loss(ids: batch.map(\.ids), labels: batch.map(\.labels))
-            total += r.loss
-            tokens += r.tokens
+        var localError: Error?
+        do {
+            while i < data.examples.count {
+                defer { i += config.batchSize; k += 1 }
+                if let ranks, k % ranks.worldSize != ranks.rank { continue }
+                let batch = Array(data.examples[i..<min(i + config.batchSize, data.examples.count)])
+                let r = try loss(ids: batch.map(\.ids), labels: batch.map(\.labels))
+                total += r.loss
+                tokens += r.tokens
+            }
+        } catch {
+            guard ranks != nil else { throw error }
+            localError = error
         }
-        if let ranks { (total, tokens) = try reduceEvaluation(ranks, loss: total, tokens: tokens) }
+        // A rank that failed still joins the reduction (flagged): all stop together.
+        if let ranks {
+            (total, tokens) = try reduceEvaluation(ranks, loss: total, tokens: tokens, failed: localError != nil)
+        }
+        if let localError { throw localError }
         guard tokens > 0 else { throw LoRAError.invalidArgument("the evaluation set has no target token") }
         return EvaluationResult(loss: total / Double(tokens), tokens: tokens)
     }
@@ -103,20 +113,33 @@ extension Trainer {
             var tokens = 0
             do {
                 guard normalizer > 0 else { throw LoRAError.invalidArgument("step \(step + 1): the batch has no target token") }
-                for batch in micro {
-                    tokens += batch.reduce(0) { $0 + $1.ids.count }
-                    var mine = batch
-                    pass.dropoutRowOffset = 0
-                    if let ranks {
-                        let rows = Trainer.shard(globalMicroBatch: batch.count, rank: ranks.rank, worldSize: ranks.worldSize)
-                        mine = Array(batch[rows])
-                        pass.dropoutRowOffset = rows.lowerBound
+                // A rank whose own work fails still joins the step's reduction
+                // (flagged), so the others stop with it instead of waiting.
+                var localError: Error?
+                do {
+                    for batch in micro {
+                        tokens += batch.reduce(0) { $0 + $1.ids.count }
+                        var mine = batch
+                        pass.dropoutRowOffset = 0
+                        if let ranks {
+                            let rows = Trainer.shard(globalMicroBatch: batch.count, rank: ranks.rank, worldSize: ranks.worldSize)
+                            mine = Array(batch[rows])
+                            pass.dropoutRowOffset = rows.lowerBound
+                        }
+                        let r = try accumulate(ids: mine.map(\.ids), labels: mine.map(\.labels), normalizer: normalizer)
+                        lossSum += r.loss
                     }
-                    let r = try accumulate(ids: mine.map(\.ids), labels: mine.map(\.labels), normalizer: normalizer)
-                    lossSum += r.loss
+                } catch {
+                    guard ranks != nil else { throw error }
+                    localError = error
                 }
                 // The hook: gradients complete on this rank, summed over ranks before clipping and AdamW.
-                if let ranks { lossSum = try reduceStep(ranks, meanLoss: lossSum / Double(normalizer)) * Double(normalizer) }
+                if let ranks {
+                    lossSum =
+                        try reduceStep(ranks, meanLoss: lossSum / Double(normalizer), failed: localError != nil, step: step + 1)
+                        * Double(normalizer)
+                }
+                if let localError { throw localError }
                 guard lossSum.isFinite else {
                     throw LoRAError.numerical("loss is not finite at step \(step + 1); parameters kept from step \(step)")
                 }
@@ -147,16 +170,30 @@ extension Trainer {
             {
                 report.validationLoss = try evaluate(validation).loss
             }
+            // Rank 0's checkpoint and every rank's callback are local: with
+            // several ranks, a failure or a stop is agreed on before the next
+            // step (one small reduction), so no rank is left waiting.
+            var localError: Error?
             if options.saveSteps > 0, let dir = options.checkpointDirectory, (ranks?.rank ?? 0) == 0,
                 step % options.saveSteps == 0 || step == config.maxSteps
             {
                 epoch = p.epoch; offset = p.offset
-                report.checkpoint = try Checkpoint.save(self, root: dir)
-                Checkpoint.prune(root: dir, keep: options.saveTotalLimit)
+                do {
+                    report.checkpoint = try Checkpoint.save(self, root: dir)
+                    Checkpoint.prune(root: dir, keep: options.saveTotalLimit)
+                } catch {
+                    guard ranks != nil else { throw error }
+                    localError = error
+                }
             }
             // The trainer's progress is current while the callback runs (it may save a checkpoint).
             epoch = p.epoch; offset = p.offset
-            if let callback, callback(report) == .stop { throw LoRAError.aborted }
+            let stop = localError == nil && callback?(report) == .stop
+            if let ranks {
+                try agreeAfterStep(ranks, localError: localError, stop: stop, step: step)
+            } else if stop {
+                throw LoRAError.aborted
+            }
         }
         if let ranks { try checkRanksInSync(ranks) }
         return p

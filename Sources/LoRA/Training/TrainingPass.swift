@@ -243,21 +243,17 @@ final class TrainingPass {
             while r0 < n {
                 let rows = min(chunkRows, n - r0)
                 let chunk = logitsChunk.base
-                gemm(
-                    transA: false, transB: true, M: rows, N: V, K: C, alpha: 1, A: lnf + r0 * C, lda: C,
-                    B: w.lmHead, ldb: C, beta: 0, C: chunk, ldc: V)
+                baseMatmul(transW: true, M: rows, N: V, K: C, A: lnf + r0 * C, lda: C, W: w.lmHead, beta: 0, C: chunk, ldc: V)
                 let partial = crossEntropyForwardBackward(logits: chunk, targets: tbase + r0, rows: rows, V: V, gradScale: gradScale ?? 0)
                 guard partial.isFinite else { throw LoRAError.numerical("loss is not finite") }
                 loss += partial
                 if backward {
                     // dlnf = dlogits · W_head (into dln), dW_head += dlogitsᵀ · lnf
-                    gemm(
-                        transA: false, transB: false, M: rows, N: C, K: V, alpha: 1, A: chunk, lda: V,
-                        B: w.lmHead, ldb: C, beta: 0, C: dln + r0 * C, ldc: C)
-                    if let g = fullGrads {
+                    baseMatmul(transW: false, M: rows, N: C, K: V, A: chunk, lda: V, W: w.lmHead, beta: 0, C: dln + r0 * C, ldc: C)
+                    if let g = fullGrads?.lmHead.f32 {
                         gemm(
                             transA: true, transB: false, M: V, N: C, K: rows, alpha: 1, A: chunk, lda: V,
-                            B: lnf + r0 * C, ldb: C, beta: 1, C: g.lmHead, ldc: C)
+                            B: lnf + r0 * C, ldb: C, beta: 1, C: g, ldc: C)
                     }
                 }
                 r0 += rows

@@ -21,8 +21,8 @@ extension Adapter {
         var reports: [CompressionReport] = []
         for (layer, target, _, _) in modules {
             let (inF, outF) = target.shape(base.config)
-            let wb = base.weightPointer(layer: layer, target: target)
-            let wt = tuned.weightPointer(layer: layer, target: target)
+            let wb = base.weightMatrix(layer: layer, target: target).dequantized()
+            let wt = tuned.weightMatrix(layer: layer, target: target).dequantized()
             var delta = [Float](repeating: 0, count: outF * inF)
             for i in 0..<inF { for o in 0..<outF { delta[o * inF + i] = wt[i * outF + o] - wb[i * outF + o] } }
             let svd = try Linalg.svd(delta, m: outF, n: inF)

@@ -38,11 +38,10 @@ extension Adapter {
                 }
             }
             // W [out, in] from the Conv1D weight [in, out].
-            let conv = model.weightPointer(layer: s.layer, target: s.target)
+            let conv = model.weightMatrix(layer: s.layer, target: s.target).dequantized()
             var w = [Float](repeating: 0, count: outF * inF)
             for i in 0..<inF {
-                let row = conv + i * outF
-                for o in 0..<outF { w[o * inF + i] = row[o] }
+                for o in 0..<outF { w[o * inF + i] = conv[i * outF + o] }
             }
             if w.contains(where: { !$0.isFinite }) {
                 throw LoRAError.numerical("\(s.moduleName): the base weight holds NaN or infinite values")

@@ -1,0 +1,425 @@
+// Matrix products with few rows (2 to a few dozen: a batched engine step's
+// decode tokens, short prompt chunks): every weight is read from memory once
+// and used for all rows while it sits in L1.
+//
+// OpenBLAS 0.3.21's sgemm packs the whole weight for every call, and with 16
+// rows that packing costs as much as the arithmetic: GPT-2 124M's 48 block
+// products for 16 rows took 33 ms on 2 threads (SkylakeX kernels, Intel
+// Emerald Rapids), these kernels 20 ms (measured in the commit adding them).
+//
+// Results equal the decode kernels' (gemv.c) row by row, bit for bit: each
+// output's sum runs in the same order as lb_gemv_cols / lb_gemv_rows at the
+// same instruction-set level, so a sequence's numbers do not depend on how
+// many other rows share its step.
+// - cols: y[m, n] = y0[m, n] + Σ_k x[m, k]·W[k, n], one fused multiply-add
+//   per k in k order. Blocks of KB rows of W × 64 columns stay in L1 while
+//   groups of 6 rows of x pass over them; the next rows of W are prefetched.
+// - rows: y[m, r] = y0[m, r] + Σ_c W[r, c]·x[m, c], with gemv_rows's partial
+//   sums (16 lanes, or 8 with AVX2) and reduction.
+#include "lora_support.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+
+#if defined(__x86_64__)
+
+#define T512   __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")))
+#define T256   __attribute__((target("avx2,fma")))
+#define INLINE __attribute__((always_inline)) static inline
+
+enum { KB = 64 };
+
+// ---- AVX-512: cols ------------------------------------------------------
+
+// Rows [0, G) of x × columns [j, j + 16·NV) (the last vector masked) over
+// W rows [k0, k1). `first`: start from 0 (beta0) or y; else from y.
+INLINE T512 void cols_tile512(float *y, int ldy, const float *x, int ldx, int G, int NV, __mmask16 last, const float *W,
+                              int ldw, int k0, int k1, int j, int fromZero, const float *pf, int pfEvery, int pfPhase) {
+    __m512 a[6][4];
+#pragma GCC unroll 6
+    for (int g = 0; g < G; g++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) {
+            __mmask16 m = v == NV - 1 ? last : 0xFFFF;
+            a[g][v] = fromZero ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m, y + (size_t)g * ldy + j + 16 * v);
+        }
+    const float *p = W + (size_t)k0 * ldw + j;
+    int turn = pfPhase;
+    for (int k = k0; k < k1; k++, p += ldw) {
+        // Every group prefetches its share of the next block's rows, so the
+        // memory reads overlap all groups' arithmetic.
+        if (pf && turn == 0) {
+            const char *q = (const char *)(pf + (size_t)(k - k0) * ldw);
+            _mm_prefetch(q, _MM_HINT_T0);
+            _mm_prefetch(q + 64, _MM_HINT_T0);
+            _mm_prefetch(q + 128, _MM_HINT_T0);
+            _mm_prefetch(q + 192, _MM_HINT_T0);
+        }
+        turn = turn == 0 ? pfEvery - 1 : turn - 1;
+        __m512 w[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) w[v] = _mm512_maskz_loadu_ps(v == NV - 1 ? last : 0xFFFF, p + 16 * v);
+#pragma GCC unroll 6
+        for (int g = 0; g < G; g++) {
+            __m512 xv = _mm512_set1_ps(x[(size_t)g * ldx + k]);
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) a[g][v] = _mm512_fmadd_ps(xv, w[v], a[g][v]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int g = 0; g < G; g++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++)
+            _mm512_mask_storeu_ps(y + (size_t)g * ldy + j + 16 * v, v == NV - 1 ? last : 0xFFFF, a[g][v]);
+}
+
+#define COLS512_G(NV)                                                                                                  \
+    switch (G) {                                                                                                       \
+    case 6:                                                                                                            \
+        cols_tile512(y, ldy, x, ldx, 6, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfEvery, pfPhase);                  \
+        break;                                                                                                         \
+    case 5:                                                                                                            \
+        cols_tile512(y, ldy, x, ldx, 5, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfEvery, pfPhase);                  \
+        break;                                                                                                         \
+    case 4:                                                                                                            \
+        cols_tile512(y, ldy, x, ldx, 4, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfEvery, pfPhase);                  \
+        break;                                                                                                         \
+    case 3:                                                                                                            \
+        cols_tile512(y, ldy, x, ldx, 3, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfEvery, pfPhase);                  \
+        break;                                                                                                         \
+    case 2:                                                                                                            \
+        cols_tile512(y, ldy, x, ldx, 2, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfEvery, pfPhase);                  \
+        break;                                                                                                         \
+    default:                                                                                                           \
+        cols_tile512(y, ldy, x, ldx, 1, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfEvery, pfPhase);                  \
+        break;                                                                                                         \
+    }
+
+static T512 void cols_tile512_any(float *y, int ldy, const float *x, int ldx, int G, int NV, __mmask16 last,
+                                  const float *W, int ldw, int k0, int k1, int j, int fromZero, const float *pf,
+                                  int pfEvery, int pfPhase) {
+    switch (NV) {
+    case 4:
+        COLS512_G(4);
+        break;
+    case 3:
+        COLS512_G(3);
+        break;
+    case 2:
+        COLS512_G(2);
+        break;
+    default:
+        COLS512_G(1);
+        break;
+    }
+}
+
+static T512 void gemm_cols_avx512(float *y, int ldy, const float *x, int ldx, int M, const float *W, int K, int ldw,
+                                  int n0, int n1, int beta0) {
+    for (int j = n0; j < n1; j += 64) {
+        int width = n1 - j < 64 ? n1 - j : 64;
+        int NV = (width + 15) / 16;
+        int rem = width - 16 * (NV - 1);
+        __mmask16 last = (__mmask16)(rem == 16 ? 0xFFFF : (1u << rem) - 1);
+        int groups = (M + 5) / 6;
+        for (int k0 = 0; k0 < K; k0 += KB) {
+            int k1 = k0 + KB < K ? k0 + KB : K;
+            // The next block: further down this panel, or the next panel's first.
+            const float *pf = k1 < K ? W + (size_t)k1 * ldw + j : j + 64 < n1 ? W + j + 64 : NULL;
+            for (int m = 0, g = 0; m < M; m += 6, g++) {
+                int G = M - m < 6 ? M - m : 6;
+                cols_tile512_any(y + (size_t)m * ldy, ldy, x + (size_t)m * ldx, ldx, G, NV, last, W, ldw, k0, k1, j,
+                                 k0 == 0 && beta0, pf, groups, g);
+            }
+        }
+    }
+}
+
+// ---- AVX-512: rows ------------------------------------------------------
+
+// W rows [r, r + R) × x rows [0, G): the partial sums of gemv_rows_avx512.
+INLINE T512 void rows_tile512(float *y, int ldy, const float *x, int ldx, int G, int R, const float *W, int ldw, int C,
+                              int r, int beta0) {
+    __m512 a[4][6];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 6
+        for (int g = 0; g < G; g++) a[i][g] = _mm512_setzero_ps();
+    const float *w = W + (size_t)r * ldw;
+    int c = 0;
+    for (; c + 16 <= C; c += 16) {
+        __m512 wv[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < R; i++) wv[i] = _mm512_loadu_ps(w + (size_t)i * ldw + c);
+#pragma GCC unroll 6
+        for (int g = 0; g < G; g++) {
+            __m512 xv = _mm512_loadu_ps(x + (size_t)g * ldx + c);
+#pragma GCC unroll 4
+            for (int i = 0; i < R; i++) a[i][g] = _mm512_fmadd_ps(wv[i], xv, a[i][g]);
+        }
+    }
+    if (c < C) {
+        __mmask16 mk = (__mmask16)((1u << (C - c)) - 1);
+        __m512 wv[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < R; i++) wv[i] = _mm512_maskz_loadu_ps(mk, w + (size_t)i * ldw + c);
+#pragma GCC unroll 6
+        for (int g = 0; g < G; g++) {
+            __m512 xv = _mm512_maskz_loadu_ps(mk, x + (size_t)g * ldx + c);
+#pragma GCC unroll 4
+            for (int i = 0; i < R; i++) a[i][g] = _mm512_fmadd_ps(wv[i], xv, a[i][g]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int g = 0; g < G; g++)
+#pragma GCC unroll 4
+        for (int i = 0; i < R; i++) {
+            float s = _mm512_reduce_add_ps(a[i][g]);
+            float *out = y + (size_t)g * ldy + r + i;
+            *out = beta0 ? s : *out + s;
+        }
+}
+
+#define ROWS512_G(R)                                                                                                   \
+    switch (G) {                                                                                                       \
+    case 6:                                                                                                            \
+        rows_tile512(ym, ldy, xm, ldx, 6, R, W, ldw, C, r, beta0);                                                     \
+        break;                                                                                                         \
+    case 5:                                                                                                            \
+        rows_tile512(ym, ldy, xm, ldx, 5, R, W, ldw, C, r, beta0);                                                     \
+        break;                                                                                                         \
+    case 4:                                                                                                            \
+        rows_tile512(ym, ldy, xm, ldx, 4, R, W, ldw, C, r, beta0);                                                     \
+        break;                                                                                                         \
+    case 3:                                                                                                            \
+        rows_tile512(ym, ldy, xm, ldx, 3, R, W, ldw, C, r, beta0);                                                     \
+        break;                                                                                                         \
+    case 2:                                                                                                            \
+        rows_tile512(ym, ldy, xm, ldx, 2, R, W, ldw, C, r, beta0);                                                     \
+        break;                                                                                                         \
+    default:                                                                                                           \
+        rows_tile512(ym, ldy, xm, ldx, 1, R, W, ldw, C, r, beta0);                                                     \
+        break;                                                                                                         \
+    }
+
+static T512 void gemm_rows_avx512(float *y, int ldy, const float *x, int ldx, int M, const float *W, int C, int ldw,
+                                  int r0, int r1, int beta0) {
+    if (C <= 8) {
+        // gemv.c's narrow rows (LoRA's B at r ≤ 8): row by row, its sums.
+        for (int m = 0; m < M; m++)
+            lb_gemv_rows_at(LB_KERNELS_AVX512, y + (size_t)m * ldy, x + (size_t)m * ldx, W, C, ldw, r0, r1, beta0);
+        return;
+    }
+    for (int r = r0; r < r1; r += 4) {
+        int R = r1 - r < 4 ? r1 - r : 4;
+        for (int m = 0; m < M; m += 6) {
+            int G = M - m < 6 ? M - m : 6;
+            float *ym = y + (size_t)m * ldy;
+            const float *xm = x + (size_t)m * ldx;
+            switch (R) {
+            case 4:
+                ROWS512_G(4);
+                break;
+            case 3:
+                ROWS512_G(3);
+                break;
+            case 2:
+                ROWS512_G(2);
+                break;
+            default:
+                ROWS512_G(1);
+                break;
+            }
+        }
+    }
+}
+
+// ---- AVX2 + FMA ---------------------------------------------------------
+
+INLINE T256 __m256i mask8(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// Rows [0, G) × columns [j, j + 8·NV) (the last vector holding lastN) over
+// W rows [k0, k1).
+INLINE T256 void cols_tile256(float *y, int ldy, const float *x, int ldx, int G, int NV, int lastN, const float *W,
+                              int ldw, int k0, int k1, int j, int fromZero) {
+    __m256 a[6][2];
+    __m256i lm = mask8(lastN);
+#pragma GCC unroll 6
+    for (int g = 0; g < G; g++)
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; v++) {
+            const float *src = y + (size_t)g * ldy + j + 8 * v;
+            a[g][v] = fromZero ? _mm256_setzero_ps() : v == NV - 1 ? _mm256_maskload_ps(src, lm) : _mm256_loadu_ps(src);
+        }
+    const float *p = W + (size_t)k0 * ldw + j;
+    for (int k = k0; k < k1; k++, p += ldw) {
+        __m256 w[2];
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; v++)
+            w[v] = v == NV - 1 ? _mm256_maskload_ps(p + 8 * v, lm) : _mm256_loadu_ps(p + 8 * v);
+#pragma GCC unroll 6
+        for (int g = 0; g < G; g++) {
+            __m256 xv = _mm256_set1_ps(x[(size_t)g * ldx + k]);
+#pragma GCC unroll 2
+            for (int v = 0; v < NV; v++) a[g][v] = _mm256_fmadd_ps(xv, w[v], a[g][v]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int g = 0; g < G; g++)
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; v++) {
+            float *dst = y + (size_t)g * ldy + j + 8 * v;
+            if (v == NV - 1)
+                _mm256_maskstore_ps(dst, lm, a[g][v]);
+            else
+                _mm256_storeu_ps(dst, a[g][v]);
+        }
+}
+
+#define COLS256_G(NV)                                                                                                  \
+    switch (G) {                                                                                                       \
+    case 6:                                                                                                            \
+        cols_tile256(ym, ldy, xm, ldx, 6, NV, lastN, W, ldw, k0, k1, j, fromZero);                                     \
+        break;                                                                                                         \
+    case 5:                                                                                                            \
+        cols_tile256(ym, ldy, xm, ldx, 5, NV, lastN, W, ldw, k0, k1, j, fromZero);                                     \
+        break;                                                                                                         \
+    case 4:                                                                                                            \
+        cols_tile256(ym, ldy, xm, ldx, 4, NV, lastN, W, ldw, k0, k1, j, fromZero);                                     \
+        break;                                                                                                         \
+    case 3:                                                                                                            \
+        cols_tile256(ym, ldy, xm, ldx, 3, NV, lastN, W, ldw, k0, k1, j, fromZero);                                     \
+        break;                                                                                                         \
+    case 2:                                                                                                            \
+        cols_tile256(ym, ldy, xm, ldx, 2, NV, lastN, W, ldw, k0, k1, j, fromZero);                                     \
+        break;                                                                                                         \
+    default:                                                                                                           \
+        cols_tile256(ym, ldy, xm, ldx, 1, NV, lastN, W, ldw, k0, k1, j, fromZero);                                     \
+        break;                                                                                                         \
+    }
+
+static T256 void gemm_cols_avx2(float *y, int ldy, const float *x, int ldx, int M, const float *W, int K, int ldw,
+                                int n0, int n1, int beta0) {
+    for (int j = n0; j < n1; j += 16) {
+        int width = n1 - j < 16 ? n1 - j : 16;
+        int NV = (width + 7) / 8;
+        int lastN = width - 8 * (NV - 1);
+        for (int k0 = 0; k0 < K; k0 += KB) {
+            int k1 = k0 + KB < K ? k0 + KB : K;
+            for (int m = 0; m < M; m += 6) {
+                int G = M - m < 6 ? M - m : 6;
+                float *ym = y + (size_t)m * ldy;
+                const float *xm = x + (size_t)m * ldx;
+                int fromZero = k0 == 0 && beta0;
+                if (NV == 2) {
+                    COLS256_G(2);
+                } else {
+                    COLS256_G(1);
+                }
+            }
+        }
+    }
+}
+
+INLINE T256 float hsum256(__m256 a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// The same partial sums as gemv_rows_avx2: 8 lanes, masked tail, hsum256.
+static T256 void gemm_rows_avx2(float *y, int ldy, const float *x, int ldx, int M, const float *W, int C, int ldw,
+                                int r0, int r1, int beta0) {
+    __m256i lm = mask8(C % 8);
+    int cFull = C - C % 8;
+    for (int r = r0; r < r1; r += 2) {
+        int two = r + 1 < r1;
+        const float *w0 = W + (size_t)r * ldw, *w1 = two ? w0 + ldw : w0;
+        for (int m = 0; m < M; m += 2) {
+            int twoM = m + 1 < M;
+            const float *x0 = x + (size_t)m * ldx, *x1 = twoM ? x0 + ldx : x0;
+            __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00;
+            for (int c = 0; c < cFull; c += 8) {
+                __m256 wa = _mm256_loadu_ps(w0 + c), wb = _mm256_loadu_ps(w1 + c);
+                __m256 xa = _mm256_loadu_ps(x0 + c), xb = _mm256_loadu_ps(x1 + c);
+                a00 = _mm256_fmadd_ps(wa, xa, a00);
+                a01 = _mm256_fmadd_ps(wa, xb, a01);
+                a10 = _mm256_fmadd_ps(wb, xa, a10);
+                a11 = _mm256_fmadd_ps(wb, xb, a11);
+            }
+            if (cFull < C) {
+                __m256 wa = _mm256_maskload_ps(w0 + cFull, lm), wb = _mm256_maskload_ps(w1 + cFull, lm);
+                __m256 xa = _mm256_maskload_ps(x0 + cFull, lm), xb = _mm256_maskload_ps(x1 + cFull, lm);
+                a00 = _mm256_fmadd_ps(wa, xa, a00);
+                a01 = _mm256_fmadd_ps(wa, xb, a01);
+                a10 = _mm256_fmadd_ps(wb, xa, a10);
+                a11 = _mm256_fmadd_ps(wb, xb, a11);
+            }
+            float *y0 = y + (size_t)m * ldy + r, *y1 = y0 + ldy;
+            float s = hsum256(a00);
+            y0[0] = beta0 ? s : y0[0] + s;
+            if (twoM) {
+                s = hsum256(a01);
+                y1[0] = beta0 ? s : y1[0] + s;
+            }
+            if (two) {
+                s = hsum256(a10);
+                y0[1] = beta0 ? s : y0[1] + s;
+                if (twoM) {
+                    s = hsum256(a11);
+                    y1[1] = beta0 ? s : y1[1] + s;
+                }
+            }
+        }
+    }
+}
+
+#endif
+
+void lb_gemm_cols(float *y, int ldy, const float *x, int ldx, int M, const float *W, int K, int ldw, int n0, int n1,
+                  int beta0) {
+    lb_gemm_cols_at(lb_kernels_level(), y, ldy, x, ldx, M, W, K, ldw, n0, n1, beta0);
+}
+
+void lb_gemm_rows(float *y, int ldy, const float *x, int ldx, int M, const float *W, int C, int ldw, int r0, int r1,
+                  int beta0) {
+    lb_gemm_rows_at(lb_kernels_level(), y, ldy, x, ldx, M, W, C, ldw, r0, r1, beta0);
+}
+
+void lb_gemm_cols_at(int level, float *y, int ldy, const float *x, int ldx, int M, const float *W, int K, int ldw,
+                     int n0, int n1, int beta0) {
+    if (M <= 0 || n1 <= n0) return;
+#if defined(__x86_64__)
+    if (level >= LB_KERNELS_AVX512 && lb_cpu_has_avx512()) {
+        gemm_cols_avx512(y, ldy, x, ldx, M, W, K, ldw, n0, n1, beta0);
+        return;
+    }
+    if (level >= LB_KERNELS_AVX2 && lb_cpu_has_avx2_fma()) {
+        gemm_cols_avx2(y, ldy, x, ldx, M, W, K, ldw, n0, n1, beta0);
+        return;
+    }
+#endif
+    for (int m = 0; m < M; m++)
+        lb_gemv_cols_at(level, y + (size_t)m * ldy, x + (size_t)m * ldx, W, K, ldw, n0, n1, beta0);
+}
+
+void lb_gemm_rows_at(int level, float *y, int ldy, const float *x, int ldx, int M, const float *W, int C, int ldw,
+                     int r0, int r1, int beta0) {
+    if (M <= 0 || r1 <= r0) return;
+#if defined(__x86_64__)
+    if (level >= LB_KERNELS_AVX512 && lb_cpu_has_avx512()) {
+        gemm_rows_avx512(y, ldy, x, ldx, M, W, C, ldw, r0, r1, beta0);
+        return;
+    }
+    if (level >= LB_KERNELS_AVX2 && lb_cpu_has_avx2_fma()) {
+        gemm_rows_avx2(y, ldy, x, ldx, M, W, C, ldw, r0, r1, beta0);
+        return;
+    }
+#endif
+    for (int m = 0; m < M; m++)
+        lb_gemv_rows_at(level, y + (size_t)m * ldy, x + (size_t)m * ldx, W, C, ldw, r0, r1, beta0);
+}

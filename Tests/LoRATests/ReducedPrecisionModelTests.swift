@@ -1,0 +1,329 @@
+import Foundation
+import LoRA
+import Testing
+
+// A GPT-2 whose weight matrices are stored as bf16, f16 or q8_0 (issue #16),
+// against transformers on the same rounded weights stored back as F32
+// (scripts/make_lowp_fixtures.py writes Fixtures/lowp/).
+
+private let reducedDTypes: [WeightDType] = [.bf16, .f16, .q8_0]
+
+private func lowpExpected(_ d: WeightDType) throws -> SafeTensorsFile {
+    try SafeTensorsFile(path: Fixtures.path("lowp/expected-\(d.rawValue).safetensors"))
+}
+
+@Suite struct ReducedPrecisionModelTests {
+    /// Prefill (panels + sgemm) and the whole-sequence LM head.
+    @Test(arguments: reducedDTypes)
+    func logitsMatchTransformersOnTheRoundedWeights(dtype: WeightDType) throws {
+        let model = try Model.load(directory: Fixtures.path("gpt2-a"), dtype: dtype)
+        #expect(model.dtype == dtype)
+        let exp = try lowpExpected(dtype)
+        let f32 = try Model.load(directory: Fixtures.path("gpt2-a"))
+        for k in 0..<4 {
+            let ids = try exp.ints("seq\(k).ids").tokenIDs
+            let got = try model.logits(ids)
+            let d = maxAbsDiff(got, try exp.floats("seq\(k).logits"))
+            #expect(d < logitsTolerance, "\(dtype) seq\(k) (T=\(ids.count)): max |Δ| = \(d)")
+            // The rounding is real: the F32 model's logits differ.
+            if k == 3 { #expect(maxAbsDiff(try f32.logits(ids), got) > 1e-4) }
+        }
+        for side in ["left", "right"] {
+            let ids = try exp.ints("batch_\(side).ids")
+            let mask = try exp.ints("batch_\(side).mask")
+            let shape = try #require(exp["batch_\(side).ids"]).shape
+            let (B, T) = (shape[0], shape[1])
+            let seqs = (0..<B).map { b in (0..<T).filter { mask[b * T + $0] != 0 }.map { TokenID(ids[b * T + $0]) } }
+            let got = try model.logits(batch: seqs, padding: side == "left" ? .left : .right)
+            let d = maxAbsDiff(got, try exp.floats("batch_\(side).logits"))
+            #expect(d < logitsTolerance, "\(dtype) \(side) padding: max |Δ| = \(d)")
+        }
+    }
+
+    /// Decode (the dtype's GEMV, M = 1) through the KV cache, and the engine's batched steps.
+    @Test(arguments: reducedDTypes)
+    func greedyGenerationMatchesTransformers(dtype: WeightDType) throws {
+        let model = try Model.load(directory: Fixtures.path("gpt2-a"), dtype: dtype)
+        let exp = try lowpExpected(dtype)
+        var requests: [EngineRequest] = []
+        var wants: [[TokenID]] = []
+        for k in 0..<2 {
+            let prompt = try exp.ints("greedy\(k).prompt").tokenIDs
+            let want = try exp.ints("greedy\(k).output").tokenIDs
+            var params = SamplingParams.greedy
+            params.maxNewTokens = want.count - prompt.count
+            params.stopAtEndOfText = false
+            let r = try model.generate(prompt: prompt, params: params)
+            #expect(prompt + r.tokens == want, "\(dtype) greedy\(k)")
+            requests.append(EngineRequest(prompt: prompt, params: params))
+            wants.append(want)
+        }
+        let engine = try Engine(model: model)
+        let results = try engine.generate(requests)
+        for (k, r) in results.enumerated() { #expect(requests[k].prompt + r.tokens == wants[k], "\(dtype) engine greedy\(k)") }
+    }
+
+    /// Save writes the dtype (BF16/F16 tensors, Q8_0 pairs); load reads it back as it was.
+    @Test(arguments: reducedDTypes)
+    func savedModelsLoadBackUnchanged(dtype: WeightDType) throws {
+        let model = try Model.load(directory: Fixtures.path("gpt2-a"), dtype: dtype)
+        let dir = try Fixtures.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try model.save(directory: dir)
+        let file = try SafeTensorsFile(path: dir + "/model.safetensors")
+        #expect(file.metadata?["liblora.dtype"] == dtype.rawValue)
+        switch dtype {
+        case .q8_0:
+            #expect(file["transformer.h.0.attn.c_attn.weight.q8_0"]?.shape == [48, 144])
+            #expect(file["transformer.h.0.attn.c_attn.weight.q8_0_scale"]?.shape == [2, 144])  // 48 = 32 + 16
+            #expect(file["transformer.wte.weight.q8_0_scale"]?.shape == [101, 2])
+            #expect(file["transformer.h.0.attn.c_attn.weight"] == nil)
+        default:
+            #expect(file["transformer.h.0.mlp.c_fc.weight"]?.dtype.rawValue == dtype.rawValue.uppercased())
+        }
+        #expect(file["transformer.h.0.ln_1.weight"]?.dtype == .F32)
+        let back = try Model.load(directory: dir)
+        #expect(back.dtype == dtype)
+        let ids: [TokenID] = [3, 14, 15, 92, 65, 35]
+        #expect(try back.logits(ids) == (try model.logits(ids)))
+        // Loaded as f32: the dequantized weights, the same function to float rounding.
+        let wide = try Model.load(directory: dir, dtype: .f32)
+        #expect(wide.dtype == .f32)
+        #expect(maxAbsDiff(try wide.logits(ids), try model.logits(ids)) < logitsTolerance)
+    }
+
+    /// LoRA training on a bf16 base: PEFT's 20 AdamW steps on the rounded base.
+    @Test func loraTrainingOnABF16BaseMatchesPEFT() throws {
+        let exp = try SafeTensorsFile(path: Fixtures.path("lowp/train-bf16.safetensors"))
+        let model = try Model.load(directory: Fixtures.path("gpt2-a"), dtype: .bf16)
+        let adapter = try Adapter.load(directory: Fixtures.path("lora/all"), modelConfig: model.config)
+        var cfg = TrainerParams()
+        cfg.learningRate = 5e-3; cfg.weightDecay = 0.05; cfg.lrScheduler = .cosine; cfg.warmupSteps = 3; cfg.maxSteps = 20
+        cfg.maxGradNorm = 1.0; cfg.batchSize = 2; cfg.blockSize = 12
+        let trainer = try Trainer(model: model, adapter: adapter, config: cfg)
+        let losses = try exp.floats("losses")
+        let shape = try #require(exp["batch0.ids"]).shape
+        for k in 0..<20 {
+            let flat = try exp.ints("batch\(k).ids")
+            let ids = (0..<shape[0]).map { b in (0..<shape[1]).map { TokenID(flat[b * shape[1] + $0]) } }
+            let loss = try trainer.step(ids: ids)
+            #expect(abs(Float(loss) - losses[k]) < trajectoryTolerance, "step \(k): loss \(loss) vs \(losses[k])")
+        }
+        var worst: Float = 0
+        for s in adapter.slots {
+            for (suffix, p, count) in [("lora_A", adapter.A(s), s.countA), ("lora_B", adapter.B(s), s.countB)] {
+                let ref = try exp.floats("final.base_model.model.\(s.moduleName).\(suffix).weight")
+                for i in 0..<count { worst = max(worst, abs(p[i] - ref[i])) }
+            }
+        }
+        #expect(worst < trajectoryTolerance, "final adapter max |Δ| = \(worst)")
+    }
+
+    @Test func fullFineTuningNeedsAnF32Base() throws {
+        let model = try Model.load(directory: Fixtures.path("gpt2-a"), dtype: .bf16)
+        #expect(throws: LoRAError.self) { try Trainer(model: model, adapter: nil, config: TrainerParams()) }
+        #expect(throws: LoRAError.self) { try WeightDType.parse("int4") }
+        #expect(try WeightDType.parse("Q8_0") == .q8_0)
+    }
+
+    /// Merging into a reduced-precision base re-rounds: close to the adapter
+    /// applied on the fly, and unmerge comes back within the dtype's rounding.
+    @Test(arguments: reducedDTypes)
+    func mergeAndUnmergeReRound(dtype: WeightDType) throws {
+        let model = try Model.load(directory: Fixtures.path("gpt2-a"), dtype: dtype)
+        let adapter = try Adapter.load(directory: Fixtures.path("lora/all"), modelConfig: model.config)
+        let ids: [TokenID] = [5, 17, 2, 99, 40, 41, 7]
+        let base = try model.logits(ids)
+        try model.attach(adapter)
+        let onTheFly = try model.logits(ids)
+        try model.merge(adapter)
+        let merged = try model.logits(ids)
+        try model.unmerge(adapter)
+        let unmerged = try model.logits(ids)  // applied on the fly again
+        try model.detach(adapter)
+        let after = try model.logits(ids)
+        // Bounds: the weights move by one rounding of the dtype (2⁻⁸ relative for bf16,
+        // 2⁻¹¹ for f16, half a q8_0 step), on logits of size ~10 in this model.
+        let bound: Float = dtype == .bf16 ? 0.5 : 0.25
+        let dMerged = maxAbsDiff(merged, onTheFly)
+        let dUnmerged = maxAbsDiff(unmerged, onTheFly)
+        let dAfter = maxAbsDiff(after, base)
+        #expect(dMerged < bound && dMerged > 0, "\(dtype) merged vs on the fly: \(dMerged)")
+        #expect(dUnmerged < bound, "\(dtype) unmerged vs on the fly: \(dUnmerged)")
+        #expect(dAfter < bound, "\(dtype) base after unmerge: \(dAfter)")
+    }
+}
+
+/// Malformed Q8_0 files: clear errors, no model.
+@Suite struct QuantizedFileTests {
+    /// Saves gpt2-a as q8_0, then rewrites model.safetensors with `edit` applied to its tensors.
+    func broken(_ edit: (inout [TensorData]) -> Void) throws -> String {
+        let model = try Model.load(directory: Fixtures.path("gpt2-a"), dtype: .q8_0)
+        let dir = try Fixtures.tempDir()
+        try model.save(directory: dir)
+        let file = try SafeTensorsFile(path: dir + "/model.safetensors")
+        var tensors = file.tensors.map { t in
+            TensorData(name: t.name, dtype: t.dtype, shape: t.shape, bytes: Array(file.rawBytes(t)))
+        }
+        edit(&tensors)
+        try SafeTensorsWriter.write(tensors, to: dir + "/model.safetensors", metadata: ["format": "pt", "liblora.dtype": "q8_0"])
+        return dir
+    }
+
+    func expectInvalid(_ dir: String, _ fragment: String) {
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        do {
+            _ = try Model.load(directory: dir)
+            Issue.record("loaded a malformed q8_0 file (\(fragment))")
+        } catch let LoRAError.invalidFile(_, reason) {
+            #expect(reason.contains(fragment), "\(reason)")
+        } catch {
+            Issue.record("unexpected error \(error)")
+        }
+    }
+
+    let name = "transformer.h.1.mlp.c_fc.weight"
+
+    @Test func missingScales() throws {
+        expectInvalid(try broken { $0.removeAll { $0.name == name + ".q8_0_scale" } }, "has no scales")
+    }
+
+    @Test func missingValues() throws {
+        expectInvalid(try broken { $0.removeAll { $0.name == name + ".q8_0" } }, "no values")
+    }
+
+    @Test func wrongBlockCount() throws {
+        // [2, 192] scales for 48 input rows; one block row instead of two.
+        expectInvalid(
+            try broken { ts in
+                guard let i = ts.firstIndex(where: { $0.name == name + ".q8_0_scale" }) else { return }
+                ts[i] = TensorData(name: ts[i].name, dtype: .F16, shape: [1, 192], bytes: Array(ts[i].bytes.prefix(2 * 192)))
+            }, "blocks of 32")
+    }
+
+    @Test func wrongValueShape() throws {
+        expectInvalid(
+            try broken { ts in
+                guard let i = ts.firstIndex(where: { $0.name == name + ".q8_0" }) else { return }
+                ts[i] = TensorData(name: ts[i].name, dtype: .I8, shape: [192, 48], bytes: ts[i].bytes)
+            }, "the config needs")
+    }
+
+    @Test func nanScale() throws {
+        expectInvalid(
+            try broken { ts in
+                guard let i = ts.firstIndex(where: { $0.name == name + ".q8_0_scale" }) else { return }
+                var b = ts[i].bytes
+                b[10] = 0x00; b[11] = 0x7E  // F16 NaN
+                ts[i] = TensorData(name: ts[i].name, dtype: .F16, shape: ts[i].shape, bytes: b)
+            }, "NaN")
+    }
+
+    @Test func wrongDTypes() throws {
+        expectInvalid(
+            try broken { ts in
+                guard let i = ts.firstIndex(where: { $0.name == name + ".q8_0_scale" }) else { return }
+                let n = ts[i].shape.reduce(1, *)
+                ts[i] = TensorData(name: ts[i].name, dtype: .F32, shape: ts[i].shape, bytes: [UInt8](repeating: 0, count: 4 * n))
+            }, "expected F16")
+        expectInvalid(
+            try broken { ts in
+                guard let i = ts.firstIndex(where: { $0.name == name + ".q8_0" }) else { return }
+                ts[i] = TensorData(name: ts[i].name, dtype: .U8, shape: ts[i].shape, bytes: ts[i].bytes)
+            }, "expected I8")
+    }
+
+    @Test func floatsAndQ8ForOneWeight() throws {
+        expectInvalid(
+            try broken { ts in
+                ts.append(TensorData(name: name, shape: [48, 192], floats: [Float](repeating: 0, count: 48 * 192)))
+            }, "both as floats and as q8_0")
+    }
+
+    @Test func unknownSavedDType() throws {
+        let model = try Model.load(directory: Fixtures.path("gpt2-a"))
+        let dir = try Fixtures.tempDir()
+        try model.save(directory: dir)
+        let file = try SafeTensorsFile(path: dir + "/model.safetensors")
+        let tensors = file.tensors.map { TensorData(name: $0.name, dtype: $0.dtype, shape: $0.shape, bytes: Array(file.rawBytes($0))) }
+        try SafeTensorsWriter.write(tensors, to: dir + "/model.safetensors", metadata: ["liblora.dtype": "int3"])
+        expectInvalid(dir, "unknown liblora.dtype")
+    }
+}
+
+/// baseMatmul's panel and GEMV paths against a naive product on the
+/// dequantized weights, with shapes beyond one panel (several K panels and
+/// column blocks, rows longer than a panel) and both Q8_0 scale layouts.
+@Suite struct BaseMatmulTests {
+    /// Float32 sums of K terms of size ~1 in another order than the Double reference: ~K·2⁻²⁴·√K at worst.
+    static func tolerance(_ K: Int) -> Float { 1e-4 + 1e-6 * Float(K) }
+
+    func matrix(_ dtype: WeightDType, rows: Int, cols: Int, inputAlongRows: Bool, seed: UInt64) throws -> (BaseMatrix, ByteBlock, [Float]) {
+        var rng = SplitMix64(seed: seed)
+        let values = (0..<rows * cols).map { _ in rng.nextGaussian() }
+        let probe = BaseMatrix(
+            dtype: dtype, rows: rows, cols: cols, inputAlongRows: inputAlongRows, data: UnsafeMutableRawPointer(bitPattern: 64)!,
+            scales: nil)
+        let block = try ByteBlock(count: probe.dataBytes + 2 * probe.scaleCount + 64)
+        let scales = dtype == .q8_0 ? (block.base + probe.dataBytes).bindMemory(to: UInt16.self, capacity: probe.scaleCount) : nil
+        let m = BaseMatrix(dtype: dtype, rows: rows, cols: cols, inputAlongRows: inputAlongRows, data: block.base, scales: scales)
+        try m.store(values, name: "test")
+        return (m, block, m.dequantized())
+    }
+
+    /// Storing a matrix a panel of rows at a time (as a load converts it) gives the bytes of storing it whole.
+    @Test(arguments: [WeightDType.bf16, .f16, .q8_0], [true, false])
+    func storingByRowPanelsEqualsStoringWhole(dtype: WeightDType, inputAlongRows: Bool) throws {
+        let (rows, cols) = (100, 45)  // 100 = 3·32 + 4: a partial last block either way
+        let (whole, wholeBlock, values) = try matrix(dtype, rows: rows, cols: cols, inputAlongRows: inputAlongRows, seed: 3)
+        var rng = SplitMix64(seed: 3)
+        let src = (0..<rows * cols).map { _ in rng.nextGaussian() }
+        let (parts, partsBlock, _) = try matrix(dtype, rows: rows, cols: cols, inputAlongRows: inputAlongRows, seed: 4)
+        for r0 in stride(from: 0, to: rows, by: 32) {
+            let r1 = min(rows, r0 + 32)
+            try src.withUnsafeBufferPointer { try parts.store($0.baseAddress! + r0 * cols, rows: r0..<r1, name: "test") }
+        }
+        #expect(parts.dequantized() == values)
+        let bytes = whole.dataBytes + 2 * whole.scaleCount
+        #expect(memcmp(wholeBlock.base, partsBlock.base, bytes) == 0)
+        if dtype == .q8_0 && inputAlongRows {
+            // A range that splits a block is refused.
+            #expect(throws: LoRAError.self) {
+                try src.withUnsafeBufferPointer { try parts.store($0.baseAddress!, rows: 0..<40, name: "t") }
+            }
+        }
+    }
+
+    @Test(arguments: [WeightDType.bf16, .f16, .q8_0], [(1, 1100, 300), (2, 1100, 300), (2, 70, 5000), (1, 17_000, 20)])
+    func panelsAndGemvMatchNaiveProducts(dtype: WeightDType, shape: (Int, Int, Int)) throws {
+        try BLAS.load()
+        let (M, K, N) = shape
+        var rng = SplitMix64(seed: 5)
+        let a = (0..<M * K).map { _ in rng.nextGaussian() }
+        for inputAlongRows in [true, false] {
+            // op(W) = W [K, N] and Wᵀ with W [N, K], in both scale layouts.
+            for transW in [false, true] {
+                let (rows, cols) = transW ? (N, K) : (K, N)
+                let (m, block, w) = try matrix(dtype, rows: rows, cols: cols, inputAlongRows: inputAlongRows, seed: 9)
+                var want = [Float](repeating: 0, count: M * N)
+                for i in 0..<M {
+                    for n in 0..<N {
+                        var s: Double = 0
+                        for k in 0..<K { s += Double(a[i * K + k]) * Double(transW ? w[n * K + k] : w[k * N + n]) }
+                        want[i * N + n] = Float(s) + 0.5
+                    }
+                }
+                var got = [Float](repeating: 0.5, count: M * N)
+                a.withUnsafeBufferPointer { ap in
+                    got.withUnsafeMutableBufferPointer { gp in
+                        baseMatmul(
+                            transW: transW, M: M, N: N, K: K, A: ap.baseAddress!, lda: K, W: m, beta: 1, C: gp.baseAddress!, ldc: N)
+                    }
+                }
+                withExtendedLifetime(block) {}
+                let d = maxAbsDiff(got, want)
+                #expect(d < Self.tolerance(K), "\(dtype) M \(M) K \(K) N \(N) transW \(transW) rows-input \(inputAlongRows): \(d)")
+            }
+        }
+    }
+}
