@@ -192,6 +192,44 @@ def test_model_tensors_and_metadata(which, dtype, model_dirs, tmp_path):
     assert kv["tokenizer.ggml.eos_token_id"] == cfg["eos_token_id"]
 
 
+def stored_weights(model_dir: Path) -> dict:
+    """The exact F32 values of a model `lora convert` stored as BF16, F16 or Q8_0
+    (Q8_0: int8 × the F16 scale of its block of 32 along the input dimension)."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file as load_torch
+    raw = {k.removeprefix("transformer."): v for k, v in load_torch(str(model_dir / "model.safetensors")).items()}
+    out = {}
+    for k, v in raw.items():
+        if k.endswith(".q8_0_scale"):
+            continue
+        if k.endswith(".q8_0"):
+            name = k.removesuffix(".q8_0")
+            q = v.to(torch.float32).numpy()
+            scale = raw[k + "_scale"].to(torch.float32).numpy()
+            if name.startswith(("wte", "wpe", "lm_head")):  # [rows, n_embd]: blocks along each row
+                out[name] = q * np.repeat(scale, 32, axis=1)[:, :q.shape[1]]
+            else:  # Conv1D [in, out]: blocks down each column
+                out[name] = q * np.repeat(scale, 32, axis=0)[:q.shape[0], :]
+        else:
+            out[k] = v.to(torch.float32).numpy()
+    return out
+
+
+@pytest.mark.parametrize("stored", ["bf16", "f16", "q8_0"])
+def test_a_reduced_precision_model_exports_its_stored_values(stored, tmp_path):
+    conv = tmp_path / stored
+    r = subprocess.run([cli(), "convert", "--model", FORTUNES, "--dtype", stored, "--output-dir", conv],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "m.gguf"
+    export_ok("--model", conv, "--out", out)
+    got = tensors(GGUFReader(out))
+    w = stored_weights(conv)
+    for gg, (hfname, transpose) in gguf_names(4, True).items():
+        ref = w[hfname].T if transpose else w[hfname]
+        np.testing.assert_array_equal(got[gg].data.reshape(ref.shape), ref, err_msg=gg)
+
+
 def test_model_without_tokenizer_runs_on_ids(tmp_path):
     out = tmp_path / "a.gguf"
     export_ok("--model", FIX / "gpt2-a", "--out", out)
@@ -407,6 +445,22 @@ def test_llama_cpp_runs_the_exported_model(which, dtype, model_dirs, tmp_path):
         for text in (PROMPT, " Hello,  world!\n\tTabs and   spaces", "don't 123 4567 café 日本語 🎉<|endoftext|>x"):
             assert llm.tokenize(text.encode(), add_bos=False, special=True) == lm.tokenize(text), text
         compare(f"{which} {dtype}", lm, llm, ids, LLAMA_F32_REL if dtype == "f32" else LLAMA_F16_REL)
+
+
+@needs_llama
+def test_llama_cpp_runs_a_q8_0_model_exported_as_f32(tmp_path):
+    """A model liblora keeps in Q8_0 exports its stored values: llama.cpp then
+    computes what liblora computes in Q8_0 mode."""
+    import lora
+    conv = tmp_path / "q8"
+    r = subprocess.run([cli(), "convert", "--model", FORTUNES, "--dtype", "q8_0", "--output-dir", conv],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "m.gguf"
+    export_ok("--model", conv, "--out", out)
+    llm = llama_model(out)
+    with lora.Model.load(str(conv)) as lm:
+        compare("fortunes stored as q8_0, exported f32", lm, llm, lm.tokenize(PROMPT), LLAMA_F32_REL)
 
 
 def peft_adapter(d: Path, base_dir: Path, targets, seed, **kw) -> Path:
