@@ -661,6 +661,32 @@ lora_status lora_engine_request_text(lora_engine *engine, lora_request_id id, ch
  * (not ended). */
 lora_status lora_engine_release(lora_engine *engine, lora_request_id id);
 
+/* ---- GGUF export for llama.cpp ------------------------------------------ */
+
+/* Tensor types of an export: matrices and embeddings in F32 or F16
+ * (LayerNorm weights and biases are always F32). */
+#define LORA_GGUF_F32 0
+#define LORA_GGUF_F16 1
+
+/* Writes the model as a GGUF v3 file llama.cpp loads (architecture gpt2,
+ * llama.cpp's tensor names, hyperparameters, the byte-level BPE tokenizer;
+ * without a tokenizer, tokenizer model "none"), written atomically. Merged
+ * adapters are part of the weights; attached, unmerged ones are not (export
+ * them with lora_adapter_export_gguf). `type` is LORA_GGUF_*. Errors:
+ * LORA_INVALID_ARGUMENT (NULL, unknown type, a weight beyond F16's range),
+ * LORA_UNSUPPORTED (a config llama.cpp's gpt2 graph computes differently:
+ * an activation other than GELU-tanh, scale_attn_by_inverse_layer_idx),
+ * LORA_IO_ERROR, LORA_NUMERICAL_ERROR (NaN weights). */
+lora_status lora_model_export_gguf(const lora_model *model, const char *path, int32_t type);
+
+/* Writes the adapter as a GGUF LoRA for the model it was made for
+ * (general.type "adapter", adapter.type "lora", adapter.lora.alpha;
+ * <base tensor>.lora_a / .lora_b, PEFT's A and B without transposing),
+ * written atomically; llama.cpp applies it with --lora. rsLoRA and per-module
+ * ranks and alphas are folded into the file's alpha and B. Errors as
+ * lora_model_export_gguf. */
+lora_status lora_adapter_export_gguf(const lora_adapter *adapter, const char *path, int32_t type);
+
 #ifdef __cplusplus
 }
 #endif

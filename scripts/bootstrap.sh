@@ -44,3 +44,8 @@ fi
 if ! python3 -c "import mpi4py" 2>/dev/null; then
     python3 -m pip install --quiet mpi4py 2>/dev/null || python3 -m pip install --quiet --break-system-packages mpi4py
 fi
+# gguf-py: Tests/gguf reads the files `lora export-gguf` writes with llama.cpp's own GGUF package.
+if ! python3 -c "import gguf, safetensors, numpy" 2>/dev/null; then
+    python3 -m pip install --quiet -r scripts/requirements-gguf.txt 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages -r scripts/requirements-gguf.txt
+fi

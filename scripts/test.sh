@@ -24,6 +24,9 @@ bash scripts/link_soname.sh .build/debug
 echo "== swift test"
 LORA_CLI="$PWD/.build/release/lora-cli" swift test --skip-build
 
+echo "== lora export-gguf read back with gguf-py, every tensor and key (Tests/gguf; LORA_TEST_LLAMA_CPP=1 adds llama.cpp)"
+bash Tests/gguf/run.sh .build/release/lora-cli
+
 echo "== the Swift suite under AddressSanitizer"
 # detect_leaks=0: LeakSanitizer reports the test frameworks' own objects at exit
 # (XCTest suite runs, Swift Testing's weak references), none of ours; leaks of

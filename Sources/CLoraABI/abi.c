@@ -13,3 +13,4 @@ _Static_assert(offsetof(lora_engine_params, struct_size) == 0, "struct_size firs
 _Static_assert(offsetof(lora_request, struct_size) == 0, "struct_size first");
 _Static_assert(offsetof(lora_request_info, struct_size) == 0, "struct_size first");
 _Static_assert(sizeof(lora_status) == 4, "lora_status is int32_t");
+_Static_assert(LORA_GGUF_F32 == 0 && LORA_GGUF_F16 == 1, "LORA_GGUF_* values are pinned");

@@ -158,3 +158,28 @@ public func lora_model_save(_ model: OpaquePointer?, _ path: UnsafePointer<CChar
         try m.save(directory: try string(path, "path"))
     }
 }
+
+/// LORA_GGUF_* → the export's tensor type.
+func ggufType(_ type: Int32) throws -> GGUFDType {
+    switch type {
+    case LORA_GGUF_F32: return .f32
+    case LORA_GGUF_F16: return .f16
+    default: throw invalid("type \(type) is not LORA_GGUF_F32 or LORA_GGUF_F16")
+    }
+}
+
+@_cdecl("lora_model_export_gguf")
+public func lora_model_export_gguf(_ model: OpaquePointer?, _ path: UnsafePointer<CChar>?, _ type: Int32) -> lora_status {
+    guarded {
+        let m = try box(model, ModelBox.self, "model").model
+        try m.exportGGUF(path: try string(path, "path"), dtype: try ggufType(type))
+    }
+}
+
+@_cdecl("lora_adapter_export_gguf")
+public func lora_adapter_export_gguf(_ adapter: OpaquePointer?, _ path: UnsafePointer<CChar>?, _ type: Int32) -> lora_status {
+    guarded {
+        let a = try box(adapter, AdapterBox.self, "adapter").adapter
+        try a.exportGGUF(path: try string(path, "path"), base: a.modelConfig, dtype: try ggufType(type))
+    }
+}

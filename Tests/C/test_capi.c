@@ -11,7 +11,7 @@
  * LORA_TEST_ONLY=name[,name] runs only those tests.
  *
  * The checks live in one file per area: test_capi_basics.c, _model.c, _lowp.c,
- * _generation.c, _adapters.c, _training.c, _threads.c, _engine.c; the harness in
+ * _generation.c, _adapters.c, _training.c, _threads.c, _engine.c, _gguf.c; the harness in
  * test_capi_common.c and test_capi.h. Build: cc Tests/C/test_capi*.c.
  */
 #include "test_capi.h"
@@ -54,6 +54,7 @@ int main(int argc, char **argv) {
         {"fork", test_fork},
         {"engine", test_engine},
         {"engine_threads", test_engine_threads},
+        {"gguf_export", test_gguf_export},
     };
     const char *only = getenv("LORA_TEST_ONLY");
     for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {

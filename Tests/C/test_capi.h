@@ -131,4 +131,7 @@ void test_fork(void);
 void test_engine(void);
 void test_engine_threads(void);
 
+/* test_capi_gguf.c */
+void test_gguf_export(void);
+
 #endif /* TEST_CAPI_H */

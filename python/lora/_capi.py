@@ -132,6 +132,10 @@ LORA_NUMERICAL_ERROR = 8
 LORA_BACKEND_ERROR = 9
 LORA_WRONG_STATE = 10
 
+LORA_GGUF_F32 = 0
+LORA_GGUF_F16 = 1
+GGUF_TYPES = {"f32": LORA_GGUF_F32, "f16": LORA_GGUF_F16}
+
 LORA_INIT_DEFAULT = 0
 LORA_INIT_GAUSSIAN = 1
 LORA_INIT_RANDOM = 2
@@ -366,6 +370,8 @@ lora_adapter_load = _fn("lora_adapter_load", lora_status,
                         [POINTER(lora_adapter_p), lora_model_p, c_char_p], check=True)
 # lora_status lora_adapter_save(const lora_adapter *adapter, const char *path);
 lora_adapter_save = _fn("lora_adapter_save", lora_status, [lora_adapter_p, c_char_p], check=True)
+# lora_status lora_adapter_export_gguf(const lora_adapter *adapter, const char *path, int32_t type);
+lora_adapter_export_gguf = _fn("lora_adapter_export_gguf", lora_status, [lora_adapter_p, c_char_p, c_int32], check=True)
 # void lora_adapter_free(lora_adapter *adapter);
 lora_adapter_free = _fn("lora_adapter_free", None, [lora_adapter_p])
 # int64_t lora_adapter_n_params(const lora_adapter *adapter);
@@ -436,6 +442,8 @@ lora_model_merge = _fn("lora_model_merge", lora_status, [lora_model_p, lora_adap
 lora_model_unmerge = _fn("lora_model_unmerge", lora_status, [lora_model_p, lora_adapter_p], check=True)
 # lora_status lora_model_save(const lora_model *model, const char *path);
 lora_model_save = _fn("lora_model_save", lora_status, [lora_model_p, c_char_p], check=True)
+# lora_status lora_model_export_gguf(const lora_model *model, const char *path, int32_t type);
+lora_model_export_gguf = _fn("lora_model_export_gguf", lora_status, [lora_model_p, c_char_p, c_int32], check=True)
 
 # void lora_trainer_default_params(lora_trainer_params *params);
 lora_trainer_default_params = _fn("lora_trainer_default_params", None, [POINTER(lora_trainer_params)])

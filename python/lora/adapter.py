@@ -8,7 +8,7 @@ from . import _capi as C
 from ._convert import cpath, cstring, flag, int32, int32_array, real, uint64
 from ._owner import Owner
 from .errors import file_not_found
-from .model import Model
+from .model import Model, gguf_type
 
 _INITS = {
     "default": C.LORA_INIT_DEFAULT,    # PEFT's default: A kaiming-uniform, B zeros
@@ -218,6 +218,11 @@ class Adapter(Owner):
     def save(self, path) -> None:
         """Saves in PEFT's layout into directory path (created if needed)."""
         C.lora_adapter_save(self._require(), cpath(path))
+
+    def export_gguf(self, path, dtype: str = "f32") -> None:
+        """Writes a GGUF LoRA for llama.cpp (--lora FILE) for the model this adapter
+        belongs to; dtype "f32" or "f16"."""
+        C.lora_adapter_export_gguf(self._require(), cpath(path), gguf_type(dtype))
 
     @classmethod
     def from_pretrained(cls, model: Model, path) -> "Adapter":

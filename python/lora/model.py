@@ -473,3 +473,16 @@ class Model(Owner):
     def save(self, path) -> None:
         """Writes a Hugging Face checkpoint directory (merged adapters folded in)."""
         C.lora_model_save(self._require(), cpath(path))
+
+    def export_gguf(self, path, dtype: str = "f32") -> None:
+        """Writes a GGUF file for llama.cpp (architecture gpt2, with the tokenizer);
+        dtype "f32" or "f16" for the matrices. Merged adapters are part of the
+        weights; export attached, unmerged ones with Adapter.export_gguf."""
+        C.lora_model_export_gguf(self._require(), cpath(path), gguf_type(dtype))
+
+
+def gguf_type(dtype: str) -> int:
+    """"f32" / "f16" → LORA_GGUF_*."""
+    if dtype not in C.GGUF_TYPES:
+        raise ValueError(f"dtype must be one of {sorted(C.GGUF_TYPES)}, not {dtype!r}")
+    return C.GGUF_TYPES[dtype]

@@ -30,6 +30,8 @@ public final class Tokenizer: Sendable {
     /// those matched on the remaining text (`normalized: true`).
     let rawAddedTokens: AddedTokenMatcher
     let normalizedAddedTokens: AddedTokenMatcher
+    /// The ids of added tokens, each with its `special` flag (GGUF export: control or user-defined).
+    let addedTokens: [TokenID: Bool]
     let unknownID: TokenID?
     let fuseUnknown: Bool
     let addPrefixSpace: Bool
@@ -95,6 +97,7 @@ public final class Tokenizer: Sendable {
         self.merges = BPEMerges(table: table)
         self.rawAddedTokens = AddedTokenMatcher(d.addedTokens.filter { !$0.normalized })
         self.normalizedAddedTokens = AddedTokenMatcher(d.addedTokens.filter { $0.normalized })
+        self.addedTokens = Dictionary(d.addedTokens.map { ($0.id, $0.special) }, uniquingKeysWith: { $1 })
         self.unknownID = unknownID
         self.fuseUnknown = d.fuseUnknown
         self.addPrefixSpace = d.addPrefixSpace
