@@ -17,7 +17,6 @@ final class ServerMetrics: Sendable {
     let adaptersLoaded: CoreMetrics.Gauge
     let kvSlotsUsed: CoreMetrics.Gauge
     let kvSlotsTotal: CoreMetrics.Gauge
-    let kvPositionsUsed: CoreMetrics.Gauge
     let cancelled: CoreMetrics.Counter
     let rejected: CoreMetrics.Counter
     let timeToFirstToken: CoreMetrics.Timer
@@ -41,7 +40,6 @@ final class ServerMetrics: Sendable {
         adaptersLoaded = CoreMetrics.Gauge(label: "lora_adapters_loaded", factory: f)
         kvSlotsUsed = CoreMetrics.Gauge(label: "lora_kv_slots_used", factory: f)
         kvSlotsTotal = CoreMetrics.Gauge(label: "lora_kv_slots_total", factory: f)
-        kvPositionsUsed = CoreMetrics.Gauge(label: "lora_kv_positions_used", factory: f)
         cancelled = CoreMetrics.Counter(label: "lora_sequences_cancelled_total", factory: f)
         rejected = CoreMetrics.Counter(label: "lora_requests_rejected_total", dimensions: [("reason", "queue_full")], factory: f)
         timeToFirstToken = CoreMetrics.Timer(label: "lora_time_to_first_token_seconds", factory: f)
