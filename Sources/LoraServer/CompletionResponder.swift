@@ -13,6 +13,12 @@ struct CompletionResponder: Sendable {
         var request = request
         let body = try await state.collectBody(&request)
         let r = try CompletionRequest.parse(body, model: state.model, context: state.context, limits: state.limits)
+        // More choices than slots and queue together could ever hold: never admissible, so 400 (not 429).
+        let capacity = state.scheduler.engine.params.maxSequences + state.limits.maxQueued
+        guard r.prompts.count * r.n <= capacity else {
+            throw APIError.invalid(
+                "n", "\(r.prompts.count) prompt(s) × n = \(r.n) is more than the server's \(capacity) sequences (running and queued)")
+        }
         let acquired = try state.registry.acquire(model: r.model, extra: r.adapters)
         let choices: [ChoiceRequest] = r.prompts.flatMap { prompt in
             (0..<r.n).map { j in

@@ -272,6 +272,18 @@ def test_queue_full_429_and_disconnect_frees_slot(assets):
         assert s.stop() == 0
 
 
+def test_more_choices_than_capacity_is_400(assets):
+    s = Server(["--model", assets["model"], "--model-name", "base", "--max-sequences", "2", "--max-queue", "1"])
+    try:
+        r = requests.post(s.url + "/v1/completions", json={"model": "base", "prompt": ["a", "b"], "n": 2}, timeout=10)
+        assert "more than the server's 3 sequences" in assert_error(r, 400, "n")["message"]
+        r = requests.post(s.url + "/v1/completions", json={"model": "base", "prompt": "a", "n": 3, "max_tokens": 2},
+                          timeout=10)
+        assert r.status_code == 200 and len(r.json()["choices"]) == 3
+    finally:
+        assert s.stop() == 0
+
+
 def test_api_key(assets):
     s = Server(["--model", assets["model"], "--api-key", "sekrit"])
     try:
