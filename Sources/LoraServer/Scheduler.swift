@@ -123,8 +123,19 @@ final class Scheduler: @unchecked Sendable {
     func cancel(_ ids: [Int64]) {
         for id in ids { try? engine.cancel(id) }
         cond.lock()
+        // A queued request, or a running one cancelled between steps, ends at
+        // once and appears in no step's report: finish it here.
+        finishEnded(among: ids)
         cond.signal()
         cond.unlock()
+    }
+
+    /// Under `cond`: finishes the tracked requests among `ids` that have ended.
+    private func finishEnded<S: Sequence>(among ids: S) where S.Element == Int64 {
+        for id in ids where tracked[id] != nil {
+            guard let s = try? engine.state(id).state else { continue }
+            if s == .finished || s == .cancelled { finish(id) }
+        }
     }
 
     /// Called on the stepping thread for each token.
@@ -149,21 +160,16 @@ final class Scheduler: @unchecked Sendable {
                 return
             }
             cond.unlock()
-            var ended: [Int64]
+            var ended: [Int64] = []
             do {
                 ended = try engine.step().finished
             } catch {
-                // A token without text ended one request; find every ended one.
-                ended = []
+                // A token without text ended one request (the others got their tokens).
             }
             cond.lock()
-            if ended.isEmpty {
-                ended = tracked.keys.filter { id in
-                    guard let s = try? engine.state(id).state else { return true }
-                    return s == .finished || s == .cancelled
-                }
-            }
             for id in ended { finish(id) }
+            // And any that ended outside a step's report (cancelled between steps, or the step threw).
+            finishEnded(among: Array(tracked.keys))
             updateGauges()
             cond.unlock()
         }

@@ -314,14 +314,25 @@ def test_sigterm_drains_running_requests(assets):
 
 
 def test_drain_timeout_cancels(assets):
-    s = Server(["--model", assets["big_model"], "--model-name", "base", "--max-sequences", "2", "--drain-timeout", "0"])
-    with long_stream(s) as r:
+    # One slot, one queued request: the drain cancels both, the queued one before it ever ran.
+    s = Server(["--model", assets["big_model"], "--model-name", "base", "--max-sequences", "1", "--max-queue", "1",
+                "--drain-timeout", "0"])
+    with long_stream(s) as r, concurrent.futures.ThreadPoolExecutor(1) as pool:
         lines = r.iter_lines()
         assert next(lines).startswith(b"data: ")
+        queued = pool.submit(requests.post, s.url + "/v1/completions", timeout=60,
+                             json={"model": "base", "prompt": "x", "max_tokens": 50})
+        deadline = time.time() + 30
+        while s.metrics()["lora_requests_waiting"] < 1:
+            assert time.time() < deadline
+            time.sleep(0.02)
         s.proc.send_signal(signal.SIGTERM)
         rest = [l for l in lines if l]
+        answer = queued.result(timeout=60)
     assert rest[-1] == b"data: [DONE]"
     assert json.loads(rest[-2][len(b"data: "):])["choices"][0]["finish_reason"] == "abort"
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["finish_reason"] == "abort" and answer.json()["usage"]["completion_tokens"] == 0
     assert s.proc.wait(timeout=60) == 0
 
 
