@@ -361,3 +361,24 @@ def test_unload_refused_while_in_use(assets, tmp_path):
         assert "slow" not in [m["id"] for m in requests.get(s.url + "/v1/models", timeout=10).json()["data"]]
     finally:
         assert s.stop() == 0
+
+
+def test_slow_reader_does_not_stall_others(assets):
+    s = Server(["--model", assets["big_model"], "--model-name", "base", "--max-sequences", "2"])
+    try:
+        stalled = long_stream(s)  # never read past its first chunk while the others run
+        lines = stalled.iter_lines()
+        assert next(lines).startswith(b"data: ")
+        before = s.metrics()["lora_generated_tokens_total"]
+        t0 = time.time()
+        for _ in range(3):
+            r = requests.post(s.url + "/v1/completions", timeout=60,
+                              json={"model": "base", "prompt": "Hello", "max_tokens": 20, "ignore_eos": True})
+            assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 20
+        # The stalled stream's sequence kept generating meanwhile (its tokens wait in its buffer).
+        m = s.metrics()
+        assert m["lora_generated_tokens_total"] - before > 60 and m["lora_requests_running"] == 1
+        assert time.time() - t0 < 30
+        stalled.close()
+    finally:
+        assert s.stop() == 0
