@@ -16,7 +16,11 @@ let package = Package(
         .executable(name: "lora-cli", targets: ["LoraCLI"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2")
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        // `lora serve` only (the LoraServer target): LoRA and liblora.so never link them.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // OpenBLAS and LAPACKE are not linked: CLoraSupport loads them at run
@@ -47,10 +51,19 @@ let package = Package(
         .systemLibrary(
             name: "CMPI", pkgConfig: "ompi-c",
             providers: [.apt(["libopenmpi-dev"])]),
+        // The OpenAI-compatible HTTP server of `lora serve`: Hummingbird (SwiftNIO),
+        // swift-metrics and swift-prometheus stay in this target and the command.
+        .target(
+            name: "LoraServer",
+            dependencies: [
+                "LoRA", .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]),
         .executableTarget(
             name: "LoraCLI",
             dependencies: [
-                "LoRA", "CMPI", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "LoRA", "CMPI", "LoraServer", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .testTarget(name: "LoRATests", dependencies: ["LoRA", "CLoraSupport"], exclude: ["Fixtures"]),
     ]

@@ -5,8 +5,9 @@ set -euo pipefail
 
 # Open MPI (openmpi-bin, libopenmpi-dev: `lora train` under mpirun links libmpi) and
 # iproute2 (the two-host network-namespace test) are for data-parallel training;
-# librsvg2-bin: rsvg-convert renders loss.svg in the CLI tests; clang-format: scripts/check_format.sh.
-packages=(libopenblas-dev liblapacke-dev pkg-config fortunes valgrind make gcc g++ python3 openmpi-bin libopenmpi-dev iproute2 librsvg2-bin clang-format)
+# librsvg2-bin: rsvg-convert renders loss.svg in the CLI tests; clang-format: scripts/check_format.sh;
+# chromium: the `lora serve` playground's browser test (Tests/server).
+packages=(libopenblas-dev liblapacke-dev pkg-config fortunes valgrind make gcc g++ python3 openmpi-bin libopenmpi-dev iproute2 librsvg2-bin clang-format chromium)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -48,4 +49,10 @@ fi
 if ! python3 -c "import gguf, safetensors, numpy" 2>/dev/null; then
     python3 -m pip install --quiet -r scripts/requirements-gguf.txt 2>/dev/null \
         || python3 -m pip install --quiet --break-system-packages -r scripts/requirements-gguf.txt
+fi
+# The `lora serve` tests (Tests/server): the official openai client, requests,
+# schemathesis against openapi.yaml, websocket-client for Chromium's DevTools protocol.
+if ! python3 -c "import openai, requests, schemathesis, websocket, numpy" 2>/dev/null; then
+    python3 -m pip install --quiet -r "$(dirname "$0")/requirements-serve.txt" 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages -r "$(dirname "$0")/requirements-serve.txt"
 fi

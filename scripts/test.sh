@@ -52,6 +52,9 @@ LORA_LIBRARY="$PWD/.build/debug/liblora.so" bash python/run_tests.sh
 echo "== C API: header as C++, export list, Tests/C/test_capi*.c, examples-c, valgrind"
 bash Tests/C/run.sh .build/debug
 
+echo "== lora serve: HTTP tests, the openai client, schemathesis, the playground in headless Chromium (Tests/server)"
+bash Tests/server/run.sh .build/release/lora-cli
+
 echo "== the README's Python, C and Swift snippets, verbatim, outside the checkout"
 swift build -c release --product lora
 bash scripts/link_soname.sh .build/release

@@ -14,7 +14,7 @@ struct LoRACommand: ParsableCommand {
             """,
         subcommands: [
             Demo.self, Train.self, Generate.self, Eval.self, Merge.self, Compress.self, Combine.self, Extract.self, Inspect.self,
-            Tokenize.self, Bench.self, InitModel.self, Convert.self, ExportGGUF.self,
+            Tokenize.self, Bench.self, InitModel.self, Convert.self, ExportGGUF.self, Serve.self,
         ],
         defaultSubcommand: nil)
 

@@ -36,6 +36,11 @@ public struct EngineRequest: @unchecked Sendable {
     /// `.stop` ends the request (stop reason `.callback`). It may call
     /// `submit`, `cancel` and `state`, not `step`.
     public var onToken: ((TokenID, String) -> CallbackAction)?
+    /// Called on the stepping thread with the model's logits row (the
+    /// vocabulary's raw scores, before repetition penalty and temperature)
+    /// for each new token, just before it is picked: what a server needs
+    /// for log-probabilities. The row is only valid during the call.
+    public var onLogits: ((UnsafeBufferPointer<Float>) -> Void)?
 
     public init(
         prompt: [TokenID], adapters: [AdapterUse] = [], params: SamplingParams = SamplingParams(),
@@ -153,6 +158,7 @@ public final class Engine: @unchecked Sendable {
         var take = 0
         let maxRank: Int
         let onToken: ((TokenID, String) -> CallbackAction)?
+        let onLogits: ((UnsafeBufferPointer<Float>) -> Void)?
         var generation: GenerationState
         var slot = -1
         /// Positions in the cache.
@@ -167,6 +173,7 @@ public final class Engine: @unchecked Sendable {
             self.setID = setID
             maxRank = active.flatMap { $0.adapter.slots.map(\.r) }.max() ?? 0
             onToken = request.onToken
+            onLogits = request.onLogits
             self.generation = generation
         }
     }
@@ -397,6 +404,7 @@ public final class Engine: @unchecked Sendable {
             if cancelled { continue }
             rowLogits.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: logits.base + row * V, count: V) }
             logitsHook?(s.id, rowLogits)
+            if let onLogits = s.onLogits { rowLogits.withUnsafeBufferPointer { onLogits($0) } }
             let next = s.generation.pick(&rowLogits)
             s.pending = next
             report.produced.append(s.id)
