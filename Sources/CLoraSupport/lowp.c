@@ -325,7 +325,58 @@ INLINE T512 __m512 load16_rows(int dtype, const void *W, const uint16_t *d, int 
     }
 LROWS(LB_DTYPE_BF16, lrows_bf16)
 LROWS(LB_DTYPE_F16, lrows_f16)
-LROWS(LB_DTYPE_Q8_0, lrows_q8)
+
+// Q8_0 rows (the tied LM head): four rows share the loads of x, each row's
+// block scale is converted once per 32 values (F16C, exact); per row the
+// same products q·d and the same sums as LROWS, so the same bits.
+INLINE T512 __m512 q8_16(const int8_t *q, __mmask16 m) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, q)));
+}
+
+static T512 void lrows_q8(float *y, const float *x, const void *W, const uint16_t *d, int C, int ldw, int r0, int r1,
+                          int beta0) {
+    int ncb = (C + 31) / 32;
+    const int8_t *Q = (const int8_t *)W;
+    int r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        const int8_t *q0 = Q + (size_t)r * ldw, *q1 = q0 + ldw, *q2 = q1 + ldw, *q3 = q2 + ldw;
+        const uint16_t *d0 = d + (size_t)r * ncb, *d1 = d0 + ncb, *d2 = d1 + ncb, *d3 = d2 + ncb;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        __m512 s0 = a0, s1 = a0, s2 = a0, s3 = a0;
+        for (int c = 0; c < C; c += 16) {
+            if (c % 32 == 0) {
+                s0 = _mm512_set1_ps(_cvtsh_ss(d0[c / 32]));
+                s1 = _mm512_set1_ps(_cvtsh_ss(d1[c / 32]));
+                s2 = _mm512_set1_ps(_cvtsh_ss(d2[c / 32]));
+                s3 = _mm512_set1_ps(_cvtsh_ss(d3[c / 32]));
+            }
+            __mmask16 m = C - c >= 16 ? 0xFFFF : (__mmask16)((1u << (C - c)) - 1);
+            __m512 xv = _mm512_maskz_loadu_ps(m, x + c);
+            a0 = _mm512_fmadd_ps(_mm512_mul_ps(q8_16(q0 + c, m), s0), xv, a0);
+            a1 = _mm512_fmadd_ps(_mm512_mul_ps(q8_16(q1 + c, m), s1), xv, a1);
+            a2 = _mm512_fmadd_ps(_mm512_mul_ps(q8_16(q2 + c, m), s2), xv, a2);
+            a3 = _mm512_fmadd_ps(_mm512_mul_ps(q8_16(q3 + c, m), s3), xv, a3);
+        }
+        float t0 = _mm512_reduce_add_ps(a0), t1 = _mm512_reduce_add_ps(a1);
+        float t2 = _mm512_reduce_add_ps(a2), t3 = _mm512_reduce_add_ps(a3);
+        y[r] = beta0 ? t0 : y[r] + t0;
+        y[r + 1] = beta0 ? t1 : y[r + 1] + t1;
+        y[r + 2] = beta0 ? t2 : y[r + 2] + t2;
+        y[r + 3] = beta0 ? t3 : y[r + 3] + t3;
+    }
+    for (; r < r1; r++) {
+        const int8_t *q0 = Q + (size_t)r * ldw;
+        const uint16_t *d0 = d + (size_t)r * ncb;
+        __m512 a0 = _mm512_setzero_ps(), s0 = a0;
+        for (int c = 0; c < C; c += 16) {
+            if (c % 32 == 0) s0 = _mm512_set1_ps(_cvtsh_ss(d0[c / 32]));
+            __mmask16 m = C - c >= 16 ? 0xFFFF : (__mmask16)((1u << (C - c)) - 1);
+            a0 = _mm512_fmadd_ps(_mm512_mul_ps(q8_16(q0 + c, m), s0), _mm512_maskz_loadu_ps(m, x + c), a0);
+        }
+        float t0 = _mm512_reduce_add_ps(a0);
+        y[r] = beta0 ? t0 : y[r] + t0;
+    }
+}
 
 #endif
 
@@ -439,6 +490,17 @@ void lb_gemv_cols_lowp(int level, int dtype, float *y, const float *x, const voi
 void lb_gemv_rows_lowp(int level, int dtype, float *y, const float *x, const void *W, const uint16_t *d, int C, int ldw,
                        int r0, int r1, int beta0) {
 #if defined(__x86_64__)
+    if (level >= LB_KERNELS_AVX512 && lb_cpu_has_avx512() && C <= 8) {
+        // Rows of at most 8 values: gemv.c sums those by a horizontal-add
+        // tree; dequantize a chunk of rows and run it, for the same bits.
+        float buf[64 * 8];
+        for (int r = r0; r < r1; r += 64) {
+            int n = r1 - r < 64 ? r1 - r : 64;
+            lb_dequant_rows(dtype, buf, C, W, d, C, ldw, r, r + n);
+            lb_gemv_rows_at(LB_KERNELS_AVX512, y + r, x, buf, C, C, 0, n, beta0);
+        }
+        return;
+    }
     if (level >= LB_KERNELS_AVX512 && lb_cpu_has_avx512()) {
         switch (dtype) {
         case LB_DTYPE_BF16:
