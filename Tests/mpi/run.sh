@@ -129,7 +129,10 @@ k=("$work/data.jsonl" --max-steps 400 --lora-dropout 0.1 --save-steps 2 --save-t
 runN 2 kill-straight "${k[@]}" || fail "SIGKILL: the uninterrupted run failed"
 "${mpirun[@]}" 2 "$lora" "${common[@]}" "${k[@]}" --output-dir "$work/kill" > "$work/kill.log" 2>&1 &
 mp=$!
-for _ in $(seq 1 600); do ls "$work/kill/checkpoints" 2>/dev/null | grep -q checkpoint-20 && break; sleep 0.05; done
+# Wait for a checkpoint at step 20 or later: with --save-total-limit 2 any one
+# checkpoint lives only a few steps, so polling for checkpoint-20 itself can miss it.
+newest() { ls "$work/kill/checkpoints" 2>/dev/null | sed -n 's/^checkpoint-\([0-9]*\)$/\1/p' | sort -n | tail -1; }
+for _ in $(seq 1 600); do [[ $(newest) -ge 20 ]] 2>/dev/null && break; sleep 0.05; done
 # $mp is timeout; its child is mpirun, whose children are the ranks.
 launcher=$(pgrep -P "$mp" | head -1 || true)
 victim=$([[ -n $launcher ]] && pgrep -P "$launcher" | tail -1 || true)
