@@ -136,7 +136,7 @@ import Testing
                 let r = store(dtype, w, rows: K, cols: N, colsLayout: false)
                 for level in levels {
                     // The F32 kernel the reduced-precision one mirrors at this level.
-                    let ref = level >= LB_KERNELS_AVX512 && lb_cpu_has_avx512() != 0 ? LB_KERNELS_AVX512 : LB_KERNELS_BASELINE
+                    let ref = level
                     for beta0: Int32 in [0, 1] {
                         var a = Array(y0.prefix(N))
                         var b = a
@@ -155,6 +155,38 @@ import Testing
                             lb_gemv_rows_lowp(level, dtype, &rb, x, $0.baseAddress, r.d, Int32(N), Int32(N), 0, Int32(K), beta0)
                         }
                         #expect(ra == rb, "rows dtype \(dtype) level \(level) K \(K) N \(N)")
+                    }
+                }
+            }
+        }
+    }
+
+    /// The panels prefill and training multiply: every level gives the
+    /// exact dequantized weights, also for panels not starting at column 0.
+    @Test func panelsAreTheDequantizedWeightsAtEveryLevel() {
+        var rng = SplitMix64(seed: 25)
+        let levels: [Int32] = [LB_KERNELS_BASELINE, LB_KERNELS_AVX2, LB_KERNELS_AVX512].filter { lb_kernels_for($0) != nil }
+        for (R, C) in [(1, 1), (9, 7), (70, 40), (65, 100)] {
+            let w = (0..<(R * C)).map { _ in (rng.nextFloat() - 0.5) * 0.4 }
+            for dtype in Self.dtypes {
+                for colsLayout in [true, false] {
+                    let s = store(dtype, w, rows: R, cols: C, colsLayout: colsLayout)
+                    for level in levels {
+                        for (r0, r1, c0, c1) in [(0, R, 0, C), (R / 3, R, C / 2 / 8 * 8, C), (1 % R, R, 0, max(1, C - 3))] {
+                            let ldd = c1 - c0 + 2
+                            var out = [Float](repeating: .nan, count: (r1 - r0) * ldd)
+                            s.raw.withUnsafeBytes {
+                                lb_dequant_panel_at(
+                                    level, dtype, colsLayout ? 1 : 0, &out, Int32(ldd), $0.baseAddress, s.d, Int32(C), Int32(r0),
+                                    Int32(r1), Int32(c0), Int32(c1))
+                            }
+                            var same = true
+                            for r in r0..<r1 {
+                                for c in c0..<c1 where out[(r - r0) * ldd + c - c0] != s.f32[r * C + c] { same = false }
+                                for c in c1 - c0..<ldd where !out[(r - r0) * ldd + c].isNaN { same = false }
+                            }
+                            #expect(same, "panel dtype \(dtype) cols \(colsLayout) level \(level) \(R)x\(C) [\(r0),\(r1))x[\(c0),\(c1))")
+                        }
                     }
                 }
             }

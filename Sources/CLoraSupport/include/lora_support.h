@@ -119,7 +119,8 @@ LB_HIDDEN void lb_dequant_cols(int dtype, float *dst, int ldd, const void *W, co
 LB_HIDDEN void lb_dequant_rows(int dtype, float *dst, int ldd, const void *W, const uint16_t *d, int C, int ldw, int r0,
                                int r1);
 // lb_gemv_cols_at / lb_gemv_rows_at for weights stored as dtype (d: Q8_0 scales, else unused).
-// AVX-512 code where the CPU has it, a plain loop otherwise (slower, same results as the F32 plain loop).
+// AVX-512 or AVX2+FMA+F16C code where the CPU has it (the F32 kernel's bits at that level on the
+// dequantized weights), a plain loop otherwise (slower, the F32 plain loop's bits).
 LB_HIDDEN void lb_gemv_cols_lowp(int level, int dtype, float *y, const float *x, const void *W, const uint16_t *d,
                                  int K, int ldw, int n0, int n1, int beta0);
 LB_HIDDEN void lb_gemv_rows_lowp(int level, int dtype, float *y, const float *x, const void *W, const uint16_t *d,
@@ -129,6 +130,9 @@ LB_HIDDEN void lb_gemv_rows_lowp(int level, int dtype, float *y, const float *x,
 // weight), else [R, ceil(C/32)] (embeddings, LM head). Exact (as lb_dequant_*).
 LB_HIDDEN void lb_dequant_panel(int dtype, int cols_layout, float *dst, int ldd, const void *W, const uint16_t *d,
                                 int C, int r0, int r1, int c0, int c1);
+// The same at a given kernel level (tests compare every level).
+LB_HIDDEN void lb_dequant_panel_at(int level, int dtype, int cols_layout, float *dst, int ldd, const void *W,
+                                   const uint16_t *d, int C, int r0, int r1, int c0, int c1);
 // A scratch area of at least `count` floats owned by the calling thread,
 // reused by its next call (grown when too small; freed when the thread
 // ends). NULL when out of memory. For the panels of the reduced-precision
