@@ -517,3 +517,84 @@ def test_dtype_default_and_errors():
     for bad in ("int4", 3, ""):
         with pytest.raises(ValueError):
             lora.Model.load(fixture("gpt2-a"), dtype=bad)
+
+
+def _rss_growth_of_load(path, dtype, warm_up):
+    """How far a load of `path` with `dtype` plus the logits of three tokens
+    raises the peak RSS (bytes) of a fresh process: after a warm-up load of
+    `warm_up` (libraries, BLAS buffers), the kernel's high-water mark is reset
+    (/proc/self/clear_refs "5"), so nothing before the load can hide it."""
+    import subprocess
+    import sys
+    code = ("import sys, lora\n"
+            "def status(key):\n"
+            "    with open('/proc/self/status') as f:\n"
+            "        return next(int(l.split()[1]) * 1024 for l in f if l.startswith(key))\n"
+            "with lora.Model.load(sys.argv[3], n_threads=1, dtype=sys.argv[2]) as m:\n"
+            "    m.logits([1, 2, 3])\n"
+            "with open('/proc/self/clear_refs', 'w') as f:\n"
+            "    f.write('5')\n"
+            "before = status('VmRSS:')\n"
+            "m = lora.Model.load(sys.argv[1], n_threads=1, dtype=sys.argv[2])\n"
+            "m.logits([1, 2, 3])\n"
+            "print(status('VmHWM:') - before)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(path), dtype, str(warm_up)], env=os.environ.copy(),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.split()[-1])
+
+
+def _write_f32_model(path, n_vocab, n_embd, n_layer, n_positions):
+    """A GPT-2 checkpoint with random F32 weights (uniform ±0.05), written
+    as transformers does (no tied lm_head), without numpy or torch."""
+    import json
+    import random
+    import struct
+    rnd = random.Random(7)
+    C = n_embd
+    shapes = {"wte.weight": [n_vocab, C], "wpe.weight": [n_positions, C], "ln_f.weight": [C], "ln_f.bias": [C]}
+    for l in range(n_layer):
+        h = f"h.{l}."
+        shapes.update({h + "ln_1.weight": [C], h + "ln_1.bias": [C], h + "ln_2.weight": [C], h + "ln_2.bias": [C],
+                       h + "attn.c_attn.weight": [C, 3 * C], h + "attn.c_attn.bias": [3 * C],
+                       h + "attn.c_proj.weight": [C, C], h + "attn.c_proj.bias": [C],
+                       h + "mlp.c_fc.weight": [C, 4 * C], h + "mlp.c_fc.bias": [4 * C],
+                       h + "mlp.c_proj.weight": [4 * C, C], h + "mlp.c_proj.bias": [C]})
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        n = math.prod(shape)
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + 4 * n]}
+        offset += 4 * n
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    # One random row of 4096 values repeated: random enough for the kernels, fast to write.
+    block = struct.pack("<4096f", *(rnd.uniform(-0.05, 0.05) for _ in range(4096)))
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "model.safetensors"), "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        left = offset
+        while left > 0:
+            chunk = block[:min(left, len(block))]
+            f.write(chunk)
+            left -= len(chunk)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump({"model_type": "gpt2", "vocab_size": n_vocab, "n_embd": C, "n_head": 2, "n_layer": n_layer,
+                   "n_positions": n_positions, "tie_word_embeddings": True}, f)
+    return sum(math.prod(s) for n, s in shapes.items() if n.endswith("weight") and len(s) == 2)
+
+
+def test_loading_holds_only_the_converted_weights(tmp_path):
+    """Peak RSS of loading (issue #16): a reduced-precision load converts a
+    chunk at a time and hands the file's pages back as it goes, so neither
+    the file nor an F32 copy of even the largest matrix (wte, 51 MB here) is
+    resident beside the converted weights. Each load's growth of the peak
+    must stay within its weights' bytes plus 10 MiB (logits, scratch,
+    allocator: 3 to 4 MiB measured); a whole-tensor copy or the file's pages
+    kept resident add 45 MiB here (measured before the chunked load)."""
+    n_matrix = _write_f32_model(tmp_path / "big", n_vocab=200_000, n_embd=64, n_layer=2, n_positions=64)
+    _write_f32_model(tmp_path / "tiny", n_vocab=1000, n_embd=64, n_layer=2, n_positions=64)
+    per_weight = {"f32": 4, "bf16": 2, "f16": 2, "q8_0": 34 / 32}
+    slack = 10 << 20
+    for dtype, size in per_weight.items():
+        grown = _rss_growth_of_load(tmp_path / "big", dtype, warm_up=tmp_path / "tiny")
+        assert grown <= n_matrix * size + slack, f"{dtype}: peak RSS grew {grown / 2**20:.1f} MiB for {n_matrix * size / 2**20:.1f} MiB of weights"

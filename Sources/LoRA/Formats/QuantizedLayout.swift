@@ -68,7 +68,14 @@ enum QuantizedLayout {
             scales[i] = bits
         }
         if m.dtype == .q8_0, let ms = m.scales {
-            if let src = qb.baseAddress { m.data.copyMemory(from: src, byteCount: m.count) }
+            if let src = qb.baseAddress {
+                let chunk = 1 << 21
+                for b0 in stride(from: 0, to: m.count, by: chunk) {
+                    let b1 = min(m.count, b0 + chunk)
+                    (m.data + b0).copyMemory(from: src + b0, byteCount: b1 - b0)
+                    file.dropPages(q, bytes: b0..<b1)
+                }
+            }
             ms.update(from: scales, count: scales.count)
             return
         }
@@ -96,13 +103,18 @@ enum QuantizedLayout {
         if (m.dtype == .bf16 && info.dtype == .BF16) || (m.dtype == .f16 && info.dtype == .F16) {
             let raw = file.rawBytes(info)
             let out = m.data.assumingMemoryBound(to: UInt16.self)
-            for i in 0..<m.count {
-                let bits = UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))
-                let v = info.dtype == .BF16 ? lb_bf16_to_f32(bits) : lb_f16_to_f32(bits)
-                guard v.isFinite else {
-                    throw LoRAError.invalidFile(path: file.path, reason: "tensor \(info.name) holds NaN or infinite weights")
+            let chunk = 1 << 19
+            for i0 in stride(from: 0, to: m.count, by: chunk) {
+                let i1 = min(m.count, i0 + chunk)
+                for i in i0..<i1 {
+                    let bits = UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))
+                    let v = info.dtype == .BF16 ? lb_bf16_to_f32(bits) : lb_f16_to_f32(bits)
+                    guard v.isFinite else {
+                        throw LoRAError.invalidFile(path: file.path, reason: "tensor \(info.name) holds NaN or infinite weights")
+                    }
+                    out[i] = bits
                 }
-                out[i] = bits
+                file.dropPages(info, bytes: 2 * i0..<2 * i1)
             }
             return
         }
@@ -118,6 +130,8 @@ enum QuantizedLayout {
                     throw LoRAError.invalidFile(path: file.path, reason: reason)
                 }
             }
+            let esize = (info.end - info.begin) / max(1, info.count)
+            file.dropPages(info, bytes: esize * r0 * m.cols..<esize * r1 * m.cols)
             r0 = r1
         }
     }

@@ -95,7 +95,16 @@ package final class SafeTensorsFile: @unchecked Sendable {
     /// from the file). Loading a model calls it after each tensor so the
     /// file's pages and the weights are not resident together.
     package func dropPages(_ info: TensorInfo) {
-        let raw = rawBytes(info)
+        dropPages(info, bytes: 0..<(info.end - info.begin))
+    }
+
+    /// The same for bytes `b` of the tensor (the pages wholly inside them):
+    /// a conversion that reads a tensor in chunks hands each chunk back, so
+    /// not even one large tensor's pages stay resident.
+    package func dropPages(_ info: TensorInfo, bytes b: Range<Int>) {
+        let all = rawBytes(info)
+        guard b.lowerBound >= 0, b.upperBound <= all.count else { return }
+        let raw = UnsafeRawBufferPointer(rebasing: all[b])
         guard let start = raw.baseAddress, raw.count > 0 else { return }
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         guard page > 0 else { return }
@@ -125,6 +134,20 @@ package final class SafeTensorsFile: @unchecked Sendable {
     /// Copies a floating-point tensor (F32, F16, BF16, F64) as Float into `out`.
     package func copyFloats(_ info: TensorInfo, into out: UnsafeMutablePointer<Float>) throws {
         try copyFloats(info, elements: 0..<info.count, into: out)
+    }
+
+    /// copyFloats a chunk at a time, handing each chunk's file pages back
+    /// once read (loading a model: the file's pages of even the largest
+    /// tensor and the copy are not resident together).
+    package func copyFloatsDroppingPages(_ info: TensorInfo, into out: UnsafeMutablePointer<Float>) throws {
+        let chunk = 1 << 20
+        let esize = (info.end - info.begin) / max(1, info.count)
+        for e0 in stride(from: 0, to: info.count, by: chunk) {
+            let e1 = min(info.count, e0 + chunk)
+            try copyFloats(info, elements: e0..<e1, into: out + e0)
+            dropPages(info, bytes: esize * e0..<esize * e1)
+        }
+        dropPages(info)
     }
 
     /// Copies elements `e` (in 0..<info.count) of a floating-point tensor as Float into `out`.

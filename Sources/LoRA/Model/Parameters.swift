@@ -249,7 +249,7 @@ package final class GPT2Weights: @unchecked Sendable {
                     path: file.path, reason: "tensor \(slot.name) has shape \(info.shape), the config needs \(slot.shape)")
             }
             if let own = layout[slot.name] {
-                try file.copyFloats(info, into: block.base + own.offset)
+                try file.copyFloatsDroppingPages(info, into: block.base + own.offset)
             } else if let m = matrices[slot.name] {
                 try QuantizedLayout.convert(info, name: slot.name, into: m, file: file)
             }
