@@ -243,7 +243,11 @@ LCOLS(LB_DTYPE_F16, lcols_f16)
 // same fused multiply-adds, so the same bits (117 -> see the commit).
 INLINE T512 void lcols_q8_block(float *y, const float *x, const int8_t *Q, const uint16_t *d, int K, int ldw, int j,
                                 int nv, __mmask16 last, int beta0) {
-    __m512 acc[16], sc[16];
+    // The block's scales as F32 in L1, read as memory operands: with 16
+    // accumulators they would not fit the registers beside them (spilled
+    // accumulators cost a store and a load per row).
+    __m512 acc[16];
+    float sc[256] __attribute__((aligned(64)));
     for (int v = 0; v < nv; v++) {
         __mmask16 m = v == nv - 1 ? last : 0xFFFF;
         acc[v] = beta0 ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m, y + j + 16 * v);
@@ -252,7 +256,8 @@ INLINE T512 void lcols_q8_block(float *y, const float *x, const int8_t *Q, const
         int k1 = k0 + 32 < K ? k0 + 32 : K;
         for (int v = 0; v < nv; v++) {
             __mmask16 m = v == nv - 1 ? last : 0xFFFF;
-            sc[v] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, d + (size_t)(k0 / 32) * ldw + j + 16 * v));
+            _mm512_store_ps(sc + 16 * v,
+                            _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, d + (size_t)(k0 / 32) * ldw + j + 16 * v)));
         }
         for (int k = k0; k < k1; k++) {
             const int8_t *row = Q + (size_t)k * ldw + j;
@@ -260,10 +265,11 @@ INLINE T512 void lcols_q8_block(float *y, const float *x, const int8_t *Q, const
                 for (int b = 0; b < 16 * nv; b += 64)
                     _mm_prefetch((const char *)(row + (size_t)PFD * ldw + b), _MM_HINT_T0);
             __m512 xv = _mm512_set1_ps(x[k]);
+#pragma GCC unroll 16
             for (int v = 0; v < nv; v++) {
                 __mmask16 m = v == nv - 1 ? last : 0xFFFF;
                 __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, row + 16 * v)));
-                acc[v] = _mm512_fmadd_ps(xv, _mm512_mul_ps(q, sc[v]), acc[v]);
+                acc[v] = _mm512_fmadd_ps(xv, _mm512_mul_ps(q, _mm512_load_ps(sc + 16 * v)), acc[v]);
             }
         }
     }
