@@ -4,8 +4,12 @@ of a GPT-2 124M-shaped model (random weights, dropout off), r=8, alpha=16 on
 c_attn + attn.c_proj + mlp.c_fc, AdamW, the same shapes as
 `lora-bench train`. One measurement per process (peak RSS is the process's).
 
-    python3 scripts/bench_peft.py [--threads 2] [--batch 4] [--block 256] [--steps 5]
+    python3 scripts/bench_peft.py [--threads 2] [--batch 4] [--block 256] [--steps 5] [--autocast bf16]
+
+--autocast bf16 runs the forward under torch.autocast("cpu", dtype=torch.bfloat16)
+(the reference for `lora bench train --dtype bf16`; weights stay F32 in torch).
 """
+import contextlib
 import argparse
 import json
 import resource
@@ -24,6 +28,7 @@ def main():
     ap.add_argument("--block", type=int, default=256)
     ap.add_argument("--r", type=int, default=8)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--autocast", choices=["off", "bf16"], default="off")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -38,7 +43,9 @@ def main():
     def step():
         ids = torch.randint(0, 50257, (a.batch, a.block))
         t0 = time.perf_counter()
-        loss = model(input_ids=ids, labels=ids).loss
+        cast = torch.autocast("cpu", dtype=torch.bfloat16) if a.autocast == "bf16" else contextlib.nullcontext()
+        with cast:
+            loss = model(input_ids=ids, labels=ids).loss
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -49,7 +56,7 @@ def main():
     rates = [step() for _ in range(a.steps)]
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"bench": "lora_train", "engine": "pytorch+peft", "torch": torch.__version__, "threads": a.threads,
-                      "batch": a.batch, "block": a.block, "r": a.r, "trainable": trainable,
+                      "autocast": a.autocast, "batch": a.batch, "block": a.block, "r": a.r, "trainable": trainable,
                       "tokens_per_s": round(statistics.median(rates), 1), "peak_rss_gib": round(rss / 2**30, 3)}))
 
 
