@@ -326,4 +326,39 @@ private func lowpExpected(_ d: WeightDType) throws -> SafeTensorsFile {
             }
         }
     }
+    /// A few rows at once (an engine step) give each row's decode result bit
+    /// for bit, as with F32 weights: a sequence's numbers do not depend on
+    /// the other rows of its step. K = 1100 spans several column panels.
+    @Test(arguments: [WeightDType.bf16, .f16, .q8_0], [3, 16, 100])
+    func fewRowsEqualDecodePerRow(dtype: WeightDType, M: Int) throws {
+        try BLAS.load()
+        let (K, N) = (1100, 300)
+        var rng = SplitMix64(seed: 6)
+        let a = (0..<M * K).map { _ in rng.nextGaussian() }
+        for transW in [false, true] {
+            let (rows, cols) = transW ? (N, K) : (K, N)
+            let (m, block, _) = try matrix(dtype, rows: rows, cols: cols, inputAlongRows: !transW, seed: 10)
+            for beta: Float in [0, 1] {
+                let c0 = (0..<M * N).map { _ in rng.nextGaussian() }
+                var many = c0
+                var one = c0
+                a.withUnsafeBufferPointer { ap in
+                    many.withUnsafeMutableBufferPointer { gp in
+                        baseMatmul(
+                            transW: transW, M: M, N: N, K: K, A: ap.baseAddress!, lda: K, W: m, beta: beta, C: gp.baseAddress!,
+                            ldc: N)
+                    }
+                    one.withUnsafeMutableBufferPointer { gp in
+                        for i in 0..<M {
+                            baseMatmul(
+                                transW: transW, M: 1, N: N, K: K, A: ap.baseAddress! + i * K, lda: K, W: m, beta: beta,
+                                C: gp.baseAddress! + i * N, ldc: N)
+                        }
+                    }
+                }
+                withExtendedLifetime(block) {}
+                #expect(many == one, "\(dtype) M \(M) transW \(transW) beta \(beta)")
+            }
+        }
+    }
 }

@@ -96,12 +96,15 @@ let panelFloats = 1 << 18
 
 /// The panel path: each worker owns a range of outputs and converts the
 /// part of W they need, a panel at a time, into its thread's scratch (no
-/// allocation per call), then multiplies with sgemm. Each weight is
-/// converted once per call.
+/// allocation per call), then multiplies: up to smallGemmRows rows with the
+/// few-row kernels (each row then equals the decode kernel's result bit for
+/// bit, as for F32 weights, and OpenBLAS's packing is not paid for a few
+/// rows), more with sgemm. Each weight is converted once per call.
 private func lowpPanelGemm(
     transW: Bool, M: Int, N: Int, K: Int, A: ConstFloatPtr, lda: Int, W: BaseMatrix,
     beta: Float, C: FloatPtr, ldc: Int
 ) {
+    let fewRows = M <= smallGemmRows && (beta == 0 || beta == 1) && lb_gemv_available() != 0
     let minChunk = M * N * K >= parallelGemmWork ? 32 : .max
     parallelChunks(N, minChunk: minChunk, align: 32) { _, r in
         withPanelScratch(panelFloats) { s in
@@ -115,7 +118,12 @@ private func lowpPanelGemm(
                         for n in n0..<n0 + nb { rowTimesPanel(n, M: M, K: K, A: A, lda: lda, W: W, beta: beta, C: C, ldc: ldc, s: s) }
                     } else {
                         W.dequantize(into: s, ldd: K, rows: n0..<n0 + nb, cols: 0..<K)
-                        lb_sgemm(0, 1, Int32(M), Int32(nb), Int32(K), 1, A, Int32(lda), s, Int32(K), beta, C + n0, Int32(ldc))
+                        if fewRows {
+                            lb_gemm_rows(
+                                C + n0, Int32(ldc), A, Int32(lda), Int32(M), s, Int32(K), Int32(K), 0, Int32(nb), beta == 0 ? 1 : 0)
+                        } else {
+                            lb_sgemm(0, 1, Int32(M), Int32(nb), Int32(K), 1, A, Int32(lda), s, Int32(K), beta, C + n0, Int32(ldc))
+                        }
                     }
                     n0 += nb
                 }
@@ -130,9 +138,17 @@ private func lowpPanelGemm(
                     while k0 < K {
                         let kb = min(kbMax, K - k0)
                         W.dequantize(into: s, ldd: nb, rows: k0..<k0 + kb, cols: n0..<n0 + nb)
-                        lb_sgemm(
-                            0, 0, Int32(M), Int32(nb), Int32(kb), 1, A + k0, Int32(lda), s, Int32(nb), k0 == 0 ? beta : 1,
-                            C + n0, Int32(ldc))
+                        if fewRows {
+                            // One fused multiply-add per k in k order: continuing from C
+                            // panel after panel gives the whole product's bits.
+                            lb_gemm_cols(
+                                C + n0, Int32(ldc), A + k0, Int32(lda), Int32(M), s, Int32(kb), Int32(nb), 0, Int32(nb),
+                                k0 == 0 && beta == 0 ? 1 : 0)
+                        } else {
+                            lb_sgemm(
+                                0, 0, Int32(M), Int32(nb), Int32(kb), 1, A + k0, Int32(lda), s, Int32(nb), k0 == 0 ? beta : 1,
+                                C + n0, Int32(ldc))
+                        }
                         k0 += kb
                     }
                     n0 += nb
