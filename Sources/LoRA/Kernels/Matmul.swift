@@ -185,10 +185,13 @@ func withPanelScratch(_ count: Int, _ body: (FloatPtr) -> Void) {
 /// C[M, N] = alpha · op(A) · op(B) + beta · C with explicit row strides.
 /// Large products are split across the workers along M or N (the larger),
 /// never along K.
+/// `fewRows: false` keeps a product off the few-row kernels (OpenBLAS
+/// only): for op(B) = Bᵀ with short rows their per-output reduction costs
+/// more than OpenBLAS's packing.
 package func gemm(
     transA: Bool, transB: Bool, M: Int, N: Int, K: Int, alpha: Float,
     A: ConstFloatPtr, lda: Int, B: ConstFloatPtr, ldb: Int,
-    beta: Float, C: FloatPtr, ldc: Int
+    beta: Float, C: FloatPtr, ldc: Int, fewRows: Bool = true
 ) {
     if M == 0 || N == 0 { return }
     if K == 0 {
@@ -199,7 +202,7 @@ package func gemm(
         }
         return
     }
-    if !transA, alpha == 1, beta == 0 || beta == 1, M <= smallGemmRows, lb_gemv_available() != 0 {
+    if fewRows, !transA, alpha == 1, beta == 0 || beta == 1, M <= smallGemmRows, lb_gemv_available() != 0 {
         // Few rows: see matmulForward. op(B) = Bᵀ reads B's rows (the tied LM
         // head [vocab, C], LoRA's A [r, in]), B reads its columns.
         let beta0: Int32 = beta == 0 ? 1 : 0
