@@ -253,7 +253,8 @@ private func lowpExpected(_ d: WeightDType) throws -> SafeTensorsFile {
 
 /// baseMatmul's panel and GEMV paths against a naive product on the
 /// dequantized weights, with shapes beyond one panel (several K panels and
-/// column blocks, rows longer than a panel) and both Q8_0 scale layouts.
+/// column blocks, rows longer than a panel; 130 rows take the sgemm panels)
+/// and both Q8_0 scale layouts.
 @Suite struct BaseMatmulTests {
     /// Float32 sums of K terms of size ~1 in another order than the Double reference: ~K·2⁻²⁴·√K at worst.
     static func tolerance(_ K: Int) -> Float { 1e-4 + 1e-6 * Float(K) }
@@ -294,7 +295,7 @@ private func lowpExpected(_ d: WeightDType) throws -> SafeTensorsFile {
         }
     }
 
-    @Test(arguments: [WeightDType.bf16, .f16, .q8_0], [(1, 1100, 300), (2, 1100, 300), (2, 70, 5000), (1, 17_000, 20)])
+    @Test(arguments: [WeightDType.bf16, .f16, .q8_0], [(1, 1100, 300), (2, 1100, 300), (2, 70, 5000), (1, 17_000, 20), (130, 600, 1040)])
     func panelsAndGemvMatchNaiveProducts(dtype: WeightDType, shape: (Int, Int, Int)) throws {
         try BLAS.load()
         let (M, K, N) = shape
