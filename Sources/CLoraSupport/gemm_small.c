@@ -17,6 +17,7 @@
 // - rows: y[m, r] = y0[m, r] + Σ_c W[r, c]·x[m, c], with gemv_rows's partial
 //   sums (16 lanes, or 8 with AVX2) and reduction.
 #include "lora_support.h"
+#include "simd256.h"
 
 #include <immintrin.h>
 #include <math.h>
@@ -237,16 +238,12 @@ static T512 void gemm_rows_avx512(float *y, int ldy, const float *x, int ldx, in
 
 // ---- AVX2 + FMA ---------------------------------------------------------
 
-INLINE T256 __m256i mask8(int n) {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
 // Rows [0, G) × columns [j, j + 8·NV) (the last vector holding lastN) over
 // W rows [k0, k1).
 INLINE T256 void cols_tile256(float *y, int ldy, const float *x, int ldx, int G, int NV, int lastN, const float *W,
                               int ldw, int k0, int k1, int j, int fromZero) {
     __m256 a[6][2];
-    __m256i lm = mask8(lastN);
+    __m256i lm = lb_mask8(lastN);
 #pragma GCC unroll 6
     for (int g = 0; g < G; g++)
 #pragma GCC unroll 2
@@ -324,17 +321,10 @@ static T256 void gemm_cols_avx2(float *y, int ldy, const float *x, int ldx, int 
     }
 }
 
-INLINE T256 float hsum256(__m256 a) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-// The same partial sums as gemv_rows_avx2: 8 lanes, masked tail, hsum256.
+// The same partial sums as gemv_rows_avx2: 8 lanes, masked tail, lb_hsum256.
 static T256 void gemm_rows_avx2(float *y, int ldy, const float *x, int ldx, int M, const float *W, int C, int ldw,
                                 int r0, int r1, int beta0) {
-    __m256i lm = mask8(C % 8);
+    __m256i lm = lb_mask8(C % 8);
     int cFull = C - C % 8;
     for (int r = r0; r < r1; r += 2) {
         int two = r + 1 < r1;
@@ -360,17 +350,17 @@ static T256 void gemm_rows_avx2(float *y, int ldy, const float *x, int ldx, int 
                 a11 = _mm256_fmadd_ps(wb, xb, a11);
             }
             float *y0 = y + (size_t)m * ldy + r, *y1 = y0 + ldy;
-            float s = hsum256(a00);
+            float s = lb_hsum256(a00);
             y0[0] = beta0 ? s : y0[0] + s;
             if (twoM) {
-                s = hsum256(a01);
+                s = lb_hsum256(a01);
                 y1[0] = beta0 ? s : y1[0] + s;
             }
             if (two) {
-                s = hsum256(a10);
+                s = lb_hsum256(a10);
                 y0[1] = beta0 ? s : y0[1] + s;
                 if (twoM) {
-                    s = hsum256(a11);
+                    s = lb_hsum256(a11);
                     y1[1] = beta0 ? s : y1[1] + s;
                 }
             }

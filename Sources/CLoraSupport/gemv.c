@@ -15,6 +15,7 @@
 // - rows: y[r] = y0[r] + Σ_c W[r, c]·x[c], 16 (or 8) partial sums over c
 //   added by a fixed tree (the tied LM head [vocab, C]).
 #include "lora_support.h"
+#include "simd256.h"
 
 #include <immintrin.h>
 #include <math.h>
@@ -154,15 +155,11 @@ static T512 void gemv_rows_avx512(float *y, const float *x, const float *W, int 
 
 // ---- AVX2 + FMA --------------------------------------------------------
 
-INLINE T256 __m256i mask8(int n) {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
 // Columns [j, j + 8·nv), the last vector holding `lastN` (1...8) columns.
 INLINE T256 void cols_block256(float *y, const float *x, const float *W, int K, int ldw, int j, int nv, int lastN,
                                int beta0) {
     __m256 acc[8];
-    __m256i lm = mask8(lastN);
+    __m256i lm = lb_mask8(lastN);
     for (int v = 0; v < nv; v++) {
         if (beta0)
             acc[v] = _mm256_setzero_ps();
@@ -193,15 +190,8 @@ static T256 void gemv_cols_avx2(float *y, const float *x, const float *W, int K,
     if (j < n1) cols_block256(y, x, W, K, ldw, j, 1, n1 - j, beta0);
 }
 
-INLINE T256 float hsum256(__m256 a) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 static T256 void gemv_rows_avx2(float *y, const float *x, const float *W, int C, int ldw, int r0, int r1, int beta0) {
-    __m256i lm = mask8(C % 8);
+    __m256i lm = lb_mask8(C % 8);
     int cFull = C - C % 8;
     for (int r = r0; r < r1; r += 2) {
         int two = r + 1 < r1;
@@ -217,10 +207,10 @@ static T256 void gemv_rows_avx2(float *y, const float *x, const float *W, int C,
             a0 = _mm256_fmadd_ps(_mm256_maskload_ps(w0 + cFull, lm), xv, a0);
             a1 = _mm256_fmadd_ps(_mm256_maskload_ps(w1 + cFull, lm), xv, a1);
         }
-        float s0 = hsum256(a0);
+        float s0 = lb_hsum256(a0);
         y[r] = beta0 ? s0 : y[r] + s0;
         if (two) {
-            float s1 = hsum256(a1);
+            float s1 = lb_hsum256(a1);
             y[r + 1] = beta0 ? s1 : y[r + 1] + s1;
         }
     }

@@ -19,6 +19,7 @@
 // same order, so their results equal gemv.c's on the dequantized matrix bit
 // for bit (tested): reduced precision changes the weights, never the math.
 #include "lora_support.h"
+#include "simd256.h"
 
 #include <immintrin.h>
 #include <math.h>
@@ -388,7 +389,7 @@ static T512 void lrows_q8(float *y, const float *x, const void *W, const uint16_
 //
 // The same conversions on 8 lanes, mirroring gemv.c's AVX2 kernels (column
 // blocks of 64/32/8 with one fused multiply-add per k; rows two at a time
-// with 8 partial sums and hsum256), so again the F32 kernel's bits on the
+// with 8 partial sums and lb_hsum256), so again the F32 kernel's bits on the
 // dequantized weights.
 
 #define T256L __attribute__((target("avx2,fma,f16c")))
@@ -425,15 +426,11 @@ INLINE T256L __m256 scales8(const uint16_t *d, int n) {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)t));
 }
 
-INLINE T256L __m256i lmask8(int n) {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
 // Columns [j, j + 8·nv), the last vector holding `lastN` (1…8) columns.
 INLINE T256L void lcols_block256(int dtype, float *y, const float *x, const void *W, const uint16_t *d, int K, int ldw,
                                  int j, int nv, int lastN, int beta0) {
     __m256 acc[8], sc[8];
-    __m256i lm = lmask8(lastN);
+    __m256i lm = lb_mask8(lastN);
     for (int v = 0; v < nv; v++) {
         if (beta0)
             acc[v] = _mm256_setzero_ps();
@@ -474,22 +471,20 @@ INLINE T256L void lcols_avx2_dt(int dtype, float *y, const float *x, const void 
     if (j < n1) lcols_block256(dtype, y, x, W, d, K, ldw, j, 1, n1 - j, beta0);
 }
 
-// One copy per dtype, so the conversion is chosen outside the loops.
+// One copy of `fn` per dtype, so the conversion is chosen outside the loops.
+#define BY_DTYPE(fn, dtype, ...)                                                                                       \
+    do {                                                                                                               \
+        if ((dtype) == LB_DTYPE_BF16)                                                                                  \
+            fn(LB_DTYPE_BF16, __VA_ARGS__);                                                                            \
+        else if ((dtype) == LB_DTYPE_F16)                                                                              \
+            fn(LB_DTYPE_F16, __VA_ARGS__);                                                                             \
+        else                                                                                                           \
+            fn(LB_DTYPE_Q8_0, __VA_ARGS__);                                                                            \
+    } while (0)
+
 static T256L void lcols_avx2(int dtype, float *y, const float *x, const void *W, const uint16_t *d, int K, int ldw,
                              int n0, int n1, int beta0) {
-    if (dtype == LB_DTYPE_BF16)
-        lcols_avx2_dt(LB_DTYPE_BF16, y, x, W, d, K, ldw, n0, n1, beta0);
-    else if (dtype == LB_DTYPE_F16)
-        lcols_avx2_dt(LB_DTYPE_F16, y, x, W, d, K, ldw, n0, n1, beta0);
-    else
-        lcols_avx2_dt(LB_DTYPE_Q8_0, y, x, W, d, K, ldw, n0, n1, beta0);
-}
-
-INLINE T256L float lhsum256(__m256 a) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
+    BY_DTYPE(lcols_avx2_dt, dtype, y, x, W, d, K, ldw, n0, n1, beta0);
 }
 
 // 8 (or the last n) weights of row r from column c as F32.
@@ -503,7 +498,7 @@ INLINE T256L __m256 row8(int dtype, const void *W, const uint16_t *d, int r, int
 INLINE T256L void lrows_avx2_dt(int dtype, float *y, const float *x, const void *W, const uint16_t *d, int C, int ldw,
                                 int r0, int r1, int beta0) {
     int ncb = (C + 31) / 32, cFull = C - C % 8;
-    __m256i lm = lmask8(C % 8);
+    __m256i lm = lb_mask8(C % 8);
     for (int r = r0; r < r1; r += 2) {
         int two = r + 1 < r1, r1st = two ? r + 1 : r;
         if (r + 2 * PFD < r1) {
@@ -521,10 +516,10 @@ INLINE T256L void lrows_avx2_dt(int dtype, float *y, const float *x, const void 
             a0 = _mm256_fmadd_ps(row8(dtype, W, d, r, cFull, ldw, ncb, C - cFull), xv, a0);
             a1 = _mm256_fmadd_ps(row8(dtype, W, d, r1st, cFull, ldw, ncb, C - cFull), xv, a1);
         }
-        float s0 = lhsum256(a0);
+        float s0 = lb_hsum256(a0);
         y[r] = beta0 ? s0 : y[r] + s0;
         if (two) {
-            float s1 = lhsum256(a1);
+            float s1 = lb_hsum256(a1);
             y[r + 1] = beta0 ? s1 : y[r + 1] + s1;
         }
     }
@@ -532,12 +527,7 @@ INLINE T256L void lrows_avx2_dt(int dtype, float *y, const float *x, const void 
 
 static T256L void lrows_avx2(int dtype, float *y, const float *x, const void *W, const uint16_t *d, int C, int ldw,
                              int r0, int r1, int beta0) {
-    if (dtype == LB_DTYPE_BF16)
-        lrows_avx2_dt(LB_DTYPE_BF16, y, x, W, d, C, ldw, r0, r1, beta0);
-    else if (dtype == LB_DTYPE_F16)
-        lrows_avx2_dt(LB_DTYPE_F16, y, x, W, d, C, ldw, r0, r1, beta0);
-    else
-        lrows_avx2_dt(LB_DTYPE_Q8_0, y, x, W, d, C, ldw, r0, r1, beta0);
+    BY_DTYPE(lrows_avx2_dt, dtype, y, x, W, d, C, ldw, r0, r1, beta0);
 }
 
 // Panels: 8 values at a time.
@@ -555,7 +545,7 @@ static T256L void panel_avx2(int dtype, int cols_layout, float *dst, int ldd, co
             if (n == 8)
                 _mm256_storeu_ps(out + c, w);
             else
-                _mm256_maskstore_ps(out + c, lmask8(n), w);
+                _mm256_maskstore_ps(out + c, lb_mask8(n), w);
         }
     }
 }
