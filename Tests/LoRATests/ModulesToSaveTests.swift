@@ -74,12 +74,7 @@ import Testing
         cfg.learningRate = 5e-3; cfg.weightDecay = 0.05; cfg.lrScheduler = .cosine; cfg.warmupSteps = 2; cfg.maxSteps = 10
         cfg.maxGradNorm = 1.0; cfg.batchSize = 2; cfg.blockSize = 12
         let trainer = try Trainer(model: m, adapter: a, config: cfg)
-        let losses = try expected.floats("train.losses")
-        for k in 0..<10 {
-            let flat = try expected.ints("train.batch\(k).ids")
-            let loss = try trainer.step(ids: (0..<2).map { b in (0..<12).map { TokenID(flat[b * 12 + $0]) } })
-            #expect(abs(Float(loss) - losses[k]) < trajectoryTolerance, "step \(k): loss \(loss) vs \(losses[k])")
-        }
+        try expectLossesMatch(trainer, expected, losses: "train.losses", steps: 10)
         var worst: Float = 0
         for (key, off, count) in tensors(a) {
             let ref = try expected.floats("train.final.\(key)")
@@ -101,10 +96,7 @@ import Testing
             var tc = TrainerParams(); tc.learningRate = 1e-2; tc.maxSteps = 4; tc.batchSize = 2; tc.blockSize = 12; tc.seed = 3
             return (m, a, try Trainer(model: m, adapter: a, config: tc))
         }
-        let batches = try (0..<4).map { k in
-            let flat = try expected.ints("train.batch\(k).ids")
-            return (0..<2).map { b in (0..<12).map { TokenID(flat[b * 12 + $0]) } }
-        }
+        let batches = try (0..<4).map { try fixtureBatch(expected, $0, batch: 2, block: 12) }
         let (_, a1, t1) = try setup()
         for b in batches { try t1.step(ids: b) }
         let (_, _, t2) = try setup()

@@ -7,6 +7,25 @@ let gradientRelativeTolerance = 1e-4
 /// Losses and final adapter weights after 20 AdamW steps: absolute, as the issue states.
 let trajectoryTolerance: Float = 1e-4
 
+/// Batch k of a fixture's training run: `train.batch<k>.ids`, batch × block
+/// token ids as the fixture scripts save them.
+func fixtureBatch(_ expected: SafeTensorsFile, _ k: Int, batch: Int, block: Int) throws -> [[TokenID]] {
+    let flat = try expected.ints("train.batch\(k).ids")
+    return (0..<batch).map { b in (0..<block).map { TokenID(flat[b * block + $0]) } }
+}
+
+/// One optimizer step per batch of the fixture's run, each loss within
+/// trajectoryTolerance of the reference's (`losses`: the tensor's name).
+func expectLossesMatch(
+    _ trainer: Trainer, _ expected: SafeTensorsFile, losses name: String, steps: Int, batch: Int = 2, block: Int = 12
+) throws {
+    let losses = try expected.floats(name)
+    for k in 0..<steps {
+        let loss = try trainer.step(ids: try fixtureBatch(expected, k, batch: batch, block: block))
+        #expect(abs(Float(loss) - losses[k]) < trajectoryTolerance, "\(name) step \(k): loss \(loss) vs \(losses[k])")
+    }
+}
+
 func relativeL2(_ a: UnsafeBufferPointer<Float>, _ b: [Float]) -> Double {
     var num = 0.0
     var den = 0.0
