@@ -22,38 +22,21 @@ Swift DoRATests. Uses Fixtures/gpt2-a (make_fixtures.py) and lora/all
                               ratio 2.5, decay 0.05): m, 1-D, learns at B's rate
 """
 import os
-import subprocess
-import sys
-
-if os.environ.get("PYTHONHASHSEED") != "0":
-    os.environ["PYTHONHASHSEED"] = "0"
-    sys.exit(subprocess.call([sys.executable] + sys.argv))
-
 import shutil
+
+from peft_fixtures import ROOT, base, pin_hash_seed, save_expected, saved_key, train_adamw, train_loraplus
+
+pin_hash_seed()
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from peft.optimizers import create_loraplus_optimizer
-from safetensors.torch import save_file
-from transformers import GPT2LMHeadModel, get_cosine_schedule_with_warmup
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Tests", "LoRATests", "Fixtures")
 OUT = os.path.join(ROOT, "dora")
-BASE = "gpt2-a"
 
 CONFIGS = {
     "all": dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"]),
     "layers": dict(r=3, lora_alpha=5, use_rslora=True, target_modules=["c_fc", "c_attn"], layers_to_transform=[1]),
 }
-
-
-def base():
-    return GPT2LMHeadModel.from_pretrained(BASE, attn_implementation="eager").eval()
-
-
-def peft_key(name):
-    # parameter name -> saved key: adapter name out, DoRA's `.lora_magnitude_vector.default.weight` -> `.lora_magnitude_vector`
-    return name.replace(".lora_magnitude_vector.default.weight", ".lora_magnitude_vector").replace(".default", "")
 
 
 def randomize(model, seed):
@@ -109,7 +92,7 @@ def main():
             exp["loss.all"] = out.loss.detach().reshape(1).clone()
             for pname, p in model.named_parameters():
                 if p.requires_grad:
-                    exp[f"grad.all.{peft_key(pname)}"] = p.grad.detach().clone()
+                    exp[f"grad.all.{saved_key(pname)}"] = p.grad.detach().clone()
             merged = model.merge_and_unload()
             with torch.no_grad():
                 exp["logits.merged"] = merged(ids).logits[0].clone()
@@ -145,48 +128,13 @@ def main():
     model = make("all", 200)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=5e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)
-    sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=2, num_training_steps=10)
-    losses, lrs = [], []
-    for k in range(10):
-        batch = torch.randint(0, V, (2, 12), generator=g)
-        exp[f"train.batch{k}.ids"] = batch
-        out = model(input_ids=batch, labels=batch)
-        opt.zero_grad()
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, max_norm=1.0)
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-        losses.append(out.loss.item())
-    exp["train.losses"] = torch.tensor(losses, dtype=torch.float64)
+    lrs = []
+    train_adamw(model, opt, params, g, V, exp, lrs=lrs)
     exp["train.lr"] = torch.tensor(lrs, dtype=torch.float64)
-    for pname, p in model.named_parameters():
-        if p.requires_grad:
-            exp[f"train.final.{peft_key(pname)}"] = p.detach().clone()
 
-    model = make("all", 200)
-    opt = create_loraplus_optimizer(model, torch.optim.AdamW, lr=2e-3, loraplus_lr_ratio=2.5,
-                                    loraplus_weight_decay=0.05, betas=(0.9, 0.999), eps=1e-8)
-    params = [p for p in model.parameters() if p.requires_grad]
-    losses = []
-    for k in range(5):
-        batch = exp[f"train.batch{k}.ids"]
-        out = model(input_ids=batch, labels=batch)
-        opt.zero_grad()
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, max_norm=1.0)
-        opt.step()
-        losses.append(out.loss.item())
-    exp["loraplus.losses"] = torch.tensor(losses, dtype=torch.float64)
-    for pname, p in model.named_parameters():
-        if p.requires_grad:
-            exp[f"loraplus.final.{peft_key(pname)}"] = p.detach().clone()
+    train_loraplus(make("all", 200), exp)
 
-    save_file({k: v.contiguous() for k, v in exp.items()}, os.path.join(OUT, "expected.safetensors"), metadata={"format": "pt"})
-    for name in CONFIGS:
-        readme = os.path.join(OUT, name, "README.md")
-        if os.path.exists(readme):
-            os.remove(readme)
+    save_expected(exp, OUT, CONFIGS)
     print("DoRA fixtures written to", os.path.normpath(OUT))
 
 

@@ -20,24 +20,16 @@ only the input embedding is adapted; lm_head keeps the base wte weight.
 """
 import json
 import os
-import subprocess
-import sys
-
-if os.environ.get("PYTHONHASHSEED") != "0":
-    os.environ["PYTHONHASHSEED"] = "0"
-    sys.exit(subprocess.call([sys.executable] + sys.argv))
-
 import shutil
+
+from peft_fixtures import ROOT, base, pin_hash_seed, save_expected, saved_key, train_adamw, train_loraplus
+
+pin_hash_seed()
 
 import torch
 from peft import LoraConfig, get_peft_model
-from peft.optimizers import create_loraplus_optimizer
-from safetensors.torch import save_file
-from transformers import GPT2LMHeadModel, get_cosine_schedule_with_warmup
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Tests", "LoRATests", "Fixtures")
 OUT = os.path.join(ROOT, "embedding")
-BASE = "gpt2-a"
 
 TARGETING = [
     dict(target_modules=["c_attn"], layers_to_transform=[0], layers_pattern="h"),
@@ -52,15 +44,6 @@ TARGETING = [
     dict(target_modules=["wte", "attn.c_proj"]),
     dict(target_modules=["h.1.attn.c_attn", "h.0.mlp.c_fc"]),
 ]
-
-
-def base():
-    return GPT2LMHeadModel.from_pretrained(BASE, attn_implementation="eager").eval()
-
-
-def saved_key(name):
-    name = name.replace(".lora_embedding_A.default", ".lora_embedding_A").replace(".lora_embedding_B.default", ".lora_embedding_B")
-    return name.replace(".default", "")
 
 
 def main():
@@ -112,45 +95,11 @@ def main():
     model = make()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=5e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)
-    sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=2, num_training_steps=10)
-    losses = []
-    for k in range(10):
-        batch = torch.randint(0, V, (2, 12), generator=g)
-        exp[f"train.batch{k}.ids"] = batch
-        out = model(input_ids=batch, labels=batch)
-        opt.zero_grad()
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, max_norm=1.0)
-        opt.step()
-        sched.step()
-        losses.append(out.loss.item())
-    exp["train.losses"] = torch.tensor(losses, dtype=torch.float64)
-    for pname, p in model.named_parameters():
-        if p.requires_grad:
-            exp[f"train.final.{saved_key(pname)}"] = p.detach().clone()
+    train_adamw(model, opt, params, g, V, exp)
 
-    model = make()
-    opt = create_loraplus_optimizer(model, torch.optim.AdamW, lr=2e-3, loraplus_lr_ratio=2.5,
-                                    loraplus_weight_decay=0.05, betas=(0.9, 0.999), eps=1e-8)
-    params = [p for p in model.parameters() if p.requires_grad]
-    losses = []
-    for k in range(5):
-        batch = exp[f"train.batch{k}.ids"]
-        out = model(input_ids=batch, labels=batch)
-        opt.zero_grad()
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, max_norm=1.0)
-        opt.step()
-        losses.append(out.loss.item())
-    exp["loraplus.losses"] = torch.tensor(losses, dtype=torch.float64)
-    for pname, p in model.named_parameters():
-        if p.requires_grad:
-            exp[f"loraplus.final.{saved_key(pname)}"] = p.detach().clone()
+    train_loraplus(make(), exp)
 
-    save_file({k: v.contiguous() for k, v in exp.items()}, os.path.join(OUT, "expected.safetensors"), metadata={"format": "pt"})
-    readme = os.path.join(OUT, "wte", "README.md")
-    if os.path.exists(readme):
-        os.remove(readme)
+    save_expected(exp, OUT, ["wte"])
     print("embedding fixtures written to", os.path.normpath(OUT))
 
 

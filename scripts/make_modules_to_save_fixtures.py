@@ -16,39 +16,21 @@ Fixtures/gpt2-a (make_fixtures.py). Deterministic (PYTHONHASHSEED pinned).
       LayerNorms, as transformers' Trainer groups them)
 """
 import os
-import subprocess
-import sys
-
-if os.environ.get("PYTHONHASHSEED") != "0":
-    os.environ["PYTHONHASHSEED"] = "0"
-    sys.exit(subprocess.call([sys.executable] + sys.argv))
-
 import shutil
+
+from peft_fixtures import ROOT, base, pin_hash_seed, save_expected, saved_key, train_adamw
+
+pin_hash_seed()
 
 import torch
 from peft import LoraConfig, get_peft_model
-from safetensors.torch import save_file
-from transformers import GPT2LMHeadModel, get_cosine_schedule_with_warmup
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Tests", "LoRATests", "Fixtures")
 OUT = os.path.join(ROOT, "modules_to_save")
-BASE = "gpt2-a"
 
 CONFIGS = {
     "ln": dict(r=4, lora_alpha=8, target_modules=["c_attn", "mlp.c_fc"], modules_to_save=["ln_f", "h.1.ln_1", "ln_2"]),
     "dora": dict(r=4, lora_alpha=8, target_modules=["c_attn"], use_dora=True, modules_to_save=["ln_f"]),
 }
-
-
-def base():
-    return GPT2LMHeadModel.from_pretrained(BASE, attn_implementation="eager").eval()
-
-
-def saved_key(name):
-    # parameter name -> the key PEFT saves
-    name = name.replace(".modules_to_save.default", "")
-    name = name.replace(".lora_magnitude_vector.default.weight", ".lora_magnitude_vector")
-    return name.replace(".default", "")
 
 
 def make(name, seed):
@@ -104,28 +86,9 @@ def main():
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and "modules_to_save" in n]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=5e-3, betas=(0.9, 0.999), eps=1e-8)
-    sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=2, num_training_steps=10)
-    losses = []
-    for k in range(10):
-        batch = torch.randint(0, V, (2, 12), generator=g)
-        exp[f"train.batch{k}.ids"] = batch
-        out = model(input_ids=batch, labels=batch)
-        opt.zero_grad()
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(decay + no_decay, max_norm=1.0)
-        opt.step()
-        sched.step()
-        losses.append(out.loss.item())
-    exp["train.losses"] = torch.tensor(losses, dtype=torch.float64)
-    for pname, p in model.named_parameters():
-        if p.requires_grad:
-            exp[f"train.final.{saved_key(pname)}"] = p.detach().clone()
+    train_adamw(model, opt, decay + no_decay, g, V, exp)
 
-    save_file({k: v.contiguous() for k, v in exp.items()}, os.path.join(OUT, "expected.safetensors"), metadata={"format": "pt"})
-    for name in CONFIGS:
-        readme = os.path.join(OUT, name, "README.md")
-        if os.path.exists(readme):
-            os.remove(readme)
+    save_expected(exp, OUT, CONFIGS)
     print("modules_to_save fixtures written to", os.path.normpath(OUT))
 
 

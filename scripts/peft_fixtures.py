@@ -1,0 +1,95 @@
+"""What the PEFT fixture scripts for DoRA, modules_to_save and LoRA on wte
+(make_dora_fixtures.py, make_modules_to_save_fixtures.py,
+make_embedding_fixtures.py) share: the pinned hash seed, the base model,
+PEFT's saved key names, the AdamW and LoRA+ runs they record, and the
+expected.safetensors they write."""
+import os
+import subprocess
+import sys
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Tests", "LoRATests", "Fixtures")
+
+
+def pin_hash_seed():
+    """Re-runs the script with PYTHONHASHSEED=0 (deterministic fixtures)."""
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        os.environ["PYTHONHASHSEED"] = "0"
+        sys.exit(subprocess.call([sys.executable] + sys.argv))
+
+
+def base(name="gpt2-a"):
+    """The base model, by its name relative to ROOT (the scripts chdir there
+    first, so adapter_config.json records the relative name)."""
+    from transformers import GPT2LMHeadModel
+    return GPT2LMHeadModel.from_pretrained(name, attn_implementation="eager").eval()
+
+
+def saved_key(name):
+    """A parameter's name -> the key PEFT saves: the adapter name out, a
+    modules_to_save copy under its module's name, DoRA's magnitude as
+    `.lora_magnitude_vector`."""
+    name = name.replace(".modules_to_save.default", "")
+    name = name.replace(".lora_magnitude_vector.default.weight", ".lora_magnitude_vector")
+    return name.replace(".default", "")
+
+
+def record_trained(model, exp, prefix):
+    for pname, p in model.named_parameters():
+        if p.requires_grad:
+            exp[f"{prefix}.{saved_key(pname)}"] = p.detach().clone()
+
+
+def train_adamw(model, opt, params, g, V, exp, steps=10, lrs=None):
+    """`steps` AdamW steps (warmup 2 + cosine, clip 1) on random [2, 12]
+    batches drawn from g: train.batch<k>.ids, train.losses, train.final.*;
+    the learning rate of each step appended to `lrs` when given."""
+    import torch
+    from transformers import get_cosine_schedule_with_warmup
+    sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=2, num_training_steps=steps)
+    losses = []
+    for k in range(steps):
+        batch = torch.randint(0, V, (2, 12), generator=g)
+        exp[f"train.batch{k}.ids"] = batch
+        out = model(input_ids=batch, labels=batch)
+        opt.zero_grad()
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, max_norm=1.0)
+        if lrs is not None:
+            lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+        losses.append(out.loss.item())
+    exp["train.losses"] = torch.tensor(losses, dtype=torch.float64)
+    record_trained(model, exp, "train.final")
+
+
+def train_loraplus(model, exp, steps=5):
+    """`steps` steps of PEFT's LoRA+ optimizer (lr 2e-3, ratio 2.5, decay
+    0.05, clip 1) on the first train.batch<k>.ids: loraplus.losses,
+    loraplus.final.*."""
+    import torch
+    from peft.optimizers import create_loraplus_optimizer
+    opt = create_loraplus_optimizer(model, torch.optim.AdamW, lr=2e-3, loraplus_lr_ratio=2.5,
+                                    loraplus_weight_decay=0.05, betas=(0.9, 0.999), eps=1e-8)
+    params = [p for p in model.parameters() if p.requires_grad]
+    losses = []
+    for k in range(steps):
+        batch = exp[f"train.batch{k}.ids"]
+        out = model(input_ids=batch, labels=batch)
+        opt.zero_grad()
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, max_norm=1.0)
+        opt.step()
+        losses.append(out.loss.item())
+    exp["loraplus.losses"] = torch.tensor(losses, dtype=torch.float64)
+    record_trained(model, exp, "loraplus.final")
+
+
+def save_expected(exp, out, adapters):
+    """out/expected.safetensors, and no README.md (PEFT's model card) in the adapter folders."""
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in exp.items()}, os.path.join(out, "expected.safetensors"), metadata={"format": "pt"})
+    for name in adapters:
+        readme = os.path.join(out, name, "README.md")
+        if os.path.exists(readme):
+            os.remove(readme)
