@@ -19,28 +19,16 @@ set-ordered target_modules).
       train.final.<PEFT key> the `all` adapter after 20 AdamW steps
 """
 import os
-import subprocess
-import sys
-
-if os.environ.get("PYTHONHASHSEED") != "0":
-    os.environ["PYTHONHASHSEED"] = "0"
-    sys.exit(subprocess.call([sys.executable] + sys.argv))
-
 import shutil
+
+from peft_fixtures import ROOT, base, pin_hash_seed, save_expected, saved_key, train_adamw
+
+pin_hash_seed()
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from safetensors.torch import save_file
-from transformers import GPT2LMHeadModel, get_cosine_schedule_with_warmup
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Tests", "LoRATests", "Fixtures")
 OUT = os.path.join(ROOT, "lora")
-BASE = "gpt2-a"  # relative to ROOT (the script runs there), so configs carry no machine path
-
-
-def base():
-    m = GPT2LMHeadModel.from_pretrained(BASE, attn_implementation="eager").eval()
-    return m
 
 
 def randomize_lora(model, seed):
@@ -49,11 +37,6 @@ def randomize_lora(model, seed):
         for name, p in model.named_parameters():
             if "lora_" in name:
                 p.copy_(0.2 * torch.randn(p.shape, generator=g))
-
-
-def peft_key(name):
-    # model parameter name -> saved key (adapter name removed)
-    return name.replace(".default", "")
 
 
 CONFIGS = {
@@ -110,7 +93,7 @@ def main():
         exp[f"loss.{name}"] = out.loss.detach().reshape(1).clone()
         for pname, p in model.named_parameters():
             if p.requires_grad:
-                exp[f"grad.{name}.{peft_key(pname)}"] = p.grad.detach().clone()
+                exp[f"grad.{name}.{saved_key(pname)}"] = p.grad.detach().clone()
 
     # Full fine-tuning: the gradient of every weight of the base model (tied head counted once).
     full = base()
@@ -138,31 +121,10 @@ def main():
     model.eval()  # GPT-2's own dropouts off; LoRA dropout is 0
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=5e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)
-    sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=3, num_training_steps=20)
-    losses, lrs = [], []
-    for k in range(20):
-        batch = torch.randint(0, V, (2, 12), generator=g)
-        exp[f"train.batch{k}.ids"] = batch
-        out = model(input_ids=batch, labels=batch)
-        opt.zero_grad()
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, max_norm=1.0)
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-        losses.append(out.loss.item())
-    exp["train.losses"] = torch.tensor(losses, dtype=torch.float64)
+    lrs = []
+    train_adamw(model, opt, params, g, V, exp, steps=20, warmup=3, lrs=lrs)
     exp["train.lr"] = torch.tensor(lrs, dtype=torch.float64)
-    for pname, p in model.named_parameters():
-        if p.requires_grad:
-            exp[f"train.final.{peft_key(pname)}"] = p.detach().clone()
-
-    save_file({k: v.contiguous() for k, v in exp.items()}, os.path.join(OUT, "expected.safetensors"),
-              metadata={"format": "pt"})
-    for name in CONFIGS:
-        readme = os.path.join(OUT, name, "README.md")
-        if os.path.exists(readme):
-            os.remove(readme)
+    save_expected(exp, OUT, CONFIGS)
     print("LoRA fixtures written to", os.path.normpath(OUT))
 
 

@@ -25,25 +25,19 @@ Needs make_fixtures.py's gpt2-a and make_lora_fixtures.py's lora/all.
 Deterministic (PYTHONHASHSEED pinned for PEFT).
 """
 import os
-import subprocess
-import sys
-
-if os.environ.get("PYTHONHASHSEED") != "0":
-    os.environ["PYTHONHASHSEED"] = "0"
-    sys.exit(subprocess.call([sys.executable] + sys.argv))
-
 import shutil
+
+from peft_fixtures import ROOT, base, pin_hash_seed, train_adamw
+
+pin_hash_seed()
 
 import numpy as np
 import torch
 from peft import PeftModel
 from safetensors.torch import save_file
-from transformers import GPT2LMHeadModel, get_cosine_schedule_with_warmup
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_fixtures import expected  # noqa: E402  (the same inputs and outputs as expected/)
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Tests", "LoRATests", "Fixtures")
 OUT = os.path.join(ROOT, "lowp")
 
 
@@ -84,10 +78,6 @@ def rounded(w, name, dtype):
     return torch.from_numpy(q8_0_blocks(a))  # wte, wpe [rows, n_embd]: along each row
 
 
-def base(directory):
-    return GPT2LMHeadModel.from_pretrained(directory, attn_implementation="eager").eval()
-
-
 def rounded_model(dtype):
     model = base("gpt2-a")
     with torch.no_grad():
@@ -104,24 +94,9 @@ def train_bf16():
     model.eval()  # GPT-2's own dropouts off; LoRA dropout is 0
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=5e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)
-    sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=3, num_training_steps=20)
     g = torch.Generator().manual_seed(7)
-    V = model.config.vocab_size
-    exp, losses = {}, []
-    for k in range(20):
-        batch = torch.randint(0, V, (2, 12), generator=g)
-        exp[f"batch{k}.ids"] = batch
-        out = model(input_ids=batch, labels=batch)
-        opt.zero_grad()
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, max_norm=1.0)
-        opt.step()
-        sched.step()
-        losses.append(out.loss.item())
-    exp["losses"] = torch.tensor(losses, dtype=torch.float64)
-    for pname, p in model.named_parameters():
-        if p.requires_grad:
-            exp[f"final.{pname.replace('.default', '')}"] = p.detach().clone()
+    exp = {}
+    train_adamw(model, opt, params, g, model.config.vocab_size, exp, steps=20, warmup=3, prefix="")
     save_file({k: v.contiguous() for k, v in exp.items()}, os.path.join(OUT, "train-bf16.safetensors"),
               metadata={"format": "pt"})
 

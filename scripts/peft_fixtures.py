@@ -1,5 +1,5 @@
-"""What the PEFT fixture scripts for DoRA, modules_to_save and LoRA on wte
-(make_dora_fixtures.py, make_modules_to_save_fixtures.py,
+"""What the PEFT fixture scripts (make_lora_fixtures.py, make_lowp_fixtures.py,
+make_dora_fixtures.py, make_modules_to_save_fixtures.py,
 make_embedding_fixtures.py) share: the pinned hash seed, the base model,
 PEFT's saved key names, the AdamW and LoRA+ runs they record, and the
 expected.safetensors they write."""
@@ -39,17 +39,17 @@ def record_trained(model, exp, prefix):
             exp[f"{prefix}.{saved_key(pname)}"] = p.detach().clone()
 
 
-def train_adamw(model, opt, params, g, V, exp, steps=10, lrs=None):
-    """`steps` AdamW steps (warmup 2 + cosine, clip 1) on random [2, 12]
-    batches drawn from g: train.batch<k>.ids, train.losses, train.final.*;
-    the learning rate of each step appended to `lrs` when given."""
+def train_adamw(model, opt, params, g, V, exp, steps=10, warmup=2, prefix="train.", lrs=None):
+    """`steps` AdamW steps (`warmup` + cosine, clip 1) on random [2, 12]
+    batches drawn from g: <prefix>batch<k>.ids, <prefix>losses,
+    <prefix>final.*; the learning rate of each step appended to `lrs` when given."""
     import torch
     from transformers import get_cosine_schedule_with_warmup
-    sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=2, num_training_steps=steps)
+    sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=warmup, num_training_steps=steps)
     losses = []
     for k in range(steps):
         batch = torch.randint(0, V, (2, 12), generator=g)
-        exp[f"train.batch{k}.ids"] = batch
+        exp[f"{prefix}batch{k}.ids"] = batch
         out = model(input_ids=batch, labels=batch)
         opt.zero_grad()
         out.loss.backward()
@@ -59,8 +59,8 @@ def train_adamw(model, opt, params, g, V, exp, steps=10, lrs=None):
         opt.step()
         sched.step()
         losses.append(out.loss.item())
-    exp["train.losses"] = torch.tensor(losses, dtype=torch.float64)
-    record_trained(model, exp, "train.final")
+    exp[f"{prefix}losses"] = torch.tensor(losses, dtype=torch.float64)
+    record_trained(model, exp, f"{prefix}final")
 
 
 def train_loraplus(model, exp, steps=5):
