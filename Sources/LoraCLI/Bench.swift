@@ -123,7 +123,7 @@ struct Bench: ParsableCommand {
             rates.append(Double(batch * block) / (now() - t0))
         }
         let rss = peakRSSGiB()
-        let tb = try MachineBound.training(model.config, batch: batch, block: block, threads: threads)
+        let tb = try MachineBound.training(model.config, batch: batch, block: block, threads: threads).tokensPerS
         let sorted = rates.sorted()
         say(
             String(
@@ -141,14 +141,17 @@ struct Bench: ParsableCommand {
         let config = GPT2Config()
         for t in Set([1, threads]).sorted() {
             let p = try MachineBound.prefill(config, M: prompt, threads: t)
-            let shapes = MachineBound.shapes(config).map { String(format: "\"%@\":%.1f", $0.name, p.shapes[$0.name] ?? 0) }.joined(
-                separator: ",")
+            let shapes = (MachineBound.shapes(config).map(\.name) + ["attention"]).map {
+                String(format: "\"%@\":%.1f", $0, p.shapes[$0] ?? 0)
+            }.joined(separator: ",")
             let train = try MachineBound.training(config, batch: batch, block: block, threads: t)
+            let liblora = try MachineBound.libloraAttentionRate(config, T: block, threads: t)
             say(
                 String(
                     format:
-                        "{\"engine\":\"liblora\",\"bench\":\"bound\",\"core\":\"%@\",\"threads\":%d,\"M\":%d,\"sgemm_gflop_per_s\":{%@},\"prefill_bound_tokens_per_s\":%.1f,\"train_M\":%d,\"lora_train_bound_tokens_per_s\":%.1f}",
-                    BLAS.coreName, t, prompt, shapes, p.tokensPerS, batch * block, train))
+                        "{\"engine\":\"liblora\",\"bench\":\"bound\",\"core\":\"%@\",\"threads\":%d,\"M\":%d,\"sgemm_gflop_per_s\":{%@},\"prefill_bound_tokens_per_s\":%.1f,\"train_M\":%d,\"lora_train_bound_tokens_per_s\":%.1f,\"train_attention_gflop_per_s\":{\"sgemm\":%.1f,\"liblora\":%.1f}}",
+                    BLAS.coreName, t, prompt, shapes, p.tokensPerS, batch * block, train.tokensPerS, train.attention / 1e9,
+                    liblora / 1e9))
         }
         let model = try Model.random(config: config, seed: 1, dtype: dtype)
         for t in Set([1, threads]).sorted() {

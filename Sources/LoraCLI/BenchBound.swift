@@ -9,9 +9,12 @@ import LoRA
 /// - LoRA training: those products plus the backward data-gradient
 ///   products (dX = dY·Wᵀ, same FLOPs), at M = batch × block;
 /// - causal attention in both: 2 products of 2·(T/2)·C FLOPs per token and
-///   layer forward, 4 more backward (dP, dV, dQ, dK), at the mean rate of
-///   the measured products (attention's 64-wide heads run slower, so the
-///   bound stays optimistic); the LoRA products are left out (≈ 1%);
+///   layer forward (S = Q·Kᵀ, O = P·V), 4 more backward (dV, dP, dQ, dK), at
+///   the rate sgemm reaches on one head's products over the whole sequence
+///   ([T, 64]·[64, T] and [T, T]·[T, 64], a head per worker; liblora's own
+///   blocks of 64 query rows, its softmax and its recomputed scores are not
+///   counted, so the bound stays optimistic); the LoRA products are left
+///   out (≈ 1%);
 /// - decode: one sweep of every weight matrix by the decode GEMV (bytes
 ///   read per token / time), i.e. the memory bandwidth as decode sees it.
 struct MachineBound {
@@ -73,32 +76,110 @@ struct MachineBound {
         Double(products) * 2 * Double(T) / 2 * Double(c.nEmbd) * Double(c.nLayer) * Double(M)
     }
 
-    /// Seconds of `flops` at the mean rate of the measured products.
-    static func atMeanRate(_ flops: Double, _ times: [(Shape, Double, Double)], M: Int, backward: Bool) -> Double {
-        let f = times.reduce(0.0) { $0 + 2 * Double(M * $1.0.K * $1.0.N * $1.0.perModel) * (backward ? 2 : 1) }
-        let t = times.reduce(0.0) { $0 + ($1.1 + $1.2) * Double($1.0.perModel) }
-        return flops / (f / t)
+    /// One head's buffers for a worker: q, k, v, o, dO, dq, dk, dv [T, 64],
+    /// lse [T], and two [T, T] score areas (S, dS).
+    struct HeadBuffers {
+        let vectors: FloatBlock
+        let squares: FloatBlock
+        let T: Int
+        let hd: Int
+        init(T: Int, hd: Int) throws {
+            vectors = try FloatBlock(count: 8 * T * hd + T)
+            squares = try FloatBlock(count: 2 * T * T)
+            for b in [vectors, squares] { for i in 0..<b.count { b.base[i] = Float(i % 7) * 0.01 } }
+            self.T = T
+            self.hd = hd
+        }
+        func at(_ i: Int) -> FloatPtr { vectors.base + i * T * hd }
+        var q: FloatPtr { at(0) }
+        var k: FloatPtr { at(1) }
+        var v: FloatPtr { at(2) }
+        var o: FloatPtr { at(3) }
+        var dO: FloatPtr { at(4) }
+        var dq: FloatPtr { at(5) }
+        var dk: FloatPtr { at(6) }
+        var dv: FloatPtr { at(7) }
+        var lse: FloatPtr { at(8) }
+        var S: FloatPtr { squares.base }
+        var dS: FloatPtr { squares.base + T * T }
     }
 
-    /// Prefill bound in tokens/s for one sequence of M tokens, with per-shape GFLOP/s.
+    /// Best time of `body` run on `threads` workers at once, each on its own HeadBuffers.
+    static func perHead(_ c: GPT2Config, T: Int, threads: Int, _ body: (HeadBuffers) -> Void) throws -> (seconds: Double, workers: Int) {
+        let saved = BLAS.threads
+        BLAS.threads = threads
+        defer { BLAS.threads = saved }
+        let workers = max(1, min(threads, BLAS.threads))
+        let buffers = try (0..<workers).map { _ in try HeadBuffers(T: T, hd: c.headDim) }
+        return (best(3) { parallelChunks(workers) { w, _ in body(buffers[w]) } }, workers)
+    }
+
+    /// sgemm's FLOP/s on attention's shapes: each worker runs one head's
+    /// full products over T positions — S = Q·Kᵀ and O = P·V, with
+    /// `backward` also dV = Pᵀ·dO, dP = dO·Vᵀ, dQ = dS·K and dK = dSᵀ·Q —
+    /// single-threaded, as liblora spreads heads over the workers.
+    static func attentionRate(_ c: GPT2Config, T: Int, threads: Int, backward: Bool) throws -> Double {
+        let hd = c.headDim
+        func product(_ tA: Bool, _ tB: Bool, _ M: Int, _ N: Int, _ K: Int, _ A: FloatPtr, _ B: FloatPtr, _ C: FloatPtr, _ beta: Float) {
+            gemm(
+                transA: tA, transB: tB, M: M, N: N, K: K, alpha: 1, A: A, lda: tA ? M : K, B: B, ldb: tB ? K : N, beta: beta,
+                C: C, ldc: N, fewRows: false)
+        }
+        let (t, workers) = try perHead(c, T: T, threads: threads) { h in
+            product(false, true, T, T, hd, h.q, h.k, h.S, 0)
+            product(false, false, T, hd, T, h.S, h.v, h.o, 0)
+            if backward {
+                product(true, false, T, hd, T, h.S, h.dO, h.dv, 1)
+                product(false, true, T, T, hd, h.dO, h.v, h.dS, 0)
+                product(false, false, T, hd, T, h.dS, h.k, h.dq, 1)
+                product(true, false, T, hd, T, h.dS, h.q, h.dk, 1)
+            }
+        }
+        return Double(workers * (backward ? 6 : 2)) * 2 * Double(T * T * hd) / t
+    }
+
+    /// liblora's own causal attention (attentionForward, then
+    /// attentionBackward) on one head per worker over T positions, in
+    /// FLOP/s of the causal work the bound counts (6 products of
+    /// 2·(T/2)·T·64; its recomputed scores not counted): how far attention
+    /// sits below sgemm's rate on its shapes.
+    static func libloraAttentionRate(_ c: GPT2Config, T: Int, threads: Int) throws -> Double {
+        let hd = c.headDim
+        let (t, workers) = try perHead(c, T: T, threads: threads) { h in
+            attentionForward(
+                out: h.o, ldo: hd, probs: h.S, q: h.q, ldq: hd, k: h.k, ldk: hd, v: h.v, ldv: hd, T: T, L: T, past: 0, hd: hd,
+                scale: 0.125, keyMask: nil, lse: h.lse)
+            attentionBackward(
+                dq: h.dq, ldq: hd, dk: h.dk, dv: h.dv, ldk: hd, scratch: h.S, dout: h.dO, ldo: hd, lse: h.lse, q: h.q, k: h.k,
+                v: h.v, T: T, L: T, past: 0, hd: hd, scale: 0.125, keyMask: nil)
+        }
+        return Double(workers * 6) * Double(T * T * hd) / t
+    }
+
+    /// Prefill bound in tokens/s for one sequence of M tokens, with per-shape
+    /// GFLOP/s (and "attention": sgemm's rate on its head products).
     static func prefill(_ c: GPT2Config, M: Int, threads: Int) throws -> (tokensPerS: Double, shapes: [String: Double]) {
         let times = try productTimes(c, M: M, threads: threads, backward: false)
+        let attention = try attentionRate(c, T: M, threads: threads, backward: false)
         let total =
             times.reduce(0.0) { $0 + $1.1 * Double($1.0.perModel) }
-            + atMeanRate(attentionFLOPs(c, M: M, T: M, products: 2), times, M: M, backward: false)
+            + attentionFLOPs(c, M: M, T: M, products: 2) / attention
         var rates: [String: Double] = [:]
         for (s, t, _) in times { rates[s.name] = 2 * Double(M * s.K * s.N) / t / 1e9 }
+        rates["attention"] = attention / 1e9
         return (Double(M) / total, rates)
     }
 
-    /// LoRA training bound in tokens/s for a step of `batch` sequences of `block` tokens.
-    static func training(_ c: GPT2Config, batch: Int, block: Int, threads: Int) throws -> Double {
+    /// LoRA training bound in tokens/s for a step of `batch` sequences of
+    /// `block` tokens, and sgemm's FLOP/s on attention's head products.
+    static func training(_ c: GPT2Config, batch: Int, block: Int, threads: Int) throws -> (tokensPerS: Double, attention: Double) {
         let M = batch * block
         let times = try productTimes(c, M: M, threads: threads, backward: true)
+        let attention = try attentionRate(c, T: block, threads: threads, backward: true)
         let total =
             times.reduce(0.0) { $0 + ($1.1 + $1.2) * Double($1.0.perModel) }
-            + atMeanRate(attentionFLOPs(c, M: M, T: block, products: 6), times, M: M, backward: true)
-        return Double(M) / total
+            + attentionFLOPs(c, M: M, T: block, products: 6) / attention
+        return (Double(M) / total, attention)
     }
 
     /// Decode bound: one GEMV sweep of every weight matrix of `model` (the

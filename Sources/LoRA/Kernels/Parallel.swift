@@ -14,7 +14,7 @@ import CLoraSupport
 /// end). `worker` is in `0..<chunks`: an index for per-worker scratch.
 /// Inside `body`, kernels run single-threaded (no nested splitting).
 @inline(__always)
-func parallelChunks(
+package func parallelChunks(
     _ count: Int, minChunk: Int = 1, align: Int = 1, maxWorkers: Int = .max,
     _ body: (_ worker: Int, _ range: Range<Int>) -> Void
 ) {
