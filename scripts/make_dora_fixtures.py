@@ -24,7 +24,7 @@ Swift DoRATests. Uses Fixtures/gpt2-a (make_fixtures.py) and lora/all
 import os
 import shutil
 
-from peft_fixtures import ROOT, base, pin_hash_seed, save_expected, saved_key, train_adamw, train_loraplus
+from peft_fixtures import ROOT, base, pin_hash_seed, save_expected, saved_key, train_adamw, train_loraplus, uneven_batch
 
 pin_hash_seed()
 
@@ -63,21 +63,7 @@ def main():
     g = torch.Generator().manual_seed(23)
     V = 101
     exp = {}
-    ids = torch.randint(0, V, (1, 13), generator=g)
-    exp["ids"] = ids[0].clone()
-    lengths = [13, 7, 10]
-    T = max(lengths)
-    bids = torch.zeros((3, T), dtype=torch.long)
-    labels = torch.full((3, T), -100, dtype=torch.long)
-    mask = torch.zeros((3, T), dtype=torch.long)
-    for b, n in enumerate(lengths):
-        s = torch.randint(0, V, (n,), generator=g)
-        bids[b, :n] = s
-        labels[b, :n] = s
-        mask[b, :n] = 1
-    labels[0, 3] = -100
-    exp["batch.ids"] = bids
-    exp["batch.labels"] = labels
+    ids, bids, labels, mask = uneven_batch(g, V, exp)
     exp["batch.mask"] = mask
 
     for i, name in enumerate(CONFIGS):

@@ -21,7 +21,7 @@ set-ordered target_modules).
 import os
 import shutil
 
-from peft_fixtures import ROOT, base, pin_hash_seed, save_expected, saved_key, train_adamw
+from peft_fixtures import ROOT, base, pin_hash_seed, save_expected, saved_key, train_adamw, uneven_batch
 
 pin_hash_seed()
 
@@ -61,24 +61,8 @@ def main():
     g = torch.Generator().manual_seed(11)
     V = 101
     exp = {}
-    ids = torch.randint(0, V, (1, 13), generator=g)
-    exp["ids"] = ids[0].clone()
-
-    # Uneven batch: lengths 13, 7, 10, right padded; some labels masked too.
-    lengths = [13, 7, 10]
-    T = max(lengths)
-    bids = torch.zeros((3, T), dtype=torch.long)
-    labels = torch.full((3, T), -100, dtype=torch.long)
-    mask = torch.zeros((3, T), dtype=torch.long)
-    for b, n in enumerate(lengths):
-        s = torch.randint(0, V, (n,), generator=g)
-        bids[b, :n] = s
-        labels[b, :n] = s
-        mask[b, :n] = 1
-    labels[0, 3] = -100
+    ids, bids, labels, mask = uneven_batch(g, V, exp)
     labels[2, 5:7] = -100
-    exp["batch.ids"] = bids
-    exp["batch.labels"] = labels
 
     models = {}
     for i, name in enumerate(CONFIGS):

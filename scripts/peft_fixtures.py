@@ -1,7 +1,7 @@
 """What the PEFT fixture scripts (make_lora_fixtures.py, make_lowp_fixtures.py,
 make_dora_fixtures.py, make_modules_to_save_fixtures.py,
 make_embedding_fixtures.py) share: the pinned hash seed, the base model,
-PEFT's saved key names, the AdamW and LoRA+ runs they record, and the
+the uneven batch, PEFT's saved key names, the AdamW and LoRA+ runs they record, and the
 expected.safetensors they write."""
 import os
 import subprocess
@@ -31,6 +31,29 @@ def saved_key(name):
     name = name.replace(".modules_to_save.default", "")
     name = name.replace(".lora_magnitude_vector.default.weight", ".lora_magnitude_vector")
     return name.replace(".default", "")
+
+
+def uneven_batch(g, V, exp):
+    """ids [1, 13], then a batch of lengths 13, 7, 10 drawn from g, right
+    padded, labels -100 on the padding and at [0, 3]: exp ids, batch.ids,
+    batch.labels; returns ids, the batch's ids, labels and attention mask."""
+    import torch
+    ids = torch.randint(0, V, (1, 13), generator=g)
+    exp["ids"] = ids[0].clone()
+    lengths = [13, 7, 10]
+    T = max(lengths)
+    bids = torch.zeros((3, T), dtype=torch.long)
+    labels = torch.full((3, T), -100, dtype=torch.long)
+    mask = torch.zeros((3, T), dtype=torch.long)
+    for b, n in enumerate(lengths):
+        s = torch.randint(0, V, (n,), generator=g)
+        bids[b, :n] = s
+        labels[b, :n] = s
+        mask[b, :n] = 1
+    labels[0, 3] = -100
+    exp["batch.ids"] = bids
+    exp["batch.labels"] = labels
+    return ids, bids, labels, mask
 
 
 def record_trained(model, exp, prefix):
