@@ -14,20 +14,6 @@ import Testing
     func model() throws -> Model { try Model.load(directory: Fixtures.path("gpt2-a")) }
     func ids() throws -> [TokenID] { try expected.ints("ids").tokenIDs }
 
-    func tensors(_ a: Adapter) throws -> [(key: String, offset: Int, count: Int)] {
-        var out: [(String, Int, Int)] = []
-        for s in a.slots {
-            let p = "base_model.model.\(s.moduleName)."
-            out += [(p + "lora_A.weight", s.offsetA, s.countA), (p + "lora_B.weight", s.offsetB, s.countB)]
-        }
-        let e = try #require(a.embedding)
-        out += [
-            ("base_model.model.transformer.wte.lora_embedding_A", e.offsetA, e.countA),
-            ("base_model.model.transformer.wte.lora_embedding_B", e.offsetB, e.countB),
-        ]
-        return out
-    }
-
     @Test func logitsMatchPEFT() throws {
         let m = try model()
         let a = try Adapter.load(directory: Fixtures.path("embedding/wte"), modelConfig: m.config)
@@ -48,13 +34,14 @@ import Testing
     func gradientsMatchPEFT(checkpointing: Bool) throws {
         let m = try model()
         let a = try Adapter.load(directory: Fixtures.path("embedding/wte"), modelConfig: m.config)
+        #expect(a.embedding != nil)
         var cfg = TrainerParams(); cfg.batchSize = 3; cfg.blockSize = 10; cfg.gradientCheckpointing = checkpointing
         let trainer = try Trainer(model: m, adapter: a, config: cfg)
         let flat = try expected.ints("batch.ids")
         let r = try trainer.accumulate(ids: (0..<3).map { b in (0..<10).map { TokenID(flat[b * 10 + $0]) } })
         #expect(abs(Float(r.loss / Double(r.tokens)) - (try expected.floats("loss.wte")[0])) < trajectoryTolerance)
         let g = trainer.gradients
-        for (key, off, count) in try tensors(a) {
+        for (key, off, count) in trainedTensors(a) {
             let rel = relativeL2(UnsafeBufferPointer(rebasing: g[off..<(off + count)]), try expected.floats("grad.wte.\(key)"))
             #expect(rel < gradientRelativeTolerance, "\(key): relative L2 error \(rel)")
         }
@@ -68,12 +55,7 @@ import Testing
         cfg.maxGradNorm = 1.0; cfg.batchSize = 2; cfg.blockSize = 12
         let trainer = try Trainer(model: m, adapter: a, config: cfg)
         try expectLossesMatch(trainer, expected, losses: "train.losses", steps: 10)
-        var worst: Float = 0
-        for (key, off, count) in try tensors(a) {
-            let ref = try expected.floats("train.final.\(key)")
-            for i in 0..<count { worst = max(worst, abs(a.params.base[off + i] - ref[i])) }
-        }
-        #expect(worst < trajectoryTolerance, "final adapter max |Δ| = \(worst)")
+        try expectTrainedTensorsMatch(a, expected, prefix: "train.final")
     }
 
     /// LoRA+ (PEFT's create_loraplus_optimizer): the embedding's A and B learn at loraplus_lr_embedding (1e-6).
@@ -85,12 +67,7 @@ import Testing
         cfg.maxSteps = 5; cfg.maxGradNorm = 1.0; cfg.batchSize = 2; cfg.blockSize = 12
         let trainer = try Trainer(model: m, adapter: a, config: cfg)
         try expectLossesMatch(trainer, expected, losses: "loraplus.losses", steps: 5)
-        var worst: Float = 0
-        for (key, off, count) in try tensors(a) {
-            let ref = try expected.floats("loraplus.final.\(key)")
-            for i in 0..<count { worst = max(worst, abs(a.params.base[off + i] - ref[i])) }
-        }
-        #expect(worst < trajectoryTolerance, "final adapter max |Δ| = \(worst)")
+        try expectTrainedTensorsMatch(a, expected, prefix: "loraplus.final")
     }
 
     @Test func savesPEFTsFileAndRefusesTheTiedMerge() throws {

@@ -15,24 +15,8 @@ import Testing
         cfg.lrScheduler = .cosine; cfg.warmupSteps = 2; cfg.maxSteps = 10
         cfg.maxGradNorm = 1.0; cfg.batchSize = 2; cfg.blockSize = 12
         let trainer = try Trainer(model: model, adapter: adapter, config: cfg)
-        let losses = try expected.floats("train.losses")
-        let lrs = try expected.floats("train.lr")
-        let shape = try #require(expected["train.batch0.ids"]).shape
-        for k in 0..<10 {
-            let flat = try expected.ints("train.batch\(k).ids")
-            let ids = (0..<shape[0]).map { b in (0..<shape[1]).map { TokenID(flat[b * shape[1] + $0]) } }
-            #expect(abs(Float(trainer.learningRate(at: k)) - lrs[k]) < 1e-9)
-            let loss = try trainer.step(ids: ids)
-            #expect(abs(Float(loss) - losses[k]) < trajectoryTolerance, "step \(k): loss \(loss) vs \(losses[k])")
-        }
-        var worst: Float = 0
-        for s in adapter.slots {
-            for (suffix, p, count) in [("lora_A", adapter.A(s), s.countA), ("lora_B", adapter.B(s), s.countB)] {
-                let ref = try expected.floats("train.final.base_model.model.\(s.moduleName).\(suffix).weight")
-                for i in 0..<count { worst = max(worst, abs(p[i] - ref[i])) }
-            }
-        }
-        #expect(worst < trajectoryTolerance, "final adapter max |Δ| = \(worst)")
+        try expectLossesMatch(trainer, expected, losses: "train.losses", lrs: "train.lr", steps: 10)
+        try expectTrainedTensorsMatch(adapter, expected, prefix: "train.final")
     }
 
     /// Without the ratio the same run ends elsewhere: the fixture tests LoRA+, not plain AdamW.

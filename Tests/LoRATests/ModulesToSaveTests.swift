@@ -12,23 +12,6 @@ import Testing
     func model() throws -> Model { try Model.load(directory: Fixtures.path("gpt2-a")) }
     func ids() throws -> [TokenID] { try expected.ints("ids").tokenIDs }
 
-    /// Every trained tensor of `adapter` by its saved key, with where it lives in the parameter block.
-    func tensors(_ a: Adapter) -> [(key: String, offset: Int, count: Int)] {
-        var out: [(String, Int, Int)] = []
-        for s in a.slots {
-            let p = "base_model.model.\(s.moduleName)."
-            out += [(p + "lora_A.weight", s.offsetA, s.countA), (p + "lora_B.weight", s.offsetB, s.countB)]
-            if let m = s.offsetM { out.append((p + "lora_magnitude_vector", m, s.outFeatures)) }
-        }
-        for m in a.savedModules {
-            out += [
-                ("base_model.model.\(m.moduleName).weight", m.offset, m.count),
-                ("base_model.model.\(m.moduleName).bias", m.offset + m.count, m.count),
-            ]
-        }
-        return out
-    }
-
     @Test(arguments: ["ln", "dora"])
     func logitsMatchPEFT(name: String) throws {
         let m = try model()
@@ -61,7 +44,7 @@ import Testing
         let r = try trainer.accumulate(ids: ids, labels: labels)
         #expect(abs(Float(r.loss / Double(r.tokens)) - (try expected.floats("loss.ln")[0])) < trajectoryTolerance)
         let g = trainer.gradients
-        for (key, off, count) in tensors(a) {
+        for (key, off, count) in trainedTensors(a) {
             let rel = relativeL2(UnsafeBufferPointer(rebasing: g[off..<(off + count)]), try expected.floats("grad.ln.\(key)"))
             #expect(rel < gradientRelativeTolerance, "\(key): relative L2 error \(rel)")
         }
@@ -75,12 +58,7 @@ import Testing
         cfg.maxGradNorm = 1.0; cfg.batchSize = 2; cfg.blockSize = 12
         let trainer = try Trainer(model: m, adapter: a, config: cfg)
         try expectLossesMatch(trainer, expected, losses: "train.losses", steps: 10)
-        var worst: Float = 0
-        for (key, off, count) in tensors(a) {
-            let ref = try expected.floats("train.final.\(key)")
-            for i in 0..<count { worst = max(worst, abs(a.params.base[off + i] - ref[i])) }
-        }
-        #expect(worst < trajectoryTolerance, "final adapter max |Δ| = \(worst)")
+        try expectTrainedTensorsMatch(a, expected, prefix: "train.final")
     }
 
     /// A DoRA adapter with ln_f saved and LoRA dropout 0.1: a run resumed

@@ -15,15 +15,55 @@ func fixtureBatch(_ expected: SafeTensorsFile, _ k: Int, batch: Int, block: Int)
 }
 
 /// One optimizer step per batch of the fixture's run, each loss within
-/// trajectoryTolerance of the reference's (`losses`: the tensor's name).
+/// trajectoryTolerance of the reference's (`losses`: the tensor's name),
+/// and with `lrs` each step's learning rate within 1e-9 of the reference's.
 func expectLossesMatch(
-    _ trainer: Trainer, _ expected: SafeTensorsFile, losses name: String, steps: Int, batch: Int = 2, block: Int = 12
+    _ trainer: Trainer, _ expected: SafeTensorsFile, losses name: String, lrs: String? = nil, steps: Int, batch: Int = 2,
+    block: Int = 12
 ) throws {
     let losses = try expected.floats(name)
+    let rates = try lrs.map { try expected.floats($0) }
     for k in 0..<steps {
+        if let rates { #expect(abs(Float(trainer.learningRate(at: k)) - rates[k]) < 1e-9, "step \(k): learning rate") }
         let loss = try trainer.step(ids: try fixtureBatch(expected, k, batch: batch, block: block))
         #expect(abs(Float(loss) - losses[k]) < trajectoryTolerance, "\(name) step \(k): loss \(loss) vs \(losses[k])")
     }
+}
+
+/// Every trained tensor of `a` by the key PEFT saves it under, with its
+/// place in `a.params`: LoRA A/B (and DoRA's magnitude), the embedding's
+/// A/B, modules_to_save's weight and bias.
+func trainedTensors(_ a: Adapter) -> [(key: String, offset: Int, count: Int)] {
+    var out: [(String, Int, Int)] = []
+    for s in a.slots {
+        let p = "base_model.model.\(s.moduleName)."
+        out += [(p + "lora_A.weight", s.offsetA, s.countA), (p + "lora_B.weight", s.offsetB, s.countB)]
+        if let m = s.offsetM { out.append((p + "lora_magnitude_vector", m, s.outFeatures)) }
+    }
+    if let e = a.embedding {
+        out += [
+            ("base_model.model.transformer.wte.lora_embedding_A", e.offsetA, e.countA),
+            ("base_model.model.transformer.wte.lora_embedding_B", e.offsetB, e.countB),
+        ]
+    }
+    for m in a.savedModules {
+        out += [
+            ("base_model.model.\(m.moduleName).weight", m.offset, m.count),
+            ("base_model.model.\(m.moduleName).bias", m.offset + m.count, m.count),
+        ]
+    }
+    return out
+}
+
+/// Every trained tensor of `a` within trajectoryTolerance of the fixture's
+/// `<prefix>.<key>` (the largest difference in the message).
+func expectTrainedTensorsMatch(_ a: Adapter, _ expected: SafeTensorsFile, prefix: String) throws {
+    var worst: Float = 0
+    for (key, off, count) in trainedTensors(a) {
+        let ref = try expected.floats("\(prefix).\(key)")
+        for i in 0..<count { worst = max(worst, abs(a.params.base[off + i] - ref[i])) }
+    }
+    #expect(worst < trajectoryTolerance, "\(prefix): max |Δ| = \(worst)")
 }
 
 func relativeL2(_ a: UnsafeBufferPointer<Float>, _ b: [Float]) -> Double {
@@ -78,24 +118,8 @@ func relativeL2(_ a: UnsafeBufferPointer<Float>, _ b: [Float]) -> Double {
         cfg.learningRate = 5e-3; cfg.weightDecay = 0.05; cfg.lrScheduler = .cosine; cfg.warmupSteps = 3; cfg.maxSteps = 20
         cfg.maxGradNorm = 1.0; cfg.batchSize = 2; cfg.blockSize = 12
         let trainer = try Trainer(model: model, adapter: adapter, config: cfg)
-        let losses = try expected.floats("train.losses")
-        let lrs = try expected.floats("train.lr")
-        let shape = try #require(expected["train.batch0.ids"]).shape
-        for k in 0..<20 {
-            let flat = try expected.ints("train.batch\(k).ids")
-            let ids = (0..<shape[0]).map { b in (0..<shape[1]).map { TokenID(flat[b * shape[1] + $0]) } }
-            #expect(abs(Float(trainer.learningRate(at: k)) - lrs[k]) < 1e-9)
-            let loss = try trainer.step(ids: ids)
-            #expect(abs(Float(loss) - losses[k]) < trajectoryTolerance, "step \(k): loss \(loss) vs \(losses[k])")
-        }
-        var worst: Float = 0
-        for s in adapter.slots {
-            for (suffix, p, count) in [("lora_A", adapter.A(s), s.countA), ("lora_B", adapter.B(s), s.countB)] {
-                let ref = try expected.floats("train.final.base_model.model.\(s.moduleName).\(suffix).weight")
-                for i in 0..<count { worst = max(worst, abs(p[i] - ref[i])) }
-            }
-        }
-        #expect(worst < trajectoryTolerance, "final adapter max |Δ| = \(worst)")
+        try expectLossesMatch(trainer, expected, losses: "train.losses", lrs: "train.lr", steps: 20)
+        try expectTrainedTensorsMatch(adapter, expected, prefix: "train.final")
     }
 }
 
