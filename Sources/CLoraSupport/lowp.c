@@ -642,23 +642,24 @@ float *lb_thread_scratch(size_t count) {
     return s->p;
 }
 
+#if defined(__x86_64__)
+typedef void (*gemv_lowp_fn)(float *y, const float *x, const void *W, const uint16_t *d, int n, int ldw, int i0, int i1,
+                             int beta0);
+
+// The AVX-512 kernel among the three for `dtype`; NULL for F32 or without AVX-512.
+static gemv_lowp_fn avx512_kernel(int level, int dtype, gemv_lowp_fn bf16, gemv_lowp_fn f16, gemv_lowp_fn q8) {
+    if (level < LB_KERNELS_AVX512 || !lb_cpu_has_avx512()) return NULL;
+    return dtype == LB_DTYPE_BF16 ? bf16 : dtype == LB_DTYPE_F16 ? f16 : dtype == LB_DTYPE_Q8_0 ? q8 : NULL;
+}
+#endif
+
 void lb_gemv_cols_lowp(int level, int dtype, float *y, const float *x, const void *W, const uint16_t *d, int K, int ldw,
                        int n0, int n1, int beta0) {
 #if defined(__x86_64__)
-    if (level >= LB_KERNELS_AVX512 && lb_cpu_has_avx512()) {
-        switch (dtype) {
-        case LB_DTYPE_BF16:
-            lcols_bf16(y, x, W, d, K, ldw, n0, n1, beta0);
-            return;
-        case LB_DTYPE_F16:
-            lcols_f16(y, x, W, d, K, ldw, n0, n1, beta0);
-            return;
-        case LB_DTYPE_Q8_0:
-            lcols_q8(y, x, W, d, K, ldw, n0, n1, beta0);
-            return;
-        default:
-            break;
-        }
+    gemv_lowp_fn f = avx512_kernel(level, dtype, lcols_bf16, lcols_f16, lcols_q8);
+    if (f) {
+        f(y, x, W, d, K, ldw, n0, n1, beta0);
+        return;
     }
     if (level >= LB_KERNELS_AVX2 && dtype != LB_DTYPE_F32 && has_avx2_f16c()) {
         lcols_avx2(dtype, y, x, W, d, K, ldw, n0, n1, beta0);
@@ -688,20 +689,10 @@ void lb_gemv_rows_lowp(int level, int dtype, float *y, const float *x, const voi
         }
         return;
     }
-    if (level >= LB_KERNELS_AVX512 && lb_cpu_has_avx512()) {
-        switch (dtype) {
-        case LB_DTYPE_BF16:
-            lrows_bf16(y, x, W, d, C, ldw, r0, r1, beta0);
-            return;
-        case LB_DTYPE_F16:
-            lrows_f16(y, x, W, d, C, ldw, r0, r1, beta0);
-            return;
-        case LB_DTYPE_Q8_0:
-            lrows_q8(y, x, W, d, C, ldw, r0, r1, beta0);
-            return;
-        default:
-            break;
-        }
+    gemv_lowp_fn f = avx512_kernel(level, dtype, lrows_bf16, lrows_f16, lrows_q8);
+    if (f) {
+        f(y, x, W, d, C, ldw, r0, r1, beta0);
+        return;
     }
     if (level >= LB_KERNELS_AVX2 && dtype != LB_DTYPE_F32 && has_avx2_f16c()) {
         lrows_avx2(dtype, y, x, W, d, C, ldw, r0, r1, beta0);
