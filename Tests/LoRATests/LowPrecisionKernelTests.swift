@@ -192,4 +192,52 @@ import Testing
             }
         }
     }
+
+    /// Few-row products on tiles converted just before use equal the F32
+    /// few-row kernels on the whole dequantized weight, bit for bit, at every
+    /// level, in both layouts, over column or row windows and K not a
+    /// multiple of the tile (so each row's numbers are its decode result).
+    @Test func fewRowProductsOnTilesEqualTheDequantizedWeightsAtEveryLevel() {
+        var rng = SplitMix64(seed: 26)
+        let levels: [Int32] = [LB_KERNELS_BASELINE, LB_KERNELS_AVX2, LB_KERNELS_AVX512].filter { lb_kernels_for($0) != nil }
+        let M = 7
+        for (R, C) in [(130, 70), (9, 200)] {
+            let w = (0..<(R * C)).map { _ in (rng.nextFloat() - 0.5) * 0.4 }
+            for dtype in Self.dtypes {
+                for colsLayout in [true, false] {
+                    let s = store(dtype, w, rows: R, cols: C, colsLayout: colsLayout)
+                    for level in levels {
+                        for beta0: Int32 in [1, 0] {
+                            // Columns form: y[M, C] (+)= x[M, R] · W[R, C] over columns [3, C − 1).
+                            let xc = (0..<(M * R)).map { _ in rng.nextFloat() - 0.5 }
+                            let y0 = (0..<(M * C)).map { _ in rng.nextFloat() }
+                            var got = y0
+                            var want = y0
+                            s.raw.withUnsafeBytes {
+                                lb_gemm_cols_lowp_at(
+                                    level, dtype, colsLayout ? 1 : 0, &got, Int32(C), xc, Int32(R), Int32(M), $0.baseAddress, s.d,
+                                    Int32(R), Int32(C), 3, Int32(C - 1), beta0)
+                            }
+                            lb_gemm_cols_at(
+                                level, &want, Int32(C), xc, Int32(R), Int32(M), s.f32, Int32(R), Int32(C), 3, Int32(C - 1), beta0)
+                            #expect(got == want, "cols dtype \(dtype) layout \(colsLayout) level \(level) \(R)x\(C) beta0 \(beta0)")
+                            // Rows form: y[M, R] (+)= x[M, C] · W[R, C]ᵀ over rows [1, R), tiles of a few rows.
+                            let xr = (0..<(M * C)).map { _ in rng.nextFloat() - 0.5 }
+                            let z0 = (0..<(M * R)).map { _ in rng.nextFloat() }
+                            var gotR = z0
+                            var wantR = z0
+                            var tile = [Float](repeating: 0, count: 3 * C)
+                            s.raw.withUnsafeBytes {
+                                lb_gemm_rows_lowp_at(
+                                    level, dtype, colsLayout ? 1 : 0, &gotR, Int32(R), xr, Int32(C), Int32(M), $0.baseAddress, s.d,
+                                    Int32(C), 1, Int32(R), beta0, &tile, tile.count)
+                            }
+                            lb_gemm_rows_at(level, &wantR, Int32(R), xr, Int32(C), Int32(M), s.f32, Int32(C), Int32(C), 1, Int32(R), beta0)
+                            #expect(gotR == wantR, "rows dtype \(dtype) layout \(colsLayout) level \(level) \(R)x\(C) beta0 \(beta0)")
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -133,6 +133,15 @@ LB_HIDDEN void lb_dequant_panel(int dtype, int cols_layout, float *dst, int ldd,
 // The same at a given kernel level (tests compare every level).
 LB_HIDDEN void lb_dequant_panel_at(int level, int dtype, int cols_layout, float *dst, int ldd, const void *W,
                                    const uint16_t *d, int C, int r0, int r1, int c0, int c1);
+// lb_gemm_cols_at / lb_gemm_rows_at on a weight stored as dtype (cols_layout
+// as lb_dequant_panel's; the cols product's W is [K, ldw], the rows' [R, C]): the
+// same bits as those on the dequantized weight, converted a tile at a time
+// (rows: into `tile`, at least C floats).
+LB_HIDDEN void lb_gemm_cols_lowp_at(int level, int dtype, int cols_layout, float *y, int ldy, const float *x, int ldx,
+                                    int M, const void *W, const uint16_t *d, int K, int ldw, int n0, int n1, int beta0);
+LB_HIDDEN void lb_gemm_rows_lowp_at(int level, int dtype, int cols_layout, float *y, int ldy, const float *x, int ldx,
+                                    int M, const void *W, const uint16_t *d, int C, int r0, int r1, int beta0,
+                                    float *tile, size_t tileFloats);
 // A scratch area of at least `count` floats owned by the calling thread,
 // reused by its next call (grown when too small; freed when the thread
 // ends). NULL when out of memory. For the panels of the reduced-precision

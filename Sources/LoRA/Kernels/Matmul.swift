@@ -43,8 +43,10 @@ package func matmulForward(
 ///   OpenBLAS sgemm split across the workers beyond).
 /// - BF16/F16/Q8_0: at M = 1, when the product runs along the weight's input
 ///   dimension (forward), the dtype's GEMV (CLoraSupport/lowp.c: the F32
-///   kernel's result on the dequantized weight); otherwise panels of the
-///   weight converted to F32 in each worker's reused scratch, then sgemm.
+///   kernel's result on the dequantized weight); up to smallGemmRows rows,
+///   the few-row kernels on tiles converted just before use
+///   (gemm_small.c); otherwise panels of the weight converted to F32 in
+///   each worker's reused scratch, then sgemm.
 package func baseMatmul(
     transW: Bool, M: Int, N: Int, K: Int, A: ConstFloatPtr, lda: Int, W: BaseMatrix,
     beta: Float, C: FloatPtr, ldc: Int
@@ -91,30 +93,56 @@ private func lowpGemv(transW: Bool, x: ConstFloatPtr, W: BaseMatrix, beta0: Bool
     }
 }
 
-/// Floats of one worker's panel: 1 MiB, within L2 on both machines.
+/// Floats of a piece of a row longer than a panel (1 MiB), and the longest
+/// row the few-row tiles take.
 let panelFloats = 1 << 18
 /// Column panels for sgemm (many rows): 1024 columns × 512 rows, 2 MiB.
 /// OpenBLAS packs A again for every call, so wider panels mean fewer
 /// packings of A: LoRA training (4 × 256 rows) on a bf16 base went from
-/// 0.88 to 0.95–0.99 of F32's speed with them (256 × 1024 before); the
-/// few-row path keeps the 1 MiB panels.
+/// 0.88 to 0.95–0.99 of F32's speed with them (256 × 1024 before).
 let sgemmPanelColumns = 1024
 let sgemmPanelFloats = 1 << 19
 
-/// The panel path: each worker owns a range of outputs and converts the
-/// part of W they need, a panel at a time, into its thread's scratch (no
-/// allocation per call), then multiplies: up to smallGemmRows rows with the
-/// few-row kernels (each row then equals the decode kernel's result bit for
-/// bit, as for F32 weights, and OpenBLAS's packing is not paid for a few
-/// rows), more with sgemm. Each weight is converted once per call.
+/// Products on a reduced-precision weight: each worker owns a range of
+/// outputs. Up to smallGemmRows rows, the few-row kernels run on tiles of W
+/// converted just before use, with the next tile prefetched (each row then
+/// equals the decode kernel's result bit for bit, as for F32 weights, and
+/// OpenBLAS's packing is not paid for a few rows; 16 BF16 sequences in the
+/// engine: 315–326 tok/s with whole 1 MiB panels converted first, 397–420
+/// with the tiles). More rows: the part of W a worker needs is converted a
+/// panel at a time into its thread's scratch (no allocation per call), then
+/// multiplied by sgemm. Each weight is converted once per call.
 private func lowpPanelGemm(
     transW: Bool, M: Int, N: Int, K: Int, A: ConstFloatPtr, lda: Int, W: BaseMatrix,
     beta: Float, C: FloatPtr, ldc: Int
 ) {
     let fewRows = M <= smallGemmRows && (beta == 0 || beta == 1) && lb_gemv_available() != 0
     let minChunk = M * N * K >= parallelGemmWork ? 32 : .max
+    if fewRows && (!transW || K <= panelFloats) {
+        // The few-row kernels on tiles converted just before use (L1-sized
+        // for the columns form, a few rows of W for the rows form).
+        let level = lb_kernels_level()
+        let code = W.dtype.code
+        let layout: Int32 = W.inputAlongRows ? 1 : 0
+        let b0: Int32 = beta == 0 ? 1 : 0
+        parallelChunks(N, minChunk: minChunk, align: 32) { _, r in
+            if transW {
+                let tileFloats = max(K, 8 * 768)
+                withPanelScratch(tileFloats) { s in
+                    lb_gemm_rows_lowp_at(
+                        level, code, layout, C, Int32(ldc), A, Int32(lda), Int32(M), W.data, W.scales, Int32(K),
+                        Int32(r.lowerBound), Int32(r.upperBound), b0, s, tileFloats)
+                }
+            } else {
+                lb_gemm_cols_lowp_at(
+                    level, code, layout, C, Int32(ldc), A, Int32(lda), Int32(M), W.data, W.scales, Int32(K), Int32(W.cols),
+                    Int32(r.lowerBound), Int32(r.upperBound), b0)
+            }
+        }
+        return
+    }
     parallelChunks(N, minChunk: minChunk, align: 32) { _, r in
-        let floats = fewRows ? panelFloats : sgemmPanelFloats
+        let floats = sgemmPanelFloats
         withPanelScratch(floats) { s in
             if transW {
                 // C[:, n0..<n1] = A · W[n0..<n1, :]ᵀ, rows of W a panel at a time.
@@ -126,18 +154,13 @@ private func lowpPanelGemm(
                         for n in n0..<n0 + nb { rowTimesPanel(n, M: M, K: K, A: A, lda: lda, W: W, beta: beta, C: C, ldc: ldc, s: s) }
                     } else {
                         W.dequantize(into: s, ldd: K, rows: n0..<n0 + nb, cols: 0..<K)
-                        if fewRows {
-                            lb_gemm_rows(
-                                C + n0, Int32(ldc), A, Int32(lda), Int32(M), s, Int32(K), Int32(K), 0, Int32(nb), beta == 0 ? 1 : 0)
-                        } else {
-                            lb_sgemm(0, 1, Int32(M), Int32(nb), Int32(K), 1, A, Int32(lda), s, Int32(K), beta, C + n0, Int32(ldc))
-                        }
+                        lb_sgemm(0, 1, Int32(M), Int32(nb), Int32(K), 1, A, Int32(lda), s, Int32(K), beta, C + n0, Int32(ldc))
                     }
                     n0 += nb
                 }
             } else {
                 // C[:, n0..<n1] = Σ over row panels k of A[:, k] · W[k, n0..<n1].
-                let nbMax = fewRows ? 256 : sgemmPanelColumns
+                let nbMax = sgemmPanelColumns
                 let kbMax = max(1, floats / nbMax)
                 var n0 = r.lowerBound
                 while n0 < r.upperBound {
@@ -146,17 +169,9 @@ private func lowpPanelGemm(
                     while k0 < K {
                         let kb = min(kbMax, K - k0)
                         W.dequantize(into: s, ldd: nb, rows: k0..<k0 + kb, cols: n0..<n0 + nb)
-                        if fewRows {
-                            // One fused multiply-add per k in k order: continuing from C
-                            // panel after panel gives the whole product's bits.
-                            lb_gemm_cols(
-                                C + n0, Int32(ldc), A + k0, Int32(lda), Int32(M), s, Int32(kb), Int32(nb), 0, Int32(nb),
-                                k0 == 0 && beta == 0 ? 1 : 0)
-                        } else {
-                            lb_sgemm(
-                                0, 0, Int32(M), Int32(nb), Int32(kb), 1, A + k0, Int32(lda), s, Int32(nb), k0 == 0 ? beta : 1,
-                                C + n0, Int32(ldc))
-                        }
+                        lb_sgemm(
+                            0, 0, Int32(M), Int32(nb), Int32(kb), 1, A + k0, Int32(lda), s, Int32(nb), k0 == 0 ? beta : 1,
+                            C + n0, Int32(ldc))
                         k0 += kb
                     }
                     n0 += nb
