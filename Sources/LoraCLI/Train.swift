@@ -254,7 +254,7 @@ struct Train: ParsableCommand {
                 validation = s.validation
             }
         }
-        var tc = try optim.config(model: m, examples: trainSet.examples.count)
+        let tc = try optim.config(model: m, examples: trainSet.examples.count)
         let ckptDir = outputDir + "/checkpoints"
         var latest: String? = nil
         if resume {
