@@ -417,7 +417,7 @@ void lb_gemm_rows_at(int level, float *y, int ldy, const float *x, int ldx, int 
 // ---- the same on a reduced-precision weight (lowp.c's dtypes) -----------
 //
 // The weight is converted a tile at a time (64 columns × KB rows on the
-// stack; a few whole rows of W for the rows form) right before the rows use
+// stack; a few whole rows of W, in the caller's scratch, for the rows form) right before the rows use
 // it, and the F32 kernels above run on the tile: the same values in the
 // same order as on the whole dequantized weight, so the same bits (and each
 // row equals the dtype's decode kernel, which equals the F32 one on the
@@ -426,7 +426,7 @@ void lb_gemm_rows_at(int level, float *y, int ldy, const float *x, int ldx, int 
 // multiplying them from L2 ran 16 BF16 sequences at 315–326 tok/s, tiles
 // without the prefetch at 307–319, with it at 397–420 (Intel Emerald Rapids).
 
-enum { LOWP_TILE_COLS = 64, LOWP_TILE_ROWS = 8 };
+enum { LOWP_TILE_COLS = 64 };
 
 // Prefetches rows [k0, k0 + kb) × LOWP_TILE_COLS columns from j of a
 // row-major weight of `es`-byte values and row length ldw.
@@ -465,8 +465,8 @@ void lb_gemm_rows_lowp_at(int level, int dtype, int cols_layout, float *y, int l
                           const void *W, const uint16_t *d, int C, int r0, int r1, int beta0, float *tile,
                           size_t tileFloats) {
     if (M <= 0 || r1 <= r0 || C <= 0 || tileFloats < (size_t)C) return;
-    // A few whole rows at a time (8 of the LM head's 768 values: 24 KiB).
-    size_t fit = tileFloats / (size_t)C, want = (size_t)LOWP_TILE_ROWS * 768 / (size_t)C;
+    // A few whole rows at a time, 24 KiB (8 of the LM head's 768 values).
+    size_t fit = tileFloats / (size_t)C, want = (size_t)LB_ROWS_TILE_FLOATS / (size_t)C;
     int rows = (int)(want < 1 ? 1 : want < fit ? want : fit);
     for (int r = r0; r < r1; r += rows) {
         int n = r1 - r < rows ? r1 - r : rows;

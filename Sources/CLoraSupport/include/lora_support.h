@@ -136,7 +136,8 @@ LB_HIDDEN void lb_dequant_panel_at(int level, int dtype, int cols_layout, float 
 // lb_gemm_cols_at / lb_gemm_rows_at on a weight stored as dtype (cols_layout
 // as lb_dequant_panel's; the cols product's W is [K, ldw], the rows' [R, C]): the
 // same bits as those on the dequantized weight, converted a tile at a time
-// (rows: into `tile`, at least C floats).
+// (rows: into `tile`, at least C floats; up to LB_ROWS_TILE_FLOATS are used).
+#define LB_ROWS_TILE_FLOATS 6144
 LB_HIDDEN void lb_gemm_cols_lowp_at(int level, int dtype, int cols_layout, float *y, int ldy, const float *x, int ldx,
                                     int M, const void *W, const uint16_t *d, int K, int ldw, int n0, int n1, int beta0);
 LB_HIDDEN void lb_gemm_rows_lowp_at(int level, int dtype, int cols_layout, float *y, int ldy, const float *x, int ldx,

@@ -4,7 +4,7 @@ import CLoraSupport
 // forward and backward.
 
 /// Query rows per block: blocks skip the keys their causal mask hides.
-package let attentionBlock = 64
+let attentionBlock = 64
 
 /// out[T, hd] (row stride ldo) = softmax(scale · q[T, hd] · k[L, hd]ᵀ, causal + key mask) · v[L, hd]
 /// Query i sits at absolute position past + i and sees keys j ≤ past + i whose

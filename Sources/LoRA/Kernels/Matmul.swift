@@ -127,7 +127,7 @@ private func lowpPanelGemm(
         let b0: Int32 = beta == 0 ? 1 : 0
         parallelChunks(N, minChunk: minChunk, align: 32) { _, r in
             if transW {
-                let tileFloats = max(K, 8 * 768)
+                let tileFloats = max(K, Int(LB_ROWS_TILE_FLOATS))
                 withPanelScratch(tileFloats) { s in
                     lb_gemm_rows_lowp_at(
                         level, code, layout, C, Int32(ldc), A, Int32(lda), Int32(M), W.data, W.scales, Int32(K),
