@@ -85,7 +85,7 @@ struct MachineBound {
         let hd: Int
         init(T: Int, hd: Int) throws {
             vectors = try FloatBlock(count: 8 * T * hd + T)
-            squares = try FloatBlock(count: 2 * T * T)
+            squares = try FloatBlock(count: max(2 * T * T, attentionBackwardScratch(T: T, L: T, hd: hd)))
             for b in [vectors, squares] { for i in 0..<b.count { b.base[i] = Float(i % 7) * 0.01 } }
             self.T = T
             self.hd = hd

@@ -242,19 +242,72 @@ private func expectGradient(
 
     /// The model's layout: q, k, v of head `h` interleaved in a qkv buffer of
     /// row stride 3C, the output in an [T, C] buffer; past = 0 as in training.
+    /// Both product paths: attention.c's kernels (where the CPU has AVX-512)
+    /// and sgemm with the few-row kernels.
     @Test(arguments: [1, 7, 64, 65, 130], [false, true])
     func attentionBackwardMatchesFiniteDifferences(T: Int, scaled: Bool) throws {
-        try checkAttentionBackward(T: T, past: 0, scaled: scaled, masked: false)
+        for own in Set([false, attentionKernel]) {
+            try checkAttentionBackward(T: T, past: 0, scaled: scaled, masked: false, ownKernel: own)
+        }
     }
 
     /// Beyond training's use: cached keys before the queries, and a key mask
     /// (backward recomputes the weights with the same mask).
     @Test(arguments: [(3, 2), (70, 5)])
     func attentionBackwardWithPastAndMask(T: Int, past: Int) throws {
-        try checkAttentionBackward(T: T, past: past, scaled: true, masked: true)
+        for own in Set([false, attentionKernel]) {
+            try checkAttentionBackward(T: T, past: past, scaled: true, masked: true, ownKernel: own)
+        }
     }
 
-    private func checkAttentionBackward(T: Int, past: Int, scaled: Bool, masked: Bool) throws {
+    /// attention.c's kernels against the sgemm path on GPT-2's head size
+    /// (64) and on one wider than a tile (80: two column tiles, two k-blocks):
+    /// outputs, log-sum-exps and all three gradients agree within 2e-5
+    /// (relative to the largest entry; F32 sums of up to 130 terms in a
+    /// different order), with keys from a cache (past), a key mask, and
+    /// operands at GPT-2's strides.
+    @Test(arguments: [64, 80], [(2, 0), (64, 0), (130, 0), (9, 37), (70, 5)])
+    func attentionKernelAgreesWithTheSgemmPath(hd: Int, shape: (Int, Int)) throws {
+        try BLAS.load()
+        guard attentionKernel else { return }
+        let (T, past) = shape
+        let L = past + T
+        let H = 3
+        let C = H * hd
+        let h = 1
+        var rng = SplitMix64(seed: 0x6b65_726e &+ UInt64(hd * 1000 + T * 7 + past))
+        let qkv = Buffer(gaussian(L * 3 * C, &rng))
+        let dout = Buffer(gaussian(T * C, &rng))
+        let mask: Buffer? = past > 0 ? Buffer((0..<L).map { $0 % 4 == 2 ? 0 : 1 }) : nil
+        let qOff = past * 3 * C + h * hd
+        let kOff = C + h * hd
+        let vOff = 2 * C + h * hd
+        func run(_ own: Bool) -> (out: [Float], lse: [Float], grad: [Float]) {
+            let out = Buffer(count: T * C)
+            let probs = Buffer(count: T * L, value: 7)
+            let lse = Buffer(count: T)
+            let dqkv = Buffer(count: L * 3 * C)
+            let scratch = Buffer(count: attentionBackwardScratch(T: T, L: L, hd: hd), value: 1e3)
+            let keyMask = mask.map { UnsafePointer($0.p) }
+            attentionForward(
+                out: out.p + h * hd, ldo: C, probs: probs.p, q: qkv.p + qOff, ldq: 3 * C, k: qkv.p + kOff, ldk: 3 * C,
+                v: qkv.p + vOff, ldv: 3 * C, T: T, L: L, past: past, hd: hd, scale: 0.125, keyMask: keyMask, lse: lse.p,
+                ownKernel: own)
+            attentionBackward(
+                dq: dqkv.p + qOff, ldq: 3 * C, dk: dqkv.p + kOff, dv: dqkv.p + vOff, ldk: 3 * C, scratch: scratch.p,
+                dout: dout.p + h * hd, ldo: C, lse: lse.p, q: qkv.p + qOff, k: qkv.p + kOff, v: qkv.p + vOff, T: T, L: L,
+                past: past, hd: hd, scale: 0.125, keyMask: keyMask, ownKernel: own)
+            return (out.values, lse.values, dqkv.values)
+        }
+        let (a, b) = (run(true), run(false))
+        for (name, x, y) in [("out", a.out, b.out), ("lse", a.lse, b.lse), ("dqkv", a.grad, b.grad)] {
+            let peak = y.map { abs($0) }.max() ?? 0
+            let worst = zip(x, y).map { abs($0 - $1) }.max() ?? 0
+            #expect(peak > 0 && worst <= 2e-5 * max(1, peak), "hd=\(hd) T=\(T) past=\(past) \(name): \(worst) (peak \(peak))")
+        }
+    }
+
+    private func checkAttentionBackward(T: Int, past: Int, scaled: Bool, masked: Bool, ownKernel: Bool) throws {
         try BLAS.load()
         var rng = SplitMix64(seed: 0x6174_746e &+ UInt64(T * 131 + past * 7) &+ (scaled ? 1 : 0))
         let H = 2
@@ -278,7 +331,7 @@ private func expectGradient(
                 out: out.p + h * hd, ldo: C, probs: probs.p,
                 q: qkv.p + qOff, ldq: 3 * C, k: qkv.p + kOff, ldk: 3 * C, v: qkv.p + vOff, ldv: 3 * C,
                 T: T, L: L, past: past, hd: hd, scale: scale, keyMask: mask.map { UnsafePointer($0.p) },
-                lse: lse.p)
+                lse: lse.p, ownKernel: ownKernel)
         }
         func loss() -> Double {
             forward()
@@ -294,12 +347,12 @@ private func expectGradient(
         let dout = Buffer(doutValues)
         let dqkv0 = gaussian(L * 3 * C, &rng)
         let dqkv = Buffer(dqkv0)
-        let scratch = Buffer(count: attentionBackwardScratch(T: T, L: L), value: 1e3)  // stale contents must not matter
+        let scratch = Buffer(count: attentionBackwardScratch(T: T, L: L, hd: hd), value: 1e3)  // stale contents must not matter
         attentionBackward(
             dq: dqkv.p + qOff, ldq: 3 * C, dk: dqkv.p + kOff, dv: dqkv.p + vOff, ldk: 3 * C,
             scratch: scratch.p, dout: dout.p + h * hd, ldo: C, lse: lse.p,
             q: qkv.p + qOff, k: qkv.p + kOff, v: qkv.p + vOff,
-            T: T, L: L, past: past, hd: hd, scale: scale, keyMask: mask.map { UnsafePointer($0.p) })
+            T: T, L: L, past: past, hd: hd, scale: scale, keyMask: mask.map { UnsafePointer($0.p) }, ownKernel: ownKernel)
         let grad = added(dqkv, dqkv0)
 
         func entries(_ off: Int, rows: Int) -> [Int] {
@@ -308,7 +361,7 @@ private func expectGradient(
         let qs = entries(qOff, rows: T)
         let ks = entries(kOff, rows: L)
         let vs = entries(vOff, rows: L)
-        let label = "T=\(T) past=\(past) scale=\(scale)\(masked ? " masked" : "")"
+        let label = "T=\(T) past=\(past) scale=\(scale)\(masked ? " masked" : "")\(ownKernel ? " own kernel" : "")"
         // A single visible key has probability 1 whatever q and k are.
         let oneKey = L == 1
         expectGradient("dq \(label)", qkv, at: sample(qs, &rng), analytic: grad, vanishes: oneKey, loss: loss)

@@ -6,6 +6,29 @@ import CLoraSupport
 /// Query rows per block: blocks skip the keys their causal mask hides.
 let attentionBlock = 64
 
+/// Whether attention runs its products on liblora's own kernels
+/// (CLoraSupport/attention.c: AVX-512) rather than on sgemm and the few-row
+/// kernels. Both paths give the same results within rounding; forward and
+/// backward always take the same one (T > 1), so backward's recomputed
+/// scores equal the forward's bit for bit.
+package let attentionKernel = lb_attn_available() != 0
+
+/// A row stride of at least n floats that is not a multiple of 4 KiB's
+/// worth: the kernels read 64 rows at a time down such a column, and rows
+/// 4 KiB apart would share one set of the L1 cache.
+@inline(__always)
+func attentionPaddedStride(_ n: Int) -> Int { (n + 15) / 16 * 16 + 16 }
+
+/// s[rows, keys] (row stride ld) = scale · q[rows, hd] · kᵀ, with kᵀ given as [hd, ldt]:
+/// the same kernel and order in forward and backward.
+@inline(__always)
+func attentionScores(
+    _ s: FloatPtr, ld: Int, q: ConstFloatPtr, ldq: Int, rows: Int, kt: ConstFloatPtr, ldt: Int, keys: Int, hd: Int,
+    scale: Float
+) {
+    lb_attn_gemm(s, Int32(ld), q, ldq, 1, Int32(rows), kt, Int32(ldt), Int32(hd), Int32(keys), 1, scale)
+}
+
 /// out[T, hd] (row stride ldo) = softmax(scale · q[T, hd] · k[L, hd]ᵀ, causal + key mask) · v[L, hd]
 /// Query i sits at absolute position past + i and sees keys j ≤ past + i whose
 /// keyMask[j] is non-zero (keyMask nil: all keys). probs[T, L] receives the
@@ -17,7 +40,7 @@ package func attentionForward(
     out: FloatPtr, ldo: Int, probs: FloatPtr,
     q: ConstFloatPtr, ldq: Int, k: ConstFloatPtr, ldk: Int, v: ConstFloatPtr, ldv: Int,
     T: Int, L: Int, past: Int, hd: Int, scale: Float, keyMask: ConstFloatPtr?,
-    lse: FloatPtr? = nil
+    lse: FloatPtr? = nil, ownKernel: Bool = attentionKernel
 ) {
     if T == 1 {
         // scale on q (hd values): liblora's matrix–vector kernels take alpha = 1 only.
@@ -27,6 +50,31 @@ package func attentionForward(
         }
         attentionSoftmaxRows(probs: probs, rows: 0..<1, L: L, past: past, keyMask: keyMask, lse: lse)
         gemv(transA: true, rows: L, cols: hd, alpha: 1, A: v, lda: ldv, x: probs, beta: 0, y: out)
+        return
+    }
+    if ownKernel && T > 1 {
+        // Kᵀ [hd, ldt] and V [L, hd] contiguous in the thread's scratch.
+        let ldt = attentionPaddedStride(L)
+        withPanelScratch(hd * ldt + (ldv == hd ? 0 : L * hd)) { scratch in
+            let kt = scratch
+            lb_attn_transpose(kt, Int32(ldt), k, Int32(ldk), Int32(L), Int32(hd))
+            var vc = v
+            if ldv != hd {
+                let copy = scratch + hd * ldt
+                for j in 0..<L { (copy + j * hd).update(from: v + j * ldv, count: hd) }
+                vc = UnsafePointer(copy)
+            }
+            var i0 = 0
+            while i0 < T {
+                let i1 = min(T, i0 + attentionBlock)
+                let keys = min(L, past + i1)
+                attentionScores(
+                    probs + i0 * L, ld: L, q: q + i0 * ldq, ldq: ldq, rows: i1 - i0, kt: kt, ldt: ldt, keys: keys, hd: hd, scale: scale)
+                attentionSoftmaxRows(probs: probs, rows: i0..<i1, L: L, past: past, keyMask: keyMask, lse: lse)
+                lb_attn_gemm(out + i0 * ldo, Int32(ldo), probs + i0 * L, L, 1, Int32(i1 - i0), vc, Int32(hd), Int32(keys), Int32(hd), 1, 1)
+                i0 = i1
+            }
+        }
         return
     }
     var i0 = 0
@@ -59,8 +107,13 @@ func attentionSoftmaxRows(probs: FloatPtr, rows: Range<Int>, L: Int, past: Int, 
     }
 }
 
-/// The scratch attentionBackward needs: two blocks of rows of scores.
-package func attentionBackwardScratch(T: Int, L: Int) -> Int { 2 * min(T, attentionBlock) * L }
+/// The scratch attentionBackward needs: two blocks of rows of scores (and
+/// with attentionKernel: Kᵀ, Vᵀ, contiguous K and one block of Q and dO).
+package func attentionBackwardScratch(T: Int, L: Int, hd: Int) -> Int {
+    guard attentionKernel && T > 1 else { return 2 * min(T, attentionBlock) * L }
+    let ld = attentionPaddedStride(L)
+    return 2 * min(T, attentionBlock) * ld + 2 * hd * ld + L * hd + 2 * attentionBlock * hd
+}
 
 /// Attention backward for one (batch row, head), the inverse of attentionForward.
 /// Accumulates dq[T, hd], dk[L, hd], dv[L, hd] (strided). The attention
@@ -71,8 +124,14 @@ package func attentionBackward(
     dq: FloatPtr, ldq: Int, dk: FloatPtr, dv: FloatPtr, ldk: Int, scratch: FloatPtr,
     dout: ConstFloatPtr, ldo: Int, lse: ConstFloatPtr,
     q: ConstFloatPtr, k: ConstFloatPtr, v: ConstFloatPtr,
-    T: Int, L: Int, past: Int, hd: Int, scale: Float, keyMask: ConstFloatPtr?
+    T: Int, L: Int, past: Int, hd: Int, scale: Float, keyMask: ConstFloatPtr?, ownKernel: Bool = attentionKernel
 ) {
+    if ownKernel && T > 1 {
+        attentionBackwardOwn(
+            dq: dq, ldq: ldq, dk: dk, dv: dv, ldk: ldk, scratch: scratch, dout: dout, ldo: ldo, lse: lse, q: q, k: k, v: v, T: T,
+            L: L, past: past, hd: hd, scale: scale, keyMask: keyMask)
+        return
+    }
     let P = scratch
     let dP = scratch + min(T, attentionBlock) * L
     var i0 = 0
@@ -125,6 +184,65 @@ package func attentionBackward(
         gemm(
             transA: true, transB: false, M: keys, N: hd, K: rows, alpha: 1, A: dP, lda: L, B: q + i0 * ldq, ldb: ldq,
             beta: 1, C: dk, ldc: ldk)
+        i0 = i1
+    }
+}
+
+/// attentionBackward on attention.c's kernels: every product reads its
+/// operands from contiguous copies or transposes (no 4 KiB-strided columns).
+private func attentionBackwardOwn(
+    dq: FloatPtr, ldq: Int, dk: FloatPtr, dv: FloatPtr, ldk: Int, scratch: FloatPtr,
+    dout: ConstFloatPtr, ldo: Int, lse: ConstFloatPtr,
+    q: ConstFloatPtr, k: ConstFloatPtr, v: ConstFloatPtr,
+    T: Int, L: Int, past: Int, hd: Int, scale: Float, keyMask: ConstFloatPtr?
+) {
+    let ld = attentionPaddedStride(L)
+    let blockRows = min(T, attentionBlock)
+    let P = scratch
+    let dP = P + blockRows * ld
+    let kt = dP + blockRows * ld
+    let vt = kt + hd * ld
+    let kc = vt + hd * ld
+    let qb = kc + L * hd
+    let dob = qb + attentionBlock * hd
+    lb_attn_transpose(kt, Int32(ld), k, Int32(ldk), Int32(L), Int32(hd))
+    lb_attn_transpose(vt, Int32(ld), v, Int32(ldk), Int32(L), Int32(hd))
+    for j in 0..<L { (kc + j * hd).update(from: k + j * ldk, count: hd) }
+    let h = Int32(hd)
+    var i0 = 0
+    while i0 < T {
+        let i1 = min(T, i0 + attentionBlock)
+        let rows = i1 - i0
+        let keys = min(L, past + i1)
+        // P = exp(scale · Q·Kᵀ − lse) on the visible keys, zeros elsewhere.
+        attentionScores(P, ld: ld, q: q + i0 * ldq, ldq: ldq, rows: rows, kt: kt, ldt: ld, keys: keys, hd: hd, scale: scale)
+        for i in 0..<rows {
+            let row = P + i * ld
+            let visible = min(past + i0 + i + 1, L)
+            let c = lse[i0 + i]
+            if c == -.infinity {
+                row.update(repeating: 0, count: keys)
+                continue
+            }
+            if let keyMask {
+                for j in 0..<visible where keyMask[j] == 0 { row[j] = -.infinity }
+            }
+            lb_exp_shift(row, Int32(visible), c)
+            if visible < keys { (row + visible).update(repeating: 0, count: keys - visible) }
+        }
+        for i in 0..<rows {
+            (qb + i * hd).update(from: q + (i0 + i) * ldq, count: hd)
+            (dob + i * hd).update(from: dout + (i0 + i) * ldo, count: hd)
+        }
+        // dV[keys] += Pᵀ · dO
+        lb_attn_gemm(dv, Int32(ldk), P, 1, ld, Int32(keys), dob, h, Int32(rows), h, 0, 1)
+        // dP = dO · Vᵀ
+        lb_attn_gemm(dP, Int32(ld), dob, hd, 1, Int32(rows), vt, Int32(ld), h, Int32(keys), 1, 1)
+        // dS = P ⊙ (dP − Σ_j P·dP) · scale
+        for i in 0..<rows { lb_softmax_backward(dP + i * ld, P + i * ld, Int32(keys), scale) }
+        // dQ += dS · K ;  dK[keys] += dSᵀ · Q
+        lb_attn_gemm(dq + i0 * ldq, Int32(ldq), dP, ld, 1, Int32(rows), kc, h, Int32(keys), h, 0, 1)
+        lb_attn_gemm(dk, Int32(ldk), dP, 1, ld, Int32(keys), qb, h, Int32(rows), h, 0, 1)
         i0 = i1
     }
 }

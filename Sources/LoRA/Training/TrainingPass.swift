@@ -113,7 +113,7 @@ final class TrainingPass {
         let stored = checkpointing ? (c.nLayer + 1) * n * C + perLayerFull : n * C + c.nLayer * perLayerFull
         store = try FloatBlock(count: stored + n * C /*proj*/ + n * C + 2 * n /*lnf*/)
         let slots = max(1, min(computeThreads, 16))
-        let slotSize = max(block * block, attentionBackwardScratch(T: block, L: block))
+        let slotSize = max(block * block, attentionBackwardScratch(T: block, L: block, hd: c.headDim))
         let scratch = try FloatBlock(count: slots * slotSize)
         attnSlots = slots; attnSlotSize = slotSize; attnScratch = scratch
         var p = store.base
