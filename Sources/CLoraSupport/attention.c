@@ -10,7 +10,9 @@
 // products Pᵀ·dO and dSᵀ·Q need) and W is row-major. Tiles of 6 rows × 64
 // columns keep 24 accumulators in registers; each output's sum is one
 // fused multiply-add per k in k order, whatever the blocking, so a score
-// recomputed in backward equals the forward's bit for bit.
+// recomputed in backward equals the forward's bit for bit. The causal
+// mask's zeros are skipped: outputs no row needs, and terms whose x is a
+// masked zero (adding +0 changes no finite sum).
 #include "lora_support.h"
 
 #include <immintrin.h>
@@ -100,7 +102,7 @@ static T512 void att_tile_any(float *y, int ldy, const float *x, ptrdiff_t sxm, 
 }
 
 static T512 void att_gemm_avx512(float *y, int ldy, const float *x, ptrdiff_t sxm, ptrdiff_t sxk, int M, const float *W,
-                                 int ldw, int K, int N, int beta0, float alpha) {
+                                 int ldw, int K, int N, int beta0, float alpha, int causal, ptrdiff_t diag) {
     for (int j = 0; j < N; j += 64) {
         int width = N - j < 64 ? N - j : 64;
         int NV = (width + 15) / 16;
@@ -108,10 +110,26 @@ static T512 void att_gemm_avx512(float *y, int ldy, const float *x, ptrdiff_t sx
         __mmask16 last = (__mmask16)(rem == 16 ? 0xFFFF : (1u << rem) - 1);
         for (int k0 = 0; k0 < K; k0 += ATT_KB) {
             int k1 = k0 + ATT_KB < K ? k0 + ATT_KB : K;
+            int fromZero = k0 == 0 && beta0;
             for (int m = 0; m < M; m += 6) {
                 int G = M - m < 6 ? M - m : 6;
-                att_tile_any(y + (size_t)m * ldy, ldy, x + m * sxm, sxm, sxk, G, NV, last, W, ldw, k0, k1, j,
-                             k0 == 0 && beta0, k1 == K && alpha != 1.0f, alpha);
+                int nv = NV, ka = k0, kz = k1;
+                __mmask16 lm = last;
+                if (causal == LB_ATTN_CAUSAL_COLS) {
+                    // Whole vectors up to the group's last needed column.
+                    ptrdiff_t need = diag + m + G - j;
+                    if (need <= 0) continue;
+                    if (need <= 16 * (ptrdiff_t)(NV - 1)) nv = (int)((need + 15) / 16), lm = 0xFFFF;
+                } else if (causal == LB_ATTN_CAUSAL_K_UPTO) {
+                    ptrdiff_t end = diag + m + G;
+                    if (end < kz) kz = end > ka ? (int)end : ka;
+                } else if (causal == LB_ATTN_CAUSAL_K_FROM) {
+                    ptrdiff_t start = m - diag;
+                    if (start > ka) ka = start < kz ? (int)start : kz;
+                }
+                if (ka == kz && !fromZero) continue;
+                att_tile_any(y + (size_t)m * ldy, ldy, x + m * sxm, sxm, sxk, G, nv, lm, W, ldw, ka, kz, j, fromZero,
+                             k1 == K && alpha != 1.0f, alpha);
             }
         }
     }
@@ -142,10 +160,10 @@ int lb_attn_available(void) {
 }
 
 void lb_attn_gemm(float *y, int ldy, const float *x, ptrdiff_t sxm, ptrdiff_t sxk, int M, const float *W, int ldw,
-                  int K, int N, int beta0, float alpha) {
+                  int K, int N, int beta0, float alpha, int causal, ptrdiff_t diag) {
 #if defined(__x86_64__)
     if (M > 0 && N > 0 && K > 0 && lb_cpu_has_avx512())
-        att_gemm_avx512(y, ldy, x, sxm, sxk, M, W, ldw, K, N, beta0, alpha);
+        att_gemm_avx512(y, ldy, x, sxm, sxk, M, W, ldw, K, N, beta0, alpha, causal, diag);
 #endif
 }
 

@@ -147,10 +147,19 @@ LB_HIDDEN void lb_gemm_rows_lowp_at(int level, int dtype, int cols_layout, float
 // says whether the CPU runs them. y[m·ldy + n] = alpha · (y0 + Σ_k x[m·sxm +
 // k·sxk] · W[k·ldw + n]) for m < M, n < N, k < K (K > 0), y0 = 0 when beta0,
 // else y (then alpha must be 1). Each sum is one fused multiply-add per k in
-// k order.
+// k order. `causal` skips a causal mask's work, row m of the scores sitting
+// at position diag + m:
+// - LB_ATTN_CAUSAL_COLS: row m needs only columns n ≤ diag + m (the scores);
+//   the rest of its row is left undefined.
+// - LB_ATTN_CAUSAL_K_UPTO: x(m, k) is 0 for k > diag + m (weights · V).
+// - LB_ATTN_CAUSAL_K_FROM: x(m, k) is 0 for k < m − diag (weightsᵀ · dO).
+#define LB_ATTN_CAUSAL_NONE   0
+#define LB_ATTN_CAUSAL_COLS   1
+#define LB_ATTN_CAUSAL_K_UPTO 2
+#define LB_ATTN_CAUSAL_K_FROM 3
 LB_HIDDEN int lb_attn_available(void);
 LB_HIDDEN void lb_attn_gemm(float *y, int ldy, const float *x, ptrdiff_t sxm, ptrdiff_t sxk, int M, const float *W,
-                            int ldw, int K, int N, int beta0, float alpha);
+                            int ldw, int K, int N, int beta0, float alpha, int causal, ptrdiff_t diag);
 // dst[c·ldd + r] = src[r·lds + c] for r < rows, c < cols.
 LB_HIDDEN void lb_attn_transpose(float *dst, int ldd, const float *src, int lds, int rows, int cols);
 // A scratch area of at least `count` floats owned by the calling thread,

@@ -19,14 +19,16 @@ package let attentionKernel = lb_attn_available() != 0
 @inline(__always)
 func attentionPaddedStride(_ n: Int) -> Int { (n + 15) / 16 * 16 + 16 }
 
-/// s[rows, keys] (row stride ld) = scale · q[rows, hd] · kᵀ, with kᵀ given as [hd, ldt]:
-/// the same kernel and order in forward and backward.
+/// s[rows, keys] (row stride ld) = scale · q[rows, hd] · kᵀ, with kᵀ given as [hd, ldt],
+/// for the keys each row sees (row i: keys ≤ first + i; the rest of a row
+/// is left undefined): the same kernel and order in forward and backward.
 @inline(__always)
 func attentionScores(
     _ s: FloatPtr, ld: Int, q: ConstFloatPtr, ldq: Int, rows: Int, kt: ConstFloatPtr, ldt: Int, keys: Int, hd: Int,
-    scale: Float
+    scale: Float, first: Int
 ) {
-    lb_attn_gemm(s, Int32(ld), q, ldq, 1, Int32(rows), kt, Int32(ldt), Int32(hd), Int32(keys), 1, scale)
+    lb_attn_gemm(
+        s, Int32(ld), q, ldq, 1, Int32(rows), kt, Int32(ldt), Int32(hd), Int32(keys), 1, scale, LB_ATTN_CAUSAL_COLS, first)
 }
 
 /// out[T, hd] (row stride ldo) = softmax(scale · q[T, hd] · k[L, hd]ᵀ, causal + key mask) · v[L, hd]
@@ -69,9 +71,12 @@ package func attentionForward(
                 let i1 = min(T, i0 + attentionBlock)
                 let keys = min(L, past + i1)
                 attentionScores(
-                    probs + i0 * L, ld: L, q: q + i0 * ldq, ldq: ldq, rows: i1 - i0, kt: kt, ldt: ldt, keys: keys, hd: hd, scale: scale)
+                    probs + i0 * L, ld: L, q: q + i0 * ldq, ldq: ldq, rows: i1 - i0, kt: kt, ldt: ldt, keys: keys, hd: hd, scale: scale,
+                    first: past + i0)
                 attentionSoftmaxRows(probs: probs, rows: i0..<i1, L: L, past: past, keyMask: keyMask, lse: lse)
-                lb_attn_gemm(out + i0 * ldo, Int32(ldo), probs + i0 * L, L, 1, Int32(i1 - i0), vc, Int32(hd), Int32(keys), Int32(hd), 1, 1)
+                lb_attn_gemm(
+                    out + i0 * ldo, Int32(ldo), probs + i0 * L, L, 1, Int32(i1 - i0), vc, Int32(hd), Int32(keys), Int32(hd), 1, 1,
+                    LB_ATTN_CAUSAL_K_UPTO, past + i0)
                 i0 = i1
             }
         }
@@ -215,7 +220,8 @@ private func attentionBackwardOwn(
         let rows = i1 - i0
         let keys = min(L, past + i1)
         // P = exp(scale · Q·Kᵀ − lse) on the visible keys, zeros elsewhere.
-        attentionScores(P, ld: ld, q: q + i0 * ldq, ldq: ldq, rows: rows, kt: kt, ldt: ld, keys: keys, hd: hd, scale: scale)
+        let first = past + i0
+        attentionScores(P, ld: ld, q: q + i0 * ldq, ldq: ldq, rows: rows, kt: kt, ldt: ld, keys: keys, hd: hd, scale: scale, first: first)
         for i in 0..<rows {
             let row = P + i * ld
             let visible = min(past + i0 + i + 1, L)
@@ -235,14 +241,19 @@ private func attentionBackwardOwn(
             (dob + i * hd).update(from: dout + (i0 + i) * ldo, count: hd)
         }
         // dV[keys] += Pᵀ · dO
-        lb_attn_gemm(dv, Int32(ldk), P, 1, ld, Int32(keys), dob, h, Int32(rows), h, 0, 1)
+        lb_attn_gemm(dv, Int32(ldk), P, 1, ld, Int32(keys), dob, h, Int32(rows), h, 0, 1, LB_ATTN_CAUSAL_K_FROM, first)
         // dP = dO · Vᵀ
-        lb_attn_gemm(dP, Int32(ld), dob, hd, 1, Int32(rows), vt, Int32(ld), h, Int32(keys), 1, 1)
-        // dS = P ⊙ (dP − Σ_j P·dP) · scale
-        for i in 0..<rows { lb_softmax_backward(dP + i * ld, P + i * ld, Int32(keys), scale) }
+        lb_attn_gemm(dP, Int32(ld), dob, hd, 1, Int32(rows), vt, Int32(ld), h, Int32(keys), 1, 1, LB_ATTN_CAUSAL_COLS, first)
+        // dS = P ⊙ (dP − Σ_j P·dP) · scale on the visible keys (dP is
+        // undefined beyond them), zeros up to `keys`.
+        for i in 0..<rows {
+            let visible = min(first + i + 1, keys)
+            lb_softmax_backward(dP + i * ld, P + i * ld, Int32(visible), scale)
+            if visible < keys { (dP + i * ld + visible).update(repeating: 0, count: keys - visible) }
+        }
         // dQ += dS · K ;  dK[keys] += dSᵀ · Q
-        lb_attn_gemm(dq + i0 * ldq, Int32(ldq), dP, ld, 1, Int32(rows), kc, h, Int32(keys), h, 0, 1)
-        lb_attn_gemm(dk, Int32(ldk), dP, 1, ld, Int32(keys), qb, h, Int32(rows), h, 0, 1)
+        lb_attn_gemm(dq + i0 * ldq, Int32(ldq), dP, ld, 1, Int32(rows), kc, h, Int32(keys), h, 0, 1, LB_ATTN_CAUSAL_K_UPTO, first)
+        lb_attn_gemm(dk, Int32(ldk), dP, 1, ld, Int32(keys), qb, h, Int32(rows), h, 0, 1, LB_ATTN_CAUSAL_K_FROM, first)
         i0 = i1
     }
 }
