@@ -127,9 +127,10 @@ static T512 void att_gemm_avx512(float *y, int ldy, const float *x, ptrdiff_t sx
                     ptrdiff_t start = m - diag;
                     if (start > ka) ka = start < kz ? (int)start : kz;
                 }
-                if (ka == kz && !fromZero) continue;
+                int finish = k1 == K && alpha != 1.0f;
+                if (ka == kz && !fromZero && !finish) continue;
                 att_tile_any(y + (size_t)m * ldy, ldy, x + m * sxm, sxm, sxk, G, nv, lm, W, ldw, ka, kz, j, fromZero,
-                             k1 == K && alpha != 1.0f, alpha);
+                             finish, alpha);
             }
         }
     }

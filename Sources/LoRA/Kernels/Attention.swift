@@ -17,7 +17,10 @@ package let attentionKernel = lb_attn_available() != 0
 /// worth: the kernels read 64 rows at a time down such a column, and rows
 /// 4 KiB apart would share one set of the L1 cache.
 @inline(__always)
-func attentionPaddedStride(_ n: Int) -> Int { (n + 15) / 16 * 16 + 16 }
+func attentionPaddedStride(_ n: Int) -> Int {
+    let s = (n + 15) / 16 * 16 + 16
+    return s % 1024 == 0 ? s + 16 : s
+}
 
 /// s[rows, keys] (row stride ld) = scale · q[rows, hd] · kᵀ, with kᵀ given as [hd, ldt],
 /// for the keys each row sees (row i: keys ≤ first + i; the rest of a row
@@ -54,6 +57,7 @@ package func attentionForward(
         gemv(transA: true, rows: L, cols: hd, alpha: 1, A: v, lda: ldv, x: probs, beta: 0, y: out)
         return
     }
+    precondition(!ownKernel || attentionKernel, "attention.c's kernels need AVX-512")
     if ownKernel && T > 1 {
         // Kᵀ [hd, ldt] and V [L, hd] contiguous in the thread's scratch.
         let ldt = attentionPaddedStride(L)
@@ -131,6 +135,7 @@ package func attentionBackward(
     q: ConstFloatPtr, k: ConstFloatPtr, v: ConstFloatPtr,
     T: Int, L: Int, past: Int, hd: Int, scale: Float, keyMask: ConstFloatPtr?, ownKernel: Bool = attentionKernel
 ) {
+    precondition(!ownKernel || attentionKernel, "attention.c's kernels need AVX-512")
     if ownKernel && T > 1 {
         attentionBackwardOwn(
             dq: dq, ldq: ldq, dk: dk, dv: dv, ldk: ldk, scratch: scratch, dout: dout, ldo: ldo, lse: lse, q: q, k: k, v: v, T: T,
@@ -156,20 +161,7 @@ package func attentionBackward(
                 transA: false, transB: true, M: rows, N: keys, K: hd, alpha: scale,
                 A: q + i0 * ldq, lda: ldq, B: k, ldb: ldk, beta: 0, C: P, ldc: L)
         }
-        for i in 0..<rows {
-            let row = P + i * L
-            let visible = min(past + i0 + i + 1, L)
-            let c = lse[i0 + i]
-            if c == -.infinity {
-                row.update(repeating: 0, count: keys)
-                continue
-            }
-            if let keyMask {
-                for j in 0..<visible where keyMask[j] == 0 { row[j] = -.infinity }
-            }
-            lb_exp_shift(row, Int32(visible), c)
-            if visible < keys { (row + visible).update(repeating: 0, count: keys - visible) }
-        }
+        attentionWeightsFromLSE(P, ld: L, rows: rows, first: past + i0, L: L, keys: keys, lse: lse + i0, keyMask: keyMask)
         // dV[keys] += Pᵀ · dO
         gemm(
             transA: true, transB: false, M: keys, N: hd, K: rows, alpha: 1, A: P, lda: L,
@@ -222,20 +214,7 @@ private func attentionBackwardOwn(
         // P = exp(scale · Q·Kᵀ − lse) on the visible keys, zeros elsewhere.
         let first = past + i0
         attentionScores(P, ld: ld, q: q + i0 * ldq, ldq: ldq, rows: rows, kt: kt, ldt: ld, keys: keys, hd: hd, scale: scale, first: first)
-        for i in 0..<rows {
-            let row = P + i * ld
-            let visible = min(past + i0 + i + 1, L)
-            let c = lse[i0 + i]
-            if c == -.infinity {
-                row.update(repeating: 0, count: keys)
-                continue
-            }
-            if let keyMask {
-                for j in 0..<visible where keyMask[j] == 0 { row[j] = -.infinity }
-            }
-            lb_exp_shift(row, Int32(visible), c)
-            if visible < keys { (row + visible).update(repeating: 0, count: keys - visible) }
-        }
+        attentionWeightsFromLSE(P, ld: ld, rows: rows, first: first, L: L, keys: keys, lse: lse + i0, keyMask: keyMask)
         for i in 0..<rows {
             (qb + i * hd).update(from: q + (i0 + i) * ldq, count: hd)
             (dob + i * hd).update(from: dout + (i0 + i) * ldo, count: hd)
@@ -255,5 +234,27 @@ private func attentionBackwardOwn(
         lb_attn_gemm(dq + i0 * ldq, Int32(ldq), dP, ld, 1, Int32(rows), kc, h, Int32(keys), h, 0, 1, LB_ATTN_CAUSAL_K_UPTO, first)
         lb_attn_gemm(dk, Int32(ldk), dP, 1, ld, Int32(keys), qb, h, Int32(rows), h, 0, 1, LB_ATTN_CAUSAL_K_FROM, first)
         i0 = i1
+    }
+}
+
+/// Backward's attention weights from the scores in p[rows, keys] (row
+/// stride ld; row i at position first + i): exp(score − lse[i]) on the
+/// visible keys (the mask's hidden ones 0), zeros up to `keys`.
+private func attentionWeightsFromLSE(
+    _ p: FloatPtr, ld: Int, rows: Int, first: Int, L: Int, keys: Int, lse: ConstFloatPtr, keyMask: ConstFloatPtr?
+) {
+    for i in 0..<rows {
+        let row = p + i * ld
+        let visible = min(first + i + 1, L)
+        let c = lse[i]
+        if c == -.infinity {
+            row.update(repeating: 0, count: keys)
+            continue
+        }
+        if let keyMask {
+            for j in 0..<visible where keyMask[j] == 0 { row[j] = -.infinity }
+        }
+        lb_exp_shift(row, Int32(visible), c)
+        if visible < keys { (row + visible).update(repeating: 0, count: keys - visible) }
     }
 }
