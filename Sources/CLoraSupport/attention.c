@@ -170,11 +170,6 @@ void lb_attn_gemm(float *y, int ldy, const float *x, ptrdiff_t sxm, ptrdiff_t sx
 
 void lb_attn_transpose(float *dst, int ldd, const float *src, int lds, int rows, int cols) {
 #if defined(__x86_64__)
-    if (lb_cpu_has_avx512()) {
-        att_transpose_avx512(dst, ldd, src, lds, rows, cols);
-        return;
-    }
+    if (lb_cpu_has_avx512()) att_transpose_avx512(dst, ldd, src, lds, rows, cols);
 #endif
-    for (int r = 0; r < rows; r++)
-        for (int c = 0; c < cols; c++) dst[(size_t)c * ldd + r] = src[(size_t)r * lds + c];
 }

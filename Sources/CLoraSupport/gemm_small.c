@@ -417,8 +417,8 @@ void lb_gemm_rows_at(int level, float *y, int ldy, const float *x, int ldx, int 
 // ---- the same on a reduced-precision weight (lowp.c's dtypes) -----------
 //
 // The weight is converted a tile at a time (64 columns × KB rows on the
-// stack; a few whole rows of W, in the caller's scratch, for the rows form) right before the rows use
-// it, and the F32 kernels above run on the tile: the same values in the
+// stack; for the rows form, a few whole rows of W in the caller's scratch)
+// right before the rows use it, and the F32 kernels above run on the tile: the same values in the
 // same order as on the whole dequantized weight, so the same bits (and each
 // row equals the dtype's decode kernel, which equals the F32 one on the
 // dequantized weight). The next tile's weights are prefetched while this

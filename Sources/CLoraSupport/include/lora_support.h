@@ -144,7 +144,8 @@ LB_HIDDEN void lb_gemm_rows_lowp_at(int level, int dtype, int cols_layout, float
                                     int M, const void *W, const uint16_t *d, int C, int r0, int r1, int beta0,
                                     float *tile, size_t tileFloats);
 // Attention's matrix products (attention.c), AVX-512 only: lb_attn_available()
-// says whether the CPU runs them. y[m·ldy + n] = alpha · (y0 + Σ_k x[m·sxm +
+// says whether the CPU runs them (without it, lb_attn_gemm and
+// lb_attn_transpose do nothing). y[m·ldy + n] = alpha · (y0 + Σ_k x[m·sxm +
 // k·sxk] · W[k·ldw + n]) for m < M, n < N, k < K (K > 0), y0 = 0 when beta0,
 // else y (then alpha must be 1). Each sum is one fused multiply-add per k in
 // k order. `causal` skips a causal mask's work, row m of the scores sitting
@@ -160,7 +161,7 @@ LB_HIDDEN void lb_gemm_rows_lowp_at(int level, int dtype, int cols_layout, float
 LB_HIDDEN int lb_attn_available(void);
 LB_HIDDEN void lb_attn_gemm(float *y, int ldy, const float *x, ptrdiff_t sxm, ptrdiff_t sxk, int M, const float *W,
                             int ldw, int K, int N, int beta0, float alpha, int causal, ptrdiff_t diag);
-// dst[c·ldd + r] = src[r·lds + c] for r < rows, c < cols.
+// dst[c·ldd + r] = src[r·lds + c] for r < rows, c < cols (AVX-512 only).
 LB_HIDDEN void lb_attn_transpose(float *dst, int ldd, const float *src, int lds, int rows, int cols);
 // A scratch area of at least `count` floats owned by the calling thread,
 // reused by its next call (grown when too small; freed when the thread

@@ -58,7 +58,7 @@ package func attentionForward(
         return
     }
     precondition(!ownKernel || attentionKernel, "attention.c's kernels need AVX-512")
-    if ownKernel && T > 1 {
+    if ownKernel {
         // Kᵀ [hd, ldt] and V [L, hd] contiguous in the thread's scratch.
         let ldt = attentionPaddedStride(L)
         withPanelScratch(hd * ldt + (ldv == hd ? 0 : L * hd)) { scratch in
