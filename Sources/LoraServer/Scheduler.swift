@@ -187,6 +187,9 @@ final class Scheduler: @unchecked Sendable {
             metrics.timePerOutputToken.recordNanoseconds(nanos)
         }
         try? engine.release(id)
+        // The gauges first: a client that reads /metrics right after its
+        // answer must not see its own request still running.
+        updateGauges()
         t.continuation.yield(.finished(index: t.index, result: result, cancelled: cancelled))
     }
 
