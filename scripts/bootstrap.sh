@@ -51,8 +51,9 @@ if ! python3 -c "import gguf, safetensors, numpy" 2>/dev/null; then
         || python3 -m pip install --quiet --break-system-packages -r scripts/requirements-gguf.txt
 fi
 # The `lora serve` tests (Tests/server): the official openai client, requests,
-# schemathesis against openapi.yaml, websocket-client for Chromium's DevTools protocol.
-if ! python3 -c "import openai, requests, schemathesis, websocket, numpy" 2>/dev/null; then
+# schemathesis against openapi.yaml, websocket-client for Chromium's DevTools protocol,
+# Pillow to check the playground's screenshot.
+if ! python3 -c "import openai, requests, schemathesis, websocket, numpy, PIL" 2>/dev/null; then
     python3 -m pip install --quiet -r "$(dirname "$0")/requirements-serve.txt" 2>/dev/null \
         || python3 -m pip install --quiet --break-system-packages -r "$(dirname "$0")/requirements-serve.txt"
 fi

@@ -24,6 +24,23 @@ FIXTURE_MODEL = os.path.join(REPO, "Tests", "LoRATests", "Fixtures", "gpt2-tok")
 ADAPTER_COUNT = 8
 
 
+# With LORA_TESTS_STRICT=1 (scripts/test.sh sets it: the bootstrap installs
+# Chromium and every package these tests need) a skipped test fails the run,
+# so a missing browser or client library cannot pass CI unnoticed.
+_skipped = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped:
+        _skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _skipped and os.environ.get("LORA_TESTS_STRICT") == "1" and exitstatus == 0:
+        print("\nLORA_TESTS_STRICT=1: skipped tests count as failures: " + ", ".join(_skipped))
+        session.exitstatus = 1
+
+
 def cli():
     env = os.environ.get("LORA_CLI")
     if env:
