@@ -291,19 +291,42 @@ def test_api_key(assets):
         assert_error(requests.post(s.url + "/v1/completions", json=body, timeout=10), 401)
         assert_error(requests.post(s.url + "/v1/completions", json=body, timeout=10,
                                    headers={"authorization": "Bearer wrong"}), 401)
-        ok = requests.post(s.url + "/v1/completions", json=body, timeout=10, headers={"authorization": "Bearer sekrit"})
+        key = {"authorization": "Bearer sekrit"}
+        ok = requests.post(s.url + "/v1/completions", json=body, timeout=10, headers=key)
         assert ok.status_code == 200, ok.text
         assert requests.get(s.url + "/health", timeout=10).status_code == 200
+        # Started without --allow-adapter-loading: neither endpoint is there.
+        for path, req in (("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "a0"}),
+                          ("/v1/unload_lora_adapter", {"lora_name": "x"})):
+            e = assert_error(requests.post(s.url + path, json=req, timeout=10, headers=key), 404)
+            assert "--allow-adapter-loading" in e["message"]
     finally:
         assert s.stop() == 0
 
 
-def test_sigterm_drains_running_requests(assets):
+def test_prompt_and_max_tokens_caps(assets):
+    s = Server(["--model", assets["model"], "--model-name", "base", "--max-prompt-tokens", "4", "--max-tokens", "3"])
+    try:
+        url = s.url + "/v1/completions"
+        e = assert_error(requests.post(url, json={"model": "base", "prompt": [1, 2, 3, 4, 5]}, timeout=10), 400,
+                         "prompt")
+        assert "at most 4" in e["message"]
+        assert_error(requests.post(url, json={"model": "base", "prompt": [1, 2], "max_tokens": 4}, timeout=10), 400,
+                     "max_tokens")
+        ok = requests.post(url, json={"model": "base", "prompt": [1, 2, 3, 4], "max_tokens": 3, "ignore_eos": True},
+                           timeout=30)
+        assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 3, ok.text
+    finally:
+        assert s.stop() == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_drains_running_requests(assets, sig):
     s = Server(["--model", assets["big_model"], "--model-name", "base", "--max-sequences", "2", "--drain-timeout", "60"])
     with long_stream(s, max_tokens=100) as r:
         lines = r.iter_lines()
         assert next(lines).startswith(b"data: ")
-        s.proc.send_signal(signal.SIGTERM)
+        s.proc.send_signal(sig)
         rest = [l for l in lines if l]
     assert rest[-1] == b"data: [DONE]"
     last = json.loads(rest[-2][len(b"data: "):])
