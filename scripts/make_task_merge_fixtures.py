@@ -7,7 +7,7 @@ task-arithmetic merges on the base gpt2-a, for the Swift TaskMergeTests.
 
 Deterministic cases only (DARE's masks come from torch's RNG and are checked
 statistically in Swift): ties (total and frequency), magnitude_prune, and
-ties_svd / magnitude_prune_svd to rank 3. Uses the adapters of
+ties_svd (total and frequency) / magnitude_prune_svd to rank 3. Uses the adapters of
 make_lora_fixtures.py (lora/all, lora/pattern) and make_combine_fixtures.py
 (combine/all2). Needs torch, transformers, peft. PYTHONHASHSEED is pinned
 (PEFT writes sets)."""
@@ -34,6 +34,7 @@ CASES = {
     "magnitude_prune": (["all", "all2"], [0.6, 0.5], dict(combination_type="magnitude_prune", density=0.3)),
     "ties_svd": (["all", "pattern"], [1.0, 0.5], dict(combination_type="ties_svd", svd_rank=3, density=0.5)),
     "magnitude_prune_svd": (["all", "pattern"], [1.0, 0.5], dict(combination_type="magnitude_prune_svd", svd_rank=3, density=0.4)),
+    "ties_svd_frequency": (["all", "pattern"], [1.0, -0.5], dict(combination_type="ties_svd", svd_rank=3, density=0.5, majority_sign_method="frequency")),
 }
 
 

@@ -100,7 +100,9 @@ import Testing
 /// max |B·A − B′·A′| over two slots of equal shape: truncated-SVD factors are
 /// defined up to the sign of each singular pair, so combinations are compared
 /// by their products.
-func maxProductDifference(_ a: Adapter, _ s: LoRASlot, _ b: Adapter, _ p: LoRASlot) -> Float {
+/// max |(B·A)[o, i] − (B'·A')[o, i]| of two slots; with `against: 0` the
+/// second product is taken as 0 (max |B·A| of the first).
+func maxProductDifference(_ a: Adapter, _ s: LoRASlot, _ b: Adapter, _ p: LoRASlot, against zero: Float? = nil) -> Float {
     var worst: Float = 0
     for o in 0..<s.outFeatures {
         for i in 0..<s.inFeatures {
@@ -110,7 +112,7 @@ func maxProductDifference(_ a: Adapter, _ s: LoRASlot, _ b: Adapter, _ p: LoRASl
                 x += a.B(s)[o * s.r + t] * a.A(s)[t * s.inFeatures + i]
                 y += b.B(p)[o * p.r + t] * b.A(p)[t * p.inFeatures + i]
             }
-            worst = max(worst, abs(x - y))
+            worst = max(worst, abs(x - (zero ?? y)))
         }
     }
     return worst

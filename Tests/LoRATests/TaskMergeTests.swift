@@ -41,19 +41,27 @@ import Testing
     }
 
     @Test(arguments: [
-        ("ties_svd", TaskMerge(kind: .ties, density: 0.5)),
-        ("magnitude_prune_svd", TaskMerge(kind: .magnitudePrune, density: 0.4)),
+        ("ties_svd", TaskMerge(kind: .ties, density: 0.5), 0.5),
+        ("ties_svd_frequency", TaskMerge(kind: .ties, density: 0.5, majoritySignMethod: .frequency), -0.5),
+        ("magnitude_prune_svd", TaskMerge(kind: .magnitudePrune, density: 0.4), 0.5),
     ])
-    func svdMergesReproducePEFTsDeltaAndLogits(_ name: String, _ merge: TaskMerge) throws {
+    func svdMergesReproducePEFTsDeltaAndLogits(_ name: String, _ merge: TaskMerge, _ secondWeight: Double) throws {
         let ours = try Adapter.combine(
-            [(adapter: try load("lora/all"), weight: 1.0), (adapter: try load("lora/pattern"), weight: 0.5)],
+            [(adapter: try load("lora/all"), weight: 1.0), (adapter: try load("lora/pattern"), weight: secondWeight)],
             method: .taskMergeSVD(merge, rank: 3, clamp: nil))
         let peft = try load("task_merge/\(name)")
-        // Singular vectors are defined up to sign: compare the products B·A.
+        // Singular vectors are defined up to sign: compare the products B·A,
+        // within 5e-5 of their largest value (was 1e-4 absolute, 1.3e-4 of
+        // it). Two float32 SVDs (torch's and LAPACK's) of one merged ΔW cut to
+        // rank 3 differ by about ε·‖ΔW‖ / (σ3 − σ4): measured 1.8e-5 of
+        // max |BA| on layer 0's c_attn in ties_svd, ≤ 4.3e-6 on every other
+        // module. The merged ΔW itself comes from the code the factor merges
+        // above check within 1e-5.
         for (s, p) in zip(ours.slots, peft.slots) {
             #expect(s.moduleName == p.moduleName && s.r == 3 && p.r == 3)
             let worst = maxProductDifference(ours, s, peft, p)
-            #expect(worst < 1e-4, "\(s.moduleName): max |Δ(BA)| = \(worst)")
+            let scale = maxProductDifference(peft, p, peft, p, against: 0)
+            #expect(worst <= 5e-5 * scale, "\(s.moduleName): max |Δ(BA)| = \(worst) of max |BA| = \(scale)")
         }
         #expect(maxAbsDiff(try logits(ours), try expected.floats("logits.\(name)")) < logitsTolerance)
     }
