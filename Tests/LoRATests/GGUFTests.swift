@@ -97,6 +97,10 @@ import Testing
         #expect {
             try saved.exportGGUF(path: dir + "/m.gguf", base: a.config)
         } throws: { ($0 as? LoRAError)?.description.contains("modules_to_save") == true }
+        let wte = try Adapter.load(directory: Fixtures.path("embedding/wte"), modelConfig: a.config)
+        #expect {
+            try wte.exportGGUF(path: dir + "/w.gguf", base: a.config)
+        } throws: { ($0 as? LoRAError)?.description.contains("adapts wte") == true }
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir).isEmpty)
     }
 }
