@@ -412,9 +412,6 @@ typedef struct lora_trainer_params {
     int32_t gradient_checkpointing; /* recompute activations in backward: less memory, slower */
     float loraplus_lr_ratio;        /* LoRA+: B's learning rate = this × A's (PEFT's create_loraplus_optimizer);
                                        default 1 (plain AdamW); adapters only (0.2.0) */
-    float loraplus_lr_embedding;    /* LoRA+: the learning rate of LoRA on wte while loraplus_lr_ratio != 1,
-                                       scheduled like the rest (PEFT's loraplus_lr_embedding); default 1e-6,
-                                       >= 0 (0.2.0) */
 } lora_trainer_params;
 
 void lora_trainer_default_params(lora_trainer_params *params);

@@ -15,8 +15,6 @@ only the input embedding is adapted; lm_head keeps the base wte weight.
       loraplus.losses, loraplus.final.<saved key>  5 steps of PEFT's LoRA+ optimizer on the
                             same batches (lr 2e-3, ratio 2.5, decay 0.05: embedding A/B at
                             loraplus_lr_embedding 1e-6)
-      loraplus_emb.losses, loraplus_emb.final.<saved key>  the same with
-                            loraplus_lr_embedding 3e-4
   embedding/targeting.json  [{"config": {...LoraConfig kwargs}, "modules": [PEFT's
                             targeted_module_names] or "error": "<ValueError text>"}]
 """
@@ -100,7 +98,6 @@ def main():
     train_adamw(model, opt, params, g, V, exp)
 
     train_loraplus(make(), exp)
-    train_loraplus(make(), exp, lr_embedding=3e-4, prefix="loraplus_emb")
 
     save_expected(exp, OUT, ["wte"])
     print("embedding fixtures written to", os.path.normpath(OUT))

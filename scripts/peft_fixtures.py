@@ -86,15 +86,14 @@ def train_adamw(model, opt, params, g, V, exp, steps=10, warmup=2, prefix="train
     record_trained(model, exp, f"{prefix}final")
 
 
-def train_loraplus(model, exp, steps=5, lr_embedding=None, prefix="loraplus"):
+def train_loraplus(model, exp, steps=5):
     """`steps` steps of PEFT's LoRA+ optimizer (lr 2e-3, ratio 2.5, decay
-    0.05, clip 1; loraplus_lr_embedding PEFT's default unless given) on the
-    first train.batch<k>.ids: <prefix>.losses, <prefix>.final.*."""
+    0.05, clip 1) on the first train.batch<k>.ids: loraplus.losses,
+    loraplus.final.*."""
     import torch
     from peft.optimizers import create_loraplus_optimizer
-    extra = {} if lr_embedding is None else {"loraplus_lr_embedding": lr_embedding}
     opt = create_loraplus_optimizer(model, torch.optim.AdamW, lr=2e-3, loraplus_lr_ratio=2.5,
-                                    loraplus_weight_decay=0.05, betas=(0.9, 0.999), eps=1e-8, **extra)
+                                    loraplus_weight_decay=0.05, betas=(0.9, 0.999), eps=1e-8)
     params = [p for p in model.parameters() if p.requires_grad]
     losses = []
     for k in range(steps):
@@ -105,8 +104,8 @@ def train_loraplus(model, exp, steps=5, lr_embedding=None, prefix="loraplus"):
         torch.nn.utils.clip_grad_norm_(params, max_norm=1.0)
         opt.step()
         losses.append(out.loss.item())
-    exp[f"{prefix}.losses"] = torch.tensor(losses, dtype=torch.float64)
-    record_trained(model, exp, f"{prefix}.final")
+    exp["loraplus.losses"] = torch.tensor(losses, dtype=torch.float64)
+    record_trained(model, exp, "loraplus.final")
 
 
 def save_expected(exp, out, adapters):

@@ -12,7 +12,7 @@ var defaultTrainerParams: lora_trainer_params {
         gradient_accumulation_steps: Int32(d.gradientAccumulationSteps),
         max_grad_norm: Float(d.maxGradNorm ?? 0), batch_size: Int32(d.batchSize),
         block_size: Int32(d.blockSize), seed: d.seed, gradient_checkpointing: 0,
-        loraplus_lr_ratio: Float(d.loraplusLRRatio), loraplus_lr_embedding: Float(d.loraplusLREmbedding))
+        loraplus_lr_ratio: Float(d.loraplusLRRatio))
 }
 
 @_cdecl("lora_trainer_default_params")
@@ -66,7 +66,6 @@ public func lora_trainer_create(
         c.seed = p.seed
         c.gradientCheckpointing = p.gradient_checkpointing != 0
         c.loraplusLRRatio = Double(try finite(p.loraplus_lr_ratio, "loraplus_lr_ratio"))
-        c.loraplusLREmbedding = Double(try finite(p.loraplus_lr_embedding, "loraplus_lr_embedding"))
         if let a = ab?.adapter, !mb.model.attachments.contains(where: { $0.adapter === a }) {
             try mb.model.attach(a)
         }

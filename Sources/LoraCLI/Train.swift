@@ -84,15 +84,10 @@ struct OptimOptions: ParsableArguments {
     @Option(
         parsing: .unconditional, help: "LoRA+: B's learning rate is this times --learning-rate (PEFT's create_loraplus_optimizer; 1: off).")
     var loraplusLrRatio = TrainerParams().loraplusLRRatio
-    @Option(
-        parsing: .unconditional,
-        help: "LoRA+: the learning rate of LoRA on wte while --loraplus-lr-ratio is not 1 (PEFT's loraplus_lr_embedding).")
-    var loraplusLrEmbedding = TrainerParams().loraplusLREmbedding
 
     func validate() throws {
         try Check.finite(learningRate, atLeast: 0, "--learning-rate")
         try Check.finite(loraplusLrRatio, above: 0, "--loraplus-lr-ratio")
-        try Check.finite(loraplusLrEmbedding, atLeast: 0, "--loraplus-lr-embedding")
         try Check.finite(weightDecay, atLeast: 0, "--weight-decay")
         try Check.fraction(adamBeta1, "--adam-beta1")
         try Check.fraction(adamBeta2, "--adam-beta2")
@@ -122,7 +117,6 @@ struct OptimOptions: ParsableArguments {
         c.seed = seed
         c.gradientCheckpointing = gradientCheckpointing
         c.loraplusLRRatio = loraplusLrRatio
-        c.loraplusLREmbedding = loraplusLrEmbedding
         if let m = maxSteps {
             c.maxSteps = m
         } else {

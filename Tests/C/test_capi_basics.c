@@ -94,7 +94,6 @@ void test_defaults(void) {
           tp.adam_beta2, tp.adam_epsilon);
     CHECK(tp.lr_scheduler == LORA_SCHEDULER_LINEAR, "lr_scheduler %d", tp.lr_scheduler);
     CHECK(tp.loraplus_lr_ratio == 1.0f, "loraplus_lr_ratio %g", tp.loraplus_lr_ratio);
-    CHECK(tp.loraplus_lr_embedding == 1e-6f, "loraplus_lr_embedding %g", tp.loraplus_lr_embedding);
     CHECK(tp.warmup_steps >= 0, "warmup_steps %d", tp.warmup_steps);
     CHECK(tp.max_steps == 100 && tp.gradient_accumulation_steps == 1, "max_steps %d accumulation %d", tp.max_steps,
           tp.gradient_accumulation_steps);

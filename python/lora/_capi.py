@@ -235,7 +235,6 @@ class lora_trainer_params(Structure):
         ("seed", c_uint64),
         ("gradient_checkpointing", c_int32),
         ("loraplus_lr_ratio", c_float),
-        ("loraplus_lr_embedding", c_float),
     ]
 
 

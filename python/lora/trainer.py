@@ -167,17 +167,14 @@ class Trainer(Owner):
                  max_grad_norm: float | None = None, batch_size: int | None = None,
                  block_size: int | None = None, seed: int | None = None, gradient_checkpointing: bool | None = None,
                  adam_beta1: float | None = None, adam_beta2: float | None = None, adam_epsilon: float | None = None,
-                 num_train_epochs: float | None = None, loraplus_lr_ratio: float | None = None,
-                 loraplus_lr_embedding: float | None = None):
+                 num_train_epochs: float | None = None, loraplus_lr_ratio: float | None = None):
         """Arguments left at None take the library's defaults
         (lora_trainer_default_params: learning_rate 2e-4, linear schedule,
         100 steps, batch 4, block_size min(256, n_positions), seed 42, ...).
         num_train_epochs (when max_steps is not given) makes each train() call
         last that many epochs of its data, as transformers' Trainer does.
         max_grad_norm 0 disables clipping. loraplus_lr_ratio: LoRA+ (B's
-        learning rate is that times A's, as PEFT's create_loraplus_optimizer);
-        loraplus_lr_embedding: LoRA+'s learning rate of LoRA on wte (PEFT's,
-        default 1e-6)."""
+        learning rate is that times A's, as PEFT's create_loraplus_optimizer)."""
         self._handle = None   # so close()/__del__ are safe if the checks below raise
         if not isinstance(model, Model):
             raise TypeError(f"expected a lora.Model, got {type(model).__name__}")
@@ -217,8 +214,6 @@ class Trainer(Owner):
             p.gradient_checkpointing = flag(gradient_checkpointing)
         if loraplus_lr_ratio is not None:
             p.loraplus_lr_ratio = real(loraplus_lr_ratio, "loraplus_lr_ratio")
-        if loraplus_lr_embedding is not None:
-            p.loraplus_lr_embedding = real(loraplus_lr_embedding, "loraplus_lr_embedding")
         self.num_train_epochs = None
         if num_train_epochs is not None and max_steps is None:
             self.num_train_epochs = real(num_train_epochs, "num_train_epochs")

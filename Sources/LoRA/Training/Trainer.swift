@@ -25,10 +25,6 @@ public struct TrainerParams: Sendable, Equatable {
     /// LoRA+ (PEFT's create_loraplus_optimizer): B's learning rate is this
     /// times A's (weight decay as weight_decay for both). 1: plain AdamW.
     public var loraplusLRRatio: Double = 1
-    /// LoRA+: the learning rate of LoRA on wte (`lora_embedding_A`/`_B`),
-    /// scheduled like the rest, while loraplusLRRatio ≠ 1 (PEFT's
-    /// loraplus_lr_embedding and its default).
-    public var loraplusLREmbedding: Double = 1e-6
 
     public init() {}
 
@@ -74,9 +70,6 @@ public struct TrainerParams: Sendable, Equatable {
         guard batchSize >= 1, batchSize <= 1 << 16 else { throw bad("batch_size must be in 1...65536") }
         guard blockSize >= 2 else { throw bad("block_size must be >= 2 (0: min(256, n_positions))") }
         guard loraplusLRRatio.isFinite, loraplusLRRatio > 0 else { throw bad("loraplus_lr_ratio must be a finite number > 0") }
-        guard loraplusLREmbedding.isFinite, loraplusLREmbedding >= 0 else {
-            throw bad("loraplus_lr_embedding must be a finite number >= 0")
-        }
         guard blockSize <= model.nPositions else {
             throw bad("block_size \(blockSize) exceeds the model's n_positions (\(model.nPositions))")
         }
@@ -161,8 +154,7 @@ public final class Trainer: @unchecked Sendable {
             // Trainer and PEFT's LoRA+ (1-D, not in the decay set: B's rate).
             // LoRA on wte: PEFT's LoRA+ gives embedding adapters their own
             // rate, loraplus_lr_embedding (1e-6 by default), scheduled like the rest.
-            let embeddingFactor =
-                ratio == 1 ? 1 : (config.learningRate > 0 ? config.loraplusLREmbedding / config.learningRate : 0)
+            let embeddingFactor = ratio == 1 ? 1 : (config.learningRate > 0 ? 1e-6 / config.learningRate : 0)
             let embeddingGroups =
                 adapter.embedding.map { e in
                     [
