@@ -35,6 +35,12 @@ def pytest_runtest_logreport(report):
         _skipped.append(report.nodeid)
 
 
+def pytest_collectreport(report):
+    # A module-level importorskip skips the whole file while collecting.
+    if report.skipped:
+        _skipped.append(report.nodeid)
+
+
 def pytest_sessionfinish(session, exitstatus):
     if _skipped and os.environ.get("LORA_TESTS_STRICT") == "1" and exitstatus == 0:
         print("\nLORA_TESTS_STRICT=1: skipped tests count as failures: " + ", ".join(_skipped))
