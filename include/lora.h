@@ -19,6 +19,13 @@
  *   program built against an older, smaller struct keeps working; a
  *   struct_size larger than the library knows is rejected
  *   (LORA_INVALID_ARGUMENT). New fields are only ever appended.
+ *   lora_*_default_params(p) is a macro for lora_*_default_params_v2(p,
+ *   sizeof *p), which writes the defaults into the first `size` bytes (at
+ *   most the library's struct) and sets struct_size to what it wrote. The
+ *   plain functions, for programs built before 0.2.0, write only the struct
+ *   as 0.1.0 declared it (lora_model_params 8 bytes, lora_adapter_params and
+ *   lora_trainer_params 72, lora_train_params 32, lora_sampling_params 56;
+ *   the structs added in 0.2.0 as 0.2.0 declares them), never past it.
  * - Variable-size results go into caller buffers with a capacity; when the
  *   buffer is too small the call returns LORA_BUFFER_TOO_SMALL and writes the
  *   size it needs to *needed (when non-NULL). The library never returns memory
@@ -112,6 +119,8 @@ typedef struct lora_model_params {
 #define LORA_DTYPE_Q8_0  3 /* ggml's Q8_0: 32 int8 + one F16 scale per block */
 
 void lora_model_default_params(lora_model_params *params);
+void lora_model_default_params_v2(lora_model_params *params, size_t size);
+#define lora_model_default_params(params) lora_model_default_params_v2((params), sizeof *(params))
 
 /* Loads a Hugging Face GPT-2 directory (config.json, model.safetensors,
  * and vocab.json + merges.txt or tokenizer.json when present).
@@ -187,6 +196,8 @@ typedef struct lora_sampling_params {
 } lora_sampling_params;
 
 void lora_sampling_default_params(lora_sampling_params *params);
+void lora_sampling_default_params_v2(lora_sampling_params *params, size_t size);
+#define lora_sampling_default_params(params) lora_sampling_default_params_v2((params), sizeof *(params))
 
 /* Called for each new token with its text piece (UTF-8, possibly empty while
  * a multi-byte character is incomplete; not NUL-terminated). Return 0 to
@@ -252,6 +263,8 @@ typedef struct lora_adapter_params {
 } lora_adapter_params;
 
 void lora_adapter_default_params(lora_adapter_params *params);
+void lora_adapter_default_params_v2(lora_adapter_params *params, size_t size);
+#define lora_adapter_default_params(params) lora_adapter_default_params_v2((params), sizeof *(params))
 
 /* A new adapter for `model`'s shape (not attached). With LORA_INIT_PISSA or
  * LORA_INIT_OLORA the model's base weights are replaced by the residual (so
@@ -364,6 +377,8 @@ typedef struct lora_combine_params {
 } lora_combine_params;
 
 void lora_combine_default_params(lora_combine_params *params);
+void lora_combine_default_params_v2(lora_combine_params *params, size_t size);
+#define lora_combine_default_params(params) lora_combine_default_params_v2((params), sizeof *(params))
 
 /* lora_adapter_combine with every add_weighted_adapter type (params NULL:
  * defaults, i.e. svd). DARE's masks come from liblora's seeded generator
@@ -415,6 +430,8 @@ typedef struct lora_trainer_params {
 } lora_trainer_params;
 
 void lora_trainer_default_params(lora_trainer_params *params);
+void lora_trainer_default_params_v2(lora_trainer_params *params, size_t size);
+#define lora_trainer_default_params(params) lora_trainer_default_params_v2((params), sizeof *(params))
 
 /* A trainer for `adapter` on `model` (adapter NULL: full fine-tuning of every
  * weight). The adapter is attached while training if it is not already.
@@ -454,6 +471,8 @@ typedef struct lora_train_params {
 } lora_train_params;
 
 void lora_train_default_params(lora_train_params *params);
+void lora_train_default_params_v2(lora_train_params *params, size_t size);
+#define lora_train_default_params(params) lora_train_default_params_v2((params), sizeof *(params))
 
 /* Trains until max_steps on text files (.txt: packed blocks) and JSONL files
  * ({"text"} or {"prompt", "completion"} records). Errors:
@@ -571,6 +590,8 @@ typedef struct lora_engine_params {
 } lora_engine_params;
 
 void lora_engine_default_params(lora_engine_params *params);
+void lora_engine_default_params_v2(lora_engine_params *params, size_t size);
+#define lora_engine_default_params(params) lora_engine_default_params_v2((params), sizeof *(params))
 
 /* Errors: LORA_INVALID_ARGUMENT (sizes out of range or too large for the
  * machine's memory). */
@@ -597,6 +618,8 @@ typedef struct lora_request {
 } lora_request;
 
 void lora_request_default_params(lora_request *request);
+void lora_request_default_params_v2(lora_request *request, size_t size);
+#define lora_request_default_params(request) lora_request_default_params_v2((request), sizeof *(request))
 
 /* Queues a request; *id receives its id. The prompt and params are copied.
  * Errors: LORA_INVALID_ARGUMENT (empty prompt, token out of range, prompt

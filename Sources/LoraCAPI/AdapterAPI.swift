@@ -14,7 +14,12 @@ var defaultAdapterParams: lora_adapter_params {
 
 @_cdecl("lora_adapter_default_params")
 public func lora_adapter_default_params(_ p: UnsafeMutablePointer<lora_adapter_params>?) {
-    p?.pointee = defaultAdapterParams
+    writeDefaults(p, defaultAdapterParams, size: FrozenParamsSize.adapter)
+}
+
+@_cdecl("lora_adapter_default_params_v2")
+public func lora_adapter_default_params_v2(_ p: UnsafeMutablePointer<lora_adapter_params>?, _ size: Int) {
+    writeDefaults(p, defaultAdapterParams, size: size)
 }
 
 @_cdecl("lora_adapter_create")

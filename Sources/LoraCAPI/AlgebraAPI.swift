@@ -70,7 +70,12 @@ var defaultCombineParams: lora_combine_params {
 
 @_cdecl("lora_combine_default_params")
 public func lora_combine_default_params(_ p: UnsafeMutablePointer<lora_combine_params>?) {
-    p?.pointee = defaultCombineParams
+    writeDefaults(p, defaultCombineParams, size: FrozenParamsSize.combine)
+}
+
+@_cdecl("lora_combine_default_params_v2")
+public func lora_combine_default_params_v2(_ p: UnsafeMutablePointer<lora_combine_params>?, _ size: Int) {
+    writeDefaults(p, defaultCombineParams, size: size)
 }
 
 func combinationMethod(_ p: lora_combine_params) throws -> CombinationMethod {

@@ -19,7 +19,12 @@ var defaultEngineParams: lora_engine_params {
 
 @_cdecl("lora_engine_default_params")
 public func lora_engine_default_params(_ p: UnsafeMutablePointer<lora_engine_params>?) {
-    p?.pointee = defaultEngineParams
+    writeDefaults(p, defaultEngineParams, size: FrozenParamsSize.engine)
+}
+
+@_cdecl("lora_engine_default_params_v2")
+public func lora_engine_default_params_v2(_ p: UnsafeMutablePointer<lora_engine_params>?, _ size: Int) {
+    writeDefaults(p, defaultEngineParams, size: size)
 }
 
 @_cdecl("lora_engine_create")
@@ -54,7 +59,12 @@ var defaultRequest: lora_request {
 
 @_cdecl("lora_request_default_params")
 public func lora_request_default_params(_ p: UnsafeMutablePointer<lora_request>?) {
-    p?.pointee = defaultRequest
+    writeDefaults(p, defaultRequest, size: FrozenParamsSize.request)
+}
+
+@_cdecl("lora_request_default_params_v2")
+public func lora_request_default_params_v2(_ p: UnsafeMutablePointer<lora_request>?, _ size: Int) {
+    writeDefaults(p, defaultRequest, size: size)
 }
 
 @_cdecl("lora_engine_submit")

@@ -6,8 +6,12 @@ import LoRA
 
 @_cdecl("lora_model_default_params")
 public func lora_model_default_params(_ p: UnsafeMutablePointer<lora_model_params>?) {
-    guard let p else { return }
-    p.pointee = defaultModelParams
+    writeDefaults(p, defaultModelParams, size: FrozenParamsSize.model)
+}
+
+@_cdecl("lora_model_default_params_v2")
+public func lora_model_default_params_v2(_ p: UnsafeMutablePointer<lora_model_params>?, _ size: Int) {
+    writeDefaults(p, defaultModelParams, size: size)
 }
 
 var defaultModelParams: lora_model_params {
@@ -186,7 +190,12 @@ var defaultSamplingParams: lora_sampling_params {
 
 @_cdecl("lora_sampling_default_params")
 public func lora_sampling_default_params(_ p: UnsafeMutablePointer<lora_sampling_params>?) {
-    p?.pointee = defaultSamplingParams
+    writeDefaults(p, defaultSamplingParams, size: FrozenParamsSize.sampling)
+}
+
+@_cdecl("lora_sampling_default_params_v2")
+public func lora_sampling_default_params_v2(_ p: UnsafeMutablePointer<lora_sampling_params>?, _ size: Int) {
+    writeDefaults(p, defaultSamplingParams, size: size)
 }
 
 func samplingParams(_ p: UnsafePointer<lora_sampling_params>?) throws -> SamplingParams {

@@ -48,6 +48,29 @@ func guarded(_ body: () throws -> Void) -> lora_status {
 
 func invalid(_ m: String) -> LoRAError { .invalidArgument(m) }
 
+/// Writes a params struct's defaults into the caller's first `size` bytes
+/// (at most this library's struct), struct_size set to the bytes written:
+/// a program built against an older, smaller struct gets nothing past it.
+func writeDefaults<T>(_ p: UnsafeMutablePointer<T>?, _ defaults: T, size: Int) {
+    guard let p else { return }
+    // A size_t above Int.max arrives negative: more than the library's struct.
+    let n = size < 0 ? MemoryLayout<T>.size : min(size, MemoryLayout<T>.size)
+    guard n >= MemoryLayout<UInt32>.size else { return }
+    var d = defaults
+    withUnsafeMutableBytes(of: &d) { raw in
+        raw.storeBytes(of: UInt32(n), as: UInt32.self)
+        UnsafeMutableRawPointer(p).copyMemory(from: raw.baseAddress!, byteCount: n)
+    }
+}
+
+/// The bytes the plain lora_*_default_params functions write: each struct as
+/// 0.1.0 declared it (as 0.2.0 does for the structs added then), so programs
+/// built against those headers get no byte past their struct.
+enum FrozenParamsSize {
+    static let model = 8, sampling = 56, adapter = 72, combine = 32, trainer = 72, train = 32, engine = 16
+    static let request = 72
+}
+
 /// Reads a params struct: NULL → defaults; struct_size bytes from the caller
 /// over the defaults; a struct_size larger than this library's struct is an error.
 func readParams<T>(_ p: UnsafePointer<T>?, defaults: T, name: String) throws -> T {

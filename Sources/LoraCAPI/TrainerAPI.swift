@@ -17,7 +17,12 @@ var defaultTrainerParams: lora_trainer_params {
 
 @_cdecl("lora_trainer_default_params")
 public func lora_trainer_default_params(_ p: UnsafeMutablePointer<lora_trainer_params>?) {
-    p?.pointee = defaultTrainerParams
+    writeDefaults(p, defaultTrainerParams, size: FrozenParamsSize.trainer)
+}
+
+@_cdecl("lora_trainer_default_params_v2")
+public func lora_trainer_default_params_v2(_ p: UnsafeMutablePointer<lora_trainer_params>?, _ size: Int) {
+    writeDefaults(p, defaultTrainerParams, size: size)
 }
 
 var defaultTrainParams: lora_train_params {
@@ -28,7 +33,12 @@ var defaultTrainParams: lora_train_params {
 
 @_cdecl("lora_train_default_params")
 public func lora_train_default_params(_ p: UnsafeMutablePointer<lora_train_params>?) {
-    p?.pointee = defaultTrainParams
+    writeDefaults(p, defaultTrainParams, size: FrozenParamsSize.train)
+}
+
+@_cdecl("lora_train_default_params_v2")
+public func lora_train_default_params_v2(_ p: UnsafeMutablePointer<lora_train_params>?, _ size: Int) {
+    writeDefaults(p, defaultTrainParams, size: size)
 }
 
 @_cdecl("lora_trainer_create")

@@ -110,13 +110,63 @@ void test_defaults(void) {
     CHECK(rp.checkpoint_dir == NULL && rp.skip_bad_records == 0, "checkpoint_dir / skip_bad_records");
     CHECK(rp.num_train_epochs == 0.0f, "num_train_epochs %g", rp.num_train_epochs);
 
-    /* default_params(NULL) is a no-op, not a crash. */
-    lora_model_default_params(NULL);
-    lora_sampling_default_params(NULL);
-    lora_adapter_default_params(NULL);
-    lora_trainer_default_params(NULL);
-    lora_train_default_params(NULL);
+    /* default_params(NULL) is a no-op, not a crash (the plain functions and _v2). */
+    (lora_model_default_params)(NULL);
+    (lora_sampling_default_params)(NULL);
+    (lora_adapter_default_params)(NULL);
+    (lora_trainer_default_params)(NULL);
+    (lora_train_default_params)(NULL);
+    lora_model_default_params_v2(NULL, sizeof(lora_model_params));
+    lora_trainer_default_params_v2(NULL, sizeof(lora_trainer_params));
     CHECK(1, "");
+
+    /* A program built against 0.1.0 calls the plain functions with 0.1.0's
+     * structs: nothing may be written past them (lora_model_params was 8
+     * bytes there, lora_adapter_params 72). */
+#define OLD_STRUCT(type, fn, old_size)                                                                                 \
+    do {                                                                                                               \
+        union {                                                                                                        \
+            type p;                                                                                                    \
+            unsigned char b[sizeof(type) + 32];                                                                        \
+        } u;                                                                                                           \
+        memset(&u, 0xAB, sizeof u);                                                                                    \
+        (fn)(&u.p);                                                                                                    \
+        CHECK(u.p.struct_size == (old_size), #fn " wrote struct_size %u", u.p.struct_size);                            \
+        size_t past = 0;                                                                                               \
+        for (size_t i = (old_size); i < sizeof u.b; i++) past += u.b[i] != 0xAB;                                       \
+        CHECK(past == 0, #fn " wrote %zu bytes past the %d-byte struct", past, (int)(old_size));                       \
+    } while (0)
+    OLD_STRUCT(lora_model_params, lora_model_default_params, 8);
+    OLD_STRUCT(lora_sampling_params, lora_sampling_default_params, 56);
+    OLD_STRUCT(lora_adapter_params, lora_adapter_default_params, 72);
+    OLD_STRUCT(lora_trainer_params, lora_trainer_default_params, 72);
+    OLD_STRUCT(lora_train_params, lora_train_default_params, 32);
+    OLD_STRUCT(lora_combine_params, lora_combine_default_params, 32);
+    OLD_STRUCT(lora_engine_params, lora_engine_default_params, 16);
+#undef OLD_STRUCT
+    {
+        /* _v2 writes what it is asked for, and at most the library's struct. */
+        union {
+            lora_model_params p;
+            unsigned char b[sizeof(lora_model_params) + 32];
+        } u;
+        memset(&u, 0xAB, sizeof u);
+        lora_model_default_params_v2(&u.p, 6);
+        CHECK(u.p.struct_size == 6 && u.b[6] == 0xAB, "v2 with size 6: struct_size %u", u.p.struct_size);
+        memset(&u, 0xAB, sizeof u);
+        lora_model_default_params_v2(&u.p, (size_t)-1);
+        CHECK(u.p.struct_size == sizeof(lora_model_params) && u.b[sizeof(lora_model_params)] == 0xAB,
+              "v2 with SIZE_MAX: struct_size %u", u.p.struct_size);
+        memset(&u, 0xAB, sizeof u);
+        lora_model_default_params_v2(&u.p, 2);
+        CHECK(u.b[0] == 0xAB && u.b[1] == 0xAB, "v2 with a size below struct_size wrote");
+        /* The 0.1.0-sized struct loads a model, the appended dtype at its default. */
+        memset(&u, 0xAB, sizeof u);
+        (lora_model_default_params)(&u.p);
+        lora_model *m = NULL;
+        EXPECT(lora_model_load(&m, path("%s/gpt2-a", fixtures), &u.p), LORA_OK);
+        lora_model_free(m);
+    }
 }
 
 /* ---- Handles and NULL -------------------------------------------------- */

@@ -313,6 +313,8 @@ lora_abi_version = _fn("lora_abi_version", c_uint32, [])
 
 # void lora_model_default_params(lora_model_params *params);
 lora_model_default_params = _fn("lora_model_default_params", None, [POINTER(lora_model_params)])
+# void lora_model_default_params_v2(lora_model_params *params, size_t size);  (what lora.h's lora_model_default_params macro calls)
+lora_model_default_params_v2 = _fn("lora_model_default_params_v2", None, [POINTER(lora_model_params), c_size_t])
 # lora_status lora_model_load(lora_model **out, const char *path, const lora_model_params *params);
 lora_model_load = _fn("lora_model_load", lora_status,
                       [POINTER(lora_model_p), c_char_p, POINTER(lora_model_params)], check=True)
@@ -345,6 +347,8 @@ lora_logits_batch = _fn("lora_logits_batch", lora_status,
 
 # void lora_sampling_default_params(lora_sampling_params *params);
 lora_sampling_default_params = _fn("lora_sampling_default_params", None, [POINTER(lora_sampling_params)])
+# void lora_sampling_default_params_v2(lora_sampling_params *params, size_t size);  (what lora.h's lora_sampling_default_params macro calls)
+lora_sampling_default_params_v2 = _fn("lora_sampling_default_params_v2", None, [POINTER(lora_sampling_params), c_size_t])
 # lora_status lora_generate(const lora_model *model, const char *prompt, const lora_sampling_params *params,
 #                           lora_token_callback callback, void *user_data,
 #                           char *out, size_t capacity, size_t *needed);
@@ -362,6 +366,8 @@ lora_generate_tokens = _fn("lora_generate_tokens", lora_status,
 
 # void lora_adapter_default_params(lora_adapter_params *params);
 lora_adapter_default_params = _fn("lora_adapter_default_params", None, [POINTER(lora_adapter_params)])
+# void lora_adapter_default_params_v2(lora_adapter_params *params, size_t size);  (what lora.h's lora_adapter_default_params macro calls)
+lora_adapter_default_params_v2 = _fn("lora_adapter_default_params_v2", None, [POINTER(lora_adapter_params), c_size_t])
 # lora_status lora_adapter_create(lora_adapter **out, lora_model *model, const lora_adapter_params *params);
 lora_adapter_create = _fn("lora_adapter_create", lora_status,
                           [POINTER(lora_adapter_p), lora_model_p, POINTER(lora_adapter_params)], check=True)
@@ -415,6 +421,8 @@ class lora_combine_params(Structure):
 
 # void lora_combine_default_params(lora_combine_params *params);
 lora_combine_default_params = _fn("lora_combine_default_params", None, [POINTER(lora_combine_params)])
+# void lora_combine_default_params_v2(lora_combine_params *params, size_t size);  (what lora.h's lora_combine_default_params macro calls)
+lora_combine_default_params_v2 = _fn("lora_combine_default_params_v2", None, [POINTER(lora_combine_params), c_size_t])
 # lora_status lora_adapter_combine_v2(lora_adapter **out, const lora_adapter *const *adapters, const float *weights,
 #                                     size_t n_adapters, const lora_combine_params *params);
 lora_adapter_combine_v2 = _fn("lora_adapter_combine_v2", lora_status,
@@ -447,6 +455,8 @@ lora_model_export_gguf = _fn("lora_model_export_gguf", lora_status, [lora_model_
 
 # void lora_trainer_default_params(lora_trainer_params *params);
 lora_trainer_default_params = _fn("lora_trainer_default_params", None, [POINTER(lora_trainer_params)])
+# void lora_trainer_default_params_v2(lora_trainer_params *params, size_t size);  (what lora.h's lora_trainer_default_params macro calls)
+lora_trainer_default_params_v2 = _fn("lora_trainer_default_params_v2", None, [POINTER(lora_trainer_params), c_size_t])
 # lora_status lora_trainer_create(lora_trainer **out, lora_model *model, lora_adapter *adapter,
 #                                 const lora_trainer_params *params);
 lora_trainer_create = _fn("lora_trainer_create", lora_status,
@@ -456,6 +466,8 @@ lora_trainer_create = _fn("lora_trainer_create", lora_status,
 lora_trainer_free = _fn("lora_trainer_free", None, [lora_trainer_p])
 # void lora_train_default_params(lora_train_params *params);
 lora_train_default_params = _fn("lora_train_default_params", None, [POINTER(lora_train_params)])
+# void lora_train_default_params_v2(lora_train_params *params, size_t size);  (what lora.h's lora_train_default_params macro calls)
+lora_train_default_params_v2 = _fn("lora_train_default_params_v2", None, [POINTER(lora_train_params), c_size_t])
 # lora_status lora_trainer_train(lora_trainer *trainer, const char *const *data_paths, size_t n_paths,
 #                                const lora_train_params *params,
 #                                lora_progress_callback callback, void *user_data);
@@ -547,6 +559,8 @@ class lora_request_info(Structure):
 
 # void lora_engine_default_params(lora_engine_params *params);
 lora_engine_default_params = _fn("lora_engine_default_params", None, [POINTER(lora_engine_params)])
+# void lora_engine_default_params_v2(lora_engine_params *params, size_t size);  (what lora.h's lora_engine_default_params macro calls)
+lora_engine_default_params_v2 = _fn("lora_engine_default_params_v2", None, [POINTER(lora_engine_params), c_size_t])
 # lora_status lora_engine_create(lora_engine **out, const lora_model *model, const lora_engine_params *params);
 lora_engine_create = _fn("lora_engine_create", lora_status,
                          [POINTER(lora_engine_p), lora_model_p, POINTER(lora_engine_params)], check=True)
@@ -554,6 +568,8 @@ lora_engine_create = _fn("lora_engine_create", lora_status,
 lora_engine_free = _fn("lora_engine_free", None, [lora_engine_p])
 # void lora_request_default_params(lora_request *request);
 lora_request_default_params = _fn("lora_request_default_params", None, [POINTER(lora_request)])
+# void lora_request_default_params_v2(lora_request *request, size_t size);  (what lora.h's lora_request_default_params macro calls)
+lora_request_default_params_v2 = _fn("lora_request_default_params_v2", None, [POINTER(lora_request), c_size_t])
 # lora_status lora_engine_submit(lora_engine *engine, const lora_request *request, lora_request_id *id);
 lora_engine_submit = _fn("lora_engine_submit", lora_status,
                          [lora_engine_p, POINTER(lora_request), POINTER(lora_request_id)], check=True)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from ctypes import byref, c_float
+from ctypes import byref, c_float, sizeof
 
 from . import _capi as C
 from ._convert import cpath, cstring, flag, int32, int32_array, real, uint64
@@ -81,7 +81,7 @@ class Adapter(Owner):
         """
         mh = cls._model_handle(model)
         p = C.lora_adapter_params()
-        C.lora_adapter_default_params(byref(p))
+        C.lora_adapter_default_params_v2(byref(p), sizeof(p))
         if r is not None:
             p.r = int32(r, "r")
         if alpha is not None:
@@ -177,7 +177,7 @@ class Adapter(Owner):
             raise ValueError(f"method must be one of {sorted(methods)}")
         signs = {"total": C.LORA_MAJORITY_SIGN_TOTAL, "frequency": C.LORA_MAJORITY_SIGN_FREQUENCY}
         p = C.lora_combine_params()
-        C.lora_combine_default_params(byref(p))
+        C.lora_combine_default_params_v2(byref(p), sizeof(p))
         p.method = methods[method]
         if svd_rank is not None:
             p.svd_rank = int32(svd_rank, "svd_rank")

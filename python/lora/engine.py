@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import ctypes
-from ctypes import POINTER, byref, c_size_t
+from ctypes import POINTER, byref, c_size_t, sizeof
 
 from . import _capi as C
 from ._convert import cstring, int32, int32_array, real
@@ -147,7 +147,7 @@ class Engine(Owner):
     def __init__(self, model: Model, max_sequences: int = 16, max_tokens_per_step: int = 512,
                  context_per_sequence: int = 0):
         p = C.lora_engine_params()
-        C.lora_engine_default_params(byref(p))
+        C.lora_engine_default_params_v2(byref(p), sizeof(p))
         p.max_sequences = int32(max_sequences, "max_sequences")
         p.max_tokens_per_step = int32(max_tokens_per_step, "max_tokens_per_step")
         p.context_per_sequence = int32(context_per_sequence, "context_per_sequence")
@@ -171,7 +171,7 @@ class Engine(Owner):
         params, keep = self.model._sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
                                             stop_at_eos, stop)
         req = C.lora_request()
-        C.lora_request_default_params(byref(req))
+        C.lora_request_default_params_v2(byref(req), sizeof(req))
         if isinstance(prompt, (str, bytes)):
             req.prompt = cstring(prompt, "prompt")
         else:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from ctypes import POINTER, byref, c_char_p, c_size_t
+from ctypes import POINTER, byref, c_char_p, c_size_t, sizeof
 from dataclasses import asdict, dataclass, fields
 
 from . import _capi as C
@@ -139,7 +139,7 @@ class Model(Owner):
     @staticmethod
     def _load_handle(path, n_threads: int, dtype: str | None = None):
         p = C.lora_model_params()
-        C.lora_model_default_params(byref(p))
+        C.lora_model_default_params_v2(byref(p), sizeof(p))
         p.n_threads = int32(n_threads, "n_threads")
         if dtype is not None:
             if not isinstance(dtype, str) or dtype.lower() not in C.DTYPES:
@@ -274,7 +274,7 @@ class Model(Owner):
     def _sampling(self, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop_at_eos, stop):
         # Arguments left at None keep the library's defaults (lora_sampling_default_params).
         p = C.lora_sampling_params()
-        C.lora_sampling_default_params(byref(p))
+        C.lora_sampling_default_params_v2(byref(p), sizeof(p))
         if max_new_tokens is not None:
             p.max_new_tokens = int32(max_new_tokens, "max_new_tokens")
         if temperature is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import os
 import ctypes
-from ctypes import byref, c_char_p, c_float
+from ctypes import byref, c_char_p, c_float, sizeof
 
 from . import _capi as C
 from ._convert import cpath, flag, int32, int32_matrix, real, uint64
@@ -183,7 +183,7 @@ class Trainer(Owner):
         mh = model._require()
         ah = adapter._require() if adapter is not None else None
         p = C.lora_trainer_params()
-        C.lora_trainer_default_params(byref(p))
+        C.lora_trainer_default_params_v2(byref(p), sizeof(p))
         if learning_rate is not None:
             p.learning_rate = real(learning_rate, "learning_rate")
         if weight_decay is not None:
@@ -297,7 +297,7 @@ class Trainer(Owner):
                 raise file_not_found(path, "training data", "lora_trainer_train")
         arr = (c_char_p * max(1, len(paths)))(*paths)
         p = C.lora_train_params()
-        C.lora_train_default_params(byref(p))
+        C.lora_train_default_params_v2(byref(p), sizeof(p))
         p.validation_fraction = real(validation_fraction, "validation_fraction")
         p.eval_steps = int32(eval_steps, "eval_steps")
         p.save_steps = int32(save_steps, "save_steps")

@@ -58,13 +58,13 @@ def test_every_status_has_a_subclass_of_lora_error():
 
 # Every params/info struct with its default-params function (None: filled by the caller).
 STRUCTS = [
-    (C.lora_model_params, C.lora_model_default_params),
+    (C.lora_model_params, C.lora_model_default_params_v2),
     (C.lora_model_info, None),
-    (C.lora_sampling_params, C.lora_sampling_default_params),
-    (C.lora_adapter_params, C.lora_adapter_default_params),
-    (C.lora_trainer_params, C.lora_trainer_default_params),
+    (C.lora_sampling_params, C.lora_sampling_default_params_v2),
+    (C.lora_adapter_params, C.lora_adapter_default_params_v2),
+    (C.lora_trainer_params, C.lora_trainer_default_params_v2),
     (C.lora_train_progress, None),
-    (C.lora_train_params, C.lora_train_default_params),
+    (C.lora_train_params, C.lora_train_default_params_v2),
 ]
 
 
@@ -74,8 +74,12 @@ WITH_DEFAULTS = [(s, d) for s, d in STRUCTS if d is not None]
 @pytest.mark.parametrize("struct,defaults", WITH_DEFAULTS, ids=[s.__name__ for s, _ in WITH_DEFAULTS])
 def test_default_params_struct_size_matches_ctypes(struct, defaults):
     p = struct()
-    defaults(ctypes.byref(p))
+    # Asked for more than any struct: _v2 writes the library's whole struct.
+    defaults(ctypes.byref(p), ctypes.sizeof(struct))
     assert p.struct_size == ctypes.sizeof(struct), "the ctypes mirror and the library disagree on the size"
+    big = (ctypes.c_ubyte * (ctypes.sizeof(struct) + 64))()
+    defaults(ctypes.cast(big, ctypes.POINTER(struct)), len(big))
+    assert struct.from_buffer(big).struct_size == ctypes.sizeof(struct), "the library's struct is not the mirror's"
 
 
 def test_struct_layouts_match_the_header(tmp_path):
