@@ -143,6 +143,7 @@ void test_defaults(void) {
     OLD_STRUCT(lora_train_params, lora_train_default_params, 32);
     OLD_STRUCT(lora_combine_params, lora_combine_default_params, 32);
     OLD_STRUCT(lora_engine_params, lora_engine_default_params, 16);
+    OLD_STRUCT(lora_request, lora_request_default_params, 72);
 #undef OLD_STRUCT
     {
         /* _v2 writes what it is asked for, and at most the library's struct. */
