@@ -426,7 +426,9 @@ typedef struct lora_trainer_params {
     uint64_t seed;
     int32_t gradient_checkpointing; /* recompute activations in backward: less memory, slower */
     float loraplus_lr_ratio;        /* LoRA+: B's learning rate = this × A's (PEFT's create_loraplus_optimizer);
-                                       default 1 (plain AdamW); adapters only (0.2.0) */
+                                       default 1 (plain AdamW); adapters only (0.2.0). 0 also means 1:
+                                       the field sits in 0.1.0's tail padding, which a 0.1.0 program
+                                       that zero-fills the struct leaves at 0 */
 } lora_trainer_params;
 
 void lora_trainer_default_params(lora_trainer_params *params);

@@ -75,7 +75,9 @@ public func lora_trainer_create(
         c.blockSize = Int(p.block_size)
         c.seed = p.seed
         c.gradientCheckpointing = p.gradient_checkpointing != 0
-        c.loraplusLRRatio = Double(try finite(p.loraplus_lr_ratio, "loraplus_lr_ratio"))
+        // 0 is 0.1.0's tail padding in a zero-filled struct: plain AdamW, as 1.
+        let ratio = try finite(p.loraplus_lr_ratio, "loraplus_lr_ratio")
+        c.loraplusLRRatio = ratio == 0 ? 1 : Double(ratio)
         if let a = ab?.adapter, !mb.model.attachments.contains(where: { $0.adapter === a }) {
             try mb.model.attach(a)
         }

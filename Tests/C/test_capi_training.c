@@ -155,14 +155,24 @@ void test_trainer_errors(void) {
             lora_trainer_params lp;
             lora_trainer_default_params(&lp);
             lora_trainer *t2 = SENTINEL(lora_trainer);
-            float bad_ratios[3] = {0.0f, -1.0f, NAN};
-            for (int i = 0; i < 3; i++) {
+            float bad_ratios[2] = {-1.0f, NAN};
+            for (int i = 0; i < 2; i++) {
                 lp.loraplus_lr_ratio = bad_ratios[i];
                 EXPECT(lora_trainer_create(&t2, m, ad, &lp), LORA_INVALID_ARGUMENT);
                 CHECK(t2 == NULL, "*out not NULL after loraplus_lr_ratio %g", bad_ratios[i]);
             }
             lp.loraplus_lr_ratio = 4.0f;
             EXPECT(lora_trainer_create(&t2, m, NULL, &lp), LORA_INVALID_ARGUMENT); /* full fine-tuning */
+            /* 0 is plain AdamW, as 1: a 0.1.0 program that zero-fills the struct
+             * leaves the field (its tail padding) at 0, and full fine-tuning,
+             * which refuses LoRA+, must still start. */
+            lp.loraplus_lr_ratio = 0.0f;
+            EXPECT(lora_trainer_create(&t2, m, NULL, &lp), LORA_OK);
+            lora_trainer_free(t2);
+            t2 = NULL;
+            EXPECT(lora_trainer_create(&t2, m, ad, &lp), LORA_OK);
+            lora_trainer_free(t2);
+            t2 = NULL;
         }
         {
             /* Data parallel: bad ranks are refused; a reducer that fails stops the run before any step. */

@@ -10,7 +10,7 @@ from . import _capi as C
 from ._convert import cpath, flag, int32, int32_matrix, real, uint64
 from ._owner import Owner
 from .adapter import Adapter
-from .errors import AbortedError, LoraError, file_not_found
+from .errors import AbortedError, LoraError, Status, file_not_found
 from .model import Model
 
 _SCHEDULERS = {
@@ -214,6 +214,9 @@ class Trainer(Owner):
             p.gradient_checkpointing = flag(gradient_checkpointing)
         if loraplus_lr_ratio is not None:
             p.loraplus_lr_ratio = real(loraplus_lr_ratio, "loraplus_lr_ratio")
+            if p.loraplus_lr_ratio == 0:  # the C struct reads 0 as 1 (0.1.0's padding); here it is an error
+                raise LoraError(Status.INVALID_ARGUMENT, "LORA_INVALID_ARGUMENT",
+                                "loraplus_lr_ratio must be a finite number > 0", "lora_trainer_create")
         self.num_train_epochs = None
         if num_train_epochs is not None and max_steps is None:
             self.num_train_epochs = real(num_train_epochs, "num_train_epochs")
