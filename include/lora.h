@@ -10,8 +10,14 @@
  *   fixed name. Status values are never renumbered.
  * - Handles are opaque and created through an out-parameter placed first;
  *   *out is set to NULL on failure. Each handle type has one *_free function
- *   that accepts NULL. Using a handle after freeing it is undefined behaviour
- *   (it cannot be detected).
+ *   that accepts NULL. liblora keeps a table of the handles it returned and
+ *   looks each one up before use: a freed handle, a pointer it never returned
+ *   or a handle of another type gives LORA_INVALID_ARGUMENT (-1 from the
+ *   getters that return counts), and freeing a handle twice does nothing.
+ *   (Once a newer handle of the same type reuses the address, the old
+ *   pointer means that handle: do not rely on the check to find use after
+ *   free.) A call that has looked its handles up keeps them alive until it
+ *   returns, even if another thread frees them meanwhile.
  * - Parameter structs start with `uint32_t struct_size`. Fill them with the
  *   matching lora_*_default_params() (which sets struct_size to the size this
  *   header declares), then change fields. Pass them by pointer; NULL means

@@ -173,3 +173,23 @@ void lb_parallel_run(int chunks, lb_chunk_fn fn, void *ctx) {
     pthread_mutex_unlock(&submit_lock);
     lb_leave_parallel(was);
 }
+
+// The lock of the C ABI's table of live handles (Sources/LoraCAPI). A child
+// of fork() starts with it unlocked: a thread of the parent may have held it.
+static pthread_mutex_t handles_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t handles_once = PTHREAD_ONCE_INIT;
+static void handles_after_fork_in_child(void) {
+    pthread_mutex_init(&handles_lock, NULL);
+}
+static void handles_install_atfork(void) {
+    pthread_atfork(NULL, NULL, handles_after_fork_in_child);
+}
+
+void lb_handles_lock(void) {
+    pthread_once(&handles_once, handles_install_atfork);
+    pthread_mutex_lock(&handles_lock);
+}
+
+void lb_handles_unlock(void) {
+    pthread_mutex_unlock(&handles_lock);
+}

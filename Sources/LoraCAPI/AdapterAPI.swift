@@ -95,8 +95,7 @@ public func lora_adapter_save(_ adapter: OpaquePointer?, _ path: UnsafePointer<C
 
 @_cdecl("lora_adapter_free")
 public func lora_adapter_free(_ adapter: OpaquePointer?) {
-    guard let adapter else { return }
-    let ab = Unmanaged<AdapterBox>.fromOpaque(UnsafeRawPointer(adapter)).takeUnretainedValue()
+    guard let ab = try? box(adapter, AdapterBox.self, "adapter") else { return }
     if let mb = ab.model, mb.model.attachments.contains(where: { $0.adapter === ab.adapter }) {
         try? mb.model.detach(ab.adapter)
     }
@@ -105,8 +104,8 @@ public func lora_adapter_free(_ adapter: OpaquePointer?) {
 
 @_cdecl("lora_adapter_n_params")
 public func lora_adapter_n_params(_ adapter: OpaquePointer?) -> Int64 {
-    guard let adapter else { return -1 }
-    return Int64(Unmanaged<AdapterBox>.fromOpaque(UnsafeRawPointer(adapter)).takeUnretainedValue().adapter.parameterCount)
+    guard let ab = try? box(adapter, AdapterBox.self, "adapter") else { return -1 }
+    return Int64(ab.adapter.parameterCount)
 }
 
 func modelAndAdapter(_ model: OpaquePointer?, _ adapter: OpaquePointer?) throws -> (Model, Adapter) {

@@ -133,18 +133,76 @@ final class TrainerBox {
     init(_ t: Trainer, model: ModelBox, adapter: AdapterBox?) { trainer = t; self.model = model; self.adapter = adapter }
 }
 
-func box<T: AnyObject>(_ p: OpaquePointer?, _ type: T.Type, _ what: String) throws -> T {
-    guard let p else { throw invalid("\(what) is NULL") }
-    return Unmanaged<T>.fromOpaque(UnsafeRawPointer(p)).takeUnretainedValue()
+/// Every handle liblora has returned and not yet freed, with its kind. An
+/// entry point looks each handle up here before touching it, so a freed
+/// handle, a pointer liblora never returned or a handle of another kind is
+/// LORA_INVALID_ARGUMENT, not a crash, and freeing a handle twice does
+/// nothing. (An address that a newer handle of the same kind reuses is that
+/// handle.) The lookup takes a strong reference under the lock, so a free on
+/// another thread cannot pull the object from under a call already past it.
+final class HandleTable: @unchecked Sendable {
+    private var live: [UnsafeMutableRawPointer: (kind: ObjectIdentifier, name: String)] = [:]
+
+    static func name(_ type: Any.Type) -> String {
+        switch type {
+        case is ModelBox.Type: return "lora_model"
+        case is AdapterBox.Type: return "lora_adapter"
+        case is TrainerBox.Type: return "lora_trainer"
+        case is EngineBox.Type: return "lora_engine"
+        default: return String(describing: type)
+        }
+    }
+
+    func insert<T: AnyObject>(_ object: T) -> OpaquePointer {
+        let p = Unmanaged.passRetained(object).toOpaque()
+        lb_handles_lock()
+        live[p] = (ObjectIdentifier(T.self), Self.name(T.self))
+        lb_handles_unlock()
+        return OpaquePointer(p)
+    }
+
+    func object<T: AnyObject>(_ p: OpaquePointer, _ type: T.Type, _ what: String) throws -> T {
+        let raw = UnsafeMutableRawPointer(p)
+        lb_handles_lock()
+        defer { lb_handles_unlock() }
+        guard let entry = live[raw] else {
+            throw invalid("\(what) is not a live \(Self.name(T.self)) handle (freed already, or not returned by liblora)")
+        }
+        guard entry.kind == ObjectIdentifier(T.self) else {
+            throw invalid("\(what) is a \(entry.name) handle, not a \(Self.name(T.self))")
+        }
+        return Unmanaged<T>.fromOpaque(raw).takeUnretainedValue()
+    }
+
+    /// Forgets the handle and drops its reference; false (and nothing done)
+    /// for a handle that is not live or of another kind.
+    @discardableResult
+    func remove<T: AnyObject>(_ p: OpaquePointer, _ type: T.Type) -> Bool {
+        let raw = UnsafeMutableRawPointer(p)
+        lb_handles_lock()
+        guard let entry = live[raw], entry.kind == ObjectIdentifier(T.self) else {
+            lb_handles_unlock()
+            return false
+        }
+        live[raw] = nil
+        lb_handles_unlock()
+        Unmanaged<T>.fromOpaque(raw).release()
+        return true
+    }
 }
 
-func retain<T: AnyObject>(_ object: T) -> OpaquePointer {
-    OpaquePointer(Unmanaged.passRetained(object).toOpaque())
+let handles = HandleTable()
+
+func box<T: AnyObject>(_ p: OpaquePointer?, _ type: T.Type, _ what: String) throws -> T {
+    guard let p else { throw invalid("\(what) is NULL") }
+    return try handles.object(p, type, what)
 }
+
+func retain<T: AnyObject>(_ object: T) -> OpaquePointer { handles.insert(object) }
 
 func release<T: AnyObject>(_ p: OpaquePointer?, _ type: T.Type) {
     guard let p else { return }
-    Unmanaged<T>.fromOpaque(UnsafeRawPointer(p)).release()
+    handles.remove(p, type)
 }
 
 /// Copies UTF-8 text into a caller buffer with a terminating NUL.

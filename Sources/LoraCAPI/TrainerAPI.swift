@@ -91,8 +91,8 @@ public func lora_trainer_free(_ trainer: OpaquePointer?) { release(trainer, Trai
 
 @_cdecl("lora_trainer_get_step")
 public func lora_trainer_get_step(_ trainer: OpaquePointer?) -> Int32 {
-    guard let trainer else { return -1 }
-    return Int32(clamping: Unmanaged<TrainerBox>.fromOpaque(UnsafeRawPointer(trainer)).takeUnretainedValue().trainer.step)
+    guard let tb = try? box(trainer, TrainerBox.self, "trainer") else { return -1 }
+    return Int32(clamping: tb.trainer.step)
 }
 
 func loadData(_ tb: TrainerBox, _ paths: [String], skipBad: Bool) throws -> Dataset {

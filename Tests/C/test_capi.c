@@ -36,6 +36,7 @@ int main(int argc, char **argv) {
         {"status_strings", test_status_strings},
         {"defaults", test_defaults},
         {"free_null", test_free_null},
+        {"dead_handles", test_dead_handles},
         {"model_load_errors", test_model_load_errors},
         {"model_info", test_model_info},
         {"model_dtype", test_model_dtype},

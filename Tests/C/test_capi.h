@@ -105,6 +105,7 @@ void test_versions(void);
 void test_status_strings(void);
 void test_defaults(void);
 void test_free_null(void);
+void test_dead_handles(void);
 /* test_capi_model.c */
 void test_model_load_errors(void);
 void test_model_info(void);

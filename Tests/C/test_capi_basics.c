@@ -179,3 +179,65 @@ void test_free_null(void) {
     CHECK(lora_adapter_n_params(NULL) == -1, "lora_adapter_n_params(NULL)");
     CHECK(lora_trainer_get_step(NULL) == -1, "lora_trainer_get_step(NULL)");
 }
+
+/* A freed handle, a pointer liblora never returned and a handle of another
+ * kind are LORA_INVALID_ARGUMENT, and freeing twice does nothing: liblora
+ * looks every handle up in its table of live ones before touching it.
+ * (Passing a freed pointer's value is what a buggy host does; these calls
+ * never dereference it, which valgrind checks.) */
+void test_dead_handles(void) {
+    lora_model *m = NULL, *other = NULL;
+    REQUIRE_OK(lora_model_load(&m, path("%s/gpt2-a", fixtures), NULL));
+    REQUIRE_OK(lora_model_load(&other, path("%s/gpt2-a", fixtures), NULL));
+    lora_adapter *a = NULL, *foreign = NULL, *gone = NULL;
+    REQUIRE_OK(lora_adapter_load(&a, m, path("%s/lora/all", fixtures)));
+    REQUIRE_OK(lora_adapter_load(&foreign, other, path("%s/lora/all", fixtures)));
+    REQUIRE_OK(lora_adapter_load(&gone, m, path("%s/lora/all", fixtures)));
+    long long n = lora_adapter_n_params(gone);
+    CHECK(n > 0, "n_params %lld", n);
+    lora_adapter_free(gone);
+    lora_adapter_free(gone); /* twice: nothing happens */
+    CHECK(lora_adapter_n_params(gone) == -1, "n_params of a freed adapter");
+    EXPECT(lora_model_attach(m, gone, 1.0f), LORA_INVALID_ARGUMENT);
+    CHECK(strstr(lora_last_error(), "not a live lora_adapter") != NULL, "message: %s", lora_last_error());
+    EXPECT(lora_adapter_save(gone, path("%s/dead", workdir)), LORA_INVALID_ARGUMENT);
+    /* Another kind, and memory liblora never handed out. */
+    EXPECT(lora_model_attach(m, (lora_adapter *)other, 1.0f), LORA_INVALID_ARGUMENT);
+    CHECK(strstr(lora_last_error(), "lora_model handle, not a lora_adapter") != NULL, "message: %s", lora_last_error());
+    char junk[256] = {0};
+    EXPECT(lora_model_attach((lora_model *)junk, a, 1.0f), LORA_INVALID_ARGUMENT);
+    lora_model_free((lora_model *)junk); /* not a handle: ignored */
+    CHECK(lora_trainer_get_step((lora_trainer *)a) == -1, "get_step of an adapter handle");
+
+    /* The engine: a freed adapter, a freed engine. */
+    lora_engine *e = NULL;
+    REQUIRE_OK(lora_engine_create(&e, m, NULL));
+    int32_t ids[3] = {5, 17, 2};
+    lora_request rq;
+    lora_request_default_params(&rq);
+    rq.tokens = ids;
+    rq.n_tokens = 3;
+    lora_adapter_use use = {gone, 1.0f};
+    rq.adapters = &use;
+    rq.n_adapters = 1;
+    lora_request_id id = -1;
+    EXPECT(lora_engine_submit(e, &rq, &id), LORA_INVALID_ARGUMENT);
+    use.adapter = a;
+    REQUIRE_OK(lora_engine_submit(e, &rq, &id));
+    lora_engine_free(e);
+    EXPECT(lora_engine_submit(e, &rq, &id), LORA_INVALID_ARGUMENT);
+    EXPECT(lora_engine_run(e), LORA_INVALID_ARGUMENT);
+    lora_engine_free(e); /* twice */
+
+    lora_adapter_free(foreign);
+    lora_adapter_free(a);
+    lora_model_free(other);
+    lora_model_free(m);
+    EXPECT(lora_model_attach(m, a, 1.0f), LORA_INVALID_ARGUMENT);
+    return;
+done:
+    lora_adapter_free(foreign);
+    lora_adapter_free(a);
+    lora_model_free(other);
+    lora_model_free(m);
+}

@@ -49,6 +49,9 @@ LB_HIDDEN void lb_leave_parallel(int was);
 // chunk itself. fn must not throw or longjmp.
 typedef void (*lb_chunk_fn)(void *ctx, int chunk);
 LB_HIDDEN void lb_parallel_run(int chunks, lb_chunk_fn fn, void *ctx);
+// The lock of the C ABI's handle table; a fork() child starts with it unlocked.
+LB_HIDDEN void lb_handles_lock(void);
+LB_HIDDEN void lb_handles_unlock(void);
 
 // Pure decision function (testable): the OPENBLAS_CORETYPE liblora would
 // set for a CPU with these features when OpenBLAS reports `reported`, or
