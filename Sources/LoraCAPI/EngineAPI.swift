@@ -91,6 +91,8 @@ public func lora_engine_submit(
             guard let list = r.adapters else { throw invalid("request->adapters is NULL but n_adapters is \(n)") }
             for k in 0..<n {
                 let a = try box(list[k].adapter, AdapterBox.self, "adapters[\(k)].adapter")
+                // As lora_model_attach: an adapter belongs to the model handle it was made for.
+                guard a.model === eb.model else { throw invalid("adapters[\(k)].adapter belongs to another model handle") }
                 uses.append(AdapterUse(a.adapter, scale: try finite(list[k].scale, "adapters[\(k)].scale")))
             }
         }

@@ -209,7 +209,7 @@ void test_dead_handles(void) {
     lora_model_free((lora_model *)junk); /* not a handle: ignored */
     CHECK(lora_trainer_get_step((lora_trainer *)a) == -1, "get_step of an adapter handle");
 
-    /* The engine: a freed adapter, a freed engine. */
+    /* The engine: a freed adapter, another model's adapter, a freed engine. */
     lora_engine *e = NULL;
     REQUIRE_OK(lora_engine_create(&e, m, NULL));
     int32_t ids[3] = {5, 17, 2};
@@ -222,6 +222,9 @@ void test_dead_handles(void) {
     rq.n_adapters = 1;
     lora_request_id id = -1;
     EXPECT(lora_engine_submit(e, &rq, &id), LORA_INVALID_ARGUMENT);
+    use.adapter = foreign;
+    EXPECT(lora_engine_submit(e, &rq, &id), LORA_INVALID_ARGUMENT);
+    CHECK(strstr(lora_last_error(), "another model handle") != NULL, "message: %s", lora_last_error());
     use.adapter = a;
     REQUIRE_OK(lora_engine_submit(e, &rq, &id));
     lora_engine_free(e);
