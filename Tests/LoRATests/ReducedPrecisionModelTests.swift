@@ -126,6 +126,27 @@ private func lowpExpected(_ d: WeightDType) throws -> SafeTensorsFile {
         #expect(try WeightDType.parse("Q8_0") == .q8_0)
     }
 
+    /// DoRA reads the base as F32 (its weight norms, its dropout path): on a
+    /// reduced-precision base it is refused by name, nothing changed.
+    @Test(arguments: reducedDTypes)
+    func doraNeedsAnF32Base(dtype: WeightDType) throws {
+        let model = try Model.load(directory: Fixtures.path("gpt2-a"), dtype: dtype)
+        var c = LoRAConfig()
+        c.r = 4; c.loraAlpha = 8; c.useDoRA = true; c.targetModules = .names(["c_attn"])
+        let adapter = try Adapter(config: c, modelConfig: model.config)
+        let ids: [TokenID] = [5, 17, 2, 99]
+        let before = try model.logits(ids)
+        do {
+            try adapter.initialize(from: model, seed: 1)
+            Issue.record("DoRA initialized on a \(dtype) base")
+        } catch let LoRAError.unsupported(message) {
+            #expect(message.contains("DoRA") && message.contains(dtype.rawValue), "\(message)")
+        }
+        #expect(throws: LoRAError.self) { try model.attach(adapter) }
+        #expect(model.attachments.isEmpty)
+        #expect(maxAbsDiff(try model.logits(ids), before) == 0)
+    }
+
     /// Merging into a reduced-precision base re-rounds: close to the adapter
     /// applied on the fly, and unmerge comes back within the dtype's rounding.
     @Test(arguments: reducedDTypes)
