@@ -147,6 +147,32 @@ private func lowpExpected(_ d: WeightDType) throws -> SafeTensorsFile {
         #expect(maxAbsDiff(try model.logits(ids), before) == 0)
     }
 
+    /// PiSSA and OLoRA on a reduced-precision base: the residual W − s·B·A is
+    /// stored in the base's dtype, so residual + adapter computes the base
+    /// within one rounding of the dtype (bounds as mergeAndUnmergeReRound's),
+    /// and the base leaves its dtype unchanged.
+    @Test(arguments: reducedDTypes)
+    func pissaAndOLoRALeaveTheResidualInTheDType(dtype: WeightDType) throws {
+        for initialization in [LoRAConfig.Initialization.pissa(niter: nil), .olora] {
+            let model = try Model.load(directory: Fixtures.path("gpt2-a"), dtype: dtype)
+            let ids: [TokenID] = [5, 17, 2, 99, 40, 41, 7]
+            let before = try model.logits(ids)
+            var c = LoRAConfig()
+            c.r = 4; c.loraAlpha = 8; c.initLoraWeights = initialization
+            c.targetModules = .names(["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"])
+            let adapter = try Adapter(config: c, modelConfig: model.config)
+            try adapter.initialize(from: model, seed: 3)
+            #expect(model.dtype == dtype)
+            try model.attach(adapter)
+            let d = maxAbsDiff(try model.logits(ids), before)
+            let bound: Float = dtype == .bf16 ? 0.5 : 0.25
+            #expect(d < bound, "\(dtype) \(initialization): residual + adapter vs base \(d)")
+            // The residual alone is no longer the base: a large part of W moved into the adapter.
+            try model.setEnabled(adapter, false)
+            #expect(maxAbsDiff(try model.logits(ids), before) > 1e-2)
+        }
+    }
+
     /// Merging into a reduced-precision base re-rounds: close to the adapter
     /// applied on the fly, and unmerge comes back within the dtype's rounding.
     @Test(arguments: reducedDTypes)
