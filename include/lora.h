@@ -121,7 +121,7 @@ typedef struct lora_model_params {
 #define LORA_DTYPE_SAVED -1 /* the saved model's dtype, else F32 (load only) */
 #define LORA_DTYPE_F32   0
 #define LORA_DTYPE_BF16  1 /* bfloat16, round to nearest even */
-#define LORA_DTYPE_F16   2 /* IEEE half, round to nearest even (|w| > 65504 refused) */
+#define LORA_DTYPE_F16   2 /* IEEE half, round to nearest even (|w| >= 65520, which rounds to inf, refused) */
 #define LORA_DTYPE_Q8_0  3 /* ggml's Q8_0: 32 int8 + one F16 scale per block */
 
 void lora_model_default_params(lora_model_params *params);

@@ -14,7 +14,7 @@ public enum WeightDType: String, CaseIterable, Sendable {
     case f32
     /// bfloat16, rounded to nearest even: 2 bytes a weight.
     case bf16
-    /// IEEE half, rounded to nearest even (beyond ±65504: refused): 2 bytes a weight.
+    /// IEEE half, rounded to nearest even (|w| ≥ 65520, which rounds beyond ±65504: refused): 2 bytes a weight.
     case f16
     /// ggml's Q8_0: blocks of 32 int8 weights along the input dimension with
     /// one F16 scale each (34 bytes for 32 weights).
