@@ -647,6 +647,15 @@ lora_status lora_engine_submit(lora_engine *engine, const lora_request *request,
  * got their tokens and go on. */
 lora_status lora_engine_step(lora_engine *engine, lora_request_id *finished, size_t capacity, size_t *n_finished,
                              size_t *n_tokens);
+/* lora_engine_step that also says which requests got a token: their ids go
+ * into produced (each running request gets at most one token a step, so
+ * max_sequences suffices; with a smaller capacity the first
+ * `produced_capacity` are written) and *n_produced receives their count;
+ * finished as lora_engine_step. Each pointer may be NULL with capacity 0.
+ * Errors as lora_engine_step. Added in 0.2.0. */
+lora_status lora_engine_step_report(lora_engine *engine, lora_request_id *produced, size_t produced_capacity,
+                                    size_t *n_produced, lora_request_id *finished, size_t finished_capacity,
+                                    size_t *n_finished);
 /* Steps until no request is queued or running. */
 lora_status lora_engine_run(lora_engine *engine);
 

@@ -121,14 +121,39 @@ public func lora_engine_step(
     nFinished?.pointee = 0
     nTokens?.pointee = 0
     return guarded {
-        let eb = try box(engine, EngineBox.self, "engine")
-        let cap = try count(capacity, "capacity")
-        if cap > 0 && finished == nil { throw invalid("finished is NULL but its capacity is \(cap)") }
-        let r = try eb.engine.step()
-        nFinished?.pointee = r.finished.count
+        let r = try step(engine, finished: finished, capacity: capacity, nFinished: nFinished)
         nTokens?.pointee = r.produced.count
-        if let finished { for (k, id) in r.finished.prefix(cap).enumerated() { finished[k] = id } }
     }
+}
+
+@_cdecl("lora_engine_step_report")
+public func lora_engine_step_report(
+    _ engine: OpaquePointer?, _ produced: UnsafeMutablePointer<Int64>?, _ producedCapacity: Int,
+    _ nProduced: UnsafeMutablePointer<Int>?, _ finished: UnsafeMutablePointer<Int64>?, _ finishedCapacity: Int,
+    _ nFinished: UnsafeMutablePointer<Int>?
+) -> lora_status {
+    nProduced?.pointee = 0
+    nFinished?.pointee = 0
+    return guarded {
+        let cap = try count(producedCapacity, "produced_capacity")
+        if cap > 0 && produced == nil { throw invalid("produced is NULL but its capacity is \(cap)") }
+        let r = try step(engine, finished: finished, capacity: finishedCapacity, nFinished: nFinished)
+        nProduced?.pointee = r.produced.count
+        if let produced { for (k, id) in r.produced.prefix(cap).enumerated() { produced[k] = id } }
+    }
+}
+
+/// One step; the ids of the requests that ended go into `finished`.
+private func step(
+    _ engine: OpaquePointer?, finished: UnsafeMutablePointer<Int64>?, capacity: Int, nFinished: UnsafeMutablePointer<Int>?
+) throws -> EngineStepReport {
+    let eb = try box(engine, EngineBox.self, "engine")
+    let cap = try count(capacity, "capacity")
+    if cap > 0 && finished == nil { throw invalid("finished is NULL but its capacity is \(cap)") }
+    let r = try eb.engine.step()
+    nFinished?.pointee = r.finished.count
+    if let finished { for (k, id) in r.finished.prefix(cap).enumerated() { finished[k] = id } }
+    return r
 }
 
 @_cdecl("lora_engine_run")

@@ -55,6 +55,7 @@ int main(int argc, char **argv) {
         {"fork", test_fork},
         {"engine", test_engine},
         {"engine_threads", test_engine_threads},
+        {"engine_step_report", test_engine_step_report},
         {"gguf_export", test_gguf_export},
     };
     const char *only = getenv("LORA_TEST_ONLY");

@@ -131,6 +131,7 @@ void test_fork(void);
 /* test_capi_engine.c */
 void test_engine(void);
 void test_engine_threads(void);
+void test_engine_step_report(void);
 
 /* test_capi_gguf.c */
 void test_gguf_export(void);

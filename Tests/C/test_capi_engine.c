@@ -419,3 +419,81 @@ done:
     lora_engine_free(e);
     lora_model_free(m);
 }
+
+/* lora_engine_step_report: every token a request got is reported once, in
+ * the step that produced it; a short buffer gets the first ids and the full
+ * count. */
+void test_engine_step_report(void) {
+    lora_model *m = NULL;
+    lora_engine *e = NULL;
+    REQUIRE_OK(lora_model_load(&m, path("%s/gpt2-a", fixtures), NULL));
+    lora_engine_params ep;
+    lora_engine_default_params(&ep);
+    ep.max_sequences = 2;
+    REQUIRE_OK(lora_engine_create(&e, m, &ep));
+    enum { N = 3 };
+    lora_request_id ids[N];
+    int32_t prompt[4] = {5, 17, 2, 9};
+    for (int j = 0; j < N; j++) {
+        lora_sampling_params sp;
+        lora_sampling_default_params(&sp);
+        sp.temperature = 0;
+        sp.stop_at_eos = 0;
+        sp.max_new_tokens = 2 + 2 * j;
+        lora_request rq;
+        lora_request_default_params(&rq);
+        rq.tokens = prompt;
+        rq.n_tokens = 2 + (size_t)j;
+        rq.sampling = &sp;
+        REQUIRE_OK(lora_engine_submit(e, &rq, &ids[j]));
+    }
+    int64_t got[N] = {0};
+    size_t ended = 0, steps = 0;
+    for (;;) {
+        lora_request_id produced[2], finished[2];
+        size_t np = 99, nf = 99;
+        REQUIRE_OK(lora_engine_step_report(e, produced, 2, &np, finished, 2, &nf));
+        CHECK(np <= 2 && nf <= 2, "a step of a 2-sequence engine reported %zu produced, %zu finished", np, nf);
+        for (size_t k = 0; k < np && k < 2; k++) {
+            int known = 0;
+            for (int j = 0; j < N; j++)
+                if (produced[k] == ids[j]) got[j]++, known = 1;
+            CHECK(known, "produced id %lld is not a request", (long long)produced[k]);
+            for (size_t l = 0; l < k; l++) CHECK(produced[l] != produced[k], "an id produced twice in one step");
+        }
+        ended += nf;
+        if (np == 0 && nf == 0) break;
+        if (++steps > 100) break;
+    }
+    CHECK(ended == N, "%zu requests ended", ended);
+    for (int j = 0; j < N; j++) {
+        lora_request_info info;
+        info.struct_size = sizeof info;
+        REQUIRE_OK(lora_engine_request_info(e, ids[j], &info));
+        CHECK(got[j] == info.n_tokens && got[j] == 2 + 2 * j, "request %d: %lld tokens reported, %lld generated", j,
+              (long long)got[j], (long long)info.n_tokens);
+    }
+    /* A capacity of 1 with two running: the count is the whole, one id written. */
+    lora_sampling_params sp;
+    lora_sampling_default_params(&sp);
+    sp.temperature = 0;
+    sp.stop_at_eos = 0;
+    sp.max_new_tokens = 3;
+    lora_request rq;
+    lora_request_default_params(&rq);
+    rq.tokens = prompt;
+    rq.n_tokens = 3;
+    rq.sampling = &sp;
+    lora_request_id a = 0, b = 0, one[2] = {0, -7};
+    REQUIRE_OK(lora_engine_submit(e, &rq, &a));
+    REQUIRE_OK(lora_engine_submit(e, &rq, &b));
+    size_t np = 0;
+    REQUIRE_OK(lora_engine_step_report(e, one, 1, &np, NULL, 0, NULL));
+    CHECK(np == 2 && (one[0] == a || one[0] == b) && one[1] == -7, "capacity 1: n_produced %zu, ids %lld %lld", np,
+          (long long)one[0], (long long)one[1]);
+    EXPECT(lora_engine_step_report(e, NULL, 3, &np, NULL, 0, NULL), LORA_INVALID_ARGUMENT);
+    REQUIRE_OK(lora_engine_run(e));
+done:
+    lora_engine_free(e);
+    lora_model_free(m);
+}

@@ -578,6 +578,12 @@ lora_engine_submit = _fn("lora_engine_submit", lora_status,
 lora_engine_step = _fn("lora_engine_step", lora_status,
                        [lora_engine_p, POINTER(lora_request_id), c_size_t, POINTER(c_size_t), POINTER(c_size_t)],
                        check=True)
+# lora_status lora_engine_step_report(lora_engine *engine, lora_request_id *produced, size_t produced_capacity,
+#                                     size_t *n_produced, lora_request_id *finished, size_t finished_capacity,
+#                                     size_t *n_finished);
+lora_engine_step_report = _fn("lora_engine_step_report", lora_status,
+                              [lora_engine_p, POINTER(lora_request_id), c_size_t, POINTER(c_size_t),
+                               POINTER(lora_request_id), c_size_t, POINTER(c_size_t)], check=True)
 # lora_status lora_engine_run(lora_engine *engine);
 lora_engine_run = _fn("lora_engine_run", lora_status, [lora_engine_p], check=True)
 # lora_status lora_engine_cancel(lora_engine *engine, lora_request_id id);
