@@ -108,6 +108,8 @@ struct GenerationState {
     var sequence: [TokenID]
     var newTokens: [TokenID] = []
     var text = ""
+    /// The sampler's buffers, kept for the sequence's next token.
+    var sampler = SamplerScratch()
 
     init(model: Model, prompt: [TokenID], params: SamplingParams, limit: Int) {
         self.params = params
@@ -122,7 +124,7 @@ struct GenerationState {
 
     /// Picks the next token from this sequence's logits row (changed in place).
     mutating func pick(_ logits: inout [Float]) -> TokenID {
-        Sampler.pick(logits: &logits, history: sequence, params: params, rng: &rng)
+        Sampler.pick(logits: &logits, history: sequence, params: params, rng: &rng, scratch: &sampler)
     }
 
     /// Takes a picked token: returns its text piece and why the sequence ends
@@ -159,12 +161,31 @@ struct GenerationState {
 }
 
 /// Token selection over one row of logits.
+/// The sampler's buffers for one sequence, reused from token to token (no
+/// allocation per token once they have grown to the vocabulary).
+struct SamplerScratch {
+    var idx: [Int] = []
+    var probs: [Double] = []
+    var seen = Set<TokenID>()
+}
+
 enum Sampler {
     static func pick(logits: inout [Float], history: [TokenID], params: SamplingParams, rng: inout SplitMix64) -> TokenID {
+        var scratch = SamplerScratch()
+        return pick(logits: &logits, history: history, params: params, rng: &rng, scratch: &scratch)
+    }
+
+    /// The next token: greedy at temperature 0; otherwise the candidates in
+    /// order of logit (descending, ties by index), the top_k first of them,
+    /// softmax at the temperature, the top_p prefix, one draw.
+    static func pick(
+        logits: inout [Float], history: [TokenID], params: SamplingParams, rng: inout SplitMix64,
+        scratch: inout SamplerScratch
+    ) -> TokenID {
         let V = logits.count
         if params.repetitionPenalty != 1 {
-            var seen = Set<TokenID>()
-            for t in history where seen.insert(t).inserted && Int(t) < V {
+            scratch.seen.removeAll(keepingCapacity: true)
+            for t in history where scratch.seen.insert(t).inserted && Int(t) < V {
                 let v = logits[Int(t)]
                 logits[Int(t)] = v < 0 ? v * params.repetitionPenalty : v / params.repetitionPenalty
             }
@@ -174,30 +195,66 @@ enum Sampler {
             for i in 1..<V where logits[i] > logits[best] { best = i }
             return TokenID(best)
         }
-        // Candidates sorted by logit, descending (stable on index for ties).
-        var idx = Array(0..<V)
         let inv = 1 / params.temperature
         for i in 0..<V { logits[i] *= inv }
-        idx.sort { logits[$0] != logits[$1] ? logits[$0] > logits[$1] : $0 < $1 }
         var keep = V
         if params.topK > 0 { keep = min(keep, params.topK) }
+        // The first `keep` candidates in order: with a top_k below the
+        // vocabulary, a heap of the best k in one pass and a sort of those
+        // (the same candidates in the same order as sorting all V, at
+        // O(V log k) instead of O(V log V)).
+        logits.withUnsafeBufferPointer { l in
+            func before(_ a: Int, _ b: Int) -> Bool { l[a] != l[b] ? l[a] > l[b] : a < b }
+            scratch.idx.removeAll(keepingCapacity: true)
+            if keep < V {
+                // Min-heap under `before`: the root is the worst kept candidate.
+                scratch.idx.append(contentsOf: 0..<keep)
+                scratch.idx.withUnsafeMutableBufferPointer { h in
+                    func siftDown(_ start: Int) {
+                        var i = start
+                        while true {
+                            let l2 = 2 * i + 1
+                            if l2 >= keep { return }
+                            var worst = l2
+                            if l2 + 1 < keep, before(h[worst], h[l2 + 1]) { worst = l2 + 1 }
+                            if before(h[worst], h[i]) { return }
+                            h.swapAt(i, worst)
+                            i = worst
+                        }
+                    }
+                    for i in stride(from: keep / 2 - 1, through: 0, by: -1) { siftDown(i) }
+                    for c in keep..<V where before(c, h[0]) {
+                        h[0] = c
+                        siftDown(0)
+                    }
+                }
+            } else {
+                scratch.idx.append(contentsOf: 0..<V)
+            }
+            scratch.idx.sort(by: before)
+        }
+        let idx = scratch.idx
         let mx = logits[idx[0]]
-        var probs = [Double](repeating: 0, count: keep)
+        if scratch.probs.count < keep { scratch.probs = [Double](repeating: 0, count: max(keep, scratch.probs.count)) }
         var sum = 0.0
-        for j in 0..<keep { let p = Foundation.exp(Double(logits[idx[j]] - mx)); probs[j] = p; sum += p }
+        for j in 0..<keep {
+            let p = Foundation.exp(Double(logits[idx[j]] - mx))
+            scratch.probs[j] = p
+            sum += p
+        }
         if params.topP < 1 {
             var cum = 0.0
             var cut = keep
             for j in 0..<keep {
-                cum += probs[j] / sum
+                cum += scratch.probs[j] / sum
                 if cum >= Double(params.topP) { cut = j + 1; break }
             }
             keep = max(1, cut)
-            sum = probs[0..<keep].reduce(0, +)
+            sum = scratch.probs[0..<keep].reduce(0, +)
         }
         var u = rng.nextDouble() * sum
         for j in 0..<keep {
-            u -= probs[j]
+            u -= scratch.probs[j]
             if u < 0 { return TokenID(idx[j]) }
         }
         return TokenID(idx[keep - 1])
