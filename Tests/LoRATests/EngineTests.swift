@@ -100,6 +100,8 @@ let engineLogitTolerance: Float = 1e-4
             #expect(r.rows <= p.maxTokensPerStep)
         }
         #expect(reported.sorted() == jobs.map(\.id).sorted())
+        // Every set is forgotten with its last request.
+        #expect(engine.liveAdapterSets == 0)
         let c = try engine.state(cancelled.id)
         #expect(c.state == .cancelled)
         #expect(c.result.map { $0.tokens.count >= 2 && $0.tokens.count < 30 } == true)
@@ -113,6 +115,35 @@ let engineLogitTolerance: Float = 1e-4
             #expect(info.result?.stopReason == want.stopReason)
             #expect(streams.tokens(i) == want.tokens)
         }
+    }
+
+    /// Adapter sets are numbered while requests use them and forgotten after:
+    /// a long-running engine does not grow with every set and scale it saw.
+    @Test func adapterSetsAreForgottenWithTheirLastRequest() throws {
+        let (a, b) = Self.adapters
+        var p = EngineParams()
+        p.maxSequences = 2
+        let engine = try Engine(model: Self.model, params: p)
+        var sp = SamplingParams.greedy
+        sp.maxNewTokens = 2
+        sp.stopAtEndOfText = false
+        let prompt = Self.prompt(7, length: 4)
+        let first = try engine.submit(EngineRequest(prompt: prompt, adapters: [AdapterUse(a, scale: 0.5)], params: sp))
+        _ = try engine.submit(EngineRequest(prompt: prompt, adapters: [AdapterUse(a, scale: 0.5)], params: sp))
+        let queued = try engine.submit(EngineRequest(prompt: prompt, adapters: [AdapterUse(b)], params: sp))
+        #expect(engine.liveAdapterSets == 2)
+        try engine.cancel(queued)  // a queued request's set goes with it
+        #expect(engine.liveAdapterSets == 1)
+        _ = try engine.step()
+        try engine.runUntilDone()
+        #expect(engine.liveAdapterSets == 0)
+        // Many distinct scales one after another: the table stays empty between them.
+        for k in 0..<50 {
+            _ = try engine.submit(EngineRequest(prompt: prompt, adapters: [AdapterUse(b, scale: 0.01 * Float(k))], params: sp))
+            try engine.runUntilDone()
+        }
+        #expect(engine.liveAdapterSets == 0)
+        #expect(try engine.state(first).state == .finished)
     }
 
     /// Logits: every row of every step (chunked prefills, decodes, joins in

@@ -110,7 +110,13 @@ public final class Engine: @unchecked Sendable {
     private var queue: [ActiveSequence] = []
     private var records: [Int64: Record] = [:]
     private var stepping = false
+    /// The number of each adapter set (grouping rows by set in a step) and
+    /// how many queued or running requests use it: a set is forgotten when
+    /// its last request ends, so a long-running engine (a server) does not
+    /// grow with every distinct set and scale it has seen.
     private var setIDs: [[SetMember]: Int] = [:]
+    private var setUses: [Int: (key: [SetMember], count: Int)] = [:]
+    private var nextSetID = 0
 
     /// An adapter of a set, by identity. Not held: an identifier reused by a
     /// later adapter is harmless, since running sequences hold their adapters,
@@ -283,16 +289,42 @@ public final class Engine: @unchecked Sendable {
         nextID += 1
         // Adapter sets are numbered by adapter identity and scale.
         let key = active.map { SetMember(adapter: ObjectIdentifier($0.adapter), scale: $0.scale.bitPattern) }
-        let setID = setIDs[key] ?? setIDs.count
-        setIDs[key] = setID
-        let s = ActiveSequence(id: id, request: request, active: active, setID: setID, generation: generation)
         if request.params.maxNewTokens == 0 {
             records[id] = Record(state: .finished, result: GenerationResult(tokens: [], text: "", stopReason: .maxNewTokens))
-        } else {
-            records[id] = Record(state: .queued)
-            queue.append(s)
+            return id
         }
+        let setID: Int
+        if let known = setIDs[key] {
+            setID = known
+        } else {
+            setID = nextSetID
+            nextSetID += 1
+            setIDs[key] = setID
+        }
+        setUses[setID, default: (key, 0)].count += 1
+        records[id] = Record(state: .queued)
+        queue.append(ActiveSequence(id: id, request: request, active: active, setID: setID, generation: generation))
         return id
+    }
+
+    /// A request of set `setID` ended (under the lock): the set is forgotten
+    /// with its last request.
+    private func releaseSet(_ setID: Int) {
+        guard var u = setUses[setID] else { return }
+        u.count -= 1
+        if u.count > 0 {
+            setUses[setID] = u
+        } else {
+            setUses[setID] = nil
+            setIDs[u.key] = nil
+        }
+    }
+
+    /// Adapter sets the engine numbers now (queued or running requests' sets).
+    package var liveAdapterSets: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return setIDs.count
     }
 
     /// Cancels a queued or running request: it ends before its next token
@@ -308,6 +340,7 @@ public final class Engine: @unchecked Sendable {
         case .finished, .cancelled:
             throw LoRAError.wrongState("request \(id) has already ended")
         case .queued:
+            if let s = queue.first(where: { $0.id == id }) { releaseSet(s.setID) }
             queue.removeAll { $0.id == id }
             r.state = .cancelled
             r.result = GenerationResult(tokens: [], text: "", stopReason: .callback)
@@ -446,6 +479,7 @@ public final class Engine: @unchecked Sendable {
         r.result = r.state == .cancelled ? s.generation.result(.callback) : result
         records[s.id] = r
         freeSlots.append(s.slot)
+        releaseSet(s.setID)
         finished.append(s.id)
     }
 
