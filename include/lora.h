@@ -581,11 +581,15 @@ lora_status lora_trainer_set_gradient_reducer(lora_trainer *trainer, int32_t ran
  *
  * Lifetimes: a request keeps its adapters alive until it ends (reference
  * counted), so lora_adapter_free on an adapter a request uses is allowed and
- * does not disturb it; the handle itself must not be passed to the library
- * afterwards. The engine keeps its model's weights alive, but the model must
- * not be changed (merge, unmerge, training) while requests run; adapters
- * attached to the model with lora_model_attach are not applied by the engine
- * (merged ones are part of the weights). Free the engine before the model. */
+ * does not disturb it; the freed handle is refused afterwards
+ * (LORA_INVALID_ARGUMENT). Requests read their adapters: an adapter a queued
+ * or running request uses must not be trained, loaded into or changed
+ * (lora_trainer_step and friends, merges into it) until the request ends.
+ * The engine keeps its model's weights alive, but the model must not be
+ * changed (merge, unmerge, training) while requests run; adapters attached
+ * to the model with lora_model_attach are not applied by the engine (merged
+ * ones are part of the weights). lora_engine_free must not overlap another
+ * call on the same engine. Free the engine before the model. */
 
 typedef struct lora_engine lora_engine;
 typedef int64_t lora_request_id; /* > 0 */
