@@ -117,6 +117,39 @@ let engineLogitTolerance: Float = 1e-4
         }
     }
 
+    /// A stop string ends its request where generation alone ends it (same
+    /// tokens, text and reason); the request beside it goes on.
+    @Test func stopStringEndsOnlyItsRequest() throws {
+        let sets = Self.sets()
+        var free = SamplingParams.greedy
+        free.maxNewTokens = 16
+        free.stopAtEndOfText = false
+        let prompt = Self.prompt(3, length: 5)
+        let full = try Self.solo(prompt, sets[1], free)
+        // Two characters from the middle of the text: the first time they
+        // appear is after some tokens and before the last.
+        let chars = Array(full.text)
+        try #require(chars.count >= 8, "text too short: \(full.text)")
+        let stop = String(chars[chars.count / 2..<chars.count / 2 + 2])
+        var stopping = free
+        stopping.stopStrings = [stop]
+        let want = try Self.solo(prompt, sets[1], stopping)
+        try #require(want.stopReason == .stopString && want.tokens.count < full.tokens.count, "\(want)")
+        var p = EngineParams()
+        p.maxSequences = 4
+        let engine = try Engine(model: Self.model, params: p)
+        let other = Self.prompt(9, length: 3)
+        let otherWant = try Self.solo(other, sets[3], free)
+        let a = try engine.submit(EngineRequest(prompt: prompt, adapters: sets[1], params: stopping))
+        let b = try engine.submit(EngineRequest(prompt: other, adapters: sets[3], params: free))
+        try engine.runUntilDone()
+        let got = try #require(try engine.state(a).result)
+        #expect(got.tokens == want.tokens && got.text == want.text && got.stopReason == .stopString, "\(got)")
+        #expect(got.text.contains(stop))
+        let rest = try #require(try engine.state(b).result)
+        #expect(rest.tokens == otherWant.tokens && rest.stopReason == .maxNewTokens)
+    }
+
     /// Adapter sets are numbered while requests use them and forgotten after:
     /// a long-running engine does not grow with every set and scale it saw.
     @Test func adapterSetsAreForgottenWithTheirLastRequest() throws {
