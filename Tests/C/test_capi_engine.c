@@ -493,6 +493,36 @@ void test_engine_step_report(void) {
           (long long)one[0], (long long)one[1]);
     EXPECT(lora_engine_step_report(e, NULL, 3, &np, NULL, 0, NULL), LORA_INVALID_ARGUMENT);
     REQUIRE_OK(lora_engine_run(e));
+    {
+        /* An adapter freed while its request decodes: the request keeps it
+         * to its end (the same tokens as alone), the handle is refused. */
+        lora_adapter *ad = NULL;
+        REQUIRE_OK(lora_adapter_load(&ad, m, path("%s/lora/all", fixtures)));
+        lora_adapter_use use = {ad, 0.75f};
+        sp.max_new_tokens = 8;
+        int32_t want[8], got8[8];
+        size_t n_want = 0, n_got = 0;
+        REQUIRE_OK(solo_generate(m, &use, 1, prompt, 4, &sp, want, 8, &n_want));
+        rq.n_tokens = 4;
+        rq.adapters = &use;
+        rq.n_adapters = 1;
+        lora_request_id r = 0;
+        REQUIRE_OK(lora_engine_submit(e, &rq, &r));
+        REQUIRE_OK(lora_engine_step(e, NULL, 0, NULL, NULL));
+        REQUIRE_OK(lora_engine_step(e, NULL, 0, NULL, NULL));
+        lora_request_info info;
+        info.struct_size = sizeof info;
+        REQUIRE_OK(lora_engine_request_info(e, r, &info));
+        CHECK(info.state == LORA_REQUEST_RUNNING && info.n_tokens >= 1, "state %d, %lld tokens before the free",
+              info.state, (long long)info.n_tokens);
+        lora_adapter_free(ad);
+        lora_request_id refused = 0;
+        EXPECT(lora_engine_submit(e, &rq, &refused), LORA_INVALID_ARGUMENT); /* the freed handle */
+        REQUIRE_OK(lora_engine_run(e));
+        REQUIRE_OK(lora_engine_request_tokens(e, r, got8, 8, &n_got));
+        CHECK(n_got == n_want && n_want == 8 && memcmp(got8, want, sizeof want) == 0,
+              "tokens after freeing the adapter mid-decode differ from solo (%zu vs %zu)", n_got, n_want);
+    }
 done:
     lora_engine_free(e);
     lora_model_free(m);
