@@ -92,6 +92,30 @@ private func lowpExpected(_ d: WeightDType) throws -> SafeTensorsFile {
         #expect(maxAbsDiff(try wide.logits(ids), try model.logits(ids)) < logitsTolerance)
     }
 
+    /// Conversion at load from F16 and BF16 checkpoints (saved by
+    /// transformers): the same stored weights as converting their values
+    /// from F32, so the same logits bit for bit; a file already in the
+    /// asked dtype keeps its values exactly.
+    @Test(arguments: [
+        ("gpt2-a-f16", WeightDType.f16), ("gpt2-a-bf16", .bf16), ("gpt2-a-f16", .bf16), ("gpt2-a-bf16", .f16),
+        ("gpt2-a-f16", .q8_0), ("gpt2-a-bf16", .q8_0),
+    ])
+    func halfPrecisionCheckpointsConvertAsTheirF32Values(fixture: String, dtype: WeightDType) throws {
+        let direct = try Model.load(directory: Fixtures.path(fixture), dtype: dtype)
+        #expect(direct.dtype == dtype)
+        let wide = try Model.load(directory: Fixtures.path(fixture))
+        let dir = try Fixtures.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try wide.save(directory: dir)  // F32: the file's values widened exactly
+        let via = try Model.load(directory: dir, dtype: dtype)
+        let ids: [TokenID] = [3, 14, 15, 92, 65, 35]
+        #expect(try direct.logits(ids) == (try via.logits(ids)), "\(fixture) as \(dtype)")
+        if fixture.hasSuffix(dtype.rawValue) {
+            // Nothing rounded: the F32 model of the same file computes the same function.
+            #expect(maxAbsDiff(try direct.logits(ids), try wide.logits(ids)) < logitsTolerance)
+        }
+    }
+
     /// LoRA training on a bf16 base: PEFT's 20 AdamW steps on the rounded base.
     @Test func loraTrainingOnABF16BaseMatchesPEFT() throws {
         let exp = try SafeTensorsFile(path: Fixtures.path("lowp/train-bf16.safetensors"))
