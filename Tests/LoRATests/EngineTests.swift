@@ -117,6 +117,37 @@ let engineLogitTolerance: Float = 1e-4
         }
     }
 
+    /// Swift's streaming iterator: each stream gives its request's tokens and
+    /// pieces as generation alone does, the tokens another stream's steps
+    /// produced waiting in it.
+    @Test func tokenStreamsGiveWhatGenerationAloneGives() throws {
+        let sets = Self.sets()
+        var sp = SamplingParams.greedy
+        sp.maxNewTokens = 7
+        sp.stopAtEndOfText = false
+        let engine = try Engine(model: Self.model, params: EngineParams())
+        let prompts = [Self.prompt(4, length: 6), Self.prompt(5, length: 2), Self.prompt(6, length: 9)]
+        var seeded = SamplingParams()
+        seeded.seed = 21; seeded.maxNewTokens = 5; seeded.stopAtEndOfText = false
+        let params = [sp, seeded, sp]
+        let streams = try (0..<3).map {
+            try engine.submitStreaming(EngineRequest(prompt: prompts[$0], adapters: sets[$0 + 1], params: params[$0]))
+        }
+        for k in [2, 0, 1] {  // out of order: the tokens of the others wait in their streams
+            var tokens: [TokenID] = []
+            var text = ""
+            while let t = try streams[k].next() {
+                tokens.append(t.token)
+                text += t.piece
+            }
+            let want = try Self.solo(prompts[k], sets[k + 1], params[k])
+            #expect(tokens == want.tokens && text == want.text, "stream \(k)")
+            #expect(streams[k].result?.tokens == want.tokens)
+            #expect(try streams[k].next() == nil)
+        }
+        #expect(engine.pendingCount == 0)
+    }
+
     /// A stop string ends its request where generation alone ends it (same
     /// tokens, text and reason); the request beside it goes on.
     @Test func stopStringEndsOnlyItsRequest() throws {
