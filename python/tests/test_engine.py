@@ -4,6 +4,7 @@ import threading
 import pytest
 
 import lora
+from conftest import fixture
 
 
 def make_adapters(model):
@@ -88,6 +89,28 @@ def test_cancel_callback_stop_and_errors(tok_model):
     assert engine.closed
     with pytest.raises(lora.ClosedError):
         engine.submit("Hello")
+
+
+def test_bad_adapters_and_truncation(tok_model):
+    """An infinite scale, an adapter of another model, a closed adapter: refused, nothing queued;
+    max_new_tokens past the context is truncated there (stop reason "context_full")."""
+    a, _ = make_adapters(tok_model)
+    with lora.Model.load(fixture("gpt2-tok")) as other:
+        foreign = lora.Adapter.create(other, r=4, target_modules=("c_attn",), init=lora.LORA_INIT_RANDOM, seed=3)
+        with lora.Engine(tok_model, max_sequences=2) as engine:
+            with pytest.raises(lora.InvalidArgumentError):
+                engine.submit("Hello", adapters=[(a, float("inf"))])
+            with pytest.raises(lora.InvalidArgumentError, match="another model"):
+                engine.submit("Hello", adapters=[foreign])
+            gone = lora.Adapter.create(tok_model, r=4, target_modules=("c_attn",), seed=4)
+            gone.close()
+            with pytest.raises(lora.ClosedError):
+                engine.submit("Hello", adapters=[gone])
+            n_ctx = 64
+            prompt = list(range(5, 5 + n_ctx - 3))  # room for 3 new tokens
+            r = engine.submit(prompt, max_new_tokens=10, temperature=0, stop_at_eos=False)
+            engine.run()
+            assert r.stop_reason == "context_full" and len(r.tokens) == 3
 
 
 def test_adapter_closed_while_its_request_waits(tok_model):
