@@ -160,7 +160,6 @@ struct GenerationState {
     }
 }
 
-/// Token selection over one row of logits.
 /// The sampler's buffers for one sequence, reused from token to token (no
 /// allocation per token once they have grown to the vocabulary).
 struct SamplerScratch {
@@ -169,12 +168,8 @@ struct SamplerScratch {
     var seen = Set<TokenID>()
 }
 
+/// Token selection over one row of logits.
 enum Sampler {
-    static func pick(logits: inout [Float], history: [TokenID], params: SamplingParams, rng: inout SplitMix64) -> TokenID {
-        var scratch = SamplerScratch()
-        return pick(logits: &logits, history: history, params: params, rng: &rng, scratch: &scratch)
-    }
-
     /// The next token: greedy at temperature 0; otherwise the candidates in
     /// order of logit (descending, ties by index), the top_k first of them,
     /// softmax at the temperature, the top_p prefix, one draw.
@@ -235,7 +230,7 @@ enum Sampler {
         }
         let idx = scratch.idx
         let mx = logits[idx[0]]
-        if scratch.probs.count < keep { scratch.probs = [Double](repeating: 0, count: max(keep, scratch.probs.count)) }
+        if scratch.probs.count < keep { scratch.probs = [Double](repeating: 0, count: keep) }
         var sum = 0.0
         for j in 0..<keep {
             let p = Foundation.exp(Double(logits[idx[j]] - mx))
