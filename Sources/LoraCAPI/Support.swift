@@ -141,9 +141,9 @@ final class TrainerBox {
 /// handle.) The lookup takes a strong reference under the lock, so a free on
 /// another thread cannot pull the object from under a call already past it.
 final class HandleTable: @unchecked Sendable {
-    private var live: [UnsafeMutableRawPointer: (kind: ObjectIdentifier, name: String)] = [:]
+    private var live: [UnsafeMutableRawPointer: AnyObject.Type] = [:]
 
-    static func name(_ type: Any.Type) -> String {
+    static func name(_ type: AnyObject.Type) -> String {
         switch type {
         case is ModelBox.Type: return "lora_model"
         case is AdapterBox.Type: return "lora_adapter"
@@ -156,7 +156,7 @@ final class HandleTable: @unchecked Sendable {
     func insert<T: AnyObject>(_ object: T) -> OpaquePointer {
         let p = Unmanaged.passRetained(object).toOpaque()
         lb_handles_lock()
-        live[p] = (ObjectIdentifier(T.self), Self.name(T.self))
+        live[p] = T.self
         lb_handles_unlock()
         return OpaquePointer(p)
     }
@@ -165,29 +165,25 @@ final class HandleTable: @unchecked Sendable {
         let raw = UnsafeMutableRawPointer(p)
         lb_handles_lock()
         defer { lb_handles_unlock() }
-        guard let entry = live[raw] else {
+        guard let kind = live[raw] else {
             throw invalid("\(what) is not a live \(Self.name(T.self)) handle (freed already, or not returned by liblora)")
         }
-        guard entry.kind == ObjectIdentifier(T.self) else {
-            throw invalid("\(what) is a \(entry.name) handle, not a \(Self.name(T.self))")
-        }
+        guard kind == T.self else { throw invalid("\(what) is a \(Self.name(kind)) handle, not a \(Self.name(T.self))") }
         return Unmanaged<T>.fromOpaque(raw).takeUnretainedValue()
     }
 
-    /// Forgets the handle and drops its reference; false (and nothing done)
-    /// for a handle that is not live or of another kind.
-    @discardableResult
-    func remove<T: AnyObject>(_ p: OpaquePointer, _ type: T.Type) -> Bool {
+    /// Forgets the handle and drops its reference; nothing for a handle that
+    /// is not live or of another kind.
+    func remove<T: AnyObject>(_ p: OpaquePointer, _ type: T.Type) {
         let raw = UnsafeMutableRawPointer(p)
         lb_handles_lock()
-        guard let entry = live[raw], entry.kind == ObjectIdentifier(T.self) else {
+        guard live[raw] == T.self else {
             lb_handles_unlock()
-            return false
+            return
         }
         live[raw] = nil
         lb_handles_unlock()
         Unmanaged<T>.fromOpaque(raw).release()
-        return true
     }
 }
 
