@@ -302,7 +302,7 @@ let engineLogitTolerance: Float = 1e-4
         #expect(results.map(\.tokens) == [try Self.solo([7, 8], [], short).tokens, try Self.solo([1], [], short).tokens])
     }
 
-    /// Two threads submit and cancel while a third steps; a second stepping thread is refused.
+    /// Two threads submit and cancel while a third steps (a second stepper: secondStepperIsRefusedMidStep).
     @Test func concurrentSubmitAndCancel() throws {
         var p = EngineParams()
         p.maxSequences = 4
@@ -347,6 +347,67 @@ let engineLogitTolerance: Float = 1e-4
             }
         }
     }
+}
+
+extension EngineTests {
+    /// While one thread is inside `step` (here: in a token callback), a
+    /// second thread's `step` and the callback's own are refused with
+    /// `wrongState`; the running step and its request are not disturbed, and
+    /// stepping works again once the first step has returned.
+    @Test func secondStepperIsRefusedMidStep() throws {
+        var p = EngineParams()
+        p.maxSequences = 2
+        p.maxTokensPerStep = 16
+        let engine = try Engine(model: Self.model, params: p)
+        var sp = SamplingParams.greedy
+        sp.maxNewTokens = 3
+        sp.stopAtEndOfText = false
+        let prompt = Self.prompt(5, length: 6)
+        let refusals = RefusalLog()
+        let id = try engine.submit(
+            EngineRequest(prompt: prompt, params: sp) { _, _ in
+                // On the stepping thread, inside step: another thread tries to step ...
+                let done = DispatchSemaphore(value: 0)
+                Thread {
+                    refusals.record { _ = try engine.step() }
+                    done.signal()
+                }.start()
+                done.wait()
+                // ... and so does this callback.
+                refusals.record { _ = try engine.step() }
+                return .continue
+            })
+        while engine.pendingCount > 0 { _ = try engine.step() }
+        let got = refusals.all()
+        #expect(got.count == 6)  // two per token, three tokens
+        for r in got {
+            guard case .some(LoRAError.wrongState(let m)) = r else {
+                Issue.record("expected wrongState, got \(String(describing: r))")
+                continue
+            }
+            #expect(m.contains("already stepping"))
+        }
+        let info = try engine.state(id)
+        #expect(info.state == .finished)
+        #expect(info.result?.tokens == (try Self.solo(prompt, [], sp)).tokens)
+        // Stepping is free again: a new request runs to the end.
+        let again = try engine.generate([EngineRequest(prompt: prompt, params: sp)])
+        #expect(again.map(\.tokens) == [info.result?.tokens ?? []])
+    }
+}
+
+/// What each refused call threw (nil: it did not throw).
+final class RefusalLog: @unchecked Sendable {
+    private let lock = NSLock()
+    private var items: [Error?] = []
+    func record(_ body: () throws -> Void) {
+        var e: Error? = nil
+        do { try body() } catch { e = error }
+        lock.lock()
+        items.append(e)
+        lock.unlock()
+    }
+    func all() -> [Error?] { lock.lock(); defer { lock.unlock() }; return items }
 }
 
 /// `lora generate --batch-file`: JSONL with per-line adapters and sampling,
