@@ -649,8 +649,8 @@ lora_status lora_engine_submit(lora_engine *engine, const lora_request *request,
  * A step with nothing to run returns at once with both counts 0.
  * Errors: LORA_WRONG_STATE (another thread is stepping); LORA_INVALID_ARGUMENT
  * when a sampled token has no text in the tokenizer (a model vocabulary larger
- * than the tokenizer's): that request ends (LORA_STOP_CALLBACK), the others
- * got their tokens and go on. */
+ * than the tokenizer's): that request ends (LORA_STOP_ERROR, its info's status
+ * LORA_INVALID_ARGUMENT), the others got their tokens and go on. */
 lora_status lora_engine_step(lora_engine *engine, lora_request_id *finished, size_t capacity, size_t *n_finished,
                              size_t *n_tokens);
 /* lora_engine_step that also says which requests got a token: their ids go
@@ -674,7 +674,7 @@ lora_status lora_engine_cancel(lora_engine *engine, lora_request_id id);
 
 #define LORA_REQUEST_QUEUED    0
 #define LORA_REQUEST_RUNNING   1
-#define LORA_REQUEST_FINISHED  2 /* ended by a stop rule or its callback */
+#define LORA_REQUEST_FINISHED  2 /* ended by a stop rule, its callback or an error */
 #define LORA_REQUEST_CANCELLED 3
 
 #define LORA_STOP_NONE         0 /* not ended yet */
@@ -684,12 +684,14 @@ lora_status lora_engine_cancel(lora_engine *engine, lora_request_id id);
 #define LORA_STOP_CONTEXT_FULL 4
 #define LORA_STOP_CALLBACK     5 /* its callback asked to stop */
 #define LORA_STOP_CANCELLED    6
+#define LORA_STOP_ERROR        7 /* failed: the info's status says why */
 
 typedef struct lora_request_info {
     uint32_t struct_size; /* set by the caller: sizeof(lora_request_info) */
     int32_t state;        /* LORA_REQUEST_* */
     int32_t stop_reason;  /* LORA_STOP_* */
-    lora_status status;   /* LORA_OK; LORA_ABORTED when its callback stopped it */
+    lora_status status;   /* LORA_OK; LORA_ABORTED when its callback stopped it;
+                           * with LORA_STOP_ERROR, the error (LORA_INVALID_ARGUMENT) */
     int64_t n_tokens;     /* tokens generated so far */
 } lora_request_info;
 

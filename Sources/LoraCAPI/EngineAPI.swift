@@ -175,6 +175,7 @@ func stopCode(_ r: StopReason?, cancelled: Bool) -> Int32 {
     case .stopString: return LORA_STOP_STRING
     case .contextFull: return LORA_STOP_CONTEXT_FULL
     case .callback: return LORA_STOP_CALLBACK
+    case .error: return LORA_STOP_ERROR
     }
 }
 
@@ -194,7 +195,10 @@ public func lora_engine_request_info(_ engine: OpaquePointer?, _ id: Int64, _ in
         full.state = s.state.rawValue
         let cancelled = s.state == .cancelled
         full.stop_reason = stopCode(s.state == .finished || cancelled ? s.result?.stopReason : nil, cancelled: cancelled)
-        full.status = !cancelled && s.result?.stopReason == .callback ? LORA_ABORTED : LORA_OK
+        full.status =
+            cancelled
+            ? LORA_OK
+            : s.result?.stopReason == .callback ? LORA_ABORTED : s.error.map(statusOf) ?? LORA_OK
         full.n_tokens = Int64(s.tokenCount)
         withUnsafeBytes(of: &full) { src in
             UnsafeMutableRawPointer(i).copyMemory(from: src.baseAddress!, byteCount: size)

@@ -119,22 +119,36 @@ enum GenerateBatch {
         }
         // Results leave in input order as soon as every earlier one is done.
         var next = 0
+        var failed = 0
         func flush() throws {
-            while next < ids.count, let r = try engine.state(ids[next]).result {
-                let o = JSONObject([
+            while next < ids.count, case let info = try engine.state(ids[next]), let r = info.result {
+                var fields: [(String, JSONValue)] = [
                     ("index", .number(JSONNumber(next))), ("line", .number(JSONNumber(items[next].line))),
                     ("prompt", .string(items[next].prompt)), ("text", .string(r.text)),
                     ("tokens", .number(JSONNumber(r.tokens.count))), ("stop_reason", .string(r.stopReason.rawValue)),
-                ])
-                say(JSON.compact(.object(o)))
+                ]
+                if let e = info.error {
+                    fields.append(("error", .string("\(e)")))
+                    failed += 1
+                }
+                say(JSON.compact(.object(JSONObject(fields))))
                 try engine.release(ids[next])
                 next += 1
             }
         }
         while engine.pendingCount > 0 {
-            let r = try engine.step()
-            if !r.finished.isEmpty { try flush() }
+            do {
+                let r = try engine.step()
+                if !r.finished.isEmpty { try flush() }
+            } catch LoRAError.invalidArgument {
+                // A sampled token without text ended one request (its line
+                // says so: stop_reason "error"); the others go on.
+                try flush()
+            }
         }
         try flush()
+        if failed > 0 {
+            throw LoRAError.invalidArgument("\(failed) of \(ids.count) prompts failed (their lines have an \"error\")")
+        }
     }
 }

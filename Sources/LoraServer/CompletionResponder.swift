@@ -141,6 +141,7 @@ final class CompletionJob: @unchecked Sendable {
                 let cut = request.stops.compactMap { text.range(of: $0)?.lowerBound }.min()
                 if let cut { text = String(text[..<cut]) }
             case .maxNewTokens, .contextFull: finish = "length"
+            case .error: finish = "abort"
             case .callback, nil: break
             }
             outputs[i].final = text

@@ -56,6 +56,7 @@ int main(int argc, char **argv) {
         {"engine", test_engine},
         {"engine_threads", test_engine_threads},
         {"engine_step_report", test_engine_step_report},
+        {"engine_undecodable_token", test_engine_undecodable_token},
         {"gguf_export", test_gguf_export},
     };
     const char *only = getenv("LORA_TEST_ONLY");

@@ -132,6 +132,7 @@ void test_fork(void);
 void test_engine(void);
 void test_engine_threads(void);
 void test_engine_step_report(void);
+void test_engine_undecodable_token(void);
 
 /* test_capi_gguf.c */
 void test_gguf_export(void);

@@ -527,3 +527,162 @@ done:
     lora_engine_free(e);
     lora_model_free(m);
 }
+
+/* Writes a one-layer GPT-2 (vocab 2000, n_embd 16) with the fixture
+ * tokenizer (1201 tokens) beside it; the extra ids' embeddings are zero, so
+ * their logits are 0 and greedy decoding never picks them (some real id
+ * scores above 0), while sampling at a high temperature soon does. */
+static int write_extra_vocab_model(const char *dir) {
+    enum { V = 2000, E = 16, P = 32, F = 4 * E, REAL = 1201 };
+    static const struct {
+        const char *name;
+        int rows, cols; /* cols 0: a vector of `rows` */
+        int init;       /* 0 random, 1 ones, 2 zeros */
+    } t[] = {
+        {"wte.weight", V, E, 0},
+        {"wpe.weight", P, E, 0},
+        {"h.0.ln_1.weight", E, 0, 1},
+        {"h.0.ln_1.bias", E, 0, 2},
+        {"h.0.attn.c_attn.weight", E, 3 * E, 0},
+        {"h.0.attn.c_attn.bias", 3 * E, 0, 2},
+        {"h.0.attn.c_proj.weight", E, E, 0},
+        {"h.0.attn.c_proj.bias", E, 0, 2},
+        {"h.0.ln_2.weight", E, 0, 1},
+        {"h.0.ln_2.bias", E, 0, 2},
+        {"h.0.mlp.c_fc.weight", E, F, 0},
+        {"h.0.mlp.c_fc.bias", F, 0, 2},
+        {"h.0.mlp.c_proj.weight", F, E, 0},
+        {"h.0.mlp.c_proj.bias", E, 0, 2},
+        {"ln_f.weight", E, 0, 1},
+        {"ln_f.bias", E, 0, 2},
+    };
+    enum { N = sizeof t / sizeof t[0] };
+    char header[4096];
+    size_t len = 0, offset = 0, total = 0;
+    len += (size_t)snprintf(header + len, sizeof header - len, "{");
+    for (int i = 0; i < N; i++) {
+        size_t n = (size_t)t[i].rows * (size_t)(t[i].cols ? t[i].cols : 1);
+        if (t[i].cols)
+            len += (size_t)snprintf(header + len, sizeof header - len,
+                                    "%s\"%s\":{\"dtype\":\"F32\",\"shape\":[%d,%d],\"data_offsets\":[%zu,%zu]}",
+                                    i ? "," : "", t[i].name, t[i].rows, t[i].cols, offset, offset + 4 * n);
+        else
+            len += (size_t)snprintf(header + len, sizeof header - len,
+                                    "%s\"%s\":{\"dtype\":\"F32\",\"shape\":[%d],\"data_offsets\":[%zu,%zu]}",
+                                    i ? "," : "", t[i].name, t[i].rows, offset, offset + 4 * n);
+        offset += 4 * n;
+    }
+    len += (size_t)snprintf(header + len, sizeof header - len, "}");
+    while (len % 8) header[len++] = ' ';
+    total = offset;
+    float *data = calloc(total / 4, sizeof(float));
+    if (!data) return -1;
+    uint64_t state = 5;
+    float *p = data;
+    for (int i = 0; i < N; i++) {
+        size_t n = (size_t)t[i].rows * (size_t)(t[i].cols ? t[i].cols : 1);
+        for (size_t k = 0; k < n; k++) {
+            state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+            float u = (float)(state >> 40) / (float)(1ULL << 24) - 0.5f; /* uniform in [-0.5, 0.5) */
+            p[k] = t[i].init == 1 ? 1.0f : t[i].init == 2 ? 0.0f : u;
+        }
+        if (i == 0) memset(p + (size_t)REAL * E, 0, sizeof(float) * (size_t)(V - REAL) * E);
+        p += n;
+    }
+    int ok = mkdir(dir, 0755) == 0;
+    FILE *f = ok ? fopen(path("%s/model.safetensors", dir), "wb") : NULL;
+    if (f) {
+        uint64_t hl = len; /* little-endian on every target of these tests */
+        ok = fwrite(&hl, 8, 1, f) == 1 && fwrite(header, 1, len, f) == len && fwrite(data, 1, total, f) == total;
+        ok = fclose(f) == 0 && ok;
+    } else {
+        ok = 0;
+    }
+    free(data);
+    char config[256];
+    snprintf(config, sizeof config,
+             "{\"model_type\":\"gpt2\",\"vocab_size\":%d,\"n_positions\":%d,\"n_embd\":%d,\"n_layer\":1,"
+             "\"n_head\":2,\"bos_token_id\":1200,\"eos_token_id\":1200}",
+             V, P, E);
+    ok = ok && write_file(path("%s/config.json", dir), config);
+    for (int k = 0; ok && k < 2; k++) {
+        const char *name = k ? "merges.txt" : "vocab.json";
+        size_t size = 0;
+        unsigned char *bytes = read_file(path("%s/gpt2-tok/%s", fixtures, name), &size);
+        FILE *o = bytes ? fopen(path("%s/%s", dir, name), "wb") : NULL;
+        ok = o && fwrite(bytes, 1, size, o) == size;
+        if (o) ok = fclose(o) == 0 && ok;
+        free(bytes);
+    }
+    return ok ? 0 : -1;
+}
+
+/* A sampled token the tokenizer has no text for: that request ends with
+ * LORA_STOP_ERROR and status LORA_INVALID_ARGUMENT, the step returns that
+ * status, and the request beside it finishes as lora_generate alone. */
+void test_engine_undecodable_token(void) {
+    lora_model *m = NULL;
+    lora_engine *e = NULL;
+    const char *dir = path("%s/extra-vocab", workdir);
+    CHECK(write_extra_vocab_model(dir) == 0, "writing %s", dir);
+    REQUIRE_OK(lora_model_load(&m, dir, NULL));
+    lora_engine_params ep;
+    lora_engine_default_params(&ep);
+    REQUIRE_OK(lora_engine_create(&e, m, &ep));
+    lora_sampling_params hot, calm;
+    lora_sampling_default_params(&hot);
+    hot.temperature = 100;
+    hot.top_k = 0;
+    hot.top_p = 1;
+    hot.seed = 3;
+    hot.max_new_tokens = 20;
+    lora_sampling_default_params(&calm);
+    calm.temperature = 0;
+    calm.stop_at_eos = 0;
+    calm.max_new_tokens = 6;
+    int32_t prompt[3] = {5, 17, 2};
+    lora_request rq;
+    lora_request_id failing = 0, other = 0;
+    lora_request_default_params(&rq);
+    rq.tokens = prompt;
+    rq.n_tokens = 3;
+    rq.sampling = &hot;
+    REQUIRE_OK(lora_engine_submit(e, &rq, &failing));
+    rq.sampling = &calm;
+    REQUIRE_OK(lora_engine_submit(e, &rq, &other));
+    int invalid = 0;
+    for (int steps = 0; steps < 100; steps++) {
+        size_t nf = 0, nt = 0;
+        lora_status st = lora_engine_step(e, NULL, 0, &nf, &nt);
+        if (st == LORA_INVALID_ARGUMENT) {
+            invalid++;
+            CHECK(strstr(lora_last_error(), "out of range") != NULL, "step's error: %s", lora_last_error());
+        } else {
+            EXPECT(st, LORA_OK);
+        }
+        if (nf == 0 && nt == 0 && st == LORA_OK) break;
+    }
+    CHECK(invalid == 1, "%d steps returned LORA_INVALID_ARGUMENT", invalid);
+    lora_request_info info;
+    memset(&info, 0, sizeof info);
+    info.struct_size = sizeof info;
+    REQUIRE_OK(lora_engine_request_info(e, failing, &info));
+    CHECK(info.state == LORA_REQUEST_FINISHED && info.stop_reason == LORA_STOP_ERROR &&
+              info.status == LORA_INVALID_ARGUMENT,
+          "failed request: state %d, stop %d, status %d", info.state, info.stop_reason, info.status);
+    int32_t toks[32];
+    size_t n = 0;
+    REQUIRE_OK(lora_engine_request_tokens(e, failing, toks, 32, &n));
+    CHECK(n >= 1 && toks[n - 1] >= 1201, "the failed request's last token %d", n ? toks[n - 1] : -1);
+    REQUIRE_OK(lora_engine_request_info(e, other, &info));
+    CHECK(info.state == LORA_REQUEST_FINISHED && info.stop_reason == LORA_STOP_MAX_TOKENS && info.status == LORA_OK,
+          "other request: state %d, stop %d, status %d", info.state, info.stop_reason, info.status);
+    int32_t want[32];
+    size_t nw = 0;
+    REQUIRE_OK(lora_engine_request_tokens(e, other, toks, 32, &n));
+    REQUIRE_OK(lora_generate_tokens(m, prompt, 3, &calm, NULL, NULL, want, 32, &nw));
+    CHECK(n == nw && memcmp(toks, want, n * sizeof *toks) == 0, "the other request's tokens differ from its solo run");
+done:
+    lora_engine_free(e);
+    lora_model_free(m);
+}

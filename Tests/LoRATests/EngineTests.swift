@@ -396,6 +396,96 @@ extension EngineTests {
     }
 }
 
+extension EngineTests {
+    /// A model whose vocabulary is larger than its tokenizer's (5201 against
+    /// gpt2-tok's 1201): the extra ids' embeddings are zero, so their logits
+    /// are 0 and greedy decoding never picks them, while sampling at a high
+    /// temperature does.
+    static func modelWithExtraVocab() throws -> Model {
+        var c = GPT2Config()
+        c.vocabSize = 5201
+        c.nPositions = 64
+        c.nEmbd = 32
+        c.nLayer = 2
+        c.nHead = 2
+        let r = try Model.random(config: c, seed: 9)
+        let wte = try #require(r.weights.wte.f32)
+        (wte + 1201 * c.nEmbd).update(repeating: 0, count: (c.vocabSize - 1201) * c.nEmbd)
+        return try Model(config: c, weights: r.weights, tokenizer: try #require(Self.model.tokenizer))
+    }
+
+    /// A sampled token the tokenizer has no text for ends that request with
+    /// stop reason `.error` and the error in its state; the step throws it;
+    /// the request beside it gets its tokens and finishes as if alone.
+    @Test func undecodableTokenFailsOnlyItsRequest() throws {
+        let model = try Self.modelWithExtraVocab()
+        let engine = try Engine(model: model, params: EngineParams())
+        var hot = SamplingParams()
+        hot.temperature = 100
+        hot.topK = 0
+        hot.topP = 1
+        hot.seed = 3
+        hot.maxNewTokens = 20
+        var greedy = SamplingParams.greedy
+        greedy.maxNewTokens = 6
+        greedy.stopAtEndOfText = false
+        let prompt = Self.prompt(2, length: 5)
+        let failing = try engine.submit(EngineRequest(prompt: prompt, params: hot))
+        let other = try engine.submit(EngineRequest(prompt: prompt, params: greedy))
+        var thrown: [Error] = []
+        while engine.pendingCount > 0 {
+            do { _ = try engine.step() } catch { thrown.append(error) }
+        }
+        #expect(thrown.count == 1)
+        guard case .some(LoRAError.invalidArgument(let m)) = thrown.first else {
+            Issue.record("expected invalidArgument, got \(thrown)")
+            return
+        }
+        #expect(m.contains("out of range"))
+        let f = try engine.state(failing)
+        #expect(f.state == .finished)
+        #expect(f.result?.stopReason == .error)
+        #expect(f.result.map { $0.tokens.last! >= 1201 } == true)
+        guard case .some(LoRAError.invalidArgument(let fm)) = f.error else {
+            Issue.record("expected the request's error, got \(String(describing: f.error))")
+            return
+        }
+        #expect(fm == m)
+        let o = try engine.state(other)
+        #expect(o.state == .finished && o.error == nil)
+        #expect(o.result?.stopReason == .maxNewTokens)
+        #expect(o.result?.tokens == (try model.generate(prompt: prompt, params: greedy)).tokens)
+    }
+
+    /// `lora generate --batch-file`: the failed prompt's line says so, the
+    /// others are complete, and the command ends with a one-line error.
+    @Test func batchFileReportsAFailedPrompt() throws {
+        let dir = try Fixtures.tempDir()
+        let model = try Self.modelWithExtraVocab()
+        try model.save(directory: dir + "/m")
+        for f in ["vocab.json", "merges.txt"] {
+            try FileManager.default.copyItem(atPath: Fixtures.path("gpt2-tok") + "/" + f, toPath: dir + "/m/" + f)
+        }
+        let lines = [
+            #"{"prompt": "Hello", "max_new_tokens": 20, "temperature": 100, "top_k": 0, "seed": 3}"#,
+            #"{"prompt": "Hello", "max_new_tokens": 4, "temperature": 0, "ignore_eos": true}"#,
+        ]
+        try lines.joined(separator: "\n").write(toFile: dir + "/in.jsonl", atomically: true, encoding: .utf8)
+        let r = try CLI.run(["generate", "--model", dir + "/m", "--batch-file", dir + "/in.jsonl", "--top-p", "1"])
+        #expect(r.status != 0)
+        #expect(r.err.contains("1 of 2 prompts failed"))
+        #expect(r.err.split(separator: "\n").count == 1, "\(r.err)")
+        let out = r.out.split(separator: "\n").map(String.init)
+        #expect(out.count == 2)
+        let first = try #require(try JSON.parse(out[0]).objectValue)
+        #expect(first["stop_reason"]?.stringValue == "error")
+        #expect(first["error"]?.stringValue?.contains("out of range") == true)
+        let second = try #require(try JSON.parse(out[1]).objectValue)
+        #expect(second["stop_reason"]?.stringValue == "max_new_tokens")
+        #expect(second["error"] == nil)
+    }
+}
+
 /// What each refused call threw (nil: it did not throw).
 final class RefusalLog: @unchecked Sendable {
     private let lock = NSLock()

@@ -76,6 +76,32 @@ def write_safetensors(path, tensors):
             f.write(b)
 
 
+def write_model_with_extra_vocab(directory, vocab=2000):
+    """gpt2-tok with its vocabulary grown to `vocab` while its tokenizer keeps
+    1201 tokens: the extra ids' embeddings are zero, so their logits are 0 and
+    greedy decoding never picks them, while sampling soon does."""
+    shutil.copytree(FIXTURE_MODEL, directory)
+    weights = os.path.join(directory, "model.safetensors")
+    with open(weights, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    tensors = {}
+    for name, t in header.items():
+        if name != "__metadata__":
+            assert t["dtype"] == "F32", name
+            a, b = t["data_offsets"]
+            tensors[name] = np.frombuffer(data[a:b], "<f4").reshape(t["shape"])
+    wte = tensors["transformer.wte.weight"]
+    tensors["transformer.wte.weight"] = np.vstack([wte, np.zeros((vocab - wte.shape[0], wte.shape[1]), "<f4")])
+    write_safetensors(weights, tensors)
+    config_path = os.path.join(directory, "config.json")
+    config = json.load(open(config_path))
+    config["vocab_size"] = vocab
+    with open(config_path, "w") as f:
+        json.dump(config, f)
+
+
 def write_adapter(directory, model_dir, seed, r):
     """A PEFT LoRA adapter on c_attn, attn.c_proj, c_fc and mlp.c_proj with non-zero B."""
     cfg = json.load(open(os.path.join(model_dir, "config.json")))

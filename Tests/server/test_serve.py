@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from conftest import Server, solo
+from conftest import Server, solo, write_model_with_extra_vocab
 
 PROMPTS = ["Hello world", "The quick brown fox", "In the beginning", "Once upon a time there"]
 
@@ -405,3 +405,26 @@ def test_slow_reader_does_not_stall_others(assets):
         stalled.close()
     finally:
         assert s.stop() == 0
+
+
+def test_token_without_text_ends_its_request_with_abort(tmp_path):
+    # A model vocabulary larger than its tokenizer's: a sampled id without text
+    # ends that request ("abort"); a greedy request beside it is unaffected.
+    model = str(tmp_path / "extra-vocab")
+    write_model_with_extra_vocab(model)
+    want = solo(model, "Hello", max_tokens=4)
+    s = Server(["--model", model, "--model-name", "base", "--max-sequences", "2"])
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            hot = pool.submit(requests.post, s.url + "/v1/completions", timeout=60,
+                              json={"model": "base", "prompt": "Hello", "max_tokens": 40, "temperature": 2,
+                                    "seed": 3})
+            calm = pool.submit(requests.post, s.url + "/v1/completions", timeout=60,
+                               json={"model": "base", "prompt": "Hello", "max_tokens": 4, "temperature": 0})
+            hot, calm = hot.result(timeout=60), calm.result(timeout=60)
+    finally:
+        assert s.stop() == 0, s.proc.stderr.read()
+    assert hot.status_code == 200, hot.text
+    assert hot.json()["choices"][0]["finish_reason"] == "abort"
+    assert calm.status_code == 200, calm.text
+    assert "Hello" + calm.json()["choices"][0]["text"] == want

@@ -8,7 +8,7 @@ from . import _capi as C
 from ._convert import cstring, int32, int32_array, real
 from ._owner import Owner
 from .adapter import Adapter
-from .errors import BufferTooSmallError
+from .errors import BufferTooSmallError, InvalidArgumentError, error_for_status
 from .model import Model
 
 _STOP_REASONS = {
@@ -19,6 +19,7 @@ _STOP_REASONS = {
     C.LORA_STOP_CONTEXT_FULL: "context_full",
     C.LORA_STOP_CALLBACK: "callback",
     C.LORA_STOP_CANCELLED: "cancelled",
+    C.LORA_STOP_ERROR: "error",
 }
 _STATES = {C.LORA_REQUEST_QUEUED: "queued", C.LORA_REQUEST_RUNNING: "running",
            C.LORA_REQUEST_FINISHED: "finished", C.LORA_REQUEST_CANCELLED: "cancelled"}
@@ -76,8 +77,14 @@ class Request:
     @property
     def stop_reason(self) -> str | None:
         """Why it ended ("max_new_tokens", "end_of_text", "stop_string", "context_full",
-        "callback", "cancelled"), None while it runs."""
+        "callback", "cancelled", "error"), None while it runs."""
         return _STOP_REASONS.get(self._info().stop_reason)
+
+    @property
+    def failed(self) -> bool:
+        """True once it has ended with stop reason "error" (a sampled token the
+        tokenizer has no text for); the step that ended it raised the error."""
+        return self._info().stop_reason == C.LORA_STOP_ERROR
 
     @property
     def tokens(self) -> list[int]:
@@ -122,8 +129,19 @@ class Request:
                 while sent < len(self._pieces):
                     sent += 1
                     yield self._pieces[sent - 1]
+                info = self._info()
+                if info.stop_reason == C.LORA_STOP_ERROR:
+                    name = C.lib.lora_status_string(info.status)
+                    raise error_for_status(info.status, name.decode() if name else "LORA_UNKNOWN_STATUS",
+                                           f"request {self.id} failed: a sampled token has no text in the tokenizer")
                 return
-            self.engine.step()
+            try:
+                self.engine.step()
+            except InvalidArgumentError:
+                # A step raises this when a request's token had no text: that
+                # request failed, the others got their tokens and go on.
+                if self.failed:
+                    raise
 
     def __repr__(self) -> str:
         return f"<lora.Request {self.id}>"
@@ -204,7 +222,9 @@ class Engine(Owner):
     def step(self) -> list[Request]:
         """Runs one batched step; returns the requests that ended in it. An
         exception raised by a request's on_token is re-raised here (that request
-        has ended with stop reason "callback")."""
+        has ended with stop reason "callback"). InvalidArgumentError: a sampled
+        token had no text in the tokenizer; that request ended with stop reason
+        "error" (``failed``), the others got their tokens."""
         h = self._require()
         cap = max(1, self.max_sequences)
         finished = (C.lora_request_id * cap)()

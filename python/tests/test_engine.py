@@ -158,3 +158,73 @@ def test_submit_from_threads_while_one_steps(tok_model):
             assert r.state in ("finished", "cancelled")
             if r.state == "finished":
                 assert len(r.tokens) == 4
+
+
+def write_model_with_extra_vocab(directory, vocab=2000, n_embd=16, n_positions=32, seed=5):
+    """A one-layer GPT-2 whose vocabulary (2000) is larger than the fixture
+    tokenizer's (1201, copied beside it). The extra ids' embeddings are zero,
+    so their logits are 0: greedy decoding never picks them (some real id
+    scores above 0), sampling at a high temperature soon does."""
+    import array
+    import json
+    import random
+    import shutil
+
+    rng = random.Random(seed)
+    e, f = n_embd, 4 * n_embd
+    shapes = {"wte.weight": [vocab, e], "wpe.weight": [n_positions, e]}
+    for name, shape in [("ln_1.weight", [e]), ("ln_1.bias", [e]), ("attn.c_attn.weight", [e, 3 * e]),
+                        ("attn.c_attn.bias", [3 * e]), ("attn.c_proj.weight", [e, e]), ("attn.c_proj.bias", [e]),
+                        ("ln_2.weight", [e]), ("ln_2.bias", [e]), ("mlp.c_fc.weight", [e, f]),
+                        ("mlp.c_fc.bias", [f]), ("mlp.c_proj.weight", [f, e]), ("mlp.c_proj.bias", [e])]:
+        shapes["h.0." + name] = shape
+    shapes["ln_f.weight"], shapes["ln_f.bias"] = [e], [e]
+    header, blobs, offset = {}, [], 0
+    for name, shape in shapes.items():
+        n = 1
+        for d in shape:
+            n *= d
+        if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name == "ln_f.weight":
+            values = [1.0] * n
+        elif name.endswith(".bias"):
+            values = [0.0] * n
+        else:
+            values = [rng.gauss(0.0, 0.5) for _ in range(n)]
+        if name == "wte.weight":
+            values[1201 * e:] = [0.0] * ((vocab - 1201) * e)
+        raw = array.array("f", values).tobytes()
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    directory.mkdir()
+    with open(directory / "model.safetensors", "wb") as out:
+        out.write(len(head).to_bytes(8, "little") + head + b"".join(blobs))
+    config = {"model_type": "gpt2", "vocab_size": vocab, "n_positions": n_positions, "n_embd": e, "n_layer": 1,
+              "n_head": 2, "bos_token_id": 1200, "eos_token_id": 1200}
+    (directory / "config.json").write_text(json.dumps(config))
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(fixture("gpt2-tok", name), directory / name)
+
+
+def test_undecodable_token_fails_only_its_request(tmp_path):
+    write_model_with_extra_vocab(tmp_path / "m")
+    with lora.Model.load(str(tmp_path / "m")) as model:
+        want = model.generate("Hello", max_new_tokens=6, temperature=0, stop_at_eos=False)
+        with lora.Engine(model, max_sequences=2) as engine:
+            hot = engine.submit("Hello", max_new_tokens=20, temperature=100.0, top_k=0, top_p=1.0, seed=3)
+            calm = engine.submit("Hello", max_new_tokens=6, temperature=0, stop_at_eos=False)
+            # Iterating the other request steps through the failure without raising.
+            assert "".join(calm) == want
+            assert calm.stop_reason == "max_new_tokens" and not calm.failed
+            with pytest.raises(lora.InvalidArgumentError):
+                for _ in hot:
+                    pass
+            assert hot.state == "finished" and hot.stop_reason == "error" and hot.failed
+            assert hot.tokens[-1] >= 1201
+            # Stepping by hand: the failing step raises; run() goes on after it.
+            again = engine.submit("Hello", max_new_tokens=20, temperature=100.0, top_k=0, top_p=1.0, seed=3)
+            with pytest.raises(lora.InvalidArgumentError, match="out of range"):
+                engine.run()
+            assert again.stop_reason == "error" and again.tokens == hot.tokens

@@ -58,7 +58,7 @@ public enum RequestState: Int32, Sendable {
     case queued = 0
     /// In the batch (prefill or decode).
     case running = 1
-    /// Ended by a stop rule or by its callback (see the result's stop reason).
+    /// Ended by a stop rule, by its callback or by an error (see the result's stop reason).
     case finished = 2
     /// Ended by `cancel`.
     case cancelled = 3
@@ -71,6 +71,8 @@ public struct RequestInfo: Sendable {
     public var tokenCount: Int
     /// Set once the request has ended; a cancelled one has its tokens so far and stop reason `.callback`.
     public var result: GenerationResult?
+    /// Why it failed, for a request that ended with stop reason `.error`.
+    public var error: (any Error)?
 }
 
 /// What one step did.
@@ -150,6 +152,7 @@ public final class Engine: @unchecked Sendable {
         var state: RequestState
         var tokenCount = 0
         var result: GenerationResult?
+        var error: (any Error)?
         /// Set by cancel while running: the stepping thread ends the sequence.
         var cancelRequested = false
     }
@@ -166,6 +169,8 @@ public final class Engine: @unchecked Sendable {
         let onToken: ((TokenID, String) -> CallbackAction)?
         let onLogits: ((UnsafeBufferPointer<Float>) -> Void)?
         var generation: GenerationState
+        /// Set when its token could not be decoded (stop reason `.error`).
+        var failure: (any Error)?
         var slot = -1
         /// Positions in the cache.
         var cached = 0
@@ -362,7 +367,7 @@ public final class Engine: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         guard let r = records[id] else { throw LoRAError.invalidArgument("no request with id \(id)") }
-        return RequestInfo(state: r.state, tokenCount: r.tokenCount, result: r.result)
+        return RequestInfo(state: r.state, tokenCount: r.tokenCount, result: r.result, error: r.error)
     }
 
     /// Forgets an ended request's record (its state and result). Errors: an
@@ -392,8 +397,9 @@ public final class Engine: @unchecked Sendable {
     /// Returns an empty report when nothing runs. Errors: `wrongState` when
     /// another thread (or a token callback) is stepping; a sampled token the
     /// tokenizer cannot decode (a model vocabulary larger than the
-    /// tokenizer's) ends that request (stop reason `.callback`) and the step
-    /// throws after the other requests got their tokens.
+    /// tokenizer's) ends that request (stop reason `.error`, the error in its
+    /// `RequestInfo`) and the step throws it after the other requests got
+    /// their tokens.
     public func step() throws -> EngineStepReport {
         lock.lock()
         guard !stepping else {
@@ -445,7 +451,8 @@ public final class Engine: @unchecked Sendable {
             do { taken = try s.generation.append(next) } catch {
                 // A token the tokenizer cannot decode (a model vocabulary larger than
                 // the tokenizer's): that request ends, the others go on, step throws.
-                ended.append((s, s.generation.result(.callback)))
+                s.failure = error
+                ended.append((s, s.generation.result(.error)))
                 failure = failure ?? error
                 continue
             }
@@ -477,6 +484,7 @@ public final class Engine: @unchecked Sendable {
         r.state = r.cancelRequested ? .cancelled : .finished
         r.cancelRequested = false
         r.result = r.state == .cancelled ? s.generation.result(.callback) : result
+        r.error = r.state == .cancelled ? nil : s.failure
         records[s.id] = r
         freeSlots.append(s.slot)
         releaseSet(s.setID)

@@ -42,6 +42,10 @@ public enum StopReason: String, Sendable {
     case contextFull = "context_full"
     /// The token callback asked to stop.
     case callback
+    /// The request failed: in the batched engine, a sampled token the
+    /// tokenizer has no text for (a model vocabulary larger than the
+    /// tokenizer's); `RequestInfo.error` holds the error.
+    case error
 }
 
 public struct GenerationResult: Sendable {
