@@ -1,3 +1,4 @@
+import CLoraSupport
 import Foundation
 import LoRA
 import Testing
@@ -398,6 +399,41 @@ private func lowpExpected(_ d: WeightDType) throws -> SafeTensorsFile {
             }
         }
     }
+    /// The packed GEMM of many rows on a BF16/F16 weight: a column's sums do
+    /// not depend on how the columns are split among the workers, so results
+    /// do not depend on the thread count (both forms, both betas; a partial
+    /// row panel, a partial K block, partial column tiles). Its values against
+    /// a Double reference: panelsAndGemvMatchNaiveProducts (130 rows).
+    @Test(arguments: [WeightDType.bf16, .f16])
+    func packedGemmDoesNotDependOnTheColumnSplit(dtype: WeightDType) throws {
+        guard lb_gemm_packed_available(lb_kernels_level(), dtype.code) != 0 else { return }
+        let (M, K, N) = (61, 790, 700)
+        var rng = SplitMix64(seed: 8)
+        let a = (0..<M * K).map { _ in rng.nextGaussian() }
+        let c0 = (0..<M * N).map { _ in rng.nextGaussian() }
+        for transW in [false, true] {
+            let (rows, cols) = transW ? (N, K) : (K, N)
+            let (m, block, _) = try matrix(dtype, rows: rows, cols: cols, inputAlongRows: !transW, seed: 12)
+            for beta0: Int32 in [0, 1] {
+                func run(_ splits: [Int]) -> [Float] {
+                    var c = c0
+                    var scratch = [Float](repeating: .nan, count: lb_gemm_packed_scratch_floats())
+                    for (n0, n1) in zip(splits, splits.dropFirst()) {
+                        lb_gemm_packed_lowp(
+                            dtype.code, transW ? 1 : 0, Int32(M), Int32(K), a, Int32(K), m.data, Int32(cols), &c, Int32(N),
+                            Int32(n0), Int32(n1), beta0, &scratch)
+                    }
+                    return c
+                }
+                let whole = run([0, N])
+                #expect(run([0, 512, N]) == whole, "\(dtype) transW \(transW) beta0 \(beta0)")
+                #expect(run([0, 32, 480, 672, N]) == whole, "\(dtype) transW \(transW) beta0 \(beta0)")
+                #expect(whole.allSatisfy { $0.isFinite })
+            }
+            withExtendedLifetime(block) {}
+        }
+    }
+
     /// A few rows at once (an engine step) give each row's decode result bit
     /// for bit, as with F32 weights: a sequence's numbers do not depend on
     /// the other rows of its step. K = 1100 spans several column panels.
