@@ -647,10 +647,11 @@ lora_status lora_engine_submit(lora_engine *engine, const lora_request *request,
  * first `capacity` are written); *n_finished receives their count and
  * *n_tokens the count of tokens produced (each pointer may be NULL).
  * A step with nothing to run returns at once with both counts 0.
- * Errors: LORA_WRONG_STATE (another thread is stepping); LORA_INVALID_ARGUMENT
- * when a sampled token has no text in the tokenizer (a model vocabulary larger
- * than the tokenizer's): that request ends (LORA_STOP_ERROR, its info's status
- * LORA_INVALID_ARGUMENT), the others got their tokens and go on. */
+ * Errors: LORA_WRONG_STATE (another thread is stepping). A sampled token with
+ * no text in the tokenizer (a model vocabulary larger than the tokenizer's)
+ * fails only its request, as a callback's stop ends only its own: it ends in
+ * this step (in finished; LORA_STOP_ERROR, its info's status
+ * LORA_INVALID_ARGUMENT) and the step returns LORA_OK. */
 lora_status lora_engine_step(lora_engine *engine, lora_request_id *finished, size_t capacity, size_t *n_finished,
                              size_t *n_tokens);
 /* lora_engine_step that also says which requests got a token: their ids go

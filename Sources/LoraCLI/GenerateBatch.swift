@@ -137,14 +137,10 @@ enum GenerateBatch {
             }
         }
         while engine.pendingCount > 0 {
-            do {
-                let r = try engine.step()
-                if !r.finished.isEmpty { try flush() }
-            } catch LoRAError.invalidArgument {
-                // A sampled token without text ended one request (its line
-                // says so: stop_reason "error"); the others go on.
-                try flush()
-            }
+            // A prompt whose sampled token has no text fails alone (its line
+            // says so: stop_reason "error"); the others go on.
+            let r = try engine.step()
+            if !r.finished.isEmpty { try flush() }
         }
         try flush()
         if failed > 0 {

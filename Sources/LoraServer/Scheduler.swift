@@ -164,7 +164,8 @@ final class Scheduler: @unchecked Sendable {
             do {
                 ended = try engine.step().finished
             } catch {
-                // A token without text ended one request (the others got their tokens).
+                // Not expected (a token without text fails only its request, which
+                // the step reports): requests that ended are found below.
             }
             cond.lock()
             for id in ended { finish(id) }

@@ -442,6 +442,7 @@ private func lowpExpected(_ d: WeightDType) throws -> SafeTensorsFile {
         for transW in [false, true] {
             let (rows, cols) = transW ? (N, K) : (K, N)
             let (m, block, _) = try matrix(dtype, rows: rows, cols: cols, inputAlongRows: !transW, seed: 12)
+            var wholes: [[Float]] = []
             for beta0: Int32 in [0, 1] {
                 func run(_ splits: [Int]) -> [Float] {
                     var c = c0
@@ -457,7 +458,10 @@ private func lowpExpected(_ d: WeightDType) throws -> SafeTensorsFile {
                 #expect(run([0, 512, N]) == whole, "\(dtype) transW \(transW) beta0 \(beta0)")
                 #expect(run([0, 32, 480, 672, N]) == whole, "\(dtype) transW \(transW) beta0 \(beta0)")
                 #expect(whole.allSatisfy { $0.isFinite })
+                wholes.append(whole)
             }
+            // beta0 1 overwrites C, 0 adds to it: the two differ by C's old values.
+            #expect(maxAbsDiff(zip(wholes[0], c0).map { $0 - $1 }, wholes[1]) < 1e-3)
             withExtendedLifetime(block) {}
         }
     }

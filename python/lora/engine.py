@@ -83,7 +83,7 @@ class Request:
     @property
     def failed(self) -> bool:
         """True once it has ended with stop reason "error" (a sampled token the
-        tokenizer has no text for); the step that ended it raised the error."""
+        tokenizer has no text for); iterating it then raises InvalidArgumentError."""
         return self._info().stop_reason == C.LORA_STOP_ERROR
 
     @property
@@ -135,13 +135,7 @@ class Request:
                     raise error_for_status(info.status, name.decode() if name else "LORA_UNKNOWN_STATUS",
                                            f"request {self.id} failed: a sampled token has no text in the tokenizer")
                 return
-            try:
-                self.engine.step()
-            except InvalidArgumentError:
-                # A step raises this when a request's token had no text: that
-                # request failed, the others got their tokens and go on.
-                if self.failed:
-                    raise
+            self.engine.step()
 
     def __repr__(self) -> str:
         return f"<lora.Request {self.id}>"
@@ -222,9 +216,9 @@ class Engine(Owner):
     def step(self) -> list[Request]:
         """Runs one batched step; returns the requests that ended in it. An
         exception raised by a request's on_token is re-raised here (that request
-        has ended with stop reason "callback"). InvalidArgumentError: a sampled
-        token had no text in the tokenizer; that request ended with stop reason
-        "error" (``failed``), the others got their tokens."""
+        has ended with stop reason "callback"). A request whose sampled token has
+        no text in the tokenizer ends with stop reason "error" (``failed``); the
+        others go on."""
         h = self._require()
         cap = max(1, self.max_sequences)
         finished = (C.lora_request_id * cap)()
@@ -245,7 +239,9 @@ class Engine(Owner):
     def generate(self, prompts, **defaults) -> list[str]:
         """Runs many prompts together and returns their texts in order. Each item
         is a prompt (text or ids) or a dict with ``prompt`` and any of submit's
-        keyword arguments (``adapters``, ``seed``, ...), over ``defaults``."""
+        keyword arguments (``adapters``, ``seed``, ...), over ``defaults``.
+        InvalidArgumentError, after every prompt has ended, when one failed
+        (stop reason "error"); ``submit`` keeps the others' texts."""
         reqs = []
         for item in prompts:
             kw = dict(defaults)
@@ -257,8 +253,13 @@ class Engine(Owner):
             reqs.append(self.submit(prompt, **kw))
         self.run()
         texts = [r.text for r in reqs]
+        failed = [i for i, r in enumerate(reqs) if r.failed]
         for r in reqs:
             self.release(r)
+        if failed:
+            raise InvalidArgumentError(int(C.LORA_INVALID_ARGUMENT), "LORA_INVALID_ARGUMENT",
+                                       f"prompts {failed} failed: a sampled token has no text in the tokenizer",
+                                       "Engine.generate")
         return texts
 
     def release(self, request: Request) -> None:

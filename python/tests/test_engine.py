@@ -223,8 +223,11 @@ def test_undecodable_token_fails_only_its_request(tmp_path):
                     pass
             assert hot.state == "finished" and hot.stop_reason == "error" and hot.failed
             assert hot.tokens[-1] >= 1201
-            # Stepping by hand: the failing step raises; run() goes on after it.
+            # run() steps through a failure (it is the request's own); generate() raises once all ended.
             again = engine.submit("Hello", max_new_tokens=20, temperature=100.0, top_k=0, top_p=1.0, seed=3)
-            with pytest.raises(lora.InvalidArgumentError, match="out of range"):
-                engine.run()
+            engine.run()
             assert again.stop_reason == "error" and again.tokens == hot.tokens
+            with pytest.raises(lora.InvalidArgumentError, match=r"prompts \[1\] failed"):
+                engine.generate([{"prompt": "Hello", "temperature": 0, "max_new_tokens": 3},
+                                 {"prompt": "Hello", "temperature": 100.0, "top_k": 0, "seed": 3}],
+                                max_new_tokens=20)

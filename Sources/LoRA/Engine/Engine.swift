@@ -395,11 +395,11 @@ public final class Engine: @unchecked Sendable {
     /// the new tokens of every running sequence through the model, samples
     /// and streams one token for each sequence whose prompt is done.
     /// Returns an empty report when nothing runs. Errors: `wrongState` when
-    /// another thread (or a token callback) is stepping; a sampled token the
+    /// another thread (or a token callback) is stepping. A sampled token the
     /// tokenizer cannot decode (a model vocabulary larger than the
-    /// tokenizer's) ends that request (stop reason `.error`, the error in its
-    /// `RequestInfo`) and the step throws it after the other requests got
-    /// their tokens.
+    /// tokenizer's) fails only its request: it ends in this step (in
+    /// `finished`, stop reason `.error`, the error in its `RequestInfo`), as
+    /// a callback's stop ends only its own.
     public func step() throws -> EngineStepReport {
         lock.lock()
         guard !stepping else {
@@ -435,7 +435,6 @@ public final class Engine: @unchecked Sendable {
         forward()
         // Sample and stream, in the batch's row order.
         let V = model.config.vocabSize
-        var failure: Error? = nil
         for (row, (s, _)) in headRows.enumerated() {
             lock.lock()
             let cancelled = records[s.id]?.cancelRequested == true
@@ -450,17 +449,15 @@ public final class Engine: @unchecked Sendable {
             let taken: (piece: String, stop: StopReason?)
             do { taken = try s.generation.append(next) } catch {
                 // A token the tokenizer cannot decode (a model vocabulary larger than
-                // the tokenizer's): that request ends, the others go on, step throws.
+                // the tokenizer's): that request fails and ends; the others go on.
                 s.failure = error
                 ended.append((s, s.generation.result(.error)))
-                failure = failure ?? error
                 continue
             }
             var stop = taken.stop
             if let onToken = s.onToken, onToken(next, taken.piece) == .stop { stop = .callback }
             if let stop { ended.append((s, s.generation.result(stop))) }
         }
-        if let failure { throw failure }
     }
 
     /// Under the lock: requests that ended, and those cancelled meanwhile, leave; stepping ends.
@@ -497,7 +494,8 @@ public final class Engine: @unchecked Sendable {
     }
 
     /// Runs requests to their end together and returns their results in
-    /// order (with the other requests already in the engine).
+    /// order (with the other requests already in the engine); a failed
+    /// request's result has stop reason `.error`.
     public func generate(_ requests: [EngineRequest]) throws -> [GenerationResult] {
         let ids = try requests.map { try submit($0) }
         try runUntilDone()

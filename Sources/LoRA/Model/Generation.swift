@@ -139,7 +139,15 @@ struct GenerationState {
         var stop: StopReason? = nil
         if params.stopAtEndOfText, let eos, next == eos { stop = .endOfText }
         // The end-of-text token ends the text; its own text ("<|endoftext|>") is not part of it.
-        var piece = stop == .endOfText ? "" : (try decoder?.push(next) ?? "")
+        var piece = ""
+        do { piece = stop == .endOfText ? "" : (try decoder?.push(next) ?? "") } catch {
+            // A token without text: the text keeps the bytes held back for an incomplete character.
+            if var d = decoder {
+                text += d.finish()
+                decoder = d
+            }
+            throw error
+        }
         text += piece
         if stop != nil {
         } else if !params.stopStrings.isEmpty, params.stopStrings.contains(where: { !$0.isEmpty && text.contains($0) }) {
