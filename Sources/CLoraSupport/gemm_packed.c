@@ -1,5 +1,5 @@
-// Products of many rows with a BF16 or F16 frozen weight: liblora's own
-// packed GEMM, which converts the weight to F32 while it packs it.
+// Products of many rows with a BF16, F16 or Q8_0 frozen weight: liblora's
+// own packed GEMM, which converts the weight to F32 while it packs it.
 //
 // C[M, n0..<n1] (+)= A[M, K] · op(W), op(W) = W [K, N] (a Conv1D weight) or
 // Wᵀ with W [N, K] (the tied LM head's forward, Conv1D's dX = dY·Wᵀ).
@@ -21,7 +21,8 @@
 // Against converting F32 panels for OpenBLAS (0.97× F32 in training): the
 // weight is read once from memory and written once to L2, and the
 // activations are not packed at all; training on a bf16 base now runs at
-// 1.01× F32 (Intel Emerald Rapids).
+// 1.01× F32, on a q8_0 base 1.02× (Intel Emerald Rapids). A Q8_0 weight is
+// dequantized (q · F16 scale, exact) as it is packed.
 #include "lora_support.h"
 
 #include <immintrin.h>
@@ -42,10 +43,27 @@ size_t lb_gemm_packed_scratch_floats(void) {
 #define T512   __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")))
 #define INLINE __attribute__((always_inline)) static inline
 
-// 16 weights (BF16 or F16) at p as F32; only the lanes of `m` are read (the rest are 0).
-T512 INLINE __m512 load16(int dtype, const uint16_t *p, __mmask16 m) {
-    __m256i h = _mm256_maskz_loadu_epi16(m, p);
-    if (dtype == LB_DTYPE_BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+// The stored weight: a [R, ldw] matrix of `dtype`; for Q8_0 its scales d,
+// [ceil(R/32), ldw] in the cols layout (a Conv1D weight, blocks down each
+// column), else [R, ncb = ceil(ldw/32)] (wte: blocks along each row).
+typedef struct {
+    int dtype, cols_layout, ldw, ncb;
+    const void *W;
+    const uint16_t *d;
+} stored_w;
+
+// 16 weights (r, c … c + 15) as F32, exactly; only the lanes of `m` are read
+// (the rest are 0). c is a multiple of 16, so a run never straddles a Q8_0 block.
+T512 INLINE __m512 load16(const stored_w *w, int r, int c, __mmask16 m) {
+    size_t i = (size_t)r * w->ldw + c;
+    if (w->dtype == LB_DTYPE_Q8_0) {
+        __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, (const int8_t *)w->W + i)));
+        __m512 s = w->cols_layout ? _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, w->d + (size_t)(r / 32) * w->ldw + c))
+                                  : _mm512_set1_ps(_cvtsh_ss(w->d[(size_t)r * w->ncb + c / 32]));
+        return _mm512_mul_ps(q, s);
+    }
+    __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)w->W + i);
+    if (w->dtype == LB_DTYPE_BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
     return _mm512_cvtph_ps(h);
 }
 
@@ -81,17 +99,18 @@ T512 INLINE void transpose16(__m512 r[16]) {
 
 // op(W)[pc ..< pc + kc, jc ..< jc + nc] as F32 micro-panels: column j of the
 // block at Bp[(j / NR)·KC·NR + k·NR + j % NR]; columns past nc are 0.
-T512 static void pack_w(int dtype, int trans, const uint16_t *W, int ldw, int pc, int kc, int jc, int nc, float *Bp) {
+T512 static void pack_w(const stored_w *w, int trans, int pc, int kc, int jc, int nc, float *Bp) {
     for (int j = 0; j < nc; j += PK_NR) {
         float *dst = Bp + (size_t)(j / PK_NR) * PK_KC * PK_NR;
         if (!trans) {
             // Row k of the block is contiguous in W [K, N].
             __mmask16 m0 = mask_upto(nc - j), m1 = mask_upto(nc - j - 16);
-            const uint16_t *w = W + (size_t)pc * ldw + jc + j;
-            for (int k = 0; k < kc; k++, w += ldw) {
-                if (k + 8 < kc) _mm_prefetch((const char *)(w + 8 * (size_t)ldw), _MM_HINT_T0);
-                _mm512_store_ps(dst + k * PK_NR, load16(dtype, w, m0));
-                _mm512_store_ps(dst + k * PK_NR + 16, load16(dtype, w + 16, m1));
+            size_t bytes = w->dtype == LB_DTYPE_Q8_0 ? 1 : 2;
+            for (int k = 0; k < kc; k++) {
+                if (k + 8 < kc)
+                    _mm_prefetch((const char *)w->W + ((size_t)(pc + k + 8) * w->ldw + jc + j) * bytes, _MM_HINT_T0);
+                _mm512_store_ps(dst + k * PK_NR, load16(w, pc + k, jc + j, m0));
+                _mm512_store_ps(dst + k * PK_NR + 16, load16(w, pc + k, jc + j + 16, m1));
             }
         } else {
             // Column j of op(W) is row jc + j of W [N, K]: 16 rows × 16 k, transposed.
@@ -101,8 +120,7 @@ T512 static void pack_w(int dtype, int trans, const uint16_t *W, int ldw, int pc
                     __mmask16 mk = mask_upto(kc - k);
                     __m512 r[16];
                     for (int i = 0; i < 16; i++)
-                        r[i] = i < rows ? load16(dtype, W + (size_t)(jc + j + 16 * h + i) * ldw + pc + k, mk)
-                                        : _mm512_setzero_ps();
+                        r[i] = i < rows ? load16(w, jc + j + 16 * h + i, pc + k, mk) : _mm512_setzero_ps();
                     transpose16(r);
                     int kk = kc - k < 16 ? kc - k : 16;
                     for (int i = 0; i < kk; i++) _mm512_store_ps(dst + (k + i) * PK_NR + 16 * h, r[i]);
@@ -138,8 +156,8 @@ T512 static void kernel(int kc, const float *restrict a, size_t lda, const float
     }
 }
 
-T512 static void gemm_packed_avx512(int dtype, int trans, int M, int K, const float *A, int lda, const uint16_t *W,
-                                    int ldw, float *C, int ldc, int n0, int n1, int beta0, float *scratch) {
+T512 static void gemm_packed_avx512(const stored_w *w, int trans, int M, int K, const float *A, int lda, float *C,
+                                    int ldc, int n0, int n1, int beta0, float *scratch) {
     int panels = (M + PK_MR - 1) / PK_MR, full = M / PK_MR;
     float *Ap = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63); // the last, partial panel
     float *Bp = Ap + (size_t)PK_MR * PK_KC;
@@ -156,7 +174,7 @@ T512 static void gemm_packed_avx512(int dtype, int trans, int M, int K, const fl
         int accumulate = !(pc == 0 && beta0);
         for (int jc = n0; jc < n1; jc += PK_NC) {
             int nc = n1 - jc < PK_NC ? n1 - jc : PK_NC;
-            pack_w(dtype, trans, W, ldw, pc, kc, jc, nc, Bp);
+            pack_w(w, trans, pc, kc, jc, nc, Bp);
             for (int p = 0; p < panels; p++) {
                 int mr = p < full ? PK_MR : M - p * PK_MR;
                 const float *a = p < full ? A + (size_t)p * PK_MR * lda + pc : Ap;
@@ -173,15 +191,16 @@ T512 static void gemm_packed_avx512(int dtype, int trans, int M, int K, const fl
 
 int lb_gemm_packed_available(int level, int dtype) {
 #if defined(__x86_64__)
-    return level >= LB_KERNELS_AVX512 && lb_cpu_has_avx512() && (dtype == LB_DTYPE_BF16 || dtype == LB_DTYPE_F16);
+    return level >= LB_KERNELS_AVX512 && lb_cpu_has_avx512() &&
+           (dtype == LB_DTYPE_BF16 || dtype == LB_DTYPE_F16 || dtype == LB_DTYPE_Q8_0);
 #else
     (void)level, (void)dtype;
     return 0;
 #endif
 }
 
-void lb_gemm_packed_lowp(int dtype, int trans, int M, int K, const float *A, int lda, const void *W, int ldw, float *C,
-                         int ldc, int n0, int n1, int beta0, float *scratch) {
+void lb_gemm_packed_lowp(int dtype, int cols_layout, int trans, int M, int K, const float *A, int lda, const void *W,
+                         const uint16_t *d, int ldw, float *C, int ldc, int n0, int n1, int beta0, float *scratch) {
 #if defined(__x86_64__)
     if (M <= 0 || n1 <= n0) return;
     if (K <= 0) {
@@ -189,9 +208,10 @@ void lb_gemm_packed_lowp(int dtype, int trans, int M, int K, const float *A, int
             for (int m = 0; m < M; m++) memset(C + (size_t)m * ldc + n0, 0, (size_t)(n1 - n0) * sizeof(float));
         return;
     }
-    gemm_packed_avx512(dtype, trans, M, K, A, lda, W, ldw, C, ldc, n0, n1, beta0, scratch);
+    stored_w w = {dtype, cols_layout, ldw, (ldw + 31) / 32, W, d};
+    gemm_packed_avx512(&w, trans, M, K, A, lda, C, ldc, n0, n1, beta0, scratch);
 #else
-    (void)dtype, (void)trans, (void)M, (void)K, (void)A, (void)lda, (void)W, (void)ldw, (void)C, (void)ldc, (void)n0,
-        (void)n1, (void)beta0, (void)scratch;
+    (void)dtype, (void)cols_layout, (void)trans, (void)M, (void)K, (void)A, (void)lda, (void)W, (void)d, (void)ldw,
+        (void)C, (void)ldc, (void)n0, (void)n1, (void)beta0, (void)scratch;
 #endif
 }

@@ -427,12 +427,12 @@ private func lowpExpected(_ d: WeightDType) throws -> SafeTensorsFile {
             }
         }
     }
-    /// The packed GEMM of many rows on a BF16/F16 weight: a column's sums do
+    /// The packed GEMM of many rows on a BF16/F16/Q8_0 weight: a column's sums do
     /// not depend on how the columns are split among the workers, so results
     /// do not depend on the thread count (both forms, both betas; a partial
     /// row panel, a partial K block, partial column tiles). Its values against
     /// a Double reference: panelsAndGemvMatchNaiveProducts (130 rows).
-    @Test(arguments: [WeightDType.bf16, .f16])
+    @Test(arguments: [WeightDType.bf16, .f16, .q8_0])
     func packedGemmDoesNotDependOnTheColumnSplit(dtype: WeightDType) throws {
         guard lb_gemm_packed_available(lb_kernels_level(), dtype.code) != 0 else { return }
         let (M, K, N) = (61, 790, 700)
@@ -449,8 +449,8 @@ private func lowpExpected(_ d: WeightDType) throws -> SafeTensorsFile {
                     var scratch = [Float](repeating: .nan, count: lb_gemm_packed_scratch_floats())
                     for (n0, n1) in zip(splits, splits.dropFirst()) {
                         lb_gemm_packed_lowp(
-                            dtype.code, transW ? 1 : 0, Int32(M), Int32(K), a, Int32(K), m.data, Int32(cols), &c, Int32(N),
-                            Int32(n0), Int32(n1), beta0, &scratch)
+                            dtype.code, transW ? 0 : 1, transW ? 1 : 0, Int32(M), Int32(K), a, Int32(K), m.data, m.scales,
+                            Int32(cols), &c, Int32(N), Int32(n0), Int32(n1), beta0, &scratch)
                     }
                     return c
                 }

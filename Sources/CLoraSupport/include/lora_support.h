@@ -146,17 +146,19 @@ LB_HIDDEN void lb_gemm_cols_lowp_at(int level, int dtype, int cols_layout, float
 LB_HIDDEN void lb_gemm_rows_lowp_at(int level, int dtype, int cols_layout, float *y, int ldy, const float *x, int ldx,
                                     int M, const void *W, const uint16_t *d, int C, int r0, int r1, int beta0,
                                     float *tile, size_t tileFloats);
-// Products of many rows with a BF16/F16 weight (gemm_packed.c, AVX-512):
+// Products of many rows with a BF16/F16/Q8_0 weight (gemm_packed.c, AVX-512):
 // C[M, n0..<n1] (+)= A[M, K] · op(W), op(W) = W [K, ldw] (trans 0) or Wᵀ
-// with W [N, ldw = K] (trans 1); beta0 overwrites C, else adds. The weight
-// is converted to F32 while packed; scratch holds
+// with W [N, ldw = K] (trans 1); beta0 overwrites C, else adds; Q8_0 scales
+// d in the layout cols_layout says (as lb_dequant_panel's). The weight is
+// converted to F32 exactly while packed; scratch holds
 // lb_gemm_packed_scratch_floats() floats. Sums run over k in order, in
 // blocks, the same for every column split (thread-count independent).
 // lb_gemm_packed_available says whether it runs at `level` for `dtype`.
 LB_HIDDEN int lb_gemm_packed_available(int level, int dtype);
 LB_HIDDEN size_t lb_gemm_packed_scratch_floats(void);
-LB_HIDDEN void lb_gemm_packed_lowp(int dtype, int trans, int M, int K, const float *A, int lda, const void *W, int ldw,
-                                   float *C, int ldc, int n0, int n1, int beta0, float *scratch);
+LB_HIDDEN void lb_gemm_packed_lowp(int dtype, int cols_layout, int trans, int M, int K, const float *A, int lda,
+                                   const void *W, const uint16_t *d, int ldw, float *C, int ldc, int n0, int n1,
+                                   int beta0, float *scratch);
 // Attention's matrix products (attention.c), AVX-512 only: lb_attn_available()
 // says whether the CPU runs them (without it, lb_attn_gemm and
 // lb_attn_transpose do nothing). y[m·ldy + n] = alpha · (y0 + Σ_k x[m·sxm +

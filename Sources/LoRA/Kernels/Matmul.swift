@@ -45,10 +45,10 @@ package func matmulForward(
 ///   dimension (forward), the dtype's GEMV (CLoraSupport/lowp.c: the F32
 ///   kernel's result on the dequantized weight); up to smallGemmRows rows,
 ///   the few-row kernels on tiles converted just before use
-///   (gemm_small.c); more rows: BF16/F16 with AVX-512, liblora's packed
-///   GEMM, which converts the weight while packing it (gemm_packed.c);
-///   otherwise panels of the weight converted to F32 in each worker's
-///   reused scratch, then sgemm.
+///   (gemm_small.c); more rows: with AVX-512, liblora's packed GEMM, which
+///   converts the weight while packing it (gemm_packed.c); otherwise
+///   panels of the weight converted to F32 in each worker's reused
+///   scratch, then sgemm.
 package func baseMatmul(
     transW: Bool, M: Int, N: Int, K: Int, A: ConstFloatPtr, lda: Int, W: BaseMatrix,
     beta: Float, C: FloatPtr, ldc: Int
@@ -118,9 +118,9 @@ let sgemmRowPanelFloats = 1 << 21
 /// equals the decode kernel's result bit for bit, as for F32 weights, and
 /// OpenBLAS's packing is not paid for a few rows; 16 BF16 sequences in the
 /// engine: 315–326 tok/s with whole 1 MiB panels converted first, 397–420
-/// with the tiles). More rows: BF16/F16 with AVX-512 run the packed GEMM
-/// (gemm_packed.c: LoRA training on a bf16 base 1.01× F32's speed, 0.97×
-/// with the panels below); otherwise the part of W a worker needs is
+/// with the tiles). More rows: with AVX-512 the packed GEMM (gemm_packed.c:
+/// LoRA training on a bf16 base 1.01× F32's speed, 0.97× with the panels
+/// below); otherwise the part of W a worker needs is
 /// converted a panel at a time into its thread's scratch (no allocation per
 /// call), then multiplied by sgemm. Each weight is converted once per call.
 private func lowpPanelGemm(
@@ -154,15 +154,16 @@ private func lowpPanelGemm(
     }
     let level = lb_kernels_level()
     if beta == 0 || beta == 1, lb_gemm_packed_available(level, W.dtype.code) != 0 {
-        // BF16/F16 with AVX-512: liblora's packed GEMM converts the weight while packing it.
+        // With AVX-512: liblora's packed GEMM converts the weight while packing it.
         let floats = lb_gemm_packed_scratch_floats()
         let trans: Int32 = transW ? 1 : 0
+        let layout: Int32 = W.inputAlongRows ? 1 : 0
         let b0: Int32 = beta == 0 ? 1 : 0
         parallelChunks(N, minChunk: minChunk, align: 32) { _, r in
             withPanelScratch(floats) { s in
                 lb_gemm_packed_lowp(
-                    W.dtype.code, trans, Int32(M), Int32(K), A, Int32(lda), W.data, Int32(W.cols), C, Int32(ldc),
-                    Int32(r.lowerBound), Int32(r.upperBound), b0, s)
+                    W.dtype.code, layout, trans, Int32(M), Int32(K), A, Int32(lda), W.data, W.scales, Int32(W.cols), C,
+                    Int32(ldc), Int32(r.lowerBound), Int32(r.upperBound), b0, s)
             }
         }
         return
