@@ -8,7 +8,7 @@ from . import _capi as C
 from ._convert import cstring, int32, int32_array, real
 from ._owner import Owner
 from .adapter import Adapter
-from .errors import BufferTooSmallError, InvalidArgumentError, error_for_status
+from .errors import BufferTooSmallError, LoraError, error_for_status
 from .model import Model
 
 _STOP_REASONS = {
@@ -86,6 +86,15 @@ class Request:
         tokenizer has no text for); iterating it then raises InvalidArgumentError."""
         return self._info().stop_reason == C.LORA_STOP_ERROR
 
+    def _failure(self, message: str | None = None) -> LoraError | None:
+        """The error of a request that ended with stop reason "error", else None."""
+        info = self._info()
+        if info.stop_reason != C.LORA_STOP_ERROR:
+            return None
+        name = C.lib.lora_status_string(info.status)
+        return error_for_status(info.status, name.decode() if name else "LORA_UNKNOWN_STATUS",
+                                message or f"request {self.id} failed: a sampled token has no text in the tokenizer")
+
     @property
     def tokens(self) -> list[int]:
         """The new token ids (once ended; WrongStateError before)."""
@@ -129,11 +138,9 @@ class Request:
                 while sent < len(self._pieces):
                     sent += 1
                     yield self._pieces[sent - 1]
-                info = self._info()
-                if info.stop_reason == C.LORA_STOP_ERROR:
-                    name = C.lib.lora_status_string(info.status)
-                    raise error_for_status(info.status, name.decode() if name else "LORA_UNKNOWN_STATUS",
-                                           f"request {self.id} failed: a sampled token has no text in the tokenizer")
+                failure = self._failure()
+                if failure is not None:
+                    raise failure
                 return
             self.engine.step()
 
@@ -254,12 +261,12 @@ class Engine(Owner):
         self.run()
         texts = [r.text for r in reqs]
         failed = [i for i, r in enumerate(reqs) if r.failed]
+        error = reqs[failed[0]]._failure(f"prompts {failed} failed: a sampled token has no text in the tokenizer") \
+            if failed else None
         for r in reqs:
             self.release(r)
-        if failed:
-            raise InvalidArgumentError(int(C.LORA_INVALID_ARGUMENT), "LORA_INVALID_ARGUMENT",
-                                       f"prompts {failed} failed: a sampled token has no text in the tokenizer",
-                                       "Engine.generate")
+        if error is not None:
+            raise error
         return texts
 
     def release(self, request: Request) -> None:
