@@ -115,6 +115,12 @@ typedef struct lora_model_params {
      * on every dtype. Merging into a reduced-precision base rounds the merged
      * weights to the dtype again (unmerge restores within that rounding). */
     int32_t dtype;
+    /* Storage of the keys and values that generation and the engine cache:
+     * LORA_DTYPE_F32 (the default: results as without a cache) or
+     * LORA_DTYPE_BF16 (half the cache's memory: each key and value rounded to
+     * nearest even as it is cached; queries and every sum stay float32).
+     * lora_logits keeps no cache. Other values: LORA_INVALID_ARGUMENT. */
+    int32_t kv_cache_dtype;
 } lora_model_params;
 
 /* Weight dtypes (lora_model_params.dtype, lora_model_info.dtype). */
@@ -145,10 +151,11 @@ typedef struct lora_model_info {
     int32_t n_head;
     int32_t n_inner;
     int64_t n_params;
-    int32_t has_tokenizer; /* 1 when tokenize/detokenize/text generation work */
-    int32_t eos_token;     /* -1 when none */
-    char blas_core[32];    /* the OpenBLAS kernel set in use, e.g. "SkylakeX" */
-    int32_t dtype;         /* LORA_DTYPE_* of the weight matrices */
+    int32_t has_tokenizer;  /* 1 when tokenize/detokenize/text generation work */
+    int32_t eos_token;      /* -1 when none */
+    char blas_core[32];     /* the OpenBLAS kernel set in use, e.g. "SkylakeX" */
+    int32_t dtype;          /* LORA_DTYPE_* of the weight matrices */
+    int32_t kv_cache_dtype; /* LORA_DTYPE_* of the KV cache (lora_model_params) */
 } lora_model_info;
 
 /* Fills *info (up to info->struct_size). Errors: LORA_INVALID_ARGUMENT. */

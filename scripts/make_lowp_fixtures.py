@@ -21,11 +21,18 @@ and writes:
   lowp/train-bf16.safetensors 20 AdamW steps of PEFT on the bf16-rounded base,
                               starting from lora/all, as make_lora_fixtures.py's
                               train.* run (batch<k>.ids, losses, final.<key>)
+  lowp/expected-kv-bf16.safetensors
+                              the same outputs from gpt2-a (F32 weights) whose
+                              keys and values are rounded to bf16 as they leave
+                              c_attn (queries kept F32): liblora's bf16 KV cache
+                              (`python3 scripts/make_lowp_fixtures.py kv` writes
+                              only this file)
 Needs make_fixtures.py's gpt2-a and make_lora_fixtures.py's lora/all.
 Deterministic (PYTHONHASHSEED pinned for PEFT).
 """
 import os
 import shutil
+import sys
 
 from peft_fixtures import ROOT, base, pin_hash_seed, train_adamw
 
@@ -101,6 +108,23 @@ def train_bf16():
               metadata={"format": "pt"})
 
 
+def expected_kv_bf16():
+    """gpt2-a with each block's keys and values rounded to bf16 (round to
+    nearest even) where c_attn produces them: what a bf16 KV cache holds."""
+    model = base("gpt2-a")
+    model.config._attn_implementation = "eager"
+    C = model.config.n_embd
+
+    def round_kv(_module, _inputs, output):
+        out = output.clone()
+        out[..., C:] = out[..., C:].to(torch.bfloat16).float()
+        return out
+
+    for block in model.transformer.h:
+        block.attn.c_attn.register_forward_hook(round_kv)
+    expected(model, 1, os.path.join(OUT, "expected-kv-bf16.safetensors"))
+
+
 def main():
     torch.set_num_threads(1)
     os.chdir(ROOT)
@@ -114,8 +138,14 @@ def main():
             os.remove(gen)  # as gpt2-a: config.json + model.safetensors only
         expected(model, 1, os.path.join(OUT, f"expected-{dtype}.safetensors"))
     train_bf16()
+    expected_kv_bf16()
     print("lowp fixtures written to", os.path.normpath(OUT))
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["kv"]:
+        torch.set_num_threads(1)
+        os.chdir(ROOT)
+        expected_kv_bf16()
+    else:
+        main()

@@ -38,6 +38,10 @@ uint16_t lb_f32_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
+void lb_f32_to_bf16_n(uint16_t *dst, const float *src, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] = lb_f32_to_bf16(src[i]);
+}
+
 float lb_bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
     float f;

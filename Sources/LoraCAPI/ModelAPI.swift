@@ -15,7 +15,9 @@ public func lora_model_default_params_v2(_ p: UnsafeMutablePointer<lora_model_pa
 }
 
 var defaultModelParams: lora_model_params {
-    lora_model_params(struct_size: UInt32(MemoryLayout<lora_model_params>.size), n_threads: 0, dtype: LORA_DTYPE_SAVED)
+    lora_model_params(
+        struct_size: UInt32(MemoryLayout<lora_model_params>.size), n_threads: 0, dtype: LORA_DTYPE_SAVED,
+        kv_cache_dtype: LORA_DTYPE_F32)
 }
 
 @_cdecl("lora_model_load")
@@ -37,8 +39,13 @@ public func lora_model_load(
             }
             dtype = d
         }
+        guard p.kv_cache_dtype == LORA_DTYPE_F32 || p.kv_cache_dtype == LORA_DTYPE_BF16,
+            let kvCacheDType = WeightDType(code: p.kv_cache_dtype)
+        else {
+            throw invalid("kv_cache_dtype \(p.kv_cache_dtype) must be LORA_DTYPE_F32 (0) or LORA_DTYPE_BF16 (1)")
+        }
         let dir = try string(path, "path")
-        let model = try Model.load(directory: dir, dtype: dtype)
+        let model = try Model.load(directory: dir, dtype: dtype, kvCacheDType: kvCacheDType)
         if p.n_threads > 0 { BLAS.threads = Int(p.n_threads) }
         o.pointee = retain(ModelBox(model))
     }
@@ -64,6 +71,7 @@ public func lora_model_get_info(_ model: OpaquePointer?, _ info: UnsafeMutablePo
         full.n_params = Int64(m.parameterCount)
         full.has_tokenizer = m.tokenizer == nil ? 0 : 1
         full.dtype = m.dtype.code
+        full.kv_cache_dtype = m.kvCacheDType.code
         full.eos_token = Int32(c.eosTokenID.flatMap { $0 < c.vocabSize ? $0 : nil } ?? m.tokenizer?.endOfTextID.map(Int.init) ?? -1)
         let core = Array(BLAS.coreName.utf8.prefix(31))
         withUnsafeMutableBytes(of: &full.blas_core) { b in

@@ -30,6 +30,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Requests that join a busy engine, for time to first token (engine).") var joins = 32
     @Option(help: "Storage of the base weight matrices: f32, bf16, f16 or q8_0 (inference, train, bound, engine).")
     var dtype: WeightDType = .f32
+    @OptionGroup var kvCache: KVCacheOption
 
     func run() throws {
         try LoRACommand.run {
@@ -62,6 +63,7 @@ struct Bench: ParsableCommand {
 
     func inference() throws {
         let model = try Model.random(config: GPT2Config(), seed: 1, dtype: dtype)
+        try kvCache.apply(to: model)
         var rng = SplitMix64(seed: 3)
         let ids = (0..<prompt).map { _ in TokenID(rng.next() % 50257) }
         var prefill: [Double] = []
@@ -98,8 +100,9 @@ struct Bench: ParsableCommand {
         say(
             String(
                 format:
-                    "{\"engine\":\"liblora\",\"bench\":\"decode\",\"dtype\":\"%@\",\"core\":\"%@\",\"threads\":%d,\"tokens\":%d,\"tokens_per_s\":%.1f,\"bound_tokens_per_s\":%.1f,\"weights_gb_per_s\":%.1f,\"fraction_of_bound\":%.3f}",
-                dtype.rawValue, BLAS.coreName, threads, decode, median(dec), db.tokensPerS, db.gbPerS, median(dec) / db.tokensPerS))
+                    "{\"engine\":\"liblora\",\"bench\":\"decode\",\"dtype\":\"%@\",\"kv_cache_dtype\":\"%@\",\"core\":\"%@\",\"threads\":%d,\"tokens\":%d,\"tokens_per_s\":%.1f,\"bound_tokens_per_s\":%.1f,\"weights_gb_per_s\":%.1f,\"fraction_of_bound\":%.3f}",
+                dtype.rawValue, kvCache.kvCacheDType.rawValue, BLAS.coreName, threads, decode, median(dec), db.tokensPerS, db.gbPerS,
+                median(dec) / db.tokensPerS))
     }
 
     func train() throws {

@@ -11,6 +11,7 @@ import LoRA
 extension Bench {
     func engineBench() throws {
         let model = try Model.random(config: GPT2Config(), seed: 1, dtype: dtype)
+        try kvCache.apply(to: model)
         let P = enginePrompt
         let N = newTokens
         guard P >= 1, N >= 2, P + N <= model.config.nPositions else {
@@ -66,7 +67,10 @@ extension Bench {
         func line(_ fields: [(String, String)]) {
             say(
                 "{"
-                    + ([("engine", "\"liblora\""), ("bench", "\"engine\""), ("threads", "\(threads)")] + fields)
+                    + ([
+                        ("engine", "\"liblora\""), ("bench", "\"engine\""), ("threads", "\(threads)"),
+                        ("kv_cache_dtype", "\"\(kvCache.kvCacheDType.rawValue)\""),
+                    ] + fields)
                     .map { "\"\($0.0)\":\($0.1)" }.joined(separator: ",") + "}")
         }
         func f(_ x: Double) -> String { String(format: "%.1f", x) }

@@ -37,6 +37,7 @@ struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Generate text after a prompt, streamed.")
 
     @OptionGroup var model: ModelOptions
+    @OptionGroup var kvCache: KVCacheOption
     @OptionGroup var sampling: SamplingOptions
     @Argument(help: "The prompt (default: read standard input).") var prompt: String?
     @Option(
@@ -58,12 +59,14 @@ struct Generate: ParsableCommand {
                 var bare = model
                 bare.adapters = []
                 let m = try bare.load()
+                try kvCache.apply(to: m)
                 try GenerateBatch.run(
                     file: batchFile, model: m, defaults: sampling.params, adapterSpecs: model.adapters,
                     maxSequences: maxSequences, maxTokensPerStep: maxTokensPerStep)
                 return
             }
             let m = try model.load()
+            try kvCache.apply(to: m)
             guard let tok = m.tokenizer else {
                 throw LoRAError.invalidArgument("the model has no tokenizer: give token ids through the library instead")
             }

@@ -149,6 +149,23 @@ struct DTypeOption: ParsableArguments {
     var dtype: WeightDType?
 }
 
+/// --kv-cache-dtype, for the commands that generate (a KV cache).
+struct KVCacheOption: ParsableArguments {
+    @Option(
+        name: .customLong("kv-cache-dtype"),
+        help: ArgumentHelp(
+            "Storage of the cached keys and values: f32 (exact) or bf16 (half the cache's memory).", valueName: "dtype"))
+    var kvCacheDType: WeightDType = .f32
+
+    func validate() throws {
+        guard kvCacheDType == .f32 || kvCacheDType == .bf16 else {
+            throw ValidationError("--kv-cache-dtype must be f32 or bf16 (got \(kvCacheDType.rawValue))")
+        }
+    }
+
+    func apply(to model: Model) throws { try model.setKVCacheDType(kvCacheDType) }
+}
+
 /// Options every model-using command shares.
 struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "Model directory (default: the embedded model).")

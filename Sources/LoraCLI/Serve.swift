@@ -39,6 +39,7 @@ struct Serve: ParsableCommand {
     @Option(help: "Seconds running requests may take to finish on SIGINT/SIGTERM before they are cancelled.")
     var drainTimeout = 10.0
     @OptionGroup var dtype: DTypeOption
+    @OptionGroup var kvCache: KVCacheOption
     @OptionGroup var threads: ThreadOptions
 
     func parsedAdapters() throws -> [(name: String, path: String)] {
@@ -78,6 +79,7 @@ struct Serve: ParsableCommand {
         try LoRACommand.run {
             let dir = model ?? Defaults.modelDirectory
             let m = try loadModel(dir, dtype: dtype.dtype)
+            try kvCache.apply(to: m)
             threads.apply()
             var o = ServerOptions()
             o.host = host

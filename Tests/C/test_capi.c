@@ -40,6 +40,7 @@ int main(int argc, char **argv) {
         {"model_load_errors", test_model_load_errors},
         {"model_info", test_model_info},
         {"model_dtype", test_model_dtype},
+        {"kv_cache_dtype", test_kv_cache_dtype},
         {"tokens", test_tokens},
         {"reference_gpt2_tok", test_reference_gpt2_tok},
         {"generation", test_generation},

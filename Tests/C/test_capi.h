@@ -111,6 +111,7 @@ void test_model_load_errors(void);
 void test_model_info(void);
 /* test_capi_lowp.c */
 void test_model_dtype(void);
+void test_kv_cache_dtype(void);
 void test_tokens(void);
 void test_reference_gpt2_tok(void);
 /* test_capi_generation.c */

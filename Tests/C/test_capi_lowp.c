@@ -92,3 +92,93 @@ void test_model_dtype(void) {
         lora_model_free(low);
     }
 }
+
+static int32_t collect_token(int32_t token, const char *piece, size_t piece_len, void *user_data) {
+    (void)piece, (void)piece_len;
+    int32_t *buf = user_data; /* buf[0]: count, then the tokens */
+    if (buf[0] < 31) buf[1 + buf[0]++] = token;
+    return 0;
+}
+
+/* lora_model_params.kv_cache_dtype: defaults, refusals, the info field, and
+ * greedy text through generation and the engine against transformers with
+ * keys and values rounded to bf16 (lowp/expected-kv-bf16). */
+void test_kv_cache_dtype(void) {
+    lora_model_params p;
+    lora_model_default_params(&p);
+    CHECK(p.kv_cache_dtype == LORA_DTYPE_F32, "default kv_cache_dtype %d", p.kv_cache_dtype);
+    const int32_t refused[] = {LORA_DTYPE_F16, LORA_DTYPE_Q8_0, LORA_DTYPE_SAVED, 7};
+    for (size_t k = 0; k < sizeof refused / sizeof refused[0]; k++) {
+        p.kv_cache_dtype = refused[k];
+        lora_model *m = SENTINEL(lora_model);
+        EXPECT(lora_model_load(&m, path("%s/gpt2-a", fixtures), &p), LORA_INVALID_ARGUMENT);
+        CHECK(m == NULL, "*out not NULL after kv_cache_dtype %d", refused[k]);
+        CHECK(strstr(lora_last_error(), "kv_cache_dtype") != NULL, "error names the field: %s", lora_last_error());
+    }
+    /* A struct from before the field: the field is not read (F32). */
+    p.struct_size = (uint32_t)offsetof(lora_model_params, kv_cache_dtype);
+    lora_model_info info;
+    lora_model *old = NULL;
+    EXPECT(lora_model_load(&old, path("%s/gpt2-a", fixtures), &p), LORA_OK);
+    memset(&info, 0, sizeof info);
+    info.struct_size = sizeof info;
+    if (old) {
+        EXPECT(lora_model_get_info(old, &info), LORA_OK);
+        CHECK(info.kv_cache_dtype == LORA_DTYPE_F32, "an older struct: kv_cache_dtype %d", info.kv_cache_dtype);
+    }
+    lora_model_free(old);
+
+    lora_model_default_params(&p);
+    p.kv_cache_dtype = LORA_DTYPE_BF16;
+    lora_model *m = NULL;
+    EXPECT(lora_model_load(&m, path("%s/gpt2-a", fixtures), &p), LORA_OK);
+    st_file f;
+    if (!m || !st_open(&f, path("%s/lowp/expected-kv-bf16.safetensors", fixtures))) {
+        CHECK(m == NULL, "cannot open lowp/expected-kv-bf16.safetensors");
+        lora_model_free(m);
+        return;
+    }
+    EXPECT(lora_model_get_info(m, &info), LORA_OK);
+    CHECK(info.kv_cache_dtype == LORA_DTYPE_BF16, "info kv_cache_dtype %d", info.kv_cache_dtype);
+    lora_engine *engine = NULL;
+    EXPECT(lora_engine_create(&engine, m, NULL), LORA_OK);
+    for (int k = 0; k < 2; k++) {
+        size_t n_prompt = 0, n_want = 0;
+        int32_t *prompt = st_ids(&f, k ? "greedy1.prompt" : "greedy0.prompt", &n_prompt);
+        int32_t *want = st_ids(&f, k ? "greedy1.output" : "greedy0.output", &n_want);
+        if (!prompt || !want || n_want <= n_prompt || n_want - n_prompt > 31) {
+            CHECK(0, "greedy%d missing in lowp/expected-kv-bf16", k);
+            free(prompt), free(want);
+            continue;
+        }
+        lora_sampling_params sp;
+        lora_sampling_default_params(&sp);
+        sp.temperature = 0;
+        sp.stop_at_eos = 0;
+        sp.max_new_tokens = (int32_t)(n_want - n_prompt);
+        int32_t got[32];
+        size_t n_got = 0;
+        EXPECT(lora_generate_tokens(m, prompt, n_prompt, &sp, NULL, NULL, got, 32, &n_got), LORA_OK);
+        CHECK(n_got == n_want - n_prompt && memcmp(got, want + n_prompt, n_got * sizeof *got) == 0,
+              "greedy%d with a bf16 KV cache differs from transformers", k);
+        int32_t streamed[32] = {0};
+        lora_request r;
+        lora_request_default_params(&r);
+        r.tokens = prompt;
+        r.n_tokens = n_prompt;
+        r.sampling = &sp;
+        r.callback = collect_token;
+        r.user_data = streamed;
+        lora_request_id id;
+        EXPECT(lora_engine_submit(engine, &r, &id), LORA_OK);
+        EXPECT(lora_engine_run(engine), LORA_OK);
+        CHECK((size_t)streamed[0] == n_want - n_prompt &&
+                  memcmp(streamed + 1, want + n_prompt, (size_t)streamed[0] * sizeof *got) == 0,
+              "engine greedy%d with a bf16 KV cache differs from transformers", k);
+        free(prompt);
+        free(want);
+    }
+    lora_engine_free(engine);
+    st_close(&f);
+    lora_model_free(m);
+}

@@ -90,6 +90,16 @@ import Testing
             ["train", "--model", model, "--dtype", "f16", "--full-finetune", "--max-steps", "1", "--output-dir", out + "/full", data],
             ["full fine-tuning needs an f32 base"])
         try expectOneLineError(["generate", "--model", model, "--dtype", "int4", "Hi"], ["--dtype", "f32", "q8_0"], status: 64)
+        // --kv-cache-dtype: bf16 generates (one prompt, and a batch through the engine); q8_0 is refused.
+        let kv = try CLI.run(["generate", "--model", model, "--kv-cache-dtype", "bf16", "--max-new-tokens", "4", "Hello"])
+        #expect(kv.status == 0 && kv.out.hasPrefix("Hello"), "\(kv.err)")
+        try "Hello\nCaptain\n".write(toFile: out + "/prompts.txt", atomically: true, encoding: .utf8)
+        let kvBatch = try CLI.run([
+            "generate", "--model", model, "--kv-cache-dtype", "bf16", "--max-new-tokens", "4", "--batch-file", out + "/prompts.txt",
+        ])
+        #expect(kvBatch.status == 0 && kvBatch.out.split(separator: "\n").count == 2, "\(kvBatch.err)")
+        try expectOneLineError(
+            ["generate", "--model", model, "--kv-cache-dtype", "q8_0", "Hi"], ["--kv-cache-dtype", "f32", "bf16"], status: 64)
     }
 
     @Test func pathsThatAreNotWhatTheCommandWants() throws {

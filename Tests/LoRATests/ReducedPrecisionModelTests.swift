@@ -502,3 +502,92 @@ private func lowpExpected(_ d: WeightDType) throws -> SafeTensorsFile {
         }
     }
 }
+
+/// The KV cache in bf16 (`kvCacheDType`) against transformers with each
+/// block's keys and values rounded to bf16 as c_attn produces them
+/// (Fixtures/lowp/expected-kv-bf16: gpt2-a's F32 weights).
+@Suite struct BF16KVCacheTests {
+    private static func model() throws -> Model {
+        try Model.load(directory: Fixtures.path("gpt2-a"), kvCacheDType: .bf16)
+    }
+
+    /// Prefill (keys and values converted from the cache for the F32 path), decode
+    /// (the bf16 matrix–vector kernels) and a prefill cut in two: every position's logits.
+    @Test func cachedLogitsMatchTransformers() throws {
+        let model = try Self.model()
+        let exp = try SafeTensorsFile(path: Fixtures.path("lowp/expected-kv-bf16.safetensors"))
+        let f32 = try Model.load(directory: Fixtures.path("gpt2-a"))
+        for k in 0..<4 {
+            let ids = try exp.ints("seq\(k).ids").tokenIDs
+            let want = try exp.floats("seq\(k).logits")
+            let whole = try InferenceSession(model: model, batch: 1, capacity: ids.count)
+            #expect(whole.kvCacheDType == .bf16)
+            let prefill = try whole.forward(ids, batch: 1, lastOnly: false)
+            #expect(maxAbsDiff(prefill, want) < logitsTolerance, "seq\(k) (T=\(ids.count)) prefill")
+            let split = min(5, ids.count)
+            let stepwise = try InferenceSession(model: model, batch: 1, capacity: ids.count)
+            var got = try stepwise.forward(Array(ids[0..<split]), batch: 1, lastOnly: false)
+            for t in split..<ids.count { got += try stepwise.forward([ids[t]], batch: 1, lastOnly: false) }
+            #expect(maxAbsDiff(got, want) < logitsTolerance, "seq\(k) (T=\(ids.count)) decode")
+            if k == 3 {
+                // The rounding is real: an F32 cache gives other logits.
+                let exact = try InferenceSession(model: f32, batch: 1, capacity: ids.count)
+                #expect(maxAbsDiff(try exact.forward(ids, batch: 1, lastOnly: false), prefill) > 10 * logitsTolerance)
+            }
+        }
+        for side in ["left", "right"] {
+            let ids = try exp.ints("batch_\(side).ids").tokenIDs
+            let mask = try exp.ints("batch_\(side).mask").map { Int32($0) }
+            let shape = try #require(exp["batch_\(side).ids"]).shape
+            let session = try InferenceSession(model: model, batch: shape[0], capacity: shape[1])
+            var got = try session.forward(ids, batch: shape[0], attentionMask: mask, lastOnly: false)
+            let V = model.config.vocabSize
+            for r in 0..<mask.count where mask[r] == 0 { for v in 0..<V { got[r * V + v] = 0 } }
+            #expect(maxAbsDiff(got, try exp.floats("batch_\(side).logits")) < logitsTolerance, "\(side) padding")
+        }
+    }
+
+    /// Greedy text through generate and the engine (whole prompts and prompts cut into chunks of 2).
+    @Test func greedyGenerationMatchesTransformers() throws {
+        let model = try Self.model()
+        let exp = try SafeTensorsFile(path: Fixtures.path("lowp/expected-kv-bf16.safetensors"))
+        var requests: [EngineRequest] = []
+        var wants: [[TokenID]] = []
+        for k in 0..<2 {
+            let prompt = try exp.ints("greedy\(k).prompt").tokenIDs
+            let want = try exp.ints("greedy\(k).output").tokenIDs
+            var params = SamplingParams.greedy
+            params.maxNewTokens = want.count - prompt.count
+            params.stopAtEndOfText = false
+            #expect(try prompt + model.generate(prompt: prompt, params: params).tokens == want, "greedy\(k)")
+            requests.append(EngineRequest(prompt: prompt, params: params))
+            wants.append(want)
+        }
+        for tokensPerStep in [512, 2] {
+            var p = EngineParams()
+            p.maxSequences = 2
+            p.maxTokensPerStep = tokensPerStep
+            let engine = try Engine(model: model, params: p)
+            #expect(engine.kvCacheDType == .bf16)
+            for (k, r) in try engine.generate(requests).enumerated() {
+                #expect(requests[k].prompt + r.tokens == wants[k], "engine greedy\(k), \(tokensPerStep) tokens a step")
+            }
+        }
+    }
+
+    /// Only f32 and bf16 hold a KV cache; a session keeps the dtype it was created with.
+    @Test func otherDTypesAreRefused() throws {
+        for d in [WeightDType.f16, .q8_0] {
+            #expect(throws: LoRAError.self) { try Model.load(directory: Fixtures.path("gpt2-a"), kvCacheDType: d) }
+        }
+        let model = try Model.load(directory: Fixtures.path("gpt2-a"))
+        #expect(model.kvCacheDType == .f32)
+        #expect(throws: LoRAError.self) { try model.setKVCacheDType(.q8_0) }
+        #expect(model.kvCacheDType == .f32)
+        let before = try InferenceSession(model: model, batch: 1, capacity: 4)
+        try model.setKVCacheDType(.bf16)
+        #expect(before.kvCacheDType == .f32)
+        #expect(try InferenceSession(model: model, batch: 1, capacity: 4).kvCacheDType == .bf16)
+        #expect(try model.converted(to: .bf16).kvCacheDType == .bf16)
+    }
+}

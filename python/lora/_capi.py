@@ -163,6 +163,7 @@ class lora_model_params(Structure):
         ("struct_size", c_uint32),
         ("n_threads", c_int32),
         ("dtype", c_int32),
+        ("kv_cache_dtype", c_int32),
     ]
 
 
@@ -180,6 +181,7 @@ class lora_model_info(Structure):
         ("eos_token", c_int32),
         ("blas_core", c_char * 32),
         ("dtype", c_int32),
+        ("kv_cache_dtype", c_int32),
     ]
 
 

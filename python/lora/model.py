@@ -63,6 +63,7 @@ class ModelInfo:
     eos_token: int | None   # None when the model has none (-1 in C)
     blas_core: str
     dtype: str              # storage of the weight matrices: "f32", "bf16", "f16" or "q8_0"
+    kv_cache_dtype: str     # storage of the KV cache: "f32" or "bf16"
 
     def __getitem__(self, key: str):
         if key not in self.keys():
@@ -121,11 +122,12 @@ class Model(Owner):
     _kind = "Model"
     _close_rank = 2
 
-    def __init__(self, path, n_threads: int = 0, *, dtype: str | None = None, _handle=None):
+    def __init__(self, path, n_threads: int = 0, *, dtype: str | None = None, kv_cache_dtype: str = "f32",
+                 _handle=None):
         if _handle is None:
             if isinstance(path, C.lora_model_p):
                 raise TypeError("use lora.Model(path) to load a model")
-            _handle = self._load_handle(path, n_threads, dtype)
+            _handle = self._load_handle(path, n_threads, dtype, kv_cache_dtype)
         if not isinstance(_handle, C.lora_model_p) or not _handle:
             raise TypeError("use lora.Model(path) to create a Model")
         path = os.fspath(path) if not isinstance(path, bytes) else os.fsdecode(path)
@@ -137,7 +139,7 @@ class Model(Owner):
     # ---- lifetime ------------------------------------------------------------
 
     @staticmethod
-    def _load_handle(path, n_threads: int, dtype: str | None = None):
+    def _load_handle(path, n_threads: int, dtype: str | None = None, kv_cache_dtype: str = "f32"):
         p = C.lora_model_params()
         C.lora_model_default_params_v2(byref(p), sizeof(p))
         p.n_threads = int32(n_threads, "n_threads")
@@ -145,6 +147,9 @@ class Model(Owner):
             if not isinstance(dtype, str) or dtype.lower() not in C.DTYPES:
                 raise ValueError(f"dtype must be one of {', '.join(C.DTYPES)} or None (got {dtype!r})")
             p.dtype = C.DTYPES[dtype.lower()]
+        if not isinstance(kv_cache_dtype, str) or kv_cache_dtype.lower() not in ("f32", "bf16"):
+            raise ValueError(f"kv_cache_dtype must be 'f32' or 'bf16' (got {kv_cache_dtype!r})")
+        p.kv_cache_dtype = C.DTYPES[kv_cache_dtype.lower()]
         cp = cpath(path)
         if not os.path.exists(cp):
             raise file_not_found(path, "model directory", "lora_model_load")
@@ -153,21 +158,25 @@ class Model(Owner):
         return h
 
     @classmethod
-    def load(cls, path, n_threads: int = 0, *, dtype: str | None = None) -> "Model":
+    def load(cls, path, n_threads: int = 0, *, dtype: str | None = None, kv_cache_dtype: str = "f32") -> "Model":
         """Loads a GPT-2 directory (config.json, model.safetensors, tokenizer files when present).
 
         n_threads: compute threads for the whole process (0 keeps the current
             count: OPENBLAS_NUM_THREADS or the CPU count at first).
         dtype: storage of the weight matrices, "f32", "bf16", "f16" or "q8_0"
             (None: the dtype a converted model was saved in, else "f32").
+        kv_cache_dtype: storage of the keys and values generation and the
+            engine cache, "f32" (exact) or "bf16" (half the memory; each key
+            and value rounded to nearest even as it is cached).
         A missing path raises FileNotFoundError (lora.LoraFileNotFoundError).
         """
-        return cls(path, n_threads, dtype=dtype)
+        return cls(path, n_threads, dtype=dtype, kv_cache_dtype=kv_cache_dtype)
 
     @classmethod
-    def from_pretrained(cls, path, n_threads: int = 0, *, dtype: str | None = None) -> "Model":
+    def from_pretrained(cls, path, n_threads: int = 0, *, dtype: str | None = None,
+                        kv_cache_dtype: str = "f32") -> "Model":
         """transformers' name for :meth:`load`."""
-        return cls(path, n_threads, dtype=dtype)
+        return cls(path, n_threads, dtype=dtype, kv_cache_dtype=kv_cache_dtype)
 
     def _on_close(self) -> None:
         # Attached adapters not registered as dependents anymore (GC cleared the
@@ -195,6 +204,7 @@ class Model(Owner):
                 eos_token=None if i.eos_token < 0 else i.eos_token,
                 blas_core=i.blas_core.decode("utf-8", "replace"),
                 dtype=next((k for k, v in C.DTYPES.items() if v == i.dtype), str(i.dtype)),
+                kv_cache_dtype=next((k for k, v in C.DTYPES.items() if v == i.kv_cache_dtype), str(i.kv_cache_dtype)),
             )
         else:
             self._require()

@@ -18,13 +18,14 @@ def test_info(tok_model):
     assert i.eos_token == 1200
     assert isinstance(i.blas_core, str) and i.blas_core
     assert i.dtype == "f32"
+    assert i.kv_cache_dtype == "f32"
     # wte + wpe + 2 blocks + ln_f (tied head counted once)
     E, V, P, I = 32, 1201, 64, 128
     block = 2 * 2 * E + (E * 3 * E + 3 * E) + (E * E + E) + (E * I + I) + (I * E + E)
     assert i.n_params == V * E + P * E + 2 * block + 2 * E
     assert i["n_vocab"] == 1201 and i.as_dict()["n_layer"] == 2
     assert set(i.keys()) == {"n_vocab", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "n_params",
-                             "has_tokenizer", "eos_token", "blas_core", "dtype"}
+                             "has_tokenizer", "eos_token", "blas_core", "dtype", "kv_cache_dtype"}
 
 
 def test_info_without_tokenizer(model_a):
@@ -517,6 +518,32 @@ def test_dtype_default_and_errors():
     for bad in ("int4", 3, ""):
         with pytest.raises(ValueError):
             lora.Model.load(fixture("gpt2-a"), dtype=bad)
+
+
+def test_bf16_kv_cache_matches_transformers():
+    """kv_cache_dtype="bf16": greedy text through generate and the engine equals
+    transformers with keys and values rounded to bf16 (lowp/expected-kv-bf16);
+    other dtypes are refused."""
+    _, t = read_safetensors(fixture("lowp", "expected-kv-bf16.safetensors"))
+    with lora.Model.load(fixture("gpt2-a"), kv_cache_dtype="bf16") as m:
+        assert m.info.kv_cache_dtype == "bf16"
+        with lora.Engine(m, max_sequences=2) as engine:
+            requests = []
+            for k in range(2):
+                prompt = [int(i) for i in t[f"greedy{k}.prompt"].values()]
+                want = [int(i) for i in t[f"greedy{k}.output"].values()]
+                n = len(want) - len(prompt)
+                assert m.generate_tokens(prompt, max_new_tokens=n, temperature=0, stop_at_eos=False) == want[len(prompt):]
+                requests.append((engine.submit(prompt, max_new_tokens=n, temperature=0, stop_at_eos=False),
+                                 want[len(prompt):]))
+            engine.run()
+            for r, want_new in requests:
+                assert r.tokens == want_new
+    with lora.Model.load(fixture("gpt2-a")) as m:
+        assert m.info.kv_cache_dtype == "f32"
+    for bad in ("f16", "q8_0", None, 1):
+        with pytest.raises(ValueError):
+            lora.Model.load(fixture("gpt2-a"), kv_cache_dtype=bad)
 
 
 def _rss_growth_of_load(path, dtype, warm_up):

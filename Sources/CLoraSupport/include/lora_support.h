@@ -106,6 +106,8 @@ LB_HIDDEN void lb_gemm_rows_at(int level, float *y, int ldy, const float *x, int
 #define LB_DTYPE_Q8_0 3
 LB_HIDDEN uint16_t lb_f32_to_bf16(float f); // round to nearest even; NaN stays NaN
 LB_HIDDEN float lb_bf16_to_f32(uint16_t h);
+// dst[i] = lb_f32_to_bf16(src[i]) for i < n (the KV cache's stores).
+LB_HIDDEN void lb_f32_to_bf16_n(uint16_t *dst, const float *src, size_t n);
 LB_HIDDEN uint16_t lb_f32_to_f16(float f); // round to nearest even; overflow → inf
 LB_HIDDEN float lb_f16_to_f32(uint16_t h);
 // Q8_0 of a Conv1D weight w[K, N] (blocks of 32 along K): q[K, N], d[ceil(K/32), N].

@@ -131,7 +131,9 @@ public final class Engine: @unchecked Sendable {
     // Owned by the stepping thread.
     private var running: [ActiveSequence] = []
     private var freeSlots: [Int]
-    private let kPool: FloatBlock, vPool: FloatBlock  // [layer, slot, H, context, hd]
+    private let kPool: ByteBlock, vPool: ByteBlock  // [layer, slot, H, context, hd] in kvCacheDType
+    /// The model's kvCacheDType when the engine was created.
+    public let kvCacheDType: WeightDType
     private let x, ln, qkv, att, proj, fc, probs: FloatBlock
     private var loraU: FloatBlock
     /// The largest rank among this step's segments: loraU's floats per row.
@@ -207,7 +209,8 @@ public final class Engine: @unchecked Sendable {
         let poolFloats = 2 * Double(c.nLayer) * Double(params.maxSequences) * Double(ctx) * Double(c.nEmbd)
         let n = Double(params.maxTokensPerStep)
         let stepFloats = n * Double(6 * c.nEmbd + c.innerSize) + Double(params.maxSequences) * Double(c.vocabSize)
-        guard 4 * (poolFloats + stepFloats) <= Double(FloatBlock.physicalMemory) else {
+        let kvBytes = Double(model.kvCacheDType.weightBytes)
+        guard kvBytes * poolFloats + 4 * stepFloats <= Double(FloatBlock.physicalMemory) else {
             throw LoRAError.invalidArgument(
                 "an engine of \(params.maxSequences) sequences × \(ctx) positions and \(params.maxTokensPerStep) tokens a step does not fit the machine's memory"
             )
@@ -215,9 +218,10 @@ public final class Engine: @unchecked Sendable {
         self.model = model
         self.params = params
         context = ctx
-        let perLayer = params.maxSequences * ctx * c.nEmbd
-        kPool = try FloatBlock(count: c.nLayer * perLayer)
-        vPool = try FloatBlock(count: c.nLayer * perLayer)
+        kvCacheDType = model.kvCacheDType
+        let layerBytes = params.maxSequences * ctx * c.nEmbd * kvCacheDType.weightBytes
+        kPool = try ByteBlock(count: c.nLayer * layerBytes)
+        vPool = try ByteBlock(count: c.nLayer * layerBytes)
         let T = params.maxTokensPerStep
         x = try FloatBlock(count: T * c.nEmbd)
         ln = try FloatBlock(count: T * c.nEmbd)
@@ -579,12 +583,16 @@ public final class Engine: @unchecked Sendable {
                 embeddingForward(out: x.base, ids: idp.baseAddress!, positions: pp.baseAddress!, wte: w.wte, wpe: w.wpe, n: n, C: C)
             }
         }
-        let perLayer = params.maxSequences * context * C
+        let layerBytes = params.maxSequences * context * C * kvCacheDType.weightBytes
         runs.withUnsafeBufferPointer { r in
             for l in 0..<c.nLayer {
                 model.layerForward(
                     l, acts, B: 1, T: n, past: 0,
-                    kv: .sequences(r, k: kPool.base + l * perLayer, v: vPool.base + l * perLayer, capacity: context),
+                    kv: .sequences(
+                        r,
+                        KVLayer(
+                            k: kPool.base + l * layerBytes, v: vPool.base + l * layerBytes, capacity: context,
+                            dtype: kvCacheDType)),
                     keyMask: nil, lora: lora)
             }
         }

@@ -101,6 +101,45 @@ package func attentionForward(
     }
 }
 
+/// attentionForward with keys and values [L, hd] (row stride hd) in a KV
+/// cache stored as `dtype`. F32: attentionForward itself. BF16: one query
+/// row (decode) runs the bf16 matrix–vector kernels (the F32 kernels'
+/// results on the converted values, bit for bit); more rows convert the
+/// keys and values to F32 (exactly) and run attentionForward on them.
+package func cachedAttentionForward(
+    out: FloatPtr, ldo: Int, probs: FloatPtr, q: ConstFloatPtr, ldq: Int, k: UnsafeRawPointer, v: UnsafeRawPointer,
+    dtype: WeightDType, T: Int, L: Int, past: Int, hd: Int, scale: Float, keyMask: ConstFloatPtr?
+) {
+    if dtype == .f32 {
+        attentionForward(
+            out: out, ldo: ldo, probs: probs, q: q, ldq: ldq, k: k.assumingMemoryBound(to: Float.self), ldk: hd,
+            v: v.assumingMemoryBound(to: Float.self), ldv: hd, T: T, L: L, past: past, hd: hd, scale: scale,
+            keyMask: keyMask)
+        return
+    }
+    let level = lb_kernels_level()
+    let code = dtype.code
+    if T == 1 {
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: hd) { sq in
+            for i in 0..<hd { sq[i] = scale * q[i] }
+            lb_gemv_rows_lowp(level, code, probs, sq.baseAddress!, k, nil, Int32(hd), Int32(hd), 0, Int32(L), 1)
+        }
+        attentionSoftmaxRows(probs: probs, rows: 0..<1, L: L, past: past, keyMask: keyMask, lse: nil)
+        lb_gemv_cols_lowp(level, code, out, probs, v, nil, Int32(L), Int32(hd), 0, Int32(hd), 1)
+        return
+    }
+    // Not the thread's panel scratch: attentionForward uses that one.
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * L * hd) { kv in
+        let kf = kv.baseAddress!
+        let vf = kf + L * hd
+        lb_dequant_panel(code, 0, kf, Int32(hd), k, nil, Int32(hd), 0, Int32(L), 0, Int32(hd))
+        lb_dequant_panel(code, 0, vf, Int32(hd), v, nil, Int32(hd), 0, Int32(L), 0, Int32(hd))
+        attentionForward(
+            out: out, ldo: ldo, probs: probs, q: q, ldq: ldq, k: kf, ldk: hd, v: vf, ldv: hd, T: T, L: L, past: past,
+            hd: hd, scale: scale, keyMask: keyMask)
+    }
+}
+
 /// Masked softmax of the score rows in place; zeros beyond each row's causal limit.
 @inline(__always)
 func attentionSoftmaxRows(probs: FloatPtr, rows: Range<Int>, L: Int, past: Int, keyMask: ConstFloatPtr?, lse: FloatPtr?) {

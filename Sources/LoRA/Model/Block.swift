@@ -1,3 +1,5 @@
+import CLoraSupport
+
 // The GPT-2 transformer, forward and backward side by side: one block
 // (layerForward/layerBackward) and, for training, the whole stack from the
 // embeddings to the final LayerNorm (trunkForward/trunkBackward). Forward is
@@ -42,11 +44,45 @@ enum KVPlacement {
     /// From qkv itself (training, no cache).
     case inline
     /// From a cache [B, H, capacity, hd] for this layer, after appending this call's K/V at `past`.
-    case cache(k: FloatPtr, v: FloatPtr, capacity: Int)
+    case cache(KVLayer)
     /// The engine's pool: the call's n rows (B = 1, T = n) are consecutive
     /// runs of different sequences, each with its own cache slot in this
     /// layer's k, v [slots, H, capacity, hd] and its own past.
-    case sequences(UnsafeBufferPointer<SequenceRows>, k: FloatPtr, v: FloatPtr, capacity: Int)
+    case sequences(UnsafeBufferPointer<SequenceRows>, KVLayer)
+}
+
+/// One layer's key and value caches, [slots, H, capacity, hd] each, stored
+/// as the model's KV cache dtype (f32, or bf16 rounded to nearest even).
+struct KVLayer {
+    let k: UnsafeMutableRawPointer
+    let v: UnsafeMutableRawPointer
+    let capacity: Int
+    let dtype: WeightDType
+
+    /// Stores `count` keys and values from k and v at element `at` of both caches.
+    @inline(__always)
+    func store(at: Int, k src: ConstFloatPtr, v vsrc: ConstFloatPtr, count: Int) {
+        switch dtype {
+        case .bf16:
+            lb_f32_to_bf16_n((k + 2 * at).assumingMemoryBound(to: UInt16.self), src, count)
+            lb_f32_to_bf16_n((v + 2 * at).assumingMemoryBound(to: UInt16.self), vsrc, count)
+        default:
+            (k.assumingMemoryBound(to: Float.self) + at).update(from: src, count: count)
+            (v.assumingMemoryBound(to: Float.self) + at).update(from: vsrc, count: count)
+        }
+    }
+
+    /// Attention of T query rows against the [L, hd] keys and values at element `at`.
+    @inline(__always)
+    func attention(
+        at: Int, out: FloatPtr, ldo: Int, probs: FloatPtr, q: ConstFloatPtr, ldq: Int, T: Int, L: Int, past: Int, hd: Int,
+        scale: Float, keyMask: ConstFloatPtr?
+    ) {
+        let bytes = dtype.weightBytes
+        cachedAttentionForward(
+            out: out, ldo: ldo, probs: probs, q: q, ldq: ldq, k: k + bytes * at, v: v + bytes * at, dtype: dtype, T: T, L: L,
+            past: past, hd: hd, scale: scale, keyMask: keyMask)
+    }
 }
 
 /// One sequence's rows in a batched call (see `KVPlacement.sequences`).
@@ -110,8 +146,8 @@ extension Model {
         lora.forward(layer: l, target: .attnCAttn, x: a.ln1, y: a.qkv, n: n)
 
         let scale = attentionScale(layer: l)
-        if case .sequences(let runs, let kc, let vc, let capacity) = kv {
-            sequenceAttention(a, runs: runs, k: kc, v: vc, capacity: capacity, scale: scale)
+        if case .sequences(let runs, let cache) = kv {
+            sequenceAttention(a, runs: runs, cache: cache, scale: scale)
         } else {
             batchAttention(a, B: B, T: T, past: past, kv: kv, keyMask: keyMask, scale: scale)
         }
@@ -140,14 +176,13 @@ extension Model {
         let H = c.nHead
         let hd = c.headDim
         let L = past + T
-        if case .cache(let kc, let vc, let capacity) = kv {
+        if case .cache(let cache) = kv {
             for b in 0..<B {
                 for t in 0..<T {
                     let src = a.qkv + (b * T + t) * 3 * C
                     for h in 0..<H {
-                        let dst = (b * H + h) * capacity * hd + (past + t) * hd
-                        (kc + dst).update(from: src + C + h * hd, count: hd)
-                        (vc + dst).update(from: src + 2 * C + h * hd, count: hd)
+                        let dst = (b * H + h) * cache.capacity * hd + (past + t) * hd
+                        cache.store(at: dst, k: src + C + h * hd, v: src + 2 * C + h * hd, count: hd)
                     }
                 }
             }
@@ -158,28 +193,22 @@ extension Model {
             for bh in heads {
                 let b = bh / H
                 let h = bh % H
-                let k: FloatPtr
-                let v: FloatPtr
-                let ldk: Int
+                let out = a.att + b * T * C + h * hd
+                let probs = a.probs + worker * slotSize
+                let q = a.qkv + b * T * 3 * C + h * hd
                 switch kv {
                 case .inline:
                     let base: FloatPtr = a.qkv + b * T * 3 * C
-                    k = base + (C + h * hd)
-                    v = base + (2 * C + h * hd)
-                    ldk = 3 * C
-                case .cache(let kc, let vc, let capacity), .sequences(_, let kc, let vc, let capacity):
-                    let off: Int = (b * H + h) * capacity * hd
-                    k = kc + off
-                    v = vc + off
-                    ldk = hd
+                    attentionForward(
+                        out: out, ldo: C, probs: probs, q: q, ldq: 3 * C,
+                        k: base + (C + h * hd), ldk: 3 * C, v: base + (2 * C + h * hd), ldv: 3 * C,
+                        T: T, L: L, past: past, hd: hd, scale: scale, keyMask: keyMask?(b),
+                        lse: a.lse.map { $0 + bh * T })
+                case .cache(let cache), .sequences(_, let cache):
+                    cache.attention(
+                        at: (b * H + h) * cache.capacity * hd, out: out, ldo: C, probs: probs, q: q, ldq: 3 * C,
+                        T: T, L: L, past: past, hd: hd, scale: scale, keyMask: keyMask?(b))
                 }
-                attentionForward(
-                    out: a.att + b * T * C + h * hd, ldo: C,
-                    probs: a.probs + worker * slotSize,
-                    q: a.qkv + b * T * 3 * C + h * hd, ldq: 3 * C,
-                    k: k, ldk: ldk, v: v, ldv: ldk,
-                    T: T, L: L, past: past, hd: hd, scale: scale, keyMask: keyMask?(b),
-                    lse: a.lse.map { $0 + bh * T })
             }
         }
     }
@@ -187,14 +216,12 @@ extension Model {
     /// Attention of each sequence's new rows against its own cache slot,
     /// after appending their keys and values there. Heads of every sequence
     /// run in parallel; probs holds probsSlots areas of [max count, capacity].
-    private func sequenceAttention(
-        _ a: LayerActs, runs: UnsafeBufferPointer<SequenceRows>, k kc: FloatPtr, v vc: FloatPtr,
-        capacity: Int, scale: Float
-    ) {
+    private func sequenceAttention(_ a: LayerActs, runs: UnsafeBufferPointer<SequenceRows>, cache: KVLayer, scale: Float) {
         let c = config
         let C = c.nEmbd
         let H = c.nHead
         let hd = c.headDim
+        let capacity = cache.capacity
         var maxCount = 0
         for s in runs {
             maxCount = max(maxCount, s.count)
@@ -202,8 +229,7 @@ extension Model {
                 let src = a.qkv + (s.start + t) * 3 * C
                 for h in 0..<H {
                     let dst = (s.slot * H + h) * capacity * hd + (s.past + t) * hd
-                    (kc + dst).update(from: src + C + h * hd, count: hd)
-                    (vc + dst).update(from: src + 2 * C + h * hd, count: hd)
+                    cache.store(at: dst, k: src + C + h * hd, v: src + 2 * C + h * hd, count: hd)
                 }
             }
         }
@@ -212,11 +238,9 @@ extension Model {
             for sh in heads {
                 let s = runs[sh / H]
                 let h = sh % H
-                let off = (s.slot * H + h) * capacity * hd
-                attentionForward(
-                    out: a.att + s.start * C + h * hd, ldo: C, probs: a.probs + worker * slotSize,
-                    q: a.qkv + s.start * 3 * C + h * hd, ldq: 3 * C,
-                    k: kc + off, ldk: hd, v: vc + off, ldv: hd,
+                cache.attention(
+                    at: (s.slot * H + h) * capacity * hd, out: a.att + s.start * C + h * hd, ldo: C,
+                    probs: a.probs + worker * slotSize, q: a.qkv + s.start * 3 * C + h * hd, ldq: 3 * C,
                     T: s.count, L: s.past + s.count, past: s.past, hd: hd, scale: scale, keyMask: nil)
             }
         }

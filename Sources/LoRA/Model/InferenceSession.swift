@@ -13,8 +13,11 @@ public final class InferenceSession {
     /// Positions already in the cache.
     public private(set) var length = 0
 
-    let kCache: FloatBlock  // [layer, B, H, capacity, hd] (empty without a cache)
-    let vCache: FloatBlock
+    /// [layer, B, H, capacity, hd] in kvCacheDType (empty without a cache).
+    let kCache: ByteBlock
+    let vCache: ByteBlock
+    /// The model's kvCacheDType when the session was created.
+    public let kvCacheDType: WeightDType
     /// False: one forward call only, keys and values read from the layer's own
     /// projections (no cache to fill: the logits of a whole sequence).
     public let keepsCache: Bool
@@ -51,8 +54,10 @@ public final class InferenceSession {
         }
         let perLayer = batch * capacity * c.nEmbd
         self.keepsCache = keepsCache
-        kCache = try FloatBlock(count: keepsCache ? c.nLayer * perLayer : 0)
-        vCache = try FloatBlock(count: keepsCache ? c.nLayer * perLayer : 0)
+        kvCacheDType = model.kvCacheDType
+        let cacheBytes = keepsCache ? c.nLayer * perLayer * kvCacheDType.weightBytes : 0
+        kCache = try ByteBlock(count: cacheBytes)
+        vCache = try ByteBlock(count: cacheBytes)
         keyMask = try FloatBlock(count: batch * capacity)
         nextPosition = [Int32](repeating: 0, count: batch)
         maxTokens = 0
@@ -195,11 +200,11 @@ public final class InferenceSession {
         embeddingForward(out: x, ids: ids, positions: positions, wte: w.wte, wpe: w.wpe, n: n, C: C)
         lora.embeddingForward(ids: ids, x: x, n: n)
         for l in 0..<c.nLayer {
-            let perLayer = batch * capacity * C
+            let layerBytes = batch * capacity * C * kvCacheDType.weightBytes
+            let cache = KVLayer(
+                k: kCache.base + l * layerBytes, v: vCache.base + l * layerBytes, capacity: capacity, dtype: kvCacheDType)
             model.layerForward(
-                l, acts, B: B, T: T, past: past,
-                kv: keepsCache ? .cache(k: kCache.base + l * perLayer, v: vCache.base + l * perLayer, capacity: capacity) : .inline,
-                keyMask: keyMaskOf, lora: lora)
+                l, acts, B: B, T: T, past: past, kv: keepsCache ? .cache(cache) : .inline, keyMask: keyMaskOf, lora: lora)
         }
         let V = c.vocabSize
         let lnfW = lora.layerNorms[.lnf]?.weight ?? UnsafePointer(w.lnfW)

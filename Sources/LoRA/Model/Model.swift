@@ -33,6 +33,28 @@ public final class Model: @unchecked Sendable {
     /// inference or training runs on this model.
     public private(set) var attachments: [Attachment] = []
 
+    /// The storage of the keys and values that generation and the engine
+    /// cache: f32 (the default; every result as without a cache) or bf16
+    /// (half the memory; each key and value rounded to nearest even when
+    /// cached, queries and every sum stay F32). Sessions and engines keep
+    /// the dtype they were created with; whole-sequence logits keep no cache.
+    public private(set) var kvCacheDType: WeightDType = .f32
+
+    /// Sets `kvCacheDType` for the sessions and engines created after it
+    /// (f32 or bf16; other dtypes are refused). Not while another thread
+    /// creates one.
+    public func setKVCacheDType(_ dtype: WeightDType) throws {
+        kvCacheDType = try Model.checkedKVCacheDType(dtype)
+    }
+
+    /// The dtype if a KV cache can be stored in it (f32, bf16).
+    static func checkedKVCacheDType(_ dtype: WeightDType) throws -> WeightDType {
+        guard dtype == .f32 || dtype == .bf16 else {
+            throw LoRAError.invalidArgument("kv_cache_dtype \"\(dtype.rawValue)\" is not supported (expected f32 or bf16)")
+        }
+        return dtype
+    }
+
     package init(config: GPT2Config, weights: GPT2Weights, tokenizer: Tokenizer? = nil, directory: String? = nil) throws {
         try BLAS.load()
         self.config = config
@@ -46,7 +68,9 @@ public final class Model: @unchecked Sendable {
     /// of the weight matrices (nil: the dtype a model converted by liblora
     /// was saved in, else f32); F32, F16 and BF16 checkpoints are converted
     /// at load, a saved q8_0 model is read without re-quantizing.
-    public static func load(directory: String, dtype: WeightDType? = nil) throws -> Model {
+    /// `kvCacheDType`: see the property.
+    public static func load(directory: String, dtype: WeightDType? = nil, kvCacheDType: WeightDType = .f32) throws -> Model {
+        let kvCacheDType = try checkedKVCacheDType(kvCacheDType)
         try BLAS.load()
         let dir = directory.hasSuffix("/") ? String(directory.dropLast()) : directory
         var isDir: ObjCBool = false
@@ -66,7 +90,9 @@ public final class Model: @unchecked Sendable {
                     path: dir, reason: "the tokenizer has \(t.vocabSize) tokens but the model's vocab_size is \(config.vocabSize)")
             }
         }
-        return try Model(config: config, weights: weights, tokenizer: tokenizer, directory: dir)
+        let model = try Model(config: config, weights: weights, tokenizer: tokenizer, directory: dir)
+        model.kvCacheDType = kvCacheDType
+        return model
     }
 
     /// A fresh model initialised as transformers' GPT2PreTrainedModel does:
@@ -137,7 +163,9 @@ public final class Model: @unchecked Sendable {
             guard let dst = w.matrices[name] else { continue }
             try dst.store(m.dequantized(), name: name)
         }
-        return try Model(config: config, weights: w, tokenizer: tokenizer, directory: directory)
+        let model = try Model(config: config, weights: w, tokenizer: tokenizer, directory: directory)
+        model.kvCacheDType = kvCacheDType
+        return model
     }
 
     /// Attaches an adapter (several may be attached; each is applied while enabled).
