@@ -545,3 +545,28 @@ private struct TokenizerTestRNG: RandomNumberGenerator {
         return z ^ (z >> 31)
     }
 }
+
+/// The packed tables behind the tokenizer (PackedTokens.swift).
+@Suite struct PackedTokenTests {
+    @Test func indexGrowsReplacesAndKeepsBytesDistinct() throws {
+        var index = TokenIndex(capacity: 2)  // grows several times below
+        var want: [[UInt8]: TokenID] = [:]
+        for i in 0..<1000 {
+            let key = Array("tok\(i % 700)".utf8)
+            try index.set(key, TokenID(i))  // i ≥ 700 replaces an earlier id
+            want[key] = TokenID(i)
+        }
+        for (key, id) in want { #expect(index[key] == id) }
+        #expect(index[Array("tok700".utf8)] == nil)
+        // The empty string, and two canonically equivalent spellings, are distinct keys.
+        try index.set([], 5)
+        try index.set(Array("e\u{301}".utf8), 6)
+        try index.set(Array("\u{e9}".utf8), 7)
+        #expect(index[[]] == 5 && index[Array("e\u{301}".utf8)] == 6 && index[Array("\u{e9}".utf8)] == 7)
+
+        var packed = PackedBytes()
+        for s in ["", "a", "", "bcd"] { try packed.append(Array(s.utf8)) }
+        #expect(packed.count == 4)
+        #expect(Array(packed[3]) == Array("bcd".utf8) && packed[0].isEmpty && packed[2].isEmpty)
+    }
+}

@@ -625,3 +625,41 @@ def test_loading_holds_only_the_converted_weights(tmp_path):
     for dtype, size in per_weight.items():
         grown = _rss_growth_of_load(tmp_path / "big", dtype, warm_up=tmp_path / "tiny")
         assert grown <= n_matrix * size + slack, f"{dtype}: peak RSS grew {grown / 2**20:.1f} MiB for {n_matrix * size / 2**20:.1f} MiB of weights"
+
+
+GPT2_TOKENIZER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data",
+                              "gpt2-tokenizer")
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(GPT2_TOKENIZER, "vocab.json")),
+                    reason="the GPT-2 tokenizer files are not available")
+def test_real_tokenizer_stays_small_in_memory(tmp_path):
+    """GPT-2's tokenizer (50,257 tokens, 50,000 merges) kept ~12 MiB resident
+    once loaded: a small heap block per token string, per decoded token and
+    per dictionary key, plus the freed blocks of reading the files. Packed
+    tables and handing the freed pages back: a model with the tokenizer must
+    stay within 8 MiB of the same model without it (resident, after load;
+    16.0 MiB before, 4.4 after)."""
+    import subprocess
+    import sys
+    _write_f32_model(tmp_path / "bare", n_vocab=50257, n_embd=64, n_layer=1, n_positions=64)
+    os.makedirs(tmp_path / "tok")
+    for name in ("config.json", "model.safetensors"):
+        os.symlink(tmp_path / "bare" / name, tmp_path / "tok" / name)
+    for name in ("vocab.json", "merges.txt"):
+        os.symlink(os.path.join(GPT2_TOKENIZER, name), tmp_path / "tok" / name)
+    code = ("import sys, lora\n"
+            "m = lora.Model.load(sys.argv[1], n_threads=1)\n"
+            "assert m.info.has_tokenizer == (sys.argv[2] == '1')\n"
+            "m.logits([1, 2, 3])\n"
+            "with open('/proc/self/status') as f:\n"
+            "    print(next(int(l.split()[1]) for l in f if l.startswith('VmRSS:')))\n")
+
+    def resident_kib(directory, has_tokenizer):
+        out = subprocess.run([sys.executable, "-c", code, str(directory), has_tokenizer], env=os.environ.copy(),
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return int(out.stdout.split()[-1])
+
+    growth = resident_kib(tmp_path / "tok", "1") - resident_kib(tmp_path / "bare", "0")
+    assert growth <= 8 * 1024, f"the tokenizer keeps {growth / 1024:.1f} MiB resident"

@@ -187,6 +187,10 @@ LB_HIDDEN void lb_attn_transpose(float *dst, int ldd, const float *src, int lds,
 // matrix products: no allocation per product.
 LB_HIDDEN float *lb_thread_scratch(size_t count);
 
+// Returns the heap's free pages to the system (glibc's malloc_trim; nothing
+// elsewhere): after a load that freed many small blocks (heap.c).
+LB_HIDDEN void lb_release_free_heap(void);
+
 // Element-wise kernels (kernels.c), dispatched to AVX-512 / AVX2 / baseline
 // code for the CPU at the first call.
 #define LB_KERNELS_BASELINE 1

@@ -87,7 +87,7 @@ enum GGUFExport {
         for id in 0..<c.vocabSize {
             var s: String
             var type = tokenNormal
-            if id < t.tokenStrings.count, let string = t.tokenStrings[id] {
+            if let string = t.token(for: TokenID(id)) {
                 s = string
                 if let added = t.addedTokens[TokenID(id)] { type = added ? tokenControl : tokenUserDefined }
             } else {
@@ -105,7 +105,7 @@ enum GGUFExport {
         let merges = t.merges.table.sorted { $0.value.rank < $1.value.rank }.map { key, _ -> String in
             let left = Int(Int32(bitPattern: UInt32(truncatingIfNeeded: key >> 32)))
             let right = Int(Int32(bitPattern: UInt32(truncatingIfNeeded: key)))
-            return (t.tokenStrings[left] ?? "") + " " + (t.tokenStrings[right] ?? "")
+            return (t.token(for: TokenID(left)) ?? "") + " " + (t.token(for: TokenID(right)) ?? "")
         }
         try file.set("tokenizer.ggml.model", .string("gpt2"))
         try file.set("tokenizer.ggml.pre", .string("gpt-2"))

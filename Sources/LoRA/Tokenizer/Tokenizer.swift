@@ -1,3 +1,5 @@
+import CLoraSupport
+
 /// A token id. GPT-2's are 0...50256.
 public typealias TokenID = Int32
 
@@ -16,13 +18,14 @@ public final class Tokenizer: Sendable {
     /// The id of "<|endoftext|>", if the vocabulary has it.
     public let endOfTextID: TokenID?
 
-    /// The string of each id (byte-level form for vocab tokens); nil in gaps.
-    let tokenStrings: [String?]
-    /// The bytes each id decodes to; empty in gaps (see `tokenStrings`).
-    let tokenBytes: [[UInt8]]
-    /// Vocab and added tokens by the UTF-8 of their string (bytes, not `String`,
-    /// so canonically equivalent spellings stay distinct).
-    let idsByToken: [[UInt8]: TokenID]
+    /// The UTF-8 of each id's string (byte-level form for vocab tokens); empty in gaps.
+    let tokenStrings: PackedBytes
+    /// Whether an id has a token (ids up to vocabSize may have gaps).
+    let hasToken: [Bool]
+    /// The bytes each id decodes to; empty in gaps.
+    let tokenBytes: PackedBytes
+    /// Vocab and added tokens by the UTF-8 of their string.
+    let idsByToken: TokenIndex
     /// The id of each byte's symbol; -1 if the vocab lacks it.
     let byteIDs: [TokenID]
     let merges: BPEMerges
@@ -45,20 +48,34 @@ public final class Tokenizer: Sendable {
         for token in d.addedTokens { maxID = max(maxID, Int(token.id)) }
         let size = maxID + 1
 
-        var idsByToken = d.vocab
-        var strings = [String?](repeating: nil, count: size)
-        var bytes = [[UInt8]](repeating: [], count: size)
+        var idsByToken = TokenIndex(capacity: d.vocab.count + d.addedTokens.count)
+        // Each id's string: the vocab's, then an added token's content (tokenizers
+        // looks added tokens up first); packed in id order below.
+        var tokenOf = [Int32](repeating: -1, count: size)  // index into vocabTokens, or -2 - added index
+        var vocabTokens: [[UInt8]] = []
+        vocabTokens.reserveCapacity(d.vocab.count)
         for (token, id) in d.vocab {
-            let string = String(decoding: token, as: UTF8.self)
-            strings[Int(id)] = string
-            bytes[Int(id)] = ByteLevel.decode(string)
+            try idsByToken.set(token, id)
+            tokenOf[Int(id)] = Int32(vocabTokens.count)
+            vocabTokens.append(token)
         }
-        // An added token's id decodes to its content (tokenizers looks added
-        // tokens up first), through the same byte-level decoder.
-        for token in d.addedTokens {
-            strings[Int(token.id)] = token.content
-            bytes[Int(token.id)] = ByteLevel.decode(token.content)
-            idsByToken[Array(token.content.utf8)] = token.id
+        for (k, token) in d.addedTokens.enumerated() {
+            tokenOf[Int(token.id)] = Int32(-2 - k)
+            try idsByToken.set(Array(token.content.utf8), token.id)
+        }
+        var strings = PackedBytes()
+        var bytes = PackedBytes()
+        var hasToken = [Bool](repeating: false, count: size)
+        let totalBytes = vocabTokens.reduce(0) { $0 + $1.count }
+        strings.reserve(entries: size, bytes: totalBytes)
+        bytes.reserve(entries: size, bytes: totalBytes)
+        for id in 0..<size {
+            let t = Int(tokenOf[id])
+            let utf8: [UInt8] = t >= 0 ? vocabTokens[t] : t == -1 ? [] : Array(d.addedTokens[-2 - t].content.utf8)
+            hasToken[id] = t != -1
+            try strings.append(utf8)
+            // Through the byte-level decoder, added tokens too.
+            try bytes.append(t == -1 ? [] : ByteLevel.decode(String(decoding: utf8, as: UTF8.self)))
         }
 
         var byteIDs = [TokenID](repeating: -1, count: 256)
@@ -91,6 +108,7 @@ public final class Tokenizer: Sendable {
 
         self.vocabSize = size
         self.tokenStrings = strings
+        self.hasToken = hasToken
         self.tokenBytes = bytes
         self.idsByToken = idsByToken
         self.byteIDs = byteIDs
@@ -120,21 +138,22 @@ public final class Tokenizer: Sendable {
     /// Loads GPT-2's `vocab.json` and `merges.txt`. "<|endoftext|>", if in the
     /// vocab, becomes a special token as in `GPT2TokenizerFast`.
     public convenience init(vocabPath: String, mergesPath: String) throws {
-        let definition = try TokenizerFiles.readVocabAndMerges(vocabPath: vocabPath, mergesPath: mergesPath)
-        try self.init(definition: definition, path: mergesPath)
+        try self.init(definition: TokenizerFiles.readVocabAndMerges(vocabPath: vocabPath, mergesPath: mergesPath), path: mergesPath)
+        // Reading the files left megabytes of freed small blocks behind.
+        lb_release_free_heap()
     }
 
     /// Loads a Hugging Face `tokenizer.json` with a BPE model and a ByteLevel pre-tokenizer.
     public convenience init(tokenizerJSONPath: String) throws {
-        let definition = try TokenizerFiles.readTokenizerJSON(path: tokenizerJSONPath)
-        try self.init(definition: definition, path: tokenizerJSONPath)
+        try self.init(definition: TokenizerFiles.readTokenizerJSON(path: tokenizerJSONPath), path: tokenizerJSONPath)
+        lb_release_free_heap()
     }
 
     /// The vocab string of an id (byte-level form, e.g. "Ġthe"), or the content
     /// of an added token; nil if no token has this id.
     public func token(for id: TokenID) -> String? {
-        guard id >= 0, Int(id) < tokenStrings.count else { return nil }
-        return tokenStrings[Int(id)]
+        guard id >= 0, Int(id) < hasToken.count, hasToken[Int(id)] else { return nil }
+        return String(decoding: tokenStrings[Int(id)], as: UTF8.self)
     }
 
     /// The id of a vocab string (byte-level form) or added token.
@@ -242,7 +261,7 @@ public final class Tokenizer: Sendable {
     }
 
     func appendBytes(of id: TokenID, to bytes: inout [UInt8]) throws {
-        guard id >= 0, Int(id) < tokenStrings.count, tokenStrings[Int(id)] != nil else {
+        guard id >= 0, Int(id) < hasToken.count, hasToken[Int(id)] else {
             throw LoRAError.invalidArgument("token id \(id) is out of range (vocab size \(vocabSize))")
         }
         bytes.append(contentsOf: tokenBytes[Int(id)])
