@@ -224,11 +224,9 @@ public final class Engine: @unchecked Sendable {
         vPool = try ByteBlock(count: c.nLayer * layerBytes)
         let T = params.maxTokensPerStep
         x = try FloatBlock(count: T * c.nEmbd)
-        ln = try FloatBlock(count: T * c.nEmbd)
-        qkv = try FloatBlock(count: T * 3 * c.nEmbd)
-        att = try FloatBlock(count: T * c.nEmbd)
+        (ln, att) = try Model.sharedPair(rows: T, c.nEmbd, c.nEmbd)
         proj = try FloatBlock(count: T * c.nEmbd)
-        fc = try FloatBlock(count: T * c.innerSize)
+        (qkv, fc) = try Model.sharedPair(rows: T, 3 * c.nEmbd, c.innerSize)
         probSlots = max(1, min(computeThreads, 16))
         probs = try FloatBlock(count: probSlots * min(T, ctx) * ctx)
         loraU = try FloatBlock(count: 0)

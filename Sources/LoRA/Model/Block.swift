@@ -125,6 +125,18 @@ extension Model {
         return scale
     }
 
+    /// One buffer of rows × max(a, b) floats for two inference activations that
+    /// are never live at once in layerForward: LN's output and attention's
+    /// (ln1 is read last by c_attn's products, before attention writes att;
+    /// att last by c_proj's, before LN2 writes ln2), and qkv and the MLP's
+    /// hidden rows (qkv is read last by attention, before c_fc writes them;
+    /// they are read last by the MLP's c_proj, before the next c_attn).
+    /// Inference only: training keeps every activation for backward.
+    static func sharedPair(rows: Int, _ a: Int, _ b: Int) throws -> (FloatBlock, FloatBlock) {
+        let block = try FloatBlock(count: rows * max(a, b))
+        return (block, block)
+    }
+
     /// One block: x → LN1 → c_attn → attention → c_proj → +x → LN2 → c_fc → act → c_proj → +.
     func layerForward(
         _ l: Int, _ a: LayerActs, B: Int, T: Int, past: Int, kv: KVPlacement,

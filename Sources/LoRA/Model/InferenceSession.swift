@@ -104,11 +104,9 @@ public final class InferenceSession {
         guard n > maxTokens else { return }
         let c = model.config
         x = try FloatBlock(count: n * c.nEmbd)
-        ln = try FloatBlock(count: n * c.nEmbd)
-        qkv = try FloatBlock(count: n * 3 * c.nEmbd)
-        att = try FloatBlock(count: n * c.nEmbd)
+        (ln, att) = try Model.sharedPair(rows: n, c.nEmbd, c.nEmbd)
         proj = try FloatBlock(count: n * c.nEmbd)
-        fc = try FloatBlock(count: n * c.innerSize)
+        (qkv, fc) = try Model.sharedPair(rows: n, 3 * c.nEmbd, c.innerSize)
         maxTokens = n
         loraU = try FloatBlock(count: 0)
     }
