@@ -6,12 +6,13 @@ import concurrent.futures
 import json
 import signal
 import socket
+import subprocess
 import time
 
 import pytest
 import requests
 
-from conftest import Server, solo, write_model_with_extra_vocab
+from conftest import Server, cli, solo, write_model_with_extra_vocab
 
 PROMPTS = ["Hello world", "The quick brown fox", "In the beginning", "Once upon a time there"]
 
@@ -428,3 +429,33 @@ def test_token_without_text_ends_its_request_with_abort(tmp_path):
     assert hot.json()["choices"][0]["finish_reason"] == "abort"
     assert calm.status_code == 200, calm.text
     assert "Hello" + calm.json()["choices"][0]["text"] == want
+
+
+def test_bf16_kv_cache_equals_solo_generate(server, assets):
+    """--kv-cache-dtype bf16: concurrent requests with mixed adapters through
+    the engine's bf16 pool give the text `lora generate --kv-cache-dtype bf16`
+    gives alone; the log-probabilities move (by the keys' and values'
+    rounding) against the F32 cache of the shared server; an unsupported
+    cache dtype is a one-line startup error."""
+    args = ["--model", assets["model"], "--model-name", "base", "--kv-cache-dtype", "bf16"]
+    for i in range(3):
+        args += ["--adapter", f"a{i}={assets['adapters'][f'a{i}']}"]
+    s = Server(args)
+    try:
+        jobs = [("base" if i % 4 == 0 else f"a{i % 3}", PROMPTS[i % len(PROMPTS)]) for i in range(8)]
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda j: complete(s, model=j[0], prompt=j[1], max_tokens=12, echo=True), jobs))
+        for (model, prompt), r in zip(jobs, got):
+            uses = [] if model == "base" else [(assets["adapters"][model], 1)]
+            want = solo(assets["model"], prompt, uses, max_tokens=12, extra=["--kv-cache-dtype", "bf16"])
+            assert r["choices"][0]["text"] == want, (model, prompt)
+        body = {"model": "a1", "prompt": "Hello world", "max_tokens": 6, "logprobs": 1, "ignore_eos": True}
+        lp16 = complete(s, **body)["choices"][0]["logprobs"]["token_logprobs"]
+        lp32 = complete(server, **body)["choices"][0]["logprobs"]["token_logprobs"]
+        moved = max(abs(a - b) for a, b in zip(lp16, lp32))
+        assert 1e-6 < moved < 0.1, (lp16, lp32)
+    finally:
+        assert s.stop() == 0
+    bad = subprocess.run([cli(), "serve", "--model", assets["model"], "--kv-cache-dtype", "q8_0"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "--kv-cache-dtype" in bad.stderr and bad.stderr.count("\n") <= 2, bad.stderr
