@@ -150,6 +150,9 @@ class Model(Owner):
         if not isinstance(kv_cache_dtype, str) or kv_cache_dtype.lower() not in ("f32", "bf16"):
             raise ValueError(f"kv_cache_dtype must be 'f32' or 'bf16' (got {kv_cache_dtype!r})")
         p.kv_cache_dtype = C.DTYPES[kv_cache_dtype.lower()]
+        if kv_cache_dtype.lower() != "f32" and p.struct_size < C.lora_model_params.kv_cache_dtype.offset + 4:
+            raise ValueError(f"kv_cache_dtype={kv_cache_dtype!r} needs a liblora with that field "
+                             f"(this one's lora_model_params has {p.struct_size} bytes)")
         cp = cpath(path)
         if not os.path.exists(cp):
             raise file_not_found(path, "model directory", "lora_model_load")

@@ -209,8 +209,8 @@ public final class Engine: @unchecked Sendable {
         let poolFloats = 2 * Double(c.nLayer) * Double(params.maxSequences) * Double(ctx) * Double(c.nEmbd)
         let n = Double(params.maxTokensPerStep)
         let stepFloats = n * Double(6 * c.nEmbd + c.innerSize) + Double(params.maxSequences) * Double(c.vocabSize)
-        let kvBytes = Double(model.kvCacheDType.weightBytes)
-        guard kvBytes * poolFloats + 4 * stepFloats <= Double(FloatBlock.physicalMemory) else {
+        let kvDType = model.kvCacheDType  // read once: the check and the pool use the same
+        guard Double(kvDType.weightBytes) * poolFloats + 4 * stepFloats <= Double(FloatBlock.physicalMemory) else {
             throw LoRAError.invalidArgument(
                 "an engine of \(params.maxSequences) sequences × \(ctx) positions and \(params.maxTokensPerStep) tokens a step does not fit the machine's memory"
             )
@@ -218,7 +218,7 @@ public final class Engine: @unchecked Sendable {
         self.model = model
         self.params = params
         context = ctx
-        kvCacheDType = model.kvCacheDType
+        kvCacheDType = kvDType
         let layerBytes = params.maxSequences * ctx * c.nEmbd * kvCacheDType.weightBytes
         kPool = try ByteBlock(count: c.nLayer * layerBytes)
         vPool = try ByteBlock(count: c.nLayer * layerBytes)

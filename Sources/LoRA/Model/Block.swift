@@ -66,9 +66,11 @@ struct KVLayer {
         case .bf16:
             lb_f32_to_bf16_n((k + 2 * at).assumingMemoryBound(to: UInt16.self), src, count)
             lb_f32_to_bf16_n((v + 2 * at).assumingMemoryBound(to: UInt16.self), vsrc, count)
-        default:
+        case .f32:
             (k.assumingMemoryBound(to: Float.self) + at).update(from: src, count: count)
             (v.assumingMemoryBound(to: Float.self) + at).update(from: vsrc, count: count)
+        case .f16, .q8_0:
+            preconditionFailure("a KV cache is f32 or bf16 (Model.checkedKVCacheDType)")
         }
     }
 

@@ -49,12 +49,12 @@ public final class InferenceSession {
         self.capacity = capacity
         // Cache sizes in floating point first: huge batches must be an error, not an overflow.
         let cacheFloats = Double(c.nLayer) * Double(batch) * Double(capacity) * Double(c.nEmbd)
-        guard 8 * cacheFloats <= Double(FloatBlock.physicalMemory) else {
+        kvCacheDType = model.kvCacheDType
+        guard 2 * Double(kvCacheDType.weightBytes) * cacheFloats <= Double(FloatBlock.physicalMemory) else {
             throw LoRAError.invalidArgument("a KV cache for batch \(batch) × \(capacity) positions does not fit the machine's memory")
         }
         let perLayer = batch * capacity * c.nEmbd
         self.keepsCache = keepsCache
-        kvCacheDType = model.kvCacheDType
         let cacheBytes = keepsCache ? c.nLayer * perLayer * kvCacheDType.weightBytes : 0
         kCache = try ByteBlock(count: cacheBytes)
         vCache = try ByteBlock(count: cacheBytes)
@@ -198,11 +198,14 @@ public final class InferenceSession {
         embeddingForward(out: x, ids: ids, positions: positions, wte: w.wte, wpe: w.wpe, n: n, C: C)
         lora.embeddingForward(ids: ids, x: x, n: n)
         for l in 0..<c.nLayer {
-            let layerBytes = batch * capacity * C * kvCacheDType.weightBytes
-            let cache = KVLayer(
-                k: kCache.base + l * layerBytes, v: vCache.base + l * layerBytes, capacity: capacity, dtype: kvCacheDType)
-            model.layerForward(
-                l, acts, B: B, T: T, past: past, kv: keepsCache ? .cache(cache) : .inline, keyMask: keyMaskOf, lora: lora)
+            var kv = KVPlacement.inline
+            if keepsCache {
+                let layerBytes = batch * capacity * C * kvCacheDType.weightBytes
+                kv = .cache(
+                    KVLayer(
+                        k: kCache.base + l * layerBytes, v: vCache.base + l * layerBytes, capacity: capacity, dtype: kvCacheDType))
+            }
+            model.layerForward(l, acts, B: B, T: T, past: past, kv: kv, keyMask: keyMaskOf, lora: lora)
         }
         let V = c.vocabSize
         let lnfW = lora.layerNorms[.lnf]?.weight ?? UnsafePointer(w.lnfW)

@@ -7,7 +7,7 @@ import Foundation
 /// `generate`, `InferenceSession.forward`) may run from several threads at
 /// once: each has its own buffers and only reads the model. Calls that change
 /// the model (`attach`, `detach`, `setScale`, `setEnabled`, `merge`,
-/// `unmerge`, PiSSA/OLoRA initialisation, training) need exclusive use: no
+/// `unmerge`, `setKVCacheDType`, PiSSA/OLoRA initialisation, training) need exclusive use: no
 /// other call on this model may run meanwhile. Two threads sharing one
 /// model for logits and generation are tested from C (Tests/C/test_capi.c).
 public final class Model: @unchecked Sendable {

@@ -2,8 +2,11 @@ import Foundation
 
 // The tokenizer's per-token tables in a few large arrays. GPT-2's 50,257
 // tokens as one Swift array (and one dictionary key) each took about 10 MB
-// of small heap blocks that stayed resident for the life of every process
-// that loads a model; packed, the same tables take about 2 MB.
+// of small heap blocks for the life of every process that loads a model;
+// packed, the same tables take about 2 MB. With the freed blocks of
+// reading the files handed back (Tokenizer's file initialisers), a model
+// with GPT-2's tokenizer keeps 4.4 MiB more resident than without it,
+// 16.0 MiB before (python/tests/test_model.py).
 
 /// Byte strings packed in one buffer: entry i is bytes[starts[i] ..< starts[i + 1]].
 struct PackedBytes: Sendable {
