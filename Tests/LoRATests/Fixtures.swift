@@ -8,6 +8,24 @@ enum Fixtures {
     }()
     static func path(_ name: String) -> String { root + "/" + name }
 
+    /// The fixture's two greedy runs as engine requests (greedy, no stop at
+    /// <|endoftext|>, as many new tokens as transformers generated), with the
+    /// whole sequences transformers produced.
+    static func greedyRequests(_ exp: SafeTensorsFile) throws -> (requests: [EngineRequest], wants: [[TokenID]]) {
+        var requests: [EngineRequest] = []
+        var wants: [[TokenID]] = []
+        for k in 0..<2 {
+            let prompt = try exp.ints("greedy\(k).prompt").tokenIDs
+            let want = try exp.ints("greedy\(k).output").tokenIDs
+            var params = SamplingParams.greedy
+            params.maxNewTokens = want.count - prompt.count
+            params.stopAtEndOfText = false
+            requests.append(EngineRequest(prompt: prompt, params: params))
+            wants.append(want)
+        }
+        return (requests, wants)
+    }
+
     static func expected(_ model: String) throws -> SafeTensorsFile {
         try SafeTensorsFile(path: path("expected/\(model).safetensors"))
     }

@@ -42,18 +42,13 @@ let logitsTolerance: Float = 1e-4
     @Test(arguments: ["gpt2-a", "gpt2-b"])
     func greedyGenerationMatchesTransformers(name: String) throws {
         let model = try Model.load(directory: Fixtures.path(name))
-        let exp = try Fixtures.expected(name)
-        for k in 0..<2 {
-            let prompt = try exp.ints("greedy\(k).prompt").tokenIDs
-            let want = try exp.ints("greedy\(k).output").tokenIDs
-            var params = SamplingParams.greedy
-            params.maxNewTokens = want.count - prompt.count
-            params.stopAtEndOfText = false
+        let (requests, wants) = try Fixtures.greedyRequests(Fixtures.expected(name))
+        for (q, want) in zip(requests, wants) {
             var streamed: [TokenID] = []
-            let r = try model.generate(prompt: prompt, params: params) { id, _ in
+            let r = try model.generate(prompt: q.prompt, params: q.params) { id, _ in
                 streamed.append(id); return .continue
             }
-            #expect(prompt + r.tokens == want)
+            #expect(q.prompt + r.tokens == want)
             #expect(streamed == r.tokens)
             #expect(r.stopReason == .maxNewTokens)
         }

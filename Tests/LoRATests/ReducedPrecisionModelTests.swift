@@ -45,19 +45,10 @@ private func lowpExpected(_ d: WeightDType) throws -> SafeTensorsFile {
     @Test(arguments: reducedDTypes)
     func greedyGenerationMatchesTransformers(dtype: WeightDType) throws {
         let model = try Model.load(directory: Fixtures.path("gpt2-a"), dtype: dtype)
-        let exp = try lowpExpected(dtype)
-        var requests: [EngineRequest] = []
-        var wants: [[TokenID]] = []
-        for k in 0..<2 {
-            let prompt = try exp.ints("greedy\(k).prompt").tokenIDs
-            let want = try exp.ints("greedy\(k).output").tokenIDs
-            var params = SamplingParams.greedy
-            params.maxNewTokens = want.count - prompt.count
-            params.stopAtEndOfText = false
-            let r = try model.generate(prompt: prompt, params: params)
-            #expect(prompt + r.tokens == want, "\(dtype) greedy\(k)")
-            requests.append(EngineRequest(prompt: prompt, params: params))
-            wants.append(want)
+        let (requests, wants) = try Fixtures.greedyRequests(lowpExpected(dtype))
+        for (k, q) in requests.enumerated() {
+            let r = try model.generate(prompt: q.prompt, params: q.params)
+            #expect(q.prompt + r.tokens == wants[k], "\(dtype) greedy\(k)")
         }
         let engine = try Engine(model: model)
         let results = try engine.generate(requests)
@@ -550,18 +541,10 @@ private func lowpExpected(_ d: WeightDType) throws -> SafeTensorsFile {
     /// Greedy text through generate and the engine (whole prompts and prompts cut into chunks of 2).
     @Test func greedyGenerationMatchesTransformers() throws {
         let model = try Self.model()
-        let exp = try SafeTensorsFile(path: Fixtures.path("lowp/expected-kv-bf16.safetensors"))
-        var requests: [EngineRequest] = []
-        var wants: [[TokenID]] = []
-        for k in 0..<2 {
-            let prompt = try exp.ints("greedy\(k).prompt").tokenIDs
-            let want = try exp.ints("greedy\(k).output").tokenIDs
-            var params = SamplingParams.greedy
-            params.maxNewTokens = want.count - prompt.count
-            params.stopAtEndOfText = false
-            #expect(try prompt + model.generate(prompt: prompt, params: params).tokens == want, "greedy\(k)")
-            requests.append(EngineRequest(prompt: prompt, params: params))
-            wants.append(want)
+        let (requests, wants) = try Fixtures.greedyRequests(
+            SafeTensorsFile(path: Fixtures.path("lowp/expected-kv-bf16.safetensors")))
+        for (k, q) in requests.enumerated() {
+            #expect(try q.prompt + model.generate(prompt: q.prompt, params: q.params).tokens == wants[k], "greedy\(k)")
         }
         for tokensPerStep in [512, 2] {
             var p = EngineParams()
