@@ -612,8 +612,10 @@ void lora_engine_default_params(lora_engine_params *params);
 void lora_engine_default_params_v2(lora_engine_params *params, size_t size);
 #define lora_engine_default_params(params) lora_engine_default_params_v2((params), sizeof *(params))
 
-/* Errors: LORA_INVALID_ARGUMENT (sizes out of range or too large for the
- * machine's memory). */
+/* Allocates the KV pool: 2 x n_layer x max_sequences x context x n_embd
+ * values in the model's kv_cache_dtype (lora_model_params; bf16 halves it),
+ * kept for the engine's life. Errors: LORA_INVALID_ARGUMENT (sizes out of
+ * range or too large for the machine's memory). */
 lora_status lora_engine_create(lora_engine **out, const lora_model *model, const lora_engine_params *params);
 /* Ends every request (their callbacks are not called again) and frees the engine. */
 void lora_engine_free(lora_engine *engine);
