@@ -39,9 +39,8 @@ public func lora_model_load(
             }
             dtype = d
         }
-        guard p.kv_cache_dtype == LORA_DTYPE_F32 || p.kv_cache_dtype == LORA_DTYPE_BF16,
-            let kvCacheDType = WeightDType(code: p.kv_cache_dtype)
-        else {
+        // Model.load refuses the dtypes a cache cannot take (f16, q8_0).
+        guard let kvCacheDType = WeightDType(code: p.kv_cache_dtype) else {
             throw invalid("kv_cache_dtype \(p.kv_cache_dtype) must be LORA_DTYPE_F32 (0) or LORA_DTYPE_BF16 (1)")
         }
         let dir = try string(path, "path")

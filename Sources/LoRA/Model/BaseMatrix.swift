@@ -164,8 +164,7 @@ package struct BaseMatrix {
         case .f32:
             (data.assumingMemoryBound(to: Float.self) + off).update(from: src, count: n)
         case .bf16:
-            let out = data.assumingMemoryBound(to: UInt16.self) + off
-            for i in 0..<n { out[i] = lb_f32_to_bf16(src[i]) }
+            lb_f32_to_bf16_n(data.assumingMemoryBound(to: UInt16.self) + off, src, n)
         case .f16:
             let out = data.assumingMemoryBound(to: UInt16.self) + off
             for i in 0..<n { out[i] = lb_f32_to_f16(src[i]) }

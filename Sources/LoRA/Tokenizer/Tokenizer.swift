@@ -51,32 +51,27 @@ public final class Tokenizer: Sendable {
         var idsByToken = TokenIndex(capacity: d.vocab.count + d.addedTokens.count)
         // Each id's string: the vocab's, then an added token's content (tokenizers
         // looks added tokens up first); packed in id order below.
-        var tokenOf = [Int32](repeating: -1, count: size)  // index into vocabTokens, or -2 - added index
-        var vocabTokens: [[UInt8]] = []
-        vocabTokens.reserveCapacity(d.vocab.count)
+        var utf8OfID = [[UInt8]?](repeating: nil, count: size)
         for (token, id) in d.vocab {
             try idsByToken.set(token, id)
-            tokenOf[Int(id)] = Int32(vocabTokens.count)
-            vocabTokens.append(token)
+            utf8OfID[Int(id)] = token
         }
-        for (k, token) in d.addedTokens.enumerated() {
-            tokenOf[Int(token.id)] = Int32(-2 - k)
-            try idsByToken.set(Array(token.content.utf8), token.id)
+        for token in d.addedTokens {
+            let utf8 = Array(token.content.utf8)
+            try idsByToken.set(utf8, token.id)
+            utf8OfID[Int(token.id)] = utf8
         }
         var strings = PackedBytes()
         var bytes = PackedBytes()
-        var hasToken = [Bool](repeating: false, count: size)
-        let totalBytes = vocabTokens.reduce(0) { $0 + $1.count }
+        let totalBytes = d.vocab.keys.reduce(0) { $0 + $1.count }
         strings.reserve(entries: size, bytes: totalBytes)
         bytes.reserve(entries: size, bytes: totalBytes)
-        for id in 0..<size {
-            let t = Int(tokenOf[id])
-            let utf8: [UInt8] = t >= 0 ? vocabTokens[t] : t == -1 ? [] : Array(d.addedTokens[-2 - t].content.utf8)
-            hasToken[id] = t != -1
-            try strings.append(utf8)
+        for utf8 in utf8OfID {
+            try strings.append(utf8 ?? [])
             // Through the byte-level decoder, added tokens too.
-            try bytes.append(t == -1 ? [] : ByteLevel.decode(String(decoding: utf8, as: UTF8.self)))
+            try bytes.append(utf8.map { ByteLevel.decode(String(decoding: $0, as: UTF8.self)) } ?? [])
         }
+        let hasToken = utf8OfID.map { $0 != nil }
 
         var byteIDs = [TokenID](repeating: -1, count: 256)
         for b in 0..<256 {
