@@ -36,6 +36,8 @@
 #define PK_NC 512
 
 size_t lb_gemm_packed_scratch_floats(void) {
+    // Also the AMX product's: a 384 × 512 bf16 weight block, 3 × 32 × 384
+    // bf16 activations and a 16 × 16 tile (117,008 floats with alignment).
     return (size_t)PK_MR * PK_KC + (size_t)PK_KC * PK_NC + 16;
 }
 
@@ -187,7 +189,231 @@ T512 static void gemm_packed_avx512(const stored_w *w, int trans, int M, int K, 
         }
     }
 }
+
+// ---- AMX (Intel's tile unit, Sapphire Rapids and later): a BF16 weight ----
+// AMX multiplies bf16 by bf16 and sums in F32. The weight is bf16 already;
+// each activation a is split exactly into three bf16 parts, h = bf16(a),
+// m = bf16(a − h), l = bf16(a − h − m) (8 + 8 + 8 significant bits: all of
+// an F32's), so w·a = w·h + w·m + w·l with every product exact in F32, and
+// the sums run in F32 as the F32 packed GEMM's do, in another order: k in
+// blocks of 32 (one tile), the three parts of each block one after another.
+// Each element of C is still one worker's, summed over k in the same order
+// whatever the split of the columns: results do not depend on the threads.
+// Non-finite activations, or finite ones whose bf16 rounding overflows
+// (|a| ≥ 3.39e38), make the parts NaN; the F32 product would give ±inf/NaN.
+// Tiles: 0–3 a 32 × 32 block of C, 4 and 5 A (16 rows × 32 k of one part),
+// 6 and 7 the weight (16 pairs of k × 16 columns, AMX's pair-interleaved
+// layout). The weight is converted a KC × NC block at a time into that
+// layout; the activations 32 rows × KC at a time into the three parts.
+#define AX_KC 384 // multiple of 32
+#define AX_NC 512 // multiple of 32
+#define AX_MB 32  // rows of C per register block
+#define TAMX  __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma,f16c,amx-tile,amx-bf16")))
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_config;
+
+// The weight block op(W)[pc ..< pc + kc, jc ..< jc + nc] in tiles: for columns
+// 16g … 16g + 15 and k 32b … 32b + 31, the tile at Bp + (g·KC/32 + b)·512, its
+// row i holding (k = 32b + 2i, 32b + 2i + 1) of each column in turn; k past kc
+// and columns past nc are 0 (to a multiple of 32 columns).
+TAMX static void amx_pack_w(const uint16_t *W, int ldw, int trans, int pc, int kc, int jc, int nc, uint16_t *Bp) {
+    int groups = ((nc + 31) / 32) * 2, kblocks = (kc + 31) / 32;
+    for (int g = 0; g < groups; g++) {
+        __mmask16 mc = mask_upto(nc - 16 * g);
+        for (int b = 0; b < kblocks; b++) {
+            uint16_t *tile = Bp + ((size_t)g * (AX_KC / 32) + b) * 512;
+            if (!trans) {
+                // W [K, N]: rows k and k + 1 interleaved, 16 columns at a time.
+                for (int i = 0; i < 16; i++) {
+                    int k = 32 * b + 2 * i;
+                    __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+                    if (mc && k < kc)
+                        lo = _mm512_cvtepu16_epi32(
+                            _mm256_maskz_loadu_epi16(mc, W + (size_t)(pc + k) * ldw + jc + 16 * g));
+                    if (mc && k + 1 < kc)
+                        hi = _mm512_cvtepu16_epi32(
+                            _mm256_maskz_loadu_epi16(mc, W + (size_t)(pc + k + 1) * ldw + jc + 16 * g));
+                    _mm512_store_si512((__m512i *)(tile + 32 * i), _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+                }
+            } else {
+                // W [N, K]: column n of op(W) is row n of W, whose pairs of k are
+                // 32-bit words; the tile is the 16 × 16 transpose of those words.
+                int left = kc - 32 * b;
+                __mmask32 mk = left >= 32 ? 0xFFFFFFFFu : (__mmask32)((1u << left) - 1);
+                __m512 r[16];
+                for (int i = 0; i < 16; i++)
+                    r[i] = (mc >> i) & 1 ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(
+                                               mk, W + (size_t)(jc + 16 * g + i) * ldw + pc + 32 * b))
+                                         : _mm512_setzero_ps();
+                transpose16(r);
+                for (int i = 0; i < 16; i++) _mm512_store_ps((float *)(tile + 32 * i), r[i]);
+            }
+        }
+    }
+}
+
+// Rows 0 ..< rows of A[:, pc ..< pc + kc] as the three bf16 parts, part p's
+// row r at Ap + (p·MB + r)·KC; k past kc and rows past `rows` are 0.
+TAMX static void amx_pack_a(const float *A, int lda, int rows, int pc, int kc, uint16_t *Ap) {
+    int kcp = (kc + 31) / 32 * 32;
+    for (int r = 0; r < AX_MB; r++) {
+        uint16_t *h = Ap + (size_t)r * AX_KC, *m = h + (size_t)AX_MB * AX_KC, *l = m + (size_t)AX_MB * AX_KC;
+        if (r >= rows) {
+            memset(h, 0, (size_t)kcp * 2), memset(m, 0, (size_t)kcp * 2), memset(l, 0, (size_t)kcp * 2);
+            continue;
+        }
+        const float *a = A + (size_t)r * lda + pc;
+        for (int k = 0; k < kcp; k += 16) {
+            __m512 x = _mm512_maskz_loadu_ps(mask_upto(kc - k), a + k);
+            __m256bh hb = _mm512_cvtneps_pbh(x);
+            __m512 r1 = _mm512_sub_ps(x, _mm512_cvtpbh_ps(hb));
+            __m256bh mb = _mm512_cvtneps_pbh(r1);
+            __m256bh lb = _mm512_cvtneps_pbh(_mm512_sub_ps(r1, _mm512_cvtpbh_ps(mb)));
+            _mm256_store_si256((__m256i *)(h + k), (__m256i)hb);
+            _mm256_store_si256((__m256i *)(m + k), (__m256i)mb);
+            _mm256_store_si256((__m256i *)(l + k), (__m256i)lb);
+        }
+    }
+}
+
+// Tile t of C (rows 16·(t / 2), columns 16·(t % 2) of the block at c) from
+// or to memory; a partial tile goes through `tmp`.
+#define AMX_C_LOAD(t)                                                                                                  \
+    do {                                                                                                               \
+        int r_ = rows - 16 * ((t) / 2), n_ = cols - 16 * ((t) % 2);                                                    \
+        float *c_ = c + (size_t)16 * ((t) / 2) * ldc + 16 * ((t) % 2);                                                 \
+        if (!accumulate || r_ <= 0 || n_ <= 0)                                                                         \
+            _tile_zero(t);                                                                                             \
+        else if (r_ >= 16 && n_ >= 16)                                                                                 \
+            _tile_loadd(t, c_, (size_t)ldc * 4);                                                                       \
+        else {                                                                                                         \
+            for (int i_ = 0; i_ < 16; i_++)                                                                            \
+                _mm512_store_ps(tmp + 16 * i_, i_ < r_ ? _mm512_maskz_loadu_ps(mask_upto(n_), c_ + (size_t)i_ * ldc)   \
+                                                       : _mm512_setzero_ps());                                         \
+            _tile_loadd(t, tmp, 64);                                                                                   \
+        }                                                                                                              \
+    } while (0)
+#define AMX_C_STORE(t)                                                                                                 \
+    do {                                                                                                               \
+        int r_ = rows - 16 * ((t) / 2), n_ = cols - 16 * ((t) % 2);                                                    \
+        float *c_ = c + (size_t)16 * ((t) / 2) * ldc + 16 * ((t) % 2);                                                 \
+        if (r_ >= 16 && n_ >= 16)                                                                                      \
+            _tile_stored(t, c_, (size_t)ldc * 4);                                                                      \
+        else if (r_ > 0 && n_ > 0) {                                                                                   \
+            _tile_stored(t, tmp, 64);                                                                                  \
+            for (int i_ = 0; i_ < r_ && i_ < 16; i_++)                                                                 \
+                _mm512_mask_storeu_ps(c_ + (size_t)i_ * ldc, mask_upto(n_), _mm512_load_ps(tmp + 16 * i_));            \
+        }                                                                                                              \
+    } while (0)
+
+TAMX static void gemm_amx_bf16(const uint16_t *W, int ldw, int trans, int M, int K, const float *A, int lda, float *C,
+                               int ldc, int n0, int n1, int beta0, void *scratch) {
+    uint16_t *Bp = (uint16_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    uint16_t *Ap = Bp + (size_t)AX_KC * AX_NC;
+    float *tmp = (float *)(Ap + (size_t)3 * AX_MB * AX_KC);
+    amx_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) cfg.colsb[t] = 64, cfg.rows[t] = 16;
+    _tile_loadconfig(&cfg);
+    const size_t part = (size_t)AX_MB * AX_KC, astride = (size_t)AX_KC * 2;
+    for (int pc = 0; pc < K; pc += AX_KC) {
+        int kc = K - pc < AX_KC ? K - pc : AX_KC, kblocks = (kc + 31) / 32;
+        int accumulate = !(pc == 0 && beta0);
+        for (int jc = n0; jc < n1; jc += AX_NC) {
+            int nc = n1 - jc < AX_NC ? n1 - jc : AX_NC;
+            amx_pack_w(W, ldw, trans, pc, kc, jc, nc, Bp);
+            for (int mb = 0; mb < M; mb += AX_MB) {
+                int rows = M - mb < AX_MB ? M - mb : AX_MB;
+                amx_pack_a(A + (size_t)mb * lda, lda, rows, pc, kc, Ap);
+                for (int j = 0; j < nc; j += 32) {
+                    int cols = nc - j;
+                    float *c = C + (size_t)mb * ldc + jc + j;
+                    AMX_C_LOAD(0);
+                    AMX_C_LOAD(1);
+                    AMX_C_LOAD(2);
+                    AMX_C_LOAD(3);
+                    const uint16_t *b0 = Bp + (size_t)(j / 16) * (AX_KC / 32) * 512;
+                    const uint16_t *b1 = b0 + (size_t)(AX_KC / 32) * 512;
+                    for (int b = 0; b < kblocks; b++) {
+                        _tile_loadd(6, b0 + (size_t)b * 512, 64);
+                        _tile_loadd(7, b1 + (size_t)b * 512, 64);
+                        for (int p = 0; p < 3; p++) {
+                            const uint16_t *a = Ap + p * part + 32 * b;
+                            _tile_loadd(4, a, astride);
+                            _tile_loadd(5, a + 16 * AX_KC, astride);
+                            _tile_dpbf16ps(0, 4, 6);
+                            _tile_dpbf16ps(1, 4, 7);
+                            _tile_dpbf16ps(2, 5, 6);
+                            _tile_dpbf16ps(3, 5, 7);
+                        }
+                    }
+                    AMX_C_STORE(0);
+                    AMX_C_STORE(1);
+                    AMX_C_STORE(2);
+                    AMX_C_STORE(3);
+                }
+            }
+        }
+    }
+    _tile_release();
+}
 #endif
+
+#if defined(__x86_64__) && defined(__linux__)
+#include <cpuid.h>
+#include <pthread.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static int amx_usable;
+static pthread_once_t amx_once = PTHREAD_ONCE_INIT;
+
+// AMX-TILE and AMX-BF16 (CPUID 7.0 EDX bits 24 and 22), AVX512-BF16 for the
+// splits, the OS saving the tile state (XCR0 bits 17, 18) and Linux letting
+// this process use it (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA).
+static void amx_probe(void) {
+    unsigned a, b, c, d;
+    if (!lb_cpu_has_avx512() || !__get_cpuid_count(7, 0, &a, &b, &c, &d)) return;
+    if (!((d >> 24) & 1) || !((d >> 22) & 1)) return;
+    if (!__get_cpuid_count(7, 1, &a, &b, &c, &d) || !((a >> 5) & 1)) return; // AVX512-BF16
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 27) & 1)) return;         // OSXSAVE
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & (3u << 17)) != (3u << 17)) return;
+    if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) != 0) return;
+    amx_usable = 1;
+}
+#endif
+
+int lb_gemm_amx_available(void) {
+#if defined(__x86_64__) && defined(__linux__)
+    pthread_once(&amx_once, amx_probe);
+    return amx_usable;
+#else
+    return 0;
+#endif
+}
+
+void lb_gemm_amx_bf16(int trans, int M, int K, const float *A, int lda, const uint16_t *W, int ldw, float *C, int ldc,
+                      int n0, int n1, int beta0, float *scratch) {
+#if defined(__x86_64__) && defined(__linux__)
+    if (M <= 0 || n1 <= n0 || !lb_gemm_amx_available()) return;
+    if (K <= 0) {
+        if (beta0)
+            for (int m = 0; m < M; m++) memset(C + (size_t)m * ldc + n0, 0, (size_t)(n1 - n0) * sizeof(float));
+        return;
+    }
+    gemm_amx_bf16(W, ldw, trans, M, K, A, lda, C, ldc, n0, n1, beta0, scratch);
+#else
+    (void)trans, (void)M, (void)K, (void)A, (void)lda, (void)W, (void)ldw, (void)C, (void)ldc, (void)n0, (void)n1,
+        (void)beta0, (void)scratch;
+#endif
+}
 
 int lb_gemm_packed_available(int level, int dtype) {
 #if defined(__x86_64__)

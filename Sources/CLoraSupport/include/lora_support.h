@@ -161,6 +161,15 @@ LB_HIDDEN size_t lb_gemm_packed_scratch_floats(void);
 LB_HIDDEN void lb_gemm_packed_lowp(int dtype, int cols_layout, int trans, int M, int K, const float *A, int lda,
                                    const void *W, const uint16_t *d, int ldw, float *C, int ldc, int n0, int n1,
                                    int beta0, float *scratch);
+// The same product for a BF16 weight on AMX (gemm_packed.c): each activation
+// split exactly into three bf16 parts, every product exact, sums in F32 (in
+// another order than lb_gemm_packed_lowp's; results still do not depend on
+// the split of the columns). W [K, ldw] (trans 0) or [N, ldw] (trans 1);
+// scratch as lb_gemm_packed_lowp's. lb_gemm_amx_available says whether the
+// CPU has AMX-BF16 and Linux lets this process use it (asked once).
+LB_HIDDEN int lb_gemm_amx_available(void);
+LB_HIDDEN void lb_gemm_amx_bf16(int trans, int M, int K, const float *A, int lda, const uint16_t *W, int ldw, float *C,
+                                int ldc, int n0, int n1, int beta0, float *scratch);
 // Attention's matrix products (attention.c), AVX-512 only: lb_attn_available()
 // says whether the CPU runs them (without it, lb_attn_gemm and
 // lb_attn_transpose do nothing). y[m·ldy + n] = alpha · (y0 + Σ_k x[m·sxm +

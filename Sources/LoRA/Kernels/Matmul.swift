@@ -152,6 +152,22 @@ private func lowpPanelGemm(
         }
         return
     }
+    if beta == 0 || beta == 1, W.dtype == .bf16, lb_gemm_amx_available() != 0 {
+        // With AMX (Sapphire Rapids and later), a bf16 weight against the
+        // activations split exactly into three bf16 parts (gemm_packed.c).
+        let floats = lb_gemm_packed_scratch_floats()
+        let trans: Int32 = transW ? 1 : 0
+        let b0: Int32 = beta == 0 ? 1 : 0
+        let w = W.data.assumingMemoryBound(to: UInt16.self)
+        parallelChunks(N, minChunk: minChunk, align: 32) { _, r in
+            withPanelScratch(floats) { s in
+                lb_gemm_amx_bf16(
+                    trans, Int32(M), Int32(K), A, Int32(lda), w, Int32(W.cols), C, Int32(ldc), Int32(r.lowerBound),
+                    Int32(r.upperBound), b0, s)
+            }
+        }
+        return
+    }
     let level = lb_kernels_level()
     if beta == 0 || beta == 1, lb_gemm_packed_available(level, W.dtype.code) != 0 {
         // With AVX-512: liblora's packed GEMM converts the weight while packing it.
