@@ -216,7 +216,7 @@ INLINE T512 void lcols_block(int dtype, float *y, const float *x, const void *W,
     for (int k = 0; k < K; k++) {
         if (k + PFD < K) {
             const char *q = (const char *)W + ((size_t)(k + PFD) * ldw + j) * esize;
-            for (int b = 0; b < 16 * nv * esize; b += 64) _mm_prefetch(q + b, _MM_HINT_T0);
+            for (int b = 0; b < 16 * nv * esize; b += 64) _mm_prefetch(q + b, _MM_HINT_T1);
         }
         __m512 xv = _mm512_set1_ps(x[k]);
         for (int v = 0; v < nv; v++) {
@@ -268,7 +268,7 @@ INLINE T512 void lcols_q8_block(float *y, const float *x, const int8_t *Q, const
             const int8_t *row = Q + (size_t)k * ldw + j;
             if (k + PFD < K)
                 for (int b = 0; b < 16 * nv; b += 64)
-                    _mm_prefetch((const char *)(row + (size_t)PFD * ldw + b), _MM_HINT_T0);
+                    _mm_prefetch((const char *)(row + (size_t)PFD * ldw + b), _MM_HINT_T1);
             __m512 xv = _mm512_set1_ps(x[k]);
 #pragma GCC unroll 16
             for (int v = 0; v < nv; v++) {
