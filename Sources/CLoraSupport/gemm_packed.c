@@ -36,9 +36,8 @@
 #define PK_NC 512
 
 size_t lb_gemm_packed_scratch_floats(void) {
-    // Also the AMX product's: a 384 × 512 bf16 weight block (or three parts
-    // of a 384 × 256 F32 one), 3 × 32 × 384 bf16 activations and a 16 × 16
-    // tile (166,160 floats with alignment).
+    // Also the AMX product's: a 384 × 512 bf16 weight block, 3 × 32 × 384
+    // bf16 activations and a 16 × 16 tile (117,008 floats with alignment).
     return (size_t)PK_MR * PK_KC + (size_t)PK_KC * PK_NC + 16;
 }
 
@@ -257,64 +256,6 @@ TAMX static void amx_pack_w(const uint16_t *W, int ldw, int trans, int pc, int k
     }
 }
 
-// x split into three bf16 parts (h, m, l), exactly but for the last part's rounding.
-TAMX INLINE void split3(__m512 x, __m256bh *h, __m256bh *m, __m256bh *l) {
-    *h = _mm512_cvtneps_pbh(x);
-    __m512 r1 = _mm512_sub_ps(x, _mm512_cvtpbh_ps(*h));
-    *m = _mm512_cvtneps_pbh(r1);
-    *l = _mm512_cvtneps_pbh(_mm512_sub_ps(r1, _mm512_cvtpbh_ps(*m)));
-}
-
-// An F32 weight block as amx_pack_w's tiles, for each of its three bf16
-// parts: part p's tiles at Bp + p · (NC/16 · KC/32 · 512), NC = AX_NC / 2.
-TAMX static void amx_pack_w_f32(const float *W, int ldw, int trans, int pc, int kc, int jc, int nc, uint16_t *Bp) {
-    int groups = ((nc + 31) / 32) * 2, kblocks = (kc + 31) / 32;
-    const size_t pstride = (size_t)(AX_NC / 2 / 16) * (AX_KC / 32) * 512;
-    for (int g = 0; g < groups; g++) {
-        __mmask16 mc = mask_upto(nc - 16 * g);
-        for (int b = 0; b < kblocks; b++) {
-            uint16_t *tile = Bp + ((size_t)g * (AX_KC / 32) + b) * 512;
-            if (!trans) {
-                for (int i = 0; i < 16; i++) {
-                    int k = 32 * b + 2 * i;
-                    __m512 x0 = _mm512_setzero_ps(), x1 = _mm512_setzero_ps();
-                    if (mc && k < kc) x0 = _mm512_maskz_loadu_ps(mc, W + (size_t)(pc + k) * ldw + jc + 16 * g);
-                    if (mc && k + 1 < kc) x1 = _mm512_maskz_loadu_ps(mc, W + (size_t)(pc + k + 1) * ldw + jc + 16 * g);
-                    __m256bh p0[3], p1[3];
-                    split3(x0, &p0[0], &p0[1], &p0[2]);
-                    split3(x1, &p1[0], &p1[1], &p1[2]);
-                    for (int p = 0; p < 3; p++)
-                        _mm512_store_si512(
-                            (__m512i *)(tile + p * pstride + 32 * i),
-                            _mm512_or_si512(_mm512_cvtepu16_epi32((__m256i)p0[p]),
-                                            _mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)p1[p]), 16)));
-                }
-            } else {
-                int left = kc - 32 * b;
-                __m512 r[3][16];
-                for (int i = 0; i < 16; i++) {
-                    __m512 x0 = _mm512_setzero_ps(), x1 = _mm512_setzero_ps();
-                    if ((mc >> i) & 1) {
-                        const float *w = W + (size_t)(jc + 16 * g + i) * ldw + pc + 32 * b;
-                        x0 = _mm512_maskz_loadu_ps(mask_upto(left), w);
-                        x1 = _mm512_maskz_loadu_ps(mask_upto(left - 16), w + 16);
-                    }
-                    __m256bh p0[3], p1[3];
-                    split3(x0, &p0[0], &p0[1], &p0[2]);
-                    split3(x1, &p1[0], &p1[1], &p1[2]);
-                    for (int p = 0; p < 3; p++)
-                        r[p][i] = _mm512_castsi512_ps(
-                            _mm512_inserti64x4(_mm512_castsi256_si512((__m256i)p0[p]), (__m256i)p1[p], 1));
-                }
-                for (int p = 0; p < 3; p++) {
-                    transpose16(r[p]);
-                    for (int i = 0; i < 16; i++) _mm512_store_ps((float *)(tile + p * pstride + 32 * i), r[p][i]);
-                }
-            }
-        }
-    }
-}
-
 // Rows 0 ..< rows of A[:, pc ..< pc + kc] as the three bf16 parts, part p's
 // row r at Ap + (p·MB + r)·KC; k past kc and rows past `rows` are 0.
 TAMX static void amx_pack_a(const float *A, int lda, int rows, int pc, int kc, uint16_t *Ap) {
@@ -327,8 +268,11 @@ TAMX static void amx_pack_a(const float *A, int lda, int rows, int pc, int kc, u
         }
         const float *a = A + (size_t)r * lda + pc;
         for (int k = 0; k < kcp; k += 16) {
-            __m256bh hb, mb, lb;
-            split3(_mm512_maskz_loadu_ps(mask_upto(kc - k), a + k), &hb, &mb, &lb);
+            __m512 x = _mm512_maskz_loadu_ps(mask_upto(kc - k), a + k);
+            __m256bh hb = _mm512_cvtneps_pbh(x);
+            __m512 r1 = _mm512_sub_ps(x, _mm512_cvtpbh_ps(hb));
+            __m256bh mb = _mm512_cvtneps_pbh(r1);
+            __m256bh lb = _mm512_cvtneps_pbh(_mm512_sub_ps(r1, _mm512_cvtpbh_ps(mb)));
             _mm256_store_si256((__m256i *)(h + k), (__m256i)hb);
             _mm256_store_si256((__m256i *)(m + k), (__m256i)mb);
             _mm256_store_si256((__m256i *)(l + k), (__m256i)lb);
@@ -366,25 +310,11 @@ TAMX static void amx_pack_a(const float *A, int lda, int rows, int pc, int kc, u
         }                                                                                                              \
     } while (0)
 
-// Tiles 4, 5 ← rows 0–15, 16–31 of A's part p; 6, 7 ← columns 0–15, 16–31
-// of the weight's part (b0, b1); then the four products into C's tiles.
-#define AMX_A(p)                                                                                                       \
-    _tile_loadd(4, Ap + (p)*part + 32 * b, astride), _tile_loadd(5, Ap + (p)*part + 16 * AX_KC + 32 * b, astride)
-#define AMX_W(q)                                                                                                       \
-    _tile_loadd(6, b0 + (q)*pstride + (size_t)b * 512, 64), _tile_loadd(7, b1 + (q)*pstride + (size_t)b * 512, 64)
-#define AMX_DP() _tile_dpbf16ps(0, 4, 6), _tile_dpbf16ps(1, 4, 7), _tile_dpbf16ps(2, 5, 6), _tile_dpbf16ps(3, 5, 7)
-
-// wf32 0: W bf16 (one part, the activations' three against it); 1: W F32 in
-// three parts too, and of the nine part products the six down to 2^-16 of
-// the leading one (hh; hm, mh; hl, lh, mm), which leaves out terms below
-// 2^-24 of it: as exact as an F32 product's rounding.
-TAMX static void gemm_amx(const void *W, int wf32, int ldw, int trans, int M, int K, const float *A, int lda, float *C,
-                          int ldc, int n0, int n1, int beta0, void *scratch) {
+TAMX static void gemm_amx_bf16(const uint16_t *W, int ldw, int trans, int M, int K, const float *A, int lda, float *C,
+                               int ldc, int n0, int n1, int beta0, void *scratch) {
     uint16_t *Bp = (uint16_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
-    uint16_t *Ap = Bp + (size_t)3 * AX_KC * AX_NC / 2;
+    uint16_t *Ap = Bp + (size_t)AX_KC * AX_NC;
     float *tmp = (float *)(Ap + (size_t)3 * AX_MB * AX_KC);
-    const int ncmax = wf32 ? AX_NC / 2 : AX_NC;
-    const size_t pstride = (size_t)(ncmax / 16) * (AX_KC / 32) * 512;
     amx_config cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
@@ -394,12 +324,9 @@ TAMX static void gemm_amx(const void *W, int wf32, int ldw, int trans, int M, in
     for (int pc = 0; pc < K; pc += AX_KC) {
         int kc = K - pc < AX_KC ? K - pc : AX_KC, kblocks = (kc + 31) / 32;
         int accumulate = !(pc == 0 && beta0);
-        for (int jc = n0; jc < n1; jc += ncmax) {
-            int nc = n1 - jc < ncmax ? n1 - jc : ncmax;
-            if (wf32)
-                amx_pack_w_f32((const float *)W, ldw, trans, pc, kc, jc, nc, Bp);
-            else
-                amx_pack_w((const uint16_t *)W, ldw, trans, pc, kc, jc, nc, Bp);
+        for (int jc = n0; jc < n1; jc += AX_NC) {
+            int nc = n1 - jc < AX_NC ? n1 - jc : AX_NC;
+            amx_pack_w(W, ldw, trans, pc, kc, jc, nc, Bp);
             for (int mb = 0; mb < M; mb += AX_MB) {
                 int rows = M - mb < AX_MB ? M - mb : AX_MB;
                 amx_pack_a(A + (size_t)mb * lda, lda, rows, pc, kc, Ap);
@@ -412,26 +339,19 @@ TAMX static void gemm_amx(const void *W, int wf32, int ldw, int trans, int M, in
                     AMX_C_LOAD(3);
                     const uint16_t *b0 = Bp + (size_t)(j / 16) * (AX_KC / 32) * 512;
                     const uint16_t *b1 = b0 + (size_t)(AX_KC / 32) * 512;
-                    if (!wf32)
-                        for (int b = 0; b < kblocks; b++) {
-                            AMX_W(0);
-                            for (int p = 0; p < 3; p++) {
-                                AMX_A(p);
-                                AMX_DP();
-                            }
+                    for (int b = 0; b < kblocks; b++) {
+                        _tile_loadd(6, b0 + (size_t)b * 512, 64);
+                        _tile_loadd(7, b1 + (size_t)b * 512, 64);
+                        for (int p = 0; p < 3; p++) {
+                            const uint16_t *a = Ap + p * part + 32 * b;
+                            _tile_loadd(4, a, astride);
+                            _tile_loadd(5, a + 16 * AX_KC, astride);
+                            _tile_dpbf16ps(0, 4, 6);
+                            _tile_dpbf16ps(1, 4, 7);
+                            _tile_dpbf16ps(2, 5, 6);
+                            _tile_dpbf16ps(3, 5, 7);
                         }
-                    else
-                        for (int b = 0; b < kblocks; b++) {
-                            AMX_A(0);
-                            AMX_W(0), AMX_DP();
-                            AMX_W(1), AMX_DP();
-                            AMX_W(2), AMX_DP();
-                            AMX_A(1);
-                            AMX_W(0), AMX_DP();
-                            AMX_W(1), AMX_DP();
-                            AMX_A(2);
-                            AMX_W(0), AMX_DP();
-                        }
+                    }
                     AMX_C_STORE(0);
                     AMX_C_STORE(1);
                     AMX_C_STORE(2);
@@ -479,22 +399,6 @@ int lb_gemm_amx_available(void) {
 #endif
 }
 
-void lb_gemm_amx_f32(int trans, int M, int K, const float *A, int lda, const float *W, int ldw, float *C, int ldc,
-                     int n0, int n1, int beta0, float *scratch) {
-#if defined(__x86_64__) && defined(__linux__)
-    if (M <= 0 || n1 <= n0 || !lb_gemm_amx_available()) return;
-    if (K <= 0) {
-        if (beta0)
-            for (int m = 0; m < M; m++) memset(C + (size_t)m * ldc + n0, 0, (size_t)(n1 - n0) * sizeof(float));
-        return;
-    }
-    gemm_amx(W, 1, ldw, trans, M, K, A, lda, C, ldc, n0, n1, beta0, scratch);
-#else
-    (void)trans, (void)M, (void)K, (void)A, (void)lda, (void)W, (void)ldw, (void)C, (void)ldc, (void)n0, (void)n1,
-        (void)beta0, (void)scratch;
-#endif
-}
-
 void lb_gemm_amx_bf16(int trans, int M, int K, const float *A, int lda, const uint16_t *W, int ldw, float *C, int ldc,
                       int n0, int n1, int beta0, float *scratch) {
 #if defined(__x86_64__) && defined(__linux__)
@@ -504,7 +408,7 @@ void lb_gemm_amx_bf16(int trans, int M, int K, const float *A, int lda, const ui
             for (int m = 0; m < M; m++) memset(C + (size_t)m * ldc + n0, 0, (size_t)(n1 - n0) * sizeof(float));
         return;
     }
-    gemm_amx(W, 0, ldw, trans, M, K, A, lda, C, ldc, n0, n1, beta0, scratch);
+    gemm_amx_bf16(W, ldw, trans, M, K, A, lda, C, ldc, n0, n1, beta0, scratch);
 #else
     (void)trans, (void)M, (void)K, (void)A, (void)lda, (void)W, (void)ldw, (void)C, (void)ldc, (void)n0, (void)n1,
         (void)beta0, (void)scratch;

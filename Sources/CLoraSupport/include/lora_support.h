@@ -170,10 +170,6 @@ LB_HIDDEN void lb_gemm_packed_lowp(int dtype, int cols_layout, int trans, int M,
 LB_HIDDEN int lb_gemm_amx_available(void);
 LB_HIDDEN void lb_gemm_amx_bf16(int trans, int M, int K, const float *A, int lda, const uint16_t *W, int ldw, float *C,
                                 int ldc, int n0, int n1, int beta0, float *scratch);
-// The same for an F32 weight, split into three bf16 parts as well; of the
-// nine part products the six that reach 2^-24 of the leading one.
-LB_HIDDEN void lb_gemm_amx_f32(int trans, int M, int K, const float *A, int lda, const float *W, int ldw, float *C,
-                               int ldc, int n0, int n1, int beta0, float *scratch);
 // Attention's matrix products (attention.c), AVX-512 only: lb_attn_available()
 // says whether the CPU runs them (without it, lb_attn_gemm and
 // lb_attn_transpose do nothing). y[m·ldy + n] = alpha · (y0 + Σ_k x[m·sxm +

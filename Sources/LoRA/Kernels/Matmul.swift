@@ -59,8 +59,6 @@ package func baseMatmul(
         guard let w = W.f32 else { return }
         if M == 1, beta == 0 || beta == 1, K > 0 {
             gemv(transA: !transW, rows: W.rows, cols: W.cols, alpha: 1, A: w, lda: W.cols, x: A, beta: beta, y: C)
-        } else if M > smallGemmRows, K > 0, beta == 0 || beta == 1, lb_gemm_amx_available() != 0 {
-            amxGemm(transW: transW, M: M, N: N, K: K, A: A, lda: lda, W: W, beta: beta, C: C, ldc: ldc)
         } else {
             gemm(
                 transA: false, transB: transW, M: M, N: N, K: K, alpha: 1, A: A, lda: lda, B: w, ldb: W.cols,
@@ -99,34 +97,6 @@ private func lowpGemv(transW: Bool, x: ConstFloatPtr, W: BaseMatrix, beta0: Bool
 
 /// Floats of a piece of a row longer than a panel (1 MiB), and the longest
 /// row the few-row tiles take.
-/// C (+)= A · op(W) for an F32 or BF16 weight on AMX (Intel Sapphire Rapids
-/// and later; gemm_packed.c): the activations, and an F32 weight, split
-/// exactly into bf16 parts whose products AMX sums in F32. Against OpenBLAS's
-/// sgemm (F32) and the packed GEMM (bf16) on this project's AMX machine:
-/// 1.5–1.7× and 2.2–3.1× a thread on the model's shapes. The columns are
-/// split across the workers; each sum's order does not depend on the split.
-private func amxGemm(
-    transW: Bool, M: Int, N: Int, K: Int, A: ConstFloatPtr, lda: Int, W: BaseMatrix, beta: Float, C: FloatPtr, ldc: Int
-) {
-    let floats = lb_gemm_packed_scratch_floats()
-    let trans: Int32 = transW ? 1 : 0
-    let b0: Int32 = beta == 0 ? 1 : 0
-    let minChunk = M * N * K >= parallelGemmWork ? 32 : .max
-    parallelChunks(N, minChunk: minChunk, align: 32) { _, r in
-        withPanelScratch(floats) { s in
-            if let w = W.f32 {
-                lb_gemm_amx_f32(
-                    trans, Int32(M), Int32(K), A, Int32(lda), w, Int32(W.cols), C, Int32(ldc), Int32(r.lowerBound),
-                    Int32(r.upperBound), b0, s)
-            } else {
-                lb_gemm_amx_bf16(
-                    trans, Int32(M), Int32(K), A, Int32(lda), W.data.assumingMemoryBound(to: UInt16.self), Int32(W.cols),
-                    C, Int32(ldc), Int32(r.lowerBound), Int32(r.upperBound), b0, s)
-            }
-        }
-    }
-}
-
 let panelFloats = 1 << 18
 /// Column panels for sgemm (many rows): 1024 columns × 512 rows, 2 MiB.
 /// OpenBLAS packs A again for every call, so wider panels mean fewer
@@ -183,7 +153,19 @@ private func lowpPanelGemm(
         return
     }
     if beta == 0 || beta == 1, W.dtype == .bf16, lb_gemm_amx_available() != 0 {
-        amxGemm(transW: transW, M: M, N: N, K: K, A: A, lda: lda, W: W, beta: beta, C: C, ldc: ldc)
+        // With AMX (Sapphire Rapids and later), a bf16 weight against the
+        // activations split exactly into three bf16 parts (gemm_packed.c).
+        let floats = lb_gemm_packed_scratch_floats()
+        let trans: Int32 = transW ? 1 : 0
+        let b0: Int32 = beta == 0 ? 1 : 0
+        let w = W.data.assumingMemoryBound(to: UInt16.self)
+        parallelChunks(N, minChunk: minChunk, align: 32) { _, r in
+            withPanelScratch(floats) { s in
+                lb_gemm_amx_bf16(
+                    trans, Int32(M), Int32(K), A, Int32(lda), w, Int32(W.cols), C, Int32(ldc), Int32(r.lowerBound),
+                    Int32(r.upperBound), b0, s)
+            }
+        }
         return
     }
     let level = lb_kernels_level()
