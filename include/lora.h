@@ -113,7 +113,12 @@ typedef struct lora_model_params {
      * checkpoints are converted at load; a saved Q8_0 model is read as it is.
      * Full fine-tuning needs F32; LoRA training, generation and the engine run
      * on every dtype. Merging into a reduced-precision base rounds the merged
-     * weights to the dtype again (unmerge restores within that rounding). */
+     * weights to the dtype again (unmerge restores within that rounding).
+     * On Linux CPUs with AMX, a BF16 model's products of more than 128 rows
+     * (prefill, training) run on AMX: the first one asks Linux for the AMX
+     * state for the whole process (arch_prctl ARCH_REQ_XCOMP_PERM), after
+     * which signal frames take about 11 KiB and sigaltstack refuses smaller
+     * alternate stacks. LORA_AMX=0 in the environment keeps AMX off. */
     int32_t dtype;
     /* Storage of the keys and values that generation and the engine cache:
      * LORA_DTYPE_F32 (the default: results as without a cache) or

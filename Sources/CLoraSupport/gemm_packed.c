@@ -190,6 +190,9 @@ T512 static void gemm_packed_avx512(const stored_w *w, int trans, int M, int K, 
     }
 }
 
+#endif
+
+#if defined(__x86_64__) && defined(__linux__)
 // ---- AMX (Intel's tile unit, Sapphire Rapids and later): a BF16 weight ----
 // AMX multiplies bf16 by bf16 and sums in F32. The weight is bf16 already;
 // each activation a is split exactly into three bf16 parts, h = bf16(a),
@@ -201,6 +204,9 @@ T512 static void gemm_packed_avx512(const stored_w *w, int trans, int M, int K, 
 // whatever the split of the columns: results do not depend on the threads.
 // Non-finite activations, or finite ones whose bf16 rounding overflows
 // (|a| ≥ 3.39e38), make the parts NaN; the F32 product would give ±inf/NaN.
+// The conversions and AMX treat subnormal inputs and results as 0: a part
+// or product below 2^-126 is lost (an activation's third part only when
+// |a| < 2^-110 or so; F32 keeps those as subnormals).
 // Tiles: 0–3 a 32 × 32 block of C, 4 and 5 A (16 rows × 32 k of one part),
 // 6 and 7 the weight (16 pairs of k × 16 columns, AMX's pair-interleaved
 // layout). The weight is converted a KC × NC block at a time into that
@@ -367,6 +373,7 @@ TAMX static void gemm_amx_bf16(const uint16_t *W, int ldw, int trans, int M, int
 #if defined(__x86_64__) && defined(__linux__)
 #include <cpuid.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -376,7 +383,10 @@ static pthread_once_t amx_once = PTHREAD_ONCE_INIT;
 // AMX-TILE and AMX-BF16 (CPUID 7.0 EDX bits 24 and 22), AVX512-BF16 for the
 // splits, the OS saving the tile state (XCR0 bits 17, 18) and Linux letting
 // this process use it (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA).
+// LORA_AMX=0 in the environment keeps AMX off (the packed GEMM instead).
 static void amx_probe(void) {
+    const char *env = getenv("LORA_AMX");
+    if (env && strcmp(env, "0") == 0) return;
     unsigned a, b, c, d;
     if (!lb_cpu_has_avx512() || !__get_cpuid_count(7, 0, &a, &b, &c, &d)) return;
     if (!((d >> 24) & 1) || !((d >> 22) & 1)) return;
@@ -402,17 +412,13 @@ int lb_gemm_amx_available(void) {
 void lb_gemm_amx_bf16(int trans, int M, int K, const float *A, int lda, const uint16_t *W, int ldw, float *C, int ldc,
                       int n0, int n1, int beta0, float *scratch) {
 #if defined(__x86_64__) && defined(__linux__)
-    if (M <= 0 || n1 <= n0 || !lb_gemm_amx_available()) return;
-    if (K <= 0) {
-        if (beta0)
-            for (int m = 0; m < M; m++) memset(C + (size_t)m * ldc + n0, 0, (size_t)(n1 - n0) * sizeof(float));
+    if (M > 0 && n1 > n0 && K > 0 && lb_gemm_amx_available()) {
+        gemm_amx_bf16(W, ldw, trans, M, K, A, lda, C, ldc, n0, n1, beta0, scratch);
         return;
     }
-    gemm_amx_bf16(W, ldw, trans, M, K, A, lda, C, ldc, n0, n1, beta0, scratch);
-#else
-    (void)trans, (void)M, (void)K, (void)A, (void)lda, (void)W, (void)ldw, (void)C, (void)ldc, (void)n0, (void)n1,
-        (void)beta0, (void)scratch;
 #endif
+    // No AMX here: the packed GEMM (or nothing, as it, without AVX-512).
+    lb_gemm_packed_lowp(LB_DTYPE_BF16, 0, trans, M, K, A, lda, W, NULL, ldw, C, ldc, n0, n1, beta0, scratch);
 }
 
 int lb_gemm_packed_available(int level, int dtype) {

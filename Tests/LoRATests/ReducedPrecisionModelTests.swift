@@ -350,9 +350,11 @@ private func lowpExpected(_ d: WeightDType) throws -> SafeTensorsFile {
     /// Float32 sums of K terms of size ~1 in another order than the Double reference: ~K·2⁻²⁴·√K at worst.
     static func tolerance(_ K: Int) -> Float { 1e-4 + 1e-6 * Float(K) }
 
-    func matrix(_ dtype: WeightDType, rows: Int, cols: Int, inputAlongRows: Bool, seed: UInt64) throws -> (BaseMatrix, ByteBlock, [Float]) {
+    func matrix(
+        _ dtype: WeightDType, rows: Int, cols: Int, inputAlongRows: Bool, seed: UInt64, values given: [Float]? = nil
+    ) throws -> (BaseMatrix, ByteBlock, [Float]) {
         var rng = SplitMix64(seed: seed)
-        let values = (0..<rows * cols).map { _ in rng.nextGaussian() }
+        let values = given ?? (0..<rows * cols).map { _ in rng.nextGaussian() }
         let probe = BaseMatrix(
             dtype: dtype, rows: rows, cols: cols, inputAlongRows: inputAlongRows, data: UnsafeMutableRawPointer(bitPattern: 64)!,
             scales: nil)
@@ -497,6 +499,31 @@ private func lowpExpected(_ d: WeightDType) throws -> SafeTensorsFile {
                 let d = maxAbsDiff(whole, want)
                 #expect(d < Self.tolerance(K), "transW \(transW) beta0 \(beta0): \(d)")
             }
+            withExtendedLifetime(block) {}
+        }
+    }
+
+    /// The three bf16 parts hold all 24 bits of each activation: against a
+    /// weight with one 1 per column, the AMX product returns the activations
+    /// bit for bit (two parts, or a wrong third, would be off by ~2^-17).
+    @Test(.enabled(if: lb_gemm_amx_available() != 0))
+    func amxGemmKeepsEveryBitOfTheActivations() throws {
+        let (M, K, N) = (45, 100, 70)
+        var rng = SplitMix64(seed: 30)
+        let a = (0..<M * K).map { _ in rng.nextGaussian() * 3 }
+        let pick = (0..<N).map { ($0 * 7) % K }
+        for transW in [false, true] {
+            let (rows, cols) = transW ? (N, K) : (K, N)
+            var values = [Float](repeating: 0, count: rows * cols)
+            for n in 0..<N { values[transW ? n * K + pick[n] : pick[n] * N + n] = 1 }
+            let (m, block, _) = try matrix(.bf16, rows: rows, cols: cols, inputAlongRows: !transW, seed: 0, values: values)
+            var c = [Float](repeating: .nan, count: M * N)
+            var scratch = [Float](repeating: .nan, count: lb_gemm_packed_scratch_floats())
+            lb_gemm_amx_bf16(
+                transW ? 1 : 0, Int32(M), Int32(K), a, Int32(K), m.data.assumingMemoryBound(to: UInt16.self), Int32(cols), &c,
+                Int32(N), 0, Int32(N), 1, &scratch)
+            let want = (0..<M * N).map { a[($0 / N) * K + pick[$0 % N]] }
+            #expect(c == want, "transW \(transW)")
             withExtendedLifetime(block) {}
         }
     }
