@@ -420,6 +420,16 @@ private func lowpExpected(_ d: WeightDType) throws -> SafeTensorsFile {
             }
         }
     }
+    /// The column-split tests' operands: A [61, 790] and C [61, 700] of
+    /// Gaussians (a partial row panel, K block and column tile).
+    static func splitOperands() -> (M: Int, K: Int, N: Int, a: [Float], c0: [Float]) {
+        let (M, K, N) = (61, 790, 700)
+        var rng = SplitMix64(seed: 8)
+        let a = (0..<M * K).map { _ in rng.nextGaussian() }
+        let c0 = (0..<M * N).map { _ in rng.nextGaussian() }
+        return (M, K, N, a, c0)
+    }
+
     /// The packed GEMM of many rows on a BF16/F16/Q8_0 weight: a column's sums do
     /// not depend on how the columns are split among the workers, so results
     /// do not depend on the thread count (both forms, both betas; a partial
@@ -428,10 +438,7 @@ private func lowpExpected(_ d: WeightDType) throws -> SafeTensorsFile {
     @Test(arguments: [WeightDType.bf16, .f16, .q8_0])
     func packedGemmDoesNotDependOnTheColumnSplit(dtype: WeightDType) throws {
         guard lb_gemm_packed_available(lb_kernels_level(), dtype.code) != 0 else { return }
-        let (M, K, N) = (61, 790, 700)
-        var rng = SplitMix64(seed: 8)
-        let a = (0..<M * K).map { _ in rng.nextGaussian() }
-        let c0 = (0..<M * N).map { _ in rng.nextGaussian() }
+        let (M, K, N, a, c0) = Self.splitOperands()
         for transW in [false, true] {
             let (rows, cols) = transW ? (N, K) : (K, N)
             let (m, block, _) = try matrix(dtype, rows: rows, cols: cols, inputAlongRows: !transW, seed: 12)
@@ -466,10 +473,7 @@ private func lowpExpected(_ d: WeightDType) throws -> SafeTensorsFile {
     /// columns and k). Runs only where the CPU has AMX.
     @Test(.enabled(if: lb_gemm_amx_available() != 0))
     func amxGemmMatchesReferenceAndDoesNotDependOnTheColumnSplit() throws {
-        let (M, K, N) = (61, 790, 700)
-        var rng = SplitMix64(seed: 8)
-        let a = (0..<M * K).map { _ in rng.nextGaussian() }
-        let c0 = (0..<M * N).map { _ in rng.nextGaussian() }
+        let (M, K, N, a, c0) = Self.splitOperands()
         for transW in [false, true] {
             let (rows, cols) = transW ? (N, K) : (K, N)
             let (m, block, w) = try matrix(.bf16, rows: rows, cols: cols, inputAlongRows: !transW, seed: 12)
