@@ -368,9 +368,7 @@ TAMX static void gemm_amx_bf16(const uint16_t *W, int ldw, int trans, int M, int
     }
     _tile_release();
 }
-#endif
 
-#if defined(__x86_64__) && defined(__linux__)
 #include <cpuid.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -417,7 +415,7 @@ void lb_gemm_amx_bf16(int trans, int M, int K, const float *A, int lda, const ui
         return;
     }
 #endif
-    // No AMX here: the packed GEMM (or nothing, as it, without AVX-512).
+    // Without AMX: the packed GEMM (which needs AVX-512, as its callers check).
     lb_gemm_packed_lowp(LB_DTYPE_BF16, 0, trans, M, K, A, lda, W, NULL, ldw, C, ldc, n0, n1, beta0, scratch);
 }
 

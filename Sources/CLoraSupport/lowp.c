@@ -181,7 +181,10 @@ void lb_dequant_rows(int dtype, float *dst, int ldd, const void *W, const uint16
 // Rows of W prefetched ahead (see gemv.c): a converting block's loop is
 // three times longer, so out-of-order execution alone reaches only a few
 // rows ahead; with the prefetch BF16 decode's products stream at 40 GB/s
-// instead of 17 (Intel Emerald Rapids, 2 threads).
+// instead of 17 (Intel Emerald Rapids, 2 threads, the prefetch into L1).
+// Into L2 since c0c5d2d, as gemv.c (bf16 decode on the AMX machine, three
+// alternating pairs: 54.6/52.2, 48.1/61.9, 50.9/56.4 tok/s; q8_0 +3-5%;
+// not re-measured on Emerald Rapids).
 enum { PFD = 8 };
 
 // 16 weights (k, j … j+15) of a cols-layout matrix as F32, masked.
