@@ -12,8 +12,13 @@
 // same instruction-set level, so a sequence's numbers do not depend on how
 // many other rows share its step.
 // - cols: y[m, n] = y0[m, n] + Σ_k x[m, k]·W[k, n], one fused multiply-add
-//   per k in k order. Blocks of KB rows of W × 64 columns stay in L1 while
-//   groups of 6 rows of x pass over them; the next rows of W are prefetched.
+//   per k in k order. 64 columns of a tile of W stay in L1 while groups of
+//   6 rows of x pass over them; a later tile of W is prefetched. Up to 32
+//   rows of x the tiles are 32 rows × 512 columns, prefetched two ahead: each
+//   row of W is read 2 KiB at a time instead of 256 bytes, and the reads run
+//   two tiles ahead of the arithmetic. With more rows, strips of 64 columns
+//   in blocks of 64 rows, each prefetching the next (the wide tiles were no
+//   faster at 32 rows, and slower at 79 and 128).
 // - rows: y[m, r] = y0[m, r] + Σ_c W[r, c]·x[m, c], with gemv_rows's partial
 //   sums (16 lanes, or 8 with AVX2) and reduction. Tiles of 4 rows of W stay
 //   in L1 while groups of 6 rows of x pass over them; the rows of W
@@ -22,7 +27,11 @@
 // reads go on while later groups multiply from L1. Measured with 16 rows on
 // 2 threads (Intel Emerald Rapids, weights not in cache): the tied LM head
 // [50257, 768] 10.3 → 8.0 ms; GPT-2's 48 block products with the cols
-// prefetch into L1 (T0) instead of L2 20.5–21.4 → 18.6–19.6 ms.
+// prefetch into L1 (T0) instead of L2 20.5–21.4 → 18.6–19.6 ms. The wide
+// tiles, measured on the AMX machine (Intel, KVM model 167; 2 threads, the
+// columns split between them, six alternating runs, means): the 48 block
+// products for 16 rows 26.9 → 22.6 ms, for one row 26.6 → 13.4 ms (the
+// decode kernel, 128 columns down all rows at a time: 16.4 ms).
 #include "lora_support.h"
 #include "simd256.h"
 
@@ -36,9 +45,11 @@
 #define T256   __attribute__((target("avx2,fma")))
 #define INLINE __attribute__((always_inline)) static inline
 
-// KB: rows of W per cols block. ROWS_PF_TILES: how many 4-row tiles ahead
-// the rows kernel prefetches (into L2, as the cols kernel's next block).
-enum { KB = 64, ROWS_PF_TILES = 4 };
+// KB: rows of W per tile of a reduced-precision weight (below). The cols
+// kernel's tiles: COLS_TILE_ROWS × COLS_TILE_COLS, prefetched COLS_PF_TILES
+// tiles ahead. ROWS_PF_TILES: how many 4-row tiles ahead the rows kernel
+// prefetches (into L2, as the cols kernel).
+enum { KB = 64, COLS_TILE_ROWS = 32, COLS_TILE_COLS = 512, COLS_PF_TILES = 2, COLS_WIDE_MAX_M = 32, ROWS_PF_TILES = 4 };
 
 // ---- AVX-512: cols ------------------------------------------------------
 
@@ -125,22 +136,41 @@ static T512 void cols_tile512_any(float *y, int ldy, const float *x, int ldx, in
     }
 }
 
+// Tiles of W in column strips, top to bottom; in each tile, 64 columns at a
+// time stay in L1 while the groups of rows pass over them, and each tile
+// prefetches the one `pfTiles` ahead into L2. Up to COLS_WIDE_MAX_M rows,
+// where the memory reads set the pace, wide tiles (COLS_TILE_ROWS ×
+// COLS_TILE_COLS, COLS_PF_TILES ahead); with more rows, where the
+// arithmetic does, strips of 64 columns in blocks of KB rows, the next one
+// prefetched.
 static T512 void gemm_cols_avx512(float *y, int ldy, const float *x, int ldx, int M, const float *W, int K, int ldw,
                                   int n0, int n1, int beta0) {
-    for (int j = n0; j < n1; j += 64) {
-        int width = n1 - j < 64 ? n1 - j : 64;
-        int NV = (width + 15) / 16;
-        int rem = width - 16 * (NV - 1);
-        __mmask16 last = (__mmask16)(rem == 16 ? 0xFFFF : (1u << rem) - 1);
-        int groups = (M + 5) / 6;
-        for (int k0 = 0; k0 < K; k0 += KB) {
-            int k1 = k0 + KB < K ? k0 + KB : K;
-            // The next block: further down this panel, or the next panel's first.
-            const float *pf = k1 < K ? W + (size_t)k1 * ldw + j : j + 64 < n1 ? W + j + 64 : NULL;
-            for (int m = 0, g = 0; m < M; m += 6, g++) {
-                int G = M - m < 6 ? M - m : 6;
-                cols_tile512_any(y + (size_t)m * ldy, ldy, x + (size_t)m * ldx, ldx, G, NV, last, W, ldw, k0, k1, j,
-                                 k0 == 0 && beta0, pf, groups, g);
+    int wide = M <= COLS_WIDE_MAX_M;
+    int tileRows = wide ? COLS_TILE_ROWS : KB, tileCols = wide ? COLS_TILE_COLS : 64;
+    int pfTiles = wide ? COLS_PF_TILES : 1;
+    int groups = (M + 5) / 6;
+    int tilesDown = (K + tileRows - 1) / tileRows;
+    for (int jt = n0; jt < n1; jt += tileCols) {
+        int jt1 = n1 - jt < tileCols ? n1 : jt + tileCols;
+        for (int k0 = 0; k0 < K; k0 += tileRows) {
+            int k1 = K - k0 < tileRows ? K : k0 + tileRows;
+            int ahead = (jt - n0) / tileCols * tilesDown + k0 / tileRows + pfTiles;
+            int pj = n0 + ahead / tilesDown * tileCols;
+            int pj1 = n1 - pj < tileCols ? n1 : pj + tileCols;
+            const float *pfRow = pj < n1 ? W + (size_t)(ahead % tilesDown * tileRows) * ldw : NULL;
+            for (int j = jt; j < jt1; j += 64) {
+                int width = jt1 - j < 64 ? jt1 - j : 64;
+                int NV = (width + 15) / 16;
+                int rem = width - 16 * (NV - 1);
+                __mmask16 last = (__mmask16)(rem == 16 ? 0xFFFF : (1u << rem) - 1);
+                // The same 64 columns of the tile ahead, if it has them.
+                int pc = pj + (j - jt);
+                const float *pf = pfRow && pc < pj1 ? pfRow + pc : NULL;
+                for (int m = 0, g = 0; m < M; m += 6, g++) {
+                    int G = M - m < 6 ? M - m : 6;
+                    cols_tile512_any(y + (size_t)m * ldy, ldy, x + (size_t)m * ldx, ldx, G, NV, last, W, ldw, k0, k1, j,
+                                     k0 == 0 && beta0, pf, groups, g);
+                }
             }
         }
     }

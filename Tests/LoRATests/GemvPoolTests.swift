@@ -123,11 +123,15 @@ import Testing
     /// The few-row kernels (CLoraSupport/gemm_small.c) give, for every row of
     /// x, the decode kernel's result on that row bit for bit, at every level:
     /// a sequence's numbers in a batched step are its solo numbers. Shapes
-    /// cover row groups of 1–6, column panels with tails, K across blocks of
-    /// 64 rows, C with vector tails, and split column ranges.
+    /// cover row groups of 1–6, column panels with tails, K across the cols
+    /// kernel's tiles (32 rows up to 32 rows of x, 64 beyond), N across tiles
+    /// of 512 columns with a short last tile, C with vector tails, and split
+    /// column ranges.
     @Test func fewRowKernelsEqualDecodeKernelsPerRow() {
         var rng = SplitMix64(seed: 13)
-        for (M, K, N) in [(1, 1, 1), (2, 3, 17), (7, 65, 200), (13, 130, 80), (6, 768, 2304), (16, 769, 33)] {
+        for (M, K, N) in [
+            (1, 1, 1), (2, 3, 17), (7, 65, 200), (13, 130, 80), (6, 768, 2304), (16, 769, 33), (3, 100, 1_300), (40, 70, 300),
+        ] {
             let ldw = N + 3
             let ldx = K + 1
             let ldy = N + 5
