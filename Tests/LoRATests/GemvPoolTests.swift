@@ -5,7 +5,8 @@ import Testing
 @testable import LoRA
 
 /// The decode matrix–vector kernels (CLoraSupport/gemv.c) at every
-/// instruction-set level this CPU runs, against double precision, on shapes
+/// instruction-set level this CPU runs, against double precision (and the
+/// columns form bit for bit against its k-order FMA sum), on shapes
 /// with vector tails and misaligned weights; and the worker pool
 /// (CLoraSupport/pool.c) under nesting and concurrent submitters.
 @Suite struct GemvPoolTests {
@@ -37,16 +38,22 @@ import Testing
                             lb_gemv_cols_at(level, &y, x, W, Int32(K), Int32(ldw), Int32(cut), Int32(N), beta0)
                         }
                         var worst = 0.0
+                        var sameBits = true
                         for n in 0..<N {
                             var s = beta0 == 1 ? 0 : Double(y0[n])
                             var mag = abs(s)
+                            var f: Float = beta0 == 1 ? 0 : y0[n]
                             for k in 0..<K {
                                 let t = Double(x[k]) * Double(w[offset + k * ldw + n])
                                 s += t; mag += abs(t)
+                                f.addProduct(x[k], w[offset + k * ldw + n])
                             }
                             worst = max(worst, abs(Double(y[n]) - s) / max(mag, 1e-30))
+                            sameBits = sameBits && y[n].bitPattern == f.bitPattern
                         }
                         #expect(worst < Self.tolerance, "cols level \(level) K \(K) N \(N) offset \(offset) beta0 \(beta0): \(worst)")
+                        // Every level: one fused multiply-add per k, in k order.
+                        #expect(sameBits, "cols level \(level) K \(K) N \(N) offset \(offset) beta0 \(beta0): not the k-order FMA sum")
                     }
                 }
             }
