@@ -12,13 +12,14 @@
 // same instruction-set level, so a sequence's numbers do not depend on how
 // many other rows share its step.
 // - cols: y[m, n] = y0[m, n] + Σ_k x[m, k]·W[k, n], one fused multiply-add
-//   per k in k order. 64 columns of a tile of W stay in L1 while groups of
-//   6 rows of x pass over them; a later tile of W is prefetched. Up to 32
-//   rows of x the tiles are 32 rows × 512 columns, prefetched two ahead: each
-//   row of W is read 2 KiB at a time instead of 256 bytes, and the reads run
-//   two tiles ahead of the arithmetic. With more rows, strips of 64 columns
-//   in blocks of 64 rows, each prefetching the next (the wide tiles were no
-//   faster at 32 rows, and slower at 79 and 128).
+//   per k in k order. On AVX-512, 64 columns of a tile of W stay in L1
+//   while groups of 6 rows of x pass over them; a later tile of W is
+//   prefetched. Up to 32 rows of x the tiles are 32 rows × 512 columns,
+//   prefetched two ahead: each row of W is read 2 KiB at a time instead of
+//   256 bytes, and the reads run two tiles ahead of the arithmetic. With
+//   more rows, strips of 64 columns in blocks of 64 rows, each prefetching
+//   the next (the wide tiles were no faster at 32 rows, and slower at 79
+//   and 128).
 // - rows: y[m, r] = y0[m, r] + Σ_c W[r, c]·x[m, c], with gemv_rows's partial
 //   sums (16 lanes, or 8 with AVX2) and reduction. Tiles of 4 rows of W stay
 //   in L1 while groups of 6 rows of x pass over them; the rows of W
@@ -31,7 +32,9 @@
 // tiles, measured on the AMX machine (Intel, KVM model 167; 2 threads, the
 // columns split between them, six alternating runs, means): the 48 block
 // products for 16 rows 26.9 → 22.6 ms, for one row 26.6 → 13.4 ms (the
-// decode kernel, 128 columns down all rows at a time: 16.4 ms).
+// decode kernel before 24bc28e, 128 columns down all rows at a time: 16.4
+// ms; it now runs these tiles on its wide products). The AVX2 kernels keep
+// 16-column strips of KB rows without prefetch.
 #include "lora_support.h"
 #include "simd256.h"
 
@@ -45,18 +48,24 @@
 #define T256   __attribute__((target("avx2,fma")))
 #define INLINE __attribute__((always_inline)) static inline
 
-// KB: rows of W per tile of a reduced-precision weight (below). The cols
-// kernel's tiles: COLS_TILE_ROWS × COLS_TILE_COLS, prefetched COLS_PF_TILES
-// tiles ahead. ROWS_PF_TILES: how many 4-row tiles ahead the rows kernel
-// prefetches (into L2, as the cols kernel).
+// KB: rows of W per block of the AVX-512 cols kernel above 32 rows of x,
+// of the AVX2 cols kernel, and per tile of a reduced-precision weight
+// (below). The AVX-512 cols kernel's tiles up to COLS_WIDE_MAX_M rows:
+// COLS_TILE_ROWS × COLS_TILE_COLS, prefetched COLS_PF_TILES tiles ahead.
+// ROWS_PF_TILES: how many 4-row tiles ahead the rows kernel prefetches
+// (into L2, as the cols kernel).
 enum { KB = 64, COLS_TILE_ROWS = 32, COLS_TILE_COLS = 512, COLS_PF_TILES = 2, COLS_WIDE_MAX_M = 32, ROWS_PF_TILES = 4 };
 
 // ---- AVX-512: cols ------------------------------------------------------
 
 // Rows [0, G) of x × columns [j, j + 16·NV) (the last vector masked) over
-// W rows [k0, k1). `first`: start from 0 (beta0) or y; else from y.
+// W rows [k0, k1), starting from 0 (fromZero) or y. pf: the same columns'
+// first row in a tile ahead, which has pfRows rows and pfLines cache lines
+// (1–4) of them from pf on; this group prefetches every pfEvery-th of
+// them, from pfPhase.
 INLINE T512 void cols_tile512(float *y, int ldy, const float *x, int ldx, int G, int NV, __mmask16 last, const float *W,
-                              int ldw, int k0, int k1, int j, int fromZero, const float *pf, int pfEvery, int pfPhase) {
+                              int ldw, int k0, int k1, int j, int fromZero, const float *pf, int pfRows, int pfLines,
+                              int pfEvery, int pfPhase) {
     __m512 a[6][4];
 #pragma GCC unroll 6
     for (int g = 0; g < G; g++)
@@ -68,14 +77,14 @@ INLINE T512 void cols_tile512(float *y, int ldy, const float *x, int ldx, int G,
     const float *p = W + (size_t)k0 * ldw + j;
     int turn = pfPhase;
     for (int k = k0; k < k1; k++, p += ldw) {
-        // Every group prefetches its share of the next block's rows, so the
+        // Every group prefetches its share of the tile ahead's rows, so the
         // memory reads overlap all groups' arithmetic.
-        if (pf && turn == 0) {
+        if (pf && turn == 0 && k - k0 < pfRows) {
             const char *q = (const char *)(pf + (size_t)(k - k0) * ldw);
             _mm_prefetch(q, _MM_HINT_T1);
-            _mm_prefetch(q + 64, _MM_HINT_T1);
-            _mm_prefetch(q + 128, _MM_HINT_T1);
-            _mm_prefetch(q + 192, _MM_HINT_T1);
+            if (pfLines > 1) _mm_prefetch(q + 64, _MM_HINT_T1);
+            if (pfLines > 2) _mm_prefetch(q + 128, _MM_HINT_T1);
+            if (pfLines > 3) _mm_prefetch(q + 192, _MM_HINT_T1);
         }
         turn = turn == 0 ? pfEvery - 1 : turn - 1;
         __m512 w[4];
@@ -98,28 +107,28 @@ INLINE T512 void cols_tile512(float *y, int ldy, const float *x, int ldx, int G,
 #define COLS512_G(NV)                                                                                                  \
     switch (G) {                                                                                                       \
     case 6:                                                                                                            \
-        cols_tile512(y, ldy, x, ldx, 6, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfEvery, pfPhase);                  \
+        cols_tile512(y, ldy, x, ldx, 6, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfRows, pfLines, pfEvery, pfPhase); \
         break;                                                                                                         \
     case 5:                                                                                                            \
-        cols_tile512(y, ldy, x, ldx, 5, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfEvery, pfPhase);                  \
+        cols_tile512(y, ldy, x, ldx, 5, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfRows, pfLines, pfEvery, pfPhase); \
         break;                                                                                                         \
     case 4:                                                                                                            \
-        cols_tile512(y, ldy, x, ldx, 4, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfEvery, pfPhase);                  \
+        cols_tile512(y, ldy, x, ldx, 4, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfRows, pfLines, pfEvery, pfPhase); \
         break;                                                                                                         \
     case 3:                                                                                                            \
-        cols_tile512(y, ldy, x, ldx, 3, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfEvery, pfPhase);                  \
+        cols_tile512(y, ldy, x, ldx, 3, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfRows, pfLines, pfEvery, pfPhase); \
         break;                                                                                                         \
     case 2:                                                                                                            \
-        cols_tile512(y, ldy, x, ldx, 2, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfEvery, pfPhase);                  \
+        cols_tile512(y, ldy, x, ldx, 2, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfRows, pfLines, pfEvery, pfPhase); \
         break;                                                                                                         \
     default:                                                                                                           \
-        cols_tile512(y, ldy, x, ldx, 1, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfEvery, pfPhase);                  \
+        cols_tile512(y, ldy, x, ldx, 1, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfRows, pfLines, pfEvery, pfPhase); \
         break;                                                                                                         \
     }
 
 static T512 void cols_tile512_any(float *y, int ldy, const float *x, int ldx, int G, int NV, __mmask16 last,
                                   const float *W, int ldw, int k0, int k1, int j, int fromZero, const float *pf,
-                                  int pfEvery, int pfPhase) {
+                                  int pfRows, int pfLines, int pfEvery, int pfPhase) {
     switch (NV) {
     case 4:
         COLS512_G(4);
@@ -157,7 +166,8 @@ static T512 void gemm_cols_avx512(float *y, int ldy, const float *x, int ldx, in
             int ahead = (jt - n0) / tileCols * tilesDown + k0 / tileRows + pfTiles;
             int pj = n0 + ahead / tilesDown * tileCols;
             int pj1 = n1 - pj < tileCols ? n1 : pj + tileCols;
-            const float *pfRow = pj < n1 ? W + (size_t)(ahead % tilesDown * tileRows) * ldw : NULL;
+            int pk = ahead % tilesDown * tileRows, pfRows = K - pk < tileRows ? K - pk : tileRows;
+            const float *pfRow = pj < n1 ? W + (size_t)pk * ldw : NULL;
             for (int j = jt; j < jt1; j += 64) {
                 int width = jt1 - j < 64 ? jt1 - j : 64;
                 int NV = (width + 15) / 16;
@@ -166,10 +176,11 @@ static T512 void gemm_cols_avx512(float *y, int ldy, const float *x, int ldx, in
                 // The same 64 columns of the tile ahead, if it has them.
                 int pc = pj + (j - jt);
                 const float *pf = pfRow && pc < pj1 ? pfRow + pc : NULL;
+                int pfCols = pj1 - pc < 64 ? pj1 - pc : 64, pfLines = (4 * pfCols + 63) / 64;
                 for (int m = 0, g = 0; m < M; m += 6, g++) {
                     int G = M - m < 6 ? M - m : 6;
                     cols_tile512_any(y + (size_t)m * ldy, ldy, x + (size_t)m * ldx, ldx, G, NV, last, W, ldw, k0, k1, j,
-                                     k0 == 0 && beta0, pf, groups, g);
+                                     k0 == 0 && beta0, pf, pfRows, pfLines, groups, g);
                 }
             }
         }

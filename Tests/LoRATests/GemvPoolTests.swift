@@ -20,7 +20,7 @@ import Testing
 
     @Test func columnsMatchDoublePrecision() {
         var rng = SplitMix64(seed: 11)
-        for (K, N) in [(1, 1), (3, 17), (33, 200), (48, 144), (768, 2304), (3072, 13)] {
+        for (K, N) in [(1, 1), (3, 17), (33, 200), (48, 144), (768, 2304), (3072, 13), (100, 1_300), (769, 600)] {
             // One float of offset makes every row start off a cache line.
             for offset in [0, 1, 5] {
                 let ldw = N + (N % 16 == 0 ? 0 : 3)
