@@ -158,29 +158,26 @@ static T512 void gemm_cols_avx512(float *y, int ldy, const float *x, int ldx, in
     int tileRows = wide ? COLS_TILE_ROWS : KB, tileCols = wide ? COLS_TILE_COLS : 64;
     int pfTiles = wide ? COLS_PF_TILES : 1;
     int groups = (M + 5) / 6;
-    int tilesDown = (K + tileRows - 1) / tileRows;
     for (int jt = n0; jt < n1; jt += tileCols) {
         int jt1 = n1 - jt < tileCols ? n1 : jt + tileCols;
         for (int k0 = 0; k0 < K; k0 += tileRows) {
             int k1 = K - k0 < tileRows ? K : k0 + tileRows;
-            int ahead = (jt - n0) / tileCols * tilesDown + k0 / tileRows + pfTiles;
-            int pj = n0 + ahead / tilesDown * tileCols;
-            int pj1 = n1 - pj < tileCols ? n1 : pj + tileCols;
-            int pk = ahead % tilesDown * tileRows, pfRows = K - pk < tileRows ? K - pk : tileRows;
-            const float *pfRow = pj < n1 ? W + (size_t)pk * ldw : NULL;
+            lb_tile t;
+            const float *pfRow =
+                lb_tile_ahead(n0, n1, K, tileRows, tileCols, jt, k0, pfTiles, &t) ? W + (size_t)t.r0 * ldw : NULL;
             for (int j = jt; j < jt1; j += 64) {
                 int width = jt1 - j < 64 ? jt1 - j : 64;
                 int NV = (width + 15) / 16;
                 int rem = width - 16 * (NV - 1);
                 __mmask16 last = (__mmask16)(rem == 16 ? 0xFFFF : (1u << rem) - 1);
                 // The same 64 columns of the tile ahead, if it has them.
-                int pc = pj + (j - jt);
-                const float *pf = pfRow && pc < pj1 ? pfRow + pc : NULL;
-                int pfCols = pj1 - pc < 64 ? pj1 - pc : 64, pfLines = (4 * pfCols + 63) / 64;
+                int pc = t.c0 + (j - jt);
+                const float *pf = pfRow && pc < t.c1 ? pfRow + pc : NULL;
+                int pfCols = t.c1 - pc < 64 ? t.c1 - pc : 64, pfLines = (4 * pfCols + 63) / 64;
                 for (int m = 0, g = 0; m < M; m += 6, g++) {
                     int G = M - m < 6 ? M - m : 6;
                     cols_tile512_any(y + (size_t)m * ldy, ldy, x + (size_t)m * ldx, ldx, G, NV, last, W, ldw, k0, k1, j,
-                                     k0 == 0 && beta0, pf, pfRows, pfLines, groups, g);
+                                     k0 == 0 && beta0, pf, t.nrows, pfLines, groups, g);
                 }
             }
         }

@@ -299,20 +299,19 @@ static T512 void lcols_q8(float *y, const float *x, const void *W, const uint16_
                           int beta0) {
     const int8_t *Q = (const int8_t *)W;
     const int TR = LCOLS_Q8_TILE_ROWS, TC = LCOLS_Q8_TILE_COLS;
-    int tilesDown = (K + TR - 1) / TR;
     for (int jt = n0; jt < n1; jt += TC) {
         int jt1 = n1 - jt < TC ? n1 : jt + TC;
         for (int k0 = 0; k0 < K; k0 += TR) {
             int k1 = K - k0 < TR ? K : k0 + TR;
-            int ahead = (jt - n0) / TC * tilesDown + k0 / TR + LCOLS_Q8_PF_TILES;
-            int pj = n0 + ahead / tilesDown * TC, pj1 = n1 - pj < TC ? n1 : pj + TC;
-            int pk = ahead % tilesDown * TR, pfRows = K - pk < TR ? K - pk : TR;
-            const char *pfRow = pj < n1 ? (const char *)Q + (size_t)pk * ldw : NULL;
-            int fz = beta0 && k0 == 0;
+            lb_tile t;
+            const char *pfRow = lb_tile_ahead(n0, n1, K, TR, TC, jt, k0, LCOLS_Q8_PF_TILES, &t)
+                                    ? (const char *)Q + (size_t)t.r0 * ldw
+                                    : NULL;
+            int pfRows = t.nrows, fz = beta0 && k0 == 0;
             for (int j = jt; j < jt1;) {
                 int w = jt1 - j, nv = w >= 256 ? 16 : w >= 128 ? 8 : w >= 64 ? 4 : 1;
                 int cols = w >= 16 ? 16 * nv : w;
-                int pc = pj + (j - jt), pfCols = pj1 - pc < cols ? pj1 - pc : cols;
+                int pc = t.c0 + (j - jt), pfCols = t.c1 - pc < cols ? t.c1 - pc : cols;
                 const char *pf = pfRow && pfCols > 0 ? pfRow + pc : NULL;
                 if (nv == 16)
                     lcols_q8_tile(y, x, Q, d, k0, k1, ldw, j, 16, 0xFFFF, fz, pf, pfRows, pfCols);

@@ -97,6 +97,24 @@ LB_HIDDEN void lb_gemm_cols_at(int level, float *y, int ldy, const float *x, int
 LB_HIDDEN void lb_gemm_rows_at(int level, float *y, int ldy, const float *x, int ldx, int M, const float *W, int C,
                                int ldw, int r0, int r1, int beta0);
 
+// A tile walk over columns [n0, n1) of a K-row weight: strips of `cols`
+// columns from n0, each in tiles of `rows` rows top to bottom. The tile
+// `ahead` tiles after the one at (jt, k0), which a kernel prefetches: its
+// columns [*c0, *c1) and rows [*r0, *r0 + *nrows); 0 when the walk ends
+// first.
+typedef struct {
+    int c0, c1, r0, nrows;
+} lb_tile;
+static inline int lb_tile_ahead(int n0, int n1, int K, int rows, int cols, int jt, int k0, int ahead, lb_tile *t) {
+    int down = (K + rows - 1) / rows;
+    int i = (jt - n0) / cols * down + k0 / rows + ahead;
+    t->c0 = n0 + i / down * cols;
+    t->c1 = n1 - t->c0 < cols ? n1 : t->c0 + cols;
+    t->r0 = i % down * rows;
+    t->nrows = K - t->r0 < rows ? K - t->r0 : rows;
+    return t->c0 < n1;
+}
+
 // Reduced-precision frozen weights (lowp.c): storage types, conversions,
 // ggml's Q8_0 quantizer, and matrix–vector kernels that give the F32
 // kernels' results on the dequantized weights bit for bit (same level).
