@@ -184,7 +184,9 @@ void lb_dequant_rows(int dtype, float *dst, int ldd, const void *W, const uint16
 // instead of 17 (Intel Emerald Rapids, 2 threads, the prefetch into L1).
 // Into L2 since c0c5d2d, as gemv.c (bf16 decode on the AMX machine, three
 // alternating pairs: 54.6/52.2, 48.1/61.9, 50.9/56.4 tok/s; q8_0 +3-5%;
-// not re-measured on Emerald Rapids).
+// not re-measured on Emerald Rapids). Used by the bf16/f16 column kernels
+// and the AVX2 ones; q8_0's AVX-512 column kernel prefetches whole tiles
+// ahead since ea302d1 (below).
 enum { PFD = 8 };
 
 // 16 weights (k, j … j+15) of a cols-layout matrix as F32, masked.
