@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# Runs the README's C, Python and Swift snippets verbatim (extracted from
-# README.md, so they cannot drift) in a scratch folder outside the checkout:
+# Runs the README's C and Python snippets verbatim (extracted from README.md,
+# so they cannot drift) in a scratch folder outside the checkout:
 # - C: the ```c block as mine.c, built as the README says from the build
 #   folder (-Iinclude -L.build/release -llora -Wl,-rpath) and, when
 #   `pkg-config lora` works (after scripts/install.sh), with pkg-config; run.
 # - Python: a fresh venv (system site-packages for numpy/pytest, no network),
 #   `pip install ./python` with LORA_LIBRARY unset (the package must carry
 #   the library), the ```python block run from the scratch folder.
-# - Swift: a package depending on this checkout by path, main.swift = the
-#   ```swift block (SKIP_SWIFT=1 skips it).
+# The Swift snippet is run by scripts/check_swift_dependency.sh, in a package
+# that depends on a tagged clone as the README tells Swift users to.
 # The scratch folder holds models/ -> the checkout's models (the snippets use
 # the relative path models/fortunes-gpt2). Needs .build/release/liblora.so
 # and its SONAME link (scripts/link_soname.sh .build/release).
@@ -64,23 +64,5 @@ grep -q "'step': 50" py.out || { echo "Python snippet did not train 50 steps" >&
 [[ -s my-adapter/adapter_model.safetensors ]] || { echo "Python snippet saved no adapter" >&2; fail=1; }
 rm -rf my-adapter
 
-if [[ ${SKIP_SWIFT:-0} != 1 ]]; then
-    stage "Swift snippet as a package depending on the checkout by path"
-    mkdir -p swiftpkg/Sources/Snippet
-    cat >swiftpkg/Package.swift <<SWIFT
-// swift-tools-version: 6.0
-import PackageDescription
-let package = Package(
-    name: "Snippet",
-    dependencies: [.package(path: "$ROOT")],
-    targets: [.executableTarget(name: "Snippet", dependencies: [.product(name: "LoRA", package: "$(basename "$ROOT")")])]
-)
-SWIFT
-    snippet swift >swiftpkg/Sources/Snippet/main.swift
-    (cd swiftpkg && swift build -c release 2>&1 | tail -n 2)
-    swiftpkg/.build/release/Snippet >swift.out
-    tail -n 2 swift.out
-    [[ -s my-adapter/adapter_model.safetensors ]] || { echo "Swift snippet saved no adapter" >&2; fail=1; }
-fi
 ((fail == 0)) && echo "readme: every snippet ran"
 exit $fail
