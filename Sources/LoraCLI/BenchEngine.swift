@@ -39,8 +39,9 @@ extension Bench {
         greedy.stopAtEndOfText = false
 
         /// Runs n requests (adapter of request i: pick(i)) to completion: (decode tok/s over the steps after
-        /// the first token of every request, end-to-end tok/s from submit to the last token).
-        func batched(_ n: Int, _ pick: (Int) -> [AdapterUse]) throws -> (decode: Double, total: Double) {
+        /// the first token of every request, end-to-end tok/s from submit to the last token, seconds from
+        /// submit until every request had its first token: the prompts' prefill).
+        func batched(_ n: Int, _ pick: (Int) -> [AdapterUse]) throws -> (decode: Double, total: Double, prefill: Double) {
             var ep = EngineParams()
             ep.maxSequences = n
             ep.maxTokensPerStep = max(n, min(n * P, 4096))
@@ -61,7 +62,7 @@ extension Bench {
                 }
             }
             let t1 = now()
-            return (Double(decodeTokens) / (t1 - decodeStart), Double(n * N) / (t1 - t0))
+            return (Double(decodeTokens) / (t1 - decodeStart), Double(n * N) / (t1 - t0), decodeStart - t0)
         }
 
         func line(_ fields: [(String, String)]) {
@@ -80,6 +81,7 @@ extension Bench {
         line([
             ("case", "\"single_sequence\""), ("sequences", "1"), ("prompt", "\(P)"), ("new_tokens", "\(N)"),
             ("decode_tokens_per_s", f(single.decode)), ("total_tokens_per_s", f(single.total)),
+            ("first_tokens_s", String(format: "%.3f", single.prefill)),
         ])
 
         for n in counts {
@@ -88,12 +90,14 @@ extension Bench {
             line([
                 ("case", "\"distinct_adapters\""), ("sequences", "\(n)"), ("prompt", "\(P)"), ("new_tokens", "\(N)"),
                 ("decode_tokens_per_s", f(distinct.decode)), ("total_tokens_per_s", f(distinct.total)),
+                ("first_tokens_s", String(format: "%.3f", distinct.prefill)),
                 ("vs_shared", String(format: "%.3f", distinct.decode / shared.decode)),
                 ("vs_single", String(format: "%.2f", distinct.decode / single.decode)),
             ])
             line([
                 ("case", "\"shared_adapter\""), ("sequences", "\(n)"), ("prompt", "\(P)"), ("new_tokens", "\(N)"),
                 ("decode_tokens_per_s", f(shared.decode)), ("total_tokens_per_s", f(shared.total)),
+                ("first_tokens_s", String(format: "%.3f", shared.prefill)),
             ])
             guard n == counts.first else { continue }
             // Today: the same requests one after another, attach + generate + detach.

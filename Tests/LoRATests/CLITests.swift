@@ -253,6 +253,14 @@ struct CLI {
     func benchPrintsJSON() throws {
         let r = try CLI.run(["bench", "inference", "--prompt", "8", "--decode", "2", "--repeats", "1", "--threads", "1"])
         #expect(r.status == 0 && r.out.contains("\"bench\":\"prefill\"") && r.out.contains("\"bench\":\"decode\""), "bench: \(r.err)")
+        let e = try CLI.run([
+            "bench", "engine", "--sequences", "2", "--engine-prompt", "4", "--new-tokens", "3", "--joins", "2", "--threads", "1",
+        ])
+        #expect(e.status == 0, "bench engine: \(e.err)")
+        for c in ["single_sequence", "distinct_adapters", "shared_adapter", "sequential_attach_detach", "join_busy_engine"] {
+            #expect(e.out.contains("\"case\":\"\(c)\""), "bench engine prints no \(c) line: \(e.out)")
+        }
+        #expect(e.out.contains("\"first_tokens_s\":"), "bench engine: \(e.out)")
     }
 
     @Test func badInputIsOneLineAndNonZero() throws {
