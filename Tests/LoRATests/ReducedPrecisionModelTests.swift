@@ -534,11 +534,16 @@ private func lowpExpected(_ d: WeightDType) throws -> SafeTensorsFile {
 
     /// A few rows at once (an engine step) give each row's decode result bit
     /// for bit, as with F32 weights: a sequence's numbers do not depend on
-    /// the other rows of its step. K = 1100 spans several column panels.
+    /// the other rows of its step. K = 1100 spans several column panels;
+    /// K = 70 ends in a short tile of rows and a short Q8_0 block, across
+    /// N = 1100 columns.
     @Test(arguments: [WeightDType.bf16, .f16, .q8_0], [3, 16, 100])
     func fewRowsEqualDecodePerRow(dtype: WeightDType, M: Int) throws {
         try BLAS.load()
-        let (K, N) = (1100, 300)
+        for (K, N) in [(1100, 300), (70, 1100)] { try fewRowsEqualDecodePerRow(dtype: dtype, M: M, K: K, N: N) }
+    }
+
+    private func fewRowsEqualDecodePerRow(dtype: WeightDType, M: Int, K: Int, N: Int) throws {
         var rng = SplitMix64(seed: 6)
         let a = (0..<M * K).map { _ in rng.nextGaussian() }
         for transW in [false, true] {
@@ -563,7 +568,7 @@ private func lowpExpected(_ d: WeightDType) throws -> SafeTensorsFile {
                     }
                 }
                 withExtendedLifetime(block) {}
-                #expect(many == one, "\(dtype) M \(M) transW \(transW) beta \(beta)")
+                #expect(many == one, "\(dtype) M \(M) K \(K) N \(N) transW \(transW) beta \(beta)")
             }
         }
     }
