@@ -14,7 +14,9 @@
 #   prompt, 8 after a 501-token one, that again with the KV cache in bf16.
 # Rounds alternate the dtypes (and liblora with the references), so a host
 # that slows down mid-run slows every column alike. GPT-2 124M shapes, 2
-# threads; as root every measurement runs under chrt -f 10 (NO_CHRT=1: not).
+# threads; as root every speed measurement runs under chrt -f 10 (NO_CHRT=1:
+# not). A measurement that fails is reported and left out; the rows measured
+# are kept (OUT, default $TMPDIR/bench_dtype-<time>.jsonl; the path is printed).
 #
 #   RUNS=3 scripts/bench_dtype.sh      # rounds (default 3): medians and min–max
 #   ENGINE=1 ...                       # also `lora bench engine --sequences 16` per dtype
@@ -32,11 +34,18 @@ rt=()
 if [[ $(id -u) == 0 && -z ${NO_CHRT:-} ]] && command -v chrt >/dev/null; then rt=(chrt -f 10); fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-out=$work/rows.jsonl
+out=${OUT:-${TMPDIR:-/tmp}/bench_dtype-$(date +%Y%m%d-%H%M%S).jsonl}
+: >"$out"
+echo "rows: $out"
+# Runs a measurement; a failure is reported (its stderr kept) and the run goes on.
+try() {
+    "$@" 2>"$work/err" || { echo "failed: $*" >&2; tail -n 5 "$work/err" >&2; }
+}
 dtypes=(f32 bf16 f16 q8_0)
 
-cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
-fam=$(grep -m1 'cpu family' /proc/cpuinfo | cut -d: -f2 | xargs); mod=$(grep -m1 '^model\s' /proc/cpuinfo | cut -d: -f2 | xargs)
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs || true)
+fam=$(grep -m1 'cpu family' /proc/cpuinfo | cut -d: -f2 | xargs || true)
+mod=$(grep -m1 '^model\s' /proc/cpuinfo | cut -d: -f2 | xargs || true)
 echo "machine: $cpu (family $fam model $mod), $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg); ${rt[*]:-no chrt}; $runs rounds; $(git rev-parse --short HEAD)"
 have_ref=0
 python3 -c "import torch, transformers, peft" 2>/dev/null && have_ref=1
@@ -44,42 +53,48 @@ python3 -c "import torch, transformers, peft" 2>/dev/null && have_ref=1
 for ((i = 1; i <= runs; i++)); do
     echo "-- round $i"
     for d in "${dtypes[@]}"; do
-        "${rt[@]}" "$lora" bench inference --threads "$threads" --dtype "$d" --repeats 3 | tee -a "$out"
+        try "${rt[@]}" "$lora" bench inference --threads "$threads" --dtype "$d" --repeats 3 | tee -a "$out"
     done
     for d in f32 bf16; do
-        "${rt[@]}" "$lora" bench train --threads "$threads" --dtype "$d" --batch 4 --block 256 | tee -a "$out"
+        try "${rt[@]}" "$lora" bench train --threads "$threads" --dtype "$d" --batch 4 --block 256 | tee -a "$out"
     done
     if ((have_ref)); then
-        "${rt[@]}" python3 scripts/bench_transformers.py --threads "$threads" 2>/dev/null | grep '^{' | tee -a "$out"
+        try "${rt[@]}" python3 scripts/bench_transformers.py --threads "$threads" | { grep '^{' || true; } | tee -a "$out"
         for a in off bf16; do
-            "${rt[@]}" python3 scripts/bench_peft.py --threads "$threads" --batch 4 --block 256 --autocast "$a" 2>/dev/null \
-                | grep '^{' | tee -a "$out"
+            try "${rt[@]}" python3 scripts/bench_peft.py --threads "$threads" --batch 4 --block 256 --autocast "$a" \
+                | { grep '^{' || true; } | tee -a "$out"
         done
     fi
     if [[ ${ENGINE:-0} == 1 ]]; then
         for d in "${dtypes[@]}"; do
-            "${rt[@]}" "$lora" bench engine --threads "$threads" --dtype "$d" --sequences 16 --joins 4 \
+            try "${rt[@]}" "$lora" bench engine --threads "$threads" --dtype "$d" --sequences 16 --joins 4 \
                 | sed "s/^{/{\"dtype\":\"$d\",/" | tee -a "$out"
         done
     fi
 done
 
 # Peak RSS of inference per dtype, on a checkpoint as users have them.
-if [[ -f $tokdir/vocab.json && -f $tokdir/merges.txt ]] && python3 -c "import torch, transformers" 2>/dev/null; then
-    python3 - "$work/gpt2" 2>/dev/null <<'PY'
+if [[ -f $tokdir/vocab.json && -f $tokdir/merges.txt && -x /usr/bin/time ]] &&
+    python3 -c "import torch, transformers" 2>/dev/null &&
+    python3 - "$work/gpt2" 2>"$work/err" <<'PY'
 import sys, torch, transformers
 torch.manual_seed(0)
 m = transformers.GPT2LMHeadModel(transformers.GPT2Config())
 m.save_pretrained(sys.argv[1], safe_serialization=True)
 PY
+then
     cp "$tokdir/vocab.json" "$tokdir/merges.txt" "$work/gpt2/"
     long=$(python3 -c 'print("Hello" + " the" * 500)')
     rss() { # dtype case kv prompt new
-        /usr/bin/time -f '%M' -o "$work/rss" "$lora" generate --model "$work/gpt2" --dtype "$1" --kv-cache-dtype "$3" \
-            --temperature 0 --ignore-eos --max-new-tokens "$5" --threads "$threads" "$4" >/dev/null 2>&1
+        if ! /usr/bin/time -f '%M' -o "$work/rss" "$lora" generate --model "$work/gpt2" --dtype "$1" --kv-cache-dtype "$3" \
+            --temperature 0 --ignore-eos --max-new-tokens "$5" --threads "$threads" "$4" >/dev/null 2>"$work/err"; then
+            echo "failed: peak RSS of $1 $2" >&2
+            tail -n 5 "$work/err" >&2
+            return 0
+        fi
         local kb
         kb=$(tail -n 1 "$work/rss")
-        echo "{\"bench\":\"rss\",\"dtype\":\"$1\",\"case\":\"$2\",\"peak_rss_mib\":$((kb / 1024))}" | tee -a "$out"
+        echo "{\"bench\":\"rss\",\"dtype\":\"$1\",\"case\":\"$2\",\"peak_rss_mib\":$(((kb + 512) / 1024))}" | tee -a "$out"
     }
     for d in "${dtypes[@]}"; do
         rss "$d" short f32 "Hi there" 4
@@ -87,7 +102,7 @@ PY
         rss "$d" long_kv_bf16 bf16 "$long" 8
     done
 else
-    echo "(peak RSS skipped: needs torch + transformers and the GPT-2 vocabulary in $tokdir)"
+    echo "(peak RSS skipped: needs /usr/bin/time, torch + transformers (a checkpoint saved by them) and the GPT-2 vocabulary in $tokdir)"
 fi
 ((have_ref)) || echo "(torch/transformers/peft not installed: reference side skipped)"
 

@@ -6,8 +6,9 @@ set -euo pipefail
 # Open MPI (openmpi-bin, libopenmpi-dev: `lora train` under mpirun links libmpi) and
 # iproute2 (the two-host network-namespace test) are for data-parallel training;
 # librsvg2-bin: rsvg-convert renders loss.svg in the CLI tests; clang-format: scripts/check_format.sh;
-# chromium: the `lora serve` playground's browser test (Tests/server).
-packages=(libopenblas-dev liblapacke-dev pkg-config fortunes valgrind make gcc g++ python3 openmpi-bin libopenmpi-dev iproute2 librsvg2-bin clang-format chromium)
+# chromium: the `lora serve` playground's browser test (Tests/server); time: /usr/bin/time for the
+# peak RSS figures of scripts/bench_dtype.sh.
+packages=(libopenblas-dev liblapacke-dev pkg-config fortunes valgrind make gcc g++ python3 openmpi-bin libopenmpi-dev iproute2 librsvg2-bin clang-format chromium time)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
