@@ -39,7 +39,10 @@ swift build --build-tests --sanitize=address --scratch-path .build-asan
 ASAN_OPTIONS=detect_leaks=0 swift test --skip-build --sanitize=address --scratch-path .build-asan
 echo "== the two Swift tests that need the release command line (LORA_CLI)"
 LORA_CLI="$PWD/.build/release/lora-cli" ASAN_OPTIONS=detect_leaks=0 \
-    swift test --skip-build --sanitize=address --scratch-path .build-asan --filter 'benchPrintsJSON|demoRunsEndToEnd'
+    swift test --skip-build --sanitize=address --scratch-path .build-asan --filter 'benchPrintsJSON|demoRunsEndToEnd' \
+    2>&1 | tee .build-asan/release-cli-tests.log
+# A renamed test would leave the filter matching nothing, which passes.
+grep -q 'Test run with 2 tests' .build-asan/release-cli-tests.log || { echo "test.sh: the filter ran other than those 2 tests" >&2; exit 1; }
 
 echo "== fuzzing: every harness for 15 s (a crash fails; inputs kept in fuzz-artifacts/)"
 bash scripts/fuzz.sh all 15
