@@ -109,6 +109,7 @@ fi
 python3 - "$out" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+DTYPES = ["f32", "bf16", "f16", "q8_0"]
 def sel(**kw):
     return [r for r in rows if all(r.get(k, None if k != "engine" else "liblora") == v for k, v in kw.items())]
 def span(xs):
@@ -118,7 +119,7 @@ def med(xs):
 core = next((r["core"] for r in rows if r.get("core")), "?")
 print(f"\nOpenBLAS core {core}; medians over rounds (min–max)")
 print(f"{'dtype':6} {'decode tok/s':>20} {'of bound':>8} {'prefill 512 tok/s':>22} {'of bound':>8} {'train 4x256 tok/s':>22}")
-for d in ["f32", "bf16", "f16", "q8_0"]:
+for d in DTYPES:
     dec = sel(engine="liblora", bench="decode", dtype=d)
     pre = sel(engine="liblora", bench="prefill", dtype=d)
     tr = sel(engine="liblora", bench="lora_train", dtype=d)
@@ -129,7 +130,7 @@ ref_dec = [r["tokens_per_s"] for r in sel(engine="transformers", bench="decode")
 ref_pre = [r["tokens_per_s"] for r in sel(engine="transformers", bench="prefill")]
 if ref_dec:
     print(f"transformers F32: decode {span(ref_dec)}, prefill {span(ref_pre)}")
-    for d in ["f32", "bf16", "f16", "q8_0"]:
+    for d in DTYPES:
         dec = [r["tokens_per_s"] for r in sel(engine="liblora", bench="decode", dtype=d)]
         print(f"  {d}: decode {med(dec) / med(ref_dec):.2f}x transformers F32")
 for a in ["off", "bf16"]:
@@ -142,12 +143,12 @@ if eng:
     print("engine, 16 sequences (decode tok/s): " + "; ".join(
         f"{d} distinct {span([r['decode_tokens_per_s'] for r in eng if r['dtype'] == d and r['case'] == 'distinct_adapters'])}"
         f" shared {span([r['decode_tokens_per_s'] for r in eng if r['dtype'] == d and r['case'] == 'shared_adapter'])}"
-        for d in ["f32", "bf16", "f16", "q8_0"]))
+        for d in DTYPES))
 rss = {(r["dtype"], r["case"]): r["peak_rss_mib"] for r in sel(bench="rss")}
 if rss:
     print("\npeak RSS of lora generate, MiB (ratio to f32 with the F32 cache)")
     print(f"{'dtype':6} {'2 + 4 tokens':>16} {'501 + 8 tokens':>16} {'501 + 8, bf16 cache':>20}")
-    for d in ["f32", "bf16", "f16", "q8_0"]:
+    for d in DTYPES:
         cells = []
         for c, base in [("short", "short"), ("long", "long"), ("long_kv_bf16", "long")]:
             v, b = rss.get((d, c)), rss.get(("f32", base))
