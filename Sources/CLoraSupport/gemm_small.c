@@ -40,6 +40,7 @@
 
 #include <immintrin.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #if defined(__x86_64__)
@@ -63,9 +64,19 @@ enum { KB = 64, COLS_TILE_ROWS = 32, COLS_TILE_COLS = 512, COLS_PF_TILES = 2, CO
 // first row in a tile ahead, which has pfRows rows and pfLines cache lines
 // (1–4) of them from pf on; this group prefetches every pfEvery-th of
 // them, from pfPhase.
-INLINE T512 void cols_tile512(float *y, int ldy, const float *x, int ldx, int G, int NV, __mmask16 last, const float *W,
-                              int ldw, int k0, int k1, int j, int fromZero, const float *pf, int pfRows, int pfLines,
-                              int pfEvery, int pfPhase) {
+// W and pf point at bytes: the weight is F32, or BF16/F16 (dt) converted to
+// F32 in registers as it is loaded (exactly: the same values, the same sums).
+INLINE T512 __m512 wload512(int dt, const char *p, __mmask16 m) {
+    if (dt == LB_DTYPE_BF16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+    if (dt == LB_DTYPE_F16) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+    return _mm512_maskz_loadu_ps(m, (const float *)p);
+}
+
+INLINE T512 void cols_tile512(int dt, float *y, int ldy, const float *x, int ldx, int G, int NV, __mmask16 last,
+                              const char *W, int ldw, int k0, int k1, int j, int fromZero, const char *pf, int pfRows,
+                              int pfLines, int pfEvery, int pfPhase) {
+    const size_t es = dt == LB_DTYPE_F32 ? 4 : 2, rowBytes = (size_t)ldw * es;
     __m512 a[6][4];
 #pragma GCC unroll 6
     for (int g = 0; g < G; g++)
@@ -74,13 +85,13 @@ INLINE T512 void cols_tile512(float *y, int ldy, const float *x, int ldx, int G,
             __mmask16 m = v == NV - 1 ? last : 0xFFFF;
             a[g][v] = fromZero ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m, y + (size_t)g * ldy + j + 16 * v);
         }
-    const float *p = W + (size_t)k0 * ldw + j;
+    const char *p = W + ((size_t)k0 * ldw + j) * es;
     int turn = pfPhase;
-    for (int k = k0; k < k1; k++, p += ldw) {
+    for (int k = k0; k < k1; k++, p += rowBytes) {
         // Every group prefetches its share of the tile ahead's rows, so the
         // memory reads overlap all groups' arithmetic.
         if (pf && turn == 0 && k - k0 < pfRows) {
-            const char *q = (const char *)(pf + (size_t)(k - k0) * ldw);
+            const char *q = pf + (size_t)(k - k0) * rowBytes;
             _mm_prefetch(q, _MM_HINT_T1);
             if (pfLines > 1) _mm_prefetch(q + 64, _MM_HINT_T1);
             if (pfLines > 2) _mm_prefetch(q + 128, _MM_HINT_T1);
@@ -89,7 +100,7 @@ INLINE T512 void cols_tile512(float *y, int ldy, const float *x, int ldx, int G,
         turn = turn == 0 ? pfEvery - 1 : turn - 1;
         __m512 w[4];
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; v++) w[v] = _mm512_maskz_loadu_ps(v == NV - 1 ? last : 0xFFFF, p + 16 * v);
+        for (int v = 0; v < NV; v++) w[v] = wload512(dt, p + 16 * es * v, v == NV - 1 ? last : 0xFFFF);
 #pragma GCC unroll 6
         for (int g = 0; g < G; g++) {
             __m512 xv = _mm512_set1_ps(x[(size_t)g * ldx + k]);
@@ -104,46 +115,56 @@ INLINE T512 void cols_tile512(float *y, int ldy, const float *x, int ldx, int G,
             _mm512_mask_storeu_ps(y + (size_t)g * ldy + j + 16 * v, v == NV - 1 ? last : 0xFFFF, a[g][v]);
 }
 
-#define COLS512_G(NV)                                                                                                  \
+#define COLS512_G(DT, NV)                                                                                              \
     switch (G) {                                                                                                       \
     case 6:                                                                                                            \
-        cols_tile512(y, ldy, x, ldx, 6, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfRows, pfLines, pfEvery, pfPhase); \
+        cols_tile512(DT, y, ldy, x, ldx, 6, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfRows, pfLines, pfEvery,       \
+                     pfPhase);                                                                                         \
         break;                                                                                                         \
     case 5:                                                                                                            \
-        cols_tile512(y, ldy, x, ldx, 5, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfRows, pfLines, pfEvery, pfPhase); \
+        cols_tile512(DT, y, ldy, x, ldx, 5, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfRows, pfLines, pfEvery,       \
+                     pfPhase);                                                                                         \
         break;                                                                                                         \
     case 4:                                                                                                            \
-        cols_tile512(y, ldy, x, ldx, 4, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfRows, pfLines, pfEvery, pfPhase); \
+        cols_tile512(DT, y, ldy, x, ldx, 4, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfRows, pfLines, pfEvery,       \
+                     pfPhase);                                                                                         \
         break;                                                                                                         \
     case 3:                                                                                                            \
-        cols_tile512(y, ldy, x, ldx, 3, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfRows, pfLines, pfEvery, pfPhase); \
+        cols_tile512(DT, y, ldy, x, ldx, 3, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfRows, pfLines, pfEvery,       \
+                     pfPhase);                                                                                         \
         break;                                                                                                         \
     case 2:                                                                                                            \
-        cols_tile512(y, ldy, x, ldx, 2, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfRows, pfLines, pfEvery, pfPhase); \
+        cols_tile512(DT, y, ldy, x, ldx, 2, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfRows, pfLines, pfEvery,       \
+                     pfPhase);                                                                                         \
         break;                                                                                                         \
     default:                                                                                                           \
-        cols_tile512(y, ldy, x, ldx, 1, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfRows, pfLines, pfEvery, pfPhase); \
+        cols_tile512(DT, y, ldy, x, ldx, 1, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfRows, pfLines, pfEvery,       \
+                     pfPhase);                                                                                         \
         break;                                                                                                         \
     }
 
-static T512 void cols_tile512_any(float *y, int ldy, const float *x, int ldx, int G, int NV, __mmask16 last,
-                                  const float *W, int ldw, int k0, int k1, int j, int fromZero, const float *pf,
-                                  int pfRows, int pfLines, int pfEvery, int pfPhase) {
-    switch (NV) {
-    case 4:
-        COLS512_G(4);
-        break;
-    case 3:
-        COLS512_G(3);
-        break;
-    case 2:
-        COLS512_G(2);
-        break;
-    default:
-        COLS512_G(1);
-        break;
+#define COLS512_ANY(name, DT)                                                                                          \
+    static T512 void name(float *y, int ldy, const float *x, int ldx, int G, int NV, __mmask16 last, const char *W,    \
+                          int ldw, int k0, int k1, int j, int fromZero, const char *pf, int pfRows, int pfLines,       \
+                          int pfEvery, int pfPhase) {                                                                  \
+        switch (NV) {                                                                                                  \
+        case 4:                                                                                                        \
+            COLS512_G(DT, 4);                                                                                          \
+            break;                                                                                                     \
+        case 3:                                                                                                        \
+            COLS512_G(DT, 3);                                                                                          \
+            break;                                                                                                     \
+        case 2:                                                                                                        \
+            COLS512_G(DT, 2);                                                                                          \
+            break;                                                                                                     \
+        default:                                                                                                       \
+            COLS512_G(DT, 1);                                                                                          \
+            break;                                                                                                     \
+        }                                                                                                              \
     }
-}
+COLS512_ANY(cols_tile512_f32, LB_DTYPE_F32)
+COLS512_ANY(cols_tile512_bf16, LB_DTYPE_BF16)
+COLS512_ANY(cols_tile512_f16, LB_DTYPE_F16)
 
 // Tiles of W in column strips, top to bottom; in each tile, 64 columns at a
 // time stay in L1 while the groups of rows pass over them, and each tile
@@ -152,8 +173,10 @@ static T512 void cols_tile512_any(float *y, int ldy, const float *x, int ldx, in
 // COLS_TILE_COLS, COLS_PF_TILES ahead); with more rows, where the
 // arithmetic does, strips of 64 columns in blocks of KB rows, the next one
 // prefetched.
-static T512 void gemm_cols_avx512(float *y, int ldy, const float *x, int ldx, int M, const float *W, int K, int ldw,
-                                  int n0, int n1, int beta0) {
+static T512 void gemm_cols_avx512(int dt, float *y, int ldy, const float *x, int ldx, int M, const void *Wv, int K,
+                                  int ldw, int n0, int n1, int beta0) {
+    const char *W = Wv;
+    const size_t es = dt == LB_DTYPE_F32 ? 4 : 2;
     int wide = M <= COLS_WIDE_MAX_M;
     int tileRows = wide ? COLS_TILE_ROWS : KB, tileCols = wide ? COLS_TILE_COLS : 64;
     int pfTiles = wide ? COLS_PF_TILES : 1;
@@ -163,8 +186,8 @@ static T512 void gemm_cols_avx512(float *y, int ldy, const float *x, int ldx, in
         for (int k0 = 0; k0 < K; k0 += tileRows) {
             int k1 = K - k0 < tileRows ? K : k0 + tileRows;
             lb_tile t;
-            const float *pfRow =
-                lb_tile_ahead(n0, n1, K, tileRows, tileCols, jt, k0, pfTiles, &t) ? W + (size_t)t.r0 * ldw : NULL;
+            const char *pfRow =
+                lb_tile_ahead(n0, n1, K, tileRows, tileCols, jt, k0, pfTiles, &t) ? W + (size_t)t.r0 * ldw * es : NULL;
             for (int j = jt; j < jt1; j += 64) {
                 int width = jt1 - j < 64 ? jt1 - j : 64;
                 int NV = (width + 15) / 16;
@@ -172,12 +195,22 @@ static T512 void gemm_cols_avx512(float *y, int ldy, const float *x, int ldx, in
                 __mmask16 last = (__mmask16)(rem == 16 ? 0xFFFF : (1u << rem) - 1);
                 // The same 64 columns of the tile ahead, if it has them.
                 int pc = t.c0 + (j - jt);
-                const float *pf = pfRow && pc < t.c1 ? pfRow + pc : NULL;
-                int pfCols = t.c1 - pc < 64 ? t.c1 - pc : 64, pfLines = (4 * pfCols + 63) / 64;
+                const char *pf = pfRow && pc < t.c1 ? pfRow + (size_t)pc * es : NULL;
+                int pfCols = t.c1 - pc < 64 ? t.c1 - pc : 64, pfLines = (int)((es * pfCols + 63) / 64);
                 for (int m = 0, g = 0; m < M; m += 6, g++) {
                     int G = M - m < 6 ? M - m : 6;
-                    cols_tile512_any(y + (size_t)m * ldy, ldy, x + (size_t)m * ldx, ldx, G, NV, last, W, ldw, k0, k1, j,
-                                     k0 == 0 && beta0, pf, t.nrows, pfLines, groups, g);
+                    float *ym = y + (size_t)m * ldy;
+                    const float *xm = x + (size_t)m * ldx;
+                    int z = k0 == 0 && beta0;
+                    if (dt == LB_DTYPE_BF16)
+                        cols_tile512_bf16(ym, ldy, xm, ldx, G, NV, last, W, ldw, k0, k1, j, z, pf, t.nrows, pfLines,
+                                          groups, g);
+                    else if (dt == LB_DTYPE_F16)
+                        cols_tile512_f16(ym, ldy, xm, ldx, G, NV, last, W, ldw, k0, k1, j, z, pf, t.nrows, pfLines,
+                                         groups, g);
+                    else
+                        cols_tile512_f32(ym, ldy, xm, ldx, G, NV, last, W, ldw, k0, k1, j, z, pf, t.nrows, pfLines,
+                                         groups, g);
                 }
             }
         }
@@ -187,25 +220,28 @@ static T512 void gemm_cols_avx512(float *y, int ldy, const float *x, int ldx, in
 // ---- AVX-512: rows ------------------------------------------------------
 
 // W rows [r, r + R) × x rows [0, G): the partial sums of gemv_rows_avx512.
-INLINE T512 void rows_tile512(float *y, int ldy, const float *x, int ldx, int G, int R, const float *W, int ldw, int C,
-                              int r, int beta0, const float *pf, int pfEvery, int pfPhase) {
+// W and pf point at bytes, as the cols kernel's (dt: F32, BF16 or F16).
+INLINE T512 void rows_tile512(int dt, float *y, int ldy, const float *x, int ldx, int G, int R, const char *W, int ldw,
+                              int C, int r, int beta0, const char *pf, int pfEvery, int pfPhase) {
+    const size_t es = dt == LB_DTYPE_F32 ? 4 : 2, rowBytes = (size_t)ldw * es;
     __m512 a[4][6];
 #pragma GCC unroll 4
     for (int i = 0; i < R; i++)
 #pragma GCC unroll 6
         for (int g = 0; g < G; g++) a[i][g] = _mm512_setzero_ps();
-    const float *w = W + (size_t)r * ldw;
+    const char *w = W + (size_t)r * rowBytes;
     int c = 0;
     int turn = pfPhase;
     for (; c + 16 <= C; c += 16) {
-        if (pf && turn == 0) {
+        // A 16-bit row's 16 values are half a line: prefetch every other step.
+        if (pf && turn == 0 && ((c * es) & 63) == 0) {
 #pragma GCC unroll 4
-            for (int i = 0; i < 4; i++) _mm_prefetch((const char *)(pf + (size_t)i * ldw + c), _MM_HINT_T1);
+            for (int i = 0; i < 4; i++) _mm_prefetch(pf + i * rowBytes + c * es, _MM_HINT_T1);
         }
         turn = turn == 0 ? pfEvery - 1 : turn - 1;
         __m512 wv[4];
 #pragma GCC unroll 4
-        for (int i = 0; i < R; i++) wv[i] = _mm512_loadu_ps(w + (size_t)i * ldw + c);
+        for (int i = 0; i < R; i++) wv[i] = wload512(dt, w + i * rowBytes + c * es, 0xFFFF);
 #pragma GCC unroll 6
         for (int g = 0; g < G; g++) {
             __m512 xv = _mm512_loadu_ps(x + (size_t)g * ldx + c);
@@ -217,7 +253,7 @@ INLINE T512 void rows_tile512(float *y, int ldy, const float *x, int ldx, int G,
         __mmask16 mk = (__mmask16)((1u << (C - c)) - 1);
         __m512 wv[4];
 #pragma GCC unroll 4
-        for (int i = 0; i < R; i++) wv[i] = _mm512_maskz_loadu_ps(mk, w + (size_t)i * ldw + c);
+        for (int i = 0; i < R; i++) wv[i] = wload512(dt, w + i * rowBytes + c * es, mk);
 #pragma GCC unroll 6
         for (int g = 0; g < G; g++) {
             __m512 xv = _mm512_maskz_loadu_ps(mk, x + (size_t)g * ldx + c);
@@ -235,58 +271,75 @@ INLINE T512 void rows_tile512(float *y, int ldy, const float *x, int ldx, int G,
         }
 }
 
-#define ROWS512_G(R)                                                                                                   \
+#define ROWS512_G(DT, R)                                                                                               \
     switch (G) {                                                                                                       \
     case 6:                                                                                                            \
-        rows_tile512(ym, ldy, xm, ldx, 6, R, W, ldw, C, r, beta0, pf, groups, g);                                      \
+        rows_tile512(DT, ym, ldy, xm, ldx, 6, R, W, ldw, C, r, beta0, pf, groups, g);                                  \
         break;                                                                                                         \
     case 5:                                                                                                            \
-        rows_tile512(ym, ldy, xm, ldx, 5, R, W, ldw, C, r, beta0, pf, groups, g);                                      \
+        rows_tile512(DT, ym, ldy, xm, ldx, 5, R, W, ldw, C, r, beta0, pf, groups, g);                                  \
         break;                                                                                                         \
     case 4:                                                                                                            \
-        rows_tile512(ym, ldy, xm, ldx, 4, R, W, ldw, C, r, beta0, pf, groups, g);                                      \
+        rows_tile512(DT, ym, ldy, xm, ldx, 4, R, W, ldw, C, r, beta0, pf, groups, g);                                  \
         break;                                                                                                         \
     case 3:                                                                                                            \
-        rows_tile512(ym, ldy, xm, ldx, 3, R, W, ldw, C, r, beta0, pf, groups, g);                                      \
+        rows_tile512(DT, ym, ldy, xm, ldx, 3, R, W, ldw, C, r, beta0, pf, groups, g);                                  \
         break;                                                                                                         \
     case 2:                                                                                                            \
-        rows_tile512(ym, ldy, xm, ldx, 2, R, W, ldw, C, r, beta0, pf, groups, g);                                      \
+        rows_tile512(DT, ym, ldy, xm, ldx, 2, R, W, ldw, C, r, beta0, pf, groups, g);                                  \
         break;                                                                                                         \
     default:                                                                                                           \
-        rows_tile512(ym, ldy, xm, ldx, 1, R, W, ldw, C, r, beta0, pf, groups, g);                                      \
+        rows_tile512(DT, ym, ldy, xm, ldx, 1, R, W, ldw, C, r, beta0, pf, groups, g);                                  \
         break;                                                                                                         \
     }
 
-static T512 void gemm_rows_avx512(float *y, int ldy, const float *x, int ldx, int M, const float *W, int C, int ldw,
-                                  int r0, int r1, int beta0) {
-    if (C <= 8) {
+#define ROWS512_ANY(name, DT)                                                                                          \
+    static T512 void name(float *ym, int ldy, const float *xm, int ldx, int G, int R, const char *W, int ldw, int C,   \
+                          int r, int beta0, const char *pf, int groups, int g) {                                       \
+        switch (R) {                                                                                                   \
+        case 4:                                                                                                        \
+            ROWS512_G(DT, 4);                                                                                          \
+            break;                                                                                                     \
+        case 3:                                                                                                        \
+            ROWS512_G(DT, 3);                                                                                          \
+            break;                                                                                                     \
+        case 2:                                                                                                        \
+            ROWS512_G(DT, 2);                                                                                          \
+            break;                                                                                                     \
+        default:                                                                                                       \
+            ROWS512_G(DT, 1);                                                                                          \
+            break;                                                                                                     \
+        }                                                                                                              \
+    }
+ROWS512_ANY(rows_tile512_f32, LB_DTYPE_F32)
+ROWS512_ANY(rows_tile512_bf16, LB_DTYPE_BF16)
+ROWS512_ANY(rows_tile512_f16, LB_DTYPE_F16)
+
+// W: F32, or BF16/F16 (dt) converted in registers; C > 8 unless dt is F32.
+static T512 void gemm_rows_avx512(int dt, float *y, int ldy, const float *x, int ldx, int M, const void *Wv, int C,
+                                  int ldw, int r0, int r1, int beta0) {
+    if (C <= 8 && dt == LB_DTYPE_F32) {
         // gemv.c's narrow rows (LoRA's B at r ≤ 8): row by row, its sums.
         for (int m = 0; m < M; m++)
-            lb_gemv_rows_at(LB_KERNELS_AVX512, y + (size_t)m * ldy, x + (size_t)m * ldx, W, C, ldw, r0, r1, beta0);
+            lb_gemv_rows_at(LB_KERNELS_AVX512, y + (size_t)m * ldy, x + (size_t)m * ldx, Wv, C, ldw, r0, r1, beta0);
         return;
     }
+    const char *W = Wv;
+    const size_t es = dt == LB_DTYPE_F32 ? 4 : 2;
     for (int r = r0; r < r1; r += 4) {
         int R = r1 - r < 4 ? r1 - r : 4;
         int groups = (M + 5) / 6;
-        const float *pf = r + 4 * ROWS_PF_TILES + 4 <= r1 ? W + (size_t)(r + 4 * ROWS_PF_TILES) * ldw : NULL;
+        const char *pf = r + 4 * ROWS_PF_TILES + 4 <= r1 ? W + (size_t)(r + 4 * ROWS_PF_TILES) * ldw * es : NULL;
         for (int m = 0, g = 0; m < M; m += 6, g++) {
             int G = M - m < 6 ? M - m : 6;
             float *ym = y + (size_t)m * ldy;
             const float *xm = x + (size_t)m * ldx;
-            switch (R) {
-            case 4:
-                ROWS512_G(4);
-                break;
-            case 3:
-                ROWS512_G(3);
-                break;
-            case 2:
-                ROWS512_G(2);
-                break;
-            default:
-                ROWS512_G(1);
-                break;
-            }
+            if (dt == LB_DTYPE_BF16)
+                rows_tile512_bf16(ym, ldy, xm, ldx, G, R, W, ldw, C, r, beta0, pf, groups, g);
+            else if (dt == LB_DTYPE_F16)
+                rows_tile512_f16(ym, ldy, xm, ldx, G, R, W, ldw, C, r, beta0, pf, groups, g);
+            else
+                rows_tile512_f32(ym, ldy, xm, ldx, G, R, W, ldw, C, r, beta0, pf, groups, g);
         }
     }
 }
@@ -440,7 +493,7 @@ void lb_gemm_cols_at(int level, float *y, int ldy, const float *x, int ldx, int 
     if (M <= 0 || n1 <= n0) return;
 #if defined(__x86_64__)
     if (level >= LB_KERNELS_AVX512 && lb_cpu_has_avx512()) {
-        gemm_cols_avx512(y, ldy, x, ldx, M, W, K, ldw, n0, n1, beta0);
+        gemm_cols_avx512(LB_DTYPE_F32, y, ldy, x, ldx, M, W, K, ldw, n0, n1, beta0);
         return;
     }
     if (level >= LB_KERNELS_AVX2 && lb_cpu_has_avx2_fma()) {
@@ -457,7 +510,7 @@ void lb_gemm_rows_at(int level, float *y, int ldy, const float *x, int ldx, int 
     if (M <= 0 || r1 <= r0) return;
 #if defined(__x86_64__)
     if (level >= LB_KERNELS_AVX512 && lb_cpu_has_avx512()) {
-        gemm_rows_avx512(y, ldy, x, ldx, M, W, C, ldw, r0, r1, beta0);
+        gemm_rows_avx512(LB_DTYPE_F32, y, ldy, x, ldx, M, W, C, ldw, r0, r1, beta0);
         return;
     }
     if (level >= LB_KERNELS_AVX2 && lb_cpu_has_avx2_fma()) {
@@ -471,17 +524,46 @@ void lb_gemm_rows_at(int level, float *y, int ldy, const float *x, int ldx, int 
 
 // ---- the same on a reduced-precision weight (lowp.c's dtypes) -----------
 //
-// The weight is converted a tile at a time (64 columns × KB rows on the
-// stack; for the rows form, a few whole rows of W in the caller's scratch)
-// right before the rows use it, and the F32 kernels above run on the tile: the same values in the
-// same order as on the whole dequantized weight, so the same bits (and each
-// row equals the dtype's decode kernel, which equals the F32 one on the
-// dequantized weight). The next tile's weights are prefetched while this
-// one is multiplied: without that, converting whole 1 MiB panels first and
-// multiplying them from L2 ran 16 BF16 sequences at 315–326 tok/s, tiles
-// without the prefetch at 307–319, with it at 397–420 (Intel Emerald Rapids).
+// With AVX-512 on AMD CPUs (lb_lowp_in_registers), BF16 and F16 weights go
+// through the kernels above, which convert each vector of 16 weights to F32
+// in registers as they load it (exactly: the same values, the same sums,
+// the same bits as the F32 kernels on the dequantized weight), with the F32
+// tiles and prefetches.
+// Otherwise (Q8_0, AVX2, baseline) the weight is converted a tile at a time
+// (64 columns × KB rows on the stack; for the rows form, a few whole rows of
+// W in the caller's scratch) right before the rows use it, and the F32
+// kernels run on the tile, with the same result. The next tile's weights
+// are prefetched while this one is multiplied: without that, converting
+// whole 1 MiB panels first and multiplying them from L2 ran 16 BF16
+// sequences at 315–326 tok/s, tiles without the prefetch at 307–319, with
+// it at 397–420 (Intel Emerald Rapids). On the AMD EPYC (Zen 4: one 512-bit
+// FMA a cycle, 32 KiB L1) the tiles' conversion did not overlap the
+// arithmetic: the 48 block products for 16 rows took 72 ms on 2 threads
+// against F32's 22 (a C microbenchmark), in registers 19–21 ms; `lora bench
+// engine --dtype bf16`, 16 distinct adapters: 212–239 → 345–391 tok/s.
+// On Intel the tiles stay until the same is measured there: its second
+// 512-bit FMA port also runs the conversion's shuffle, so converting in
+// registers (once per group of 6 rows instead of once a tile) may cost more
+// than it saves.
 
 enum { LOWP_TILE_COLS = 64 };
+
+static _Atomic int lowp_registers_override = -1;
+
+void lb_set_lowp_in_registers(int v) {
+    lowp_registers_override = v < 0 ? -1 : v != 0;
+}
+
+int lb_lowp_in_registers(void) {
+    int v = lowp_registers_override;
+    if (v >= 0) return v;
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    return __builtin_cpu_is("amd") && lb_cpu_has_avx512();
+#else
+    return 0;
+#endif
+}
 
 // Prefetches rows [k0, k0 + kb) × LOWP_TILE_COLS columns from j of a
 // row-major weight of `es`-byte values and row length ldw.
@@ -499,6 +581,13 @@ static void prefetch_tile(const void *W, size_t es, int ldw, int k0, int kb, int
 void lb_gemm_cols_lowp_at(int level, int dtype, int cols_layout, float *y, int ldy, const float *x, int ldx, int M,
                           const void *W, const uint16_t *d, int K, int ldw, int n0, int n1, int beta0) {
     if (M <= 0 || n1 <= n0) return;
+#if defined(__x86_64__)
+    if (level >= LB_KERNELS_AVX512 && lb_cpu_has_avx512() && (dtype == LB_DTYPE_BF16 || dtype == LB_DTYPE_F16) &&
+        lb_lowp_in_registers()) {
+        gemm_cols_avx512(dtype, y, ldy, x, ldx, M, W, K, ldw, n0, n1, beta0);
+        return;
+    }
+#endif
     float tile[KB * LOWP_TILE_COLS] __attribute__((aligned(64)));
     size_t es = dtype == LB_DTYPE_Q8_0 ? 1 : 2;
     for (int j = n0; j < n1; j += LOWP_TILE_COLS) {
@@ -520,6 +609,13 @@ void lb_gemm_rows_lowp_at(int level, int dtype, int cols_layout, float *y, int l
                           const void *W, const uint16_t *d, int C, int r0, int r1, int beta0, float *tile,
                           size_t tileFloats) {
     if (M <= 0 || r1 <= r0 || C <= 0 || tileFloats < (size_t)C) return;
+#if defined(__x86_64__)
+    if (level >= LB_KERNELS_AVX512 && lb_cpu_has_avx512() && C > 8 &&
+        (dtype == LB_DTYPE_BF16 || dtype == LB_DTYPE_F16) && lb_lowp_in_registers()) {
+        gemm_rows_avx512(dtype, y, ldy, x, ldx, M, W, C, C, r0, r1, beta0);
+        return;
+    }
+#endif
     // A few whole rows at a time, 24 KiB (8 of the LM head's 768 values).
     size_t fit = tileFloats / (size_t)C, want = (size_t)LB_ROWS_TILE_FLOATS / (size_t)C;
     int rows = (int)(want < 1 ? 1 : want < fit ? want : fit);

@@ -8,7 +8,7 @@ import Testing
 /// own Float16 and the bit definition of BF16, ggml's Q8_0 rule, and the
 /// matrix–vector kernels against the F32 kernels on the dequantized weights,
 /// which they must equal bit for bit.
-@Suite struct LowPrecisionKernelTests {
+@Suite(.serialized) struct LowPrecisionKernelTests {
     static let dtypes: [Int32] = [LB_DTYPE_BF16, LB_DTYPE_F16, LB_DTYPE_Q8_0]
 
     @Test func f16ConversionsAreSwiftsFloat16() {
@@ -196,11 +196,15 @@ import Testing
     /// Few-row products on tiles converted just before use equal the F32
     /// few-row kernels on the whole dequantized weight, bit for bit, at every
     /// level, in both layouts, over column or row windows and K not a
-    /// multiple of the tile (so each row's numbers are its decode result).
-    @Test func fewRowProductsOnTilesEqualTheDequantizedWeightsAtEveryLevel() {
+    /// multiple of the tile (so each row's numbers are its decode result);
+    /// BF16 and F16 also converted in the kernels' registers (AVX-512; the
+    /// choice on AMD CPUs), at up to 32 rows of x (wide tiles) and above.
+    @Test(arguments: [7, 40], [0, 1])
+    func fewRowProductsOnTilesEqualTheDequantizedWeightsAtEveryLevel(M: Int, inRegisters: Int32) {
+        lb_set_lowp_in_registers(inRegisters)
+        defer { lb_set_lowp_in_registers(-1) }
         var rng = SplitMix64(seed: 26)
         let levels: [Int32] = [LB_KERNELS_BASELINE, LB_KERNELS_AVX2, LB_KERNELS_AVX512].filter { lb_kernels_for($0) != nil }
-        let M = 7
         for (R, C) in [(130, 70), (9, 200)] {
             let w = (0..<(R * C)).map { _ in (rng.nextFloat() - 0.5) * 0.4 }
             for dtype in Self.dtypes {
