@@ -124,7 +124,12 @@ import Testing
         return (raw, d, f)
     }
 
-    @Test func kernelsEqualF32OnDequantizedWeights() {
+    /// Also with BF16/F16 converted in the few-row kernels' registers (the
+    /// wide decode products' path on AMD CPUs).
+    @Test(arguments: [0, 1] as [Int32])
+    func kernelsEqualF32OnDequantizedWeights(inRegisters: Int32) {
+        lb_set_lowp_in_registers(inRegisters)
+        defer { lb_set_lowp_in_registers(-1) }
         var rng = SplitMix64(seed: 24)
         let levels: [Int32] = [LB_KERNELS_BASELINE, LB_KERNELS_AVX2, LB_KERNELS_AVX512].filter { lb_kernels_for($0) != nil }
         for (K, N) in [(1, 1), (9, 7), (70, 8), (40, 33), (96, 300), (768, 2304 / 8), (100, 2_500), (40, 4_500)] {
