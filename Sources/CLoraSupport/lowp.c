@@ -698,7 +698,7 @@ void lb_gemv_cols_lowp(int level, int dtype, float *y, const float *x, const voi
     // On AMD, wide BF16/F16 products run gemm_small.c's tiles of 32 rows ×
     // 512 columns on this one row, converting in registers (the same sums
     // in the same order, as F32 decode does): the 48 block products of one
-    // row on 2 threads 11.1–13.5 → 7.0–9.0 ms (AMD EPYC, Zen 4, C
+    // row on 2 threads 11.1–13.5 → 7.0–9.8 ms (AMD EPYC, Zen 4, C
     // microbenchmark). On Intel the same tiles decoded bf16/f16 5–8%
     // slower (the AMX machine, see lcols_q8), so it keeps these blocks.
     if (level >= LB_KERNELS_AVX512 && (dtype == LB_DTYPE_BF16 || dtype == LB_DTYPE_F16) && K >= 64 && n1 - n0 >= 512 &&
