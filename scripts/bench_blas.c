@@ -118,15 +118,46 @@ static float *random_floats(size_t n, unsigned seed) {
     return p;
 }
 
+static int name_in(const char *s, const char *const *list) {
+    for (; *list; list++)
+        if (strcmp(s, *list) == 0) return 1;
+    return 0;
+}
+
+// The same rule as liblora's lb_preferred_core (CLoraSupport/blas.c).
+static const char *preferred_core(const char *reported) {
+    static const char *const avx512_cores[] = {"SkylakeX", "Cooperlake", "SapphireRapids", NULL};
+    static const char *const avx2_cores[] = {"Haswell", "Zen", "SkylakeX", "Cooperlake", "SapphireRapids", NULL};
+    if (reported == NULL) return NULL;
+    __builtin_cpu_init();
+    int avx512 = __builtin_cpu_supports("avx512f"),
+        avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (avx512 && !name_in(reported, avx512_cores)) return "SkylakeX";
+    if (!avx512 && avx2 && !name_in(reported, avx2_cores)) return "Haswell";
+    return NULL;
+}
+
 static int load(lib_t *l, const char *name) {
     memset(l, 0, sizeof *l);
     l->name = name;
     void *h;
     if (strcmp(name, "openblas") == 0) {
         if (!(h = dlopen("libopenblas.so.0", RTLD_NOW | RTLD_LOCAL))) return 0;
+        l->openblas_core = (char *(*)(void))dlsym(h, "openblas_get_corename");
+        // The kernels liblora runs: where OPENBLAS_CORETYPE is unset and
+        // OpenBLAS misdetects the CPU, liblora reloads it with the core
+        // lb_preferred_core picks (blas.c); so does this benchmark.
+        const char *want = preferred_core(l->openblas_core ? l->openblas_core() : NULL);
+        if (want && !getenv("OPENBLAS_CORETYPE")) {
+            dlclose(h);
+            setenv("OPENBLAS_CORETYPE", want, 1);
+            h = dlopen("libopenblas.so.0", RTLD_NOW | RTLD_LOCAL);
+            unsetenv("OPENBLAS_CORETYPE");
+            if (!h) return 0;
+            l->openblas_core = (char *(*)(void))dlsym(h, "openblas_get_corename");
+        }
         l->cblas = (cblas_sgemm_fn *)dlsym(h, "cblas_sgemm");
         l->set_threads = (void (*)(int))dlsym(h, "openblas_set_num_threads");
-        l->openblas_core = (char *(*)(void))dlsym(h, "openblas_get_corename");
     } else if (strcmp(name, "blis") == 0) {
         if (!(h = dlopen("libblis.so.4", RTLD_NOW | RTLD_LOCAL))) return 0;
         l->cblas = (cblas_sgemm_fn *)dlsym(h, "cblas_sgemm");
