@@ -45,7 +45,7 @@
 
 #if defined(__x86_64__)
 
-#define T512   __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")))
+#define T512   __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")))
 #define T256   __attribute__((target("avx2,fma")))
 #define INLINE __attribute__((always_inline)) static inline
 
@@ -73,10 +73,26 @@ INLINE T512 __m512 wload512(int dt, const char *p, __mmask16 m) {
     return _mm512_maskz_loadu_ps(m, (const float *)p);
 }
 
+// Q8_0: 16 int8 weights as F32 (their scale applied by the caller).
+INLINE T512 __m512 q8load512(const char *p, __mmask16 m) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)));
+}
+
+// Bytes per weight value of a dtype the kernels below read.
+INLINE size_t wbytes(int dt) {
+    return dt == LB_DTYPE_F32 ? 4 : dt == LB_DTYPE_Q8_0 ? 1 : 2;
+}
+
+// Q8_0 (cols layout: int8 W[k, n], F16 scale d[k / 32, n], ldw apart) goes
+// a block of 32 rows at a time: the block's scales are converted once into
+// sc (memory operands: with 24 sums and 4 weight vectors in registers there
+// is no room for them), and each weight is q · d as the dequantized matrix
+// holds it (exact in F32), so the sums are the F32 kernel's on that matrix.
 INLINE T512 void cols_tile512(int dt, float *y, int ldy, const float *x, int ldx, int G, int NV, __mmask16 last,
-                              const char *W, int ldw, int k0, int k1, int j, int fromZero, const char *pf, int pfRows,
-                              int pfLines, int pfEvery, int pfPhase) {
-    const size_t es = dt == LB_DTYPE_F32 ? 4 : 2, rowBytes = (size_t)ldw * es;
+                              const char *W, const uint16_t *d, int ldw, int k0, int k1, int j, int fromZero,
+                              const char *pf, int pfRows, int pfLines, int pfEvery, int pfPhase) {
+    const size_t es = wbytes(dt), rowBytes = (size_t)ldw * es;
+    float sc[4][16] __attribute__((aligned(64)));
     __m512 a[6][4];
 #pragma GCC unroll 6
     for (int g = 0; g < G; g++)
@@ -88,6 +104,12 @@ INLINE T512 void cols_tile512(int dt, float *y, int ldy, const float *x, int ldx
     const char *p = W + ((size_t)k0 * ldw + j) * es;
     int turn = pfPhase;
     for (int k = k0; k < k1; k++, p += rowBytes) {
+        if (dt == LB_DTYPE_Q8_0 && (k == k0 || k % 32 == 0)) {
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++)
+                _mm512_store_ps(sc[v], _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
+                                           v == NV - 1 ? last : 0xFFFF, d + (size_t)(k / 32) * ldw + j + 16 * v)));
+        }
         // Every group prefetches its share of the tile ahead's rows, so the
         // memory reads overlap all groups' arithmetic.
         if (pf && turn == 0 && k - k0 < pfRows) {
@@ -100,7 +122,10 @@ INLINE T512 void cols_tile512(int dt, float *y, int ldy, const float *x, int ldx
         turn = turn == 0 ? pfEvery - 1 : turn - 1;
         __m512 w[4];
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; v++) w[v] = wload512(dt, p + 16 * es * v, v == NV - 1 ? last : 0xFFFF);
+        for (int v = 0; v < NV; v++)
+            w[v] = dt == LB_DTYPE_Q8_0
+                       ? _mm512_mul_ps(q8load512(p + 16 * v, v == NV - 1 ? last : 0xFFFF), _mm512_load_ps(sc[v]))
+                       : wload512(dt, p + 16 * es * v, v == NV - 1 ? last : 0xFFFF);
 #pragma GCC unroll 6
         for (int g = 0; g < G; g++) {
             __m512 xv = _mm512_set1_ps(x[(size_t)g * ldx + k]);
@@ -118,35 +143,35 @@ INLINE T512 void cols_tile512(int dt, float *y, int ldy, const float *x, int ldx
 #define COLS512_G(DT, NV)                                                                                              \
     switch (G) {                                                                                                       \
     case 6:                                                                                                            \
-        cols_tile512(DT, y, ldy, x, ldx, 6, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfRows, pfLines, pfEvery,       \
+        cols_tile512(DT, y, ldy, x, ldx, 6, NV, last, W, d, ldw, k0, k1, j, fromZero, pf, pfRows, pfLines, pfEvery,    \
                      pfPhase);                                                                                         \
         break;                                                                                                         \
     case 5:                                                                                                            \
-        cols_tile512(DT, y, ldy, x, ldx, 5, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfRows, pfLines, pfEvery,       \
+        cols_tile512(DT, y, ldy, x, ldx, 5, NV, last, W, d, ldw, k0, k1, j, fromZero, pf, pfRows, pfLines, pfEvery,    \
                      pfPhase);                                                                                         \
         break;                                                                                                         \
     case 4:                                                                                                            \
-        cols_tile512(DT, y, ldy, x, ldx, 4, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfRows, pfLines, pfEvery,       \
+        cols_tile512(DT, y, ldy, x, ldx, 4, NV, last, W, d, ldw, k0, k1, j, fromZero, pf, pfRows, pfLines, pfEvery,    \
                      pfPhase);                                                                                         \
         break;                                                                                                         \
     case 3:                                                                                                            \
-        cols_tile512(DT, y, ldy, x, ldx, 3, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfRows, pfLines, pfEvery,       \
+        cols_tile512(DT, y, ldy, x, ldx, 3, NV, last, W, d, ldw, k0, k1, j, fromZero, pf, pfRows, pfLines, pfEvery,    \
                      pfPhase);                                                                                         \
         break;                                                                                                         \
     case 2:                                                                                                            \
-        cols_tile512(DT, y, ldy, x, ldx, 2, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfRows, pfLines, pfEvery,       \
+        cols_tile512(DT, y, ldy, x, ldx, 2, NV, last, W, d, ldw, k0, k1, j, fromZero, pf, pfRows, pfLines, pfEvery,    \
                      pfPhase);                                                                                         \
         break;                                                                                                         \
     default:                                                                                                           \
-        cols_tile512(DT, y, ldy, x, ldx, 1, NV, last, W, ldw, k0, k1, j, fromZero, pf, pfRows, pfLines, pfEvery,       \
+        cols_tile512(DT, y, ldy, x, ldx, 1, NV, last, W, d, ldw, k0, k1, j, fromZero, pf, pfRows, pfLines, pfEvery,    \
                      pfPhase);                                                                                         \
         break;                                                                                                         \
     }
 
 #define COLS512_ANY(name, DT)                                                                                          \
     static T512 void name(float *y, int ldy, const float *x, int ldx, int G, int NV, __mmask16 last, const char *W,    \
-                          int ldw, int k0, int k1, int j, int fromZero, const char *pf, int pfRows, int pfLines,       \
-                          int pfEvery, int pfPhase) {                                                                  \
+                          const uint16_t *d, int ldw, int k0, int k1, int j, int fromZero, const char *pf, int pfRows, \
+                          int pfLines, int pfEvery, int pfPhase) {                                                     \
         switch (NV) {                                                                                                  \
         case 4:                                                                                                        \
             COLS512_G(DT, 4);                                                                                          \
@@ -165,6 +190,7 @@ INLINE T512 void cols_tile512(int dt, float *y, int ldy, const float *x, int ldx
 COLS512_ANY(cols_tile512_f32, LB_DTYPE_F32)
 COLS512_ANY(cols_tile512_bf16, LB_DTYPE_BF16)
 COLS512_ANY(cols_tile512_f16, LB_DTYPE_F16)
+COLS512_ANY(cols_tile512_q8, LB_DTYPE_Q8_0)
 
 // Tiles of W in column strips, top to bottom; in each tile, 64 columns at a
 // time stay in L1 while the groups of rows pass over them, and each tile
@@ -173,10 +199,10 @@ COLS512_ANY(cols_tile512_f16, LB_DTYPE_F16)
 // COLS_TILE_COLS, COLS_PF_TILES ahead); with more rows, where the
 // arithmetic does, strips of 64 columns in blocks of KB rows, the next one
 // prefetched.
-static T512 void gemm_cols_avx512(int dt, float *y, int ldy, const float *x, int ldx, int M, const void *Wv, int K,
-                                  int ldw, int n0, int n1, int beta0) {
+static T512 void gemm_cols_avx512(int dt, float *y, int ldy, const float *x, int ldx, int M, const void *Wv,
+                                  const uint16_t *d, int K, int ldw, int n0, int n1, int beta0) {
     const char *W = Wv;
-    const size_t es = dt == LB_DTYPE_F32 ? 4 : 2;
+    const size_t es = wbytes(dt);
     int wide = M <= COLS_WIDE_MAX_M;
     int tileRows = wide ? COLS_TILE_ROWS : KB, tileCols = wide ? COLS_TILE_COLS : 64;
     int pfTiles = wide ? COLS_PF_TILES : 1;
@@ -203,13 +229,16 @@ static T512 void gemm_cols_avx512(int dt, float *y, int ldy, const float *x, int
                     const float *xm = x + (size_t)m * ldx;
                     int z = k0 == 0 && beta0;
                     if (dt == LB_DTYPE_BF16)
-                        cols_tile512_bf16(ym, ldy, xm, ldx, G, NV, last, W, ldw, k0, k1, j, z, pf, t.nrows, pfLines,
+                        cols_tile512_bf16(ym, ldy, xm, ldx, G, NV, last, W, d, ldw, k0, k1, j, z, pf, t.nrows, pfLines,
                                           groups, g);
                     else if (dt == LB_DTYPE_F16)
-                        cols_tile512_f16(ym, ldy, xm, ldx, G, NV, last, W, ldw, k0, k1, j, z, pf, t.nrows, pfLines,
+                        cols_tile512_f16(ym, ldy, xm, ldx, G, NV, last, W, d, ldw, k0, k1, j, z, pf, t.nrows, pfLines,
                                          groups, g);
+                    else if (dt == LB_DTYPE_Q8_0)
+                        cols_tile512_q8(ym, ldy, xm, ldx, G, NV, last, W, d, ldw, k0, k1, j, z, pf, t.nrows, pfLines,
+                                        groups, g);
                     else
-                        cols_tile512_f32(ym, ldy, xm, ldx, G, NV, last, W, ldw, k0, k1, j, z, pf, t.nrows, pfLines,
+                        cols_tile512_f32(ym, ldy, xm, ldx, G, NV, last, W, d, ldw, k0, k1, j, z, pf, t.nrows, pfLines,
                                          groups, g);
                 }
             }
@@ -221,9 +250,17 @@ static T512 void gemm_cols_avx512(int dt, float *y, int ldy, const float *x, int
 
 // W rows [r, r + R) × x rows [0, G): the partial sums of gemv_rows_avx512.
 // W and pf point at bytes, as the cols kernel's (dt: F32, BF16 or F16).
+// Q8_0 (rows layout: int8 W[r, c], scales d[r, c / 32]): scl holds the R
+// rows' scales as F32, ncb apart, each weight q · d as dequantized.
+INLINE T512 __m512 rload512(int dt, const char *p, const float *scl, int ncb, int i, int c, __mmask16 m) {
+    if (dt == LB_DTYPE_Q8_0) return _mm512_mul_ps(q8load512(p, m), _mm512_set1_ps(scl[i * ncb + (c >> 5)]));
+    return wload512(dt, p, m);
+}
+
 INLINE T512 void rows_tile512(int dt, float *y, int ldy, const float *x, int ldx, int G, int R, const char *W, int ldw,
-                              int C, int r, int beta0, const char *pf, int pfEvery, int pfPhase) {
-    const size_t es = dt == LB_DTYPE_F32 ? 4 : 2, rowBytes = (size_t)ldw * es;
+                              const float *scl, int ncb, int C, int r, int beta0, const char *pf, int pfEvery,
+                              int pfPhase) {
+    const size_t es = wbytes(dt), rowBytes = (size_t)ldw * es;
     __m512 a[4][6];
 #pragma GCC unroll 4
     for (int i = 0; i < R; i++)
@@ -233,7 +270,8 @@ INLINE T512 void rows_tile512(int dt, float *y, int ldy, const float *x, int ldx
     int c = 0;
     int turn = pfPhase;
     for (; c + 16 <= C; c += 16) {
-        // A 16-bit row's 16 values are half a line: prefetch every other step.
+        // A 16-bit row's 16 values are half a line (an 8-bit one's a
+        // quarter): prefetch once a line.
         if (pf && turn == 0 && ((c * es) & 63) == 0) {
 #pragma GCC unroll 4
             for (int i = 0; i < 4; i++) _mm_prefetch(pf + i * rowBytes + c * es, _MM_HINT_T1);
@@ -241,7 +279,7 @@ INLINE T512 void rows_tile512(int dt, float *y, int ldy, const float *x, int ldx
         turn = turn == 0 ? pfEvery - 1 : turn - 1;
         __m512 wv[4];
 #pragma GCC unroll 4
-        for (int i = 0; i < R; i++) wv[i] = wload512(dt, w + i * rowBytes + c * es, 0xFFFF);
+        for (int i = 0; i < R; i++) wv[i] = rload512(dt, w + i * rowBytes + c * es, scl, ncb, i, c, 0xFFFF);
 #pragma GCC unroll 6
         for (int g = 0; g < G; g++) {
             __m512 xv = _mm512_loadu_ps(x + (size_t)g * ldx + c);
@@ -253,7 +291,7 @@ INLINE T512 void rows_tile512(int dt, float *y, int ldy, const float *x, int ldx
         __mmask16 mk = (__mmask16)((1u << (C - c)) - 1);
         __m512 wv[4];
 #pragma GCC unroll 4
-        for (int i = 0; i < R; i++) wv[i] = wload512(dt, w + i * rowBytes + c * es, mk);
+        for (int i = 0; i < R; i++) wv[i] = rload512(dt, w + i * rowBytes + c * es, scl, ncb, i, c, mk);
 #pragma GCC unroll 6
         for (int g = 0; g < G; g++) {
             __m512 xv = _mm512_maskz_loadu_ps(mk, x + (size_t)g * ldx + c);
@@ -274,28 +312,28 @@ INLINE T512 void rows_tile512(int dt, float *y, int ldy, const float *x, int ldx
 #define ROWS512_G(DT, R)                                                                                               \
     switch (G) {                                                                                                       \
     case 6:                                                                                                            \
-        rows_tile512(DT, ym, ldy, xm, ldx, 6, R, W, ldw, C, r, beta0, pf, groups, g);                                  \
+        rows_tile512(DT, ym, ldy, xm, ldx, 6, R, W, ldw, scl, ncb, C, r, beta0, pf, groups, g);                        \
         break;                                                                                                         \
     case 5:                                                                                                            \
-        rows_tile512(DT, ym, ldy, xm, ldx, 5, R, W, ldw, C, r, beta0, pf, groups, g);                                  \
+        rows_tile512(DT, ym, ldy, xm, ldx, 5, R, W, ldw, scl, ncb, C, r, beta0, pf, groups, g);                        \
         break;                                                                                                         \
     case 4:                                                                                                            \
-        rows_tile512(DT, ym, ldy, xm, ldx, 4, R, W, ldw, C, r, beta0, pf, groups, g);                                  \
+        rows_tile512(DT, ym, ldy, xm, ldx, 4, R, W, ldw, scl, ncb, C, r, beta0, pf, groups, g);                        \
         break;                                                                                                         \
     case 3:                                                                                                            \
-        rows_tile512(DT, ym, ldy, xm, ldx, 3, R, W, ldw, C, r, beta0, pf, groups, g);                                  \
+        rows_tile512(DT, ym, ldy, xm, ldx, 3, R, W, ldw, scl, ncb, C, r, beta0, pf, groups, g);                        \
         break;                                                                                                         \
     case 2:                                                                                                            \
-        rows_tile512(DT, ym, ldy, xm, ldx, 2, R, W, ldw, C, r, beta0, pf, groups, g);                                  \
+        rows_tile512(DT, ym, ldy, xm, ldx, 2, R, W, ldw, scl, ncb, C, r, beta0, pf, groups, g);                        \
         break;                                                                                                         \
     default:                                                                                                           \
-        rows_tile512(DT, ym, ldy, xm, ldx, 1, R, W, ldw, C, r, beta0, pf, groups, g);                                  \
+        rows_tile512(DT, ym, ldy, xm, ldx, 1, R, W, ldw, scl, ncb, C, r, beta0, pf, groups, g);                        \
         break;                                                                                                         \
     }
 
 #define ROWS512_ANY(name, DT)                                                                                          \
-    static T512 void name(float *ym, int ldy, const float *xm, int ldx, int G, int R, const char *W, int ldw, int C,   \
-                          int r, int beta0, const char *pf, int groups, int g) {                                       \
+    static T512 void name(float *ym, int ldy, const float *xm, int ldx, int G, int R, const char *W, int ldw,          \
+                          const float *scl, int ncb, int C, int r, int beta0, const char *pf, int groups, int g) {     \
         switch (R) {                                                                                                   \
         case 4:                                                                                                        \
             ROWS512_G(DT, 4);                                                                                          \
@@ -314,10 +352,13 @@ INLINE T512 void rows_tile512(int dt, float *y, int ldy, const float *x, int ldx
 ROWS512_ANY(rows_tile512_f32, LB_DTYPE_F32)
 ROWS512_ANY(rows_tile512_bf16, LB_DTYPE_BF16)
 ROWS512_ANY(rows_tile512_f16, LB_DTYPE_F16)
+ROWS512_ANY(rows_tile512_q8, LB_DTYPE_Q8_0)
 
-// W: F32, or BF16/F16 (dt) converted in registers; C > 8 unless dt is F32.
-static T512 void gemm_rows_avx512(int dt, float *y, int ldy, const float *x, int ldx, int M, const void *Wv, int C,
-                                  int ldw, int r0, int r1, int beta0) {
+// W: F32, or BF16/F16/Q8_0 (dt) converted in registers; C > 8 unless dt is
+// F32; for Q8_0 (rows layout, scales d) at most ROWS_Q8_MAX_BLOCKS blocks a row.
+enum { ROWS_Q8_MAX_BLOCKS = 256 };
+static T512 void gemm_rows_avx512(int dt, float *y, int ldy, const float *x, int ldx, int M, const void *Wv,
+                                  const uint16_t *d, int C, int ldw, int r0, int r1, int beta0) {
     if (C <= 8 && dt == LB_DTYPE_F32) {
         // gemv.c's narrow rows (LoRA's B at r ≤ 8): row by row, its sums.
         for (int m = 0; m < M; m++)
@@ -325,9 +366,14 @@ static T512 void gemm_rows_avx512(int dt, float *y, int ldy, const float *x, int
         return;
     }
     const char *W = Wv;
-    const size_t es = dt == LB_DTYPE_F32 ? 4 : 2;
+    const size_t es = wbytes(dt);
+    const int ncb = (C + 31) / 32;
+    float scl[4 * ROWS_Q8_MAX_BLOCKS];
     for (int r = r0; r < r1; r += 4) {
         int R = r1 - r < 4 ? r1 - r : 4;
+        if (dt == LB_DTYPE_Q8_0)
+            for (int i = 0; i < R; i++)
+                for (int b = 0; b < ncb; b++) scl[i * ncb + b] = _cvtsh_ss(d[(size_t)(r + i) * ncb + b]);
         int groups = (M + 5) / 6;
         const char *pf = r + 4 * ROWS_PF_TILES + 4 <= r1 ? W + (size_t)(r + 4 * ROWS_PF_TILES) * ldw * es : NULL;
         for (int m = 0, g = 0; m < M; m += 6, g++) {
@@ -335,11 +381,13 @@ static T512 void gemm_rows_avx512(int dt, float *y, int ldy, const float *x, int
             float *ym = y + (size_t)m * ldy;
             const float *xm = x + (size_t)m * ldx;
             if (dt == LB_DTYPE_BF16)
-                rows_tile512_bf16(ym, ldy, xm, ldx, G, R, W, ldw, C, r, beta0, pf, groups, g);
+                rows_tile512_bf16(ym, ldy, xm, ldx, G, R, W, ldw, scl, ncb, C, r, beta0, pf, groups, g);
             else if (dt == LB_DTYPE_F16)
-                rows_tile512_f16(ym, ldy, xm, ldx, G, R, W, ldw, C, r, beta0, pf, groups, g);
+                rows_tile512_f16(ym, ldy, xm, ldx, G, R, W, ldw, scl, ncb, C, r, beta0, pf, groups, g);
+            else if (dt == LB_DTYPE_Q8_0)
+                rows_tile512_q8(ym, ldy, xm, ldx, G, R, W, ldw, scl, ncb, C, r, beta0, pf, groups, g);
             else
-                rows_tile512_f32(ym, ldy, xm, ldx, G, R, W, ldw, C, r, beta0, pf, groups, g);
+                rows_tile512_f32(ym, ldy, xm, ldx, G, R, W, ldw, scl, ncb, C, r, beta0, pf, groups, g);
         }
     }
 }
@@ -493,7 +541,7 @@ void lb_gemm_cols_at(int level, float *y, int ldy, const float *x, int ldx, int 
     if (M <= 0 || n1 <= n0) return;
 #if defined(__x86_64__)
     if (level >= LB_KERNELS_AVX512 && lb_cpu_has_avx512()) {
-        gemm_cols_avx512(LB_DTYPE_F32, y, ldy, x, ldx, M, W, K, ldw, n0, n1, beta0);
+        gemm_cols_avx512(LB_DTYPE_F32, y, ldy, x, ldx, M, W, NULL, K, ldw, n0, n1, beta0);
         return;
     }
     if (level >= LB_KERNELS_AVX2 && lb_cpu_has_avx2_fma()) {
@@ -510,7 +558,7 @@ void lb_gemm_rows_at(int level, float *y, int ldy, const float *x, int ldx, int 
     if (M <= 0 || r1 <= r0) return;
 #if defined(__x86_64__)
     if (level >= LB_KERNELS_AVX512 && lb_cpu_has_avx512()) {
-        gemm_rows_avx512(LB_DTYPE_F32, y, ldy, x, ldx, M, W, C, ldw, r0, r1, beta0);
+        gemm_rows_avx512(LB_DTYPE_F32, y, ldy, x, ldx, M, W, NULL, C, ldw, r0, r1, beta0);
         return;
     }
     if (level >= LB_KERNELS_AVX2 && lb_cpu_has_avx2_fma()) {
@@ -524,27 +572,33 @@ void lb_gemm_rows_at(int level, float *y, int ldy, const float *x, int ldx, int 
 
 // ---- the same on a reduced-precision weight (lowp.c's dtypes) -----------
 //
-// With AVX-512 on AMD CPUs (lb_lowp_in_registers), BF16 and F16 weights go
-// through the kernels above, which convert each vector of 16 weights to F32
-// in registers as they load it (exactly: the same values, the same sums,
-// the same bits as the F32 kernels on the dequantized weight), with the F32
-// tiles and prefetches.
-// Otherwise (Q8_0, AVX2, baseline) the weight is converted a tile at a time
-// (64 columns × KB rows on the stack; for the rows form, a few whole rows of
-// W in the caller's scratch) right before the rows use it, and the F32
-// kernels run on the tile, with the same result. The next tile's weights
-// are prefetched while this one is multiplied: without that, converting
-// whole 1 MiB panels first and multiplying them from L2 ran 16 BF16
-// sequences at 315–326 tok/s, tiles without the prefetch at 307–319, with
-// it at 397–420 (Intel Emerald Rapids). On the AMD EPYC (Zen 4: one 512-bit
-// FMA a cycle, 32 KiB L1) the tiles' conversion did not overlap the
-// arithmetic: the 48 block products for 16 rows took 72 ms on 2 threads
-// against F32's 22 (a C microbenchmark), in registers 19–21 ms; `lora bench
-// engine --dtype bf16`, 16 distinct adapters: 212–239 → 345–391 tok/s.
-// On Intel the tiles stay until the same is measured there: its second
-// 512-bit FMA port also runs the conversion's shuffle, so converting in
-// registers (once per group of 6 rows instead of once a tile) may cost more
-// than it saves.
+// With AVX-512 (lb_lowp_in_registers), BF16 and F16 weights, and Q8_0 in
+// the layout of its product (scales along the sum: cols layout for the cols
+// form, rows layout for the rows form), go through the kernels above, which
+// convert each vector of 16 weights to F32 in registers as they load it
+// (exactly: the same values, the same sums, the same bits as the F32
+// kernels on the dequantized weight), with the F32 tiles and prefetches.
+// Otherwise (AVX2, baseline, Q8_0 in the other layout) the weight is
+// converted a tile at a time (64 columns × KB rows on the stack; for the
+// rows form, a few whole rows of W in the caller's scratch) right before the
+// rows use it, and the F32 kernels run on the tile, with the same result.
+// The next tile's weights are prefetched while this one is multiplied:
+// without that, converting whole 1 MiB panels first and multiplying them
+// from L2 ran 16 BF16 sequences at 315–326 tok/s, tiles without the
+// prefetch at 307–319, with it at 397–420 (Intel Emerald Rapids).
+// The tiles' conversion does not overlap the arithmetic well: on the AMD
+// EPYC (Zen 4: one 512-bit FMA a cycle, 32 KiB L1) the 48 block products for
+// 16 rows took 72 ms on 2 threads against F32's 22 (a C microbenchmark), in
+// registers 19–21 ms; `lora bench engine --dtype bf16`, 16 distinct
+// adapters: 212–239 → 345–391 tok/s. On Intel Emerald Rapids (2026-12-02, a
+// slow hour of the host; the same microbenchmark with the LM head's rows,
+// medians of 9–15 alternating runs, tiles → registers): the 48 block
+// products for 16 rows bf16 67 → 37 ms, f16 55 → 32, q8_0 35 → 32; the
+// head bf16 17.5 → 10.8, f16 14.2 → 9.5, q8_0 13.1 → 10.8. At 80 rows (a
+// prompt joining 16 busy sequences) bf16 112 → 109 ms, f16 103 → 97, but
+// q8_0 83 → 106: its conversion (two conversions and a product a vector,
+// once per group of 6 rows) then costs more than the tile's, so Q8_0 goes
+// in registers only up to COLS_WIDE_MAX_M rows.
 
 enum { LOWP_TILE_COLS = 64 };
 
@@ -555,6 +609,16 @@ void lb_set_lowp_in_registers(int v) {
 }
 
 int lb_lowp_in_registers(void) {
+    int v = lowp_registers_override;
+    if (v >= 0) return v;
+#if defined(__x86_64__)
+    return lb_cpu_has_avx512();
+#else
+    return 0;
+#endif
+}
+
+int lb_lowp_wide_decode(void) {
     int v = lowp_registers_override;
     if (v >= 0) return v;
 #if defined(__x86_64__)
@@ -582,9 +646,11 @@ void lb_gemm_cols_lowp_at(int level, int dtype, int cols_layout, float *y, int l
                           const void *W, const uint16_t *d, int K, int ldw, int n0, int n1, int beta0) {
     if (M <= 0 || n1 <= n0) return;
 #if defined(__x86_64__)
-    if (level >= LB_KERNELS_AVX512 && lb_cpu_has_avx512() && (dtype == LB_DTYPE_BF16 || dtype == LB_DTYPE_F16) &&
+    if (level >= LB_KERNELS_AVX512 && lb_cpu_has_avx512() &&
+        (dtype == LB_DTYPE_BF16 || dtype == LB_DTYPE_F16 ||
+         (dtype == LB_DTYPE_Q8_0 && cols_layout && M <= COLS_WIDE_MAX_M)) &&
         lb_lowp_in_registers()) {
-        gemm_cols_avx512(dtype, y, ldy, x, ldx, M, W, K, ldw, n0, n1, beta0);
+        gemm_cols_avx512(dtype, y, ldy, x, ldx, M, W, d, K, ldw, n0, n1, beta0);
         return;
     }
 #endif
@@ -611,8 +677,10 @@ void lb_gemm_rows_lowp_at(int level, int dtype, int cols_layout, float *y, int l
     if (M <= 0 || r1 <= r0 || C <= 0 || tileFloats < (size_t)C) return;
 #if defined(__x86_64__)
     if (level >= LB_KERNELS_AVX512 && lb_cpu_has_avx512() && C > 8 &&
-        (dtype == LB_DTYPE_BF16 || dtype == LB_DTYPE_F16) && lb_lowp_in_registers()) {
-        gemm_rows_avx512(dtype, y, ldy, x, ldx, M, W, C, C, r0, r1, beta0);
+        (dtype == LB_DTYPE_BF16 || dtype == LB_DTYPE_F16 ||
+         (dtype == LB_DTYPE_Q8_0 && !cols_layout && M <= COLS_WIDE_MAX_M && (C + 31) / 32 <= ROWS_Q8_MAX_BLOCKS)) &&
+        lb_lowp_in_registers()) {
+        gemm_rows_avx512(dtype, y, ldy, x, ldx, M, W, d, C, C, r0, r1, beta0);
         return;
     }
 #endif

@@ -344,8 +344,11 @@ INLINE T512 __m512 load16_rows(int dtype, const void *W, const uint16_t *d, int 
     case LB_DTYPE_Q8_0: {
         __m128i b = _mm_maskz_loadu_epi8(m, (const int8_t *)W + i);
         __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
-        // c is a multiple of 16: the 16 values share block c/32.
-        return _mm512_mul_ps(q, _mm512_set1_ps(lb_f16_to_f32(d[(size_t)r * ncb + c / 32])));
+        // c is a multiple of 16: the 16 values share block c/32. F16C's
+        // conversion gives lb_f16_to_f32's value; calling that function
+        // here made the q8_0 LM head's 16-row tiles take 290 ms instead of
+        // 13 (2 threads, the C microbenchmark built by gcc -O2).
+        return _mm512_mul_ps(q, _mm512_set1_ps(_cvtsh_ss(d[(size_t)r * ncb + c / 32])));
     }
     default:
         return _mm512_maskz_loadu_ps(m, (const float *)W + i);
@@ -700,9 +703,13 @@ void lb_gemv_cols_lowp(int level, int dtype, float *y, const float *x, const voi
     // in the same order, as F32 decode does): the 48 block products of one
     // row on 2 threads 11.1–13.5 → 7.0–9.8 ms (AMD EPYC, Zen 4, C
     // microbenchmark). On Intel the same tiles decoded bf16/f16 5–8%
-    // slower (the AMX machine, see lcols_q8), so it keeps these blocks.
+    // slower (the AMX machine, see lcols_q8); on Emerald Rapids bf16
+    // decoded within the noise of these blocks (six alternating pairs of
+    // `lora bench inference --dtype bf16`, a noisy hour: medians 61.2
+    // against 59.2 tok/s, these 52–68), so Intel keeps them
+    // (lb_lowp_wide_decode).
     if (level >= LB_KERNELS_AVX512 && (dtype == LB_DTYPE_BF16 || dtype == LB_DTYPE_F16) && K >= 64 && n1 - n0 >= 512 &&
-        lb_lowp_in_registers()) {
+        lb_lowp_wide_decode()) {
         lb_gemm_cols_lowp_at(level, dtype, 1, y, 0, x, 0, 1, W, d, K, ldw, n0, n1, beta0);
         return;
     }

@@ -161,11 +161,13 @@ LB_HIDDEN void lb_dequant_panel_at(int level, int dtype, int cols_layout, float 
 // same bits as those on the dequantized weight, converted a tile at a time
 // (rows: into `tile`, at least C floats; up to LB_ROWS_TILE_FLOATS are used).
 #define LB_ROWS_TILE_FLOATS 6144
-// Whether those products convert a BF16/F16 weight in the kernels' registers
-// instead (AVX-512 on AMD CPUs, where it measured faster; the tiles stay on
-// Intel, where they were measured): the same bits either way.
-// lb_set_lowp_in_registers(0 or 1) overrides the choice, -1 restores it.
+// Whether those products convert the weight in the kernels' registers
+// instead (any CPU with AVX-512: BF16, F16, and Q8_0 in the layout of its
+// product up to 32 rows), and whether decode's wide BF16/F16 products run on the same
+// kernels (AVX-512 on AMD CPUs only): the same bits either way.
+// lb_set_lowp_in_registers(0 or 1) overrides both choices, -1 restores them.
 LB_HIDDEN int lb_lowp_in_registers(void);
+LB_HIDDEN int lb_lowp_wide_decode(void);
 LB_HIDDEN void lb_set_lowp_in_registers(int v);
 LB_HIDDEN void lb_gemm_cols_lowp_at(int level, int dtype, int cols_layout, float *y, int ldy, const float *x, int ldx,
                                     int M, const void *W, const uint16_t *d, int K, int ldw, int n0, int n1, int beta0);
