@@ -95,13 +95,14 @@ struct Bench: ParsableCommand {
         say(
             String(
                 format:
-                    "{\"engine\":\"liblora\",\"bench\":\"prefill\",\"dtype\":\"%@\",\"core\":\"%@\",\"threads\":%d,\"tokens\":%d,\"tokens_per_s\":%.1f,\"bound_tokens_per_s\":%.1f,\"fraction_of_bound\":%.3f}",
-                dtype.rawValue, BLAS.coreName, threads, prompt, median(prefill), pb, median(prefill) / pb))
+                    "{\"engine\":\"liblora\",\"bench\":\"prefill\",\"dtype\":\"%@\",\"core\":\"%@\",\"sgemm\":\"%@\",\"threads\":%d,\"tokens\":%d,\"tokens_per_s\":%.1f,\"bound_tokens_per_s\":%.1f,\"fraction_of_bound\":%.3f}",
+                dtype.rawValue, BLAS.coreName, BLAS.sgemmLibrary, threads, prompt, median(prefill), pb, median(prefill) / pb))
         say(
             String(
                 format:
-                    "{\"engine\":\"liblora\",\"bench\":\"decode\",\"dtype\":\"%@\",\"kv_cache_dtype\":\"%@\",\"core\":\"%@\",\"threads\":%d,\"tokens\":%d,\"tokens_per_s\":%.1f,\"bound_tokens_per_s\":%.1f,\"weights_gb_per_s\":%.1f,\"fraction_of_bound\":%.3f}",
-                dtype.rawValue, kvCache.kvCacheDType.rawValue, BLAS.coreName, threads, decode, median(dec), db.tokensPerS, db.gbPerS,
+                    "{\"engine\":\"liblora\",\"bench\":\"decode\",\"dtype\":\"%@\",\"kv_cache_dtype\":\"%@\",\"core\":\"%@\",\"sgemm\":\"%@\",\"threads\":%d,\"tokens\":%d,\"tokens_per_s\":%.1f,\"bound_tokens_per_s\":%.1f,\"weights_gb_per_s\":%.1f,\"fraction_of_bound\":%.3f}",
+                dtype.rawValue, kvCache.kvCacheDType.rawValue, BLAS.coreName, BLAS.sgemmLibrary, threads, decode, median(dec),
+                db.tokensPerS, db.gbPerS,
                 median(dec) / db.tokensPerS))
     }
 
@@ -131,8 +132,9 @@ struct Bench: ParsableCommand {
         say(
             String(
                 format:
-                    "{\"engine\":\"liblora\",\"bench\":\"lora_train\",\"dtype\":\"%@\",\"core\":\"%@\",\"threads\":%d,\"batch\":%d,\"block\":%d,\"r\":%d,\"trainable\":%d,\"tokens_per_s\":%.1f,\"min_tokens_per_s\":%.1f,\"max_tokens_per_s\":%.1f,\"peak_rss_gib\":%.3f,\"bound_tokens_per_s\":%.1f,\"fraction_of_bound\":%.3f}",
-                dtype.rawValue, BLAS.coreName, threads, batch, block, r, adapter.parameterCount, median(rates), sorted.first ?? 0,
+                    "{\"engine\":\"liblora\",\"bench\":\"lora_train\",\"dtype\":\"%@\",\"core\":\"%@\",\"sgemm\":\"%@\",\"threads\":%d,\"batch\":%d,\"block\":%d,\"r\":%d,\"trainable\":%d,\"tokens_per_s\":%.1f,\"min_tokens_per_s\":%.1f,\"max_tokens_per_s\":%.1f,\"peak_rss_gib\":%.3f,\"bound_tokens_per_s\":%.1f,\"fraction_of_bound\":%.3f}",
+                dtype.rawValue, BLAS.coreName, BLAS.sgemmLibrary, threads, batch, block, r, adapter.parameterCount, median(rates),
+                sorted.first ?? 0,
                 sorted.last ?? 0, rss,
                 tb, median(rates) / tb))
     }
@@ -152,8 +154,9 @@ struct Bench: ParsableCommand {
             say(
                 String(
                     format:
-                        "{\"engine\":\"liblora\",\"bench\":\"bound\",\"core\":\"%@\",\"threads\":%d,\"M\":%d,\"sgemm_gflop_per_s\":{%@},\"prefill_bound_tokens_per_s\":%.1f,\"train_M\":%d,\"lora_train_bound_tokens_per_s\":%.1f,\"train_attention_gflop_per_s\":{\"sgemm\":%.1f,\"liblora\":%.1f}}",
-                    BLAS.coreName, t, prompt, shapes, p.tokensPerS, batch * block, train.tokensPerS, train.attention / 1e9,
+                        "{\"engine\":\"liblora\",\"bench\":\"bound\",\"core\":\"%@\",\"sgemm\":\"%@\",\"threads\":%d,\"M\":%d,\"sgemm_gflop_per_s\":{%@},\"prefill_bound_tokens_per_s\":%.1f,\"train_M\":%d,\"lora_train_bound_tokens_per_s\":%.1f,\"train_attention_gflop_per_s\":{\"sgemm\":%.1f,\"liblora\":%.1f}}",
+                    BLAS.coreName, BLAS.sgemmLibrary, t, prompt, shapes, p.tokensPerS, batch * block, train.tokensPerS,
+                    train.attention / 1e9,
                     liblora / 1e9))
         }
         let model = try Model.random(config: config, seed: 1, dtype: dtype)
@@ -163,8 +166,8 @@ struct Bench: ParsableCommand {
             say(
                 String(
                     format:
-                        "{\"engine\":\"liblora\",\"bench\":\"bound\",\"dtype\":\"%@\",\"core\":\"%@\",\"threads\":%d,\"weights_gb_per_s\":%.1f,\"decode_bound_tokens_per_s\":%.1f}",
-                    dtype.rawValue, BLAS.coreName, t, d.gbPerS, d.tokensPerS))
+                        "{\"engine\":\"liblora\",\"bench\":\"bound\",\"dtype\":\"%@\",\"core\":\"%@\",\"sgemm\":\"%@\",\"threads\":%d,\"weights_gb_per_s\":%.1f,\"decode_bound_tokens_per_s\":%.1f}",
+                    dtype.rawValue, BLAS.coreName, BLAS.sgemmLibrary, t, d.gbPerS, d.tokensPerS))
         }
         BLAS.threads = threads
     }
@@ -203,8 +206,8 @@ struct Bench: ParsableCommand {
         say(
             String(
                 format:
-                    "{\"engine\":\"liblora\",\"bench\":\"svd\",\"core\":\"%@\",\"threads\":%d,\"compress_r64_to_r16_48_modules_s\":%.3f,\"combine_svd_2xr64_to_r16_48_modules_s\":%.3f,\"extract_r16_c_attn_12_layers_s\":%.3f}",
-                BLAS.coreName, threads, compress, combine, extract))
+                    "{\"engine\":\"liblora\",\"bench\":\"svd\",\"core\":\"%@\",\"sgemm\":\"%@\",\"threads\":%d,\"compress_r64_to_r16_48_modules_s\":%.3f,\"combine_svd_2xr64_to_r16_48_modules_s\":%.3f,\"extract_r16_c_attn_12_layers_s\":%.3f}",
+                BLAS.coreName, BLAS.sgemmLibrary, threads, compress, combine, extract))
     }
 
     /// Adapter initialisation from the base weights (c_attn of all layers): seconds, median of `repeats`.
@@ -228,7 +231,7 @@ struct Bench: ParsableCommand {
         say(
             String(
                 format:
-                    "{\"engine\":\"liblora\",\"bench\":\"init\",\"init\":\"%@\",\"core\":\"%@\",\"threads\":%d,\"modules\":%d,\"r\":%d,\"seconds\":%.3f,\"min_seconds\":%.3f}",
-                initLoraWeights, BLAS.coreName, threads, modules, r, median(times), times.min() ?? 0))
+                    "{\"engine\":\"liblora\",\"bench\":\"init\",\"init\":\"%@\",\"core\":\"%@\",\"sgemm\":\"%@\",\"threads\":%d,\"modules\":%d,\"r\":%d,\"seconds\":%.3f,\"min_seconds\":%.3f}",
+                initLoraWeights, BLAS.coreName, BLAS.sgemmLibrary, threads, modules, r, median(times), times.min() ?? 0))
     }
 }
