@@ -249,7 +249,7 @@ static T512 void gemm_cols_avx512(int dt, float *y, int ldy, const float *x, int
 // ---- AVX-512: rows ------------------------------------------------------
 
 // W rows [r, r + R) × x rows [0, G): the partial sums of gemv_rows_avx512.
-// W and pf point at bytes, as the cols kernel's (dt: F32, BF16 or F16).
+// W and pf point at bytes, as the cols kernel's (dt: F32, BF16, F16 or Q8_0).
 // Q8_0 (rows layout: int8 W[r, c], scales d[r, c / 32]): scl holds the R
 // rows' scales as F32, ncb apart, each weight q · d as dequantized.
 INLINE T512 __m512 rload512(int dt, const char *p, const float *scl, int ncb, int i, int c, __mmask16 m) {
