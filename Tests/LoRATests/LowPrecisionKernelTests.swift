@@ -125,7 +125,7 @@ import Testing
     }
 
     /// Also with BF16/F16 converted in the few-row kernels' registers (the
-    /// wide decode products' path on AMD CPUs).
+    /// wide decode products' path on AMD CPUs, and Q8_0 rows').
     @Test(arguments: [0, 1] as [Int32])
     func kernelsEqualF32OnDequantizedWeights(inRegisters: Int32) {
         lb_set_lowp_in_registers(inRegisters)
