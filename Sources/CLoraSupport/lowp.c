@@ -707,8 +707,14 @@ void lb_gemv_cols_lowp(int level, int dtype, float *y, const float *x, const voi
     // decoded within the noise of these blocks (six alternating pairs of
     // `lora bench inference --dtype bf16`, a noisy hour: medians 61.2
     // against 59.2 tok/s, these 52–68), so Intel keeps them
-    // (lb_lowp_wide_decode).
-    if (level >= LB_KERNELS_AVX512 && (dtype == LB_DTYPE_BF16 || dtype == LB_DTYPE_F16) && K >= 64 && n1 - n0 >= 512 &&
+    // (lb_lowp_wide_decode). From 256 columns: before, a worker's
+    // range needed 512, so with 2 workers GPT-2's two 768-column products
+    // (42% of a layer's weights) ran lcols_bf16/lcols_f16, which read
+    // slowly on Zen 4 (on 2 threads the 48 block products of one row
+    // 8.7–11.4 → 7.2–8.4 ms, bf16, C microbenchmark, five alternating runs;
+    // decode in the commit). Attention's products on a bf16 cache (64
+    // columns) keep the column kernels.
+    if (level >= LB_KERNELS_AVX512 && (dtype == LB_DTYPE_BF16 || dtype == LB_DTYPE_F16) && K >= 64 && n1 - n0 >= 256 &&
         lb_lowp_wide_decode()) {
         lb_gemm_cols_lowp_at(level, dtype, 1, y, 0, x, 0, 1, W, d, K, ldw, n0, n1, beta0);
         return;

@@ -132,7 +132,7 @@ import Testing
         defer { lb_set_lowp_in_registers(-1) }
         var rng = SplitMix64(seed: 24)
         let levels: [Int32] = [LB_KERNELS_BASELINE, LB_KERNELS_AVX2, LB_KERNELS_AVX512].filter { lb_kernels_for($0) != nil }
-        for (K, N) in [(1, 1), (9, 7), (70, 8), (40, 33), (96, 300), (768, 2304 / 8), (100, 2_500), (40, 4_500)] {
+        for (K, N) in [(1, 1), (9, 7), (70, 8), (40, 33), (96, 300), (768, 2304 / 8), (64, 768), (100, 2_500), (40, 4_500)] {
             let w = (0..<(K * N)).map { _ in (rng.nextFloat() - 0.5) * 0.4 }
             let x = (0..<max(K, N)).map { _ in rng.nextFloat() - 0.5 }
             let y0 = (0..<max(K, N)).map { _ in rng.nextFloat() }
