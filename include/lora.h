@@ -105,10 +105,11 @@ typedef struct lora_model_params {
      * element-wise kernels and attention heads across its own workers and
      * runs OpenBLAS single-threaded (it calls openblas_set_num_threads(1)
      * when it loads OpenBLAS, which a host sharing that OpenBLAS sees too).
-     * LORA_SGEMM=onednn in the environment, with libdnnl.so.2 installed, runs
-     * the float32 matrix products on oneDNN's sgemm instead, one thread per
-     * call as well (each call puts the calling thread's OpenMP thread count
-     * back afterwards); results stay independent of the thread count. */
+     * Where libdnnl.so.2 is installed (oneDNN), the float32 matrix products
+     * run on oneDNN's sgemm instead, one thread per call as well (each call
+     * puts the calling thread's OpenMP thread count back afterwards);
+     * LORA_SGEMM=openblas in the environment keeps them on OpenBLAS. Results
+     * stay independent of the thread count either way. */
     int32_t n_threads;
     /* Storage of the base weight matrices (the Conv1D weights, wte, wpe; biases,
      * LayerNorms, adapters and activations stay float32): LORA_DTYPE_*.

@@ -7,8 +7,8 @@ set -euo pipefail
 # iproute2 (the two-host network-namespace test) are for data-parallel training;
 # librsvg2-bin: rsvg-convert renders loss.svg in the CLI tests; clang-format: scripts/check_format.sh;
 # chromium: the `lora serve` playground's browser test (Tests/server); time: /usr/bin/time for the
-# peak RSS figures of scripts/bench_dtype.sh; libdnnl2: oneDNN, the optional sgemm
-# (LORA_SGEMM=onednn) that scripts/test.sh runs the Swift suite with too.
+# peak RSS figures of scripts/bench_dtype.sh; libdnnl2: oneDNN, whose sgemm liblora runs where
+# it is installed (scripts/test.sh runs the Swift suite a second time with LORA_SGEMM=openblas).
 packages=(libopenblas-dev liblapacke-dev libdnnl2 pkg-config fortunes valgrind make gcc g++ python3 openmpi-bin libopenmpi-dev iproute2 librsvg2-bin clang-format chromium time)
 missing=()
 for p in "${packages[@]}"; do

@@ -37,8 +37,8 @@ echo "== the Swift suite under AddressSanitizer (the command line tests on its l
 # liblora are checked by valgrind on the C side below.
 swift build --build-tests --sanitize=address --scratch-path .build-asan
 ASAN_OPTIONS=detect_leaks=0 swift test --skip-build --sanitize=address --scratch-path .build-asan
-echo "== the Swift suite again with oneDNN's sgemm (LORA_SGEMM=onednn): the same tolerances"
-LORA_SGEMM=onednn ASAN_OPTIONS=detect_leaks=0 swift test --skip-build --sanitize=address --scratch-path .build-asan
+echo "== the Swift suite again with OpenBLAS's sgemm (LORA_SGEMM=openblas): the same tolerances"
+LORA_SGEMM=openblas ASAN_OPTIONS=detect_leaks=0 swift test --skip-build --sanitize=address --scratch-path .build-asan
 echo "== the two Swift tests that need the release command line (LORA_CLI)"
 LORA_CLI="$PWD/.build/release/lora-cli" ASAN_OPTIONS=detect_leaks=0 \
     swift test --skip-build --sanitize=address --scratch-path .build-asan --filter 'benchPrintsJSON|demoRunsEndToEnd' \

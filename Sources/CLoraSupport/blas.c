@@ -40,14 +40,16 @@ static sgesdd_fn *p_sgesdd;
 static sgeqrf_fn *p_sgeqrf;
 static sorgqr_fn *p_sorgqr;
 
-// Optional: oneDNN's sgemm instead of OpenBLAS's (LORA_SGEMM=onednn in the
-// environment, when libdnnl.so.2 is installed: Debian's libdnnl2). Each
-// call holds oneDNN's OpenMP to one thread, as OpenBLAS is held, and each
-// worker splits the product by columns as before: single-threaded
+// oneDNN's sgemm instead of OpenBLAS's where libdnnl.so.2 is installed
+// (Debian's libdnnl2) and gives the right product; LORA_SGEMM=openblas in
+// the environment keeps OpenBLAS. Each call holds oneDNN's OpenMP to one
+// thread, as OpenBLAS is held, and each worker splits the product by
+// columns as before: single-threaded
 // dnnl_sgemm gives the same bits whatever the split (checked for x·W and
 // x·Wᵀ at M = 7–1024 on the model's shapes), so results stay independent of
 // the thread count.
-// Measured on Intel Emerald Rapids: see the README (Speed).
+// Measured faster on Intel Emerald Rapids and on AMD EPYC (Zen 4), not yet
+// on the AMX kind: see the README (Speed).
 typedef int dnnl_sgemm_fn(char, char, int64_t, int64_t, int64_t, float, const float *, int64_t, const float *, int64_t,
                           float, float *, int64_t);
 static dnnl_sgemm_fn *p_dnnl_sgemm;
@@ -204,7 +206,7 @@ static void do_load(void) {
         return;
     }
     const char *sg = getenv("LORA_SGEMM");
-    if (sg && strcmp(sg, "onednn") == 0) {
+    if (!sg || strcmp(sg, "openblas") != 0) {
         void *dn = dlopen("libdnnl.so.2", RTLD_NOW | RTLD_LOCAL);
         if (dn) {
             p_dnnl_sgemm = (dnnl_sgemm_fn *)dlsym(dn, "dnnl_sgemm");

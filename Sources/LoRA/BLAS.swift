@@ -13,7 +13,7 @@ public enum BLAS {
     /// The OpenBLAS kernel set in use, e.g. "SkylakeX".
     public static var coreName: String { String(cString: lb_corename()) }
     /// The library that runs the F32 matrix products: "OpenBLAS", or
-    /// "oneDNN" when `LORA_SGEMM=onednn` is set and libdnnl.so.2 loads.
+    /// "oneDNN" where libdnnl.so.2 loads (unless `LORA_SGEMM=openblas`).
     public static var sgemmLibrary: String { String(cString: lb_sgemm_library()) }
     /// The kernel set OpenBLAS chose on its own, before liblora intervened.
     public static var initialCoreName: String { String(cString: lb_corename_initial()) }

@@ -26,7 +26,7 @@ LB_HIDDEN const char *lb_corename(void);
 LB_HIDDEN const char *lb_corename_initial(void);
 // 1 when liblora chose the core (set OPENBLAS_CORETYPE), 0 otherwise.
 LB_HIDDEN int lb_core_was_chosen(void);
-// "oneDNN" when LORA_SGEMM=onednn loaded it for the matrix products, else "OpenBLAS".
+// "oneDNN" when it runs the matrix products (libdnnl.so.2 loaded, LORA_SGEMM is not "openblas"), else "OpenBLAS".
 LB_HIDDEN const char *lb_sgemm_library(void);
 LB_HIDDEN const char *lb_openblas_config(void);
 // Worker threads of liblora's kernels, for the whole process. Set at load
