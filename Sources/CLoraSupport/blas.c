@@ -262,6 +262,9 @@ const char *lb_corename_initial(void) {
     lb_load();
     return core_initial;
 }
+int lb_sgemm_is_onednn(void) {
+    return dnnl_ready();
+}
 const char *lb_sgemm_library(void) {
     lb_load();
     return dnnl_ready() ? "oneDNN" : "OpenBLAS";

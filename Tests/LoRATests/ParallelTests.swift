@@ -71,14 +71,17 @@ import Testing
     }
 
     /// A model big enough that every kernel splits: n_embd 256, 5 heads of 51 (odd), 130 tokens.
-    func mediumModel() throws -> Model {
+    func mediumModel(dtype: WeightDType = .f32) throws -> Model {
         var c = GPT2Config()
         c.nEmbd = 255; c.nHead = 5; c.nLayer = 2; c.vocabSize = 1000; c.nPositions = 160
-        return try Model.random(config: c, seed: 5, std: 0.15)
+        return try Model.random(config: c, seed: 5, std: 0.15, dtype: dtype)
     }
 
-    @Test func logitsDoNotDependOnTheThreadCount() throws {
-        let model = try mediumModel()
+    /// Also on reduced-precision bases: their products of many rows run the
+    /// packed GEMM (OpenBLAS) or converted panels (oneDNN, where it runs).
+    @Test(arguments: [WeightDType.f32, .bf16, .f16, .q8_0])
+    func logitsDoNotDependOnTheThreadCount(dtype: WeightDType) throws {
+        let model = try mediumModel(dtype: dtype)
         var rng = SplitMix64(seed: 1)
         let ids = (0..<130).map { _ in TokenID(rng.next() % 1000) }
         let one = try withThreads(1) { try model.logits(ids) }
@@ -89,8 +92,9 @@ import Testing
         }
     }
 
-    @Test func trainingDoesNotDependOnTheThreadCount() throws {
-        let model = try mediumModel()
+    @Test(arguments: [WeightDType.f32, .bf16])
+    func trainingDoesNotDependOnTheThreadCount(dtype: WeightDType) throws {
+        let model = try mediumModel(dtype: dtype)
         var rng = SplitMix64(seed: 2)
         let batch = (0..<3).map { _ in (0..<64).map { _ in TokenID(rng.next() % 1000) } }
         func run(threads: Int) throws -> (losses: [Double], weights: [Float]) {

@@ -28,6 +28,8 @@ LB_HIDDEN const char *lb_corename_initial(void);
 LB_HIDDEN int lb_core_was_chosen(void);
 // "oneDNN" when it runs the matrix products (libdnnl.so.2 loaded, LORA_SGEMM is not "openblas"), else "OpenBLAS".
 LB_HIDDEN const char *lb_sgemm_library(void);
+// 1 when oneDNN runs the matrix products (the same rule; opens it the first time).
+LB_HIDDEN int lb_sgemm_is_onednn(void);
 LB_HIDDEN const char *lb_openblas_config(void);
 // Worker threads of liblora's kernels, for the whole process. Set at load
 // from OpenBLAS's own choice (OPENBLAS_NUM_THREADS or the CPU count); OpenBLAS

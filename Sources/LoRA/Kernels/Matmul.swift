@@ -118,11 +118,12 @@ let sgemmRowPanelFloats = 1 << 21
 /// equals the decode kernel's result bit for bit, as for F32 weights, and
 /// OpenBLAS's packing is not paid for a few rows; 16 BF16 sequences in the
 /// engine: 315–326 tok/s with whole 1 MiB panels converted first, 397–420
-/// with the tiles). More rows: with AVX-512 the packed GEMM (gemm_packed.c:
-/// LoRA training on a bf16 base 1.01× F32's speed, 0.97× with the panels
-/// below); otherwise the part of W a worker needs is
-/// converted a panel at a time into its thread's scratch (no allocation per
-/// call), then multiplied by sgemm. Each weight is converted once per call.
+/// with the tiles). More rows: with AVX-512 and OpenBLAS's sgemm the packed
+/// GEMM (gemm_packed.c: LoRA training on a bf16 base 1.01× F32's speed,
+/// 0.97× with the panels below; Intel); otherwise, also where oneDNN runs
+/// the products, the part of W a worker needs is converted a panel at a
+/// time into its thread's scratch (no allocation per call), then multiplied
+/// by sgemm. Each weight is converted once per call.
 private func lowpPanelGemm(
     transW: Bool, M: Int, N: Int, K: Int, A: ConstFloatPtr, lda: Int, W: BaseMatrix,
     beta: Float, C: FloatPtr, ldc: Int
@@ -169,8 +170,12 @@ private func lowpPanelGemm(
         return
     }
     let level = lb_kernels_level()
-    if beta == 0 || beta == 1, lb_gemm_packed_available(level, W.dtype.code) != 0 {
-        // With AVX-512: liblora's packed GEMM converts the weight while packing it.
+    if beta == 0 || beta == 1, lb_gemm_packed_available(level, W.dtype.code) != 0, lb_sgemm_is_onednn() == 0 {
+        // The packed GEMM converts the weight while packing it. oneDNN's
+        // sgemm on the converted panels below is faster than it (AMD EPYC,
+        // medians of the two interleaved in one process: LoRA training
+        // 4 × 256 on a bf16 base 254–256 → 290–293 tok/s; prefill 512
+        // bf16 494 → 575, f16 455 → 566, q8_0 511 → 585).
         let floats = lb_gemm_packed_scratch_floats()
         let trans: Int32 = transW ? 1 : 0
         let layout: Int32 = W.inputAlongRows ? 1 : 0
@@ -184,8 +189,11 @@ private func lowpPanelGemm(
         }
         return
     }
+    // oneDNN packs A again for each call as OpenBLAS does; with the larger
+    // panels a worker's whole share of GPT-2's products is one call.
+    let onednn = lb_sgemm_is_onednn() != 0
     parallelChunks(N, minChunk: minChunk, align: 32) { _, r in
-        let floats = transW ? sgemmRowPanelFloats : sgemmPanelFloats
+        let floats = transW || onednn ? sgemmRowPanelFloats : sgemmPanelFloats
         withPanelScratch(floats) { s in
             if transW {
                 // C[:, n0..<n1] = A · W[n0..<n1, :]ᵀ, rows of W a panel at a time.
@@ -203,7 +211,7 @@ private func lowpPanelGemm(
                 }
             } else {
                 // C[:, n0..<n1] = Σ over row panels k of A[:, k] · W[k, n0..<n1].
-                let nbMax = sgemmPanelColumns
+                let nbMax = onednn ? max(16, floats / K / 16 * 16) : sgemmPanelColumns
                 let kbMax = max(1, floats / nbMax)
                 var n0 = r.lowerBound
                 while n0 < r.upperBound {
