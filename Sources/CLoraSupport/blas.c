@@ -263,11 +263,11 @@ const char *lb_corename_initial(void) {
     return core_initial;
 }
 int lb_sgemm_is_onednn(void) {
+    lb_load(); // sets dnnl_wanted, which dnnl_ready's one-time open reads
     return dnnl_ready();
 }
 const char *lb_sgemm_library(void) {
-    lb_load();
-    return dnnl_ready() ? "oneDNN" : "OpenBLAS";
+    return lb_sgemm_is_onednn() ? "oneDNN" : "OpenBLAS";
 }
 int lb_core_was_chosen(void) {
     lb_load();

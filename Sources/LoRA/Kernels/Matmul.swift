@@ -45,10 +45,11 @@ package func matmulForward(
 ///   dimension (forward), the dtype's GEMV (CLoraSupport/lowp.c: the F32
 ///   kernel's result on the dequantized weight); up to smallGemmRows rows,
 ///   the few-row kernels on tiles converted just before use
-///   (gemm_small.c); more rows: with AVX-512, liblora's packed GEMM, which
-///   converts the weight while packing it (gemm_packed.c); otherwise
-///   panels of the weight converted to F32 in each worker's reused
-///   scratch, then sgemm.
+///   (gemm_small.c); more rows: with AVX-512 and OpenBLAS, liblora's
+///   packed GEMM, which converts the weight while packing it
+///   (gemm_packed.c); otherwise (oneDNN's sgemm, or no AVX-512) panels of
+///   the weight converted to F32 in each worker's reused scratch, then
+///   sgemm.
 package func baseMatmul(
     transW: Bool, M: Int, N: Int, K: Int, A: ConstFloatPtr, lda: Int, W: BaseMatrix,
     beta: Float, C: FloatPtr, ldc: Int
@@ -170,7 +171,8 @@ private func lowpPanelGemm(
         return
     }
     let level = lb_kernels_level()
-    if beta == 0 || beta == 1, lb_gemm_packed_available(level, W.dtype.code) != 0, lb_sgemm_is_onednn() == 0 {
+    let onednn = lb_sgemm_is_onednn() != 0
+    if beta == 0 || beta == 1, lb_gemm_packed_available(level, W.dtype.code) != 0, !onednn {
         // The packed GEMM converts the weight while packing it. oneDNN's
         // sgemm on the converted panels below is faster than it (AMD EPYC,
         // medians of the two interleaved in one process: LoRA training
@@ -191,7 +193,6 @@ private func lowpPanelGemm(
     }
     // oneDNN packs A again for each call as OpenBLAS does; with the larger
     // panels a worker's whole share of GPT-2's products is one call.
-    let onednn = lb_sgemm_is_onednn() != 0
     parallelChunks(N, minChunk: minChunk, align: 32) { _, r in
         let floats = transW || onednn ? sgemmRowPanelFloats : sgemmPanelFloats
         withPanelScratch(floats) { s in
