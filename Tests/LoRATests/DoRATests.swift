@@ -218,11 +218,5 @@ import Testing
         try cfg.replacingOccurrences(of: "\"use_dora\": true", with: "\"use_dora\": 1")
             .write(toFile: dir + "/" + Adapter.configFile, atomically: true, encoding: .utf8)
         #expect(throws: LoRAError.self) { try Adapter.load(directory: dir, modelConfig: m.config) }
-        // The batched engine refuses DoRA adapters by name.
-        let adapter = try Adapter.load(directory: Fixtures.path("dora/all"), modelConfig: m.config)
-        let engine = try Engine(model: m, params: EngineParams())
-        #expect(throws: LoRAError.self) {
-            _ = try engine.submit(EngineRequest(prompt: [1, 2, 3], adapters: [AdapterUse(adapter)]))
-        }
     }
 }

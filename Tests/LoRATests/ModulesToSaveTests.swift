@@ -140,10 +140,6 @@ import Testing
         try m.attach(a)
         try m.attach(b)
         #expect(throws: LoRAError.self) { try m.logits(try ids()) }
-        // The batched engine refuses them.
-        let engine = try Engine(model: m, params: EngineParams())
-        #expect(throws: LoRAError.self) {
-            _ = try engine.submit(EngineRequest(prompt: [1, 2, 3], adapters: [AdapterUse(a)]))
-        }
+        // The batched engine refuses them together (EnginePEFTVariantsTests).
     }
 }

@@ -127,6 +127,42 @@ def write_adapter(directory, model_dir, seed, r):
         json.dump(config, f, indent=2)
 
 
+def write_variant_adapter(directory, model_dir, seed, variant):
+    """A PEFT adapter with one of PEFT's variants, r = 4 on c_attn and c_fc:
+    "dora" (use_dora: a magnitude per output feature, around the column
+    norms of W, and ln_f in modules_to_save) or "wte" (LoRA on wte too)."""
+    cfg = json.load(open(os.path.join(model_dir, "config.json")))
+    C, L, V = cfg["n_embd"], cfg["n_layer"], cfg["vocab_size"]
+    inner = cfg.get("n_inner") or 4 * C
+    r = 4
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for layer in range(L):
+        for module, (fan_in, fan_out) in {"attn.c_attn": (C, 3 * C), "mlp.c_fc": (C, inner)}.items():
+            prefix = f"base_model.model.transformer.h.{layer}.{module}"
+            tensors[prefix + ".lora_A.weight"] = rng.normal(0, 0.5, (r, fan_in))
+            tensors[prefix + ".lora_B.weight"] = rng.normal(0, 0.5, (fan_out, r))
+            if variant == "dora":
+                tensors[prefix + ".lora_magnitude_vector"] = rng.uniform(0.5, 2.0, fan_out)
+    if variant == "dora":
+        tensors["base_model.model.transformer.ln_f.weight"] = rng.uniform(0.5, 1.5, C)
+        tensors["base_model.model.transformer.ln_f.bias"] = rng.normal(0, 0.3, C)
+    else:
+        tensors["base_model.model.transformer.wte.lora_embedding_A"] = rng.normal(0, 0.5, (r, V))
+        tensors["base_model.model.transformer.wte.lora_embedding_B"] = rng.normal(0, 0.5, (C, r))
+    os.makedirs(directory, exist_ok=True)
+    write_safetensors(os.path.join(directory, "adapter_model.safetensors"), tensors)
+    config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": "gpt2-tok", "r": r,
+        "lora_alpha": 2 * r, "lora_dropout": 0.0, "fan_in_fan_out": True, "bias": "none",
+        "target_modules": ["c_attn", "c_fc"] + (["wte"] if variant == "wte" else []), "use_rslora": False,
+        "use_dora": variant == "dora", "init_lora_weights": True, "inference_mode": True,
+        "modules_to_save": ["ln_f"] if variant == "dora" else None,
+    }
+    with open(os.path.join(directory, "adapter_config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+
+
 @pytest.fixture(scope="session")
 def assets(tmp_path_factory):
     """{model, adapters: {name: dir}, adapter_dir, big_model, root}."""

@@ -4,6 +4,7 @@ limits, disconnects and the SIGTERM drain."""
 
 import concurrent.futures
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -12,7 +13,7 @@ import time
 import pytest
 import requests
 
-from conftest import Server, cli, solo, write_model_with_extra_vocab
+from conftest import Server, cli, solo, write_model_with_extra_vocab, write_variant_adapter
 
 PROMPTS = ["Hello world", "The quick brown fox", "In the beginning", "Once upon a time there"]
 
@@ -237,6 +238,34 @@ def test_load_and_unload_while_serving(server, assets):
     assert post(server, {"lora_name": "again"}, path="/v1/unload_lora_adapter").status_code == 200
     assert_error(post(server, {"model": "again", "prompt": "x"}), 404, "model")
     assert_error(post(server, {"lora_name": "again"}, path="/v1/unload_lora_adapter"), 404, "lora_name")
+
+
+def test_peft_variants_equal_solo_generate(server, assets):
+    """DoRA with a saved ln_f, and LoRA on wte, loaded while serving: concurrent
+    requests mixing them with plain adapters and the base give `lora
+    generate`'s text (attach + generate)."""
+    dirs = {}
+    for variant in ("dora", "wte"):
+        dirs[variant] = os.path.join(assets["adapter_dir"], f"variant-{variant}")
+        write_variant_adapter(dirs[variant], assets["model"], seed=7, variant=variant)
+        r = post(server, {"lora_name": f"v-{variant}", "lora_path": f"variant-{variant}"}, path="/v1/load_lora_adapter")
+        assert r.status_code == 200, r.text
+    jobs = [("v-dora", [], PROMPTS[0]), ("v-wte", [], PROMPTS[1]), ("base", [], PROMPTS[2]),
+            ("a1", [{"name": "v-dora", "scale": 0.5}], PROMPTS[3]), ("v-wte", [{"name": "a2", "scale": 1.0}], PROMPTS[0]),
+            ("v-dora", [], PROMPTS[2])]
+    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+        got = list(pool.map(lambda j: complete(server, model=j[0], adapters=j[1], prompt=j[2], max_tokens=10,
+                                               echo=True), jobs))
+    for (model, extra, prompt), r in zip(jobs, got):
+        path = lambda name: dirs[name[2:]] if name.startswith("v-") else assets["adapters"][name]
+        uses = ([] if model == "base" else [(path(model), 1)]) + [(path(a["name"]), a["scale"]) for a in extra]
+        assert r["choices"][0]["text"] == solo(assets["model"], prompt, uses, max_tokens=10), (model, extra)
+    # Each variant changes the text.
+    texts = {j[0]: r["choices"][0]["text"] for j, r in zip(jobs[:3], got[:3])}
+    assert complete(server, model="base", prompt=PROMPTS[0], max_tokens=10, echo=True)["choices"][0]["text"] != texts["v-dora"]
+    assert complete(server, model="base", prompt=PROMPTS[1], max_tokens=10, echo=True)["choices"][0]["text"] != texts["v-wte"]
+    for variant in dirs:
+        assert post(server, {"lora_name": f"v-{variant}"}, path="/v1/unload_lora_adapter").status_code == 200
 
 
 # Servers of their own: the larger embedded model (slow enough that a request is still running when we look).

@@ -333,7 +333,10 @@ struct LoRATrainingBuffers {
 struct LoRASegment {
     var start: Int
     var count: Int
+    /// Its adapters, DoRA ones with their factors.
     var active: [ActiveLoRA]
+    /// The modules_to_save of `active` (see `LayerNormOverride.overrides`).
+    var layerNorms: [SavedModule.Kind: LayerNormOverride] = [:]
 }
 
 /// A LayerNorm of an adapter's modules_to_save, used instead of the model's.
@@ -368,9 +371,9 @@ struct LayerNormOverride {
 }
 
 /// The LoRA branches that run in a pass: every enabled adapter, and in
-/// training the trained one's buffers. With `segments`, each segment's rows
-/// get that segment's adapters instead of `active` (DoRA adapters are not
-/// allowed there: the engine refuses them).
+/// training the trained one's buffers. With `segments` (inference only),
+/// each segment's rows get that segment's adapters and saved LayerNorms
+/// instead of `active` and `layerNorms`.
 struct LoRAContext {
     var active: [ActiveLoRA]
     /// [n, maxRank] scratch for u of frozen branches and for du.
@@ -399,6 +402,20 @@ struct LoRAContext {
     /// x[n, C] += every active adapter's embedding branch for token ids [n] (see `EmbeddingSlot`).
     func embeddingForward(ids: UnsafePointer<TokenID>, x: FloatPtr, n: Int) {
         guard let u = scratch else { return }
+        if let segments {
+            for seg in segments {
+                LoRAContext.embeddingForward(
+                    seg.active, ids: ids + seg.start, x: x, xRows: seg.start, n: seg.count,
+                    u: u + seg.start * segmentScratchStride)
+            }
+            return
+        }
+        LoRAContext.embeddingForward(active, ids: ids, x: x, xRows: 0, n: n, u: u)
+    }
+
+    private static func embeddingForward(
+        _ active: [ActiveLoRA], ids: UnsafePointer<TokenID>, x: FloatPtr, xRows: Int, n: Int, u: FloatPtr
+    ) {
         for a in active {
             guard let e = a.adapter.embedding else { continue }
             let A = a.adapter.params.base + e.offsetA
@@ -410,8 +427,31 @@ struct LoRAContext {
             }
             gemm(
                 transA: false, transB: true, M: n, N: e.nEmbd, K: e.r, alpha: a.scale * e.scaling, A: u, lda: e.r,
-                B: B, ldb: e.r, beta: 1, C: x, ldc: e.nEmbd)
+                B: B, ldb: e.r, beta: 1, C: x + xRows * e.nEmbd, ldc: e.nEmbd)
         }
+    }
+
+    /// LayerNorm `kind` over n rows with the model's parameters, or where
+    /// an enabled adapter (with segments: the segment's adapter set) saves
+    /// that module, with the adapter's.
+    func layerNorm(
+        _ kind: SavedModule.Kind, out: FloatPtr, mean: FloatPtr?, rstd: FloatPtr?, inp: ConstFloatPtr,
+        weight: ConstFloatPtr, bias: ConstFloatPtr, rows n: Int, C: Int, eps: Float
+    ) {
+        if let segments, segments.contains(where: { $0.layerNorms[kind] != nil }) {
+            for seg in segments {
+                let o = seg.layerNorms[kind]
+                layerNormForward(
+                    out: out + seg.start * C, mean: mean.map { $0 + seg.start }, rstd: rstd.map { $0 + seg.start },
+                    inp: inp + seg.start * C, weight: o?.weight ?? weight, bias: o?.bias ?? bias, rows: seg.count, C: C,
+                    eps: eps)
+            }
+            return
+        }
+        let o = layerNorms[kind]
+        layerNormForward(
+            out: out, mean: mean, rstd: rstd, inp: inp, weight: o?.weight ?? weight, bias: o?.bias ?? bias, rows: n, C: C,
+            eps: eps)
     }
 
     /// The trained adapter's embedding branch backward, dx [n, C] = ∂L/∂(embedding output):
@@ -454,9 +494,29 @@ struct LoRAContext {
                     let seg = segments[i]
                     for a in seg.active {
                         guard let b = a.adapter.branch(layer: layer, target: target) else { continue }
+                        let out = b.slot.outFeatures
+                        let ys = y + seg.start * out
+                        guard let d = a.dora else {
+                            b.forward(
+                                x: x + seg.start * b.slot.inFeatures, y: ys, n: seg.count, scale: a.scale,
+                                u: u + seg.start * stride)
+                            continue
+                        }
+                        // DoRA without dropout, in place (see `DoRAFactors`):
+                        // y ← k ⊙ ((y − bias) + σ·x·Aᵀ·Bᵀ) + bias.
+                        let k = d.k[b.index]
+                        let bias = d.bias[b.index]
+                        for r in 0..<seg.count {
+                            let yr = ys + r * out
+                            for j in 0..<out { yr[j] -= bias[j] }
+                        }
                         b.forward(
-                            x: x + seg.start * b.slot.inFeatures, y: y + seg.start * b.slot.outFeatures,
-                            n: seg.count, scale: a.scale, u: u + seg.start * stride)
+                            x: x + seg.start * b.slot.inFeatures, y: ys, n: seg.count, scale: a.scale,
+                            u: u + seg.start * stride)
+                        for r in 0..<seg.count {
+                            let yr = ys + r * out
+                            for j in 0..<out { yr[j] = k[j] * yr[j] + bias[j] }
+                        }
                     }
                 }
             }

@@ -117,8 +117,13 @@ public final class Engine: @unchecked Sendable {
     /// its last request ends, so a long-running engine (a server) does not
     /// grow with every distinct set and scale it has seen.
     private var setIDs: [[SetMember]: Int] = [:]
-    private var setUses: [Int: (key: [SetMember], count: Int)] = [:]
+    private var setUses: [Int: (key: [SetMember], count: Int, prepared: PreparedSet)] = [:]
     private var nextSetID = 0
+
+    private struct PreparedSet {
+        let active: [ActiveLoRA]
+        let layerNorms: [SavedModule.Kind: LayerNormOverride]
+    }
 
     /// An adapter of a set, by identity. Not held: an identifier reused by a
     /// later adapter is harmless, since running sequences hold their adapters,
@@ -163,6 +168,7 @@ public final class Engine: @unchecked Sendable {
         let id: Int64
         let prompt: [TokenID]
         let active: [ActiveLoRA]
+        let layerNorms: [SavedModule.Kind: LayerNormOverride]
         /// The adapter set's number: rows with equal numbers share a segment.
         let setID: Int
         /// Rows in the step being planned.
@@ -179,12 +185,16 @@ public final class Engine: @unchecked Sendable {
         /// The last picked token, fed in the next step (decode).
         var pending: TokenID?
 
-        init(id: Int64, request: EngineRequest, active: [ActiveLoRA], setID: Int, generation: GenerationState) {
+        init(
+            id: Int64, request: EngineRequest, active: [ActiveLoRA], layerNorms: [SavedModule.Kind: LayerNormOverride],
+            setID: Int, generation: GenerationState
+        ) {
             self.id = id
             prompt = request.prompt
             self.active = active
+            self.layerNorms = layerNorms
             self.setID = setID
-            maxRank = active.flatMap { $0.adapter.slots.map(\.r) }.max() ?? 0
+            maxRank = active.map(\.adapter.maxRank).max() ?? 0
             onToken = request.onToken
             onLogits = request.onLogits
             self.generation = generation
@@ -262,24 +272,6 @@ public final class Engine: @unchecked Sendable {
         var active: [ActiveLoRA] = []
         for use in request.adapters {
             try use.adapter.checkFits(model.config)
-            // DoRA rescales the whole module output per adapter set; as in
-            // PEFT's mixed batches ("Cannot pass `adapter_names` when DoRA is
-            // enabled"), it is not offered here: generate with the model instead.
-            guard use.adapter.embedding == nil else {
-                throw LoRAError.unsupported(
-                    "adapter \(use.adapter.name) adapts wte, which the batched engine does not run; attach it to the model and generate there"
-                )
-            }
-            guard use.adapter.savedModules.isEmpty else {
-                throw LoRAError.unsupported(
-                    "adapter \(use.adapter.name) has modules_to_save, which the batched engine does not run; attach it to the model and generate there, or merge it"
-                )
-            }
-            guard !use.adapter.config.useDoRA else {
-                throw LoRAError.unsupported(
-                    "adapter \(use.adapter.name) uses DoRA, which the batched engine does not run; attach it to the model and generate there, or merge it"
-                )
-            }
             guard use.scale.isFinite else { throw LoRAError.invalidArgument("adapter scale must be finite") }
             guard !active.contains(where: { $0.adapter === use.adapter }) else {
                 throw LoRAError.invalidArgument("adapter \(use.adapter.name) is given twice")
@@ -287,6 +279,13 @@ public final class Engine: @unchecked Sendable {
             // As Model.activeLoRA: a zero scale adds nothing.
             if use.scale != 0 { active.append(ActiveLoRA(adapter: use.adapter, scale: use.scale)) }
         }
+        // Adapter sets are numbered by adapter identity and scale; a set's
+        // DoRA factors and saved LayerNorms are found once, while it is live.
+        let key = active.map { SetMember(adapter: ObjectIdentifier($0.adapter), scale: $0.scale.bitPattern) }
+        lock.lock()
+        let known = setIDs[key].flatMap { setUses[$0]?.prepared }
+        lock.unlock()
+        let prepared = try known ?? prepare(active)
         let generation = GenerationState(
             model: model, prompt: request.prompt, params: request.params,
             limit: min(context, model.config.nPositions))
@@ -294,8 +293,6 @@ public final class Engine: @unchecked Sendable {
         defer { lock.unlock() }
         let id = nextID
         nextID += 1
-        // Adapter sets are numbered by adapter identity and scale.
-        let key = active.map { SetMember(adapter: ObjectIdentifier($0.adapter), scale: $0.scale.bitPattern) }
         if request.params.maxNewTokens == 0 {
             records[id] = Record(state: .finished, result: GenerationResult(tokens: [], text: "", stopReason: .maxNewTokens))
             return id
@@ -308,10 +305,21 @@ public final class Engine: @unchecked Sendable {
             nextSetID += 1
             setIDs[key] = setID
         }
-        setUses[setID, default: (key, 0)].count += 1
+        setUses[setID, default: (key, 0, prepared)].count += 1
         records[id] = Record(state: .queued)
-        queue.append(ActiveSequence(id: id, request: request, active: active, setID: setID, generation: generation))
+        let p = setUses[setID]!.prepared
+        queue.append(
+            ActiveSequence(id: id, request: request, active: p.active, layerNorms: p.layerNorms, setID: setID, generation: generation))
         return id
+    }
+
+    /// A set's adapters as a step runs them: DoRA adapters with their
+    /// factors (norms of the base weight plus the scaled update), the
+    /// modules_to_save LayerNorms. Errors: DoRA on a reduced-precision base,
+    /// two adapters saving one module.
+    private func prepare(_ active: [ActiveLoRA]) throws -> PreparedSet {
+        PreparedSet(
+            active: try model.withDoRAFactors(active), layerNorms: try LayerNormOverride.overrides(active, training: nil))
     }
 
     /// A request of set `setID` ended (under the lock): the set is forgotten
@@ -549,7 +557,7 @@ public final class Engine: @unchecked Sendable {
             if lastKey == s.setID {
                 segments[segments.count - 1].count += count
             } else {
-                segments.append(LoRASegment(start: start, count: count, active: s.active))
+                segments.append(LoRASegment(start: start, count: count, active: s.active, layerNorms: s.layerNorms))
                 lastKey = s.setID
             }
             maxRank = max(maxRank, s.maxRank)
@@ -570,7 +578,7 @@ public final class Engine: @unchecked Sendable {
             input: x.base, ln1: ln.base, ln1Mean: nil, ln1Rstd: nil, qkv: qkv.base, att: att.base,
             probs: probs.base, probsSlots: probSlots, lse: nil, res2: x.base, ln2: ln.base, ln2Mean: nil,
             ln2Rstd: nil, fcPre: fc.base, fcAct: fc.base, res3: x.base, proj: proj.base)
-        let anyLoRA = segments.contains { !$0.active.isEmpty }
+        let anyLoRA = segments.contains { !$0.active.isEmpty || !$0.layerNorms.isEmpty }
         var lora = LoRAContext.none
         if anyLoRA {
             lora = LoRAContext(active: [], scratch: loraU.base, training: nil, segments: segments)
@@ -580,6 +588,7 @@ public final class Engine: @unchecked Sendable {
             positions.withUnsafeBufferPointer { pp in
                 embeddingForward(out: x.base, ids: idp.baseAddress!, positions: pp.baseAddress!, wte: w.wte, wpe: w.wpe, n: n, C: C)
             }
+            lora.embeddingForward(ids: idp.baseAddress!, x: x.base, n: n)
         }
         let layerBytes = params.maxSequences * context * C * kvCacheDType.weightBytes
         runs.withUnsafeBufferPointer { r in
@@ -597,9 +606,10 @@ public final class Engine: @unchecked Sendable {
         let m = headRows.count
         let eps = Float(c.layerNormEpsilon)
         for (i, h) in headRows.enumerated() {
+            let o = h.sequence.layerNorms[.lnf]
             layerNormForward(
                 out: ln.base + i * C, mean: nil, rstd: nil, inp: x.base + h.row * C,
-                weight: w.lnfW, bias: w.lnfB, rows: 1, C: C, eps: eps)
+                weight: o?.weight ?? UnsafePointer(w.lnfW), bias: o?.bias ?? UnsafePointer(w.lnfB), rows: 1, C: C, eps: eps)
         }
         baseMatmul(transW: true, M: m, N: V, K: C, A: ln.base, lda: C, W: w.lmHead, beta: 0, C: logits.base, ldc: V)
     }

@@ -151,11 +151,9 @@ extension Model {
         let n = B * T
         let eps = Float(c.layerNormEpsilon)
 
-        let ln1 = lora.layerNorms[.ln1(layer: l)]
-        let ln2 = lora.layerNorms[.ln2(layer: l)]
-        layerNormForward(
-            out: a.ln1, mean: a.ln1Mean, rstd: a.ln1Rstd, inp: a.input, weight: ln1?.weight ?? UnsafePointer(lw.ln1W),
-            bias: ln1?.bias ?? UnsafePointer(lw.ln1B), rows: n, C: C, eps: eps)
+        lora.layerNorm(
+            .ln1(layer: l), out: a.ln1, mean: a.ln1Mean, rstd: a.ln1Rstd, inp: a.input, weight: lw.ln1W, bias: lw.ln1B,
+            rows: n, C: C, eps: eps)
         matmulForward(out: a.qkv, inp: a.ln1, weight: lw.attnW, bias: lw.attnB, M: n, K: C, N: 3 * C)
         lora.forward(layer: l, target: .attnCAttn, x: a.ln1, y: a.qkv, n: n)
 
@@ -169,9 +167,9 @@ extension Model {
         lora.forward(layer: l, target: .attnCProj, x: a.att, y: a.proj, n: n)
         addForward(out: a.res2, a: a.input, b: a.proj, n: n * C)
 
-        layerNormForward(
-            out: a.ln2, mean: a.ln2Mean, rstd: a.ln2Rstd, inp: a.res2, weight: ln2?.weight ?? UnsafePointer(lw.ln2W),
-            bias: ln2?.bias ?? UnsafePointer(lw.ln2B), rows: n, C: C, eps: eps)
+        lora.layerNorm(
+            .ln2(layer: l), out: a.ln2, mean: a.ln2Mean, rstd: a.ln2Rstd, inp: a.res2, weight: lw.ln2W, bias: lw.ln2B,
+            rows: n, C: C, eps: eps)
         matmulForward(out: a.fcPre, inp: a.ln2, weight: lw.fcW, bias: lw.fcB, M: n, K: C, N: F)
         lora.forward(layer: l, target: .mlpCFC, x: a.ln2, y: a.fcPre, n: n)
         activationForward(c.activation, out: a.fcAct, inp: a.fcPre, n: n * F)
