@@ -657,8 +657,7 @@ void lora_request_default_params_v2(lora_request *request, size_t size);
  * without room for a new token in the context, bad sampling params, an
  * adapter made for another model shape or belonging to another model handle,
  * a scale that is NaN or infinite, an adapter given twice),
- * LORA_UNSUPPORTED (two adapters saving one module, DoRA on a reduced-precision
- * base), LORA_WRONG_STATE
+ * LORA_UNSUPPORTED (two adapters of the request saving one module), LORA_WRONG_STATE
  * (a text prompt without a tokenizer). */
 lora_status lora_engine_submit(lora_engine *engine, const lora_request *request, lora_request_id *id);
 

@@ -98,10 +98,9 @@ import Testing
         print("engine with DoRA, modules_to_save, wte: worst difference to solo runs \(worst)")
     }
 
-    /// Sets the engine cannot run are refused at submission, by name, and
-    /// leave nothing queued: two adapters saving one module, DoRA on a
-    /// reduced-precision base.
-    @Test func unrunnableSetsAreRefused() throws {
+    /// A set the engine cannot run is refused at submission, by name, and
+    /// leaves nothing queued: two adapters saving one module.
+    @Test func conflictingSavedModulesAreRefused() throws {
         let engine = try Engine(model: Self.model, params: EngineParams())
         do {
             _ = try engine.submit(EngineRequest(prompt: [1, 2], adapters: [AdapterUse(Self.saved), AdapterUse(Self.savedDoRA)]))
@@ -110,22 +109,34 @@ import Testing
             #expect(message.contains("ln_f"))
         }
         #expect(engine.pendingCount == 0 && engine.liveAdapterSets == 0)
+    }
 
+    /// DoRA and a saved LayerNorm on a bf16 base: the engine's tokens and
+    /// logits as the bf16 model's own with the adapter attached.
+    @Test func doraOnABF16BaseMatchesSoloRuns() throws {
         let bf16 = try Model.load(directory: Fixtures.path("gpt2-a"), dtype: .bf16)
-        let other = try Engine(model: bf16, params: EngineParams())
-        let dora = try Adapter.load(directory: Fixtures.path("dora/all"), modelConfig: bf16.config)
-        do {
-            _ = try other.submit(EngineRequest(prompt: [1, 2], adapters: [AdapterUse(dora)]))
-            Issue.record("DoRA on a bf16 base was accepted")
-        } catch LoRAError.unsupported(let message) {
-            #expect(message.contains("bf16"))
-        }
-        #expect(other.pendingCount == 0 && other.liveAdapterSets == 0)
-        // The same engine runs a plain set after the refusals.
-        let wte = try Adapter.load(directory: Fixtures.path("embedding/wte"), modelConfig: bf16.config)
+        let adapter = try Adapter.load(directory: Fixtures.path("modules_to_save/dora"), modelConfig: bf16.config)
+        let engine = try Engine(model: bf16, params: EngineParams())
+        var rows: [[Float]] = []
+        engine.logitsHook = { _, row in rows.append(row) }
         var sp = SamplingParams.greedy
-        sp.maxNewTokens = 3
-        let r = try other.generate([EngineRequest(prompt: [1, 2], adapters: [AdapterUse(wte)], params: sp)])
-        #expect(r[0].tokens.count == 3)
+        sp.maxNewTokens = 4
+        sp.stopAtEndOfText = false
+        let prompt: [TokenID] = [1, 2, 30, 44, 5]
+        let plain = try engine.generate([EngineRequest(prompt: prompt, params: sp)])[0]
+        rows.removeAll()
+        let got = try engine.generate([EngineRequest(prompt: prompt, adapters: [AdapterUse(adapter, scale: 0.9)], params: sp)])[0]
+        try bf16.attach(adapter, scale: 0.9)
+        let want = try bf16.generate(prompt: prompt, params: sp)
+        let V = bf16.config.vocabSize
+        for (k, row) in rows.enumerated() {
+            let ids = prompt + got.tokens[0..<k]
+            let solo = Array(try bf16.logits(ids)[(ids.count - 1) * V..<ids.count * V])
+            #expect(maxAbsDiff(row, solo) <= engineLogitTolerance, "token \(k)")
+        }
+        try bf16.detach(adapter)
+        #expect(got.tokens == want.tokens && rows.count == 4)
+        let base = Array(try bf16.logits(prompt).suffix(V))
+        #expect(got.tokens != plain.tokens || maxAbsDiff(rows[0], base) > 1e-2)  // the adapter matters
     }
 }

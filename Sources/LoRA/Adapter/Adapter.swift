@@ -158,7 +158,7 @@ public final class Adapter: @unchecked Sendable {
         if config.useDoRA {
             for s in slots {
                 let norms = DoRAFactors.columnNorms(
-                    branch(s), weight: try model.f32WeightPointer(layer: s.layer, target: s.target), factor: 1)
+                    branch(s), weight: model.weightMatrix(layer: s.layer, target: s.target), factor: 1)
                 magnitude(s)!.update(from: norms, count: s.outFeatures)
             }
         }

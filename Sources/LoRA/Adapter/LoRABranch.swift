@@ -111,7 +111,7 @@ struct LoRABranch {
     func backward(
         dy: ConstFloatPtr, x: ConstFloatPtr, u: ConstFloatPtr, n: Int, scale: Float, du: FloatPtr,
         dA: FloatPtr, dB: FloatPtr, dx: FloatPtr?, dropout: LoRADropout?,
-        throughWeight: (dy: ConstFloatPtr, weight: ConstFloatPtr)? = nil
+        throughWeight: (dy: ConstFloatPtr, weight: BaseMatrix)? = nil
     ) {
         let s = slot
         let alpha = scale * s.scaling
@@ -146,9 +146,9 @@ struct LoRABranch {
                 transA: false, transB: false, M: n, N: s.inFeatures, K: s.r, alpha: 1, A: du, lda: s.r,
                 B: A, ldb: s.inFeatures, beta: 0, C: t, ldc: s.inFeatures)
             if let (dyW, w) = throughWeight {
-                gemm(
-                    transA: false, transB: true, M: n, N: s.inFeatures, K: s.outFeatures, alpha: 1, A: dyW, lda: s.outFeatures,
-                    B: w, ldb: s.outFeatures, beta: 1, C: t, ldc: s.inFeatures)
+                baseMatmul(
+                    transW: true, M: n, N: s.inFeatures, K: s.outFeatures, A: dyW, lda: s.outFeatures, W: w, beta: 1, C: t,
+                    ldc: s.inFeatures)
             }
             for i in 0..<count { dx[i] += t[i] * f[i] }
         }
@@ -238,8 +238,8 @@ final class DoRAFactors {
     /// Per slot of the adapter (by index): wn [out] and k [out].
     let norm: [FloatPtr]
     let k: [FloatPtr]
-    /// The module's frozen weight [in, out] and bias [out] in the model.
-    let weight: [ConstFloatPtr]
+    /// The module's frozen weight [in, out] (in the model's dtype) and bias [out].
+    let weight: [BaseMatrix]
     let bias: [ConstFloatPtr]
 
     init(adapter: Adapter, scale: Float, model: Model) throws {
@@ -248,18 +248,18 @@ final class DoRAFactors {
         var p = store.base
         var norm: [FloatPtr] = []
         var k: [FloatPtr] = []
-        var weight: [ConstFloatPtr] = []
+        var weight: [BaseMatrix] = []
         var bias: [ConstFloatPtr] = []
         for s in adapter.slots {
             let out = s.outFeatures
-            let w = try model.f32WeightPointer(layer: s.layer, target: s.target)
+            let w = model.weightMatrix(layer: s.layer, target: s.target)
             let wn = DoRAFactors.columnNorms(adapter.branch(s), weight: w, factor: scale)
             let m = adapter.magnitude(s)!
             p.update(from: wn, count: out)
             for j in 0..<out { p[out + j] = m[j] / wn[j] }
             norm.append(p)
             k.append(p + out)
-            weight.append(UnsafePointer(w))
+            weight.append(w)
             bias.append(UnsafePointer(model.biasPointer(layer: s.layer, target: s.target)))
             p += 2 * out
         }
@@ -267,6 +267,12 @@ final class DoRAFactors {
         self.k = k
         self.weight = weight
         self.bias = bias
+    }
+
+    /// `columnNorms` of a base weight in any dtype, read as its F32 values
+    /// (a reduced-precision base: the rounded values, as PEFT on those values).
+    static func columnNorms(_ b: LoRABranch, weight: BaseMatrix, factor: Float) -> [Float] {
+        weight.dequantized().withUnsafeBufferPointer { columnNorms(b, weight: $0.baseAddress!, factor: factor) }
     }
 
     /// ‖W + factor·s·(B·A)ᵀ‖ per output feature (each column of the Conv1D
@@ -551,9 +557,7 @@ struct LoRAContext {
             // v = x̃·W + σ·x̃·Aᵀ·Bᵀ;  y += k ⊙ v − x̃·W.
             let xt = b.applyDropout(dropout, x: x, n: n)
             let base = area + doraArea
-            gemm(
-                transA: false, transB: false, M: n, N: out, K: inF, alpha: 1, A: xt, lda: inF,
-                B: d.weight[i], ldb: out, beta: 0, C: base, ldc: out)
+            baseMatmul(transW: false, M: n, N: out, K: inF, A: xt, lda: inF, W: d.weight[i], beta: 0, C: base, ldc: out)
             v.update(from: base, count: n * out)
             b.forward(x: xt, y: v, n: n, scale: scale, u: u)
             for r in 0..<n {
@@ -674,7 +678,7 @@ struct LoRAContext {
             for c in 0..<out { acc[c] += Double(gr[c] * vr[c]) }
         }
         for c in 0..<out { dm[c] += Float(acc[c]) / wn[c] }
-        var through: (dy: ConstFloatPtr, weight: ConstFloatPtr)? = nil
+        var through: (dy: ConstFloatPtr, weight: BaseMatrix)? = nil
         if dropout != nil, dx != nil {
             // ((k − 1) ⊙ g) for the base product x̃·W inside the branch.
             let e = area + doraArea

@@ -315,8 +315,7 @@ public final class Engine: @unchecked Sendable {
 
     /// A set's adapters as a step runs them: DoRA adapters with their
     /// factors (norms of the base weight plus the scaled update), the
-    /// modules_to_save LayerNorms. Errors: DoRA on a reduced-precision base,
-    /// two adapters saving one module.
+    /// modules_to_save LayerNorms. Error: two adapters saving one module.
     private func prepare(_ active: [ActiveLoRA]) throws -> PreparedSet {
         PreparedSet(
             active: try model.withDoRAFactors(active), layerNorms: try LayerNormOverride.overrides(active, training: nil))

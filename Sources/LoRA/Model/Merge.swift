@@ -204,15 +204,6 @@ extension Model {
         }
     }
 
-    /// The F32 base weight a LoRA target adapts, for what reads it directly
-    /// (DoRA's norms and its dropout path): refused on a reduced-precision base.
-    func f32WeightPointer(layer: Int, target: LoRATarget) throws -> FloatPtr {
-        guard let p = weightMatrix(layer: layer, target: target).f32 else {
-            throw LoRAError.unsupported("DoRA on a \(weights.dtype.rawValue) base: load the model with dtype f32")
-        }
-        return p
-    }
-
     /// The base weight a LoRA target adapts, in the model's dtype.
     func weightMatrix(layer: Int, target: LoRATarget) -> BaseMatrix {
         let lw = weights.layers[layer]

@@ -175,11 +175,6 @@ public final class Model: @unchecked Sendable {
         guard !attachments.contains(where: { $0.adapter === adapter }) else {
             throw LoRAError.wrongState("adapter \(adapter.name) is already attached")
         }
-        // DoRA reads the base as F32 (its norms, its dropout path): refused
-        // here rather than by every forward pass after.
-        if adapter.config.useDoRA, dtype != .f32 {
-            throw LoRAError.unsupported("DoRA on a \(dtype.rawValue) base: load the model with dtype f32")
-        }
         attachments.append(Attachment(adapter: adapter, scale: scale, enabled: true))
     }
 
