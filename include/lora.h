@@ -283,6 +283,10 @@ typedef struct lora_adapter_params {
     /* PEFT's modules_to_save, comma-separated ("ln_f,h.1.ln_1"): modules trained in full beside the adapter and
      * saved with it, matched by the end of their names; LayerNorms (ln_1, ln_2, ln_f) only. NULL: none (0.2.0) */
     const char *modules_to_save;
+    /* PEFT's lora_bias: B has a bias b [out], added as scale*s*b after B A x, trained with A and B (no weight
+     * decay), merged into the module's bias; starts at 0. With LORA_INIT_DEFAULT or _RANDOM, without use_dora;
+     * not on wte. Default 0 (0.2.0) */
+    int32_t lora_bias;
 } lora_adapter_params;
 
 void lora_adapter_default_params(lora_adapter_params *params);
@@ -303,7 +307,7 @@ lora_status lora_adapter_create(lora_adapter **out, lora_model *model, const lor
  * adapter_model.safetensors) for `model`'s shape (not attached). Errors:
  * LORA_IO_ERROR, LORA_INVALID_FILE (shapes do not fit, keys without the
  * base_model.model. prefix, use_dora without lora_magnitude_vector tensors,
- * ...), LORA_UNSUPPORTED (lora_bias, ...). */
+ * lora_B.bias tensors without lora_bias, ...), LORA_UNSUPPORTED (ensure_weight_tying, ...). */
 lora_status lora_adapter_load(lora_adapter **out, const lora_model *model, const char *path);
 
 /* Saves in PEFT's layout into directory `path` (created if needed; each file

@@ -9,7 +9,7 @@ var defaultAdapterParams: lora_adapter_params {
         lora_alpha: Float(d.loraAlpha), lora_dropout: Float(d.loraDropout),
         target_modules: nil, target_modules_regex: 0, use_rslora: 0,
         `init`: LORA_INIT_DEFAULT, seed: 0, layers_to_transform: nil, n_layers_to_transform: 0,
-        pissa_niter: 0, use_dora: d.useDoRA ? 1 : 0, modules_to_save: nil)
+        pissa_niter: 0, use_dora: d.useDoRA ? 1 : 0, modules_to_save: nil, lora_bias: d.loraBias ? 1 : 0)
 }
 
 @_cdecl("lora_adapter_default_params")
@@ -45,6 +45,7 @@ public func lora_adapter_create(
         }
         c.useRSLoRA = p.use_rslora != 0
         c.useDoRA = p.use_dora != 0
+        c.loraBias = p.lora_bias != 0
         if let m = p.modules_to_save {
             let names = try string(m, "modules_to_save").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
             c.modulesToSave = names.filter { !$0.isEmpty }

@@ -17,7 +17,9 @@ struct Inspect: ParsableCommand {
             if FileManager.default.fileExists(atPath: path + "/" + Adapter.configFile) {
                 let c = try LoRAConfig.load(path: path + "/" + Adapter.configFile)
                 say("PEFT LoRA adapter: \(path)")
-                say("  r \(c.r), lora_alpha \(c.loraAlpha), dropout \(c.loraDropout), rslora \(c.useRSLoRA), dora \(c.useDoRA)")
+                say(
+                    "  r \(c.r), lora_alpha \(c.loraAlpha), dropout \(c.loraDropout), rslora \(c.useRSLoRA), dora \(c.useDoRA), lora_bias \(c.loraBias)"
+                )
                 say("  target_modules \(describe(c.targetModules)), layers_to_transform \(c.layersToTransform.map { "\($0)" } ?? "all")")
                 if let m = c.modulesToSave, !m.isEmpty { say("  modules_to_save \(m.joined(separator: ", "))") }
                 if !c.rankPattern.isEmpty { say("  rank_pattern \(c.rankPattern.map { "\($0.key)=\($0.value)" }.joined(separator: ", "))") }

@@ -13,6 +13,8 @@ struct LoRAOptions: ParsableArguments {
     @Option(help: "Comma-separated layer indices to adapt (default: all).") var layersToTransform: String?
     @Flag(help: "rsLoRA scaling alpha/sqrt(r).") var useRslora = false
     @Flag(help: "DoRA (PEFT's use_dora): also learn a magnitude per output feature (not with PiSSA/OLoRA).") var useDora = false
+    @Flag(help: "PEFT's lora_bias: B also learns a bias, merged into the module's bias (not with DoRA, PiSSA/OLoRA or gaussian init).")
+    var loraBias = false
     @Option(help: "Comma-separated modules trained in full beside the adapter (PEFT's modules_to_save; LayerNorms: ln_f, ln_1, h.1.ln_2).")
     var modulesToSave: String?
     @Option(help: "Initialisation (PiSSA/OLoRA change the base weights in memory; the adapter is saved converted for the original base).")
@@ -27,6 +29,12 @@ struct LoRAOptions: ParsableArguments {
         case .pissa, .olora:
             if useDora { throw ValidationError("--use-dora cannot be combined with --init-lora-weights pissa or olora") }
         default: break
+        }
+        if loraBias {
+            if useDora { throw ValidationError("--lora-bias cannot be combined with --use-dora") }
+            guard initLoraWeights.value == .kaiming || initLoraWeights.value == .random else {
+                throw ValidationError("--lora-bias needs --init-lora-weights default or random (as PEFT)")
+            }
         }
     }
 
@@ -50,6 +58,7 @@ struct LoRAOptions: ParsableArguments {
         if let l = try layers() { c.layersToTransform = l }
         c.useRSLoRA = useRslora
         c.useDoRA = useDora
+        c.loraBias = loraBias
         if let m = modulesToSave {
             c.modulesToSave = m.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         }

@@ -48,6 +48,7 @@ int main(int argc, char **argv) {
         {"adapter_create", test_adapter_create},
         {"adapter_combine", test_adapter_combine},
         {"adapter_dora", test_adapter_dora},
+        {"adapter_lora_bias", test_adapter_lora_bias},
         {"trainer_errors", test_trainer_errors},
         {"train_epochs", test_train_epochs},
         {"training_steps", test_training_steps},

@@ -121,6 +121,7 @@ void test_adapter_reference(void);
 void test_adapter_create(void);
 void test_adapter_combine(void);
 void test_adapter_dora(void);
+void test_adapter_lora_bias(void);
 /* test_capi_training.c */
 void test_trainer_errors(void);
 void test_train_epochs(void);

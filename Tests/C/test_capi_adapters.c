@@ -400,6 +400,79 @@ done:
     st_close(&ref);
 }
 
+/* lora_bias: PEFT's adapter gives PEFT's logits, merged too; a fresh one is the base model; refused with DoRA. */
+void test_adapter_lora_bias(void) {
+    st_file ref;
+    memset(&ref, 0, sizeof ref);
+    lora_model *m = NULL;
+    lora_adapter *peft = NULL, *fresh = NULL;
+    int32_t *ids = NULL;
+    float *want = NULL, *merged = NULL, *got = NULL, *base = NULL;
+    if (!st_open(&ref, path("%s/lora_bias/expected.safetensors", fixtures))) {
+        CHECK(0, "cannot read lora_bias/expected.safetensors");
+        goto done;
+    }
+    size_t n_ids = 0, n_logits = 0, n_merged = 0;
+    ids = st_ids(&ref, "ids", &n_ids);
+    want = st_floats(&ref, "logits.all", &n_logits);
+    merged = st_floats(&ref, "logits.merged", &n_merged);
+    CHECK(ids && want && merged && n_logits == n_ids * A_VOCAB && n_merged == n_logits, "reference tensors");
+    if (!ids || !want || !merged) goto done;
+    m = load_model("gpt2-a");
+    if (!m) goto done;
+    got = malloc(n_logits * sizeof *got);
+    base = malloc(n_logits * sizeof *base);
+    REQUIRE_OK(lora_logits(m, ids, n_ids, base, n_logits));
+    REQUIRE_OK(lora_adapter_load(&peft, m, path("%s/lora_bias/all", fixtures)));
+    /* 2 layers x (A, B, b) of c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj at r 4, n_embd 48. */
+    long long n = (long long)lora_adapter_n_params(peft);
+    long long expect_n =
+        2LL * (4 * 48 + 144 * 4 + 144 + 4 * 48 + 48 * 4 + 48 + 4 * 48 + 192 * 4 + 192 + 4 * 192 + 48 * 4 + 48);
+    CHECK(n == expect_n, "lora_bias adapter n_params %lld, expected %lld", n, expect_n);
+    REQUIRE_OK(lora_model_attach(m, peft, 1.0f));
+    REQUIRE_OK(lora_logits(m, ids, n_ids, got, n_logits));
+    float d = max_abs_diff(got, want, n_logits);
+    CHECK(d <= TOL_REFERENCE, "logits with PEFT's lora_bias adapter differ from PEFT's by %g", d);
+    REQUIRE_OK(lora_model_merge(m, peft));
+    REQUIRE_OK(lora_logits(m, ids, n_ids, got, n_logits));
+    d = max_abs_diff(got, merged, n_logits);
+    CHECK(d <= TOL_MERGE + TOL_REFERENCE, "merged lora_bias logits differ from PEFT's merge_and_unload by %g", d);
+    REQUIRE_OK(lora_model_unmerge(m, peft));
+    REQUIRE_OK(lora_model_detach(m, peft));
+
+    lora_adapter_params ap;
+    lora_adapter_default_params(&ap);
+    ap.lora_bias = 1;
+    ap.seed = 7;
+    REQUIRE_OK(lora_adapter_create(&fresh, m, &ap));
+    REQUIRE_OK(lora_model_attach(m, fresh, 1.0f));
+    REQUIRE_OK(lora_logits(m, ids, n_ids, got, n_logits));
+    d = max_abs_diff(got, base, n_logits);
+    /* 1e-5: the merge and unmerge above moved the base weights by float rounding. */
+    CHECK(d <= 1e-5f, "a fresh lora_bias adapter changes the logits by %g", d);
+    REQUIRE_OK(lora_model_detach(m, fresh));
+    {
+        lora_adapter *bad = SENTINEL(lora_adapter);
+        ap.use_dora = 1;
+        EXPECT(lora_adapter_create(&bad, m, &ap), LORA_UNSUPPORTED);
+        CHECK(bad == NULL, "*out not NULL after lora_bias with use_dora");
+        ap.use_dora = 0;
+        ap.init = LORA_INIT_GAUSSIAN;
+        EXPECT(lora_adapter_create(&bad, m, &ap), LORA_INVALID_ARGUMENT);
+        CHECK(bad == NULL, "*out not NULL after lora_bias with gaussian init");
+    }
+done:
+    lora_adapter_free(peft);
+    lora_adapter_free(fresh);
+    lora_model_free(m);
+    free(ids);
+    free(want);
+    free(merged);
+    free(got);
+    free(base);
+    st_close(&ref);
+}
+
 /* DoRA (use_dora): PEFT's adapter gives PEFT's logits; a fresh one starts as the base model. */
 void test_adapter_dora(void) {
     st_file ref;

@@ -82,6 +82,7 @@ void test_defaults(void) {
     CHECK(ap.target_modules == NULL && ap.target_modules_regex == 0, "target_modules");
     CHECK(ap.use_rslora == 0 && ap.init == LORA_INIT_DEFAULT, "use_rslora %d init %d", ap.use_rslora, ap.init);
     CHECK(ap.use_dora == 0, "use_dora %d", ap.use_dora);
+    CHECK(ap.lora_bias == 0, "lora_bias %d", ap.lora_bias);
     CHECK(ap.layers_to_transform == NULL && ap.n_layers_to_transform == 0, "layers_to_transform");
 
     lora_trainer_params tp;

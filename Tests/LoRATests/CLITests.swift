@@ -140,6 +140,25 @@ struct CLI {
         #expect(maxAbsDiff(try base.logits(ids), try Model.load(directory: dir + "/merged").logits(ids)) < logitsTolerance)
         r = try CLI.run(["inspect", out])
         #expect(r.out.contains("dora true"), "\(r.out)")
+        // lora_bias: B's bias trained and saved under PEFT's key; merged into the module's bias.
+        r = try CLI.run([
+            "train", "--model", model, data, "--output-dir", dir + "/bias", "--max-steps", "3", "--block-size", "32",
+            "--batch-size", "2", "--learning-rate", "1e-2", "--r", "2", "--lora-bias", "--target-modules", "c_attn,c_fc",
+        ])
+        #expect(r.status == 0, "train: \(r.err)")
+        let bias = try SafeTensorsFile(path: dir + "/bias/" + Adapter.weightsFile).floats(
+            "base_model.model.transformer.h.0.mlp.c_fc.lora_B.bias")
+        #expect(bias.contains { $0 != 0 })
+        r = try CLI.run(["merge", "--model", model, "--adapter", dir + "/bias", "--output-dir", dir + "/bias-merged"])
+        #expect(r.status == 0, "merge: \(r.err)")
+        let biased = try Adapter.load(directory: dir + "/bias", modelConfig: base.config)
+        let plainBase = try Model.load(directory: model)
+        try plainBase.attach(biased)
+        #expect(maxAbsDiff(try plainBase.logits(ids), try Model.load(directory: dir + "/bias-merged").logits(ids)) < logitsTolerance)
+        r = try CLI.run(["inspect", dir + "/bias"])
+        #expect(r.out.contains("lora_bias true"), "\(r.out)")
+        r = try CLI.run(["train", "--model", model, data, "--output-dir", dir + "/bad", "--lora-bias", "--use-dora"])
+        #expect(r.status != 0 && r.err.contains("--lora-bias"), "\(r.err)")
         // modules_to_save: ln_f trained in full and saved under PEFT's key.
         r = try CLI.run([
             "train", "--model", model, data, "--output-dir", dir + "/ln", "--max-steps", "2", "--block-size", "32",

@@ -31,7 +31,7 @@ func expectLossesMatch(
 }
 
 /// Every trained tensor of `a` by the key PEFT saves it under, with its
-/// place in `a.params`: LoRA A/B (and DoRA's magnitude), the embedding's
+/// place in `a.params`: LoRA A/B (and DoRA's magnitude, lora_bias), the embedding's
 /// A/B, modules_to_save's weight and bias.
 func trainedTensors(_ a: Adapter) -> [(key: String, offset: Int, count: Int)] {
     var out: [(String, Int, Int)] = []
@@ -39,6 +39,7 @@ func trainedTensors(_ a: Adapter) -> [(key: String, offset: Int, count: Int)] {
         let p = "base_model.model.\(s.moduleName)."
         out += [(p + "lora_A.weight", s.offsetA, s.countA), (p + "lora_B.weight", s.offsetB, s.countB)]
         if let m = s.offsetM { out.append((p + "lora_magnitude_vector", m, s.outFeatures)) }
+        if let b = s.offsetBias { out.append((p + "lora_B.bias", b, s.outFeatures)) }
     }
     if let e = a.embedding {
         out += [

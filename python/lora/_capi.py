@@ -216,6 +216,7 @@ class lora_adapter_params(Structure):
         ("pissa_niter", c_int32),
         ("use_dora", c_int32),
         ("modules_to_save", c_char_p),
+        ("lora_bias", c_int32),
     ]
 
 

@@ -60,7 +60,7 @@ class Adapter(Owner):
     def create(cls, model: Model, r: int | None = None, alpha: float | None = None, dropout: float | None = None,
                target_modules=None, use_rslora: bool = False, init="default", seed: int | None = None,
                layers_to_transform=None, pissa_niter: int = 0, use_dora: bool = False,
-               modules_to_save=None) -> "Adapter":
+               modules_to_save=None, lora_bias: bool = False) -> "Adapter":
         """A new adapter for model's shape (not attached).
 
         Arguments left at None take the library's defaults
@@ -78,6 +78,8 @@ class Adapter(Owner):
         with A and B, starting at the base weight's column norms.
         modules_to_save: module names trained in full beside the adapter and saved
         with it (PEFT's modules_to_save: LayerNorms "ln_f", "ln_1", "h.1.ln_2", ...).
+        lora_bias: PEFT's lora_bias: B has a bias, added as scale·s·b, trained with A
+        and B and merged into the module's bias; starts at zero.
         """
         mh = cls._model_handle(model)
         p = C.lora_adapter_params()
@@ -103,6 +105,7 @@ class Adapter(Owner):
         p.target_modules = targets
         p.use_rslora = flag(use_rslora)
         p.use_dora = flag(use_dora)
+        p.lora_bias = flag(lora_bias)
         saved = None
         if modules_to_save is not None:
             if isinstance(modules_to_save, (str, bytes)):

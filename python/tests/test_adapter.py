@@ -60,6 +60,33 @@ def test_dora_adapter_as_peft(model_a, tmp_path):
     assert ei.value.status == lora.LORA_UNSUPPORTED
 
 
+def test_lora_bias_as_peft(model_a, tmp_path):
+    """PEFT's lora_bias adapter: PEFT's logits, merged too; saved back byte for byte; a fresh one is the base."""
+    from helpers import read_safetensors
+    expected = read_safetensors(fixture("lora_bias", "expected.safetensors"))[1]
+    ids = expected["ids"].values()
+    src = fixture("lora_bias", "all")
+    with lora.Adapter.load(model_a, src) as a:
+        model_a.attach(a)
+        assert max_abs_diff(model_a.logits(ids), expected["logits.all"].values()) < LOGITS_TOLERANCE
+        model_a.merge(a)
+        assert max_abs_diff(model_a.logits(ids), expected["logits.merged"].values()) < LOGITS_TOLERANCE
+        model_a.unmerge(a)
+        a.save(tmp_path / "out")
+        model_a.detach(a)
+    assert filecmp.cmp(f"{src}/adapter_model.safetensors", tmp_path / "out" / "adapter_model.safetensors",
+                       shallow=False)
+    assert json.loads((tmp_path / "out" / "adapter_config.json").read_text())["lora_bias"] is True
+    base = model_a.logits(ids)  # after the merge and unmerge, which moved the weights by float rounding
+    with lora.Adapter.create(model_a, r=4, target_modules=["c_attn"], lora_bias=True, seed=1) as fresh:
+        assert fresh.n_params == 2 * (4 * (48 + 144) + 144)
+        model_a.attach(fresh)
+        assert max_abs_diff(model_a.logits(ids), base) == 0
+    with pytest.raises(lora.LoraError) as ei:
+        lora.Adapter.create(model_a, lora_bias=True, use_dora=True)
+    assert ei.value.status == lora.LORA_UNSUPPORTED
+
+
 def test_modules_to_save_as_peft(model_a, tmp_path):
     """PEFT's modules_to_save adapter: its logits; created ones save PEFT's keys."""
     from helpers import read_safetensors

@@ -33,15 +33,18 @@ public final class Adapter: @unchecked Sendable {
         for (layer, target, r, alpha) in resolved {
             let (fin, fout) = target.shape(modelConfig)
             let scaling = config.useRSLoRA ? alpha / Double(r).squareRoot() : alpha / Double(r)
-            let slot = LoRASlot(
+            var slot = LoRASlot(
                 layer: layer, target: target, moduleName: LoRATarget.moduleName(layer: layer, target),
                 r: r, alpha: alpha, scaling: Float(scaling), inFeatures: fin, outFeatures: fout,
                 offsetA: off, offsetB: off + r * fin, offsetM: config.useDoRA ? off + r * fin + fout * r : nil)
-            off += r * fin + fout * r + (config.useDoRA ? fout : 0)
+            if config.loraBias { slot.offsetBias = off + r * fin + fout * r }
+            off += r * fin + fout * r + (config.useDoRA || config.loraBias ? fout : 0)
             slots.append(slot)
         }
         if let (r, alpha) = embedding {
             guard !config.useDoRA else { throw LoRAError.unsupported("use_dora on the embedding transformer.wte is not implemented") }
+            // PEFT: "lora_bias=True is not supported (yet) for embedding layers".
+            guard !config.loraBias else { throw LoRAError.unsupported("lora_bias on the embedding transformer.wte (PEFT refuses it too)") }
             let scaling = config.useRSLoRA ? alpha / Double(r).squareRoot() : alpha / Double(r)
             let V = modelConfig.vocabSize
             let C = modelConfig.nEmbd
@@ -80,6 +83,9 @@ public final class Adapter: @unchecked Sendable {
         guard embedding == nil else {
             throw LoRAError.unsupported("\(what) adapter \(name) with LoRA on wte is not implemented")
         }
+        guard !config.loraBias else {
+            throw LoRAError.unsupported("\(what) adapter \(name) with lora_bias is not implemented; merge it instead")
+        }
     }
 
     /// Throws unless the adapter was made for a model of this shape (n_embd, n_inner, n_layer).
@@ -103,6 +109,8 @@ public final class Adapter: @unchecked Sendable {
     package func B(_ s: LoRASlot) -> FloatPtr { params.base + s.offsetB }
     /// DoRA's magnitude m [out] of a slot; nil without DoRA.
     package func magnitude(_ s: LoRASlot) -> FloatPtr? { s.offsetM.map { params.base + $0 } }
+    /// lora_bias: B's bias [out] of a slot.
+    package func loraBias(_ s: LoRASlot) -> FloatPtr? { s.offsetBias.map { params.base + $0 } }
     public var parameterCount: Int { params.count }
     /// The largest rank of the adapter's branches (modules and embedding).
     var maxRank: Int { max(slots.map(\.r).max() ?? 0, embedding?.r ?? 0) }
@@ -204,6 +212,11 @@ public final class Adapter: @unchecked Sendable {
                 let bb = 1 / Float(s.r).squareRoot()
                 for i in 0..<s.countA { a[i] = (2 * rng.nextFloat() - 1) * ba }
                 for i in 0..<s.countB { b[i] = (2 * rng.nextFloat() - 1) * bb }
+            }
+            // lora_bias: zero (PEFT zeroes it with B), nn.Linear's default without init.
+            if let bias = loraBias(s) {
+                let bound = 1 / Float(s.r).squareRoot()
+                for j in 0..<s.outFeatures { bias[j] = config.initLoraWeights == .random ? (2 * rng.nextFloat() - 1) * bound : 0 }
             }
         }
         if let e = embedding {

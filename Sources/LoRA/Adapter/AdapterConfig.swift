@@ -63,6 +63,11 @@ public struct LoRAConfig: Sendable, Equatable {
     /// DoRA (`use_dora`): each adapted module also learns a magnitude per
     /// output feature (see `LoRABranch`'s DoRA section).
     public var useDoRA = false
+    /// `lora_bias`: B has a bias [out] (PEFT's `lora_B` as `nn.Linear(r, out,
+    /// bias=True)`), added as s·b after x·Aᵀ·Bᵀ and merged into the module's
+    /// bias; starts at zero. PEFT's use: an adapter extracted from a full
+    /// fine-tune keeps that fine-tune's bias change.
+    public var loraBias = false
     /// `modules_to_save`: modules trained in full beside the adapter and saved
     /// with it (PEFT's ModulesToSaveWrapper); matched as PEFT does, by the end
     /// of the module name. LayerNorms (ln_1, ln_2, ln_f) are implemented.
@@ -82,7 +87,7 @@ public struct LoRAConfig: Sendable, Equatable {
             && a.alphaPattern.map(\.key) == b.alphaPattern.map(\.key) && a.alphaPattern.map(\.value) == b.alphaPattern.map(\.value)
             && a.initLoraWeights == b.initLoraWeights && a.baseModelNameOrPath == b.baseModelNameOrPath
             && a.revision == b.revision && a.taskType == b.taskType && a.useDoRA == b.useDoRA
-            && a.modulesToSave == b.modulesToSave
+            && a.modulesToSave == b.modulesToSave && a.loraBias == b.loraBias
     }
 
     /// The range checks PEFT and this engine need.
@@ -102,13 +107,19 @@ public struct LoRAConfig: Sendable, Equatable {
             throw LoRAError.invalidArgument("layers_to_transform must hold non-negative layer indices")
         }
         if case .pissa(let n?) = initLoraWeights, n < 0 { throw LoRAError.invalidArgument("pissa_niter must be >= 0") }
+        if loraBias {
+            // As PEFT's LoraConfig: lora_bias only with init_lora_weights true or false.
+            guard initLoraWeights == .kaiming || initLoraWeights == .random else {
+                throw LoRAError.invalidArgument("lora_bias needs init_lora_weights true or false (as PEFT)")
+            }
+            guard !useDoRA else { throw LoRAError.unsupported("lora_bias with use_dora is not implemented") }
+        }
     }
 
     // MARK: adapter_config.json
 
     /// Keys that must keep PEFT's defaults: each names a feature not implemented here.
     static let unsupportedKeys: [(key: String, isDefault: @Sendable (JSONValue) -> Bool)] = [
-        ("lora_bias", { $0.isNull || $0 == .bool(false) }),
         ("bias", { $0.isNull || $0 == .string("none") }),
         ("target_parameters", { $0.isNull || $0 == .array([]) }),
         ("ensure_weight_tying", { $0.isNull || $0 == .bool(false) }),
@@ -207,6 +218,10 @@ public struct LoRAConfig: Sendable, Equatable {
             guard let b = v.boolValue else { throw fail("use_dora must be true or false") }
             c.useDoRA = b
         }
+        if let v = o["lora_bias"], !v.isNull {
+            guard let b = v.boolValue else { throw fail("lora_bias must be true or false") }
+            c.loraBias = b
+        }
         if let v = o["rank_pattern"], !v.isNull {
             guard let m = v.objectValue else { throw fail("rank_pattern must be an object") }
             c.rankPattern = try m.members.map { (k, x) in
@@ -279,7 +294,7 @@ public struct LoRAConfig: Sendable, Equatable {
         o["layers_to_transform"] = layersToTransform.map { .array($0.map { .number(JSONNumber($0)) }) } ?? .null
         o["loftq_config"] = .object(JSONObject())
         o["lora_alpha"] = LoRAConfig.alphaJSON(loraAlpha)
-        o["lora_bias"] = .bool(false)
+        o["lora_bias"] = .bool(loraBias)
         o["lora_dropout"] = .number(JSONNumber(loraDropout))
         o["lora_ga_config"] = .null
         o["megatron_config"] = .null

@@ -15,11 +15,14 @@ public struct LoRASlot: Sendable, Equatable {
     public let scaling: Float
     public let inFeatures: Int
     public let outFeatures: Int
-    /// A [r, in] then B [out, r] in the parameter block, then with DoRA the magnitude m [out].
+    /// A [r, in] then B [out, r] in the parameter block, then with DoRA the
+    /// magnitude m [out] or with lora_bias B's bias [out].
     public let offsetA: Int
     public let offsetB: Int
     /// DoRA's magnitude vector m [out] (`lora_magnitude_vector`); nil without DoRA.
     public let offsetM: Int?
+    /// lora_bias: B's bias [out] (`lora_B.bias`), after B; nil without it.
+    public var offsetBias: Int? = nil
     public var countA: Int { r * inFeatures }
     public var countB: Int { outFeatures * r }
 }
@@ -59,10 +62,24 @@ struct LoRABranch {
     let B: FloatPtr
     /// The slot's index in its adapter (it seeds the dropout mask).
     let index: Int
+    /// lora_bias: B's bias [out]; nil without it.
+    var bias: FloatPtr? = nil
 
-    /// u[n, r] = x[n, in]·Aᵀ;  y[n, out] += scale·s · u·Bᵀ.
+    /// u[n, r] = x[n, in]·Aᵀ;  y[n, out] += scale·s · (u·Bᵀ + b) (b: lora_bias, else 0).
     /// x is the branch input after dropout; u is kept for backward in training.
     func forward(x: ConstFloatPtr, y: FloatPtr, n: Int, scale: Float, u: FloatPtr) {
+        products(x: x, y: y, n: n, scale: scale, u: u)
+        if let bias {
+            let alpha = scale * slot.scaling
+            let out = slot.outFeatures
+            for r in 0..<n {
+                let yr = y + r * out
+                for j in 0..<out { yr[j] += alpha * bias[j] }
+            }
+        }
+    }
+
+    private func products(x: ConstFloatPtr, y: FloatPtr, n: Int, scale: Float, u: FloatPtr) {
         let s = slot
         if n == 1 {
             // One row (decode, and each sequence of the engine's segments of
@@ -103,6 +120,7 @@ struct LoRABranch {
     ///
     ///     du = scale·s · dy·B     [n, r]   (scratch)
     ///     dB += scale·s · dyᵀ·u   [out, r]
+    ///     db += scale·s · Σ_n dy  [out]    (lora_bias)
     ///     dA += duᵀ·x̃            [r, in]
     ///     dx += (du·A) ⊙ mask     [n, in]  (when dx is given; mask = 1 without dropout)
     ///
@@ -110,11 +128,20 @@ struct LoRABranch {
     /// x̃·W, so dx̃ gains dyW·Wᵀ (W [in, out] the frozen weight) before the mask.
     func backward(
         dy: ConstFloatPtr, x: ConstFloatPtr, u: ConstFloatPtr, n: Int, scale: Float, du: FloatPtr,
-        dA: FloatPtr, dB: FloatPtr, dx: FloatPtr?, dropout: LoRADropout?,
+        dA: FloatPtr, dB: FloatPtr, dBias: FloatPtr? = nil, dx: FloatPtr?, dropout: LoRADropout?,
         throughWeight: (dy: ConstFloatPtr, weight: BaseMatrix)? = nil
     ) {
         let s = slot
         let alpha = scale * s.scaling
+        if let dBias {
+            let out = s.outFeatures
+            var acc = [Double](repeating: 0, count: out)
+            for r in 0..<n {
+                let dr = dy + r * out
+                for j in 0..<out { acc[j] += Double(dr[j]) }
+            }
+            for j in 0..<out { dBias[j] += alpha * Float(acc[j]) }
+        }
         gemm(
             transA: false, transB: false, M: n, N: s.r, K: s.outFeatures, alpha: alpha, A: dy, lda: s.outFeatures,
             B: B, ldb: s.r, beta: 0, C: du, ldc: s.r)
@@ -301,7 +328,9 @@ extension Adapter {
     func branch(layer: Int, target: LoRATarget) -> LoRABranch? {
         slotIndex[layer * 4 + target.rawValue].map { i in
             let s = slots[i]
-            return LoRABranch(slot: s, A: params.base + s.offsetA, B: params.base + s.offsetB, index: i)
+            return LoRABranch(
+                slot: s, A: params.base + s.offsetA, B: params.base + s.offsetB, index: i,
+                bias: s.offsetBias.map { params.base + $0 })
         }
     }
 
@@ -635,7 +664,8 @@ struct LoRAContext {
             } else if let t = trained {
                 b.backward(
                     dy: g, x: x, u: t.u[b.index], n: n, scale: a.scale, du: du,
-                    dA: t.gradients + b.slot.offsetA, dB: t.gradients + b.slot.offsetB, dx: dx, dropout: t.dropout)
+                    dA: t.gradients + b.slot.offsetA, dB: t.gradients + b.slot.offsetB,
+                    dBias: b.slot.offsetBias.map { t.gradients + $0 }, dx: dx, dropout: t.dropout)
             } else if let dx {
                 b.backwardInput(dy: g, dx: dx, n: n, scale: a.scale, du: du)
             }

@@ -25,6 +25,12 @@ extension Adapter {
                 TensorData(
                     name: Adapter.keyPrefix + s.moduleName + ".lora_B.weight", shape: [s.outFeatures, s.r],
                     floats: UnsafeBufferPointer(start: B(s), count: s.countB)))
+            if let b = loraBias(s) {
+                out.append(
+                    TensorData(
+                        name: Adapter.keyPrefix + s.moduleName + ".lora_B.bias", shape: [s.outFeatures],
+                        floats: UnsafeBufferPointer(start: b, count: s.outFeatures)))
+            }
             if let m = magnitude(s) {
                 out.append(
                     TensorData(
@@ -89,6 +95,7 @@ extension Adapter {
             expected[keyPrefix + s.moduleName + ".lora_A.weight"] = ([s.r, s.inFeatures], adapter.A(s))
             expected[keyPrefix + s.moduleName + ".lora_B.weight"] = ([s.outFeatures, s.r], adapter.B(s))
             if let m = adapter.magnitude(s) { expected[keyPrefix + s.moduleName + ".lora_magnitude_vector"] = ([s.outFeatures], m) }
+            if let b = adapter.loraBias(s) { expected[keyPrefix + s.moduleName + ".lora_B.bias"] = ([s.outFeatures], b) }
         }
         // modules_to_save: PEFT saves the trained copy under the module's own
         // name (`...<module>.weight`, without `.modules_to_save.default`).
@@ -110,7 +117,10 @@ extension Adapter {
                 throw LoRAError.invalidFile(
                     path: wPath, reason: "tensor \(info.name) is a DoRA magnitude but \(configFile) does not set use_dora")
             }
-            if info.name.hasSuffix(".lora_B.bias") { throw LoRAError.unsupported("\(wPath): \(info.name) (lora_bias)") }
+            if !config.loraBias, info.name.hasSuffix(".lora_B.bias") {
+                throw LoRAError.invalidFile(
+                    path: wPath, reason: "tensor \(info.name) is a lora_bias but \(configFile) does not set lora_bias")
+            }
             guard let (shape, into) = expected[info.name] else {
                 throw LoRAError.invalidFile(path: wPath, reason: "tensor \(info.name) does not belong to a module the config targets")
             }

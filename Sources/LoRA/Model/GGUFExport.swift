@@ -213,6 +213,10 @@ extension Adapter {
             throw LoRAError.unsupported(
                 "adapter \(name) uses DoRA: a GGUF LoRA has no magnitude vector; merge it into the model and export that")
         }
+        if config.loraBias {
+            throw LoRAError.unsupported(
+                "adapter \(name) has lora_bias: a GGUF LoRA has no bias term; merge it into the model and export that")
+        }
         if !savedModules.isEmpty {
             throw LoRAError.unsupported(
                 "adapter \(name) has modules_to_save: a GGUF LoRA carries no full modules; merge it into the model and export that")

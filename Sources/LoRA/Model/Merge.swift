@@ -138,6 +138,7 @@ extension Model {
     }
 
     /// W += factor·ΔW for every slot of the adapter (LoRABranch.addDelta),
+    /// the module's bias += factor·s·b with lora_bias,
     /// and wte[vocab, C] += factor·s·Aᵀ·Bᵀ for LoRA on the (untied) embedding.
     /// A reduced-precision base is changed in F32 and stored again in its
     /// dtype: merging re-rounds the weights (Q8_0 re-quantizes the blocks), so
@@ -171,6 +172,16 @@ extension Model {
                 try m.validate(w, name: s.moduleName)
             }
         }
+        if check {
+            for s in adapter.slots {
+                guard let b = adapter.loraBias(s) else { continue }
+                let bias = biasPointer(layer: s.layer, target: s.target)
+                let alpha = factor * s.scaling
+                if (0..<s.outFeatures).contains(where: { !(bias[$0] + alpha * b[$0]).isFinite }) {
+                    throw LoRAError.numerical("merging adapter \(adapter.name) gives a non-finite bias in \(s.moduleName)")
+                }
+            }
+        }
         for s in adapter.slots {
             let m = weightMatrix(layer: s.layer, target: s.target)
             if let p = m.f32 {
@@ -180,6 +191,13 @@ extension Model {
                 w.withUnsafeMutableBufferPointer { adapter.branch(s).addDelta(to: $0.baseAddress!, factor: factor) }
                 try m.store(w, name: s.moduleName)
             }
+        }
+        // lora_bias: the module's bias += factor·s·b (PEFT's merge).
+        for s in adapter.slots {
+            guard let b = adapter.loraBias(s) else { continue }
+            let bias = biasPointer(layer: s.layer, target: s.target)
+            let alpha = factor * s.scaling
+            for j in 0..<s.outFeatures { bias[j] += alpha * b[j] }
         }
         // wte last, after every check has passed.
         if let t = embedded { try weights.wte.store(t, name: "transformer.wte") }

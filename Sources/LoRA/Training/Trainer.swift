@@ -149,6 +149,8 @@ public final class Trainer: @unchecked Sendable {
                     AdamW.Group(range: s.offsetA..<(s.offsetA + s.countA), lrFactor: 1, decay: true),
                     AdamW.Group(range: s.offsetB..<(s.offsetB + s.countB), lrFactor: ratio, decay: true),
                 ] + (s.offsetM.map { [AdamW.Group(range: $0..<($0 + s.outFeatures), lrFactor: ratio, decay: true)] } ?? [])
+                    // lora_bias: B's rate, no decay (a bias: transformers' Trainer; PEFT's LoRA+ groupB_no_decay).
+                    + (s.offsetBias.map { [AdamW.Group(range: $0..<($0 + s.outFeatures), lrFactor: ratio, decay: false)] } ?? [])
             }
             // modules_to_save (LayerNorms): no weight decay, as transformers'
             // Trainer and PEFT's LoRA+ (1-D, not in the decay set: B's rate).
