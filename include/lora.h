@@ -423,6 +423,12 @@ lora_status lora_adapter_combine_v2(lora_adapter **out, const lora_adapter *cons
  * different configs), LORA_NUMERICAL_ERROR. */
 lora_status lora_adapter_extract(lora_adapter **out, const lora_model *base, const lora_model *tuned,
                                  const char *target_modules, int32_t rank, float energy, float *max_relative_error);
+/* lora_adapter_extract; with lora_bias != 0 the adapter also carries each
+ * module's bias change as PEFT's lora_bias ((bias_tuned - bias_base) / s),
+ * so merging it gives the tuned biases (added in 0.2.0). */
+lora_status lora_adapter_extract_v2(lora_adapter **out, const lora_model *base, const lora_model *tuned,
+                                    const char *target_modules, int32_t rank, float energy, int32_t lora_bias,
+                                    float *max_relative_error);
 
 /* A PiSSA/OLoRA adapter (created with LORA_INIT_PISSA/OLORA, then trained)
  * as a plain LoRA of rank 2r for the original, unmodified base model

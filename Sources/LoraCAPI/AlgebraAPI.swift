@@ -143,6 +143,26 @@ public func lora_adapter_extract(
     }
 }
 
+@_cdecl("lora_adapter_extract_v2")
+public func lora_adapter_extract_v2(
+    _ outp: UnsafeMutablePointer<OpaquePointer?>?, _ base: OpaquePointer?, _ tuned: OpaquePointer?,
+    _ targets: UnsafePointer<CChar>?, _ rank: Int32, _ energy: Float, _ loraBias: Int32,
+    _ maxError: UnsafeMutablePointer<Float>?
+) -> lora_status {
+    outp?.pointee = nil
+    return guarded {
+        let o = try out(outp, "out")
+        let bb = try box(base, ModelBox.self, "base")
+        let tb = try box(tuned, ModelBox.self, "tuned")
+        var names = LoRAConfig.Targets.names(["c_attn"])
+        if let targets { names = .names(list: try string(targets, "target_modules")) }
+        let (a, reports) = try Adapter.extract(
+            base: bb.model, tuned: tb.model, targetModules: names, rank: try rankTarget(rank, energy), loraBias: loraBias != 0)
+        maxError?.pointee = Float(reports.map(\.relativeError).max() ?? 0)
+        o.pointee = retain(AdapterBox(a, model: bb))
+    }
+}
+
 @_cdecl("lora_adapter_convert_for_original_base")
 public func lora_adapter_convert_for_original_base(_ outp: UnsafeMutablePointer<OpaquePointer?>?, _ adapter: OpaquePointer?) -> lora_status
 {

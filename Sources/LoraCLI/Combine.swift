@@ -104,6 +104,8 @@ struct Extract: ParsableCommand {
     @Option(help: "The base model directory (default: the embedded model).") var base: String?
     @Option(help: "The fine-tuned model directory (same architecture).") var tuned: String
     @Option(help: "Comma-separated target modules.") var targetModules = "c_attn"
+    @Flag(help: "Also carry each module's bias change (PEFT's lora_bias): merging gives the tuned biases.")
+    var loraBias = false
     @OptionGroup var ranks: RankOptions
     @Option(help: "Output directory.") var outputDir: String
     @OptionGroup var dtype: DTypeOption
@@ -116,7 +118,7 @@ struct Extract: ParsableCommand {
             let t0 = Date()
             let (a, reports) = try Adapter.extract(
                 base: b, tuned: t, targetModules: .names(list: targetModules),
-                rank: target)
+                rank: target, loraBias: loraBias)
             let seconds = Date().timeIntervalSince(t0)
             try a.save(directory: outputDir)
             for r in reports {

@@ -233,6 +233,16 @@ struct CLI {
             "--output-dir", out + "/ex",
         ])
         #expect(r.status == 0 && r.out.contains("extracted 8 modules"), "extract: \(r.err)")
+        // A fine-tune with bias changes (PEFT's lora_bias adapter merged), extracted with --lora-bias.
+        r = try CLI.run(["merge", "--model", a, "--adapter", Fixtures.path("lora_bias/all"), "--output-dir", out + "/merged-bias"])
+        #expect(r.status == 0, "merge: \(r.err)")
+        r = try CLI.run([
+            "extract", "--base", a, "--tuned", out + "/merged-bias", "--target-modules", "c_attn,c_proj,c_fc", "--rank", "4",
+            "--lora-bias", "--output-dir", out + "/ex-bias",
+        ])
+        #expect(r.status == 0, "extract --lora-bias: \(r.err)")
+        let exBias = try Adapter.load(directory: out + "/ex-bias", modelConfig: try GPT2Config.load(path: a + "/config.json"))
+        #expect(exBias.config.loraBias && exBias.slots.allSatisfy { $0.offsetBias != nil })
         r = try CLI.run(["init-model", out + "/fresh", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--n-positions", "32"])
         #expect(r.status == 0, "init-model: \(r.err)")
         let fresh = try Model.load(directory: out + "/fresh")

@@ -1,6 +1,7 @@
 import Foundation
-import LoRA
 import Testing
+
+@testable import LoRA
 
 @Suite struct ExtractionTests {
     @Test func extractingAMergedAdapterRecoversIt() throws {
@@ -46,5 +47,37 @@ import Testing
         #expect(throws: LoRAError.self) { try Adapter.extract(base: base, tuned: tuned, rank: .fixed(0)) }
         let other = try Model.load(directory: Fixtures.path("gpt2-b"))
         #expect(throws: LoRAError.self) { try Adapter.extract(base: base, tuned: other, rank: .fixed(2)) }
+    }
+
+    /// PEFT's use of lora_bias: a fine-tune that changed biases too (here PEFT's
+    /// lora_bias adapter merged: rank-4 ΔW and new c_attn/c_proj/c_fc biases).
+    /// Extracted with lora_bias, the adapter gives the tuned model's logits and,
+    /// merged, its biases; without it the bias change is lost.
+    @Test func extractingWithLoRABiasKeepsTheBiasChange() throws {
+        let base = try Model.load(directory: Fixtures.path("gpt2-a"))
+        let tuned = try Model.load(directory: Fixtures.path("gpt2-a"))
+        try tuned.merge(try Adapter.load(directory: Fixtures.path("lora_bias/all"), modelConfig: base.config))
+        let targets = LoRAConfig.Targets.names(["c_attn", "c_proj", "c_fc"])
+        let ids: [TokenID] = [3, 14, 15, 92, 65, 35]
+        let want = try tuned.logits(ids)
+        let (x, _) = try Adapter.extract(base: base, tuned: tuned, targetModules: targets, rank: .fixed(4), loraBias: true)
+        #expect(x.config.loraBias)
+        try base.attach(x)
+        let d = maxAbsDiff(try base.logits(ids), want)
+        #expect(d < 1e-3, "with lora_bias: \(d)")
+        try base.merge(x)
+        for l in 0..<2 {
+            for t in [LoRATarget.attnCAttn, .attnCProj, .mlpCFC, .mlpCProj] {
+                let n = t.shape(base.config).1
+                let got = Array(UnsafeBufferPointer(start: base.biasPointer(layer: l, target: t), count: n))
+                let ref = Array(UnsafeBufferPointer(start: tuned.biasPointer(layer: l, target: t), count: n))
+                #expect(maxAbsDiff(got, ref) < 1e-6, "layer \(l) \(t)")
+            }
+        }
+        try base.unmerge(x)
+        try base.detach(x)
+        let (plain, _) = try Adapter.extract(base: base, tuned: tuned, targetModules: targets, rank: .fixed(4))
+        try base.attach(plain)
+        #expect(maxAbsDiff(try base.logits(ids), want) > 100 * d)
     }
 }

@@ -436,6 +436,12 @@ lora_adapter_combine_v2 = _fn("lora_adapter_combine_v2", lora_status,
 lora_adapter_extract = _fn("lora_adapter_extract", lora_status,
                            [POINTER(lora_adapter_p), lora_model_p, lora_model_p, c_char_p, c_int32, c_float,
                             POINTER(c_float)], check=True)
+# lora_status lora_adapter_extract_v2(lora_adapter **out, const lora_model *base, const lora_model *tuned,
+#                                     const char *target_modules, int32_t rank, float energy, int32_t lora_bias,
+#                                     float *max_relative_error);
+lora_adapter_extract_v2 = _fn("lora_adapter_extract_v2", lora_status,
+                              [POINTER(lora_adapter_p), lora_model_p, lora_model_p, c_char_p, c_int32, c_float, c_int32,
+                               POINTER(c_float)], check=True)
 # lora_status lora_adapter_convert_for_original_base(lora_adapter **out, const lora_adapter *adapter);
 lora_adapter_convert_for_original_base = _fn("lora_adapter_convert_for_original_base", lora_status,
                                              [POINTER(lora_adapter_p), lora_adapter_p], check=True)

@@ -203,13 +203,16 @@ class Adapter(Owner):
         return cls(h, adapters[0].model)
 
     @classmethod
-    def extract(cls, base: Model, tuned: Model, target_modules=("c_attn",), rank=None, energy=None):
-        """A LoRA adapter approximating tuned − base (SVD per module). Returns (adapter, max_relative_error)."""
+    def extract(cls, base: Model, tuned: Model, target_modules=("c_attn",), rank=None, energy=None,
+                lora_bias: bool = False):
+        """A LoRA adapter approximating tuned − base (SVD per module); with lora_bias, it also carries
+        each module's bias change (PEFT's lora_bias). Returns (adapter, max_relative_error)."""
         r, e = cls._rank_args(rank, energy)
         names = b",".join(cstring(t, "target module") for t in target_modules)
         h = C.lora_adapter_p()
         err = c_float()
-        C.lora_adapter_extract(byref(h), cls._model_handle(base), cls._model_handle(tuned), names, r, e, byref(err))
+        C.lora_adapter_extract_v2(byref(h), cls._model_handle(base), cls._model_handle(tuned), names, r, e,
+                                  flag(lora_bias), byref(err))
         return cls(h, base), float(err.value)
 
     def convert_for_original_base(self) -> "Adapter":

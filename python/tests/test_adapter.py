@@ -390,6 +390,21 @@ def test_adapter_algebra_through_the_c_abi(tmp_path):
             assert err < 1e-3
             model.attach(ex)
             assert max_abs_diff(model.logits(ids), want) < 1e-3
+            model.detach(ex)
+        # A fine-tune that changed biases too: extracted with lora_bias, the change is kept.
+        with lora.Model.load(fixture("gpt2-a")) as tuned:
+            t = lora.Adapter.load(tuned, fixture("lora_bias", "all"))
+            tuned.merge(t)
+            target = tuned.logits(ids)
+            ex, err = lora.Adapter.extract(model, tuned, ["c_attn", "c_proj", "c_fc"], rank=4, lora_bias=True)
+            assert err < 1e-3
+            model.attach(ex)
+            with_bias = max_abs_diff(model.logits(ids), target)
+            model.detach(ex)
+            plain, _ = lora.Adapter.extract(model, tuned, ["c_attn", "c_proj", "c_fc"], rank=4)
+            model.attach(plain)
+            assert with_bias < 1e-3 and max_abs_diff(model.logits(ids), target) > 100 * with_bias
+            model.detach(plain)
         with pytest.raises(lora.LoraError):
             a.convert_for_original_base()
     with lora.Model.load(fixture("gpt2-a")) as model:

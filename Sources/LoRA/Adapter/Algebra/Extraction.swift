@@ -6,10 +6,13 @@ extension Adapter {
     /// [out, in]), B = U_k·S_k and A = V_kᵀ with lora_alpha = r (scaling 1).
     /// Ranks: `.fixed(k)` or, per module, the smallest rank keeping an energy
     /// fraction (then written as rank_pattern/alpha_pattern). The reports give
-    /// each module's retained energy and relative Frobenius error.
+    /// each module's retained energy and relative Frobenius error. With
+    /// `loraBias`, the adapter also carries each module's bias change
+    /// (PEFT's lora_bias, b = (bias_tuned − bias_base) / scaling), so merging
+    /// it gives the tuned biases exactly (to float rounding).
     public static func extract(
         base: Model, tuned: Model, targetModules: LoRAConfig.Targets = .names(["c_attn"]),
-        rank: RankTarget, name: String = "extracted"
+        rank: RankTarget, loraBias: Bool = false, name: String = "extracted"
     ) throws -> (Adapter, [CompressionReport]) {
         guard base.config == tuned.config else { throw LoRAError.invalidArgument("the base and tuned models have different configs") }
         var probe = LoRAConfig()
@@ -35,6 +38,7 @@ extension Adapter {
         }
         var c = LoRAConfig()
         c.setRanks(factors.map { (LoRATarget.moduleName(layer: $0.layer, $0.target), $0.k) })
+        c.loraBias = loraBias
         c.baseModelNameOrPath = base.directory
         let out = try Adapter(config: c, modelConfig: base.config, name: name)
         for f in factors {
@@ -44,6 +48,11 @@ extension Adapter {
             for j in 0..<f.k {
                 for o in 0..<s.outFeatures { out.B(s)[o * f.k + j] = f.svd.u[o * kk + j] * f.svd.s[j] }
                 for i in 0..<s.inFeatures { out.A(s)[j * s.inFeatures + i] = f.svd.vt[j * n + i] }
+            }
+            if let b = out.loraBias(s) {
+                let bb = base.biasPointer(layer: f.layer, target: f.target)
+                let bt = tuned.biasPointer(layer: f.layer, target: f.target)
+                for o in 0..<s.outFeatures { b[o] = (bt[o] - bb[o]) / s.scaling }
             }
         }
         return (out, reports)
