@@ -2,8 +2,8 @@
 """Adapters written by liblora, loaded into PEFT: the logits must agree.
 
 Trains an adapter with liblora (through the Python binding) on a test model,
-saves it, trains and saves a DoRA adapter and one on wte with LayerNorms in
-modules_to_save, compresses it (per-module ranks as rank_pattern/alpha_pattern),
+saves it, trains and saves a DoRA adapter, one on wte with LayerNorms in
+modules_to_save and one with lora_bias, compresses it (per-module ranks as rank_pattern/alpha_pattern),
 combines it, and merges it into a Hugging Face checkpoint; then loads each
 into transformers + PEFT and compares logits with liblora's (within 1e-4).
 Needs torch, transformers, peft and a built liblora.so (LORA_LIBRARY or the
@@ -83,6 +83,18 @@ def main():
         ours = np.asarray(model.logits(ids))
         d = np.abs(ours - peft_logits(MODEL, extra, ids)).max()
         print(f"trained adapter on wte + c_attn with modules_to_save ln_f, ln_2: max |Δlogits| vs PEFT = {d:.2e}")
+        worst = max(worst, d)
+    with lora.Model.load(MODEL) as model:
+        # lora_bias: B's bias trained by liblora, loaded into PEFT.
+        adapter = lora.Adapter.create(model, r=4, alpha=8, target_modules=["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"],
+                                      lora_bias=True, seed=4)
+        trainer = lora.Trainer(model, adapter, learning_rate=1e-2, max_steps=15, batch_size=2, block_size=32)
+        trainer.train(text)
+        biased = os.path.join(work, "lora_bias")
+        adapter.save(biased)
+        ours = np.asarray(model.logits(ids))
+        d = np.abs(ours - peft_logits(MODEL, biased, ids)).max()
+        print(f"trained lora_bias adapter (r=4, 4 module types): max |Δlogits| vs PEFT = {d:.2e}")
         worst = max(worst, d)
     if os.path.exists(CLI):
         small = os.path.join(work, "small")
