@@ -44,6 +44,27 @@ def test_mixed_requests_match_solo_generation(tok_model):
             assert len(r.tokens) == 6
 
 
+def test_peft_variants_match_solo_generation(tok_model):
+    """DoRA, LoRA on wte and lora_bias adapters (random, so each changes the text) mixed with a plain one."""
+    plain, _ = make_adapters(tok_model)
+    dora = lora.Adapter.create(tok_model, r=4, target_modules=("c_attn", "mlp.c_fc"), use_dora=True,
+                               modules_to_save=["ln_f"], init=lora.LORA_INIT_RANDOM, seed=5)
+    wte = lora.Adapter.create(tok_model, r=4, target_modules=("wte", "c_attn"), init=lora.LORA_INIT_RANDOM, seed=6)
+    bias = lora.Adapter.create(tok_model, r=4, target_modules=("c_attn", "mlp.c_proj"), lora_bias=True,
+                               init=lora.LORA_INIT_RANDOM, seed=7)
+    sets = [[(dora, 1.0)], [(wte, 0.8)], [(bias, 1.0)], [(plain, 1.0), (dora, 0.5)], [(wte, 1.0), (bias, 0.5)], []]
+    prompts = ["Hello", "The quick brown fox", "A fool and his money", "Hi there", "Predict the future", "x"]
+    kw = dict(max_new_tokens=6, temperature=0, stop_at_eos=False)
+    with lora.Engine(tok_model, max_sequences=6, max_tokens_per_step=12) as engine:
+        reqs = [engine.submit(p, adapters=sets[k], **kw) for k, p in enumerate(prompts)]
+        engine.run()
+        texts = [r.text for r in reqs]
+    base = [tok_model.generate(p, **kw) for p in prompts]
+    for k, text in enumerate(texts):
+        assert text == solo(tok_model, prompts[k], sets[k], **kw), f"request {k}"
+    assert sum(t != b for t, b in zip(texts[:5], base[:5])) >= 4  # the adapters change the text
+
+
 def test_batch_generate_in_input_order(tok_model):
     a, _ = make_adapters(tok_model)
     with lora.Engine(tok_model, max_sequences=2) as engine:
