@@ -284,8 +284,8 @@ typedef struct lora_adapter_params {
      * saved with it, matched by the end of their names; LayerNorms (ln_1, ln_2, ln_f) only. NULL: none (0.2.0) */
     const char *modules_to_save;
     /* PEFT's lora_bias: B has a bias b [out], added as scale*s*b after B A x, trained with A and B (no weight
-     * decay), merged into the module's bias; starts at 0. With LORA_INIT_DEFAULT or _RANDOM, without use_dora;
-     * not on wte. Default 0 (0.2.0) */
+     * decay), merged into the module's bias; starts at 0 (LORA_INIT_RANDOM: random, as nn.Linear). With
+     * LORA_INIT_DEFAULT or _RANDOM, without use_dora, not on wte (as PEFT). Default 0 (0.2.0) */
     int32_t lora_bias;
 } lora_adapter_params;
 
@@ -300,7 +300,9 @@ void lora_adapter_default_params_v2(lora_adapter_params *params, size_t size);
  * module of the model (as PEFT: names that match nothing are ignored when
  * others match), ...),
  * LORA_UNSUPPORTED (a target LoRA cannot adapt, e.g. lm_head or wpe; modules_to_save
- * naming a module other than a LayerNorm). */
+ * naming a module other than a LayerNorm; use_dora with PiSSA/OLoRA or with
+ * lora_bias). LORA_INVALID_ARGUMENT also for lora_bias with LORA_INIT_GAUSSIAN,
+ * _PISSA or _OLORA. */
 lora_status lora_adapter_create(lora_adapter **out, lora_model *model, const lora_adapter_params *params);
 
 /* Loads a PEFT adapter directory (adapter_config.json +
@@ -318,7 +320,8 @@ lora_status lora_adapter_save(const lora_adapter *adapter, const char *path);
  * adapter detaches it when the model is still alive). */
 void lora_adapter_free(lora_adapter *adapter);
 
-/* Trainable parameter count (A and B of every adapted module, DoRA magnitudes, modules_to_save); -1 for NULL. */
+/* Trainable parameter count (A and B of every adapted module, DoRA magnitudes, lora_bias, LoRA on wte,
+ * modules_to_save); -1 for NULL. */
 int64_t lora_adapter_n_params(const lora_adapter *adapter);
 
 /* Applies the adapter in every forward pass of the model, times `scale`.
@@ -330,8 +333,9 @@ lora_status lora_model_detach(lora_model *model, lora_adapter *adapter);
 /* Changes an attached adapter's scale (0 disables it). */
 lora_status lora_model_set_adapter_scale(lora_model *model, lora_adapter *adapter, float scale);
 
-/* Folds an adapter into the base weights (W += scale * s * (B A)^T; DoRA:
- * W = m / |W + dW| * (W + dW) per output feature; modules_to_save copied in).
+/* Folds an adapter into the base weights (W += scale * s * (B A)^T, and with
+ * lora_bias the module's bias += scale * s * b; DoRA: W = m / |W + dW| *
+ * (W + dW) per output feature; modules_to_save copied in).
  * It stays attached but is no longer applied on the fly; an adapter not
  * attached yet is attached merged. Errors: LORA_WRONG_STATE (already merged;
  * a DoRA adapter with another adapter merged, or any adapter while a DoRA one
@@ -613,7 +617,8 @@ lora_status lora_trainer_set_gradient_reducer(lora_trainer *trainer, int32_t ran
  * or running request uses must not be trained, loaded into or changed
  * (lora_trainer_step and friends, merges into it) until the request ends.
  * The engine keeps its model's weights alive, but the model must not be
- * changed (merge, unmerge, training) while requests run; adapters attached
+ * changed (merge, unmerge, training) while requests are queued or run (a
+ * DoRA adapter's norms are taken at submission); adapters attached
  * to the model with lora_model_attach are not applied by the engine (merged
  * ones are part of the weights). lora_engine_free must not overlap another
  * call on the same engine. Free the engine before the model. */

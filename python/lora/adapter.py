@@ -79,7 +79,7 @@ class Adapter(Owner):
         modules_to_save: module names trained in full beside the adapter and saved
         with it (PEFT's modules_to_save: LayerNorms "ln_f", "ln_1", "h.1.ln_2", ...).
         lora_bias: PEFT's lora_bias: B has a bias, added as scale·s·b, trained with A
-        and B and merged into the module's bias; starts at zero.
+        and B and merged into the module's bias; starts at zero (init "random": random).
         """
         mh = cls._model_handle(model)
         p = C.lora_adapter_params()

@@ -65,8 +65,8 @@ public struct LoRAConfig: Sendable, Equatable {
     public var useDoRA = false
     /// `lora_bias`: B has a bias [out] (PEFT's `lora_B` as `nn.Linear(r, out,
     /// bias=True)`), added as s·b after x·Aᵀ·Bᵀ and merged into the module's
-    /// bias; starts at zero. PEFT's use: an adapter extracted from a full
-    /// fine-tune keeps that fine-tune's bias change.
+    /// bias; starts at zero (`.random`: nn.Linear's random init). PEFT's use:
+    /// an adapter extracted from a full fine-tune keeps that fine-tune's bias change.
     public var loraBias = false
     /// `modules_to_save`: modules trained in full beside the adapter and saved
     /// with it (PEFT's ModulesToSaveWrapper); matched as PEFT does, by the end
@@ -112,7 +112,7 @@ public struct LoRAConfig: Sendable, Equatable {
             guard initLoraWeights == .kaiming || initLoraWeights == .random else {
                 throw LoRAError.invalidArgument("lora_bias needs init_lora_weights true or false (as PEFT)")
             }
-            guard !useDoRA else { throw LoRAError.unsupported("lora_bias with use_dora is not implemented") }
+            guard !useDoRA else { throw LoRAError.unsupported("lora_bias with use_dora is not supported (PEFT refuses it too)") }
         }
     }
 

@@ -51,9 +51,10 @@ public struct EmbeddingSlot: Sendable, Equatable {
 /// The branch of one adapted module (PEFT's `lora.Linear`, for GPT-2's
 /// Conv1D whose weight is [in, out]):
 ///
-///     y[n, out] += scale · s · (dropout(x)[n, in] · Aᵀ) · Bᵀ,    A [r, in], B [out, r]
+///     y[n, out] += scale · s · ((dropout(x)[n, in] · Aᵀ) · Bᵀ + b),    A [r, in], B [out, r]
 ///
-/// with s = alpha/r (alpha/√r with rsLoRA) and `scale` the user's attachment scale.
+/// with s = alpha/r (alpha/√r with rsLoRA), `scale` the user's attachment
+/// scale and b [out] B's bias with lora_bias (else 0).
 struct LoRABranch {
     let slot: LoRASlot
     /// [r, in]

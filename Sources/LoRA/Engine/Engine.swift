@@ -99,7 +99,8 @@ public struct EngineStepReport: Sendable {
 /// into one a running request uses is not allowed (as for `Model`). The
 /// engine applies only each request's adapters; adapters attached to the
 /// model with `attach` are ignored, merged ones are part of the base weights.
-/// The model must not be changed (merge, unmerge, training) while requests run.
+/// The model must not be changed (merge, unmerge, training) while requests
+/// are queued or run (a DoRA adapter's norms are taken at submission).
 public final class Engine: @unchecked Sendable {
     public let model: Model
     public let params: EngineParams
@@ -125,9 +126,9 @@ public final class Engine: @unchecked Sendable {
         let layerNorms: [SavedModule.Kind: LayerNormOverride]
     }
 
-    /// An adapter of a set, by identity. Not held: an identifier reused by a
-    /// later adapter is harmless, since running sequences hold their adapters,
-    /// so two of them with one set number have the same live adapters.
+    /// An adapter of a set, by identity. A live set's adapters are held (by
+    /// its requests and its PreparedSet), so no later adapter can reuse an
+    /// identifier while the set is known.
     private struct SetMember: Hashable {
         let adapter: ObjectIdentifier
         let scale: UInt32
