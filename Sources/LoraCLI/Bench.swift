@@ -24,6 +24,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Repeats (inference, init).") var repeats = 3
     @Option(help: "init: pissa, pissa_niter_N or olora, on c_attn of every layer.") var initLoraWeights = "pissa_niter_4"
     @Flag(help: "Gradient checkpointing (train).") var gradientCheckpointing = false
+    @Flag(help: "DoRA adapters (train, engine).") var useDora = false
     @Option(help: "Concurrent requests, comma-separated (engine).") var sequences = "16,64"
     @Option(help: "Prompt tokens per request (engine).") var enginePrompt = 64
     @Option(help: "New tokens per request (engine).") var newTokens = 128
@@ -110,6 +111,7 @@ struct Bench: ParsableCommand {
         let model = try Model.random(config: GPT2Config(), seed: 1, dtype: dtype)
         var lc = LoRAConfig()
         lc.r = r; lc.loraAlpha = 16; lc.targetModules = .names(["c_attn", "attn.c_proj", "mlp.c_fc"])
+        lc.useDoRA = useDora
         let adapter = try Adapter(config: lc, modelConfig: model.config)
         try adapter.initialize(from: model, seed: 1)
         var tc = TrainerParams()
@@ -132,8 +134,9 @@ struct Bench: ParsableCommand {
         say(
             String(
                 format:
-                    "{\"engine\":\"liblora\",\"bench\":\"lora_train\",\"dtype\":\"%@\",\"core\":\"%@\",\"sgemm\":\"%@\",\"threads\":%d,\"batch\":%d,\"block\":%d,\"r\":%d,\"trainable\":%d,\"tokens_per_s\":%.1f,\"min_tokens_per_s\":%.1f,\"max_tokens_per_s\":%.1f,\"peak_rss_gib\":%.3f,\"bound_tokens_per_s\":%.1f,\"fraction_of_bound\":%.3f}",
-                dtype.rawValue, BLAS.coreName, BLAS.sgemmLibrary, threads, batch, block, r, adapter.parameterCount, median(rates),
+                    "{\"engine\":\"liblora\",\"bench\":\"lora_train\",\"use_dora\":%@,\"dtype\":\"%@\",\"core\":\"%@\",\"sgemm\":\"%@\",\"threads\":%d,\"batch\":%d,\"block\":%d,\"r\":%d,\"trainable\":%d,\"tokens_per_s\":%.1f,\"min_tokens_per_s\":%.1f,\"max_tokens_per_s\":%.1f,\"peak_rss_gib\":%.3f,\"bound_tokens_per_s\":%.1f,\"fraction_of_bound\":%.3f}",
+                useDora ? "true" : "false", dtype.rawValue, BLAS.coreName, BLAS.sgemmLibrary, threads, batch, block, r,
+                adapter.parameterCount, median(rates),
                 sorted.first ?? 0,
                 sorted.last ?? 0, rss,
                 tb, median(rates) / tb))

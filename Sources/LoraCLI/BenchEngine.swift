@@ -3,7 +3,8 @@ import LoRA
 
 // `lora bench engine`: the batched multi-adapter engine on GPT-2 124M shapes
 // (random weights): N concurrent requests × new tokens after a prompt, greedy,
-// each with its own r=8 adapter on c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj,
+// each with its own r=8 adapter on c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj
+// (DoRA adapters with --use-dora),
 // against one shared adapter, a single sequence, and the same requests one
 // after another with attach/detach (what `lora generate` does today); and the
 // time to first token of requests that join a busy engine.
@@ -26,6 +27,7 @@ extension Bench {
         var lc = LoRAConfig()
         lc.r = 8; lc.loraAlpha = 16; lc.targetModules = .names(["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"])
         lc.initLoraWeights = .random  // non-zero B: the products are real work either way
+        lc.useDoRA = useDora
         var adapters: [Adapter] = []
         for i in 0..<(counts.max() ?? 1) {
             let a = try Adapter(config: lc, modelConfig: model.config, name: "a\(i)")
@@ -69,7 +71,8 @@ extension Bench {
             say(
                 "{"
                     + ([
-                        ("engine", "\"liblora\""), ("bench", "\"engine\""), ("threads", "\(threads)"),
+                        ("engine", "\"liblora\""), ("bench", "\"engine\""), ("use_dora", useDora ? "true" : "false"),
+                        ("threads", "\(threads)"),
                         ("kv_cache_dtype", "\"\(kvCache.kvCacheDType.rawValue)\""),
                     ] + fields)
                     .map { "\"\($0.0)\":\($0.1)" }.joined(separator: ",") + "}")
