@@ -303,24 +303,70 @@ final class DoRAFactors {
         weight.dequantized().withUnsafeBufferPointer { columnNorms(b, weight: $0.baseAddress!, factor: factor) }
     }
 
-    /// ‖W + factor·s·(B·A)ᵀ‖ per output feature (each column of the Conv1D
-    /// weight W [in, out]; PEFT: torch.linalg.norm(Wᵀ + s·B·A, dim=1)), summed in double.
+    /// ‖W + σ·(B·A)ᵀ‖ per output feature j, σ = factor·s (each column of the
+    /// Conv1D weight W [in, out]; PEFT: torch.linalg.norm(Wᵀ + s·B·A, dim=1)),
+    /// expanded so that W is read once and never copied:
+    ///
+    ///     ‖W_j‖² + 2σ·Σ_k B[j,k]·(A·W)[k,j] + σ²·B_jᵀ·(A·Aᵀ)·B_j
+    ///
+    /// (sums in double; A·W [r, out] by sgemm). A fresh adapter (B = 0) gives
+    /// ‖W_j‖ exactly. Before: W + σ·ΔW formed in full, 0.45 s for an r=8
+    /// adapter on four module types of GPT-2 124M, paid per training step and
+    /// per new adapter set in the engine.
     static func columnNorms(_ b: LoRABranch, weight: ConstFloatPtr, factor: Float) -> [Float] {
         let s = b.slot
         let inF = s.inFeatures
         let out = s.outFeatures
-        var tmp = [Float](repeating: 0, count: inF * out)
+        let r = s.r
+        let sigma = Double(factor * s.scaling)
         var acc = [Double](repeating: 0, count: out)
-        tmp.withUnsafeMutableBufferPointer { t in
-            let t = t.baseAddress!
-            t.update(from: weight, count: inF * out)
-            b.addDelta(to: t, factor: factor)
-            for i in 0..<inF {
-                let row = t + i * out
-                for j in 0..<out { acc[j] += Double(row[j]) * Double(row[j]) }
+        acc.withUnsafeMutableBufferPointer { a in
+            let a = a.baseAddress!
+            // Columns split across the workers (each sums its own, in the same order).
+            parallelChunks(out, minChunk: 256, align: 16) { _, cols in
+                for i in 0..<inF {
+                    let row = weight + i * out
+                    for j in cols {
+                        let x = Double(row[j])
+                        a[j] += x * x
+                    }
+                }
             }
         }
-        return acc.map { Float($0.squareRoot()) }
+        if sigma == 0 { return acc.map { Float($0.squareRoot()) } }
+        var aw = [Float](repeating: 0, count: r * out)
+        aw.withUnsafeMutableBufferPointer { t in
+            gemm(
+                transA: false, transB: false, M: r, N: out, K: inF, alpha: 1, A: b.A, lda: inF, B: weight, ldb: out,
+                beta: 0, C: t.baseAddress!, ldc: out)
+        }
+        // G = A·Aᵀ [r, r].
+        var g = [Double](repeating: 0, count: r * r)
+        for k in 0..<r {
+            for l in k..<r {
+                var d = 0.0
+                let ak = b.A + k * inF
+                let al = b.A + l * inF
+                for i in 0..<inF { d += Double(ak[i]) * Double(al[i]) }
+                g[k * r + l] = d
+                g[l * r + k] = d
+            }
+        }
+        var norms = [Float](repeating: 0, count: out)
+        for j in 0..<out {
+            let bj = b.B + j * r
+            var cross = 0.0
+            var quad = 0.0
+            for k in 0..<r {
+                let bk = Double(bj[k])
+                cross += bk * Double(aw[k * out + j])
+                var gb = 0.0
+                for l in 0..<r { gb += g[k * r + l] * Double(bj[l]) }
+                quad += bk * gb
+            }
+            norms[j] = Float(max(0, acc[j] + 2 * sigma * cross + sigma * sigma * quad).squareRoot())
+        }
+        return norms
     }
 }
 
