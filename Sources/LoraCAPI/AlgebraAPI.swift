@@ -130,17 +130,7 @@ public func lora_adapter_extract(
     _ targets: UnsafePointer<CChar>?, _ rank: Int32, _ energy: Float,
     _ maxError: UnsafeMutablePointer<Float>?
 ) -> lora_status {
-    outp?.pointee = nil
-    return guarded {
-        let o = try out(outp, "out")
-        let bb = try box(base, ModelBox.self, "base")
-        let tb = try box(tuned, ModelBox.self, "tuned")
-        var names = LoRAConfig.Targets.names(["c_attn"])
-        if let targets { names = .names(list: try string(targets, "target_modules")) }
-        let (a, reports) = try Adapter.extract(base: bb.model, tuned: tb.model, targetModules: names, rank: try rankTarget(rank, energy))
-        maxError?.pointee = Float(reports.map(\.relativeError).max() ?? 0)
-        o.pointee = retain(AdapterBox(a, model: bb))
-    }
+    lora_adapter_extract_v2(outp, base, tuned, targets, rank, energy, 0, maxError)
 }
 
 @_cdecl("lora_adapter_extract_v2")
