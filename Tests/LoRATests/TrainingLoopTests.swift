@@ -66,6 +66,24 @@ import Testing
                 == Data(contentsOf: URL(fileURLWithPath: d3 + "/adapter_model.safetensors")))
     }
 
+    /// Evaluation (validation loss) runs the adapter as PEFT's module in
+    /// eval mode: no LoRA dropout, so the loss equals the dropout-free one.
+    @Test func evaluationAppliesNoLoRADropout() throws {
+        let data = examples(6, seed: 4)
+        let (m1, a1, tc) = try setup(dropout: 0.5)
+        let (m2, a2, _) = try setup(dropout: 0)
+        // B non-zero, so the branch changes the loss.
+        for a in [a1, a2] { for i in 0..<a.params.count { a.params.base[i] = Float(i % 7) * 0.01 - 0.03 } }
+        let withDropout = try Trainer(model: m1, adapter: a1, config: tc).evaluate(data)
+        let without = try Trainer(model: m2, adapter: a2, config: tc).evaluate(data)
+        #expect(withDropout.loss == without.loss)
+        // Training passes still drop: the step's loss differs.
+        let ids = data.examples.prefix(3).map(\.ids)
+        let t1 = try Trainer(model: m1, adapter: a1, config: tc)
+        let t2 = try Trainer(model: m2, adapter: a2, config: tc)
+        #expect(try t1.accumulate(ids: ids).loss != t2.accumulate(ids: ids).loss)
+    }
+
     @Test func trainingLowersTheLossAndEvaluates() throws {
         let (model, adapter, tc0) = try setup(dropout: 0)
         var tc = tc0

@@ -204,7 +204,9 @@ final class TrainingPass {
 
     /// The branches that run in this pass: the model's enabled adapters,
     /// plus the trained one (scale 1 when it is not attached) with its buffers.
-    private func loraContext() throws -> LoRAContext {
+    /// LoRA dropout only when `training` (an evaluation pass runs the adapter
+    /// as PEFT's module in eval mode: no dropout).
+    private func loraContext(training: Bool) throws -> LoRAContext {
         // Adapters attached after the trainer was made may have larger ranks
         // than the scratch was sized for (frozen branches keep u there).
         var rank = model.maxActiveRank
@@ -232,7 +234,7 @@ final class TrainingPass {
         if let a = trainableAdapter {
             let p = Float(a.config.loraDropout)
             let dropout =
-                p > 0
+                p > 0 && training
                 ? LoRADropout(
                     p: p, seed: dropoutSeed, mask: dropoutD.base, input: dropoutX.base,
                     T: currentT, block: block, rowOffset: dropoutRowOffset) : nil
@@ -261,13 +263,13 @@ final class TrainingPass {
         let V = c.vocabSize
         currentT = T
         let positions = (0..<n).map { Int32($0 % T) }
-        let lora = try loraContext()
+        let backward = gradScale != nil
+        let lora = try loraContext(training: backward)
         let acts = TrunkActs(layers: layerActs, lnf: lnf, lnfMean: lnfMean, lnfRstd: lnfRstd)
         let xFinal = model.trunkForward(ids: ids, positions: positions, acts, B: B, T: T, lora: lora)
 
         let count = targets.reduce(0) { $0 + ($1 >= 0 && Int($1) < V ? 1 : 0) }
         for t in targets where t >= V { throw LoRAError.invalidArgument("label \(t) is out of range (0 to \(V - 1))") }
-        let backward = gradScale != nil
         if backward, case .none = target { throw LoRAError.invalidArgument("this pass was built for evaluation only") }
         if backward { dres.update(repeating: 0, count: n * C) }
         var loss = 0.0
