@@ -466,6 +466,9 @@ typedef struct lora_trainer_params {
                                        default 1 (plain AdamW); adapters only (0.2.0). 0 also means 1:
                                        the field sits in 0.1.0's tail padding, which a 0.1.0 program
                                        that zero-fills the struct leaves at 0 */
+    int32_t model_dropout;          /* GPT-2's own dropouts while training, with config.json's embd_pdrop,
+                                       attn_pdrop and resid_pdrop (transformers' model.train()); default 0:
+                                       off. Evaluation never drops (0.2.0) */
 } lora_trainer_params;
 
 void lora_trainer_default_params(lora_trainer_params *params);

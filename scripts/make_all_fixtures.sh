@@ -11,6 +11,7 @@
 #   6c. make_modules_to_save_fixtures.py  modules_to_save/: LayerNorms trained beside LoRA (and DoRA)
 #   6d. make_embedding_fixtures.py embedding/: LoRA on wte; PEFT's targeting of layer/pattern combinations
 #   6e. make_lora_bias_fixtures.py lora_bias/: lora_bias (B with a bias), logits, gradients, AdamW, merge
+#   6f. make_model_dropout_fixtures.py model_dropout/: GPT-2's own dropouts in training (liblora's masks), gradients, AdamW
 #   7. make_lowp_fixtures.py       lowp/: gpt2-a with bf16/f16/q8_0-rounded matrices, logits, PEFT training (needs 2., 3.)
 #   8. make_merge_fixtures.py      merge/: `lora merge` of lora/all (needs a release lora-cli)
 # The inputs (models, adapters, tokenizer files) come out byte-identical;
@@ -54,7 +55,8 @@ PY
 fi
 export PATH="/opt/swift/usr/bin:$PATH"
 for s in make_tokenizer_fixtures make_fixtures make_lora_fixtures make_svd_fixtures make_combine_fixtures make_pissa_fixtures \
-    make_dora_fixtures make_modules_to_save_fixtures make_embedding_fixtures make_lora_bias_fixtures make_lowp_fixtures; do
+    make_dora_fixtures make_modules_to_save_fixtures make_embedding_fixtures make_lora_bias_fixtures make_model_dropout_fixtures \
+    make_lowp_fixtures; do
     echo "== $s.py"
     "$PY" "scripts/$s.py"
 done

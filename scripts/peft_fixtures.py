@@ -1,6 +1,6 @@
 """What the PEFT fixture scripts (make_lora_fixtures.py, make_lowp_fixtures.py,
 make_dora_fixtures.py, make_modules_to_save_fixtures.py,
-make_embedding_fixtures.py, make_lora_bias_fixtures.py) share: the pinned hash seed, the base model,
+make_embedding_fixtures.py, make_lora_bias_fixtures.py, make_model_dropout_fixtures.py) share: the pinned hash seed, the base model,
 the uneven batch, PEFT's saved key names, the AdamW and LoRA+ runs they record, and the
 expected.safetensors they write."""
 import os

@@ -46,7 +46,7 @@
         lb_gelu_tanh_forward_##sfx, lb_gelu_tanh_backward_##sfx, lb_softmax_lse_##sfx, lb_exp_shift_##sfx,             \
             lb_softmax_backward_##sfx, lb_cross_entropy_row_##sfx, lb_layernorm_forward_##sfx,                         \
             lb_layernorm_backward_input_##sfx, lb_add_##sfx, lb_activation_forward_##sfx,                              \
-            lb_activation_backward_##sfx,                                                                              \
+            lb_activation_backward_##sfx, lb_dropout_##sfx,                                                            \
     }
 static const lb_kernel_set set_base = KERNEL_SET(base);
 #if defined(__x86_64__)
@@ -123,4 +123,7 @@ void lb_activation_forward(int act, float *out, const float *inp, size_t n) {
 }
 void lb_activation_backward(int act, float *d, const float *pre, size_t n) {
     kernels()->activation_backward(act, d, pre, n);
+}
+void lb_dropout(float *out, const float *x, size_t n, uint64_t key, uint64_t first, uint64_t threshold, float keep) {
+    kernels()->dropout(out, x, n, key, first, threshold, keep);
 }

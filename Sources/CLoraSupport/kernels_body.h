@@ -349,6 +349,20 @@ KT static void K(lb_layernorm_backward_input)(float *dinp, const float *dout, co
     }
 }
 
+// Integer hashing the compiler vectorizes (64-bit lane multiplies with AVX-512DQ).
+KT static void K(lb_dropout)(float *out, const float *x, size_t n, uint64_t key, uint64_t first, uint64_t threshold,
+                             float keep) {
+    const uint64_t phi = 0x9E3779B97F4A7C15ull;
+    uint64_t c = key + first * phi;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t z = c + (uint64_t)i * phi;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        out[i] = (z >> 40) < threshold ? 0.0f : x[i] * keep;
+    }
+}
+
 KT static void K(lb_add)(float *out, const float *a, const float *b, size_t n) {
     size_t i = 0;
     for (; i + VW <= n; i += VW) K(vst)(out + i, K(vld)(a + i) + K(vld)(b + i));

@@ -12,7 +12,7 @@ var defaultTrainerParams: lora_trainer_params {
         gradient_accumulation_steps: Int32(d.gradientAccumulationSteps),
         max_grad_norm: Float(d.maxGradNorm ?? 0), batch_size: Int32(d.batchSize),
         block_size: Int32(d.blockSize), seed: d.seed, gradient_checkpointing: 0,
-        loraplus_lr_ratio: Float(d.loraplusLRRatio))
+        loraplus_lr_ratio: Float(d.loraplusLRRatio), model_dropout: d.modelDropout ? 1 : 0)
 }
 
 @_cdecl("lora_trainer_default_params")
@@ -78,6 +78,7 @@ public func lora_trainer_create(
         // 0 is 0.1.0's tail padding in a zero-filled struct: plain AdamW, as 1.
         let ratio = try finite(p.loraplus_lr_ratio, "loraplus_lr_ratio")
         c.loraplusLRRatio = ratio == 0 ? 1 : Double(ratio)
+        c.modelDropout = p.model_dropout != 0
         if let a = ab?.adapter, !mb.model.attachments.contains(where: { $0.adapter === a }) {
             try mb.model.attach(a)
         }

@@ -25,6 +25,7 @@ struct Bench: ParsableCommand {
     @Option(help: "init: pissa, pissa_niter_N or olora, on c_attn of every layer.") var initLoraWeights = "pissa_niter_4"
     @Flag(help: "Gradient checkpointing (train).") var gradientCheckpointing = false
     @Flag(help: "DoRA adapters (train, engine).") var useDora = false
+    @Flag(help: "GPT-2's own dropouts, 0.1 each (train).") var modelDropout = false
     @Option(help: "Concurrent requests, comma-separated (engine).") var sequences = "16,64"
     @Option(help: "Prompt tokens per request (engine).") var enginePrompt = 64
     @Option(help: "New tokens per request (engine).") var newTokens = 128
@@ -117,6 +118,7 @@ struct Bench: ParsableCommand {
         var tc = TrainerParams()
         tc.batchSize = batch; tc.blockSize = block; tc.learningRate = 1e-4; tc.maxSteps = steps + 1
         tc.gradientCheckpointing = gradientCheckpointing
+        tc.modelDropout = modelDropout
         let trainer = try Trainer(model: model, adapter: adapter, config: tc)
         var rng = SplitMix64(seed: 5)
         func makeBatch() -> [[TokenID]] { (0..<batch).map { _ in (0..<block).map { _ in TokenID(rng.next() % 50257) } } }
@@ -134,9 +136,9 @@ struct Bench: ParsableCommand {
         say(
             String(
                 format:
-                    "{\"engine\":\"liblora\",\"bench\":\"lora_train\",\"use_dora\":%@,\"dtype\":\"%@\",\"core\":\"%@\",\"sgemm\":\"%@\",\"threads\":%d,\"batch\":%d,\"block\":%d,\"r\":%d,\"trainable\":%d,\"tokens_per_s\":%.1f,\"min_tokens_per_s\":%.1f,\"max_tokens_per_s\":%.1f,\"peak_rss_gib\":%.3f,\"bound_tokens_per_s\":%.1f,\"fraction_of_bound\":%.3f}",
-                useDora ? "true" : "false", dtype.rawValue, BLAS.coreName, BLAS.sgemmLibrary, threads, batch, block, r,
-                adapter.parameterCount, median(rates),
+                    "{\"engine\":\"liblora\",\"bench\":\"lora_train\",\"use_dora\":%@,\"model_dropout\":%@,\"dtype\":\"%@\",\"core\":\"%@\",\"sgemm\":\"%@\",\"threads\":%d,\"batch\":%d,\"block\":%d,\"r\":%d,\"trainable\":%d,\"tokens_per_s\":%.1f,\"min_tokens_per_s\":%.1f,\"max_tokens_per_s\":%.1f,\"peak_rss_gib\":%.3f,\"bound_tokens_per_s\":%.1f,\"fraction_of_bound\":%.3f}",
+                useDora ? "true" : "false", modelDropout ? "true" : "false", dtype.rawValue, BLAS.coreName, BLAS.sgemmLibrary,
+                threads, batch, block, r, adapter.parameterCount, median(rates),
                 sorted.first ?? 0,
                 sorted.last ?? 0, rss,
                 tb, median(rates) / tb))

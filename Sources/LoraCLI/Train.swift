@@ -93,6 +93,11 @@ struct OptimOptions: ParsableArguments {
     @Option(
         parsing: .unconditional, help: "LoRA+: B's learning rate is this times --learning-rate (PEFT's create_loraplus_optimizer; 1: off).")
     var loraplusLrRatio = TrainerParams().loraplusLRRatio
+    @Flag(
+        help:
+            "GPT-2's own dropouts while training, at config.json's embd_pdrop, attn_pdrop and resid_pdrop (as transformers' model.train())."
+    )
+    var modelDropout = false
 
     func validate() throws {
         try Check.finite(learningRate, atLeast: 0, "--learning-rate")
@@ -126,6 +131,7 @@ struct OptimOptions: ParsableArguments {
         c.seed = seed
         c.gradientCheckpointing = gradientCheckpointing
         c.loraplusLRRatio = loraplusLrRatio
+        c.modelDropout = modelDropout
         if let m = maxSteps {
             c.maxSteps = m
         } else {

@@ -102,6 +102,7 @@ void test_defaults(void) {
     CHECK(tp.batch_size == 4 && tp.block_size == 0, "batch %d block %d (0: min(256, n_positions))", tp.batch_size,
           tp.block_size);
     CHECK(tp.gradient_checkpointing == 0, "gradient_checkpointing %d", tp.gradient_checkpointing);
+    CHECK(tp.model_dropout == 0, "model_dropout %d", tp.model_dropout);
 
     lora_train_params rp;
     memset(&rp, 0xAB, sizeof rp);

@@ -175,6 +175,33 @@ void test_trainer_errors(void) {
             t2 = NULL;
         }
         {
+            /* GPT-2's own dropouts (gpt2-tok's config: 0.1 each): a training
+             * step's loss changes, evaluation's does not; a struct as 0.2.0's
+             * first release declared it (72 bytes) leaves them off. */
+            lora_adapter *a0 = NULL;
+            REQUIRE_OK(lora_adapter_create(&a0, m, NULL));
+            int32_t ids[2 * 16];
+            for (int i = 0; i < 2 * 16; i++) ids[i] = (i * 7 + 3) % 50;
+            float losses[3] = {0, 0, 0}, evals[2] = {0, 0}, ppl = 0;
+            for (int k = 0; k < 3; k++) {
+                lora_trainer_params dp;
+                trainer_params(&dp, 2, 16, 4);
+                dp.learning_rate = 0.0f; /* the adapter stays as it is */
+                dp.model_dropout = k != 0;
+                if (k == 2) dp.struct_size = 72;
+                lora_trainer *td = NULL;
+                EXPECT(lora_trainer_create(&td, m, a0, &dp), LORA_OK);
+                if (!td) continue;
+                EXPECT(lora_trainer_step(td, ids, NULL, 2, 16, &losses[k]), LORA_OK);
+                if (k < 2) EXPECT(lora_trainer_evaluate(td, data, &evals[k], &ppl), LORA_OK);
+                lora_trainer_free(td);
+            }
+            CHECK(losses[0] != losses[1], "model_dropout did not change the step's loss (%g)", losses[0]);
+            CHECK(losses[2] == losses[0], "a 72-byte struct applied model_dropout: %g vs %g", losses[2], losses[0]);
+            CHECK(evals[0] == evals[1] && evals[0] > 0, "evaluation with model_dropout: %g vs %g", evals[1], evals[0]);
+            lora_adapter_free(a0);
+        }
+        {
             /* Data parallel: bad ranks are refused; a reducer that fails stops the run before any step. */
             int calls = 0;
             EXPECT(lora_trainer_set_gradient_reducer(NULL, 0, 2, failing_reducer, &calls), LORA_INVALID_ARGUMENT);

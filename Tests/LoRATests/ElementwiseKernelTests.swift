@@ -22,6 +22,27 @@ import Testing
         #expect(sets().count >= 1)
     }
 
+    /// Dropout's masks are the same in every set, bit for bit, and are
+    /// SplitMix64's outputs: element i of stream `key` from `first` is the
+    /// generator seeded at key + first·φ, drawn i + 1 times.
+    @Test func dropoutMasksAgreeAcrossSets() {
+        let n = 1003
+        let x = (0..<n).map { Float($0) * 0.01 - 3 }
+        let key: UInt64 = 0x1234_5678_9abc_def0
+        let first: UInt64 = 77
+        let p: Float = 0.3
+        let threshold = UInt64((p * 16_777_216).rounded(.up))
+        let keep = 1 / (1 - p)
+        var rng = SplitMix64(seed: key &+ first &* 0x9E37_79B9_7F4A_7C15 &- 0x9E37_79B9_7F4A_7C15)
+        let ref = x.map { v -> Float in rng.next() >> 40 < threshold ? 0 : v * keep }
+        #expect(ref.filter { $0 == 0 }.count > 250 && ref.filter { $0 == 0 }.count < 350)
+        for (level, k) in sets() {
+            var y = [Float](repeating: .nan, count: n)
+            k.dropout(&y, x, n, key, first, threshold, keep)
+            #expect(y == ref, "level \(level)")
+        }
+    }
+
     @Test func geluForwardAndBackward() {
         let n = 1001
         let x = (0..<n).map { Float($0 - 500) * 0.024 }  // -12 ... 12

@@ -260,6 +260,24 @@ private func expectGradient(
         }
     }
 
+    /// Training's attention dropout (GPT-2's attn_pdrop): the weights are
+    /// dropped after the softmax; backward drops ∂L/∂P̃ with the same mask and
+    /// mixes the values with the dropped weights. The mask is fixed, so the
+    /// function is smooth and finite differences apply.
+    @Test(arguments: [1, 7, 70])
+    func attentionBackwardWithDropout(T: Int) throws {
+        // A stream whose first weight is kept (with one key, a dropped weight has no gradient).
+        let first = (0..<64).first { f -> Bool in
+            var w: Float = 1
+            AttentionDropout(p: 0.3, keep: 1, key: 0x5eed_d20b, first: UInt64(f), block: 80).apply(row: &w, i: 0, count: 1)
+            return w != 0
+        }!
+        let dropout = AttentionDropout(p: 0.3, keep: 1 / (1 - Float(0.3)), key: 0x5eed_d20b, first: UInt64(first), block: 80)
+        for own in Set([false, attentionKernel]) {
+            try checkAttentionBackward(T: T, past: 0, scaled: true, masked: false, ownKernel: own, dropout: dropout)
+        }
+    }
+
     /// attention.c's kernels against the sgemm path on GPT-2's head size
     /// (64) and on one wider than a tile (80: two column tiles, two k-blocks):
     /// outputs, log-sum-exps and all three gradients agree within 2e-5
@@ -307,7 +325,9 @@ private func expectGradient(
         }
     }
 
-    private func checkAttentionBackward(T: Int, past: Int, scaled: Bool, masked: Bool, ownKernel: Bool) throws {
+    private func checkAttentionBackward(
+        T: Int, past: Int, scaled: Bool, masked: Bool, ownKernel: Bool, dropout: AttentionDropout? = nil
+    ) throws {
         try BLAS.load()
         var rng = SplitMix64(seed: 0x6174_746e &+ UInt64(T * 131 + past * 7) &+ (scaled ? 1 : 0))
         let H = 2
@@ -331,7 +351,7 @@ private func expectGradient(
                 out: out.p + h * hd, ldo: C, probs: probs.p,
                 q: qkv.p + qOff, ldq: 3 * C, k: qkv.p + kOff, ldk: 3 * C, v: qkv.p + vOff, ldv: 3 * C,
                 T: T, L: L, past: past, hd: hd, scale: scale, keyMask: mask.map { UnsafePointer($0.p) },
-                lse: lse.p, ownKernel: ownKernel)
+                lse: lse.p, dropout: dropout, ownKernel: ownKernel)
         }
         func loss() -> Double {
             forward()
@@ -352,8 +372,22 @@ private func expectGradient(
             dq: dqkv.p + qOff, ldq: 3 * C, dk: dqkv.p + kOff, dv: dqkv.p + vOff, ldk: 3 * C,
             scratch: scratch.p, dout: dout.p + h * hd, ldo: C, lse: lse.p,
             q: qkv.p + qOff, k: qkv.p + kOff, v: qkv.p + vOff,
-            T: T, L: L, past: past, hd: hd, scale: scale, keyMask: mask.map { UnsafePointer($0.p) }, ownKernel: ownKernel)
+            T: T, L: L, past: past, hd: hd, scale: scale, keyMask: mask.map { UnsafePointer($0.p) }, dropout: dropout,
+            ownKernel: ownKernel)
         let grad = added(dqkv, dqkv0)
+        if let dropout, T > 1 {
+            // Some weights are dropped, and the dropped ones are zero.
+            var dropped = 0
+            for i in 0..<T {
+                var row = [Float](repeating: 1, count: i + 1)
+                row.withUnsafeMutableBufferPointer { dropout.apply(row: $0.baseAddress!, i: i, count: i + 1) }
+                for j in 0...i where row[j] == 0 {
+                    dropped += 1
+                    #expect(probs[i * L + j] == 0, "weight (\(i), \(j)) is dropped")
+                }
+            }
+            #expect(dropped > 0)
+        }
 
         func entries(_ off: Int, rows: Int) -> [Int] {
             (0..<rows).flatMap { t in (0..<hd).map { off + t * 3 * C + $0 } }
@@ -361,7 +395,8 @@ private func expectGradient(
         let qs = entries(qOff, rows: T)
         let ks = entries(kOff, rows: L)
         let vs = entries(vOff, rows: L)
-        let label = "T=\(T) past=\(past) scale=\(scale)\(masked ? " masked" : "")\(ownKernel ? " own kernel" : "")"
+        let label =
+            "T=\(T) past=\(past) scale=\(scale)\(masked ? " masked" : "")\(ownKernel ? " own kernel" : "")\(dropout != nil ? " dropout" : "")"
         // A single visible key has probability 1 whatever q and k are.
         let oneKey = L == 1
         expectGradient("dq \(label)", qkv, at: sample(qs, &rng), analytic: grad, vanishes: oneKey, loss: loss)

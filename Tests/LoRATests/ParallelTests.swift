@@ -92,8 +92,9 @@ import Testing
         }
     }
 
-    @Test(arguments: [WeightDType.f32, .bf16])
-    func trainingDoesNotDependOnTheThreadCount(dtype: WeightDType) throws {
+    /// Also with GPT-2's dropouts: their masks are drawn per element from a hash.
+    @Test(arguments: [(WeightDType.f32, false), (.bf16, false), (.f32, true)])
+    func trainingDoesNotDependOnTheThreadCount(dtype: WeightDType, modelDropout: Bool) throws {
         let model = try mediumModel(dtype: dtype)
         var rng = SplitMix64(seed: 2)
         let batch = (0..<3).map { _ in (0..<64).map { _ in TokenID(rng.next() % 1000) } }
@@ -105,6 +106,7 @@ import Testing
                 var r = SplitMix64(seed: 3)
                 for i in 0..<adapter.params.count { adapter.params.base[i] = (r.nextFloat() - 0.5) * 0.2 }
                 var cfg = TrainerParams(); cfg.batchSize = 3; cfg.blockSize = 64; cfg.learningRate = 1e-2
+                cfg.modelDropout = modelDropout
                 let trainer = try Trainer(model: model, adapter: adapter, config: cfg)
                 let losses = try (0..<3).map { _ in try trainer.step(ids: batch) }
                 return (losses, Array(adapter.params.buffer))

@@ -238,6 +238,7 @@ class lora_trainer_params(Structure):
         ("seed", c_uint64),
         ("gradient_checkpointing", c_int32),
         ("loraplus_lr_ratio", c_float),
+        ("model_dropout", c_int32),
     ]
 
 

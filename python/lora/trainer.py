@@ -167,14 +167,18 @@ class Trainer(Owner):
                  max_grad_norm: float | None = None, batch_size: int | None = None,
                  block_size: int | None = None, seed: int | None = None, gradient_checkpointing: bool | None = None,
                  adam_beta1: float | None = None, adam_beta2: float | None = None, adam_epsilon: float | None = None,
-                 num_train_epochs: float | None = None, loraplus_lr_ratio: float | None = None):
+                 num_train_epochs: float | None = None, loraplus_lr_ratio: float | None = None,
+                 model_dropout: bool | None = None):
         """Arguments left at None take the library's defaults
         (lora_trainer_default_params: learning_rate 2e-4, linear schedule,
         100 steps, batch 4, block_size min(256, n_positions), seed 42, ...).
         num_train_epochs (when max_steps is not given) makes each train() call
         last that many epochs of its data, as transformers' Trainer does.
         max_grad_norm 0 disables clipping. loraplus_lr_ratio: LoRA+ (B's
-        learning rate is that times A's, as PEFT's create_loraplus_optimizer)."""
+        learning rate is that times A's, as PEFT's create_loraplus_optimizer).
+        model_dropout: GPT-2's own dropouts while training (config.json's
+        embd_pdrop, attn_pdrop, resid_pdrop), as transformers' model.train();
+        off by default; evaluation never drops."""
         self._handle = None   # so close()/__del__ are safe if the checks below raise
         if not isinstance(model, Model):
             raise TypeError(f"expected a lora.Model, got {type(model).__name__}")
@@ -217,6 +221,8 @@ class Trainer(Owner):
             if p.loraplus_lr_ratio == 0:  # the C struct reads 0 as 1 (0.1.0's padding); here it is an error
                 raise LoraError(Status.INVALID_ARGUMENT, "LORA_INVALID_ARGUMENT",
                                 "loraplus_lr_ratio must be a finite number > 0", "lora_trainer_create")
+        if model_dropout is not None:
+            p.model_dropout = flag(model_dropout)
         self.num_train_epochs = None
         if num_train_epochs is not None and max_steps is None:
             self.num_train_epochs = real(num_train_epochs, "num_train_epochs")

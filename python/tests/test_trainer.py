@@ -72,6 +72,29 @@ def test_loraplus_ten_steps_match_peft(model_a, tmp_path):
             lora.Trainer(model_a, a, loraplus_lr_ratio=bad, block_size=12)
 
 
+def test_model_dropout_steps_match_transformers(tmp_path):
+    """GPT-2's own dropouts through the params struct: the trajectory of
+    transformers + PEFT in training mode with liblora's masks
+    (make_model_dropout_fixtures.py)."""
+    _, t = read_safetensors(fixture("model_dropout", "expected.safetensors"))
+    m = lora.Model.load(fixture("model_dropout", "base"))
+    a = lora.Adapter.load(m, fixture("model_dropout", "all"))
+    tr = lora.Trainer(m, a, learning_rate=5e-3, lr_scheduler="cosine", warmup_steps=2, max_steps=8, max_grad_norm=1.0,
+                      batch_size=2, block_size=12, seed=11, model_dropout=True)
+    want = t["train.losses"].values()
+    for k in range(8):
+        loss = tr.step(t[f"train.batch{k}.ids"].rows())
+        assert abs(loss - want[k]) < TRAJECTORY_TOLERANCE, f"step {k}: {loss} vs {want[k]}"
+    a.save(tmp_path / "final")
+    _, saved = read_safetensors(tmp_path / "final" / "adapter_model.safetensors")
+    worst = max(max_abs_diff(v.values(), t[f"train.final.{k}"].values()) for k, v in saved.items())
+    assert worst < TRAJECTORY_TOLERANCE
+    # Off (the default), the first step's loss is the deterministic one.
+    b = lora.Adapter.load(m, fixture("model_dropout", "all"))
+    plain = lora.Trainer(m, b, learning_rate=0.0, batch_size=2, block_size=12, seed=11)
+    assert abs(plain.step(t["train.batch0.ids"].rows()) - want[0]) > 1e-3
+
+
 def test_step_lowers_loss_on_a_repeated_batch(tok_model):
     batch = [tok_model.tokenize("The quick brown fox jumps over the lazy dog.")[:12]] * 2
     a = lora.Adapter.create(tok_model, r=8, target_modules=["c_attn", "c_fc"])

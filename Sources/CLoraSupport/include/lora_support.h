@@ -274,6 +274,12 @@ LB_HIDDEN void lb_add(float *out, const float *a, const float *b, size_t n);
 LB_HIDDEN void lb_activation_forward(int act, float *out, const float *inp, size_t n);
 // d[n] *= act′(pre[n]).
 LB_HIDDEN void lb_activation_backward(int act, float *d, const float *pre, size_t n);
+// Inverted dropout with counter-based masks (Kernels/Dropout.swift):
+// out[i] = 0 when (h >> 40) < threshold, else x[i]·keep, where
+// h = SplitMix64's output function of key + (first + i)·0x9E3779B97F4A7C15.
+// out may alias x.
+LB_HIDDEN void lb_dropout(float *out, const float *x, size_t n, uint64_t key, uint64_t first, uint64_t threshold,
+                          float keep);
 
 // One instruction set's versions of the kernels above (tests compare them).
 typedef struct lb_kernel_set {
@@ -290,6 +296,7 @@ typedef struct lb_kernel_set {
     void (*add)(float *out, const float *a, const float *b, size_t n);
     void (*activation_forward)(int act, float *out, const float *inp, size_t n);
     void (*activation_backward)(int act, float *d, const float *pre, size_t n);
+    void (*dropout)(float *out, const float *x, size_t n, uint64_t key, uint64_t first, uint64_t threshold, float keep);
 } lb_kernel_set;
 // The set for a level, or NULL when this CPU cannot run it.
 LB_HIDDEN const lb_kernel_set *lb_kernels_for(int level);

@@ -16,8 +16,30 @@ public struct GPT2Config: Sendable, Equatable {
     public var tieWordEmbeddings = true
     public var bosTokenID: Int? = 50256
     public var eosTokenID: Int? = 50256
+    /// GPT-2's dropouts in training (transformers' model.train(); liblora
+    /// applies them with TrainerParams.modelDropout): on the embeddings, the
+    /// attention weights, and each block's two projection outputs. Not part
+    /// of the architecture: `==` ignores them.
+    public var embdPdrop: Double = 0.1
+    public var attnPdrop: Double = 0.1
+    public var residPdrop: Double = 0.1
 
     public init() {}
+
+    /// The same network: every field but the training dropouts.
+    public static func == (a: GPT2Config, b: GPT2Config) -> Bool {
+        var b2 = b
+        b2.embdPdrop = a.embdPdrop; b2.attnPdrop = a.attnPdrop; b2.residPdrop = a.residPdrop
+        return a.isIdentical(to: b2)
+    }
+
+    private func isIdentical(to o: GPT2Config) -> Bool {
+        vocabSize == o.vocabSize && nPositions == o.nPositions && nEmbd == o.nEmbd && nLayer == o.nLayer && nHead == o.nHead
+            && nInner == o.nInner && activation == o.activation && layerNormEpsilon == o.layerNormEpsilon
+            && scaleAttnWeights == o.scaleAttnWeights && scaleAttnByInverseLayerIdx == o.scaleAttnByInverseLayerIdx
+            && tieWordEmbeddings == o.tieWordEmbeddings && bosTokenID == o.bosTokenID && eosTokenID == o.eosTokenID
+            && embdPdrop == o.embdPdrop && attnPdrop == o.attnPdrop && residPdrop == o.residPdrop
+    }
 
     public var innerSize: Int { nInner ?? 4 * nEmbd }
     public var headDim: Int { nEmbd / nHead }
@@ -74,6 +96,14 @@ public struct GPT2Config: Sendable, Equatable {
             guard let d = v.doubleValue, d.isFinite, d >= 0 else { throw fail("layer_norm_epsilon must be a non-negative number") }
             c.layerNormEpsilon = d
         }
+        func probability(_ k: String, _ current: Double) throws -> Double {
+            guard let v = obj[k], !v.isNull else { return current }
+            guard let d = v.doubleValue, d.isFinite, d >= 0, d < 1 else { throw fail("\(k) must be a number in [0, 1)") }
+            return d
+        }
+        c.embdPdrop = try probability("embd_pdrop", c.embdPdrop)
+        c.attnPdrop = try probability("attn_pdrop", c.attnPdrop)
+        c.residPdrop = try probability("resid_pdrop", c.residPdrop)
         c.scaleAttnWeights = try bool("scale_attn_weights", c.scaleAttnWeights)
         c.scaleAttnByInverseLayerIdx = try bool("scale_attn_by_inverse_layer_idx", c.scaleAttnByInverseLayerIdx)
         c.tieWordEmbeddings = try bool("tie_word_embeddings", c.tieWordEmbeddings)
@@ -121,10 +151,10 @@ public struct GPT2Config: Sendable, Equatable {
         var o = JSONObject()
         o["activation_function"] = .string(activation.rawValue)
         o["architectures"] = .array([.string("GPT2LMHeadModel")])
-        o["attn_pdrop"] = .number(JSONNumber(0.1))
+        o["attn_pdrop"] = .number(JSONNumber(attnPdrop))
         o["bos_token_id"] = bosTokenID.map { .number(JSONNumber($0)) } ?? .null
         o["dtype"] = .string("float32")
-        o["embd_pdrop"] = .number(JSONNumber(0.1))
+        o["embd_pdrop"] = .number(JSONNumber(embdPdrop))
         o["eos_token_id"] = eosTokenID.map { .number(JSONNumber($0)) } ?? .null
         o["initializer_range"] = .number(JSONNumber(0.02))
         o["layer_norm_epsilon"] = .number(JSONNumber(layerNormEpsilon))
@@ -136,7 +166,7 @@ public struct GPT2Config: Sendable, Equatable {
         o["n_layer"] = .number(JSONNumber(nLayer))
         o["n_positions"] = .number(JSONNumber(nPositions))
         o["reorder_and_upcast_attn"] = .bool(false)
-        o["resid_pdrop"] = .number(JSONNumber(0.1))
+        o["resid_pdrop"] = .number(JSONNumber(residPdrop))
         o["scale_attn_by_inverse_layer_idx"] = .bool(scaleAttnByInverseLayerIdx)
         o["scale_attn_weights"] = .bool(scaleAttnWeights)
         o["tie_word_embeddings"] = .bool(tieWordEmbeddings)

@@ -40,12 +40,14 @@ func attentionScores(
 /// attention weights (zeros where masked); rows that see no key give zeros.
 /// lse[T], when given, receives each row's log-sum-exp of the visible scaled
 /// scores (-inf for a row that sees no key): all backward needs to recompute
-/// the weights, instead of keeping probs.
+/// the weights, instead of keeping probs. `dropout` (training) drops
+/// weights after the softmax, before they mix the values (probs receives
+/// the dropped weights; lse stays the softmax's).
 package func attentionForward(
     out: FloatPtr, ldo: Int, probs: FloatPtr,
     q: ConstFloatPtr, ldq: Int, k: ConstFloatPtr, ldk: Int, v: ConstFloatPtr, ldv: Int,
     T: Int, L: Int, past: Int, hd: Int, scale: Float, keyMask: ConstFloatPtr?,
-    lse: FloatPtr? = nil, ownKernel: Bool = attentionKernel
+    lse: FloatPtr? = nil, dropout: AttentionDropout? = nil, ownKernel: Bool = attentionKernel
 ) {
     if T == 1 {
         // scale on q (hd values): liblora's matrix–vector kernels take alpha = 1 only.
@@ -54,6 +56,7 @@ package func attentionForward(
             gemv(transA: false, rows: L, cols: hd, alpha: 1, A: k, lda: ldk, x: sq.baseAddress!, beta: 0, y: probs)
         }
         attentionSoftmaxRows(probs: probs, rows: 0..<1, L: L, past: past, keyMask: keyMask, lse: lse)
+        dropout?.apply(row: probs, i: past, count: min(past + 1, L))
         gemv(transA: true, rows: L, cols: hd, alpha: 1, A: v, lda: ldv, x: probs, beta: 0, y: out)
         return
     }
@@ -78,6 +81,7 @@ package func attentionForward(
                     probs + i0 * L, ld: L, q: q + i0 * ldq, ldq: ldq, rows: i1 - i0, kt: kt, ldt: ldt, keys: keys, hd: hd, scale: scale,
                     first: past + i0)
                 attentionSoftmaxRows(probs: probs, rows: i0..<i1, L: L, past: past, keyMask: keyMask, lse: lse)
+                attentionDropRows(dropout, probs, ld: L, rows: i0..<i1, first: past, L: L)
                 lb_attn_gemm(
                     out + i0 * ldo, Int32(ldo), probs + i0 * L, L, 1, Int32(i1 - i0), vc, Int32(hd), Int32(keys), Int32(hd), 1, 1,
                     LB_ATTN_CAUSAL_K_UPTO, past + i0)
@@ -94,6 +98,7 @@ package func attentionForward(
             transA: false, transB: true, M: i1 - i0, N: keys, K: hd, alpha: scale,
             A: q + i0 * ldq, lda: ldq, B: k, ldb: ldk, beta: 0, C: probs + i0 * L, ldc: L)
         attentionSoftmaxRows(probs: probs, rows: i0..<i1, L: L, past: past, keyMask: keyMask, lse: lse)
+        attentionDropRows(dropout, probs, ld: L, rows: i0..<i1, first: past, L: L)
         gemm(
             transA: false, transB: false, M: i1 - i0, N: hd, K: keys, alpha: 1,
             A: probs + i0 * L, lda: L, B: v, ldb: ldv, beta: 0, C: out + i0 * ldo, ldc: ldo)
@@ -140,6 +145,14 @@ package func cachedAttentionForward(
     }
 }
 
+/// Attention dropout on the weights' rows i in `rows`, at p + i·ld, each
+/// the query at position first + i, over the keys it sees.
+@inline(__always)
+func attentionDropRows(_ dropout: AttentionDropout?, _ p: FloatPtr, ld: Int, rows: Range<Int>, first: Int, L: Int) {
+    guard let dropout else { return }
+    for i in rows { dropout.apply(row: p + i * ld, i: first + i, count: min(first + i + 1, L)) }
+}
+
 /// Masked softmax of the score rows in place; zeros beyond each row's causal limit.
 @inline(__always)
 func attentionSoftmaxRows(probs: FloatPtr, rows: Range<Int>, L: Int, past: Int, keyMask: ConstFloatPtr?, lse: FloatPtr?) {
@@ -172,13 +185,14 @@ package func attentionBackward(
     dq: FloatPtr, ldq: Int, dk: FloatPtr, dv: FloatPtr, ldk: Int, scratch: FloatPtr,
     dout: ConstFloatPtr, ldo: Int, lse: ConstFloatPtr,
     q: ConstFloatPtr, k: ConstFloatPtr, v: ConstFloatPtr,
-    T: Int, L: Int, past: Int, hd: Int, scale: Float, keyMask: ConstFloatPtr?, ownKernel: Bool = attentionKernel
+    T: Int, L: Int, past: Int, hd: Int, scale: Float, keyMask: ConstFloatPtr?, dropout: AttentionDropout? = nil,
+    ownKernel: Bool = attentionKernel
 ) {
     precondition(!ownKernel || attentionKernel, "attention.c's kernels need AVX-512")
     if ownKernel && T > 1 {
         attentionBackwardOwn(
             dq: dq, ldq: ldq, dk: dk, dv: dv, ldk: ldk, scratch: scratch, dout: dout, ldo: ldo, lse: lse, q: q, k: k, v: v, T: T,
-            L: L, past: past, hd: hd, scale: scale, keyMask: keyMask)
+            L: L, past: past, hd: hd, scale: scale, keyMask: keyMask, dropout: dropout)
         return
     }
     let P = scratch
@@ -201,18 +215,27 @@ package func attentionBackward(
                 A: q + i0 * ldq, lda: ldq, B: k, ldb: ldk, beta: 0, C: P, ldc: L)
         }
         attentionWeightsFromLSE(P, ld: L, rows: rows, first: past + i0, L: L, keys: keys, lse: lse + i0, keyMask: keyMask)
-        // dV[keys] += Pᵀ · dO
-        gemm(
-            transA: true, transB: false, M: keys, N: hd, K: rows, alpha: 1, A: P, lda: L,
-            B: dout + i0 * ldo, ldb: ldo, beta: 1, C: dv, ldc: ldk)
+        func dV() {
+            // dV[keys] += Pᵀ · dO (the dropped weights P̃ with dropout)
+            gemm(
+                transA: true, transB: false, M: keys, N: hd, K: rows, alpha: 1, A: P, lda: L,
+                B: dout + i0 * ldo, ldb: ldo, beta: 1, C: dv, ldc: ldk)
+        }
+        if dropout == nil { dV() }
         // dP = dO · Vᵀ: dot products of hd (64) values, which OpenBLAS does
         // faster than the few-row kernels' reduction per output (LoRA
         // training at 1 × 1024 tokens: +2 to +7%, Intel Emerald Rapids).
         gemm(
             transA: false, transB: true, M: rows, N: keys, K: hd, alpha: 1, A: dout + i0 * ldo, lda: ldo,
             B: v, ldb: ldk, beta: 0, C: dP, ldc: L, fewRows: false)
+        // Dropout: that was ∂L/∂P̃; ∂L/∂P = it ⊙ mask.
+        attentionDropRows(dropout, dP, ld: L, rows: 0..<rows, first: past + i0, L: L)
         // dS = P ⊙ (dP − Σ_j P·dP) · scale
         for i in 0..<rows { lb_softmax_backward(dP + i * L, P + i * L, Int32(keys), scale) }
+        if dropout != nil {
+            attentionDropRows(dropout, P, ld: L, rows: 0..<rows, first: past + i0, L: L)
+            dV()
+        }
         // dQ += dS · K ;  dK[keys] += dSᵀ · Q
         gemm(
             transA: false, transB: false, M: rows, N: hd, K: keys, alpha: 1, A: dP, lda: L, B: k, ldb: ldk,
@@ -230,7 +253,7 @@ private func attentionBackwardOwn(
     dq: FloatPtr, ldq: Int, dk: FloatPtr, dv: FloatPtr, ldk: Int, scratch: FloatPtr,
     dout: ConstFloatPtr, ldo: Int, lse: ConstFloatPtr,
     q: ConstFloatPtr, k: ConstFloatPtr, v: ConstFloatPtr,
-    T: Int, L: Int, past: Int, hd: Int, scale: Float, keyMask: ConstFloatPtr?
+    T: Int, L: Int, past: Int, hd: Int, scale: Float, keyMask: ConstFloatPtr?, dropout: AttentionDropout?
 ) {
     let ld = attentionPaddedStride(L)
     let blockRows = min(T, attentionBlock)
@@ -258,16 +281,25 @@ private func attentionBackwardOwn(
             (qb + i * hd).update(from: q + (i0 + i) * ldq, count: hd)
             (dob + i * hd).update(from: dout + (i0 + i) * ldo, count: hd)
         }
-        // dV[keys] += Pᵀ · dO
-        lb_attn_gemm(dv, Int32(ldk), P, 1, ld, Int32(keys), dob, h, Int32(rows), h, 0, 1, LB_ATTN_CAUSAL_K_FROM, first)
+        // dV[keys] += Pᵀ · dO (the dropped weights P̃ with dropout)
+        func dV() {
+            lb_attn_gemm(dv, Int32(ldk), P, 1, ld, Int32(keys), dob, h, Int32(rows), h, 0, 1, LB_ATTN_CAUSAL_K_FROM, first)
+        }
+        if dropout == nil { dV() }
         // dP = dO · Vᵀ
         lb_attn_gemm(dP, Int32(ld), dob, hd, 1, Int32(rows), vt, Int32(ld), h, Int32(keys), 1, 1, LB_ATTN_CAUSAL_COLS, first)
+        // Dropout: that was ∂L/∂P̃; ∂L/∂P = it ⊙ mask.
+        attentionDropRows(dropout, dP, ld: ld, rows: 0..<rows, first: first, L: L)
         // dS = P ⊙ (dP − Σ_j P·dP) · scale on the visible keys (dP is
         // undefined beyond them), zeros up to `keys`.
         for i in 0..<rows {
             let visible = min(first + i + 1, keys)
             lb_softmax_backward(dP + i * ld, P + i * ld, Int32(visible), scale)
             if visible < keys { (dP + i * ld + visible).update(repeating: 0, count: keys - visible) }
+        }
+        if dropout != nil {
+            attentionDropRows(dropout, P, ld: ld, rows: 0..<rows, first: first, L: L)
+            dV()
         }
         // dQ += dS · K ;  dK[keys] += dSᵀ · Q
         lb_attn_gemm(dq + i0 * ldq, Int32(ldq), dP, ld, 1, Int32(rows), kc, h, Int32(keys), h, 0, 1, LB_ATTN_CAUSAL_K_UPTO, first)

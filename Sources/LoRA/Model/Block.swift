@@ -117,6 +117,9 @@ struct LayerGrads {
     var attnSlotSize: Int
     /// Full fine-tuning: where this block's weight gradients accumulate.
     var weights: LayerWeights?
+    /// With GPT-2's dropouts (ModelDropout): scratch [n, C] for a
+    /// projection's output gradient times its mask.
+    var dmask: FloatPtr? = nil
 }
 
 extension Model {
@@ -140,9 +143,11 @@ extension Model {
     }
 
     /// One block: x → LN1 → c_attn → attention → c_proj → +x → LN2 → c_fc → act → c_proj → +.
+    /// `dropout` (training with GPT-2's dropouts, K/V inline): on the
+    /// attention weights and on both projections' outputs.
     func layerForward(
         _ l: Int, _ a: LayerActs, B: Int, T: Int, past: Int, kv: KVPlacement,
-        keyMask: ((Int) -> ConstFloatPtr?)?, lora: LoRAContext
+        keyMask: ((Int) -> ConstFloatPtr?)?, lora: LoRAContext, dropout: ModelDropout? = nil
     ) {
         let c = config
         let lw = weights.layers[l]
@@ -161,10 +166,11 @@ extension Model {
         if case .sequences(let runs, let cache) = kv {
             sequenceAttention(a, runs: runs, cache: cache, scale: scale)
         } else {
-            batchAttention(a, B: B, T: T, past: past, kv: kv, keyMask: keyMask, scale: scale)
+            batchAttention(a, B: B, T: T, past: past, kv: kv, keyMask: keyMask, scale: scale, dropout: dropout, layer: l)
         }
         matmulForward(out: a.proj, inp: a.att, weight: lw.attnProjW, bias: lw.attnProjB, M: n, K: C, N: C)
         lora.forward(layer: l, target: .attnCProj, x: a.att, y: a.proj, n: n)
+        dropout?.apply(.attentionOutput(layer: l), out: a.proj, a.proj, n: n, C: C)
         addForward(out: a.res2, a: a.input, b: a.proj, n: n * C)
 
         lora.layerNorm(
@@ -175,13 +181,14 @@ extension Model {
         activationForward(c.activation, out: a.fcAct, inp: a.fcPre, n: n * F)
         matmulForward(out: a.proj, inp: a.fcAct, weight: lw.mlpProjW, bias: lw.mlpProjB, M: n, K: F, N: C)
         lora.forward(layer: l, target: .mlpCProj, x: a.fcAct, y: a.proj, n: n)
+        dropout?.apply(.mlpOutput(layer: l), out: a.proj, a.proj, n: n, C: C)
         addForward(out: a.res3, a: a.res2, b: a.proj, n: n * C)
     }
 
     /// Attention of B rows of T new tokens each, keys and values from qkv or the cache.
     private func batchAttention(
         _ a: LayerActs, B: Int, T: Int, past: Int, kv: KVPlacement,
-        keyMask: ((Int) -> ConstFloatPtr?)?, scale: Float
+        keyMask: ((Int) -> ConstFloatPtr?)?, scale: Float, dropout: ModelDropout?, layer: Int
     ) {
         let c = config
         let C = c.nEmbd
@@ -215,7 +222,7 @@ extension Model {
                         out: out, ldo: C, probs: probs, q: q, ldq: 3 * C,
                         k: base + (C + h * hd), ldk: 3 * C, v: base + (2 * C + h * hd), ldv: 3 * C,
                         T: T, L: L, past: past, hd: hd, scale: scale, keyMask: keyMask?(b),
-                        lse: a.lse.map { $0 + bh * T })
+                        lse: a.lse.map { $0 + bh * T }, dropout: dropout?.attention(layer: layer, b: b, h: h, H: H))
                 case .cache(let cache), .sequences(_, let cache):
                     cache.attention(
                         at: (b * H + h) * cache.capacity * hd, out: out, ldo: C, probs: probs, q: q, ldq: 3 * C,
@@ -261,7 +268,10 @@ extension Model {
     /// Backward through one block, the inverse of layerForward (its
     /// activations `a` as forward left them): g.dres holds ∂L/∂output on entry, ∂L/∂input on
     /// exit (unless `needInputGradient` is false: then only parameter gradients).
-    func layerBackward(_ l: Int, _ a: LayerActs, _ g: LayerGrads, B: Int, T: Int, lora: LoRAContext, needInputGradient: Bool) {
+    func layerBackward(
+        _ l: Int, _ a: LayerActs, _ g: LayerGrads, B: Int, T: Int, lora: LoRAContext, needInputGradient: Bool,
+        dropout: ModelDropout? = nil
+    ) {
         let c = config
         let lw = weights.layers[l]
         let gw = g.weights
@@ -276,13 +286,21 @@ extension Model {
         let hd = c.headDim
         let n = B * T
 
+        // The gradient a projection's output gets: dres, times its mask with dropout.
+        func projectionGradient(_ site: ModelDropout.Site) -> ConstFloatPtr {
+            guard let dropout, dropout.resid > 0, let m = g.dmask else { return UnsafePointer(dres) }
+            dropout.apply(site, out: m, dres, n: n, C: C)
+            return UnsafePointer(m)
+        }
+
         // MLP projection. (DoRA branches scale the gradient the base product
         // gets: baseGradient; without DoRA it is dres itself.)
-        var dy = lora.baseGradient(layer: l, target: .mlpCProj, dy: dres, n: n)
+        var dproj = projectionGradient(.mlpOutput(layer: l))
+        var dy = lora.baseGradient(layer: l, target: .mlpCProj, dy: dproj, n: n)
         matmulBackward(
             dinp: dfc, dweight: gw?.mlpProjW.f32, dbias: gw?.mlpProjB, dout: dy, inp: a.fcAct, weight: lw.mlpProjW, M: n, K: F, N: C,
             accumulate: false)
-        lora.backward(layer: l, target: .mlpCProj, x: a.fcAct, dy: dres, dx: dfc, n: n)
+        lora.backward(layer: l, target: .mlpCProj, x: a.fcAct, dy: dproj, dx: dfc, n: n)
         activationBackward(c.activation, d: dfc, pre: a.fcPre, n: n * F)
         dy = lora.baseGradient(layer: l, target: .mlpCFC, dy: dfc, n: n)
         matmulBackward(
@@ -294,11 +312,12 @@ extension Model {
             weight: ln2?.weight ?? UnsafePointer(lw.ln2W), mean: a.ln2Mean!, rstd: a.ln2Rstd!, rows: n, C: C)
 
         // Attention projection and attention.
-        dy = lora.baseGradient(layer: l, target: .attnCProj, dy: dres, n: n)
+        dproj = projectionGradient(.attentionOutput(layer: l))
+        dy = lora.baseGradient(layer: l, target: .attnCProj, dy: dproj, n: n)
         matmulBackward(
             dinp: datt, dweight: gw?.attnProjW.f32, dbias: gw?.attnProjB, dout: dy, inp: a.att, weight: lw.attnProjW, M: n, K: C, N: C,
             accumulate: false)
-        lora.backward(layer: l, target: .attnCProj, x: a.att, dy: dres, dx: datt, n: n)
+        lora.backward(layer: l, target: .attnCProj, x: a.att, dy: dproj, dx: datt, n: n)
         dqkv.update(repeating: 0, count: n * 3 * C)
         let scale = attentionScale(layer: l)
         // Heads in parallel: each writes its own columns of dqkv.
@@ -314,7 +333,8 @@ extension Model {
                     scratch: scratch + worker * slotSize, dout: datt + b * T * C + h * hd, ldo: C,
                     lse: a.lse! + bh * T,
                     q: a.qkv + base, k: a.qkv + base + C, v: a.qkv + base + 2 * C,
-                    T: T, L: T, past: 0, hd: hd, scale: scale, keyMask: nil)
+                    T: T, L: T, past: 0, hd: hd, scale: scale, keyMask: nil,
+                    dropout: dropout?.attention(layer: l, b: b, h: h, H: H))
             }
         }
         dy = lora.baseGradient(layer: l, target: .attnCAttn, dy: dqkv, n: n)
@@ -332,7 +352,9 @@ extension Model {
     /// Training forward through the stack: embeddings, every block (K/V read
     /// from qkv), the final LayerNorm into acts.lnf (with its mean/rstd).
     /// Returns the final LayerNorm's input (the last block's output).
-    func trunkForward(ids: [TokenID], positions: [Int32], _ acts: TrunkActs, B: Int, T: Int, lora: LoRAContext) -> ConstFloatPtr {
+    func trunkForward(
+        ids: [TokenID], positions: [Int32], _ acts: TrunkActs, B: Int, T: Int, lora: LoRAContext, dropout: ModelDropout? = nil
+    ) -> ConstFloatPtr {
         let c = config
         let w = weights
         let n = B * T
@@ -345,8 +367,10 @@ extension Model {
                 lora.embeddingForward(ids: idp.baseAddress!, x: acts.layers[0].input, n: n)
             }
         }
+        let x0 = acts.layers[0].input
+        dropout?.apply(.embedding, out: x0, x0, n: n, C: C)
         for l in 0..<c.nLayer {
-            layerForward(l, acts.layers[l], B: B, T: T, past: 0, kv: .inline, keyMask: nil, lora: lora)
+            layerForward(l, acts.layers[l], B: B, T: T, past: 0, kv: .inline, keyMask: nil, lora: lora, dropout: dropout)
         }
         let xFinal = c.nLayer > 0 ? acts.layers[c.nLayer - 1].res3 : acts.layers[0].input
         let lnf = lora.layerNorms[.lnf]
@@ -363,7 +387,7 @@ extension Model {
     /// weight's gradient accumulates there (full fine-tuning), embeddings included.
     func trunkBackward(
         ids: [TokenID], positions: [Int32], _ acts: TrunkActs, xFinal: ConstFloatPtr, _ g: LayerGrads,
-        full: GPT2Weights?, lowest: Int, recompute: Bool, B: Int, T: Int, lora: LoRAContext
+        full: GPT2Weights?, lowest: Int, recompute: Bool, B: Int, T: Int, lora: LoRAContext, dropout: ModelDropout? = nil
     ) {
         let c = config
         let w = weights
@@ -375,7 +399,7 @@ extension Model {
             weight: lnf?.weight ?? UnsafePointer(w.lnfW), mean: acts.lnfMean, rstd: acts.lnfRstd, rows: n, C: C)
         for l in stride(from: c.nLayer - 1, through: lowest, by: -1) {
             if recompute {
-                layerForward(l, acts.layers[l], B: B, T: T, past: 0, kv: .inline, keyMask: nil, lora: lora)
+                layerForward(l, acts.layers[l], B: B, T: T, past: 0, kv: .inline, keyMask: nil, lora: lora, dropout: dropout)
             }
             var gl = g
             gl.weights = full?.layers[l]
@@ -383,7 +407,12 @@ extension Model {
             let trainsLN1 = lora.layerNorms[.ln1(layer: l)]?.dWeight != nil
             let trainsEmbedding = l == 0 && lora.training?.adapter.embedding != nil
             layerBackward(
-                l, acts.layers[l], gl, B: B, T: T, lora: lora, needInputGradient: full != nil || l > lowest || trainsLN1 || trainsEmbedding)
+                l, acts.layers[l], gl, B: B, T: T, lora: lora,
+                needInputGradient: full != nil || l > lowest || trainsLN1 || trainsEmbedding, dropout: dropout)
+        }
+        // ∂L/∂(embeddings) = ∂L/∂(dropped embeddings) ⊙ mask.
+        if lowest == 0, full != nil || lora.training?.adapter.embedding != nil {
+            dropout?.apply(.embedding, out: g.dres, g.dres, n: n, C: C)
         }
         if lowest == 0, lora.training?.adapter.embedding != nil {
             ids.withUnsafeBufferPointer { lora.embeddingBackward(ids: $0.baseAddress!, dx: g.dres, n: n) }

@@ -25,6 +25,12 @@ public struct TrainerParams: Sendable, Equatable {
     /// LoRA+ (PEFT's create_loraplus_optimizer): B's learning rate is this
     /// times A's (weight decay as weight_decay for both). 1: plain AdamW.
     public var loraplusLRRatio: Double = 1
+    /// GPT-2's own dropouts while training, with the probabilities of the
+    /// model's config.json (embd_pdrop, attn_pdrop, resid_pdrop), as
+    /// transformers' Trainer runs the model (model.train()). Off by default:
+    /// the base network runs deterministically and only LoRA dropout drops.
+    /// Evaluation never drops.
+    public var modelDropout = false
 
     public init() {}
 
@@ -136,7 +142,8 @@ public final class Trainer: @unchecked Sendable {
         self.config = config
         pass = try TrainingPass(
             model: model, target: evaluationOnly ? .none : adapter.map { .adapter($0) } ?? .fullModel,
-            batch: config.batchSize, block: config.blockSize, checkpointing: config.gradientCheckpointing)
+            batch: config.batchSize, block: config.blockSize, checkpointing: config.gradientCheckpointing,
+            modelDropout: config.modelDropout && !evaluationOnly)
         optimizer = AdamW(beta1: config.adamBeta1, beta2: config.adamBeta2, eps: config.adamEpsilon, weightDecay: config.weightDecay)
         let count = evaluationOnly ? 0 : adapter?.params.count ?? model.weights.block.count
         m = try FloatBlock(count: count)

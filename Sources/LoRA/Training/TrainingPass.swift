@@ -59,8 +59,12 @@ final class TrainingPass {
     var dropoutRowOffset = 0
     /// The sequence length of the current pass (dropout masks are indexed by block position).
     private var currentT = 0
+    /// GPT-2's dropouts in passes with a backward (TrainerParams.modelDropout).
+    let modelDropout: Bool
+    /// With modelDropout: [n, C], a projection's output gradient times its mask.
+    private let dmask: FloatBlock
 
-    init(model: Model, target: TrainingTarget, batch: Int, block: Int, checkpointing: Bool) throws {
+    init(model: Model, target: TrainingTarget, batch: Int, block: Int, checkpointing: Bool, modelDropout: Bool = false) throws {
         let c = model.config
         guard batch >= 1, block >= 2 else { throw LoRAError.invalidArgument("batch must be >= 1 and block size >= 2") }
         guard block <= c.nPositions else {
@@ -71,6 +75,7 @@ final class TrainingPass {
         self.maxBatch = batch
         self.block = block
         self.checkpointing = checkpointing
+        self.modelDropout = modelDropout
         // The size check runs in floating point first: absurd batch × block
         // values must give an error, not an integer overflow.
         do {
@@ -191,13 +196,14 @@ final class TrainingPass {
         let dropoutCount = (target.adapterDropout > 0) ? n * maxIn : 0
         dropoutX = try FloatBlock(count: dropoutCount)
         dropoutD = try FloatBlock(count: dropoutCount)
+        dmask = try FloatBlock(count: modelDropout && c.residPdrop > 0 ? n * C : 0)
     }
 
     /// The backward buffers (weight gradients are set per layer by trunkBackward).
     private func layerGrads() -> LayerGrads {
         LayerGrads(
             dres: dres, dln: dln, datt: datt, dqkv: dqkv, dfc: dfc, attnScratch: attnScratch.base,
-            attnSlots: attnSlots, attnSlotSize: attnSlotSize, weights: nil)
+            attnSlots: attnSlots, attnSlotSize: attnSlotSize, weights: nil, dmask: dmask.count > 0 ? dmask.base : nil)
     }
 
     var trainableAdapter: Adapter? { if case .adapter(let a) = target { return a } else { return nil } }
@@ -265,8 +271,14 @@ final class TrainingPass {
         let positions = (0..<n).map { Int32($0 % T) }
         let backward = gradScale != nil
         let lora = try loraContext(training: backward)
+        // GPT-2's dropouts, only in passes with a backward (evaluation never drops).
+        let dropout =
+            modelDropout && backward
+            ? ModelDropout(
+                embd: Float(c.embdPdrop), attn: Float(c.attnPdrop), resid: Float(c.residPdrop), seed: dropoutSeed, T: T,
+                block: block, rowOffset: dropoutRowOffset) : nil
         let acts = TrunkActs(layers: layerActs, lnf: lnf, lnfMean: lnfMean, lnfRstd: lnfRstd)
-        let xFinal = model.trunkForward(ids: ids, positions: positions, acts, B: B, T: T, lora: lora)
+        let xFinal = model.trunkForward(ids: ids, positions: positions, acts, B: B, T: T, lora: lora, dropout: dropout)
 
         let count = targets.reduce(0) { $0 + ($1 >= 0 && Int($1) < V ? 1 : 0) }
         for t in targets where t >= V { throw LoRAError.invalidArgument("label \(t) is out of range (0 to \(V - 1))") }
@@ -311,7 +323,7 @@ final class TrainingPass {
             } ?? 0
         model.trunkBackward(
             ids: ids, positions: positions, acts, xFinal: xFinal, layerGrads(), full: fullGrads,
-            lowest: lowest, recompute: checkpointing, B: B, T: T, lora: lora)
+            lowest: lowest, recompute: checkpointing, B: B, T: T, lora: lora, dropout: dropout)
         return (loss, count)
     }
 }
