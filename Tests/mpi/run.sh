@@ -50,19 +50,20 @@ run1 one-acc "${d[@]}" --batch-size 4 --gradient-accumulation-steps 2 && runN 2 
 # 3. Clipping that binds at every step (the norm is the global one).
 run1 one-clip "${d[@]}" --batch-size 4 --max-grad-norm 0.01 && runN 2 two-clip "${d[@]}" --batch-size 2 --max-grad-norm 0.01 \
     && compare "2x2 = 1x4, clipping at 0.01" "$work/one-clip" "$work/two-clip" --steps 8 --min-grad-norm 0.01 || fail "clipping: a run failed"
-# 4. LoRA dropout 0.1: masks are indexed by the example's place in the global batch, so they match one process.
-dd=("$work/data.jsonl" --max-steps 8 --lora-dropout 0.1)
+# 4. LoRA dropout 0.1 and GPT-2's own dropouts: masks are indexed by the example's place in the global batch, so they match one process.
+dd=("$work/data.jsonl" --max-steps 8 --lora-dropout 0.1 --model-dropout)
 run1 one-drop "${dd[@]}" --batch-size 4 && runN 2 two-drop "${dd[@]}" --batch-size 2 \
-    && compare "2x2 = 1x4, dropout 0.1" "$work/one-drop" "$work/two-drop" --steps 8 || fail "dropout: a run failed"
+    && compare "2x2 = 1x4, LoRA dropout 0.1 + --model-dropout" "$work/one-drop" "$work/two-drop" --steps 8 || fail "dropout: a run failed"
 # 5. 3 ranks × 1 on 7 examples (not divisible by 3) over 3 epochs = 1 rank × 3: the stream rule.
-s=("$work/seven.jsonl" --max-steps 7 --lora-dropout 0.1)
+s=("$work/seven.jsonl" --max-steps 7 --lora-dropout 0.1 --model-dropout)
 run1 one-seven "${s[@]}" --batch-size 3 && runN 3 three-seven "${s[@]}" --batch-size 1 \
     && compare "3x1 = 1x3 on 7 examples" "$work/one-seven" "$work/three-seven" --steps 7 || fail "3 ranks: a run failed ($(tail -2 "$work/three-seven.log"))"
 # 6. Full fine-tuning.
 run1 one-full "${d[@]}" --batch-size 4 --full-finetune --learning-rate 1e-3 && runN 2 two-full "${d[@]}" --batch-size 2 --full-finetune --learning-rate 1e-3 \
     && compare "full fine-tuning 2x2 = 1x4" "$work/one-full" "$work/two-full" --steps 8 || fail "full fine-tuning: a run failed"
 # 7. Validation averaged over ranks (the split's batches are shared out, sums reduced): same value as one process.
-v=("$work/data.jsonl" --max-steps 4 --lora-dropout 0 --validation-split 0.3 --eval-steps 2)
+# Training drops (LoRA and GPT-2's dropouts); evaluation does not.
+v=("$work/data.jsonl" --max-steps 4 --lora-dropout 0.1 --model-dropout --validation-split 0.3 --eval-steps 2)
 run1 one-val "${v[@]}" --batch-size 4 && runN 2 two-val "${v[@]}" --batch-size 2 && python3 - "$work" <<'PY' && pass "validation loss 2x2 = 1x4" || fail "validation loss differs"
 import json, sys
 def vals(d): return [json.loads(l)["val_loss"] for l in open(f"{sys.argv[1]}/{d}/metrics.jsonl") if "val_loss" in l]
