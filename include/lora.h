@@ -468,7 +468,8 @@ typedef struct lora_trainer_params {
                                        that zero-fills the struct leaves at 0 */
     int32_t model_dropout;          /* GPT-2's own dropouts while training, with config.json's embd_pdrop,
                                        attn_pdrop and resid_pdrop (transformers' model.train()); default 0:
-                                       off. Evaluation never drops (0.2.0) */
+                                       off. Evaluation never drops (0.2.0). 4 bytes of tail padding follow:
+                                       a field appended there must read 0 as its default */
 } lora_trainer_params;
 
 void lora_trainer_default_params(lora_trainer_params *params);

@@ -16,6 +16,7 @@ with probability 1 − p, scaled by 1/(1 − p)) are checked here too.
                         model.safetensors is a link to gpt2-a's (the same bytes)
   model_dropout/all/    LoRA r=4, alpha=8 on c_attn, c_proj, c_fc (A, B random)
   model_dropout/wte/    LoRA r=4 on wte and c_attn (the embedding mask's backward)
+  model_dropout/dora/   DoRA r=4 on c_attn, c_proj, c_fc (magnitudes off ‖W‖ by ~10%)
   model_dropout/expected.safetensors:
       batch.ids, batch.labels: [3, 13] right-padded (lengths 13, 7, 10)
       grad.<adapter>.<saved key>, loss.<adapter>: one pass, block size 16,
@@ -80,7 +81,6 @@ class Masks:
     """The current pass's seed and block size, read by the dropout stand-ins."""
     seed = 0
     block = 16
-    H = 1
 
     @classmethod
     def rows(cls, site, shape, p):
@@ -142,8 +142,6 @@ def with_mask_dropouts(model):
         block.attn.resid_dropout = MaskDropout(3 * l + 2, model.config.resid_pdrop)
         block.mlp.dropout = MaskDropout(3 * l + 3, model.config.resid_pdrop)
     model.config._attn_implementation = "liblora_dropout"
-    for block in t.h:
-        block.attn.config._attn_implementation = "liblora_dropout"
     return model
 
 
@@ -152,13 +150,15 @@ def load_base():
     return with_mask_dropouts(m)
 
 
-def peft_model(name, targets, seed):
+def peft_model(name, targets, seed, use_dora=False):
     model = get_peft_model(load_base(), LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, lora_dropout=0.0,
-                                                   target_modules=targets))
+                                                   target_modules=targets, use_dora=use_dora))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for pname, p in model.named_parameters():
-            if "lora_" in pname:
+            if "lora_magnitude_vector" in pname:
+                p.mul_(1 + 0.1 * torch.randn(p.shape, generator=g))  # off its initial ‖W‖
+            elif "lora_" in pname:
                 p.copy_(0.2 * torch.randn(p.shape, generator=g))
     model.train()
     return model
@@ -205,9 +205,10 @@ def main():
     # One pass, block 16: the trainer's first micro-batch seed.
     Masks.block = 16
     Masks.seed = SplitMix64(7).next()
-    adapters = {"all": (["c_attn", "c_proj", "c_fc"], 500), "wte": (["wte", "c_attn"], 501)}
-    for name, (targets, seed) in adapters.items():
-        model = peft_model(name, targets, seed)
+    adapters = {"all": (["c_attn", "c_proj", "c_fc"], 500, False), "wte": (["wte", "c_attn"], 501, False),
+                "dora": (["c_attn", "c_proj", "c_fc"], 502, True)}
+    for name, (targets, seed, use_dora) in adapters.items():
+        model = peft_model(name, targets, seed, use_dora)
         model.save_pretrained(os.path.join(OUT, name))
         # adapter_config.json names the base by the path it was loaded from.
         out = model(input_ids=bids, labels=labels)

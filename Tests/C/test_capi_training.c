@@ -176,8 +176,8 @@ void test_trainer_errors(void) {
         }
         {
             /* GPT-2's own dropouts (gpt2-tok's config: 0.1 each): a training
-             * step's loss changes, evaluation's does not; a struct as 0.2.0's
-             * first release declared it (72 bytes) leaves them off. */
+             * step's loss changes, evaluation's does not; a struct of the size
+             * before model_dropout (72 bytes) leaves them off. */
             lora_adapter *a0 = NULL;
             REQUIRE_OK(lora_adapter_create(&a0, m, NULL));
             int32_t ids[2 * 16];

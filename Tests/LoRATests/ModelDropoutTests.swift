@@ -40,13 +40,52 @@ import Testing
         var other = c
         other.attnPdrop = 0.1
         #expect(other == c)
-        for bad in ["-0.1", "1", "\"x\"", "1e400"] {
+        for bad in ["\"x\"", "1e400", "true"] {
             let text = "{\"model_type\": \"gpt2\", \"attn_pdrop\": \(bad)}"
             #expect(throws: LoRAError.self) { try GPT2Config.parse(Array(text.utf8), path: "config.json") }
         }
+        // Out of [0, 1): the model loads (inference ignores it); training with model_dropout refuses it.
+        let odd = try GPT2Config.parse(Array("{\"model_type\": \"gpt2\", \"resid_pdrop\": 1}".utf8), path: "config.json")
+        #expect(odd.residPdrop == 1)
+        var cfg = params()
+        #expect(throws: LoRAError.self) { try cfg.validate(model: odd) }
+        cfg.modelDropout = false
+        try cfg.validate(model: odd)
     }
 
-    @Test(arguments: [("all", false), ("all", true), ("wte", false), ("wte", true)])
+    /// `==` compares every stored property but the three probabilities: a
+    /// field added later and left out of the comparison fails here.
+    @Test func equalityCoversEveryArchitectureField() throws {
+        let base = GPT2Config()
+        let ignored: Set<String> = ["embdPdrop", "attnPdrop", "residPdrop"]
+        let edits: [String: (inout GPT2Config) -> Void] = [
+            "vocabSize": { $0.vocabSize += 1 }, "nPositions": { $0.nPositions += 1 }, "nEmbd": { $0.nEmbd += 1 },
+            "nLayer": { $0.nLayer += 1 }, "nHead": { $0.nHead += 1 }, "nInner": { $0.nInner = 7 },
+            "activation": { $0.activation = .relu }, "layerNormEpsilon": { $0.layerNormEpsilon = 1e-3 },
+            "scaleAttnWeights": { $0.scaleAttnWeights.toggle() },
+            "scaleAttnByInverseLayerIdx": { $0.scaleAttnByInverseLayerIdx.toggle() },
+            "tieWordEmbeddings": { $0.tieWordEmbeddings.toggle() }, "bosTokenID": { $0.bosTokenID = 1 },
+            "eosTokenID": { $0.eosTokenID = 1 },
+        ]
+        let fields = Mirror(reflecting: base).children.compactMap(\.label)
+        #expect(Set(fields) == Set(edits.keys).union(ignored), "GPT2Config's fields changed: update == and this test")
+        for (name, edit) in edits {
+            var c = base
+            edit(&c)
+            #expect(c != base, "\(name) is not compared")
+        }
+        for name in ignored {
+            var c = base
+            switch name {
+            case "embdPdrop": c.embdPdrop = 0.5
+            case "attnPdrop": c.attnPdrop = 0.5
+            default: c.residPdrop = 0.5
+            }
+            #expect(c == base)
+        }
+    }
+
+    @Test(arguments: [("all", false), ("all", true), ("wte", false), ("wte", true), ("dora", false), ("dora", true)])
     func gradientsMatchTransformers(adapter name: String, checkpointing: Bool) throws {
         let m = try model()
         let a = try Adapter.load(directory: Fixtures.path("model_dropout/\(name)"), modelConfig: m.config)

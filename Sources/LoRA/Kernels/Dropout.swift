@@ -75,7 +75,11 @@ struct ModelDropout {
     /// ((b + rowOffset)·block + t)·C + c.
     func apply(_ site: Site, out: FloatPtr, _ x: ConstFloatPtr, n: Int, C: Int) {
         let p: Float
-        if case .embedding = site { p = embd } else { p = resid }
+        switch site {
+        case .embedding: p = embd
+        case .attentionOutput, .mlpOutput: p = resid
+        case .attentionWeights: preconditionFailure("attention weights are dropped by AttentionDropout")
+        }
         guard p > 0 else {
             if out != x { out.update(from: x, count: n * C) }
             return

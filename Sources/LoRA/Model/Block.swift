@@ -288,7 +288,8 @@ extension Model {
 
         // The gradient a projection's output gets: dres, times its mask with dropout.
         func projectionGradient(_ site: ModelDropout.Site) -> ConstFloatPtr {
-            guard let dropout, dropout.resid > 0, let m = g.dmask else { return UnsafePointer(dres) }
+            guard let dropout, dropout.resid > 0 else { return UnsafePointer(dres) }
+            guard let m = g.dmask else { preconditionFailure("model dropout without its gradient scratch") }
             dropout.apply(site, out: m, dres, n: n, C: C)
             return UnsafePointer(m)
         }

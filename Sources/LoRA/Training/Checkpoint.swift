@@ -153,7 +153,7 @@ extension TrainerParams {
             ("gradient_accumulation_steps", String(gradientAccumulationSteps)),
             ("max_grad_norm", maxGradNorm.map { String($0) } ?? "none"), ("batch_size", String(batchSize)),
             ("block_size", String(blockSize)), ("seed", String(seed)),
-            ("loraplus_lr_ratio", String(loraplusLRRatio)), ("model_dropout", String(modelDropout)),
+            ("loraplus_lr_ratio", String(loraplusLRRatio)), ("model_dropout", modelDropout ? modelDropoutRates ?? "true" : "false"),
         ]
     }
 

@@ -132,7 +132,7 @@ extension Trainer {
         var names: [String] = []
         var digests: [UInt64] = []
         func add(_ name: String, _ f: (inout Digest64) -> Void) { var d = Digest64(); f(&d); names.append(name); digests.append(d.h) }
-        add("training settings (learning rate, schedule, steps, batch, block, accumulation, clipping, seed, LoRA+ ratio)") {
+        add("training settings (learning rate, schedule, steps, batch, block, accumulation, clipping, seed, LoRA+ ratio, model dropout)") {
             $0.add(config.settings.map { "\($0.name)=\($0.value)" }.joined(separator: ";"))
         }
         add("model weights") { d in

@@ -31,6 +31,9 @@ public struct TrainerParams: Sendable, Equatable {
     /// the base network runs deterministically and only LoRA dropout drops.
     /// Evaluation never drops.
     public var modelDropout = false
+    /// With modelDropout: the model's probabilities, as a checkpoint and the
+    /// data-parallel ranks compare them (set by Trainer from config.json).
+    var modelDropoutRates: String? = nil
 
     public init() {}
 
@@ -78,6 +81,11 @@ public struct TrainerParams: Sendable, Equatable {
         guard loraplusLRRatio.isFinite, loraplusLRRatio > 0 else { throw bad("loraplus_lr_ratio must be a finite number > 0") }
         guard blockSize <= model.nPositions else {
             throw bad("block_size \(blockSize) exceeds the model's n_positions (\(model.nPositions))")
+        }
+        if modelDropout {
+            for (name, p) in [("embd_pdrop", model.embdPdrop), ("attn_pdrop", model.attnPdrop), ("resid_pdrop", model.residPdrop)] {
+                guard p >= 0, p < 1 else { throw bad("model_dropout: the model's \(name) is \(p); it must be in [0, 1)") }
+            }
         }
     }
 }
@@ -129,8 +137,12 @@ public final class Trainer: @unchecked Sendable {
 
     /// `evaluationOnly` allocates no gradient or optimizer state (for `evaluate`/`loss` only).
     public init(model: Model, adapter: Adapter?, config: TrainerParams, evaluationOnly: Bool = false) throws {
-        let config = config.resolved(for: model.config)
+        var config = config.resolved(for: model.config)
         try config.validate(model: model.config)
+        if config.modelDropout {
+            let c = model.config
+            config.modelDropoutRates = "embd_pdrop \(c.embdPdrop), attn_pdrop \(c.attnPdrop), resid_pdrop \(c.residPdrop)"
+        }
         guard model.config.nLayer >= 1 else { throw LoRAError.invalidArgument("training needs at least one layer") }
         try adapter?.checkFits(model.config)
         if adapter == nil, !evaluationOnly, model.dtype != .f32 {

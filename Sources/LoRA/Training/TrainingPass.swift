@@ -84,7 +84,7 @@ final class TrainingPass {
             let Fd = Double(c.innerSize)
             let perLayer = nd * (8 * Cd + 2 * Fd + 4) + Double(batch) * Double(c.nHead) * Double(block)
             let layers = checkpointing ? Double(c.nLayer + 1) * nd * Cd + perLayer : Double(c.nLayer) * perLayer + nd * Cd
-            let bytes = 4 * (layers + nd * (10 * Cd + Fd) + 16 * Double(block) * Double(block))
+            let bytes = 4 * (layers + nd * ((modelDropout ? 11 : 10) * Cd + Fd) + 16 * Double(block) * Double(block))
             guard bytes <= Double(FloatBlock.physicalMemory) else {
                 throw LoRAError.invalidArgument(
                     "batch \(batch) × block \(block) needs about \(Int(bytes / 1_073_741_824)) GiB of activations, more than the machine's \(FloatBlock.physicalMemory >> 30) GiB; lower batch_size or block_size, or use gradient checkpointing"
