@@ -16,6 +16,14 @@ def fixture_batch(expected):
     return t["batch.ids"].rows(), t["batch.labels"].rows()
 
 
+def assert_final_weights(adapter, expected, tmp_path):
+    """The adapter, saved, holds the fixture's train.final.* within the trajectory tolerance."""
+    adapter.save(tmp_path / "final")
+    _, saved = read_safetensors(tmp_path / "final" / "adapter_model.safetensors")
+    worst = max(max_abs_diff(v.values(), expected[f"train.final.{k}"].values()) for k, v in saved.items())
+    assert worst < TRAJECTORY_TOLERANCE, worst
+
+
 def test_step_loss_matches_peft(model_a, lora_expected):
     """One step on the padded, partly masked fixture batch: the loss before the update is PEFT's."""
     ids, labels = fixture_batch(lora_expected)
@@ -43,12 +51,7 @@ def test_twenty_adamw_steps_match_torch(model_a, lora_expected, tmp_path):
     for k in range(20):
         loss = tr.step(t[f"train.batch{k}.ids"].rows())
         assert abs(loss - want[k]) < TRAJECTORY_TOLERANCE, f"step {k}: {loss} vs {want[k]}"
-    a.save(tmp_path / "final")
-    _, saved = read_safetensors(tmp_path / "final" / "adapter_model.safetensors")
-    worst = 0.0
-    for name, tensor in saved.items():
-        worst = max(worst, max_abs_diff(tensor.values(), t[f"train.final.{name}"].values()))
-    assert worst < TRAJECTORY_TOLERANCE
+    assert_final_weights(a, t, tmp_path)
 
 
 def test_loraplus_ten_steps_match_peft(model_a, tmp_path):
@@ -61,12 +64,7 @@ def test_loraplus_ten_steps_match_peft(model_a, tmp_path):
     for k in range(10):
         loss = tr.step(t[f"train.batch{k}.ids"].rows())
         assert abs(loss - want[k]) < TRAJECTORY_TOLERANCE, f"step {k}: {loss} vs {want[k]}"
-    a.save(tmp_path / "final")
-    _, saved = read_safetensors(tmp_path / "final" / "adapter_model.safetensors")
-    worst = 0.0
-    for name, tensor in saved.items():
-        worst = max(worst, max_abs_diff(tensor.values(), t[f"train.final.{name}"].values()))
-    assert worst < TRAJECTORY_TOLERANCE
+    assert_final_weights(a, t, tmp_path)
     for bad in (0, -2, float("nan")):
         with pytest.raises(lora.LoraError):
             lora.Trainer(model_a, a, loraplus_lr_ratio=bad, block_size=12)
@@ -85,10 +83,7 @@ def test_model_dropout_steps_match_transformers(tmp_path):
     for k in range(8):
         loss = tr.step(t[f"train.batch{k}.ids"].rows())
         assert abs(loss - want[k]) < TRAJECTORY_TOLERANCE, f"step {k}: {loss} vs {want[k]}"
-    a.save(tmp_path / "final")
-    _, saved = read_safetensors(tmp_path / "final" / "adapter_model.safetensors")
-    worst = max(max_abs_diff(v.values(), t[f"train.final.{k}"].values()) for k, v in saved.items())
-    assert worst < TRAJECTORY_TOLERANCE
+    assert_final_weights(a, t, tmp_path)
     # Off (the default), the first step's loss is the deterministic one.
     b = lora.Adapter.load(m, fixture("model_dropout", "all"))
     plain = lora.Trainer(m, b, learning_rate=0.0, batch_size=2, block_size=12, seed=11)
