@@ -13,18 +13,9 @@ import CLoraSupport
 // recompute regenerate the forward's mask exactly, padding does not move
 // it, and data-parallel ranks draw the rows one process would.
 
-/// SplitMix64's output function.
-@inline(__always)
-private func mix64(_ x: UInt64) -> UInt64 {
-    var z = x
-    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-    return z ^ (z >> 31)
-}
-
 /// Multiplies x[0..<count] by the mask whose element i has index first + i
 /// in the stream `key`: element i is dropped when
-/// (mix64(key + (first + i)·φ) >> 40) / 2²⁴ < p, φ = 0x9E3779B97F4A7C15
+/// (SplitMix64's output function of key + (first + i)·φ, >> 40) / 2²⁴ < p, φ = 0x9E3779B97F4A7C15
 /// (lb_dropout: vectorized where the CPU allows). out may alias x.
 @inline(__always)
 private func dropoutRun(
@@ -66,7 +57,12 @@ struct ModelDropout {
         }
     }
 
-    func key(_ site: Site) -> UInt64 { mix64(seed ^ (UInt64(site.index + 1) &* 0xD1B5_4A32_D192_ED03)) }
+    /// SplitMix64's output function of seed ^ (site + 1)·0xD1B54A32D192ED03
+    /// (the generator's next() from that state minus its increment).
+    func key(_ site: Site) -> UInt64 {
+        var g = SplitMix64(seed: (seed ^ (UInt64(site.index + 1) &* 0xD1B5_4A32_D192_ED03)) &- 0x9E37_79B9_7F4A_7C15)
+        return g.next()
+    }
 
     static func keepFactor(_ p: Float) -> Float { 1 / (1 - p) }
 
