@@ -33,8 +33,8 @@
 // columns split between them, six alternating runs, means): the 48 block
 // products for 16 rows 26.9 → 22.6 ms, for one row 26.6 → 13.4 ms (the
 // decode kernel before 24bc28e, 128 columns down all rows at a time: 16.4
-// ms; it now runs these tiles on its wide products). The AVX2 kernels keep
-// 16-column strips of KB rows without prefetch.
+// ms; it now runs these tiles on its wide products). The AVX2 kernels (AMD
+// Zen 2 and older) have their own tiles and x packing, below.
 #include "lora_support.h"
 #include "simd256.h"
 
@@ -395,130 +395,248 @@ static T512 void gemm_rows_avx512(int dt, float *y, int ldy, const float *x, int
 // ---- AVX2 + FMA ---------------------------------------------------------
 
 // Rows [0, G) × columns [j, j + 8·NV) (the last vector holding lastN) over
-// W rows [k0, k1).
-INLINE T256 void cols_tile256(float *y, int ldy, const float *x, int ldx, int G, int NV, int lastN, const float *W,
-                              int ldw, int k0, int k1, int j, int fromZero) {
-    __m256 a[6][2];
+// W rows [k0, k1), from xp: the G rows' x over those k, packed k-major
+// (xp[6 (k − k0) + g]), so that every broadcast comes from one pointer.
+INLINE T256 void cols_tile256(float *y, int ldy, const float *xp, int G, int NV, int lastN, const float *W, int ldw,
+                              int k0, int k1, int j, int fromZero) {
+    __m256 a[6][8];
     __m256i lm = lb_mask8(lastN);
 #pragma GCC unroll 6
     for (int g = 0; g < G; g++)
-#pragma GCC unroll 2
+#pragma GCC unroll 8
         for (int v = 0; v < NV; v++) {
             const float *src = y + (size_t)g * ldy + j + 8 * v;
-            a[g][v] = fromZero ? _mm256_setzero_ps() : v == NV - 1 ? _mm256_maskload_ps(src, lm) : _mm256_loadu_ps(src);
+            a[g][v] = fromZero                   ? _mm256_setzero_ps()
+                      : v == NV - 1 && lastN < 8 ? _mm256_maskload_ps(src, lm)
+                                                 : _mm256_loadu_ps(src);
         }
     const float *p = W + (size_t)k0 * ldw + j;
-    for (int k = k0; k < k1; k++, p += ldw) {
-        __m256 w[2];
-#pragma GCC unroll 2
+    for (int k = k0; k < k1; k++, p += ldw, xp += 6) {
+        __m256 w[8];
+#pragma GCC unroll 8
         for (int v = 0; v < NV; v++)
-            w[v] = v == NV - 1 ? _mm256_maskload_ps(p + 8 * v, lm) : _mm256_loadu_ps(p + 8 * v);
+            w[v] = v == NV - 1 && lastN < 8 ? _mm256_maskload_ps(p + 8 * v, lm) : _mm256_loadu_ps(p + 8 * v);
 #pragma GCC unroll 6
         for (int g = 0; g < G; g++) {
-            __m256 xv = _mm256_set1_ps(x[(size_t)g * ldx + k]);
-#pragma GCC unroll 2
+            __m256 xv = _mm256_broadcast_ss(xp + g);
+#pragma GCC unroll 8
             for (int v = 0; v < NV; v++) a[g][v] = _mm256_fmadd_ps(xv, w[v], a[g][v]);
         }
     }
 #pragma GCC unroll 6
     for (int g = 0; g < G; g++)
-#pragma GCC unroll 2
+#pragma GCC unroll 8
         for (int v = 0; v < NV; v++) {
             float *dst = y + (size_t)g * ldy + j + 8 * v;
-            if (v == NV - 1)
+            if (v == NV - 1 && lastN < 8)
                 _mm256_maskstore_ps(dst, lm, a[g][v]);
             else
                 _mm256_storeu_ps(dst, a[g][v]);
         }
 }
 
-#define COLS256_G(NV)                                                                                                  \
+// Full last vectors (lastN 8) get plain loads and stores: a masked load is
+// two micro-ops on Zen 2 and held a register the 6 × 2 tile needs.
+#define COLS256(G_, NV_)                                                                                               \
+    do {                                                                                                               \
+        if (lastN == 8)                                                                                                \
+            cols_tile256(y, ldy, xp, G_, NV_, 8, W, ldw, k0, k1, j, fromZero);                                         \
+        else                                                                                                           \
+            cols_tile256(y, ldy, xp, G_, NV_, lastN, W, ldw, k0, k1, j, fromZero);                                     \
+    } while (0)
+#define COLS256_G(NV_)                                                                                                 \
     switch (G) {                                                                                                       \
     case 6:                                                                                                            \
-        cols_tile256(ym, ldy, xm, ldx, 6, NV, lastN, W, ldw, k0, k1, j, fromZero);                                     \
+        COLS256(6, NV_);                                                                                               \
         break;                                                                                                         \
     case 5:                                                                                                            \
-        cols_tile256(ym, ldy, xm, ldx, 5, NV, lastN, W, ldw, k0, k1, j, fromZero);                                     \
+        COLS256(5, NV_);                                                                                               \
         break;                                                                                                         \
     case 4:                                                                                                            \
-        cols_tile256(ym, ldy, xm, ldx, 4, NV, lastN, W, ldw, k0, k1, j, fromZero);                                     \
+        COLS256(4, NV_);                                                                                               \
         break;                                                                                                         \
     case 3:                                                                                                            \
-        cols_tile256(ym, ldy, xm, ldx, 3, NV, lastN, W, ldw, k0, k1, j, fromZero);                                     \
+        COLS256(3, NV_);                                                                                               \
         break;                                                                                                         \
     case 2:                                                                                                            \
-        cols_tile256(ym, ldy, xm, ldx, 2, NV, lastN, W, ldw, k0, k1, j, fromZero);                                     \
+        COLS256(2, NV_);                                                                                               \
         break;                                                                                                         \
     default:                                                                                                           \
-        cols_tile256(ym, ldy, xm, ldx, 1, NV, lastN, W, ldw, k0, k1, j, fromZero);                                     \
+        COLS256(1, NV_);                                                                                               \
         break;                                                                                                         \
     }
 
+// NV ≤ 2 for any G; NV up to 8 (64 columns) only with G = 1.
+static T256 void cols_tile256_any(float *y, int ldy, const float *xp, int G, int NV, int lastN, const float *W, int ldw,
+                                  int k0, int k1, int j, int fromZero) {
+    switch (NV) {
+    case 8:
+        COLS256(1, 8);
+        break;
+    case 7:
+        COLS256(1, 7);
+        break;
+    case 6:
+        COLS256(1, 6);
+        break;
+    case 5:
+        COLS256(1, 5);
+        break;
+    case 4:
+        COLS256(1, 4);
+        break;
+    case 3:
+        COLS256(1, 3);
+        break;
+    case 2:
+        COLS256_G(2);
+        break;
+    default:
+        COLS256_G(1);
+        break;
+    }
+}
+
+// Tiles of W in column strips, top to bottom, as the AVX-512 kernel's: in
+// each tile, 16 columns at a time (64 for one row of x) stay in L1 while
+// the groups of 6 rows pass over them, and the tile COLS256_PF_TILES ahead
+// is prefetched, each group issuing its share of its lines. One row of x
+// (decode) goes down tiles of 8 rows × 2048 columns, without prefetch: 8
+// KiB runs of each weight row, which the hardware prefetchers follow. At
+// most COLS256_ROWS rows of x at a time (the packed x's size).
+// Measured on AMD EPYC Zen 2 (1 thread, GPT-2's 48 block products, weights
+// from memory; the kernel before: 16-column strips of 64 rows, no
+// prefetch): 16 rows 108 → 65 ms, one row 40 → 25 ms (a plain read of the
+// weights: 25 ms).
+enum { COLS256_ROWS = 132, COLS256_TILE_ROWS = 32, COLS256_TILE_COLS = 512, COLS256_PF_TILES = 2 };
 static T256 void gemm_cols_avx2(float *y, int ldy, const float *x, int ldx, int M, const float *W, int K, int ldw,
                                 int n0, int n1, int beta0) {
-    for (int j = n0; j < n1; j += 16) {
-        int width = n1 - j < 16 ? n1 - j : 16;
-        int NV = (width + 7) / 8;
-        int lastN = width - 8 * (NV - 1);
-        for (int k0 = 0; k0 < K; k0 += KB) {
-            int k1 = k0 + KB < K ? k0 + KB : K;
-            for (int m = 0; m < M; m += 6) {
-                int G = M - m < 6 ? M - m : 6;
-                float *ym = y + (size_t)m * ldy;
-                const float *xm = x + (size_t)m * ldx;
-                int fromZero = k0 == 0 && beta0;
-                if (NV == 2) {
-                    COLS256_G(2);
-                } else {
-                    COLS256_G(1);
+    if (M > COLS256_ROWS) {
+        for (int m = 0; m < M; m += COLS256_ROWS)
+            gemm_cols_avx2(y + (size_t)m * ldy, ldy, x + (size_t)m * ldx, ldx,
+                           M - m < COLS256_ROWS ? M - m : COLS256_ROWS, W, K, ldw, n0, n1, beta0);
+        return;
+    }
+    float xp[COLS256_ROWS * COLS256_TILE_ROWS] __attribute__((aligned(32)));
+    const int one = M == 1;
+    const int tileRows = one ? 8 : COLS256_TILE_ROWS, tileCols = one ? 2048 : COLS256_TILE_COLS;
+    const int pfTiles = one ? 0 : COLS256_PF_TILES, sw = one ? 64 : 16, groups = (M + 5) / 6;
+    for (int jt = n0; jt < n1; jt += tileCols) {
+        int jt1 = n1 - jt < tileCols ? n1 : jt + tileCols;
+        for (int k0 = 0; k0 < K; k0 += tileRows) {
+            int k1 = K - k0 < tileRows ? K : k0 + tileRows;
+            for (int m = 0; m < M; m++) {
+                float *dst = xp + (size_t)(m / 6) * tileRows * 6 + m % 6;
+                for (int k = k0; k < k1; k++) dst[6 * (k - k0)] = x[(size_t)m * ldx + k];
+            }
+            lb_tile t;
+            const char *pfRow = pfTiles && lb_tile_ahead(n0, n1, K, tileRows, tileCols, jt, k0, pfTiles, &t)
+                                    ? (const char *)(W + (size_t)t.r0 * ldw)
+                                    : NULL;
+            for (int j = jt; j < jt1; j += sw) {
+                int width = jt1 - j < sw ? jt1 - j : sw;
+                int NV = (width + 7) / 8;
+                int lastN = width - 8 * (NV - 1);
+                // The same columns of the tile ahead, if it has them.
+                int pc = pfRow ? t.c0 + (j - jt) : 0;
+                const char *pf = pfRow && pc < t.c1 ? pfRow + (size_t)pc * 4 : NULL;
+                int pfLines = pf ? (4 * (t.c1 - pc < sw ? t.c1 - pc : sw) + 63) / 64 : 0;
+                for (int m = 0, g = 0; m < M; m += 6, g++) {
+                    if (pf)
+                        for (int r = g; r < t.nrows; r += groups)
+                            for (int l = 0; l < pfLines; l++)
+                                _mm_prefetch(pf + (size_t)r * ldw * 4 + 64 * l, _MM_HINT_T1);
+                    cols_tile256_any(y + (size_t)m * ldy, ldy, xp + (size_t)g * tileRows * 6, M - m < 6 ? M - m : 6, NV,
+                                     lastN, W, ldw, k0, k1, j, k0 == 0 && beta0);
                 }
             }
         }
     }
 }
 
-// The same partial sums as gemv_rows_avx2: 8 lanes, masked tail, lb_hsum256.
+// W rows [r, r + R) × x rows [0, G): the partial sums of gemv_rows_avx2 (8
+// lanes over c in c order, a masked tail, lb_hsum256), whatever the tile.
+INLINE T256 void rows_tile256(float *y, int ldy, const float *x, int ldx, int G, int R, const float *W, int ldw, int C,
+                              int r, int beta0) {
+    __m256 a[3][4];
+    const float *w = W + (size_t)r * ldw;
+#pragma GCC unroll 3
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 4
+        for (int g = 0; g < G; g++) a[i][g] = _mm256_setzero_ps();
+    int c = 0;
+    for (; c + 8 <= C; c += 8) {
+        __m256 wv[3];
+#pragma GCC unroll 3
+        for (int i = 0; i < R; i++) wv[i] = _mm256_loadu_ps(w + (size_t)i * ldw + c);
+#pragma GCC unroll 4
+        for (int g = 0; g < G; g++) {
+            __m256 xv = _mm256_loadu_ps(x + (size_t)g * ldx + c);
+#pragma GCC unroll 3
+            for (int i = 0; i < R; i++) a[i][g] = _mm256_fmadd_ps(wv[i], xv, a[i][g]);
+        }
+    }
+    if (c < C) {
+        __m256i lm = lb_mask8(C - c);
+        __m256 wv[3];
+#pragma GCC unroll 3
+        for (int i = 0; i < R; i++) wv[i] = _mm256_maskload_ps(w + (size_t)i * ldw + c, lm);
+#pragma GCC unroll 4
+        for (int g = 0; g < G; g++) {
+            __m256 xv = _mm256_maskload_ps(x + (size_t)g * ldx + c, lm);
+#pragma GCC unroll 3
+            for (int i = 0; i < R; i++) a[i][g] = _mm256_fmadd_ps(wv[i], xv, a[i][g]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int g = 0; g < G; g++)
+#pragma GCC unroll 3
+        for (int i = 0; i < R; i++) {
+            float s = lb_hsum256(a[i][g]);
+            float *out = y + (size_t)g * ldy + r + i;
+            *out = beta0 ? s : *out + s;
+        }
+}
+
+#define ROWS256(G_, R_) rows_tile256(ym, ldy, xm, ldx, G_, R_, W, ldw, C, r, beta0)
+#define ROWS256_G(R_)                                                                                                  \
+    switch (G) {                                                                                                       \
+    case 4:                                                                                                            \
+        ROWS256(4, R_);                                                                                                \
+        break;                                                                                                         \
+    case 3:                                                                                                            \
+        ROWS256(3, R_);                                                                                                \
+        break;                                                                                                         \
+    case 2:                                                                                                            \
+        ROWS256(2, R_);                                                                                                \
+        break;                                                                                                         \
+    default:                                                                                                           \
+        ROWS256(1, R_);                                                                                                \
+        break;                                                                                                         \
+    }
+
+// Tiles of 3 rows of W (held in registers) × 4 rows of x: 12 sums, 7 loads
+// for 12 fused multiply-adds (the kernel before: 2 × 2, 4 loads for 4).
+// No prefetch: it was no faster. AMD EPYC Zen 2, 1 thread, the tied LM
+// head [50257, 768] for 16 rows of x: 43–52 → 26–31 ms.
 static T256 void gemm_rows_avx2(float *y, int ldy, const float *x, int ldx, int M, const float *W, int C, int ldw,
                                 int r0, int r1, int beta0) {
-    __m256i lm = lb_mask8(C % 8);
-    int cFull = C - C % 8;
-    for (int r = r0; r < r1; r += 2) {
-        int two = r + 1 < r1;
-        const float *w0 = W + (size_t)r * ldw, *w1 = two ? w0 + ldw : w0;
-        for (int m = 0; m < M; m += 2) {
-            int twoM = m + 1 < M;
-            const float *x0 = x + (size_t)m * ldx, *x1 = twoM ? x0 + ldx : x0;
-            __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00;
-            for (int c = 0; c < cFull; c += 8) {
-                __m256 wa = _mm256_loadu_ps(w0 + c), wb = _mm256_loadu_ps(w1 + c);
-                __m256 xa = _mm256_loadu_ps(x0 + c), xb = _mm256_loadu_ps(x1 + c);
-                a00 = _mm256_fmadd_ps(wa, xa, a00);
-                a01 = _mm256_fmadd_ps(wa, xb, a01);
-                a10 = _mm256_fmadd_ps(wb, xa, a10);
-                a11 = _mm256_fmadd_ps(wb, xb, a11);
-            }
-            if (cFull < C) {
-                __m256 wa = _mm256_maskload_ps(w0 + cFull, lm), wb = _mm256_maskload_ps(w1 + cFull, lm);
-                __m256 xa = _mm256_maskload_ps(x0 + cFull, lm), xb = _mm256_maskload_ps(x1 + cFull, lm);
-                a00 = _mm256_fmadd_ps(wa, xa, a00);
-                a01 = _mm256_fmadd_ps(wa, xb, a01);
-                a10 = _mm256_fmadd_ps(wb, xa, a10);
-                a11 = _mm256_fmadd_ps(wb, xb, a11);
-            }
-            float *y0 = y + (size_t)m * ldy + r, *y1 = y0 + ldy;
-            float s = lb_hsum256(a00);
-            y0[0] = beta0 ? s : y0[0] + s;
-            if (twoM) {
-                s = lb_hsum256(a01);
-                y1[0] = beta0 ? s : y1[0] + s;
-            }
-            if (two) {
-                s = lb_hsum256(a10);
-                y0[1] = beta0 ? s : y0[1] + s;
-                if (twoM) {
-                    s = lb_hsum256(a11);
-                    y1[1] = beta0 ? s : y1[1] + s;
-                }
+    for (int r = r0; r < r1; r += 3) {
+        int R = r1 - r < 3 ? r1 - r : 3;
+        for (int m = 0; m < M; m += 4) {
+            int G = M - m < 4 ? M - m : 4;
+            float *ym = y + (size_t)m * ldy;
+            const float *xm = x + (size_t)m * ldx;
+            switch (R) {
+            case 3:
+                ROWS256_G(3);
+                break;
+            case 2:
+                ROWS256_G(2);
+                break;
+            default:
+                ROWS256_G(1);
+                break;
             }
         }
     }

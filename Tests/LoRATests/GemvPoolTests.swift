@@ -20,7 +20,7 @@ import Testing
 
     @Test func columnsMatchDoublePrecision() {
         var rng = SplitMix64(seed: 11)
-        for (K, N) in [(1, 1), (3, 17), (33, 200), (48, 144), (768, 2304), (3072, 13), (100, 1_300), (769, 600)] {
+        for (K, N) in [(1, 1), (3, 17), (33, 200), (48, 144), (768, 2304), (3072, 13), (100, 1_300), (769, 600), (20, 4_100)] {
             // One float of offset makes every row start off a cache line.
             for offset in [0, 1, 5] {
                 let ldw = N + (N % 16 == 0 ? 0 : 3)
@@ -132,12 +132,15 @@ import Testing
     /// a sequence's numbers in a batched step are its solo numbers. Shapes
     /// cover row groups of 1–6, column panels with tails, K across the cols
     /// kernel's tiles (32 rows up to 32 rows of x, 64 beyond), N across tiles
-    /// of 512 columns with a short last tile, C with vector tails, and split
-    /// column ranges.
+    /// of 512 columns with a short last tile (2048 for one row on AVX2), more
+    /// rows of x than the AVX2 kernel packs at once (132), rows of W and x
+    /// across the AVX2 rows kernel's 3 × 4 tiles, C with vector tails, and
+    /// split column ranges.
     @Test func fewRowKernelsEqualDecodeKernelsPerRow() {
         var rng = SplitMix64(seed: 13)
         for (M, K, N) in [
             (1, 1, 1), (2, 3, 17), (7, 65, 200), (13, 130, 80), (6, 768, 2304), (16, 769, 33), (3, 100, 1_300), (40, 70, 300),
+            (1, 41, 2_100), (33, 70, 530), (140, 20, 40),
         ] {
             let ldw = N + 3
             let ldx = K + 1
@@ -166,7 +169,7 @@ import Testing
                 }
             }
         }
-        for (M, R, C) in [(1, 1, 1), (2, 7, 15), (7, 9, 48), (13, 130, 768), (5, 6, 769), (16, 50, 8)] {
+        for (M, R, C) in [(1, 1, 1), (2, 7, 15), (7, 9, 48), (13, 130, 768), (5, 6, 769), (16, 50, 8), (17, 23, 37)] {
             let ldw = C + 2
             let ldx = C + 3
             let ldy = R + 1
