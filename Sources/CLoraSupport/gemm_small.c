@@ -621,6 +621,12 @@ INLINE T256 void rows_tile256(float *y, int ldy, const float *x, int ldx, int G,
 // head [50257, 768] for 16 rows of x: 43–52 → 26–31 ms.
 static T256 void gemm_rows_avx2(float *y, int ldy, const float *x, int ldx, int M, const float *W, int C, int ldw,
                                 int r0, int r1, int beta0) {
+    if (C <= 8) {
+        // gemv.c's narrow rows (LoRA's B at r ≤ 8): row by row, its sums.
+        for (int m = 0; m < M; m++)
+            lb_gemv_rows_at(LB_KERNELS_AVX2, y + (size_t)m * ldy, x + (size_t)m * ldx, W, C, ldw, r0, r1, beta0);
+        return;
+    }
     for (int r = r0; r < r1; r += 3) {
         int R = r1 - r < 3 ? r1 - r : 3;
         for (int m = 0; m < M; m += 4) {

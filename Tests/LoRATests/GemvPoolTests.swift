@@ -95,6 +95,37 @@ import Testing
         }
     }
 
+    /// The AVX2 rows kernel's sums, written out: 8 lanes of fused
+    /// multiply-adds over c in c order (c ≡ lane mod 8), then lb_hsum256's
+    /// tree ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)). Pins the narrow
+    /// kernel (C ≤ 8, eight rows' trees at once in shuffles) and the 3 × 4
+    /// tiles to that order, bit for bit, also through the few-row entry.
+    @Test func avx2RowsKeepTheirReductionTree() {
+        guard Self.levels.contains(LB_KERNELS_AVX2) else { return }
+        var rng = SplitMix64(seed: 14)
+        for C in [1, 3, 7, 8, 9, 20] {
+            let R = 29
+            let ldw = C + 1
+            let w = (0..<(R * ldw)).map { _ in rng.nextFloat() * 2 - 1 }
+            let x = (0..<(2 * C)).map { _ in rng.nextFloat() * 2 - 1 }
+            for m in 0..<2 {
+                var want = [Float](repeating: 0, count: R)
+                for r in 0..<R {
+                    var lane = [Float](repeating: 0, count: 8)
+                    for c in 0..<C { lane[c % 8] = lane[c % 8].addingProduct(w[r * ldw + c], x[m * C + c]) }
+                    want[r] = ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]))
+                }
+                var got = [Float](repeating: 0, count: R)
+                let xm = Array(x[(m * C)..<(m * C + C)])
+                lb_gemv_rows_at(LB_KERNELS_AVX2, &got, xm, w, Int32(C), Int32(ldw), 0, Int32(R), 1)
+                #expect(got == want, "gemv rows C \(C) x row \(m)")
+                var batched = [Float](repeating: 0, count: 2 * R)
+                lb_gemm_rows_at(LB_KERNELS_AVX2, &batched, Int32(R), x, Int32(C), 2, w, Int32(C), Int32(ldw), 0, Int32(R), 1)
+                #expect(Array(batched[(m * R)..<(m * R + R)]) == want, "gemm rows C \(C) x row \(m)")
+            }
+        }
+    }
+
     /// Each output's sum runs in one order whatever the split: the same
     /// bits from one call as from many small ones.
     @Test func splitDoesNotChangeBits() {
