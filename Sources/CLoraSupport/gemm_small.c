@@ -499,16 +499,20 @@ static T256 void cols_tile256_any(float *y, int ldy, const float *xp, int G, int
 
 // Tiles of W in column strips, top to bottom, as the AVX-512 kernel's: in
 // each tile, 16 columns at a time (64 for one row of x) stay in L1 while
-// the groups of 6 rows pass over them, and the tile COLS256_PF_TILES ahead
-// is prefetched, each group issuing its share of its lines. One row of x
-// (decode) goes down tiles of 8 rows × 2048 columns, without prefetch: 8
-// KiB runs of each weight row, which the hardware prefetchers follow. At
-// most COLS256_ROWS rows of x at a time (the packed x's size).
-// Measured on AMD EPYC Zen 2 (1 thread, GPT-2's 48 block products, weights
-// from memory; the kernel before: 16-column strips of 64 rows, no
-// prefetch): 16 rows 108 → 65 ms, one row 40 → 25 ms (a plain read of the
-// weights: 25 ms).
-enum { COLS256_ROWS = 132, COLS256_TILE_ROWS = 32, COLS256_TILE_COLS = 512, COLS256_PF_TILES = 2 };
+// the groups of 6 rows pass over them. The strip COLS256_PF_STRIPS ahead
+// (in this tile, or the next tile's) is prefetched into L1, each group
+// issuing its share of its rows. One row of x (decode) goes down tiles of
+// 8 rows × 2048 columns, without prefetch: 8 KiB runs of each weight row,
+// which the hardware prefetchers follow. At most COLS256_ROWS rows of x at a
+// time (the packed x's size).
+// Measured on AMD EPYC Zen 2 (GPT-2's 48 block products, weights from
+// memory; the kernel before: 16-column strips of 64 rows, no prefetch):
+// 16 rows, 1 thread, 108 → 65 ms with the tile two ahead prefetched as on
+// AVX-512, then 58–60 ms with the strip prefetch instead (on AMD a
+// prefetch into L2 also fills L1, and 128 KiB ahead evicted the strips in
+// use; 2 threads: 35 → 30 ms, minima of five rounds); one row 40 → 25 ms
+// (a plain read of the weights: 25 ms).
+enum { COLS256_ROWS = 132, COLS256_TILE_ROWS = 32, COLS256_TILE_COLS = 512, COLS256_PF_STRIPS = 2 };
 static T256 void gemm_cols_avx2(float *y, int ldy, const float *x, int ldx, int M, const float *W, int K, int ldw,
                                 int n0, int n1, int beta0) {
     if (M > COLS256_ROWS) {
@@ -520,7 +524,7 @@ static T256 void gemm_cols_avx2(float *y, int ldy, const float *x, int ldx, int 
     float xp[COLS256_ROWS * COLS256_TILE_ROWS] __attribute__((aligned(32)));
     const int one = M == 1;
     const int tileRows = one ? 8 : COLS256_TILE_ROWS, tileCols = one ? 2048 : COLS256_TILE_COLS;
-    const int pfTiles = one ? 0 : COLS256_PF_TILES, sw = one ? 64 : 16, groups = (M + 5) / 6;
+    const int sw = one ? 64 : 16, groups = (M + 5) / 6;
     for (int jt = n0; jt < n1; jt += tileCols) {
         int jt1 = n1 - jt < tileCols ? n1 : jt + tileCols;
         for (int k0 = 0; k0 < K; k0 += tileRows) {
@@ -529,23 +533,30 @@ static T256 void gemm_cols_avx2(float *y, int ldy, const float *x, int ldx, int 
                 float *dst = xp + (size_t)(m / 6) * tileRows * 6 + m % 6;
                 for (int k = k0; k < k1; k++) dst[6 * (k - k0)] = x[(size_t)m * ldx + k];
             }
-            lb_tile t;
-            const char *pfRow = pfTiles && lb_tile_ahead(n0, n1, K, tileRows, tileCols, jt, k0, pfTiles, &t)
-                                    ? (const char *)(W + (size_t)t.r0 * ldw)
-                                    : NULL;
+            lb_tile next;
+            int hasNext = !one && lb_tile_ahead(n0, n1, K, tileRows, tileCols, jt, k0, 1, &next);
             for (int j = jt; j < jt1; j += sw) {
                 int width = jt1 - j < sw ? jt1 - j : sw;
                 int NV = (width + 7) / 8;
                 int lastN = width - 8 * (NV - 1);
-                // The same columns of the tile ahead, if it has them.
-                int pc = pfRow ? t.c0 + (j - jt) : 0;
-                const char *pf = pfRow && pc < t.c1 ? pfRow + (size_t)pc * 4 : NULL;
-                int pfLines = pf ? (4 * (t.c1 - pc < sw ? t.c1 - pc : sw) + 63) / 64 : 0;
+                // The strip COLS256_PF_STRIPS ahead: its first row and rows.
+                const float *pf = NULL;
+                int pfRows = 0;
+                if (!one) {
+                    int ja = j + COLS256_PF_STRIPS * sw, c = hasNext ? next.c0 + (ja - jt1) : 0;
+                    if (ja < jt1)
+                        pf = W + (size_t)k0 * ldw + ja, pfRows = k1 - k0;
+                    else if (hasNext && c < next.c1)
+                        pf = W + (size_t)next.r0 * ldw + c, pfRows = next.nrows;
+                }
+                // 16 columns off a line's start span two lines.
+                int second = pf && (((uintptr_t)pf & 63) || ldw % 16);
                 for (int m = 0, g = 0; m < M; m += 6, g++) {
-                    if (pf)
-                        for (int r = g; r < t.nrows; r += groups)
-                            for (int l = 0; l < pfLines; l++)
-                                _mm_prefetch(pf + (size_t)r * ldw * 4 + 64 * l, _MM_HINT_T1);
+                    for (int r = g; r < pfRows; r += groups) {
+                        const char *q = (const char *)(pf + (size_t)r * ldw);
+                        _mm_prefetch(q, _MM_HINT_T0);
+                        if (second) _mm_prefetch(q + 60, _MM_HINT_T0);
+                    }
                     cols_tile256_any(y + (size_t)m * ldy, ldy, xp + (size_t)g * tileRows * 6, M - m < 6 ? M - m : 6, NV,
                                      lastN, W, ldw, k0, k1, j, k0 == 0 && beta0);
                 }
