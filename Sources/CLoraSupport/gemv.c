@@ -252,33 +252,60 @@ static T256 void gemv_rows_narrow256(float *y, const float *x, const float *W, i
     }
 }
 
+// Rows [r, r + R) of W times x: per row, 8 lanes of fused multiply-adds
+// over c in c order (a masked tail), then lb_hsum256.
+INLINE T256 void rows_block256(float *y, const float *x, const float *W, int C, int ldw, int r, int R, int beta0) {
+    __m256 a[6];
+    const float *w = W + (size_t)r * ldw;
+#pragma GCC unroll 6
+    for (int i = 0; i < R; i++) a[i] = _mm256_setzero_ps();
+    int c = 0;
+    for (; c + 8 <= C; c += 8) {
+        __m256 xv = _mm256_loadu_ps(x + c);
+#pragma GCC unroll 6
+        for (int i = 0; i < R; i++) a[i] = _mm256_fmadd_ps(_mm256_loadu_ps(w + (size_t)i * ldw + c), xv, a[i]);
+    }
+    if (c < C) {
+        __m256i lm = lb_mask8(C - c);
+        __m256 xv = _mm256_maskload_ps(x + c, lm);
+#pragma GCC unroll 6
+        for (int i = 0; i < R; i++) a[i] = _mm256_fmadd_ps(_mm256_maskload_ps(w + (size_t)i * ldw + c, lm), xv, a[i]);
+    }
+#pragma GCC unroll 6
+    for (int i = 0; i < R; i++) {
+        float s = lb_hsum256(a[i]);
+        y[r + i] = beta0 ? s : y[r + i] + s;
+    }
+}
+
 static T256 void gemv_rows_avx2(float *y, const float *x, const float *W, int C, int ldw, int r0, int r1, int beta0) {
     if (C <= 8) {
         gemv_rows_narrow256(y, x, W, C, ldw, r0, r1, beta0);
         return;
     }
-    __m256i lm = lb_mask8(C % 8);
-    int cFull = C - C % 8;
-    for (int r = r0; r < r1; r += 2) {
-        int two = r + 1 < r1;
-        const float *w0 = W + (size_t)r * ldw, *w1 = two ? w0 + ldw : w0;
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0;
-        for (int c = 0; c < cFull; c += 8) {
-            __m256 xv = _mm256_loadu_ps(x + c);
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + c), xv, a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + c), xv, a1);
-        }
-        if (cFull < C) {
-            __m256 xv = _mm256_maskload_ps(x + cFull, lm);
-            a0 = _mm256_fmadd_ps(_mm256_maskload_ps(w0 + cFull, lm), xv, a0);
-            a1 = _mm256_fmadd_ps(_mm256_maskload_ps(w1 + cFull, lm), xv, a1);
-        }
-        float s0 = lb_hsum256(a0);
-        y[r] = beta0 ? s0 : y[r] + s0;
-        if (two) {
-            float s1 = lb_hsum256(a1);
-            y[r + 1] = beta0 ? s1 : y[r + 1] + s1;
-        }
+    // Six rows at a time: six independent chains of fused multiply-adds
+    // (two were bound by the FMA latency on rows already in cache: LoRA's A
+    // [r, in], attention's keys); each row's sums as before.
+    int r = r0;
+    for (; r + 6 <= r1; r += 6) rows_block256(y, x, W, C, ldw, r, 6, beta0);
+    switch (r1 - r) {
+    case 5:
+        rows_block256(y, x, W, C, ldw, r, 5, beta0);
+        break;
+    case 4:
+        rows_block256(y, x, W, C, ldw, r, 4, beta0);
+        break;
+    case 3:
+        rows_block256(y, x, W, C, ldw, r, 3, beta0);
+        break;
+    case 2:
+        rows_block256(y, x, W, C, ldw, r, 2, beta0);
+        break;
+    case 1:
+        rows_block256(y, x, W, C, ldw, r, 1, beta0);
+        break;
+    default:
+        break;
     }
 }
 
