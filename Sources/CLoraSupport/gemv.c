@@ -288,25 +288,10 @@ static T256 void gemv_rows_avx2(float *y, const float *x, const float *W, int C,
     // [r, in], attention's keys); each row's sums as before.
     int r = r0;
     for (; r + 6 <= r1; r += 6) rows_block256(y, x, W, C, ldw, r, 6, beta0);
-    switch (r1 - r) {
-    case 5:
-        rows_block256(y, x, W, C, ldw, r, 5, beta0);
-        break;
-    case 4:
-        rows_block256(y, x, W, C, ldw, r, 4, beta0);
-        break;
-    case 3:
-        rows_block256(y, x, W, C, ldw, r, 3, beta0);
-        break;
-    case 2:
-        rows_block256(y, x, W, C, ldw, r, 2, beta0);
-        break;
-    case 1:
-        rows_block256(y, x, W, C, ldw, r, 1, beta0);
-        break;
-    default:
-        break;
-    }
+    // The last 1–5 rows two at a time (a constant count keeps the sums in
+    // registers).
+    for (; r + 2 <= r1; r += 2) rows_block256(y, x, W, C, ldw, r, 2, beta0);
+    if (r < r1) rows_block256(y, x, W, C, ldw, r, 1, beta0);
 }
 
 #endif
