@@ -565,51 +565,7 @@ static T256 void gemm_cols_avx2(float *y, int ldy, const float *x, int ldx, int 
     }
 }
 
-// W rows [r, r + R) × x rows [0, G): the partial sums of gemv_rows_avx2 (8
-// lanes over c in c order, a masked tail, lb_hsum256), whatever the tile.
-INLINE T256 void rows_tile256(float *y, int ldy, const float *x, int ldx, int G, int R, const float *W, int ldw, int C,
-                              int r, int beta0) {
-    __m256 a[3][4];
-    const float *w = W + (size_t)r * ldw;
-#pragma GCC unroll 3
-    for (int i = 0; i < R; i++)
-#pragma GCC unroll 4
-        for (int g = 0; g < G; g++) a[i][g] = _mm256_setzero_ps();
-    int c = 0;
-    for (; c + 8 <= C; c += 8) {
-        __m256 wv[3];
-#pragma GCC unroll 3
-        for (int i = 0; i < R; i++) wv[i] = _mm256_loadu_ps(w + (size_t)i * ldw + c);
-#pragma GCC unroll 4
-        for (int g = 0; g < G; g++) {
-            __m256 xv = _mm256_loadu_ps(x + (size_t)g * ldx + c);
-#pragma GCC unroll 3
-            for (int i = 0; i < R; i++) a[i][g] = _mm256_fmadd_ps(wv[i], xv, a[i][g]);
-        }
-    }
-    if (c < C) {
-        __m256i lm = lb_mask8(C - c);
-        __m256 wv[3];
-#pragma GCC unroll 3
-        for (int i = 0; i < R; i++) wv[i] = _mm256_maskload_ps(w + (size_t)i * ldw + c, lm);
-#pragma GCC unroll 4
-        for (int g = 0; g < G; g++) {
-            __m256 xv = _mm256_maskload_ps(x + (size_t)g * ldx + c, lm);
-#pragma GCC unroll 3
-            for (int i = 0; i < R; i++) a[i][g] = _mm256_fmadd_ps(wv[i], xv, a[i][g]);
-        }
-    }
-#pragma GCC unroll 4
-    for (int g = 0; g < G; g++)
-#pragma GCC unroll 3
-        for (int i = 0; i < R; i++) {
-            float s = lb_hsum256(a[i][g]);
-            float *out = y + (size_t)g * ldy + r + i;
-            *out = beta0 ? s : *out + s;
-        }
-}
-
-#define ROWS256(G_, R_) rows_tile256(ym, ldy, xm, ldx, G_, R_, W, ldw, C, r, beta0)
+#define ROWS256(G_, R_) lb_rows_tile256(ym, ldy, xm, ldx, G_, R_, W, ldw, C, r, beta0)
 #define ROWS256_G(R_)                                                                                                  \
     switch (G) {                                                                                                       \
     case 4:                                                                                                            \

@@ -252,32 +252,6 @@ static T256 void gemv_rows_narrow256(float *y, const float *x, const float *W, i
     }
 }
 
-// Rows [r, r + R) of W times x: per row, 8 lanes of fused multiply-adds
-// over c in c order (a masked tail), then lb_hsum256.
-INLINE T256 void rows_block256(float *y, const float *x, const float *W, int C, int ldw, int r, int R, int beta0) {
-    __m256 a[6];
-    const float *w = W + (size_t)r * ldw;
-#pragma GCC unroll 6
-    for (int i = 0; i < R; i++) a[i] = _mm256_setzero_ps();
-    int c = 0;
-    for (; c + 8 <= C; c += 8) {
-        __m256 xv = _mm256_loadu_ps(x + c);
-#pragma GCC unroll 6
-        for (int i = 0; i < R; i++) a[i] = _mm256_fmadd_ps(_mm256_loadu_ps(w + (size_t)i * ldw + c), xv, a[i]);
-    }
-    if (c < C) {
-        __m256i lm = lb_mask8(C - c);
-        __m256 xv = _mm256_maskload_ps(x + c, lm);
-#pragma GCC unroll 6
-        for (int i = 0; i < R; i++) a[i] = _mm256_fmadd_ps(_mm256_maskload_ps(w + (size_t)i * ldw + c, lm), xv, a[i]);
-    }
-#pragma GCC unroll 6
-    for (int i = 0; i < R; i++) {
-        float s = lb_hsum256(a[i]);
-        y[r + i] = beta0 ? s : y[r + i] + s;
-    }
-}
-
 static T256 void gemv_rows_avx2(float *y, const float *x, const float *W, int C, int ldw, int r0, int r1, int beta0) {
     if (C <= 8) {
         gemv_rows_narrow256(y, x, W, C, ldw, r0, r1, beta0);
@@ -287,11 +261,11 @@ static T256 void gemv_rows_avx2(float *y, const float *x, const float *W, int C,
     // (two were bound by the FMA latency on rows already in cache: LoRA's A
     // [r, in], attention's keys); each row's sums as before.
     int r = r0;
-    for (; r + 6 <= r1; r += 6) rows_block256(y, x, W, C, ldw, r, 6, beta0);
+    for (; r + 6 <= r1; r += 6) lb_rows_tile256(y, 0, x, 0, 1, 6, W, ldw, C, r, beta0);
     // The last 1–5 rows two at a time (a constant count keeps the sums in
     // registers).
-    for (; r + 2 <= r1; r += 2) rows_block256(y, x, W, C, ldw, r, 2, beta0);
-    if (r < r1) rows_block256(y, x, W, C, ldw, r, 1, beta0);
+    for (; r + 2 <= r1; r += 2) lb_rows_tile256(y, 0, x, 0, 1, 2, W, ldw, C, r, beta0);
+    if (r < r1) lb_rows_tile256(y, 0, x, 0, 1, 1, W, ldw, C, r, beta0);
 }
 
 #endif
