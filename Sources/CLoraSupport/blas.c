@@ -80,10 +80,12 @@ int lb_cpu_has_avx512(void) {
 #endif
 }
 
+// With F16C, which liblora's AVX2 kernels also use (BF16/F16/Q8_0 weights):
+// every CPU with AVX2 and FMA has it.
 int lb_cpu_has_avx2_fma(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 #else
     return 0;
 #endif

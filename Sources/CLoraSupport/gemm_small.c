@@ -46,7 +46,7 @@
 #if defined(__x86_64__)
 
 #define T512   __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")))
-#define T256   __attribute__((target("avx2,fma")))
+#define T256   __attribute__((target("avx2,fma,f16c")))
 #define INLINE __attribute__((always_inline)) static inline
 
 // KB: rows of W per block of the AVX-512 cols kernel above 32 rows of x,
@@ -397,35 +397,56 @@ static T512 void gemm_rows_avx512(int dt, float *y, int ldy, const float *x, int
 // Rows [0, G) × columns [j, j + 8·NV) (the last vector holding lastN) over
 // W rows [k0, k1), from xp: the G rows' x over those k, packed k-major
 // (xp[6 (k − k0) + g]), so that every broadcast comes from one pointer.
-INLINE T256 void cols_tile256(float *y, int ldy, const float *xp, int G, int NV, int lastN, const float *W, int ldw,
-                              int k0, int k1, int j, int fromZero) {
-    __m256 a[6][8];
+// W points at bytes: F32, or BF16/F16/Q8_0 (dt) converted to F32 in
+// registers as it is loaded (exactly: the same values, the same sums).
+// Q8_0 (cols layout, as the AVX-512 kernel's): the block's scales are
+// converted once per 32 rows into sc, read as memory operands.
+INLINE T256 void cols_tile256(int dt, float *y, int ldy, const float *xp, int G, int NV, int lastN, const char *W,
+                              const uint16_t *d, int ldw, int k0, int k1, int j, int fromZero) {
+    const size_t es = wbytes(dt), rowBytes = (size_t)ldw * es;
+    float sc[2][8] __attribute__((aligned(32)));
+    __m256 a[6][2];
     __m256i lm = lb_mask8(lastN);
 #pragma GCC unroll 6
     for (int g = 0; g < G; g++)
-#pragma GCC unroll 8
+#pragma GCC unroll 2
         for (int v = 0; v < NV; v++) {
             const float *src = y + (size_t)g * ldy + j + 8 * v;
             a[g][v] = fromZero                   ? _mm256_setzero_ps()
                       : v == NV - 1 && lastN < 8 ? _mm256_maskload_ps(src, lm)
                                                  : _mm256_loadu_ps(src);
         }
-    const float *p = W + (size_t)k0 * ldw + j;
-    for (int k = k0; k < k1; k++, p += ldw, xp += 6) {
-        __m256 w[8];
-#pragma GCC unroll 8
-        for (int v = 0; v < NV; v++)
-            w[v] = v == NV - 1 && lastN < 8 ? _mm256_maskload_ps(p + 8 * v, lm) : _mm256_loadu_ps(p + 8 * v);
+    const char *p = W + ((size_t)k0 * ldw + j) * es;
+    // Q8_0: a block of 32 rows at a time, its scales converted first.
+    for (int kb = k0, ke; kb < k1; kb = ke) {
+        ke = dt == LB_DTYPE_Q8_0 && (kb / 32 + 1) * 32 < k1 ? (kb / 32 + 1) * 32 : k1;
+        if (dt == LB_DTYPE_Q8_0) {
+#pragma GCC unroll 2
+            for (int v = 0; v < NV; v++)
+                _mm256_store_ps(sc[v],
+                                lb_wload256(LB_DTYPE_F16, (const char *)(d + (size_t)(kb / 32) * ldw + j + 8 * v),
+                                            v == NV - 1 ? lastN : 8));
+        }
+        for (int k = kb; k < ke; k++, p += rowBytes, xp += 6) {
+            __m256 w[2];
+#pragma GCC unroll 2
+            for (int v = 0; v < NV; v++) {
+                w[v] = dt == LB_DTYPE_F32 && v == NV - 1 && lastN < 8
+                           ? _mm256_maskload_ps((const float *)p + 8 * v, lm)
+                           : lb_wload256(dt, p + 8 * es * v, v == NV - 1 ? lastN : 8);
+                if (dt == LB_DTYPE_Q8_0) w[v] = _mm256_mul_ps(w[v], _mm256_load_ps(sc[v]));
+            }
 #pragma GCC unroll 6
-        for (int g = 0; g < G; g++) {
-            __m256 xv = _mm256_broadcast_ss(xp + g);
-#pragma GCC unroll 8
-            for (int v = 0; v < NV; v++) a[g][v] = _mm256_fmadd_ps(xv, w[v], a[g][v]);
+            for (int g = 0; g < G; g++) {
+                __m256 xv = _mm256_broadcast_ss(xp + g);
+#pragma GCC unroll 2
+                for (int v = 0; v < NV; v++) a[g][v] = _mm256_fmadd_ps(xv, w[v], a[g][v]);
+            }
         }
     }
 #pragma GCC unroll 6
     for (int g = 0; g < G; g++)
-#pragma GCC unroll 8
+#pragma GCC unroll 2
         for (int v = 0; v < NV; v++) {
             float *dst = y + (size_t)g * ldy + j + 8 * v;
             if (v == NV - 1 && lastN < 8)
@@ -437,94 +458,202 @@ INLINE T256 void cols_tile256(float *y, int ldy, const float *xp, int G, int NV,
 
 // Full last vectors (lastN 8) get plain loads and stores: a masked load is
 // two micro-ops on Zen 2 and held a register the 6 × 2 tile needs.
-#define COLS256(G_, NV_)                                                                                               \
+#define COLS256(DT, G_, NV_)                                                                                           \
     do {                                                                                                               \
         if (lastN == 8)                                                                                                \
-            cols_tile256(y, ldy, xp, G_, NV_, 8, W, ldw, k0, k1, j, fromZero);                                         \
+            cols_tile256(DT, y, ldy, xp, G_, NV_, 8, W, d, ldw, k0, k1, j, fromZero);                                  \
         else                                                                                                           \
-            cols_tile256(y, ldy, xp, G_, NV_, lastN, W, ldw, k0, k1, j, fromZero);                                     \
+            cols_tile256(DT, y, ldy, xp, G_, NV_, lastN, W, d, ldw, k0, k1, j, fromZero);                              \
     } while (0)
-#define COLS256_G(NV_)                                                                                                 \
+#define COLS256_G(DT, NV_)                                                                                             \
     switch (G) {                                                                                                       \
     case 6:                                                                                                            \
-        COLS256(6, NV_);                                                                                               \
+        COLS256(DT, 6, NV_);                                                                                           \
         break;                                                                                                         \
     case 5:                                                                                                            \
-        COLS256(5, NV_);                                                                                               \
+        COLS256(DT, 5, NV_);                                                                                           \
         break;                                                                                                         \
     case 4:                                                                                                            \
-        COLS256(4, NV_);                                                                                               \
+        COLS256(DT, 4, NV_);                                                                                           \
         break;                                                                                                         \
     case 3:                                                                                                            \
-        COLS256(3, NV_);                                                                                               \
+        COLS256(DT, 3, NV_);                                                                                           \
         break;                                                                                                         \
     case 2:                                                                                                            \
-        COLS256(2, NV_);                                                                                               \
+        COLS256(DT, 2, NV_);                                                                                           \
         break;                                                                                                         \
     default:                                                                                                           \
-        COLS256(1, NV_);                                                                                               \
+        COLS256(DT, 1, NV_);                                                                                           \
         break;                                                                                                         \
     }
 
-// NV ≤ 2 for any G; NV up to 8 (64 columns) only with G = 1.
-static T256 void cols_tile256_any(float *y, int ldy, const float *xp, int G, int NV, int lastN, const float *W, int ldw,
-                                  int k0, int k1, int j, int fromZero) {
-    switch (NV) {
-    case 8:
-        COLS256(1, 8);
-        break;
-    case 7:
-        COLS256(1, 7);
-        break;
-    case 6:
-        COLS256(1, 6);
-        break;
-    case 5:
-        COLS256(1, 5);
-        break;
-    case 4:
-        COLS256(1, 4);
-        break;
-    case 3:
-        COLS256(1, 3);
-        break;
-    case 2:
-        COLS256_G(2);
-        break;
-    default:
-        COLS256_G(1);
-        break;
+// NV ≤ 2 (16 columns), G ≤ 6.
+#define COLS256_ANY(name, DT)                                                                                          \
+    static T256 void name(float *y, int ldy, const float *xp, int G, int NV, int lastN, const char *W,                 \
+                          const uint16_t *d, int ldw, int k0, int k1, int j, int fromZero) {                           \
+        if (NV == 2) {                                                                                                 \
+            COLS256_G(DT, 2);                                                                                          \
+        } else {                                                                                                       \
+            COLS256_G(DT, 1);                                                                                          \
+        }                                                                                                              \
+    }
+COLS256_ANY(cols_tile256_f32, LB_DTYPE_F32)
+COLS256_ANY(cols_tile256_bf16, LB_DTYPE_BF16)
+COLS256_ANY(cols_tile256_f16, LB_DTYPE_F16)
+COLS256_ANY(cols_tile256_q8, LB_DTYPE_Q8_0)
+
+// One row of x (decode): columns [j, j + 8·NV) (the last vector holding
+// lastN) over W rows [k0, k1), the NV sums in registers; as cols_tile256,
+// one fused multiply-add per k in k order.
+INLINE T256 void one_strip256(int dt, float *y, const float *x, int NV, int lastN, const char *W, const uint16_t *d,
+                              int ldw, int k0, int k1, int j, int fromZero) {
+    const size_t es = wbytes(dt), rowBytes = (size_t)ldw * es;
+    float sc[8][8] __attribute__((aligned(32)));
+    __m256 a[8];
+    __m256i lm = lb_mask8(lastN);
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; v++)
+        a[v] = fromZero                   ? _mm256_setzero_ps()
+               : v == NV - 1 && lastN < 8 ? _mm256_maskload_ps(y + j + 8 * v, lm)
+                                          : _mm256_loadu_ps(y + j + 8 * v);
+    const char *p = W + ((size_t)k0 * ldw + j) * es;
+    // Q8_0: a block of 32 rows at a time, its scales converted first (a
+    // branch in the loop over k cost the accumulators their registers).
+    for (int kb = k0, ke; kb < k1; kb = ke) {
+        ke = dt == LB_DTYPE_Q8_0 && (kb / 32 + 1) * 32 < k1 ? (kb / 32 + 1) * 32 : k1;
+        if (dt == LB_DTYPE_Q8_0) {
+#pragma GCC unroll 8
+            for (int v = 0; v < NV; v++)
+                _mm256_store_ps(sc[v],
+                                lb_wload256(LB_DTYPE_F16, (const char *)(d + (size_t)(kb / 32) * ldw + j + 8 * v),
+                                            v == NV - 1 ? lastN : 8));
+        }
+        for (int k = kb; k < ke; k++, p += rowBytes) {
+            __m256 xv = _mm256_broadcast_ss(x + k);
+#pragma GCC unroll 8
+            for (int v = 0; v < NV; v++) {
+                __m256 w = dt == LB_DTYPE_F32 && v == NV - 1 && lastN < 8
+                               ? _mm256_maskload_ps((const float *)p + 8 * v, lm)
+                               : lb_wload256(dt, p + 8 * es * v, v == NV - 1 ? lastN : 8);
+                if (dt == LB_DTYPE_Q8_0) w = _mm256_mul_ps(w, _mm256_load_ps(sc[v]));
+                a[v] = _mm256_fmadd_ps(xv, w, a[v]);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; v++) {
+        if (v == NV - 1 && lastN < 8)
+            _mm256_maskstore_ps(y + j + 8 * v, lm, a[v]);
+        else
+            _mm256_storeu_ps(y + j + 8 * v, a[v]);
+    }
+}
+
+// One row of x over a tile of W (rows [k0, k1), columns [j0, j1)): strips
+// of 64 columns, then of 8 (the last one partial). Each 64-column strip
+// first prefetches the one ONE256_PF_STRIPS ahead (in this tile, or the
+// next tile's, t), all its rows, into L1.
+enum { ONE256_TILE_ROWS = 8, ONE256_TILE_BYTES = 8192, ONE256_PF_STRIPS = 2 };
+INLINE T256 void one_tile256(int dt, float *y, const float *x, const char *W, const uint16_t *d, int ldw, int k0,
+                             int k1, int j0, int j1, int fromZero, const lb_tile *t, int hasNext) {
+    const size_t es = wbytes(dt), rowBytes = (size_t)ldw * es;
+    int j = j0;
+    for (; j + 64 <= j1; j += 64) {
+        if (ONE256_PF_STRIPS > 0) {
+            int ja = j + 64 * ONE256_PF_STRIPS, c = hasNext ? t->c0 + (ja - j1) : 0;
+            const char *pf = NULL;
+            int rows = 0;
+            if (ja < j1)
+                pf = W + ((size_t)k0 * ldw + ja) * es, rows = k1 - k0;
+            else if (hasNext && c < t->c1)
+                pf = W + ((size_t)t->r0 * ldw + c) * es, rows = t->nrows;
+            for (int r = 0; r < rows; r++) {
+                const char *q = pf + (size_t)r * rowBytes;
+                for (size_t b = 0; b < 64 * es; b += 64) _mm_prefetch(q + b, _MM_HINT_T0);
+                if (((uintptr_t)q & 63) && es < 4) _mm_prefetch(q + 64 * es, _MM_HINT_T0);
+            }
+        }
+        one_strip256(dt, y, x, 8, 8, W, d, ldw, k0, k1, j, fromZero);
+    }
+    for (; j < j1; j += 8) {
+        int n = j1 - j < 8 ? j1 - j : 8;
+        if (n == 8)
+            one_strip256(dt, y, x, 1, 8, W, d, ldw, k0, k1, j, fromZero);
+        else
+            one_strip256(dt, y, x, 1, n, W, d, ldw, k0, k1, j, fromZero);
+    }
+}
+
+#define ONE256(name, DT)                                                                                               \
+    static T256 void name(float *y, const float *x, const char *W, const uint16_t *d, int ldw, int k0, int k1, int j0, \
+                          int j1, int fromZero, const lb_tile *t, int hasNext) {                                       \
+        one_tile256(DT, y, x, W, d, ldw, k0, k1, j0, j1, fromZero, t, hasNext);                                        \
+    }
+ONE256(one_tile256_f32, LB_DTYPE_F32)
+ONE256(one_tile256_bf16, LB_DTYPE_BF16)
+ONE256(one_tile256_f16, LB_DTYPE_F16)
+ONE256(one_tile256_q8, LB_DTYPE_Q8_0)
+
+// Decode's products on AVX2: tiles of ONE256_TILE_ROWS rows ×
+// ONE256_TILE_BYTES of each row (runs the hardware prefetchers follow), in
+// column strips, top to bottom; one call per tile, the strips inside it
+// (a call per strip cost as much as its 8 rows' arithmetic). AMD EPYC Zen
+// 2, GPT-2's 48 block products, weights from memory, 2 threads (C
+// microbenchmark, medians of alternating rounds): bf16 11.3 → 8.6–9.0 ms
+// and q8_0 8.1 → 6.0 ms against lowp.c's former 64-column blocks down all
+// rows (which read the weights at 15 and 10 GB/s); F32 within the noise of
+// the tiles before (the same 8 × 2048, without the prefetch).
+static T256 void gemv_cols_avx2_tiles(int dt, float *y, const float *x, const void *Wv, const uint16_t *d, int K,
+                                      int ldw, int n0, int n1, int beta0) {
+    const char *W = Wv;
+    const int tileRows = ONE256_TILE_ROWS, tileCols = ONE256_TILE_BYTES / (int)wbytes(dt);
+    for (int jt = n0; jt < n1; jt += tileCols) {
+        int jt1 = n1 - jt < tileCols ? n1 : jt + tileCols;
+        for (int k0 = 0; k0 < K; k0 += tileRows) {
+            int k1 = K - k0 < tileRows ? K : k0 + tileRows, z = k0 == 0 && beta0;
+            lb_tile t;
+            int hasNext = lb_tile_ahead(n0, n1, K, tileRows, tileCols, jt, k0, 1, &t);
+            if (dt == LB_DTYPE_BF16)
+                one_tile256_bf16(y, x, W, d, ldw, k0, k1, jt, jt1, z, &t, hasNext);
+            else if (dt == LB_DTYPE_F16)
+                one_tile256_f16(y, x, W, d, ldw, k0, k1, jt, jt1, z, &t, hasNext);
+            else if (dt == LB_DTYPE_Q8_0)
+                one_tile256_q8(y, x, W, d, ldw, k0, k1, jt, jt1, z, &t, hasNext);
+            else
+                one_tile256_f32(y, x, W, d, ldw, k0, k1, jt, jt1, z, &t, hasNext);
+        }
     }
 }
 
 // Tiles of W in column strips, top to bottom, as the AVX-512 kernel's: in
-// each tile, 16 columns at a time (64 for one row of x) stay in L1 while
-// the groups of 6 rows pass over them. The strip COLS256_PF_STRIPS ahead
-// (in this tile, or the next tile's) is prefetched into L1, each group
-// issuing its share of its rows. One row of x (decode) goes down tiles of
-// 8 rows × 2048 columns, without prefetch: 8 KiB runs of each weight row,
-// which the hardware prefetchers follow. At most COLS256_ROWS rows of x at a
-// time (the packed x's size).
+// each tile, 16 columns at a time stay in L1 while the groups of 6 rows
+// pass over them. The strip COLS256_PF_STRIPS ahead (in this tile, or the
+// next tile's) is prefetched into L1, each group issuing its share of its
+// rows. One row of x (decode) goes through gemv_cols_avx2_tiles above. At
+// most COLS256_ROWS rows of x at a time (the packed x's size).
 // Measured on AMD EPYC Zen 2 (GPT-2's 48 block products, weights from
 // memory; the kernel before: 16-column strips of 64 rows, no prefetch):
 // 16 rows, 1 thread, 108 → 65 ms with the tile two ahead prefetched as on
 // AVX-512, then 58–60 ms with the strip prefetch instead (on AMD a
 // prefetch into L2 also fills L1, and 128 KiB ahead evicted the strips in
-// use; 2 threads: 35 → 30 ms, minima of five rounds); one row 40 → 25 ms
-// (a plain read of the weights: 25 ms).
+// use; 2 threads: 35 → 30 ms, minima of five rounds).
 enum { COLS256_ROWS = 132, COLS256_TILE_ROWS = 32, COLS256_TILE_COLS = 512, COLS256_PF_STRIPS = 2 };
-static T256 void gemm_cols_avx2(float *y, int ldy, const float *x, int ldx, int M, const float *W, int K, int ldw,
-                                int n0, int n1, int beta0) {
+static T256 void gemm_cols_avx2(int dt, float *y, int ldy, const float *x, int ldx, int M, const void *Wv,
+                                const uint16_t *d, int K, int ldw, int n0, int n1, int beta0) {
     if (M > COLS256_ROWS) {
         for (int m = 0; m < M; m += COLS256_ROWS)
-            gemm_cols_avx2(y + (size_t)m * ldy, ldy, x + (size_t)m * ldx, ldx,
-                           M - m < COLS256_ROWS ? M - m : COLS256_ROWS, W, K, ldw, n0, n1, beta0);
+            gemm_cols_avx2(dt, y + (size_t)m * ldy, ldy, x + (size_t)m * ldx, ldx,
+                           M - m < COLS256_ROWS ? M - m : COLS256_ROWS, Wv, d, K, ldw, n0, n1, beta0);
         return;
     }
+    if (M == 1) {
+        gemv_cols_avx2_tiles(dt, y, x, Wv, d, K, ldw, n0, n1, beta0);
+        return;
+    }
+    const char *W = Wv;
+    const size_t es = wbytes(dt);
     float xp[COLS256_ROWS * COLS256_TILE_ROWS] __attribute__((aligned(32)));
-    const int one = M == 1;
-    const int tileRows = one ? 8 : COLS256_TILE_ROWS, tileCols = one ? 2048 : COLS256_TILE_COLS;
-    const int sw = one ? 64 : 16, groups = (M + 5) / 6;
+    const int tileRows = COLS256_TILE_ROWS, tileCols = COLS256_TILE_COLS, sw = 16, groups = (M + 5) / 6;
     for (int jt = n0; jt < n1; jt += tileCols) {
         int jt1 = n1 - jt < tileCols ? n1 : jt + tileCols;
         for (int k0 = 0; k0 < K; k0 += tileRows) {
@@ -534,83 +663,113 @@ static T256 void gemm_cols_avx2(float *y, int ldy, const float *x, int ldx, int 
                 for (int k = k0; k < k1; k++) dst[6 * (k - k0)] = x[(size_t)m * ldx + k];
             }
             lb_tile next;
-            int hasNext = !one && lb_tile_ahead(n0, n1, K, tileRows, tileCols, jt, k0, 1, &next);
+            int hasNext = lb_tile_ahead(n0, n1, K, tileRows, tileCols, jt, k0, 1, &next);
             for (int j = jt; j < jt1; j += sw) {
                 int width = jt1 - j < sw ? jt1 - j : sw;
                 int NV = (width + 7) / 8;
                 int lastN = width - 8 * (NV - 1);
                 // The strip COLS256_PF_STRIPS ahead: its first row and rows.
-                const float *pf = NULL;
-                int pfRows = 0;
-                if (!one) {
-                    int ja = j + COLS256_PF_STRIPS * sw, c = hasNext ? next.c0 + (ja - jt1) : 0;
-                    if (ja < jt1)
-                        pf = W + (size_t)k0 * ldw + ja, pfRows = k1 - k0;
-                    else if (hasNext && c < next.c1)
-                        pf = W + (size_t)next.r0 * ldw + c, pfRows = next.nrows;
-                }
-                // 16 columns off a line's start span two lines.
-                int second = pf && (((uintptr_t)pf & 63) || ldw % 16);
+                const char *pf = NULL;
+                int pfRows = 0, ja = j + COLS256_PF_STRIPS * sw, c = hasNext ? next.c0 + (ja - jt1) : 0;
+                if (ja < jt1)
+                    pf = W + ((size_t)k0 * ldw + ja) * es, pfRows = k1 - k0;
+                else if (hasNext && c < next.c1)
+                    pf = W + ((size_t)next.r0 * ldw + c) * es, pfRows = next.nrows;
+                // A strip's 16 columns may span two lines.
+                int second = pf && (((uintptr_t)pf & 63) + 16 * es > 64 || ((size_t)ldw * es) % 64);
                 for (int m = 0, g = 0; m < M; m += 6, g++) {
                     for (int r = g; r < pfRows; r += groups) {
-                        const char *q = (const char *)(pf + (size_t)r * ldw);
+                        const char *q = pf + (size_t)r * ldw * es;
                         _mm_prefetch(q, _MM_HINT_T0);
-                        if (second) _mm_prefetch(q + 60, _MM_HINT_T0);
+                        if (second) _mm_prefetch(q + 16 * es - 1, _MM_HINT_T0);
                     }
-                    cols_tile256_any(y + (size_t)m * ldy, ldy, xp + (size_t)g * tileRows * 6, M - m < 6 ? M - m : 6, NV,
-                                     lastN, W, ldw, k0, k1, j, k0 == 0 && beta0);
+                    float *ym = y + (size_t)m * ldy;
+                    const float *xg = xp + (size_t)g * tileRows * 6;
+                    int G = M - m < 6 ? M - m : 6, z = k0 == 0 && beta0;
+                    if (dt == LB_DTYPE_BF16)
+                        cols_tile256_bf16(ym, ldy, xg, G, NV, lastN, W, d, ldw, k0, k1, j, z);
+                    else if (dt == LB_DTYPE_F16)
+                        cols_tile256_f16(ym, ldy, xg, G, NV, lastN, W, d, ldw, k0, k1, j, z);
+                    else if (dt == LB_DTYPE_Q8_0)
+                        cols_tile256_q8(ym, ldy, xg, G, NV, lastN, W, d, ldw, k0, k1, j, z);
+                    else
+                        cols_tile256_f32(ym, ldy, xg, G, NV, lastN, W, d, ldw, k0, k1, j, z);
                 }
             }
         }
     }
 }
 
-#define ROWS256(G_, R_) lb_rows_tile256(ym, ldy, xm, ldx, G_, R_, W, ldw, C, r, beta0)
-#define ROWS256_G(R_)                                                                                                  \
+#define ROWS256(DT, G_, R_) lb_rows_tile256_dt(DT, ym, ldy, xm, ldx, G_, R_, W, d, ncb, ldw, C, r, beta0)
+#define ROWS256_G(DT, R_)                                                                                              \
     switch (G) {                                                                                                       \
     case 4:                                                                                                            \
-        ROWS256(4, R_);                                                                                                \
+        ROWS256(DT, 4, R_);                                                                                            \
         break;                                                                                                         \
     case 3:                                                                                                            \
-        ROWS256(3, R_);                                                                                                \
+        ROWS256(DT, 3, R_);                                                                                            \
         break;                                                                                                         \
     case 2:                                                                                                            \
-        ROWS256(2, R_);                                                                                                \
+        ROWS256(DT, 2, R_);                                                                                            \
         break;                                                                                                         \
     default:                                                                                                           \
-        ROWS256(1, R_);                                                                                                \
+        ROWS256(DT, 1, R_);                                                                                            \
         break;                                                                                                         \
     }
 
+// W rows [r, r + R) × x rows [m, m + G): R ≤ 3 with any G ≤ 4; R = 6 with G = 1.
+#define ROWS256_ANY(name, DT)                                                                                          \
+    static T256 void name(float *ym, int ldy, const float *xm, int ldx, int G, int R, const void *W,                   \
+                          const uint16_t *d, int ncb, int ldw, int C, int r, int beta0) {                              \
+        switch (R) {                                                                                                   \
+        case 6:                                                                                                        \
+            ROWS256(DT, 1, 6);                                                                                         \
+            break;                                                                                                     \
+        case 3:                                                                                                        \
+            ROWS256_G(DT, 3);                                                                                          \
+            break;                                                                                                     \
+        case 2:                                                                                                        \
+            ROWS256_G(DT, 2);                                                                                          \
+            break;                                                                                                     \
+        default:                                                                                                       \
+            ROWS256_G(DT, 1);                                                                                          \
+            break;                                                                                                     \
+        }                                                                                                              \
+    }
+ROWS256_ANY(rows_tile256_f32, LB_DTYPE_F32)
+ROWS256_ANY(rows_tile256_bf16, LB_DTYPE_BF16)
+ROWS256_ANY(rows_tile256_f16, LB_DTYPE_F16)
+ROWS256_ANY(rows_tile256_q8, LB_DTYPE_Q8_0)
+
 // Tiles of 3 rows of W (held in registers) × 4 rows of x: 12 sums, 7 loads
 // for 12 fused multiply-adds (the kernel before: 2 × 2, 4 loads for 4).
-// No prefetch: it was no faster. AMD EPYC Zen 2, 1 thread, the tied LM
-// head [50257, 768] for 16 rows of x: 43–52 → 26–31 ms.
-static T256 void gemm_rows_avx2(float *y, int ldy, const float *x, int ldx, int M, const float *W, int C, int ldw,
-                                int r0, int r1, int beta0) {
-    if (C <= 8) {
+// One row of x: 6 rows of W at a time (six chains of fused multiply-adds),
+// as gemv.c's. No prefetch: it was no faster. AMD EPYC Zen 2, 1 thread, the
+// tied LM head [50257, 768] for 16 rows of x: 43–52 → 26–31 ms. W: F32, or
+// BF16/F16/Q8_0 (rows layout) converted in registers, as the cols kernel's.
+static T256 void gemm_rows_avx2(int dt, float *y, int ldy, const float *x, int ldx, int M, const void *W,
+                                const uint16_t *d, int C, int ldw, int r0, int r1, int beta0) {
+    if (C <= 8 && dt == LB_DTYPE_F32) {
         // gemv.c's narrow rows (LoRA's B at r ≤ 8): row by row, its sums.
         for (int m = 0; m < M; m++)
             lb_gemv_rows_at(LB_KERNELS_AVX2, y + (size_t)m * ldy, x + (size_t)m * ldx, W, C, ldw, r0, r1, beta0);
         return;
     }
-    for (int r = r0; r < r1; r += 3) {
-        int R = r1 - r < 3 ? r1 - r : 3;
+    const int ncb = (C + 31) / 32, step = M == 1 ? 6 : 3;
+    for (int r = r0, R; r < r1; r += R) {
+        R = r1 - r >= step ? step : r1 - r < 3 ? r1 - r : 3;
         for (int m = 0; m < M; m += 4) {
             int G = M - m < 4 ? M - m : 4;
             float *ym = y + (size_t)m * ldy;
             const float *xm = x + (size_t)m * ldx;
-            switch (R) {
-            case 3:
-                ROWS256_G(3);
-                break;
-            case 2:
-                ROWS256_G(2);
-                break;
-            default:
-                ROWS256_G(1);
-                break;
-            }
+            if (dt == LB_DTYPE_BF16)
+                rows_tile256_bf16(ym, ldy, xm, ldx, G, R, W, d, ncb, ldw, C, r, beta0);
+            else if (dt == LB_DTYPE_F16)
+                rows_tile256_f16(ym, ldy, xm, ldx, G, R, W, d, ncb, ldw, C, r, beta0);
+            else if (dt == LB_DTYPE_Q8_0)
+                rows_tile256_q8(ym, ldy, xm, ldx, G, R, W, d, ncb, ldw, C, r, beta0);
+            else
+                rows_tile256_f32(ym, ldy, xm, ldx, G, R, W, d, ncb, ldw, C, r, beta0);
         }
     }
 }
@@ -636,7 +795,7 @@ void lb_gemm_cols_at(int level, float *y, int ldy, const float *x, int ldx, int 
         return;
     }
     if (level >= LB_KERNELS_AVX2 && lb_cpu_has_avx2_fma()) {
-        gemm_cols_avx2(y, ldy, x, ldx, M, W, K, ldw, n0, n1, beta0);
+        gemm_cols_avx2(LB_DTYPE_F32, y, ldy, x, ldx, M, W, NULL, K, ldw, n0, n1, beta0);
         return;
     }
 #endif
@@ -653,7 +812,7 @@ void lb_gemm_rows_at(int level, float *y, int ldy, const float *x, int ldx, int 
         return;
     }
     if (level >= LB_KERNELS_AVX2 && lb_cpu_has_avx2_fma()) {
-        gemm_rows_avx2(y, ldy, x, ldx, M, W, C, ldw, r0, r1, beta0);
+        gemm_rows_avx2(LB_DTYPE_F32, y, ldy, x, ldx, M, W, NULL, C, ldw, r0, r1, beta0);
         return;
     }
 #endif
@@ -663,13 +822,16 @@ void lb_gemm_rows_at(int level, float *y, int ldy, const float *x, int ldx, int 
 
 // ---- the same on a reduced-precision weight (lowp.c's dtypes) -----------
 //
-// With AVX-512 (lb_lowp_in_registers), BF16 and F16 weights, and Q8_0 in
-// the layout of its product (scales along the sum: cols layout for the cols
-// form, rows layout for the rows form), go through the kernels above, which
-// convert each vector of 16 weights to F32 in registers as they load it
-// (exactly: the same values, the same sums, the same bits as the F32
-// kernels on the dequantized weight), with the F32 tiles and prefetches.
-// Otherwise (AVX2, baseline, Q8_0 in the other layout) the weight is
+// With AVX-512 or AVX2 (lb_lowp_in_registers), BF16 and F16 weights, and
+// Q8_0 in the layout of its product (scales along the sum: cols layout for
+// the cols form, rows layout for the rows form), go through the kernels
+// above, which convert each vector of 16 (or 8) weights to F32 in
+// registers as they load it (exactly: the same values, the same sums, the
+// same bits as the F32 kernels on the dequantized weight), with the F32
+// tiles and prefetches. On the AMD EPYC Zen 2 (AVX2) `lora bench engine
+// --sequences 16`, 16 distinct adapters: bf16 115–132 → 261–308 tok/s,
+// q8_0 116 → 274 (tiles → registers; F32 298 in the same hour).
+// Otherwise (baseline, Q8_0 in the other layout) the weight is
 // converted a tile at a time (64 columns × KB rows on the stack; for the
 // rows form, a few whole rows of W in the caller's scratch) right before the
 // rows use it, and the F32 kernels run on the tile, with the same result.
@@ -703,7 +865,7 @@ int lb_lowp_in_registers(void) {
     int v = lowp_registers_override;
     if (v >= 0) return v;
 #if defined(__x86_64__)
-    return lb_cpu_has_avx512();
+    return lb_cpu_has_avx512() || lb_cpu_has_avx2_fma();
 #else
     return 0;
 #endif
@@ -744,6 +906,13 @@ void lb_gemm_cols_lowp_at(int level, int dtype, int cols_layout, float *y, int l
         gemm_cols_avx512(dtype, y, ldy, x, ldx, M, W, d, K, ldw, n0, n1, beta0);
         return;
     }
+    if (level >= LB_KERNELS_AVX2 && lb_cpu_has_avx2_fma() &&
+        (dtype == LB_DTYPE_BF16 || dtype == LB_DTYPE_F16 ||
+         (dtype == LB_DTYPE_Q8_0 && cols_layout && M <= COLS_WIDE_MAX_M)) &&
+        lb_lowp_in_registers()) {
+        gemm_cols_avx2(dtype, y, ldy, x, ldx, M, W, d, K, ldw, n0, n1, beta0);
+        return;
+    }
 #endif
     float tile[KB * LOWP_TILE_COLS] __attribute__((aligned(64)));
     size_t es = dtype == LB_DTYPE_Q8_0 ? 1 : 2;
@@ -772,6 +941,13 @@ void lb_gemm_rows_lowp_at(int level, int dtype, int cols_layout, float *y, int l
          (dtype == LB_DTYPE_Q8_0 && !cols_layout && M <= COLS_WIDE_MAX_M && (C + 31) / 32 <= ROWS_Q8_MAX_BLOCKS)) &&
         lb_lowp_in_registers()) {
         gemm_rows_avx512(dtype, y, ldy, x, ldx, M, W, d, C, C, r0, r1, beta0);
+        return;
+    }
+    if (level >= LB_KERNELS_AVX2 && lb_cpu_has_avx2_fma() &&
+        (dtype == LB_DTYPE_BF16 || dtype == LB_DTYPE_F16 ||
+         (dtype == LB_DTYPE_Q8_0 && !cols_layout && M <= COLS_WIDE_MAX_M)) &&
+        lb_lowp_in_registers()) {
+        gemm_rows_avx2(dtype, y, ldy, x, ldx, M, W, d, C, C, r0, r1, beta0);
         return;
     }
 #endif

@@ -24,7 +24,7 @@
 #if defined(__x86_64__)
 
 #define T512   __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")))
-#define T256   __attribute__((target("avx2,fma")))
+#define T256   __attribute__((target("avx2,fma,f16c")))
 #define INLINE __attribute__((always_inline)) static inline
 // Rows of W prefetched ahead, into L2: without it a column block's rows (8
 // lines each, a row length apart) are fetched only as far ahead as
@@ -196,7 +196,7 @@ INLINE T256 void cols_block256(float *y, const float *x, const float *W, int K, 
 }
 
 static T256 void gemv_cols_avx2(float *y, const float *x, const float *W, int K, int ldw, int n0, int n1, int beta0) {
-    // Wide products: gemm_small.c's one-row tiles (8 rows × 2048 columns),
+    // Wide products: gemm_small.c's one-row tiles (8 rows × 8 KiB),
     // the same sums in the same order. AMD EPYC Zen 2, 1 thread, GPT-2's 48
     // block products: 40 → 25 ms, a plain read of the weights' speed.
     if (K >= 8 && n1 - n0 >= 512) {

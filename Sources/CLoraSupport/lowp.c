@@ -184,9 +184,9 @@ void lb_dequant_rows(int dtype, float *dst, int ldd, const void *W, const uint16
 // instead of 17 (Intel Emerald Rapids, 2 threads, the prefetch into L1).
 // Into L2 since c0c5d2d, as gemv.c (bf16 decode on the AMX machine, three
 // alternating pairs: 54.6/52.2, 48.1/61.9, 50.9/56.4 tok/s; q8_0 +3-5%;
-// not re-measured on Emerald Rapids). Used by the bf16/f16 column kernels
-// and the AVX2 ones; q8_0's AVX-512 column kernel prefetches whole tiles
-// ahead since ea302d1 (below).
+// not re-measured on Emerald Rapids). Used by the AVX-512 bf16/f16 column
+// kernels; q8_0's AVX-512 column kernel prefetches whole tiles ahead since
+// ea302d1 (below).
 enum { PFD = 8 };
 
 // 16 weights (k, j … j+15) of a cols-layout matrix as F32, masked.
@@ -429,88 +429,29 @@ static T512 void lrows_q8(float *y, const float *x, const void *W, const uint16_
 
 // ---- AVX2 + FMA + F16C -------------------------------------------------
 //
-// The same conversions on 8 lanes, mirroring gemv.c's AVX2 kernels (column
-// blocks of 64/32/8 with one fused multiply-add per k; rows two at a time
-// with 8 partial sums and lb_hsum256), so again the F32 kernel's bits on the
-// dequantized weights.
+// The same conversions on 8 lanes, in the F32 kernels' orders (one fused
+// multiply-add per k for cols, gemm_small.c's tiles; 8 partial sums per row
+// and lb_hsum256 for rows, simd256.h's tile), so again the F32 kernel's
+// bits on the dequantized weights.
 
 #define T256L __attribute__((target("avx2,fma,f16c")))
 
-static int has_avx2_f16c(void) {
-    __builtin_cpu_init();
-    return lb_cpu_has_avx2_fma() && __builtin_cpu_supports("f16c");
-}
-
-// n (1…8) weights at W[i…] as F32 (the rest 0); q8 scales from d[s…] (cols:
-// one per lane) or the single scale `s1` (rows: the 8 values share a block).
-INLINE T256L __m256 load8(int dtype, const void *W, size_t i, int n) {
-    __m128i h;
-    if (dtype == LB_DTYPE_Q8_0) {
-        int64_t b = 0;
-        memcpy(&b, (const int8_t *)W + i, (size_t)n);
-        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(b)));
-    }
-    if (n == 8)
-        h = _mm_loadu_si128((const __m128i *)((const uint16_t *)W + i));
-    else {
-        uint16_t t[8] = {0};
-        memcpy(t, (const uint16_t *)W + i, (size_t)n * 2);
-        h = _mm_loadu_si128((const __m128i *)t);
-    }
-    if (dtype == LB_DTYPE_BF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-    return _mm256_cvtph_ps(h);
-}
-
-INLINE T256L __m256 scales8(const uint16_t *d, int n) {
-    if (n == 8) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)d));
-    uint16_t t[8] = {0};
-    memcpy(t, d, (size_t)n * 2);
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)t));
-}
-
-// Columns [j, j + 8·nv), the last vector holding `lastN` (1…8) columns.
-INLINE T256L void lcols_block256(int dtype, float *y, const float *x, const void *W, const uint16_t *d, int K, int ldw,
-                                 int j, int nv, int lastN, int beta0) {
-    __m256 acc[8], sc[8];
-    __m256i lm = lb_mask8(lastN);
-    for (int v = 0; v < nv; v++) {
-        if (beta0)
-            acc[v] = _mm256_setzero_ps();
-        else
-            acc[v] = v == nv - 1 ? _mm256_maskload_ps(y + j + 8 * v, lm) : _mm256_loadu_ps(y + j + 8 * v);
-        sc[v] = _mm256_setzero_ps();
-    }
-    int esize = dtype == LB_DTYPE_Q8_0 ? 1 : 2;
-    for (int k = 0; k < K; k++) {
-        if (dtype == LB_DTYPE_Q8_0 && k % 32 == 0)
-            for (int v = 0; v < nv; v++)
-                sc[v] = scales8(d + (size_t)(k / 32) * ldw + j + 8 * v, v == nv - 1 ? lastN : 8);
-        if (k + PFD < K) {
-            const char *q = (const char *)W + ((size_t)(k + PFD) * ldw + j) * esize;
-            for (int b = 0; b < 8 * nv * esize; b += 64) _mm_prefetch(q + b, _MM_HINT_T0);
+// Six rows at a time, as gemv.c's F32 rows kernel, then two, then one;
+// each group first prefetches the rows LROWS256_PF_ROWS ahead.
+enum { LROWS256_PF_ROWS = 24 };
+INLINE T256L void lrows_avx2_dt(int dtype, float *y, const float *x, const void *W, const uint16_t *d, int C, int ldw,
+                                int r0, int r1, int beta0) {
+    const size_t rowBytes = (size_t)ldw * (dtype == LB_DTYPE_Q8_0 ? 1 : 2);
+    int ncb = (C + 31) / 32, r = r0;
+    for (; r + 6 <= r1; r += 6) {
+        if (r + LROWS256_PF_ROWS + 6 <= r1) {
+            const char *q = (const char *)W + (size_t)(r + LROWS256_PF_ROWS) * rowBytes;
+            for (size_t b = 0; b < 6 * rowBytes; b += 64) _mm_prefetch(q + b, _MM_HINT_T0);
         }
-        __m256 xv = _mm256_set1_ps(x[k]);
-        for (int v = 0; v < nv; v++) {
-            __m256 w = load8(dtype, W, (size_t)k * ldw + j + 8 * v, v == nv - 1 ? lastN : 8);
-            if (dtype == LB_DTYPE_Q8_0) w = _mm256_mul_ps(w, sc[v]);
-            acc[v] = _mm256_fmadd_ps(xv, w, acc[v]);
-        }
+        lb_rows_tile256_dt(dtype, y, 0, x, 0, 1, 6, W, d, ncb, ldw, C, r, beta0);
     }
-    for (int v = 0; v < nv; v++) {
-        if (v == nv - 1)
-            _mm256_maskstore_ps(y + j + 8 * v, lm, acc[v]);
-        else
-            _mm256_storeu_ps(y + j + 8 * v, acc[v]);
-    }
-}
-
-INLINE T256L void lcols_avx2_dt(int dtype, float *y, const float *x, const void *W, const uint16_t *d, int K, int ldw,
-                                int n0, int n1, int beta0) {
-    int j = n0;
-    for (; j + 64 <= n1; j += 64) lcols_block256(dtype, y, x, W, d, K, ldw, j, 8, 8, beta0);
-    for (; j + 32 <= n1; j += 32) lcols_block256(dtype, y, x, W, d, K, ldw, j, 4, 8, beta0);
-    for (; j + 8 <= n1; j += 8) lcols_block256(dtype, y, x, W, d, K, ldw, j, 1, 8, beta0);
-    if (j < n1) lcols_block256(dtype, y, x, W, d, K, ldw, j, 1, n1 - j, beta0);
+    for (; r + 2 <= r1; r += 2) lb_rows_tile256_dt(dtype, y, 0, x, 0, 1, 2, W, d, ncb, ldw, C, r, beta0);
+    if (r < r1) lb_rows_tile256_dt(dtype, y, 0, x, 0, 1, 1, W, d, ncb, ldw, C, r, beta0);
 }
 
 // One copy of `fn` per dtype, so the conversion is chosen outside the loops.
@@ -524,49 +465,6 @@ INLINE T256L void lcols_avx2_dt(int dtype, float *y, const float *x, const void 
             fn(LB_DTYPE_Q8_0, __VA_ARGS__);                                                                            \
     } while (0)
 
-static T256L void lcols_avx2(int dtype, float *y, const float *x, const void *W, const uint16_t *d, int K, int ldw,
-                             int n0, int n1, int beta0) {
-    BY_DTYPE(lcols_avx2_dt, dtype, y, x, W, d, K, ldw, n0, n1, beta0);
-}
-
-// 8 (or the last n) weights of row r from column c as F32.
-INLINE T256L __m256 row8(int dtype, const void *W, const uint16_t *d, int r, int c, int ldw, int ncb, int n) {
-    __m256 w = load8(dtype, W, (size_t)r * ldw + c, n);
-    // c is a multiple of 8: the 8 values share block c/32.
-    if (dtype == LB_DTYPE_Q8_0) w = _mm256_mul_ps(w, _mm256_set1_ps(_cvtsh_ss(d[(size_t)r * ncb + c / 32])));
-    return w;
-}
-
-INLINE T256L void lrows_avx2_dt(int dtype, float *y, const float *x, const void *W, const uint16_t *d, int C, int ldw,
-                                int r0, int r1, int beta0) {
-    int ncb = (C + 31) / 32, cFull = C - C % 8;
-    __m256i lm = lb_mask8(C % 8);
-    for (int r = r0; r < r1; r += 2) {
-        int two = r + 1 < r1, r1st = two ? r + 1 : r;
-        if (r + 2 * PFD < r1) {
-            const char *q = (const char *)W + (size_t)(r + 2 * PFD) * ldw * (dtype == LB_DTYPE_Q8_0 ? 1 : 2);
-            for (int b = 0; b < C * (dtype == LB_DTYPE_Q8_0 ? 1 : 2); b += 64) _mm_prefetch(q + b, _MM_HINT_T0);
-        }
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0;
-        for (int c = 0; c < cFull; c += 8) {
-            __m256 xv = _mm256_loadu_ps(x + c);
-            a0 = _mm256_fmadd_ps(row8(dtype, W, d, r, c, ldw, ncb, 8), xv, a0);
-            a1 = _mm256_fmadd_ps(row8(dtype, W, d, r1st, c, ldw, ncb, 8), xv, a1);
-        }
-        if (cFull < C) {
-            __m256 xv = _mm256_maskload_ps(x + cFull, lm);
-            a0 = _mm256_fmadd_ps(row8(dtype, W, d, r, cFull, ldw, ncb, C - cFull), xv, a0);
-            a1 = _mm256_fmadd_ps(row8(dtype, W, d, r1st, cFull, ldw, ncb, C - cFull), xv, a1);
-        }
-        float s0 = lb_hsum256(a0);
-        y[r] = beta0 ? s0 : y[r] + s0;
-        if (two) {
-            float s1 = lb_hsum256(a1);
-            y[r + 1] = beta0 ? s1 : y[r + 1] + s1;
-        }
-    }
-}
-
 static T256L void lrows_avx2(int dtype, float *y, const float *x, const void *W, const uint16_t *d, int C, int ldw,
                              int r0, int r1, int beta0) {
     BY_DTYPE(lrows_avx2_dt, dtype, y, x, W, d, C, ldw, r0, r1, beta0);
@@ -576,14 +474,16 @@ static T256L void lrows_avx2(int dtype, float *y, const float *x, const void *W,
 static T256L void panel_avx2(int dtype, int cols_layout, float *dst, int ldd, const void *W, const uint16_t *d, int C,
                              int r0, int r1, int c0, int c1) {
     int ncb = (C + 31) / 32;
+    size_t es = dtype == LB_DTYPE_Q8_0 ? 1 : 2;
     for (int r = r0; r < r1; r++) {
         float *out = dst + (size_t)(r - r0) * ldd - c0;
         for (int c = c0; c < c1; c += 8) {
             int n = c1 - c < 8 ? c1 - c : 8;
-            __m256 w = load8(dtype, W, (size_t)r * C + c, n);
+            __m256 w = lb_wload256(dtype, (const char *)W + ((size_t)r * C + c) * es, n);
             if (dtype == LB_DTYPE_Q8_0)
-                w = _mm256_mul_ps(w, cols_layout ? scales8(d + (size_t)(r / 32) * C + c, n)
-                                                 : _mm256_set1_ps(_cvtsh_ss(d[(size_t)r * ncb + c / 32])));
+                w = _mm256_mul_ps(w, cols_layout
+                                         ? lb_wload256(LB_DTYPE_F16, (const char *)(d + (size_t)(r / 32) * C + c), n)
+                                         : _mm256_set1_ps(_cvtsh_ss(d[(size_t)r * ncb + c / 32])));
             if (n == 8)
                 _mm256_storeu_ps(out + c, w);
             else
@@ -635,7 +535,7 @@ void lb_dequant_panel_at(int level, int dtype, int cols_layout, float *dst, int 
         return;
     }
     // 8 values share a Q8_0 block when c0 is on an 8-value boundary.
-    if (level >= LB_KERNELS_AVX2 && dtype != LB_DTYPE_F32 && has_avx2_f16c() && (cols_layout || c0 % 8 == 0)) {
+    if (level >= LB_KERNELS_AVX2 && dtype != LB_DTYPE_F32 && lb_cpu_has_avx2_fma() && (cols_layout || c0 % 8 == 0)) {
         panel_avx2(dtype, cols_layout, dst, ldd, W, d, C, r0, r1, c0, c1);
         return;
     }
@@ -724,8 +624,10 @@ void lb_gemv_cols_lowp(int level, int dtype, float *y, const float *x, const voi
         f(y, x, W, d, K, ldw, n0, n1, beta0);
         return;
     }
-    if (level >= LB_KERNELS_AVX2 && dtype != LB_DTYPE_F32 && has_avx2_f16c()) {
-        lcols_avx2(dtype, y, x, W, d, K, ldw, n0, n1, beta0);
+    if (level >= LB_KERNELS_AVX2 && dtype != LB_DTYPE_F32 && lb_cpu_has_avx2_fma()) {
+        // gemm_small.c's AVX2 tiles on this one row (8 rows × 8 KiB of
+        // each weight row), converting in registers.
+        lb_gemm_cols_lowp_at(level, dtype, 1, y, 0, x, 0, 1, W, d, K, ldw, n0, n1, beta0);
         return;
     }
 #endif
@@ -771,7 +673,7 @@ void lb_gemv_rows_lowp(int level, int dtype, float *y, const float *x, const voi
         f(y, x, W, d, C, ldw, r0, r1, beta0);
         return;
     }
-    if (level >= LB_KERNELS_AVX2 && dtype != LB_DTYPE_F32 && has_avx2_f16c()) {
+    if (level >= LB_KERNELS_AVX2 && dtype != LB_DTYPE_F32 && lb_cpu_has_avx2_fma()) {
         lrows_avx2(dtype, y, x, W, d, C, ldw, r0, r1, beta0);
         return;
     }

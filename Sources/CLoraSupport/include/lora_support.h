@@ -166,10 +166,10 @@ LB_HIDDEN void lb_dequant_panel_at(int level, int dtype, int cols_layout, float 
 // (rows: into `tile`, at least C floats; up to LB_ROWS_TILE_FLOATS are used).
 #define LB_ROWS_TILE_FLOATS 6144
 // Whether those products convert the weight in the kernels' registers
-// instead (any CPU with AVX-512: BF16, F16, and Q8_0 in the layout of its
-// product up to 32 rows), and whether decode's wide BF16/F16 products and its Q8_0
-// rows (the LM head) run on the same kernels (AVX-512 on AMD CPUs only): the same
-// bits either way.
+// instead (any CPU with AVX-512 or AVX2: BF16, F16, and Q8_0 in the layout
+// of its product up to 32 rows; with AVX2 also decode's column products),
+// and whether decode's wide BF16/F16 products and its Q8_0 rows (the LM
+// head) run on the AVX-512 ones (AMD CPUs only): the same bits either way.
 // lb_set_lowp_in_registers(0 or 1) overrides both choices, -1 restores them.
 LB_HIDDEN int lb_lowp_in_registers(void);
 LB_HIDDEN int lb_lowp_wide_decode(void);
