@@ -700,7 +700,7 @@ static T256 void gemm_cols_avx2(int dt, float *y, int ldy, const float *x, int l
     }
 }
 
-#define ROWS256(DT, G_, R_) lb_rows_tile256_dt(DT, ym, ldy, xm, ldx, G_, R_, W, d, ncb, ldw, C, r, beta0)
+#define ROWS256(DT, G_, R_) lb_rows_tile256_dt(DT, ym, ldy, xm, ldx, G_, R_, W, d, ncb, ldw, C, r, 1, beta0)
 #define ROWS256_G(DT, R_)                                                                                              \
     switch (G) {                                                                                                       \
     case 4:                                                                                                            \

@@ -51,8 +51,8 @@ LB_T256_INLINE __m256 lb_wload256(int dt, const char *p, int n) {
     return _mm256_cvtph_ps(h);
 }
 
-// W rows [r, r + R) × x rows [0, G) (R ≤ 6, G ≤ 4, R·G ≤ 12; dt, R and G
-// compile-time constants where it is called): y[g, r + i] (+)= row i's
+// W rows r + i·rs (i < R) × x rows [0, G) (R ≤ 6, G ≤ 4, R·G ≤ 12; dt, R and G
+// compile-time constants where it is called): y[g, r + i·rs] (+)= row i's
 // sum, 8 lanes of fused multiply-adds over c in c order (a masked tail),
 // then lb_hsum256. The one order of the AVX2 rows kernels (gemv.c,
 // gemm_small.c, lowp.c), whatever their tiles. W holds values of dtype dt
@@ -60,7 +60,7 @@ LB_T256_INLINE __m256 lb_wload256(int dt, const char *p, int n) {
 // layout) d holds each row's F16 block scales, ncb a row, and each weight
 // is q · d, as the dequantized matrix holds it.
 LB_T256_INLINE void lb_rows_tile256_dt(int dt, float *y, int ldy, const float *x, int ldx, int G, int R, const void *W,
-                                       const uint16_t *d, int ncb, int ldw, int C, int r, int beta0) {
+                                       const uint16_t *d, int ncb, int ldw, int C, int r, int rs, int beta0) {
     const size_t es = dt == LB_DTYPE_F32 ? 4 : dt == LB_DTYPE_Q8_0 ? 1 : 2;
     const char *w = (const char *)W + (size_t)r * ldw * es;
     __m256 a[6][4], s[6];
@@ -76,9 +76,9 @@ LB_T256_INLINE void lb_rows_tile256_dt(int dt, float *y, int ldy, const float *x
         __m256 wv[6];                                                                                                  \
         if (dt == LB_DTYPE_Q8_0 && c % 32 == 0)                                                                        \
             _Pragma("GCC unroll 6") for (int i = 0; i < R; i++) s[i] =                                                 \
-                _mm256_set1_ps(_cvtsh_ss(d[(size_t)(r + i) * ncb + c / 32]));                                          \
+                _mm256_set1_ps(_cvtsh_ss(d[(size_t)(r + i * rs) * ncb + c / 32]));                                     \
         _Pragma("GCC unroll 6") for (int i = 0; i < R; i++) {                                                          \
-            wv[i] = lb_wload256(dt, w + ((size_t)i * ldw + c) * es, n);                                                \
+            wv[i] = lb_wload256(dt, w + ((size_t)i * rs * ldw + c) * es, n);                                           \
             if (dt == LB_DTYPE_Q8_0) wv[i] = _mm256_mul_ps(wv[i], s[i]);                                               \
         }                                                                                                              \
         _Pragma("GCC unroll 4") for (int g = 0; g < G; g++) {                                                          \
@@ -96,7 +96,7 @@ LB_T256_INLINE void lb_rows_tile256_dt(int dt, float *y, int ldy, const float *x
 #pragma GCC unroll 6
         for (int i = 0; i < R; i++) {
             float t = lb_hsum256(a[i][g]);
-            float *out = y + (size_t)g * ldy + r + i;
+            float *out = y + (size_t)g * ldy + r + (size_t)i * rs;
             *out = beta0 ? t : *out + t;
         }
 }
@@ -104,7 +104,7 @@ LB_T256_INLINE void lb_rows_tile256_dt(int dt, float *y, int ldy, const float *x
 // lb_rows_tile256_dt on an F32 weight.
 LB_T256_INLINE void lb_rows_tile256(float *y, int ldy, const float *x, int ldx, int G, int R, const float *W, int ldw,
                                     int C, int r, int beta0) {
-    lb_rows_tile256_dt(LB_DTYPE_F32, y, ldy, x, ldx, G, R, W, NULL, 0, ldw, C, r, beta0);
+    lb_rows_tile256_dt(LB_DTYPE_F32, y, ldy, x, ldx, G, R, W, NULL, 0, ldw, C, r, 1, beta0);
 }
 
 #endif
