@@ -20,6 +20,9 @@
 #
 #   RUNS=3 scripts/bench_dtype.sh      # rounds (default 3): medians and min–max
 #   ENGINE=1 ...                       # also `lora bench engine --sequences 16` per dtype
+#   AUTOCAST=off ...                   # PyTorch+PEFT in F32 only (on CPUs without
+#                                      # AVX512-BF16 its bf16 autocast is emulated: one
+#                                      # run took over 14 minutes on an AMD Zen 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -60,7 +63,7 @@ for ((i = 1; i <= runs; i++)); do
     done
     if ((have_ref)); then
         try "${rt[@]}" python3 scripts/bench_transformers.py --threads "$threads" | { grep '^{' || true; } | tee -a "$out"
-        for a in off bf16; do
+        for a in ${AUTOCAST:-off bf16}; do
             try "${rt[@]}" python3 scripts/bench_peft.py --threads "$threads" --batch 4 --block 256 --autocast "$a" \
                 | { grep '^{' || true; } | tee -a "$out"
         done
