@@ -396,20 +396,21 @@ static T512 void gemm_rows_avx512(int dt, float *y, int ldy, const float *x, int
 
 // Rows [0, G) × columns [j, j + 8·NV) (the last vector holding lastN) over
 // W rows [k0, k1), from xp: the G rows' x over those k, packed k-major
-// (xp[6 (k − k0) + g]), so that every broadcast comes from one pointer.
+// (xp[6 (k − k0) + g], xs = 6), so that every broadcast comes from one
+// pointer; one row of x (decode) is read in place (xs = 1, NV up to 8).
 // W points at bytes: F32, or BF16/F16/Q8_0 (dt) converted to F32 in
 // registers as it is loaded (exactly: the same values, the same sums).
 // Q8_0 (cols layout, as the AVX-512 kernel's): the block's scales are
 // converted once per 32 rows into sc, read as memory operands.
-INLINE T256 void cols_tile256(int dt, float *y, int ldy, const float *xp, int G, int NV, int lastN, const char *W,
-                              const uint16_t *d, int ldw, int k0, int k1, int j, int fromZero) {
+INLINE T256 void cols_tile256(int dt, float *y, int ldy, const float *xp, int xs, int G, int NV, int lastN,
+                              const char *W, const uint16_t *d, int ldw, int k0, int k1, int j, int fromZero) {
     const size_t es = wbytes(dt), rowBytes = (size_t)ldw * es;
-    float sc[2][8] __attribute__((aligned(32)));
-    __m256 a[6][2];
+    float sc[8][8] __attribute__((aligned(32)));
+    __m256 a[6][8];
     __m256i lm = lb_mask8(lastN);
 #pragma GCC unroll 6
     for (int g = 0; g < G; g++)
-#pragma GCC unroll 2
+#pragma GCC unroll 8
         for (int v = 0; v < NV; v++) {
             const float *src = y + (size_t)g * ldy + j + 8 * v;
             a[g][v] = fromZero                   ? _mm256_setzero_ps()
@@ -421,15 +422,15 @@ INLINE T256 void cols_tile256(int dt, float *y, int ldy, const float *xp, int G,
     for (int kb = k0, ke; kb < k1; kb = ke) {
         ke = dt == LB_DTYPE_Q8_0 && (kb / 32 + 1) * 32 < k1 ? (kb / 32 + 1) * 32 : k1;
         if (dt == LB_DTYPE_Q8_0) {
-#pragma GCC unroll 2
+#pragma GCC unroll 8
             for (int v = 0; v < NV; v++)
                 _mm256_store_ps(sc[v],
                                 lb_wload256(LB_DTYPE_F16, (const char *)(d + (size_t)(kb / 32) * ldw + j + 8 * v),
                                             v == NV - 1 ? lastN : 8));
         }
-        for (int k = kb; k < ke; k++, p += rowBytes, xp += 6) {
-            __m256 w[2];
-#pragma GCC unroll 2
+        for (int k = kb; k < ke; k++, p += rowBytes, xp += xs) {
+            __m256 w[8];
+#pragma GCC unroll 8
             for (int v = 0; v < NV; v++) {
                 w[v] = dt == LB_DTYPE_F32 && v == NV - 1 && lastN < 8
                            ? _mm256_maskload_ps((const float *)p + 8 * v, lm)
@@ -439,14 +440,14 @@ INLINE T256 void cols_tile256(int dt, float *y, int ldy, const float *xp, int G,
 #pragma GCC unroll 6
             for (int g = 0; g < G; g++) {
                 __m256 xv = _mm256_broadcast_ss(xp + g);
-#pragma GCC unroll 2
+#pragma GCC unroll 8
                 for (int v = 0; v < NV; v++) a[g][v] = _mm256_fmadd_ps(xv, w[v], a[g][v]);
             }
         }
     }
 #pragma GCC unroll 6
     for (int g = 0; g < G; g++)
-#pragma GCC unroll 2
+#pragma GCC unroll 8
         for (int v = 0; v < NV; v++) {
             float *dst = y + (size_t)g * ldy + j + 8 * v;
             if (v == NV - 1 && lastN < 8)
@@ -461,9 +462,9 @@ INLINE T256 void cols_tile256(int dt, float *y, int ldy, const float *xp, int G,
 #define COLS256(DT, G_, NV_)                                                                                           \
     do {                                                                                                               \
         if (lastN == 8)                                                                                                \
-            cols_tile256(DT, y, ldy, xp, G_, NV_, 8, W, d, ldw, k0, k1, j, fromZero);                                  \
+            cols_tile256(DT, y, ldy, xp, 6, G_, NV_, 8, W, d, ldw, k0, k1, j, fromZero);                               \
         else                                                                                                           \
-            cols_tile256(DT, y, ldy, xp, G_, NV_, lastN, W, d, ldw, k0, k1, j, fromZero);                              \
+            cols_tile256(DT, y, ldy, xp, 6, G_, NV_, lastN, W, d, ldw, k0, k1, j, fromZero);                           \
     } while (0)
 #define COLS256_G(DT, NV_)                                                                                             \
     switch (G) {                                                                                                       \
@@ -502,53 +503,6 @@ COLS256_ANY(cols_tile256_bf16, LB_DTYPE_BF16)
 COLS256_ANY(cols_tile256_f16, LB_DTYPE_F16)
 COLS256_ANY(cols_tile256_q8, LB_DTYPE_Q8_0)
 
-// One row of x (decode): columns [j, j + 8·NV) (the last vector holding
-// lastN) over W rows [k0, k1), the NV sums in registers; as cols_tile256,
-// one fused multiply-add per k in k order.
-INLINE T256 void one_strip256(int dt, float *y, const float *x, int NV, int lastN, const char *W, const uint16_t *d,
-                              int ldw, int k0, int k1, int j, int fromZero) {
-    const size_t es = wbytes(dt), rowBytes = (size_t)ldw * es;
-    float sc[8][8] __attribute__((aligned(32)));
-    __m256 a[8];
-    __m256i lm = lb_mask8(lastN);
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; v++)
-        a[v] = fromZero                   ? _mm256_setzero_ps()
-               : v == NV - 1 && lastN < 8 ? _mm256_maskload_ps(y + j + 8 * v, lm)
-                                          : _mm256_loadu_ps(y + j + 8 * v);
-    const char *p = W + ((size_t)k0 * ldw + j) * es;
-    // Q8_0: a block of 32 rows at a time, its scales converted first (a
-    // branch in the loop over k cost the accumulators their registers).
-    for (int kb = k0, ke; kb < k1; kb = ke) {
-        ke = dt == LB_DTYPE_Q8_0 && (kb / 32 + 1) * 32 < k1 ? (kb / 32 + 1) * 32 : k1;
-        if (dt == LB_DTYPE_Q8_0) {
-#pragma GCC unroll 8
-            for (int v = 0; v < NV; v++)
-                _mm256_store_ps(sc[v],
-                                lb_wload256(LB_DTYPE_F16, (const char *)(d + (size_t)(kb / 32) * ldw + j + 8 * v),
-                                            v == NV - 1 ? lastN : 8));
-        }
-        for (int k = kb; k < ke; k++, p += rowBytes) {
-            __m256 xv = _mm256_broadcast_ss(x + k);
-#pragma GCC unroll 8
-            for (int v = 0; v < NV; v++) {
-                __m256 w = dt == LB_DTYPE_F32 && v == NV - 1 && lastN < 8
-                               ? _mm256_maskload_ps((const float *)p + 8 * v, lm)
-                               : lb_wload256(dt, p + 8 * es * v, v == NV - 1 ? lastN : 8);
-                if (dt == LB_DTYPE_Q8_0) w = _mm256_mul_ps(w, _mm256_load_ps(sc[v]));
-                a[v] = _mm256_fmadd_ps(xv, w, a[v]);
-            }
-        }
-    }
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; v++) {
-        if (v == NV - 1 && lastN < 8)
-            _mm256_maskstore_ps(y + j + 8 * v, lm, a[v]);
-        else
-            _mm256_storeu_ps(y + j + 8 * v, a[v]);
-    }
-}
-
 // One row of x over a tile of W (rows [k0, k1), columns [j0, j1)): strips
 // of 64 columns, then of 8 (the last one partial). Each 64-column strip
 // first prefetches the one ONE256_PF_STRIPS ahead (in this tile, or the
@@ -559,28 +513,27 @@ INLINE T256 void one_tile256(int dt, float *y, const float *x, const char *W, co
     const size_t es = wbytes(dt), rowBytes = (size_t)ldw * es;
     int j = j0;
     for (; j + 64 <= j1; j += 64) {
-        if (ONE256_PF_STRIPS > 0) {
-            int ja = j + 64 * ONE256_PF_STRIPS, c = hasNext ? t->c0 + (ja - j1) : 0;
-            const char *pf = NULL;
-            int rows = 0;
-            if (ja < j1)
-                pf = W + ((size_t)k0 * ldw + ja) * es, rows = k1 - k0;
-            else if (hasNext && c < t->c1)
-                pf = W + ((size_t)t->r0 * ldw + c) * es, rows = t->nrows;
-            for (int r = 0; r < rows; r++) {
-                const char *q = pf + (size_t)r * rowBytes;
-                for (size_t b = 0; b < 64 * es; b += 64) _mm_prefetch(q + b, _MM_HINT_T0);
-                if (((uintptr_t)q & 63) && es < 4) _mm_prefetch(q + 64 * es, _MM_HINT_T0);
-            }
+        int ja = j + 64 * ONE256_PF_STRIPS, c = hasNext ? t->c0 + (ja - j1) : 0;
+        const char *pf = NULL;
+        int rows = 0;
+        if (ja < j1)
+            pf = W + ((size_t)k0 * ldw + ja) * es, rows = k1 - k0;
+        else if (hasNext && c < t->c1)
+            pf = W + ((size_t)t->r0 * ldw + c) * es, rows = t->nrows;
+        for (int r = 0; r < rows; r++) {
+            const char *q = pf + (size_t)r * rowBytes;
+            for (size_t b = 0; b < 64 * es; b += 64) _mm_prefetch(q + b, _MM_HINT_T0);
+            // Off a line's start, the strip's last bytes are in one more line.
+            if ((uintptr_t)q & 63) _mm_prefetch(q + 64 * es - 1, _MM_HINT_T0);
         }
-        one_strip256(dt, y, x, 8, 8, W, d, ldw, k0, k1, j, fromZero);
+        cols_tile256(dt, y, 0, x + k0, 1, 1, 8, 8, W, d, ldw, k0, k1, j, fromZero);
     }
     for (; j < j1; j += 8) {
         int n = j1 - j < 8 ? j1 - j : 8;
         if (n == 8)
-            one_strip256(dt, y, x, 1, 8, W, d, ldw, k0, k1, j, fromZero);
+            cols_tile256(dt, y, 0, x + k0, 1, 1, 1, 8, W, d, ldw, k0, k1, j, fromZero);
         else
-            one_strip256(dt, y, x, 1, n, W, d, ldw, k0, k1, j, fromZero);
+            cols_tile256(dt, y, 0, x + k0, 1, 1, 1, n, W, d, ldw, k0, k1, j, fromZero);
     }
 }
 
@@ -717,14 +670,11 @@ static T256 void gemm_cols_avx2(int dt, float *y, int ldy, const float *x, int l
         break;                                                                                                         \
     }
 
-// W rows [r, r + R) × x rows [m, m + G): R ≤ 3 with any G ≤ 4; R = 6 with G = 1.
+// W rows [r, r + R) × x rows [m, m + G), R ≤ 3, G ≤ 4.
 #define ROWS256_ANY(name, DT)                                                                                          \
     static T256 void name(float *ym, int ldy, const float *xm, int ldx, int G, int R, const void *W,                   \
                           const uint16_t *d, int ncb, int ldw, int C, int r, int beta0) {                              \
         switch (R) {                                                                                                   \
-        case 6:                                                                                                        \
-            ROWS256(DT, 1, 6);                                                                                         \
-            break;                                                                                                     \
         case 3:                                                                                                        \
             ROWS256_G(DT, 3);                                                                                          \
             break;                                                                                                     \
@@ -743,9 +693,8 @@ ROWS256_ANY(rows_tile256_q8, LB_DTYPE_Q8_0)
 
 // Tiles of 3 rows of W (held in registers) × 4 rows of x: 12 sums, 7 loads
 // for 12 fused multiply-adds (the kernel before: 2 × 2, 4 loads for 4).
-// One row of x: 6 rows of W at a time (six chains of fused multiply-adds),
-// as gemv.c's. No prefetch: it was no faster. AMD EPYC Zen 2, 1 thread, the
-// tied LM head [50257, 768] for 16 rows of x: 43–52 → 26–31 ms. W: F32, or
+// No prefetch: it was no faster. AMD EPYC Zen 2, 1 thread, the tied LM
+// head [50257, 768] for 16 rows of x: 43–52 → 26–31 ms. W: F32, or
 // BF16/F16/Q8_0 (rows layout) converted in registers, as the cols kernel's.
 static T256 void gemm_rows_avx2(int dt, float *y, int ldy, const float *x, int ldx, int M, const void *W,
                                 const uint16_t *d, int C, int ldw, int r0, int r1, int beta0) {
@@ -755,9 +704,9 @@ static T256 void gemm_rows_avx2(int dt, float *y, int ldy, const float *x, int l
             lb_gemv_rows_at(LB_KERNELS_AVX2, y + (size_t)m * ldy, x + (size_t)m * ldx, W, C, ldw, r0, r1, beta0);
         return;
     }
-    const int ncb = (C + 31) / 32, step = M == 1 ? 6 : 3;
+    const int ncb = (C + 31) / 32;
     for (int r = r0, R; r < r1; r += R) {
-        R = r1 - r >= step ? step : r1 - r < 3 ? r1 - r : 3;
+        R = r1 - r < 3 ? r1 - r : 3;
         for (int m = 0; m < M; m += 4) {
             int G = M - m < 4 ? M - m : 4;
             float *ym = y + (size_t)m * ldy;

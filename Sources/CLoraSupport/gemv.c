@@ -260,17 +260,7 @@ static T256 void gemv_rows_avx2(float *y, const float *x, const float *W, int C,
     // Six rows at a time: six independent chains of fused multiply-adds
     // (two were bound by the FMA latency on rows already in cache: LoRA's A
     // [r, in], attention's keys); each row's sums as before.
-    int r = r0;
-    // The six rows a sixth of the range apart, as lowp.c's (the tied LM head
-    // on 2 threads: 5.5–6.2 → 4.8–5.3 ms, AMD EPYC Zen 2).
-    int S = (r1 - r0) / 6;
-    for (int t = 0; t < S; t++)
-        lb_rows_tile256_dt(LB_DTYPE_F32, y, 0, x, 0, 1, 6, W, NULL, 0, ldw, C, r0 + t, S, beta0);
-    r = r0 + 6 * S;
-    // The last 1–5 rows two at a time (a constant count keeps the sums in
-    // registers).
-    for (; r + 2 <= r1; r += 2) lb_rows_tile256(y, 0, x, 0, 1, 2, W, ldw, C, r, beta0);
-    if (r < r1) lb_rows_tile256(y, 0, x, 0, 1, 1, W, ldw, C, r, beta0);
+    lb_rows_decode256(LB_DTYPE_F32, y, x, W, NULL, C, ldw, r0, r1, beta0);
 }
 
 #endif

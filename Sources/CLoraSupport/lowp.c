@@ -436,19 +436,10 @@ static T512 void lrows_q8(float *y, const float *x, const void *W, const uint16_
 
 #define T256L __attribute__((target("avx2,fma,f16c")))
 
-// Six rows at a time, as gemv.c's F32 rows kernel, then two, then one.
-// The six are a sixth of the range apart, so each of them walks its own
-// long run of memory (adjacent rows made runs of one row, 768 bytes for
-// GPT-2's Q8_0 LM head, too short for the hardware prefetchers).
-// GPT-2's LM head on 2 threads (AMD EPYC Zen 2, C microbenchmark, three
-// alternating rounds): bf16 5.1 → 2.6–3.0 ms, q8_0 4.3 → 2.1 ms.
+// simd256.h's decode rows, as gemv.c's F32 rows kernel.
 INLINE T256L void lrows_avx2_dt(int dtype, float *y, const float *x, const void *W, const uint16_t *d, int C, int ldw,
                                 int r0, int r1, int beta0) {
-    int ncb = (C + 31) / 32, r = r0, S = (r1 - r0) / 6;
-    for (int t = 0; t < S; t++) lb_rows_tile256_dt(dtype, y, 0, x, 0, 1, 6, W, d, ncb, ldw, C, r0 + t, S, beta0);
-    r = r0 + 6 * S;
-    for (; r + 2 <= r1; r += 2) lb_rows_tile256_dt(dtype, y, 0, x, 0, 1, 2, W, d, ncb, ldw, C, r, 1, beta0);
-    if (r < r1) lb_rows_tile256_dt(dtype, y, 0, x, 0, 1, 1, W, d, ncb, ldw, C, r, 1, beta0);
+    lb_rows_decode256(dtype, y, x, W, d, C, ldw, r0, r1, beta0);
 }
 
 // One copy of `fn` per dtype, so the conversion is chosen outside the loops.

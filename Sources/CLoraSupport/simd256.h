@@ -101,6 +101,22 @@ LB_T256_INLINE void lb_rows_tile256_dt(int dt, float *y, int ldy, const float *x
         }
 }
 
+// One row of x (decode) over W rows [r0, r1): six rows at a time, a sixth
+// of the range apart, so each of the six reads its own long run of memory
+// (six adjacent rows made runs of one row, 768 bytes for GPT-2's q8_0 LM
+// head, too short for the hardware prefetchers); the last 1–5 rows two at
+// a time (a constant count keeps the sums in registers). GPT-2's LM head
+// on 2 threads (AMD EPYC Zen 2, C microbenchmark, three alternating
+// rounds, adjacent → spread rows): bf16 5.1 → 2.6–3.0 ms, q8_0 4.3 → 2.1
+// ms, f32 5.5–6.2 → 4.8–5.3 ms.
+LB_T256_INLINE void lb_rows_decode256(int dt, float *y, const float *x, const void *W, const uint16_t *d, int C,
+                                      int ldw, int r0, int r1, int beta0) {
+    int ncb = (C + 31) / 32, S = (r1 - r0) / 6, r = r0 + 6 * S;
+    for (int t = 0; t < S; t++) lb_rows_tile256_dt(dt, y, 0, x, 0, 1, 6, W, d, ncb, ldw, C, r0 + t, S, beta0);
+    for (; r + 2 <= r1; r += 2) lb_rows_tile256_dt(dt, y, 0, x, 0, 1, 2, W, d, ncb, ldw, C, r, 1, beta0);
+    if (r < r1) lb_rows_tile256_dt(dt, y, 0, x, 0, 1, 1, W, d, ncb, ldw, C, r, 1, beta0);
+}
+
 // lb_rows_tile256_dt on an F32 weight.
 LB_T256_INLINE void lb_rows_tile256(float *y, int ldy, const float *x, int ldx, int G, int R, const float *W, int ldw,
                                     int C, int r, int beta0) {
