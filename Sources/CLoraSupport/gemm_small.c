@@ -12,14 +12,14 @@
 // same instruction-set level, so a sequence's numbers do not depend on how
 // many other rows share its step.
 // - cols: y[m, n] = y0[m, n] + Σ_k x[m, k]·W[k, n], one fused multiply-add
-//   per k in k order. On AVX-512, 64 columns of a tile of W stay in L1
-//   while groups of 6 rows of x pass over them; a later tile of W is
-//   prefetched. Up to 32 rows of x the tiles are 32 rows × 512 columns,
-//   prefetched two ahead: each row of W is read 2 KiB at a time instead of
-//   256 bytes, and the reads run two tiles ahead of the arithmetic. With
-//   more rows, strips of 64 columns in blocks of 64 rows, each prefetching
-//   the next (the wide tiles were no faster at 32 rows, and slower at 79
-//   and 128).
+//   per k in k order (on AVX2, some shapes in two parts: cols_split). On
+//   AVX-512, 64 columns of a tile of W stay in L1 while groups of 6 rows
+//   of x pass over them; a later tile of W is prefetched. Up to 32 rows of
+//   x the tiles are 32 rows × 512 columns, prefetched two ahead: each row
+//   of W is read 2 KiB at a time instead of 256 bytes, and the reads run
+//   two tiles ahead of the arithmetic. With more rows, strips of 64
+//   columns in blocks of 64 rows, each prefetching the next (the wide
+//   tiles were no faster at 32 rows, and slower at 79 and 128).
 // - rows: y[m, r] = y0[m, r] + Σ_c W[r, c]·x[m, c], with gemv_rows's partial
 //   sums (16 lanes, or 8 with AVX2) and reduction. Tiles of 4 rows of W stay
 //   in L1 while groups of 6 rows of x pass over them; the rows of W
@@ -48,6 +48,11 @@
 #define T512   __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")))
 #define T256   __attribute__((target("avx2,fma,f16c")))
 #define INLINE __attribute__((always_inline)) static inline
+
+// Whether `level` runs the AVX2 kernels here (AVX2, not AVX-512).
+static int avx2_runs(int level) {
+    return !(level >= LB_KERNELS_AVX512 && lb_cpu_has_avx512()) && level >= LB_KERNELS_AVX2 && lb_cpu_has_avx2_fma();
+}
 
 // KB: rows of W per block of the AVX-512 cols kernel above 32 rows of x,
 // of the AVX2 cols kernel, and per tile of a reduced-precision weight
@@ -394,16 +399,63 @@ static T512 void gemm_rows_avx512(int dt, float *y, int ldy, const float *x, int
 
 // ---- AVX2 + FMA ---------------------------------------------------------
 
+// The order of the AVX2 columns form's sums. With AVX2 only (AMD EPYC Zen
+// 2), one core reads a weight fastest as several long runs at once: GPT-2's
+// 768-column products, split between 2 workers by columns and read 8 rows
+// at a time down each worker's half, ran at 60% of a plain read of the
+// same bytes (bf16; the wider products at 92–100%), and no software
+// prefetch distance changed that. So for cols_split's shapes a product's
+// sum is two parts, rows [0, kh) and [kh, K) (kh: half of K, a multiple of
+// 32), added at the end (part 0 from y or zero, part 1 from zero), and
+// within a part of K' rows, index i takes row spread_row(i, K'/8): rows t,
+// t + K'/8, …, t + 7K'/8 for t = 0, 1, … (the rows past 8·(K'/8) last, in
+// order). Decode gives each worker one part (lb_gemv_cols_part): whole rows,
+// eight runs each. Every entry point of the AVX2 columns form keeps that
+// order, so a row's numbers still do not depend on the rows beside it or
+// on the worker count; other levels and shapes sum in k order. Q8_0 keeps k
+// order (its blocks of 32 rows share a scale).
+enum { COLS_SPLIT_MIN = 256, COLS_SPLIT_MAX_N = 2048, COLS_SPLIT_MAX_K = 8192 };
+static int cols_split(int dt, int K, int ldw) {
+    return dt != LB_DTYPE_Q8_0 && K >= COLS_SPLIT_MIN && K <= COLS_SPLIT_MAX_K && ldw >= COLS_SPLIT_MIN &&
+                   ldw < COLS_SPLIT_MAX_N
+               ? K / 2 / 32 * 32
+               : 0;
+}
+INLINE int spread_row(int i, int rs) {
+    return rs > 1 && i < 8 * rs ? (i & 7) * rs + (i >> 3) : i;
+}
+
 // Rows [0, G) × columns [j, j + 8·NV) (the last vector holding lastN) over
 // W rows [k0, k1), from xp: the G rows' x over those k, packed k-major
 // (xp[6 (k − k0) + g], xs = 6), so that every broadcast comes from one
 // pointer; one row of x (decode) is read in place (xs = 1, NV up to 8).
+// Index k is row spread_row(k, rs) of W (rs 0: k order).
 // W points at bytes: F32, or BF16/F16/Q8_0 (dt) converted to F32 in
 // registers as it is loaded (exactly: the same values, the same sums).
 // Q8_0 (cols layout, as the AVX-512 kernel's): the block's scales are
 // converted once per 32 rows into sc, read as memory operands.
+// One row of W (at pk) into the G × NV accumulators, x from xp[g].
+INLINE T256 void cols_row256(int dt, __m256 a[6][8], int G, int NV, int lastN, __m256i lm, const char *pk,
+                             const float *xp, float sc[8][8]) {
+    const size_t es = wbytes(dt);
+    __m256 w[8];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; v++) {
+        w[v] = dt == LB_DTYPE_F32 && v == NV - 1 && lastN < 8
+                   ? _mm256_maskload_ps((const float *)pk + 8 * v, lm)
+                   : lb_wload256(dt, pk + 8 * es * v, v == NV - 1 ? lastN : 8);
+        if (dt == LB_DTYPE_Q8_0) w[v] = _mm256_mul_ps(w[v], _mm256_load_ps(sc[v]));
+    }
+#pragma GCC unroll 6
+    for (int g = 0; g < G; g++) {
+        __m256 xv = _mm256_broadcast_ss(xp + g);
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; v++) a[g][v] = _mm256_fmadd_ps(xv, w[v], a[g][v]);
+    }
+}
+
 INLINE T256 void cols_tile256(int dt, float *y, int ldy, const float *xp, int xs, int G, int NV, int lastN,
-                              const char *W, const uint16_t *d, int ldw, int k0, int k1, int j, int fromZero) {
+                              const char *W, const uint16_t *d, int ldw, int k0, int k1, int j, int fromZero, int rs) {
     const size_t es = wbytes(dt), rowBytes = (size_t)ldw * es;
     float sc[8][8] __attribute__((aligned(32)));
     __m256 a[6][8];
@@ -417,32 +469,33 @@ INLINE T256 void cols_tile256(int dt, float *y, int ldy, const float *xp, int xs
                       : v == NV - 1 && lastN < 8 ? _mm256_maskload_ps(src, lm)
                                                  : _mm256_loadu_ps(src);
         }
-    const char *p = W + ((size_t)k0 * ldw + j) * es;
-    // Q8_0: a block of 32 rows at a time, its scales converted first.
-    for (int kb = k0, ke; kb < k1; kb = ke) {
-        ke = dt == LB_DTYPE_Q8_0 && (kb / 32 + 1) * 32 < k1 ? (kb / 32 + 1) * 32 : k1;
-        if (dt == LB_DTYPE_Q8_0) {
-#pragma GCC unroll 8
-            for (int v = 0; v < NV; v++)
-                _mm256_store_ps(sc[v],
-                                lb_wload256(LB_DTYPE_F16, (const char *)(d + (size_t)(kb / 32) * ldw + j + 8 * v),
-                                            v == NV - 1 ? lastN : 8));
+    if (rs > 1) {
+        // Indices in groups of 8 take rows t, t + rs, …, t + 7·rs
+        // (spread_row); past 8·rs, rows in order. F32/BF16/F16 only.
+        const size_t spreadBytes = (size_t)rs * rowBytes;
+        for (int k = k0; k < k1;) {
+            if (k < 8 * rs && !(k & 7) && k + 8 <= k1) {
+                const char *q = W + ((size_t)(k >> 3) * ldw + j) * es;
+                for (int r = 0; r < 8; r++, q += spreadBytes, xp += xs) cols_row256(dt, a, G, NV, lastN, lm, q, xp, sc);
+                k += 8;
+            } else {
+                cols_row256(dt, a, G, NV, lastN, lm, W + ((size_t)spread_row(k, rs) * ldw + j) * es, xp, sc);
+                k++, xp += xs;
+            }
         }
-        for (int k = kb; k < ke; k++, p += rowBytes, xp += xs) {
-            __m256 w[8];
+    } else {
+        const char *p = W + ((size_t)k0 * ldw + j) * es;
+        // Q8_0: a block of 32 rows at a time, its scales converted first.
+        for (int kb = k0, ke; kb < k1; kb = ke) {
+            ke = dt == LB_DTYPE_Q8_0 && (kb / 32 + 1) * 32 < k1 ? (kb / 32 + 1) * 32 : k1;
+            if (dt == LB_DTYPE_Q8_0) {
 #pragma GCC unroll 8
-            for (int v = 0; v < NV; v++) {
-                w[v] = dt == LB_DTYPE_F32 && v == NV - 1 && lastN < 8
-                           ? _mm256_maskload_ps((const float *)p + 8 * v, lm)
-                           : lb_wload256(dt, p + 8 * es * v, v == NV - 1 ? lastN : 8);
-                if (dt == LB_DTYPE_Q8_0) w[v] = _mm256_mul_ps(w[v], _mm256_load_ps(sc[v]));
+                for (int v = 0; v < NV; v++)
+                    _mm256_store_ps(sc[v],
+                                    lb_wload256(LB_DTYPE_F16, (const char *)(d + (size_t)(kb / 32) * ldw + j + 8 * v),
+                                                v == NV - 1 ? lastN : 8));
             }
-#pragma GCC unroll 6
-            for (int g = 0; g < G; g++) {
-                __m256 xv = _mm256_broadcast_ss(xp + g);
-#pragma GCC unroll 8
-                for (int v = 0; v < NV; v++) a[g][v] = _mm256_fmadd_ps(xv, w[v], a[g][v]);
-            }
+            for (int k = kb; k < ke; k++, p += rowBytes, xp += xs) cols_row256(dt, a, G, NV, lastN, lm, p, xp, sc);
         }
     }
 #pragma GCC unroll 6
@@ -459,49 +512,57 @@ INLINE T256 void cols_tile256(int dt, float *y, int ldy, const float *xp, int xs
 
 // Full last vectors (lastN 8) get plain loads and stores: a masked load is
 // two micro-ops on Zen 2 and held a register the 6 × 2 tile needs.
-#define COLS256(DT, G_, NV_)                                                                                           \
+#define COLS256(DT, G_, NV_, RS)                                                                                       \
     do {                                                                                                               \
         if (lastN == 8)                                                                                                \
-            cols_tile256(DT, y, ldy, xp, 6, G_, NV_, 8, W, d, ldw, k0, k1, j, fromZero);                               \
+            cols_tile256(DT, y, ldy, xp, 6, G_, NV_, 8, W, d, ldw, k0, k1, j, fromZero, RS);                           \
         else                                                                                                           \
-            cols_tile256(DT, y, ldy, xp, 6, G_, NV_, lastN, W, d, ldw, k0, k1, j, fromZero);                           \
+            cols_tile256(DT, y, ldy, xp, 6, G_, NV_, lastN, W, d, ldw, k0, k1, j, fromZero, RS);                       \
     } while (0)
-#define COLS256_G(DT, NV_)                                                                                             \
+#define COLS256_G(DT, NV_, RS)                                                                                         \
     switch (G) {                                                                                                       \
     case 6:                                                                                                            \
-        COLS256(DT, 6, NV_);                                                                                           \
+        COLS256(DT, 6, NV_, RS);                                                                                       \
         break;                                                                                                         \
     case 5:                                                                                                            \
-        COLS256(DT, 5, NV_);                                                                                           \
+        COLS256(DT, 5, NV_, RS);                                                                                       \
         break;                                                                                                         \
     case 4:                                                                                                            \
-        COLS256(DT, 4, NV_);                                                                                           \
+        COLS256(DT, 4, NV_, RS);                                                                                       \
         break;                                                                                                         \
     case 3:                                                                                                            \
-        COLS256(DT, 3, NV_);                                                                                           \
+        COLS256(DT, 3, NV_, RS);                                                                                       \
         break;                                                                                                         \
     case 2:                                                                                                            \
-        COLS256(DT, 2, NV_);                                                                                           \
+        COLS256(DT, 2, NV_, RS);                                                                                       \
         break;                                                                                                         \
     default:                                                                                                           \
-        COLS256(DT, 1, NV_);                                                                                           \
+        COLS256(DT, 1, NV_, RS);                                                                                       \
         break;                                                                                                         \
     }
 
 // NV ≤ 2 (16 columns), G ≤ 6.
-#define COLS256_ANY(name, DT)                                                                                          \
+#define COLS256_ANY(name, DT, RS)                                                                                      \
     static T256 void name(float *y, int ldy, const float *xp, int G, int NV, int lastN, const char *W,                 \
-                          const uint16_t *d, int ldw, int k0, int k1, int j, int fromZero) {                           \
+                          const uint16_t *d, int ldw, int k0, int k1, int j, int fromZero, int rs) {                   \
+        (void)rs;                                                                                                      \
         if (NV == 2) {                                                                                                 \
-            COLS256_G(DT, 2);                                                                                          \
+            COLS256_G(DT, 2, RS);                                                                                      \
         } else {                                                                                                       \
-            COLS256_G(DT, 1);                                                                                          \
+            COLS256_G(DT, 1, RS);                                                                                      \
         }                                                                                                              \
     }
-COLS256_ANY(cols_tile256_f32, LB_DTYPE_F32)
-COLS256_ANY(cols_tile256_bf16, LB_DTYPE_BF16)
-COLS256_ANY(cols_tile256_f16, LB_DTYPE_F16)
-COLS256_ANY(cols_tile256_q8, LB_DTYPE_Q8_0)
+// The instances of a tile kernel: each dtype in k order (RS 0, a constant),
+// and F32/BF16/F16 in the spread order (RS rs, the argument).
+#define TILE256_INSTANCES(MAKE, name)                                                                                  \
+    MAKE(name##_f32, LB_DTYPE_F32, 0)                                                                                  \
+    MAKE(name##_bf16, LB_DTYPE_BF16, 0)                                                                                \
+    MAKE(name##_f16, LB_DTYPE_F16, 0)                                                                                  \
+    MAKE(name##_q8, LB_DTYPE_Q8_0, 0)                                                                                  \
+    MAKE(name##_f32_spread, LB_DTYPE_F32, rs)                                                                          \
+    MAKE(name##_bf16_spread, LB_DTYPE_BF16, rs)                                                                        \
+    MAKE(name##_f16_spread, LB_DTYPE_F16, rs)
+TILE256_INSTANCES(COLS256_ANY, cols_tile256)
 
 // One row of x over a tile of W (rows [k0, k1), columns [j0, j1)): strips
 // of 64 columns, then of 8 (the last one partial). Each 64-column strip
@@ -509,16 +570,17 @@ COLS256_ANY(cols_tile256_q8, LB_DTYPE_Q8_0)
 // next tile's, t), all its rows, into L1.
 enum { ONE256_TILE_ROWS = 8, ONE256_TILE_BYTES = 8192, ONE256_PF_STRIPS = 2 };
 INLINE T256 void one_tile256(int dt, float *y, const float *x, const char *W, const uint16_t *d, int ldw, int k0,
-                             int k1, int j0, int j1, int fromZero, const lb_tile *t, int hasNext) {
+                             int k1, int j0, int j1, int fromZero, const lb_tile *t, int hasNext, int rs) {
     const size_t es = wbytes(dt), rowBytes = (size_t)ldw * es;
     int j = j0;
     for (; j + 64 <= j1; j += 64) {
         int ja = j + 64 * ONE256_PF_STRIPS, c = hasNext ? t->c0 + (ja - j1) : 0;
         const char *pf = NULL;
         int rows = 0;
-        if (ja < j1)
+        // Spread rows are eight runs the hardware prefetchers follow.
+        if (rs <= 1 && ja < j1)
             pf = W + ((size_t)k0 * ldw + ja) * es, rows = k1 - k0;
-        else if (hasNext && c < t->c1)
+        else if (rs <= 1 && hasNext && c < t->c1)
             pf = W + ((size_t)t->r0 * ldw + c) * es, rows = t->nrows;
         for (int r = 0; r < rows; r++) {
             const char *q = pf + (size_t)r * rowBytes;
@@ -526,26 +588,24 @@ INLINE T256 void one_tile256(int dt, float *y, const float *x, const char *W, co
             // Off a line's start, the strip's last bytes are in one more line.
             if ((uintptr_t)q & 63) _mm_prefetch(q + 64 * es - 1, _MM_HINT_T0);
         }
-        cols_tile256(dt, y, 0, x + k0, 1, 1, 8, 8, W, d, ldw, k0, k1, j, fromZero);
+        cols_tile256(dt, y, 0, x + k0, 1, 1, 8, 8, W, d, ldw, k0, k1, j, fromZero, rs);
     }
     for (; j < j1; j += 8) {
         int n = j1 - j < 8 ? j1 - j : 8;
         if (n == 8)
-            cols_tile256(dt, y, 0, x + k0, 1, 1, 1, 8, W, d, ldw, k0, k1, j, fromZero);
+            cols_tile256(dt, y, 0, x + k0, 1, 1, 1, 8, W, d, ldw, k0, k1, j, fromZero, rs);
         else
-            cols_tile256(dt, y, 0, x + k0, 1, 1, 1, n, W, d, ldw, k0, k1, j, fromZero);
+            cols_tile256(dt, y, 0, x + k0, 1, 1, 1, n, W, d, ldw, k0, k1, j, fromZero, rs);
     }
 }
 
-#define ONE256(name, DT)                                                                                               \
+#define ONE256(name, DT, RS)                                                                                           \
     static T256 void name(float *y, const float *x, const char *W, const uint16_t *d, int ldw, int k0, int k1, int j0, \
-                          int j1, int fromZero, const lb_tile *t, int hasNext) {                                       \
-        one_tile256(DT, y, x, W, d, ldw, k0, k1, j0, j1, fromZero, t, hasNext);                                        \
+                          int j1, int fromZero, const lb_tile *t, int hasNext, int rs) {                               \
+        (void)rs;                                                                                                      \
+        one_tile256(DT, y, x, W, d, ldw, k0, k1, j0, j1, fromZero, t, hasNext, RS);                                    \
     }
-ONE256(one_tile256_f32, LB_DTYPE_F32)
-ONE256(one_tile256_bf16, LB_DTYPE_BF16)
-ONE256(one_tile256_f16, LB_DTYPE_F16)
-ONE256(one_tile256_q8, LB_DTYPE_Q8_0)
+TILE256_INSTANCES(ONE256, one_tile256)
 
 // Decode's products on AVX2: tiles of ONE256_TILE_ROWS rows ×
 // ONE256_TILE_BYTES of each row (runs the hardware prefetchers follow), in
@@ -557,23 +617,35 @@ ONE256(one_tile256_q8, LB_DTYPE_Q8_0)
 // rows (which read the weights at 15 and 10 GB/s); F32 within the noise of
 // the tiles before (the same 8 × 2048, without the prefetch).
 static T256 void gemv_cols_avx2_tiles(int dt, float *y, const float *x, const void *Wv, const uint16_t *d, int K,
-                                      int ldw, int n0, int n1, int beta0) {
+                                      int ldw, int n0, int n1, int beta0, int rs) {
     const char *W = Wv;
     const int tileRows = ONE256_TILE_ROWS, tileCols = ONE256_TILE_BYTES / (int)wbytes(dt);
+    // A spread order reads x in that order too (K ≤ COLS_SPLIT_MAX_K).
+    float xs[COLS_SPLIT_MAX_K] __attribute__((aligned(32)));
+    if (rs > 1) {
+        for (int k = 0; k < K; k++) xs[k] = x[spread_row(k, rs)];
+        x = xs;
+    }
     for (int jt = n0; jt < n1; jt += tileCols) {
         int jt1 = n1 - jt < tileCols ? n1 : jt + tileCols;
         for (int k0 = 0; k0 < K; k0 += tileRows) {
             int k1 = K - k0 < tileRows ? K : k0 + tileRows, z = k0 == 0 && beta0;
             lb_tile t;
             int hasNext = lb_tile_ahead(n0, n1, K, tileRows, tileCols, jt, k0, 1, &t);
-            if (dt == LB_DTYPE_BF16)
-                one_tile256_bf16(y, x, W, d, ldw, k0, k1, jt, jt1, z, &t, hasNext);
+            if (rs > 1 && dt == LB_DTYPE_BF16)
+                one_tile256_bf16_spread(y, x, W, d, ldw, k0, k1, jt, jt1, z, &t, hasNext, rs);
+            else if (rs > 1 && dt == LB_DTYPE_F16)
+                one_tile256_f16_spread(y, x, W, d, ldw, k0, k1, jt, jt1, z, &t, hasNext, rs);
+            else if (rs > 1)
+                one_tile256_f32_spread(y, x, W, d, ldw, k0, k1, jt, jt1, z, &t, hasNext, rs);
+            else if (dt == LB_DTYPE_BF16)
+                one_tile256_bf16(y, x, W, d, ldw, k0, k1, jt, jt1, z, &t, hasNext, rs);
             else if (dt == LB_DTYPE_F16)
-                one_tile256_f16(y, x, W, d, ldw, k0, k1, jt, jt1, z, &t, hasNext);
+                one_tile256_f16(y, x, W, d, ldw, k0, k1, jt, jt1, z, &t, hasNext, rs);
             else if (dt == LB_DTYPE_Q8_0)
-                one_tile256_q8(y, x, W, d, ldw, k0, k1, jt, jt1, z, &t, hasNext);
+                one_tile256_q8(y, x, W, d, ldw, k0, k1, jt, jt1, z, &t, hasNext, rs);
             else
-                one_tile256_f32(y, x, W, d, ldw, k0, k1, jt, jt1, z, &t, hasNext);
+                one_tile256_f32(y, x, W, d, ldw, k0, k1, jt, jt1, z, &t, hasNext, rs);
         }
     }
 }
@@ -583,7 +655,8 @@ static T256 void gemv_cols_avx2_tiles(int dt, float *y, const float *x, const vo
 // pass over them. The strip COLS256_PF_STRIPS ahead (in this tile, or the
 // next tile's) is prefetched into L1, each group issuing its share of its
 // rows. One row of x (decode) goes through gemv_cols_avx2_tiles above. At
-// most COLS256_ROWS rows of x at a time (the packed x's size).
+// most COLS256_ROWS rows of x at a time (the packed x's size). Rows of W
+// in the order spread_row(·, rs) gives (x packed in that order).
 // Measured on AMD EPYC Zen 2 (GPT-2's 48 block products, weights from
 // memory; the kernel before: 16-column strips of 64 rows, no prefetch):
 // 16 rows, 1 thread, 108 → 65 ms with the tile two ahead prefetched as on
@@ -591,18 +664,10 @@ static T256 void gemv_cols_avx2_tiles(int dt, float *y, const float *x, const vo
 // prefetch into L2 also fills L1, and 128 KiB ahead evicted the strips in
 // use; 2 threads: 35 → 30 ms, minima of five rounds).
 enum { COLS256_ROWS = 132, COLS256_TILE_ROWS = 32, COLS256_TILE_COLS = 512, COLS256_PF_STRIPS = 2 };
-static T256 void gemm_cols_avx2(int dt, float *y, int ldy, const float *x, int ldx, int M, const void *Wv,
-                                const uint16_t *d, int K, int ldw, int n0, int n1, int beta0) {
-    if (M > COLS256_ROWS) {
-        for (int m = 0; m < M; m += COLS256_ROWS)
-            gemm_cols_avx2(dt, y + (size_t)m * ldy, ldy, x + (size_t)m * ldx, ldx,
-                           M - m < COLS256_ROWS ? M - m : COLS256_ROWS, Wv, d, K, ldw, n0, n1, beta0);
-        return;
-    }
-    if (M == 1) {
-        gemv_cols_avx2_tiles(dt, y, x, Wv, d, K, ldw, n0, n1, beta0);
-        return;
-    }
+// 2 to COLS256_ROWS rows of x; rs: 0 in the k-order instance, so that its
+// spread branches fold away.
+INLINE T256 void cols_avx2_many(int dt, float *y, int ldy, const float *x, int ldx, int M, const void *Wv,
+                                const uint16_t *d, int K, int ldw, int n0, int n1, int beta0, int rs) {
     const char *W = Wv;
     const size_t es = wbytes(dt);
     float xp[COLS256_ROWS * COLS256_TILE_ROWS] __attribute__((aligned(32)));
@@ -611,45 +676,133 @@ static T256 void gemm_cols_avx2(int dt, float *y, int ldy, const float *x, int l
         int jt1 = n1 - jt < tileCols ? n1 : jt + tileCols;
         for (int k0 = 0; k0 < K; k0 += tileRows) {
             int k1 = K - k0 < tileRows ? K : k0 + tileRows;
-            for (int m = 0; m < M; m++) {
-                float *dst = xp + (size_t)(m / 6) * tileRows * 6 + m % 6;
-                for (int k = k0; k < k1; k++) dst[6 * (k - k0)] = x[(size_t)m * ldx + k];
-            }
             lb_tile next;
             int hasNext = lb_tile_ahead(n0, n1, K, tileRows, tileCols, jt, k0, 1, &next);
+            // Spread order: this tile's rows and the next tile's (the
+            // prefetch's), looked up, not recomputed in the loops below.
+            int row[COLS256_TILE_ROWS];
+            size_t off[2][COLS256_TILE_ROWS];
+            if (rs > 1) {
+                for (int k = k0; k < k1; k++)
+                    row[k - k0] = spread_row(k, rs), off[0][k - k0] = (size_t)row[k - k0] * ldw * es;
+                for (int r = 0; hasNext && r < next.nrows; r++)
+                    off[1][r] = (size_t)spread_row(next.r0 + r, rs) * ldw * es;
+            }
+            for (int m = 0; m < M; m++) {
+                float *dst = xp + (size_t)(m / 6) * tileRows * 6 + m % 6;
+                const float *xm = x + (size_t)m * ldx;
+                if (rs > 1)
+                    for (int k = k0; k < k1; k++) dst[6 * (k - k0)] = xm[row[k - k0]];
+                else
+                    for (int k = k0; k < k1; k++) dst[6 * (k - k0)] = xm[k];
+            }
             for (int j = jt; j < jt1; j += sw) {
                 int width = jt1 - j < sw ? jt1 - j : sw;
                 int NV = (width + 7) / 8;
                 int lastN = width - 8 * (NV - 1);
-                // The strip COLS256_PF_STRIPS ahead: its first row and rows.
-                const char *pf = NULL;
-                int pfRows = 0, ja = j + COLS256_PF_STRIPS * sw, c = hasNext ? next.c0 + (ja - jt1) : 0;
+                // The strip COLS256_PF_STRIPS ahead: its column and rows.
+                int pfc = 0, pfk = 0, pfRows = 0, ja = j + COLS256_PF_STRIPS * sw,
+                    c = hasNext ? next.c0 + (ja - jt1) : 0;
+                const size_t *pfOff = off[0];
                 if (ja < jt1)
-                    pf = W + ((size_t)k0 * ldw + ja) * es, pfRows = k1 - k0;
+                    pfc = ja, pfk = k0, pfRows = k1 - k0;
                 else if (hasNext && c < next.c1)
-                    pf = W + ((size_t)next.r0 * ldw + c) * es, pfRows = next.nrows;
+                    pfc = c, pfk = next.r0, pfRows = next.nrows, pfOff = off[1];
                 // A strip's 16 columns may span two lines.
-                int second = pf && (((uintptr_t)pf & 63) + 16 * es > 64 || ((size_t)ldw * es) % 64);
+                int second =
+                    pfRows && ((((uintptr_t)W + (size_t)pfc * es) & 63) + 16 * es > 64 || ((size_t)ldw * es) % 64);
                 for (int m = 0, g = 0; m < M; m += 6, g++) {
+                    const char *pf = W + ((size_t)pfk * ldw + pfc) * es;
                     for (int r = g; r < pfRows; r += groups) {
-                        const char *q = pf + (size_t)r * ldw * es;
+                        const char *q = rs > 1 ? W + pfOff[r] + (size_t)pfc * es : pf + (size_t)r * ldw * es;
                         _mm_prefetch(q, _MM_HINT_T0);
                         if (second) _mm_prefetch(q + 16 * es - 1, _MM_HINT_T0);
                     }
                     float *ym = y + (size_t)m * ldy;
                     const float *xg = xp + (size_t)g * tileRows * 6;
                     int G = M - m < 6 ? M - m : 6, z = k0 == 0 && beta0;
-                    if (dt == LB_DTYPE_BF16)
-                        cols_tile256_bf16(ym, ldy, xg, G, NV, lastN, W, d, ldw, k0, k1, j, z);
+                    if (rs > 1 && dt == LB_DTYPE_BF16)
+                        cols_tile256_bf16_spread(ym, ldy, xg, G, NV, lastN, W, d, ldw, k0, k1, j, z, rs);
+                    else if (rs > 1 && dt == LB_DTYPE_F16)
+                        cols_tile256_f16_spread(ym, ldy, xg, G, NV, lastN, W, d, ldw, k0, k1, j, z, rs);
+                    else if (rs > 1)
+                        cols_tile256_f32_spread(ym, ldy, xg, G, NV, lastN, W, d, ldw, k0, k1, j, z, rs);
+                    else if (dt == LB_DTYPE_BF16)
+                        cols_tile256_bf16(ym, ldy, xg, G, NV, lastN, W, d, ldw, k0, k1, j, z, rs);
                     else if (dt == LB_DTYPE_F16)
-                        cols_tile256_f16(ym, ldy, xg, G, NV, lastN, W, d, ldw, k0, k1, j, z);
+                        cols_tile256_f16(ym, ldy, xg, G, NV, lastN, W, d, ldw, k0, k1, j, z, rs);
                     else if (dt == LB_DTYPE_Q8_0)
-                        cols_tile256_q8(ym, ldy, xg, G, NV, lastN, W, d, ldw, k0, k1, j, z);
+                        cols_tile256_q8(ym, ldy, xg, G, NV, lastN, W, d, ldw, k0, k1, j, z, rs);
                     else
-                        cols_tile256_f32(ym, ldy, xg, G, NV, lastN, W, d, ldw, k0, k1, j, z);
+                        cols_tile256_f32(ym, ldy, xg, G, NV, lastN, W, d, ldw, k0, k1, j, z, rs);
                 }
             }
         }
+    }
+}
+
+static T256 void cols_avx2_many_k(int dt, float *y, int ldy, const float *x, int ldx, int M, const void *W,
+                                  const uint16_t *d, int K, int ldw, int n0, int n1, int beta0) {
+    cols_avx2_many(dt, y, ldy, x, ldx, M, W, d, K, ldw, n0, n1, beta0, 0);
+}
+static T256 void cols_avx2_many_spread(int dt, float *y, int ldy, const float *x, int ldx, int M, const void *W, int K,
+                                       int ldw, int n0, int n1, int beta0, int rs) {
+    cols_avx2_many(dt, y, ldy, x, ldx, M, W, NULL, K, ldw, n0, n1, beta0, rs);
+}
+
+static T256 void cols_avx2_rows(int dt, float *y, int ldy, const float *x, int ldx, int M, const void *Wv,
+                                const uint16_t *d, int K, int ldw, int n0, int n1, int beta0, int rs) {
+    if (M > COLS256_ROWS) {
+        for (int m = 0; m < M; m += COLS256_ROWS)
+            cols_avx2_rows(dt, y + (size_t)m * ldy, ldy, x + (size_t)m * ldx, ldx,
+                           M - m < COLS256_ROWS ? M - m : COLS256_ROWS, Wv, d, K, ldw, n0, n1, beta0, rs);
+    } else if (M == 1) {
+        gemv_cols_avx2_tiles(dt, y, x, Wv, d, K, ldw, n0, n1, beta0, rs);
+    } else if (rs > 1) {
+        cols_avx2_many_spread(dt, y, ldy, x, ldx, M, Wv, K, ldw, n0, n1, beta0, rs);
+    } else {
+        cols_avx2_many_k(dt, y, ldy, x, ldx, M, Wv, d, K, ldw, n0, n1, beta0);
+    }
+}
+
+// One part of a split product (cols_split): rows [0, kh) or [kh, K), each
+// in its spread order; part 1 starts from zero.
+static T256 void cols_avx2_part(int dt, int part, int kh, float *y, int ldy, const float *x, int ldx, int M,
+                                const void *Wv, int K, int ldw, int n0, int n1, int beta0) {
+    const char *W = Wv;
+    if (part == 0)
+        cols_avx2_rows(dt, y, ldy, x, ldx, M, W, NULL, kh, ldw, n0, n1, beta0, kh / 8);
+    else
+        cols_avx2_rows(dt, y, ldy, x + kh, ldx, M, W + (size_t)kh * ldw * wbytes(dt), NULL, K - kh, ldw, n0, n1, 1,
+                       (K - kh) / 8);
+}
+
+// The AVX2 columns form: y (+)= x·W over columns [n0, n1), each output the
+// k-order sum, or for cols_split's shapes the two parts' sums added.
+static T256 void gemm_cols_avx2(int dt, float *y, int ldy, const float *x, int ldx, int M, const void *Wv,
+                                const uint16_t *d, int K, int ldw, int n0, int n1, int beta0) {
+    int kh = cols_split(dt, K, ldw), width = n1 - n0;
+    if (!kh) {
+        cols_avx2_rows(dt, y, ldy, x, ldx, M, Wv, d, K, ldw, n0, n1, beta0, 0);
+        return;
+    }
+    float stackPart[COLS_SPLIT_MAX_N] __attribute__((aligned(32)));
+    float *hi = (size_t)M * width <= COLS_SPLIT_MAX_N ? stackPart : lb_thread_scratch_slot(1, (size_t)M * width);
+    if (!hi) {
+        // No memory for all rows' second parts: a few rows at a time (the
+        // same numbers: each row's sums are its own).
+        int step = COLS_SPLIT_MAX_N / width;
+        for (int m = 0; m < M; m += step)
+            gemm_cols_avx2(dt, y + (size_t)m * ldy, ldy, x + (size_t)m * ldx, ldx, M - m < step ? M - m : step, Wv, d,
+                           K, ldw, n0, n1, beta0);
+        return;
+    }
+    cols_avx2_part(dt, 0, kh, y, ldy, x, ldx, M, Wv, K, ldw, n0, n1, beta0);
+    cols_avx2_part(dt, 1, kh, hi, width, x, ldx, M, (const char *)Wv + (size_t)n0 * wbytes(dt), K, ldw, 0, width, 1);
+    for (int m = 0; m < M; m++) {
+        float *ym = y + (size_t)m * ldy + n0;
+        const float *hm = hi + (size_t)m * width;
+        for (int j = 0; j < width; j++) ym[j] += hm[j];
     }
 }
 
@@ -750,6 +903,27 @@ void lb_gemm_cols_at(int level, float *y, int ldy, const float *x, int ldx, int 
 #endif
     for (int m = 0; m < M; m++)
         lb_gemv_cols_at(level, y + (size_t)m * ldy, x + (size_t)m * ldx, W, K, ldw, n0, n1, beta0);
+}
+
+int lb_cols_split_at(int level, int dtype, int K, int ldw) {
+#if defined(__x86_64__)
+    if (avx2_runs(level)) return cols_split(dtype, K, ldw);
+#endif
+    (void)level, (void)dtype, (void)K, (void)ldw;
+    return 0;
+}
+
+void lb_gemv_cols_part(int level, int dtype, float *y, const float *x, const void *W, int K, int ldw, int part, int n0,
+                       int n1, int beta0) {
+    if (n1 <= n0) return;
+#if defined(__x86_64__)
+    int kh = lb_cols_split_at(level, dtype, K, ldw);
+    if (kh && (part == 0 || part == 1)) {
+        cols_avx2_part(dtype, part, kh, y, 0, x, 0, 1, W, K, ldw, n0, n1, beta0);
+        return;
+    }
+#endif
+    (void)level, (void)dtype, (void)y, (void)x, (void)W, (void)K, (void)ldw, (void)part, (void)beta0;
 }
 
 void lb_gemm_rows_at(int level, float *y, int ldy, const float *x, int ldx, int M, const float *W, int C, int ldw,
@@ -855,10 +1029,11 @@ void lb_gemm_cols_lowp_at(int level, int dtype, int cols_layout, float *y, int l
         gemm_cols_avx512(dtype, y, ldy, x, ldx, M, W, d, K, ldw, n0, n1, beta0);
         return;
     }
-    if (level >= LB_KERNELS_AVX2 && lb_cpu_has_avx2_fma() &&
+    // cols_split's shapes always (the panels below sum in k order).
+    if (avx2_runs(level) &&
         (dtype == LB_DTYPE_BF16 || dtype == LB_DTYPE_F16 ||
          (dtype == LB_DTYPE_Q8_0 && cols_layout && M <= COLS_WIDE_MAX_M)) &&
-        lb_lowp_in_registers()) {
+        (lb_lowp_in_registers() || cols_split(dtype, K, ldw))) {
         gemm_cols_avx2(dtype, y, ldy, x, ldx, M, W, d, K, ldw, n0, n1, beta0);
         return;
     }

@@ -198,8 +198,9 @@ INLINE T256 void cols_block256(float *y, const float *x, const float *W, int K, 
 static T256 void gemv_cols_avx2(float *y, const float *x, const float *W, int K, int ldw, int n0, int n1, int beta0) {
     // Wide products: gemm_small.c's one-row tiles (8 rows × 8 KiB),
     // the same sums in the same order. AMD EPYC Zen 2, 1 thread, GPT-2's 48
-    // block products: 40 → 25 ms, a plain read of the weights' speed.
-    if (K >= 8 && n1 - n0 >= 512) {
+    // block products: 40 → 25 ms, a plain read of the weights' speed. Its
+    // split shapes (lb_cols_split_at) at any width: their order is its own.
+    if ((K >= 8 && n1 - n0 >= 512) || lb_cols_split_at(LB_KERNELS_AVX2, LB_DTYPE_F32, K, ldw)) {
         lb_gemm_cols_at(LB_KERNELS_AVX2, y, 0, x, 0, 1, W, K, ldw, n0, n1, beta0);
         return;
     }

@@ -535,16 +535,17 @@ void lb_dequant_panel_at(int level, int dtype, int cols_layout, float *dst, int 
             dst[(size_t)(r - r0) * ldd + (c - c0)] = weight_at(dtype, W, d, r, c, C, cols_layout, ncb);
 }
 
-// One scratch area per thread, grown on demand and freed when the thread ends.
+// Scratch areas per thread (LB_SCRATCH_SLOTS, each for one user), grown on
+// demand and freed when the thread ends.
 typedef struct {
-    float *p;
-    size_t cap;
+    float *p[LB_SCRATCH_SLOTS];
+    size_t cap[LB_SCRATCH_SLOTS];
 } scratch_t;
 static pthread_key_t scratch_key;
 static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
 static void scratch_free(void *v) {
     scratch_t *s = v;
-    free(s->p);
+    for (int i = 0; i < LB_SCRATCH_SLOTS; i++) free(s->p[i]);
     free(s);
 }
 static void scratch_init(void) {
@@ -552,6 +553,11 @@ static void scratch_init(void) {
 }
 
 float *lb_thread_scratch(size_t count) {
+    return lb_thread_scratch_slot(0, count);
+}
+
+float *lb_thread_scratch_slot(int slot, size_t count) {
+    if (slot < 0 || slot >= LB_SCRATCH_SLOTS) return NULL;
     pthread_once(&scratch_once, scratch_init);
     scratch_t *s = pthread_getspecific(scratch_key);
     if (!s) {
@@ -562,14 +568,14 @@ float *lb_thread_scratch(size_t count) {
             return NULL;
         }
     }
-    if (s->cap < count) {
+    if (s->cap[slot] < count) {
         void *p = NULL;
         if (posix_memalign(&p, 64, count * sizeof(float)) != 0) return NULL;
-        free(s->p);
-        s->p = p;
-        s->cap = count;
+        free(s->p[slot]);
+        s->p[slot] = p;
+        s->cap[slot] = count;
     }
-    return s->p;
+    return s->p[slot];
 }
 
 #if defined(__x86_64__)
@@ -585,6 +591,10 @@ static gemv_lowp_fn avx512_kernel(int level, int dtype, gemv_lowp_fn bf16, gemv_
 
 void lb_gemv_cols_lowp(int level, int dtype, float *y, const float *x, const void *W, const uint16_t *d, int K, int ldw,
                        int n0, int n1, int beta0) {
+    if (dtype == LB_DTYPE_F32) {
+        lb_gemv_cols_at(level, y, x, W, K, ldw, n0, n1, beta0);
+        return;
+    }
 #if defined(__x86_64__)
     // On AMD, wide BF16/F16 products run gemm_small.c's tiles of 32 rows ×
     // 512 columns on this one row, converting in registers (the same sums

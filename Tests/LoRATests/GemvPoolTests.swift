@@ -6,7 +6,8 @@ import Testing
 
 /// The decode matrix–vector kernels (CLoraSupport/gemv.c) at every
 /// instruction-set level this CPU runs, against double precision (and the
-/// columns form bit for bit against its k-order FMA sum), on shapes
+/// columns form bit for bit against its k-order FMA sum, or the AVX2
+/// level's split order where it splits), on shapes
 /// with vector tails and misaligned weights; and the worker pool
 /// (CLoraSupport/pool.c) under nesting and concurrent submitters.
 @Suite struct GemvPoolTests {
@@ -20,7 +21,9 @@ import Testing
 
     @Test func columnsMatchDoublePrecision() {
         var rng = SplitMix64(seed: 11)
-        for (K, N) in [(1, 1), (3, 17), (33, 200), (48, 144), (768, 2304), (3072, 13), (100, 1_300), (769, 600), (20, 4_100)] {
+        for (K, N) in [
+            (1, 1), (3, 17), (33, 200), (48, 144), (768, 2304), (3072, 13), (100, 1_300), (769, 600), (20, 4_100), (3072, 768),
+        ] {
             // One float of offset makes every row start off a cache line.
             for offset in [0, 1, 5] {
                 let ldw = N + (N % 16 == 0 ? 0 : 3)
@@ -39,25 +42,57 @@ import Testing
                         }
                         var worst = 0.0
                         var sameBits = true
+                        let kh = Int(lb_cols_split_at(level, LB_DTYPE_F32, Int32(K), Int32(ldw)))
                         for n in 0..<N {
                             var s = beta0 == 1 ? 0 : Double(y0[n])
                             var mag = abs(s)
-                            var f: Float = beta0 == 1 ? 0 : y0[n]
                             for k in 0..<K {
                                 let t = Double(x[k]) * Double(w[offset + k * ldw + n])
                                 s += t; mag += abs(t)
-                                f.addProduct(x[k], w[offset + k * ldw + n])
                             }
+                            let f = Self.columnSum(
+                                x: x, w: Array(w[offset...]), ldw: ldw, K: K, n: n, start: beta0 == 1 ? 0 : y0[n], split: kh)
                             worst = max(worst, abs(Double(y[n]) - s) / max(mag, 1e-30))
                             sameBits = sameBits && y[n].bitPattern == f.bitPattern
                         }
                         #expect(worst < Self.tolerance, "cols level \(level) K \(K) N \(N) offset \(offset) beta0 \(beta0): \(worst)")
-                        // Every level: one fused multiply-add per k, in k order.
-                        #expect(sameBits, "cols level \(level) K \(K) N \(N) offset \(offset) beta0 \(beta0): not the k-order FMA sum")
+                        // Every level: one fused multiply-add per k, in k order,
+                        // or in the AVX2 split order.
+                        #expect(sameBits, "cols level \(level) K \(K) N \(N) offset \(offset) beta0 \(beta0): not the FMA sum in order")
+                        if kh > 0 {
+                            // Its two parts, as two workers compute them, added.
+                            var p0 = y0
+                            var p1 = [Float](repeating: .nan, count: N)
+                            w.withUnsafeBufferPointer { wp in
+                                let W = UnsafeRawPointer(wp.baseAddress! + offset)
+                                lb_gemv_cols_part(level, LB_DTYPE_F32, &p0, x, W, Int32(K), Int32(ldw), 0, 0, Int32(N), beta0)
+                                lb_gemv_cols_part(level, LB_DTYPE_F32, &p1, x, W, Int32(K), Int32(ldw), 1, 0, Int32(N), beta0)
+                            }
+                            #expect((0..<N).allSatisfy { (p0[$0] + p1[$0]).bitPattern == y[$0].bitPattern }, "parts K \(K) N \(N)")
+                        }
                     }
                 }
             }
         }
+    }
+
+    /// Output n of the columns form in its order: the FMA sum over k in k
+    /// order from `start`, or, where the AVX2 level splits the product at
+    /// `split`, the parts [0, split) (from `start`) and [split, K) (from 0)
+    /// added, each taking row (i mod 8)·s + i/8 at index i < 8s, s = its
+    /// rows / 8, then the rest in order (gemm_small.c).
+    static func columnSum(x: [Float], w: [Float], ldw: Int, K: Int, n: Int, start: Float, split: Int) -> Float {
+        func part(_ lo: Int, _ hi: Int, _ from: Float, spread: Bool) -> Float {
+            var f = from
+            let s = spread ? (hi - lo) / 8 : 0
+            for i in 0..<(hi - lo) {
+                let k = lo + (s > 1 && i < 8 * s ? (i % 8) * s + i / 8 : i)
+                f.addProduct(x[k], w[k * ldw + n])
+            }
+            return f
+        }
+        if split == 0 { return part(0, K, start, spread: false) }
+        return part(0, split, start, spread: true) + part(split, K, 0, spread: true)
     }
 
     @Test func rowsMatchDoublePrecision() {
@@ -172,6 +207,9 @@ import Testing
         for (M, K, N) in [
             (1, 1, 1), (2, 3, 17), (7, 65, 200), (13, 130, 80), (6, 768, 2304), (16, 769, 33), (3, 100, 1_300), (40, 70, 300),
             (1, 41, 2_100), (33, 70, 530), (140, 20, 40),
+            // Split by the AVX2 level: a tail past 8·(part/8), a second part
+            // for more rows than fit on the stack, more than 132 rows.
+            (16, 769, 600), (40, 512, 300), (140, 300, 530),
         ] {
             let ldw = N + 3
             let ldx = K + 1

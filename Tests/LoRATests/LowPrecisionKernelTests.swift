@@ -140,12 +140,16 @@ import Testing
                 let c = store(dtype, w, rows: K, cols: N, colsLayout: true)
                 let r = store(dtype, w, rows: K, cols: N, colsLayout: false)
                 for level in levels {
-                    // The F32 kernel the reduced-precision one mirrors at this level.
+                    // The F32 kernel the reduced-precision one mirrors at this
+                    // level; Q8_0 keeps k order where the AVX2 level splits
+                    // F32's sums (gemm_small.c): the baseline's.
                     let ref = level
+                    let split = lb_cols_split_at(level, LB_DTYPE_F32, Int32(K), Int32(N)) > 0
+                    let colsRef = dtype == LB_DTYPE_Q8_0 && split ? LB_KERNELS_BASELINE : level
                     for beta0: Int32 in [0, 1] {
                         var a = Array(y0.prefix(N))
                         var b = a
-                        lb_gemv_cols_at(ref, &a, x, c.f32, Int32(K), Int32(N), 0, Int32(N), beta0)
+                        lb_gemv_cols_at(colsRef, &a, x, c.f32, Int32(K), Int32(N), 0, Int32(N), beta0)
                         c.raw.withUnsafeBytes {
                             lb_gemv_cols_lowp(level, dtype, &b, x, $0.baseAddress, c.d, Int32(K), Int32(N), 0, Int32(N / 2), beta0)
                         }
@@ -210,12 +214,15 @@ import Testing
         defer { lb_set_lowp_in_registers(-1) }
         var rng = SplitMix64(seed: 26)
         let levels: [Int32] = [LB_KERNELS_BASELINE, LB_KERNELS_AVX2, LB_KERNELS_AVX512].filter { lb_kernels_for($0) != nil }
-        for (R, C) in [(130, 70), (9, 200)] {
+        // (300, 260): split by the AVX2 level (gemm_small.c), except Q8_0.
+        for (R, C) in [(130, 70), (9, 200), (300, 260)] {
             let w = (0..<(R * C)).map { _ in (rng.nextFloat() - 0.5) * 0.4 }
             for dtype in Self.dtypes {
                 for colsLayout in [true, false] {
                     let s = store(dtype, w, rows: R, cols: C, colsLayout: colsLayout)
                     for level in levels {
+                        let split = lb_cols_split_at(level, LB_DTYPE_F32, Int32(R), Int32(C)) > 0
+                        let colsRef = dtype == LB_DTYPE_Q8_0 && split ? LB_KERNELS_BASELINE : level
                         for beta0: Int32 in [1, 0] {
                             // Columns form: y[M, C] (+)= x[M, R] · W[R, C] over columns [3, C − 1).
                             let xc = (0..<(M * R)).map { _ in rng.nextFloat() - 0.5 }
@@ -228,7 +235,7 @@ import Testing
                                     Int32(R), Int32(C), 3, Int32(C - 1), beta0)
                             }
                             lb_gemm_cols_at(
-                                level, &want, Int32(C), xc, Int32(R), Int32(M), s.f32, Int32(R), Int32(C), 3, Int32(C - 1), beta0)
+                                colsRef, &want, Int32(C), xc, Int32(R), Int32(M), s.f32, Int32(R), Int32(C), 3, Int32(C - 1), beta0)
                             #expect(got == want, "cols dtype \(dtype) layout \(colsLayout) level \(level) \(R)x\(C) beta0 \(beta0)")
                             // Rows form: y[M, R] (+)= x[M, C] · W[R, C]ᵀ over rows [1, R), tiles of a few rows.
                             let xr = (0..<(M * C)).map { _ in rng.nextFloat() - 0.5 }

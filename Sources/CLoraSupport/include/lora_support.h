@@ -87,6 +87,17 @@ LB_HIDDEN void lb_gemv_cols_at(int level, float *y, const float *x, const float 
                                int beta0);
 LB_HIDDEN void lb_gemv_rows_at(int level, float *y, const float *x, const float *W, int C, int ldw, int r0, int r1,
                                int beta0);
+// The columns form's split (AVX2 level only, gemm_small.c): for a product of
+// K rows of W with row length ldw in `dtype`, kh > 0 when each output is the
+// sum of two parts, rows [0, kh) and [kh, K), each summed in its own order,
+// added at the end; 0 when outputs are k-order sums.
+LB_HIDDEN int lb_cols_split_at(int level, int dtype, int K, int ldw);
+// One part of such a product (lb_cols_split_at > 0; W as lb_gemv_cols_lowp's,
+// F32/BF16/F16), columns [n0, n1): part 0 into y (from y, or zero with
+// beta0), part 1 into y from zero. y = part 0 + part 1 is lb_gemv_cols_at's
+// or lb_gemv_cols_lowp's result, bit for bit: workers can take one part each.
+LB_HIDDEN void lb_gemv_cols_part(int level, int dtype, float *y, const float *x, const void *W, int K, int ldw,
+                                 int part, int n0, int n1, int beta0);
 
 // Products with few rows of x (gemm_small.c, same kernels and levels): row m
 // of y equals lb_gemv_cols / lb_gemv_rows on row m of x, bit for bit.
@@ -147,7 +158,8 @@ LB_HIDDEN void lb_dequant_rows(int dtype, float *dst, int ldd, const void *W, co
                                int r1);
 // lb_gemv_cols_at / lb_gemv_rows_at for weights stored as dtype (d: Q8_0 scales, else unused).
 // AVX-512 or AVX2+FMA+F16C code where the CPU has it (the F32 kernel's bits at that level on the
-// dequantized weights), a plain loop otherwise (slower, the F32 plain loop's bits).
+// dequantized weights; Q8_0's columns form keeps k order where AVX2 splits F32's,
+// lb_cols_split_at), a plain loop otherwise (slower, the F32 plain loop's bits).
 LB_HIDDEN void lb_gemv_cols_lowp(int level, int dtype, float *y, const float *x, const void *W, const uint16_t *d,
                                  int K, int ldw, int n0, int n1, int beta0);
 LB_HIDDEN void lb_gemv_rows_lowp(int level, int dtype, float *y, const float *x, const void *W, const uint16_t *d,
@@ -226,6 +238,10 @@ LB_HIDDEN void lb_attn_transpose(float *dst, int ldd, const float *src, int lds,
 // ends). NULL when out of memory. For the panels of the reduced-precision
 // matrix products: no allocation per product.
 LB_HIDDEN float *lb_thread_scratch(size_t count);
+// The same for another user on the same thread: slot 0 is lb_thread_scratch's,
+// slot 1 the AVX2 columns form's second parts (gemm_small.c).
+#define LB_SCRATCH_SLOTS 2
+LB_HIDDEN float *lb_thread_scratch_slot(int slot, size_t count);
 
 // Returns the heap's free pages to the system (glibc's malloc_trim; nothing
 // elsewhere): after a load that freed many small blocks (heap.c).

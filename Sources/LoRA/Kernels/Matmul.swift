@@ -83,6 +83,11 @@ package func baseMatmul(
 private func lowpGemv(transW: Bool, x: ConstFloatPtr, W: BaseMatrix, beta0: Bool, y: FloatPtr) {
     let level = lb_kernels_level()
     let b0: Int32 = beta0 ? 1 : 0
+    if !transW,
+        splitColumnsGemv(dtype: W.dtype.code, y: y, x: x, W: W.data, K: W.rows, N: W.cols, beta0: b0)
+    {
+        return
+    }
     let minChunk = W.count < 1 << 16 ? Int.max : 64
     let code = W.dtype.code
     parallelChunks(transW ? W.rows : W.cols, minChunk: minChunk, align: 16) { _, r in
@@ -94,6 +99,38 @@ private func lowpGemv(transW: Bool, x: ConstFloatPtr, W: BaseMatrix, beta0: Bool
                 level, code, y, x, W.data, W.scales, Int32(W.rows), Int32(W.cols), Int32(r.lowerBound), Int32(r.upperBound), b0)
         }
     }
+}
+
+/// y (+)= x·W[K, N] for one row x, where the AVX2 columns form splits the
+/// product in two parts (lb_cols_split_at: rows [0, kh) and [kh, K), added
+/// at the end): the workers take the parts, each reading whole rows of W in
+/// long runs, instead of halves of every row. The same bits as one call over
+/// all columns, for any worker count. False (nothing done) where the product
+/// is not split or one worker would run it.
+func splitColumnsGemv(
+    dtype: Int32, y: FloatPtr, x: ConstFloatPtr, W: UnsafeRawPointer, K: Int, N: Int, beta0: Int32
+) -> Bool {
+    let level = lb_kernels_level()
+    guard computeThreads > 1, K * N >= 1 << 16, lb_cols_split_at(level, dtype, Int32(K), Int32(N)) > 0 else {
+        return false
+    }
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: N) { hi in
+        let h = hi.baseAddress!
+        // Outputs of part 0 are 0..<N, of part 1 N..<2N.
+        parallelChunks(2 * N, minChunk: 64, align: 16) { _, r in
+            for part in 0..<2 {
+                let lo = max(r.lowerBound, part * N) - part * N
+                let up = min(r.upperBound, (part + 1) * N) - part * N
+                if lo < up {
+                    lb_gemv_cols_part(
+                        level, dtype, part == 0 ? y : h, x, W, Int32(K), Int32(N), Int32(part), Int32(lo), Int32(up),
+                        part == 0 ? beta0 : 1)
+                }
+            }
+        }
+        for n in 0..<N { y[n] += h[n] }
+    }
+    return true
 }
 
 /// Floats of a piece of a row longer than a panel (1 MiB), and the longest
@@ -325,6 +362,11 @@ package func gemv(
         // liblora's own kernels (CLoraSupport/gemv.c): streaming at the
         // memory bandwidth, where OpenBLAS's sgemv reached 75–85% of it.
         let beta0: Int32 = beta == 0 ? 1 : 0
+        if transA, lda == cols,
+            splitColumnsGemv(dtype: LB_DTYPE_F32, y: y, x: x, W: UnsafeRawPointer(A), K: rows, N: cols, beta0: beta0)
+        {
+            return
+        }
         let outputs = transA ? cols : rows
         let minChunk = rows * cols < 1 << 16 ? Int.max : 64
         parallelChunks(outputs, minChunk: minChunk, align: 16) { _, r in

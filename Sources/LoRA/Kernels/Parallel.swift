@@ -5,8 +5,9 @@ import CLoraSupport
 // heads are split here instead, and run on liblora's own worker pool
 // (CLoraSupport/pool.c: spinning workers, so a job starts within a
 // microsecond; decode runs ~90 jobs a token).
-// Work is only ever split along independent outputs (rows, columns, heads),
-// never along a reduction: results do not depend on the thread count.
+// Work is split along independent outputs (rows, columns, heads), or along
+// a reduction only where its parts are fixed by the shape and added in a
+// fixed order (splitColumnsGemv): results do not depend on the thread count.
 
 /// Runs `body(worker, range)` over `0..<count` cut into at most
 /// `maxWorkers` (and the process's thread count) contiguous ranges of at
