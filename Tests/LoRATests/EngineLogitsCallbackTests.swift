@@ -5,8 +5,10 @@ import Testing
 
 /// `EngineRequest.onLogits`: the row a request sees is the model's logits for
 /// its next token (what the server's log-probabilities are computed from),
-/// one call per new token, before the token callback.
-@Suite(.serialized) struct EngineLogitsCallbackTests {
+/// one call per new token, before the token callback. In the engine suite: it
+/// attaches to the suite's model, so it must not run beside the other engine
+/// tests (as a suite of its own it once did, and a solo run there saw its adapter).
+extension EngineTests {
     @Test func onLogitsSeesTheRowOfEachNewToken() throws {
         let model = EngineTests.model
         let (a, _) = EngineTests.adapters
