@@ -213,9 +213,9 @@ LB_HIDDEN void lb_gemm_packed_lowp(int dtype, int cols_layout, int trans, int M,
 LB_HIDDEN int lb_gemm_amx_available(void);
 LB_HIDDEN void lb_gemm_amx_bf16(int trans, int M, int K, const float *A, int lda, const uint16_t *W, int ldw, float *C,
                                 int ldc, int n0, int n1, int beta0, float *scratch);
-// Attention's matrix products (attention.c), AVX-512 only: lb_attn_available()
-// says whether the CPU runs them (without it, lb_attn_gemm and
-// lb_attn_transpose do nothing). y[m·ldy + n] = alpha · (y0 + Σ_k x[m·sxm +
+// Attention's matrix products (attention.c), AVX-512 or AVX2 (the same bits
+// on both): lb_attn_available() says whether the CPU runs them (without
+// them, lb_attn_gemm and lb_attn_transpose do nothing). y[m·ldy + n] = alpha · (y0 + Σ_k x[m·sxm +
 // k·sxk] · W[k·ldw + n]) for m < M, n < N, k < K (K > 0), y0 = 0 when beta0,
 // else y (then alpha must be 1). Each sum is one fused multiply-add per k in
 // k order. `causal` skips a causal mask's work, row m of the scores sitting
@@ -231,7 +231,13 @@ LB_HIDDEN void lb_gemm_amx_bf16(int trans, int M, int K, const float *A, int lda
 LB_HIDDEN int lb_attn_available(void);
 LB_HIDDEN void lb_attn_gemm(float *y, int ldy, const float *x, ptrdiff_t sxm, ptrdiff_t sxk, int M, const float *W,
                             int ldw, int K, int N, int beta0, float alpha, int causal, ptrdiff_t diag);
-// dst[c·ldd + r] = src[r·lds + c] for r < rows, c < cols (AVX-512 only).
+// The same at a given LB_KERNELS_* level (tests: AVX2 against AVX-512);
+// lb_attn_available_at says whether the CPU runs that level's form.
+LB_HIDDEN int lb_attn_available_at(int level);
+LB_HIDDEN void lb_attn_gemm_at(int level, float *y, int ldy, const float *x, ptrdiff_t sxm, ptrdiff_t sxk, int M,
+                               const float *W, int ldw, int K, int N, int beta0, float alpha, int causal,
+                               ptrdiff_t diag);
+// dst[c·ldd + r] = src[r·lds + c] for r < rows, c < cols (AVX-512 or AVX2).
 LB_HIDDEN void lb_attn_transpose(float *dst, int ldd, const float *src, int lds, int rows, int cols);
 // A scratch area of at least `count` floats owned by the calling thread,
 // reused by its next call (grown when too small; freed when the thread

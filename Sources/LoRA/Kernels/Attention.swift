@@ -7,7 +7,7 @@ import CLoraSupport
 let attentionBlock = 64
 
 /// Whether attention runs its products on liblora's own kernels
-/// (CLoraSupport/attention.c: AVX-512) rather than on sgemm and the few-row
+/// (CLoraSupport/attention.c: AVX-512 or AVX2) rather than on sgemm and the few-row
 /// kernels. Both paths give the same results within rounding; forward and
 /// backward always take the same one (T > 1), so backward's recomputed
 /// scores equal the forward's bit for bit.
@@ -60,7 +60,7 @@ package func attentionForward(
         gemv(transA: true, rows: L, cols: hd, alpha: 1, A: v, lda: ldv, x: probs, beta: 0, y: out)
         return
     }
-    precondition(!ownKernel || attentionKernel, "attention.c's kernels need AVX-512")
+    precondition(!ownKernel || attentionKernel, "attention.c's kernels need AVX-512 or AVX2")
     if ownKernel {
         // Kᵀ [hd, ldt] and V [L, hd] contiguous in the thread's scratch.
         let ldt = attentionPaddedStride(L)
@@ -188,7 +188,7 @@ package func attentionBackward(
     T: Int, L: Int, past: Int, hd: Int, scale: Float, keyMask: ConstFloatPtr?, dropout: AttentionDropout? = nil,
     ownKernel: Bool = attentionKernel
 ) {
-    precondition(!ownKernel || attentionKernel, "attention.c's kernels need AVX-512")
+    precondition(!ownKernel || attentionKernel, "attention.c's kernels need AVX-512 or AVX2")
     if ownKernel && T > 1 {
         attentionBackwardOwn(
             dq: dq, ldq: ldq, dk: dk, dv: dv, ldk: ldk, scratch: scratch, dout: dout, ldo: ldo, lse: lse, q: q, k: k, v: v, T: T,
